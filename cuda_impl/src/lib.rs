@@ -1,0 +1,1 @@
+//! CUDA kernels for both GQLA decode paths, compiled by NVRTC at run time (issue 5; empty for now).

@@ -1,0 +1,1 @@
+//! Loading HF checkpoints.

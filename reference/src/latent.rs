@@ -1,0 +1,258 @@
+//! Weights of an MLA/GQLA attention layer, and the projections shared by every decode path.
+//!
+//! Equations (SPEC.md §2):
+//! - (L1) latent: c_t = N(W^{DKV} x_t), N = RMSNorm (kv_a_layernorm) or identity;
+//! - (L2) shared rope key: k^R_t = RoPE(W^{KR} x_t, t);
+//! - (Q)  query of head i: [q^N_i; q^R_i] = W^Q_i x_t (or through the q-LoRA W^{UQ} N_q(W^{DQ} x_t)),
+//!        with RoPE applied to q^R_i at position t;
+//! - (O)  y_t = W^O [o_1; …; o_H] + b^O.
+//!
+//! `W^{DKV}` and `W^{KR}` are the two row blocks of HF's `kv_a_proj_with_mqa` ([d_c + d_r, hidden]);
+//! `W^{UK}_g`, `W^{UV}_g` are the row blocks of `kv_b_proj` ([G(d_n + d_v), d_c], group-major,
+//! each group's d_n key rows first).
+
+use crate::config::LatentDims;
+use crate::error::{Error, Result};
+use crate::linear::{Linear, RmsNorm};
+use crate::real::Real;
+use crate::rope::Rope;
+use ndarray::{s, Array2, Array3, ArrayView2, Axis};
+
+/// How the query is produced.
+#[derive(Clone, Debug, PartialEq)]
+pub enum QueryProjection<T> {
+    /// `q_proj`: [H(d_n + d_r), hidden].
+    Direct(Linear<T>),
+    /// DeepSeek-V3 q-LoRA: `q_b_proj(q_a_layernorm(q_a_proj(x)))`.
+    LowRank { down: Linear<T>, norm: RmsNorm<T>, up: Linear<T> },
+}
+
+impl<T: Real> QueryProjection<T> {
+    pub fn forward(&self, x: ArrayView2<T>) -> Array2<T> {
+        match self {
+            QueryProjection::Direct(w) => w.forward(x),
+            QueryProjection::LowRank { down, norm, up } => up.forward(norm.forward(down.forward(x).view()).view()),
+        }
+    }
+    fn out_dim(&self) -> usize {
+        match self {
+            QueryProjection::Direct(w) => w.out_dim(),
+            QueryProjection::LowRank { up, .. } => up.out_dim(),
+        }
+    }
+    fn in_dim(&self) -> usize {
+        match self {
+            QueryProjection::Direct(w) => w.in_dim(),
+            QueryProjection::LowRank { down, .. } => down.in_dim(),
+        }
+    }
+    /// The projection restricted to output rows `rows` (the low-rank down-projection stays whole).
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> Self {
+        match self {
+            QueryProjection::Direct(w) => QueryProjection::Direct(w.rows(rows)),
+            QueryProjection::LowRank { down, norm, up } => {
+                QueryProjection::LowRank { down: down.clone(), norm: norm.clone(), up: up.rows(rows) }
+            }
+        }
+    }
+    pub fn cast<U: Real>(&self) -> QueryProjection<U> {
+        match self {
+            QueryProjection::Direct(w) => QueryProjection::Direct(w.cast()),
+            QueryProjection::LowRank { down, norm, up } => {
+                QueryProjection::LowRank { down: down.cast(), norm: norm.cast(), up: up.cast() }
+            }
+        }
+    }
+}
+
+/// Per-head queries after RoPE: no-rope part [s, H, d_n] and rope part [s, H, d_r].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Queries<T> {
+    pub nope: Array3<T>,
+    pub rope: Array3<T>,
+}
+
+/// Weights of one MLA/GQLA attention layer (MLA is G = H).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LatentWeights<T> {
+    dims: LatentDims,
+    hidden: usize,
+    pub(crate) query: QueryProjection<T>,
+    /// `kv_a_proj_with_mqa`: [d_c + d_r, hidden]; rows ..d_c are W^{DKV}, rows d_c.. are W^{KR}.
+    pub(crate) kv_a: Linear<T>,
+    pub(crate) kv_norm: Option<RmsNorm<T>>,
+    /// `kv_b_proj`: [G(d_n + d_v), d_c].
+    pub(crate) kv_b: Array2<T>,
+    pub(crate) o_proj: Linear<T>,
+    rope: Rope,
+    scale: f64,
+}
+
+impl<T: Real> LatentWeights<T> {
+    /// Checks every shape against `dims` once; `scale` None means 1/sqrt(d_n + d_r).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        dims: LatentDims,
+        query: QueryProjection<T>,
+        kv_a: Linear<T>,
+        kv_norm: Option<RmsNorm<T>>,
+        kv_b: Array2<T>,
+        o_proj: Linear<T>,
+        rope: Rope,
+        scale: Option<f64>,
+    ) -> Result<Self> {
+        let hidden = kv_a.in_dim();
+        let (h, g) = (dims.h(), dims.g());
+        let check = |what: &str, expected: Vec<usize>, got: Vec<usize>| -> Result<()> {
+            if expected == got {
+                Ok(())
+            } else {
+                Err(Error::ShapeMismatch { what: what.into(), expected, got })
+            }
+        };
+        check("query projection [H(d_n+d_r), hidden]", vec![h * dims.qk_dim(), hidden], vec![query.out_dim(), query.in_dim()])?;
+        check("kv_a_proj_with_mqa [d_c+d_r, hidden]", vec![dims.d_c() + dims.d_r(), hidden], vec![kv_a.out_dim(), hidden])?;
+        if let Some(n) = &kv_norm {
+            check("kv_a_layernorm [d_c]", vec![dims.d_c()], n.weight.shape().to_vec())?;
+        }
+        check("kv_b_proj [G(d_n+d_v), d_c]", vec![g * (dims.d_n() + dims.d_v()), dims.d_c()], kv_b.shape().to_vec())?;
+        check("o_proj [hidden, H d_v]", vec![hidden, h * dims.d_v()], o_proj.weight.shape().to_vec())?;
+        check("RoPE dim = d_r", vec![dims.d_r()], vec![rope.dim()])?;
+        let scale = scale.unwrap_or_else(|| dims.default_scale());
+        if !(scale.is_finite() && scale > 0.0) {
+            return Err(Error::Config(format!("softmax scale must be positive and finite, got {scale}")));
+        }
+        Ok(Self { dims, hidden, query, kv_a, kv_norm, kv_b, o_proj, rope, scale })
+    }
+
+    pub fn dims(&self) -> LatentDims {
+        self.dims
+    }
+    pub fn hidden(&self) -> usize {
+        self.hidden
+    }
+    pub fn rope(&self) -> &Rope {
+        &self.rope
+    }
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+    pub fn query_projection(&self) -> &QueryProjection<T> {
+        &self.query
+    }
+    pub fn kv_a(&self) -> &Linear<T> {
+        &self.kv_a
+    }
+    pub fn kv_norm(&self) -> Option<&RmsNorm<T>> {
+        self.kv_norm.as_ref()
+    }
+    pub fn kv_b(&self) -> ArrayView2<'_, T> {
+        self.kv_b.view()
+    }
+    pub fn o_proj(&self) -> &Linear<T> {
+        &self.o_proj
+    }
+
+    /// W^{UK}_g: [d_n, d_c].
+    pub fn w_uk(&self, g: usize) -> ArrayView2<'_, T> {
+        let r = g * (self.dims.d_n() + self.dims.d_v());
+        self.kv_b.slice(s![r..r + self.dims.d_n(), ..])
+    }
+    /// W^{UV}_g: [d_v, d_c].
+    pub fn w_uv(&self, g: usize) -> ArrayView2<'_, T> {
+        let r = g * (self.dims.d_n() + self.dims.d_v()) + self.dims.d_n();
+        self.kv_b.slice(s![r..r + self.dims.d_v(), ..])
+    }
+
+    /// (L1) c_t = N(W^{DKV} x_t) for rows x [s, hidden]: returns [s, d_c].
+    pub fn latent(&self, x: ArrayView2<T>) -> Array2<T> {
+        let kv = self.kv_a.forward(x);
+        let c = kv.slice(s![.., ..self.dims.d_c()]);
+        match &self.kv_norm {
+            Some(n) => n.forward(c),
+            None => c.to_owned(),
+        }
+    }
+
+    /// (L2) k^R_t = RoPE(W^{KR} x_t, t) for rows at positions start.. : returns [s, d_r].
+    pub fn rope_key(&self, x: ArrayView2<T>, start: usize) -> Array2<T> {
+        let kv = self.kv_a.forward(x);
+        let mut k = kv.slice(s![.., self.dims.d_c()..]).to_owned();
+        for (t, mut row) in k.axis_iter_mut(Axis(0)).enumerate() {
+            self.rope.apply(row.view_mut(), start + t);
+        }
+        k
+    }
+
+    /// (Q) per-head queries for rows at positions start.., RoPE applied to q^R.
+    pub fn queries(&self, x: ArrayView2<T>, start: usize) -> Queries<T> {
+        let heads = self.query.out_dim() / self.dims.qk_dim();
+        let q = self.query.forward(x);
+        let q = q.to_shape((x.nrows(), heads, self.dims.qk_dim())).expect("query rows reshape").into_owned();
+        let nope = q.slice(s![.., .., ..self.dims.d_n()]).to_owned();
+        let mut rope = q.slice(s![.., .., self.dims.d_n()..]).to_owned();
+        for (t, mut tok) in rope.axis_iter_mut(Axis(0)).enumerate() {
+            for mut head in tok.axis_iter_mut(Axis(0)) {
+                self.rope.apply(head.view_mut(), start + t);
+            }
+        }
+        Queries { nope, rope }
+    }
+
+    /// (O) y = W^O [o_1; …; o_H] + b^O for o [s, H, d_v]: returns [s, hidden].
+    pub fn output(&self, o: &Array3<T>) -> Array2<T> {
+        let (s_q, h, d_v) = o.dim();
+        let flat = o.to_shape((s_q, h * d_v)).expect("contiguous heads");
+        self.o_proj.forward(flat.view())
+    }
+
+    /// Repeat each group's up-projection H/G times: the equivalent MLA layer (G = H).
+    pub fn expand_groups_to_heads(&self) -> Self {
+        let per = self.dims.d_n() + self.dims.d_v();
+        let mut kv_b = Array2::zeros((self.dims.h() * per, self.dims.d_c()));
+        for i in 0..self.dims.h() {
+            let g = self.dims.group_of(i);
+            kv_b.slice_mut(s![i * per..(i + 1) * per, ..]).assign(&self.kv_b.slice(s![g * per..(g + 1) * per, ..]));
+        }
+        Self { dims: self.dims.as_mla(), kv_b, ..self.clone() }
+    }
+
+    /// The same weights in another precision.
+    pub fn cast<U: Real>(&self) -> LatentWeights<U> {
+        LatentWeights {
+            dims: self.dims,
+            hidden: self.hidden,
+            query: self.query.cast(),
+            kv_a: self.kv_a.cast(),
+            kv_norm: self.kv_norm.as_ref().map(|n| n.cast()),
+            kv_b: self.kv_b.mapv(|x| U::of(x.f64())),
+            o_proj: self.o_proj.cast(),
+            rope: self.rope.clone(),
+            scale: self.scale,
+        }
+    }
+
+    /// A rank's view (TP): only `heads` of the query and W^O, only `groups` of kv_b, same dims
+    /// except H and G. The output bias is kept only when `keep_output_bias` (added once after the
+    /// all-reduce).
+    pub(crate) fn shard(&self, groups: std::ops::Range<usize>, keep_output_bias: bool) -> Result<Self> {
+        let d = self.dims;
+        let hpg = d.heads_per_group();
+        let heads = groups.start * hpg..groups.end * hpg;
+        let per = d.d_n() + d.d_v();
+        let dims = LatentDims::new(heads.len(), groups.len(), d.d_c(), d.d_n(), d.d_r(), d.d_v())?;
+        let o_w = self.o_proj.weight.slice(s![.., heads.start * d.d_v()..heads.end * d.d_v()]).to_owned();
+        let o_b = if keep_output_bias { self.o_proj.bias.clone() } else { None };
+        Ok(Self {
+            dims,
+            hidden: self.hidden,
+            query: self.query.rows(heads.start * d.qk_dim()..heads.end * d.qk_dim()),
+            kv_a: self.kv_a.clone(),
+            kv_norm: self.kv_norm.clone(),
+            kv_b: self.kv_b.slice(s![groups.start * per..groups.end * per, ..]).to_owned(),
+            o_proj: Linear::new(o_w, o_b),
+            rope: self.rope.clone(),
+            scale: self.scale,
+        })
+    }
+}

@@ -1,0 +1,44 @@
+#![doc = include_str!("../SPEC.md")]
+//!
+//! # Crate map
+//! - [`config`]: validated geometries ([`LatentDims`], [`GqaDims`]).
+//! - [`rope`], [`linear`], [`attention`]: the building blocks.
+//! - [`latent`]: MLA/GQLA weights and (L1), (L2), (Q), (O).
+//! - [`cache`]: [`LatentCache`], [`GroupCache`], [`GqaCache`].
+//! - [`absorb_decode`] (§3), [`gqa_decode`] (§4), [`prefill`] (§2 directly), [`mla`] (§9, HF form).
+//! - [`gqa`]: GQA/MHA/MQA layers (§9).
+//! - [`switch`] (§7), [`tp`] (§8).
+//! - [`hf`]: loading HF checkpoints (config.json + safetensors).
+//! - [`random`]: seeded random layers for tests and case generation.
+
+pub mod absorb_decode;
+pub mod attention;
+pub mod cache;
+pub mod config;
+pub mod decode;
+pub mod error;
+pub mod gqa;
+pub mod gqa_decode;
+pub mod hf;
+pub mod latent;
+pub mod linear;
+pub mod mla;
+pub mod prefill;
+pub mod random;
+pub mod real;
+pub mod rope;
+pub mod switch;
+pub mod tp;
+
+pub use absorb_decode::absorb_decode;
+pub use cache::{Footprint, GqaCache, GroupCache, GroupCacheLayout, LatentCache};
+pub use config::{GqaDims, LatentDims};
+pub use decode::DecodeOutput;
+pub use error::{Error, Result};
+pub use gqa::GqaWeights;
+pub use gqa_decode::gqa_decode;
+pub use latent::{LatentWeights, QueryProjection};
+pub use mla::mla_forward;
+pub use prefill::prefill;
+pub use real::{InputRounding, Real};
+pub use rope::{Rope, RopeStyle};

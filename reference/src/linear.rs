@@ -1,0 +1,74 @@
+//! Linear maps and RMSNorm with HF semantics.
+
+use crate::real::Real;
+use ndarray::{Array1, Array2, ArrayView2, Axis};
+
+/// y = W x + b, with W stored [out, in] as in HF checkpoints.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Linear<T> {
+    pub weight: Array2<T>,
+    pub bias: Option<Array1<T>>,
+}
+
+impl<T: Real> Linear<T> {
+    pub fn new(weight: Array2<T>, bias: Option<Array1<T>>) -> Self {
+        if let Some(b) = &bias {
+            assert_eq!(b.len(), weight.nrows(), "Linear: bias length must equal output rows");
+        }
+        Self { weight, bias }
+    }
+    pub fn out_dim(&self) -> usize {
+        self.weight.nrows()
+    }
+    pub fn in_dim(&self) -> usize {
+        self.weight.ncols()
+    }
+    /// Y = X Wᵀ + b for rows X [n, in].
+    pub fn forward(&self, x: ArrayView2<T>) -> Array2<T> {
+        let y = x.dot(&self.weight.t());
+        let mut y = if y.is_standard_layout() { y } else { y.as_standard_layout().into_owned() };
+        if let Some(b) = &self.bias {
+            y += b;
+        }
+        y
+    }
+    /// The map restricted to output rows `rows` (a contiguous slice: a TP column shard).
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> Self {
+        Self {
+            weight: self.weight.slice(ndarray::s![rows.clone(), ..]).to_owned(),
+            bias: self.bias.as_ref().map(|b| b.slice(ndarray::s![rows]).to_owned()),
+        }
+    }
+    pub fn cast<U: Real>(&self) -> Linear<U> {
+        Linear {
+            weight: self.weight.mapv(|x| U::of(x.f64())),
+            bias: self.bias.as_ref().map(|b| b.mapv(|x| U::of(x.f64()))),
+        }
+    }
+}
+
+/// RMSNorm: y = w ⊙ x / sqrt(mean(x²) + ε), computed in the working precision.
+///
+/// HF upcasts to f32 inside RMSNorm; in exact arithmetic the two agree, and the fixtures are
+/// generated with the norm evaluated in f64.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RmsNorm<T> {
+    pub weight: Array1<T>,
+    pub eps: f64,
+}
+
+impl<T: Real> RmsNorm<T> {
+    pub fn forward(&self, x: ArrayView2<T>) -> Array2<T> {
+        let n = T::of(x.ncols() as f64);
+        let mut y = x.to_owned();
+        for mut row in y.axis_iter_mut(Axis(0)) {
+            let ms = row.iter().map(|&v| v * v).sum::<T>() / n;
+            let inv = T::one() / (ms + T::of(self.eps)).sqrt();
+            row.zip_mut_with(&self.weight, |v, &w| *v = w * (*v * inv));
+        }
+        y
+    }
+    pub fn cast<U: Real>(&self) -> RmsNorm<U> {
+        RmsNorm { weight: self.weight.mapv(|x| U::of(x.f64())), eps: self.eps }
+    }
+}

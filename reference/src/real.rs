@@ -1,0 +1,106 @@
+//! The scalar types the reference runs in, and input rounding to bf16/f16.
+//!
+//! The reference is generic over [`Real`] (f64 for ground truth, f32 for the naive same-precision
+//! reference the tolerance policy compares kernels against). Low-precision kernels are modelled by
+//! rounding the *inputs* to bf16/f16 and computing in f32, which is what a naive low-precision
+//! kernel with f32 accumulation does.
+
+use ndarray::{Array, Dimension};
+use std::fmt::{Debug, Display};
+use std::iter::Sum;
+
+/// A floating-point type the reference computes in.
+pub trait Real:
+    num_traits::Float
+    + ndarray::LinalgScalar
+    + ndarray::ScalarOperand
+    + Debug
+    + Display
+    + Sum
+    + Default
+    + std::ops::AddAssign
+    + std::ops::SubAssign
+    + std::ops::MulAssign
+    + std::ops::DivAssign
+    + Send
+    + Sync
+    + 'static
+{
+    /// The type's name as used in reports.
+    const NAME: &'static str;
+    fn of(x: f64) -> Self;
+    fn f64(self) -> f64;
+}
+
+impl Real for f64 {
+    const NAME: &'static str = "f64";
+    fn of(x: f64) -> Self {
+        x
+    }
+    fn f64(self) -> f64 {
+        self
+    }
+}
+
+impl Real for f32 {
+    const NAME: &'static str = "f32";
+    fn of(x: f64) -> Self {
+        x as f32
+    }
+    fn f64(self) -> f64 {
+        self as f64
+    }
+}
+
+/// How inputs are rounded before the computation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum InputRounding {
+    /// Inputs are used as given.
+    None,
+    /// Every input element is rounded to the nearest bfloat16 (round-to-nearest-even).
+    Bf16,
+    /// Every input element is rounded to the nearest IEEE half.
+    F16,
+}
+
+impl InputRounding {
+    /// Round one value.
+    pub fn round(self, x: f64) -> f64 {
+        match self {
+            InputRounding::None => x,
+            InputRounding::Bf16 => half::bf16::from_f64(x).to_f64(),
+            InputRounding::F16 => half::f16::from_f64(x).to_f64(),
+        }
+    }
+}
+
+/// Cast an f64 array to `T`, rounding each element first.
+pub fn cast<T: Real, D: Dimension>(a: &Array<f64, D>, rounding: InputRounding) -> Array<T, D> {
+    a.mapv(|x| T::of(rounding.round(x)))
+}
+
+/// Widen an array to f64 (exact for f32).
+pub fn widen<T: Real, D: Dimension>(a: &Array<T, D>) -> Array<f64, D> {
+    a.mapv(|x| x.f64())
+}
+
+/// Relative error in the Frobenius norm: ‖a − b‖ / ‖b‖ (b is the reference).
+///
+/// Returns `f64::INFINITY` if either side holds a non-finite value, so NaN never passes.
+pub fn rel_err<D: Dimension>(a: &Array<f64, D>, b: &Array<f64, D>) -> f64 {
+    assert_eq!(a.shape(), b.shape(), "rel_err: shapes differ");
+    if a.iter().chain(b.iter()).any(|x| !x.is_finite()) {
+        return f64::INFINITY;
+    }
+    let num: f64 = a.iter().zip(b.iter()).map(|(x, y)| (x - y) * (x - y)).sum();
+    let den: f64 = b.iter().map(|y| y * y).sum();
+    if den == 0.0 {
+        if num == 0.0 {
+            0.0
+        } else {
+            f64::INFINITY
+        }
+    } else {
+        (num / den).sqrt()
+    }
+}

@@ -1,1 +1,38 @@
-fn main() {}
+//! `gqla`: the GQLA conformance suite's command-line program.
+//!
+//! Exit codes: 0 success, 2 error (bad input or configuration), with the cause on stderr.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "gqla", version, about = "Reference, conversion and certification for Group-Query Latent Attention")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one layer's self-attention of an HF checkpoint on given hidden states.
+    Forward(commands::forward::Args),
+    /// Per-token KV-cache sizes of a model on each GQLA path, measured from allocated caches.
+    CacheSize(commands::cache_size::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Forward(a) => commands::forward::run(a),
+        Command::CacheSize(a) => commands::cache_size::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! HF `config.json` → validated model configuration.
+
+use crate::config::{GqaDims, LatentDims};
+use crate::error::{Error, Result};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// The model families the reference reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum ModelType {
+    Llama,
+    Qwen2,
+    Mistral,
+    DeepseekV2,
+    DeepseekV3,
+}
+
+/// The checkpoint's storage dtype (`dtype` or `torch_dtype`), used for cache sizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum StorageDtype {
+    F32,
+    Bf16,
+    F16,
+    F64,
+}
+
+impl StorageDtype {
+    pub fn bytes(self) -> usize {
+        match self {
+            StorageDtype::F32 => 4,
+            StorageDtype::Bf16 | StorageDtype::F16 => 2,
+            StorageDtype::F64 => 8,
+        }
+    }
+}
+
+/// RoPE as the config describes it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RopeConfig {
+    pub theta: f64,
+    /// `rope_type` (`default` when absent). Only `default` can be evaluated yet.
+    pub kind: String,
+}
+
+impl RopeConfig {
+    /// The frequency table for a rope of `dim`, or an error naming the unsupported type.
+    pub fn build(&self, config: &Path, style: crate::rope::RopeStyle, dim: usize) -> Result<crate::rope::Rope> {
+        if self.kind != "default" {
+            return Err(Error::file(
+                config,
+                format!("RoPE type `{}` is not supported yet (expected `default`): cannot evaluate this layer", self.kind),
+            ));
+        }
+        crate::rope::Rope::standard(style, dim, self.theta)
+    }
+}
+
+/// A GQA layer's settings (LLaMA/Qwen2/Mistral).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GqaConfig {
+    pub dims: GqaDims,
+    /// q/k/v projections carry a bias.
+    pub qkv_bias: bool,
+    /// o_proj carries a bias.
+    pub o_bias: bool,
+    pub rope: RopeConfig,
+    /// Per-layer sliding window (None: full causal attention).
+    pub sliding_window: Vec<Option<usize>>,
+}
+
+/// An MLA/GQLA layer's settings (DeepSeek-V2/V3 layout; G = num_key_value_heads).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LatentConfig {
+    pub dims: LatentDims,
+    pub q_lora_rank: Option<usize>,
+    /// q_a_proj, kv_a_proj_with_mqa and o_proj carry a bias.
+    pub bias: bool,
+    pub interleaved_rope: bool,
+    pub rope: RopeConfig,
+    pub rms_norm_eps: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttentionConfig {
+    Gqa(GqaConfig),
+    Latent(LatentConfig),
+}
+
+/// A parsed and validated `config.json`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    pub path: PathBuf,
+    pub model_type: ModelType,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub dtype: StorageDtype,
+    pub attention: AttentionConfig,
+}
+
+struct Json<'a> {
+    path: &'a Path,
+    v: &'a Value,
+}
+
+impl Json<'_> {
+    fn err(&self, key: &str, expected: &str) -> Error {
+        let got = self.v.get(key).map_or("nothing".to_string(), |v| v.to_string());
+        Error::file(self.path, format!("config key `{key}`: expected {expected}, got {got}"))
+    }
+    fn usize(&self, key: &str) -> Result<usize> {
+        self.v.get(key).and_then(Value::as_u64).map(|x| x as usize).ok_or_else(|| self.err(key, "a non-negative integer"))
+    }
+    fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+        match self.v.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(_) => self.usize(key).map(Some),
+        }
+    }
+    fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
+        match self.v.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v.as_f64().ok_or_else(|| self.err(key, "a number")),
+        }
+    }
+    fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
+        match self.v.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v.as_bool().ok_or_else(|| self.err(key, "true or false")),
+        }
+    }
+    fn str(&self, key: &str) -> Option<&str> {
+        self.v.get(key).and_then(Value::as_str)
+    }
+}
+
+impl ModelConfig {
+    /// Read and validate `config.json` (a file, or a directory holding one).
+    pub fn load(path: &Path) -> Result<Self> {
+        let path = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::file(&path, format!("cannot read config: {e}")))?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| Error::file(&path, format!("config is not valid JSON: {e}")))?;
+        Self::parse(&path, &v)
+    }
+
+    pub fn parse(path: &Path, v: &Value) -> Result<Self> {
+        let j = Json { path, v };
+        let model_type = match j.str("model_type") {
+            Some("llama") => ModelType::Llama,
+            Some("qwen2") => ModelType::Qwen2,
+            Some("mistral") => ModelType::Mistral,
+            Some("deepseek_v2") => ModelType::DeepseekV2,
+            Some("deepseek_v3") => ModelType::DeepseekV3,
+            _ => return Err(j.err("model_type", "one of llama, qwen2, mistral, deepseek_v2, deepseek_v3")),
+        };
+        let hidden_size = j.usize("hidden_size")?;
+        let num_layers = j.usize("num_hidden_layers")?;
+        let dtype = match j.str("dtype").or_else(|| j.str("torch_dtype")) {
+            None | Some("bfloat16") => StorageDtype::Bf16,
+            Some("float16") => StorageDtype::F16,
+            Some("float32") => StorageDtype::F32,
+            Some("float64") => StorageDtype::F64,
+            Some(_) => return Err(j.err("dtype", "bfloat16, float16, float32 or float64")),
+        };
+        let rope = rope_config(&j)?;
+        let h = j.usize("num_attention_heads")?;
+        let cfg_err = |e: Error| match e {
+            Error::Config(m) => Error::file(path, m),
+            e => e,
+        };
+        let attention = match model_type {
+            ModelType::Llama | ModelType::Qwen2 | ModelType::Mistral => {
+                let kv = j.opt_usize("num_key_value_heads")?.unwrap_or(h);
+                let d = match j.opt_usize("head_dim")? {
+                    Some(d) => d,
+                    None if h > 0 && hidden_size % h == 0 => hidden_size / h,
+                    None => return Err(j.err("head_dim", "a head dim (hidden_size is not divisible by num_attention_heads)")),
+                };
+                let dims = GqaDims::new(h, kv, d).map_err(cfg_err)?;
+                let (qkv_bias, o_bias) = match model_type {
+                    ModelType::Llama => {
+                        let b = j.bool_or("attention_bias", false)?;
+                        (b, b)
+                    }
+                    ModelType::Qwen2 => (true, false),
+                    _ => (false, false),
+                };
+                GqaConfig { dims, qkv_bias, o_bias, rope, sliding_window: sliding_windows(&j, model_type, num_layers)? }.into()
+            }
+            ModelType::DeepseekV2 | ModelType::DeepseekV3 => {
+                let g = j.opt_usize("num_key_value_heads")?.unwrap_or(h);
+                let dims = LatentDims::new(h, g, j.usize("kv_lora_rank")?, j.usize("qk_nope_head_dim")?, j.usize("qk_rope_head_dim")?, j.usize("v_head_dim")?)
+                    .map_err(cfg_err)?;
+                let interleaved_rope = match model_type {
+                    ModelType::DeepseekV2 => true,
+                    _ => j.bool_or("rope_interleave", true)?,
+                };
+                LatentConfig {
+                    dims,
+                    q_lora_rank: j.opt_usize("q_lora_rank")?,
+                    bias: j.bool_or("attention_bias", false)?,
+                    interleaved_rope,
+                    rope,
+                    rms_norm_eps: j.f64_or("rms_norm_eps", 1e-6)?,
+                }
+                .into()
+            }
+        };
+        Ok(Self { path: path.to_path_buf(), model_type, hidden_size, num_layers, dtype, attention })
+    }
+}
+
+impl From<GqaConfig> for AttentionConfig {
+    fn from(c: GqaConfig) -> Self {
+        AttentionConfig::Gqa(c)
+    }
+}
+impl From<LatentConfig> for AttentionConfig {
+    fn from(c: LatentConfig) -> Self {
+        AttentionConfig::Latent(c)
+    }
+}
+
+/// RoPE base and type from `rope_parameters` (transformers 5) or `rope_theta`/`rope_scaling`.
+fn rope_config(j: &Json) -> Result<RopeConfig> {
+    let params = j.v.get("rope_parameters").filter(|v| v.is_object());
+    let scaling = j.v.get("rope_scaling").filter(|v| v.is_object());
+    let theta = match params.and_then(|p| p.get("rope_theta")) {
+        Some(t) => t.as_f64().ok_or_else(|| j.err("rope_parameters", "a numeric rope_theta"))?,
+        None => j.f64_or("rope_theta", 10000.0)?,
+    };
+    let kind = params.or(scaling).and_then(|p| p.get("rope_type").or_else(|| p.get("type"))).and_then(Value::as_str).unwrap_or("default");
+    if !(theta.is_finite() && theta > 1.0) {
+        return Err(j.err("rope_theta", "a finite base > 1"));
+    }
+    Ok(RopeConfig { theta, kind: kind.to_string() })
+}
+
+/// Per-layer sliding windows: `layer_types` when given, else Mistral's `sliding_window`, else
+/// Qwen2's `use_sliding_window` from `max_window_layers` on.
+fn sliding_windows(j: &Json, model_type: ModelType, layers: usize) -> Result<Vec<Option<usize>>> {
+    let window = j.opt_usize("sliding_window")?;
+    if let Some(types) = j.v.get("layer_types").and_then(Value::as_array) {
+        if types.len() != layers {
+            return Err(j.err("layer_types", &format!("{layers} entries")));
+        }
+        return types
+            .iter()
+            .map(|t| match t.as_str() {
+                Some("full_attention") => Ok(None),
+                Some("sliding_attention") => window.map(Some).ok_or_else(|| j.err("sliding_window", "a window for sliding_attention layers")),
+                _ => Err(j.err("layer_types", "full_attention or sliding_attention")),
+            })
+            .collect();
+    }
+    Ok(match model_type {
+        ModelType::Mistral => vec![window; layers],
+        ModelType::Qwen2 if j.bool_or("use_sliding_window", false)? => {
+            let from = j.opt_usize("max_window_layers")?.unwrap_or(0);
+            (0..layers).map(|l| if l >= from { window } else { None }).collect()
+        }
+        _ => vec![None; layers],
+    })
+}

@@ -1,0 +1,200 @@
+//! A read-only view of a checkpoint's tensors across one or many safetensors files.
+
+use crate::error::{Error, Result};
+use ndarray::{Array1, Array2, ArrayD, IxDyn};
+use safetensors::{Dtype, SafeTensors};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// A memory-mapped safetensors file whose header has been validated.
+struct MappedFile {
+    path: PathBuf,
+    map: memmap2::Mmap,
+}
+
+impl MappedFile {
+    fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| Error::file(path, format!("cannot open: {e}")))?;
+        // SAFETY: the map is read-only and the file is not modified by this process while mapped;
+        // a concurrent writer could change bytes under us, which at worst yields wrong values.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::file(path, format!("cannot map: {e}")))?;
+        SafeTensors::deserialize(&map).map_err(|e| Error::file(path, format!("not a valid safetensors file (truncated or corrupt?): {e}")))?;
+        Ok(Self { path: path.to_path_buf(), map })
+    }
+    fn tensors(&self) -> SafeTensors<'_> {
+        SafeTensors::deserialize(&self.map).expect("validated at open")
+    }
+}
+
+/// All tensors of a checkpoint directory (or of one safetensors file).
+pub struct TensorStore {
+    files: Vec<MappedFile>,
+    /// Tensor name → index into `files`.
+    index: BTreeMap<String, usize>,
+}
+
+impl TensorStore {
+    /// Open `model.safetensors.index.json` + its shards, or `model.safetensors`, or the single
+    /// `*.safetensors` in `dir`; or `dir` itself when it is a file.
+    pub fn open(dir: &Path) -> Result<Self> {
+        if dir.is_file() {
+            return Self::from_files(vec![dir.to_path_buf()]);
+        }
+        let index = dir.join("model.safetensors.index.json");
+        if index.exists() {
+            let text = std::fs::read_to_string(&index).map_err(|e| Error::file(&index, format!("cannot read: {e}")))?;
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::file(&index, format!("not valid JSON: {e}")))?;
+            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::file(&index, "expected an object `weight_map`"))?;
+            let mut shards: Vec<String> = map.values().filter_map(|s| s.as_str().map(String::from)).collect();
+            shards.sort();
+            shards.dedup();
+            for s in &shards {
+                if !dir.join(s).is_file() {
+                    return Err(Error::file(dir.join(s), format!("shard named in {} is missing", index.display())));
+                }
+            }
+            let store = Self::from_files(shards.iter().map(|s| dir.join(s)).collect())?;
+            for (name, shard) in map {
+                let want = shard.as_str().unwrap_or_default();
+                match store.index.get(name) {
+                    Some(&i) if store.files[i].path.ends_with(want) => {}
+                    _ => return Err(Error::file(&index, format!("tensor `{name}` is not in shard {want}"))),
+                }
+            }
+            return Ok(store);
+        }
+        let single = dir.join("model.safetensors");
+        if single.is_file() {
+            return Self::from_files(vec![single]);
+        }
+        let found: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| Error::file(dir, format!("cannot list checkpoint directory: {e}")))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect();
+        match found.len() {
+            1 => Self::from_files(found),
+            0 => Err(Error::file(dir, "no safetensors weights found (expected model.safetensors or model.safetensors.index.json)")),
+            n => Err(Error::file(dir, format!("{n} safetensors files but no model.safetensors.index.json to say which tensor is where"))),
+        }
+    }
+
+    fn from_files(paths: Vec<PathBuf>) -> Result<Self> {
+        let mut files = Vec::new();
+        let mut index = BTreeMap::new();
+        for (i, p) in paths.iter().enumerate() {
+            let f = MappedFile::open(p)?;
+            for name in f.tensors().names() {
+                if index.insert(name.to_string(), i).is_some() {
+                    return Err(Error::file(p, format!("tensor `{name}` appears in more than one file")));
+                }
+            }
+            files.push(f);
+        }
+        Ok(Self { files, index })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(String::as_str)
+    }
+    /// The file holding `name`, or the first file (for error messages about absent tensors).
+    pub fn file_of(&self, name: &str) -> &Path {
+        let i = self.index.get(name).copied().unwrap_or(0);
+        &self.files[i].path
+    }
+
+    /// Read tensor `name` as f64 with exactly `shape`, rejecting other dtypes and non-finite values.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<ArrayD<f64>> {
+        let Some(&i) = self.index.get(name) else {
+            return Err(Error::MissingTensor { path: self.file_of(name).to_path_buf(), tensor: name.into(), expected: format!("shape {shape:?}") });
+        };
+        let file = &self.files[i];
+        let st = file.tensors();
+        let view = st.tensor(name).expect("indexed");
+        if view.shape() != shape {
+            return Err(Error::Shape { path: file.path.clone(), tensor: name.into(), expected: shape.to_vec(), got: view.shape().to_vec() });
+        }
+        let values = decode(view.dtype(), view.data()).ok_or_else(|| Error::Dtype {
+            path: file.path.clone(),
+            tensor: name.into(),
+            expected: "BF16, F16, F32, F64".into(),
+            got: format!("{:?}", view.dtype()),
+        })?;
+        let bad: Vec<usize> = values.iter().enumerate().filter(|(_, x)| !x.is_finite()).map(|(k, _)| k).collect();
+        if let Some(&first) = bad.first() {
+            return Err(Error::NonFinite { path: file.path.clone(), tensor: name.into(), count: bad.len(), first });
+        }
+        Ok(ArrayD::from_shape_vec(IxDyn(shape), values).expect("shape checked"))
+    }
+    pub fn get2(&self, name: &str, rows: usize, cols: usize) -> Result<Array2<f64>> {
+        Ok(self.get(name, &[rows, cols])?.into_dimensionality().expect("2-D"))
+    }
+    pub fn get1(&self, name: &str, n: usize) -> Result<Array1<f64>> {
+        Ok(self.get(name, &[n])?.into_dimensionality().expect("1-D"))
+    }
+    /// Read the only tensor of a single-tensor file, or the one named `name`.
+    pub fn get_any2(&self, name: &str) -> Result<(String, Array2<f64>)> {
+        let chosen = if self.contains(name) {
+            name.to_string()
+        } else if self.index.len() == 1 {
+            self.index.keys().next().expect("one").clone()
+        } else {
+            return Err(Error::MissingTensor { path: self.files[0].path.clone(), tensor: name.into(), expected: "a [tokens, hidden] tensor (or a file holding exactly one tensor)".into() });
+        };
+        let file = &self.files[self.index[&chosen]];
+        let shape = file.tensors().tensor(&chosen).expect("indexed").shape().to_vec();
+        if shape.len() != 2 {
+            return Err(Error::Shape { path: file.path.clone(), tensor: chosen, expected: vec![0, 0], got: shape });
+        }
+        let a = self.get2(&chosen, shape[0], shape[1])?;
+        Ok((chosen, a))
+    }
+}
+
+fn decode(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f64>> {
+    Some(match dtype {
+        Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f64()).collect(),
+        Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f64()).collect(),
+        Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64).collect(),
+        Dtype::F64 => bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes"))).collect(),
+        _ => return None,
+    })
+}
+
+/// Write f64 tensors to `path` atomically (temp file in the same directory, then rename).
+pub fn write_f64(path: &Path, tensors: &[(&str, &ndarray::ArrayD<f64>)], metadata: Option<HashMap<String, String>>) -> Result<()> {
+    struct Owned {
+        shape: Vec<usize>,
+        bytes: Vec<u8>,
+    }
+    impl safetensors::View for &Owned {
+        fn dtype(&self) -> Dtype {
+            Dtype::F64
+        }
+        fn shape(&self) -> &[usize] {
+            &self.shape
+        }
+        fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+            std::borrow::Cow::Borrowed(&self.bytes)
+        }
+        fn data_len(&self) -> usize {
+            self.bytes.len()
+        }
+    }
+    let owned: Vec<(String, Owned)> = tensors
+        .iter()
+        .map(|(n, a)| (n.to_string(), Owned { shape: a.shape().to_vec(), bytes: a.iter().flat_map(|x| x.to_le_bytes()).collect() }))
+        .collect();
+    let bytes = safetensors::serialize(owned.iter().map(|(n, o)| (n.clone(), o)), metadata).map_err(|e| Error::file(path, format!("cannot serialize: {e}")))?;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| Error::file(path, "output path has no file name"))?;
+    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    std::fs::write(&tmp, &bytes).map_err(|e| Error::file(&tmp, format!("cannot write: {e}")))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::file(path, format!("cannot move the finished file into place: {e}"))
+    })
+}

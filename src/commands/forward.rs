@@ -1,0 +1,109 @@
+//! `gqla forward`: one layer's self-attention output from an HF checkpoint.
+
+use super::CliError;
+use gqla_reference::hf::tensors::write_f64;
+use gqla_reference::hf::{load_layer, Layer};
+use gqla_reference::{absorb_decode, gqa_decode, DecodeOutput, GroupCache, GroupCacheLayout, LatentCache, Real};
+use ndarray::{Array2, IxDyn};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// HF checkpoint directory (config.json + safetensors, single or sharded).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Layer index.
+    #[arg(long)]
+    layer: usize,
+    /// Safetensors file with the hidden states entering self-attention, [T, hidden], at positions
+    /// 0..T (tensor `hidden_states`, or the file's only tensor).
+    #[arg(long)]
+    input: PathBuf,
+    /// Where to write `attn_output` [T, hidden] and `lse` [T, H] (float64).
+    #[arg(long)]
+    output: PathBuf,
+    /// Decode path for MLA/GQLA checkpoints (GQA checkpoints have one path).
+    #[arg(long, value_enum)]
+    path: Option<PathArg>,
+    /// GQA-path cache layout: the rope key stored once, or copied into every group's key.
+    #[arg(long, value_enum, default_value_t = LayoutArg::Once)]
+    layout: LayoutArg,
+    /// Arithmetic precision.
+    #[arg(long, value_enum, default_value_t = DtypeArg::F64)]
+    dtype: DtypeArg,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum PathArg {
+    Absorb,
+    Gqa,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LayoutArg {
+    Once,
+    PerGroup,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum DtypeArg {
+    F64,
+    F32,
+}
+
+pub fn run(a: Args) -> Result<(), CliError> {
+    let (config, layer) = load_layer(&a.checkpoint, a.layer)?;
+    let store = gqla_reference::hf::TensorStore::open(&a.input)?;
+    let (name, x) = store.get_any2("hidden_states")?;
+    if x.ncols() != config.hidden_size || x.nrows() == 0 {
+        return Err(gqla_reference::Error::Shape { path: a.input.clone(), tensor: name, expected: vec![x.nrows().max(1), config.hidden_size], got: x.shape().to_vec() }.into());
+    }
+    let (y, lse, path) = match a.dtype {
+        DtypeArg::F64 => run_in::<f64>(&layer, &x, a.path, a.layout)?,
+        DtypeArg::F32 => run_in::<f32>(&layer, &x, a.path, a.layout)?,
+    };
+    let meta = HashMap::from([
+        ("model_type".to_string(), format!("{:?}", config.model_type)),
+        ("layer".to_string(), a.layer.to_string()),
+        ("path".to_string(), path.to_string()),
+        ("dtype".to_string(), format!("{:?}", a.dtype).to_lowercase()),
+    ]);
+    let (y, lse) = (y.into_dimensionality::<IxDyn>().expect("2-D"), lse.into_dimensionality::<IxDyn>().expect("2-D"));
+    write_f64(&a.output, &[("attn_output", &y), ("lse", &lse)], Some(meta))?;
+    eprintln!("wrote {} ({} tokens, path {path}, {:?})", a.output.display(), x.nrows(), a.dtype);
+    Ok(())
+}
+
+fn run_in<T: Real>(layer: &Layer, x: &Array2<f64>, path: Option<PathArg>, layout: LayoutArg) -> Result<(Array2<f64>, Array2<f64>, &'static str), CliError> {
+    let xt = x.mapv(T::of);
+    let widen = |o: DecodeOutput<T>| (o.y.mapv(|v| v.f64()), o.lse.mapv(|v| v.f64()));
+    Ok(match layer {
+        Layer::Gqa(w) => {
+            if matches!(path, Some(PathArg::Absorb)) {
+                return Err(CliError::Usage("a GQA checkpoint has no absorb path (convert it to GQLA first); use --path gqa or omit --path".into()));
+            }
+            let (y, lse) = widen(w.cast::<T>().prefill(xt.view())?);
+            (y, lse, "gqa")
+        }
+        Layer::Latent(w) => {
+            let w = w.cast::<T>();
+            let d = w.dims();
+            match path.unwrap_or(PathArg::Absorb) {
+                PathArg::Absorb => {
+                    let (y, lse) = widen(absorb_decode(&w, xt.view(), &mut LatentCache::new(d.d_c(), d.d_r()))?);
+                    (y, lse, "absorb")
+                }
+                PathArg::Gqa => {
+                    let layout = match layout {
+                        LayoutArg::Once => GroupCacheLayout::RopeOnce,
+                        LayoutArg::PerGroup => GroupCacheLayout::RopePerGroup,
+                    };
+                    let mut cache = GroupCache::new(layout, 0..d.g(), d.d_n(), d.d_r(), d.d_v());
+                    let (y, lse) = widen(gqa_decode(&w, xt.view(), &mut cache)?);
+                    (y, lse, "gqa")
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,13 @@
+//! One module per subcommand; each parses nothing itself and returns the reference's errors.
+
+pub mod cache_size;
+pub mod forward;
+
+/// Errors the commands report (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Reference(#[from] gqla_reference::Error),
+    #[error("{0}")]
+    Usage(String),
+}

@@ -1,0 +1,90 @@
+//! Running the binary and reading its outputs.
+
+use safetensors::SafeTensors;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The repository root (fixtures are found from here).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// What a run of `gqla` did.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Run `gqla` with `args` from the repository root.
+pub fn gqla(args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_gqla")).args(args).current_dir(root()).output().expect("run gqla");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Read a tensor of a safetensors file as f64 (F64 or F32 only).
+pub fn read_tensor(path: &Path, name: &str) -> (Vec<usize>, Vec<f64>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let st = SafeTensors::deserialize(&bytes).expect("valid safetensors");
+    let t = st.tensor(name).unwrap_or_else(|_| panic!("{} has no tensor {name}", path.display()));
+    let v = match t.dtype() {
+        safetensors::Dtype::F64 => t.data().chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect(),
+        safetensors::Dtype::F32 => t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
+        d => panic!("unexpected dtype {d:?}"),
+    };
+    (t.shape().to_vec(), v)
+}
+
+/// ‖a − b‖ / ‖b‖, infinite if anything is non-finite.
+pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    if a.iter().chain(b).any(|x| !x.is_finite()) {
+        return f64::INFINITY;
+    }
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| y * y).sum();
+    (num / den).sqrt()
+}
+
+/// One tensor as raw little-endian bytes, for writing (possibly malformed) safetensors files.
+pub struct RawTensor {
+    pub dtype: safetensors::Dtype,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+impl safetensors::View for &RawTensor {
+    fn dtype(&self) -> safetensors::Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// All tensors of a safetensors file, by name.
+pub fn read_all(path: &Path) -> std::collections::BTreeMap<String, RawTensor> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors().into_iter().map(|(n, t)| (n, RawTensor { dtype: t.dtype(), shape: t.shape().to_vec(), bytes: t.data().to_vec() })).collect()
+}
+
+pub fn write_all(path: &Path, tensors: &std::collections::BTreeMap<String, RawTensor>) {
+    let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.clone(), t)), None).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// f64 values as an F64 tensor.
+pub fn f64_tensor(shape: Vec<usize>, values: &[f64]) -> RawTensor {
+    RawTensor { dtype: safetensors::Dtype::F64, shape, bytes: values.iter().flat_map(|x| x.to_le_bytes()).collect() }
+}

@@ -12,7 +12,7 @@ use crate::config::GqaDims;
 use crate::decode::DecodeOutput;
 use crate::error::{Error, Result};
 use crate::linear::Linear;
-use crate::real::Real;
+use crate::real::{InputRounding, Real};
 use crate::rope::Rope;
 use ndarray::{s, Array2, Array3, ArrayView2, Axis};
 
@@ -121,6 +121,10 @@ impl<T: Real> GqaWeights<T> {
     }
 
     pub fn cast<U: Real>(&self) -> GqaWeights<U> {
-        GqaWeights { dims: self.dims, q: self.q.cast(), k: self.k.cast(), v: self.v.cast(), o: self.o.cast(), rope: self.rope.clone(), sliding_window: self.sliding_window, scale: self.scale }
+        self.rounded(InputRounding::None)
+    }
+    /// The weights in precision `U`, every parameter first rounded by `r`.
+    pub fn rounded<U: Real>(&self, r: InputRounding) -> GqaWeights<U> {
+        GqaWeights { dims: self.dims, q: self.q.rounded(r), k: self.k.rounded(r), v: self.v.rounded(r), o: self.o.rounded(r), rope: self.rope.clone(), sliding_window: self.sliding_window, scale: self.scale }
     }
 }

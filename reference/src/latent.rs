@@ -14,7 +14,7 @@
 use crate::config::LatentDims;
 use crate::error::{Error, Result};
 use crate::linear::{Linear, RmsNorm};
-use crate::real::Real;
+use crate::real::{InputRounding, Real};
 use crate::rope::Rope;
 use ndarray::{s, Array2, Array3, ArrayView2, Axis};
 
@@ -55,11 +55,11 @@ impl<T: Real> QueryProjection<T> {
             }
         }
     }
-    pub fn cast<U: Real>(&self) -> QueryProjection<U> {
+    pub fn rounded<U: Real>(&self, r: InputRounding) -> QueryProjection<U> {
         match self {
-            QueryProjection::Direct(w) => QueryProjection::Direct(w.cast()),
+            QueryProjection::Direct(w) => QueryProjection::Direct(w.rounded(r)),
             QueryProjection::LowRank { down, norm, up } => {
-                QueryProjection::LowRank { down: down.cast(), norm: norm.cast(), up: up.cast() }
+                QueryProjection::LowRank { down: down.rounded(r), norm: norm.rounded(r), up: up.rounded(r) }
             }
         }
     }
@@ -219,14 +219,19 @@ impl<T: Real> LatentWeights<T> {
 
     /// The same weights in another precision.
     pub fn cast<U: Real>(&self) -> LatentWeights<U> {
+        self.rounded(InputRounding::None)
+    }
+
+    /// The weights in precision `U`, every parameter first rounded by `r` (bf16/f16 checkpoints).
+    pub fn rounded<U: Real>(&self, r: InputRounding) -> LatentWeights<U> {
         LatentWeights {
             dims: self.dims,
             hidden: self.hidden,
-            query: self.query.cast(),
-            kv_a: self.kv_a.cast(),
-            kv_norm: self.kv_norm.as_ref().map(|n| n.cast()),
-            kv_b: self.kv_b.mapv(|x| U::of(x.f64())),
-            o_proj: self.o_proj.cast(),
+            query: self.query.rounded(r),
+            kv_a: self.kv_a.rounded(r),
+            kv_norm: self.kv_norm.as_ref().map(|n| n.rounded(r)),
+            kv_b: self.kv_b.mapv(|x| U::of(r.round(x.f64()))),
+            o_proj: self.o_proj.rounded(r),
             rope: self.rope.clone(),
             scale: self.scale,
         }

@@ -1,6 +1,6 @@
 //! Linear maps and RMSNorm with HF semantics.
 
-use crate::real::Real;
+use crate::real::{InputRounding, Real};
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
 /// y = W x + b, with W stored [out, in] as in HF checkpoints.
@@ -40,10 +40,12 @@ impl<T: Real> Linear<T> {
         }
     }
     pub fn cast<U: Real>(&self) -> Linear<U> {
-        Linear {
-            weight: self.weight.mapv(|x| U::of(x.f64())),
-            bias: self.bias.as_ref().map(|b| b.mapv(|x| U::of(x.f64()))),
-        }
+        self.rounded(InputRounding::None)
+    }
+    /// The map in precision `U`, each parameter first rounded by `r`.
+    pub fn rounded<U: Real>(&self, r: InputRounding) -> Linear<U> {
+        let f = |x: &T| U::of(r.round(x.f64()));
+        Linear { weight: self.weight.map(f), bias: self.bias.as_ref().map(|b| b.map(f)) }
     }
 }
 
@@ -69,6 +71,10 @@ impl<T: Real> RmsNorm<T> {
         y
     }
     pub fn cast<U: Real>(&self) -> RmsNorm<U> {
-        RmsNorm { weight: self.weight.mapv(|x| U::of(x.f64())), eps: self.eps }
+        self.rounded(InputRounding::None)
+    }
+    /// The norm in precision `U`, its weight first rounded by `r`.
+    pub fn rounded<U: Real>(&self, r: InputRounding) -> RmsNorm<U> {
+        RmsNorm { weight: self.weight.map(|x| U::of(r.round(x.f64()))), eps: self.eps }
     }
 }

@@ -173,8 +173,17 @@ fn unsupported_model_type() {
 #[test]
 fn unsupported_rope_type() {
     let s = scratch(FIXTURE);
-    s.edit_config(|v| v["rope_parameters"] = serde_json::json!({"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0}));
-    assert_rejected(&s.forward(), &s.out, &["config.json", "yarn", "not supported"]);
+    s.edit_config(|v| v["rope_parameters"] = serde_json::json!({"rope_type": "longrope", "rope_theta": 10000.0, "factor": 4.0}));
+    assert_rejected(&s.forward(), &s.out, &["config.json", "longrope", "not supported"]);
+}
+
+#[test]
+fn yarn_without_required_keys() {
+    let s = scratch(FIXTURE);
+    s.edit_config(|v| {
+        v["rope_parameters"] = serde_json::json!({"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0});
+    });
+    assert_rejected(&s.forward(), &s.out, &["config.json", "rope_parameters.low_freq_factor", "llama3"]);
 }
 
 #[test]

@@ -93,3 +93,84 @@ impl Rope {
         }
     }
 }
+
+/// How a checkpoint rescales the standard frequency table (HF `rope_type`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    /// θ_l = base^(−2l/d).
+    Default,
+    /// θ_l / factor.
+    Linear { factor: f64 },
+    /// LLaMA-3.1: long wavelengths divided by `factor`, short ones kept, a linear blend between.
+    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position: f64 },
+    /// YaRN (DeepSeek-V2/V3): a ramp between interpolated (θ/factor) and extrapolated (θ)
+    /// frequencies over the correction range [low, high], and cos/sin scaled by an attention factor.
+    Yarn { factor: f64, original_max_position: f64, beta_fast: f64, beta_slow: f64, mscale: Option<f64>, mscale_all_dim: Option<f64>, attention_factor: Option<f64>, truncate: bool },
+}
+
+/// YaRN's magnitude correction: 0.1·m·ln(s) + 1 for s > 1, else 1.
+pub fn yarn_mscale(scale: f64, m: f64) -> f64 {
+    if scale <= 1.0 {
+        1.0
+    } else {
+        0.1 * m * scale.ln() + 1.0
+    }
+}
+
+impl RopeScaling {
+    /// The frequency table and cos/sin multiplier for a rope of `dim` with base `base`.
+    pub fn table(&self, dim: usize, base: f64) -> Result<(Vec<f64>, f64)> {
+        let standard = Rope::standard(RopeStyle::RotateHalf, dim, base)?.freqs;
+        let two_pi = 2.0 * std::f64::consts::PI;
+        Ok(match *self {
+            RopeScaling::Default => (standard, 1.0),
+            RopeScaling::Linear { factor } => (standard.iter().map(|f| f / factor).collect(), 1.0),
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position } => {
+                let low_wavelen = original_max_position / low_freq_factor;
+                let high_wavelen = original_max_position / high_freq_factor;
+                let freqs = standard
+                    .iter()
+                    .map(|&f| {
+                        let wavelen = two_pi / f;
+                        if wavelen > low_wavelen {
+                            f / factor
+                        } else if wavelen < high_wavelen {
+                            f
+                        } else {
+                            let smooth = (original_max_position / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                            (1.0 - smooth) * f / factor + smooth * f
+                        }
+                    })
+                    .collect();
+                (freqs, 1.0)
+            }
+            RopeScaling::Yarn { factor, original_max_position, beta_fast, beta_slow, mscale, mscale_all_dim, attention_factor, truncate } => {
+                let attention = attention_factor.unwrap_or_else(|| match (mscale, mscale_all_dim) {
+                    (Some(m), Some(a)) if m != 0.0 && a != 0.0 => yarn_mscale(factor, m) / yarn_mscale(factor, a),
+                    _ => yarn_mscale(factor, 1.0),
+                });
+                let d = dim as f64;
+                let correction = |rotations: f64| d * (original_max_position / (rotations * two_pi)).ln() / (2.0 * base.ln());
+                let (mut low, mut high) = (correction(beta_fast), correction(beta_slow));
+                if truncate {
+                    low = low.floor();
+                    high = high.ceil();
+                }
+                let (low, mut high) = (low.max(0.0), high.min(d - 1.0));
+                if low == high {
+                    high += 0.001;
+                }
+                let freqs = standard
+                    .iter()
+                    .enumerate()
+                    .map(|(l, &f)| {
+                        let ramp = ((l as f64 - low) / (high - low)).clamp(0.0, 1.0);
+                        let extrapolation = 1.0 - ramp;
+                        (f / factor) * (1.0 - extrapolation) + f * extrapolation
+                    })
+                    .collect();
+                (freqs, attention)
+            }
+        })
+    }
+}

@@ -2,6 +2,7 @@
 
 use crate::config::{GqaDims, LatentDims};
 use crate::error::{Error, Result};
+use crate::rope::{yarn_mscale, Rope, RopeScaling, RopeStyle};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -38,20 +39,26 @@ impl StorageDtype {
 #[derive(Clone, Debug, PartialEq)]
 pub struct RopeConfig {
     pub theta: f64,
-    /// `rope_type` (`default` when absent). Only `default` can be evaluated yet.
-    pub kind: String,
+    /// The frequency-table rule, or the name of a `rope_type` the reference cannot evaluate.
+    pub scaling: std::result::Result<RopeScaling, String>,
 }
 
 impl RopeConfig {
-    /// The frequency table for a rope of `dim`, or an error naming the unsupported type.
-    pub fn build(&self, config: &Path, style: crate::rope::RopeStyle, dim: usize) -> Result<crate::rope::Rope> {
-        if self.kind != "default" {
-            return Err(Error::file(
-                config,
-                format!("RoPE type `{}` is not supported yet (expected `default`): cannot evaluate this layer", self.kind),
-            ));
+    /// The RoPE of a vector of `dim`, or an error naming the unsupported type.
+    pub fn build(&self, config: &Path, style: RopeStyle, dim: usize) -> Result<Rope> {
+        let scaling = self.scaling.as_ref().map_err(|kind| {
+            Error::file(config, format!("RoPE type `{kind}` is not supported (expected default, linear, llama3 or yarn): cannot evaluate this layer"))
+        })?;
+        let (freqs, attention_factor) = scaling.table(dim, self.theta)?;
+        Ok(Rope::new(style, freqs)?.with_attention_factor(attention_factor))
+    }
+
+    /// DeepSeek's softmax-scale correction under YaRN: mscale(factor, mscale_all_dim)².
+    pub fn deepseek_softmax_factor(&self) -> f64 {
+        match self.scaling {
+            Ok(RopeScaling::Yarn { factor, mscale_all_dim: Some(a), .. }) if a != 0.0 => yarn_mscale(factor, a).powi(2),
+            _ => 1.0,
         }
-        crate::rope::Rope::standard(style, dim, self.theta)
     }
 }
 
@@ -228,11 +235,48 @@ fn rope_config(j: &Json) -> Result<RopeConfig> {
         Some(t) => t.as_f64().ok_or_else(|| j.err("rope_parameters", "a numeric rope_theta"))?,
         None => j.f64_or("rope_theta", 10000.0)?,
     };
-    let kind = params.or(scaling).and_then(|p| p.get("rope_type").or_else(|| p.get("type"))).and_then(Value::as_str).unwrap_or("default");
     if !(theta.is_finite() && theta > 1.0) {
         return Err(j.err("rope_theta", "a finite base > 1"));
     }
-    Ok(RopeConfig { theta, kind: kind.to_string() })
+    let p = params.or(scaling);
+    let kind = p.and_then(|p| p.get("rope_type").or_else(|| p.get("type"))).and_then(Value::as_str).unwrap_or("default");
+    let key = if params.is_some() { "rope_parameters" } else { "rope_scaling" };
+    let num = |name: &str| -> Result<Option<f64>> {
+        match p.and_then(|p| p.get(name)) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| Error::file(j.path, format!("config key `{key}.{name}`: expected a number, got {v}"))),
+        }
+    };
+    let need = |name: &str| -> Result<f64> { num(name)?.ok_or_else(|| Error::file(j.path, format!("config key `{key}.{name}`: required for RoPE type `{kind}`"))) };
+    let max_pos = j.opt_usize("max_position_embeddings")?.map(|m| m as f64);
+    let original = || -> Result<f64> {
+        num("original_max_position_embeddings")?.or(max_pos).ok_or_else(|| Error::file(j.path, format!("config key `{key}.original_max_position_embeddings`: required for RoPE type `{kind}`")))
+    };
+    let scaling = match kind {
+        "default" => Ok(RopeScaling::Default),
+        "linear" => Ok(RopeScaling::Linear { factor: need("factor")? }),
+        "llama3" => Ok(RopeScaling::Llama3 { factor: need("factor")?, low_freq_factor: need("low_freq_factor")?, high_freq_factor: need("high_freq_factor")?, original_max_position: original()? }),
+        "yarn" => {
+            let original_max_position = original()?;
+            let factor = match num("factor")? {
+                Some(f) => f,
+                None => max_pos.ok_or_else(|| Error::file(j.path, "YaRN needs `factor` or `max_position_embeddings`"))? / original_max_position,
+            };
+            let truncate = p.and_then(|p| p.get("truncate")).and_then(Value::as_bool).unwrap_or(true);
+            Ok(RopeScaling::Yarn {
+                factor,
+                original_max_position,
+                beta_fast: num("beta_fast")?.filter(|b| *b != 0.0).unwrap_or(32.0),
+                beta_slow: num("beta_slow")?.filter(|b| *b != 0.0).unwrap_or(1.0),
+                mscale: num("mscale")?,
+                mscale_all_dim: num("mscale_all_dim")?,
+                attention_factor: num("attention_factor")?,
+                truncate,
+            })
+        }
+        other => Err(other.to_string()),
+    };
+    Ok(RopeConfig { theta, scaling })
 }
 
 /// Per-layer sliding windows: `layer_types` when given, else Mistral's `sliding_window`, else

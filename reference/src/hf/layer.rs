@@ -76,5 +76,6 @@ fn latent(l: &Loader, c: &LatentConfig, config: &ModelConfig) -> Result<LatentWe
     let kv_norm = Some(l.norm("kv_a_layernorm", d.d_c(), c.rms_norm_eps)?);
     let kv_b = l.linear("kv_b_proj", d.g() * (d.d_n() + d.d_v()), d.d_c(), false)?.weight;
     let o = l.linear("o_proj", hidden, d.h() * d.d_v(), c.bias)?;
-    LatentWeights::new(d, query, kv_a, kv_norm, kv_b, o, rope, None)
+    let scale = d.default_scale() * c.rope.deepseek_softmax_factor();
+    LatentWeights::new(d, query, kv_a, kv_norm, kv_b, o, rope, Some(scale))
 }

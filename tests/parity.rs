@@ -14,6 +14,7 @@ use rstest::rstest;
 #[case::gqla_g2("gqla_g2", true)]
 #[case::llama31_rope_scaling("llama31_rope", false)]
 #[case::deepseek_v3_yarn_mscale("deepseek_v3_yarn", true)]
+#[case::deepseek_v2_complex_rope_yarn_bf16("deepseek_v2_yarn", true)]
 fn forward_matches_hf(#[case] name: &str, #[case] latent: bool) {
     let dir = root().join("fixtures/hf").join(name);
     let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("fixture.json")).unwrap()).unwrap();

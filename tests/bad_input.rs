@@ -1,7 +1,7 @@
 //! Malformed input: exit code 2, a message naming the file, tensor and expectation, no panic, and
 //! no output file left behind.
 
-use crate::common::{f64_tensor, gqla, read_all, write_all, Run};
+use crate::common::{gqla, read_all, write_all, RawTensor, Run};
 use std::path::{Path, PathBuf};
 
 const FIXTURE: &str = "fixtures/hf/llama_mha_bias";
@@ -45,7 +45,7 @@ impl Scratch {
         f(&mut v);
         std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
     }
-    fn edit_weights(&self, f: impl FnOnce(&mut std::collections::BTreeMap<String, crate::common::RawTensor>)) {
+    fn edit_weights(&self, f: impl FnOnce(&mut std::collections::BTreeMap<String, RawTensor>)) {
         let mut t = read_all(&self.weights());
         f(&mut t);
         write_all(&self.weights(), &t);
@@ -90,7 +90,7 @@ fn missing_tensor() {
 fn wrong_shape() {
     let s = scratch(FIXTURE);
     s.edit_weights(|t| {
-        t.insert(K.into(), f64_tensor(vec![24, 31], &vec![0.5; 24 * 31]));
+        t.insert(K.into(), RawTensor::f64(vec![24, 31], vec![0.5; 24 * 31]));
     });
     assert_rejected(&s.forward(), &s.out, &["model.safetensors", K, "[24, 31]", "expected [24, 32]"]);
 }
@@ -144,7 +144,7 @@ fn nan_in_input() {
 fn input_of_wrong_width() {
     let s = scratch(FIXTURE);
     let mut t = read_all(&s.input);
-    t.insert("hidden_states".into(), f64_tensor(vec![3, 31], &vec![0.25; 93]));
+    t.insert("hidden_states".into(), RawTensor::f64(vec![3, 31], vec![0.25; 93]));
     write_all(&s.input, &t);
     assert_rejected(&s.forward(), &s.out, &["x.safetensors", "hidden_states", "[3, 31]", "expected [3, 32]"]);
 }

@@ -162,6 +162,17 @@ proptest! {
         let w = c.weights();
         let x = c.tokens();
         let tp = TpLayer::shard(&w, c.tp).unwrap();
+        let d = w.dims();
+        for r in &tp.ranks {
+            // Only its groups' up-projections, its heads' W^O columns; the latent projection replicated.
+            prop_assert_eq!(r.weights.kv_b().nrows(), (d.g() / c.tp) * (d.d_n() + d.d_v()));
+            let per = d.d_n() + d.d_v();
+            let full = w.kv_b();
+            prop_assert_eq!(r.weights.kv_b(), full.slice(s![r.groups.start * per..r.groups.end * per, ..]));
+            prop_assert_eq!(r.weights.o_proj().weight.ncols(), (d.h() / c.tp) * d.d_v());
+            prop_assert_eq!(r.weights.dims().h(), d.h() / c.tp);
+            prop_assert_eq!(r.weights.o_proj().bias.is_some(), r.rank == 0 && w.o_proj().bias.is_some());
+        }
         for layout in LAYOUTS {
             let (_, whole) = decode_both(&w, &x, c.context, layout);
             let mut caches = tp.new_caches(layout);

@@ -50,27 +50,7 @@ pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
     (num / den).sqrt()
 }
 
-/// One tensor as raw little-endian bytes, for writing (possibly malformed) safetensors files.
-pub struct RawTensor {
-    pub dtype: safetensors::Dtype,
-    pub shape: Vec<usize>,
-    pub bytes: Vec<u8>,
-}
-
-impl safetensors::View for &RawTensor {
-    fn dtype(&self) -> safetensors::Dtype {
-        self.dtype
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        std::borrow::Cow::Borrowed(&self.bytes)
-    }
-    fn data_len(&self) -> usize {
-        self.bytes.len()
-    }
-}
+pub use gqla_reference::hf::tensors::RawTensor;
 
 /// All tensors of a safetensors file, by name.
 pub fn read_all(path: &Path) -> std::collections::BTreeMap<String, RawTensor> {
@@ -79,12 +59,8 @@ pub fn read_all(path: &Path) -> std::collections::BTreeMap<String, RawTensor> {
     st.tensors().into_iter().map(|(n, t)| (n, RawTensor { dtype: t.dtype(), shape: t.shape().to_vec(), bytes: t.data().to_vec() })).collect()
 }
 
+/// Overwrite `path` with `tensors` (in place, unlike the program: tests want exact bytes).
 pub fn write_all(path: &Path, tensors: &std::collections::BTreeMap<String, RawTensor>) {
     let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.clone(), t)), None).unwrap();
     std::fs::write(path, bytes).unwrap();
-}
-
-/// f64 values as an F64 tensor.
-pub fn f64_tensor(shape: Vec<usize>, values: &[f64]) -> RawTensor {
-    RawTensor { dtype: safetensors::Dtype::F64, shape, bytes: values.iter().flat_map(|x| x.to_le_bytes()).collect() }
 }

@@ -164,37 +164,55 @@ fn decode(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f64>> {
     })
 }
 
-/// Write f64 tensors to `path` atomically (temp file in the same directory, then rename).
-pub fn write_f64(path: &Path, tensors: &[(&str, &ndarray::ArrayD<f64>)], metadata: Option<HashMap<String, String>>) -> Result<()> {
-    struct Owned {
-        shape: Vec<usize>,
-        bytes: Vec<u8>,
+/// One tensor as little-endian bytes, for writing safetensors files.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RawTensor {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+impl RawTensor {
+    /// An F64 tensor of `shape` holding `values` in row-major order.
+    pub fn f64(shape: Vec<usize>, values: impl IntoIterator<Item = f64>) -> Self {
+        Self { dtype: Dtype::F64, shape, bytes: values.into_iter().flat_map(f64::to_le_bytes).collect() }
     }
-    impl safetensors::View for &Owned {
-        fn dtype(&self) -> Dtype {
-            Dtype::F64
-        }
-        fn shape(&self) -> &[usize] {
-            &self.shape
-        }
-        fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-            std::borrow::Cow::Borrowed(&self.bytes)
-        }
-        fn data_len(&self) -> usize {
-            self.bytes.len()
-        }
+}
+
+impl safetensors::View for &RawTensor {
+    fn dtype(&self) -> Dtype {
+        self.dtype
     }
-    let owned: Vec<(String, Owned)> = tensors
-        .iter()
-        .map(|(n, a)| (n.to_string(), Owned { shape: a.shape().to_vec(), bytes: a.iter().flat_map(|x| x.to_le_bytes()).collect() }))
-        .collect();
-    let bytes = safetensors::serialize(owned.iter().map(|(n, o)| (n.clone(), o)), metadata).map_err(|e| Error::file(path, format!("cannot serialize: {e}")))?;
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// Write `tensors` to `path` atomically: a temp file in the same directory, then a rename, so an
+/// interrupted run never leaves a file that looks finished.
+pub fn write_tensors<'a>(path: &Path, tensors: impl IntoIterator<Item = (&'a str, &'a RawTensor)>, metadata: Option<HashMap<String, String>>) -> Result<()> {
+    let bytes = safetensors::serialize(tensors, metadata).map_err(|e| Error::file(path, format!("cannot serialize: {e}")))?;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().ok_or_else(|| Error::file(path, "output path has no file name"))?;
     let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-    std::fs::write(&tmp, &bytes).map_err(|e| Error::file(&tmp, format!("cannot write: {e}")))?;
+    std::fs::write(&tmp, &bytes).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::file(&tmp, format!("cannot write: {e}"))
+    })?;
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         Error::file(path, format!("cannot move the finished file into place: {e}"))
     })
+}
+
+/// Write f64 arrays to `path` atomically as F64 tensors.
+pub fn write_f64(path: &Path, tensors: &[(&str, &ArrayD<f64>)], metadata: Option<HashMap<String, String>>) -> Result<()> {
+    let raw: Vec<(&str, RawTensor)> = tensors.iter().map(|(n, a)| (*n, RawTensor::f64(a.shape().to_vec(), a.iter().copied()))).collect();
+    write_tensors(path, raw.iter().map(|(n, t)| (*n, t)), metadata)
 }

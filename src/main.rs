@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "gqla", version, about = "Reference, conversion and certification for Group-Query Latent Attention")]
+#[command(
+    name = "gqla",
+    version,
+    about = "Reference, conversion and certification for Group-Query Latent Attention"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

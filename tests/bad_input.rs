@@ -29,12 +29,27 @@ fn scratch(fixture: &str) -> Scratch {
     std::fs::copy(src.join("layer1.safetensors"), &input).unwrap();
     let out = tmp.path().join("out").join("y.safetensors");
     std::fs::create_dir(tmp.path().join("out")).unwrap();
-    Scratch { _tmp: tmp, ckpt, input, out }
+    Scratch {
+        _tmp: tmp,
+        ckpt,
+        input,
+        out,
+    }
 }
 
 impl Scratch {
     fn forward(&self) -> Run {
-        gqla(&["forward", "--checkpoint", self.ckpt.to_str().unwrap(), "--layer", "1", "--input", self.input.to_str().unwrap(), "--output", self.out.to_str().unwrap()])
+        gqla(&[
+            "forward",
+            "--checkpoint",
+            self.ckpt.to_str().unwrap(),
+            "--layer",
+            "1",
+            "--input",
+            self.input.to_str().unwrap(),
+            "--output",
+            self.out.to_str().unwrap(),
+        ])
     }
     fn weights(&self) -> PathBuf {
         self.ckpt.join("model.safetensors")
@@ -137,7 +152,11 @@ fn nan_in_input() {
     let x = t.get_mut("hidden_states").unwrap();
     x.bytes[80..88].copy_from_slice(&f64::NAN.to_le_bytes());
     write_all(&s.input, &t);
-    assert_rejected(&s.forward(), &s.out, &["x.safetensors", "hidden_states", "non-finite", "flat index 10"]);
+    assert_rejected(
+        &s.forward(),
+        &s.out,
+        &["x.safetensors", "hidden_states", "non-finite", "flat index 10"],
+    );
 }
 
 #[test]
@@ -146,7 +165,11 @@ fn input_of_wrong_width() {
     let mut t = read_all(&s.input);
     t.insert("hidden_states".into(), RawTensor::f64(vec![3, 31], vec![0.25; 93]));
     write_all(&s.input, &t);
-    assert_rejected(&s.forward(), &s.out, &["x.safetensors", "hidden_states", "[3, 31]", "expected [3, 32]"]);
+    assert_rejected(
+        &s.forward(),
+        &s.out,
+        &["x.safetensors", "hidden_states", "[3, 31]", "expected [3, 32]"],
+    );
 }
 
 #[test]
@@ -159,7 +182,17 @@ fn missing_shard() {
 #[test]
 fn layer_out_of_range() {
     let s = scratch(FIXTURE);
-    let r = gqla(&["forward", "--checkpoint", s.ckpt.to_str().unwrap(), "--layer", "9", "--input", s.input.to_str().unwrap(), "--output", s.out.to_str().unwrap()]);
+    let r = gqla(&[
+        "forward",
+        "--checkpoint",
+        s.ckpt.to_str().unwrap(),
+        "--layer",
+        "9",
+        "--input",
+        s.input.to_str().unwrap(),
+        "--output",
+        s.out.to_str().unwrap(),
+    ]);
     assert_rejected(&r, &s.out, &["config.json", "layer 9", "num_hidden_layers = 2"]);
 }
 

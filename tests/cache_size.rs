@@ -36,7 +36,17 @@ fn llama_3_8b_absorb_is_28_125_percent() {
 
 #[test]
 fn rank_too_large_is_rejected() {
-    let r = gqla(&["cache-size", "--config", "fixtures/configs/llama-3-8b.json", "--kv-lora-rank", "4097"]);
+    let r = gqla(&[
+        "cache-size",
+        "--config",
+        "fixtures/configs/llama-3-8b.json",
+        "--kv-lora-rank",
+        "4097",
+    ]);
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("4097") && r.stderr.contains("2048") || r.stderr.contains("exceeds"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("4097") && r.stderr.contains("2048") || r.stderr.contains("exceeds"),
+        "{}",
+        r.stderr
+    );
 }

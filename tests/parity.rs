@@ -23,12 +23,30 @@ fn forward_matches_hf(#[case] name: &str, #[case] latent: bool) {
     let (shape, want) = read_tensor(&io, "attn_output");
     let tmp = tempfile::tempdir().unwrap();
     let ckpt = dir.join("checkpoint");
-    let paths: &[Option<&str>] = if latent { &[None, Some("absorb"), Some("gqa")] } else { &[None, Some("gqa")] };
+    let paths: &[Option<&str>] = if latent {
+        &[None, Some("absorb"), Some("gqa")]
+    } else {
+        &[None, Some("gqa")]
+    };
     for path in paths {
         for layout in ["once", "per-group"] {
             for (dtype, tol) in [("f64", 1e-10), ("f32", 1e-4)] {
                 let out = tmp.path().join("y.safetensors");
-                let mut args = vec!["forward", "--checkpoint", ckpt.to_str().unwrap(), "--layer", &layer, "--input", io.to_str().unwrap(), "--output", out.to_str().unwrap(), "--dtype", dtype, "--layout", layout];
+                let mut args = vec![
+                    "forward",
+                    "--checkpoint",
+                    ckpt.to_str().unwrap(),
+                    "--layer",
+                    &layer,
+                    "--input",
+                    io.to_str().unwrap(),
+                    "--output",
+                    out.to_str().unwrap(),
+                    "--dtype",
+                    dtype,
+                    "--layout",
+                    layout,
+                ];
                 if let Some(p) = path {
                     args.extend(["--path", p]);
                 }
@@ -51,7 +69,19 @@ fn gqa_checkpoint_has_no_absorb_path() {
     let dir = root().join("fixtures/hf/llama");
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("y.safetensors");
-    let r = gqla(&["forward", "--checkpoint", dir.join("checkpoint").to_str().unwrap(), "--layer", "1", "--input", dir.join("layer1.safetensors").to_str().unwrap(), "--output", out.to_str().unwrap(), "--path", "absorb"]);
+    let r = gqla(&[
+        "forward",
+        "--checkpoint",
+        dir.join("checkpoint").to_str().unwrap(),
+        "--layer",
+        "1",
+        "--input",
+        dir.join("layer1.safetensors").to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--path",
+        "absorb",
+    ]);
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("no absorb path"), "{}", r.stderr);
     assert!(!out.exists());

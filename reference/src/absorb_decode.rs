@@ -25,7 +25,8 @@ pub fn absorb_queries<T: Real>(w: &LatentWeights<T>, q: &Queries<T>) -> Array3<T
     for t in 0..s_q {
         for i in 0..h {
             let w_uk = w.w_uk(d.group_of(i));
-            out.slice_mut(s![t, i, ..d.d_c()]).assign(&w_uk.t().dot(&q.nope.slice(s![t, i, ..])));
+            out.slice_mut(s![t, i, ..d.d_c()])
+                .assign(&w_uk.t().dot(&q.nope.slice(s![t, i, ..])));
             out.slice_mut(s![t, i, d.d_c()..]).assign(&q.rope.slice(s![t, i, ..]));
         }
     }
@@ -54,7 +55,8 @@ pub fn up_project_values<T: Real>(w: &LatentWeights<T>, o_latent: &Array3<T>) ->
     let mut out = Array3::zeros((s_q, h, d.d_v()));
     for t in 0..s_q {
         for i in 0..h {
-            out.slice_mut(s![t, i, ..]).assign(&w.w_uv(d.group_of(i)).dot(&o_latent.slice(s![t, i, ..])));
+            out.slice_mut(s![t, i, ..])
+                .assign(&w.w_uv(d.group_of(i)).dot(&o_latent.slice(s![t, i, ..])));
         }
     }
     out
@@ -62,22 +64,30 @@ pub fn up_project_values<T: Real>(w: &LatentWeights<T>, o_latent: &Array3<T>) ->
 
 /// Decode the hidden states `x_new` [s, hidden] (positions cache.len()..) on the absorb path,
 /// appending their latents to `cache`.
-pub fn absorb_decode<T: Real>(
-    w: &LatentWeights<T>,
-    x_new: ArrayView2<T>,
-    cache: &mut LatentCache<T>,
-) -> Result<DecodeOutput<T>> {
+pub fn absorb_decode<T: Real>(w: &LatentWeights<T>, x_new: ArrayView2<T>, cache: &mut LatentCache<T>) -> Result<DecodeOutput<T>> {
     let d = w.dims();
     if x_new.ncols() != w.hidden() {
-        return Err(Error::ShapeMismatch { what: "decode input [s, hidden]".into(), expected: vec![x_new.nrows(), w.hidden()], got: x_new.shape().to_vec() });
+        return Err(Error::ShapeMismatch {
+            what: "decode input [s, hidden]".into(),
+            expected: vec![x_new.nrows(), w.hidden()],
+            got: x_new.shape().to_vec(),
+        });
     }
     if (cache.d_c(), cache.d_r()) != (d.d_c(), d.d_r()) {
-        return Err(Error::ShapeMismatch { what: "latent cache [d_c, d_r]".into(), expected: vec![d.d_c(), d.d_r()], got: vec![cache.d_c(), cache.d_r()] });
+        return Err(Error::ShapeMismatch {
+            what: "latent cache [d_c, d_r]".into(),
+            expected: vec![d.d_c(), d.d_r()],
+            got: vec![cache.d_c(), cache.d_r()],
+        });
     }
     let start = cache.len();
     cache.append(w.latent(x_new).view(), w.rope_key(x_new, start).view());
     let q_tilde = absorb_queries(w, &w.queries(x_new, start));
     let (o_latent, lse) = mqa_attend(&q_tilde, cache, T::of(w.scale()));
     let heads = up_project_values(w, &o_latent);
-    Ok(DecodeOutput { y: w.output(&heads), heads, lse })
+    Ok(DecodeOutput {
+        y: w.output(&heads),
+        heads,
+        lse,
+    })
 }

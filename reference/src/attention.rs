@@ -30,13 +30,7 @@ pub fn causal_ranges(s_q: usize, kv_len: usize, window: Option<usize>) -> Vec<Ke
 }
 
 /// One query row against its visible keys: returns (o, LSE).
-pub fn attend_row<T: Real>(
-    q: ArrayView1<T>,
-    keys: ArrayView2<T>,
-    values: ArrayView2<T>,
-    scale: T,
-    range: KeyRange,
-) -> (Array1<T>, T) {
+pub fn attend_row<T: Real>(q: ArrayView1<T>, keys: ArrayView2<T>, values: ArrayView2<T>, scale: T, range: KeyRange) -> (Array1<T>, T) {
     let d_v = values.ncols();
     if range.start >= range.end {
         return (Array1::zeros(d_v), T::neg_infinity());

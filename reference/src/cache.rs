@@ -24,7 +24,10 @@ impl<E: Copy + Default> TokenBuffer<E> {
     }
     /// A buffer of `tokens` default-valued rows (for size measurement and pre-allocation).
     pub fn filled(width: usize, tokens: usize) -> Self {
-        Self { width, data: vec![E::default(); width * tokens] }
+        Self {
+            width,
+            data: vec![E::default(); width * tokens],
+        }
     }
     pub fn width(&self) -> usize {
         self.width
@@ -67,7 +70,10 @@ fn footprint<E: Copy + Default>(tokens: usize, buffers: &[&TokenBuffer<E>]) -> O
     }
     let elements: usize = buffers.iter().map(|b| b.elements()).sum();
     let bytes: usize = buffers.iter().map(|b| b.bytes()).sum();
-    Some(Footprint { elements_per_token: elements / tokens, bytes_per_token: bytes / tokens })
+    Some(Footprint {
+        elements_per_token: elements / tokens,
+        bytes_per_token: bytes / tokens,
+    })
 }
 
 /// The MQA-absorb cache: rows [c_t (d_c); k^R_t (d_r)].
@@ -80,11 +86,19 @@ pub struct LatentCache<E> {
 
 impl<E: Copy + Default> LatentCache<E> {
     pub fn new(d_c: usize, d_r: usize) -> Self {
-        Self { d_c, d_r, rows: TokenBuffer::new(d_c + d_r) }
+        Self {
+            d_c,
+            d_r,
+            rows: TokenBuffer::new(d_c + d_r),
+        }
     }
     /// A cache of `tokens` default-valued rows.
     pub fn filled(d_c: usize, d_r: usize, tokens: usize) -> Self {
-        Self { d_c, d_r, rows: TokenBuffer::filled(d_c + d_r, tokens) }
+        Self {
+            d_c,
+            d_r,
+            rows: TokenBuffer::filled(d_c + d_r, tokens),
+        }
     }
     pub fn d_c(&self) -> usize {
         self.d_c
@@ -277,10 +291,20 @@ pub struct GqaCache<E> {
 
 impl<E: Copy + Default> GqaCache<E> {
     pub fn new(kv: usize, d: usize) -> Self {
-        Self { kv, d, keys: TokenBuffer::new(kv * d), values: TokenBuffer::new(kv * d) }
+        Self {
+            kv,
+            d,
+            keys: TokenBuffer::new(kv * d),
+            values: TokenBuffer::new(kv * d),
+        }
     }
     pub fn filled(kv: usize, d: usize, tokens: usize) -> Self {
-        Self { kv, d, keys: TokenBuffer::filled(kv * d, tokens), values: TokenBuffer::filled(kv * d, tokens) }
+        Self {
+            kv,
+            d,
+            keys: TokenBuffer::filled(kv * d, tokens),
+            values: TokenBuffer::filled(kv * d, tokens),
+        }
     }
     pub fn len(&self) -> usize {
         self.keys.tokens()

@@ -23,12 +23,12 @@ impl LatentDims {
         if let Some((name, _)) = named.iter().find(|(_, v)| *v == 0) {
             return Err(Error::Config(format!("{name} must be positive, got 0")));
         }
-        if h % g != 0 {
+        if !h.is_multiple_of(g) {
             return Err(Error::Config(format!(
                 "the number of query heads H={h} must be divisible by the number of groups G={g}"
             )));
         }
-        if d_r % 2 != 0 {
+        if !d_r.is_multiple_of(2) {
             return Err(Error::Config(format!("the rope dim d_r={d_r} must be even")));
         }
         Ok(Self { h, g, d_c, d_n, d_r, d_v })
@@ -91,12 +91,12 @@ impl GqaDims {
         if h == 0 || kv == 0 || d == 0 {
             return Err(Error::Config(format!("H={h}, KV={kv}, head_dim={d} must all be positive")));
         }
-        if h % kv != 0 {
+        if !h.is_multiple_of(kv) {
             return Err(Error::Config(format!(
                 "the number of query heads H={h} must be divisible by the number of kv heads KV={kv}"
             )));
         }
-        if d % 2 != 0 {
+        if !d.is_multiple_of(2) {
             return Err(Error::Config(format!("head_dim={d} must be even for RoPE")));
         }
         Ok(Self { h, kv, d })

@@ -16,22 +16,44 @@ pub enum Error {
     MissingTensor { path: PathBuf, tensor: String, expected: String },
     /// A tensor has the wrong shape.
     #[error("{path}: tensor `{tensor}` has shape {got:?}, expected {expected:?}")]
-    Shape { path: PathBuf, tensor: String, expected: Vec<usize>, got: Vec<usize> },
+    Shape {
+        path: PathBuf,
+        tensor: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
     /// A tensor has a dtype the reference cannot read.
     #[error("{path}: tensor `{tensor}` has dtype {got}, expected one of {expected}")]
-    Dtype { path: PathBuf, tensor: String, expected: String, got: String },
+    Dtype {
+        path: PathBuf,
+        tensor: String,
+        expected: String,
+        got: String,
+    },
     /// A tensor holds NaN or infinity where finite values are required.
     #[error("{path}: tensor `{tensor}` holds {count} non-finite value(s), first at flat index {first}; expected all finite")]
-    NonFinite { path: PathBuf, tensor: String, count: usize, first: usize },
+    NonFinite {
+        path: PathBuf,
+        tensor: String,
+        count: usize,
+        first: usize,
+    },
     /// Arrays passed to a reference function disagree in shape.
     #[error("shape mismatch in {what}: expected {expected:?}, got {got:?}")]
-    ShapeMismatch { what: String, expected: Vec<usize>, got: Vec<usize> },
+    ShapeMismatch {
+        what: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn file(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        Error::File { path: path.into(), message: message.into() }
+        Error::File {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }

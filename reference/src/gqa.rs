@@ -32,7 +32,16 @@ pub struct GqaWeights<T> {
 impl<T: Real> GqaWeights<T> {
     /// Checks every shape once; `scale` None means 1/sqrt(D).
     #[allow(clippy::too_many_arguments)]
-    pub fn new(dims: GqaDims, q: Linear<T>, k: Linear<T>, v: Linear<T>, o: Linear<T>, rope: Rope, sliding_window: Option<usize>, scale: Option<f64>) -> Result<Self> {
+    pub fn new(
+        dims: GqaDims,
+        q: Linear<T>,
+        k: Linear<T>,
+        v: Linear<T>,
+        o: Linear<T>,
+        rope: Rope,
+        sliding_window: Option<usize>,
+        scale: Option<f64>,
+    ) -> Result<Self> {
         let hidden = q.in_dim();
         let (h, kv, dd) = (dims.h(), dims.kv(), dims.d());
         for (what, expected, got) in [
@@ -43,13 +52,26 @@ impl<T: Real> GqaWeights<T> {
             ("RoPE dim = head_dim", vec![dd], vec![rope.dim()]),
         ] {
             if expected != got {
-                return Err(Error::ShapeMismatch { what: what.into(), expected, got });
+                return Err(Error::ShapeMismatch {
+                    what: what.into(),
+                    expected,
+                    got,
+                });
             }
         }
         if sliding_window == Some(0) {
             return Err(Error::Config("sliding_window must be positive".into()));
         }
-        Ok(Self { dims, q, k, v, o, rope, sliding_window, scale: scale.unwrap_or(1.0 / (dd as f64).sqrt()) })
+        Ok(Self {
+            dims,
+            q,
+            k,
+            v,
+            o,
+            rope,
+            sliding_window,
+            scale: scale.unwrap_or(1.0 / (dd as f64).sqrt()),
+        })
     }
     pub fn dims(&self) -> GqaDims {
         self.dims
@@ -81,7 +103,11 @@ impl<T: Real> GqaWeights<T> {
 
     /// Project rows at positions start.. to heads [s, n, D], applying RoPE when `rope`.
     fn heads(&self, w: &Linear<T>, x: ArrayView2<T>, n: usize, start: usize, rope: bool) -> Array3<T> {
-        let mut a = w.forward(x).to_shape((x.nrows(), n, self.dims.d())).expect("head reshape").into_owned();
+        let mut a = w
+            .forward(x)
+            .to_shape((x.nrows(), n, self.dims.d()))
+            .expect("head reshape")
+            .into_owned();
         if rope {
             for (t, mut tok) in a.axis_iter_mut(Axis(0)).enumerate() {
                 for mut head in tok.axis_iter_mut(Axis(0)) {
@@ -96,18 +122,31 @@ impl<T: Real> GqaWeights<T> {
     pub fn decode(&self, x_new: ArrayView2<T>, cache: &mut GqaCache<T>) -> Result<DecodeOutput<T>> {
         let (h, kv, dd) = (self.dims.h(), self.dims.kv(), self.dims.d());
         if x_new.ncols() != self.hidden() {
-            return Err(Error::ShapeMismatch { what: "GQA input [s, hidden]".into(), expected: vec![x_new.nrows(), self.hidden()], got: x_new.shape().to_vec() });
+            return Err(Error::ShapeMismatch {
+                what: "GQA input [s, hidden]".into(),
+                expected: vec![x_new.nrows(), self.hidden()],
+                got: x_new.shape().to_vec(),
+            });
         }
         let start = cache.len();
         let s_q = x_new.nrows();
         let q = self.heads(&self.q, x_new, h, start, true);
-        cache.append(self.heads(&self.k, x_new, kv, start, true).view(), self.heads(&self.v, x_new, kv, start, false).view());
+        cache.append(
+            self.heads(&self.k, x_new, kv, start, true).view(),
+            self.heads(&self.v, x_new, kv, start, false).view(),
+        );
         let ranges = causal_ranges(s_q, cache.len(), self.sliding_window);
         let mut heads = Array3::zeros((s_q, h, dd));
         let mut lse = Array2::zeros((s_q, h));
         for i in 0..h {
             let j = self.dims.kv_of(i);
-            let (o, l) = attend(q.slice(s![.., i, ..]), cache.head_keys(j), cache.head_values(j), T::of(self.scale), &ranges);
+            let (o, l) = attend(
+                q.slice(s![.., i, ..]),
+                cache.head_keys(j),
+                cache.head_values(j),
+                T::of(self.scale),
+                &ranges,
+            );
             heads.slice_mut(s![.., i, ..]).assign(&o);
             lse.slice_mut(s![.., i]).assign(&l);
         }
@@ -125,6 +164,15 @@ impl<T: Real> GqaWeights<T> {
     }
     /// The weights in precision `U`, every parameter first rounded by `r`.
     pub fn rounded<U: Real>(&self, r: InputRounding) -> GqaWeights<U> {
-        GqaWeights { dims: self.dims, q: self.q.rounded(r), k: self.k.rounded(r), v: self.v.rounded(r), o: self.o.rounded(r), rope: self.rope.clone(), sliding_window: self.sliding_window, scale: self.scale }
+        GqaWeights {
+            dims: self.dims,
+            q: self.q.rounded(r),
+            k: self.k.rounded(r),
+            v: self.v.rounded(r),
+            o: self.o.rounded(r),
+            rope: self.rope.clone(),
+            sliding_window: self.sliding_window,
+            scale: self.scale,
+        }
     }
 }

@@ -21,7 +21,11 @@ use ndarray::{concatenate, s, Array2, Array3, ArrayView2, Axis};
 /// group of `cache`. Returns (o [s, H_l, d_v], LSE [s, H_l]).
 pub fn gqa_attend<T: Real>(q: &Queries<T>, cache: &GroupCache<T>, scale: T, heads_per_group: usize) -> (Array3<T>, Array2<T>) {
     let (s_q, h, _) = q.nope.dim();
-    assert_eq!(h, heads_per_group * cache.num_groups(), "gqa_attend: heads must fill the cache's groups");
+    assert_eq!(
+        h,
+        heads_per_group * cache.num_groups(),
+        "gqa_attend: heads must fill the cache's groups"
+    );
     let ranges = causal_ranges(s_q, cache.len(), None);
     let d_v = cache.group_values(0).ncols();
     let mut out = Array3::zeros((s_q, h, d_v));
@@ -43,15 +47,27 @@ pub fn gqa_attend<T: Real>(q: &Queries<T>, cache: &GroupCache<T>, scale: T, head
 pub fn gqa_decode<T: Real>(w: &LatentWeights<T>, x_new: ArrayView2<T>, cache: &mut GroupCache<T>) -> Result<DecodeOutput<T>> {
     let d = w.dims();
     if x_new.ncols() != w.hidden() {
-        return Err(Error::ShapeMismatch { what: "decode input [s, hidden]".into(), expected: vec![x_new.nrows(), w.hidden()], got: x_new.shape().to_vec() });
+        return Err(Error::ShapeMismatch {
+            what: "decode input [s, hidden]".into(),
+            expected: vec![x_new.nrows(), w.hidden()],
+            got: x_new.shape().to_vec(),
+        });
     }
     if cache.num_groups() != d.g() {
-        return Err(Error::ShapeMismatch { what: "group cache groups".into(), expected: vec![d.g()], got: vec![cache.num_groups()] });
+        return Err(Error::ShapeMismatch {
+            what: "group cache groups".into(),
+            expected: vec![d.g()],
+            got: vec![cache.num_groups()],
+        });
     }
     let start = cache.len();
     let c = w.latent(x_new);
     let (k, v) = expand_rows(w, c.view());
     cache.append(k.view(), v.view(), w.rope_key(x_new, start).view());
     let (heads, lse) = gqa_attend(&w.queries(x_new, start), cache, T::of(w.scale()), d.heads_per_group());
-    Ok(DecodeOutput { y: w.output(&heads), heads, lse })
+    Ok(DecodeOutput {
+        y: w.output(&heads),
+        heads,
+        lse,
+    })
 }

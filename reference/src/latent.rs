@@ -4,7 +4,7 @@
 //! - (L1) latent: c_t = N(W^{DKV} x_t), N = RMSNorm (kv_a_layernorm) or identity;
 //! - (L2) shared rope key: k^R_t = RoPE(W^{KR} x_t, t);
 //! - (Q)  query of head i: [q^N_i; q^R_i] = W^Q_i x_t (or through the q-LoRA W^{UQ} N_q(W^{DQ} x_t)),
-//!        with RoPE applied to q^R_i at position t;
+//!   with RoPE applied to q^R_i at position t;
 //! - (O)  y_t = W^O [o_1; …; o_H] + b^O.
 //!
 //! `W^{DKV}` and `W^{KR}` are the two row blocks of HF's `kv_a_proj_with_mqa` ([d_c + d_r, hidden]);
@@ -50,17 +50,21 @@ impl<T: Real> QueryProjection<T> {
     pub fn rows(&self, rows: std::ops::Range<usize>) -> Self {
         match self {
             QueryProjection::Direct(w) => QueryProjection::Direct(w.rows(rows)),
-            QueryProjection::LowRank { down, norm, up } => {
-                QueryProjection::LowRank { down: down.clone(), norm: norm.clone(), up: up.rows(rows) }
-            }
+            QueryProjection::LowRank { down, norm, up } => QueryProjection::LowRank {
+                down: down.clone(),
+                norm: norm.clone(),
+                up: up.rows(rows),
+            },
         }
     }
     pub fn rounded<U: Real>(&self, r: InputRounding) -> QueryProjection<U> {
         match self {
             QueryProjection::Direct(w) => QueryProjection::Direct(w.rounded(r)),
-            QueryProjection::LowRank { down, norm, up } => {
-                QueryProjection::LowRank { down: down.rounded(r), norm: norm.rounded(r), up: up.rounded(r) }
-            }
+            QueryProjection::LowRank { down, norm, up } => QueryProjection::LowRank {
+                down: down.rounded(r),
+                norm: norm.rounded(r),
+                up: up.rounded(r),
+            },
         }
     }
 }
@@ -107,22 +111,52 @@ impl<T: Real> LatentWeights<T> {
             if expected == got {
                 Ok(())
             } else {
-                Err(Error::ShapeMismatch { what: what.into(), expected, got })
+                Err(Error::ShapeMismatch {
+                    what: what.into(),
+                    expected,
+                    got,
+                })
             }
         };
-        check("query projection [H(d_n+d_r), hidden]", vec![h * dims.qk_dim(), hidden], vec![query.out_dim(), query.in_dim()])?;
-        check("kv_a_proj_with_mqa [d_c+d_r, hidden]", vec![dims.d_c() + dims.d_r(), hidden], vec![kv_a.out_dim(), hidden])?;
+        check(
+            "query projection [H(d_n+d_r), hidden]",
+            vec![h * dims.qk_dim(), hidden],
+            vec![query.out_dim(), query.in_dim()],
+        )?;
+        check(
+            "kv_a_proj_with_mqa [d_c+d_r, hidden]",
+            vec![dims.d_c() + dims.d_r(), hidden],
+            vec![kv_a.out_dim(), hidden],
+        )?;
         if let Some(n) = &kv_norm {
             check("kv_a_layernorm [d_c]", vec![dims.d_c()], n.weight.shape().to_vec())?;
         }
-        check("kv_b_proj [G(d_n+d_v), d_c]", vec![g * (dims.d_n() + dims.d_v()), dims.d_c()], kv_b.shape().to_vec())?;
-        check("o_proj [hidden, H d_v]", vec![hidden, h * dims.d_v()], o_proj.weight.shape().to_vec())?;
+        check(
+            "kv_b_proj [G(d_n+d_v), d_c]",
+            vec![g * (dims.d_n() + dims.d_v()), dims.d_c()],
+            kv_b.shape().to_vec(),
+        )?;
+        check(
+            "o_proj [hidden, H d_v]",
+            vec![hidden, h * dims.d_v()],
+            o_proj.weight.shape().to_vec(),
+        )?;
         check("RoPE dim = d_r", vec![dims.d_r()], vec![rope.dim()])?;
         let scale = scale.unwrap_or_else(|| dims.default_scale());
         if !(scale.is_finite() && scale > 0.0) {
             return Err(Error::Config(format!("softmax scale must be positive and finite, got {scale}")));
         }
-        Ok(Self { dims, hidden, query, kv_a, kv_norm, kv_b, o_proj, rope, scale })
+        Ok(Self {
+            dims,
+            hidden,
+            query,
+            kv_a,
+            kv_norm,
+            kv_b,
+            o_proj,
+            rope,
+            scale,
+        })
     }
 
     pub fn dims(&self) -> LatentDims {
@@ -188,7 +222,10 @@ impl<T: Real> LatentWeights<T> {
     pub fn queries(&self, x: ArrayView2<T>, start: usize) -> Queries<T> {
         let heads = self.query.out_dim() / self.dims.qk_dim();
         let q = self.query.forward(x);
-        let q = q.to_shape((x.nrows(), heads, self.dims.qk_dim())).expect("query rows reshape").into_owned();
+        let q = q
+            .to_shape((x.nrows(), heads, self.dims.qk_dim()))
+            .expect("query rows reshape")
+            .into_owned();
         let nope = q.slice(s![.., .., ..self.dims.d_n()]).to_owned();
         let mut rope = q.slice(s![.., .., self.dims.d_n()..]).to_owned();
         for (t, mut tok) in rope.axis_iter_mut(Axis(0)).enumerate() {
@@ -212,9 +249,14 @@ impl<T: Real> LatentWeights<T> {
         let mut kv_b = Array2::zeros((self.dims.h() * per, self.dims.d_c()));
         for i in 0..self.dims.h() {
             let g = self.dims.group_of(i);
-            kv_b.slice_mut(s![i * per..(i + 1) * per, ..]).assign(&self.kv_b.slice(s![g * per..(g + 1) * per, ..]));
+            kv_b.slice_mut(s![i * per..(i + 1) * per, ..])
+                .assign(&self.kv_b.slice(s![g * per..(g + 1) * per, ..]));
         }
-        Self { dims: self.dims.as_mla(), kv_b, ..self.clone() }
+        Self {
+            dims: self.dims.as_mla(),
+            kv_b,
+            ..self.clone()
+        }
     }
 
     /// The same weights in another precision.
@@ -246,7 +288,11 @@ impl<T: Real> LatentWeights<T> {
         let heads = groups.start * hpg..groups.end * hpg;
         let per = d.d_n() + d.d_v();
         let dims = LatentDims::new(heads.len(), groups.len(), d.d_c(), d.d_n(), d.d_r(), d.d_v())?;
-        let o_w = self.o_proj.weight.slice(s![.., heads.start * d.d_v()..heads.end * d.d_v()]).to_owned();
+        let o_w = self
+            .o_proj
+            .weight
+            .slice(s![.., heads.start * d.d_v()..heads.end * d.d_v()])
+            .to_owned();
         let o_b = if keep_output_bias { self.o_proj.bias.clone() } else { None };
         Ok(Self {
             dims,

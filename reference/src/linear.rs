@@ -26,7 +26,11 @@ impl<T: Real> Linear<T> {
     /// Y = X Wᵀ + b for rows X [n, in].
     pub fn forward(&self, x: ArrayView2<T>) -> Array2<T> {
         let y = x.dot(&self.weight.t());
-        let mut y = if y.is_standard_layout() { y } else { y.as_standard_layout().into_owned() };
+        let mut y = if y.is_standard_layout() {
+            y
+        } else {
+            y.as_standard_layout().into_owned()
+        };
         if let Some(b) = &self.bias {
             y += b;
         }
@@ -45,7 +49,10 @@ impl<T: Real> Linear<T> {
     /// The map in precision `U`, each parameter first rounded by `r`.
     pub fn rounded<U: Real>(&self, r: InputRounding) -> Linear<U> {
         let f = |x: &T| U::of(r.round(x.f64()));
-        Linear { weight: self.weight.map(f), bias: self.bias.as_ref().map(|b| b.map(f)) }
+        Linear {
+            weight: self.weight.map(f),
+            bias: self.bias.as_ref().map(|b| b.map(f)),
+        }
     }
 }
 
@@ -75,6 +82,9 @@ impl<T: Real> RmsNorm<T> {
     }
     /// The norm in precision `U`, its weight first rounded by `r`.
     pub fn rounded<U: Real>(&self, r: InputRounding) -> RmsNorm<U> {
-        RmsNorm { weight: self.weight.map(|x| U::of(r.round(x.f64()))), eps: self.eps }
+        RmsNorm {
+            weight: self.weight.map(|x| U::of(r.round(x.f64()))),
+            eps: self.eps,
+        }
     }
 }

@@ -22,7 +22,11 @@ pub fn mla_forward<T: Real>(w: &LatentWeights<T>, x: ArrayView2<T>) -> Result<De
         return Err(Error::Config(format!("MLA needs one group per head, got H={} G={}", d.h(), d.g())));
     }
     if x.ncols() != w.hidden() {
-        return Err(Error::ShapeMismatch { what: "MLA input [T, hidden]".into(), expected: vec![x.nrows(), w.hidden()], got: x.shape().to_vec() });
+        return Err(Error::ShapeMismatch {
+            what: "MLA input [T, hidden]".into(),
+            expected: vec![x.nrows(), w.hidden()],
+            got: x.shape().to_vec(),
+        });
     }
     let n = x.nrows();
     let q = w.queries(x, 0);
@@ -51,5 +55,9 @@ pub fn mla_forward<T: Real>(w: &LatentWeights<T>, x: ArrayView2<T>) -> Result<De
         }
         heads.slice_mut(s![.., i, ..]).assign(&scores.dot(&v_i));
     }
-    Ok(DecodeOutput { y: w.output(&heads), heads, lse })
+    Ok(DecodeOutput {
+        y: w.output(&heads),
+        heads,
+        lse,
+    })
 }

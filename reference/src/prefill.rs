@@ -3,6 +3,7 @@
 //! For tokens at positions 0..T with a causal mask, head i in group g = g(i):
 //! $$ o_{i,t} = \sum_{u \le t} \mathrm{softmax}_u\big(\text{scale}\,(q^N_{i,t}\cdot W^{UK}_g c_u
 //!   + q^R_{i,t}\cdot k^R_u)\big)\, W^{UV}_g c_u. $$
+//!
 //! This is the definition written directly; the decode paths must agree with it.
 
 use crate::attention::{attend, causal_ranges};
@@ -16,7 +17,11 @@ use ndarray::{concatenate, s, Array2, Array3, ArrayView2, Axis};
 pub fn prefill<T: Real>(w: &LatentWeights<T>, x: ArrayView2<T>) -> Result<DecodeOutput<T>> {
     let d = w.dims();
     if x.ncols() != w.hidden() {
-        return Err(Error::ShapeMismatch { what: "prefill input [T, hidden]".into(), expected: vec![x.nrows(), w.hidden()], got: x.shape().to_vec() });
+        return Err(Error::ShapeMismatch {
+            what: "prefill input [T, hidden]".into(),
+            expected: vec![x.nrows(), w.hidden()],
+            got: x.shape().to_vec(),
+        });
     }
     let n = x.nrows();
     let c = w.latent(x);
@@ -34,5 +39,9 @@ pub fn prefill<T: Real>(w: &LatentWeights<T>, x: ArrayView2<T>) -> Result<Decode
         heads.slice_mut(s![.., i, ..]).assign(&o);
         lse.slice_mut(s![.., i]).assign(&l);
     }
-    Ok(DecodeOutput { y: w.output(&heads), heads, lse })
+    Ok(DecodeOutput {
+        y: w.output(&heads),
+        heads,
+        lse,
+    })
 }

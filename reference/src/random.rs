@@ -37,7 +37,10 @@ impl Sampler {
         Linear::new(w, bias.then(|| self.normal1(out, 0.1 * gain)))
     }
     fn norm(&mut self, n: usize) -> RmsNorm<f64> {
-        RmsNorm { weight: self.uniform1(n, 0.5, 1.5), eps: 1e-6 }
+        RmsNorm {
+            weight: self.uniform1(n, 0.5, 1.5),
+            eps: 1e-6,
+        }
     }
 }
 
@@ -54,7 +57,14 @@ pub struct LatentOptions {
 
 impl Default for LatentOptions {
     fn default() -> Self {
-        Self { hidden: 64, q_lora_rank: None, kv_norm: true, bias: false, rope_style: RopeStyle::Interleaved, logit_std: 8.0 }
+        Self {
+            hidden: 64,
+            q_lora_rank: None,
+            kv_norm: true,
+            bias: false,
+            rope_style: RopeStyle::Interleaved,
+            logit_std: 8.0,
+        }
     }
 }
 
@@ -64,7 +74,11 @@ pub fn latent_layer(dims: LatentDims, opt: LatentOptions, seed: u64) -> Result<L
     let q_out = dims.h() * dims.qk_dim();
     let query = match opt.q_lora_rank {
         None => QueryProjection::Direct(s.linear(q_out, opt.hidden, opt.logit_std, opt.bias)),
-        Some(r) => QueryProjection::LowRank { down: s.linear(r, opt.hidden, 1.0, opt.bias), norm: s.norm(r), up: s.linear(q_out, r, opt.logit_std, false) },
+        Some(r) => QueryProjection::LowRank {
+            down: s.linear(r, opt.hidden, 1.0, opt.bias),
+            norm: s.norm(r),
+            up: s.linear(q_out, r, opt.logit_std, false),
+        },
     };
     let kv_a = s.linear(dims.d_c() + dims.d_r(), opt.hidden, 1.0, opt.bias);
     let kv_norm = opt.kv_norm.then(|| s.norm(dims.d_c()));

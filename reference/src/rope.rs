@@ -39,12 +39,16 @@ impl Rope {
         if let Some(f) = freqs.iter().find(|f| !f.is_finite()) {
             return Err(Error::Config(format!("RoPE frequency {f} is not finite")));
         }
-        Ok(Self { style, freqs, attention_factor: 1.0 })
+        Ok(Self {
+            style,
+            freqs,
+            attention_factor: 1.0,
+        })
     }
 
     /// The standard table θ_l = base^(−2l/d), l = 0..d/2.
     pub fn standard(style: RopeStyle, dim: usize, base: f64) -> Result<Self> {
-        if dim == 0 || dim % 2 != 0 {
+        if dim == 0 || !dim.is_multiple_of(2) {
             return Err(Error::Config(format!("RoPE dim {dim} must be positive and even")));
         }
         let freqs = (0..dim / 2).map(|l| base.powf(-(2.0 * l as f64) / dim as f64)).collect();
@@ -102,10 +106,24 @@ pub enum RopeScaling {
     /// θ_l / factor.
     Linear { factor: f64 },
     /// LLaMA-3.1: long wavelengths divided by `factor`, short ones kept, a linear blend between.
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position: f64 },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position: f64,
+    },
     /// YaRN (DeepSeek-V2/V3): a ramp between interpolated (θ/factor) and extrapolated (θ)
     /// frequencies over the correction range [low, high], and cos/sin scaled by an attention factor.
-    Yarn { factor: f64, original_max_position: f64, beta_fast: f64, beta_slow: f64, mscale: Option<f64>, mscale_all_dim: Option<f64>, attention_factor: Option<f64>, truncate: bool },
+    Yarn {
+        factor: f64,
+        original_max_position: f64,
+        beta_fast: f64,
+        beta_slow: f64,
+        mscale: Option<f64>,
+        mscale_all_dim: Option<f64>,
+        attention_factor: Option<f64>,
+        truncate: bool,
+    },
 }
 
 /// YaRN's magnitude correction: 0.1·m·ln(s) + 1 for s > 1, else 1.
@@ -125,7 +143,12 @@ impl RopeScaling {
         Ok(match *self {
             RopeScaling::Default => (standard, 1.0),
             RopeScaling::Linear { factor } => (standard.iter().map(|f| f / factor).collect(), 1.0),
-            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position } => {
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position,
+            } => {
                 let low_wavelen = original_max_position / low_freq_factor;
                 let high_wavelen = original_max_position / high_freq_factor;
                 let freqs = standard
@@ -144,7 +167,16 @@ impl RopeScaling {
                     .collect();
                 (freqs, 1.0)
             }
-            RopeScaling::Yarn { factor, original_max_position, beta_fast, beta_slow, mscale, mscale_all_dim, attention_factor, truncate } => {
+            RopeScaling::Yarn {
+                factor,
+                original_max_position,
+                beta_fast,
+                beta_slow,
+                mscale,
+                mscale_all_dim,
+                attention_factor,
+                truncate,
+            } => {
                 let attention = attention_factor.unwrap_or_else(|| match (mscale, mscale_all_dim) {
                     (Some(m), Some(a)) if m != 0.0 && a != 0.0 => yarn_mscale(factor, m) / yarn_mscale(factor, a),
                     _ => yarn_mscale(factor, 1.0),

@@ -47,7 +47,11 @@ pub struct Compression {
 pub fn compress<T: Real>(w: &LatentWeights<T>, cache: &GroupCache<T>) -> Result<(LatentCache<T>, Compression)> {
     let d = w.dims();
     if cache.num_groups() != d.g() {
-        return Err(Error::ShapeMismatch { what: "group cache groups for compression".into(), expected: vec![d.g()], got: vec![cache.num_groups()] });
+        return Err(Error::ShapeMismatch {
+            what: "group cache groups for compression".into(),
+            expected: vec![d.g()],
+            got: vec![cache.num_groups()],
+        });
     }
     let rows = d.g() * (d.d_n() + d.d_v());
     if rows < d.d_c() {
@@ -57,10 +61,18 @@ pub fn compress<T: Real>(w: &LatentWeights<T>, cache: &GroupCache<T>) -> Result<
         )));
     }
     let a = faer::Mat::<f64>::from_fn(rows, d.d_c(), |i, j| w.kv_b()[[i, j]].f64());
-    let sv = a.singular_values().map_err(|e| Error::Config(format!("SVD of kv_b_proj failed: {e:?}")))?;
-    let (smax, smin) = (sv.iter().copied().fold(0.0, f64::max), sv.iter().copied().fold(f64::INFINITY, f64::min));
+    let sv = a
+        .singular_values()
+        .map_err(|e| Error::Config(format!("SVD of kv_b_proj failed: {e:?}")))?;
+    let (smax, smin) = (
+        sv.iter().copied().fold(0.0, f64::max),
+        sv.iter().copied().fold(f64::INFINITY, f64::min),
+    );
     if smin <= smax * 1e-13 {
-        return Err(Error::Config(format!("cannot compress: kv_b_proj is rank deficient (σ_min/σ_max = {:e})", smin / smax)));
+        return Err(Error::Config(format!(
+            "cannot compress: kv_b_proj is rank deficient (σ_min/σ_max = {:e})",
+            smin / smax
+        )));
     }
     // Y: one column per token, rows ordered like kv_b_proj (group-major, keys then values).
     let n = cache.len();
@@ -70,7 +82,8 @@ pub fn compress<T: Real>(w: &LatentWeights<T>, cache: &GroupCache<T>) -> Result<
         let k = cache.group_nope_keys(g);
         let v = cache.group_values(g);
         y.slice_mut(s![g * per..g * per + d.d_n(), ..]).assign(&k.t().mapv(|x| x.f64()));
-        y.slice_mut(s![g * per + d.d_n()..(g + 1) * per, ..]).assign(&v.t().mapv(|x| x.f64()));
+        y.slice_mut(s![g * per + d.d_n()..(g + 1) * per, ..])
+            .assign(&v.t().mapv(|x| x.f64()));
     }
     let rhs = faer::Mat::<f64>::from_fn(rows, n, |i, j| y[[i, j]]);
     use faer::linalg::solvers::SolveLstsq;
@@ -82,5 +95,11 @@ pub fn compress<T: Real>(w: &LatentWeights<T>, cache: &GroupCache<T>) -> Result<
     let relative_residual = if den == 0.0 { num } else { num / den };
     let mut latent = LatentCache::new(d.d_c(), d.d_r());
     latent.append(c.mapv(T::of).view(), cache.rope_keys().view());
-    Ok((latent, Compression { relative_residual, condition_number: smax / smin }))
+    Ok((
+        latent,
+        Compression {
+            relative_residual,
+            condition_number: smax / smin,
+        },
+    ))
 }

@@ -24,8 +24,11 @@ pub fn rank_groups(g: usize, t: usize, r: usize) -> Range<usize> {
 }
 
 fn check_degree(dims: LatentDims, t: usize) -> Result<()> {
-    if t == 0 || dims.g() % t != 0 {
-        return Err(Error::Config(format!("TP degree T={t} must divide the number of groups G={}", dims.g())));
+    if t == 0 || !dims.g().is_multiple_of(t) {
+        return Err(Error::Config(format!(
+            "TP degree T={t} must divide the number of groups G={}",
+            dims.g()
+        )));
     }
     Ok(())
 }
@@ -61,7 +64,11 @@ impl<T: Real> TpLayer<T> {
         let ranks = (0..t)
             .map(|r| {
                 let groups = rank_groups(w.dims().g(), t, r);
-                Ok(RankShard { rank: r, weights: w.shard(groups.clone(), r == 0)?, groups })
+                Ok(RankShard {
+                    rank: r,
+                    weights: w.shard(groups.clone(), r == 0)?,
+                    groups,
+                })
             })
             .collect::<Result<_>>()?;
         Ok(Self { ranks })
@@ -81,7 +88,11 @@ impl<T: Real> TpLayer<T> {
     /// Decode on every rank's GQA path, then all-reduce.
     pub fn gqa_decode(&self, x_new: ArrayView2<T>, caches: &mut [GroupCache<T>]) -> Result<TpOutput<T>> {
         if caches.len() != self.ranks.len() {
-            return Err(Error::ShapeMismatch { what: "one cache per TP rank".into(), expected: vec![self.ranks.len()], got: vec![caches.len()] });
+            return Err(Error::ShapeMismatch {
+                what: "one cache per TP rank".into(),
+                expected: vec![self.ranks.len()],
+                got: vec![caches.len()],
+            });
         }
         let outs = self
             .ranks
@@ -95,7 +106,10 @@ impl<T: Real> TpLayer<T> {
         }
         let heads = concatenate(Axis(1), &outs.iter().map(|o| o.heads.view()).collect::<Vec<_>>()).expect("heads concat");
         let lse = concatenate(Axis(1), &outs.iter().map(|o| o.lse.view()).collect::<Vec<_>>()).expect("lse concat");
-        Ok(TpOutput { partials: outs.into_iter().map(|o| o.y).collect(), output: DecodeOutput { y, heads, lse } })
+        Ok(TpOutput {
+            partials: outs.into_iter().map(|o| o.y).collect(),
+            output: DecodeOutput { y, heads, lse },
+        })
     }
 }
 
@@ -123,7 +137,9 @@ pub fn tp_footprint<E: Copy + Default>(dims: LatentDims, t: usize, layout: Group
         return Err(Error::Config("footprints need at least one token".into()));
     }
     let (d_n, d_r, d_v) = (dims.d_n(), dims.d_r(), dims.d_v());
-    let ranks: Vec<GroupCache<E>> = (0..t).map(|r| GroupCache::filled(layout, rank_groups(dims.g(), t, r), d_n, d_r, d_v, tokens)).collect();
+    let ranks: Vec<GroupCache<E>> = (0..t)
+        .map(|r| GroupCache::filled(layout, rank_groups(dims.g(), t, r), d_n, d_r, d_v, tokens))
+        .collect();
     let whole = GroupCache::<E>::filled(layout, 0..dims.g(), d_n, d_r, d_v, tokens);
     let fp = |c: &GroupCache<E>| c.footprint().expect("tokens > 0");
     let rank_sum: usize = ranks.iter().map(|c| fp(c).bytes_per_token).sum();

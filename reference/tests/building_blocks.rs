@@ -29,8 +29,14 @@ fn rope_rotates_each_pair_by_position_times_frequency(#[case] style: RopeStyle) 
 fn rope_pairs_follow_the_layout() {
     let half = Rope::standard(RopeStyle::RotateHalf, 8, 10000.0).unwrap();
     let inter = Rope::standard(RopeStyle::Interleaved, 8, 10000.0).unwrap();
-    assert_eq!((0..4).map(|l| half.pair(l)).collect::<Vec<_>>(), vec![(0, 4), (1, 5), (2, 6), (3, 7)]);
-    assert_eq!((0..4).map(|l| inter.pair(l)).collect::<Vec<_>>(), vec![(0, 1), (2, 3), (4, 5), (6, 7)]);
+    assert_eq!(
+        (0..4).map(|l| half.pair(l)).collect::<Vec<_>>(),
+        vec![(0, 4), (1, 5), (2, 6), (3, 7)]
+    );
+    assert_eq!(
+        (0..4).map(|l| inter.pair(l)).collect::<Vec<_>>(),
+        vec![(0, 1), (2, 3), (4, 5), (6, 7)]
+    );
     assert_relative_eq!(half.freqs()[1], 10000f64.powf(-0.25), epsilon = 1e-15);
     assert!(Rope::standard(RopeStyle::RotateHalf, 7, 10000.0).is_err());
 }
@@ -70,9 +76,15 @@ fn lse_is_natural_log_and_softmax_survives_large_logits() {
 
 #[test]
 fn causal_ranges_are_bottom_right_aligned() {
-    assert_eq!(causal_ranges(2, 5, None), vec![KeyRange { start: 0, end: 4 }, KeyRange { start: 0, end: 5 }]);
+    assert_eq!(
+        causal_ranges(2, 5, None),
+        vec![KeyRange { start: 0, end: 4 }, KeyRange { start: 0, end: 5 }]
+    );
     assert_eq!(causal_ranges(3, 3, None).iter().map(|r| r.end).collect::<Vec<_>>(), vec![1, 2, 3]);
-    assert_eq!(causal_ranges(2, 10, Some(4)), vec![KeyRange { start: 5, end: 9 }, KeyRange { start: 6, end: 10 }]);
+    assert_eq!(
+        causal_ranges(2, 10, Some(4)),
+        vec![KeyRange { start: 5, end: 9 }, KeyRange { start: 6, end: 10 }]
+    );
 }
 
 /// The naive same-precision references: f32 arithmetic, and f32 on bf16/f16-rounded inputs,
@@ -87,7 +99,11 @@ fn precision_variants_are_ordered() {
         let w32 = w.rounded::<f32>(r);
         widen(&prefill(&w32, cast::<f32, _>(&x, r).view()).unwrap().y)
     };
-    let (e32, ebf16, ef16) = (rel_err(&run(InputRounding::None), &exact), rel_err(&run(InputRounding::Bf16), &exact), rel_err(&run(InputRounding::F16), &exact));
+    let (e32, ebf16, ef16) = (
+        rel_err(&run(InputRounding::None), &exact),
+        rel_err(&run(InputRounding::Bf16), &exact),
+        rel_err(&run(InputRounding::F16), &exact),
+    );
     assert!(e32 > 0.0 && e32 < 1e-5, "f32 error {e32:e}");
     assert!(ef16 > e32 && ef16 < 2e-2, "f16-input error {ef16:e}");
     assert!(ebf16 > ef16 && ebf16 < 1e-1, "bf16-input error {ebf16:e}");

@@ -10,7 +10,9 @@ use gqla_reference::random::{hidden_states, latent_layer, LatentOptions};
 use gqla_reference::real::{rel_err, widen};
 use gqla_reference::switch::{compress, expand};
 use gqla_reference::tp::TpLayer;
-use gqla_reference::{mla_forward, prefill, DecodeOutput, GroupCache, GroupCacheLayout, LatentCache, LatentDims, LatentWeights, Real, RopeStyle};
+use gqla_reference::{
+    mla_forward, prefill, DecodeOutput, GroupCache, GroupCacheLayout, LatentCache, LatentDims, LatentWeights, Real, RopeStyle,
+};
 use ndarray::{s, Array2, Axis};
 use proptest::prelude::*;
 
@@ -30,17 +32,44 @@ struct Case {
 fn case() -> impl Strategy<Value = Case> {
     (
         (1usize..=4, 1usize..=4, 2usize..=12, 1usize..=4, 2usize..=12),
-        (1usize..=24, 8usize..=40, prop::option::of(4usize..=16), any::<bool>(), any::<bool>(), any::<bool>()),
+        (
+            1usize..=24,
+            8usize..=40,
+            prop::option::of(4usize..=16),
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+        ),
         (0usize..=12, 1usize..=4, 0usize..=2, any::<u64>()),
     )
-        .prop_map(|((g, hpg, d_n, r2, d_v), (d_c, hidden, q_lora, kv_norm, bias, interleaved), (context, s_q, tp_pow, seed))| {
-            let dims = LatentDims::new(g * hpg, g, d_c, d_n, 2 * r2, d_v).unwrap();
-            // The largest power of two dividing G, capped by 2^tp_pow.
-            let tp = (0..=tp_pow).map(|p| 1usize << p).filter(|t| g % t == 0).max().unwrap();
-            let rope_style = if interleaved { RopeStyle::Interleaved } else { RopeStyle::RotateHalf };
-            let opt = LatentOptions { hidden, q_lora_rank: q_lora, kv_norm, bias, rope_style, logit_std: 8.0 };
-            Case { dims, opt, context, s_q, tp, seed }
-        })
+        .prop_map(
+            |((g, hpg, d_n, r2, d_v), (d_c, hidden, q_lora, kv_norm, bias, interleaved), (context, s_q, tp_pow, seed))| {
+                let dims = LatentDims::new(g * hpg, g, d_c, d_n, 2 * r2, d_v).unwrap();
+                // The largest power of two dividing G, capped by 2^tp_pow.
+                let tp = (0..=tp_pow).map(|p| 1usize << p).filter(|t| g % t == 0).max().unwrap();
+                let rope_style = if interleaved {
+                    RopeStyle::Interleaved
+                } else {
+                    RopeStyle::RotateHalf
+                };
+                let opt = LatentOptions {
+                    hidden,
+                    q_lora_rank: q_lora,
+                    kv_norm,
+                    bias,
+                    rope_style,
+                    logit_std: 8.0,
+                };
+                Case {
+                    dims,
+                    opt,
+                    context,
+                    s_q,
+                    tp,
+                    seed,
+                }
+            },
+        )
 }
 
 impl Case {
@@ -62,7 +91,12 @@ fn latent_cache<T: Real>(w: &LatentWeights<T>, x: &Array2<T>) -> LatentCache<T> 
     c
 }
 
-fn decode_both<T: Real>(w: &LatentWeights<T>, x: &Array2<T>, context: usize, layout: GroupCacheLayout) -> (DecodeOutput<T>, DecodeOutput<T>) {
+fn decode_both<T: Real>(
+    w: &LatentWeights<T>,
+    x: &Array2<T>,
+    context: usize,
+    layout: GroupCacheLayout,
+) -> (DecodeOutput<T>, DecodeOutput<T>) {
     let ctx = x.slice(s![..context, ..]).to_owned();
     let new = x.slice(s![context.., ..]);
     let mut latent = latent_cache(w, &ctx);
@@ -73,7 +107,9 @@ fn decode_both<T: Real>(w: &LatentWeights<T>, x: &Array2<T>, context: usize, lay
 }
 
 fn err<T: Real>(a: &DecodeOutput<T>, b: &DecodeOutput<T>) -> f64 {
-    rel_err(&widen(&a.y), &widen(&b.y)).max(rel_err(&widen(&a.lse), &widen(&b.lse))).max(rel_err(&widen(&a.heads), &widen(&b.heads)))
+    rel_err(&widen(&a.y), &widen(&b.y))
+        .max(rel_err(&widen(&a.lse), &widen(&b.lse)))
+        .max(rel_err(&widen(&a.heads), &widen(&b.heads)))
 }
 
 /// The largest |scaled logit| the last token sees, to confirm logits reach tens.
@@ -258,15 +294,34 @@ fn permute(w: &LatentWeights<f64>, head_of: &dyn Fn(usize) -> usize, group_of: &
     let heads: Vec<usize> = (0..d.h()).map(head_of).collect();
     let groups: Vec<usize> = (0..d.g()).map(group_of).collect();
     let q_rows = rows_of(qk, heads.clone());
-    let perm_rows = |l: &Linear<f64>| Linear::new(l.weight.select(Axis(0), &q_rows), l.bias.as_ref().map(|b| b.select(Axis(0), &q_rows)));
+    let perm_rows = |l: &Linear<f64>| {
+        Linear::new(
+            l.weight.select(Axis(0), &q_rows),
+            l.bias.as_ref().map(|b| b.select(Axis(0), &q_rows)),
+        )
+    };
     let query = match w.query_projection() {
         QueryProjection::Direct(l) => QueryProjection::Direct(perm_rows(l)),
-        QueryProjection::LowRank { down, norm, up } => QueryProjection::LowRank { down: down.clone(), norm: norm.clone(), up: perm_rows(up) },
+        QueryProjection::LowRank { down, norm, up } => QueryProjection::LowRank {
+            down: down.clone(),
+            norm: norm.clone(),
+            up: perm_rows(up),
+        },
     };
     let kv_b = w.kv_b().select(Axis(0), &rows_of(d.d_n() + d.d_v(), groups));
     let o = w.o_proj();
     let o_proj = Linear::new(o.weight.select(Axis(1), &rows_of(d.d_v(), heads)), o.bias.clone());
-    LatentWeights::new(d, query, w.kv_a().clone(), w.kv_norm().cloned(), kv_b, o_proj, w.rope().clone(), Some(w.scale())).unwrap()
+    LatentWeights::new(
+        d,
+        query,
+        w.kv_a().clone(),
+        w.kv_norm().cloned(),
+        kv_b,
+        o_proj,
+        w.rope().clone(),
+        Some(w.scale()),
+    )
+    .unwrap()
 }
 
 /// The random layers the properties draw put the softmax in its realistic regime: scaled logits of
@@ -282,7 +337,10 @@ fn random_layers_reach_logits_of_tens() {
         .collect();
     maxima.sort_by(f64::total_cmp);
     let median = maxima[maxima.len() / 2];
-    assert!((10.0..200.0).contains(&median), "median max |logit| {median} is not of magnitude tens: {maxima:?}");
+    assert!(
+        (10.0..200.0).contains(&median),
+        "median max |logit| {median} is not of magnitude tens: {maxima:?}"
+    );
 }
 
 #[test]

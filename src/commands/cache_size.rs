@@ -68,16 +68,34 @@ fn geometry<E: Copy + Default>(config: &ModelConfig, a: &Args) -> Result<(Latent
                 return Err(CliError::Usage(format!("--rope-dim {d_r} exceeds the source head dim {d}")));
             }
             if d_c > 2 * kv * d {
-                return Err(CliError::Usage(format!("--kv-lora-rank {d_c} exceeds the source KV width 2·KV·D = {}", 2 * kv * d)));
+                return Err(CliError::Usage(format!(
+                    "--kv-lora-rank {d_c} exceeds the source KV width 2·KV·D = {}",
+                    2 * kv * d
+                )));
             }
-            let dims = LatentDims::new(c.dims.h(), kv, d_c, d, d_r, d).map_err(gqla_reference::Error::from)?;
-            (dims, fp(GqaCache::<E>::filled(kv, d, TOKENS).footprint()), format!("GQA source: {} q heads, {kv} kv heads x {d}", c.dims.h()))
+            let dims = LatentDims::new(c.dims.h(), kv, d_c, d, d_r, d)?;
+            (
+                dims,
+                fp(GqaCache::<E>::filled(kv, d, TOKENS).footprint()),
+                format!("GQA source: {} q heads, {kv} kv heads x {d}", c.dims.h()),
+            )
         }
         AttentionConfig::Latent(c) => {
             let s = c.dims;
-            let dims = LatentDims::new(s.h(), s.g(), a.kv_lora_rank.unwrap_or(s.d_c()), s.d_n(), a.rope_dim.unwrap_or(s.d_r()), s.d_v()).map_err(gqla_reference::Error::from)?;
+            let dims = LatentDims::new(
+                s.h(),
+                s.g(),
+                a.kv_lora_rank.unwrap_or(s.d_c()),
+                s.d_n(),
+                a.rope_dim.unwrap_or(s.d_r()),
+                s.d_v(),
+            )?;
             let kind = if s.is_mla() { "MLA" } else { "GQLA" };
-            (dims, fp(LatentCache::<E>::filled(s.d_c(), s.d_r(), TOKENS).footprint()), format!("{kind} source: H={} G={} d_c={} d_r={}", s.h(), s.g(), s.d_c(), s.d_r()))
+            (
+                dims,
+                fp(LatentCache::<E>::filled(s.d_c(), s.d_r(), TOKENS).footprint()),
+                format!("{kind} source: H={} G={} d_c={} d_r={}", s.h(), s.g(), s.d_c(), s.d_r()),
+            )
         }
     })
 }
@@ -85,33 +103,72 @@ fn geometry<E: Copy + Default>(config: &ModelConfig, a: &Args) -> Result<(Latent
 pub fn rows<E: Copy + Default>(config: &ModelConfig, a: &Args) -> Result<Vec<Row>, CliError> {
     let (dims, source, source_note) = geometry::<E>(config, a)?;
     let pct = |f: &Footprint| 100.0 * f.bytes_per_token as f64 / source.bytes_per_token as f64;
-    let row = |cache: &str, f: Footprint, note: String| Row { cache: cache.into(), elements_per_token: f.elements_per_token, bytes_per_token: f.bytes_per_token, percent_of_source: pct(&f), note };
+    let row = |cache: &str, f: Footprint, note: String| Row {
+        cache: cache.into(),
+        elements_per_token: f.elements_per_token,
+        bytes_per_token: f.bytes_per_token,
+        percent_of_source: pct(&f),
+        note,
+    };
     let fp = |f: Option<Footprint>| f.expect("caches hold TOKENS > 0 tokens");
     let (g, d_n, d_r, d_v) = (dims.g(), dims.d_n(), dims.d_r(), dims.d_v());
     let mut out = vec![
         row("source", source, source_note),
-        row("absorb", fp(LatentCache::<E>::filled(dims.d_c(), d_r, TOKENS).footprint()), format!("[c; k^R], d_c={} d_r={d_r}", dims.d_c())),
-        row("gqa (rope once)", fp(GroupCache::<E>::filled(GroupCacheLayout::RopeOnce, 0..g, d_n, d_r, d_v, TOKENS).footprint()), format!("G={g} x (d_n={d_n} + d_v={d_v}) + d_r")),
-        row("gqa (rope per group)", fp(GroupCache::<E>::filled(GroupCacheLayout::RopePerGroup, 0..g, d_n, d_r, d_v, TOKENS).footprint()), format!("G={g} x (d_n + d_r + d_v)")),
+        row(
+            "absorb",
+            fp(LatentCache::<E>::filled(dims.d_c(), d_r, TOKENS).footprint()),
+            format!("[c; k^R], d_c={} d_r={d_r}", dims.d_c()),
+        ),
+        row(
+            "gqa (rope once)",
+            fp(GroupCache::<E>::filled(GroupCacheLayout::RopeOnce, 0..g, d_n, d_r, d_v, TOKENS).footprint()),
+            format!("G={g} x (d_n={d_n} + d_v={d_v}) + d_r"),
+        ),
+        row(
+            "gqa (rope per group)",
+            fp(GroupCache::<E>::filled(GroupCacheLayout::RopePerGroup, 0..g, d_n, d_r, d_v, TOKENS).footprint()),
+            format!("G={g} x (d_n + d_r + d_v)"),
+        ),
     ];
     for &t in a.tp.iter().filter(|&&t| t > 1 && g % t == 0) {
         let f = tp_footprint::<E>(dims, t, GroupCacheLayout::RopeOnce, TOKENS)?;
         out.push(row(
             &format!("gqa per rank, TP={t}"),
             f.gqa_per_rank,
-            format!("{} groups/rank; replicated {} B/token (rope key); redundancy {:.4}x", g / t, f.gqa_replicated_bytes_per_token, f.gqa_redundancy),
+            format!(
+                "{} groups/rank; replicated {} B/token (rope key); redundancy {:.4}x",
+                g / t,
+                f.gqa_replicated_bytes_per_token,
+                f.gqa_redundancy
+            ),
         ));
-        out.push(row(&format!("absorb per rank, TP={t}"), f.absorb_per_rank, format!("whole latent on every rank; redundancy {:.0}x", f.absorb_redundancy)));
+        out.push(row(
+            &format!("absorb per rank, TP={t}"),
+            f.absorb_per_rank,
+            format!("whole latent on every rank; redundancy {:.0}x", f.absorb_redundancy),
+        ));
     }
     Ok(out)
 }
 
 fn table(config: &ModelConfig, rows: &[Row]) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "{} ({:?}, {} layers, {:?} cache, {} B/element); per token per layer", config.path.display(), config.model_type, config.num_layers, config.dtype, config.dtype.bytes());
+    let _ = writeln!(
+        s,
+        "{} ({:?}, {} layers, {:?} cache, {} B/element); per token per layer",
+        config.path.display(),
+        config.model_type,
+        config.num_layers,
+        config.dtype,
+        config.dtype.bytes()
+    );
     let _ = writeln!(s, "{:<24} {:>10} {:>10} {:>11}  note", "cache", "elements", "bytes", "% of source");
     for r in rows {
-        let _ = writeln!(s, "{:<24} {:>10} {:>10} {:>10.3}%  {}", r.cache, r.elements_per_token, r.bytes_per_token, r.percent_of_source, r.note);
+        let _ = writeln!(
+            s,
+            "{:<24} {:>10} {:>10} {:>10.3}%  {}",
+            r.cache, r.elements_per_token, r.bytes_per_token, r.percent_of_source, r.note
+        );
     }
     s
 }

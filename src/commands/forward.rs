@@ -57,7 +57,13 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let store = gqla_reference::hf::TensorStore::open(&a.input)?;
     let (name, x) = store.get_any2("hidden_states")?;
     if x.ncols() != config.hidden_size || x.nrows() == 0 {
-        return Err(gqla_reference::Error::Shape { path: a.input.clone(), tensor: name, expected: vec![x.nrows().max(1), config.hidden_size], got: x.shape().to_vec() }.into());
+        return Err(gqla_reference::Error::Shape {
+            path: a.input.clone(),
+            tensor: name,
+            expected: vec![x.nrows().max(1), config.hidden_size],
+            got: x.shape().to_vec(),
+        }
+        .into());
     }
     let (y, lse, path) = match a.dtype {
         DtypeArg::F64 => run_in::<f64>(&layer, &x, a.path, a.layout)?,
@@ -69,19 +75,29 @@ pub fn run(a: Args) -> Result<(), CliError> {
         ("path".to_string(), path.to_string()),
         ("dtype".to_string(), format!("{:?}", a.dtype).to_lowercase()),
     ]);
-    let (y, lse) = (y.into_dimensionality::<IxDyn>().expect("2-D"), lse.into_dimensionality::<IxDyn>().expect("2-D"));
+    let (y, lse) = (
+        y.into_dimensionality::<IxDyn>().expect("2-D"),
+        lse.into_dimensionality::<IxDyn>().expect("2-D"),
+    );
     write_f64(&a.output, &[("attn_output", &y), ("lse", &lse)], Some(meta))?;
     eprintln!("wrote {} ({} tokens, path {path}, {:?})", a.output.display(), x.nrows(), a.dtype);
     Ok(())
 }
 
-fn run_in<T: Real>(layer: &Layer, x: &Array2<f64>, path: Option<PathArg>, layout: LayoutArg) -> Result<(Array2<f64>, Array2<f64>, &'static str), CliError> {
+fn run_in<T: Real>(
+    layer: &Layer,
+    x: &Array2<f64>,
+    path: Option<PathArg>,
+    layout: LayoutArg,
+) -> Result<(Array2<f64>, Array2<f64>, &'static str), CliError> {
     let xt = x.mapv(T::of);
     let widen = |o: DecodeOutput<T>| (o.y.mapv(|v| v.f64()), o.lse.mapv(|v| v.f64()));
     Ok(match layer {
         Layer::Gqa(w) => {
             if matches!(path, Some(PathArg::Absorb)) {
-                return Err(CliError::Usage("a GQA checkpoint has no absorb path (convert it to GQLA first); use --path gqa or omit --path".into()));
+                return Err(CliError::Usage(
+                    "a GQA checkpoint has no absorb path (convert it to GQLA first); use --path gqa or omit --path".into(),
+                ));
             }
             let (y, lse) = widen(w.cast::<T>().prefill(xt.view())?);
             (y, lse, "gqa")

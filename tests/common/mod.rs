@@ -18,7 +18,11 @@ pub struct Run {
 
 /// Run `gqla` with `args` from the repository root.
 pub fn gqla(args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_gqla")).args(args).current_dir(root()).output().expect("run gqla");
+    let out = Command::new(env!("CARGO_BIN_EXE_gqla"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("run gqla");
     Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -30,10 +34,20 @@ pub fn gqla(args: &[&str]) -> Run {
 pub fn read_tensor(path: &Path, name: &str) -> (Vec<usize>, Vec<f64>) {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     let st = SafeTensors::deserialize(&bytes).expect("valid safetensors");
-    let t = st.tensor(name).unwrap_or_else(|_| panic!("{} has no tensor {name}", path.display()));
+    let t = st
+        .tensor(name)
+        .unwrap_or_else(|_| panic!("{} has no tensor {name}", path.display()));
     let v = match t.dtype() {
-        safetensors::Dtype::F64 => t.data().chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect(),
-        safetensors::Dtype::F32 => t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
+        safetensors::Dtype::F64 => t
+            .data()
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+            .collect(),
+        safetensors::Dtype::F32 => t
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)
+            .collect(),
         d => panic!("unexpected dtype {d:?}"),
     };
     (t.shape().to_vec(), v)
@@ -56,7 +70,19 @@ pub use gqla_reference::hf::tensors::RawTensor;
 pub fn read_all(path: &Path) -> std::collections::BTreeMap<String, RawTensor> {
     let bytes = std::fs::read(path).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors().into_iter().map(|(n, t)| (n, RawTensor { dtype: t.dtype(), shape: t.shape().to_vec(), bytes: t.data().to_vec() })).collect()
+    st.tensors()
+        .into_iter()
+        .map(|(n, t)| {
+            (
+                n,
+                RawTensor {
+                    dtype: t.dtype(),
+                    shape: t.shape().to_vec(),
+                    bytes: t.data().to_vec(),
+                },
+            )
+        })
+        .collect()
 }
 
 /// Overwrite `path` with `tensors` (in place, unlike the program: tests want exact bytes).

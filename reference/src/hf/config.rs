@@ -47,7 +47,10 @@ impl RopeConfig {
     /// The RoPE of a vector of `dim`, or an error naming the unsupported type.
     pub fn build(&self, config: &Path, style: RopeStyle, dim: usize) -> Result<Rope> {
         let scaling = self.scaling.as_ref().map_err(|kind| {
-            Error::file(config, format!("RoPE type `{kind}` is not supported (expected default, linear, llama3 or yarn): cannot evaluate this layer"))
+            Error::file(
+                config,
+                format!("RoPE type `{kind}` is not supported (expected default, linear, llama3 or yarn): cannot evaluate this layer"),
+            )
         })?;
         let (freqs, attention_factor) = scaling.table(dim, self.theta)?;
         Ok(Rope::new(style, freqs)?.with_attention_factor(attention_factor))
@@ -56,7 +59,11 @@ impl RopeConfig {
     /// DeepSeek's softmax-scale correction under YaRN: mscale(factor, mscale_all_dim)².
     pub fn deepseek_softmax_factor(&self) -> f64 {
         match self.scaling {
-            Ok(RopeScaling::Yarn { factor, mscale_all_dim: Some(a), .. }) if a != 0.0 => yarn_mscale(factor, a).powi(2),
+            Ok(RopeScaling::Yarn {
+                factor,
+                mscale_all_dim: Some(a),
+                ..
+            }) if a != 0.0 => yarn_mscale(factor, a).powi(2),
             _ => 1.0,
         }
     }
@@ -115,7 +122,11 @@ impl Json<'_> {
         Error::file(self.path, format!("config key `{key}`: expected {expected}, got {got}"))
     }
     fn usize(&self, key: &str) -> Result<usize> {
-        self.v.get(key).and_then(Value::as_u64).map(|x| x as usize).ok_or_else(|| self.err(key, "a non-negative integer"))
+        self.v
+            .get(key)
+            .and_then(Value::as_u64)
+            .map(|x| x as usize)
+            .ok_or_else(|| self.err(key, "a non-negative integer"))
     }
     fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
         match self.v.get(key) {
@@ -143,7 +154,11 @@ impl Json<'_> {
 impl ModelConfig {
     /// Read and validate `config.json` (a file, or a directory holding one).
     pub fn load(path: &Path) -> Result<Self> {
-        let path = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
+        let path = if path.is_dir() {
+            path.join("config.json")
+        } else {
+            path.to_path_buf()
+        };
         let text = std::fs::read_to_string(&path).map_err(|e| Error::file(&path, format!("cannot read config: {e}")))?;
         let v: Value = serde_json::from_str(&text).map_err(|e| Error::file(&path, format!("config is not valid JSON: {e}")))?;
         Self::parse(&path, &v)
@@ -191,12 +206,26 @@ impl ModelConfig {
                     ModelType::Qwen2 => (true, false),
                     _ => (false, false),
                 };
-                GqaConfig { dims, qkv_bias, o_bias, rope, sliding_window: sliding_windows(&j, model_type, num_layers)? }.into()
+                GqaConfig {
+                    dims,
+                    qkv_bias,
+                    o_bias,
+                    rope,
+                    sliding_window: sliding_windows(&j, model_type, num_layers)?,
+                }
+                .into()
             }
             ModelType::DeepseekV2 | ModelType::DeepseekV3 => {
                 let g = j.opt_usize("num_key_value_heads")?.unwrap_or(h);
-                let dims = LatentDims::new(h, g, j.usize("kv_lora_rank")?, j.usize("qk_nope_head_dim")?, j.usize("qk_rope_head_dim")?, j.usize("v_head_dim")?)
-                    .map_err(cfg_err)?;
+                let dims = LatentDims::new(
+                    h,
+                    g,
+                    j.usize("kv_lora_rank")?,
+                    j.usize("qk_nope_head_dim")?,
+                    j.usize("qk_rope_head_dim")?,
+                    j.usize("v_head_dim")?,
+                )
+                .map_err(cfg_err)?;
                 let interleaved_rope = match model_type {
                     ModelType::DeepseekV2 => true,
                     _ => j.bool_or("rope_interleave", true)?,
@@ -212,7 +241,14 @@ impl ModelConfig {
                 .into()
             }
         };
-        Ok(Self { path: path.to_path_buf(), model_type, hidden_size, num_layers, dtype, attention })
+        Ok(Self {
+            path: path.to_path_buf(),
+            model_type,
+            hidden_size,
+            num_layers,
+            dtype,
+            attention,
+        })
     }
 }
 
@@ -239,28 +275,48 @@ fn rope_config(j: &Json) -> Result<RopeConfig> {
         return Err(j.err("rope_theta", "a finite base > 1"));
     }
     let p = params.or(scaling);
-    let kind = p.and_then(|p| p.get("rope_type").or_else(|| p.get("type"))).and_then(Value::as_str).unwrap_or("default");
+    let kind = p
+        .and_then(|p| p.get("rope_type").or_else(|| p.get("type")))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
     let key = if params.is_some() { "rope_parameters" } else { "rope_scaling" };
     let num = |name: &str| -> Result<Option<f64>> {
         match p.and_then(|p| p.get(name)) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_f64().map(Some).ok_or_else(|| Error::file(j.path, format!("config key `{key}.{name}`: expected a number, got {v}"))),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| Error::file(j.path, format!("config key `{key}.{name}`: expected a number, got {v}"))),
         }
     };
-    let need = |name: &str| -> Result<f64> { num(name)?.ok_or_else(|| Error::file(j.path, format!("config key `{key}.{name}`: required for RoPE type `{kind}`"))) };
+    let need = |name: &str| -> Result<f64> {
+        num(name)?.ok_or_else(|| Error::file(j.path, format!("config key `{key}.{name}`: required for RoPE type `{kind}`")))
+    };
     let max_pos = j.opt_usize("max_position_embeddings")?.map(|m| m as f64);
     let original = || -> Result<f64> {
-        num("original_max_position_embeddings")?.or(max_pos).ok_or_else(|| Error::file(j.path, format!("config key `{key}.original_max_position_embeddings`: required for RoPE type `{kind}`")))
+        num("original_max_position_embeddings")?.or(max_pos).ok_or_else(|| {
+            Error::file(
+                j.path,
+                format!("config key `{key}.original_max_position_embeddings`: required for RoPE type `{kind}`"),
+            )
+        })
     };
     let scaling = match kind {
         "default" => Ok(RopeScaling::Default),
         "linear" => Ok(RopeScaling::Linear { factor: need("factor")? }),
-        "llama3" => Ok(RopeScaling::Llama3 { factor: need("factor")?, low_freq_factor: need("low_freq_factor")?, high_freq_factor: need("high_freq_factor")?, original_max_position: original()? }),
+        "llama3" => Ok(RopeScaling::Llama3 {
+            factor: need("factor")?,
+            low_freq_factor: need("low_freq_factor")?,
+            high_freq_factor: need("high_freq_factor")?,
+            original_max_position: original()?,
+        }),
         "yarn" => {
             let original_max_position = original()?;
             let factor = match num("factor")? {
                 Some(f) => f,
-                None => max_pos.ok_or_else(|| Error::file(j.path, "YaRN needs `factor` or `max_position_embeddings`"))? / original_max_position,
+                None => {
+                    max_pos.ok_or_else(|| Error::file(j.path, "YaRN needs `factor` or `max_position_embeddings`"))? / original_max_position
+                }
             };
             let truncate = p.and_then(|p| p.get("truncate")).and_then(Value::as_bool).unwrap_or(true);
             Ok(RopeScaling::Yarn {
@@ -291,7 +347,9 @@ fn sliding_windows(j: &Json, model_type: ModelType, layers: usize) -> Result<Vec
             .iter()
             .map(|t| match t.as_str() {
                 Some("full_attention") => Ok(None),
-                Some("sliding_attention") => window.map(Some).ok_or_else(|| j.err("sliding_window", "a window for sliding_attention layers")),
+                Some("sliding_attention") => window
+                    .map(Some)
+                    .ok_or_else(|| j.err("sliding_window", "a window for sliding_attention layers")),
                 _ => Err(j.err("layer_types", "full_attention or sliding_attention")),
             })
             .collect();

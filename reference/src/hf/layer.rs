@@ -24,11 +24,18 @@ struct Loader<'a> {
 impl Loader<'_> {
     fn linear(&self, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear<f64>> {
         let w = self.store.get2(&format!("{}.{name}.weight", self.prefix), out, inp)?;
-        let b = if bias { Some(self.store.get1(&format!("{}.{name}.bias", self.prefix), out)?) } else { None };
+        let b = if bias {
+            Some(self.store.get1(&format!("{}.{name}.bias", self.prefix), out)?)
+        } else {
+            None
+        };
         Ok(Linear::new(w, b))
     }
     fn norm(&self, name: &str, n: usize, eps: f64) -> Result<RmsNorm<f64>> {
-        Ok(RmsNorm { weight: self.store.get1(&format!("{}.{name}.weight", self.prefix), n)?, eps })
+        Ok(RmsNorm {
+            weight: self.store.get1(&format!("{}.{name}.weight", self.prefix), n)?,
+            eps,
+        })
     }
 }
 
@@ -36,10 +43,16 @@ impl Loader<'_> {
 pub fn load_layer(dir: &Path, layer: usize) -> Result<(ModelConfig, Layer)> {
     let config = ModelConfig::load(dir)?;
     if layer >= config.num_layers {
-        return Err(Error::file(&config.path, format!("layer {layer} requested, but num_hidden_layers = {}", config.num_layers)));
+        return Err(Error::file(
+            &config.path,
+            format!("layer {layer} requested, but num_hidden_layers = {}", config.num_layers),
+        ));
     }
     let store = TensorStore::open(dir)?;
-    let l = Loader { store: &store, prefix: format!("model.layers.{layer}.self_attn") };
+    let l = Loader {
+        store: &store,
+        prefix: format!("model.layers.{layer}.self_attn"),
+    };
     let loaded = match &config.attention {
         AttentionConfig::Gqa(c) => Layer::Gqa(gqa(&l, c, &config, layer)?),
         AttentionConfig::Latent(c) => Layer::Latent(latent(&l, c, &config)?),
@@ -61,7 +74,11 @@ fn gqa(l: &Loader, c: &GqaConfig, config: &ModelConfig, layer: usize) -> Result<
 fn latent(l: &Loader, c: &LatentConfig, config: &ModelConfig) -> Result<LatentWeights<f64>> {
     let d = c.dims;
     let hidden = config.hidden_size;
-    let style = if c.interleaved_rope { RopeStyle::Interleaved } else { RopeStyle::RotateHalf };
+    let style = if c.interleaved_rope {
+        RopeStyle::Interleaved
+    } else {
+        RopeStyle::RotateHalf
+    };
     let rope = c.rope.build(&config.path, style, d.d_r())?;
     let q_out = d.h() * d.qk_dim();
     let query = match c.q_lora_rank {

@@ -18,8 +18,12 @@ impl MappedFile {
         // SAFETY: the map is read-only and the file is not modified by this process while mapped;
         // a concurrent writer could change bytes under us, which at worst yields wrong values.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::file(path, format!("cannot map: {e}")))?;
-        SafeTensors::deserialize(&map).map_err(|e| Error::file(path, format!("not a valid safetensors file (truncated or corrupt?): {e}")))?;
-        Ok(Self { path: path.to_path_buf(), map })
+        SafeTensors::deserialize(&map)
+            .map_err(|e| Error::file(path, format!("not a valid safetensors file (truncated or corrupt?): {e}")))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            map,
+        })
     }
     fn tensors(&self) -> SafeTensors<'_> {
         SafeTensors::deserialize(&self.map).expect("validated at open")
@@ -44,7 +48,10 @@ impl TensorStore {
         if index.exists() {
             let text = std::fs::read_to_string(&index).map_err(|e| Error::file(&index, format!("cannot read: {e}")))?;
             let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::file(&index, format!("not valid JSON: {e}")))?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::file(&index, "expected an object `weight_map`"))?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::file(&index, "expected an object `weight_map`"))?;
             let mut shards: Vec<String> = map.values().filter_map(|s| s.as_str().map(String::from)).collect();
             shards.sort();
             shards.dedup();
@@ -74,8 +81,14 @@ impl TensorStore {
             .collect();
         match found.len() {
             1 => Self::from_files(found),
-            0 => Err(Error::file(dir, "no safetensors weights found (expected model.safetensors or model.safetensors.index.json)")),
-            n => Err(Error::file(dir, format!("{n} safetensors files but no model.safetensors.index.json to say which tensor is where"))),
+            0 => Err(Error::file(
+                dir,
+                "no safetensors weights found (expected model.safetensors or model.safetensors.index.json)",
+            )),
+            n => Err(Error::file(
+                dir,
+                format!("{n} safetensors files but no model.safetensors.index.json to say which tensor is where"),
+            )),
         }
     }
 
@@ -109,13 +122,22 @@ impl TensorStore {
     /// Read tensor `name` as f64 with exactly `shape`, rejecting other dtypes and non-finite values.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<ArrayD<f64>> {
         let Some(&i) = self.index.get(name) else {
-            return Err(Error::MissingTensor { path: self.file_of(name).to_path_buf(), tensor: name.into(), expected: format!("shape {shape:?}") });
+            return Err(Error::MissingTensor {
+                path: self.file_of(name).to_path_buf(),
+                tensor: name.into(),
+                expected: format!("shape {shape:?}"),
+            });
         };
         let file = &self.files[i];
         let st = file.tensors();
         let view = st.tensor(name).expect("indexed");
         if view.shape() != shape {
-            return Err(Error::Shape { path: file.path.clone(), tensor: name.into(), expected: shape.to_vec(), got: view.shape().to_vec() });
+            return Err(Error::Shape {
+                path: file.path.clone(),
+                tensor: name.into(),
+                expected: shape.to_vec(),
+                got: view.shape().to_vec(),
+            });
         }
         let values = decode(view.dtype(), view.data()).ok_or_else(|| Error::Dtype {
             path: file.path.clone(),
@@ -125,7 +147,12 @@ impl TensorStore {
         })?;
         let bad: Vec<usize> = values.iter().enumerate().filter(|(_, x)| !x.is_finite()).map(|(k, _)| k).collect();
         if let Some(&first) = bad.first() {
-            return Err(Error::NonFinite { path: file.path.clone(), tensor: name.into(), count: bad.len(), first });
+            return Err(Error::NonFinite {
+                path: file.path.clone(),
+                tensor: name.into(),
+                count: bad.len(),
+                first,
+            });
         }
         Ok(ArrayD::from_shape_vec(IxDyn(shape), values).expect("shape checked"))
     }
@@ -142,12 +169,21 @@ impl TensorStore {
         } else if self.index.len() == 1 {
             self.index.keys().next().expect("one").clone()
         } else {
-            return Err(Error::MissingTensor { path: self.files[0].path.clone(), tensor: name.into(), expected: "a [tokens, hidden] tensor (or a file holding exactly one tensor)".into() });
+            return Err(Error::MissingTensor {
+                path: self.files[0].path.clone(),
+                tensor: name.into(),
+                expected: "a [tokens, hidden] tensor (or a file holding exactly one tensor)".into(),
+            });
         };
         let file = &self.files[self.index[&chosen]];
         let shape = file.tensors().tensor(&chosen).expect("indexed").shape().to_vec();
         if shape.len() != 2 {
-            return Err(Error::Shape { path: file.path.clone(), tensor: chosen, expected: vec![0, 0], got: shape });
+            return Err(Error::Shape {
+                path: file.path.clone(),
+                tensor: chosen,
+                expected: vec![0, 0],
+                got: shape,
+            });
         }
         let a = self.get2(&chosen, shape[0], shape[1])?;
         Ok((chosen, a))
@@ -156,10 +192,22 @@ impl TensorStore {
 
 fn decode(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f64>> {
     Some(match dtype {
-        Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f64()).collect(),
-        Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f64()).collect(),
-        Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64).collect(),
-        Dtype::F64 => bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes"))).collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f64())
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f64())
+            .collect(),
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
+            .collect(),
+        Dtype::F64 => bytes
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .collect(),
         _ => return None,
     })
 }
@@ -175,7 +223,11 @@ pub struct RawTensor {
 impl RawTensor {
     /// An F64 tensor of `shape` holding `values` in row-major order.
     pub fn f64(shape: Vec<usize>, values: impl IntoIterator<Item = f64>) -> Self {
-        Self { dtype: Dtype::F64, shape, bytes: values.into_iter().flat_map(f64::to_le_bytes).collect() }
+        Self {
+            dtype: Dtype::F64,
+            shape,
+            bytes: values.into_iter().flat_map(f64::to_le_bytes).collect(),
+        }
     }
 }
 
@@ -196,7 +248,11 @@ impl safetensors::View for &RawTensor {
 
 /// Write `tensors` to `path` atomically: a temp file in the same directory, then a rename, so an
 /// interrupted run never leaves a file that looks finished.
-pub fn write_tensors<'a>(path: &Path, tensors: impl IntoIterator<Item = (&'a str, &'a RawTensor)>, metadata: Option<HashMap<String, String>>) -> Result<()> {
+pub fn write_tensors<'a>(
+    path: &Path,
+    tensors: impl IntoIterator<Item = (&'a str, &'a RawTensor)>,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
     let bytes = safetensors::serialize(tensors, metadata).map_err(|e| Error::file(path, format!("cannot serialize: {e}")))?;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().ok_or_else(|| Error::file(path, "output path has no file name"))?;
@@ -213,6 +269,9 @@ pub fn write_tensors<'a>(path: &Path, tensors: impl IntoIterator<Item = (&'a str
 
 /// Write f64 arrays to `path` atomically as F64 tensors.
 pub fn write_f64(path: &Path, tensors: &[(&str, &ArrayD<f64>)], metadata: Option<HashMap<String, String>>) -> Result<()> {
-    let raw: Vec<(&str, RawTensor)> = tensors.iter().map(|(n, a)| (*n, RawTensor::f64(a.shape().to_vec(), a.iter().copied()))).collect();
+    let raw: Vec<(&str, RawTensor)> = tensors
+        .iter()
+        .map(|(n, a)| (*n, RawTensor::f64(a.shape().to_vec(), a.iter().copied())))
+        .collect();
     write_tensors(path, raw.iter().map(|(n, t)| (*n, t)), metadata)
 }

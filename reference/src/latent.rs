@@ -243,6 +243,16 @@ impl<T: Real> LatentWeights<T> {
         self.o_proj.forward(flat.view())
     }
 
+    /// Replace the geometry after a crate-internal transform changed d_c (shapes are re-checked).
+    pub(crate) fn set_dims(&mut self, dims: LatentDims) {
+        self.dims = dims;
+        *self = Self::new(dims, self.query.clone(), self.kv_a.clone(), self.kv_norm.clone(), self.kv_b.clone(), self.o_proj.clone(), self.rope.clone(), Some(self.scale))
+            .expect("crate-internal transform keeps shapes consistent");
+    }
+    pub(crate) fn set_scale(&mut self, scale: f64) {
+        self.scale = scale;
+    }
+
     /// Repeat each group's up-projection H/G times: the equivalent MLA layer (G = H).
     pub fn expand_groups_to_heads(&self) -> Self {
         let per = self.dims.d_n() + self.dims.d_v();

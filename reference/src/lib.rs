@@ -16,6 +16,7 @@ pub mod attention;
 pub mod cache;
 pub mod config;
 pub mod decode;
+pub mod eigen;
 pub mod error;
 pub mod gqa;
 pub mod gqa_decode;
@@ -29,6 +30,7 @@ pub mod real;
 pub mod rope;
 pub mod switch;
 pub mod tp;
+pub mod transgqla;
 
 pub use absorb_decode::absorb_decode;
 pub use cache::{Footprint, GqaCache, GroupCache, GroupCacheLayout, LatentCache};

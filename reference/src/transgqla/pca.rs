@@ -1,0 +1,34 @@
+//! (T5) Joint KV PCA: c ← Rᵀ c with R the top `rank` eigenvectors of Σ_t c_t c_tᵀ (uncentred).
+//!
+//! W^{DKV} ← Rᵀ W^{DKV} (and its bias), W^{UK}_g ← W^{UK}_g R, W^{UV}_g ← W^{UV}_g R. Exact when
+//! `rank` is the full latent dim (R orthogonal); otherwise keeps the retained energy reported.
+
+use crate::config::LatentDims;
+use crate::eigen::symmetric_eigen_desc;
+use crate::error::{Error, Result};
+use crate::latent::LatentWeights;
+use ndarray::{concatenate, s, ArrayView2, Axis};
+
+/// Truncate the latent to `rank` principal directions of calibration latents. Returns the layer and
+/// the fraction of latent energy kept.
+pub fn joint_pca(w: &LatentWeights<f64>, rank: usize, x: ArrayView2<f64>) -> Result<(LatentWeights<f64>, f64)> {
+    let d = w.dims();
+    if rank == 0 || rank > d.d_c() {
+        return Err(Error::Config(format!("kv rank {rank} must be between 1 and the full latent dim {}", d.d_c())));
+    }
+    let c = w.latent(x);
+    let (values, vectors) = symmetric_eigen_desc(&c.t().dot(&c))?;
+    let total: f64 = values.iter().map(|v| v.max(0.0)).sum();
+    let kept: f64 = values.iter().take(rank).map(|v| v.max(0.0)).sum();
+    let r = vectors.slice(s![.., ..rank]).to_owned();
+    let mut out = w.clone();
+    let latent_rows = r.t().dot(&w.kv_a.weight.slice(s![..d.d_c(), ..]));
+    out.kv_a.weight = concatenate(Axis(0), &[latent_rows.view(), w.kv_a.weight.slice(s![d.d_c().., ..])]).expect("rows");
+    if let Some(b) = &w.kv_a.bias {
+        let latent_b = r.t().dot(&b.slice(s![..d.d_c()]));
+        out.kv_a.bias = Some(concatenate(Axis(0), &[latent_b.view(), b.slice(s![d.d_c()..])]).expect("rows"));
+    }
+    out.kv_b = w.kv_b.dot(&r);
+    out.set_dims(LatentDims::new(d.h(), d.g(), rank, d.d_n(), d.d_r(), d.d_v())?);
+    Ok((out, if total > 0.0 { kept / total } else { 1.0 }))
+}

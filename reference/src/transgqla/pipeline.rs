@@ -1,0 +1,91 @@
+//! The whole layer conversion, T1–T6, with every intermediate stage kept for checking.
+
+use super::balance::balance_kv;
+use super::latent_form::{latent_form, KeyMap};
+use super::pca::joint_pca;
+use super::query::rescale_query;
+use super::rorope::rorope;
+use crate::error::{Error, Result};
+use crate::gqa::GqaWeights;
+use crate::latent::LatentWeights;
+use ndarray::ArrayView2;
+
+/// What to keep. `None` keeps everything: with `freqfold = 1` that is the exact conversion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvertOptions {
+    /// d_r, the rope dims kept (None: every pair, KV·D).
+    pub rope_dim: Option<usize>,
+    /// d_c, the latent rank kept (None: the full latent).
+    pub kv_rank: Option<usize>,
+    /// FreqFold f (1 is exact).
+    pub freqfold: usize,
+}
+
+impl ConvertOptions {
+    /// No truncation and freqfold 1: the converted layer equals the source exactly.
+    pub fn exact() -> Self {
+        Self { rope_dim: None, kv_rank: None, freqfold: 1 }
+    }
+}
+
+/// Figures of one layer's conversion.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct LayerReport {
+    pub freqfold: usize,
+    pub rope_dim: usize,
+    pub kv_rank: usize,
+    /// Fraction of calibration key energy (after RoRoPE) in the pairs that keep RoPE.
+    pub rope_energy_kept: f64,
+    /// The BKV ratio α.
+    pub alpha: f64,
+    /// Fraction of calibration latent energy ([K_N/α; V]) the PCA keeps.
+    pub kv_energy_kept: f64,
+}
+
+/// Each stage of T1–T6 as an evaluable layer.
+#[derive(Clone, Debug)]
+pub struct Stages {
+    /// T1: identity up-projections per group, every pair roped. Exact.
+    pub latent_form: LatentWeights<f64>,
+    /// T2: after RoRoPE, every pair roped. Exact when freqfold = 1.
+    pub rorope: LatentWeights<f64>,
+    /// T3: RoPE kept on d_r dims only. Lossy unless every pair is kept.
+    pub partial_rope: LatentWeights<f64>,
+    /// T4: balanced KV. Exact.
+    pub balanced: LatentWeights<f64>,
+    /// T5: joint PCA to d_c. Exact at full rank.
+    pub pca: LatentWeights<f64>,
+    /// T6: query rescaled, default softmax scale. Exact. The converted layer.
+    pub output: LatentWeights<f64>,
+}
+
+/// Convert one GQA layer, calibrated on the hidden states `x` that reach it (positions 0..T).
+pub fn convert_stages(gqa: &GqaWeights<f64>, x: ArrayView2<f64>, opt: ConvertOptions) -> Result<(Stages, LayerReport)> {
+    let (kv, d) = (gqa.dims().kv(), gqa.dims().d());
+    if x.nrows() == 0 || x.ncols() != gqa.hidden() {
+        return Err(Error::ShapeMismatch { what: "calibration hidden states [T, hidden]".into(), expected: vec![x.nrows().max(1), gqa.hidden()], got: x.shape().to_vec() });
+    }
+    let full_pairs = kv * d / 2;
+    let rope_dim = opt.rope_dim.unwrap_or(2 * full_pairs);
+    if rope_dim % 2 != 0 || rope_dim > 2 * full_pairs {
+        return Err(Error::Config(format!("rope dim d_r = {rope_dim} must be even and at most KV·D = {}", 2 * full_pairs)));
+    }
+    let latent_form_w = latent_form(gqa, &KeyMap::identity(gqa))?;
+    let rr = rorope(gqa, x, opt.freqfold)?;
+    let (all_pairs, _) = rr.key_map(full_pairs)?;
+    let rorope_w = latent_form(gqa, &all_pairs)?;
+    let (partial, rope_energy_kept) = rr.key_map(rope_dim / 2)?;
+    let partial_w = latent_form(gqa, &partial)?;
+    let n_k = partial_w.dims().d_c() - kv * d;
+    let (balanced, alpha) = balance_kv(&partial_w, n_k, x)?;
+    let kv_rank = opt.kv_rank.unwrap_or(balanced.dims().d_c());
+    let (pca, kv_energy_kept) = joint_pca(&balanced, kv_rank, x)?;
+    let output = rescale_query(&pca);
+    let report = LayerReport { freqfold: opt.freqfold, rope_dim, kv_rank, rope_energy_kept, alpha, kv_energy_kept };
+    Ok((Stages { latent_form: latent_form_w, rorope: rorope_w, partial_rope: partial_w, balanced, pca, output }, report))
+}
+
+/// Convert one GQA layer; see [`convert_stages`].
+pub fn convert_layer(gqa: &GqaWeights<f64>, x: ArrayView2<f64>, opt: ConvertOptions) -> Result<(LatentWeights<f64>, LayerReport)> {
+    convert_stages(gqa, x, opt).map(|(s, r)| (s.output, r))
+}

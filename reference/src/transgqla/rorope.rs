@@ -1,0 +1,102 @@
+//! (T2) RoRoPE with FreqFold: rotate the kv heads' RoPE pairs to concentrate key energy.
+//!
+//! For run r of f adjacent frequencies, the n = KV·f pairs (j, l) give the covariance
+//! $$ \Sigma_r = \sum_t \big(x^{re}_t x^{re\top}_t + x^{im}_t x^{im\top}_t\big) $$
+//! over calibration keys after RoPE (uncentred; damping by a multiple of the identity would not
+//! change the eigenvectors). Its eigenvectors U_r (descending) define new pairs m:
+//! re'_m = Σ_p U_r[p,m] re_p, im'_m = Σ_p U_r[p,m] im_p. The top k = (d_r/2)/runs pairs of each run
+//! keep RoPE; kept pair m of run r gets frequency θ_{f r + ⌊m f / k⌋} (TransMLA's choice for f > 1,
+//! and θ_r when f = 1, where the rotation commutes with RoPE and is exact).
+
+use super::latent_form::{pair_index, KeyMap};
+use crate::eigen::symmetric_eigen_desc;
+use crate::error::{Error, Result};
+use crate::gqa::GqaWeights;
+use ndarray::{Array2, ArrayView2, Axis};
+
+/// The RoRoPE rotation of a layer's key latent, before choosing which pairs keep RoPE.
+#[derive(Clone, Debug)]
+pub struct RoRope {
+    /// Rows 2m, 2m+1 are new pair m; run r owns new pairs r·n..(r+1)·n, n = KV·f, by descending energy.
+    rotation: Array2<f64>,
+    /// Calibration energy of each new pair.
+    energy: Vec<f64>,
+    freqfold: usize,
+    kv: usize,
+    /// The source's θ_l, l = 0..D/2.
+    theta: Vec<f64>,
+}
+
+/// Calibration keys after RoPE, [T, KV·D] head-major, for tokens at positions 0..T.
+pub fn roped_keys(gqa: &GqaWeights<f64>, x: ArrayView2<f64>) -> Array2<f64> {
+    let (kv, d) = (gqa.dims().kv(), gqa.dims().d());
+    let mut k = gqa.k_proj().forward(x);
+    for (t, mut row) in k.axis_iter_mut(Axis(0)).enumerate() {
+        for j in 0..kv {
+            gqa.rope().apply(row.slice_mut(ndarray::s![j * d..(j + 1) * d]), t);
+        }
+    }
+    k
+}
+
+/// Compute the RoRoPE rotation with FreqFold `freqfold` from calibration hidden states `x`.
+pub fn rorope(gqa: &GqaWeights<f64>, x: ArrayView2<f64>, freqfold: usize) -> Result<RoRope> {
+    let (kv, d) = (gqa.dims().kv(), gqa.dims().d());
+    let n_freq = d / 2;
+    if freqfold == 0 || n_freq % freqfold != 0 {
+        return Err(Error::Config(format!("freqfold {freqfold} must divide the number of RoPE frequencies D/2 = {n_freq}")));
+    }
+    let n = kv * freqfold;
+    let keys = roped_keys(gqa, x);
+    let mut rotation = Array2::zeros((kv * d, kv * d));
+    let mut energy = vec![0.0; kv * d / 2];
+    for r in 0..n_freq / freqfold {
+        // The run's pairs: (j, l) for l in the run, j over kv heads; p indexes them 0..n.
+        let pairs: Vec<(usize, usize)> = (r * freqfold..(r + 1) * freqfold).flat_map(|l| (0..kv).map(move |j| (j, l))).collect();
+        let re = keys.select(Axis(1), &pairs.iter().map(|&(j, l)| j * d + l).collect::<Vec<_>>());
+        let im = keys.select(Axis(1), &pairs.iter().map(|&(j, l)| j * d + l + n_freq).collect::<Vec<_>>());
+        let (values, vectors) = symmetric_eigen_desc(&(re.t().dot(&re) + im.t().dot(&im)))?;
+        for m in 0..n {
+            let new_pair = r * n + m;
+            energy[new_pair] = values[m].max(0.0);
+            for (p, &(j, l)) in pairs.iter().enumerate() {
+                let src = pair_index(j, l, d) / 2;
+                rotation[[2 * new_pair, 2 * src]] = vectors[[p, m]];
+                rotation[[2 * new_pair + 1, 2 * src + 1]] = vectors[[p, m]];
+            }
+        }
+    }
+    Ok(RoRope { rotation, energy, freqfold, kv, theta: gqa.rope().freqs().to_vec() })
+}
+
+impl RoRope {
+    /// Keep `rope_pairs` = d_r/2 pairs with RoPE, the same number from every run. Returns the key
+    /// map and the fraction of calibration key energy the kept pairs hold.
+    pub fn key_map(&self, rope_pairs: usize) -> Result<(KeyMap, f64)> {
+        let (f, kv) = (self.freqfold, self.kv);
+        let (runs, n) = (self.theta.len() / f, kv * f);
+        if rope_pairs == 0 || rope_pairs % runs != 0 || rope_pairs / runs > n {
+            return Err(Error::Config(format!(
+                "d_r = {} must be a positive multiple of 2·(D/2)/freqfold = {} and at most KV·D = {} (KV = {kv}, freqfold = {f})",
+                2 * rope_pairs,
+                2 * runs,
+                kv * self.theta.len() * 2
+            )));
+        }
+        let k = rope_pairs / runs;
+        let mut freqs = vec![0.0; self.energy.len()];
+        let mut kept = Vec::with_capacity(rope_pairs);
+        for r in 0..runs {
+            for m in 0..n {
+                let offset = if m < k { m * f / k } else { (m / kv).min(f - 1) };
+                freqs[r * n + m] = self.theta[r * f + offset];
+                if m < k {
+                    kept.push(r * n + m);
+                }
+            }
+        }
+        let total: f64 = self.energy.iter().sum();
+        let held: f64 = kept.iter().map(|&m| self.energy[m]).sum();
+        Ok((KeyMap { rotation: self.rotation.clone(), freqs, kept }, if total > 0.0 { held / total } else { 1.0 }))
+    }
+}

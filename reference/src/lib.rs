@@ -24,6 +24,7 @@ pub mod hf;
 pub mod latent;
 pub mod linear;
 pub mod mla;
+pub mod model;
 pub mod prefill;
 pub mod random;
 pub mod real;

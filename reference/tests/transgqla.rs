@@ -134,7 +134,11 @@ fn rope_energy_grows_with_rope_dim() {
     let cal = hidden_states(64, 32, 4);
     let mut last = 0.0;
     for pairs_per_freq in 1..=4 {
-        let opt = ConvertOptions { rope_dim: Some(2 * 4 * pairs_per_freq), kv_rank: None, freqfold: 1 };
+        let opt = ConvertOptions {
+            rope_dim: Some(2 * 4 * pairs_per_freq),
+            kv_rank: None,
+            freqfold: 1,
+        };
         let (_, r) = convert_stages(&gqa, cal.view(), opt).unwrap();
         assert!(r.rope_energy_kept >= last - 1e-12, "{} < {last}", r.rope_energy_kept);
         last = r.rope_energy_kept;
@@ -147,10 +151,38 @@ fn invalid_options_are_errors() {
     let gqa = gqa_layer(GqaDims::new(4, 2, 8).unwrap(), 16, false, 4.0, 1).unwrap();
     let cal = hidden_states(16, 16, 2);
     for (opt, needle) in [
-        (ConvertOptions { rope_dim: Some(6), kv_rank: None, freqfold: 1 }, "multiple"),
-        (ConvertOptions { rope_dim: Some(4), kv_rank: None, freqfold: 3 }, "freqfold 3"),
-        (ConvertOptions { rope_dim: Some(34), kv_rank: None, freqfold: 1 }, "at most"),
-        (ConvertOptions { rope_dim: Some(8), kv_rank: Some(10_000), freqfold: 1 }, "kv rank"),
+        (
+            ConvertOptions {
+                rope_dim: Some(6),
+                kv_rank: None,
+                freqfold: 1,
+            },
+            "multiple",
+        ),
+        (
+            ConvertOptions {
+                rope_dim: Some(4),
+                kv_rank: None,
+                freqfold: 3,
+            },
+            "freqfold 3",
+        ),
+        (
+            ConvertOptions {
+                rope_dim: Some(34),
+                kv_rank: None,
+                freqfold: 1,
+            },
+            "at most",
+        ),
+        (
+            ConvertOptions {
+                rope_dim: Some(8),
+                kv_rank: Some(10_000),
+                freqfold: 1,
+            },
+            "kv rank",
+        ),
     ] {
         let e = convert_stages(&gqa, cal.view(), opt).unwrap_err().to_string();
         assert!(e.contains(needle), "{opt:?}: {e}");

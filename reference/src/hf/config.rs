@@ -109,6 +109,12 @@ pub struct ModelConfig {
     pub num_layers: usize,
     pub dtype: StorageDtype,
     pub attention: AttentionConfig,
+    pub vocab_size: usize,
+    pub intermediate_size: usize,
+    pub rms_norm_eps: f64,
+    pub tie_word_embeddings: bool,
+    /// Layers from this index on are mixture-of-experts (DeepSeek); `num_layers` when all are dense.
+    pub first_moe_layer: usize,
 }
 
 struct Json<'a> {
@@ -241,6 +247,12 @@ impl ModelConfig {
                 .into()
             }
         };
+        let first_moe_layer = match model_type {
+            ModelType::DeepseekV2 | ModelType::DeepseekV3 if j.opt_usize("n_routed_experts")?.unwrap_or(0) > 0 => {
+                j.opt_usize("first_k_dense_replace")?.unwrap_or(0).min(num_layers)
+            }
+            _ => num_layers,
+        };
         Ok(Self {
             path: path.to_path_buf(),
             model_type,
@@ -248,6 +260,11 @@ impl ModelConfig {
             num_layers,
             dtype,
             attention,
+            vocab_size: j.usize("vocab_size")?,
+            intermediate_size: j.opt_usize("intermediate_size")?.unwrap_or(0),
+            rms_norm_eps: j.f64_or("rms_norm_eps", 1e-6)?,
+            tie_word_embeddings: j.bool_or("tie_word_embeddings", false)?,
+            first_moe_layer,
         })
     }
 }

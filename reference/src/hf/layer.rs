@@ -6,7 +6,9 @@ use crate::error::{Error, Result};
 use crate::gqa::GqaWeights;
 use crate::latent::{LatentWeights, QueryProjection};
 use crate::linear::{Linear, RmsNorm};
+use crate::model::{Attention, DecoderLayer, LmHead, Mlp};
 use crate::rope::RopeStyle;
+use ndarray::Array2;
 use std::path::Path;
 
 /// A loaded attention layer.
@@ -41,23 +43,101 @@ impl Loader<'_> {
 
 /// Load layer `layer`'s self-attention from the checkpoint in `dir`.
 pub fn load_layer(dir: &Path, layer: usize) -> Result<(ModelConfig, Layer)> {
-    let config = ModelConfig::load(dir)?;
-    if layer >= config.num_layers {
-        return Err(Error::file(
-            &config.path,
-            format!("layer {layer} requested, but num_hidden_layers = {}", config.num_layers),
-        ));
+    let ckpt = Checkpoint::open(dir)?;
+    let loaded = ckpt.attention(layer)?;
+    Ok((ckpt.config, loaded))
+}
+
+/// An open checkpoint: its config and its (memory-mapped) tensors, read one layer at a time.
+pub struct Checkpoint {
+    pub config: ModelConfig,
+    pub store: TensorStore,
+}
+
+impl Checkpoint {
+    pub fn open(dir: &Path) -> Result<Self> {
+        let config = ModelConfig::load(dir)?;
+        let store = TensorStore::open(dir)?;
+        Ok(Self { config, store })
     }
-    let store = TensorStore::open(dir)?;
-    let l = Loader {
-        store: &store,
-        prefix: format!("model.layers.{layer}.self_attn"),
-    };
-    let loaded = match &config.attention {
-        AttentionConfig::Gqa(c) => Layer::Gqa(gqa(&l, c, &config, layer)?),
-        AttentionConfig::Latent(c) => Layer::Latent(latent(&l, c, &config)?),
-    };
-    Ok((config, loaded))
+
+    fn check_layer(&self, layer: usize) -> Result<()> {
+        if layer >= self.config.num_layers {
+            return Err(Error::file(
+                &self.config.path,
+                format!("layer {layer} requested, but num_hidden_layers = {}", self.config.num_layers),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Layer `layer`'s self-attention.
+    pub fn attention(&self, layer: usize) -> Result<Layer> {
+        self.check_layer(layer)?;
+        let l = Loader {
+            store: &self.store,
+            prefix: format!("model.layers.{layer}.self_attn"),
+        };
+        Ok(match &self.config.attention {
+            AttentionConfig::Gqa(c) => Layer::Gqa(gqa(&l, c, &self.config, layer)?),
+            AttentionConfig::Latent(c) => Layer::Latent(latent(&l, c, &self.config)?),
+        })
+    }
+
+    /// Layer `layer` whole: norms, attention and (dense) MLP.
+    pub fn decoder_layer(&self, layer: usize) -> Result<DecoderLayer<f64>> {
+        let attention = match self.attention(layer)? {
+            Layer::Gqa(w) => Attention::Gqa(w),
+            Layer::Latent(w) => Attention::Latent(w),
+        };
+        if layer >= self.config.first_moe_layer {
+            return Err(Error::file(
+                &self.config.path,
+                format!(
+                    "layer {layer} is a mixture-of-experts layer, which the reference does not run (dense layers: 0..{})",
+                    self.config.first_moe_layer
+                ),
+            ));
+        }
+        let (hidden, inter, eps) = (self.config.hidden_size, self.config.intermediate_size, self.config.rms_norm_eps);
+        let l = Loader {
+            store: &self.store,
+            prefix: format!("model.layers.{layer}"),
+        };
+        Ok(DecoderLayer {
+            input_norm: l.norm("input_layernorm", hidden, eps)?,
+            attention,
+            post_norm: l.norm("post_attention_layernorm", hidden, eps)?,
+            mlp: Mlp {
+                gate: l.linear("mlp.gate_proj", inter, hidden, false)?,
+                up: l.linear("mlp.up_proj", inter, hidden, false)?,
+                down: l.linear("mlp.down_proj", hidden, inter, false)?,
+            },
+        })
+    }
+
+    /// The token embedding table [vocab, hidden].
+    pub fn embedding(&self) -> Result<Array2<f64>> {
+        self.store
+            .get2("model.embed_tokens.weight", self.config.vocab_size, self.config.hidden_size)
+    }
+
+    /// The final norm and LM head (the embedding when tied).
+    pub fn head(&self) -> Result<LmHead<f64>> {
+        let (vocab, hidden) = (self.config.vocab_size, self.config.hidden_size);
+        let name = if self.config.tie_word_embeddings {
+            "model.embed_tokens.weight"
+        } else {
+            "lm_head.weight"
+        };
+        Ok(LmHead {
+            norm: RmsNorm {
+                weight: self.store.get1("model.norm.weight", hidden)?,
+                eps: self.config.rms_norm_eps,
+            },
+            lm_head: Linear::new(self.store.get2(name, vocab, hidden)?, None),
+        })
+    }
 }
 
 fn gqa(l: &Loader, c: &GqaConfig, config: &ModelConfig, layer: usize) -> Result<GqaWeights<f64>> {

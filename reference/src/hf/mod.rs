@@ -9,5 +9,5 @@ pub mod layer;
 pub mod tensors;
 
 pub use config::{AttentionConfig, ModelConfig, ModelType};
-pub use layer::{load_layer, Layer};
+pub use layer::{load_layer, Checkpoint, Layer};
 pub use tensors::TensorStore;

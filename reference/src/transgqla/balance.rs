@@ -15,7 +15,10 @@ pub fn balance_kv(w: &LatentWeights<f64>, n_k: usize, x: ArrayView2<f64>) -> Res
     }
     let c = w.latent(x);
     let norms = c.map_axis(Axis(0), |col| col.dot(&col).sqrt());
-    let (k_mean, v_mean) = (norms.slice(s![..n_k]).mean().unwrap_or(0.0), norms.slice(s![n_k..]).mean().unwrap_or(0.0));
+    let (k_mean, v_mean) = (
+        norms.slice(s![..n_k]).mean().unwrap_or(0.0),
+        norms.slice(s![n_k..]).mean().unwrap_or(0.0),
+    );
     let alpha = if k_mean > 0.0 && v_mean > 0.0 { k_mean / v_mean } else { 1.0 };
     let mut out = w.clone();
     out.kv_a.weight.slice_mut(s![..n_k, ..]).mapv_inplace(|v| v / alpha);

@@ -52,7 +52,11 @@ impl KeyMap {
         let (kv, d) = (gqa.dims().kv(), gqa.dims().d());
         let theta = gqa.rope().freqs();
         let freqs = (0..kv * d / 2).map(|p| theta[p % (d / 2)]).collect();
-        Self { rotation: Array2::eye(kv * d), freqs, kept: (0..kv * d / 2).collect() }
+        Self {
+            rotation: Array2::eye(kv * d),
+            freqs,
+            kept: (0..kv * d / 2).collect(),
+        }
     }
     fn rows(&self, pairs: &[usize]) -> Array2<f64> {
         let idx: Vec<usize> = pairs.iter().flat_map(|&m| [2 * m, 2 * m + 1]).collect();
@@ -69,7 +73,9 @@ pub fn latent_form(gqa: &GqaWeights<f64>, map: &KeyMap) -> Result<LatentWeights<
     let gd = gqa.dims();
     let (h, kv, d) = (gd.h(), gd.kv(), gd.d());
     if gqa.rope().style() != RopeStyle::RotateHalf || gqa.rope().attention_factor() != 1.0 {
-        return Err(Error::Config("TransGQLA expects rotate-half RoPE without an attention factor (HF LLaMA/Qwen2/Mistral)".into()));
+        return Err(Error::Config(
+            "TransGQLA expects rotate-half RoPE without an attention factor (HF LLaMA/Qwen2/Mistral)".into(),
+        ));
     }
     if gqa.sliding_window().is_some() {
         return Err(Error::Config("TransGQLA does not convert sliding-window attention".into()));
@@ -80,8 +86,14 @@ pub fn latent_form(gqa: &GqaWeights<f64>, map: &KeyMap) -> Result<LatentWeights<
     // Rows of M Π: maps head-major key coordinates to the kept rope pairs and to the dropped ones.
     let pi = pair_permutation(kv, d);
     let (rope_rows, nope_rows) = (map.rows(&map.kept).dot(&pi), map.rows(&map.dropped()).dot(&pi));
-    let (wk, bk) = (&gqa.k_proj().weight, gqa.k_proj().bias.clone().unwrap_or_else(|| Array1::zeros(kv * d)));
-    let (wv, bv) = (&gqa.v_proj().weight, gqa.v_proj().bias.clone().unwrap_or_else(|| Array1::zeros(kv * d)));
+    let (wk, bk) = (
+        &gqa.k_proj().weight,
+        gqa.k_proj().bias.clone().unwrap_or_else(|| Array1::zeros(kv * d)),
+    );
+    let (wv, bv) = (
+        &gqa.v_proj().weight,
+        gqa.v_proj().bias.clone().unwrap_or_else(|| Array1::zeros(kv * d)),
+    );
     let n_drop = nope_rows.nrows();
     let d_r = rope_rows.nrows();
     let d_c = n_drop + kv * d;
@@ -91,12 +103,16 @@ pub fn latent_form(gqa: &GqaWeights<f64>, map: &KeyMap) -> Result<LatentWeights<
     let w_kr = rope_rows.dot(wk);
     let b_kr = rope_rows.dot(&bk);
     let any_bias = gqa.k_proj().bias.is_some() || gqa.v_proj().bias.is_some();
-    let kv_a = Linear::new(concatenate(Axis(0), &[w_dkv.view(), w_kr.view()]).expect("rows"), any_bias.then(|| concatenate(Axis(0), &[b_dkv.view(), b_kr.view()]).expect("rows")));
+    let kv_a = Linear::new(
+        concatenate(Axis(0), &[w_dkv.view(), w_kr.view()]).expect("rows"),
+        any_bias.then(|| concatenate(Axis(0), &[b_dkv.view(), b_kr.view()]).expect("rows")),
+    );
     // Per group: W^UK_g = [(P_N M Π)[:, block g]ᵀ, 0], W^UV_g = [0, E_g].
     let mut kv_b = Array2::zeros((kv * 2 * d, d_c));
     for g in 0..kv {
         let block = s![.., g * d..(g + 1) * d];
-        kv_b.slice_mut(s![g * 2 * d..g * 2 * d + d, ..n_drop]).assign(&nope_rows.slice(block).t());
+        kv_b.slice_mut(s![g * 2 * d..g * 2 * d + d, ..n_drop])
+            .assign(&nope_rows.slice(block).t());
         for c in 0..d {
             kv_b[[g * 2 * d + d + c, n_drop + g * d + c]] = 1.0;
         }

@@ -14,7 +14,10 @@ use ndarray::{concatenate, s, ArrayView2, Axis};
 pub fn joint_pca(w: &LatentWeights<f64>, rank: usize, x: ArrayView2<f64>) -> Result<(LatentWeights<f64>, f64)> {
     let d = w.dims();
     if rank == 0 || rank > d.d_c() {
-        return Err(Error::Config(format!("kv rank {rank} must be between 1 and the full latent dim {}", d.d_c())));
+        return Err(Error::Config(format!(
+            "kv rank {rank} must be between 1 and the full latent dim {}",
+            d.d_c()
+        )));
     }
     let c = w.latent(x);
     let (values, vectors) = symmetric_eigen_desc(&c.t().dot(&c))?;

@@ -24,7 +24,11 @@ pub struct ConvertOptions {
 impl ConvertOptions {
     /// No truncation and freqfold 1: the converted layer equals the source exactly.
     pub fn exact() -> Self {
-        Self { rope_dim: None, kv_rank: None, freqfold: 1 }
+        Self {
+            rope_dim: None,
+            kv_rank: None,
+            freqfold: 1,
+        }
     }
 }
 
@@ -63,12 +67,19 @@ pub struct Stages {
 pub fn convert_stages(gqa: &GqaWeights<f64>, x: ArrayView2<f64>, opt: ConvertOptions) -> Result<(Stages, LayerReport)> {
     let (kv, d) = (gqa.dims().kv(), gqa.dims().d());
     if x.nrows() == 0 || x.ncols() != gqa.hidden() {
-        return Err(Error::ShapeMismatch { what: "calibration hidden states [T, hidden]".into(), expected: vec![x.nrows().max(1), gqa.hidden()], got: x.shape().to_vec() });
+        return Err(Error::ShapeMismatch {
+            what: "calibration hidden states [T, hidden]".into(),
+            expected: vec![x.nrows().max(1), gqa.hidden()],
+            got: x.shape().to_vec(),
+        });
     }
     let full_pairs = kv * d / 2;
     let rope_dim = opt.rope_dim.unwrap_or(2 * full_pairs);
     if rope_dim % 2 != 0 || rope_dim > 2 * full_pairs {
-        return Err(Error::Config(format!("rope dim d_r = {rope_dim} must be even and at most KV·D = {}", 2 * full_pairs)));
+        return Err(Error::Config(format!(
+            "rope dim d_r = {rope_dim} must be even and at most KV·D = {}",
+            2 * full_pairs
+        )));
     }
     let latent_form_w = latent_form(gqa, &KeyMap::identity(gqa))?;
     let rr = rorope(gqa, x, opt.freqfold)?;
@@ -81,8 +92,25 @@ pub fn convert_stages(gqa: &GqaWeights<f64>, x: ArrayView2<f64>, opt: ConvertOpt
     let kv_rank = opt.kv_rank.unwrap_or(balanced.dims().d_c());
     let (pca, kv_energy_kept) = joint_pca(&balanced, kv_rank, x)?;
     let output = rescale_query(&pca);
-    let report = LayerReport { freqfold: opt.freqfold, rope_dim, kv_rank, rope_energy_kept, alpha, kv_energy_kept };
-    Ok((Stages { latent_form: latent_form_w, rorope: rorope_w, partial_rope: partial_w, balanced, pca, output }, report))
+    let report = LayerReport {
+        freqfold: opt.freqfold,
+        rope_dim,
+        kv_rank,
+        rope_energy_kept,
+        alpha,
+        kv_energy_kept,
+    };
+    Ok((
+        Stages {
+            latent_form: latent_form_w,
+            rorope: rorope_w,
+            partial_rope: partial_w,
+            balanced,
+            pca,
+            output,
+        },
+        report,
+    ))
 }
 
 /// Convert one GQA layer; see [`convert_stages`].

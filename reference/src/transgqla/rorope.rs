@@ -44,7 +44,9 @@ pub fn rorope(gqa: &GqaWeights<f64>, x: ArrayView2<f64>, freqfold: usize) -> Res
     let (kv, d) = (gqa.dims().kv(), gqa.dims().d());
     let n_freq = d / 2;
     if freqfold == 0 || n_freq % freqfold != 0 {
-        return Err(Error::Config(format!("freqfold {freqfold} must divide the number of RoPE frequencies D/2 = {n_freq}")));
+        return Err(Error::Config(format!(
+            "freqfold {freqfold} must divide the number of RoPE frequencies D/2 = {n_freq}"
+        )));
     }
     let n = kv * freqfold;
     let keys = roped_keys(gqa, x);
@@ -52,7 +54,9 @@ pub fn rorope(gqa: &GqaWeights<f64>, x: ArrayView2<f64>, freqfold: usize) -> Res
     let mut energy = vec![0.0; kv * d / 2];
     for r in 0..n_freq / freqfold {
         // The run's pairs: (j, l) for l in the run, j over kv heads; p indexes them 0..n.
-        let pairs: Vec<(usize, usize)> = (r * freqfold..(r + 1) * freqfold).flat_map(|l| (0..kv).map(move |j| (j, l))).collect();
+        let pairs: Vec<(usize, usize)> = (r * freqfold..(r + 1) * freqfold)
+            .flat_map(|l| (0..kv).map(move |j| (j, l)))
+            .collect();
         let re = keys.select(Axis(1), &pairs.iter().map(|&(j, l)| j * d + l).collect::<Vec<_>>());
         let im = keys.select(Axis(1), &pairs.iter().map(|&(j, l)| j * d + l + n_freq).collect::<Vec<_>>());
         let (values, vectors) = symmetric_eigen_desc(&(re.t().dot(&re) + im.t().dot(&im)))?;
@@ -66,7 +70,13 @@ pub fn rorope(gqa: &GqaWeights<f64>, x: ArrayView2<f64>, freqfold: usize) -> Res
             }
         }
     }
-    Ok(RoRope { rotation, energy, freqfold, kv, theta: gqa.rope().freqs().to_vec() })
+    Ok(RoRope {
+        rotation,
+        energy,
+        freqfold,
+        kv,
+        theta: gqa.rope().freqs().to_vec(),
+    })
 }
 
 impl RoRope {
@@ -97,6 +107,13 @@ impl RoRope {
         }
         let total: f64 = self.energy.iter().sum();
         let held: f64 = kept.iter().map(|&m| self.energy[m]).sum();
-        Ok((KeyMap { rotation: self.rotation.clone(), freqs, kept }, if total > 0.0 { held / total } else { 1.0 }))
+        Ok((
+            KeyMap {
+                rotation: self.rotation.clone(),
+                freqs,
+                kept,
+            },
+            if total > 0.0 { held / total } else { 1.0 },
+        ))
     }
 }

@@ -68,7 +68,7 @@ proptest! {
         let gqa = src.layer();
         let x = src.held_out();
         let want = gqa.prefill(x.view()).unwrap().y;
-        let (stages, report) = convert_stages(&gqa, src.calibration().view(), ConvertOptions::exact()).unwrap();
+        let (stages, report) = convert_stages(&gqa, &[src.calibration().view()], ConvertOptions::exact()).unwrap();
         let e = err_vs(&stages.output, &want, &x);
         prop_assert!(e <= 1e-9, "converted vs GQA: {e:e}");
         prop_assert_eq!(stages.output.dims().g(), gqa.dims().kv());
@@ -87,7 +87,7 @@ proptest! {
         let opt = ConvertOptions { rope_dim: Some(2 * runs * k), kv_rank: None, freqfold: f };
         let x = src.held_out();
         let want = gqa.prefill(x.view()).unwrap().y;
-        let (st, _) = convert_stages(&gqa, src.calibration().view(), opt).unwrap();
+        let (st, _) = convert_stages(&gqa, &[src.calibration().view()], opt).unwrap();
         prop_assert!(err_vs(&st.latent_form, &want, &x) <= 1e-9, "T1 latent form");
         if f == 1 {
             prop_assert!(err_vs(&st.rorope, &want, &x) <= 1e-9, "T2 RoRoPE (f = 1)");
@@ -107,13 +107,13 @@ proptest! {
         let (kv, d) = (gqa.dims().kv(), gqa.dims().d());
         let cal = src.calibration();
         let opt = |kv_rank| ConvertOptions { rope_dim: Some(d), kv_rank, freqfold: 1 };
-        let (st, _) = convert_stages(&gqa, cal.view(), opt(None)).unwrap();
+        let (st, _) = convert_stages(&gqa, &[cal.view()], opt(None)).unwrap();
         let full = st.balanced.dims().d_c();
         let c_full = st.balanced.latent(cal.view());
         let total: f64 = c_full.iter().map(|v| v * v).sum();
         let mut last_err = f64::INFINITY;
         for rank in 1..=full {
-            let (trunc, report) = convert_stages(&gqa, cal.view(), opt(Some(rank))).unwrap();
+            let (trunc, report) = convert_stages(&gqa, &[cal.view()], opt(Some(rank))).unwrap();
             let kept: f64 = trunc.pca.latent(cal.view()).iter().map(|v| v * v).sum::<f64>() / total;
             prop_assert!((kept - report.kv_energy_kept).abs() <= 1e-9, "reported energy {} vs measured {kept}", report.kv_energy_kept);
             let err = (1.0 - kept).max(0.0).sqrt();
@@ -139,7 +139,7 @@ fn rope_energy_grows_with_rope_dim() {
             kv_rank: None,
             freqfold: 1,
         };
-        let (_, r) = convert_stages(&gqa, cal.view(), opt).unwrap();
+        let (_, r) = convert_stages(&gqa, &[cal.view()], opt).unwrap();
         assert!(r.rope_energy_kept >= last - 1e-12, "{} < {last}", r.rope_energy_kept);
         last = r.rope_energy_kept;
     }
@@ -184,7 +184,7 @@ fn invalid_options_are_errors() {
             "kv rank",
         ),
     ] {
-        let e = convert_stages(&gqa, cal.view(), opt).unwrap_err().to_string();
+        let e = convert_stages(&gqa, &[cal.view()], opt).unwrap_err().to_string();
         assert!(e.contains(needle), "{opt:?}: {e}");
     }
 }

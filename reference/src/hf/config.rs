@@ -87,11 +87,20 @@ pub struct GqaConfig {
 pub struct LatentConfig {
     pub dims: LatentDims,
     pub q_lora_rank: Option<usize>,
-    /// q_a_proj, kv_a_proj_with_mqa and o_proj carry a bias.
-    pub bias: bool,
+    /// The query projection carries a bias: q_a_proj under q-LoRA when `attention_bias`, q_proj only
+    /// when `gqla_q_bias` says so (a converted Qwen2).
+    pub q_bias: bool,
+    /// kv_a_proj_with_mqa carries a bias (`attention_bias`, or `gqla_kv_a_bias`).
+    pub kv_a_bias: bool,
+    /// o_proj carries a bias (`attention_bias`, or `gqla_o_bias`).
+    pub o_bias: bool,
     pub interleaved_rope: bool,
     pub rope: RopeConfig,
     pub rms_norm_eps: f64,
+    /// `gqla_latent_rms_norm` (default true, as in DeepSeek): whether kv_a_layernorm is applied.
+    pub latent_norm: bool,
+    /// `gqla_rope_freqs`: an explicit frequency table θ_l (d_r/2 entries), overriding rope_theta.
+    pub rope_freqs: Option<Vec<f64>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -232,17 +241,23 @@ impl ModelConfig {
                     j.usize("v_head_dim")?,
                 )
                 .map_err(cfg_err)?;
+                let q_lora_rank = j.opt_usize("q_lora_rank")?;
+                let attention_bias = j.bool_or("attention_bias", false)?;
                 let interleaved_rope = match model_type {
                     ModelType::DeepseekV2 => true,
                     _ => j.bool_or("rope_interleave", true)?,
                 };
                 LatentConfig {
                     dims,
-                    q_lora_rank: j.opt_usize("q_lora_rank")?,
-                    bias: j.bool_or("attention_bias", false)?,
+                    q_lora_rank,
+                    q_bias: j.bool_or("gqla_q_bias", attention_bias && q_lora_rank.is_some())?,
+                    kv_a_bias: j.bool_or("gqla_kv_a_bias", attention_bias)?,
+                    o_bias: j.bool_or("gqla_o_bias", attention_bias)?,
                     interleaved_rope,
                     rope,
                     rms_norm_eps: j.f64_or("rms_norm_eps", 1e-6)?,
+                    latent_norm: j.bool_or("gqla_latent_rms_norm", true)?,
+                    rope_freqs: rope_freqs(&j, dims.d_r())?,
                 }
                 .into()
             }
@@ -350,6 +365,18 @@ fn rope_config(j: &Json) -> Result<RopeConfig> {
         other => Err(other.to_string()),
     };
     Ok(RopeConfig { theta, scaling })
+}
+
+/// `gqla_rope_freqs`: d_r/2 finite positive frequencies, when present.
+fn rope_freqs(j: &Json, d_r: usize) -> Result<Option<Vec<f64>>> {
+    let Some(v) = j.v.get("gqla_rope_freqs").filter(|v| !v.is_null()) else { return Ok(None) };
+    let expected = format!("an array of {} positive frequencies (d_r/2)", d_r / 2);
+    let list = v.as_array().ok_or_else(|| j.err("gqla_rope_freqs", &expected))?;
+    let freqs: Vec<f64> = list.iter().filter_map(Value::as_f64).filter(|f| f.is_finite() && *f > 0.0).collect();
+    if freqs.len() != d_r / 2 || list.len() != d_r / 2 {
+        return Err(j.err("gqla_rope_freqs", &expected));
+    }
+    Ok(Some(freqs))
 }
 
 /// Per-layer sliding windows: `layer_types` when given, else Mistral's `sliding_window`, else

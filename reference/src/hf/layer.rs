@@ -7,7 +7,7 @@ use crate::gqa::GqaWeights;
 use crate::latent::{LatentWeights, QueryProjection};
 use crate::linear::{Linear, RmsNorm};
 use crate::model::{Attention, DecoderLayer, LmHead, Mlp};
-use crate::rope::RopeStyle;
+use crate::rope::{Rope, RopeStyle};
 use ndarray::Array2;
 use std::path::Path;
 
@@ -159,20 +159,23 @@ fn latent(l: &Loader, c: &LatentConfig, config: &ModelConfig) -> Result<LatentWe
     } else {
         RopeStyle::RotateHalf
     };
-    let rope = c.rope.build(&config.path, style, d.d_r())?;
+    let rope = match &c.rope_freqs {
+        Some(freqs) => Rope::new(style, freqs.clone())?,
+        None => c.rope.build(&config.path, style, d.d_r())?,
+    };
     let q_out = d.h() * d.qk_dim();
     let query = match c.q_lora_rank {
-        None => QueryProjection::Direct(l.linear("q_proj", q_out, hidden, false)?),
+        None => QueryProjection::Direct(l.linear("q_proj", q_out, hidden, c.q_bias)?),
         Some(r) => QueryProjection::LowRank {
-            down: l.linear("q_a_proj", r, hidden, c.bias)?,
+            down: l.linear("q_a_proj", r, hidden, c.q_bias)?,
             norm: l.norm("q_a_layernorm", r, c.rms_norm_eps)?,
             up: l.linear("q_b_proj", q_out, r, false)?,
         },
     };
-    let kv_a = l.linear("kv_a_proj_with_mqa", d.d_c() + d.d_r(), hidden, c.bias)?;
-    let kv_norm = Some(l.norm("kv_a_layernorm", d.d_c(), c.rms_norm_eps)?);
+    let kv_a = l.linear("kv_a_proj_with_mqa", d.d_c() + d.d_r(), hidden, c.kv_a_bias)?;
+    let kv_norm = if c.latent_norm { Some(l.norm("kv_a_layernorm", d.d_c(), c.rms_norm_eps)?) } else { None };
     let kv_b = l.linear("kv_b_proj", d.g() * (d.d_n() + d.d_v()), d.d_c(), false)?.weight;
-    let o = l.linear("o_proj", hidden, d.h() * d.d_v(), c.bias)?;
+    let o = l.linear("o_proj", hidden, d.h() * d.d_v(), c.o_bias)?;
     let scale = d.default_scale() * c.rope.deepseek_softmax_factor();
     LatentWeights::new(d, query, kv_a, kv_norm, kv_b, o, rope, Some(scale))
 }

@@ -8,7 +8,7 @@ use super::rorope::rorope;
 use crate::error::{Error, Result};
 use crate::gqa::GqaWeights;
 use crate::latent::LatentWeights;
-use ndarray::ArrayView2;
+use ndarray::{concatenate, ArrayView2, Axis};
 
 /// What to keep. `None` keeps everything: with `freqfold = 1` that is the exact conversion.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,16 +63,19 @@ pub struct Stages {
     pub output: LatentWeights<f64>,
 }
 
-/// Convert one GQA layer, calibrated on the hidden states `x` that reach it (positions 0..T).
-pub fn convert_stages(gqa: &GqaWeights<f64>, x: ArrayView2<f64>, opt: ConvertOptions) -> Result<(Stages, LayerReport)> {
+/// Convert one GQA layer, calibrated on the hidden states that reach it: one [L, hidden] array per
+/// calibration sequence, at positions 0..L.
+pub fn convert_stages(gqa: &GqaWeights<f64>, sequences: &[ArrayView2<f64>], opt: ConvertOptions) -> Result<(Stages, LayerReport)> {
     let (kv, d) = (gqa.dims().kv(), gqa.dims().d());
-    if x.nrows() == 0 || x.ncols() != gqa.hidden() {
+    if let Some(bad) = sequences.iter().find(|x| x.nrows() == 0 || x.ncols() != gqa.hidden()) {
         return Err(Error::ShapeMismatch {
-            what: "calibration hidden states [T, hidden]".into(),
-            expected: vec![x.nrows().max(1), gqa.hidden()],
-            got: x.shape().to_vec(),
+            what: "calibration hidden states [L, hidden]".into(),
+            expected: vec![bad.nrows().max(1), gqa.hidden()],
+            got: bad.shape().to_vec(),
         });
     }
+    let stacked = concatenate(Axis(0), sequences).map_err(|_| Error::Config("no calibration sequences".into()))?;
+    let x = stacked.view();
     let full_pairs = kv * d / 2;
     let rope_dim = opt.rope_dim.unwrap_or(2 * full_pairs);
     if rope_dim % 2 != 0 || rope_dim > 2 * full_pairs {
@@ -82,7 +85,7 @@ pub fn convert_stages(gqa: &GqaWeights<f64>, x: ArrayView2<f64>, opt: ConvertOpt
         )));
     }
     let latent_form_w = latent_form(gqa, &KeyMap::identity(gqa))?;
-    let rr = rorope(gqa, x, opt.freqfold)?;
+    let rr = rorope(gqa, sequences, opt.freqfold)?;
     let (all_pairs, _) = rr.key_map(full_pairs)?;
     let rorope_w = latent_form(gqa, &all_pairs)?;
     let (partial, rope_energy_kept) = rr.key_map(rope_dim / 2)?;
@@ -114,6 +117,6 @@ pub fn convert_stages(gqa: &GqaWeights<f64>, x: ArrayView2<f64>, opt: ConvertOpt
 }
 
 /// Convert one GQA layer; see [`convert_stages`].
-pub fn convert_layer(gqa: &GqaWeights<f64>, x: ArrayView2<f64>, opt: ConvertOptions) -> Result<(LatentWeights<f64>, LayerReport)> {
-    convert_stages(gqa, x, opt).map(|(s, r)| (s.output, r))
+pub fn convert_layer(gqa: &GqaWeights<f64>, sequences: &[ArrayView2<f64>], opt: ConvertOptions) -> Result<(LatentWeights<f64>, LayerReport)> {
+    convert_stages(gqa, sequences, opt).map(|(s, r)| (s.output, r))
 }

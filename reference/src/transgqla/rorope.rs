@@ -39,8 +39,9 @@ pub fn roped_keys(gqa: &GqaWeights<f64>, x: ArrayView2<f64>) -> Array2<f64> {
     k
 }
 
-/// Compute the RoRoPE rotation with FreqFold `freqfold` from calibration hidden states `x`.
-pub fn rorope(gqa: &GqaWeights<f64>, x: ArrayView2<f64>, freqfold: usize) -> Result<RoRope> {
+/// Compute the RoRoPE rotation with FreqFold `freqfold` from calibration sequences (hidden states
+/// [L, hidden] each, at positions 0..L).
+pub fn rorope(gqa: &GqaWeights<f64>, sequences: &[ArrayView2<f64>], freqfold: usize) -> Result<RoRope> {
     let (kv, d) = (gqa.dims().kv(), gqa.dims().d());
     let n_freq = d / 2;
     if freqfold == 0 || n_freq % freqfold != 0 {
@@ -49,7 +50,9 @@ pub fn rorope(gqa: &GqaWeights<f64>, x: ArrayView2<f64>, freqfold: usize) -> Res
         )));
     }
     let n = kv * freqfold;
-    let keys = roped_keys(gqa, x);
+    let per_sequence: Vec<Array2<f64>> = sequences.iter().map(|x| roped_keys(gqa, *x)).collect();
+    let keys = ndarray::concatenate(Axis(0), &per_sequence.iter().map(|k| k.view()).collect::<Vec<_>>())
+        .map_err(|_| Error::Config("no calibration sequences".into()))?;
     let mut rotation = Array2::zeros((kv * d, kv * d));
     let mut energy = vec![0.0; kv * d / 2];
     for r in 0..n_freq / freqfold {

@@ -26,6 +26,15 @@ pub enum StorageDtype {
 }
 
 impl StorageDtype {
+    /// The name HF configs use (`torch_dtype`/`dtype`).
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            StorageDtype::F32 => "float32",
+            StorageDtype::Bf16 => "bfloat16",
+            StorageDtype::F16 => "float16",
+            StorageDtype::F64 => "float64",
+        }
+    }
     pub fn bytes(self) -> usize {
         match self {
             StorageDtype::F32 => 4,

@@ -1,5 +1,6 @@
 //! A read-only view of a checkpoint's tensors across one or many safetensors files.
 
+use super::config::StorageDtype;
 use crate::error::{Error, Result};
 use ndarray::{Array1, Array2, ArrayD, IxDyn};
 use safetensors::{Dtype, SafeTensors};
@@ -121,41 +122,80 @@ impl TensorStore {
 
     /// Read tensor `name` as f64 with exactly `shape`, rejecting other dtypes and non-finite values.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<ArrayD<f64>> {
+        let (file, view) = self.view_checked(name, shape)?;
+        let values = decode(view.dtype(), view.data()).ok_or_else(|| self.dtype_error(file, name, view.dtype()))?;
+        let bad: Vec<usize> = values.iter().enumerate().filter(|(_, x)| !x.is_finite()).map(|(k, _)| k).collect();
+        if let Some(&first) = bad.first() {
+            return Err(Error::NonFinite { path: file.path.clone(), tensor: name.into(), count: bad.len(), first });
+        }
+        Ok(ArrayD::from_shape_vec(IxDyn(shape), values).expect("shape checked"))
+    }
+
+    /// Rows `rows` of the 2-D tensor `name` [n, cols], decoding only those rows (embedding lookups).
+    pub fn get_rows(&self, name: &str, n: usize, cols: usize, rows: &[usize]) -> Result<Array2<f64>> {
+        let (file, view) = self.view_checked(name, &[n, cols])?;
+        let width = view.dtype().bitsize() / 8;
+        let mut out = Array2::zeros((rows.len(), cols));
+        for (k, &r) in rows.iter().enumerate() {
+            if r >= n {
+                return Err(Error::Shape { path: file.path.clone(), tensor: name.into(), expected: vec![r + 1, cols], got: vec![n, cols] });
+            }
+            let bytes = &view.data()[r * cols * width..(r + 1) * cols * width];
+            let values = decode(view.dtype(), bytes).ok_or_else(|| self.dtype_error(file, name, view.dtype()))?;
+            if let Some(first) = values.iter().position(|v| !v.is_finite()) {
+                return Err(Error::NonFinite { path: file.path.clone(), tensor: name.into(), count: values.iter().filter(|v| !v.is_finite()).count(), first: r * cols + first });
+            }
+            out.row_mut(k).assign(&Array1::from(values));
+        }
+        Ok(out)
+    }
+
+    /// Token ids: an integer tensor [S, L] (or [L], one sequence), each id below `vocab`.
+    pub fn get_ids(&self, name: &str, vocab: usize) -> Result<Vec<Vec<u32>>> {
         let Some(&i) = self.index.get(name) else {
-            return Err(Error::MissingTensor {
-                path: self.file_of(name).to_path_buf(),
-                tensor: name.into(),
-                expected: format!("shape {shape:?}"),
-            });
+            return Err(Error::MissingTensor { path: self.file_of(name).to_path_buf(), tensor: name.into(), expected: "integer token ids [sequences, tokens]".into() });
         };
         let file = &self.files[i];
         let st = file.tensors();
         let view = st.tensor(name).expect("indexed");
-        if view.shape() != shape {
-            return Err(Error::Shape {
-                path: file.path.clone(),
-                tensor: name.into(),
-                expected: shape.to_vec(),
-                got: view.shape().to_vec(),
-            });
+        let data = view.data();
+        let ids: Vec<i64> = match view.dtype() {
+            Dtype::I64 => data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect(),
+            Dtype::I32 => data.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")) as i64).collect(),
+            Dtype::U32 => data.chunks_exact(4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as i64).collect(),
+            other => return Err(Error::Dtype { path: file.path.clone(), tensor: name.into(), expected: "I64, I32, U32".into(), got: format!("{other:?}") }),
+        };
+        let (s, l) = match view.shape() {
+            [l] => (1, *l),
+            [s, l] => (*s, *l),
+            other => return Err(Error::Shape { path: file.path.clone(), tensor: name.into(), expected: vec![1, 1], got: other.to_vec() }),
+        };
+        if s == 0 || l == 0 {
+            return Err(Error::Shape { path: file.path.clone(), tensor: name.into(), expected: vec![s.max(1), l.max(1)], got: view.shape().to_vec() });
         }
-        let values = decode(view.dtype(), view.data()).ok_or_else(|| Error::Dtype {
-            path: file.path.clone(),
-            tensor: name.into(),
-            expected: "BF16, F16, F32, F64".into(),
-            got: format!("{:?}", view.dtype()),
-        })?;
-        let bad: Vec<usize> = values.iter().enumerate().filter(|(_, x)| !x.is_finite()).map(|(k, _)| k).collect();
-        if let Some(&first) = bad.first() {
-            return Err(Error::NonFinite {
-                path: file.path.clone(),
-                tensor: name.into(),
-                count: bad.len(),
-                first,
-            });
+        if let Some((k, bad)) = ids.iter().enumerate().find(|(_, &v)| v < 0 || v as usize >= vocab) {
+            return Err(Error::file(&file.path, format!("tensor `{name}`: token id {bad} at flat index {k} is outside the vocabulary 0..{vocab}")));
         }
-        Ok(ArrayD::from_shape_vec(IxDyn(shape), values).expect("shape checked"))
+        Ok(ids.chunks(l).map(|c| c.iter().map(|&v| v as u32).collect()).collect())
     }
+
+    fn dtype_error(&self, file: &MappedFile, name: &str, got: Dtype) -> Error {
+        Error::Dtype { path: file.path.clone(), tensor: name.into(), expected: "BF16, F16, F32, F64".into(), got: format!("{got:?}") }
+    }
+
+    /// The file and view of `name`, checked to have `shape`.
+    fn view_checked(&self, name: &str, shape: &[usize]) -> Result<(&MappedFile, safetensors::tensor::TensorView<'_>)> {
+        let Some(&i) = self.index.get(name) else {
+            return Err(Error::MissingTensor { path: self.file_of(name).to_path_buf(), tensor: name.into(), expected: format!("shape {shape:?}") });
+        };
+        let file = &self.files[i];
+        let view = SafeTensors::deserialize(&file.map).expect("validated at open").tensor(name).expect("indexed");
+        if view.shape() != shape {
+            return Err(Error::Shape { path: file.path.clone(), tensor: name.into(), expected: shape.to_vec(), got: view.shape().to_vec() });
+        }
+        Ok((file, view))
+    }
+
     pub fn get2(&self, name: &str, rows: usize, cols: usize) -> Result<Array2<f64>> {
         Ok(self.get(name, &[rows, cols])?.into_dimensionality().expect("2-D"))
     }
@@ -223,11 +263,19 @@ pub struct RawTensor {
 impl RawTensor {
     /// An F64 tensor of `shape` holding `values` in row-major order.
     pub fn f64(shape: Vec<usize>, values: impl IntoIterator<Item = f64>) -> Self {
-        Self {
-            dtype: Dtype::F64,
-            shape,
-            bytes: values.into_iter().flat_map(f64::to_le_bytes).collect(),
-        }
+        Self::encode(StorageDtype::F64, shape, values)
+    }
+
+    /// A tensor stored as `dtype` (rounding to nearest) holding `values`.
+    pub fn encode(dtype: StorageDtype, shape: Vec<usize>, values: impl IntoIterator<Item = f64>) -> Self {
+        let values = values.into_iter();
+        let (dtype, bytes): (Dtype, Vec<u8>) = match dtype {
+            StorageDtype::Bf16 => (Dtype::BF16, values.flat_map(|v| half::bf16::from_f64(v).to_le_bytes()).collect()),
+            StorageDtype::F16 => (Dtype::F16, values.flat_map(|v| half::f16::from_f64(v).to_le_bytes()).collect()),
+            StorageDtype::F32 => (Dtype::F32, values.flat_map(|v| (v as f32).to_le_bytes()).collect()),
+            StorageDtype::F64 => (Dtype::F64, values.flat_map(f64::to_le_bytes).collect()),
+        };
+        Self { dtype, shape, bytes }
     }
 }
 

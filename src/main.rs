@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Run one layer's self-attention of an HF checkpoint on given hidden states.
     Forward(commands::forward::Args),
+    /// Convert a GQA checkpoint (LLaMA/Qwen2/Mistral) to GQLA with TransGQLA.
+    Convert(commands::convert::Args),
     /// Per-token KV-cache sizes of a model on each GQLA path, measured from allocated caches.
     CacheSize(commands::cache_size::Args),
 }
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Forward(a) => commands::forward::run(a),
         Command::CacheSize(a) => commands::cache_size::run(a),
+        Command::Convert(a) => commands::convert::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

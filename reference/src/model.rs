@@ -72,8 +72,13 @@ pub struct LayerTrace<T> {
 impl<T: Real> DecoderLayer<T> {
     /// (D1), (D2) for hidden states h [T, hidden] at positions 0..T.
     pub fn forward(&self, h: ArrayView2<T>) -> Result<LayerTrace<T>> {
+        self.forward_with(&self.attention, h)
+    }
+
+    /// The layer with its self-attention replaced by `attention` (a converted one), the rest shared.
+    pub fn forward_with(&self, attention: &Attention<T>, h: ArrayView2<T>) -> Result<LayerTrace<T>> {
         let attention_input = self.input_norm.forward(h);
-        let attention_output = self.attention.prefill(attention_input.view())?.y;
+        let attention_output = attention.prefill(attention_input.view())?.y;
         let mid = &h + &attention_output;
         let output = &mid + &self.mlp.forward(self.post_norm.forward(mid.view()).view());
         Ok(LayerTrace {
@@ -95,6 +100,12 @@ impl<T: Real> LmHead<T> {
     pub fn logits(&self, h: ArrayView2<T>) -> Array2<T> {
         self.lm_head.forward(self.norm.forward(h).view())
     }
+}
+
+/// Embeddings of `ids` read straight from a checkpoint, decoding only those rows.
+pub fn embed_rows(store: &crate::hf::TensorStore, config: &crate::hf::ModelConfig, ids: &[u32]) -> Result<Array2<f64>> {
+    let rows: Vec<usize> = ids.iter().map(|&i| i as usize).collect();
+    store.get_rows("model.embed_tokens.weight", config.vocab_size, config.hidden_size, &rows)
 }
 
 /// Rows of the embedding table for `ids`.

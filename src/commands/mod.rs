@@ -1,6 +1,7 @@
 //! One module per subcommand; each parses nothing itself and returns the reference's errors.
 
 pub mod cache_size;
+pub mod convert;
 pub mod forward;
 
 /// Errors the commands report (exit code 2).

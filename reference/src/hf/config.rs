@@ -378,10 +378,16 @@ fn rope_config(j: &Json) -> Result<RopeConfig> {
 
 /// `gqla_rope_freqs`: d_r/2 finite positive frequencies, when present.
 fn rope_freqs(j: &Json, d_r: usize) -> Result<Option<Vec<f64>>> {
-    let Some(v) = j.v.get("gqla_rope_freqs").filter(|v| !v.is_null()) else { return Ok(None) };
+    let Some(v) = j.v.get("gqla_rope_freqs").filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
     let expected = format!("an array of {} positive frequencies (d_r/2)", d_r / 2);
     let list = v.as_array().ok_or_else(|| j.err("gqla_rope_freqs", &expected))?;
-    let freqs: Vec<f64> = list.iter().filter_map(Value::as_f64).filter(|f| f.is_finite() && *f > 0.0).collect();
+    let freqs: Vec<f64> = list
+        .iter()
+        .filter_map(Value::as_f64)
+        .filter(|f| f.is_finite() && *f > 0.0)
+        .collect();
     if freqs.len() != d_r / 2 || list.len() != d_r / 2 {
         return Err(j.err("gqla_rope_freqs", &expected));
     }

@@ -173,7 +173,11 @@ fn latent(l: &Loader, c: &LatentConfig, config: &ModelConfig) -> Result<LatentWe
         },
     };
     let kv_a = l.linear("kv_a_proj_with_mqa", d.d_c() + d.d_r(), hidden, c.kv_a_bias)?;
-    let kv_norm = if c.latent_norm { Some(l.norm("kv_a_layernorm", d.d_c(), c.rms_norm_eps)?) } else { None };
+    let kv_norm = if c.latent_norm {
+        Some(l.norm("kv_a_layernorm", d.d_c(), c.rms_norm_eps)?)
+    } else {
+        None
+    };
     let kv_b = l.linear("kv_b_proj", d.g() * (d.d_n() + d.d_v()), d.d_c(), false)?.weight;
     let o = l.linear("o_proj", hidden, d.h() * d.d_v(), c.o_bias)?;
     let scale = d.default_scale() * c.rope.deepseek_softmax_factor();

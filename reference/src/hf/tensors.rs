@@ -108,6 +108,11 @@ impl TensorStore {
         Ok(Self { files, index })
     }
 
+    /// The files this store reads, in the order opened (shards sorted by name).
+    pub fn files(&self) -> impl Iterator<Item = PathBuf> + '_ {
+        self.files.iter().map(|f| f.path.clone())
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.index.contains_key(name)
     }
@@ -126,7 +131,12 @@ impl TensorStore {
         let values = decode(view.dtype(), view.data()).ok_or_else(|| self.dtype_error(file, name, view.dtype()))?;
         let bad: Vec<usize> = values.iter().enumerate().filter(|(_, x)| !x.is_finite()).map(|(k, _)| k).collect();
         if let Some(&first) = bad.first() {
-            return Err(Error::NonFinite { path: file.path.clone(), tensor: name.into(), count: bad.len(), first });
+            return Err(Error::NonFinite {
+                path: file.path.clone(),
+                tensor: name.into(),
+                count: bad.len(),
+                first,
+            });
         }
         Ok(ArrayD::from_shape_vec(IxDyn(shape), values).expect("shape checked"))
     }
@@ -138,12 +148,22 @@ impl TensorStore {
         let mut out = Array2::zeros((rows.len(), cols));
         for (k, &r) in rows.iter().enumerate() {
             if r >= n {
-                return Err(Error::Shape { path: file.path.clone(), tensor: name.into(), expected: vec![r + 1, cols], got: vec![n, cols] });
+                return Err(Error::Shape {
+                    path: file.path.clone(),
+                    tensor: name.into(),
+                    expected: vec![r + 1, cols],
+                    got: vec![n, cols],
+                });
             }
             let bytes = &view.data()[r * cols * width..(r + 1) * cols * width];
             let values = decode(view.dtype(), bytes).ok_or_else(|| self.dtype_error(file, name, view.dtype()))?;
             if let Some(first) = values.iter().position(|v| !v.is_finite()) {
-                return Err(Error::NonFinite { path: file.path.clone(), tensor: name.into(), count: values.iter().filter(|v| !v.is_finite()).count(), first: r * cols + first });
+                return Err(Error::NonFinite {
+                    path: file.path.clone(),
+                    tensor: name.into(),
+                    count: values.iter().filter(|v| !v.is_finite()).count(),
+                    first: r * cols + first,
+                });
             }
             out.row_mut(k).assign(&Array1::from(values));
         }
@@ -153,45 +173,97 @@ impl TensorStore {
     /// Token ids: an integer tensor [S, L] (or [L], one sequence), each id below `vocab`.
     pub fn get_ids(&self, name: &str, vocab: usize) -> Result<Vec<Vec<u32>>> {
         let Some(&i) = self.index.get(name) else {
-            return Err(Error::MissingTensor { path: self.file_of(name).to_path_buf(), tensor: name.into(), expected: "integer token ids [sequences, tokens]".into() });
+            return Err(Error::MissingTensor {
+                path: self.file_of(name).to_path_buf(),
+                tensor: name.into(),
+                expected: "integer token ids [sequences, tokens]".into(),
+            });
         };
         let file = &self.files[i];
         let st = file.tensors();
         let view = st.tensor(name).expect("indexed");
         let data = view.data();
         let ids: Vec<i64> = match view.dtype() {
-            Dtype::I64 => data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect(),
-            Dtype::I32 => data.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")) as i64).collect(),
-            Dtype::U32 => data.chunks_exact(4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as i64).collect(),
-            other => return Err(Error::Dtype { path: file.path.clone(), tensor: name.into(), expected: "I64, I32, U32".into(), got: format!("{other:?}") }),
+            Dtype::I64 => data
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .collect(),
+            Dtype::I32 => data
+                .chunks_exact(4)
+                .map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")) as i64)
+                .collect(),
+            Dtype::U32 => data
+                .chunks_exact(4)
+                .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as i64)
+                .collect(),
+            other => {
+                return Err(Error::Dtype {
+                    path: file.path.clone(),
+                    tensor: name.into(),
+                    expected: "I64, I32, U32".into(),
+                    got: format!("{other:?}"),
+                })
+            }
         };
         let (s, l) = match view.shape() {
             [l] => (1, *l),
             [s, l] => (*s, *l),
-            other => return Err(Error::Shape { path: file.path.clone(), tensor: name.into(), expected: vec![1, 1], got: other.to_vec() }),
+            other => {
+                return Err(Error::Shape {
+                    path: file.path.clone(),
+                    tensor: name.into(),
+                    expected: vec![1, 1],
+                    got: other.to_vec(),
+                })
+            }
         };
         if s == 0 || l == 0 {
-            return Err(Error::Shape { path: file.path.clone(), tensor: name.into(), expected: vec![s.max(1), l.max(1)], got: view.shape().to_vec() });
+            return Err(Error::Shape {
+                path: file.path.clone(),
+                tensor: name.into(),
+                expected: vec![s.max(1), l.max(1)],
+                got: view.shape().to_vec(),
+            });
         }
         if let Some((k, bad)) = ids.iter().enumerate().find(|(_, &v)| v < 0 || v as usize >= vocab) {
-            return Err(Error::file(&file.path, format!("tensor `{name}`: token id {bad} at flat index {k} is outside the vocabulary 0..{vocab}")));
+            return Err(Error::file(
+                &file.path,
+                format!("tensor `{name}`: token id {bad} at flat index {k} is outside the vocabulary 0..{vocab}"),
+            ));
         }
         Ok(ids.chunks(l).map(|c| c.iter().map(|&v| v as u32).collect()).collect())
     }
 
     fn dtype_error(&self, file: &MappedFile, name: &str, got: Dtype) -> Error {
-        Error::Dtype { path: file.path.clone(), tensor: name.into(), expected: "BF16, F16, F32, F64".into(), got: format!("{got:?}") }
+        Error::Dtype {
+            path: file.path.clone(),
+            tensor: name.into(),
+            expected: "BF16, F16, F32, F64".into(),
+            got: format!("{got:?}"),
+        }
     }
 
     /// The file and view of `name`, checked to have `shape`.
     fn view_checked(&self, name: &str, shape: &[usize]) -> Result<(&MappedFile, safetensors::tensor::TensorView<'_>)> {
         let Some(&i) = self.index.get(name) else {
-            return Err(Error::MissingTensor { path: self.file_of(name).to_path_buf(), tensor: name.into(), expected: format!("shape {shape:?}") });
+            return Err(Error::MissingTensor {
+                path: self.file_of(name).to_path_buf(),
+                tensor: name.into(),
+                expected: format!("shape {shape:?}"),
+            });
         };
         let file = &self.files[i];
-        let view = SafeTensors::deserialize(&file.map).expect("validated at open").tensor(name).expect("indexed");
+        let view = SafeTensors::deserialize(&file.map)
+            .expect("validated at open")
+            .tensor(name)
+            .expect("indexed");
         if view.shape() != shape {
-            return Err(Error::Shape { path: file.path.clone(), tensor: name.into(), expected: shape.to_vec(), got: view.shape().to_vec() });
+            return Err(Error::Shape {
+                path: file.path.clone(),
+                tensor: name.into(),
+                expected: shape.to_vec(),
+                got: view.shape().to_vec(),
+            });
         }
         Ok((file, view))
     }

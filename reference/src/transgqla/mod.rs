@@ -21,6 +21,7 @@
 //! [`pipeline::convert_layer`] runs T1–T6 and reports the energy each truncation keeps.
 
 pub mod balance;
+pub mod checkpoint;
 pub mod latent_form;
 pub mod pca;
 pub mod pipeline;

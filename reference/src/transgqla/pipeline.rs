@@ -117,6 +117,10 @@ pub fn convert_stages(gqa: &GqaWeights<f64>, sequences: &[ArrayView2<f64>], opt:
 }
 
 /// Convert one GQA layer; see [`convert_stages`].
-pub fn convert_layer(gqa: &GqaWeights<f64>, sequences: &[ArrayView2<f64>], opt: ConvertOptions) -> Result<(LatentWeights<f64>, LayerReport)> {
+pub fn convert_layer(
+    gqa: &GqaWeights<f64>,
+    sequences: &[ArrayView2<f64>],
+    opt: ConvertOptions,
+) -> Result<(LatentWeights<f64>, LayerReport)> {
     convert_stages(gqa, sequences, opt).map(|(s, r)| (s.output, r))
 }

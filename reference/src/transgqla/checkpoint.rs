@@ -1,0 +1,383 @@
+//! Converting a whole HF GQA checkpoint to a GQLA checkpoint in the DeepSeek-V3 layout, one layer
+//! at a time.
+//!
+//! Calibration is real: token ids run through the source model's embedding and decoder layers, and
+//! each layer's attention is calibrated on the hidden states that reach it. Only one layer's weights
+//! (plus the calibration activations) are held at a time. The output is written to a temporary
+//! directory beside the target and renamed when complete, so an interrupted run leaves nothing that
+//! looks finished.
+
+use super::pipeline::{convert_layer, ConvertOptions, LayerReport};
+use crate::cache::{GroupCache, GroupCacheLayout, LatentCache};
+use crate::error::{Error, Result};
+use crate::hf::config::{AttentionConfig, ModelConfig, StorageDtype};
+use crate::hf::tensors::{write_tensors, RawTensor};
+use crate::hf::{Checkpoint, TensorStore};
+use crate::latent::{LatentWeights, QueryProjection};
+use crate::linear::Linear;
+use crate::model::{embed_rows, mean_kl, Attention, DecoderLayer};
+use crate::prefill::prefill;
+use crate::real::rel_err;
+use ndarray::{Array2, ArrayView2};
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// Where calibration token ids come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Calibration {
+    /// A safetensors file with an integer `input_ids` tensor [sequences, tokens] (or [tokens]).
+    File(PathBuf),
+    /// Seeded uniformly random ids: weaker than real text, and reported as such.
+    Random { sequences: usize, tokens: usize, seed: u64 },
+}
+
+/// Everything `convert_checkpoint` needs besides the paths.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckpointOptions {
+    /// G; a GQA source keeps one group per kv head, so this must be KV when given.
+    pub groups: Option<usize>,
+    pub layer: ConvertOptions,
+    /// Output dtype (None: the source's).
+    pub dtype: Option<StorageDtype>,
+    pub calibration: Calibration,
+}
+
+/// One layer's row of the conversion table.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct LayerRow {
+    pub layer: usize,
+    #[serde(flatten)]
+    pub report: LayerReport,
+    /// ‖y_conv − y_src‖/‖y_src‖ of the attention output on held-out tokens (same inputs).
+    pub held_out_attention_rel_err: f64,
+}
+
+/// The whole conversion's figures.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ConversionReport {
+    pub layers: Vec<LayerRow>,
+    /// Mean KL(source ‖ converted) of next-token distributions on held-out tokens, nats.
+    pub held_out_kl: f64,
+    /// Relative error of the converted logits on held-out tokens.
+    pub held_out_logits_rel_err: f64,
+    /// Per-token, per-layer cache elements, measured from allocated caches.
+    pub source_cache_elements: usize,
+    pub absorb_cache_elements: usize,
+    pub gqa_cache_elements: usize,
+    /// True when calibration used random ids.
+    pub weak_calibration: bool,
+}
+
+/// Convert the GQA checkpoint in `input` to a GQLA checkpoint written to `output` (which must not
+/// exist). `on_layer` is called after each layer.
+pub fn convert_checkpoint(
+    input: &Path,
+    output: &Path,
+    opt: &CheckpointOptions,
+    on_layer: &mut dyn FnMut(&LayerRow),
+) -> Result<ConversionReport> {
+    let ckpt = Checkpoint::open(input)?;
+    let config = &ckpt.config;
+    let AttentionConfig::Gqa(gqa_cfg) = &config.attention else {
+        return Err(Error::file(
+            &config.path,
+            "this converter takes GQA sources (llama, qwen2, mistral); MLA sources need the per-group PCA converter",
+        ));
+    };
+    let kv = gqa_cfg.dims.kv();
+    if let Some(g) = opt.groups.filter(|&g| g != kv) {
+        return Err(Error::Config(format!(
+            "GQA → GQLA keeps one group per kv head: --groups must be {kv} (num_key_value_heads), got {g}"
+        )));
+    }
+    if output.exists() {
+        return Err(Error::file(output, "output already exists; choose a new directory"));
+    }
+    let (cal_ids, held_ids, weak) = calibration_ids(&opt.calibration, config)?;
+    let tmp = temp_dir(output)?;
+    let result = convert_into(&ckpt, &tmp, opt, &cal_ids, &held_ids, weak, on_layer).and_then(|report| {
+        std::fs::rename(&tmp, output).map_err(|e| Error::file(output, format!("cannot move the finished conversion into place: {e}")))?;
+        Ok(report)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+fn temp_dir(output: &Path) -> Result<PathBuf> {
+    let parent = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = output
+        .file_name()
+        .ok_or_else(|| Error::file(output, "output path has no directory name"))?;
+    let tmp = parent.join(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::file(&tmp, format!("cannot create the temporary output directory: {e}")))?;
+    Ok(tmp)
+}
+
+type Ids = Vec<Vec<u32>>;
+
+/// Calibration and held-out sequences. A file with several sequences holds its last one out.
+fn calibration_ids(cal: &Calibration, config: &ModelConfig) -> Result<(Ids, Ids, bool)> {
+    let vocab = config.vocab_size as u32;
+    let random = |sequences: usize, tokens: usize, seed: u64| -> Ids {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..sequences)
+            .map(|_| (0..tokens).map(|_| rng.random_range(0..vocab)).collect())
+            .collect()
+    };
+    match cal {
+        Calibration::File(path) => {
+            let mut ids = TensorStore::open(path)?.get_ids("input_ids", config.vocab_size)?;
+            let held = if ids.len() >= 2 {
+                vec![ids.pop().expect("two or more")]
+            } else {
+                random(1, ids[0].len().min(64), 0x5eed)
+            };
+            Ok((ids, held, false))
+        }
+        Calibration::Random { sequences, tokens, seed } => {
+            if *sequences == 0 || *tokens == 0 {
+                return Err(Error::Config("random calibration needs at least one sequence of one token".into()));
+            }
+            Ok((random(*sequences, *tokens, *seed), random(1, *tokens, seed.wrapping_add(1)), true))
+        }
+    }
+}
+
+fn convert_into(
+    ckpt: &Checkpoint,
+    out: &Path,
+    opt: &CheckpointOptions,
+    cal_ids: &Ids,
+    held_ids: &Ids,
+    weak: bool,
+    on_layer: &mut dyn FnMut(&LayerRow),
+) -> Result<ConversionReport> {
+    let config = &ckpt.config;
+    let dtype = opt.dtype.unwrap_or(config.dtype);
+    let source_sha256 = source_hash(ckpt, &config.path)?;
+    let n_layers = config.num_layers;
+    let shard_name = |k: usize| format!("model-{:05}-of-{:05}.safetensors", k + 1, n_layers + 1);
+    let mut weight_map = BTreeMap::new();
+    let mut meta = HashMap::from([
+        ("format".to_string(), "pt".to_string()),
+        ("gqla_source_sha256".to_string(), source_sha256.clone()),
+        ("gqla_options".to_string(), options_json(opt, dtype).to_string()),
+    ]);
+    let embed_rows_of = |ids: &Ids| -> Result<Vec<Array2<f64>>> { ids.iter().map(|s| embed_rows(&ckpt.store, config, s)).collect() };
+    let mut h_cal = embed_rows_of(cal_ids)?;
+    let mut h_src = embed_rows_of(held_ids)?;
+    let mut h_conv = h_src.clone();
+    let mut rows = Vec::with_capacity(n_layers);
+    let mut converted_geometry = None;
+    for i in 0..n_layers {
+        let layer = ckpt.decoder_layer(i)?;
+        let Attention::Gqa(gqa) = &layer.attention else {
+            unreachable!("GQA source checked above")
+        };
+        let x_cal: Vec<Array2<f64>> = h_cal.iter().map(|h| layer.input_norm.forward(h.view())).collect();
+        let views: Vec<ArrayView2<f64>> = x_cal.iter().map(|x| x.view()).collect();
+        let (latent, report) = convert_layer(gqa, &views, opt.layer)?;
+        let x_held = layer.input_norm.forward(h_src[0].view());
+        let held_out_attention_rel_err = rel_err(&prefill(&latent, x_held.view())?.y, &gqa.prefill(x_held.view())?.y);
+        meta.insert("gqla_layer".into(), i.to_string());
+        let tensors = layer_tensors(i, &layer, &latent, dtype);
+        let shard = shard_name(i);
+        write_tensors(&out.join(&shard), tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta.clone()))?;
+        weight_map.extend(tensors.into_iter().map(|(n, _)| (n, shard.clone())));
+        for h in h_cal.iter_mut() {
+            *h = layer.forward(h.view())?.output;
+        }
+        h_src[0] = layer.forward(h_src[0].view())?.output;
+        let converted = Attention::Latent(latent);
+        h_conv[0] = layer.forward_with(&converted, h_conv[0].view())?.output;
+        let row = LayerRow {
+            layer: i,
+            report,
+            held_out_attention_rel_err,
+        };
+        on_layer(&row);
+        rows.push(row);
+        let Attention::Latent(latent) = converted else { unreachable!() };
+        converted_geometry = Some(latent);
+    }
+    let head = ckpt.head()?;
+    let (logits_src, logits_conv) = (head.logits(h_src[0].view()), head.logits(h_conv[0].view()));
+    let held_out_kl = mean_kl(&logits_src, &logits_conv);
+    let held_out_logits_rel_err = rel_err(&logits_conv, &logits_src);
+    // Embedding, final norm and LM head, in the last shard.
+    let shard = shard_name(n_layers);
+    meta.remove("gqla_layer");
+    let (vocab, hidden) = (config.vocab_size, config.hidden_size);
+    let mut tail = vec![
+        ("model.embed_tokens.weight".to_string(), encode(dtype, &ckpt.embedding()?)),
+        (
+            "model.norm.weight".to_string(),
+            RawTensor::encode(dtype, vec![hidden], head.norm.weight.iter().copied()),
+        ),
+    ];
+    if !config.tie_word_embeddings {
+        tail.push(("lm_head.weight".to_string(), encode(dtype, &head.lm_head.weight)));
+    }
+    debug_assert_eq!(head.lm_head.weight.dim(), (vocab, hidden));
+    write_tensors(&out.join(&shard), tail.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))?;
+    weight_map.extend(tail.into_iter().map(|(n, _)| (n, shard.clone())));
+    let latent = converted_geometry.ok_or_else(|| Error::file(&config.path, "the checkpoint has no layers"))?;
+    let report = ConversionReport {
+        source_cache_elements: measured_source_cache(config),
+        absorb_cache_elements: measured_latent_cache(&latent),
+        gqa_cache_elements: measured_group_cache(&latent),
+        layers: rows,
+        held_out_kl,
+        held_out_logits_rel_err,
+        weak_calibration: weak,
+    };
+    write_json(
+        &out.join("model.safetensors.index.json"),
+        &json!({ "metadata": {}, "weight_map": weight_map }),
+    )?;
+    write_json(&out.join("config.json"), &output_config(config, &latent, dtype, opt))?;
+    write_json(
+        &out.join("gqla_meta.json"),
+        &json!({
+            "tool": format!("gqla {}", env!("CARGO_PKG_VERSION")),
+            "source": { "path": config.path.parent().map(|p| p.display().to_string()), "model_type": format!("{:?}", config.model_type), "sha256": source_sha256 },
+            "options": options_json(opt, dtype),
+            "calibration": calibration_json(&opt.calibration, cal_ids, held_ids, weak),
+            "report": report,
+        }),
+    )?;
+    Ok(report)
+}
+
+fn encode(dtype: StorageDtype, a: &Array2<f64>) -> RawTensor {
+    RawTensor::encode(dtype, a.shape().to_vec(), a.iter().copied())
+}
+
+/// The DeepSeek-V3-layout tensors of layer `i` with its attention converted to `w`.
+fn layer_tensors(i: usize, layer: &DecoderLayer<f64>, w: &LatentWeights<f64>, dtype: StorageDtype) -> Vec<(String, RawTensor)> {
+    let p = format!("model.layers.{i}");
+    let mut out = Vec::new();
+    let mut linear = |name: String, l: &Linear<f64>| {
+        if let Some(b) = &l.bias {
+            out.push((format!("{name}.bias"), RawTensor::encode(dtype, vec![b.len()], b.iter().copied())));
+        }
+        out.push((format!("{name}.weight"), encode(dtype, &l.weight)));
+    };
+    let QueryProjection::Direct(q) = w.query_projection() else {
+        unreachable!("GQA conversions use a direct query")
+    };
+    linear(format!("{p}.self_attn.q_proj"), q);
+    linear(format!("{p}.self_attn.kv_a_proj_with_mqa"), w.kv_a());
+    linear(format!("{p}.self_attn.kv_b_proj"), &Linear::new(w.kv_b().to_owned(), None));
+    linear(format!("{p}.self_attn.o_proj"), w.o_proj());
+    linear(format!("{p}.mlp.gate_proj"), &layer.mlp.gate);
+    linear(format!("{p}.mlp.up_proj"), &layer.mlp.up);
+    linear(format!("{p}.mlp.down_proj"), &layer.mlp.down);
+    for (name, n) in [
+        ("input_layernorm", &layer.input_norm),
+        ("post_attention_layernorm", &layer.post_norm),
+    ] {
+        out.push((
+            format!("{p}.{name}.weight"),
+            RawTensor::encode(dtype, vec![n.weight.len()], n.weight.iter().copied()),
+        ));
+    }
+    out
+}
+
+/// The converted model's config.json (DeepSeek-V3 layout, all layers dense).
+fn output_config(src: &ModelConfig, w: &LatentWeights<f64>, dtype: StorageDtype, opt: &CheckpointOptions) -> Value {
+    let d = w.dims();
+    let q_bias = matches!(w.query_projection(), QueryProjection::Direct(l) if l.bias.is_some());
+    let (kv_a_bias, o_bias) = (w.kv_a().bias.is_some(), w.o_proj().bias.is_some());
+    json!({
+        "architectures": ["DeepseekV3ForCausalLM"],
+        "model_type": "deepseek_v3",
+        "hidden_size": src.hidden_size,
+        "intermediate_size": src.intermediate_size,
+        "num_hidden_layers": src.num_layers,
+        "num_attention_heads": d.h(),
+        "num_key_value_heads": d.g(),
+        "kv_lora_rank": d.d_c(),
+        "q_lora_rank": null,
+        "qk_nope_head_dim": d.d_n(),
+        "qk_rope_head_dim": d.d_r(),
+        "v_head_dim": d.d_v(),
+        "rope_interleave": true,
+        "rope_theta": 10000.0,
+        "first_k_dense_replace": src.num_layers,
+        "hidden_act": "silu",
+        "rms_norm_eps": src.rms_norm_eps,
+        "vocab_size": src.vocab_size,
+        "tie_word_embeddings": src.tie_word_embeddings,
+        "attention_bias": kv_a_bias || o_bias,
+        "dtype": dtype.hf_name(),
+        "gqla_latent_rms_norm": false,
+        "gqla_rope_freqs": w.rope().freqs(),
+        "gqla_q_bias": q_bias,
+        "gqla_kv_a_bias": kv_a_bias,
+        "gqla_o_bias": o_bias,
+        "gqla_source_model_type": format!("{:?}", src.model_type),
+        "gqla_freqfold": opt.layer.freqfold,
+    })
+}
+
+fn options_json(opt: &CheckpointOptions, dtype: StorageDtype) -> Value {
+    json!({
+        "groups": opt.groups,
+        "kv_lora_rank": opt.layer.kv_rank,
+        "rope_dim": opt.layer.rope_dim,
+        "freqfold": opt.layer.freqfold,
+        "dtype": dtype.hf_name(),
+    })
+}
+
+fn calibration_json(cal: &Calibration, cal_ids: &Ids, held: &Ids, weak: bool) -> Value {
+    let source = match cal {
+        Calibration::File(p) => json!({ "file": p.display().to_string() }),
+        Calibration::Random { seed, .. } => json!({ "random_seed": seed }),
+    };
+    json!({ "source": source, "sequences": cal_ids.len(), "tokens_per_sequence": cal_ids[0].len(), "held_out_tokens": held[0].len(), "weak": weak })
+}
+
+/// SHA-256 over the source's config.json and its safetensors files, in name order.
+fn source_hash(ckpt: &Checkpoint, config_path: &Path) -> Result<String> {
+    let mut h = Sha256::new();
+    let mut paths = vec![config_path.to_path_buf()];
+    paths.extend(ckpt.store.files());
+    for p in paths {
+        let mut f = std::fs::File::open(&p).map_err(|e| Error::file(&p, format!("cannot read for hashing: {e}")))?;
+        std::io::copy(&mut f, &mut h).map_err(|e| Error::file(&p, format!("cannot read for hashing: {e}")))?;
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+fn write_json(path: &Path, v: &Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).expect("JSON values serialize") + "\n";
+    std::fs::write(path, text).map_err(|e| Error::file(path, format!("cannot write: {e}")))
+}
+
+fn measured_source_cache(config: &ModelConfig) -> usize {
+    let AttentionConfig::Gqa(c) = &config.attention else { return 0 };
+    crate::cache::GqaCache::<half::bf16>::filled(c.dims.kv(), c.dims.d(), 4)
+        .footprint()
+        .map_or(0, |f| f.elements_per_token)
+}
+
+fn measured_latent_cache(w: &LatentWeights<f64>) -> usize {
+    LatentCache::<half::bf16>::filled(w.dims().d_c(), w.dims().d_r(), 4)
+        .footprint()
+        .map_or(0, |f| f.elements_per_token)
+}
+
+fn measured_group_cache(w: &LatentWeights<f64>) -> usize {
+    let d = w.dims();
+    GroupCache::<half::bf16>::filled(GroupCacheLayout::RopeOnce, 0..d.g(), d.d_n(), d.d_r(), d.d_v(), 4)
+        .footprint()
+        .map_or(0, |f| f.elements_per_token)
+}

@@ -1,0 +1,170 @@
+//! `gqla convert`: TransGQLA conversion of a GQA checkpoint into a GQLA checkpoint.
+
+use super::CliError;
+use gqla_reference::hf::config::{AttentionConfig, StorageDtype};
+use gqla_reference::hf::ModelConfig;
+use gqla_reference::transgqla::checkpoint::{convert_checkpoint, Calibration, CheckpointOptions, ConversionReport, LayerRow};
+use gqla_reference::transgqla::ConvertOptions;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::fmt::Write;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Source HF checkpoint directory (LLaMA, Qwen2 or Mistral).
+    #[arg(long)]
+    input: PathBuf,
+    /// Output directory; must not exist. Written to a temporary directory and renamed when done.
+    #[arg(long)]
+    output: PathBuf,
+    /// Number of groups G (must equal the source's num_key_value_heads).
+    #[arg(long)]
+    groups: Option<usize>,
+    /// Latent rank d_c.
+    #[arg(long, default_value_t = 512, conflicts_with = "no_truncation")]
+    kv_lora_rank: usize,
+    /// Rope dims d_r kept on the shared key.
+    #[arg(long, default_value_t = 64, conflicts_with = "no_truncation")]
+    rope_dim: usize,
+    /// FreqFold: `auto` (the smallest valid fold, least approximation) or a number.
+    #[arg(long, default_value = "auto", conflicts_with = "no_truncation")]
+    freqfold: String,
+    /// Keep every RoPE frequency and the full kv rank with freqfold 1: the exact conversion.
+    #[arg(long)]
+    no_truncation: bool,
+    /// Calibration token ids: a safetensors file with an integer `input_ids` [sequences, tokens].
+    /// Without it, seeded random ids are used (weaker, and reported as such).
+    #[arg(long)]
+    calib: Option<PathBuf>,
+    /// Random calibration: sequences, tokens per sequence, seed.
+    #[arg(long, default_value_t = 4)]
+    calib_sequences: usize,
+    #[arg(long, default_value_t = 64)]
+    calib_tokens: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output dtype (default: the source's).
+    #[arg(long, value_enum)]
+    dtype: Option<DtypeArg>,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum DtypeArg {
+    Bf16,
+    F32,
+    F64,
+}
+
+pub fn run(a: Args) -> Result<(), CliError> {
+    let config = ModelConfig::load(&a.input)?;
+    let layer = if a.no_truncation {
+        ConvertOptions::exact()
+    } else {
+        ConvertOptions {
+            rope_dim: Some(a.rope_dim),
+            kv_rank: Some(a.kv_lora_rank),
+            freqfold: freqfold(&a.freqfold, &config, a.rope_dim)?,
+        }
+    };
+    let calibration = match &a.calib {
+        Some(p) => Calibration::File(p.clone()),
+        None => {
+            eprintln!(
+                "NOTE: no --calib given: calibrating on {} x {} seeded random token ids (seed {}). Random ids are a weaker calibration than real text; pass --calib for a real conversion.",
+                a.calib_sequences, a.calib_tokens, a.seed
+            );
+            Calibration::Random {
+                sequences: a.calib_sequences,
+                tokens: a.calib_tokens,
+                seed: a.seed,
+            }
+        }
+    };
+    let dtype = a.dtype.map(|d| match d {
+        DtypeArg::Bf16 => StorageDtype::Bf16,
+        DtypeArg::F32 => StorageDtype::F32,
+        DtypeArg::F64 => StorageDtype::F64,
+    });
+    let opt = CheckpointOptions {
+        groups: a.groups,
+        layer,
+        dtype,
+        calibration,
+    };
+    let bar = ProgressBar::new(config.num_layers as u64);
+    bar.set_style(ProgressStyle::with_template("converting {bar:30} {pos}/{len} layers {msg} [{elapsed}]").expect("valid template"));
+    let report = convert_checkpoint(&a.input, &a.output, &opt, &mut |row: &LayerRow| {
+        bar.set_message(format!(
+            "(layer {}: attention rel err {:.2e})",
+            row.layer, row.held_out_attention_rel_err
+        ));
+        bar.inc(1);
+    });
+    bar.finish_and_clear();
+    let report = report?;
+    print!("{}", table(&report));
+    eprintln!("wrote {}", a.output.display());
+    Ok(())
+}
+
+/// `auto`: the smallest fold f (dividing D/2) for which d_r splits evenly over the runs.
+fn freqfold(arg: &str, config: &ModelConfig, rope_dim: usize) -> Result<usize, CliError> {
+    if arg != "auto" {
+        return arg
+            .parse()
+            .map_err(|_| CliError::Usage(format!("--freqfold must be `auto` or a positive integer, got `{arg}`")));
+    }
+    let AttentionConfig::Gqa(c) = &config.attention else { return Ok(1) };
+    let (half, kv) = (c.dims.d() / 2, c.dims.kv());
+    (1..=half)
+        .filter(|f| half % f == 0)
+        .find(|&f| {
+            let runs = half / f;
+            rope_dim % 2 == 0 && (rope_dim / 2) % runs == 0 && rope_dim / 2 / runs <= kv * f && rope_dim > 0
+        })
+        .ok_or_else(|| {
+            CliError::Usage(format!(
+                "no freqfold makes --rope-dim {rope_dim} valid for head dim {} and {kv} kv heads",
+                c.dims.d()
+            ))
+        })
+}
+
+fn table(r: &ConversionReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:>5} {:>8} {:>9} {:>13} {:>12} {:>13}",
+        "layer", "freqfold", "rope kept", "alpha", "kv kept", "attn rel err"
+    );
+    for row in &r.layers {
+        let p = &row.report;
+        let _ = writeln!(
+            s,
+            "{:>5} {:>8} {:>8.4}% {:>13.6e} {:>11.4}% {:>13.4e}",
+            row.layer,
+            p.freqfold,
+            100.0 * p.rope_energy_kept,
+            p.alpha,
+            100.0 * p.kv_energy_kept,
+            row.held_out_attention_rel_err
+        );
+    }
+    let _ = writeln!(
+        s,
+        "held-out KL(source || converted): {:.6e} nats/token; logits rel err {:.4e}",
+        r.held_out_kl, r.held_out_logits_rel_err
+    );
+    let _ = writeln!(
+        s,
+        "cache per token per layer (measured): source {} -> absorb {} ({:.3}%), gqa path {}",
+        r.source_cache_elements,
+        r.absorb_cache_elements,
+        100.0 * r.absorb_cache_elements as f64 / r.source_cache_elements.max(1) as f64,
+        r.gqa_cache_elements
+    );
+    if r.weak_calibration {
+        let _ = writeln!(s, "NOTE: calibrated on random token ids (weaker than real text)");
+    }
+    s
+}

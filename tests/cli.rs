@@ -3,9 +3,11 @@
 //! - `parity`: `gqla forward` against HF transformers' own layer outputs (fixtures/hf).
 //! - `cache_size`: measured cache sizes of known models, snapshotted.
 //! - `bad_input`: every malformed input gets exit code 2 and a message naming file, tensor, expectation.
+//! - `convert`: TransGQLA conversion, exact before truncation, snapshotted, the 28.125% measured.
 
 mod common;
 
 mod bad_input;
 mod cache_size;
+mod convert;
 mod parity;

@@ -4,6 +4,7 @@ use super::CliError;
 use gqla_reference::hf::config::{AttentionConfig, StorageDtype};
 use gqla_reference::hf::ModelConfig;
 use gqla_reference::transgqla::checkpoint::{convert_checkpoint, Calibration, CheckpointOptions, ConversionReport, LayerRow};
+use gqla_reference::transgqla::rorope::smallest_freqfold;
 use gqla_reference::transgqla::ConvertOptions;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::fmt::Write;
@@ -116,18 +117,16 @@ fn freqfold(arg: &str, config: &ModelConfig, rope_dim: usize) -> Result<usize, C
     }
     let AttentionConfig::Gqa(c) = &config.attention else { return Ok(1) };
     let (half, kv) = (c.dims.d() / 2, c.dims.kv());
-    (1..=half)
-        .filter(|f| half % f == 0)
-        .find(|&f| {
-            let runs = half / f;
-            rope_dim % 2 == 0 && (rope_dim / 2) % runs == 0 && rope_dim / 2 / runs <= kv * f && rope_dim > 0
-        })
-        .ok_or_else(|| {
-            CliError::Usage(format!(
-                "no freqfold makes --rope-dim {rope_dim} valid for head dim {} and {kv} kv heads",
-                c.dims.d()
-            ))
-        })
+    let fold = rope_dim
+        .is_multiple_of(2)
+        .then(|| smallest_freqfold(half, kv, rope_dim / 2))
+        .flatten();
+    fold.ok_or_else(|| {
+        CliError::Usage(format!(
+            "no freqfold makes --rope-dim {rope_dim} valid for head dim {} and {kv} kv heads",
+            c.dims.d()
+        ))
+    })
 }
 
 fn table(r: &ConversionReport) -> String {

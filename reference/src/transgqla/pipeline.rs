@@ -78,7 +78,7 @@ pub fn convert_stages(gqa: &GqaWeights<f64>, sequences: &[ArrayView2<f64>], opt:
     let x = stacked.view();
     let full_pairs = kv * d / 2;
     let rope_dim = opt.rope_dim.unwrap_or(2 * full_pairs);
-    if rope_dim % 2 != 0 || rope_dim > 2 * full_pairs {
+    if !rope_dim.is_multiple_of(2) || rope_dim > 2 * full_pairs {
         return Err(Error::Config(format!(
             "rope dim d_r = {rope_dim} must be even and at most KV·D = {}",
             2 * full_pairs

@@ -44,7 +44,7 @@ pub fn roped_keys(gqa: &GqaWeights<f64>, x: ArrayView2<f64>) -> Array2<f64> {
 pub fn rorope(gqa: &GqaWeights<f64>, sequences: &[ArrayView2<f64>], freqfold: usize) -> Result<RoRope> {
     let (kv, d) = (gqa.dims().kv(), gqa.dims().d());
     let n_freq = d / 2;
-    if freqfold == 0 || n_freq % freqfold != 0 {
+    if freqfold == 0 || !n_freq.is_multiple_of(freqfold) {
         return Err(Error::Config(format!(
             "freqfold {freqfold} must divide the number of RoPE frequencies D/2 = {n_freq}"
         )));
@@ -82,13 +82,28 @@ pub fn rorope(gqa: &GqaWeights<f64>, sequences: &[ArrayView2<f64>], freqfold: us
     })
 }
 
+/// Whether FreqFold `f` can keep `rope_pairs` = d_r/2 pairs: f divides the D/2 frequencies and
+/// every run keeps the same number of pairs, at most its KV·f.
+pub fn fold_fits(half_dim: usize, kv: usize, f: usize, rope_pairs: usize) -> bool {
+    f > 0
+        && half_dim.is_multiple_of(f)
+        && rope_pairs > 0
+        && rope_pairs.is_multiple_of(half_dim / f)
+        && rope_pairs / (half_dim / f) <= kv * f
+}
+
+/// The smallest valid FreqFold for d_r = 2·rope_pairs (the least approximation), if any.
+pub fn smallest_freqfold(half_dim: usize, kv: usize, rope_pairs: usize) -> Option<usize> {
+    (1..=half_dim).find(|&f| fold_fits(half_dim, kv, f, rope_pairs))
+}
+
 impl RoRope {
     /// Keep `rope_pairs` = d_r/2 pairs with RoPE, the same number from every run. Returns the key
     /// map and the fraction of calibration key energy the kept pairs hold.
     pub fn key_map(&self, rope_pairs: usize) -> Result<(KeyMap, f64)> {
         let (f, kv) = (self.freqfold, self.kv);
         let (runs, n) = (self.theta.len() / f, kv * f);
-        if rope_pairs == 0 || rope_pairs % runs != 0 || rope_pairs / runs > n {
+        if !fold_fits(self.theta.len(), kv, f, rope_pairs) {
             return Err(Error::Config(format!(
                 "d_r = {} must be a positive multiple of 2·(D/2)/freqfold = {} and at most KV·D = {} (KV = {kv}, freqfold = {f})",
                 2 * rope_pairs,

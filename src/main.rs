@@ -24,6 +24,8 @@ enum Command {
     Forward(commands::forward::Args),
     /// Convert a GQA checkpoint (LLaMA/Qwen2/Mistral) to GQLA with TransGQLA.
     Convert(commands::convert::Args),
+    /// Benchmarks, printed as tables.
+    Bench(commands::bench::Args),
     /// Per-token KV-cache sizes of a model on each GQLA path, measured from allocated caches.
     CacheSize(commands::cache_size::Args),
 }
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
         Command::Forward(a) => commands::forward::run(a),
         Command::CacheSize(a) => commands::cache_size::run(a),
         Command::Convert(a) => commands::convert::run(a),
+        Command::Bench(a) => commands::bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -79,8 +79,8 @@ fn round_floats(v: &mut serde_json::Value) {
 /// A truncating conversion of a fixture: config, tensor names/shapes/dtypes and the per-layer
 /// figures. A change in conversion output shows up as a snapshot diff.
 #[rstest]
-#[case::llama_rope4_rank8("llama", &["--rope-dim", "4", "--kv-lora-rank", "8"])]
-#[case::qwen2_rope4_rank12_freqfold3("qwen2", &["--rope-dim", "4", "--kv-lora-rank", "12", "--freqfold", "3"])]
+#[case::llama_rope4_rank8("llama", &["--rope-dim", "4", "--kv-lora-rank", "8", "--calib-precision", "f64"])]
+#[case::qwen2_rope4_rank12_freqfold3("qwen2", &["--rope-dim", "4", "--kv-lora-rank", "12", "--freqfold", "3", "--calib-precision", "f64"])]
 fn truncated_conversion_snapshot(#[case] name: &str, #[case] args: &[&str]) {
     let fx = root().join("fixtures/hf").join(name);
     let tmp = tempfile::tempdir().unwrap();
@@ -298,5 +298,36 @@ mod bad_input {
         let r = convert(&fixture("llama"), tmp.path(), &["--no-truncation"]);
         assert_eq!(r.code, 2);
         assert!(r.stderr.contains("already exists"), "{}", r.stderr);
+    }
+}
+
+mod whole_model {
+    use super::*;
+    use gqla_reference::transgqla::checkpoint::{convert_checkpoint, Calibration, CheckpointOptions};
+    use gqla_reference::transgqla::ConvertOptions;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::Direct("tests/convert.proptest-regressions"))),
+            ..ProptestConfig::default()
+        })]
+
+        /// Exact before truncation, whole model: random LLaMA checkpoints of random geometry convert
+        /// (no truncation, freqfold 1) to GQLA whose held-out logits and every layer's attention
+        /// output equal the source's.
+        #[test]
+        fn exact_conversion_of_random_models(kv in 1usize..=3, per in 1usize..=3, half in 1usize..=4, hidden in 4usize..=16, layers in 1usize..=2, seed in any::<u64>()) {
+            let tmp = tempfile::tempdir().unwrap();
+            let (src, out) = (tmp.path().join("src"), tmp.path().join("out"));
+            write_random_llama(&src, hidden, kv * per, kv, 2 * half, 8, 16, layers, seed);
+            let opt = CheckpointOptions { groups: None, layer: ConvertOptions::exact(), dtype: Some(gqla_reference::hf::config::StorageDtype::F64), calibration: Calibration::Random { sequences: 2, tokens: 6, seed }, calibration_precision: Default::default() };
+            let report = convert_checkpoint(&src, &out, &opt, &mut |_| {}).unwrap();
+            prop_assert!(report.held_out_logits_rel_err <= 1e-9, "logits {:e}", report.held_out_logits_rel_err);
+            prop_assert!(report.held_out_kl.abs() <= 1e-12, "KL {:e}", report.held_out_kl);
+            for row in &report.layers {
+                prop_assert!(row.held_out_attention_rel_err <= 1e-9, "layer {}: {:e}", row.layer, row.held_out_attention_rel_err);
+            }
+        }
     }
 }

@@ -22,6 +22,13 @@ pub enum Attention<T> {
 }
 
 impl<T: Real> Attention<T> {
+    pub fn cast<U: Real>(&self) -> Attention<U> {
+        match self {
+            Attention::Gqa(w) => Attention::Gqa(w.cast()),
+            Attention::Latent(w) => Attention::Latent(w.cast()),
+        }
+    }
+
     /// Causal self-attention of x [T, hidden] at positions 0..T.
     pub fn prefill(&self, x: ArrayView2<T>) -> Result<DecodeOutput<T>> {
         match self {
@@ -40,6 +47,10 @@ pub struct Mlp<T> {
 }
 
 impl<T: Real> Mlp<T> {
+    pub fn cast<U: Real>(&self) -> Mlp<U> {
+        Mlp { gate: self.gate.cast(), up: self.up.cast(), down: self.down.cast() }
+    }
+
     /// W_down (silu(W_gate u) ⊙ W_up u), silu(z) = z / (1 + e^{−z}).
     pub fn forward(&self, u: ArrayView2<T>) -> Array2<T> {
         let mut g = self.gate.forward(u);
@@ -70,6 +81,11 @@ pub struct LayerTrace<T> {
 }
 
 impl<T: Real> DecoderLayer<T> {
+    /// The layer in another precision (f32 for fast calibration passes).
+    pub fn cast<U: Real>(&self) -> DecoderLayer<U> {
+        DecoderLayer { input_norm: self.input_norm.cast(), attention: self.attention.cast(), post_norm: self.post_norm.cast(), mlp: self.mlp.cast() }
+    }
+
     /// (D1), (D2) for hidden states h [T, hidden] at positions 0..T.
     pub fn forward(&self, h: ArrayView2<T>) -> Result<LayerTrace<T>> {
         self.forward_with(&self.attention, h)

@@ -3,7 +3,7 @@
 use super::CliError;
 use gqla_reference::hf::config::{AttentionConfig, StorageDtype};
 use gqla_reference::hf::ModelConfig;
-use gqla_reference::transgqla::checkpoint::{convert_checkpoint, Calibration, CheckpointOptions, ConversionReport, LayerRow};
+use gqla_reference::transgqla::checkpoint::{convert_checkpoint, Calibration, CalibrationPrecision, CheckpointOptions, ConversionReport, LayerRow};
 use gqla_reference::transgqla::rorope::smallest_freqfold;
 use gqla_reference::transgqla::ConvertOptions;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -38,15 +38,25 @@ pub struct Args {
     #[arg(long)]
     calib: Option<PathBuf>,
     /// Random calibration: sequences, tokens per sequence, seed.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 8)]
     calib_sequences: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 128)]
     calib_tokens: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Precision of the calibration forward pass (f32 is about twice as fast; f64 is bit-stable
+    /// across CPUs). Held-out checks always run in f64.
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    calib_precision: PrecisionArg,
     /// Output dtype (default: the source's).
     #[arg(long, value_enum)]
     dtype: Option<DtypeArg>,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum PrecisionArg {
+    F32,
+    F64,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -86,12 +96,11 @@ pub fn run(a: Args) -> Result<(), CliError> {
         DtypeArg::F32 => StorageDtype::F32,
         DtypeArg::F64 => StorageDtype::F64,
     });
-    let opt = CheckpointOptions {
-        groups: a.groups,
-        layer,
-        dtype,
-        calibration,
+    let calibration_precision = match a.calib_precision {
+        PrecisionArg::F32 => CalibrationPrecision::F32,
+        PrecisionArg::F64 => CalibrationPrecision::F64,
     };
+    let opt = CheckpointOptions { groups: a.groups, layer, dtype, calibration, calibration_precision };
     let bar = ProgressBar::new(config.num_layers as u64);
     bar.set_style(ProgressStyle::with_template("converting {bar:30} {pos}/{len} layers {msg} [{elapsed}]").expect("valid template"));
     let report = convert_checkpoint(&a.input, &a.output, &opt, &mut |row: &LayerRow| {
@@ -162,6 +171,9 @@ fn table(r: &ConversionReport) -> String {
         100.0 * r.absorb_cache_elements as f64 / r.source_cache_elements.max(1) as f64,
         r.gqa_cache_elements
     );
+    if let Some(rank) = r.layers.first().map(|l| l.report.kv_rank).filter(|&k| r.calibration_tokens < k) {
+        let _ = writeln!(s, "WARNING: {} calibration tokens < d_c = {rank}: the latent's trailing directions are not determined by the data; calibrate on more tokens", r.calibration_tokens);
+    }
     if r.weak_calibration {
         let _ = writeln!(s, "NOTE: calibrated on random token ids (weaker than real text)");
     }

@@ -1,5 +1,6 @@
 //! One module per subcommand; each parses nothing itself and returns the reference's errors.
 
+pub mod bench;
 pub mod cache_size;
 pub mod convert;
 pub mod forward;

@@ -91,53 +91,9 @@ pub fn write_all(path: &Path, tensors: &std::collections::BTreeMap<String, RawTe
     std::fs::write(path, bytes).unwrap();
 }
 
-/// Write a random LLaMA checkpoint (bf16) to `dir`: `layers` decoder layers of the given geometry.
+/// Write a random bf16 LLaMA checkpoint to `dir` (see `gqla_reference::hf::synthetic`).
 #[allow(clippy::too_many_arguments)]
-pub fn write_random_llama(
-    dir: &Path,
-    hidden: usize,
-    heads: usize,
-    kv: usize,
-    head_dim: usize,
-    inter: usize,
-    vocab: usize,
-    layers: usize,
-    seed: u64,
-) {
-    use gqla_reference::hf::config::StorageDtype;
-    use gqla_reference::hf::tensors::write_tensors;
-    use gqla_reference::random::Sampler;
-    std::fs::create_dir_all(dir).unwrap();
-    let mut s = Sampler::new(seed);
-    let mut tensors: Vec<(String, RawTensor)> = Vec::new();
-    let mut mat = |name: String, rows: usize, cols: usize, gain: f64| {
-        let w = s.normal((rows, cols), gain / (cols as f64).sqrt());
-        tensors.push((name, RawTensor::encode(StorageDtype::Bf16, vec![rows, cols], w.iter().copied())));
-    };
-    mat("model.embed_tokens.weight".into(), vocab, hidden, (hidden as f64).sqrt());
-    mat("lm_head.weight".into(), vocab, hidden, 1.0);
-    for l in 0..layers {
-        let p = format!("model.layers.{l}");
-        mat(format!("{p}.self_attn.q_proj.weight"), heads * head_dim, hidden, 3.0);
-        mat(format!("{p}.self_attn.k_proj.weight"), kv * head_dim, hidden, 1.0);
-        mat(format!("{p}.self_attn.v_proj.weight"), kv * head_dim, hidden, 1.0);
-        mat(format!("{p}.self_attn.o_proj.weight"), hidden, heads * head_dim, 1.0);
-        mat(format!("{p}.mlp.gate_proj.weight"), inter, hidden, 1.0);
-        mat(format!("{p}.mlp.up_proj.weight"), inter, hidden, 1.0);
-        mat(format!("{p}.mlp.down_proj.weight"), hidden, inter, 1.0);
-    }
-    let ones = |n: usize| RawTensor::encode(StorageDtype::Bf16, vec![n], std::iter::repeat_n(1.0, n));
-    tensors.push(("model.norm.weight".into(), ones(hidden)));
-    for l in 0..layers {
-        tensors.push((format!("model.layers.{l}.input_layernorm.weight"), ones(hidden)));
-        tensors.push((format!("model.layers.{l}.post_attention_layernorm.weight"), ones(hidden)));
-    }
-    write_tensors(&dir.join("model.safetensors"), tensors.iter().map(|(n, t)| (n.as_str(), t)), None).unwrap();
-    let config = serde_json::json!({
-        "model_type": "llama", "hidden_size": hidden, "intermediate_size": inter, "num_hidden_layers": layers,
-        "num_attention_heads": heads, "num_key_value_heads": kv, "head_dim": head_dim, "vocab_size": vocab,
-        "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "max_position_embeddings": 8192, "torch_dtype": "bfloat16",
-        "tie_word_embeddings": false
-    });
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+pub fn write_random_llama(dir: &Path, hidden: usize, heads: usize, kv_heads: usize, head_dim: usize, intermediate: usize, vocab: usize, layers: usize, seed: u64) {
+    use gqla_reference::hf::synthetic::{write_random_llama, LlamaGeometry};
+    write_random_llama(dir, LlamaGeometry { hidden, heads, kv_heads, head_dim, intermediate, vocab, layers }, seed).unwrap();
 }

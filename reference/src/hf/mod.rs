@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod layer;
+pub mod synthetic;
 pub mod tensors;
 
 pub use config::{AttentionConfig, ModelConfig, ModelType};

@@ -108,6 +108,14 @@ impl TensorStore {
         Ok(Self { files, index })
     }
 
+    /// A copy of tensor `name`'s stored bytes, dtype and shape (for copying unchanged tensors).
+    pub fn raw(&self, name: &str) -> Option<RawTensor> {
+        let file = &self.files[*self.index.get(name)?];
+        let st = file.tensors();
+        let view = st.tensor(name).ok()?;
+        Some(RawTensor { dtype: view.dtype(), shape: view.shape().to_vec(), bytes: view.data().to_vec() })
+    }
+
     /// The files this store reads, in the order opened (shards sorted by name).
     pub fn files(&self) -> impl Iterator<Item = PathBuf> + '_ {
         self.files.iter().map(|f| f.path.clone())
@@ -332,6 +340,18 @@ pub struct RawTensor {
     pub bytes: Vec<u8>,
 }
 
+impl StorageDtype {
+    /// The safetensors dtype of this storage dtype.
+    pub fn safetensors(self) -> Dtype {
+        match self {
+            StorageDtype::Bf16 => Dtype::BF16,
+            StorageDtype::F16 => Dtype::F16,
+            StorageDtype::F32 => Dtype::F32,
+            StorageDtype::F64 => Dtype::F64,
+        }
+    }
+}
+
 impl RawTensor {
     /// An F64 tensor of `shape` holding `values` in row-major order.
     pub fn f64(shape: Vec<usize>, values: impl IntoIterator<Item = f64>) -> Self {
@@ -340,12 +360,19 @@ impl RawTensor {
 
     /// A tensor stored as `dtype` (rounding to nearest) holding `values`.
     pub fn encode(dtype: StorageDtype, shape: Vec<usize>, values: impl IntoIterator<Item = f64>) -> Self {
+        fn pack<const N: usize>(values: impl Iterator<Item = f64>, f: impl Fn(f64) -> [u8; N]) -> Vec<u8> {
+            let mut bytes = Vec::with_capacity(values.size_hint().0 * N);
+            for v in values {
+                bytes.extend_from_slice(&f(v));
+            }
+            bytes
+        }
         let values = values.into_iter();
-        let (dtype, bytes): (Dtype, Vec<u8>) = match dtype {
-            StorageDtype::Bf16 => (Dtype::BF16, values.flat_map(|v| half::bf16::from_f64(v).to_le_bytes()).collect()),
-            StorageDtype::F16 => (Dtype::F16, values.flat_map(|v| half::f16::from_f64(v).to_le_bytes()).collect()),
-            StorageDtype::F32 => (Dtype::F32, values.flat_map(|v| (v as f32).to_le_bytes()).collect()),
-            StorageDtype::F64 => (Dtype::F64, values.flat_map(f64::to_le_bytes).collect()),
+        let (dtype, bytes) = match dtype {
+            StorageDtype::Bf16 => (Dtype::BF16, pack(values, |v| half::bf16::from_f64(v).to_le_bytes())),
+            StorageDtype::F16 => (Dtype::F16, pack(values, |v| half::f16::from_f64(v).to_le_bytes())),
+            StorageDtype::F32 => (Dtype::F32, pack(values, |v| (v as f32).to_le_bytes())),
+            StorageDtype::F64 => (Dtype::F64, pack(values, f64::to_le_bytes)),
         };
         Self { dtype, shape, bytes }
     }

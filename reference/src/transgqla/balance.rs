@@ -5,15 +5,15 @@
 
 use crate::error::Result;
 use crate::latent::LatentWeights;
-use ndarray::{s, ArrayView2, Axis};
+use ndarray::{s, Array2, Axis};
 
-/// Balance the first `n_k` latent dims (the no-rope keys) against the rest (the values).
+/// Balance the first `n_k` latent dims (the no-rope keys) against the rest (the values), given
+/// the calibration latents `c` = w.latent(x) [T, d_c] (scaled in place to the balanced latents).
 /// Returns the balanced layer and α (1 when there are no no-rope key dims).
-pub fn balance_kv(w: &LatentWeights<f64>, n_k: usize, x: ArrayView2<f64>) -> Result<(LatentWeights<f64>, f64)> {
+pub fn balance_kv(w: &LatentWeights<f64>, n_k: usize, c: &mut Array2<f64>) -> Result<(LatentWeights<f64>, f64)> {
     if n_k == 0 {
         return Ok((w.clone(), 1.0));
     }
-    let c = w.latent(x);
     let norms = c.map_axis(Axis(0), |col| col.dot(&col).sqrt());
     let (k_mean, v_mean) = (
         norms.slice(s![..n_k]).mean().unwrap_or(0.0),
@@ -26,5 +26,6 @@ pub fn balance_kv(w: &LatentWeights<f64>, n_k: usize, x: ArrayView2<f64>) -> Res
         b.slice_mut(s![..n_k]).mapv_inplace(|v| v / alpha);
     }
     out.kv_b.slice_mut(s![.., ..n_k]).mapv_inplace(|v| v * alpha);
+    c.slice_mut(s![.., ..n_k]).mapv_inplace(|v| v / alpha);
     Ok((out, alpha))
 }

@@ -43,6 +43,18 @@ pub struct CheckpointOptions {
     /// Output dtype (None: the source's).
     pub dtype: Option<StorageDtype>,
     pub calibration: Calibration,
+    /// Precision of the calibration forward pass (held-out checks always run in f64).
+    pub calibration_precision: CalibrationPrecision,
+}
+
+/// The precision the calibration activations are computed in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
+pub enum CalibrationPrecision {
+    /// About twice as fast; the statistics only steer rotations and truncation, never exactness.
+    #[default]
+    F32,
+    /// Bit-stable across CPUs to far more digits (used by the regression snapshots).
+    F64,
 }
 
 /// One layer's row of the conversion table.
@@ -69,6 +81,9 @@ pub struct ConversionReport {
     pub gqa_cache_elements: usize,
     /// True when calibration used random ids.
     pub weak_calibration: bool,
+    /// Calibration tokens (all sequences): fewer than d_c leaves the PCA's trailing directions
+    /// undetermined by data.
+    pub calibration_tokens: usize,
 }
 
 /// Convert the GQA checkpoint in `input` to a GQLA checkpoint written to `output` (which must not
@@ -120,6 +135,29 @@ fn temp_dir(output: &Path) -> Result<PathBuf> {
 
 type Ids = Vec<Vec<u32>>;
 
+/// Run the calibration sequences through `layer`: the attention inputs (in f64, for the
+/// conversion's statistics) and the layer outputs (the next layer's calibration inputs).
+fn calibration_pass(layer: &DecoderLayer<f64>, h: &[Array2<f64>], precision: CalibrationPrecision) -> Result<(Vec<Array2<f64>>, Vec<Array2<f64>>)> {
+    fn pass<T: crate::real::Real>(layer: &DecoderLayer<T>, h: &[Array2<f64>]) -> Result<(Vec<Array2<f64>>, Vec<Array2<f64>>)> {
+        let mut inputs = Vec::with_capacity(h.len());
+        let mut outputs = Vec::with_capacity(h.len());
+        for seq in h {
+            let trace = layer.forward(seq.mapv(T::of).view())?;
+            inputs.push(trace.attention_input.mapv(|v| v.f64()));
+            outputs.push(trace.output.mapv(|v| v.f64()));
+        }
+        Ok((inputs, outputs))
+    }
+    match precision {
+        CalibrationPrecision::F32 => pass(&layer.cast::<f32>(), h),
+        CalibrationPrecision::F64 => pass(layer, h),
+    }
+}
+
+/// Length of the random held-out sequence: enough for the KL and error figures, and it is run
+/// through both models in f64.
+const HELD_OUT_TOKENS: usize = 64;
+
 /// Calibration and held-out sequences. A file with several sequences holds its last one out.
 fn calibration_ids(cal: &Calibration, config: &ModelConfig) -> Result<(Ids, Ids, bool)> {
     let vocab = config.vocab_size as u32;
@@ -143,7 +181,7 @@ fn calibration_ids(cal: &Calibration, config: &ModelConfig) -> Result<(Ids, Ids,
             if *sequences == 0 || *tokens == 0 {
                 return Err(Error::Config("random calibration needs at least one sequence of one token".into()));
             }
-            Ok((random(*sequences, *tokens, *seed), random(1, *tokens, seed.wrapping_add(1)), true))
+            Ok((random(*sequences, *tokens, *seed), random(1, (*tokens).min(HELD_OUT_TOKENS), seed.wrapping_add(1)), true))
         }
     }
 }
@@ -169,6 +207,8 @@ fn convert_into(
         ("gqla_options".to_string(), options_json(opt, dtype).to_string()),
     ]);
     let embed_rows_of = |ids: &Ids| -> Result<Vec<Array2<f64>>> { ids.iter().map(|s| embed_rows(&ckpt.store, config, s)).collect() };
+    // Calibration activations run in f32 by default: they only feed covariance estimates (the
+    // conversion's exactness comes from orthogonality, not from them). Held-out checks stay in f64.
     let mut h_cal = embed_rows_of(cal_ids)?;
     let mut h_src = embed_rows_of(held_ids)?;
     let mut h_conv = h_src.clone();
@@ -176,23 +216,20 @@ fn convert_into(
     let mut converted_geometry = None;
     for i in 0..n_layers {
         let layer = ckpt.decoder_layer(i)?;
-        let Attention::Gqa(gqa) = &layer.attention else {
-            unreachable!("GQA source checked above")
-        };
-        let x_cal: Vec<Array2<f64>> = h_cal.iter().map(|h| layer.input_norm.forward(h.view())).collect();
+        let Attention::Gqa(gqa) = &layer.attention else { unreachable!("GQA source checked above") };
+        let (x_cal, next_cal) = calibration_pass(&layer, &h_cal, opt.calibration_precision)?;
         let views: Vec<ArrayView2<f64>> = x_cal.iter().map(|x| x.view()).collect();
         let (latent, report) = convert_layer(gqa, &views, opt.layer)?;
-        let x_held = layer.input_norm.forward(h_src[0].view());
-        let held_out_attention_rel_err = rel_err(&prefill(&latent, x_held.view())?.y, &gqa.prefill(x_held.view())?.y);
+        drop(x_cal);
+        h_cal = next_cal;
+        let src_trace = layer.forward(h_src[0].view())?;
+        let held_out_attention_rel_err = rel_err(&prefill(&latent, src_trace.attention_input.view())?.y, &src_trace.attention_output);
         meta.insert("gqla_layer".into(), i.to_string());
-        let tensors = layer_tensors(i, &layer, &latent, dtype);
+        let tensors = layer_tensors(i, &ckpt.store, &layer, &latent, dtype);
         let shard = shard_name(i);
         write_tensors(&out.join(&shard), tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta.clone()))?;
         weight_map.extend(tensors.into_iter().map(|(n, _)| (n, shard.clone())));
-        for h in h_cal.iter_mut() {
-            *h = layer.forward(h.view())?.output;
-        }
-        h_src[0] = layer.forward(h_src[0].view())?.output;
+        h_src[0] = src_trace.output;
         let converted = Attention::Latent(latent);
         h_conv[0] = layer.forward_with(&converted, h_conv[0].view())?.output;
         let row = LayerRow {
@@ -235,6 +272,7 @@ fn convert_into(
         held_out_kl,
         held_out_logits_rel_err,
         weak_calibration: weak,
+        calibration_tokens: cal_ids.iter().map(Vec::len).sum(),
     };
     write_json(
         &out.join("model.safetensors.index.json"),
@@ -258,34 +296,34 @@ fn encode(dtype: StorageDtype, a: &Array2<f64>) -> RawTensor {
     RawTensor::encode(dtype, a.shape().to_vec(), a.iter().copied())
 }
 
-/// The DeepSeek-V3-layout tensors of layer `i` with its attention converted to `w`.
-fn layer_tensors(i: usize, layer: &DecoderLayer<f64>, w: &LatentWeights<f64>, dtype: StorageDtype) -> Vec<(String, RawTensor)> {
+/// The DeepSeek-V3-layout tensors of layer `i` with its attention converted to `w`. Tensors the
+/// conversion leaves unchanged (o_proj, MLP, norms) are copied byte for byte when the output dtype is
+/// the stored one.
+fn layer_tensors(i: usize, source: &TensorStore, layer: &DecoderLayer<f64>, w: &LatentWeights<f64>, dtype: StorageDtype) -> Vec<(String, RawTensor)> {
     let p = format!("model.layers.{i}");
     let mut out = Vec::new();
-    let mut linear = |name: String, l: &Linear<f64>| {
+    let mut put = |name: String, shape: Vec<usize>, values: &mut dyn Iterator<Item = f64>, unchanged: bool| {
+        let copied = unchanged.then(|| source.raw(&name)).flatten().filter(|t| t.dtype == dtype.safetensors());
+        let tensor = copied.unwrap_or_else(|| RawTensor::encode(dtype, shape, values));
+        out.push((name, tensor));
+    };
+    let mut linear = |name: String, l: &Linear<f64>, unchanged: bool| {
         if let Some(b) = &l.bias {
-            out.push((format!("{name}.bias"), RawTensor::encode(dtype, vec![b.len()], b.iter().copied())));
+            put(format!("{name}.bias"), vec![b.len()], &mut b.iter().copied(), unchanged);
         }
-        out.push((format!("{name}.weight"), encode(dtype, &l.weight)));
+        put(format!("{name}.weight"), l.weight.shape().to_vec(), &mut l.weight.iter().copied(), unchanged);
     };
-    let QueryProjection::Direct(q) = w.query_projection() else {
-        unreachable!("GQA conversions use a direct query")
-    };
-    linear(format!("{p}.self_attn.q_proj"), q);
-    linear(format!("{p}.self_attn.kv_a_proj_with_mqa"), w.kv_a());
-    linear(format!("{p}.self_attn.kv_b_proj"), &Linear::new(w.kv_b().to_owned(), None));
-    linear(format!("{p}.self_attn.o_proj"), w.o_proj());
-    linear(format!("{p}.mlp.gate_proj"), &layer.mlp.gate);
-    linear(format!("{p}.mlp.up_proj"), &layer.mlp.up);
-    linear(format!("{p}.mlp.down_proj"), &layer.mlp.down);
-    for (name, n) in [
-        ("input_layernorm", &layer.input_norm),
-        ("post_attention_layernorm", &layer.post_norm),
-    ] {
-        out.push((
-            format!("{p}.{name}.weight"),
-            RawTensor::encode(dtype, vec![n.weight.len()], n.weight.iter().copied()),
-        ));
+    let QueryProjection::Direct(q) = w.query_projection() else { unreachable!("GQA conversions use a direct query") };
+    linear(format!("{p}.self_attn.q_proj"), q, false);
+    linear(format!("{p}.self_attn.kv_a_proj_with_mqa"), w.kv_a(), false);
+    linear(format!("{p}.self_attn.kv_b_proj"), &Linear::new(w.kv_b().to_owned(), None), false);
+    linear(format!("{p}.self_attn.o_proj"), w.o_proj(), true);
+    linear(format!("{p}.mlp.gate_proj"), &layer.mlp.gate, true);
+    linear(format!("{p}.mlp.up_proj"), &layer.mlp.up, true);
+    linear(format!("{p}.mlp.down_proj"), &layer.mlp.down, true);
+    drop(linear);
+    for (name, n) in [("input_layernorm", &layer.input_norm), ("post_attention_layernorm", &layer.post_norm)] {
+        put(format!("{p}.{name}.weight"), vec![n.weight.len()], &mut n.weight.iter().copied(), true);
     }
     out
 }

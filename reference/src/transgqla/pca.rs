@@ -7,23 +7,39 @@ use crate::config::LatentDims;
 use crate::eigen::symmetric_eigen_desc;
 use crate::error::{Error, Result};
 use crate::latent::LatentWeights;
-use ndarray::{concatenate, s, ArrayView2, Axis};
+use ndarray::{concatenate, s, Array2, Axis};
 
-/// Truncate the latent to `rank` principal directions of calibration latents. Returns the layer and
-/// the fraction of latent energy kept.
-pub fn joint_pca(w: &LatentWeights<f64>, rank: usize, x: ArrayView2<f64>) -> Result<(LatentWeights<f64>, f64)> {
+/// The top `rank` principal directions R [dim, rank] of the rows of `c` [T, dim] (uncentred), and
+/// the fraction of energy they hold. When rank ≤ T < dim the T×T Gram matrix is decomposed
+/// instead of the dim×dim covariance (same directions: R = cᵀ U Σ⁻¹), which is much cheaper.
+pub fn principal_directions(c: &Array2<f64>, rank: usize) -> Result<(Array2<f64>, f64)> {
+    let (t, dim) = c.dim();
+    let total: f64 = c.iter().map(|v| v * v).sum();
+    let (r, kept) = if rank <= t && t < dim {
+        let (values, u) = symmetric_eigen_desc(&c.dot(&c.t()))?;
+        let mut r = c.t().dot(&u.slice(s![.., ..rank]));
+        for (k, mut col) in r.axis_iter_mut(Axis(1)).enumerate() {
+            let norm = values[k].max(0.0).sqrt();
+            if norm > 0.0 {
+                col.mapv_inplace(|v| v / norm);
+            }
+        }
+        (r, values.iter().take(rank).map(|v| v.max(0.0)).sum::<f64>())
+    } else {
+        let (values, vectors) = symmetric_eigen_desc(&c.t().dot(c))?;
+        (vectors.slice(s![.., ..rank]).to_owned(), values.iter().take(rank).map(|v| v.max(0.0)).sum::<f64>())
+    };
+    Ok((r, if total > 0.0 { (kept / total).min(1.0) } else { 1.0 }))
+}
+
+/// Truncate the latent to `rank` principal directions of the calibration latents `c` = w.latent(x)
+/// [T, d_c]. Returns the layer and the fraction of latent energy kept.
+pub fn joint_pca(w: &LatentWeights<f64>, rank: usize, c: &Array2<f64>) -> Result<(LatentWeights<f64>, f64)> {
     let d = w.dims();
     if rank == 0 || rank > d.d_c() {
-        return Err(Error::Config(format!(
-            "kv rank {rank} must be between 1 and the full latent dim {}",
-            d.d_c()
-        )));
+        return Err(Error::Config(format!("kv rank {rank} must be between 1 and the full latent dim {}", d.d_c())));
     }
-    let c = w.latent(x);
-    let (values, vectors) = symmetric_eigen_desc(&c.t().dot(&c))?;
-    let total: f64 = values.iter().map(|v| v.max(0.0)).sum();
-    let kept: f64 = values.iter().take(rank).map(|v| v.max(0.0)).sum();
-    let r = vectors.slice(s![.., ..rank]).to_owned();
+    let (r, kept) = principal_directions(c, rank)?;
     let mut out = w.clone();
     let latent_rows = r.t().dot(&w.kv_a.weight.slice(s![..d.d_c(), ..]));
     out.kv_a.weight = concatenate(Axis(0), &[latent_rows.view(), w.kv_a.weight.slice(s![d.d_c().., ..])]).expect("rows");
@@ -33,5 +49,5 @@ pub fn joint_pca(w: &LatentWeights<f64>, rank: usize, x: ArrayView2<f64>) -> Res
     }
     out.kv_b = w.kv_b.dot(&r);
     out.set_dims(LatentDims::new(d.h(), d.g(), rank, d.d_n(), d.d_r(), d.d_v())?);
-    Ok((out, if total > 0.0 { kept / total } else { 1.0 }))
+    Ok((out, kept))
 }

@@ -1,0 +1,90 @@
+//! `gqla bench`: benchmarks that print a table (never timed tests).
+
+use super::CliError;
+use gqla_reference::hf::synthetic::{write_random_llama, LlamaGeometry};
+use gqla_reference::transgqla::checkpoint::{convert_checkpoint, Calibration, CheckpointOptions};
+use gqla_reference::transgqla::rorope::smallest_freqfold;
+use gqla_reference::transgqla::ConvertOptions;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    which: Which,
+}
+
+#[derive(clap::Subcommand)]
+enum Which {
+    /// Convert a random LLaMA-3-8B-geometry checkpoint (2 layers: the second is the steady-state
+    /// per-layer figure) and estimate a whole 32-layer conversion.
+    Convert {
+        #[arg(long, default_value_t = 512)]
+        kv_lora_rank: usize,
+        #[arg(long, default_value_t = 64)]
+        rope_dim: usize,
+        #[arg(long, default_value_t = 8)]
+        calib_sequences: usize,
+        #[arg(long, default_value_t = 128)]
+        calib_tokens: usize,
+    },
+}
+
+pub fn run(a: Args) -> Result<(), CliError> {
+    match a.which {
+        Which::Convert { kv_lora_rank, rope_dim, calib_sequences, calib_tokens } => convert(kv_lora_rank, rope_dim, calib_sequences, calib_tokens),
+    }
+}
+
+/// Peak resident memory of this process (Linux VmHWM), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Reset the peak-RSS counter (Linux: writing 5 to clear_refs), so the figure covers what follows.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+fn convert(kv_lora_rank: usize, rope_dim: usize, calib_sequences: usize, calib_tokens: usize) -> Result<(), CliError> {
+    let g = LlamaGeometry::llama3_8b(2);
+    let tmp = std::env::temp_dir().join(format!("gqla-bench-convert-{}", std::process::id()));
+    let (src, out) = (tmp.join("src"), tmp.join("out"));
+    let t = Instant::now();
+    write_random_llama(&src, g, 1)?;
+    let write_s = t.elapsed().as_secs_f64();
+    let freqfold = smallest_freqfold(g.head_dim / 2, g.kv_heads, rope_dim / 2).ok_or_else(|| CliError::Usage(format!("--rope-dim {rope_dim} fits no freqfold")))?;
+    let opt = CheckpointOptions {
+        groups: None,
+        layer: ConvertOptions { rope_dim: Some(rope_dim), kv_rank: Some(kv_lora_rank), freqfold },
+        dtype: None,
+        calibration: Calibration::Random { sequences: calib_sequences, tokens: calib_tokens, seed: 0 },
+        calibration_precision: Default::default(),
+    };
+    let reset = reset_peak_rss();
+    let start = Instant::now();
+    let mut done = Vec::new();
+    let result = convert_checkpoint(&src, &out, &opt, &mut |_| done.push(start.elapsed().as_secs_f64()));
+    let total = start.elapsed().as_secs_f64();
+    let peak = peak_rss_mib();
+    let _ = std::fs::remove_dir_all(&tmp);
+    result?;
+    let per_layer = done[1] - done[0];
+    let fixed = total - 2.0 * per_layer;
+    println!("TransGQLA conversion, LLaMA-3-8B geometry (hidden 4096, 32/8 heads, head dim 128, MLP 14336), bf16 source");
+    println!("d_c = {kv_lora_rank}, d_r = {rope_dim}, freqfold {freqfold}, calibration {calib_sequences} x {calib_tokens} tokens (+1 held-out sequence), {} threads", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    println!("{:<44} {:>10}", "measure", "value");
+    println!("{:<44} {:>9.2}s", "writing the 2-layer random source", write_s);
+    println!("{:<44} {:>9.2}s", "first layer (with setup: hash, embeddings)", done[0]);
+    println!("{:<44} {:>9.2}s", "one layer, steady state (target < 10 s)", per_layer);
+    println!("{:<44} {:>9.2}s", "total for 2 layers (with head, KL, writing)", total);
+    match (peak, reset) {
+        (Some(p), true) => println!("{:<44} {:>8.0}MiB", "peak resident memory during conversion", p),
+        (Some(p), false) => println!("{:<44} {:>8.0}MiB", "peak resident memory (whole process)", p),
+        (None, _) => println!("{:<44} {:>10}", "peak resident memory", "n/a"),
+    }
+    println!("{:<44} {:>9.1}s", "estimate, 32 layers (fixed + 32 x per layer)", fixed + 32.0 * per_layer);
+    println!("(the estimate excludes hashing and reading the real 16 GB of weights, which the 2-layer source is too small to show)");
+    Ok(())
+}

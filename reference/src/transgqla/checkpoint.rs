@@ -135,28 +135,30 @@ fn temp_dir(output: &Path) -> Result<PathBuf> {
 
 type Ids = Vec<Vec<u32>>;
 
-/// Run the calibration sequences through `layer`: the attention inputs (in f64, for the
-/// conversion's statistics) and the layer outputs (the next layer's calibration inputs).
-fn calibration_pass(layer: &DecoderLayer<f64>, h: &[Array2<f64>], precision: CalibrationPrecision) -> Result<(Vec<Array2<f64>>, Vec<Array2<f64>>)> {
-    fn pass<T: crate::real::Real>(layer: &DecoderLayer<T>, h: &[Array2<f64>]) -> Result<(Vec<Array2<f64>>, Vec<Array2<f64>>)> {
-        let mut inputs = Vec::with_capacity(h.len());
-        let mut outputs = Vec::with_capacity(h.len());
+/// What the calibration sequences give at one layer.
+struct CalibrationPass {
+    /// The hidden states entering self-attention (f64, for the conversion's statistics).
+    attention_inputs: Vec<Array2<f64>>,
+    /// The layer outputs: the next layer's calibration inputs.
+    outputs: Vec<Array2<f64>>,
+}
+
+/// Run the calibration sequences through `layer` in the chosen precision.
+fn calibration_pass(layer: &DecoderLayer<f64>, h: &[Array2<f64>], precision: CalibrationPrecision) -> Result<CalibrationPass> {
+    fn pass<T: crate::real::Real>(layer: &DecoderLayer<T>, h: &[Array2<f64>]) -> Result<CalibrationPass> {
+        let mut out = CalibrationPass { attention_inputs: Vec::with_capacity(h.len()), outputs: Vec::with_capacity(h.len()) };
         for seq in h {
             let trace = layer.forward(seq.mapv(T::of).view())?;
-            inputs.push(trace.attention_input.mapv(|v| v.f64()));
-            outputs.push(trace.output.mapv(|v| v.f64()));
+            out.attention_inputs.push(trace.attention_input.mapv(|v| v.f64()));
+            out.outputs.push(trace.output.mapv(|v| v.f64()));
         }
-        Ok((inputs, outputs))
+        Ok(out)
     }
     match precision {
         CalibrationPrecision::F32 => pass(&layer.cast::<f32>(), h),
         CalibrationPrecision::F64 => pass(layer, h),
     }
 }
-
-/// Length of the random held-out sequence: enough for the KL and error figures, and it is run
-/// through both models in f64.
-const HELD_OUT_TOKENS: usize = 64;
 
 /// Calibration and held-out sequences. A file with several sequences holds its last one out.
 fn calibration_ids(cal: &Calibration, config: &ModelConfig) -> Result<(Ids, Ids, bool)> {
@@ -217,11 +219,10 @@ fn convert_into(
     for i in 0..n_layers {
         let layer = ckpt.decoder_layer(i)?;
         let Attention::Gqa(gqa) = &layer.attention else { unreachable!("GQA source checked above") };
-        let (x_cal, next_cal) = calibration_pass(&layer, &h_cal, opt.calibration_precision)?;
-        let views: Vec<ArrayView2<f64>> = x_cal.iter().map(|x| x.view()).collect();
+        let cal = calibration_pass(&layer, &h_cal, opt.calibration_precision)?;
+        let views: Vec<ArrayView2<f64>> = cal.attention_inputs.iter().map(|x| x.view()).collect();
         let (latent, report) = convert_layer(gqa, &views, opt.layer)?;
-        drop(x_cal);
-        h_cal = next_cal;
+        h_cal = cal.outputs;
         let src_trace = layer.forward(h_src[0].view())?;
         let held_out_attention_rel_err = rel_err(&prefill(&latent, src_trace.attention_input.view())?.y, &src_trace.attention_output);
         meta.insert("gqla_layer".into(), i.to_string());
@@ -321,7 +322,6 @@ fn layer_tensors(i: usize, source: &TensorStore, layer: &DecoderLayer<f64>, w: &
     linear(format!("{p}.mlp.gate_proj"), &layer.mlp.gate, true);
     linear(format!("{p}.mlp.up_proj"), &layer.mlp.up, true);
     linear(format!("{p}.mlp.down_proj"), &layer.mlp.down, true);
-    drop(linear);
     for (name, n) in [("input_layernorm", &layer.input_norm), ("post_attention_layernorm", &layer.post_norm)] {
         put(format!("{p}.{name}.weight"), vec![n.weight.len()], &mut n.weight.iter().copied(), true);
     }

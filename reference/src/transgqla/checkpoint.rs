@@ -135,6 +135,10 @@ fn temp_dir(output: &Path) -> Result<PathBuf> {
 
 type Ids = Vec<Vec<u32>>;
 
+/// Length of the random held-out sequence: enough for the KL and error figures, and it is run
+/// through both models in f64.
+const HELD_OUT_TOKENS: usize = 64;
+
 /// What the calibration sequences give at one layer.
 struct CalibrationPass {
     /// The hidden states entering self-attention (f64, for the conversion's statistics).

@@ -179,7 +179,7 @@ fn calibration_ids(cal: &Calibration, config: &ModelConfig) -> Result<(Ids, Ids,
             let held = if ids.len() >= 2 {
                 vec![ids.pop().expect("two or more")]
             } else {
-                random(1, ids[0].len().min(64), 0x5eed)
+                random(1, ids[0].len().min(HELD_OUT_TOKENS), 0x5eed)
             };
             Ok((ids, held, false))
         }

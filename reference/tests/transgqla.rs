@@ -188,3 +188,58 @@ fn invalid_options_are_errors() {
         assert!(e.contains(needle), "{opt:?}: {e}");
     }
 }
+
+mod mla_to_gqla {
+    use gqla_reference::random::{hidden_states, latent_layer, LatentOptions};
+    use gqla_reference::real::rel_err;
+    use gqla_reference::transgqla::group_pca::group_pca;
+    use gqla_reference::{mla_forward, prefill, LatentDims, LatentWeights};
+    use proptest::prelude::*;
+
+    fn layer(g: usize, per: usize, d_n: usize, d_v: usize, q_lora: bool, bias: bool, seed: u64) -> LatentWeights<f64> {
+        let dims = LatentDims::new(g * per, g, 12, d_n, 4, d_v).unwrap();
+        let opt = LatentOptions { hidden: 20, q_lora_rank: q_lora.then_some(10), bias, ..LatentOptions::default() };
+        latent_layer(dims, opt, seed).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::Direct("tests/transgqla.proptest-regressions"))),
+            ..ProptestConfig::default()
+        })]
+
+        /// G = H: the per-group PCA is a rotation per head, so the converted layer equals the MLA layer.
+        #[test]
+        fn exact_when_groups_equal_heads(h in 1usize..=6, d_n in 2usize..=8, d_v in 2usize..=8, q_lora in any::<bool>(), bias in any::<bool>(), seed in any::<u64>()) {
+            let mla = layer(h, 1, d_n, d_v, q_lora, bias, seed);
+            let (cal, held) = (hidden_states(24, 20, seed ^ 1), hidden_states(7, 20, seed ^ 2));
+            let (out, report) = group_pca(&mla, h, cal.view()).unwrap();
+            let e = rel_err(&prefill(&out, held.view()).unwrap().y, &mla_forward(&mla, held.view()).unwrap().y);
+            prop_assert!(e <= 1e-9, "G = H conversion: {e:e}");
+            prop_assert!((report.key_energy_kept - 1.0).abs() < 1e-9 && (report.value_energy_kept - 1.0).abs() < 1e-9);
+        }
+
+        /// Round trip: a GQLA layer expanded to MLA (each group's up-projection repeated per head)
+        /// converts back, with the same groups, to a layer with the same outputs.
+        #[test]
+        fn gqla_expanded_to_mla_converts_back(g in 1usize..=3, per in 1usize..=4, d_n in 2usize..=6, d_v in 2usize..=6, q_lora in any::<bool>(), seed in any::<u64>()) {
+            let gqla = layer(g, per, d_n, d_v, q_lora, false, seed);
+            let mla = gqla.expand_groups_to_heads();
+            let (cal, held) = (hidden_states(24, 20, seed ^ 1), hidden_states(7, 20, seed ^ 2));
+            let (back, _) = group_pca(&mla, g, cal.view()).unwrap();
+            prop_assert_eq!(back.dims(), gqla.dims());
+            let e = rel_err(&prefill(&back, held.view()).unwrap().y, &prefill(&gqla, held.view()).unwrap().y);
+            prop_assert!(e <= 1e-9, "round trip: {e:e}");
+        }
+    }
+
+    /// Fewer groups keep less energy (on a layer with per-head up-projections, nothing shared).
+    #[test]
+    fn fewer_groups_keep_less() {
+        let mla = layer(8, 1, 6, 6, false, false, 5);
+        let cal = hidden_states(64, 20, 6);
+        let kept: Vec<f64> = [8, 4, 2, 1].iter().map(|&g| group_pca(&mla, g, cal.view()).unwrap().1.key_energy_kept).collect();
+        assert!(kept.windows(2).all(|w| w[1] <= w[0] + 1e-12), "{kept:?}");
+        assert!(kept[3] < 0.99, "{kept:?}");
+    }
+}

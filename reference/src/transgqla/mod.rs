@@ -19,9 +19,11 @@
 //!   scale 1/sqrt(d_n + d_r) with d_n = D. Exact.
 //!
 //! [`pipeline::convert_layer`] runs T1–T6 and reports the energy each truncation keeps.
+//! [`group_pca`] converts MLA layers (G = H) to G < H by per-group PCA.
 
 pub mod balance;
 pub mod checkpoint;
+pub mod group_pca;
 pub mod latent_form;
 pub mod pca;
 pub mod pipeline;

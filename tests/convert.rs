@@ -15,18 +15,22 @@ fn meta(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("gqla_meta.json")).unwrap()).unwrap()
 }
 
-/// Exact conversion: `gqla forward` on the converted checkpoint, both paths, reproduces HF's
-/// attention output of the *source* model; held-out logits and KL agree to rounding.
+/// Exact conversion (GQA sources with no truncation; MLA sources with G = H): `gqla forward` on
+/// the converted checkpoint, both paths, reproduces HF's attention output of the *source* model;
+/// held-out logits and KL agree to rounding.
 #[rstest]
-#[case::llama_bf16("llama")]
-#[case::llama_mha_bias("llama_mha_bias")]
-#[case::qwen2_bias("qwen2")]
-#[case::llama31_rope_scaling("llama31_rope")]
-fn exact_conversion_reproduces_hf(#[case] name: &str) {
+#[case::llama_bf16("llama", &["--no-truncation"])]
+#[case::llama_mha_bias("llama_mha_bias", &["--no-truncation"])]
+#[case::qwen2_bias("qwen2", &["--no-truncation"])]
+#[case::llama31_rope_scaling("llama31_rope", &["--no-truncation"])]
+#[case::mla_deepseek_v3_q_lora("deepseek_v3", &["--groups", "4"])]
+#[case::mla_deepseek_v3_rotate_half_bias("deepseek_v3_plain_rope", &["--groups", "4"])]
+#[case::mla_deepseek_v2_yarn("deepseek_v2_yarn", &["--groups", "4"])]
+fn exact_conversion_reproduces_hf(#[case] name: &str, #[case] args: &[&str]) {
     let fx = root().join("fixtures/hf").join(name);
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("converted");
-    let r = convert(&fx.join("checkpoint"), &out, &["--no-truncation", "--dtype", "f64"]);
+    let r = convert(&fx.join("checkpoint"), &out, &[args, &["--dtype", "f64"]].concat());
     assert_eq!(r.code, 0, "{}", r.stderr);
     let (_, want) = read_tensor(&fx.join("layer1.safetensors"), "attn_output");
     for path in ["absorb", "gqa"] {
@@ -81,6 +85,7 @@ fn round_floats(v: &mut serde_json::Value) {
 #[rstest]
 #[case::llama_rope4_rank8("llama", &["--rope-dim", "4", "--kv-lora-rank", "8", "--calib-precision", "f64"])]
 #[case::qwen2_rope4_rank12_freqfold3("qwen2", &["--rope-dim", "4", "--kv-lora-rank", "12", "--freqfold", "3", "--calib-precision", "f64"])]
+#[case::mla_deepseek_v3_groups2("deepseek_v3", &["--groups", "2", "--calib-precision", "f64"])]
 fn truncated_conversion_snapshot(#[case] name: &str, #[case] args: &[&str]) {
     let fx = root().join("fixtures/hf").join(name);
     let tmp = tempfile::tempdir().unwrap();
@@ -202,8 +207,29 @@ mod bad_input {
     }
 
     #[test]
+    fn mla_source_without_groups() {
+        rejected(&fixture("deepseek_v3"), &[], &["MLA → GQLA needs --groups", "4 query heads"]);
+    }
+
+    #[test]
+    fn mla_groups_not_dividing_heads() {
+        rejected(&fixture("deepseek_v3"), &["--groups", "3"], &["--groups 3 must divide", "H=4"]);
+    }
+
+    #[test]
+    fn source_already_gqla() {
+        rejected(&fixture("gqla_g2"), &["--groups", "1"], &["config.json", "already GQLA", "num_key_value_heads = 2"]);
+    }
+
+    #[test]
     fn unsupported_model_type() {
-        rejected(&fixture("deepseek_v3"), &[], &["config.json", "GQA sources"]);
+        let tmp = tempfile::tempdir().unwrap();
+        let src = scratch_copy("llama", tmp.path());
+        let p = src.join("config.json");
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        v["model_type"] = "gemma2".into();
+        std::fs::write(&p, v.to_string()).unwrap();
+        rejected(&src, &[], &["config.json", "model_type", "gemma2"]);
     }
 
     #[test]

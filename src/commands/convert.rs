@@ -3,7 +3,7 @@
 use super::CliError;
 use gqla_reference::hf::config::{AttentionConfig, StorageDtype};
 use gqla_reference::hf::ModelConfig;
-use gqla_reference::transgqla::checkpoint::{convert_checkpoint, Calibration, CalibrationPrecision, CheckpointOptions, ConversionReport, LayerRow};
+use gqla_reference::transgqla::checkpoint::{convert_checkpoint, Calibration, CalibrationPrecision, CheckpointOptions, ConversionReport, LayerConversion, LayerRow};
 use gqla_reference::transgqla::rorope::smallest_freqfold;
 use gqla_reference::transgqla::ConvertOptions;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -12,13 +12,15 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Source HF checkpoint directory (LLaMA, Qwen2 or Mistral).
+    /// Source HF checkpoint directory: LLaMA, Qwen2 or Mistral (TransGQLA), or a DeepSeek-V2/V3
+    /// MLA checkpoint with dense layers (per-group PCA, needs --groups).
     #[arg(long)]
     input: PathBuf,
     /// Output directory; must not exist. Written to a temporary directory and renamed when done.
     #[arg(long)]
     output: PathBuf,
-    /// Number of groups G (must equal the source's num_key_value_heads).
+    /// Number of groups G: for a GQA source its num_key_value_heads (the default); for an MLA
+    /// source a divisor of the query heads (required).
     #[arg(long)]
     groups: Option<usize>,
     /// Latent rank d_c.
@@ -140,29 +142,32 @@ fn freqfold(arg: &str, config: &ModelConfig, rope_dim: usize) -> Result<usize, C
 
 fn table(r: &ConversionReport) -> String {
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{:>5} {:>8} {:>9} {:>13} {:>12} {:>13}",
-        "layer", "freqfold", "rope kept", "alpha", "kv kept", "attn rel err"
-    );
     for row in &r.layers {
-        let p = &row.report;
-        let _ = writeln!(
-            s,
-            "{:>5} {:>8} {:>8.4}% {:>13.6e} {:>11.4}% {:>13.4e}",
-            row.layer,
-            p.freqfold,
-            100.0 * p.rope_energy_kept,
-            p.alpha,
-            100.0 * p.kv_energy_kept,
-            row.held_out_attention_rel_err
-        );
+        match &row.report {
+            LayerConversion::TransGqla(p) => {
+                if row.layer == 0 {
+                    let _ = writeln!(s, "{:>5} {:>8} {:>9} {:>13} {:>10} {:>13}", "layer", "freqfold", "rope kept", "alpha", "kv kept", "attn rel err");
+                }
+                let _ = writeln!(
+                    s,
+                    "{:>5} {:>8} {:>8.4}% {:>13.6e} {:>9.4}% {:>13.4e}",
+                    row.layer,
+                    p.freqfold,
+                    100.0 * p.rope_energy_kept,
+                    p.alpha,
+                    100.0 * p.kv_energy_kept,
+                    row.held_out_attention_rel_err
+                );
+            }
+            LayerConversion::GroupPca(p) => {
+                if row.layer == 0 {
+                    let _ = writeln!(s, "{:>5} {:>7} {:>10} {:>12} {:>13}", "layer", "groups", "keys kept", "values kept", "attn rel err");
+                }
+                let _ = writeln!(s, "{:>5} {:>7} {:>9.4}% {:>11.4}% {:>13.4e}", row.layer, p.groups, 100.0 * p.key_energy_kept, 100.0 * p.value_energy_kept, row.held_out_attention_rel_err);
+            }
+        }
     }
-    let _ = writeln!(
-        s,
-        "held-out KL(source || converted): {:.6e} nats/token; logits rel err {:.4e}",
-        r.held_out_kl, r.held_out_logits_rel_err
-    );
+    let _ = writeln!(s, "held-out KL(source || converted): {:.6e} nats/token; logits rel err {:.4e}", r.held_out_kl, r.held_out_logits_rel_err);
     let _ = writeln!(
         s,
         "cache per token per layer (measured): source {} -> absorb {} ({:.3}%), gqa path {}",
@@ -171,7 +176,11 @@ fn table(r: &ConversionReport) -> String {
         100.0 * r.absorb_cache_elements as f64 / r.source_cache_elements.max(1) as f64,
         r.gqa_cache_elements
     );
-    if let Some(rank) = r.layers.first().map(|l| l.report.kv_rank).filter(|&k| r.calibration_tokens < k) {
+    let rank = r.layers.iter().find_map(|l| match &l.report {
+        LayerConversion::TransGqla(p) => Some(p.kv_rank),
+        LayerConversion::GroupPca(_) => None,
+    });
+    if let Some(rank) = rank.filter(|&k| r.calibration_tokens < k) {
         let _ = writeln!(s, "WARNING: {} calibration tokens < d_c = {rank}: the latent's trailing directions are not determined by the data; calibrate on more tokens", r.calibration_tokens);
     }
     if r.weak_calibration {

@@ -7,6 +7,7 @@
 //! directory beside the target and renamed when complete, so an interrupted run leaves nothing that
 //! looks finished.
 
+use super::group_pca::{group_pca, GroupPcaReport};
 use super::pipeline::{convert_layer, ConvertOptions, LayerReport};
 use crate::cache::{GroupCache, GroupCacheLayout, LatentCache};
 use crate::error::{Error, Result};
@@ -18,7 +19,7 @@ use crate::linear::Linear;
 use crate::model::{embed_rows, mean_kl, Attention, DecoderLayer};
 use crate::prefill::prefill;
 use crate::real::rel_err;
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array2, ArrayView2, ArrayViewD};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -62,9 +63,21 @@ pub enum CalibrationPrecision {
 pub struct LayerRow {
     pub layer: usize,
     #[serde(flatten)]
-    pub report: LayerReport,
+    pub report: LayerConversion,
     /// ‖y_conv − y_src‖/‖y_src‖ of the attention output on held-out tokens (same inputs).
     pub held_out_attention_rel_err: f64,
+}
+
+/// How a layer was converted, with its figures.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(tag = "method")]
+pub enum LayerConversion {
+    /// GQA → GQLA (T1–T6).
+    #[serde(rename = "transgqla")]
+    TransGqla(LayerReport),
+    /// MLA → GQLA by per-group PCA.
+    #[serde(rename = "group_pca")]
+    GroupPca(GroupPcaReport),
 }
 
 /// The whole conversion's figures.
@@ -96,17 +109,25 @@ pub fn convert_checkpoint(
 ) -> Result<ConversionReport> {
     let ckpt = Checkpoint::open(input)?;
     let config = &ckpt.config;
-    let AttentionConfig::Gqa(gqa_cfg) = &config.attention else {
-        return Err(Error::file(
-            &config.path,
-            "this converter takes GQA sources (llama, qwen2, mistral); MLA sources need the per-group PCA converter",
-        ));
-    };
-    let kv = gqa_cfg.dims.kv();
-    if let Some(g) = opt.groups.filter(|&g| g != kv) {
-        return Err(Error::Config(format!(
-            "GQA → GQLA keeps one group per kv head: --groups must be {kv} (num_key_value_heads), got {g}"
-        )));
+    match &config.attention {
+        AttentionConfig::Gqa(c) => {
+            let kv = c.dims.kv();
+            if let Some(g) = opt.groups.filter(|&g| g != kv) {
+                return Err(Error::Config(format!("GQA → GQLA keeps one group per kv head: --groups must be {kv} (num_key_value_heads), got {g}")));
+            }
+        }
+        AttentionConfig::Latent(c) => {
+            let h = c.dims.h();
+            let Some(g) = opt.groups else {
+                return Err(Error::Config(format!("MLA → GQLA needs --groups G (a divisor of the {h} query heads)")));
+            };
+            if !c.dims.is_mla() {
+                return Err(Error::file(&config.path, format!("the source is already GQLA (num_key_value_heads = {}); per-group PCA takes an MLA source (num_key_value_heads = num_attention_heads = {h})", c.dims.g())));
+            }
+            if g == 0 || !h.is_multiple_of(g) {
+                return Err(Error::Config(format!("--groups {g} must divide the number of query heads H={h}")));
+            }
+        }
     }
     if output.exists() {
         return Err(Error::file(output, "output already exists; choose a new directory"));
@@ -222,15 +243,24 @@ fn convert_into(
     let mut converted_geometry = None;
     for i in 0..n_layers {
         let layer = ckpt.decoder_layer(i)?;
-        let Attention::Gqa(gqa) = &layer.attention else { unreachable!("GQA source checked above") };
         let cal = calibration_pass(&layer, &h_cal, opt.calibration_precision)?;
         let views: Vec<ArrayView2<f64>> = cal.attention_inputs.iter().map(|x| x.view()).collect();
-        let (latent, report) = convert_layer(gqa, &views, opt.layer)?;
+        let (latent, report) = match &layer.attention {
+            Attention::Gqa(gqa) => {
+                let (w, r) = convert_layer(gqa, &views, opt.layer)?;
+                (w, LayerConversion::TransGqla(r))
+            }
+            Attention::Latent(mla) => {
+                let stacked = ndarray::concatenate(ndarray::Axis(0), &views).expect("calibration rows share the hidden size");
+                let (w, r) = group_pca(mla, opt.groups.expect("checked at entry"), stacked.view())?;
+                (w, LayerConversion::GroupPca(r))
+            }
+        };
         h_cal = cal.outputs;
         let src_trace = layer.forward(h_src[0].view())?;
         let held_out_attention_rel_err = rel_err(&prefill(&latent, src_trace.attention_input.view())?.y, &src_trace.attention_output);
         meta.insert("gqla_layer".into(), i.to_string());
-        let tensors = layer_tensors(i, &ckpt.store, &layer, &latent, dtype);
+        let tensors = layer_tensors(i, &ckpt.store, &layer, &latent, dtype, &changed_by(&layer.attention));
         let shard = shard_name(i);
         write_tensors(&out.join(&shard), tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta.clone()))?;
         weight_map.extend(tensors.into_iter().map(|(n, _)| (n, shard.clone())));
@@ -255,15 +285,16 @@ fn convert_into(
     let shard = shard_name(n_layers);
     meta.remove("gqla_layer");
     let (vocab, hidden) = (config.vocab_size, config.hidden_size);
+    let copy_or = |name: &str, make: &dyn Fn() -> Result<RawTensor>| -> Result<(String, RawTensor)> {
+        let copied = ckpt.store.raw(name).filter(|t| t.dtype == dtype.safetensors());
+        Ok((name.to_string(), match copied { Some(t) => t, None => make()? }))
+    };
     let mut tail = vec![
-        ("model.embed_tokens.weight".to_string(), encode(dtype, &ckpt.embedding()?)),
-        (
-            "model.norm.weight".to_string(),
-            RawTensor::encode(dtype, vec![hidden], head.norm.weight.iter().copied()),
-        ),
+        copy_or("model.embed_tokens.weight", &|| Ok(encode(dtype, &ckpt.embedding()?)))?,
+        copy_or("model.norm.weight", &|| Ok(RawTensor::encode(dtype, vec![hidden], head.norm.weight.iter().copied())))?,
     ];
     if !config.tie_word_embeddings {
-        tail.push(("lm_head.weight".to_string(), encode(dtype, &head.lm_head.weight)));
+        tail.push(copy_or("lm_head.weight", &|| Ok(encode(dtype, &head.lm_head.weight)))?);
     }
     debug_assert_eq!(head.lm_head.weight.dim(), (vocab, hidden));
     write_tensors(&out.join(&shard), tail.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))?;
@@ -283,7 +314,7 @@ fn convert_into(
         &out.join("model.safetensors.index.json"),
         &json!({ "metadata": {}, "weight_map": weight_map }),
     )?;
-    write_json(&out.join("config.json"), &output_config(config, &latent, dtype, opt))?;
+    write_json(&out.join("config.json"), &output_config(config, &latent, dtype, opt)?)?;
     write_json(
         &out.join("gqla_meta.json"),
         &json!({
@@ -301,43 +332,75 @@ fn encode(dtype: StorageDtype, a: &Array2<f64>) -> RawTensor {
     RawTensor::encode(dtype, a.shape().to_vec(), a.iter().copied())
 }
 
-/// The DeepSeek-V3-layout tensors of layer `i` with its attention converted to `w`. Tensors the
-/// conversion leaves unchanged (o_proj, MLP, norms) are copied byte for byte when the output dtype is
-/// the stored one.
-fn layer_tensors(i: usize, source: &TensorStore, layer: &DecoderLayer<f64>, w: &LatentWeights<f64>, dtype: StorageDtype) -> Vec<(String, RawTensor)> {
-    let p = format!("model.layers.{i}");
-    let mut out = Vec::new();
-    let mut put = |name: String, shape: Vec<usize>, values: &mut dyn Iterator<Item = f64>, unchanged: bool| {
-        let copied = unchanged.then(|| source.raw(&name)).flatten().filter(|t| t.dtype == dtype.safetensors());
-        let tensor = copied.unwrap_or_else(|| RawTensor::encode(dtype, shape, values));
-        out.push((name, tensor));
-    };
-    let mut linear = |name: String, l: &Linear<f64>, unchanged: bool| {
-        if let Some(b) = &l.bias {
-            put(format!("{name}.bias"), vec![b.len()], &mut b.iter().copied(), unchanged);
-        }
-        put(format!("{name}.weight"), l.weight.shape().to_vec(), &mut l.weight.iter().copied(), unchanged);
-    };
-    let QueryProjection::Direct(q) = w.query_projection() else { unreachable!("GQA conversions use a direct query") };
-    linear(format!("{p}.self_attn.q_proj"), q, false);
-    linear(format!("{p}.self_attn.kv_a_proj_with_mqa"), w.kv_a(), false);
-    linear(format!("{p}.self_attn.kv_b_proj"), &Linear::new(w.kv_b().to_owned(), None), false);
-    linear(format!("{p}.self_attn.o_proj"), w.o_proj(), true);
-    linear(format!("{p}.mlp.gate_proj"), &layer.mlp.gate, true);
-    linear(format!("{p}.mlp.up_proj"), &layer.mlp.up, true);
-    linear(format!("{p}.mlp.down_proj"), &layer.mlp.down, true);
-    for (name, n) in [("input_layernorm", &layer.input_norm), ("post_attention_layernorm", &layer.post_norm)] {
-        put(format!("{p}.{name}.weight"), vec![n.weight.len()], &mut n.weight.iter().copied(), true);
+/// The tensor names (after `model.layers.N.`) a conversion of `source` rewrites; every other
+/// tensor of the layer is unchanged.
+fn changed_by(source: &Attention<f64>) -> Vec<&'static str> {
+    match source {
+        Attention::Gqa(_) => vec!["self_attn.q_proj", "self_attn.kv_a_proj_with_mqa", "self_attn.kv_b_proj"],
+        Attention::Latent(_) => vec!["self_attn.q_proj", "self_attn.q_b_proj", "self_attn.kv_b_proj", "self_attn.o_proj"],
     }
-    out
 }
 
-/// The converted model's config.json (DeepSeek-V3 layout, all layers dense).
-fn output_config(src: &ModelConfig, w: &LatentWeights<f64>, dtype: StorageDtype, opt: &CheckpointOptions) -> Value {
+/// The DeepSeek-V3-layout tensors of layer `i` with its attention converted to `w`. Tensors not in
+/// `changed` are copied byte for byte from the source when the output dtype is the stored one.
+fn layer_tensors(i: usize, source: &TensorStore, layer: &DecoderLayer<f64>, w: &LatentWeights<f64>, dtype: StorageDtype, changed: &[&str]) -> Vec<(String, RawTensor)> {
+    fn push_linear<'a>(params: &mut Vec<(String, ArrayViewD<'a, f64>)>, name: &str, l: &'a Linear<f64>) {
+        params.push((format!("{name}.weight"), l.weight.view().into_dyn()));
+        if let Some(b) = &l.bias {
+            params.push((format!("{name}.bias"), b.view().into_dyn()));
+        }
+    }
+    let mut params: Vec<(String, ArrayViewD<f64>)> = Vec::new();
+    match w.query_projection() {
+        QueryProjection::Direct(q) => push_linear(&mut params, "self_attn.q_proj", q),
+        QueryProjection::LowRank { down, norm, up } => {
+            push_linear(&mut params, "self_attn.q_a_proj", down);
+            params.push(("self_attn.q_a_layernorm.weight".into(), norm.weight.view().into_dyn()));
+            push_linear(&mut params, "self_attn.q_b_proj", up);
+        }
+    }
+    push_linear(&mut params, "self_attn.kv_a_proj_with_mqa", w.kv_a());
+    if let Some(n) = w.kv_norm() {
+        params.push(("self_attn.kv_a_layernorm.weight".into(), n.weight.view().into_dyn()));
+    }
+    params.push(("self_attn.kv_b_proj.weight".into(), w.kv_b().into_dyn()));
+    push_linear(&mut params, "self_attn.o_proj", w.o_proj());
+    push_linear(&mut params, "mlp.gate_proj", &layer.mlp.gate);
+    push_linear(&mut params, "mlp.up_proj", &layer.mlp.up);
+    push_linear(&mut params, "mlp.down_proj", &layer.mlp.down);
+    params.push(("input_layernorm.weight".into(), layer.input_norm.weight.view().into_dyn()));
+    params.push(("post_attention_layernorm.weight".into(), layer.post_norm.weight.view().into_dyn()));
+    params
+        .into_iter()
+        .map(|(name, a)| {
+            let full = format!("model.layers.{i}.{name}");
+            let unchanged = !changed.iter().any(|c| name.starts_with(&format!("{c}.")));
+            let copied = unchanged.then(|| source.raw(&full)).flatten().filter(|t| t.dtype == dtype.safetensors() && t.shape == a.shape());
+            let tensor = copied.unwrap_or_else(|| RawTensor::encode(dtype, a.shape().to_vec(), a.iter().copied()));
+            (full, tensor)
+        })
+        .collect()
+}
+
+/// The converted model's config.json: for an MLA source its own config with G groups; for a GQA
+/// source a DeepSeek-V3-layout config (all layers dense) with the explicit RoPE table.
+fn output_config(src: &ModelConfig, w: &LatentWeights<f64>, dtype: StorageDtype, opt: &CheckpointOptions) -> Result<Value> {
+    if let AttentionConfig::Latent(_) = &src.attention {
+        let text = std::fs::read_to_string(&src.path).map_err(|e| Error::file(&src.path, format!("cannot read: {e}")))?;
+        let mut v: Value = serde_json::from_str(&text).map_err(|e| Error::file(&src.path, format!("not valid JSON: {e}")))?;
+        v["num_key_value_heads"] = json!(w.dims().g());
+        v["dtype"] = json!(dtype.hf_name());
+        if v.get("torch_dtype").is_some() {
+            v["torch_dtype"] = json!(dtype.hf_name());
+        }
+        v["gqla_source_model_type"] = json!(format!("{:?}", src.model_type));
+        v["gqla_conversion"] = json!("group_pca");
+        return Ok(v);
+    }
     let d = w.dims();
     let q_bias = matches!(w.query_projection(), QueryProjection::Direct(l) if l.bias.is_some());
     let (kv_a_bias, o_bias) = (w.kv_a().bias.is_some(), w.o_proj().bias.is_some());
-    json!({
+    Ok(json!({
         "architectures": ["DeepseekV3ForCausalLM"],
         "model_type": "deepseek_v3",
         "hidden_size": src.hidden_size,
@@ -365,8 +428,9 @@ fn output_config(src: &ModelConfig, w: &LatentWeights<f64>, dtype: StorageDtype,
         "gqla_kv_a_bias": kv_a_bias,
         "gqla_o_bias": o_bias,
         "gqla_source_model_type": format!("{:?}", src.model_type),
+        "gqla_conversion": "transgqla",
         "gqla_freqfold": opt.layer.freqfold,
-    })
+    }))
 }
 
 fn options_json(opt: &CheckpointOptions, dtype: StorageDtype) -> Value {
@@ -405,10 +469,11 @@ fn write_json(path: &Path, v: &Value) -> Result<()> {
 }
 
 fn measured_source_cache(config: &ModelConfig) -> usize {
-    let AttentionConfig::Gqa(c) = &config.attention else { return 0 };
-    crate::cache::GqaCache::<half::bf16>::filled(c.dims.kv(), c.dims.d(), 4)
-        .footprint()
-        .map_or(0, |f| f.elements_per_token)
+    let fp = match &config.attention {
+        AttentionConfig::Gqa(c) => crate::cache::GqaCache::<half::bf16>::filled(c.dims.kv(), c.dims.d(), 4).footprint(),
+        AttentionConfig::Latent(c) => LatentCache::<half::bf16>::filled(c.dims.d_c(), c.dims.d_r(), 4).footprint(),
+    };
+    fp.map_or(0, |f| f.elements_per_token)
 }
 
 fn measured_latent_cache(w: &LatentWeights<f64>) -> usize {

@@ -26,6 +26,9 @@ fn meta(dir: &Path) -> serde_json::Value {
 #[case::mla_deepseek_v3_q_lora("deepseek_v3", &["--groups", "4"])]
 #[case::mla_deepseek_v3_rotate_half_bias("deepseek_v3_plain_rope", &["--groups", "4"])]
 #[case::mla_deepseek_v2_yarn("deepseek_v2_yarn", &["--groups", "4"])]
+#[case::mla_moe_deepseek_v3("deepseek_v3_moe", &["--groups", "4"])]
+#[case::mla_moe_deepseek_v2_group_limited("deepseek_v2_moe", &["--groups", "4"])]
+#[case::mla_moe_glm4_moe_lite("glm4_moe_lite", &["--groups", "4"])]
 fn exact_conversion_reproduces_hf(#[case] name: &str, #[case] args: &[&str]) {
     let fx = root().join("fixtures/hf").join(name);
     let tmp = tempfile::tempdir().unwrap();

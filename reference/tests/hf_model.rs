@@ -22,6 +22,9 @@ fn fixture(name: &str) -> PathBuf {
 #[case("deepseek_v3_plain_rope")]
 #[case("deepseek_v3_yarn")]
 #[case("gqla_g2")]
+#[case("deepseek_v3_moe")]
+#[case("deepseek_v2_moe")]
+#[case("glm4_moe_lite")]
 fn logits_match_hf(#[case] name: &str) {
     let dir = fixture(name);
     let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("fixture.json")).unwrap()).unwrap();

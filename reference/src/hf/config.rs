@@ -14,6 +14,8 @@ pub enum ModelType {
     Mistral,
     DeepseekV2,
     DeepseekV3,
+    /// GLM-4.7-Flash: DeepSeek-V3-style MLA and MoE under its own name.
+    Glm4MoeLite,
 }
 
 /// The checkpoint's storage dtype (`dtype` or `torch_dtype`), used for cache sizes.
@@ -131,8 +133,29 @@ pub struct ModelConfig {
     pub intermediate_size: usize,
     pub rms_norm_eps: f64,
     pub tie_word_embeddings: bool,
-    /// Layers from this index on are mixture-of-experts (DeepSeek); `num_layers` when all are dense.
-    pub first_moe_layer: usize,
+    /// Mixture-of-experts settings and which layers use them (None: all layers dense).
+    pub moe: Option<MoeConfig>,
+}
+
+/// A DeepSeek/GLM mixture-of-experts block, as the config describes it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MoeConfig {
+    pub experts: usize,
+    pub moe_intermediate_size: usize,
+    /// Shared experts' intermediate size is `moe_intermediate_size × shared_experts` (0: none).
+    pub shared_experts: usize,
+    pub routing: crate::model::Routing,
+    /// The router has a selection-only bias (`e_score_correction_bias`).
+    pub selection_bias: bool,
+    /// Per layer: sparse (MoE) or dense.
+    pub sparse: Vec<bool>,
+}
+
+impl ModelConfig {
+    /// Whether layer `layer` is a mixture-of-experts layer.
+    pub fn is_sparse(&self, layer: usize) -> bool {
+        self.moe.as_ref().is_some_and(|m| m.sparse.get(layer).copied().unwrap_or(false))
+    }
 }
 
 struct Json<'a> {
@@ -196,7 +219,8 @@ impl ModelConfig {
             Some("mistral") => ModelType::Mistral,
             Some("deepseek_v2") => ModelType::DeepseekV2,
             Some("deepseek_v3") => ModelType::DeepseekV3,
-            _ => return Err(j.err("model_type", "one of llama, qwen2, mistral, deepseek_v2, deepseek_v3")),
+            Some("glm4_moe_lite") => ModelType::Glm4MoeLite,
+            _ => return Err(j.err("model_type", "one of llama, qwen2, mistral, deepseek_v2, deepseek_v3, glm4_moe_lite")),
         };
         let hidden_size = j.usize("hidden_size")?;
         let num_layers = j.usize("num_hidden_layers")?;
@@ -239,7 +263,7 @@ impl ModelConfig {
                 }
                 .into()
             }
-            ModelType::DeepseekV2 | ModelType::DeepseekV3 => {
+            ModelType::DeepseekV2 | ModelType::DeepseekV3 | ModelType::Glm4MoeLite => {
                 let g = j.opt_usize("num_key_value_heads")?.unwrap_or(h);
                 let dims = LatentDims::new(
                     h,
@@ -271,12 +295,7 @@ impl ModelConfig {
                 .into()
             }
         };
-        let first_moe_layer = match model_type {
-            ModelType::DeepseekV2 | ModelType::DeepseekV3 if j.opt_usize("n_routed_experts")?.unwrap_or(0) > 0 => {
-                j.opt_usize("first_k_dense_replace")?.unwrap_or(0).min(num_layers)
-            }
-            _ => num_layers,
-        };
+        let moe = moe_config(&j, model_type, num_layers)?;
         Ok(Self {
             path: path.to_path_buf(),
             model_type,
@@ -288,7 +307,7 @@ impl ModelConfig {
             intermediate_size: j.opt_usize("intermediate_size")?.unwrap_or(0),
             rms_norm_eps: j.f64_or("rms_norm_eps", 1e-6)?,
             tie_word_embeddings: j.bool_or("tie_word_embeddings", false)?,
-            first_moe_layer,
+            moe,
         })
     }
 }
@@ -374,6 +393,75 @@ fn rope_config(j: &Json) -> Result<RopeConfig> {
         other => Err(other.to_string()),
     };
     Ok(RopeConfig { theta, scaling })
+}
+
+/// MoE settings with HF's per-family defaults: V2 softmax routing (greedy or group-limited), V3 and
+/// GLM sigmoid routing with a selection bias and top-2 group scores. Sparse layers: from
+/// `first_k_dense_replace` on (V2/V3), or `mlp_layer_types` (GLM).
+fn moe_config(j: &Json, model_type: ModelType, layers: usize) -> Result<Option<MoeConfig>> {
+    use crate::model::{GroupScore, Routing, Scoring};
+    let v2 = match model_type {
+        ModelType::DeepseekV2 => true,
+        ModelType::DeepseekV3 | ModelType::Glm4MoeLite => false,
+        _ => return Ok(None),
+    };
+    let experts = j.opt_usize("n_routed_experts")?.unwrap_or(0);
+    if experts == 0 {
+        return Ok(None);
+    }
+    let sparse: Vec<bool> = match (model_type, j.v.get("mlp_layer_types").and_then(Value::as_array)) {
+        (ModelType::Glm4MoeLite, Some(types)) => {
+            if types.len() != layers {
+                return Err(j.err("mlp_layer_types", &format!("{layers} entries")));
+            }
+            types
+                .iter()
+                .map(|t| match t.as_str() {
+                    Some("sparse") => Ok(true),
+                    Some("dense") => Ok(false),
+                    _ => Err(j.err("mlp_layer_types", "dense or sparse")),
+                })
+                .collect::<Result<_>>()?
+        }
+        (ModelType::Glm4MoeLite, None) => (0..layers).map(|l| l > 0).collect(),
+        _ => {
+            let first = j.opt_usize("first_k_dense_replace")?.unwrap_or(if v2 { 0 } else { 3 });
+            (0..layers).map(|l| l >= first).collect()
+        }
+    };
+    let n_group = j.opt_usize("n_group")?.unwrap_or(if v2 { 1 } else { 8 }).max(1);
+    let topk_group = j.opt_usize("topk_group")?.unwrap_or(if v2 { 1 } else { 4 });
+    let group_score = match (v2, j.str("topk_method")) {
+        (true, None | Some("greedy")) => GroupScore::None,
+        (true, Some("group_limited_greedy")) => GroupScore::Max,
+        (true, Some(_)) => return Err(j.err("topk_method", "greedy or group_limited_greedy")),
+        (false, _) => GroupScore::SumTop2,
+    };
+    if !experts.is_multiple_of(n_group) || topk_group > n_group {
+        return Err(j.err("n_group", &format!("a divisor of n_routed_experts = {experts} with topk_group ≤ n_group")));
+    }
+    let top_k = j.usize("num_experts_per_tok")?;
+    if top_k == 0 || top_k > experts {
+        return Err(j.err("num_experts_per_tok", &format!("between 1 and n_routed_experts = {experts}")));
+    }
+    let routing = Routing {
+        scoring: if v2 { Scoring::Softmax } else { Scoring::Sigmoid },
+        group_score,
+        top_k,
+        n_group,
+        topk_group,
+        // HF's DeepSeek-V2 code never normalises the top-k weights.
+        norm_topk_prob: if v2 { false } else { j.bool_or("norm_topk_prob", true)? },
+        routed_scaling_factor: j.f64_or("routed_scaling_factor", if v2 { 1.0 } else { 2.5 })?,
+    };
+    Ok(Some(MoeConfig {
+        experts,
+        moe_intermediate_size: j.usize("moe_intermediate_size")?,
+        shared_experts: j.opt_usize("n_shared_experts")?.unwrap_or(if v2 { 2 } else { 1 }),
+        routing,
+        selection_bias: !v2,
+        sparse,
+    }))
 }
 
 /// `gqla_rope_freqs`: d_r/2 finite positive frequencies, when present.

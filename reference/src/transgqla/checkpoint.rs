@@ -16,7 +16,7 @@ use crate::hf::tensors::{write_tensors, RawTensor};
 use crate::hf::{Checkpoint, TensorStore};
 use crate::latent::{LatentWeights, QueryProjection};
 use crate::linear::Linear;
-use crate::model::{embed_rows, mean_kl, Attention, DecoderLayer};
+use crate::model::{embed_rows, mean_kl, Attention, DecoderLayer, FeedForward, Mlp};
 use crate::prefill::prefill;
 use crate::real::rel_err;
 use ndarray::{Array2, ArrayView2, ArrayViewD};
@@ -260,7 +260,7 @@ fn convert_into(
         let src_trace = layer.forward(h_src[0].view())?;
         let held_out_attention_rel_err = rel_err(&prefill(&latent, src_trace.attention_input.view())?.y, &src_trace.attention_output);
         meta.insert("gqla_layer".into(), i.to_string());
-        let tensors = layer_tensors(i, &ckpt.store, &layer, &latent, dtype, &changed_by(&layer.attention));
+        let tensors = layer_tensors(i, &ckpt.store, config.dtype, &layer, &latent, dtype, &changed_by(&layer.attention));
         let shard = shard_name(i);
         write_tensors(&out.join(&shard), tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta.clone()))?;
         weight_map.extend(tensors.into_iter().map(|(n, _)| (n, shard.clone())));
@@ -343,7 +343,8 @@ fn changed_by(source: &Attention<f64>) -> Vec<&'static str> {
 
 /// The DeepSeek-V3-layout tensors of layer `i` with its attention converted to `w`. Tensors not in
 /// `changed` are copied byte for byte from the source when the output dtype is the stored one.
-fn layer_tensors(i: usize, source: &TensorStore, layer: &DecoderLayer<f64>, w: &LatentWeights<f64>, dtype: StorageDtype, changed: &[&str]) -> Vec<(String, RawTensor)> {
+#[allow(clippy::too_many_arguments)]
+fn layer_tensors(i: usize, source: &TensorStore, source_dtype: StorageDtype, layer: &DecoderLayer<f64>, w: &LatentWeights<f64>, dtype: StorageDtype, changed: &[&str]) -> Vec<(String, RawTensor)> {
     fn push_linear<'a>(params: &mut Vec<(String, ArrayViewD<'a, f64>)>, name: &str, l: &'a Linear<f64>) {
         params.push((format!("{name}.weight"), l.weight.view().into_dyn()));
         if let Some(b) = &l.bias {
@@ -365,9 +366,26 @@ fn layer_tensors(i: usize, source: &TensorStore, layer: &DecoderLayer<f64>, w: &
     }
     params.push(("self_attn.kv_b_proj.weight".into(), w.kv_b().into_dyn()));
     push_linear(&mut params, "self_attn.o_proj", w.o_proj());
-    push_linear(&mut params, "mlp.gate_proj", &layer.mlp.gate);
-    push_linear(&mut params, "mlp.up_proj", &layer.mlp.up);
-    push_linear(&mut params, "mlp.down_proj", &layer.mlp.down);
+    fn push_mlp<'a>(params: &mut Vec<(String, ArrayViewD<'a, f64>)>, prefix: &str, m: &'a Mlp<f64>) {
+        for (name, l) in [("gate_proj", &m.gate), ("up_proj", &m.up), ("down_proj", &m.down)] {
+            params.push((format!("{prefix}.{name}.weight"), l.weight.view().into_dyn()));
+        }
+    }
+    match &layer.mlp {
+        FeedForward::Dense(m) => push_mlp(&mut params, "mlp", m),
+        FeedForward::Moe(moe) => {
+            params.push(("mlp.gate.weight".into(), moe.router.view().into_dyn()));
+            if let Some(b) = &moe.selection_bias {
+                params.push(("mlp.gate.e_score_correction_bias".into(), b.view().into_dyn()));
+            }
+            for (e, m) in moe.experts.iter().enumerate() {
+                push_mlp(&mut params, &format!("mlp.experts.{e}"), m);
+            }
+            if let Some(m) = &moe.shared {
+                push_mlp(&mut params, "mlp.shared_experts", m);
+            }
+        }
+    }
     params.push(("input_layernorm.weight".into(), layer.input_norm.weight.view().into_dyn()));
     params.push(("post_attention_layernorm.weight".into(), layer.post_norm.weight.view().into_dyn()));
     params
@@ -375,7 +393,10 @@ fn layer_tensors(i: usize, source: &TensorStore, layer: &DecoderLayer<f64>, w: &
         .map(|(name, a)| {
             let full = format!("model.layers.{i}.{name}");
             let unchanged = !changed.iter().any(|c| name.starts_with(&format!("{c}.")));
-            let copied = unchanged.then(|| source.raw(&full)).flatten().filter(|t| t.dtype == dtype.safetensors() && t.shape == a.shape());
+            // Unchanged tensors keep their stored bytes when stored in the output dtype, or when stored
+            // in a dtype of their own (e.g. an f32 router bias in a bf16 model).
+            let keep = |t: &RawTensor| t.shape == a.shape() && (t.dtype == dtype.safetensors() || t.dtype != source_dtype.safetensors());
+            let copied = unchanged.then(|| source.raw(&full)).flatten().filter(keep);
             let tensor = copied.unwrap_or_else(|| RawTensor::encode(dtype, a.shape().to_vec(), a.iter().copied()));
             (full, tensor)
         })

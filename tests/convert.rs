@@ -360,3 +360,28 @@ mod whole_model {
         }
     }
 }
+
+/// HF transformers itself loads converted checkpoints (through examples/hf_load_gqla.py) and
+/// reproduces the source model's logits. Needs a Python with torch and transformers 5.23:
+/// `GQLA_PYTHON` (default `python3`); without one the test says it skipped.
+#[test]
+fn hf_transformers_runs_converted_checkpoints() {
+    let python = std::env::var("GQLA_PYTHON").unwrap_or_else(|_| "python3".into());
+    let probe = std::process::Command::new(&python).args(["-c", "import torch, transformers; assert transformers.__version__ == '5.23.0'"]).output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED hf_transformers_runs_converted_checkpoints: {python} cannot import torch and transformers 5.23.0 (set GQLA_PYTHON)");
+        return;
+    }
+    for (name, args) in [("llama", vec!["--no-truncation"]), ("qwen2", vec!["--no-truncation"]), ("deepseek_v3_moe", vec!["--groups", "4"]), ("glm4_moe_lite", vec!["--groups", "4"])] {
+        let fx = root().join("fixtures/hf").join(name).join("checkpoint");
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("c");
+        let r = convert(&fx, &out, &[args.as_slice(), &["--dtype", "f64"]].concat());
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let run = std::process::Command::new(&python).arg(root().join("examples/hf_load_gqla.py")).arg(&out).arg(&fx).output().unwrap();
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        assert!(run.status.success(), "{name}: {}", String::from_utf8_lossy(&run.stderr));
+        let diff: f64 = stdout.trim().rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(diff <= 1e-12, "{name}: HF logits of the converted model differ from the source's by {diff:e}");
+    }
+}

@@ -149,7 +149,7 @@ impl<T: Real> Moe<T> {
         let mut weights: Vec<T> = chosen.iter().map(|&e| scores[e]).collect();
         if r.norm_topk_prob {
             let z = weights.iter().copied().sum::<T>() + T::of(1e-20);
-            weights.iter_mut().for_each(|w| *w = *w / z);
+            weights.iter_mut().for_each(|w| *w /= z);
         }
         chosen.into_iter().zip(weights).map(|(e, w)| (e, w * T::of(r.routed_scaling_factor))).collect()
     }

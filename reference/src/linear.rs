@@ -25,12 +25,14 @@ impl<T: Real> Linear<T> {
     }
     /// Y = X Wᵀ + b for rows X [n, in].
     pub fn forward(&self, x: ArrayView2<T>) -> Array2<T> {
-        let y = x.dot(&self.weight.t());
-        let mut y = if y.is_standard_layout() {
-            y
-        } else {
-            y.as_standard_layout().into_owned()
-        };
+        let (n, k, m) = (x.nrows(), x.ncols(), self.out_dim());
+        assert_eq!(k, self.in_dim(), "Linear::forward: input width");
+        let x = x.as_standard_layout();
+        let w = self.weight.as_standard_layout();
+        let mut y = Array2::zeros((n, m));
+        if n > 0 && k > 0 && m > 0 {
+            T::gemm_nt(x.as_slice().expect("standard layout"), w.as_slice().expect("standard layout"), y.as_slice_mut().expect("fresh"), n, k, m);
+        }
         if let Some(b) = &self.bias {
             y += b;
         }

@@ -248,15 +248,31 @@ impl<T: Real> DecoderLayer<T> {
 
     /// The layer with its self-attention replaced by `attention` (a converted one), the rest shared.
     pub fn forward_with(&self, attention: &Attention<T>, h: ArrayView2<T>) -> Result<LayerTrace<T>> {
-        let attention_input = self.input_norm.forward(h);
-        let attention_output = attention.prefill(attention_input.view())?.y;
-        let mid = &h + &attention_output;
-        let output = &mid + &self.mlp.forward(self.post_norm.forward(mid.view()).view());
-        Ok(LayerTrace {
-            attention_input,
-            attention_output,
-            output,
-        })
+        Ok(self.forward_sequences(attention, &[h])?.pop().expect("one sequence"))
+    }
+
+    /// Several independent sequences (each at positions 0..L): attention per sequence, the
+    /// position-free norm and feed-forward on all rows at once (one GEMM instead of one per sequence).
+    pub fn forward_sequences(&self, attention: &Attention<T>, hs: &[ArrayView2<T>]) -> Result<Vec<LayerTrace<T>>> {
+        let mut parts = Vec::with_capacity(hs.len());
+        for h in hs {
+            let attention_input = self.input_norm.forward(*h);
+            let attention_output = attention.prefill(attention_input.view())?.y;
+            parts.push((attention_input, attention_output));
+        }
+        let mids: Vec<Array2<T>> = hs.iter().zip(&parts).map(|(h, (_, ao))| h + ao).collect();
+        let stacked = ndarray::concatenate(ndarray::Axis(0), &mids.iter().map(|m| m.view()).collect::<Vec<_>>()).expect("rows share the hidden size");
+        let out = &stacked + &self.mlp.forward(self.post_norm.forward(stacked.view()).view());
+        let mut start = 0;
+        Ok(parts
+            .into_iter()
+            .zip(hs)
+            .map(|((attention_input, attention_output), h)| {
+                let rows = start..start + h.nrows();
+                start = rows.end;
+                LayerTrace { attention_input, attention_output, output: out.slice(ndarray::s![rows, ..]).to_owned() }
+            })
+            .collect())
     }
 }
 

@@ -171,13 +171,12 @@ struct CalibrationPass {
 /// Run the calibration sequences through `layer` in the chosen precision.
 fn calibration_pass(layer: &DecoderLayer<f64>, h: &[Array2<f64>], precision: CalibrationPrecision) -> Result<CalibrationPass> {
     fn pass<T: crate::real::Real>(layer: &DecoderLayer<T>, h: &[Array2<f64>]) -> Result<CalibrationPass> {
-        let mut out = CalibrationPass { attention_inputs: Vec::with_capacity(h.len()), outputs: Vec::with_capacity(h.len()) };
-        for seq in h {
-            let trace = layer.forward(seq.mapv(T::of).view())?;
-            out.attention_inputs.push(trace.attention_input.mapv(|v| v.f64()));
-            out.outputs.push(trace.output.mapv(|v| v.f64()));
-        }
-        Ok(out)
+        let cast: Vec<Array2<T>> = h.iter().map(|seq| seq.mapv(T::of)).collect();
+        let traces = layer.forward_sequences(&layer.attention, &cast.iter().map(|x| x.view()).collect::<Vec<_>>())?;
+        Ok(CalibrationPass {
+            attention_inputs: traces.iter().map(|t| t.attention_input.mapv(|v| v.f64())).collect(),
+            outputs: traces.into_iter().map(|t| t.output.mapv(|v| v.f64())).collect(),
+        })
     }
     match precision {
         CalibrationPrecision::F32 => pass(&layer.cast::<f32>(), h),

@@ -31,6 +31,8 @@ from safetensors.torch import load_file
 def load_gqla(path, dtype=torch.float32):
     with open(os.path.join(path, "config.json")) as f:
         raw = json.load(f)
+    if raw.get("gqla_sliding_window"):
+        raise NotImplementedError(f"{path}: gqla_sliding_window={raw['gqla_sliding_window']}: HF's DeepSeek-V3 attention has no sliding window")
     config = transformers.AutoConfig.from_pretrained(path)
     config._attn_implementation = "eager"
     config._experts_implementation = "eager"  # grouped_mm has no float64

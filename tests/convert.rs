@@ -23,6 +23,7 @@ fn meta(dir: &Path) -> serde_json::Value {
 #[case::llama_mha_bias("llama_mha_bias", &["--no-truncation"])]
 #[case::qwen2_bias("qwen2", &["--no-truncation"])]
 #[case::llama31_rope_scaling("llama31_rope", &["--no-truncation"])]
+#[case::mistral_sliding_window_f16("mistral", &["--no-truncation"])]
 #[case::mla_deepseek_v3_q_lora("deepseek_v3", &["--groups", "4"])]
 #[case::mla_deepseek_v3_rotate_half_bias("deepseek_v3_plain_rope", &["--groups", "4"])]
 #[case::mla_deepseek_v2_yarn("deepseek_v2_yarn", &["--groups", "4"])]
@@ -259,15 +260,6 @@ mod bad_input {
             &fixture("llama"),
             &["--rope-dim", "40", "--kv-lora-rank", "8", "--freqfold", "1"],
             &["d_r = 40"],
-        );
-    }
-
-    #[test]
-    fn sliding_window_source() {
-        rejected(
-            &fixture("mistral"),
-            &["--rope-dim", "4", "--kv-lora-rank", "8"],
-            &["sliding-window"],
         );
     }
 

@@ -35,9 +35,9 @@ pub fn absorb_queries<T: Real>(w: &LatentWeights<T>, q: &Queries<T>) -> Array3<T
 
 /// (A2) MQA over the latent cache with the last s_q cache rows as the query tokens:
 /// returns (õ [s, H, d_c], LSE [s, H]).
-pub fn mqa_attend<T: Real>(q_tilde: &Array3<T>, cache: &LatentCache<T>, scale: T) -> (Array3<T>, Array2<T>) {
+pub fn mqa_attend<T: Real>(q_tilde: &Array3<T>, cache: &LatentCache<T>, scale: T, window: Option<usize>) -> (Array3<T>, Array2<T>) {
     let (s_q, h, _) = q_tilde.dim();
-    let ranges = causal_ranges(s_q, cache.len(), None);
+    let ranges = causal_ranges(s_q, cache.len(), window);
     let mut out = Array3::zeros((s_q, h, cache.d_c()));
     let mut lse = Array2::zeros((s_q, h));
     for i in 0..h {
@@ -83,7 +83,7 @@ pub fn absorb_decode<T: Real>(w: &LatentWeights<T>, x_new: ArrayView2<T>, cache:
     let start = cache.len();
     cache.append(w.latent(x_new).view(), w.rope_key(x_new, start).view());
     let q_tilde = absorb_queries(w, &w.queries(x_new, start));
-    let (o_latent, lse) = mqa_attend(&q_tilde, cache, T::of(w.scale()));
+    let (o_latent, lse) = mqa_attend(&q_tilde, cache, T::of(w.scale()), w.sliding_window());
     let heads = up_project_values(w, &o_latent);
     Ok(DecodeOutput {
         y: w.output(&heads),

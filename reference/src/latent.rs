@@ -90,6 +90,8 @@ pub struct LatentWeights<T> {
     pub(crate) o_proj: Linear<T>,
     rope: Rope,
     scale: f64,
+    /// Keys older than this many positions are masked (Mistral-style); None: full causal.
+    sliding_window: Option<usize>,
 }
 
 impl<T: Real> LatentWeights<T> {
@@ -156,6 +158,7 @@ impl<T: Real> LatentWeights<T> {
             o_proj,
             rope,
             scale,
+            sliding_window: None,
         })
     }
 
@@ -167,6 +170,17 @@ impl<T: Real> LatentWeights<T> {
     }
     pub fn rope(&self) -> &Rope {
         &self.rope
+    }
+    pub fn sliding_window(&self) -> Option<usize> {
+        self.sliding_window
+    }
+    /// The same layer with a sliding attention window (query t sees keys t − w < u ≤ t).
+    pub fn with_sliding_window(mut self, window: Option<usize>) -> Result<Self> {
+        if window == Some(0) {
+            return Err(Error::Config("sliding_window must be positive".into()));
+        }
+        self.sliding_window = window;
+        Ok(self)
     }
     pub fn scale(&self) -> f64 {
         self.scale
@@ -245,18 +259,10 @@ impl<T: Real> LatentWeights<T> {
 
     /// Replace the geometry after a crate-internal transform changed d_c (shapes are re-checked).
     pub(crate) fn set_dims(&mut self, dims: LatentDims) {
-        self.dims = dims;
-        *self = Self::new(
-            dims,
-            self.query.clone(),
-            self.kv_a.clone(),
-            self.kv_norm.clone(),
-            self.kv_b.clone(),
-            self.o_proj.clone(),
-            self.rope.clone(),
-            Some(self.scale),
-        )
-        .expect("crate-internal transform keeps shapes consistent");
+        let window = self.sliding_window;
+        *self = Self::new(dims, self.query.clone(), self.kv_a.clone(), self.kv_norm.clone(), self.kv_b.clone(), self.o_proj.clone(), self.rope.clone(), Some(self.scale))
+            .and_then(|w| w.with_sliding_window(window))
+            .expect("crate-internal transform keeps shapes consistent");
     }
     pub(crate) fn set_scale(&mut self, scale: f64) {
         self.scale = scale;
@@ -295,6 +301,7 @@ impl<T: Real> LatentWeights<T> {
             o_proj: self.o_proj.rounded(r),
             rope: self.rope.clone(),
             scale: self.scale,
+            sliding_window: self.sliding_window,
         }
     }
 
@@ -323,6 +330,7 @@ impl<T: Real> LatentWeights<T> {
             o_proj: Linear::new(o_w, o_b),
             rope: self.rope.clone(),
             scale: self.scale,
+            sliding_window: self.sliding_window,
         })
     }
 }

@@ -42,8 +42,11 @@ pub fn mla_forward<T: Real>(w: &LatentWeights<T>, x: ArrayView2<T>) -> Result<De
         let q_i = concatenate(Axis(1), &[q.nope.slice(s![.., i, ..]), q.rope.slice(s![.., i, ..])]).expect("query concat");
         let mut scores = q_i.dot(&k_i.t()) * scale;
         for r in 0..n {
-            for c in r + 1..n {
-                scores[[r, c]] = T::neg_infinity();
+            for c in 0..n {
+                let outside_window = w.sliding_window().is_some_and(|win| r >= c + win);
+                if c > r || outside_window {
+                    scores[[r, c]] = T::neg_infinity();
+                }
             }
         }
         for (r, mut row) in scores.axis_iter_mut(Axis(0)).enumerate() {

@@ -22,6 +22,7 @@ use ndarray::{Array1, Array2, ArrayView2};
 
 /// A layer's self-attention, of either family.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // one per layer; the weights themselves are on the heap
 pub enum Attention<T> {
     Gqa(GqaWeights<T>),
     Latent(LatentWeights<T>),

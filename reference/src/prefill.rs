@@ -27,7 +27,7 @@ pub fn prefill<T: Real>(w: &LatentWeights<T>, x: ArrayView2<T>) -> Result<Decode
     let c = w.latent(x);
     let k_r = w.rope_key(x, 0);
     let q = w.queries(x, 0);
-    let ranges = causal_ranges(n, n, None);
+    let ranges = causal_ranges(n, n, w.sliding_window());
     let mut heads = Array3::zeros((n, d.h(), d.d_v()));
     let mut lse = Array2::zeros((n, d.h()));
     for i in 0..d.h() {

@@ -26,6 +26,8 @@ struct Case {
     context: usize,
     s_q: usize,
     tp: usize,
+    /// Sliding attention window (Mistral-style), if any.
+    window: Option<usize>,
     seed: u64,
 }
 
@@ -40,10 +42,10 @@ fn case() -> impl Strategy<Value = Case> {
             any::<bool>(),
             any::<bool>(),
         ),
-        (0usize..=12, 1usize..=4, 0usize..=2, any::<u64>()),
+        (0usize..=12, 1usize..=4, 0usize..=2, prop::option::weighted(0.25, 1usize..=6), any::<u64>()),
     )
         .prop_map(
-            |((g, hpg, d_n, r2, d_v), (d_c, hidden, q_lora, kv_norm, bias, interleaved), (context, s_q, tp_pow, seed))| {
+            |((g, hpg, d_n, r2, d_v), (d_c, hidden, q_lora, kv_norm, bias, interleaved), (context, s_q, tp_pow, window, seed))| {
                 let dims = LatentDims::new(g * hpg, g, d_c, d_n, 2 * r2, d_v).unwrap();
                 // The largest power of two dividing G, capped by 2^tp_pow.
                 let tp = (0..=tp_pow).map(|p| 1usize << p).filter(|t| g % t == 0).max().unwrap();
@@ -66,6 +68,7 @@ fn case() -> impl Strategy<Value = Case> {
                     context,
                     s_q,
                     tp,
+                    window,
                     seed,
                 }
             },
@@ -74,7 +77,7 @@ fn case() -> impl Strategy<Value = Case> {
 
 impl Case {
     fn weights(&self) -> LatentWeights<f64> {
-        latent_layer(self.dims, self.opt, self.seed).unwrap()
+        latent_layer(self.dims, self.opt, self.seed).unwrap().with_sliding_window(self.window).unwrap()
     }
     /// Hidden states of the context followed by the s_q new tokens.
     fn tokens(&self) -> Array2<f64> {
@@ -321,6 +324,8 @@ fn permute(w: &LatentWeights<f64>, head_of: &dyn Fn(usize) -> usize, group_of: &
         w.rope().clone(),
         Some(w.scale()),
     )
+    .unwrap()
+    .with_sliding_window(w.sliding_window())
     .unwrap()
 }
 

@@ -110,6 +110,8 @@ pub struct LatentConfig {
     pub rms_norm_eps: f64,
     /// `gqla_latent_rms_norm` (default true, as in DeepSeek): whether kv_a_layernorm is applied.
     pub latent_norm: bool,
+    /// `gqla_sliding_window`: a Mistral-style attention window carried over by conversion.
+    pub sliding_window: Option<usize>,
     /// `gqla_rope_freqs`: an explicit frequency table θ_l (d_r/2 entries), overriding rope_theta.
     pub rope_freqs: Option<Vec<f64>>,
 }
@@ -291,6 +293,7 @@ impl ModelConfig {
                     rms_norm_eps: j.f64_or("rms_norm_eps", 1e-6)?,
                     latent_norm: j.bool_or("gqla_latent_rms_norm", true)?,
                     rope_freqs: rope_freqs(&j, dims.d_r())?,
+                    sliding_window: j.opt_usize("gqla_sliding_window")?,
                 }
                 .into()
             }

@@ -13,6 +13,7 @@ use std::path::Path;
 
 /// A loaded attention layer.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // a handful of layers, each mostly heap-allocated weights
 pub enum Layer {
     Gqa(GqaWeights<f64>),
     Latent(LatentWeights<f64>),
@@ -177,5 +178,5 @@ fn latent(l: &Loader, c: &LatentConfig, config: &ModelConfig) -> Result<LatentWe
     let kv_b = l.linear("kv_b_proj", d.g() * (d.d_n() + d.d_v()), d.d_c(), false)?.weight;
     let o = l.linear("o_proj", hidden, d.h() * d.d_v(), c.o_bias)?;
     let scale = d.default_scale() * c.rope.deepseek_softmax_factor();
-    LatentWeights::new(d, query, kv_a, kv_norm, kv_b, o, rope, Some(scale))
+    LatentWeights::new(d, query, kv_a, kv_norm, kv_b, o, rope, Some(scale))?.with_sliding_window(c.sliding_window)
 }

@@ -449,6 +449,7 @@ fn output_config(src: &ModelConfig, w: &LatentWeights<f64>, dtype: StorageDtype,
         "gqla_o_bias": o_bias,
         "gqla_source_model_type": format!("{:?}", src.model_type),
         "gqla_conversion": "transgqla",
+        "gqla_sliding_window": w.sliding_window(),
         "gqla_freqfold": opt.layer.freqfold,
     }))
 }

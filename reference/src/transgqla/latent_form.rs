@@ -77,9 +77,6 @@ pub fn latent_form(gqa: &GqaWeights<f64>, map: &KeyMap) -> Result<LatentWeights<
             "TransGQLA expects rotate-half RoPE without an attention factor (HF LLaMA/Qwen2/Mistral)".into(),
         ));
     }
-    if gqa.sliding_window().is_some() {
-        return Err(Error::Config("TransGQLA does not convert sliding-window attention".into()));
-    }
     if map.kept.is_empty() {
         return Err(Error::Config("at least one RoPE pair must be kept".into()));
     }
@@ -138,4 +135,5 @@ pub fn latent_form(gqa: &GqaWeights<f64>, map: &KeyMap) -> Result<LatentWeights<
     let rope = Rope::new(RopeStyle::Interleaved, map.kept.iter().map(|&m| map.freqs[m]).collect())?;
     let dims = LatentDims::new(h, kv, d_c, d, d_r, d)?;
     LatentWeights::new(dims, query, kv_a, None, kv_b, gqa.o_proj().clone(), rope, Some(gqa.scale()))
+        .and_then(|w| w.with_sliding_window(gqa.sliding_window()))
 }

@@ -39,17 +39,7 @@ fn scratch(fixture: &str) -> Scratch {
 
 impl Scratch {
     fn forward(&self) -> Run {
-        gqla(&[
-            "forward",
-            "--checkpoint",
-            self.ckpt.to_str().unwrap(),
-            "--layer",
-            "1",
-            "--input",
-            self.input.to_str().unwrap(),
-            "--output",
-            self.out.to_str().unwrap(),
-        ])
+        crate::common::forward(&self.ckpt, "1", &self.input, &self.out, &[])
     }
     fn weights(&self) -> PathBuf {
         self.ckpt.join("model.safetensors")
@@ -182,17 +172,7 @@ fn missing_shard() {
 #[test]
 fn layer_out_of_range() {
     let s = scratch(FIXTURE);
-    let r = gqla(&[
-        "forward",
-        "--checkpoint",
-        s.ckpt.to_str().unwrap(),
-        "--layer",
-        "9",
-        "--input",
-        s.input.to_str().unwrap(),
-        "--output",
-        s.out.to_str().unwrap(),
-    ]);
+    let r = crate::common::forward(&s.ckpt, "9", &s.input, &s.out, &[]);
     assert_rejected(&r, &s.out, &["config.json", "layer 9", "num_hidden_layers = 2"]);
 }
 

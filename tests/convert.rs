@@ -1,7 +1,7 @@
 //! `gqla convert` (TransGQLA): exact before truncation against HF's own outputs, regression
 //! snapshots, the 28.125% cache measured on a converted LLaMA-3-8B-geometry checkpoint, bad input.
 
-use crate::common::{gqla, read_tensor, rel_err, root, write_random_llama, RawTensor};
+use crate::common::{forward, gqla, read_tensor, rel_err, root, write_random_llama, RawTensor};
 use rstest::rstest;
 use std::path::Path;
 
@@ -39,19 +39,7 @@ fn exact_conversion_reproduces_hf(#[case] name: &str, #[case] args: &[&str]) {
     let (_, want) = read_tensor(&fx.join("layer1.safetensors"), "attn_output");
     for path in ["absorb", "gqa"] {
         let y = tmp.path().join(format!("y_{path}.safetensors"));
-        let f = gqla(&[
-            "forward",
-            "--checkpoint",
-            out.to_str().unwrap(),
-            "--layer",
-            "1",
-            "--input",
-            fx.join("layer1.safetensors").to_str().unwrap(),
-            "--output",
-            y.to_str().unwrap(),
-            "--path",
-            path,
-        ]);
+        let f = forward(&out, "1", &fx.join("layer1.safetensors"), &y, &["--path", path]);
         assert_eq!(f.code, 0, "{}", f.stderr);
         let e = rel_err(&read_tensor(&y, "attn_output").1, &want);
         assert!(e <= 1e-9, "{name} converted, {path} path vs HF source: {e:e}");
@@ -222,7 +210,11 @@ mod bad_input {
 
     #[test]
     fn source_already_gqla() {
-        rejected(&fixture("gqla_g2"), &["--groups", "1"], &["config.json", "already GQLA", "num_key_value_heads = 2"]);
+        rejected(
+            &fixture("gqla_g2"),
+            &["--groups", "1"],
+            &["config.json", "already GQLA", "num_key_value_heads = 2"],
+        );
     }
 
     #[test]
@@ -359,21 +351,38 @@ mod whole_model {
 #[test]
 fn hf_transformers_runs_converted_checkpoints() {
     let python = std::env::var("GQLA_PYTHON").unwrap_or_else(|_| "python3".into());
-    let probe = std::process::Command::new(&python).args(["-c", "import torch, transformers; assert transformers.__version__ == '5.23.0'"]).output();
+    let probe = std::process::Command::new(&python)
+        .args(["-c", "import torch, transformers; assert transformers.__version__ == '5.23.0'"])
+        .output();
     if !probe.is_ok_and(|o| o.status.success()) {
-        eprintln!("SKIPPED hf_transformers_runs_converted_checkpoints: {python} cannot import torch and transformers 5.23.0 (set GQLA_PYTHON)");
+        eprintln!(
+            "SKIPPED hf_transformers_runs_converted_checkpoints: {python} cannot import torch and transformers 5.23.0 (set GQLA_PYTHON)"
+        );
         return;
     }
-    for (name, args) in [("llama", vec!["--no-truncation"]), ("qwen2", vec!["--no-truncation"]), ("deepseek_v3_moe", vec!["--groups", "4"]), ("glm4_moe_lite", vec!["--groups", "4"])] {
+    for (name, args) in [
+        ("llama", vec!["--no-truncation"]),
+        ("qwen2", vec!["--no-truncation"]),
+        ("deepseek_v3_moe", vec!["--groups", "4"]),
+        ("glm4_moe_lite", vec!["--groups", "4"]),
+    ] {
         let fx = root().join("fixtures/hf").join(name).join("checkpoint");
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("c");
         let r = convert(&fx, &out, &[args.as_slice(), &["--dtype", "f64"]].concat());
         assert_eq!(r.code, 0, "{}", r.stderr);
-        let run = std::process::Command::new(&python).arg(root().join("examples/hf_load_gqla.py")).arg(&out).arg(&fx).output().unwrap();
+        let run = std::process::Command::new(&python)
+            .arg(root().join("examples/hf_load_gqla.py"))
+            .arg(&out)
+            .arg(&fx)
+            .output()
+            .unwrap();
         let stdout = String::from_utf8_lossy(&run.stdout);
         assert!(run.status.success(), "{name}: {}", String::from_utf8_lossy(&run.stderr));
         let diff: f64 = stdout.trim().rsplit(' ').next().unwrap().parse().unwrap();
-        assert!(diff <= 1e-12, "{name}: HF logits of the converted model differ from the source's by {diff:e}");
+        assert!(
+            diff <= 1e-12,
+            "{name}: HF logits of the converted model differ from the source's by {diff:e}"
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! `gqla forward` reproduces HF transformers' self-attention outputs (fixtures/make_hf_fixtures.py).
 
-use crate::common::{gqla, read_tensor, rel_err, root};
+use crate::common::{forward, read_tensor, rel_err, root};
 use rstest::rstest;
 
 /// Each fixture, and whether it has the two GQLA paths (MLA/GQLA) or one (GQA).
@@ -32,25 +32,11 @@ fn forward_matches_hf(#[case] name: &str, #[case] latent: bool) {
         for layout in ["once", "per-group"] {
             for (dtype, tol) in [("f64", 1e-10), ("f32", 1e-4)] {
                 let out = tmp.path().join("y.safetensors");
-                let mut args = vec![
-                    "forward",
-                    "--checkpoint",
-                    ckpt.to_str().unwrap(),
-                    "--layer",
-                    &layer,
-                    "--input",
-                    io.to_str().unwrap(),
-                    "--output",
-                    out.to_str().unwrap(),
-                    "--dtype",
-                    dtype,
-                    "--layout",
-                    layout,
-                ];
+                let mut extra = vec!["--dtype", dtype, "--layout", layout];
                 if let Some(p) = path {
-                    args.extend(["--path", p]);
+                    extra.extend(["--path", p]);
                 }
-                let r = gqla(&args);
+                let r = forward(&ckpt, &layer, &io, &out, &extra);
                 assert_eq!(r.code, 0, "{name} {path:?}: {}", r.stderr);
                 let (got_shape, got) = read_tensor(&out, "attn_output");
                 assert_eq!(got_shape, shape);
@@ -69,19 +55,13 @@ fn gqa_checkpoint_has_no_absorb_path() {
     let dir = root().join("fixtures/hf/llama");
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("y.safetensors");
-    let r = gqla(&[
-        "forward",
-        "--checkpoint",
-        dir.join("checkpoint").to_str().unwrap(),
-        "--layer",
+    let r = forward(
+        &dir.join("checkpoint"),
         "1",
-        "--input",
-        dir.join("layer1.safetensors").to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--path",
-        "absorb",
-    ]);
+        &dir.join("layer1.safetensors"),
+        &out,
+        &["--path", "absorb"],
+    );
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("no absorb path"), "{}", r.stderr);
     assert!(!out.exists());

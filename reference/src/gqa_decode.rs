@@ -19,7 +19,13 @@ use ndarray::{concatenate, s, Array2, Array3, ArrayView2, Axis};
 
 /// (G2) GQA attention of the last s_q cache rows: queries of H_l heads, `heads_per_group` per local
 /// group of `cache`. Returns (o [s, H_l, d_v], LSE [s, H_l]).
-pub fn gqa_attend<T: Real>(q: &Queries<T>, cache: &GroupCache<T>, scale: T, heads_per_group: usize, window: Option<usize>) -> (Array3<T>, Array2<T>) {
+pub fn gqa_attend<T: Real>(
+    q: &Queries<T>,
+    cache: &GroupCache<T>,
+    scale: T,
+    heads_per_group: usize,
+    window: Option<usize>,
+) -> (Array3<T>, Array2<T>) {
     let (s_q, h, _) = q.nope.dim();
     assert_eq!(
         h,
@@ -64,7 +70,13 @@ pub fn gqa_decode<T: Real>(w: &LatentWeights<T>, x_new: ArrayView2<T>, cache: &m
     let c = w.latent(x_new);
     let (k, v) = expand_rows(w, c.view());
     cache.append(k.view(), v.view(), w.rope_key(x_new, start).view());
-    let (heads, lse) = gqa_attend(&w.queries(x_new, start), cache, T::of(w.scale()), d.heads_per_group(), w.sliding_window());
+    let (heads, lse) = gqa_attend(
+        &w.queries(x_new, start),
+        cache,
+        T::of(w.scale()),
+        d.heads_per_group(),
+        w.sliding_window(),
+    );
     Ok(DecodeOutput {
         y: w.output(&heads),
         heads,

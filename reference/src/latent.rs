@@ -260,9 +260,18 @@ impl<T: Real> LatentWeights<T> {
     /// Replace the geometry after a crate-internal transform changed d_c (shapes are re-checked).
     pub(crate) fn set_dims(&mut self, dims: LatentDims) {
         let window = self.sliding_window;
-        *self = Self::new(dims, self.query.clone(), self.kv_a.clone(), self.kv_norm.clone(), self.kv_b.clone(), self.o_proj.clone(), self.rope.clone(), Some(self.scale))
-            .and_then(|w| w.with_sliding_window(window))
-            .expect("crate-internal transform keeps shapes consistent");
+        *self = Self::new(
+            dims,
+            self.query.clone(),
+            self.kv_a.clone(),
+            self.kv_norm.clone(),
+            self.kv_b.clone(),
+            self.o_proj.clone(),
+            self.rope.clone(),
+            Some(self.scale),
+        )
+        .and_then(|w| w.with_sliding_window(window))
+        .expect("crate-internal transform keeps shapes consistent");
     }
     pub(crate) fn set_scale(&mut self, scale: f64) {
         self.scale = scale;

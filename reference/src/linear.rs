@@ -31,7 +31,14 @@ impl<T: Real> Linear<T> {
         let w = self.weight.as_standard_layout();
         let mut y = Array2::zeros((n, m));
         if n > 0 && k > 0 && m > 0 {
-            T::gemm_nt(x.as_slice().expect("standard layout"), w.as_slice().expect("standard layout"), y.as_slice_mut().expect("fresh"), n, k, m);
+            T::gemm_nt(
+                x.as_slice().expect("standard layout"),
+                w.as_slice().expect("standard layout"),
+                y.as_slice_mut().expect("fresh"),
+                n,
+                k,
+                m,
+            );
         }
         if let Some(b) = &self.bias {
             y += b;

@@ -55,7 +55,11 @@ pub struct Mlp<T> {
 
 impl<T: Real> Mlp<T> {
     pub fn cast<U: Real>(&self) -> Mlp<U> {
-        Mlp { gate: self.gate.cast(), up: self.up.cast(), down: self.down.cast() }
+        Mlp {
+            gate: self.gate.cast(),
+            up: self.up.cast(),
+            down: self.down.cast(),
+        }
     }
 
     /// W_down (silu(W_gate u) ⊙ W_up u), silu(z) = z / (1 + e^{−z}).
@@ -152,7 +156,11 @@ impl<T: Real> Moe<T> {
             let z = weights.iter().copied().sum::<T>() + T::of(1e-20);
             weights.iter_mut().for_each(|w| *w /= z);
         }
-        chosen.into_iter().zip(weights).map(|(e, w)| (e, w * T::of(r.routed_scaling_factor))).collect()
+        chosen
+            .into_iter()
+            .zip(weights)
+            .map(|(e, w)| (e, w * T::of(r.routed_scaling_factor)))
+            .collect()
     }
 
     /// F(u) for rows u [T, hidden].
@@ -262,7 +270,8 @@ impl<T: Real> DecoderLayer<T> {
             parts.push((attention_input, attention_output));
         }
         let mids: Vec<Array2<T>> = hs.iter().zip(&parts).map(|(h, (_, ao))| h + ao).collect();
-        let stacked = ndarray::concatenate(ndarray::Axis(0), &mids.iter().map(|m| m.view()).collect::<Vec<_>>()).expect("rows share the hidden size");
+        let stacked =
+            ndarray::concatenate(ndarray::Axis(0), &mids.iter().map(|m| m.view()).collect::<Vec<_>>()).expect("rows share the hidden size");
         let out = &stacked + &self.mlp.forward(self.post_norm.forward(stacked.view()).view());
         let mut start = 0;
         Ok(parts
@@ -271,7 +280,11 @@ impl<T: Real> DecoderLayer<T> {
             .map(|((attention_input, attention_output), h)| {
                 let rows = start..start + h.nrows();
                 start = rows.end;
-                LayerTrace { attention_input, attention_output, output: out.slice(ndarray::s![rows, ..]).to_owned() }
+                LayerTrace {
+                    attention_input,
+                    attention_output,
+                    output: out.slice(ndarray::s![rows, ..]).to_owned(),
+                }
             })
             .collect())
     }

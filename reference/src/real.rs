@@ -35,7 +35,14 @@ pub trait Real:
     fn gemm_nt(x: &[Self], w: &[Self], y: &mut [Self], n: usize, k: usize, m: usize);
 }
 
-fn faer_gemm_nt<T: faer::traits::ComplexField + Copy + num_traits::Zero + num_traits::One>(x: &[T], w: &[T], y: &mut [T], n: usize, k: usize, m: usize) {
+fn faer_gemm_nt<T: faer::traits::ComplexField + Copy + num_traits::Zero + num_traits::One>(
+    x: &[T],
+    w: &[T],
+    y: &mut [T],
+    n: usize,
+    k: usize,
+    m: usize,
+) {
     let xm = faer::MatRef::from_row_major_slice(x, n, k);
     let wt = faer::MatRef::from_column_major_slice(w, k, m);
     let ym = faer::MatMut::from_row_major_slice_mut(y, n, m);

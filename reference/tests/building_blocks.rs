@@ -118,11 +118,23 @@ mod moe_routing {
 
     /// A 4-expert MoE in 2 groups whose router is the identity: the logits are the input.
     fn moe(scoring: Scoring, group_score: GroupScore, bias: Option<Array1<f64>>, norm: bool) -> Moe<f64> {
-        let expert = |k: f64| Mlp { gate: Linear::new(Array2::eye(4) * k, None), up: Linear::new(Array2::eye(4), None), down: Linear::new(Array2::eye(4), None) };
+        let expert = |k: f64| Mlp {
+            gate: Linear::new(Array2::eye(4) * k, None),
+            up: Linear::new(Array2::eye(4), None),
+            down: Linear::new(Array2::eye(4), None),
+        };
         Moe {
             router: Array2::eye(4),
             selection_bias: bias,
-            routing: Routing { scoring, group_score, top_k: 1, n_group: 2, topk_group: 1, norm_topk_prob: norm, routed_scaling_factor: 2.0 },
+            routing: Routing {
+                scoring,
+                group_score,
+                top_k: 1,
+                n_group: 2,
+                topk_group: 1,
+                norm_topk_prob: norm,
+                routed_scaling_factor: 2.0,
+            },
             experts: (0..4).map(|e| expert(e as f64 + 1.0)).collect(),
             shared: None,
         }

@@ -42,7 +42,13 @@ fn case() -> impl Strategy<Value = Case> {
             any::<bool>(),
             any::<bool>(),
         ),
-        (0usize..=12, 1usize..=4, 0usize..=2, prop::option::weighted(0.25, 1usize..=6), any::<u64>()),
+        (
+            0usize..=12,
+            1usize..=4,
+            0usize..=2,
+            prop::option::weighted(0.25, 1usize..=6),
+            any::<u64>(),
+        ),
     )
         .prop_map(
             |((g, hpg, d_n, r2, d_v), (d_c, hidden, q_lora, kv_norm, bias, interleaved), (context, s_q, tp_pow, window, seed))| {
@@ -77,7 +83,10 @@ fn case() -> impl Strategy<Value = Case> {
 
 impl Case {
     fn weights(&self) -> LatentWeights<f64> {
-        latent_layer(self.dims, self.opt, self.seed).unwrap().with_sliding_window(self.window).unwrap()
+        latent_layer(self.dims, self.opt, self.seed)
+            .unwrap()
+            .with_sliding_window(self.window)
+            .unwrap()
     }
     /// Hidden states of the context followed by the s_q new tokens.
     fn tokens(&self) -> Array2<f64> {

@@ -198,7 +198,12 @@ mod mla_to_gqla {
 
     fn layer(g: usize, per: usize, d_n: usize, d_v: usize, q_lora: bool, bias: bool, seed: u64) -> LatentWeights<f64> {
         let dims = LatentDims::new(g * per, g, 12, d_n, 4, d_v).unwrap();
-        let opt = LatentOptions { hidden: 20, q_lora_rank: q_lora.then_some(10), bias, ..LatentOptions::default() };
+        let opt = LatentOptions {
+            hidden: 20,
+            q_lora_rank: q_lora.then_some(10),
+            bias,
+            ..LatentOptions::default()
+        };
         latent_layer(dims, opt, seed).unwrap()
     }
 
@@ -238,7 +243,10 @@ mod mla_to_gqla {
     fn fewer_groups_keep_less() {
         let mla = layer(8, 1, 6, 6, false, false, 5);
         let cal = hidden_states(64, 20, 6);
-        let kept: Vec<f64> = [8, 4, 2, 1].iter().map(|&g| group_pca(&mla, g, cal.view()).unwrap().1.key_energy_kept).collect();
+        let kept: Vec<f64> = [8, 4, 2, 1]
+            .iter()
+            .map(|&g| group_pca(&mla, g, cal.view()).unwrap().1.key_energy_kept)
+            .collect();
         assert!(kept.windows(2).all(|w| w[1] <= w[0] + 1e-12), "{kept:?}");
         assert!(kept[3] < 0.99, "{kept:?}");
     }

@@ -35,14 +35,26 @@ enum Which {
 
 pub fn run(a: Args) -> Result<(), CliError> {
     match a.which {
-        Which::Convert { kv_lora_rank, rope_dim, calib_sequences, calib_tokens, vocab } => convert(kv_lora_rank, rope_dim, calib_sequences, calib_tokens, vocab),
+        Which::Convert {
+            kv_lora_rank,
+            rope_dim,
+            calib_sequences,
+            calib_tokens,
+            vocab,
+        } => convert(kv_lora_rank, rope_dim, calib_sequences, calib_tokens, vocab),
     }
 }
 
 /// Peak resident memory of this process (Linux VmHWM), in MiB.
 fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
     Some(kb / 1024.0)
 }
 
@@ -52,18 +64,30 @@ fn reset_peak_rss() -> bool {
 }
 
 fn convert(kv_lora_rank: usize, rope_dim: usize, calib_sequences: usize, calib_tokens: usize, vocab: usize) -> Result<(), CliError> {
-    let g = LlamaGeometry { vocab, ..LlamaGeometry::llama3_8b(2) };
+    let g = LlamaGeometry {
+        vocab,
+        ..LlamaGeometry::llama3_8b(2)
+    };
     let tmp = std::env::temp_dir().join(format!("gqla-bench-convert-{}", std::process::id()));
     let (src, out) = (tmp.join("src"), tmp.join("out"));
     let t = Instant::now();
     write_random_llama(&src, g, 1)?;
     let write_s = t.elapsed().as_secs_f64();
-    let freqfold = smallest_freqfold(g.head_dim / 2, g.kv_heads, rope_dim / 2).ok_or_else(|| CliError::Usage(format!("--rope-dim {rope_dim} fits no freqfold")))?;
+    let freqfold = smallest_freqfold(g.head_dim / 2, g.kv_heads, rope_dim / 2)
+        .ok_or_else(|| CliError::Usage(format!("--rope-dim {rope_dim} fits no freqfold")))?;
     let opt = CheckpointOptions {
         groups: None,
-        layer: ConvertOptions { rope_dim: Some(rope_dim), kv_rank: Some(kv_lora_rank), freqfold },
+        layer: ConvertOptions {
+            rope_dim: Some(rope_dim),
+            kv_rank: Some(kv_lora_rank),
+            freqfold,
+        },
         dtype: None,
-        calibration: Calibration::Random { sequences: calib_sequences, tokens: calib_tokens, seed: 0 },
+        calibration: Calibration::Random {
+            sequences: calib_sequences,
+            tokens: calib_tokens,
+            seed: 0,
+        },
         calibration_precision: Default::default(),
     };
     let reset = reset_peak_rss();
@@ -88,7 +112,11 @@ fn convert(kv_lora_rank: usize, rope_dim: usize, calib_sequences: usize, calib_t
         (Some(p), false) => println!("{:<44} {:>8.0}MiB", "peak resident memory (whole process)", p),
         (None, _) => println!("{:<44} {:>10}", "peak resident memory", "n/a"),
     }
-    println!("{:<44} {:>9.1}s", "estimate, 32 layers (fixed + 32 x per layer)", fixed + 32.0 * per_layer);
+    println!(
+        "{:<44} {:>9.1}s",
+        "estimate, 32 layers (fixed + 32 x per layer)",
+        fixed + 32.0 * per_layer
+    );
     println!("(the estimate leaves out hashing and reading a real 16 GB checkpoint, which a 2-layer source is too small to show)");
     Ok(())
 }

@@ -3,7 +3,9 @@
 use super::CliError;
 use gqla_reference::hf::config::{AttentionConfig, StorageDtype};
 use gqla_reference::hf::ModelConfig;
-use gqla_reference::transgqla::checkpoint::{convert_checkpoint, Calibration, CalibrationPrecision, CheckpointOptions, ConversionReport, LayerConversion, LayerRow};
+use gqla_reference::transgqla::checkpoint::{
+    convert_checkpoint, Calibration, CalibrationPrecision, CheckpointOptions, ConversionReport, LayerConversion, LayerRow,
+};
 use gqla_reference::transgqla::rorope::smallest_freqfold;
 use gqla_reference::transgqla::ConvertOptions;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -102,7 +104,13 @@ pub fn run(a: Args) -> Result<(), CliError> {
         PrecisionArg::F32 => CalibrationPrecision::F32,
         PrecisionArg::F64 => CalibrationPrecision::F64,
     };
-    let opt = CheckpointOptions { groups: a.groups, layer, dtype, calibration, calibration_precision };
+    let opt = CheckpointOptions {
+        groups: a.groups,
+        layer,
+        dtype,
+        calibration,
+        calibration_precision,
+    };
     let bar = ProgressBar::new(config.num_layers as u64);
     bar.set_style(ProgressStyle::with_template("converting {bar:30} {pos}/{len} layers {msg} [{elapsed}]").expect("valid template"));
     let report = convert_checkpoint(&a.input, &a.output, &opt, &mut |row: &LayerRow| {
@@ -146,7 +154,11 @@ fn table(r: &ConversionReport) -> String {
         match &row.report {
             LayerConversion::TransGqla(p) => {
                 if row.layer == 0 {
-                    let _ = writeln!(s, "{:>5} {:>8} {:>9} {:>13} {:>10} {:>13}", "layer", "freqfold", "rope kept", "alpha", "kv kept", "attn rel err");
+                    let _ = writeln!(
+                        s,
+                        "{:>5} {:>8} {:>9} {:>13} {:>10} {:>13}",
+                        "layer", "freqfold", "rope kept", "alpha", "kv kept", "attn rel err"
+                    );
                 }
                 let _ = writeln!(
                     s,
@@ -161,13 +173,29 @@ fn table(r: &ConversionReport) -> String {
             }
             LayerConversion::GroupPca(p) => {
                 if row.layer == 0 {
-                    let _ = writeln!(s, "{:>5} {:>7} {:>10} {:>12} {:>13}", "layer", "groups", "keys kept", "values kept", "attn rel err");
+                    let _ = writeln!(
+                        s,
+                        "{:>5} {:>7} {:>10} {:>12} {:>13}",
+                        "layer", "groups", "keys kept", "values kept", "attn rel err"
+                    );
                 }
-                let _ = writeln!(s, "{:>5} {:>7} {:>9.4}% {:>11.4}% {:>13.4e}", row.layer, p.groups, 100.0 * p.key_energy_kept, 100.0 * p.value_energy_kept, row.held_out_attention_rel_err);
+                let _ = writeln!(
+                    s,
+                    "{:>5} {:>7} {:>9.4}% {:>11.4}% {:>13.4e}",
+                    row.layer,
+                    p.groups,
+                    100.0 * p.key_energy_kept,
+                    100.0 * p.value_energy_kept,
+                    row.held_out_attention_rel_err
+                );
             }
         }
     }
-    let _ = writeln!(s, "held-out KL(source || converted): {:.6e} nats/token; logits rel err {:.4e}", r.held_out_kl, r.held_out_logits_rel_err);
+    let _ = writeln!(
+        s,
+        "held-out KL(source || converted): {:.6e} nats/token; logits rel err {:.4e}",
+        r.held_out_kl, r.held_out_logits_rel_err
+    );
     let _ = writeln!(
         s,
         "cache per token per layer (measured): source {} -> absorb {} ({:.3}%), gqa path {}",

@@ -93,7 +93,47 @@ pub fn write_all(path: &Path, tensors: &std::collections::BTreeMap<String, RawTe
 
 /// Write a random bf16 LLaMA checkpoint to `dir` (see `gqla_reference::hf::synthetic`).
 #[allow(clippy::too_many_arguments)]
-pub fn write_random_llama(dir: &Path, hidden: usize, heads: usize, kv_heads: usize, head_dim: usize, intermediate: usize, vocab: usize, layers: usize, seed: u64) {
+pub fn write_random_llama(
+    dir: &Path,
+    hidden: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    intermediate: usize,
+    vocab: usize,
+    layers: usize,
+    seed: u64,
+) {
     use gqla_reference::hf::synthetic::{write_random_llama, LlamaGeometry};
-    write_random_llama(dir, LlamaGeometry { hidden, heads, kv_heads, head_dim, intermediate, vocab, layers }, seed).unwrap();
+    write_random_llama(
+        dir,
+        LlamaGeometry {
+            hidden,
+            heads,
+            kv_heads,
+            head_dim,
+            intermediate,
+            vocab,
+            layers,
+        },
+        seed,
+    )
+    .unwrap();
+}
+
+/// `gqla forward` on `checkpoint`'s layer `layer` with hidden states `input`, writing `output`.
+pub fn forward(checkpoint: &Path, layer: &str, input: &Path, output: &Path, extra: &[&str]) -> Run {
+    let mut args = vec![
+        "forward",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "--layer",
+        layer,
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    gqla(&args)
 }

@@ -222,7 +222,12 @@ impl ModelConfig {
             Some("deepseek_v2") => ModelType::DeepseekV2,
             Some("deepseek_v3") => ModelType::DeepseekV3,
             Some("glm4_moe_lite") => ModelType::Glm4MoeLite,
-            _ => return Err(j.err("model_type", "one of llama, qwen2, mistral, deepseek_v2, deepseek_v3, glm4_moe_lite")),
+            _ => {
+                return Err(j.err(
+                    "model_type",
+                    "one of llama, qwen2, mistral, deepseek_v2, deepseek_v3, glm4_moe_lite",
+                ))
+            }
         };
         let hidden_size = j.usize("hidden_size")?;
         let num_layers = j.usize("num_hidden_layers")?;
@@ -441,7 +446,10 @@ fn moe_config(j: &Json, model_type: ModelType, layers: usize) -> Result<Option<M
         (false, _) => GroupScore::SumTop2,
     };
     if !experts.is_multiple_of(n_group) || topk_group > n_group {
-        return Err(j.err("n_group", &format!("a divisor of n_routed_experts = {experts} with topk_group ≤ n_group")));
+        return Err(j.err(
+            "n_group",
+            &format!("a divisor of n_routed_experts = {experts} with topk_group ≤ n_group"),
+        ));
     }
     let top_k = j.usize("num_experts_per_tok")?;
     if top_k == 0 || top_k > experts {

@@ -92,7 +92,10 @@ impl Checkpoint {
             Layer::Latent(w) => Attention::Latent(w),
         };
         let (hidden, inter, eps) = (self.config.hidden_size, self.config.intermediate_size, self.config.rms_norm_eps);
-        let l = Loader { store: &self.store, prefix: format!("model.layers.{layer}") };
+        let l = Loader {
+            store: &self.store,
+            prefix: format!("model.layers.{layer}"),
+        };
         let mlp = |prefix: &str, inter: usize| -> Result<Mlp<f64>> {
             Ok(Mlp {
                 gate: l.linear(&format!("{prefix}.gate_proj"), inter, hidden, false)?,
@@ -103,14 +106,34 @@ impl Checkpoint {
         let feed_forward = match self.config.moe.as_ref().filter(|_| self.config.is_sparse(layer)) {
             None => FeedForward::Dense(mlp("mlp", inter)?),
             Some(m) => FeedForward::Moe(Moe {
-                router: self.store.get2(&format!("model.layers.{layer}.mlp.gate.weight"), m.experts, hidden)?,
-                selection_bias: if m.selection_bias { Some(self.store.get1(&format!("model.layers.{layer}.mlp.gate.e_score_correction_bias"), m.experts)?) } else { None },
+                router: self
+                    .store
+                    .get2(&format!("model.layers.{layer}.mlp.gate.weight"), m.experts, hidden)?,
+                selection_bias: if m.selection_bias {
+                    Some(
+                        self.store
+                            .get1(&format!("model.layers.{layer}.mlp.gate.e_score_correction_bias"), m.experts)?,
+                    )
+                } else {
+                    None
+                },
                 routing: m.routing.clone(),
-                experts: (0..m.experts).map(|e| mlp(&format!("mlp.experts.{e}"), m.moe_intermediate_size)).collect::<Result<_>>()?,
-                shared: if m.shared_experts > 0 { Some(mlp("mlp.shared_experts", m.moe_intermediate_size * m.shared_experts)?) } else { None },
+                experts: (0..m.experts)
+                    .map(|e| mlp(&format!("mlp.experts.{e}"), m.moe_intermediate_size))
+                    .collect::<Result<_>>()?,
+                shared: if m.shared_experts > 0 {
+                    Some(mlp("mlp.shared_experts", m.moe_intermediate_size * m.shared_experts)?)
+                } else {
+                    None
+                },
             }),
         };
-        Ok(DecoderLayer { input_norm: l.norm("input_layernorm", hidden, eps)?, attention, post_norm: l.norm("post_attention_layernorm", hidden, eps)?, mlp: feed_forward })
+        Ok(DecoderLayer {
+            input_norm: l.norm("input_layernorm", hidden, eps)?,
+            attention,
+            post_norm: l.norm("post_attention_layernorm", hidden, eps)?,
+            mlp: feed_forward,
+        })
     }
 
     /// The token embedding table [vocab, hidden].

@@ -22,7 +22,15 @@ impl LlamaGeometry {
     /// LLaMA-3-8B's attention geometry (hidden 4096, 32/8 heads, head dim 128, MLP 14336) with
     /// `layers` layers and a small vocabulary.
     pub fn llama3_8b(layers: usize) -> Self {
-        Self { hidden: 4096, heads: 32, kv_heads: 8, head_dim: 128, intermediate: 14336, vocab: 1024, layers }
+        Self {
+            hidden: 4096,
+            heads: 32,
+            kv_heads: 8,
+            head_dim: 128,
+            intermediate: 14336,
+            vocab: 1024,
+            layers,
+        }
     }
 }
 

@@ -113,7 +113,11 @@ impl TensorStore {
         let file = &self.files[*self.index.get(name)?];
         let st = file.tensors();
         let view = st.tensor(name).ok()?;
-        Some(RawTensor { dtype: view.dtype(), shape: view.shape().to_vec(), bytes: view.data().to_vec() })
+        Some(RawTensor {
+            dtype: view.dtype(),
+            shape: view.shape().to_vec(),
+            bytes: view.data().to_vec(),
+        })
     }
 
     /// The files this store reads, in the order opened (shards sorted by name).

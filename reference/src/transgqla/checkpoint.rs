@@ -113,13 +113,17 @@ pub fn convert_checkpoint(
         AttentionConfig::Gqa(c) => {
             let kv = c.dims.kv();
             if let Some(g) = opt.groups.filter(|&g| g != kv) {
-                return Err(Error::Config(format!("GQA → GQLA keeps one group per kv head: --groups must be {kv} (num_key_value_heads), got {g}")));
+                return Err(Error::Config(format!(
+                    "GQA → GQLA keeps one group per kv head: --groups must be {kv} (num_key_value_heads), got {g}"
+                )));
             }
         }
         AttentionConfig::Latent(c) => {
             let h = c.dims.h();
             let Some(g) = opt.groups else {
-                return Err(Error::Config(format!("MLA → GQLA needs --groups G (a divisor of the {h} query heads)")));
+                return Err(Error::Config(format!(
+                    "MLA → GQLA needs --groups G (a divisor of the {h} query heads)"
+                )));
             };
             if !c.dims.is_mla() {
                 return Err(Error::file(&config.path, format!("the source is already GQLA (num_key_value_heads = {}); per-group PCA takes an MLA source (num_key_value_heads = num_attention_heads = {h})", c.dims.g())));
@@ -207,7 +211,11 @@ fn calibration_ids(cal: &Calibration, config: &ModelConfig) -> Result<(Ids, Ids,
             if *sequences == 0 || *tokens == 0 {
                 return Err(Error::Config("random calibration needs at least one sequence of one token".into()));
             }
-            Ok((random(*sequences, *tokens, *seed), random(1, (*tokens).min(HELD_OUT_TOKENS), seed.wrapping_add(1)), true))
+            Ok((
+                random(*sequences, *tokens, *seed),
+                random(1, (*tokens).min(HELD_OUT_TOKENS), seed.wrapping_add(1)),
+                true,
+            ))
         }
     }
 }
@@ -286,11 +294,19 @@ fn convert_into(
     let (vocab, hidden) = (config.vocab_size, config.hidden_size);
     let copy_or = |name: &str, make: &dyn Fn() -> Result<RawTensor>| -> Result<(String, RawTensor)> {
         let copied = ckpt.store.raw(name).filter(|t| t.dtype == dtype.safetensors());
-        Ok((name.to_string(), match copied { Some(t) => t, None => make()? }))
+        Ok((
+            name.to_string(),
+            match copied {
+                Some(t) => t,
+                None => make()?,
+            },
+        ))
     };
     let mut tail = vec![
         copy_or("model.embed_tokens.weight", &|| Ok(encode(dtype, &ckpt.embedding()?)))?,
-        copy_or("model.norm.weight", &|| Ok(RawTensor::encode(dtype, vec![hidden], head.norm.weight.iter().copied())))?,
+        copy_or("model.norm.weight", &|| {
+            Ok(RawTensor::encode(dtype, vec![hidden], head.norm.weight.iter().copied()))
+        })?,
     ];
     if !config.tie_word_embeddings {
         tail.push(copy_or("lm_head.weight", &|| Ok(encode(dtype, &head.lm_head.weight)))?);
@@ -343,7 +359,15 @@ fn changed_by(source: &Attention<f64>) -> Vec<&'static str> {
 /// The DeepSeek-V3-layout tensors of layer `i` with its attention converted to `w`. Tensors not in
 /// `changed` are copied byte for byte from the source when the output dtype is the stored one.
 #[allow(clippy::too_many_arguments)]
-fn layer_tensors(i: usize, source: &TensorStore, source_dtype: StorageDtype, layer: &DecoderLayer<f64>, w: &LatentWeights<f64>, dtype: StorageDtype, changed: &[&str]) -> Vec<(String, RawTensor)> {
+fn layer_tensors(
+    i: usize,
+    source: &TensorStore,
+    source_dtype: StorageDtype,
+    layer: &DecoderLayer<f64>,
+    w: &LatentWeights<f64>,
+    dtype: StorageDtype,
+    changed: &[&str],
+) -> Vec<(String, RawTensor)> {
     fn push_linear<'a>(params: &mut Vec<(String, ArrayViewD<'a, f64>)>, name: &str, l: &'a Linear<f64>) {
         params.push((format!("{name}.weight"), l.weight.view().into_dyn()));
         if let Some(b) = &l.bias {

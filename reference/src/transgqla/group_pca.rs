@@ -38,7 +38,11 @@ fn top_directions(z: &Array2<f64>, k: usize) -> Result<(Array2<f64>, f64)> {
 pub fn group_pca(w: &LatentWeights<f64>, groups: usize, x: ArrayView2<f64>) -> Result<(LatentWeights<f64>, GroupPcaReport)> {
     let d = w.dims();
     if !d.is_mla() {
-        return Err(Error::Config(format!("per-group PCA takes an MLA layer (G = H), got H={} G={}", d.h(), d.g())));
+        return Err(Error::Config(format!(
+            "per-group PCA takes an MLA layer (G = H), got H={} G={}",
+            d.h(),
+            d.g()
+        )));
     }
     let dims = LatentDims::new(d.h(), groups, d.d_c(), d.d_n(), d.d_r(), d.d_v())?;
     let gs = dims.heads_per_group();
@@ -78,6 +82,22 @@ pub fn group_pca(w: &LatentWeights<f64>, groups: usize, x: ArrayView2<f64>) -> R
             o.weight.slice_mut(cols).assign(&mixed);
         }
     }
-    let out = LatentWeights::new(dims, query, w.kv_a().clone(), w.kv_norm().cloned(), kv_b, o, w.rope().clone(), Some(w.scale()))?;
-    Ok((out, GroupPcaReport { groups, key_energy_kept: key_kept, value_energy_kept: value_kept }))
+    let out = LatentWeights::new(
+        dims,
+        query,
+        w.kv_a().clone(),
+        w.kv_norm().cloned(),
+        kv_b,
+        o,
+        w.rope().clone(),
+        Some(w.scale()),
+    )?;
+    Ok((
+        out,
+        GroupPcaReport {
+            groups,
+            key_energy_kept: key_kept,
+            value_energy_kept: value_kept,
+        },
+    ))
 }

@@ -27,7 +27,10 @@ pub fn principal_directions(c: &Array2<f64>, rank: usize) -> Result<(Array2<f64>
         (r, values.iter().take(rank).map(|v| v.max(0.0)).sum::<f64>())
     } else {
         let (values, vectors) = symmetric_eigen_desc(&c.t().dot(c))?;
-        (vectors.slice(s![.., ..rank]).to_owned(), values.iter().take(rank).map(|v| v.max(0.0)).sum::<f64>())
+        (
+            vectors.slice(s![.., ..rank]).to_owned(),
+            values.iter().take(rank).map(|v| v.max(0.0)).sum::<f64>(),
+        )
     };
     Ok((r, if total > 0.0 { (kept / total).min(1.0) } else { 1.0 }))
 }
@@ -37,7 +40,10 @@ pub fn principal_directions(c: &Array2<f64>, rank: usize) -> Result<(Array2<f64>
 pub fn joint_pca(w: &LatentWeights<f64>, rank: usize, c: &Array2<f64>) -> Result<(LatentWeights<f64>, f64)> {
     let d = w.dims();
     if rank == 0 || rank > d.d_c() {
-        return Err(Error::Config(format!("kv rank {rank} must be between 1 and the full latent dim {}", d.d_c())));
+        return Err(Error::Config(format!(
+            "kv rank {rank} must be between 1 and the full latent dim {}",
+            d.d_c()
+        )));
     }
     let (r, kept) = principal_directions(c, rank)?;
     let mut out = w.clone();

@@ -68,17 +68,42 @@ pub struct Stages {
 pub fn convert_stages(gqa: &GqaWeights<f64>, sequences: &[ArrayView2<f64>], opt: ConvertOptions) -> Result<(Stages, LayerReport)> {
     let (output, report, stages) = run(gqa, sequences, opt, true)?;
     let s = stages.expect("kept");
-    Ok((Stages { latent_form: s.0, rorope: s.1, partial_rope: s.2, balanced: s.3, pca: s.4, output }, report))
+    Ok((
+        Stages {
+            latent_form: s.0,
+            rorope: s.1,
+            partial_rope: s.2,
+            balanced: s.3,
+            pca: s.4,
+            output,
+        },
+        report,
+    ))
 }
 
 /// Convert one GQA layer; see [`convert_stages`]. Builds only what the output needs.
-pub fn convert_layer(gqa: &GqaWeights<f64>, sequences: &[ArrayView2<f64>], opt: ConvertOptions) -> Result<(LatentWeights<f64>, LayerReport)> {
+pub fn convert_layer(
+    gqa: &GqaWeights<f64>,
+    sequences: &[ArrayView2<f64>],
+    opt: ConvertOptions,
+) -> Result<(LatentWeights<f64>, LayerReport)> {
     run(gqa, sequences, opt, false).map(|(w, r, _)| (w, r))
 }
 
-type Kept = (LatentWeights<f64>, LatentWeights<f64>, LatentWeights<f64>, LatentWeights<f64>, LatentWeights<f64>);
+type Kept = (
+    LatentWeights<f64>,
+    LatentWeights<f64>,
+    LatentWeights<f64>,
+    LatentWeights<f64>,
+    LatentWeights<f64>,
+);
 
-fn run(gqa: &GqaWeights<f64>, sequences: &[ArrayView2<f64>], opt: ConvertOptions, keep: bool) -> Result<(LatentWeights<f64>, LayerReport, Option<Kept>)> {
+fn run(
+    gqa: &GqaWeights<f64>,
+    sequences: &[ArrayView2<f64>],
+    opt: ConvertOptions,
+    keep: bool,
+) -> Result<(LatentWeights<f64>, LayerReport, Option<Kept>)> {
     let (kv, d) = (gqa.dims().kv(), gqa.dims().d());
     if let Some(bad) = sequences.iter().find(|x| x.nrows() == 0 || x.ncols() != gqa.hidden()) {
         return Err(Error::ShapeMismatch {
@@ -92,10 +117,20 @@ fn run(gqa: &GqaWeights<f64>, sequences: &[ArrayView2<f64>], opt: ConvertOptions
     let full_pairs = kv * d / 2;
     let rope_dim = opt.rope_dim.unwrap_or(2 * full_pairs);
     if !rope_dim.is_multiple_of(2) || rope_dim > 2 * full_pairs {
-        return Err(Error::Config(format!("rope dim d_r = {rope_dim} must be even and at most KV·D = {}", 2 * full_pairs)));
+        return Err(Error::Config(format!(
+            "rope dim d_r = {rope_dim} must be even and at most KV·D = {}",
+            2 * full_pairs
+        )));
     }
     let rr = rorope(gqa, sequences, opt.freqfold)?;
-    let early = if keep { Some((latent_form(gqa, &KeyMap::identity(gqa))?, latent_form(gqa, &rr.key_map(full_pairs)?.0)?)) } else { None };
+    let early = if keep {
+        Some((
+            latent_form(gqa, &KeyMap::identity(gqa))?,
+            latent_form(gqa, &rr.key_map(full_pairs)?.0)?,
+        ))
+    } else {
+        None
+    };
     let (partial, rope_energy_kept) = rr.key_map(rope_dim / 2)?;
     drop(rr);
     let partial_w = latent_form(gqa, &partial)?;
@@ -105,7 +140,14 @@ fn run(gqa: &GqaWeights<f64>, sequences: &[ArrayView2<f64>], opt: ConvertOptions
     let kv_rank = opt.kv_rank.unwrap_or(balanced.dims().d_c());
     let (pca, kv_energy_kept) = joint_pca(&balanced, kv_rank, &latents)?;
     let output = rescale_query(&pca);
-    let report = LayerReport { freqfold: opt.freqfold, rope_dim, kv_rank, rope_energy_kept, alpha, kv_energy_kept };
+    let report = LayerReport {
+        freqfold: opt.freqfold,
+        rope_dim,
+        kv_rank,
+        rope_energy_kept,
+        alpha,
+        kv_energy_kept,
+    };
     let kept = early.map(|(t1, t2)| (t1, t2, partial_w, balanced, pca));
     Ok((output, report, kept))
 }

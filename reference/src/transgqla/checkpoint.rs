@@ -239,6 +239,10 @@ fn convert_into(
         ("format".to_string(), "pt".to_string()),
         ("gqla_source_sha256".to_string(), source_sha256.clone()),
         ("gqla_options".to_string(), options_json(opt, dtype).to_string()),
+        (
+            "gqla_calibration".to_string(),
+            calibration_json(&opt.calibration, cal_ids, held_ids, weak).to_string(),
+        ),
     ]);
     let embed_rows_of = |ids: &Ids| -> Result<Vec<Array2<f64>>> { ids.iter().map(|s| embed_rows(&ckpt.store, config, s)).collect() };
     // Calibration activations run in f32 by default: they only feed covariance estimates (the
@@ -439,6 +443,7 @@ fn output_config(src: &ModelConfig, w: &LatentWeights<f64>, dtype: StorageDtype,
         }
         v["gqla_source_model_type"] = json!(format!("{:?}", src.model_type));
         v["gqla_conversion"] = json!("group_pca");
+        v["gqla_latent_rms_norm"] = json!(w.kv_norm().is_some());
         return Ok(v);
     }
     let d = w.dims();

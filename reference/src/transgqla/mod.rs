@@ -25,6 +25,7 @@ pub mod balance;
 pub mod checkpoint;
 pub mod group_pca;
 pub mod latent_form;
+pub mod partial_rope;
 pub mod pca;
 pub mod pipeline;
 pub mod query;

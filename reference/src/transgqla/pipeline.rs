@@ -2,6 +2,7 @@
 
 use super::balance::balance_kv;
 use super::latent_form::{latent_form, KeyMap};
+use super::partial_rope::partial_rope;
 use super::pca::joint_pca;
 use super::query::rescale_query;
 use super::rorope::rorope;
@@ -131,9 +132,8 @@ fn run(
     } else {
         None
     };
-    let (partial, rope_energy_kept) = rr.key_map(rope_dim / 2)?;
+    let (partial_w, rope_energy_kept) = partial_rope(gqa, &rr, rope_dim)?;
     drop(rr);
-    let partial_w = latent_form(gqa, &partial)?;
     let n_k = partial_w.dims().d_c() - kv * d;
     let mut latents = partial_w.latent(x);
     let (balanced, alpha) = balance_kv(&partial_w, n_k, &mut latents)?;

@@ -1,1 +1,27 @@
-//! Case generation, tolerance policy and certification of decode kernels against the reference (issue 4; empty for now).
+//! The GQLA conformance suite: definitions, cases, the tolerance policy, and certification of any
+//! decode kernel against the reference.
+//!
+//! - [`case`]: cases and their query-like ids; [`lattice`]: the versioned case list.
+//! - [`definition`]: the operations and their conventions.
+//! - [`inputs`]: seeded inputs with paged caches and poisoned memory.
+//! - [`kernel`]: the [`Kernel`] trait and canary-guarded outputs.
+//! - [`reference`], [`tolerance`], [`verdict`]: how outputs are judged.
+//! - [`runner`], [`report`]: running a kernel and writing certificates.
+//! - [`kernels`]: built-in kernels and the mutation catalogue.
+
+pub mod case;
+pub mod definition;
+pub mod inputs;
+pub mod kernel;
+pub mod kernels;
+pub mod lattice;
+pub mod reference;
+pub mod report;
+pub mod runner;
+pub mod tolerance;
+pub mod verdict;
+
+pub use case::Case;
+pub use kernel::{Kernel, KernelError, KernelIdentity, Outputs};
+pub use lattice::SUITE_VERSION;
+pub use verdict::Status;

@@ -1,0 +1,302 @@
+//! Test cases and their stable, query-like ids, e.g.
+//! `gqla.decode.gqa:h=32;g=8;dn=128;dr=64;dv=128;sq=2;ctx=4097;page=64;dtype=bf16;seed=3`.
+//!
+//! A prefix of an id selects a subtree of cases (`gqla.decode` selects every GQLA decode case).
+
+use serde::Serialize;
+use std::fmt;
+use std::str::FromStr;
+
+/// The operations the suite defines (see [`crate::definition`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum Op {
+    /// MQA over [c; k^R] with value c: MLA's decode (FlashMLA / FlashInfer-MLA shapes).
+    DecodeAbsorb,
+    /// GQA over the per-group cache, H/G query heads per group.
+    DecodeGqa,
+    /// Latent cache to group cache: [k_g; v_g] = [W^UK_g; W^UV_g] c.
+    CacheExpand,
+    /// Plain GQA decode.
+    GqaDecode,
+}
+
+impl Op {
+    pub const ALL: [Op; 4] = [Op::DecodeAbsorb, Op::DecodeGqa, Op::CacheExpand, Op::GqaDecode];
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::DecodeAbsorb => "gqla.decode.absorb",
+            Op::DecodeGqa => "gqla.decode.gqa",
+            Op::CacheExpand => "gqla.cache.expand",
+            Op::GqaDecode => "gqa.decode",
+        }
+    }
+}
+
+/// Storage dtype of a case's inputs (and of its outputs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum Dtype {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl Dtype {
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::Bf16 => "bf16",
+            Dtype::F16 => "f16",
+        }
+    }
+    /// Round an f32 to this dtype (round to nearest even).
+    pub fn round(self, x: f32) -> f32 {
+        match self {
+            Dtype::F32 => x,
+            Dtype::Bf16 => half::bf16::from_f32(x).to_f32(),
+            Dtype::F16 => half::f16::from_f32(x).to_f32(),
+        }
+    }
+    /// Unit roundoff u = 2^-p.
+    pub fn unit_roundoff(self) -> f64 {
+        match self {
+            Dtype::F32 => f64::powi(2.0, -24),
+            Dtype::Bf16 => f64::powi(2.0, -8),
+            Dtype::F16 => f64::powi(2.0, -11),
+        }
+    }
+}
+
+/// Where the GQA-path cache keeps the shared rope key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum RopeLayout {
+    /// k^R stored once per token (canonical).
+    Once,
+    /// k^R copied into every group's key (stock GQA kernels).
+    PerGroup,
+}
+
+/// How large the logits are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum Logits {
+    /// Scaled logits of standard deviation about 3.
+    Normal,
+    /// Scaled logits of magnitude hundreds: softmax without max-subtraction overflows.
+    Large,
+}
+
+/// One test case. Which fields matter depends on `op` (see [`Case::validate`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Case {
+    pub op: Op,
+    /// Query heads.
+    pub h: usize,
+    /// Groups (GQLA) or kv heads (GQA).
+    pub g: usize,
+    pub dc: usize,
+    pub dn: usize,
+    pub dr: usize,
+    pub dv: usize,
+    /// New query tokens per sequence (s_q).
+    pub sq: usize,
+    /// Per batch row: keys before the s_q new tokens, or None for a padding row that holds no
+    /// keys at all (its queries see nothing). The batch is ctx.len().
+    pub ctx: Vec<Option<usize>>,
+    /// Page size; None = contiguous cache.
+    pub page: Option<usize>,
+    pub layout: RopeLayout,
+    pub dtype: Dtype,
+    /// Softmax scale override; None = 1/sqrt(key dim of the definition).
+    pub scale: Option<u32>,
+    pub logits: Logits,
+    pub seed: u64,
+}
+
+/// A malformed case id.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("bad case id `{id}`: {why}")]
+pub struct CaseIdError {
+    pub id: String,
+    pub why: String,
+}
+
+impl Case {
+    /// The softmax scale, an explicit kernel input: the override (stored as f32 bits) or the
+    /// model's default 1/sqrt(d_n + d_r) (GQA: 1/sqrt(d)). For the absorb path that is MLA's
+    /// 1/sqrt(192), not 1/sqrt(d_c + d_r).
+    pub fn scale(&self) -> f32 {
+        match self.scale {
+            Some(bits) => f32::from_bits(bits),
+            None => 1.0 / ((self.dn + self.dr) as f32).sqrt(),
+        }
+    }
+    /// Width of the query (and key) vectors the kernel sees.
+    pub fn q_width(&self) -> usize {
+        match self.op {
+            Op::DecodeAbsorb => self.dc + self.dr,
+            Op::DecodeGqa => self.dn + self.dr,
+            Op::CacheExpand => 0,
+            Op::GqaDecode => self.dn,
+        }
+    }
+    /// Width of each head's output.
+    pub fn out_width(&self) -> usize {
+        match self.op {
+            Op::DecodeAbsorb => self.dc,
+            _ => self.dv,
+        }
+    }
+    pub fn batch(&self) -> usize {
+        self.ctx.len()
+    }
+    /// Total keys of row b: context plus the new tokens (cache.expand: the context); 0 for padding.
+    pub fn seq_len(&self, b: usize) -> usize {
+        match self.ctx[b] {
+            None => 0,
+            Some(c) if self.op == Op::CacheExpand => c,
+            Some(c) => c + self.sq,
+        }
+    }
+    /// Keys new token j of row b sees: t < visible (bottom-right causal; 0 for padding rows).
+    pub fn visible(&self, b: usize, j: usize) -> usize {
+        self.ctx[b].map_or(0, |c| c + j + 1)
+    }
+
+    /// The case with every field its operation does not use reset, so that equal cases have equal
+    /// ids.
+    pub fn canonical(mut self) -> Self {
+        match self.op {
+            Op::DecodeAbsorb => {
+                self.g = 0;
+                self.dv = self.dc;
+                self.layout = RopeLayout::Once;
+            }
+            Op::DecodeGqa => self.dc = 0,
+            Op::GqaDecode => {
+                self.dc = 0;
+                self.dr = 0;
+                self.layout = RopeLayout::Once;
+            }
+            Op::CacheExpand => {
+                self.h = 0;
+                self.dr = 0;
+                self.sq = 1;
+                self.layout = RopeLayout::Once;
+                self.scale = None;
+                self.logits = Logits::Normal;
+            }
+        }
+        self
+    }
+
+    /// Check that the case describes something computable.
+    pub fn validate(&self) -> Result<(), String> {
+        let need = |cond: bool, what: &str| if cond { Ok(()) } else { Err(what.to_string()) };
+        need(!self.ctx.is_empty(), "at least one sequence (ctx)")?;
+        if let Some(p) = self.page {
+            need(p > 0, "page size > 0")?;
+        }
+        match self.op {
+            Op::DecodeAbsorb => need(self.h > 0 && self.dc > 0 && self.dn > 0 && self.sq > 0, "h, dc, dn, sq > 0")?,
+            Op::DecodeGqa => {
+                need(self.h > 0 && self.g > 0 && self.h % self.g == 0, "g divides h")?;
+                need(self.dn > 0 && self.dv > 0 && self.sq > 0, "dn, dv, sq > 0")?;
+            }
+            Op::CacheExpand => need(self.g > 0 && self.dc > 0 && self.dn > 0 && self.dv > 0, "g, dc, dn, dv > 0")?,
+            Op::GqaDecode => {
+                need(self.h > 0 && self.g > 0 && self.h % self.g == 0, "kv heads divide h")?;
+                need(self.dn > 0 && self.dv > 0 && self.sq > 0, "dn, dv, sq > 0")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `prefix` selects this case: a prefix of its id, or `*`.
+    pub fn matches(&self, prefix: &str) -> bool {
+        prefix.is_empty() || prefix == "*" || self.to_string().starts_with(prefix)
+    }
+}
+
+impl fmt::Display for Case {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ctx: Vec<String> = self.ctx.iter().map(|c| c.map_or("pad".to_string(), |c| c.to_string())).collect();
+        write!(f, "{}:", self.op.name())?;
+        match self.op {
+            Op::DecodeAbsorb => write!(f, "h={};dc={};dn={};dr={}", self.h, self.dc, self.dn, self.dr)?,
+            Op::DecodeGqa => write!(f, "h={};g={};dn={};dr={};dv={};rope={}", self.h, self.g, self.dn, self.dr, self.dv, match self.layout {
+                RopeLayout::Once => "once",
+                RopeLayout::PerGroup => "per_group",
+            })?,
+            Op::CacheExpand => write!(f, "g={};dc={};dn={};dv={}", self.g, self.dc, self.dn, self.dv)?,
+            Op::GqaDecode => write!(f, "h={};g={};d={};dv={}", self.h, self.g, self.dn, self.dv)?,
+        }
+        if self.op != Op::CacheExpand {
+            write!(f, ";sq={}", self.sq)?;
+        }
+        write!(f, ";ctx={}", ctx.join(","))?;
+        match self.page {
+            Some(p) => write!(f, ";page={p}")?,
+            None => write!(f, ";page=none")?,
+        }
+        write!(f, ";dtype={}", self.dtype.name())?;
+        if let Some(bits) = self.scale {
+            write!(f, ";scale={}", f32::from_bits(bits))?;
+        }
+        if self.logits == Logits::Large {
+            write!(f, ";logits=large")?;
+        }
+        write!(f, ";seed={}", self.seed)
+    }
+}
+
+impl FromStr for Case {
+    type Err = CaseIdError;
+    fn from_str(id: &str) -> Result<Self, Self::Err> {
+        let bad = |why: String| CaseIdError { id: id.to_string(), why };
+        let (op_name, params) = id.split_once(':').ok_or_else(|| bad("expected `op:key=value;...`".into()))?;
+        let op = Op::ALL.into_iter().find(|o| o.name() == op_name).ok_or_else(|| bad(format!("unknown operation `{op_name}`")))?;
+        let mut c = Case { op, h: 0, g: 0, dc: 0, dn: 0, dr: 0, dv: 0, sq: 1, ctx: vec![], page: None, layout: RopeLayout::Once, dtype: Dtype::F32, scale: None, logits: Logits::Normal, seed: 0 };
+        for kv in params.split(';') {
+            let (k, v) = kv.split_once('=').ok_or_else(|| bad(format!("`{kv}` is not key=value")))?;
+            let num = |v: &str| v.parse::<usize>().map_err(|_| bad(format!("`{k}` needs a number, got `{v}`")));
+            match k {
+                "h" => c.h = num(v)?,
+                "g" => c.g = num(v)?,
+                "dc" => c.dc = num(v)?,
+                "dn" | "d" => c.dn = num(v)?,
+                "dr" => c.dr = num(v)?,
+                "dv" => c.dv = num(v)?,
+                "sq" => c.sq = num(v)?,
+                "ctx" => c.ctx = v.split(',').map(|x| if x == "pad" { Ok(None) } else { num(x).map(Some) }).collect::<Result<_, _>>()?,
+                "page" => c.page = if v == "none" { None } else { Some(num(v)?) },
+                "rope" => {
+                    c.layout = match v {
+                        "once" => RopeLayout::Once,
+                        "per_group" => RopeLayout::PerGroup,
+                        _ => return Err(bad(format!("rope must be once or per_group, got `{v}`"))),
+                    }
+                }
+                "dtype" => {
+                    c.dtype = match v {
+                        "f32" => Dtype::F32,
+                        "bf16" => Dtype::Bf16,
+                        "f16" => Dtype::F16,
+                        _ => return Err(bad(format!("dtype must be f32, bf16 or f16, got `{v}`"))),
+                    }
+                }
+                "scale" => c.scale = Some(v.parse::<f32>().map_err(|_| bad(format!("scale needs a number, got `{v}`")))?.to_bits()),
+                "logits" => {
+                    c.logits = match v {
+                        "normal" => Logits::Normal,
+                        "large" => Logits::Large,
+                        _ => return Err(bad(format!("logits must be normal or large, got `{v}`"))),
+                    }
+                }
+                "seed" => c.seed = v.parse().map_err(|_| bad(format!("seed needs a number, got `{v}`")))?,
+                _ => return Err(bad(format!("unknown key `{k}`"))),
+            }
+        }
+        let c = c.canonical();
+        c.validate().map_err(bad)?;
+        Ok(c)
+    }
+}

@@ -1,0 +1,288 @@
+//! A flash-decoding kernel on the CPU: keys in `splits` chunks, an online softmax per chunk, and a
+//! log-sum-exp merge — the structure of FlashMLA/FlashInfer decode kernels. [`Bug`] injects one
+//! known failure mode at a time; the suite must reject every mutant.
+
+use crate::case::{Op, RopeLayout};
+use crate::inputs::{CaseInputs, Paging};
+use crate::kernel::{Kernel, KernelError, KernelIdentity, Outputs};
+
+/// Injectable bugs: the mutation catalogue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bug {
+    /// Scale by 1/sqrt(key width) instead of the given scale.
+    ScaleFromKeyWidth,
+    /// Scores without the rope part of the key (missing RoPE term).
+    RopeTermDropped,
+    /// Head i reads group i % G instead of i / (H/G).
+    GroupMapping,
+    /// Values from the next group.
+    ValueFromWrongGroup,
+    /// Query j sees one key too many.
+    CausalOffByOne,
+    /// Top-left causal alignment (query j sees keys ≤ j).
+    TopLeftAlignment,
+    /// The last partial page is skipped.
+    DropLastPartialPage,
+    /// One key past the context is read (weight included).
+    ReadPastContext,
+    /// exp(s) without subtracting the running max.
+    NoMaxSubtraction,
+    /// The output accumulator is rounded to bf16 after every update.
+    AccumulateInBf16,
+    /// LSE in base 2.
+    Log2Lse,
+    /// Split partials merged without rescaling by e^{m_s − m}.
+    SplitMergeNoRescale,
+    /// Whole pages are processed with masked scores: 0 · NaN from poisoned slots leaks.
+    NanLeakFromPoison,
+    /// Outputs written head-major ([B, H, s_q]) instead of [B, s_q, H].
+    TransposedHeads,
+    /// In the per-group layout, the rope key read from the front of the group's key.
+    RopeLayoutSwapped,
+    /// An empty row returns NaN instead of 0 and −∞.
+    EmptyRowNan,
+    /// One element written past the end of the LSE tensor.
+    OutOfBoundsWrite,
+    /// Expand: value rows taken with the key rows' offsets.
+    ExpandValueOffset,
+    /// A panic on batches with a zero-length sequence.
+    PanicOnEmptySequence,
+    /// Splits chosen from the context length, but the last split dropped when it is shorter.
+    SplitTailDropped,
+}
+
+impl Bug {
+    pub const ALL: [Bug; 20] = [
+        Bug::ScaleFromKeyWidth,
+        Bug::RopeTermDropped,
+        Bug::GroupMapping,
+        Bug::ValueFromWrongGroup,
+        Bug::CausalOffByOne,
+        Bug::TopLeftAlignment,
+        Bug::DropLastPartialPage,
+        Bug::ReadPastContext,
+        Bug::NoMaxSubtraction,
+        Bug::AccumulateInBf16,
+        Bug::Log2Lse,
+        Bug::SplitMergeNoRescale,
+        Bug::NanLeakFromPoison,
+        Bug::TransposedHeads,
+        Bug::RopeLayoutSwapped,
+        Bug::EmptyRowNan,
+        Bug::OutOfBoundsWrite,
+        Bug::ExpandValueOffset,
+        Bug::PanicOnEmptySequence,
+        Bug::SplitTailDropped,
+    ];
+}
+
+/// The kernel; `bug: None` is the correct one.
+pub struct FlashCpu {
+    pub splits: usize,
+    pub bug: Option<Bug>,
+}
+
+impl FlashCpu {
+    pub fn correct(splits: usize) -> Self {
+        Self { splits, bug: None }
+    }
+    fn has(&self, b: Bug) -> bool {
+        self.bug == Some(b)
+    }
+}
+
+/// One chunk's online-softmax state.
+struct Partial {
+    m: f32,
+    l: f32,
+    acc: Vec<f32>,
+}
+
+impl FlashCpu {
+    fn key_value(&self, inp: &CaseInputs, b: usize, t: usize, i: usize) -> (Vec<f32>, Vec<f32>) {
+        let c = &inp.case;
+        let cache = &inp.cache;
+        match c.op {
+            Op::DecodeAbsorb => {
+                let row = cache.row("kv", b, t);
+                let mut k = row.to_vec();
+                if self.has(Bug::RopeTermDropped) {
+                    k[c.dc..].iter_mut().for_each(|v| *v = 0.0);
+                }
+                (k, row[..c.dc].to_vec())
+            }
+            Op::DecodeGqa | Op::GqaDecode => {
+                let per = c.h / c.g;
+                let g = if self.has(Bug::GroupMapping) { i % c.g } else { i / per };
+                let gv = if self.has(Bug::ValueFromWrongGroup) { (g + 1) % c.g } else { g };
+                let v = cache.row("v", b, t)[gv * c.dv..(gv + 1) * c.dv].to_vec();
+                let k = if c.op == Op::GqaDecode {
+                    cache.row("k", b, t)[g * c.dn..(g + 1) * c.dn].to_vec()
+                } else {
+                    match c.layout {
+                        RopeLayout::Once => {
+                            let mut k = cache.row("k_nope", b, t)[g * c.dn..(g + 1) * c.dn].to_vec();
+                            let rope = cache.row("k_rope", b, t);
+                            k.extend(rope.iter().map(|v| if self.has(Bug::RopeTermDropped) { 0.0 } else { *v }));
+                            k
+                        }
+                        RopeLayout::PerGroup => {
+                            let row = &cache.row("k", b, t)[g * (c.dn + c.dr)..(g + 1) * (c.dn + c.dr)];
+                            if self.has(Bug::RopeLayoutSwapped) {
+                                row[c.dr..].iter().chain(&row[..c.dr]).copied().collect()
+                            } else {
+                                let mut k = row.to_vec();
+                                if self.has(Bug::RopeTermDropped) {
+                                    k[c.dn..].iter_mut().for_each(|v| *v = 0.0);
+                                }
+                                k
+                            }
+                        }
+                    }
+                };
+                (k, v)
+            }
+            Op::CacheExpand => unreachable!(),
+        }
+    }
+
+    /// Online softmax over keys [lo, hi) of (b, j, i); `valid` is the true visible end.
+    fn chunk(&self, inp: &CaseInputs, b: usize, i: usize, q: &[f32], lo: usize, hi: usize, valid: usize, scale: f32) -> Partial {
+        let dout = inp.case.out_width();
+        let mut p = Partial { m: f32::NEG_INFINITY, l: 0.0, acc: vec![0.0; dout] };
+        for t in lo..hi {
+            let (k, v) = self.key_value(inp, b, t, i);
+            let mut s = scale * q.iter().zip(&k).map(|(a, b)| a * b).sum::<f32>();
+            if t >= valid {
+                s = f32::NEG_INFINITY; // masked, but its value row is still multiplied in
+            }
+            let (m_new, w, rescale) = if self.has(Bug::NoMaxSubtraction) {
+                (0.0, s.exp(), 1.0)
+            } else {
+                let m_new = p.m.max(s);
+                let rescale = if p.m == f32::NEG_INFINITY { 0.0 } else { (p.m - m_new).exp() };
+                (m_new, if s == f32::NEG_INFINITY { 0.0 } else { (s - m_new).exp() }, rescale)
+            };
+            p.l = p.l * rescale + w;
+            for (a, x) in p.acc.iter_mut().zip(&v) {
+                *a = *a * rescale + w * x;
+                if self.has(Bug::AccumulateInBf16) {
+                    *a = half::bf16::from_f32(*a).to_f32();
+                }
+            }
+            p.m = m_new;
+        }
+        p
+    }
+
+    fn decode(&self, inp: &CaseInputs, out: &mut Outputs) -> Result<(), KernelError> {
+        let c = &inp.case;
+        let (batch, sq, h, dout) = (c.batch(), c.sq, c.h, c.out_width());
+        let scale = if self.has(Bug::ScaleFromKeyWidth) { 1.0 / (c.q_width() as f32).sqrt() } else { inp.scale };
+        let page = match inp.cache.paging {
+            Paging::Paged { page, .. } => Some(page),
+            Paging::Contiguous { .. } => None,
+        };
+        let mut o = vec![0.0f32; batch * sq * h * dout];
+        let mut lse = vec![0.0f32; batch * sq * h];
+        for b in 0..batch {
+            if self.has(Bug::PanicOnEmptySequence) && c.seq_len(b) <= c.sq {
+                panic!("sequence {b} is empty");
+            }
+            for j in 0..sq {
+                let mut valid = if self.has(Bug::TopLeftAlignment) { (j + 1).min(c.seq_len(b)) } else { c.visible(b, j) };
+                if (self.has(Bug::CausalOffByOne) || self.has(Bug::ReadPastContext)) && c.seq_len(b) > 0 {
+                    valid += 1;
+                }
+                if self.has(Bug::DropLastPartialPage) {
+                    if let Some(p) = page {
+                        valid -= valid % p;
+                    }
+                }
+                // Keys actually visited: whole pages when leaking (masked beyond `valid`).
+                let end = match (self.has(Bug::NanLeakFromPoison), page) {
+                    (true, Some(p)) => valid.div_ceil(p) * p,
+                    (true, None) => valid + 1,
+                    _ => valid,
+                };
+                let splits = self.splits.max(1).min(end.max(1));
+                let bounds: Vec<usize> = (0..=splits).map(|s| s * end / splits).collect();
+                for i in 0..h {
+                    let q = inp.q_row(b, j, i);
+                    let mut parts: Vec<Partial> = bounds.windows(2).map(|w| self.chunk(inp, b, i, q, w[0], w[1], valid, scale)).collect();
+                    if self.has(Bug::SplitTailDropped) && parts.len() > 1 && end % splits != 0 {
+                        parts.pop();
+                    }
+                    let m = parts.iter().map(|p| p.m).fold(f32::NEG_INFINITY, f32::max);
+                    let mut l = 0.0;
+                    let mut acc = vec![0.0f32; dout];
+                    for p in &parts {
+                        let f = if self.has(Bug::SplitMergeNoRescale) || p.m == f32::NEG_INFINITY { if p.m == f32::NEG_INFINITY { 0.0 } else { 1.0 } } else { (p.m - m).exp() };
+                        l += p.l * f;
+                        for (a, x) in acc.iter_mut().zip(&p.acc) {
+                            *a += x * f;
+                        }
+                    }
+                    let row = if self.has(Bug::TransposedHeads) { (b * h + i) * sq + j } else { (b * sq + j) * h + i };
+                    let empty = m == f32::NEG_INFINITY && !self.has(Bug::NoMaxSubtraction) || l == 0.0;
+                    for (d, a) in o[row * dout..(row + 1) * dout].iter_mut().zip(&acc) {
+                        *d = if empty { if self.has(Bug::EmptyRowNan) { f32::NAN } else { 0.0 } } else { a / l };
+                    }
+                    lse[row] = if empty {
+                        if self.has(Bug::EmptyRowNan) { f32::NAN } else { f32::NEG_INFINITY }
+                    } else {
+                        let e = m + l.ln();
+                        if self.has(Bug::Log2Lse) { e / std::f32::consts::LN_2 } else { e }
+                    };
+                }
+            }
+        }
+        for (dst, v) in out.get_mut("out").region_mut().iter_mut().zip(&o) {
+            *dst = c.dtype.round(*v);
+        }
+        out.get_mut("lse").region_mut().copy_from_slice(&lse);
+        if self.has(Bug::OutOfBoundsWrite) {
+            let (buf, offset) = out.get_mut("lse").with_margins_mut();
+            buf[offset + lse.len()] = 0.0;
+        }
+        Ok(())
+    }
+
+    fn expand(&self, inp: &CaseInputs, out: &mut Outputs) -> Result<(), KernelError> {
+        let c = &inp.case;
+        let per = c.dn + c.dv;
+        let (mut k, mut v) = (Vec::new(), Vec::new());
+        for b in 0..c.batch() {
+            for t in 0..c.seq_len(b) {
+                let latent = inp.cache.row("latent", b, t);
+                for g in 0..c.g {
+                    for r in 0..per {
+                        let row = if self.has(Bug::ExpandValueOffset) && r >= c.dn { r - c.dn } else { r };
+                        let w = &inp.w_ukv[(g * per + row) * c.dc..(g * per + row + 1) * c.dc];
+                        let y = c.dtype.round(w.iter().zip(latent).map(|(a, b)| a * b).sum::<f32>());
+                        if r < c.dn { k.push(y) } else { v.push(y) }
+                    }
+                }
+            }
+        }
+        out.get_mut("k").region_mut().copy_from_slice(&k);
+        out.get_mut("v").region_mut().copy_from_slice(&v);
+        Ok(())
+    }
+}
+
+impl Kernel for FlashCpu {
+    fn identity(&self) -> KernelIdentity {
+        let name = match self.bug {
+            None => "flash-cpu".to_string(),
+            Some(b) => format!("flash-cpu-mutant-{b:?}"),
+        };
+        KernelIdentity { name, version: env!("CARGO_PKG_VERSION").into(), description: format!("flash-decoding on the CPU, {} splits", self.splits) }
+    }
+    fn run(&self, inputs: &CaseInputs, outputs: &mut Outputs) -> Result<(), KernelError> {
+        match inputs.case.op {
+            Op::CacheExpand => self.expand(inputs, outputs),
+            _ => self.decode(inputs, outputs),
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! Built-in kernels: the reference run in f32, and a flash-decoding CPU kernel (online softmax,
+//! split-KV with a merge step, reads through the block table) that the mutation catalogue breaks
+//! one bug at a time.
+
+pub mod flash_cpu;
+pub mod reference_f32;
+
+pub use flash_cpu::{Bug, FlashCpu};
+pub use reference_f32::ReferenceF32;

@@ -1,6 +1,7 @@
 //! `gqla`: the GQLA conformance suite's command-line program.
 //!
-//! Exit codes: 0 success, 2 error (bad input or configuration), with the cause on stderr.
+//! Exit codes: 0 success (certify: conformant), 1 certify: not conformant, 2 error (bad input or
+//! configuration), with the cause on stderr.
 
 mod commands;
 
@@ -24,6 +25,8 @@ enum Command {
     Forward(commands::forward::Args),
     /// Convert a GQA checkpoint (LLaMA/Qwen2/Mistral) to GQLA with TransGQLA.
     Convert(commands::convert::Args),
+    /// Certify a decode kernel against the reference on the conformance suite.
+    Certify(commands::certify::Args),
     /// Benchmarks, printed as tables.
     Bench(commands::bench::Args),
     /// Per-token KV-cache sizes of a model on each GQLA path, measured from allocated caches.
@@ -37,6 +40,11 @@ fn main() -> ExitCode {
         Command::CacheSize(a) => commands::cache_size::run(a),
         Command::Convert(a) => commands::convert::run(a),
         Command::Bench(a) => commands::bench::run(a),
+        Command::Certify(a) => match commands::certify::run(a) {
+            Ok(commands::certify::Outcome::Conformant) => Ok(()),
+            Ok(commands::certify::Outcome::Rejected) => return ExitCode::from(1),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,11 +3,13 @@
 //! - `parity`: `gqla forward` against HF transformers' own layer outputs (fixtures/hf).
 //! - `cache_size`: measured cache sizes of known models, snapshotted.
 //! - `bad_input`: every malformed input gets exit code 2 and a message naming file, tensor, expectation.
+//! - `certify`: certificates of the built-in kernels, exit codes, refusals.
 //! - `convert`: TransGQLA conversion, exact before truncation, snapshotted, the 28.125% measured.
 
 mod common;
 
 mod bad_input;
 mod cache_size;
+mod certify;
 mod convert;
 mod parity;

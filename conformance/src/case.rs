@@ -198,12 +198,12 @@ impl Case {
         match self.op {
             Op::DecodeAbsorb => need(self.h > 0 && self.dc > 0 && self.dn > 0 && self.sq > 0, "h, dc, dn, sq > 0")?,
             Op::DecodeGqa => {
-                need(self.h > 0 && self.g > 0 && self.h % self.g == 0, "g divides h")?;
+                need(self.h > 0 && self.g > 0 && self.h.is_multiple_of(self.g), "g divides h")?;
                 need(self.dn > 0 && self.dv > 0 && self.sq > 0, "dn, dv, sq > 0")?;
             }
             Op::CacheExpand => need(self.g > 0 && self.dc > 0 && self.dn > 0 && self.dv > 0, "g, dc, dn, dv > 0")?,
             Op::GqaDecode => {
-                need(self.h > 0 && self.g > 0 && self.h % self.g == 0, "kv heads divide h")?;
+                need(self.h > 0 && self.g > 0 && self.h.is_multiple_of(self.g), "kv heads divide h")?;
                 need(self.dn > 0 && self.dv > 0 && self.sq > 0, "dn, dv, sq > 0")?;
             }
         }
@@ -222,10 +222,19 @@ impl fmt::Display for Case {
         write!(f, "{}:", self.op.name())?;
         match self.op {
             Op::DecodeAbsorb => write!(f, "h={};dc={};dn={};dr={}", self.h, self.dc, self.dn, self.dr)?,
-            Op::DecodeGqa => write!(f, "h={};g={};dn={};dr={};dv={};rope={}", self.h, self.g, self.dn, self.dr, self.dv, match self.layout {
-                RopeLayout::Once => "once",
-                RopeLayout::PerGroup => "per_group",
-            })?,
+            Op::DecodeGqa => write!(
+                f,
+                "h={};g={};dn={};dr={};dv={};rope={}",
+                self.h,
+                self.g,
+                self.dn,
+                self.dr,
+                self.dv,
+                match self.layout {
+                    RopeLayout::Once => "once",
+                    RopeLayout::PerGroup => "per_group",
+                }
+            )?,
             Op::CacheExpand => write!(f, "g={};dc={};dn={};dv={}", self.g, self.dc, self.dn, self.dv)?,
             Op::GqaDecode => write!(f, "h={};g={};d={};dv={}", self.h, self.g, self.dn, self.dv)?,
         }
@@ -253,8 +262,27 @@ impl FromStr for Case {
     fn from_str(id: &str) -> Result<Self, Self::Err> {
         let bad = |why: String| CaseIdError { id: id.to_string(), why };
         let (op_name, params) = id.split_once(':').ok_or_else(|| bad("expected `op:key=value;...`".into()))?;
-        let op = Op::ALL.into_iter().find(|o| o.name() == op_name).ok_or_else(|| bad(format!("unknown operation `{op_name}`")))?;
-        let mut c = Case { op, h: 0, g: 0, dc: 0, dn: 0, dr: 0, dv: 0, sq: 1, ctx: vec![], page: None, layout: RopeLayout::Once, dtype: Dtype::F32, scale: None, logits: Logits::Normal, seed: 0 };
+        let op = Op::ALL
+            .into_iter()
+            .find(|o| o.name() == op_name)
+            .ok_or_else(|| bad(format!("unknown operation `{op_name}`")))?;
+        let mut c = Case {
+            op,
+            h: 0,
+            g: 0,
+            dc: 0,
+            dn: 0,
+            dr: 0,
+            dv: 0,
+            sq: 1,
+            ctx: vec![],
+            page: None,
+            layout: RopeLayout::Once,
+            dtype: Dtype::F32,
+            scale: None,
+            logits: Logits::Normal,
+            seed: 0,
+        };
         for kv in params.split(';') {
             let (k, v) = kv.split_once('=').ok_or_else(|| bad(format!("`{kv}` is not key=value")))?;
             let num = |v: &str| v.parse::<usize>().map_err(|_| bad(format!("`{k}` needs a number, got `{v}`")));
@@ -266,7 +294,12 @@ impl FromStr for Case {
                 "dr" => c.dr = num(v)?,
                 "dv" => c.dv = num(v)?,
                 "sq" => c.sq = num(v)?,
-                "ctx" => c.ctx = v.split(',').map(|x| if x == "pad" { Ok(None) } else { num(x).map(Some) }).collect::<Result<_, _>>()?,
+                "ctx" => {
+                    c.ctx = v
+                        .split(',')
+                        .map(|x| if x == "pad" { Ok(None) } else { num(x).map(Some) })
+                        .collect::<Result<_, _>>()?
+                }
                 "page" => c.page = if v == "none" { None } else { Some(num(v)?) },
                 "rope" => {
                     c.layout = match v {
@@ -283,7 +316,13 @@ impl FromStr for Case {
                         _ => return Err(bad(format!("dtype must be f32, bf16 or f16, got `{v}`"))),
                     }
                 }
-                "scale" => c.scale = Some(v.parse::<f32>().map_err(|_| bad(format!("scale needs a number, got `{v}`")))?.to_bits()),
+                "scale" => {
+                    c.scale = Some(
+                        v.parse::<f32>()
+                            .map_err(|_| bad(format!("scale needs a number, got `{v}`")))?
+                            .to_bits(),
+                    )
+                }
                 "logits" => {
                     c.logits = match v {
                         "normal" => Logits::Normal,

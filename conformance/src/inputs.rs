@@ -19,7 +19,12 @@ pub enum Paging {
     /// Sequence b's token t is slot b·capacity + t.
     Contiguous { capacity: usize },
     /// Token t of sequence b is slot block_table[b·max_pages + t/page]·page + t%page.
-    Paged { page: usize, num_pages: usize, max_pages: usize, block_table: Vec<i32> },
+    Paged {
+        page: usize,
+        num_pages: usize,
+        max_pages: usize,
+        block_table: Vec<i32>,
+    },
 }
 
 /// One cache component (e.g. the latent rows, or the values), one row of `width` per slot.
@@ -43,11 +48,19 @@ impl KvCache {
     pub fn slot(&self, b: usize, t: usize) -> usize {
         match &self.paging {
             Paging::Contiguous { capacity } => b * capacity + t,
-            Paging::Paged { page, max_pages, block_table, .. } => block_table[b * max_pages + t / page] as usize * page + t % page,
+            Paging::Paged {
+                page,
+                max_pages,
+                block_table,
+                ..
+            } => block_table[b * max_pages + t / page] as usize * page + t % page,
         }
     }
     pub fn component(&self, name: &str) -> &Component {
-        self.components.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no cache component `{name}`"))
+        self.components
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no cache component `{name}`"))
     }
     /// Row of component `name` for token t of sequence b.
     pub fn row(&self, name: &str, b: usize, t: usize) -> &[f32] {
@@ -103,11 +116,13 @@ fn normal(rng: &mut ChaCha8Rng) -> f32 {
 impl CaseInputs {
     /// Draw the inputs of `case` from its seed.
     pub fn generate(case: &Case) -> Self {
-        let mut rng = ChaCha8Rng::seed_from_u64(case.seed ^ 0x6751_4C41_5f43_4153);
+        let mut rng = ChaCha8Rng::seed_from_u64(case.seed ^ 0x6751_4c41_5f43_4153);
         let lens = seq_lens(case);
         let batch = case.batch();
         let paging = match case.page {
-            None => Paging::Contiguous { capacity: lens.iter().copied().max().unwrap_or(0) + 3 },
+            None => Paging::Contiguous {
+                capacity: lens.iter().copied().max().unwrap_or(0) + 3,
+            },
             Some(page) => {
                 let pages_of = |l: usize| l.div_ceil(page);
                 let max_pages = lens.iter().map(|&l| pages_of(l)).max().unwrap_or(0) + 1;
@@ -124,13 +139,26 @@ impl CaseInputs {
                         block_table[b * max_pages + p] = next.next().expect("pool is oversized");
                     }
                 }
-                Paging::Paged { page, num_pages, max_pages, block_table }
+                Paging::Paged {
+                    page,
+                    num_pages,
+                    max_pages,
+                    block_table,
+                }
             }
         };
-        let mut cache = KvCache { paging, seq_lens: lens.clone(), components: vec![] };
+        let mut cache = KvCache {
+            paging,
+            seq_lens: lens.clone(),
+            components: vec![],
+        };
         let slots = cache.slots();
         for (name, width) in components(case) {
-            cache.components.push(Component { name, width, data: vec![f32::NAN; slots * width] });
+            cache.components.push(Component {
+                name,
+                width,
+                data: vec![f32::NAN; slots * width],
+            });
         }
         let dtype = case.dtype;
         for ci in 0..cache.components.len() {
@@ -152,8 +180,16 @@ impl CaseInputs {
             Logits::Normal => 3.0,
             Logits::Large => 300.0,
         };
-        let q_gain = if q_width > 0 { target / (scale * (q_width as f32).sqrt()) } else { 0.0 };
-        let q = if case.op == Op::CacheExpand { vec![] } else { (0..n_q).map(|_| dtype.round(q_gain * normal(&mut rng))).collect() };
+        let q_gain = if q_width > 0 {
+            target / (scale * (q_width as f32).sqrt())
+        } else {
+            0.0
+        };
+        let q = if case.op == Op::CacheExpand {
+            vec![]
+        } else {
+            (0..n_q).map(|_| dtype.round(q_gain * normal(&mut rng))).collect()
+        };
         let w_ukv = if case.op == Op::CacheExpand {
             let n = case.g * (case.dn + case.dv) * case.dc;
             let gain = 1.0 / (case.dc as f32).sqrt();
@@ -161,7 +197,13 @@ impl CaseInputs {
         } else {
             vec![]
         };
-        CaseInputs { case: case.clone(), q, scale, cache, w_ukv }
+        CaseInputs {
+            case: case.clone(),
+            q,
+            scale,
+            cache,
+            w_ukv,
+        }
     }
 
     /// Query row of (b, j, i) (sequence, new token, head).

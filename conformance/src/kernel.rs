@@ -50,7 +50,10 @@ impl OutputTensor {
     /// Whether every canary is untouched (compared bitwise).
     pub fn canaries_intact(&self) -> bool {
         let n = self.buf.len();
-        self.buf[..MARGIN].iter().chain(&self.buf[n - MARGIN..]).all(|v| v.to_bits() == CANARY)
+        self.buf[..MARGIN]
+            .iter()
+            .chain(&self.buf[n - MARGIN..])
+            .all(|v| v.to_bits() == CANARY)
     }
 }
 
@@ -68,17 +71,29 @@ impl Outputs {
         let tensors = match case.op {
             Op::CacheExpand => {
                 let tokens: usize = (0..case.batch()).map(|b| case.seq_len(b)).sum();
-                vec![OutputTensor::new("k", vec![tokens, case.g * case.dn]), OutputTensor::new("v", vec![tokens, case.g * case.dv])]
+                vec![
+                    OutputTensor::new("k", vec![tokens, case.g * case.dn]),
+                    OutputTensor::new("v", vec![tokens, case.g * case.dv]),
+                ]
             }
-            _ => vec![OutputTensor::new("out", vec![b, sq, h, case.out_width()]), OutputTensor::new("lse", vec![b, sq, h])],
+            _ => vec![
+                OutputTensor::new("out", vec![b, sq, h, case.out_width()]),
+                OutputTensor::new("lse", vec![b, sq, h]),
+            ],
         };
         Self { tensors }
     }
     pub fn get(&self, name: &str) -> &OutputTensor {
-        self.tensors.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("no output `{name}`"))
+        self.tensors
+            .iter()
+            .find(|t| t.name == name)
+            .unwrap_or_else(|| panic!("no output `{name}`"))
     }
     pub fn get_mut(&mut self, name: &str) -> &mut OutputTensor {
-        self.tensors.iter_mut().find(|t| t.name == name).unwrap_or_else(|| panic!("no output `{name}`"))
+        self.tensors
+            .iter_mut()
+            .find(|t| t.name == name)
+            .unwrap_or_else(|| panic!("no output `{name}`"))
     }
 }
 

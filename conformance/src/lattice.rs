@@ -11,7 +11,23 @@ use crate::case::{Case, Dtype, Logits, Op, RopeLayout};
 pub const SUITE_VERSION: &str = "0.1";
 
 fn base(op: Op) -> Case {
-    let mut c = Case { op, h: 16, g: 4, dc: 512, dn: 128, dr: 64, dv: 128, sq: 2, ctx: vec![Some(65)], page: Some(64), layout: RopeLayout::Once, dtype: Dtype::Bf16, scale: None, logits: Logits::Normal, seed: 1 };
+    let mut c = Case {
+        op,
+        h: 16,
+        g: 4,
+        dc: 512,
+        dn: 128,
+        dr: 64,
+        dv: 128,
+        sq: 2,
+        ctx: vec![Some(65)],
+        page: Some(64),
+        layout: RopeLayout::Once,
+        dtype: Dtype::Bf16,
+        scale: None,
+        logits: Logits::Normal,
+        seed: 1,
+    };
     match op {
         Op::DecodeAbsorb => c.dv = c.dc,
         Op::GqaDecode => {
@@ -41,7 +57,10 @@ pub fn suite_cases() -> Vec<Case> {
             if let Err(e) = c.validate() {
                 panic!("the lattice generated an invalid case {c}: {e}");
             }
-            if !out.iter().any(|o: &Case| Case { seed: 0, ..o.clone() } == Case { seed: 0, ..c.clone() }) {
+            if !out
+                .iter()
+                .any(|o: &Case| Case { seed: 0, ..o.clone() } == Case { seed: 0, ..c.clone() })
+            {
                 out.push(c);
             }
         };

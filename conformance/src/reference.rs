@@ -45,7 +45,10 @@ fn key_value(inputs: &CaseInputs, b: usize, t: usize, i: usize) -> (Vec<f32>, Ve
         }
         Op::GqaDecode => {
             let g = i / (c.h / c.g);
-            (cache.row("k", b, t)[g * c.dn..(g + 1) * c.dn].to_vec(), cache.row("v", b, t)[g * c.dv..(g + 1) * c.dv].to_vec())
+            (
+                cache.row("k", b, t)[g * c.dn..(g + 1) * c.dn].to_vec(),
+                cache.row("v", b, t)[g * c.dv..(g + 1) * c.dv].to_vec(),
+            )
         }
         Op::CacheExpand => unreachable!("no attention in cache.expand"),
     }
@@ -87,7 +90,10 @@ fn attend_exact(q: &[f32], kv: &[(Vec<f32>, Vec<f32>)], scale: f64, dout: usize)
     if kv.is_empty() {
         return (vec![0.0; dout], f64::NEG_INFINITY);
     }
-    let s: Vec<f64> = kv.iter().map(|(k, _)| scale * q.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>()).collect();
+    let s: Vec<f64> = kv
+        .iter()
+        .map(|(k, _)| scale * q.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>())
+        .collect();
     let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let p: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
     let z: f64 = p.iter().sum();
@@ -105,7 +111,10 @@ fn attend_naive(q: &[f32], kv: &[(Vec<f32>, Vec<f32>)], scale: f32, dout: usize,
     if kv.is_empty() {
         return (vec![0.0; dout], f64::NEG_INFINITY);
     }
-    let s: Vec<f32> = kv.iter().map(|(k, _)| dtype.round(q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>()) * scale).collect();
+    let s: Vec<f32> = kv
+        .iter()
+        .map(|(k, _)| dtype.round(q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>()) * scale)
+        .collect();
     let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let p: Vec<f32> = s.iter().map(|v| (v - m).exp()).collect();
     let z: f32 = p.iter().sum();

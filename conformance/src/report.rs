@@ -24,7 +24,12 @@ impl Environment {
     pub fn detect(kernel_environment: BTreeMap<String, String>) -> Self {
         let cpu = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .map(|s| s.trim().to_string())
+            })
             .unwrap_or_else(|| "unknown".into());
         Self {
             tool: format!("gqla {}", env!("CARGO_PKG_VERSION")),
@@ -49,6 +54,18 @@ pub struct Report {
     pub summary: BTreeMap<String, usize>,
     /// Every selected case PASS or NOT_SUPPORTED.
     pub conformant: bool,
+    /// For built-in kernels: how many seeded bugs the suite rejected.
+    pub mutation: Option<MutationSummary>,
+}
+
+/// The mutation catalogue's result: each mutant and the first case that rejected it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MutationSummary {
+    pub mutants: usize,
+    pub killed: usize,
+    pub kill_rate: f64,
+    /// Mutant name → (first rejecting case, status), or None if it survived.
+    pub results: BTreeMap<String, Option<(String, String)>>,
 }
 
 impl Report {
@@ -58,23 +75,57 @@ impl Report {
             *summary.entry(r.status.name().to_string()).or_insert(0) += 1;
         }
         let conformant = results.iter().all(|r| r.status.is_conformant());
-        Self { suite_version: suite_version.into(), kernel, environment, filter: filter.into(), results, summary, conformant }
+        Self {
+            suite_version: suite_version.into(),
+            kernel,
+            environment,
+            filter: filter.into(),
+            results,
+            summary,
+            conformant,
+            mutation: None,
+        }
     }
 
     pub fn markdown(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "# GQLA conformance certificate\n");
         let _ = writeln!(s, "- suite version: {}", self.suite_version);
-        let _ = writeln!(s, "- kernel: {} {} ({})", self.kernel.name, self.kernel.version, self.kernel.description);
-        let _ = writeln!(s, "- environment: {} on {}/{}, {} cores; {}", self.environment.tool, self.environment.os, self.environment.arch, self.environment.cores, self.environment.cpu);
+        let _ = writeln!(
+            s,
+            "- kernel: {} {} ({})",
+            self.kernel.name, self.kernel.version, self.kernel.description
+        );
+        let _ = writeln!(
+            s,
+            "- environment: {} on {}/{}, {} cores; {}",
+            self.environment.tool, self.environment.os, self.environment.arch, self.environment.cores, self.environment.cpu
+        );
         for (k, v) in &self.environment.kernel_environment {
             let _ = writeln!(s, "- {k}: {v}");
         }
         let _ = writeln!(s, "- filter: `{}`", if self.filter.is_empty() { "*" } else { &self.filter });
-        let _ = writeln!(s, "- verdict: **{}**\n", if self.conformant { "CONFORMANT" } else { "NOT CONFORMANT" });
+        let _ = writeln!(
+            s,
+            "- verdict: **{}**\n",
+            if self.conformant { "CONFORMANT" } else { "NOT CONFORMANT" }
+        );
         let _ = writeln!(s, "| status | cases |\n|---|---|");
         for (k, v) in &self.summary {
             let _ = writeln!(s, "| {k} | {v} |");
+        }
+        if let Some(m) = &self.mutation {
+            let _ = writeln!(s, "\n## Mutation catalogue\n\nThe suite rejected {} of {} seeded bugs (kill rate {:.1}%).\n\n| mutant | first rejecting case | status |\n|---|---|---|", m.killed, m.mutants, 100.0 * m.kill_rate);
+            for (name, r) in &m.results {
+                match r {
+                    Some((case, status)) => {
+                        let _ = writeln!(s, "| {name} | `{case}` | {status} |");
+                    }
+                    None => {
+                        let _ = writeln!(s, "| {name} | survived | - |");
+                    }
+                }
+            }
         }
         let failing: Vec<&CaseResult> = self.results.iter().filter(|r| !r.status.is_conformant()).collect();
         if !failing.is_empty() {
@@ -87,14 +138,30 @@ impl Report {
     }
 
     pub fn junit(&self) -> String {
-        let esc = |x: &str| x.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;");
+        let esc = |x: &str| {
+            x.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+                .replace('"', "&quot;")
+        };
         let failures = self.results.iter().filter(|r| !r.status.is_conformant()).count();
         let skipped = self.results.iter().filter(|r| r.status.name() == "NOT_SUPPORTED").count();
         let time: f64 = self.results.iter().map(|r| r.seconds).sum();
         let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-        let _ = writeln!(s, "<testsuite name=\"gqla-conformance {}\" tests=\"{}\" failures=\"{failures}\" skipped=\"{skipped}\" time=\"{time:.3}\">", esc(&self.kernel.name), self.results.len());
+        let _ = writeln!(
+            s,
+            "<testsuite name=\"gqla-conformance {}\" tests=\"{}\" failures=\"{failures}\" skipped=\"{skipped}\" time=\"{time:.3}\">",
+            esc(&self.kernel.name),
+            self.results.len()
+        );
         for r in &self.results {
-            let _ = write!(s, "  <testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\"", esc(r.id.split(':').next().unwrap_or("")), esc(&r.id), r.seconds);
+            let _ = write!(
+                s,
+                "  <testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\"",
+                esc(r.id.split(':').next().unwrap_or("")),
+                esc(&r.id),
+                r.seconds
+            );
             match &r.status {
                 crate::verdict::Status::Pass { .. } => s.push_str("/>\n"),
                 crate::verdict::Status::NotSupported { reason } => {

@@ -79,19 +79,35 @@ fn stats(x: &[f64], truth: &[f64]) -> (f64, f64, f64) {
         }
     }
     let mean = if n > 0 { sum / n as f64 } else { 0.0 };
-    let cos = if xx > 0.0 && tt > 0.0 { dot / (xx.sqrt() * tt.sqrt()) } else if xx == tt { 1.0 } else { 0.0 };
+    let cos = if xx > 0.0 && tt > 0.0 {
+        dot / (xx.sqrt() * tt.sqrt())
+    } else if xx == tt {
+        1.0
+    } else {
+        0.0
+    };
     (max, mean, (1.0 - cos).max(0.0))
 }
 
 /// Judge one tensor of a kernel against the truth, with bounds from the naive reference.
 pub fn check(tensor: &str, kernel: &[f64], truth: &[f64], naive: &[f64], u: f64) -> TensorCheck {
     assert_eq!(kernel.len(), truth.len(), "check: kernel and truth lengths");
-    let mismatches: Vec<usize> = kernel.iter().zip(truth).enumerate().filter(|(_, (a, t))| kind(**a) != kind(**t)).map(|(i, _)| i).collect();
+    let mismatches: Vec<usize> = kernel
+        .iter()
+        .zip(truth)
+        .enumerate()
+        .filter(|(_, (a, t))| kind(**a) != kind(**t))
+        .map(|(i, _)| i)
+        .collect();
     let (k_max, k_mean, k_cos) = stats(kernel, truth);
     let (n_max, n_mean, n_cos) = stats(naive, truth);
     let finite: Vec<f64> = truth.iter().copied().filter(|t| t.is_finite()).map(f64::abs).collect();
     let t_max = finite.iter().copied().fold(0.0, f64::max);
-    let t_mean = if finite.is_empty() { 0.0 } else { finite.iter().sum::<f64>() / finite.len() as f64 };
+    let t_mean = if finite.is_empty() {
+        0.0
+    } else {
+        finite.iter().sum::<f64>() / finite.len() as f64
+    };
     TensorCheck {
         tensor: tensor.to_string(),
         max_abs_err: k_max,

@@ -24,8 +24,14 @@ fn malformed_case_ids_are_errors() {
     for (id, why) in [
         ("gqla.decode.gqa", "op:key=value"),
         ("nope.op:h=1", "unknown operation"),
-        ("gqla.decode.gqa:h=9;g=2;dn=8;dr=4;dv=8;sq=1;ctx=3;page=none;dtype=bf16;seed=1", "g divides h"),
-        ("gqla.decode.absorb:h=2;dc=8;dn=4;dr=4;sq=1;ctx=x;dtype=f32;seed=1", "needs a number"),
+        (
+            "gqla.decode.gqa:h=9;g=2;dn=8;dr=4;dv=8;sq=1;ctx=3;page=none;dtype=bf16;seed=1",
+            "g divides h",
+        ),
+        (
+            "gqla.decode.absorb:h=2;dc=8;dn=4;dr=4;sq=1;ctx=x;dtype=f32;seed=1",
+            "needs a number",
+        ),
         ("gqa.decode:h=2;g=1;d=4;dv=4;sq=1;ctx=3;dtype=f8;seed=1", "dtype"),
     ] {
         let e = id.parse::<Case>().unwrap_err().to_string();
@@ -42,17 +48,30 @@ fn must_pass_list_matches_the_committed_file() {
     if std::env::var_os("GQLA_WRITE_MUSTPASS").is_some() {
         std::fs::write(&path, &generated).unwrap();
     }
-    assert_eq!(committed, generated, "{path} differs from the lattice: bump SUITE_VERSION (GQLA_WRITE_MUSTPASS=1 writes it)");
+    assert_eq!(
+        committed, generated,
+        "{path} differs from the lattice: bump SUITE_VERSION (GQLA_WRITE_MUSTPASS=1 writes it)"
+    );
 }
 
 #[test]
 fn correct_kernels_pass_every_case() {
-    let kernels = [Arc::new(ReferenceF32) as Arc<dyn Kernel>, Arc::new(FlashCpu::correct(1)), Arc::new(FlashCpu::correct(3))];
+    let kernels = [
+        Arc::new(ReferenceF32) as Arc<dyn Kernel>,
+        Arc::new(FlashCpu::correct(1)),
+        Arc::new(FlashCpu::correct(3)),
+    ];
     for case in suite_cases() {
         let prepared = Prepared::new(&case);
         for kernel in &kernels {
             let r = prepared.run(kernel, TIMEOUT);
-            assert!(matches!(r.status, Status::Pass { .. }), "{} on {}: {:?}", kernel.identity().name, r.id, r.status);
+            assert!(
+                matches!(r.status, Status::Pass { .. }),
+                "{} on {}: {:?}",
+                kernel.identity().name,
+                r.id,
+                r.status
+            );
         }
     }
 }
@@ -75,9 +94,18 @@ fn every_mutant_is_rejected_with_the_expected_status() {
     let mut killed = 0;
     for bug in Bug::ALL {
         let kernel: Arc<dyn Kernel> = Arc::new(FlashCpu { splits: 3, bug: Some(bug) });
-        let first = cases.iter().map(|c| run_case(&kernel, c, TIMEOUT)).find(|r| !r.status.is_conformant());
+        let first = cases
+            .iter()
+            .map(|c| run_case(&kernel, c, TIMEOUT))
+            .find(|r| !r.status.is_conformant());
         let r = first.unwrap_or_else(|| panic!("mutant {bug:?} passed every case"));
-        assert!(expected(bug).contains(&r.status.name()), "mutant {bug:?} on {}: {} (expected {:?})", r.id, r.status.name(), expected(bug));
+        assert!(
+            expected(bug).contains(&r.status.name()),
+            "mutant {bug:?} on {}: {} (expected {:?})",
+            r.id,
+            r.status.name(),
+            expected(bug)
+        );
         killed += 1;
     }
     assert_eq!(killed, Bug::ALL.len());

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod cache_size;
+pub mod certify;
 pub mod convert;
 pub mod forward;
 

@@ -91,6 +91,13 @@ impl FlashCpu {
     }
 }
 
+/// The query being processed: sequence b, head i.
+struct QueryRow<'a> {
+    b: usize,
+    i: usize,
+    q: &'a [f32],
+}
+
 /// One chunk's online-softmax state.
 struct Partial {
     m: f32,
@@ -146,11 +153,16 @@ impl FlashCpu {
         }
     }
 
-    /// Online softmax over keys [lo, hi) of (b, j, i); `valid` is the true visible end.
-    fn chunk(&self, inp: &CaseInputs, b: usize, i: usize, q: &[f32], lo: usize, hi: usize, valid: usize, scale: f32) -> Partial {
+    /// Online softmax of query row `row` over keys `keys`; keys from `valid` on are masked.
+    fn chunk(&self, inp: &CaseInputs, row: &QueryRow, keys: std::ops::Range<usize>, valid: usize, scale: f32) -> Partial {
+        let (b, i, q) = (row.b, row.i, row.q);
         let dout = inp.case.out_width();
-        let mut p = Partial { m: f32::NEG_INFINITY, l: 0.0, acc: vec![0.0; dout] };
-        for t in lo..hi {
+        let mut p = Partial {
+            m: f32::NEG_INFINITY,
+            l: 0.0,
+            acc: vec![0.0; dout],
+        };
+        for t in keys {
             let (k, v) = self.key_value(inp, b, t, i);
             let mut s = scale * q.iter().zip(&k).map(|(a, b)| a * b).sum::<f32>();
             if t >= valid {
@@ -178,7 +190,11 @@ impl FlashCpu {
     fn decode(&self, inp: &CaseInputs, out: &mut Outputs) -> Result<(), KernelError> {
         let c = &inp.case;
         let (batch, sq, h, dout) = (c.batch(), c.sq, c.h, c.out_width());
-        let scale = if self.has(Bug::ScaleFromKeyWidth) { 1.0 / (c.q_width() as f32).sqrt() } else { inp.scale };
+        let scale = if self.has(Bug::ScaleFromKeyWidth) {
+            1.0 / (c.q_width() as f32).sqrt()
+        } else {
+            inp.scale
+        };
         let page = match inp.cache.paging {
             Paging::Paged { page, .. } => Some(page),
             Paging::Contiguous { .. } => None,
@@ -190,7 +206,11 @@ impl FlashCpu {
                 panic!("sequence {b} is empty");
             }
             for j in 0..sq {
-                let mut valid = if self.has(Bug::TopLeftAlignment) { (j + 1).min(c.seq_len(b)) } else { c.visible(b, j) };
+                let mut valid = if self.has(Bug::TopLeftAlignment) {
+                    (j + 1).min(c.seq_len(b))
+                } else {
+                    c.visible(b, j)
+                };
                 if (self.has(Bug::CausalOffByOne) || self.has(Bug::ReadPastContext)) && c.seq_len(b) > 0 {
                     valid += 1;
                 }
@@ -208,8 +228,12 @@ impl FlashCpu {
                 let splits = self.splits.max(1).min(end.max(1));
                 let bounds: Vec<usize> = (0..=splits).map(|s| s * end / splits).collect();
                 for i in 0..h {
-                    let q = inp.q_row(b, j, i);
-                    let mut parts: Vec<Partial> = bounds.windows(2).map(|w| self.chunk(inp, b, i, q, w[0], w[1], valid, scale)).collect();
+                    let row = QueryRow {
+                        b,
+                        i,
+                        q: inp.q_row(b, j, i),
+                    };
+                    let mut parts: Vec<Partial> = bounds.windows(2).map(|w| self.chunk(inp, &row, w[0]..w[1], valid, scale)).collect();
                     if self.has(Bug::SplitTailDropped) && parts.len() > 1 && end % splits != 0 {
                         parts.pop();
                     }
@@ -217,22 +241,50 @@ impl FlashCpu {
                     let mut l = 0.0;
                     let mut acc = vec![0.0f32; dout];
                     for p in &parts {
-                        let f = if self.has(Bug::SplitMergeNoRescale) || p.m == f32::NEG_INFINITY { if p.m == f32::NEG_INFINITY { 0.0 } else { 1.0 } } else { (p.m - m).exp() };
+                        let f = if self.has(Bug::SplitMergeNoRescale) || p.m == f32::NEG_INFINITY {
+                            if p.m == f32::NEG_INFINITY {
+                                0.0
+                            } else {
+                                1.0
+                            }
+                        } else {
+                            (p.m - m).exp()
+                        };
                         l += p.l * f;
                         for (a, x) in acc.iter_mut().zip(&p.acc) {
                             *a += x * f;
                         }
                     }
-                    let row = if self.has(Bug::TransposedHeads) { (b * h + i) * sq + j } else { (b * sq + j) * h + i };
+                    let row = if self.has(Bug::TransposedHeads) {
+                        (b * h + i) * sq + j
+                    } else {
+                        (b * sq + j) * h + i
+                    };
                     let empty = m == f32::NEG_INFINITY && !self.has(Bug::NoMaxSubtraction) || l == 0.0;
                     for (d, a) in o[row * dout..(row + 1) * dout].iter_mut().zip(&acc) {
-                        *d = if empty { if self.has(Bug::EmptyRowNan) { f32::NAN } else { 0.0 } } else { a / l };
+                        *d = if empty {
+                            if self.has(Bug::EmptyRowNan) {
+                                f32::NAN
+                            } else {
+                                0.0
+                            }
+                        } else {
+                            a / l
+                        };
                     }
                     lse[row] = if empty {
-                        if self.has(Bug::EmptyRowNan) { f32::NAN } else { f32::NEG_INFINITY }
+                        if self.has(Bug::EmptyRowNan) {
+                            f32::NAN
+                        } else {
+                            f32::NEG_INFINITY
+                        }
                     } else {
                         let e = m + l.ln();
-                        if self.has(Bug::Log2Lse) { e / std::f32::consts::LN_2 } else { e }
+                        if self.has(Bug::Log2Lse) {
+                            e / std::f32::consts::LN_2
+                        } else {
+                            e
+                        }
                     };
                 }
             }
@@ -257,10 +309,18 @@ impl FlashCpu {
                 let latent = inp.cache.row("latent", b, t);
                 for g in 0..c.g {
                     for r in 0..per {
-                        let row = if self.has(Bug::ExpandValueOffset) && r >= c.dn { r - c.dn } else { r };
+                        let row = if self.has(Bug::ExpandValueOffset) && r >= c.dn {
+                            r - c.dn
+                        } else {
+                            r
+                        };
                         let w = &inp.w_ukv[(g * per + row) * c.dc..(g * per + row + 1) * c.dc];
                         let y = c.dtype.round(w.iter().zip(latent).map(|(a, b)| a * b).sum::<f32>());
-                        if r < c.dn { k.push(y) } else { v.push(y) }
+                        if r < c.dn {
+                            k.push(y)
+                        } else {
+                            v.push(y)
+                        }
                     }
                 }
             }
@@ -277,7 +337,11 @@ impl Kernel for FlashCpu {
             None => "flash-cpu".to_string(),
             Some(b) => format!("flash-cpu-mutant-{b:?}"),
         };
-        KernelIdentity { name, version: env!("CARGO_PKG_VERSION").into(), description: format!("flash-decoding on the CPU, {} splits", self.splits) }
+        KernelIdentity {
+            name,
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: format!("flash-decoding on the CPU, {} splits", self.splits),
+        }
     }
     fn run(&self, inputs: &CaseInputs, outputs: &mut Outputs) -> Result<(), KernelError> {
         match inputs.case.op {

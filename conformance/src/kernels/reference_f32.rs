@@ -9,7 +9,11 @@ pub struct ReferenceF32;
 
 impl Kernel for ReferenceF32 {
     fn identity(&self) -> KernelIdentity {
-        KernelIdentity { name: "reference-f32".into(), version: env!("CARGO_PKG_VERSION").into(), description: "the suite's reference, computed in f32".into() }
+        KernelIdentity {
+            name: "reference-f32".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "the suite's reference, computed in f32".into(),
+        }
     }
     fn run(&self, inputs: &CaseInputs, outputs: &mut Outputs) -> Result<(), KernelError> {
         for (name, values) in compute(inputs, Precision::Naive(Dtype::F32)) {

@@ -1,0 +1,142 @@
+//! `gqla certify`: run a kernel over the conformance suite and write its certificate.
+
+use super::CliError;
+use gqla_conformance::case::Case;
+use gqla_conformance::kernels::{Bug, FlashCpu, ReferenceF32};
+use gqla_conformance::lattice::{suite_cases, SUITE_VERSION};
+use gqla_conformance::report::{Environment, MutationSummary, Report};
+use gqla_conformance::runner::Prepared;
+use gqla_conformance::Kernel;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The kernel: `builtin` (flash-cpu, with the mutation catalogue), `reference-f32`,
+    /// `flash-cpu`, `cuda`, or `external:DIR` (a filled vector pack).
+    #[arg(long, default_value = "builtin")]
+    kernel: String,
+    /// Only cases whose id starts with this prefix (e.g. `gqla.decode.gqa`).
+    #[arg(long, default_value = "")]
+    filter: String,
+    /// Where report.json, report.md and junit.xml go.
+    #[arg(long, default_value = "certificate")]
+    out: PathBuf,
+    /// Per-case time limit in seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+}
+
+/// Exit status of a certification: 0 conformant, 1 rejected.
+pub enum Outcome {
+    Conformant,
+    Rejected,
+}
+
+pub fn run(a: Args) -> Result<Outcome, CliError> {
+    let (kernel, with_mutants): (Arc<dyn Kernel>, bool) = match a.kernel.as_str() {
+        "builtin" => (Arc::new(FlashCpu::correct(3)), true),
+        "flash-cpu" => (Arc::new(FlashCpu::correct(3)), false),
+        "reference-f32" => (Arc::new(ReferenceF32), false),
+        "cuda" => {
+            return Err(CliError::Usage(
+                "the CUDA kernels are not built into this version yet (issue 5); certify `builtin` or an external vector pack".into(),
+            ))
+        }
+        k if k.starts_with("external:") => {
+            return Err(CliError::Usage(
+                "external vector packs (`gqla vectors export` / `--kernel external:DIR`) are not implemented yet in this version".into(),
+            ))
+        }
+        other => {
+            return Err(CliError::Usage(format!(
+                "unknown kernel `{other}`: expected builtin, reference-f32, flash-cpu, cuda or external:DIR"
+            )))
+        }
+    };
+    let cases: Vec<Case> = suite_cases().into_iter().filter(|c| c.matches(&a.filter)).collect();
+    if cases.is_empty() {
+        return Err(CliError::Usage(format!("no case id starts with `{}`", a.filter)));
+    }
+    let timeout = Duration::from_secs(a.timeout);
+    // A kernel's panic is reported as RUNTIME_ERROR in the certificate; keep it off the terminal.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().name() != Some(gqla_conformance::runner::KERNEL_THREAD) {
+            default_hook(info);
+        }
+    }));
+    let bar = ProgressBar::new(cases.len() as u64);
+    bar.set_style(ProgressStyle::with_template("certifying {bar:30} {pos}/{len} {msg}").expect("valid template"));
+    let mut prepared = Vec::with_capacity(cases.len());
+    let mut results = Vec::with_capacity(cases.len());
+    for case in &cases {
+        bar.set_message(case.op.name());
+        let p = Prepared::new(case);
+        results.push(p.run(&kernel, timeout));
+        if with_mutants {
+            prepared.push(p);
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let mut report = Report::new(
+        SUITE_VERSION,
+        kernel.identity(),
+        Environment::detect(BTreeMap::new()),
+        &a.filter,
+        results,
+    );
+    if with_mutants {
+        report.mutation = Some(mutation_summary(&prepared, timeout));
+    }
+    report
+        .write(&a.out)
+        .map_err(|e| CliError::Usage(format!("cannot write the certificate to {}: {e}", a.out.display())))?;
+    println!(
+        "kernel {} — suite {SUITE_VERSION}, {} cases",
+        report.kernel.name,
+        report.results.len()
+    );
+    for (status, n) in &report.summary {
+        println!("  {status:<24} {n}");
+    }
+    if let Some(m) = &report.mutation {
+        println!(
+            "  mutation catalogue: {} of {} seeded bugs rejected ({:.1}%)",
+            m.killed,
+            m.mutants,
+            100.0 * m.kill_rate
+        );
+    }
+    println!(
+        "{} — certificate in {}",
+        if report.conformant { "CONFORMANT" } else { "NOT CONFORMANT" },
+        a.out.display()
+    );
+    Ok(if report.conformant {
+        Outcome::Conformant
+    } else {
+        Outcome::Rejected
+    })
+}
+
+/// Run every mutant until a case rejects it.
+fn mutation_summary(prepared: &[Prepared], timeout: Duration) -> MutationSummary {
+    let mut results = BTreeMap::new();
+    for bug in Bug::ALL {
+        let mutant: Arc<dyn Kernel> = Arc::new(FlashCpu { splits: 3, bug: Some(bug) });
+        let first = prepared.iter().map(|p| p.run(&mutant, timeout)).find(|r| !r.status.is_conformant());
+        results.insert(format!("{bug:?}"), first.map(|r| (r.id, r.status.name().to_string())));
+    }
+    let killed = results.values().filter(|r| r.is_some()).count();
+    MutationSummary {
+        mutants: results.len(),
+        killed,
+        kill_rate: killed as f64 / results.len() as f64,
+        results,
+    }
+}

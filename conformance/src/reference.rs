@@ -86,25 +86,17 @@ fn decode(inputs: &CaseInputs, precision: Precision) -> Tensors {
     vec![("out", out), ("lse", lse)]
 }
 
+/// The truth: the reference crate's attention (SPEC.md §2) in f64.
 fn attend_exact(q: &[f32], kv: &[(Vec<f32>, Vec<f32>)], scale: f64, dout: usize) -> (Vec<f64>, f64) {
-    if kv.is_empty() {
-        return (vec![0.0; dout], f64::NEG_INFINITY);
-    }
-    let s: Vec<f64> = kv
-        .iter()
-        .map(|(k, _)| scale * q.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>())
-        .collect();
-    let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let p: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
-    let z: f64 = p.iter().sum();
-    let mut o = vec![0.0; dout];
-    for (w, (_, v)) in p.iter().zip(kv) {
-        for (acc, x) in o.iter_mut().zip(v) {
-            *acc += w * *x as f64;
-        }
-    }
-    o.iter_mut().for_each(|x| *x /= z);
-    (o, m + z.ln())
+    use gqla_reference::attention::{attend_row, KeyRange};
+    use ndarray::{Array1, Array2};
+    let n = kv.len();
+    let width = q.len();
+    let keys = Array2::from_shape_fn((n, width), |(t, d)| kv[t].0[d] as f64);
+    let values = Array2::from_shape_fn((n, dout), |(t, d)| kv[t].1[d] as f64);
+    let q = Array1::from_iter(q.iter().map(|v| *v as f64));
+    let (o, lse) = attend_row(q.view(), keys.view(), values.view(), scale, KeyRange { start: 0, end: n });
+    (o.to_vec(), lse)
 }
 
 fn attend_naive(q: &[f32], kv: &[(Vec<f32>, Vec<f32>)], scale: f32, dout: usize, dtype: Dtype) -> (Vec<f64>, f64) {

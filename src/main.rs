@@ -27,6 +27,8 @@ enum Command {
     Convert(commands::convert::Args),
     /// Certify a decode kernel against the reference on the conformance suite.
     Certify(commands::certify::Args),
+    /// Vector packs for kernels outside this process (PyTorch, Triton, CUDA C++).
+    Vectors(commands::vectors::Args),
     /// Benchmarks, printed as tables.
     Bench(commands::bench::Args),
     /// Per-token KV-cache sizes of a model on each GQLA path, measured from allocated caches.
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Command::CacheSize(a) => commands::cache_size::run(a),
         Command::Convert(a) => commands::convert::run(a),
         Command::Bench(a) => commands::bench::run(a),
+        Command::Vectors(a) => commands::vectors::run(a),
         Command::Certify(a) => match commands::certify::run(a) {
             Ok(commands::certify::Outcome::Conformant) => Ok(()),
             Ok(commands::certify::Outcome::Rejected) => return ExitCode::from(1),

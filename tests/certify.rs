@@ -33,7 +33,7 @@ fn builtin_certificate_on_a_subset() {
 fn refusals_are_clear() {
     for (kernel, needle) in [
         ("cuda", "issue 5"),
-        ("external:/nowhere", "not implemented yet"),
+        ("external:/nowhere", "/nowhere/manifest.json"),
         ("triton", "unknown kernel"),
     ] {
         let r = gqla(&["certify", "--kernel", kernel, "--out", "/tmp/unused-gqla-cert"]);
@@ -43,4 +43,163 @@ fn refusals_are_clear() {
     let r = gqla(&["certify", "--filter", "no.such.op", "--out", "/tmp/unused-gqla-cert"]);
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("no case id starts with"), "{}", r.stderr);
+}
+
+mod packs {
+    use crate::common::{gqla, root, RawTensor};
+    use gqla_conformance::inputs::CaseInputs;
+    use gqla_conformance::kernels::ReferenceF32;
+    use gqla_conformance::{Case, Kernel, Outputs};
+    use std::path::Path;
+
+    const CASE: &str = "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=once;sq=2;ctx=65;page=64;dtype=bf16;seed=23";
+
+    fn export(dir: &Path) {
+        let r = gqla(&["vectors", "export", "--out", dir.to_str().unwrap(), "--filter", CASE]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+
+    /// Outputs as a correct external kernel would write them.
+    fn correct_outputs(path: &Path, shape_override: Option<Vec<usize>>) {
+        let case: Case = CASE.parse().unwrap();
+        let mut out = Outputs::for_case(&case);
+        ReferenceF32.run(&CaseInputs::generate(&case), &mut out).unwrap();
+        let tensors: Vec<(String, RawTensor)> = out
+            .tensors
+            .iter()
+            .map(|t| {
+                let shape = if t.name == "out" {
+                    shape_override.clone().unwrap_or(t.shape.clone())
+                } else {
+                    t.shape.clone()
+                };
+                let n: usize = shape.iter().product();
+                (
+                    t.name.to_string(),
+                    RawTensor {
+                        dtype: safetensors::Dtype::F32,
+                        shape,
+                        bytes: t.region().iter().cycle().take(n).flat_map(|v| v.to_le_bytes()).collect(),
+                    },
+                )
+            })
+            .collect();
+        gqla_reference::hf::tensors::write_tensors(path, tensors.iter().map(|(n, t)| (n.as_str(), t)), None).unwrap();
+    }
+
+    fn certify(dir: &Path, out: &Path) -> (i32, serde_json::Value) {
+        let r = gqla(&[
+            "certify",
+            "--kernel",
+            &format!("external:{}", dir.display()),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let report = std::fs::read_to_string(out.join("report.json"))
+            .map(|t| serde_json::from_str(&t).unwrap())
+            .unwrap_or(serde_json::Value::Null);
+        (r.code, report)
+    }
+
+    #[test]
+    fn pack_outputs_are_judged_per_case() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (pack, cert) = (tmp.path().join("pack"), tmp.path().join("cert"));
+        export(&pack);
+        let outputs = pack.join("00000.outputs.safetensors");
+        // No outputs written.
+        let (code, report) = certify(&pack, &cert);
+        assert_eq!(
+            (code, report["results"][0]["status"].as_str()),
+            (1, Some("RUNTIME_ERROR")),
+            "{report}"
+        );
+        // Correct outputs.
+        correct_outputs(&outputs, None);
+        let (code, report) = certify(&pack, &cert);
+        assert_eq!((code, report["results"][0]["status"].as_str()), (0, Some("PASS")), "{report}");
+        // Wrong shape.
+        correct_outputs(&outputs, Some(vec![1, 2, 16, 127]));
+        let (code, report) = certify(&pack, &cert);
+        assert_eq!(
+            (code, report["results"][0]["status"].as_str()),
+            (1, Some("SHAPE_OR_DTYPE_MISMATCH")),
+            "{report}"
+        );
+        // Truncated file.
+        correct_outputs(&outputs, None);
+        let bytes = std::fs::read(&outputs).unwrap();
+        std::fs::write(&outputs, &bytes[..bytes.len() / 2]).unwrap();
+        let (code, report) = certify(&pack, &cert);
+        assert_eq!(
+            (code, report["results"][0]["status"].as_str()),
+            (1, Some("RUNTIME_ERROR")),
+            "{report}"
+        );
+        assert!(
+            report["results"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("not a valid safetensors file"),
+            "{report}"
+        );
+    }
+
+    #[test]
+    fn malformed_manifest_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pack = tmp.path().join("pack");
+        export(&pack);
+        std::fs::write(pack.join("manifest.json"), "{\"suite_version\": \"0.1\", \"cases\": 3}").unwrap();
+        let r = gqla(&[
+            "certify",
+            "--kernel",
+            &format!("external:{}", pack.display()),
+            "--out",
+            tmp.path().join("c").to_str().unwrap(),
+        ]);
+        assert_eq!(r.code, 2);
+        assert!(
+            r.stderr.contains("manifest.json") && r.stderr.contains("malformed manifest"),
+            "{}",
+            r.stderr
+        );
+        let r = gqla(&[
+            "certify",
+            "--kernel",
+            "external:/no/such/pack",
+            "--out",
+            tmp.path().join("c").to_str().unwrap(),
+        ]);
+        assert_eq!(r.code, 2);
+        assert!(r.stderr.contains("/no/such/pack/manifest.json"), "{}", r.stderr);
+    }
+
+    /// examples/certify_sdpa.py certifies PyTorch's SDPA as a gqla.decode.gqa kernel. Needs a
+    /// Python with torch (`GQLA_PYTHON`, default python3); without one the test says it skipped.
+    #[test]
+    fn pytorch_sdpa_example_is_conformant() {
+        let python = std::env::var("GQLA_PYTHON").unwrap_or_else(|_| "python3".into());
+        if !std::process::Command::new(&python)
+            .args(["-c", "import torch, safetensors"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            eprintln!("SKIPPED pytorch_sdpa_example_is_conformant: {python} cannot import torch and safetensors (set GQLA_PYTHON)");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let pack = tmp.path().join("pack");
+        let r = gqla(&["vectors", "export", "--out", pack.to_str().unwrap(), "--filter", "gqla.decode.gqa"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let run = std::process::Command::new(&python)
+            .arg(root().join("examples/certify_sdpa.py"))
+            .arg(&pack)
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        let (code, report) = certify(&pack, &tmp.path().join("cert"));
+        assert_eq!(code, 0, "{report}");
+        assert_eq!(report["conformant"], true);
+    }
 }

@@ -8,6 +8,7 @@
 //! - [`reference`], [`tolerance`], [`verdict`]: how outputs are judged.
 //! - [`runner`], [`report`]: running a kernel and writing certificates.
 //! - [`kernels`]: built-in kernels and the mutation catalogue.
+//! - [`pack`]: vector packs for kernels outside this process (PyTorch, Triton, CUDA C++).
 
 pub mod case;
 pub mod definition;
@@ -15,6 +16,7 @@ pub mod inputs;
 pub mod kernel;
 pub mod kernels;
 pub mod lattice;
+pub mod pack;
 pub mod reference;
 pub mod report;
 pub mod runner;

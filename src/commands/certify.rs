@@ -4,19 +4,20 @@ use super::CliError;
 use gqla_conformance::case::Case;
 use gqla_conformance::kernels::{Bug, FlashCpu, ReferenceF32};
 use gqla_conformance::lattice::{suite_cases, SUITE_VERSION};
+use gqla_conformance::pack::{judge, read_manifest};
 use gqla_conformance::report::{Environment, MutationSummary, Report};
 use gqla_conformance::runner::Prepared;
-use gqla_conformance::Kernel;
+use gqla_conformance::{Kernel, KernelIdentity};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// The kernel: `builtin` (flash-cpu, with the mutation catalogue), `reference-f32`,
-    /// `flash-cpu`, `cuda`, or `external:DIR` (a filled vector pack).
+    /// `flash-cpu`, `cuda`, or `external:DIR` (a vector pack whose outputs a kernel has written).
     #[arg(long, default_value = "builtin")]
     kernel: String,
     /// Only cases whose id starts with this prefix (e.g. `gqla.decode.gqa`).
@@ -25,7 +26,7 @@ pub struct Args {
     /// Where report.json, report.md and junit.xml go.
     #[arg(long, default_value = "certificate")]
     out: PathBuf,
-    /// Per-case time limit in seconds.
+    /// Per-case time limit in seconds (in-process kernels).
     #[arg(long, default_value_t = 300)]
     timeout: u64,
 }
@@ -46,11 +47,7 @@ pub fn run(a: Args) -> Result<Outcome, CliError> {
                 "the CUDA kernels are not built into this version yet (issue 5); certify `builtin` or an external vector pack".into(),
             ))
         }
-        k if k.starts_with("external:") => {
-            return Err(CliError::Usage(
-                "external vector packs (`gqla vectors export` / `--kernel external:DIR`) are not implemented yet in this version".into(),
-            ))
-        }
+        k if k.starts_with("external:") => return external(Path::new(&k["external:".len()..]), &a),
         other => {
             return Err(CliError::Usage(format!(
                 "unknown kernel `{other}`: expected builtin, reference-f32, flash-cpu, cuda or external:DIR"
@@ -93,9 +90,36 @@ pub fn run(a: Args) -> Result<Outcome, CliError> {
     if with_mutants {
         report.mutation = Some(mutation_summary(&prepared, timeout));
     }
+    finish(report, &a.out)
+}
+
+/// Certify the outputs a kernel wrote into a vector pack.
+fn external(dir: &Path, a: &Args) -> Result<Outcome, CliError> {
+    let mut manifest = read_manifest(dir).map_err(|e| CliError::Usage(e.to_string()))?;
+    manifest.cases.retain(|c| c.id.starts_with(&a.filter));
+    if manifest.cases.is_empty() {
+        return Err(CliError::Usage(format!("no case of the pack starts with `{}`", a.filter)));
+    }
+    let bar = ProgressBar::new(manifest.cases.len() as u64);
+    bar.set_style(ProgressStyle::with_template("judging {bar:30} {pos}/{len}").expect("valid template"));
+    let results = judge(dir, &manifest, |_| bar.inc(1));
+    bar.finish_and_clear();
+    let identity = KernelIdentity {
+        name: format!("external:{}", dir.display()),
+        version: "-".into(),
+        description: "outputs read from a vector pack".into(),
+    };
+    finish(
+        Report::new(SUITE_VERSION, identity, Environment::detect(BTreeMap::new()), &a.filter, results),
+        &a.out,
+    )
+}
+
+/// Write the certificate, print the summary, and say whether it is conformant.
+fn finish(report: Report, out: &Path) -> Result<Outcome, CliError> {
     report
-        .write(&a.out)
-        .map_err(|e| CliError::Usage(format!("cannot write the certificate to {}: {e}", a.out.display())))?;
+        .write(out)
+        .map_err(|e| CliError::Usage(format!("cannot write the certificate to {}: {e}", out.display())))?;
     println!(
         "kernel {} — suite {SUITE_VERSION}, {} cases",
         report.kernel.name,
@@ -115,7 +139,7 @@ pub fn run(a: Args) -> Result<Outcome, CliError> {
     println!(
         "{} — certificate in {}",
         if report.conformant { "CONFORMANT" } else { "NOT CONFORMANT" },
-        a.out.display()
+        out.display()
     );
     Ok(if report.conformant {
         Outcome::Conformant

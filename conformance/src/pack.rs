@@ -1,0 +1,291 @@
+//! Vector packs: the out-of-process path for PyTorch, Triton and CUDA C++ kernels.
+//!
+//! `export` writes `manifest.json` and one `<n>.inputs.safetensors` per case (readable by the
+//! Python `safetensors` package). Inputs are stored in the case dtype (exact: they were drawn in
+//! it); `seq_lens` and `block_table` as I32; `scale` as an F32 scalar. The author's script writes
+//! `<n>.outputs.safetensors` with the case's output tensors (any float dtype) into the pack, and
+//! `judge` certifies them. Inputs are regenerated from the case ids, so a pack cannot be tampered
+//! with to make a case easier.
+
+use crate::case::{Case, Dtype};
+use crate::inputs::{CaseInputs, Paging};
+use crate::kernel::Outputs;
+use crate::lattice::SUITE_VERSION;
+use crate::runner::{CaseResult, Prepared};
+use crate::verdict::Status;
+use safetensors::{Dtype as StDtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::Instant;
+
+/// One case of a pack.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PackCase {
+    pub id: String,
+    pub inputs: String,
+    pub outputs: String,
+    /// Output tensor names and shapes the kernel must write.
+    pub expected_outputs: Vec<(String, Vec<usize>)>,
+}
+
+/// `manifest.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub suite_version: String,
+    pub conventions: Vec<String>,
+    pub cases: Vec<PackCase>,
+}
+
+/// Errors about a pack as a whole (a case's own problems become its status).
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    #[error("{path}: {message}")]
+    Io { path: String, message: String },
+    #[error("{path}: malformed manifest: {message}")]
+    Manifest { path: String, message: String },
+}
+
+struct Raw {
+    dtype: StDtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl safetensors::View for &Raw {
+    fn dtype(&self) -> StDtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+fn floats(dtype: Dtype, shape: Vec<usize>, values: &[f32]) -> Raw {
+    let (st, bytes): (StDtype, Vec<u8>) = match dtype {
+        Dtype::F32 => (StDtype::F32, values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        Dtype::Bf16 => (
+            StDtype::BF16,
+            values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
+        ),
+        Dtype::F16 => (
+            StDtype::F16,
+            values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+        ),
+    };
+    Raw { dtype: st, shape, bytes }
+}
+
+fn ints(shape: Vec<usize>, values: &[i32]) -> Raw {
+    Raw {
+        dtype: StDtype::I32,
+        shape,
+        bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    }
+}
+
+fn io(path: &Path, e: impl std::fmt::Display) -> PackError {
+    PackError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// Write a file via a temp file and a rename.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PackError> {
+    let tmp = path.with_extension("tmp-partial");
+    std::fs::write(&tmp, bytes).map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
+}
+
+/// The input tensors of a case, as the pack stores them.
+fn input_tensors(inp: &CaseInputs) -> Vec<(String, Raw)> {
+    let c = &inp.case;
+    let mut t = Vec::new();
+    if !inp.q.is_empty() {
+        t.push(("q".to_string(), floats(c.dtype, vec![c.batch(), c.sq, c.h, c.q_width()], &inp.q)));
+    }
+    for comp in &inp.cache.components {
+        let slots = inp.cache.slots();
+        let shape = match &inp.cache.paging {
+            Paging::Contiguous { capacity } => vec![c.batch(), *capacity, comp.width],
+            Paging::Paged { page, num_pages, .. } => vec![*num_pages, *page, comp.width],
+        };
+        debug_assert_eq!(slots * comp.width, comp.data.len());
+        t.push((comp.name.to_string(), floats(c.dtype, shape, &comp.data)));
+    }
+    let lens: Vec<i32> = inp.cache.seq_lens.iter().map(|&l| l as i32).collect();
+    t.push(("seq_lens".to_string(), ints(vec![lens.len()], &lens)));
+    if let Paging::Paged {
+        max_pages, block_table, ..
+    } = &inp.cache.paging
+    {
+        t.push(("block_table".to_string(), ints(vec![c.batch(), *max_pages], block_table)));
+    }
+    t.push(("scale".to_string(), floats(Dtype::F32, vec![], &[inp.scale])));
+    if !inp.w_ukv.is_empty() {
+        t.push(("w_ukv".to_string(), floats(c.dtype, vec![c.g * (c.dn + c.dv), c.dc], &inp.w_ukv)));
+    }
+    t
+}
+
+/// Write the pack of `cases` into `dir`.
+pub fn export(cases: &[Case], dir: &Path) -> Result<Manifest, PackError> {
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let mut manifest = Manifest {
+        suite_version: SUITE_VERSION.into(),
+        conventions: crate::definition::definition(crate::case::Op::DecodeGqa)
+            .conventions
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        cases: Vec::new(),
+    };
+    for (n, case) in cases.iter().enumerate() {
+        let inp = CaseInputs::generate(case);
+        let tensors = input_tensors(&inp);
+        let bytes = safetensors::serialize(
+            tensors.iter().map(|(k, v)| (k.clone(), v)),
+            Some([("case".to_string(), case.to_string())].into_iter().collect()),
+        )
+        .map_err(|e| io(dir, e))?;
+        let inputs = format!("{n:05}.inputs.safetensors");
+        write_atomic(&dir.join(&inputs), &bytes)?;
+        let expected_outputs = Outputs::for_case(case)
+            .tensors
+            .iter()
+            .map(|t| (t.name.to_string(), t.shape.clone()))
+            .collect();
+        manifest.cases.push(PackCase {
+            id: case.to_string(),
+            inputs,
+            outputs: format!("{n:05}.outputs.safetensors"),
+            expected_outputs,
+        });
+    }
+    let json = serde_json::to_string_pretty(&manifest).expect("manifest serializes") + "\n";
+    write_atomic(&dir.join("manifest.json"), json.as_bytes())?;
+    Ok(manifest)
+}
+
+/// Read a pack's manifest.
+pub fn read_manifest(dir: &Path) -> Result<Manifest, PackError> {
+    let path = dir.join("manifest.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
+    let m: Manifest = serde_json::from_str(&text).map_err(|e| PackError::Manifest {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    if m.suite_version != SUITE_VERSION {
+        return Err(PackError::Manifest {
+            path: path.display().to_string(),
+            message: format!("suite version {} (this tool certifies {SUITE_VERSION})", m.suite_version),
+        });
+    }
+    for c in &m.cases {
+        c.id.parse::<Case>().map_err(|e| PackError::Manifest {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+    }
+    Ok(m)
+}
+
+/// Decode a float tensor of any float dtype to f32.
+fn decode(dtype: StDtype, bytes: &[u8]) -> Option<Vec<f32>> {
+    Some(match dtype {
+        StDtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        StDtype::F64 => bytes
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
+            .collect(),
+        StDtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        StDtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        _ => return None,
+    })
+}
+
+/// Judge the outputs a kernel wrote into the pack, one case at a time.
+pub fn judge(dir: &Path, manifest: &Manifest, mut on_case: impl FnMut(&CaseResult)) -> Vec<CaseResult> {
+    manifest
+        .cases
+        .iter()
+        .map(|pc| {
+            let start = Instant::now();
+            let case: Case = pc.id.parse().expect("validated with the manifest");
+            let status = judge_case(dir, pc, &case);
+            let r = CaseResult {
+                id: pc.id.clone(),
+                status,
+                seconds: start.elapsed().as_secs_f64(),
+            };
+            on_case(&r);
+            r
+        })
+        .collect()
+}
+
+fn judge_case(dir: &Path, pc: &PackCase, case: &Case) -> Status {
+    let path = dir.join(&pc.outputs);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) => {
+            return Status::RuntimeError {
+                message: format!("{}: no outputs ({e})", path.display()),
+            }
+        }
+    };
+    let st = match SafeTensors::deserialize(&bytes) {
+        Ok(st) => st,
+        Err(e) => {
+            return Status::RuntimeError {
+                message: format!("{}: not a valid safetensors file: {e}", path.display()),
+            }
+        }
+    };
+    let mut outputs = Outputs::for_case(case);
+    for t in outputs.tensors.iter_mut() {
+        let Ok(view) = st.tensor(t.name) else {
+            return Status::ShapeOrDtypeMismatch {
+                detail: format!("{}: tensor `{}` missing (expected shape {:?})", path.display(), t.name, t.shape),
+            };
+        };
+        if view.shape() != t.shape.as_slice() {
+            return Status::ShapeOrDtypeMismatch {
+                detail: format!(
+                    "{}: tensor `{}` has shape {:?}, expected {:?}",
+                    path.display(),
+                    t.name,
+                    view.shape(),
+                    t.shape
+                ),
+            };
+        }
+        let Some(values) = decode(view.dtype(), view.data()) else {
+            return Status::ShapeOrDtypeMismatch {
+                detail: format!(
+                    "{}: tensor `{}` has dtype {:?}, expected a float dtype",
+                    path.display(),
+                    t.name,
+                    view.dtype()
+                ),
+            };
+        };
+        t.region_mut().copy_from_slice(&values);
+    }
+    Prepared::new(case).judge(&outputs)
+}

@@ -13,6 +13,8 @@ use crate::kernel::Outputs;
 use crate::lattice::SUITE_VERSION;
 use crate::runner::{CaseResult, Prepared};
 use crate::verdict::Status;
+use gqla_reference::hf::config::StorageDtype;
+use gqla_reference::hf::tensors::{write_tensors, RawTensor};
 use safetensors::{Dtype as StDtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -45,44 +47,17 @@ pub enum PackError {
     Manifest { path: String, message: String },
 }
 
-struct Raw {
-    dtype: StDtype,
-    shape: Vec<usize>,
-    bytes: Vec<u8>,
-}
-
-impl safetensors::View for &Raw {
-    fn dtype(&self) -> StDtype {
-        self.dtype
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        std::borrow::Cow::Borrowed(&self.bytes)
-    }
-    fn data_len(&self) -> usize {
-        self.bytes.len()
-    }
-}
-
-fn floats(dtype: Dtype, shape: Vec<usize>, values: &[f32]) -> Raw {
-    let (st, bytes): (StDtype, Vec<u8>) = match dtype {
-        Dtype::F32 => (StDtype::F32, values.iter().flat_map(|v| v.to_le_bytes()).collect()),
-        Dtype::Bf16 => (
-            StDtype::BF16,
-            values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
-        ),
-        Dtype::F16 => (
-            StDtype::F16,
-            values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
-        ),
+fn floats(dtype: Dtype, shape: Vec<usize>, values: &[f32]) -> RawTensor {
+    let storage = match dtype {
+        Dtype::F32 => StorageDtype::F32,
+        Dtype::Bf16 => StorageDtype::Bf16,
+        Dtype::F16 => StorageDtype::F16,
     };
-    Raw { dtype: st, shape, bytes }
+    RawTensor::encode(storage, shape, values.iter().map(|v| *v as f64))
 }
 
-fn ints(shape: Vec<usize>, values: &[i32]) -> Raw {
-    Raw {
+fn ints(shape: Vec<usize>, values: &[i32]) -> RawTensor {
+    RawTensor {
         dtype: StDtype::I32,
         shape,
         bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
@@ -104,7 +79,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PackError> {
 }
 
 /// The input tensors of a case, as the pack stores them.
-fn input_tensors(inp: &CaseInputs) -> Vec<(String, Raw)> {
+fn input_tensors(inp: &CaseInputs) -> Vec<(String, RawTensor)> {
     let c = &inp.case;
     let mut t = Vec::new();
     if !inp.q.is_empty() {
@@ -149,13 +124,9 @@ pub fn export(cases: &[Case], dir: &Path) -> Result<Manifest, PackError> {
     for (n, case) in cases.iter().enumerate() {
         let inp = CaseInputs::generate(case);
         let tensors = input_tensors(&inp);
-        let bytes = safetensors::serialize(
-            tensors.iter().map(|(k, v)| (k.clone(), v)),
-            Some([("case".to_string(), case.to_string())].into_iter().collect()),
-        )
-        .map_err(|e| io(dir, e))?;
         let inputs = format!("{n:05}.inputs.safetensors");
-        write_atomic(&dir.join(&inputs), &bytes)?;
+        let meta = [("case".to_string(), case.to_string())].into_iter().collect();
+        write_tensors(&dir.join(&inputs), tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(meta)).map_err(|e| io(dir, e))?;
         let expected_outputs = Outputs::for_case(case)
             .tensors
             .iter()

@@ -14,7 +14,7 @@ use crate::lattice::SUITE_VERSION;
 use crate::runner::{CaseResult, Prepared};
 use crate::verdict::Status;
 use gqla_reference::hf::config::StorageDtype;
-use gqla_reference::hf::tensors::{write_tensors, RawTensor};
+use gqla_reference::hf::tensors::{decode_floats, write_tensors, RawTensor};
 use safetensors::{Dtype as StDtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -167,29 +167,6 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, PackError> {
     Ok(m)
 }
 
-/// Decode a float tensor of any float dtype to f32.
-fn decode(dtype: StDtype, bytes: &[u8]) -> Option<Vec<f32>> {
-    Some(match dtype {
-        StDtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        StDtype::F64 => bytes
-            .chunks_exact(8)
-            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
-            .collect(),
-        StDtype::BF16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        StDtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        _ => return None,
-    })
-}
-
 /// Judge the outputs a kernel wrote into the pack, one case at a time.
 pub fn judge(dir: &Path, manifest: &Manifest, mut on_case: impl FnMut(&CaseResult)) -> Vec<CaseResult> {
     manifest
@@ -246,7 +223,7 @@ fn judge_case(dir: &Path, pc: &PackCase, case: &Case) -> Status {
                 ),
             };
         }
-        let Some(values) = decode(view.dtype(), view.data()) else {
+        let Some(values) = decode_floats(view.dtype(), view.data()) else {
             return Status::ShapeOrDtypeMismatch {
                 detail: format!(
                     "{}: tensor `{}` has dtype {:?}, expected a float dtype",
@@ -256,7 +233,7 @@ fn judge_case(dir: &Path, pc: &PackCase, case: &Case) -> Status {
                 ),
             };
         };
-        t.region_mut().copy_from_slice(&values);
+        t.region_mut().iter_mut().zip(&values).for_each(|(d, v)| *d = *v as f32);
     }
     Prepared::new(case).judge(&outputs)
 }

@@ -140,7 +140,7 @@ impl TensorStore {
     /// Read tensor `name` as f64 with exactly `shape`, rejecting other dtypes and non-finite values.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<ArrayD<f64>> {
         let (file, view) = self.view_checked(name, shape)?;
-        let values = decode(view.dtype(), view.data()).ok_or_else(|| self.dtype_error(file, name, view.dtype()))?;
+        let values = decode_floats(view.dtype(), view.data()).ok_or_else(|| self.dtype_error(file, name, view.dtype()))?;
         let bad: Vec<usize> = values.iter().enumerate().filter(|(_, x)| !x.is_finite()).map(|(k, _)| k).collect();
         if let Some(&first) = bad.first() {
             return Err(Error::NonFinite {
@@ -168,7 +168,7 @@ impl TensorStore {
                 });
             }
             let bytes = &view.data()[r * cols * width..(r + 1) * cols * width];
-            let values = decode(view.dtype(), bytes).ok_or_else(|| self.dtype_error(file, name, view.dtype()))?;
+            let values = decode_floats(view.dtype(), bytes).ok_or_else(|| self.dtype_error(file, name, view.dtype()))?;
             if let Some(first) = values.iter().position(|v| !v.is_finite()) {
                 return Err(Error::NonFinite {
                     path: file.path.clone(),
@@ -314,7 +314,8 @@ impl TensorStore {
     }
 }
 
-fn decode(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f64>> {
+/// Little-endian BF16/F16/F32/F64 bytes to f64 (exact); None for other dtypes.
+pub fn decode_floats(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f64>> {
     Some(match dtype {
         Dtype::BF16 => bytes
             .chunks_exact(2)

@@ -3,7 +3,7 @@
 use crate::common::gqla;
 
 #[test]
-fn builtin_certificate_on_a_subset() {
+fn builtin_certificates_on_a_subset() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("cert");
     let filter = "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=2;ctx=65;page=64;dtype=bf16";
@@ -15,18 +15,32 @@ fn builtin_certificate_on_a_subset() {
         "a mutant's panic leaked to the terminal: {}",
         r.stderr
     );
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
-    let results = report["results"].as_array().unwrap();
-    assert!(!results.is_empty());
-    assert!(results
-        .iter()
-        .all(|c| c["status"] == "PASS" && c["id"].as_str().unwrap().starts_with(filter)));
-    assert_eq!(report["suite_version"], "0.1");
-    assert_eq!(report["conformant"], true);
-    assert!(report["mutation"]["killed"].as_u64().unwrap() >= 1);
-    let junit = std::fs::read_to_string(out.join("junit.xml")).unwrap();
-    assert!(junit.contains("<testsuite") && junit.contains(&format!("tests=\"{}\"", results.len())));
-    assert!(std::fs::read_to_string(out.join("report.md")).unwrap().contains("CONFORMANT"));
+    // Every built-in kernel gets its own certificate; the flash kernel's carries the catalogue.
+    for kernel in ["reference-f32", "flash-cpu", "candle"] {
+        let dir = out.join(kernel);
+        let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+        let results = report["results"].as_array().unwrap();
+        assert!(!results.is_empty());
+        assert!(results
+            .iter()
+            .all(|c| c["status"] == "PASS" && c["id"].as_str().unwrap().starts_with(filter)));
+        assert_eq!(report["suite_version"], gqla_conformance::SUITE_VERSION);
+        assert_eq!(report["conformant"], true);
+        assert_eq!(report["kernel"]["name"], kernel);
+        assert!(report["environment"]["rustc"].as_str().unwrap().starts_with("rustc "), "{report}");
+        assert_eq!(report["definitions"][0]["name"], "gqla.decode.absorb", "{report}");
+        let kill = &report["mutation"];
+        if kernel == "flash-cpu" {
+            assert_eq!(kill["mutants"], gqla_conformance::kernels::Bug::ALL.len());
+            assert!(kill["killed"].as_u64().unwrap() >= 1);
+        } else {
+            assert!(kill.is_null(), "{kernel}: {kill}");
+        }
+        let junit = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
+        assert!(junit.contains("<testsuite") && junit.contains(&format!("tests=\"{}\"", results.len())));
+        assert!(std::fs::read_to_string(dir.join("report.md")).unwrap().contains("CONFORMANT"));
+    }
+    assert!(r.stdout.contains("kernel candle"), "{}", r.stdout);
 }
 
 #[test]
@@ -52,7 +66,8 @@ mod packs {
     use gqla_conformance::{Case, Kernel, Outputs};
     use std::path::Path;
 
-    const CASE: &str = "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=once;sq=2;ctx=65;page=64;dtype=bf16;seed=23";
+    /// The base gqla.decode.gqa case (its seed is its position in the lattice).
+    const CASE: &str = "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=once;sq=2;ctx=65;page=64;dtype=bf16;seed=";
 
     fn export(dir: &Path) {
         let r = gqla(&["vectors", "export", "--out", dir.to_str().unwrap(), "--filter", CASE]);
@@ -61,7 +76,10 @@ mod packs {
 
     /// Outputs as a correct external kernel would write them.
     fn correct_outputs(path: &Path, shape_override: Option<Vec<usize>>) {
-        let case: Case = CASE.parse().unwrap();
+        let case: Case = gqla_conformance::lattice::suite_cases()
+            .into_iter()
+            .find(|c| c.matches(CASE))
+            .unwrap();
         let mut out = Outputs::for_case(&case);
         ReferenceF32.run(&CaseInputs::generate(&case), &mut out).unwrap();
         let tensors: Vec<(String, RawTensor)> = out
@@ -118,6 +136,27 @@ mod packs {
         correct_outputs(&outputs, None);
         let (code, report) = certify(&pack, &cert);
         assert_eq!((code, report["results"][0]["status"].as_str()), (0, Some("PASS")), "{report}");
+        assert!(report["kernel"]["name"].as_str().unwrap().starts_with("external:"), "{report}");
+        // The author's kernel.json names the kernel and its environment in the certificate.
+        std::fs::write(
+            pack.join("kernel.json"),
+            r#"{"name": "my-kernel", "version": "1.2", "description": "test", "environment": {"device": "cpu"}}"#,
+        )
+        .unwrap();
+        let (_, report) = certify(&pack, &cert);
+        assert_eq!(report["kernel"]["name"], "my-kernel", "{report}");
+        assert_eq!(report["environment"]["kernel_environment"]["device"], "cpu", "{report}");
+        std::fs::write(pack.join("kernel.json"), "{ not json").unwrap();
+        let r = gqla(&[
+            "certify",
+            "--kernel",
+            &format!("external:{}", pack.display()),
+            "--out",
+            cert.to_str().unwrap(),
+        ]);
+        assert_eq!(r.code, 2);
+        assert!(r.stderr.contains("kernel.json"), "{}", r.stderr);
+        std::fs::remove_file(pack.join("kernel.json")).unwrap();
         // Wrong shape.
         correct_outputs(&outputs, Some(vec![1, 2, 16, 127]));
         let (code, report) = certify(&pack, &cert);
@@ -145,12 +184,31 @@ mod packs {
         );
     }
 
+    /// A pack carries every definition and, for split-KV cases, the requested split count.
+    #[test]
+    fn packs_carry_definitions_and_split_counts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pack = tmp.path().join("pack");
+        let filter = "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=2;ctx=4097;page=64;dtype=bf16;splits=7";
+        let r = gqla(&["vectors", "export", "--out", pack.to_str().unwrap(), "--filter", filter]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let defs: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(pack.join("definitions.json")).unwrap()).unwrap();
+        let names: Vec<&str> = defs.as_array().unwrap().iter().map(|d| d["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["gqla.decode.absorb", "gqla.decode.gqa", "gqla.cache.expand", "gqa.decode"]);
+        assert!(defs[0]["axes"].as_array().unwrap().iter().any(|a| a["name"] == "num_splits"));
+        let bytes = std::fs::read(pack.join("00000.inputs.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let n = st.tensor("num_splits").unwrap();
+        assert_eq!((n.dtype(), n.data()), (safetensors::Dtype::I32, &7i32.to_le_bytes()[..]));
+    }
+
     #[test]
     fn malformed_manifest_is_an_error() {
         let tmp = tempfile::tempdir().unwrap();
         let pack = tmp.path().join("pack");
         export(&pack);
-        std::fs::write(pack.join("manifest.json"), "{\"suite_version\": \"0.1\", \"cases\": 3}").unwrap();
+        let bad = format!("{{\"suite_version\": \"{}\", \"cases\": 3}}", gqla_conformance::SUITE_VERSION);
+        std::fs::write(pack.join("manifest.json"), bad).unwrap();
         let r = gqla(&[
             "certify",
             "--kernel",

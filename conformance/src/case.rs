@@ -103,6 +103,9 @@ pub struct Case {
     pub ctx: Vec<Option<usize>>,
     /// Page size; None = contiguous cache.
     pub page: Option<usize>,
+    /// KV splits the kernel is asked to use (flash-decoding); None = the kernel's own choice.
+    /// The answer must not depend on it; splits may outnumber a row's keys (empty splits).
+    pub splits: Option<usize>,
     pub layout: RopeLayout,
     pub dtype: Dtype,
     /// Softmax scale override; None = 1/sqrt(key dim of the definition).
@@ -183,6 +186,7 @@ impl Case {
                 self.layout = RopeLayout::Once;
                 self.scale = None;
                 self.logits = Logits::Normal;
+                self.splits = None;
             }
         }
         self
@@ -194,6 +198,9 @@ impl Case {
         need(!self.ctx.is_empty(), "at least one sequence (ctx)")?;
         if let Some(p) = self.page {
             need(p > 0, "page size > 0")?;
+        }
+        if let Some(s) = self.splits {
+            need(s > 0, "splits > 0")?;
         }
         match self.op {
             Op::DecodeAbsorb => need(self.h > 0 && self.dc > 0 && self.dn > 0 && self.sq > 0, "h, dc, dn, sq > 0")?,
@@ -247,6 +254,9 @@ impl fmt::Display for Case {
             None => write!(f, ";page=none")?,
         }
         write!(f, ";dtype={}", self.dtype.name())?;
+        if let Some(s) = self.splits {
+            write!(f, ";splits={s}")?;
+        }
         if let Some(bits) = self.scale {
             write!(f, ";scale={}", f32::from_bits(bits))?;
         }
@@ -277,6 +287,7 @@ impl FromStr for Case {
             sq: 1,
             ctx: vec![],
             page: None,
+            splits: None,
             layout: RopeLayout::Once,
             dtype: Dtype::F32,
             scale: None,
@@ -301,6 +312,7 @@ impl FromStr for Case {
                         .collect::<Result<_, _>>()?
                 }
                 "page" => c.page = if v == "none" { None } else { Some(num(v)?) },
+                "splits" => c.splits = Some(num(v)?),
                 "rope" => {
                     c.layout = match v {
                         "once" => RopeLayout::Once,

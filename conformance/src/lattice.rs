@@ -4,11 +4,11 @@
 //! Factors: s_q ∈ {1, 2, 3, 4}; context ∈ {1, 17, 63, 64, 65, 4096, 4097, 16384}; odd head counts,
 //! G = 1 and G = H; batches with mixed lengths including zero and padding rows (no keys); large logits; page sizes {none, 1,
 //! 16, 64} with lengths off page boundaries; dtypes f32/bf16/f16; both rope layouts; an explicit
-//! scale. Every case gets poisoned memory and output canaries (see [`crate::inputs`]).
+//! scale; requested KV split counts {1, 7, 64} and more splits than keys (v0.2). Every case gets poisoned memory and output canaries (see [`crate::inputs`]).
 
 use crate::case::{Case, Dtype, Logits, Op, RopeLayout};
 
-pub const SUITE_VERSION: &str = "0.1";
+pub const SUITE_VERSION: &str = "0.2";
 
 fn base(op: Op) -> Case {
     let mut c = Case {
@@ -22,6 +22,7 @@ fn base(op: Op) -> Case {
         sq: 2,
         ctx: vec![Some(65)],
         page: Some(64),
+        splits: None,
         layout: RopeLayout::Once,
         dtype: Dtype::Bf16,
         scale: None,
@@ -86,6 +87,18 @@ pub fn suite_cases() -> Vec<Case> {
         for sq in [1, 3, 4] {
             push(&|c| c.sq = sq);
         }
+        // Split-KV sensitivity: the same answer for any split count, including splits that get no
+        // keys (more splits than a short row has keys).
+        for splits in [1, 7, 64] {
+            push(&|c| {
+                c.ctx = vec![Some(4097)];
+                c.splits = Some(splits);
+            });
+        }
+        push(&|c| {
+            c.ctx = vec![Some(0), Some(17), None, Some(1), Some(130)];
+            c.splits = Some(16);
+        });
         push(&|c| c.logits = Logits::Large);
         push(&|c| c.scale = Some(0.05f32.to_bits()));
         push(&|c| {

@@ -1,9 +1,11 @@
 //! Vector packs: the out-of-process path for PyTorch, Triton and CUDA C++ kernels.
 //!
-//! `export` writes `manifest.json` and one `<n>.inputs.safetensors` per case (readable by the
-//! Python `safetensors` package). Inputs are stored in the case dtype (exact: they were drawn in
-//! it); `seq_lens` and `block_table` as I32; `scale` as an F32 scalar. The author's script writes
-//! `<n>.outputs.safetensors` with the case's output tensors (any float dtype) into the pack, and
+//! `export` writes `manifest.json`, `definitions.json` (every operation's contract) and one
+//! `<n>.inputs.safetensors` per case (readable by the Python `safetensors` package). Inputs are
+//! stored in the case dtype (exact: they were drawn in it); `seq_lens`, `block_table` and
+//! `num_splits` (when the case requests a split count) as I32; `scale` as an F32 scalar. The
+//! author's script writes `<n>.outputs.safetensors` with the case's output tensors (any float
+//! dtype) into the pack, and optionally `kernel.json` (name, version, description, environment);
 //! `judge` certifies them. Inputs are regenerated from the case ids, so a pack cannot be tampered
 //! with to make a case easier.
 
@@ -34,8 +36,22 @@ pub struct PackCase {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     pub suite_version: String,
-    pub conventions: Vec<String>,
+    /// The file with every operation's definition (axes, tensors, dtype rules, conventions).
+    pub definitions: String,
     pub cases: Vec<PackCase>,
+}
+
+/// `kernel.json`, optionally written by the author's script: who produced the outputs.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct KernelInfo {
+    pub name: String,
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub description: String,
+    /// Device, driver, library versions: copied into the certificate.
+    #[serde(default)]
+    pub environment: std::collections::BTreeMap<String, String>,
 }
 
 /// Errors about a pack as a whole (a case's own problems become its status).
@@ -103,6 +119,9 @@ fn input_tensors(inp: &CaseInputs) -> Vec<(String, RawTensor)> {
         t.push(("block_table".to_string(), ints(vec![c.batch(), *max_pages], block_table)));
     }
     t.push(("scale".to_string(), floats(Dtype::F32, vec![], &[inp.scale])));
+    if let Some(n) = c.splits {
+        t.push(("num_splits".to_string(), ints(vec![], &[n as i32])));
+    }
     if !inp.w_ukv.is_empty() {
         t.push(("w_ukv".to_string(), floats(c.dtype, vec![c.g * (c.dn + c.dv), c.dc], &inp.w_ukv)));
     }
@@ -112,13 +131,11 @@ fn input_tensors(inp: &CaseInputs) -> Vec<(String, RawTensor)> {
 /// Write the pack of `cases` into `dir`.
 pub fn export(cases: &[Case], dir: &Path) -> Result<Manifest, PackError> {
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let definitions = serde_json::to_string_pretty(&crate::definition::all()).expect("definitions serialize") + "\n";
+    write_atomic(&dir.join(DEFINITIONS), definitions.as_bytes())?;
     let mut manifest = Manifest {
         suite_version: SUITE_VERSION.into(),
-        conventions: crate::definition::definition(crate::case::Op::DecodeGqa)
-            .conventions
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+        definitions: DEFINITIONS.into(),
         cases: Vec::new(),
     };
     for (n, case) in cases.iter().enumerate() {
@@ -142,6 +159,24 @@ pub fn export(cases: &[Case], dir: &Path) -> Result<Manifest, PackError> {
     let json = serde_json::to_string_pretty(&manifest).expect("manifest serializes") + "\n";
     write_atomic(&dir.join("manifest.json"), json.as_bytes())?;
     Ok(manifest)
+}
+
+/// The definitions file of a pack.
+pub const DEFINITIONS: &str = "definitions.json";
+/// The optional file in which the author's script names its kernel.
+pub const KERNEL_INFO: &str = "kernel.json";
+
+/// Read the pack's `kernel.json`, if the author's script wrote one.
+pub fn read_kernel_info(dir: &Path) -> Result<Option<KernelInfo>, PackError> {
+    let path = dir.join(KERNEL_INFO);
+    match std::fs::read_to_string(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(&path, e)),
+        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| PackError::Manifest {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        }),
+    }
 }
 
 /// Read a pack's manifest.

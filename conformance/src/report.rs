@@ -1,6 +1,8 @@
 //! Certificates: report.json (machine-readable), report.md (for people) and JUnit XML (for CI
 //! systems), each written atomically.
 
+use crate::case::Op;
+use crate::definition::{definition, Definition};
 use crate::kernel::KernelIdentity;
 use crate::runner::CaseResult;
 use serde::Serialize;
@@ -16,6 +18,8 @@ pub struct Environment {
     pub arch: String,
     pub cpu: String,
     pub cores: usize,
+    /// The compiler that built this tool.
+    pub rustc: String,
     /// Anything the kernel adds (device, driver, compile options).
     pub kernel_environment: BTreeMap<String, String>,
 }
@@ -37,6 +41,7 @@ impl Environment {
             arch: std::env::consts::ARCH.into(),
             cpu,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            rustc: env!("GQLA_RUSTC_VERSION").into(),
             kernel_environment,
         }
     }
@@ -56,6 +61,8 @@ pub struct Report {
     pub conformant: bool,
     /// For built-in kernels: how many seeded bugs the suite rejected.
     pub mutation: Option<MutationSummary>,
+    /// The definitions of the operations the selected cases exercise.
+    pub definitions: Vec<Definition>,
 }
 
 /// The mutation catalogue's result: each mutant and the first case that rejected it.
@@ -75,6 +82,11 @@ impl Report {
             *summary.entry(r.status.name().to_string()).or_insert(0) += 1;
         }
         let conformant = results.iter().all(|r| r.status.is_conformant());
+        let definitions = Op::ALL
+            .into_iter()
+            .filter(|op| results.iter().any(|r| r.id.split(':').next() == Some(op.name())))
+            .map(definition)
+            .collect();
         Self {
             suite_version: suite_version.into(),
             kernel,
@@ -84,6 +96,7 @@ impl Report {
             summary,
             conformant,
             mutation: None,
+            definitions,
         }
     }
 
@@ -98,8 +111,13 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "- environment: {} on {}/{}, {} cores; {}",
-            self.environment.tool, self.environment.os, self.environment.arch, self.environment.cores, self.environment.cpu
+            "- environment: {} ({}) on {}/{}, {} cores; {}",
+            self.environment.tool,
+            self.environment.rustc,
+            self.environment.os,
+            self.environment.arch,
+            self.environment.cores,
+            self.environment.cpu
         );
         for (k, v) in &self.environment.kernel_environment {
             let _ = writeln!(s, "- {k}: {v}");

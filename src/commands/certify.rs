@@ -2,9 +2,9 @@
 
 use super::CliError;
 use gqla_conformance::case::Case;
-use gqla_conformance::kernels::{Bug, FlashCpu, ReferenceF32};
+use gqla_conformance::kernels::{Bug, CandleCpu, FlashCpu, ReferenceF32};
 use gqla_conformance::lattice::{suite_cases, SUITE_VERSION};
-use gqla_conformance::pack::{judge, read_manifest};
+use gqla_conformance::pack::{judge, read_kernel_info, read_manifest};
 use gqla_conformance::report::{Environment, MutationSummary, Report};
 use gqla_conformance::runner::Prepared;
 use gqla_conformance::{Kernel, KernelIdentity};
@@ -16,8 +16,9 @@ use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The kernel: `builtin` (flash-cpu, with the mutation catalogue), `reference-f32`,
-    /// `flash-cpu`, `cuda`, or `external:DIR` (a vector pack whose outputs a kernel has written).
+    /// The kernel: `builtin` (reference-f32, flash-cpu with the mutation catalogue, and candle,
+    /// each with its own certificate under OUT/<kernel>/), `reference-f32`, `flash-cpu`, `candle`,
+    /// `cuda`, or `external:DIR` (a vector pack whose outputs a kernel has written).
     #[arg(long, default_value = "builtin")]
     kernel: String,
     /// Only cases whose id starts with this prefix (e.g. `gqla.decode.gqa`).
@@ -37,11 +38,26 @@ pub enum Outcome {
     Rejected,
 }
 
+/// An in-process kernel to certify, and whether its certificate carries the mutation catalogue.
+struct Candidate {
+    kernel: Arc<dyn Kernel>,
+    with_mutants: bool,
+}
+
+fn candidate(kernel: Arc<dyn Kernel>, with_mutants: bool) -> Candidate {
+    Candidate { kernel, with_mutants }
+}
+
 pub fn run(a: Args) -> Result<Outcome, CliError> {
-    let (kernel, with_mutants): (Arc<dyn Kernel>, bool) = match a.kernel.as_str() {
-        "builtin" => (Arc::new(FlashCpu::correct(3)), true),
-        "flash-cpu" => (Arc::new(FlashCpu::correct(3)), false),
-        "reference-f32" => (Arc::new(ReferenceF32), false),
+    let candidates = match a.kernel.as_str() {
+        "builtin" => vec![
+            candidate(Arc::new(ReferenceF32), false),
+            candidate(Arc::new(FlashCpu::correct(3)), true),
+            candidate(Arc::new(CandleCpu), false),
+        ],
+        "flash-cpu" => vec![candidate(Arc::new(FlashCpu::correct(3)), false)],
+        "reference-f32" => vec![candidate(Arc::new(ReferenceF32), false)],
+        "candle" => vec![candidate(Arc::new(CandleCpu), false)],
         "cuda" => {
             return Err(CliError::Usage(
                 "the CUDA kernels are not built into this version yet (issue 5); certify `builtin` or an external vector pack".into(),
@@ -50,7 +66,7 @@ pub fn run(a: Args) -> Result<Outcome, CliError> {
         k if k.starts_with("external:") => return external(Path::new(&k["external:".len()..]), &a),
         other => {
             return Err(CliError::Usage(format!(
-                "unknown kernel `{other}`: expected builtin, reference-f32, flash-cpu, cuda or external:DIR"
+                "unknown kernel `{other}`: expected builtin, reference-f32, flash-cpu, candle, cuda or external:DIR"
             )))
         }
     };
@@ -66,31 +82,33 @@ pub fn run(a: Args) -> Result<Outcome, CliError> {
             default_hook(info);
         }
     }));
-    let bar = ProgressBar::new(cases.len() as u64);
+    let bar = ProgressBar::new((cases.len() * candidates.len()) as u64);
     bar.set_style(ProgressStyle::with_template("certifying {bar:30} {pos}/{len} {msg}").expect("valid template"));
+    // References are computed once per case and shared by every kernel (and mutant).
     let mut prepared = Vec::with_capacity(cases.len());
-    let mut results = Vec::with_capacity(cases.len());
+    let mut results = vec![Vec::with_capacity(cases.len()); candidates.len()];
     for case in &cases {
         bar.set_message(case.op.name());
         let p = Prepared::new(case);
-        results.push(p.run(&kernel, timeout));
-        if with_mutants {
-            prepared.push(p);
+        for (c, r) in candidates.iter().zip(&mut results) {
+            r.push(p.run(&c.kernel, timeout));
+            bar.inc(1);
         }
-        bar.inc(1);
+        prepared.push(p);
     }
     bar.finish_and_clear();
-    let mut report = Report::new(
-        SUITE_VERSION,
-        kernel.identity(),
-        Environment::detect(BTreeMap::new()),
-        &a.filter,
-        results,
-    );
-    if with_mutants {
-        report.mutation = Some(mutation_summary(&prepared, timeout));
+    let several = candidates.len() > 1;
+    let mut all_conformant = true;
+    for (c, results) in candidates.iter().zip(results) {
+        let identity = c.kernel.identity();
+        let dir = if several { a.out.join(&identity.name) } else { a.out.clone() };
+        let mut report = Report::new(SUITE_VERSION, identity, Environment::detect(BTreeMap::new()), &a.filter, results);
+        if c.with_mutants {
+            report.mutation = Some(mutation_summary(&prepared, timeout));
+        }
+        all_conformant &= matches!(finish(report, &dir)?, Outcome::Conformant);
     }
-    finish(report, &a.out)
+    Ok(if all_conformant { Outcome::Conformant } else { Outcome::Rejected })
 }
 
 /// Certify the outputs a kernel wrote into a vector pack.
@@ -104,13 +122,28 @@ fn external(dir: &Path, a: &Args) -> Result<Outcome, CliError> {
     bar.set_style(ProgressStyle::with_template("judging {bar:30} {pos}/{len}").expect("valid template"));
     let results = judge(dir, &manifest, |_| bar.inc(1));
     bar.finish_and_clear();
-    let identity = KernelIdentity {
-        name: format!("external:{}", dir.display()),
-        version: "-".into(),
-        description: "outputs read from a vector pack".into(),
+    // The author's kernel.json names the kernel and its environment; without it, the pack does.
+    let info = read_kernel_info(dir).map_err(|e| CliError::Usage(e.to_string()))?;
+    let (identity, kernel_env) = match info {
+        Some(k) => (
+            KernelIdentity {
+                name: k.name,
+                version: k.version,
+                description: format!("{} (outputs read from the vector pack {})", k.description, dir.display()),
+            },
+            k.environment,
+        ),
+        None => (
+            KernelIdentity {
+                name: format!("external:{}", dir.display()),
+                version: "-".into(),
+                description: "outputs read from a vector pack (no kernel.json)".into(),
+            },
+            BTreeMap::new(),
+        ),
     };
     finish(
-        Report::new(SUITE_VERSION, identity, Environment::detect(BTreeMap::new()), &a.filter, results),
+        Report::new(SUITE_VERSION, identity, Environment::detect(kernel_env), &a.filter, results),
         &a.out,
     )
 }

@@ -49,10 +49,13 @@ pub enum Bug {
     PanicOnEmptySequence,
     /// Splits chosen from the context length, but the last split dropped when it is shorter.
     SplitTailDropped,
+    /// Each split normalised on its own and merged by e^{lse_s − lse}: an empty split's 0/0
+    /// leaks NaN through its zero weight.
+    EmptySplitNan,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 20] = [
+    pub const ALL: [Bug; 21] = [
         Bug::ScaleFromKeyWidth,
         Bug::RopeTermDropped,
         Bug::GroupMapping,
@@ -73,6 +76,7 @@ impl Bug {
         Bug::ExpandValueOffset,
         Bug::PanicOnEmptySequence,
         Bug::SplitTailDropped,
+        Bug::EmptySplitNan,
     ];
 }
 
@@ -103,6 +107,15 @@ struct Partial {
     m: f32,
     l: f32,
     acc: Vec<f32>,
+}
+
+/// The [`Bug::EmptySplitNan`] merge: each split is normalised (acc/l, which is 0/0 for an empty
+/// split) before the merge weighs it back; an empty split's weight is 0, but 0·NaN is NaN.
+fn normalise_each(parts: &mut [Partial]) {
+    for p in parts {
+        let l = p.l;
+        p.acc.iter_mut().for_each(|a| *a = *a / l * l);
+    }
 }
 
 impl FlashCpu {
@@ -225,7 +238,8 @@ impl FlashCpu {
                     (true, None) => valid + 1,
                     _ => valid,
                 };
-                let splits = self.splits.max(1).min(end.max(1));
+                // The requested split count, even when it leaves splits empty (short rows).
+                let splits = c.splits.unwrap_or(self.splits).max(1);
                 let bounds: Vec<usize> = (0..=splits).map(|s| s * end / splits).collect();
                 for i in 0..h {
                     let row = QueryRow {
@@ -240,6 +254,9 @@ impl FlashCpu {
                     let m = parts.iter().map(|p| p.m).fold(f32::NEG_INFINITY, f32::max);
                     let mut l = 0.0;
                     let mut acc = vec![0.0f32; dout];
+                    if self.has(Bug::EmptySplitNan) {
+                        normalise_each(&mut parts);
+                    }
                     for p in &parts {
                         let f = if self.has(Bug::SplitMergeNoRescale) || p.m == f32::NEG_INFINITY {
                             if p.m == f32::NEG_INFINITY {
@@ -340,7 +357,10 @@ impl Kernel for FlashCpu {
         KernelIdentity {
             name,
             version: env!("CARGO_PKG_VERSION").into(),
-            description: format!("flash-decoding on the CPU, {} splits", self.splits),
+            description: format!(
+                "flash-decoding on the CPU, {} KV splits unless the case asks for a count",
+                self.splits
+            ),
         }
     }
     fn run(&self, inputs: &CaseInputs, outputs: &mut Outputs) -> Result<(), KernelError> {

@@ -1,0 +1,153 @@
+//! An independent implementation of every operation with candle-core tensor ops on the CPU: the
+//! suite's first "third-party" kernel. It gathers each sequence's cache rows through the block
+//! table (so poisoned slots are never touched), then runs dense matmuls, a masked max-subtracted
+//! softmax and a natural-log LSE in f32, and rounds outputs to the case dtype with candle's own
+//! casts. It shares no arithmetic with the reference or the flash kernel.
+
+use crate::case::{Case, Dtype, Op, RopeLayout};
+use crate::inputs::CaseInputs;
+use crate::kernel::{Kernel, KernelError, KernelIdentity, Outputs};
+use candle_core::{DType, Device, Tensor, D};
+
+/// candle-core's version, read from Cargo.lock at build time.
+const CANDLE_VERSION: &str = env!("GQLA_CANDLE_VERSION");
+
+pub struct CandleCpu;
+
+type Result<T> = candle_core::Result<T>;
+
+fn candle_dtype(d: Dtype) -> DType {
+    match d {
+        Dtype::F32 => DType::F32,
+        Dtype::Bf16 => DType::BF16,
+        Dtype::F16 => DType::F16,
+    }
+}
+
+/// Round an f32 tensor to the storage dtype and back.
+fn round_to(t: &Tensor, d: Dtype) -> Result<Tensor> {
+    t.to_dtype(candle_dtype(d))?.to_dtype(DType::F32)
+}
+
+/// The first `len` rows of sequence b of cache component `comp` ([slots, width]): [len, width].
+fn gather(inp: &CaseInputs, comp: &Tensor, b: usize, len: usize) -> Result<Tensor> {
+    let slots: Vec<u32> = (0..len).map(|t| inp.cache.slot(b, t) as u32).collect();
+    comp.index_select(&Tensor::from_vec(slots, len, &Device::Cpu)?, 0)
+}
+
+/// A cache component as a [slots, width] tensor.
+fn component(inp: &CaseInputs, name: &str) -> Result<Tensor> {
+    let c = inp.cache.component(name);
+    Tensor::from_slice(&c.data, (inp.cache.slots(), c.width), &Device::Cpu)
+}
+
+/// softmax(scale·q kᵀ + mask) v and the LSE for query rows q [r, w] over keys k [L, w] and values
+/// v [L, d]; row i sees keys t < visible[i] (at least one: callers handle keyless rows).
+fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, visible: &[usize]) -> Result<(Tensor, Tensor)> {
+    let keys = k.dim(0)?;
+    let mask: Vec<f32> = visible
+        .iter()
+        .flat_map(|&n| (0..keys).map(move |t| if t < n { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    let mask = Tensor::from_vec(mask, (visible.len(), keys), &Device::Cpu)?;
+    let scores = (q.matmul(&k.t()?)?.affine(scale, 0.0)? + mask)?;
+    let m = scores.max_keepdim(D::Minus1)?;
+    let e = scores.broadcast_sub(&m)?.exp()?;
+    let sum = e.sum_keepdim(D::Minus1)?;
+    let out = e.broadcast_div(&sum)?.matmul(v)?;
+    let lse = (m + sum.log()?)?.squeeze(D::Minus1)?;
+    Ok((out, lse))
+}
+
+/// Keys and values of group g (all heads for the absorb path) from the gathered cache rows.
+fn group_kv(case: &Case, rows: &[Tensor], g: usize) -> Result<(Tensor, Tensor)> {
+    let (dn, dr, dv) = (case.dn, case.dr, case.dv);
+    match case.op {
+        Op::DecodeAbsorb => Ok((rows[0].clone(), rows[0].narrow(1, 0, case.dc)?)),
+        Op::DecodeGqa => match case.layout {
+            RopeLayout::Once => {
+                let k = Tensor::cat(&[&rows[0].narrow(1, g * dn, dn)?, &rows[1]], 1)?;
+                Ok((k, rows[2].narrow(1, g * dv, dv)?))
+            }
+            RopeLayout::PerGroup => Ok((rows[0].narrow(1, g * (dn + dr), dn + dr)?, rows[1].narrow(1, g * dv, dv)?)),
+        },
+        Op::GqaDecode => Ok((rows[0].narrow(1, g * dn, dn)?, rows[1].narrow(1, g * dv, dv)?)),
+        Op::CacheExpand => unreachable!("expand has no attention"),
+    }
+}
+
+fn decode(inp: &CaseInputs, outputs: &mut Outputs) -> Result<()> {
+    let c = &inp.case;
+    let (sq, h, w, dout) = (c.sq, c.h, c.q_width(), c.out_width());
+    // Query heads sharing one key/value stream: all of them on the absorb path (MQA).
+    let (streams, per) = if c.op == Op::DecodeAbsorb { (1, h) } else { (c.g, h / c.g) };
+    let names: Vec<&str> = inp.cache.components.iter().map(|x| x.name).collect();
+    let comps: Vec<Tensor> = names.iter().map(|n| component(inp, n)).collect::<Result<_>>()?;
+    let q = Tensor::from_slice(&inp.q, (c.batch(), sq, h, w), &Device::Cpu)?;
+    let row_out = sq * h * dout;
+    for b in 0..c.batch() {
+        let len = c.seq_len(b);
+        if len == 0 {
+            outputs.get_mut("out").region_mut()[b * row_out..(b + 1) * row_out].fill(0.0);
+            outputs.get_mut("lse").region_mut()[b * sq * h..(b + 1) * sq * h].fill(f32::NEG_INFINITY);
+            continue;
+        }
+        let rows: Vec<Tensor> = comps.iter().map(|t| gather(inp, t, b, len)).collect::<Result<_>>()?;
+        let qb = q.get(b)?; // [sq, h, w]
+        let (mut outs, mut lses) = (Vec::new(), Vec::new());
+        for g in 0..streams {
+            let qg = qb.narrow(1, g * per, per)?.contiguous()?.reshape((sq * per, w))?;
+            let (k, v) = group_kv(c, &rows, g)?;
+            let visible: Vec<usize> = (0..sq * per).map(|r| c.visible(b, r / per)).collect();
+            let (o, l) = attend(&qg, &k.contiguous()?, &v.contiguous()?, inp.scale as f64, &visible)?;
+            outs.push(o.reshape((sq, per, dout))?);
+            lses.push(l.reshape((sq, per))?);
+        }
+        let o = round_to(&Tensor::cat(&outs, 1)?, c.dtype)?.flatten_all()?.to_vec1::<f32>()?;
+        let l = Tensor::cat(&lses, 1)?.flatten_all()?.to_vec1::<f32>()?;
+        outputs.get_mut("out").region_mut()[b * row_out..(b + 1) * row_out].copy_from_slice(&o);
+        outputs.get_mut("lse").region_mut()[b * sq * h..(b + 1) * sq * h].copy_from_slice(&l);
+    }
+    Ok(())
+}
+
+fn expand(inp: &CaseInputs, outputs: &mut Outputs) -> Result<()> {
+    let c = &inp.case;
+    let latent = component(inp, "latent")?;
+    let w = Tensor::from_slice(&inp.w_ukv, (c.g * (c.dn + c.dv), c.dc), &Device::Cpu)?;
+    let (mut k_at, mut v_at) = (0, 0);
+    for b in 0..c.batch() {
+        let len = c.seq_len(b);
+        if len == 0 {
+            continue;
+        }
+        let y = gather(inp, &latent, b, len)?.matmul(&w.t()?)?.reshape((len, c.g, c.dn + c.dv))?;
+        let k = round_to(&y.narrow(2, 0, c.dn)?.contiguous()?, c.dtype)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let v = round_to(&y.narrow(2, c.dn, c.dv)?.contiguous()?, c.dtype)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        outputs.get_mut("k").region_mut()[k_at..k_at + k.len()].copy_from_slice(&k);
+        outputs.get_mut("v").region_mut()[v_at..v_at + v.len()].copy_from_slice(&v);
+        (k_at, v_at) = (k_at + k.len(), v_at + v.len());
+    }
+    Ok(())
+}
+
+impl Kernel for CandleCpu {
+    fn identity(&self) -> KernelIdentity {
+        KernelIdentity {
+            name: "candle".into(),
+            version: format!("candle-core {CANDLE_VERSION}"),
+            description: "gather + dense matmul + masked softmax with candle-core tensor ops (CPU, f32 compute)".into(),
+        }
+    }
+    fn run(&self, inputs: &CaseInputs, outputs: &mut Outputs) -> std::result::Result<(), KernelError> {
+        let r = match inputs.case.op {
+            Op::CacheExpand => expand(inputs, outputs),
+            _ => decode(inputs, outputs),
+        };
+        r.map_err(|e| KernelError::Runtime(format!("candle: {e}")))
+    }
+}

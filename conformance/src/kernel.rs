@@ -117,6 +117,11 @@ pub enum KernelError {
 /// A decode kernel under test.
 pub trait Kernel: Send + Sync {
     fn identity(&self) -> KernelIdentity;
+    /// What the certificate should record about where the kernel runs (device, driver, compiler
+    /// options), beyond the host facts the harness detects itself.
+    fn environment(&self) -> std::collections::BTreeMap<String, String> {
+        std::collections::BTreeMap::new()
+    }
     /// Compute the case's outputs into `outputs`.
     fn run(&self, inputs: &CaseInputs, outputs: &mut Outputs) -> Result<(), KernelError>;
 }

@@ -102,7 +102,13 @@ pub fn run(a: Args) -> Result<Outcome, CliError> {
     for (c, results) in candidates.iter().zip(results) {
         let identity = c.kernel.identity();
         let dir = if several { a.out.join(&identity.name) } else { a.out.clone() };
-        let mut report = Report::new(SUITE_VERSION, identity, Environment::detect(BTreeMap::new()), &a.filter, results);
+        let mut report = Report::new(
+            SUITE_VERSION,
+            identity,
+            Environment::detect(c.kernel.environment()),
+            &a.filter,
+            results,
+        );
         if c.with_mutants {
             report.mutation = Some(mutation_summary(&prepared, timeout));
         }

@@ -143,6 +143,9 @@ impl Kernel for CandleCpu {
             description: "gather + dense matmul + masked softmax with candle-core tensor ops (CPU, f32 compute)".into(),
         }
     }
+    fn environment(&self) -> std::collections::BTreeMap<String, String> {
+        [("candle_core".to_string(), CANDLE_VERSION.to_string())].into_iter().collect()
+    }
     fn run(&self, inputs: &CaseInputs, outputs: &mut Outputs) -> std::result::Result<(), KernelError> {
         let r = match inputs.case.op {
             Op::CacheExpand => expand(inputs, outputs),

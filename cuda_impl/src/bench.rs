@@ -1,0 +1,1 @@
+//! The decode benchmark (filled in below).

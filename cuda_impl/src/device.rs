@@ -1,0 +1,131 @@
+//! Finding a GPU without panicking, and loading the kernels onto it.
+
+use crate::compile::{compile, function_names, nvrtc_version, options};
+use crate::{driver, CudaError};
+use cudarc::driver::sys::CUdevice_attribute;
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// What a certificate records about the device and the build of the kernels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GpuInfo {
+    pub name: String,
+    pub compute_capability: (i32, i32),
+    pub multiprocessors: i32,
+    pub max_shared_per_block: i32,
+    pub driver_version: String,
+    pub nvrtc_version: String,
+    pub arch: String,
+    pub compile_options: Vec<String>,
+}
+
+impl GpuInfo {
+    pub fn environment(&self) -> BTreeMap<String, String> {
+        [
+            ("device", self.name.clone()),
+            (
+                "compute_capability",
+                format!("{}.{}", self.compute_capability.0, self.compute_capability.1),
+            ),
+            ("multiprocessors", self.multiprocessors.to_string()),
+            ("cuda_driver", self.driver_version.clone()),
+            ("nvrtc", self.nvrtc_version.clone()),
+            ("nvrtc_options", self.compile_options.join(" ")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+/// The CUDA driver's version as "major.minor".
+fn driver_version() -> Result<String, CudaError> {
+    let mut v = 0;
+    // SAFETY: the driver library is loaded (checked by the caller); the call writes one int.
+    let r = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) };
+    if r != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+        return Err(CudaError::Driver {
+            what: "reading the driver version".into(),
+            detail: format!("{r:?}"),
+        });
+    }
+    Ok(format!("{}.{}", v / 1000, (v % 1000) / 10))
+}
+
+/// A context on device `ordinal`, or why there is none. Never panics: the driver library is
+/// probed before any call into it.
+pub fn context(ordinal: usize) -> Result<Arc<CudaContext>, CudaError> {
+    // SAFETY: only tries to dlopen the library.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(CudaError::NoDriver);
+    }
+    let n = CudaContext::device_count().map_err(|e| CudaError::NoDevice(format!("{e:?}")))?;
+    if (n as usize) <= ordinal {
+        return Err(CudaError::NoDevice(format!("device {ordinal} asked for, {n} present")));
+    }
+    CudaContext::new(ordinal).map_err(|e| CudaError::NoDevice(format!("{e:?}")))
+}
+
+/// An opened GPU with the kernels compiled for its architecture and loaded.
+pub struct Gpu {
+    pub(crate) ctx: Arc<CudaContext>,
+    pub(crate) stream: Arc<CudaStream>,
+    _module: Arc<CudaModule>,
+    functions: HashMap<String, CudaFunction>,
+    pub info: GpuInfo,
+}
+
+impl Gpu {
+    /// Open device `ordinal`, compile the kernels with NVRTC for its compute capability and load
+    /// them.
+    pub fn open(ordinal: usize) -> Result<Self, CudaError> {
+        let ctx = context(ordinal)?;
+        let cc = ctx.compute_capability().map_err(driver("reading the compute capability"))?;
+        let arch = format!("compute_{}{}", cc.0, cc.1);
+        let ptx = compile(&arch)?;
+        let module = ctx.load_module(ptx).map_err(driver("loading the compiled module"))?;
+        let mut functions = HashMap::new();
+        for name in function_names() {
+            let f = module.load_function(&name).map_err(driver(format!("loading kernel {name}")))?;
+            functions.insert(name, f);
+        }
+        let attr = |a| ctx.attribute(a).map_err(driver("reading a device attribute"));
+        let info = GpuInfo {
+            name: ctx.name().map_err(driver("reading the device name"))?,
+            compute_capability: cc,
+            multiprocessors: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
+            max_shared_per_block: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?,
+            driver_version: driver_version()?,
+            nvrtc_version: nvrtc_version()?,
+            compile_options: options(&arch),
+            arch,
+        };
+        // One stream: ordering is the stream's, so cudarc's per-buffer event tracking is not needed.
+        // SAFETY: every buffer of this crate is used on `stream` only.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        Ok(Self {
+            ctx,
+            stream,
+            _module: module,
+            functions,
+            info,
+        })
+    }
+
+    pub(crate) fn function(&self, family: &str, suffix: &str) -> &CudaFunction {
+        self.functions
+            .get(&format!("{family}_{suffix}"))
+            .expect("every function name was loaded in Gpu::open")
+    }
+
+    /// Make this GPU's context current on the calling thread.
+    pub fn bind(&self) -> Result<(), CudaError> {
+        self.ctx.bind_to_thread().map_err(driver("binding the context to the thread"))
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+}

@@ -7,7 +7,7 @@ fn builtin_certificates_on_a_subset() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("cert");
     let filter = "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=2;ctx=65;page=64;dtype=bf16";
-    let r = gqla(&["certify", "--filter", filter, "--out", out.to_str().unwrap()]);
+    let r = gqla(&["certify", "--kernel", "builtin", "--filter", filter, "--out", out.to_str().unwrap()]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("CONFORMANT"), "{}", r.stdout);
     assert!(
@@ -43,13 +43,42 @@ fn builtin_certificates_on_a_subset() {
     assert!(r.stdout.contains("kernel candle"), "{}", r.stdout);
 }
 
+/// The default kernel is CUDA when a GPU is present, else the built-in kernels; without a GPU it
+/// says why it fell back.
+#[test]
+fn default_kernel_falls_back_to_builtin_without_a_gpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("cert");
+    let filter = "gqla.cache.expand:g=8;dc=512;dn=128;dv=128;ctx=65;page=64;dtype=bf16";
+    let r = gqla(&["certify", "--filter", filter, "--out", out.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    if r.stdout.contains("CUDA device found") {
+        assert!(out.join("report.json").exists());
+    } else {
+        assert!(r.stdout.contains("no CUDA kernels to certify"), "{}", r.stdout);
+        assert!(out.join("candle/report.json").exists());
+    }
+}
+
 #[test]
 fn refusals_are_clear() {
-    for (kernel, needle) in [
-        ("cuda", "issue 5"),
-        ("external:/nowhere", "/nowhere/manifest.json"),
-        ("triton", "unknown kernel"),
-    ] {
+    // Without a GPU `cuda` says why; with one, the bad filter is refused instead.
+    let r = gqla(&[
+        "certify",
+        "--kernel",
+        "cuda",
+        "--filter",
+        "no.such.op",
+        "--out",
+        "/tmp/unused-gqla-cert",
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("cannot certify the CUDA kernels: no CUDA") || r.stderr.contains("no case id starts with"),
+        "{}",
+        r.stderr
+    );
+    for (kernel, needle) in [("external:/nowhere", "/nowhere/manifest.json"), ("triton", "unknown kernel")] {
         let r = gqla(&["certify", "--kernel", kernel, "--out", "/tmp/unused-gqla-cert"]);
         assert_eq!(r.code, 2, "{kernel}: {}", r.stderr);
         assert!(r.stderr.contains(needle), "{kernel}: {}", r.stderr);
@@ -260,4 +289,16 @@ mod packs {
         assert_eq!(code, 0, "{report}");
         assert_eq!(report["conformant"], true);
     }
+}
+
+/// The decode benchmark needs a GPU: without one it says so and exits 2 (never a panic).
+#[test]
+fn decode_benchmark_without_a_gpu_is_a_clear_error() {
+    if gqla_cuda::device::context(0).is_ok() {
+        eprintln!("SKIPPED decode_benchmark_without_a_gpu_is_a_clear_error: a GPU is present");
+        return;
+    }
+    let r = gqla(&["bench", "decode", "--quick"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("the decode benchmark needs a GPU: no CUDA"), "{}", r.stderr);
 }

@@ -291,10 +291,26 @@ __device__ void expand(const ExpandParams& p) {
     }
 }
 
+// Deterministic pseudo-random values amp * [-1, 1) for benchmarks (never time on zeros).
+template <int E>
+__device__ void fill(void* p, long long n, unsigned seed, float amp) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        unsigned x = ((unsigned)i * 2654435761u) ^ (unsigned)(i >> 32) ^ seed;
+        x ^= x >> 16;
+        x *= 0x7feb352du;
+        x ^= x >> 15;
+        x *= 0x846ca68bu;
+        x ^= x >> 16;
+        Elem<E>::put(p, i, amp * ((float)(x >> 8) * (2.0f / 16777216.0f) - 1.0f));
+    }
+}
+
 #define INSTANTIATE(SUFFIX, E)                                                                  \
     extern "C" __global__ void __launch_bounds__(NT) attn_##SUFFIX(AttnParams p) { attn<E>(p); } \
     extern "C" __global__ void attn_combine_##SUFFIX(AttnParams p) { combine<E>(p); }           \
-    extern "C" __global__ void expand_##SUFFIX(ExpandParams p) { expand<E>(p); }
+    extern "C" __global__ void expand_##SUFFIX(ExpandParams p) { expand<E>(p); }                \
+    extern "C" __global__ void fill_##SUFFIX(void* p, long long n, unsigned seed, float amp) { fill<E>(p, n, seed, amp); }
 
 INSTANTIATE(f32, 0)
 INSTANTIATE(bf16, 1)

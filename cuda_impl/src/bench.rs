@@ -1,1 +1,451 @@
-//! The decode benchmark (filled in below).
+//! The decode benchmark: both paths over a grid of geometries, s_q, batch and context, timed with
+//! CUDA events, against ceilings measured in the same run (a device-to-device copy and a large
+//! bf16 matrix product through cuBLAS). Caches are contiguous and filled with pseudo-random
+//! values on the device (never zeros).
+
+use crate::device::Gpu;
+use crate::launch::{elem_bytes, suffix, Decode, Guarded, KeySource, Paging, Segment, Workspace, KEYS_PER_TILE, ROWS};
+use crate::{driver, CudaError};
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use gqla_conformance::case::Dtype;
+use std::fmt::Write;
+
+/// A model's attention geometry.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Geometry {
+    pub name: &'static str,
+    pub h: usize,
+    pub g: usize,
+    pub dc: usize,
+    pub dr: usize,
+    pub dn: usize,
+    pub dv: usize,
+}
+
+/// LLaMA-3-8B converted to GQLA.
+pub const LLAMA3_8B: Geometry = Geometry {
+    name: "llama3-8b-gqla",
+    h: 32,
+    g: 8,
+    dc: 512,
+    dr: 64,
+    dn: 128,
+    dv: 128,
+};
+
+/// DeepSeek-V3 with 8 groups.
+pub const DEEPSEEK_V3: Geometry = Geometry {
+    name: "deepseek-v3-gqla",
+    h: 128,
+    g: 8,
+    dc: 512,
+    dr: 64,
+    dn: 128,
+    dv: 128,
+};
+
+/// Which decode path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// MQA over the latent cache [c; k^R].
+    Absorb,
+    /// GQA over the per-group cache (rope key stored once).
+    Gqa,
+}
+
+impl Path {
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Absorb => "absorb",
+            Path::Gqa => "gqa",
+        }
+    }
+}
+
+/// One decode step's minimal traffic and arithmetic.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Work {
+    /// Each cache byte read once, queries read, outputs and LSEs written.
+    pub bytes: f64,
+    /// 2 multiply-adds per (query row, key, key or value element).
+    pub flops: f64,
+}
+
+impl Geometry {
+    /// Cache elements per token on `path`.
+    pub fn cache_elems(&self, path: Path) -> usize {
+        match path {
+            Path::Absorb => self.dc + self.dr,
+            Path::Gqa => self.g * self.dn + self.dr + self.g * self.dv,
+        }
+    }
+    /// Query and output width per head on `path`.
+    pub fn widths(&self, path: Path) -> (usize, usize) {
+        match path {
+            Path::Absorb => (self.dc + self.dr, self.dc),
+            Path::Gqa => (self.dn + self.dr, self.dv),
+        }
+    }
+    pub fn work(&self, path: Path, dtype: Dtype, sq: usize, batch: usize, context: usize) -> Work {
+        let eb = elem_bytes(dtype) as f64;
+        let (dk, dv) = self.widths(path);
+        let rows = (batch * sq * self.h) as f64;
+        let bytes = (batch * context * self.cache_elems(path)) as f64 * eb + rows * (dk + dv) as f64 * eb + rows * 4.0;
+        let flops = 2.0 * rows * context as f64 * (dk + dv) as f64;
+        Work { bytes, flops }
+    }
+}
+
+/// Ceilings measured in the same run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Ceilings {
+    /// Device-to-device copy, counting bytes read plus bytes written, GB/s.
+    pub copy_gbps: f64,
+    /// bf16 matrix product through cuBLAS, TFLOP/s (None when cuBLAS cannot be loaded).
+    pub bf16_tflops: Option<f64>,
+}
+
+/// One measured point.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    pub geometry: &'static str,
+    pub path: Path,
+    pub sq: usize,
+    pub batch: usize,
+    pub context: usize,
+    pub splits: usize,
+    pub ms: f64,
+    pub work: Work,
+}
+
+impl Row {
+    pub fn gbps(&self) -> f64 {
+        self.work.bytes / (self.ms * 1e-3) / 1e9
+    }
+    pub fn tflops(&self) -> f64 {
+        self.work.flops / (self.ms * 1e-3) / 1e12
+    }
+}
+
+/// The grid to time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Grid {
+    pub geometries: Vec<Geometry>,
+    pub paths: Vec<Path>,
+    pub sqs: Vec<usize>,
+    pub batches: Vec<usize>,
+    pub contexts: Vec<usize>,
+    pub dtype: Dtype,
+}
+
+impl Grid {
+    /// The grid: both geometries and paths, s_q {1, 2}, batch {1, 16, 64, 128}, context
+    /// {1k, 4k, 16k, 64k}, bf16.
+    pub fn full() -> Self {
+        Self {
+            geometries: vec![LLAMA3_8B, DEEPSEEK_V3],
+            paths: vec![Path::Absorb, Path::Gqa],
+            sqs: vec![1, 2],
+            batches: vec![1, 16, 64, 128],
+            contexts: vec![1024, 4096, 16384, 65536],
+            dtype: Dtype::Bf16,
+        }
+    }
+}
+
+impl Gpu {
+    /// Time `f` (which enqueues work on the stream) with events: two warm-up calls, then enough
+    /// repetitions for about `budget_ms`, at most `max_reps`. Milliseconds per call.
+    pub fn time_ms(&self, budget_ms: f64, max_reps: usize, mut f: impl FnMut() -> Result<(), CudaError>) -> Result<f64, CudaError> {
+        let event = || {
+            self.ctx
+                .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(driver("creating an event"))
+        };
+        let measure = |reps: usize, f: &mut dyn FnMut() -> Result<(), CudaError>| -> Result<f64, CudaError> {
+            let (e0, e1) = (event()?, event()?);
+            e0.record(&self.stream).map_err(driver("recording an event"))?;
+            for _ in 0..reps {
+                f()?;
+            }
+            e1.record(&self.stream).map_err(driver("recording an event"))?;
+            e1.synchronize().map_err(driver("running the timed work"))?;
+            Ok(e0.elapsed_ms(&e1).map_err(driver("reading an event"))? as f64 / reps as f64)
+        };
+        f()?;
+        let first = measure(1, &mut f)?;
+        let reps = ((budget_ms / first.max(1e-3)) as usize).clamp(1, max_reps);
+        measure(reps, &mut f)
+    }
+
+    /// Fill a buffer of `n` elements of `dtype` with pseudo-random values in amp·[-1, 1).
+    pub fn fill_random(&self, buf: &mut CudaSlice<u8>, dtype: Dtype, n: usize, seed: u32, amp: f32) -> Result<(), CudaError> {
+        let f = self.function("fill", suffix(dtype));
+        let cfg = LaunchConfig {
+            grid_dim: (4 * self.info.multiprocessors.max(1) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let n = n as i64;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(buf).arg(&n).arg(&seed).arg(&amp);
+        // SAFETY: the kernel writes n elements of `dtype` into `buf`, which holds at least that many.
+        unsafe { b.launch(cfg) }.map_err(driver("launching fill"))?;
+        Ok(())
+    }
+
+    fn random(&self, dtype: Dtype, n: usize, seed: u32, amp: f32) -> Result<CudaSlice<u8>, CudaError> {
+        // SAFETY: every byte is written by fill_random before any read.
+        let mut buf = unsafe { self.stream.alloc::<u8>(n.max(1) * elem_bytes(dtype)) }.map_err(driver("allocating a buffer"))?;
+        self.fill_random(&mut buf, dtype, n, seed, amp)?;
+        Ok(buf)
+    }
+
+    /// The copy and matrix-product ceilings.
+    pub fn ceilings(&self) -> Result<Ceilings, CudaError> {
+        let bytes = 1usize << 31;
+        let src = self.random(Dtype::F32, bytes / 4, 1, 1.0)?;
+        let mut dst = unsafe { self.stream.alloc::<u8>(bytes) }.map_err(driver("allocating a buffer"))?;
+        let ms = self.time_ms(200.0, 50, || {
+            self.stream.memcpy_dtod(&src, &mut dst).map_err(driver("copying on the device"))
+        })?;
+        let copy_gbps = 2.0 * bytes as f64 / (ms * 1e-3) / 1e9;
+        drop((src, dst));
+        Ok(Ceilings {
+            copy_gbps,
+            bf16_tflops: self.matmul_tflops()?,
+        })
+    }
+
+    /// An 8192³ bf16 product through cuBLAS (f32 accumulation), or None without cuBLAS.
+    fn matmul_tflops(&self) -> Result<Option<f64>, CudaError> {
+        use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
+        // SAFETY: only tries to dlopen the library.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Ok(None);
+        }
+        let n = 8192usize;
+        let blas = CudaBlas::new(self.stream.clone()).map_err(|e| CudaError::Driver {
+            what: "creating a cuBLAS handle".into(),
+            detail: format!("{e:?}"),
+        })?;
+        let a = self.random(Dtype::Bf16, n * n, 2, 1.0)?;
+        let b = self.random(Dtype::Bf16, n * n, 3, 1.0)?;
+        let mut c = unsafe { self.stream.alloc::<u8>(n * n * 2) }.map_err(driver("allocating a buffer"))?;
+        // cuBLAS wants typed slices: view the byte buffers as bf16.
+        let size = || CudaError::Unsupported("buffer size".into());
+        // SAFETY: each buffer holds n·n bf16 values (2 bytes each), written by fill_random.
+        let (a, b, mut c) = unsafe {
+            (
+                a.transmute::<half::bf16>(n * n).ok_or_else(size)?,
+                b.transmute::<half::bf16>(n * n).ok_or_else(size)?,
+                c.transmute_mut::<half::bf16>(n * n).ok_or_else(size)?,
+            )
+        };
+        let cfg = GemmConfig {
+            transa: cublasOperation_t::CUBLAS_OP_N,
+            transb: cublasOperation_t::CUBLAS_OP_N,
+            m: n as i32,
+            n: n as i32,
+            k: n as i32,
+            alpha: half::bf16::ONE,
+            lda: n as i32,
+            ldb: n as i32,
+            beta: half::bf16::ZERO,
+            ldc: n as i32,
+        };
+        let ms = self.time_ms(500.0, 20, || {
+            // SAFETY: the three n×n matrices are allocated above.
+            unsafe { blas.gemm(cfg, &a, &b, &mut c) }.map_err(|e| CudaError::Driver {
+                what: "running cuBLAS gemm".into(),
+                detail: format!("{e:?}"),
+            })
+        })?;
+        Ok(Some(2.0 * (n as f64).powi(3) / (ms * 1e-3) / 1e12))
+    }
+
+    /// Time one (geometry, path) at every s_q of `sqs` for one batch and context.
+    #[allow(clippy::too_many_arguments)]
+    pub fn bench_point(
+        &self,
+        geo: &Geometry,
+        path: Path,
+        dtype: Dtype,
+        sqs: &[usize],
+        batch: usize,
+        context: usize,
+        on_row: &mut dyn FnMut(Row),
+    ) -> Result<(), CudaError> {
+        let slots = batch * context;
+        let (key, shared, value) = match path {
+            Path::Absorb => (self.random(dtype, slots * (geo.dc + geo.dr), 11, 1.0)?, None, None),
+            Path::Gqa => (
+                self.random(dtype, slots * geo.g * geo.dn, 12, 1.0)?,
+                Some(self.random(dtype, slots * geo.dr, 13, 1.0)?),
+                Some(self.random(dtype, slots * geo.g * geo.dv, 14, 1.0)?),
+            ),
+        };
+        let lens = self.upload(&vec![context as i32; batch])?;
+        let table = self.upload(&(0..batch as i32).collect::<Vec<_>>())?;
+        let (dk, dv) = geo.widths(path);
+        let sq_max = sqs.iter().copied().max().unwrap_or(1);
+        let q = self.random(dtype, batch * sq_max * geo.h * dk, 15, 1.0)?;
+        let mut out =
+            unsafe { self.stream.alloc::<u8>(batch * sq_max * geo.h * dv * elem_bytes(dtype)) }.map_err(driver("allocating a buffer"))?;
+        let mut lse = unsafe { self.stream.alloc::<u8>(batch * sq_max * geo.h * 4) }.map_err(driver("allocating a buffer"))?;
+        for &sq in sqs {
+            let streams = if path == Path::Absorb { 1 } else { geo.g };
+            let blocks = batch * streams * (sq * geo.h / streams).div_ceil(ROWS);
+            let splits = (2 * self.info.multiprocessors as usize)
+                .div_ceil(blocks)
+                .min(context.div_ceil(4 * KEYS_PER_TILE))
+                .max(1);
+            let mut ws: Option<Workspace> = if splits > 1 {
+                Some(self.workspace(batch * sq * geo.h, dv, splits)?)
+            } else {
+                None
+            };
+            let keys = || match path {
+                Path::Absorb => KeySource {
+                    key: Segment {
+                        buf: &key,
+                        row_stride: geo.dc + geo.dr,
+                        head_stride: 0,
+                        width: geo.dc + geo.dr,
+                    },
+                    shared_key: None,
+                    value: None,
+                    dv: geo.dc,
+                    streams: 1,
+                },
+                Path::Gqa => KeySource {
+                    key: Segment {
+                        buf: &key,
+                        row_stride: geo.g * geo.dn,
+                        head_stride: geo.dn,
+                        width: geo.dn,
+                    },
+                    shared_key: shared.as_ref().map(|s| Segment {
+                        buf: s,
+                        row_stride: geo.dr,
+                        head_stride: 0,
+                        width: geo.dr,
+                    }),
+                    value: value.as_ref().map(|v| Segment {
+                        buf: v,
+                        row_stride: geo.g * geo.dv,
+                        head_stride: geo.dv,
+                        width: geo.dv,
+                    }),
+                    dv: geo.dv,
+                    streams: geo.g,
+                },
+            };
+            let scale = 1.0 / ((geo.dn + geo.dr) as f32).sqrt();
+            let ms = self.time_ms(300.0, 100, || {
+                let mut call = Decode {
+                    dtype,
+                    q: &q,
+                    keys: keys(),
+                    paging: Paging {
+                        seq_lens: &lens,
+                        block_table: &table,
+                        max_pages: 1,
+                        page: context,
+                    },
+                    batch,
+                    sq,
+                    h: geo.h,
+                    scale,
+                    num_splits: splits,
+                    out: Guarded { buf: &mut out, margin: 0 },
+                    lse: Guarded { buf: &mut lse, margin: 0 },
+                };
+                self.decode(&mut call, ws.as_mut())
+            })?;
+            on_row(Row {
+                geometry: geo.name,
+                path,
+                sq,
+                batch,
+                context,
+                splits,
+                ms,
+                work: geo.work(path, dtype, sq, batch, context),
+            });
+        }
+        Ok(())
+    }
+
+    /// Time the whole grid, calling `on_row` as each point is measured.
+    pub fn bench(&self, grid: &Grid, on_row: &mut dyn FnMut(Row)) -> Result<(), CudaError> {
+        for geo in &grid.geometries {
+            for &path in &grid.paths {
+                for &batch in &grid.batches {
+                    for &context in &grid.contexts {
+                        self.bench_point(geo, path, grid.dtype, &grid.sqs, batch, context, on_row)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The results as a markdown table, with the percentage of each measured ceiling.
+pub fn table(rows: &[Row], ceilings: &Ceilings) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Ceilings measured in this run: copy {:.0} GB/s (read + write), bf16 matrix product {}.\n",
+        ceilings.copy_gbps,
+        ceilings
+            .bf16_tflops
+            .map_or("not measured (no cuBLAS)".to_string(), |t| format!("{t:.0} TFLOP/s"))
+    );
+    let _ = writeln!(
+        s,
+        "| geometry | path | s_q | batch | context | splits | time (µs) | GB/s | % copy | TFLOP/s | % bf16 mma | FLOP/byte |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.2} | {} | {:.1} |",
+            r.geometry,
+            r.path.name(),
+            r.sq,
+            r.batch,
+            r.context,
+            r.splits,
+            r.ms * 1e3,
+            r.gbps(),
+            100.0 * r.gbps() / ceilings.copy_gbps,
+            r.tflops(),
+            ceilings
+                .bf16_tflops
+                .map_or("-".into(), |t| format!("{:.1}", 100.0 * r.tflops() / t)),
+            r.work.flops / r.work.bytes,
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The minimal bytes come from the cache layout: 576 elements per token on the absorb path,
+    /// G(d_n + d_v) + d_r on the GQA path.
+    #[test]
+    fn work_counts() {
+        let w = LLAMA3_8B.work(Path::Absorb, Dtype::Bf16, 1, 1, 1024);
+        let q_out = 32.0 * (576.0 + 512.0) * 2.0 + 32.0 * 4.0;
+        assert_eq!(w.bytes, 1024.0 * 576.0 * 2.0 + q_out);
+        assert_eq!(w.flops, 2.0 * 32.0 * 1024.0 * (576.0 + 512.0));
+        let g = DEEPSEEK_V3.work(Path::Gqa, Dtype::Bf16, 2, 4, 100);
+        assert_eq!(DEEPSEEK_V3.cache_elems(Path::Gqa), 8 * 128 + 64 + 8 * 128);
+        assert_eq!(g.flops, 2.0 * (4 * 2 * 128) as f64 * 100.0 * (192.0 + 128.0));
+    }
+}

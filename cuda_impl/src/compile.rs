@@ -10,7 +10,7 @@ pub const SOURCE: &str = include_str!("../kernels/decode.cu");
 pub const DTYPE_SUFFIXES: [&str; 3] = ["f32", "bf16", "f16"];
 
 /// Kernel families; the loaded functions are `<family>_<suffix>`.
-pub const FAMILIES: [&str; 3] = ["attn", "attn_combine", "expand"];
+pub const FAMILIES: [&str; 4] = ["attn", "attn_combine", "expand", "fill"];
 
 /// Every function name the module must export.
 pub fn function_names() -> Vec<String> {

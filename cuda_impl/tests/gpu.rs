@@ -94,3 +94,19 @@ fn cuda_kernel_passes_the_whole_lattice() {
         failures.join("\n")
     );
 }
+
+/// Every compute-sanitizer filter of scripts/gpu-round.sh selects at least one lattice case.
+#[test]
+fn sanitizer_subset_selects_lattice_cases() {
+    let script = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/gpu-round.sh")).unwrap();
+    let block = script.split("sanitize_filters=(").nth(1).unwrap().split("\n)").next().unwrap();
+    let filters: Vec<&str> = block
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix('"')?.strip_suffix('"'))
+        .collect();
+    assert!(filters.len() >= 6, "{filters:?}");
+    let ids: Vec<String> = suite_cases().iter().map(|c| c.to_string()).collect();
+    for f in filters {
+        assert!(ids.iter().any(|id| id.starts_with(f)), "no lattice case starts with `{f}`");
+    }
+}

@@ -31,6 +31,17 @@ enum Which {
         #[arg(long, default_value_t = 1024)]
         vocab: usize,
     },
+    /// Time both CUDA decode paths (LLaMA-3-8B and DeepSeek-V3 GQLA geometry, s_q 1–2, batch
+    /// 1–128, context 1k–64k) against the copy and bf16 matrix-product ceilings measured in the
+    /// same run. Needs a GPU.
+    Decode {
+        /// A small grid (batch {1, 16}, context {1k, 4k}) for a quick look.
+        #[arg(long)]
+        quick: bool,
+        /// Also write the table (markdown) to this file.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
 }
 
 pub fn run(a: Args) -> Result<(), CliError> {
@@ -42,7 +53,59 @@ pub fn run(a: Args) -> Result<(), CliError> {
             calib_tokens,
             vocab,
         } => convert(kv_lora_rank, rope_dim, calib_sequences, calib_tokens, vocab),
+        Which::Decode { quick, out } => decode(quick, out.as_deref()),
     }
+}
+
+fn decode(quick: bool, out: Option<&std::path::Path>) -> Result<(), CliError> {
+    use gqla_cuda::bench::{table, Grid};
+    let gpu = gqla_cuda::Gpu::open(0).map_err(|e| CliError::Usage(format!("the decode benchmark needs a GPU: {e}")))?;
+    let mut grid = Grid::full();
+    if quick {
+        grid.batches = vec![1, 16];
+        grid.contexts = vec![1024, 4096];
+    }
+    let info = &gpu.info;
+    println!(
+        "{} (sm_{}{}, {} SMs), driver {}, NVRTC {}",
+        info.name, info.compute_capability.0, info.compute_capability.1, info.multiprocessors, info.driver_version, info.nvrtc_version
+    );
+    let ceilings = gpu.ceilings().map_err(|e| CliError::Usage(e.to_string()))?;
+    let mut rows = Vec::new();
+    gpu.bench(&grid, &mut |r| {
+        eprintln!(
+            "{} {} sq={} batch={} ctx={}: {:.1} us, {:.0} GB/s, {:.2} TFLOP/s",
+            r.geometry,
+            r.path.name(),
+            r.sq,
+            r.batch,
+            r.context,
+            r.ms * 1e3,
+            r.gbps(),
+            r.tflops()
+        );
+        rows.push(r);
+    })
+    .map_err(|e| CliError::Usage(e.to_string()))?;
+    let text = format!(
+        "Device: {} (compute capability {}.{}, {} SMs), CUDA driver {}, NVRTC {}, options `{}`.\n\n{}",
+        info.name,
+        info.compute_capability.0,
+        info.compute_capability.1,
+        info.multiprocessors,
+        info.driver_version,
+        info.nvrtc_version,
+        info.compile_options.join(" "),
+        table(&rows, &ceilings)
+    );
+    println!("{text}");
+    if let Some(path) = out {
+        let tmp = path.with_extension("tmp-partial");
+        std::fs::write(&tmp, &text)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| CliError::Usage(format!("cannot write {}: {e}", path.display())))?;
+    }
+    Ok(())
 }
 
 /// Peak resident memory of this process (Linux VmHWM), in MiB.

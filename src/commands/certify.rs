@@ -8,6 +8,7 @@ use gqla_conformance::pack::{judge, read_kernel_info, read_manifest};
 use gqla_conformance::report::{Environment, MutationSummary, Report};
 use gqla_conformance::runner::Prepared;
 use gqla_conformance::{Kernel, KernelIdentity};
+use gqla_cuda::CudaKernel;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,20 +17,31 @@ use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The kernel: `builtin` (reference-f32, flash-cpu with the mutation catalogue, and candle,
-    /// each with its own certificate under OUT/<kernel>/), `reference-f32`, `flash-cpu`, `candle`,
-    /// `cuda`, or `external:DIR` (a vector pack whose outputs a kernel has written).
-    #[arg(long, default_value = "builtin")]
+    /// The kernel: `auto` (`cuda` when a GPU is present, else `builtin`), `builtin`
+    /// (reference-f32, flash-cpu with the mutation catalogue, and candle, each with its own
+    /// certificate under OUT/<kernel>/), `reference-f32`, `flash-cpu`, `candle`, `cuda` (GPU 0),
+    /// or `external:DIR` (a vector pack whose outputs a kernel has written).
+    #[arg(long, default_value = "auto")]
     kernel: String,
-    /// Only cases whose id starts with this prefix (e.g. `gqla.decode.gqa`).
-    #[arg(long, default_value = "")]
-    filter: String,
+    /// Only cases whose id starts with this prefix (e.g. `gqla.decode.gqa`); repeat for several.
+    #[arg(long)]
+    filter: Vec<String>,
     /// Where report.json, report.md and junit.xml go.
     #[arg(long, default_value = "certificate")]
     out: PathBuf,
     /// Per-case time limit in seconds (in-process kernels).
     #[arg(long, default_value_t = 300)]
     timeout: u64,
+}
+
+/// Whether case `id` is selected by the prefixes (all cases when there are none).
+fn selected(prefixes: &[String], id: &str) -> bool {
+    prefixes.is_empty() || prefixes.iter().any(|p| p == "*" || id.starts_with(p.as_str()))
+}
+
+/// The prefixes as the report records them.
+fn filter_text(prefixes: &[String]) -> String {
+    prefixes.join(" | ")
 }
 
 /// Exit status of a certification: 0 conformant, 1 rejected.
@@ -48,31 +60,44 @@ fn candidate(kernel: Arc<dyn Kernel>, with_mutants: bool) -> Candidate {
     Candidate { kernel, with_mutants }
 }
 
+fn builtin() -> Vec<Candidate> {
+    vec![
+        candidate(Arc::new(ReferenceF32), false),
+        candidate(Arc::new(FlashCpu::correct(3)), true),
+        candidate(Arc::new(CandleCpu), false),
+    ]
+}
+
 pub fn run(a: Args) -> Result<Outcome, CliError> {
     let candidates = match a.kernel.as_str() {
-        "builtin" => vec![
-            candidate(Arc::new(ReferenceF32), false),
-            candidate(Arc::new(FlashCpu::correct(3)), true),
-            candidate(Arc::new(CandleCpu), false),
-        ],
+        "auto" => match CudaKernel::open(0) {
+            Ok(k) => {
+                println!("CUDA device found: certifying the CUDA kernels ({})", k.gpu().info.name);
+                vec![candidate(Arc::new(k), false)]
+            }
+            Err(why) => {
+                println!("no CUDA kernels to certify ({why}): certifying the built-in kernels");
+                builtin()
+            }
+        },
+        "builtin" => builtin(),
+        "cuda" => match CudaKernel::open(0) {
+            Ok(k) => vec![candidate(Arc::new(k), false)],
+            Err(why) => return Err(CliError::Usage(format!("cannot certify the CUDA kernels: {why}"))),
+        },
         "flash-cpu" => vec![candidate(Arc::new(FlashCpu::correct(3)), false)],
         "reference-f32" => vec![candidate(Arc::new(ReferenceF32), false)],
         "candle" => vec![candidate(Arc::new(CandleCpu), false)],
-        "cuda" => {
-            return Err(CliError::Usage(
-                "the CUDA kernels are not built into this version yet (issue 5); certify `builtin` or an external vector pack".into(),
-            ))
-        }
         k if k.starts_with("external:") => return external(Path::new(&k["external:".len()..]), &a),
         other => {
             return Err(CliError::Usage(format!(
-                "unknown kernel `{other}`: expected builtin, reference-f32, flash-cpu, candle, cuda or external:DIR"
+                "unknown kernel `{other}`: expected auto, builtin, reference-f32, flash-cpu, candle, cuda or external:DIR"
             )))
         }
     };
-    let cases: Vec<Case> = suite_cases().into_iter().filter(|c| c.matches(&a.filter)).collect();
+    let cases: Vec<Case> = suite_cases().into_iter().filter(|c| selected(&a.filter, &c.to_string())).collect();
     if cases.is_empty() {
-        return Err(CliError::Usage(format!("no case id starts with `{}`", a.filter)));
+        return Err(CliError::Usage(format!("no case id starts with `{}`", filter_text(&a.filter))));
     }
     let timeout = Duration::from_secs(a.timeout);
     // A kernel's panic is reported as RUNTIME_ERROR in the certificate; keep it off the terminal.
@@ -106,7 +131,7 @@ pub fn run(a: Args) -> Result<Outcome, CliError> {
             SUITE_VERSION,
             identity,
             Environment::detect(c.kernel.environment()),
-            &a.filter,
+            &filter_text(&a.filter),
             results,
         );
         if c.with_mutants {
@@ -120,9 +145,12 @@ pub fn run(a: Args) -> Result<Outcome, CliError> {
 /// Certify the outputs a kernel wrote into a vector pack.
 fn external(dir: &Path, a: &Args) -> Result<Outcome, CliError> {
     let mut manifest = read_manifest(dir).map_err(|e| CliError::Usage(e.to_string()))?;
-    manifest.cases.retain(|c| c.id.starts_with(&a.filter));
+    manifest.cases.retain(|c| selected(&a.filter, &c.id));
     if manifest.cases.is_empty() {
-        return Err(CliError::Usage(format!("no case of the pack starts with `{}`", a.filter)));
+        return Err(CliError::Usage(format!(
+            "no case of the pack starts with `{}`",
+            filter_text(&a.filter)
+        )));
     }
     let bar = ProgressBar::new(manifest.cases.len() as u64);
     bar.set_style(ProgressStyle::with_template("judging {bar:30} {pos}/{len}").expect("valid template"));
@@ -149,7 +177,13 @@ fn external(dir: &Path, a: &Args) -> Result<Outcome, CliError> {
         ),
     };
     finish(
-        Report::new(SUITE_VERSION, identity, Environment::detect(kernel_env), &a.filter, results),
+        Report::new(
+            SUITE_VERSION,
+            identity,
+            Environment::detect(kernel_env),
+            &filter_text(&a.filter),
+            results,
+        ),
         &a.out,
     )
 }

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# The whole GPU round for the CUDA kernels (issue 5).
+#
+#   scripts/gpu-round.sh pack                 # here: build release binaries, pack what travels
+#   then one device call, carrying target/gpu-round:
+#   bash scripts/gpu-round.sh remote [STAGES] # there: STAGES of tests,certify,sanitize,bench,peer
+#
+# `pack` builds the `gqla` release binary and a nextest archive of the gqla-cuda tests, and copies
+# cargo-nextest beside them (the GPU machine has no Rust toolchain). `remote` writes everything
+# under $OUT/round/ and packs it as $OUT/round.tgz (the device tool returns at most 8 files), with
+# $OUT/summary.md beside it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+pack_dir=target/gpu-round
+
+# Representative cases for compute-sanitizer: every op and layout, paged and contiguous, split
+# KV with empty splits, padding rows, and each dtype, at small contexts.
+sanitize_filters=(
+    "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=2;ctx=65;page=64;dtype=bf16;seed="
+    "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=2;ctx=0,17,pad,1,130;page=64;dtype=bf16;splits=16"
+    "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=once;sq=2;ctx=65,130,3;page=none"
+    "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=per_group;sq=2;ctx=0,65,pad,4097;page=16"
+    "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=once;sq=2;ctx=65;page=64;dtype=f32"
+    "gqa.decode:h=32;g=8;d=128;dv=128;sq=2;ctx=65,130,3;page=1;"
+    "gqa.decode:h=32;g=8;d=128;dv=128;sq=2;ctx=65;page=64;dtype=f16"
+    "gqla.cache.expand:g=8;dc=512;dn=128;dv=128;ctx=65,130,3;page=16"
+)
+
+pack() {
+    mkdir -p "$pack_dir"
+    cargo build --release --bin gqla
+    cargo nextest archive --release -p gqla-cuda --archive-file "$pack_dir/cuda-tests.tar.zst"
+    cp target/release/gqla "$pack_dir/gqla"
+    cp "$(command -v cargo-nextest)" "$pack_dir/cargo-nextest"
+    strip "$pack_dir/gqla" "$pack_dir/cargo-nextest" 2>/dev/null || true
+    du -sh "$pack_dir"/*
+    echo "carry: $pack_dir (64 MiB at most in all)"
+}
+
+remote() {
+    local stages="${1:-tests,certify,sanitize,bench,peer}"
+    local out="${OUT:?OUT is set by the device tool}/round"
+    mkdir -p "$out"
+    # NVRTC 13 and cuBLAS come from the machine's PyTorch wheels.
+    local nv
+    nv="$(python3 -c 'import nvidia; print(list(nvidia.__path__)[0])' 2>/dev/null || true)"
+    if [ -n "$nv" ]; then
+        for d in "$nv"/*/lib; do LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"; done
+    fi
+    export LD_LIBRARY_PATH INSTA_WORKSPACE_ROOT="$PWD"
+    local gqla="$pack_dir/gqla"
+    {
+        echo "# GPU round $(date -u +%Y-%m-%dT%H:%MZ)"
+        nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+        nvcc --version | tail -1
+    } >"$out/device.txt" 2>&1 || true
+    local status=0
+    if [[ $stages == *tests* ]]; then
+        "$pack_dir/cargo-nextest" nextest run --archive-file "$pack_dir/cuda-tests.tar.zst" \
+            --workspace-remap . --no-capture >"$out/tests.log" 2>&1 || status=1
+    fi
+    if [[ $stages == *certify* ]]; then
+        "$gqla" certify --kernel cuda --out "$out/certificate" >"$out/certify.log" 2>&1 || status=1
+    fi
+    if [[ $stages == *sanitize* ]]; then
+        local args=()
+        for f in "${sanitize_filters[@]}"; do args+=(--filter "$f"); done
+        for tool in memcheck racecheck initcheck; do
+            compute-sanitizer --tool "$tool" --error-exitcode 9 \
+                "$gqla" certify --kernel cuda "${args[@]}" --out "/tmp/sanitize-$tool" \
+                >"$out/sanitize-$tool.log" 2>&1 || status=1
+        done
+    fi
+    if [[ $stages == *bench* ]]; then
+        "$gqla" bench decode --out "$out/bench-decode.md" >"$out/bench.log" 2>&1 || status=1
+    fi
+    if [[ $stages == *peer* ]]; then
+        python3 scripts/sdpa_peer.py >"$out/sdpa-peer.md" 2>"$out/sdpa-peer.log" || status=1
+    fi
+    {
+        cat "$out/device.txt"
+        [ -f "$out/tests.log" ] && grep -E "Summary|PASS|FAIL|skipped" "$out/tests.log" | tail -20
+        [ -f "$out/certify.log" ] && tail -15 "$out/certify.log"
+        for tool in memcheck racecheck initcheck; do
+            [ -f "$out/sanitize-$tool.log" ] && echo "$tool: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitize-$tool.log" | tail -1)"
+        done
+        [ -f "$out/bench-decode.md" ] && cat "$out/bench-decode.md"
+        [ -f "$out/sdpa-peer.md" ] && cat "$out/sdpa-peer.md"
+    } >"$OUT/summary.md" 2>&1 || true
+    tar czf "$OUT/round.tgz" -C "$OUT" round
+    cat "$OUT/summary.md"
+    return $status
+}
+
+case "${1:-}" in
+    pack) pack ;;
+    remote) remote "${2:-}" ;;
+    *)
+        echo "usage: $0 pack | remote [tests,certify,sanitize,bench,peer]" >&2
+        exit 2
+        ;;
+esac

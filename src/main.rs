@@ -31,6 +31,8 @@ enum Command {
     Vectors(commands::vectors::Args),
     /// Benchmarks, printed as tables.
     Bench(commands::bench::Args),
+    /// Which decode path a GPU should run: a roofline model of both paths.
+    Plan(commands::plan::Args),
     /// Per-token KV-cache sizes of a model on each GQLA path, measured from allocated caches.
     CacheSize(commands::cache_size::Args),
 }
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Forward(a) => commands::forward::run(a),
         Command::CacheSize(a) => commands::cache_size::run(a),
+        Command::Plan(a) => commands::plan::run(a),
         Command::Convert(a) => commands::convert::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::Vectors(a) => commands::vectors::run(a),

@@ -13,3 +13,4 @@ mod cache_size;
 mod certify;
 mod convert;
 mod parity;
+mod plan;

@@ -25,6 +25,7 @@ pub mod latent;
 pub mod linear;
 pub mod mla;
 pub mod model;
+pub mod plan;
 pub mod prefill;
 pub mod random;
 pub mod real;

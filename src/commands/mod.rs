@@ -5,6 +5,7 @@ pub mod cache_size;
 pub mod certify;
 pub mod convert;
 pub mod forward;
+pub mod plan;
 pub mod vectors;
 
 /// Errors the commands report (exit code 2).

@@ -1,0 +1,306 @@
+//! `gqla plan`: which decode path a GPU should run, from a roofline model of both paths.
+
+use super::CliError;
+use gqla_reference::cache::GroupCacheLayout;
+use gqla_reference::hf::config::AttentionConfig;
+use gqla_reference::hf::ModelConfig;
+use gqla_reference::plan::{gpu, mtp_gain, plan, Bound, CacheDtype, Gpu, Plan, Prediction, Scenario, GPUS};
+use gqla_reference::LatentDims;
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// HF config.json (or a checkpoint directory holding one): GQLA/MLA, or a GQA model as
+    /// TransGQLA would convert it.
+    #[arg(long)]
+    config: PathBuf,
+    /// GPU: h100, h800, h20, h200, a100, l40s, b200, rtx4090.
+    #[arg(long)]
+    gpu: String,
+    #[arg(long, default_value_t = 2)]
+    sq: usize,
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Keys per sequence.
+    #[arg(long, default_value_t = 8192)]
+    context: usize,
+    #[arg(long, default_value_t = 1)]
+    tp: usize,
+    /// Groups G of the GQLA model (default: the config's kv heads).
+    #[arg(long)]
+    groups: Option<usize>,
+    /// Latent rank d_c (GQA sources: default 512).
+    #[arg(long)]
+    kv_lora_rank: Option<usize>,
+    /// Rope dim d_r (GQA sources: default 64).
+    #[arg(long)]
+    rope_dim: Option<usize>,
+    /// Store the rope key in each group's key (stock GQA kernels) instead of once per token.
+    #[arg(long)]
+    rope_per_group: bool,
+    /// Measured bf16 matrix rate, TFLOP/s (overrides the datasheet).
+    #[arg(long)]
+    peak_tflops: Option<f64>,
+    /// Measured memory bandwidth, GB/s (overrides the datasheet).
+    #[arg(long)]
+    bandwidth_gbps: Option<f64>,
+    /// Print the crossover table over s_q and context instead.
+    #[arg(long)]
+    sweep: bool,
+    /// Draw the roofline chart (both paths at s_q 1 and 2 on H100, H200 and H20) as SVG.
+    #[arg(long)]
+    chart: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The GQLA geometry the config describes (GQA sources: as TransGQLA converts them).
+fn dims(config: &ModelConfig, a: &Args) -> Result<LatentDims, CliError> {
+    let d = match &config.attention {
+        AttentionConfig::Gqa(c) => {
+            let (h, kv, d) = (c.dims.h(), c.dims.kv(), c.dims.d());
+            LatentDims::new(
+                h,
+                a.groups.unwrap_or(kv),
+                a.kv_lora_rank.unwrap_or(512),
+                d,
+                a.rope_dim.unwrap_or(64),
+                d,
+            )?
+        }
+        AttentionConfig::Latent(c) => {
+            let s = c.dims;
+            LatentDims::new(
+                s.h(),
+                a.groups.unwrap_or(s.g()),
+                a.kv_lora_rank.unwrap_or(s.d_c()),
+                s.d_n(),
+                a.rope_dim.unwrap_or(s.d_r()),
+                s.d_v(),
+            )?
+        }
+    };
+    Ok(d)
+}
+
+pub fn run(a: Args) -> Result<(), CliError> {
+    let config = ModelConfig::load(&a.config)?;
+    let dims = dims(&config, &a)?;
+    let known: Vec<&str> = GPUS.iter().map(|g| g.key).collect();
+    let gpu = gpu(&a.gpu)
+        .ok_or_else(|| CliError::Usage(format!("unknown GPU `{}`: expected one of {}", a.gpu, known.join(", "))))?
+        .with_measured(a.peak_tflops, a.bandwidth_gbps);
+    let layout = if a.rope_per_group {
+        GroupCacheLayout::RopePerGroup
+    } else {
+        GroupCacheLayout::RopeOnce
+    };
+    let s = Scenario::new(dims, config.hidden_size, a.sq, a.batch, a.context, a.tp, CacheDtype::Bf16, layout)?;
+    if let Some(path) = &a.chart {
+        chart(&s, path)?;
+        eprintln!("roofline chart written to {}", path.display());
+    }
+    if a.sweep {
+        print!("{}", sweep(&s, &gpu)?);
+        return Ok(());
+    }
+    let p = plan(&s, &gpu)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&p).expect("plans serialize"));
+    } else {
+        print!("{}", report(&p, mtp_gain(&s.with(a.sq.max(2), a.batch, a.context)?, &gpu)?));
+    }
+    Ok(())
+}
+
+fn us(s: f64) -> String {
+    format!("{:.1}", s * 1e6)
+}
+
+fn bound(b: Bound) -> &'static str {
+    match b {
+        Bound::Memory => "memory",
+        Bound::Compute => "compute",
+    }
+}
+
+/// The plan as text: geometry, both paths, the choice and the GQA+MTP gain.
+pub fn report(p: &Plan, gain: f64) -> String {
+    let (s, g, d) = (&p.scenario, &p.gpu, &p.scenario.dims);
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "H={} G={} d_c={} d_r={} d_n={} d_v={}, bf16 cache, TP={}, on {} ({} TFLOP/s bf16, {} GB/s, {}); ridge {:.1} FLOP/B",
+        d.h(),
+        d.g(),
+        d.d_c(),
+        d.d_r(),
+        d.d_n(),
+        d.d_v(),
+        s.tp,
+        g.name,
+        g.bf16_tflops,
+        g.bandwidth_gbps,
+        g.source,
+        p.ridge
+    );
+    let _ = writeln!(
+        t,
+        "s_q={}, batch={}, context={} (one layer, one decode step, per rank)\n",
+        s.sq, s.batch, s.context
+    );
+    let _ = writeln!(
+        t,
+        "| path | cache B/token | MB/step | GFLOP/step | FLOP/B | / ridge | memory µs | compute µs | all-reduce µs | launches µs | step µs | per token µs | bound |"
+    );
+    let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for x in [&p.absorb, &p.gqa] {
+        let _ = writeln!(t, "{}", row(x, p.ridge));
+    }
+    let other = if p.chosen == p.absorb.path { &p.gqa } else { &p.absorb };
+    let _ = writeln!(
+        t,
+        "\nchosen: {} ({:.2}x faster than {} at s_q={})",
+        p.chosen.name(),
+        other.time_s / p.chosen_prediction().time_s,
+        other.path.name(),
+        s.sq
+    );
+    let _ = writeln!(
+        t,
+        "GQA+MTP (GQA path, s_q={}) over absorb at s_q=1, per generated token: {gain:.2}x",
+        s.sq.max(2)
+    );
+    t
+}
+
+fn row(x: &Prediction, ridge: f64) -> String {
+    format!(
+        "| {} | {} | {:.2} | {:.3} | {:.1} | {:.2} | {} | {} | {} | {} | {} | {} | {} |",
+        x.path.name(),
+        x.cache_bytes_per_token,
+        x.cost.bytes() / 1e6,
+        x.cost.flops() / 1e9,
+        x.intensity,
+        x.intensity / ridge,
+        us(x.memory_s),
+        us(x.compute_s),
+        us(x.comm_s),
+        us(x.overhead_s),
+        us(x.time_s),
+        us(x.time_per_token_s),
+        bound(x.bound)
+    )
+}
+
+/// The crossover table over s_q and context.
+pub fn sweep(s: &Scenario, gpu: &Gpu) -> Result<String, CliError> {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "{} (ridge {:.1} FLOP/B), batch {}, TP {}: per-token µs of each path, the choice, and the GQA+MTP gain over absorb at s_q=1\n",
+        gpu.name,
+        gpu.ridge(),
+        s.batch,
+        s.tp
+    );
+    let _ = writeln!(
+        t,
+        "| s_q | context | absorb µs/token (bound) | gqa µs/token (bound) | chosen | gqa vs absorb, same s_q | GQA+MTP gain |"
+    );
+    let _ = writeln!(t, "|---|---|---|---|---|---|---|");
+    for sq in 1..=4 {
+        for context in [1024, 4096, 16384, 65536, 131072] {
+            let x = s.with(sq, s.batch, context)?;
+            let p = plan(&x, gpu)?;
+            let _ = writeln!(
+                t,
+                "| {sq} | {context} | {} ({}) | {} ({}) | {} | {:.2}x | {:.2}x |",
+                us(p.absorb.time_per_token_s),
+                bound(p.absorb.bound),
+                us(p.gqa.time_per_token_s),
+                bound(p.gqa.bound),
+                p.chosen.name(),
+                p.gqa_speedup(),
+                mtp_gain(&x, gpu)?
+            );
+        }
+    }
+    Ok(t)
+}
+
+/// Roofline chart: each GPU's roofs, and both paths at s_q 1 and 2 placed at their intensity and
+/// predicted attained rate.
+pub fn chart(s: &Scenario, path: &Path) -> Result<(), CliError> {
+    use plotters::prelude::*;
+    let gpus: Vec<Gpu> = ["h100", "h200", "h20"].iter().filter_map(|k| gpu(k)).collect();
+    let mut points = Vec::new();
+    for g in &gpus {
+        for sq in [1, 2] {
+            let p = plan(&s.with(sq, s.batch, s.context)?, g)?;
+            for x in [p.absorb, p.gqa] {
+                points.push((g.key, x.path.name(), sq, x.intensity, x.cost.flops() / x.time_s / 1e12));
+            }
+        }
+    }
+    let draw = || -> Result<(), Box<dyn std::error::Error>> {
+        let tmp = path.with_extension("tmp-partial.svg");
+        {
+            let root = SVGBackend::new(&tmp, (960, 640)).into_drawing_area();
+            root.fill(&WHITE)?;
+            let mut c = ChartBuilder::on(&root)
+                .caption(
+                    format!(
+                        "GQLA decode roofline: H={} G={}, batch {}, context {}",
+                        s.dims.h(),
+                        s.dims.g(),
+                        s.batch,
+                        s.context
+                    ),
+                    ("sans-serif", 20),
+                )
+                .margin(20)
+                .x_label_area_size(40)
+                .y_label_area_size(60)
+                .build_cartesian_2d((1f64..2000f64).log_scale(), (1f64..2000f64).log_scale())?;
+            c.configure_mesh()
+                .x_desc("arithmetic intensity (FLOP/byte)")
+                .y_desc("attained TFLOP/s")
+                .draw()?;
+            let colors = [RED, BLUE, GREEN];
+            for (g, color) in gpus.iter().zip(colors) {
+                let roof: Vec<(f64, f64)> = (0..=100)
+                    .map(|i| 10f64.powf(i as f64 * 3.3 / 100.0))
+                    .map(|x| (x, (g.bandwidth_gbps * x / 1e3).min(g.bf16_tflops)))
+                    .collect();
+                c.draw_series(LineSeries::new(roof, color.stroke_width(2)))?
+                    .label(format!("{} roof", g.name))
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+                for &(key, path_name, sq, x, y) in points.iter().filter(|p| p.0 == g.key) {
+                    let style = color.filled();
+                    let marker: DynElement<_, _> = if path_name == "absorb" {
+                        Circle::new((x, y), 6, style).into_dyn()
+                    } else {
+                        TriangleMarker::new((x, y), 7, style).into_dyn()
+                    };
+                    c.draw_series(std::iter::once(marker))?;
+                    c.draw_series(std::iter::once(Text::new(
+                        format!("{key} {path_name} s_q={sq}"),
+                        (x * 1.08, y * 0.93),
+                        ("sans-serif", 11).into_font().color(&color),
+                    )))?;
+                }
+            }
+            c.configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()?;
+            root.present()?;
+        }
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    };
+    draw().map_err(|e| CliError::Usage(format!("cannot draw the chart {}: {e}", path.display())))
+}

@@ -1,0 +1,202 @@
+//! The path planner: the paper's qualitative claims for DeepSeek-V3 geometry, monotonicity, and
+//! the `gqla plan` command.
+
+use crate::common::{gqla, root};
+use gqla_reference::cache::GroupCacheLayout;
+use gqla_reference::plan::{gpu, mtp_gain, plan, Bound, CacheDtype, DecodePath, Scenario, GPUS};
+use gqla_reference::LatentDims;
+use proptest::prelude::*;
+
+/// DeepSeek-V3 attention converted to G = 8 groups.
+fn deepseek_v3(sq: usize, batch: usize, context: usize) -> Scenario {
+    let dims = LatentDims::new(128, 8, 512, 128, 64, 128).unwrap();
+    Scenario::new(dims, 7168, sq, batch, context, 1, CacheDtype::Bf16, GroupCacheLayout::RopeOnce).unwrap()
+}
+
+#[derive(serde::Serialize)]
+struct Claim {
+    gpu: &'static str,
+    sq: usize,
+    absorb_intensity_over_ridge: String,
+    absorb_bound: Bound,
+    gqa_intensity_over_ridge: String,
+    gqa_bound: Bound,
+    absorb_us_per_token: String,
+    gqa_us_per_token: String,
+    chosen: DecodePath,
+}
+
+#[test]
+fn paper_claims_for_deepseek_v3_geometry() {
+    let (h100, h20) = (gpu("h100").unwrap(), gpu("h20").unwrap());
+    let p = |g, sq| plan(&deepseek_v3(sq, 64, 8192), g).unwrap();
+    // H100: absorb at s_q = 1 sits near the ridge and is chosen.
+    let h100_1 = p(&h100, 1);
+    let ratio = h100_1.absorb.intensity / h100_1.ridge;
+    assert!((0.5..1.5).contains(&ratio), "absorb intensity / ridge on H100 = {ratio}");
+    assert_eq!(h100_1.chosen, DecodePath::Absorb);
+    // H20: absorb is compute-bound and gains nothing per token from s_q = 2.
+    let (h20_1, h20_2) = (p(&h20, 1), p(&h20, 2));
+    assert_eq!((h20_1.absorb.bound, h20_2.absorb.bound), (Bound::Compute, Bound::Compute));
+    assert!(h20_2.absorb.time_per_token_s > 0.95 * h20_1.absorb.time_per_token_s);
+    // H20: the GQA path is memory-bound at s_q = 1 and chosen at s_q = 2.
+    assert_eq!(h20_1.gqa.bound, Bound::Memory);
+    assert_eq!(h20_2.chosen, DecodePath::Gqa);
+    // The GQA+MTP gain on H20: our back-of-envelope said about 3.4x.
+    let gain = mtp_gain(&deepseek_v3(2, 64, 8192), &h20).unwrap();
+    assert!((3.2..3.6).contains(&gain), "GQA+MTP gain on H20 = {gain}");
+    let claims: Vec<Claim> = [
+        ("h100", 1, &h100_1),
+        ("h100", 2, &p(&h100, 2)),
+        ("h20", 1, &h20_1),
+        ("h20", 2, &h20_2),
+    ]
+    .into_iter()
+    .map(|(g, sq, x)| Claim {
+        gpu: g,
+        sq,
+        absorb_intensity_over_ridge: format!("{:.3}", x.absorb.intensity / x.ridge),
+        absorb_bound: x.absorb.bound,
+        gqa_intensity_over_ridge: format!("{:.3}", x.gqa.intensity / x.ridge),
+        gqa_bound: x.gqa.bound,
+        absorb_us_per_token: format!("{:.1}", x.absorb.time_per_token_s * 1e6),
+        gqa_us_per_token: format!("{:.1}", x.gqa.time_per_token_s * 1e6),
+        chosen: x.chosen,
+    })
+    .collect();
+    insta::assert_yaml_snapshot!("deepseek_v3_claims", (claims, format!("h20 GQA+MTP gain {gain:.3}x")));
+}
+
+proptest! {
+    /// Predicted times grow with context and batch, and the chosen path is never predicted
+    /// slower than the other.
+    #[test]
+    fn predictions_are_monotone_and_the_choice_is_the_faster(
+        gpu_index in 0..GPUS.len(),
+        llama in any::<bool>(),
+        sq in 1usize..5,
+        batch in 1usize..256,
+        context in 1usize..200_000,
+        tp_pow in 0u32..4,
+        extra in 1usize..5000,
+    ) {
+        let dims = if llama {
+            LatentDims::new(32, 8, 512, 128, 64, 128).unwrap()
+        } else {
+            LatentDims::new(128, 8, 512, 128, 64, 128).unwrap()
+        };
+        let g = GPUS[gpu_index];
+        let s = Scenario::new(dims, 4096, sq, batch, context, 1 << tp_pow, CacheDtype::Bf16, GroupCacheLayout::RopeOnce).unwrap();
+        let p = plan(&s, &g).unwrap();
+        let chosen = p.chosen_prediction().time_s;
+        prop_assert!(chosen <= p.absorb.time_s && chosen <= p.gqa.time_s);
+        for (longer, bigger) in [(s.with(sq, batch, context + extra).unwrap(), s.with(sq, batch + extra, context).unwrap())] {
+            for path in [DecodePath::Absorb, DecodePath::Gqa] {
+                let t = |x: &Scenario| gqla_reference::plan::predict(x, &g, path).unwrap().time_s;
+                prop_assert!(t(&longer) >= t(&s), "{path:?}: context {context} -> {}", context + extra);
+                prop_assert!(t(&bigger) >= t(&s), "{path:?}: batch {batch} -> {}", batch + extra);
+            }
+        }
+    }
+}
+
+#[test]
+fn plan_command_prints_both_paths_and_the_choice() {
+    let config = root().join("fixtures/configs/deepseek-v3.json");
+    let r = gqla(&[
+        "plan",
+        "--config",
+        config.to_str().unwrap(),
+        "--groups",
+        "8",
+        "--gpu",
+        "h20",
+        "--sq",
+        "2",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for needle in ["| absorb | 1152 |", "| gqa | 4224 |", "ridge 37.0 FLOP/B", "chosen: gqa", "GQA+MTP"] {
+        assert!(r.stdout.contains(needle), "missing `{needle}`:\n{}", r.stdout);
+    }
+    // Measured ceilings override the datasheet.
+    let r = gqla(&[
+        "plan",
+        "--config",
+        config.to_str().unwrap(),
+        "--groups",
+        "8",
+        "--gpu",
+        "h100",
+        "--peak-tflops",
+        "798",
+        "--bandwidth-gbps",
+        "3000",
+    ]);
+    assert!(r.stdout.contains("798 TFLOP/s") && r.stdout.contains("measured"), "{}", r.stdout);
+    // The sweep covers s_q 1-4 over five contexts.
+    let r = gqla(&[
+        "plan",
+        "--config",
+        config.to_str().unwrap(),
+        "--groups",
+        "8",
+        "--gpu",
+        "h20",
+        "--sweep",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.stdout.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| s_q")).count(),
+        20,
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn plan_command_draws_the_roofline_chart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let svg = tmp.path().join("roofline.svg");
+    let config = root().join("fixtures/configs/deepseek-v3.json");
+    let r = gqla(&[
+        "plan",
+        "--config",
+        config.to_str().unwrap(),
+        "--groups",
+        "8",
+        "--gpu",
+        "h20",
+        "--chart",
+        svg.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let text = std::fs::read_to_string(&svg).unwrap();
+    for needle in [
+        "<svg",
+        "H100",
+        "H200",
+        "H20",
+        "h20 gqa s_q=2",
+        "h100 absorb s_q=1",
+        "attained TFLOP/s",
+    ] {
+        assert!(text.contains(needle), "chart lacks `{needle}`");
+    }
+}
+
+#[test]
+fn plan_command_rejects_bad_input() {
+    let config = root().join("fixtures/configs/deepseek-v3.json");
+    for (args, needle) in [
+        (vec!["--gpu", "tpu"], "unknown GPU `tpu`"),
+        (vec!["--gpu", "h20", "--groups", "8", "--tp", "3"], "TP degree 3 must divide"),
+        (vec!["--gpu", "h20", "--groups", "8", "--batch", "0"], "must be positive"),
+        (vec!["--gpu", "h20", "--groups", "7"], "divisible by the number of groups G=7"),
+    ] {
+        let mut a = vec!["plan", "--config", config.to_str().unwrap()];
+        a.extend(args);
+        let r = gqla(&a);
+        assert_eq!(r.code, 2, "{a:?}: {}", r.stderr);
+        assert!(r.stderr.contains(needle), "{a:?}: {}", r.stderr);
+    }
+}

@@ -72,7 +72,8 @@ remote() {
         done
     fi
     if [[ $stages == *bench* ]]; then
-        "$gqla" bench decode --out "$out/bench-decode.md" >"$out/bench.log" 2>&1 || status=1
+        "$gqla" bench decode --out "$out/bench-decode.md" --json "$out/bench-decode.json" >"$out/bench.log" 2>&1 || status=1
+        "$gqla" plan --validate "$out/bench-decode.json" >"$out/plan-validation.md" 2>&1 || status=1
     fi
     if [[ $stages == *peer* ]]; then
         python3 scripts/sdpa_peer.py >"$out/sdpa-peer.md" 2>"$out/sdpa-peer.log" || status=1
@@ -86,6 +87,7 @@ remote() {
         done
         [ -f "$out/bench-decode.md" ] && cat "$out/bench-decode.md"
         [ -f "$out/sdpa-peer.md" ] && cat "$out/sdpa-peer.md"
+        [ -f "$out/plan-validation.md" ] && cat "$out/plan-validation.md"
     } >"$OUT/summary.md" 2>&1 || true
     tar czf "$OUT/round.tgz" -C "$OUT" round
     cat "$OUT/summary.md"

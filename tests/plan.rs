@@ -200,3 +200,60 @@ fn plan_command_rejects_bad_input() {
         assert!(r.stderr.contains(needle), "{a:?}: {}", r.stderr);
     }
 }
+
+/// `--validate` counts how often the plan matches the measured-faster path. Measurements equal to
+/// the model's predictions (from the run's own ceilings) hit everywhere with zero error; swapping
+/// one point's two times makes exactly that point a miss.
+#[test]
+fn validation_counts_hits_and_misses() {
+    use gqla_reference::plan::{predict, MeasuredPoint, MeasuredRun};
+    let g = gpu("h100").unwrap().with_measured(Some(790.0), Some(3000.0));
+    let mut points = Vec::new();
+    for sq in [1, 2] {
+        for batch in [1, 64] {
+            for context in [1024, 65536] {
+                // The validator plans with hidden = H·d_v; so must the expected times.
+                let dims = deepseek_v3(sq, batch, context).dims;
+                let s = Scenario::new(dims, 128 * 128, sq, batch, context, 1, CacheDtype::Bf16, GroupCacheLayout::RopeOnce).unwrap();
+                for path in [DecodePath::Absorb, DecodePath::Gqa] {
+                    points.push(MeasuredPoint {
+                        h: 128,
+                        g: 8,
+                        d_c: 512,
+                        d_r: 64,
+                        d_n: 128,
+                        d_v: 128,
+                        path,
+                        sq,
+                        batch,
+                        context,
+                        seconds: predict(&s, &g, path).unwrap().time_s,
+                    });
+                }
+            }
+        }
+    }
+    let run = |points: Vec<MeasuredPoint>| MeasuredRun {
+        device: "test device".into(),
+        copy_gbps: 3000.0,
+        bf16_tflops: Some(790.0),
+        points,
+    };
+    let v = gqla_reference::plan::validate(&run(points.clone())).unwrap();
+    assert_eq!((v.hits, v.comparisons.len()), (8, 8));
+    assert!(v.max_relative_error < 1e-12, "{}", v.max_relative_error);
+    let (a, b) = (points[0].seconds, points[1].seconds);
+    points[0].seconds = b;
+    points[1].seconds = a;
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("run.json");
+    std::fs::write(&file, serde_json::to_string(&run(points)).unwrap()).unwrap();
+    let r = gqla(&["plan", "--validate", file.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("chosen on 7 of 8 points"), "{}", r.stdout);
+    assert_eq!(r.stdout.matches("(MISS)").count(), 1, "{}", r.stdout);
+    std::fs::write(&file, "{\"device\": 3}").unwrap();
+    let r = gqla(&["plan", "--validate", file.to_str().unwrap()]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("not a measured run"), "{}", r.stderr);
+}

@@ -393,6 +393,39 @@ impl Gpu {
     }
 }
 
+/// The run in the planner's format, for `gqla plan --validate`.
+pub fn measured_run(device: &str, grid: &Grid, rows: &[Row], ceilings: &Ceilings) -> gqla_reference::plan::MeasuredRun {
+    use gqla_reference::plan::{DecodePath, MeasuredPoint, MeasuredRun};
+    let points = rows
+        .iter()
+        .filter_map(|r| {
+            let geo = grid.geometries.iter().find(|g| g.name == r.geometry)?;
+            Some(MeasuredPoint {
+                h: geo.h,
+                g: geo.g,
+                d_c: geo.dc,
+                d_r: geo.dr,
+                d_n: geo.dn,
+                d_v: geo.dv,
+                path: match r.path {
+                    Path::Absorb => DecodePath::Absorb,
+                    Path::Gqa => DecodePath::Gqa,
+                },
+                sq: r.sq,
+                batch: r.batch,
+                context: r.context,
+                seconds: r.ms * 1e-3,
+            })
+        })
+        .collect();
+    MeasuredRun {
+        device: device.into(),
+        copy_gbps: ceilings.copy_gbps,
+        bf16_tflops: ceilings.bf16_tflops,
+        points,
+    }
+}
+
 /// The results as a markdown table, with the percentage of each measured ceiling.
 pub fn table(rows: &[Row], ceilings: &Ceilings) -> String {
     let mut s = String::new();

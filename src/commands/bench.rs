@@ -41,6 +41,9 @@ enum Which {
         /// Also write the table (markdown) to this file.
         #[arg(long)]
         out: Option<std::path::PathBuf>,
+        /// Also write the measurements as JSON (input of `gqla plan --validate`).
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
     },
 }
 
@@ -53,12 +56,20 @@ pub fn run(a: Args) -> Result<(), CliError> {
             calib_tokens,
             vocab,
         } => convert(kv_lora_rank, rope_dim, calib_sequences, calib_tokens, vocab),
-        Which::Decode { quick, out } => decode(quick, out.as_deref()),
+        Which::Decode { quick, out, json } => decode(quick, out.as_deref(), json.as_deref()),
     }
 }
 
-fn decode(quick: bool, out: Option<&std::path::Path>) -> Result<(), CliError> {
-    use gqla_cuda::bench::{table, Grid};
+/// Write `text` to `path` through a temporary file.
+fn write_atomic(path: &std::path::Path, text: &str) -> Result<(), CliError> {
+    let tmp = path.with_extension("tmp-partial");
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| CliError::Usage(format!("cannot write {}: {e}", path.display())))
+}
+
+fn decode(quick: bool, out: Option<&std::path::Path>, json: Option<&std::path::Path>) -> Result<(), CliError> {
+    use gqla_cuda::bench::{measured_run, table, Grid};
     let gpu = gqla_cuda::Gpu::open(0).map_err(|e| CliError::Usage(format!("the decode benchmark needs a GPU: {e}")))?;
     let mut grid = Grid::full();
     if quick {
@@ -100,10 +111,11 @@ fn decode(quick: bool, out: Option<&std::path::Path>) -> Result<(), CliError> {
     );
     println!("{text}");
     if let Some(path) = out {
-        let tmp = path.with_extension("tmp-partial");
-        std::fs::write(&tmp, &text)
-            .and_then(|()| std::fs::rename(&tmp, path))
-            .map_err(|e| CliError::Usage(format!("cannot write {}: {e}", path.display())))?;
+        write_atomic(path, &text)?;
+    }
+    if let Some(path) = json {
+        let run = measured_run(&info.name, &grid, &rows, &ceilings);
+        write_atomic(path, &(serde_json::to_string_pretty(&run).expect("runs serialize") + "\n"))?;
     }
     Ok(())
 }

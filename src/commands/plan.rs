@@ -4,7 +4,7 @@ use super::CliError;
 use gqla_reference::cache::GroupCacheLayout;
 use gqla_reference::hf::config::AttentionConfig;
 use gqla_reference::hf::ModelConfig;
-use gqla_reference::plan::{gpu, mtp_gain, plan, Bound, CacheDtype, Gpu, Plan, Prediction, Scenario, GPUS};
+use gqla_reference::plan::{gpu, mtp_gain, plan, validate, Bound, CacheDtype, Gpu, MeasuredRun, Plan, Prediction, Scenario, GPUS};
 use gqla_reference::LatentDims;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -13,11 +13,14 @@ use std::path::{Path, PathBuf};
 pub struct Args {
     /// HF config.json (or a checkpoint directory holding one): GQLA/MLA, or a GQA model as
     /// TransGQLA would convert it.
-    #[arg(long)]
-    config: PathBuf,
+    #[arg(long, required_unless_present = "validate")]
+    config: Option<PathBuf>,
     /// GPU: h100, h800, h20, h200, a100, l40s, b200, rtx4090.
-    #[arg(long)]
-    gpu: String,
+    #[arg(long, required_unless_present = "validate")]
+    gpu: Option<String>,
+    /// Instead of planning: compare the planner with a measured run (`gqla bench decode --json`).
+    #[arg(long, conflicts_with_all = ["config", "gpu", "sweep", "chart"])]
+    validate: Option<PathBuf>,
     #[arg(long, default_value_t = 2)]
     sq: usize,
     #[arg(long, default_value_t = 64)]
@@ -86,11 +89,17 @@ fn dims(config: &ModelConfig, a: &Args) -> Result<LatentDims, CliError> {
 }
 
 pub fn run(a: Args) -> Result<(), CliError> {
-    let config = ModelConfig::load(&a.config)?;
+    if let Some(path) = &a.validate {
+        return validation(path, a.json);
+    }
+    let (Some(config_path), Some(gpu_key)) = (&a.config, &a.gpu) else {
+        return Err(CliError::Usage("--config and --gpu are required".into()));
+    };
+    let config = ModelConfig::load(config_path)?;
     let dims = dims(&config, &a)?;
     let known: Vec<&str> = GPUS.iter().map(|g| g.key).collect();
-    let gpu = gpu(&a.gpu)
-        .ok_or_else(|| CliError::Usage(format!("unknown GPU `{}`: expected one of {}", a.gpu, known.join(", "))))?
+    let gpu = gpu(gpu_key)
+        .ok_or_else(|| CliError::Usage(format!("unknown GPU `{gpu_key}`: expected one of {}", known.join(", "))))?
         .with_measured(a.peak_tflops, a.bandwidth_gbps);
     let layout = if a.rope_per_group {
         GroupCacheLayout::RopePerGroup
@@ -112,6 +121,61 @@ pub fn run(a: Args) -> Result<(), CliError> {
     } else {
         print!("{}", report(&p, mtp_gain(&s.with(a.sq.max(2), a.batch, a.context)?, &gpu)?));
     }
+    Ok(())
+}
+
+/// `--validate`: how often the planner picks the measured-faster path, and its time errors.
+fn validation(path: &Path, json: bool) -> Result<(), CliError> {
+    let text = std::fs::read_to_string(path).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+    let run: MeasuredRun =
+        serde_json::from_str(&text).map_err(|e| CliError::Usage(format!("{}: not a measured run: {e}", path.display())))?;
+    let v = validate(&run)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v).expect("validations serialize"));
+        return Ok(());
+    }
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "Planner against measurement on {} (ceilings from the same run: copy {:.0} GB/s, bf16 {:.0} TFLOP/s)\n",
+        v.device,
+        run.copy_gbps,
+        run.bf16_tflops.unwrap_or(f64::NAN)
+    );
+    let _ = writeln!(
+        t,
+        "| H | G | s_q | batch | context | absorb µs meas / pred | gqa µs meas / pred | faster | planned | margin |"
+    );
+    let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|---|");
+    for c in &v.comparisons {
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {} | {} / {} | {} / {} | {} | {}{} | {:.2}x |",
+            c.h,
+            c.g,
+            c.sq,
+            c.batch,
+            c.context,
+            us(c.measured_s[0]),
+            us(c.predicted_s[0]),
+            us(c.measured_s[1]),
+            us(c.predicted_s[1]),
+            c.faster.name(),
+            c.predicted.name(),
+            if c.hit() { "" } else { " (MISS)" },
+            c.measured_margin
+        );
+    }
+    let _ = writeln!(
+        t,
+        "\nmeasured-faster path chosen on {} of {} points ({:.1}%); predicted time error: median {:.0}%, max {:.0}%",
+        v.hits,
+        v.comparisons.len(),
+        100.0 * v.hit_rate,
+        100.0 * v.median_relative_error,
+        100.0 * v.max_relative_error
+    );
+    print!("{t}");
     Ok(())
 }
 

@@ -19,8 +19,10 @@
 //! s_q − 1 keys of L).
 
 mod gpus;
+mod validate;
 
 pub use gpus::{gpu, Gpu, GPUS};
+pub use validate::{validate, Comparison, MeasuredPoint, MeasuredRun, Validation};
 
 use crate::cache::GroupCacheLayout;
 use crate::config::LatentDims;
@@ -40,7 +42,8 @@ pub enum CacheDtype {
 }
 
 /// A decode path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum DecodePath {
     /// MQA over the latent cache (MLA's absorbed decode).
     Absorb,

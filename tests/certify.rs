@@ -272,7 +272,9 @@ mod packs {
             .output()
             .is_ok_and(|o| o.status.success())
         {
-            eprintln!("SKIPPED pytorch_sdpa_example_is_conformant: {python} cannot import torch and safetensors (set GQLA_PYTHON)");
+            crate::common::skipped(&format!(
+                "pytorch_sdpa_example_is_conformant: {python} cannot import torch and safetensors (set GQLA_PYTHON)"
+            ));
             return;
         }
         let tmp = tempfile::tempdir().unwrap();
@@ -295,7 +297,7 @@ mod packs {
 #[test]
 fn decode_benchmark_without_a_gpu_is_a_clear_error() {
     if gqla_cuda::device::context(0).is_ok() {
-        eprintln!("SKIPPED decode_benchmark_without_a_gpu_is_a_clear_error: a GPU is present");
+        crate::common::skipped("decode_benchmark_without_a_gpu_is_a_clear_error: a GPU is present");
         return;
     }
     let r = gqla(&["bench", "decode", "--quick"]);

@@ -355,9 +355,9 @@ fn hf_transformers_runs_converted_checkpoints() {
         .args(["-c", "import torch, transformers; assert transformers.__version__ == '5.23.0'"])
         .output();
     if !probe.is_ok_and(|o| o.status.success()) {
-        eprintln!(
-            "SKIPPED hf_transformers_runs_converted_checkpoints: {python} cannot import torch and transformers 5.23.0 (set GQLA_PYTHON)"
-        );
+        crate::common::skipped(&format!(
+            "hf_transformers_runs_converted_checkpoints: {python} cannot import torch and transformers 5.23.0 (set GQLA_PYTHON)"
+        ));
         return;
     }
     for (name, args) in [

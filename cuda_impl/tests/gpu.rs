@@ -14,6 +14,12 @@ use gqla_cuda::{CudaError, CudaKernel};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Report a skipped check on the terminal, past libtest's output capture.
+fn skipped(message: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "skipped: {message}");
+}
+
 fn nvrtc_required() -> bool {
     std::env::var("GQLA_REQUIRE_NVRTC").is_ok_and(|v| v == "1")
 }
@@ -26,7 +32,9 @@ fn kernels_compile_to_ptx_for_sm90_and_sm80() {
             "GQLA_REQUIRE_NVRTC=1 but libnvrtc.so.13 cannot be loaded (LD_LIBRARY_PATH={:?})",
             std::env::var("LD_LIBRARY_PATH").ok()
         );
-        eprintln!("SKIPPED kernels_compile_to_ptx_for_sm90_and_sm80: NVRTC not found (install nvidia-cuda-nvrtc 13.0 and put its lib on LD_LIBRARY_PATH)");
+        skipped(
+            "kernels_compile_to_ptx_for_sm90_and_sm80: NVRTC not found (install nvidia-cuda-nvrtc 13.0 and put its lib on LD_LIBRARY_PATH)",
+        );
         return;
     }
     for arch in ["compute_90", "compute_80"] {
@@ -45,7 +53,7 @@ fn kernels_compile_to_ptx_for_sm90_and_sm80() {
 #[test]
 fn compile_errors_carry_the_log() {
     if !nvrtc_present() {
-        eprintln!("SKIPPED compile_errors_carry_the_log: NVRTC not found");
+        skipped("compile_errors_carry_the_log: NVRTC not found");
         return;
     }
     let broken = "extern \"C\" __global__ void k(float* x) { x[0] = undefined_name; }";
@@ -64,7 +72,7 @@ fn compile_errors_carry_the_log() {
 fn opening_without_a_device_is_an_error_not_a_panic() {
     match CudaKernel::open(0) {
         Ok(k) => eprintln!("CUDA device found: {}", k.identity().description),
-        Err(e) => eprintln!("skipped: no CUDA device ({e})"),
+        Err(e) => skipped(&format!("no CUDA device ({e})")),
     }
 }
 
@@ -75,7 +83,7 @@ fn cuda_kernel_passes_the_whole_lattice() {
     let kernel = match CudaKernel::open(0) {
         Ok(k) => Arc::new(k) as Arc<dyn Kernel>,
         Err(e) => {
-            eprintln!("skipped: no CUDA device: {} lattice cases not run on CUDA ({e})", cases.len());
+            skipped(&format!("no CUDA device: {} lattice cases not run on CUDA ({e})", cases.len()));
             return;
         }
     };

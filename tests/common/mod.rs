@@ -137,3 +137,10 @@ pub fn forward(checkpoint: &Path, layer: &str, input: &Path, output: &Path, extr
     args.extend_from_slice(extra);
     gqla(&args)
 }
+
+/// Report a skipped check on the terminal: written straight to stderr, so that libtest's output
+/// capture (which only sees `eprintln!`) cannot hide it.
+pub fn skipped(message: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {message}");
+}

@@ -3,7 +3,7 @@
 #
 #   scripts/gpu-round.sh pack                 # here: build release binaries, pack what travels
 #   then one device call, carrying target/gpu-round:
-#   bash scripts/gpu-round.sh remote [STAGES] # there: STAGES of tests,certify,sanitize,bench,peer
+#   bash scripts/gpu-round.sh remote [STAGES] # there: STAGES of tests,certify,sanitize,ptxas,ncu,bench,peer
 #
 # `pack` builds the `gqla` release binary and a nextest archive of the gqla-cuda tests, and copies
 # cargo-nextest beside them (the GPU machine has no Rust toolchain). `remote` writes everything
@@ -38,7 +38,7 @@ pack() {
 }
 
 remote() {
-    local stages="${1:-tests,certify,sanitize,bench,peer}"
+    local stages="${1:-tests,certify,sanitize,ptxas,ncu,bench,peer}"
     local out="${OUT:?OUT is set by the device tool}/round"
     mkdir -p "$out"
     # NVRTC 13 and cuBLAS come from the machine's PyTorch wheels.
@@ -71,6 +71,17 @@ remote() {
                 >"$out/sanitize-$tool.log" 2>&1 || status=1
         done
     fi
+    if [[ $stages == *ptxas* ]]; then
+        # Registers, shared memory and spills per kernel: the same source through nvcc's ptxas.
+        nvcc -arch=sm_90 -std=c++17 -Xptxas -v -c cuda_impl/kernels/decode.cu -o /tmp/decode.o \
+            >"$out/ptxas.log" 2>&1 || status=1
+    fi
+    if [[ $stages == *ncu* ]]; then
+        # Hardware counters of the attention kernels on a small benchmark grid.
+        ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
+            --kernel-name regex:'^attn_bf16$' --launch-count 6 \
+            "$gqla" bench decode --quick >"$out/ncu.log" 2>&1 || status=1
+    fi
     if [[ $stages == *bench* ]]; then
         "$gqla" bench decode --out "$out/bench-decode.md" --json "$out/bench-decode.json" >"$out/bench.log" 2>&1 || status=1
         "$gqla" plan --validate "$out/bench-decode.json" >"$out/plan-validation.md" 2>&1 || status=1
@@ -85,6 +96,7 @@ remote() {
         for tool in memcheck racecheck initcheck; do
             [ -f "$out/sanitize-$tool.log" ] && echo "$tool: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitize-$tool.log" | tail -1)"
         done
+        [ -f "$out/ptxas.log" ] && grep -E "Compiling entry|registers|spill" "$out/ptxas.log"
         [ -f "$out/bench-decode.md" ] && cat "$out/bench-decode.md"
         [ -f "$out/sdpa-peer.md" ] && cat "$out/sdpa-peer.md"
         [ -f "$out/plan-validation.md" ] && cat "$out/plan-validation.md"
@@ -98,7 +110,7 @@ case "${1:-}" in
     pack) pack ;;
     remote) remote "${2:-}" ;;
     *)
-        echo "usage: $0 pack | remote [tests,certify,sanitize,bench,peer]" >&2
+        echo "usage: $0 pack | remote [tests,certify,sanitize,ptxas,ncu,bench,peer]" >&2
         exit 2
         ;;
 esac

@@ -334,7 +334,8 @@ pub fn chart(s: &Scenario, path: &Path) -> Result<(), CliError> {
                 .y_desc("attained TFLOP/s")
                 .draw()?;
             let colors = [RED, BLUE, GREEN];
-            for (g, color) in gpus.iter().zip(colors) {
+            // Labels of GPUs with the same roof would sit on each other: stagger them downwards.
+            for ((g, color), drop) in gpus.iter().zip(colors).zip([0.93, 0.8, 0.69]) {
                 let roof: Vec<(f64, f64)> = (0..=100)
                     .map(|i| 10f64.powf(i as f64 * 3.3 / 100.0))
                     .map(|x| (x, (g.bandwidth_gbps * x / 1e3).min(g.bf16_tflops)))
@@ -352,7 +353,7 @@ pub fn chart(s: &Scenario, path: &Path) -> Result<(), CliError> {
                     c.draw_series(std::iter::once(marker))?;
                     c.draw_series(std::iter::once(Text::new(
                         format!("{key} {path_name} s_q={sq}"),
-                        (x * 1.08, y * 0.93),
+                        (x * 1.08, y * drop),
                         ("sans-serif", 11).into_font().color(&color),
                     )))?;
                 }

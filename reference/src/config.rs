@@ -6,7 +6,7 @@
 use crate::error::{Error, Result};
 
 /// Geometry of an MLA/GQLA attention layer. Private fields: only valid geometries exist.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct LatentDims {
     h: usize,
     g: usize,

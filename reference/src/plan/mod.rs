@@ -70,7 +70,6 @@ pub enum Bound {
 /// What is decoded: validated once, at construction.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Scenario {
-    #[serde(skip)]
     pub dims: LatentDims,
     /// Model hidden size (the all-reduced output width).
     pub hidden: usize,

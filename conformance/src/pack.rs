@@ -89,9 +89,7 @@ fn io(path: &Path, e: impl std::fmt::Display) -> PackError {
 
 /// Write a file via a temp file and a rename.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PackError> {
-    let tmp = path.with_extension("tmp-partial");
-    std::fs::write(&tmp, bytes).map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
+    gqla_reference::hf::tensors::write_atomic(path, bytes).map_err(|e| io(path, e))
 }
 
 /// The input tensors of a case, as the pack stores them.

@@ -200,9 +200,8 @@ impl Report {
         std::fs::create_dir_all(dir)?;
         let json = serde_json::to_string_pretty(self).expect("report serializes") + "\n";
         for (name, text) in [("report.json", json), ("report.md", self.markdown()), ("junit.xml", self.junit())] {
-            let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-            std::fs::write(&tmp, text)?;
-            std::fs::rename(&tmp, dir.join(name))?;
+            gqla_reference::hf::tensors::write_atomic(&dir.join(name), text.as_bytes())
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
         }
         Ok(())
     }

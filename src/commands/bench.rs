@@ -60,16 +60,9 @@ pub fn run(a: Args) -> Result<(), CliError> {
     }
 }
 
-/// Write `text` to `path` through a temporary file.
-fn write_atomic(path: &std::path::Path, text: &str) -> Result<(), CliError> {
-    let tmp = path.with_extension("tmp-partial");
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| CliError::Usage(format!("cannot write {}: {e}", path.display())))
-}
-
 fn decode(quick: bool, out: Option<&std::path::Path>, json: Option<&std::path::Path>) -> Result<(), CliError> {
     use gqla_cuda::bench::{measured_run, table, Grid};
+    use gqla_reference::hf::tensors::write_atomic;
     let gpu = gqla_cuda::Gpu::open(0).map_err(|e| CliError::Usage(format!("the decode benchmark needs a GPU: {e}")))?;
     let mut grid = Grid::full();
     if quick {
@@ -111,11 +104,14 @@ fn decode(quick: bool, out: Option<&std::path::Path>, json: Option<&std::path::P
     );
     println!("{text}");
     if let Some(path) = out {
-        write_atomic(path, &text)?;
+        write_atomic(path, text.as_bytes())?;
     }
     if let Some(path) = json {
         let run = measured_run(&info.name, &grid, &rows, &ceilings);
-        write_atomic(path, &(serde_json::to_string_pretty(&run).expect("runs serialize") + "\n"))?;
+        write_atomic(
+            path,
+            (serde_json::to_string_pretty(&run).expect("runs serialize") + "\n").as_bytes(),
+        )?;
     }
     Ok(())
 }

@@ -309,10 +309,10 @@ pub fn chart(s: &Scenario, path: &Path) -> Result<(), CliError> {
             }
         }
     }
-    let draw = || -> Result<(), Box<dyn std::error::Error>> {
-        let tmp = path.with_extension("tmp-partial.svg");
+    let mut svg = String::new();
+    let mut draw = || -> Result<(), Box<dyn std::error::Error>> {
         {
-            let root = SVGBackend::new(&tmp, (960, 640)).into_drawing_area();
+            let root = SVGBackend::with_string(&mut svg, (960, 640)).into_drawing_area();
             root.fill(&WHITE)?;
             let mut c = ChartBuilder::on(&root)
                 .caption(
@@ -364,8 +364,8 @@ pub fn chart(s: &Scenario, path: &Path) -> Result<(), CliError> {
                 .draw()?;
             root.present()?;
         }
-        std::fs::rename(&tmp, path)?;
         Ok(())
     };
-    draw().map_err(|e| CliError::Usage(format!("cannot draw the chart {}: {e}", path.display())))
+    draw().map_err(|e| CliError::Usage(format!("cannot draw the chart {}: {e}", path.display())))?;
+    Ok(gqla_reference::hf::tensors::write_atomic(path, svg.as_bytes())?)
 }

@@ -406,10 +406,16 @@ pub fn write_tensors<'a>(
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
     let bytes = safetensors::serialize(tensors, metadata).map_err(|e| Error::file(path, format!("cannot serialize: {e}")))?;
+    write_atomic(path, &bytes)
+}
+
+/// Write `bytes` to `path` atomically: a temp file in the same directory, then a rename; a
+/// failure removes the temp file, so nothing half-written is ever left behind.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().ok_or_else(|| Error::file(path, "output path has no file name"))?;
     let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-    std::fs::write(&tmp, &bytes).map_err(|e| {
+    std::fs::write(&tmp, bytes).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         Error::file(&tmp, format!("cannot write: {e}"))
     })?;

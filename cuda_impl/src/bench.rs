@@ -4,7 +4,7 @@
 //! values on the device (never zeros).
 
 use crate::device::Gpu;
-use crate::launch::{elem_bytes, suffix, Decode, Guarded, KeySource, Paging, Segment, Workspace, KEYS_PER_TILE, ROWS};
+use crate::launch::{elem_bytes, suffix, Decode, Guarded, KeySource, Paging, Segment, Workspace};
 use crate::{driver, CudaError};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
@@ -296,11 +296,7 @@ impl Gpu {
         let mut lse = unsafe { self.stream.alloc::<u8>(batch * sq_max * geo.h * 4) }.map_err(driver("allocating a buffer"))?;
         for &sq in sqs {
             let streams = if path == Path::Absorb { 1 } else { geo.g };
-            let blocks = batch * streams * (sq * geo.h / streams).div_ceil(ROWS);
-            let splits = (2 * self.info.multiprocessors as usize)
-                .div_ceil(blocks)
-                .min(context.div_ceil(4 * KEYS_PER_TILE))
-                .max(1);
+            let splits = self.default_splits(batch, sq, geo.h, streams, context);
             let mut ws: Option<Workspace> = if splits > 1 {
                 Some(self.workspace(batch * sq * geo.h, dv, splits)?)
             } else {

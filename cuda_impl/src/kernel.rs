@@ -4,7 +4,7 @@
 //! the harness by disturbing its own.
 
 use crate::device::Gpu;
-use crate::launch::{decode, elem_bytes, encode, Decode, Guarded, KeySource, Paging, Segment, KEYS_PER_TILE, ROWS};
+use crate::launch::{decode, elem_bytes, encode, Decode, Guarded, KeySource, Paging, Segment};
 use crate::CudaError;
 use cudarc::driver::CudaSlice;
 use gqla_conformance::case::{Dtype, Op, RopeLayout};
@@ -41,15 +41,12 @@ fn collect(gpu: &Gpu, d: Dtype, buf: &CudaSlice<u8>, out: &mut OutputTensor) -> 
     let n = out.len();
     let values = decode(d, &bytes[MARGIN * eb..(MARGIN + n) * eb]);
     out.region_mut().copy_from_slice(&values);
+    // The device buffer has the harness buffer's layout: element i of one is element i of the other.
     let (host, offset) = out.with_margins_mut();
+    debug_assert_eq!((offset, host.len()), (MARGIN, n + 2 * MARGIN));
     for i in (0..MARGIN).chain(MARGIN + n..2 * MARGIN + n) {
         if bytes[i * eb..(i + 1) * eb] != canary[..] {
-            let at = if i < MARGIN {
-                offset - MARGIN + i
-            } else {
-                offset + n + (i - MARGIN - n)
-            };
-            host[at] = 0.0;
+            host[i] = 0.0;
         }
     }
     Ok(())
@@ -92,17 +89,12 @@ impl CudaKernel {
         self.gpu.upload(&encode(inp.case.dtype, &inp.cache.component(name).data))
     }
 
-    /// Split count: the case's request, or enough blocks to fill the device twice over, but
-    /// never splits shorter than a few tiles.
+    /// Split count: the case's request, or the device's default for this shape.
     fn splits(&self, inp: &CaseInputs, streams: usize) -> usize {
         let c = &inp.case;
-        if let Some(s) = c.splits {
-            return s;
-        }
-        let blocks = c.batch() * streams * (c.sq * (c.h / streams)).div_ceil(ROWS);
-        let want = (2 * self.gpu.info.multiprocessors as usize).div_ceil(blocks.max(1));
         let longest = inp.cache.seq_lens.iter().copied().max().unwrap_or(0);
-        want.min(longest.div_ceil(4 * KEYS_PER_TILE)).max(1)
+        c.splits
+            .unwrap_or_else(|| self.gpu.default_splits(c.batch(), c.sq, c.h, streams, longest))
     }
 
     fn decode(&self, inp: &CaseInputs, outputs: &mut Outputs) -> Result<(), CudaError> {

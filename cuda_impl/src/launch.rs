@@ -235,6 +235,16 @@ impl Gpu {
         self.stream.synchronize().map_err(driver("running the kernels"))
     }
 
+    /// The split count when the caller asks for none: enough blocks to fill the device twice
+    /// over, but never splits shorter than four key tiles. `longest` is the longest sequence.
+    pub fn default_splits(&self, batch: usize, sq: usize, h: usize, streams: usize, longest: usize) -> usize {
+        let blocks = batch * streams * (sq * (h / streams)).div_ceil(ROWS);
+        (2 * self.info.multiprocessors.max(1) as usize)
+            .div_ceil(blocks.max(1))
+            .min(longest.div_ceil(4 * KEYS_PER_TILE))
+            .max(1)
+    }
+
     /// Split-KV workspace for up to `rows` = B·s_q·H query rows of width `dv` and `splits` splits.
     pub fn workspace(&self, rows: usize, dv: usize, splits: usize) -> Result<Workspace, CudaError> {
         let n = rows.max(1) * splits.max(1);

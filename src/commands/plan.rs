@@ -244,7 +244,7 @@ fn row(x: &Prediction, ridge: f64) -> String {
     format!(
         "| {} | {} | {:.2} | {:.3} | {:.1} | {:.2} | {} | {} | {} | {} | {} | {} | {} |",
         x.path.name(),
-        x.cache_bytes_per_token,
+        x.cost.cache_bytes_per_token,
         x.cost.bytes() / 1e6,
         x.cost.flops() / 1e9,
         x.intensity,

@@ -145,6 +145,8 @@ impl Scenario {
 /// One step's traffic and arithmetic on one rank.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Cost {
+    /// Cache bytes per token on this rank (measured from an allocated cache).
+    pub cache_bytes_per_token: usize,
     pub cache_bytes: f64,
     pub cache_write_bytes: f64,
     pub query_output_bytes: f64,
@@ -186,6 +188,7 @@ pub fn cost(s: &Scenario, path: DecodePath) -> Result<Cost> {
         0.0
     };
     Ok(Cost {
+        cache_bytes_per_token: bpt,
         cache_bytes: b * l * bpt as f64,
         cache_write_bytes: b * sq * bpt as f64,
         query_output_bytes: rows * (dk + dout) * e + rows * 4.0,
@@ -202,8 +205,6 @@ pub fn cost(s: &Scenario, path: DecodePath) -> Result<Cost> {
 pub struct Prediction {
     pub path: DecodePath,
     pub cost: Cost,
-    /// Cache bytes per token on this rank.
-    pub cache_bytes_per_token: usize,
     /// FLOP per byte.
     pub intensity: f64,
     pub memory_s: f64,
@@ -220,7 +221,6 @@ pub struct Prediction {
 /// Predict `path` on `gpu`.
 pub fn predict(s: &Scenario, gpu: &Gpu, path: DecodePath) -> Result<Prediction> {
     let c = cost(s, path)?;
-    let (absorb_bpt, gqa_bpt) = s.cache_bytes_per_token()?;
     let memory_s = c.bytes() / (gpu.bandwidth_gbps * 1e9);
     let compute_s = c.flops() / (gpu.bf16_tflops * 1e12);
     let comm_s = c.allreduce_bytes / (gpu.link_gbps * 1e9);
@@ -229,7 +229,6 @@ pub fn predict(s: &Scenario, gpu: &Gpu, path: DecodePath) -> Result<Prediction> 
     Ok(Prediction {
         path,
         cost: c,
-        cache_bytes_per_token: if path == DecodePath::Absorb { absorb_bpt } else { gqa_bpt },
         intensity: c.flops() / c.bytes(),
         memory_s,
         compute_s,

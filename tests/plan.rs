@@ -100,50 +100,26 @@ proptest! {
     }
 }
 
+/// `gqla plan` on the DeepSeek-V3 config converted to 8 groups, with `args` after it.
+fn plan_deepseek_v3_g8(args: &[&str]) -> crate::common::Run {
+    let config = root().join("fixtures/configs/deepseek-v3.json");
+    let mut a = vec!["plan", "--config", config.to_str().unwrap(), "--groups", "8"];
+    a.extend_from_slice(args);
+    gqla(&a)
+}
+
 #[test]
 fn plan_command_prints_both_paths_and_the_choice() {
-    let config = root().join("fixtures/configs/deepseek-v3.json");
-    let r = gqla(&[
-        "plan",
-        "--config",
-        config.to_str().unwrap(),
-        "--groups",
-        "8",
-        "--gpu",
-        "h20",
-        "--sq",
-        "2",
-    ]);
+    let r = plan_deepseek_v3_g8(&["--gpu", "h20", "--sq", "2"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     for needle in ["| absorb | 1152 |", "| gqa | 4224 |", "ridge 37.0 FLOP/B", "chosen: gqa", "GQA+MTP"] {
         assert!(r.stdout.contains(needle), "missing `{needle}`:\n{}", r.stdout);
     }
     // Measured ceilings override the datasheet.
-    let r = gqla(&[
-        "plan",
-        "--config",
-        config.to_str().unwrap(),
-        "--groups",
-        "8",
-        "--gpu",
-        "h100",
-        "--peak-tflops",
-        "798",
-        "--bandwidth-gbps",
-        "3000",
-    ]);
+    let r = plan_deepseek_v3_g8(&["--gpu", "h100", "--peak-tflops", "798", "--bandwidth-gbps", "3000"]);
     assert!(r.stdout.contains("798 TFLOP/s") && r.stdout.contains("measured"), "{}", r.stdout);
     // The sweep covers s_q 1-4 over five contexts.
-    let r = gqla(&[
-        "plan",
-        "--config",
-        config.to_str().unwrap(),
-        "--groups",
-        "8",
-        "--gpu",
-        "h20",
-        "--sweep",
-    ]);
+    let r = plan_deepseek_v3_g8(&["--gpu", "h20", "--sweep"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(
         r.stdout.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| s_q")).count(),
@@ -157,18 +133,7 @@ fn plan_command_prints_both_paths_and_the_choice() {
 fn plan_command_draws_the_roofline_chart() {
     let tmp = tempfile::tempdir().unwrap();
     let svg = tmp.path().join("roofline.svg");
-    let config = root().join("fixtures/configs/deepseek-v3.json");
-    let r = gqla(&[
-        "plan",
-        "--config",
-        config.to_str().unwrap(),
-        "--groups",
-        "8",
-        "--gpu",
-        "h20",
-        "--chart",
-        svg.to_str().unwrap(),
-    ]);
+    let r = plan_deepseek_v3_g8(&["--gpu", "h20", "--chart", svg.to_str().unwrap()]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let text = std::fs::read_to_string(&svg).unwrap();
     for needle in [

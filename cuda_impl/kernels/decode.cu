@@ -18,11 +18,19 @@ typedef unsigned short u16;
 #define INFINITY __int_as_float(0x7f800000)
 #endif
 
+// Global memory goes through ld/st, and dynamic shared memory through GQLA_DYNAMIC_SHARED, so that
+// the host emulation (cuda_impl/emu) can bounds-check every access; on the GPU they are plain.
+#ifndef GQLA_EMULATION
+#define GQLA_DYNAMIC_SHARED(T, name) extern __shared__ T name[]
+template <typename T> __device__ __forceinline__ T ld(const T* p, long long i) { return p[i]; }
+template <typename T> __device__ __forceinline__ void st(T* p, long long i, T x) { p[i] = x; }
+#endif
+
 #define NT 128        // threads per block
-#define NWARPS (NT / 32)
 #define ROWS 16       // query rows per block
 #define TK 16         // keys per tile
 #define DV_MAX 512    // widest value
+#define EXPAND_TOKENS 8 // cached tokens per block of the expand kernel
 #define ACC (ROWS * DV_MAX / NT)
 
 struct AttnParams {
@@ -60,6 +68,11 @@ struct ExpandParams {
 };
 
 __device__ __forceinline__ float bf16_to_f32(u16 x) { return __uint_as_float(((unsigned)x) << 16); }
+#ifdef GQLA_EMULATION
+inline float f16_to_f32(u16 x) { return gqla_emu::f16_bits_to_f32(x); }
+inline u16 f32_to_bf16(float x) { return gqla_emu::f32_to_bf16_bits(x); }
+inline u16 f32_to_f16(float x) { return gqla_emu::f32_to_f16_bits(x); }
+#else
 __device__ __forceinline__ float f16_to_f32(u16 x) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x));
@@ -75,34 +88,30 @@ __device__ __forceinline__ u16 f32_to_f16(float x) {
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(x));
     return r;
 }
+#endif
 
 // Storage element kinds: 0 f32, 1 bf16, 2 f16.
 template <int E> struct Elem;
 template <> struct Elem<0> {
-    static __device__ __forceinline__ float get(const void* p, long long i) { return ((const float*)p)[i]; }
-    static __device__ __forceinline__ void put(void* p, long long i, float x) { ((float*)p)[i] = x; }
+    static __device__ __forceinline__ float get(const void* p, long long i) { return ld((const float*)p, i); }
+    static __device__ __forceinline__ void put(void* p, long long i, float x) { st((float*)p, i, x); }
 };
 template <> struct Elem<1> {
-    static __device__ __forceinline__ float get(const void* p, long long i) { return bf16_to_f32(((const u16*)p)[i]); }
-    static __device__ __forceinline__ void put(void* p, long long i, float x) { ((u16*)p)[i] = f32_to_bf16(x); }
+    static __device__ __forceinline__ float get(const void* p, long long i) { return bf16_to_f32(ld((const u16*)p, i)); }
+    static __device__ __forceinline__ void put(void* p, long long i, float x) { st((u16*)p, i, f32_to_bf16(x)); }
 };
 template <> struct Elem<2> {
-    static __device__ __forceinline__ float get(const void* p, long long i) { return f16_to_f32(((const u16*)p)[i]); }
-    static __device__ __forceinline__ void put(void* p, long long i, float x) { ((u16*)p)[i] = f32_to_f16(x); }
+    static __device__ __forceinline__ float get(const void* p, long long i) { return f16_to_f32(ld((const u16*)p, i)); }
+    static __device__ __forceinline__ void put(void* p, long long i, float x) { st((u16*)p, i, f32_to_f16(x)); }
 };
 
-__device__ __forceinline__ float warp_sum(float x) {
-    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-    return x;
-}
-
 __device__ __forceinline__ long long slot_of(const int* block_table, int max_pages, int page, int b, int t) {
-    return (long long)block_table[(long long)b * max_pages + t / page] * page + t % page;
+    return (long long)ld(block_table, (long long)b * max_pages + t / page) * page + t % page;
 }
 
 template <int E>
 __device__ void attn(const AttnParams& p) {
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int tid = threadIdx.x;
     const int split = blockIdx.x;
     const int per = p.h / p.streams;
     const int rows_total = p.sq * per;
@@ -111,17 +120,18 @@ __device__ void attn(const AttnParams& p) {
     const int row0 = (blockIdx.y % row_tiles) * ROWS;
     const int nrows = min(ROWS, rows_total - row0);
     const int b = blockIdx.z;
-    const int L = p.seq_lens[b];
+    const int L = ld(p.seq_lens, b);
     const int dk = p.da + p.db, dv = p.dv;
     const int start = (int)((long long)split * L / p.num_splits);
     const int end = (int)((long long)(split + 1) * L / p.num_splits);
 
-    extern __shared__ float smem[];
+    GQLA_DYNAMIC_SHARED(float, smem);
+    const int kld = dk + 1;                           // padded row stride of k_s
     float* q_s = smem;                                // [ROWS][dk]
-    float* k_s = q_s + ROWS * dk;                     // [TK][dk]
-    float* v_s = p.v_is_key_prefix ? k_s : k_s + TK * dk;
-    const int v_ld = p.v_is_key_prefix ? dk : dv;     // row stride of v_s
-    float* p_s = k_s + TK * dk + (p.v_is_key_prefix ? 0 : TK * dv); // [ROWS][TK]
+    float* k_s = q_s + ROWS * dk;                     // [TK][kld]
+    float* v_s = p.v_is_key_prefix ? k_s : k_s + TK * kld;
+    const int v_ld = p.v_is_key_prefix ? kld : dv;    // row stride of v_s
+    float* p_s = v_s + (p.v_is_key_prefix ? TK * kld : TK * dv); // [ROWS][TK]
     float* m_s = p_s + ROWS * TK;
     float* l_s = m_s + ROWS;
     float* c_s = l_s + ROWS;
@@ -154,7 +164,7 @@ __device__ void attn(const AttnParams& p) {
                 x = d < p.da ? Elem<E>::get(p.ka, s * p.ka_stride + (long long)g * p.ka_head_stride + d)
                              : Elem<E>::get(p.kb, s * p.kb_stride + (d - p.da));
             }
-            k_s[kk * dk + d] = x;
+            k_s[kk * kld + d] = x;
         }
         if (!p.v_is_key_prefix) {
             for (int idx = tid; idx < TK * dv; idx += NT) {
@@ -168,13 +178,15 @@ __device__ void attn(const AttnParams& p) {
             }
         }
         __syncthreads();
-        // Scores: one warp per (row, key) pair, lanes across the key width.
-        for (int pair = warp; pair < nrows * TK; pair += NWARPS) {
+        // Scores: one thread per (row, key) pair. Key rows are padded to kld = dk + 1 floats, so the
+        // 16 keys a half-warp reads sit in 16 different banks.
+        for (int pair = tid; pair < nrows * TK; pair += NT) {
             const int r = pair / TK, kk = pair % TK, t = t0 + kk;
+            const float* qr = q_s + r * dk;
+            const float* kr = k_s + kk * kld;
             float s = 0.0f;
-            for (int d = lane; d < dk; d += 32) s += q_s[r * dk + d] * k_s[kk * dk + d];
-            s = warp_sum(s);
-            if (lane == 0) p_s[r * TK + kk] = (t < end && t < vis_s[r]) ? s * p.scale : -INFINITY;
+            for (int d = 0; d < dk; ++d) s += qr[d] * kr[d];
+            p_s[r * TK + kk] = (t < end && t < vis_s[r]) ? s * p.scale : -INFINITY;
         }
         __syncthreads();
         // Online softmax, one thread per row.
@@ -225,7 +237,7 @@ __device__ void attn(const AttnParams& p) {
                 Elem<E>::put(p.out, row * dv + d, o);
             } else {
                 const long long prow = (((long long)b * p.num_splits + split) * p.sq + j) * p.h + head;
-                p.part_o[prow * dv + d] = o;
+                st(p.part_o, prow * dv + d, o);
             }
         }
     }
@@ -234,9 +246,9 @@ __device__ void attn(const AttnParams& p) {
         const float l = l_s[tid];
         const float lse = l > 0.0f ? m_s[tid] + logf(l) : -INFINITY;
         if (single) {
-            p.lse[((long long)b * p.sq + j) * p.h + head] = lse;
+            st(p.lse, ((long long)b * p.sq + j) * p.h + head, lse);
         } else {
-            p.part_lse[(((long long)b * p.num_splits + split) * p.sq + j) * p.h + head] = lse;
+            st(p.part_lse, (((long long)b * p.num_splits + split) * p.sq + j) * p.h + head, lse);
         }
     }
 }
@@ -250,43 +262,60 @@ __device__ void combine(const AttnParams& p) {
     const long long b = row / per_b, rest = row % per_b;
     const int S = p.num_splits, dv = p.dv;
     float m = -INFINITY;
-    for (int s = 0; s < S; ++s) m = fmaxf(m, p.part_lse[(b * S + s) * per_b + rest]);
+    for (int s = 0; s < S; ++s) m = fmaxf(m, ld(p.part_lse, (b * S + s) * per_b + rest));
     float wsum = 0.0f;
     for (int s = 0; s < S; ++s) {
-        const float l = p.part_lse[(b * S + s) * per_b + rest];
+        const float l = ld(p.part_lse, (b * S + s) * per_b + rest);
         wsum += l == -INFINITY ? 0.0f : expf(l - m);
     }
     for (int d = threadIdx.x; d < dv; d += blockDim.x) {
         float o = 0.0f;
         if (m != -INFINITY) {
             for (int s = 0; s < S; ++s) {
-                const float l = p.part_lse[(b * S + s) * per_b + rest];
-                if (l != -INFINITY) o += expf(l - m) * p.part_o[((b * S + s) * per_b + rest) * dv + d];
+                const float l = ld(p.part_lse, (b * S + s) * per_b + rest);
+                if (l != -INFINITY) o += expf(l - m) * ld(p.part_o, ((b * S + s) * per_b + rest) * dv + d);
             }
             o /= wsum;
         }
         Elem<E>::put(p.out, row * dv + d, o);
     }
-    if (threadIdx.x == 0) p.lse[row] = m == -INFINITY ? -INFINITY : m + logf(wsum);
+    if (threadIdx.x == 0) st(p.lse, row, m == -INFINITY ? -INFINITY : m + logf(wsum));
 }
 
-// k_g = W_UK_g c, v_g = W_UV_g c for one cached token per block; one warp per output column.
+// k_g = W_UK_g c, v_g = W_UV_g c for EXPAND_TOKENS cached tokens per block: their latents sit in
+// shared memory, and each thread computes whole output columns, so every weight element read
+// serves all the block's tokens.
 template <int E>
 __device__ void expand(const ExpandParams& p) {
-    extern __shared__ float lat[];
-    const int tok = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const long long s = slot_of(p.block_table, p.max_pages, p.page, p.tok_b[tok], p.tok_t[tok]);
-    for (int d = threadIdx.x; d < p.dc; d += blockDim.x) lat[d] = Elem<E>::get(p.latent, s * p.dc + d);
+    GQLA_DYNAMIC_SHARED(float, lat); // [EXPAND_TOKENS][dc]
+    const int tok0 = blockIdx.x * EXPAND_TOKENS;
+    const int ntok = min(EXPAND_TOKENS, p.tokens - tok0);
+    for (int idx = threadIdx.x; idx < EXPAND_TOKENS * p.dc; idx += blockDim.x) {
+        const int i = idx / p.dc, d = idx % p.dc;
+        float x = 0.0f;
+        if (i < ntok) {
+            const int tok = tok0 + i;
+            const long long s = slot_of(p.block_table, p.max_pages, p.page, ld(p.tok_b, tok), ld(p.tok_t, tok));
+            x = Elem<E>::get(p.latent, s * p.dc + d);
+        }
+        lat[idx] = x;
+    }
     __syncthreads();
     const int width = p.dn + p.dv, cols = p.g * width;
-    for (int col = warp; col < cols; col += blockDim.x / 32) {
-        float y = 0.0f;
-        for (int d = lane; d < p.dc; d += 32) y += Elem<E>::get(p.w, (long long)col * p.dc + d) * lat[d];
-        y = warp_sum(y);
-        if (lane == 0) {
-            const int g = col / width, r = col % width;
-            if (r < p.dn) Elem<E>::put(p.k_out, (long long)tok * p.g * p.dn + g * p.dn + r, y);
-            else Elem<E>::put(p.v_out, (long long)tok * p.g * p.dv + g * p.dv + (r - p.dn), y);
+    for (int col = threadIdx.x; col < cols; col += blockDim.x) {
+        float y[EXPAND_TOKENS];
+#pragma unroll
+        for (int i = 0; i < EXPAND_TOKENS; ++i) y[i] = 0.0f;
+        for (int d = 0; d < p.dc; ++d) {
+            const float w = Elem<E>::get(p.w, (long long)col * p.dc + d);
+#pragma unroll
+            for (int i = 0; i < EXPAND_TOKENS; ++i) y[i] += w * lat[i * p.dc + d];
+        }
+        const int g = col / width, r = col % width;
+        for (int i = 0; i < ntok; ++i) {
+            const long long tok = tok0 + i;
+            if (r < p.dn) Elem<E>::put(p.k_out, tok * p.g * p.dn + g * p.dn + r, y[i]);
+            else Elem<E>::put(p.v_out, tok * p.g * p.dv + g * p.dv + (r - p.dn), y[i]);
         }
     }
 }

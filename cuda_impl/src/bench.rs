@@ -4,7 +4,8 @@
 //! values on the device (never zeros).
 
 use crate::device::Gpu;
-use crate::launch::{elem_bytes, suffix, Decode, Guarded, KeySource, Paging, Segment, Workspace};
+use crate::launch::{self, elem_bytes, suffix, Decode, Guarded, KeySource, Paging, Segment, Workspace};
+use crate::runtime::Runtime;
 use crate::{driver, CudaError};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
@@ -181,7 +182,7 @@ impl Gpu {
 
     /// Fill a buffer of `n` elements of `dtype` with pseudo-random values in amp·[-1, 1).
     pub fn fill_random(&self, buf: &mut CudaSlice<u8>, dtype: Dtype, n: usize, seed: u32, amp: f32) -> Result<(), CudaError> {
-        let f = self.function("fill", suffix(dtype));
+        let f = self.function(&format!("fill_{}", suffix(dtype)))?;
         let cfg = LaunchConfig {
             grid_dim: (4 * self.info.multiprocessors.max(1) as u32, 1, 1),
             block_dim: (256, 1, 1),
@@ -296,9 +297,9 @@ impl Gpu {
         let mut lse = unsafe { self.stream.alloc::<u8>(batch * sq_max * geo.h * 4) }.map_err(driver("allocating a buffer"))?;
         for &sq in sqs {
             let streams = if path == Path::Absorb { 1 } else { geo.g };
-            let splits = self.default_splits(batch, sq, geo.h, streams, context);
-            let mut ws: Option<Workspace> = if splits > 1 {
-                Some(self.workspace(batch * sq * geo.h, dv, splits)?)
+            let splits = launch::default_splits(self, batch, sq, geo.h, streams, context);
+            let mut ws: Option<Workspace<Gpu>> = if splits > 1 {
+                Some(launch::workspace(self, batch * sq * geo.h, dv, splits)?)
             } else {
                 None
             };
@@ -358,7 +359,7 @@ impl Gpu {
                     out: Guarded { buf: &mut out, margin: 0 },
                     lse: Guarded { buf: &mut lse, margin: 0 },
                 };
-                self.decode(&mut call, ws.as_mut())
+                launch::decode(self, &mut call, ws.as_mut())
             })?;
             on_row(Row {
                 geometry: geo.name,

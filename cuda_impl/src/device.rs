@@ -114,15 +114,11 @@ impl Gpu {
         })
     }
 
-    pub(crate) fn function(&self, family: &str, suffix: &str) -> &CudaFunction {
+    /// A loaded kernel by its full name (e.g. `attn_bf16`).
+    pub(crate) fn function(&self, name: &str) -> Result<&CudaFunction, CudaError> {
         self.functions
-            .get(&format!("{family}_{suffix}"))
-            .expect("every function name was loaded in Gpu::open")
-    }
-
-    /// Make this GPU's context current on the calling thread.
-    pub fn bind(&self) -> Result<(), CudaError> {
-        self.ctx.bind_to_thread().map_err(driver("binding the context to the thread"))
+            .get(name)
+            .ok_or_else(|| CudaError::Unsupported(format!("no kernel named {name} in the module")))
     }
 
     pub fn stream(&self) -> &Arc<CudaStream> {

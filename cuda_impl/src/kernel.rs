@@ -1,12 +1,13 @@
-//! The CUDA kernels behind the conformance harness's [`Kernel`] trait: inputs are uploaded as
-//! the harness made them (poisoned slots, invalid block-table entries and all), outputs are
-//! allocated with canary margins on the device, and disturbed device canaries are reported to
-//! the harness by disturbing its own.
+//! The CUDA kernels behind the conformance harness's [`Kernel`] trait, on any [`Runtime`] (a GPU,
+//! or the host emulator): inputs are uploaded as the harness made them (poisoned slots, invalid
+//! block-table entries and all), outputs are allocated with canary margins in the runtime's
+//! memory, and disturbed canaries there are reported to the harness by disturbing its own.
 
 use crate::device::Gpu;
-use crate::launch::{decode, elem_bytes, encode, Decode, Guarded, KeySource, Paging, Segment};
+use crate::emu::Emulator;
+use crate::launch::{self, elem_bytes, from_bytes, to_bytes, Decode, ExpandDims, Guarded, KeySource, Paging, Segment, Tokens};
+use crate::runtime::Runtime;
 use crate::CudaError;
-use cudarc::driver::CudaSlice;
 use gqla_conformance::case::{Dtype, Op, RopeLayout};
 use gqla_conformance::inputs::{self, CaseInputs};
 use gqla_conformance::kernel::{OutputTensor, MARGIN};
@@ -22,24 +23,24 @@ fn canary_bytes(d: Dtype) -> Vec<u8> {
     }
 }
 
-/// A device output buffer: canaries, then the tensor filled with NaN, then canaries.
-fn guarded_output(gpu: &Gpu, d: Dtype, n: usize) -> Result<CudaSlice<u8>, CudaError> {
+/// An output buffer: canaries, then the tensor filled with NaN, then canaries.
+fn guarded_output<R: Runtime>(rt: &R, d: Dtype, n: usize) -> Result<R::Buf<u8>, CudaError> {
     let canary = canary_bytes(d);
     let mut host = Vec::with_capacity((n + 2 * MARGIN) * canary.len());
     (0..MARGIN).for_each(|_| host.extend_from_slice(&canary));
-    host.extend(encode(d, &vec![f32::NAN; n]));
+    host.extend(to_bytes(d, &vec![f32::NAN; n]));
     (0..MARGIN).for_each(|_| host.extend_from_slice(&canary));
-    gpu.upload(&host)
+    rt.upload(&host)
 }
 
 /// Copy a device output into the harness's tensor; a disturbed device canary disturbs the
 /// harness's canary at the same place.
-fn collect(gpu: &Gpu, d: Dtype, buf: &CudaSlice<u8>, out: &mut OutputTensor) -> Result<(), CudaError> {
-    let bytes = gpu.download(buf)?;
+fn collect<R: Runtime>(rt: &R, d: Dtype, buf: &R::Buf<u8>, out: &mut OutputTensor) -> Result<(), CudaError> {
+    let bytes = rt.download(buf)?;
     let eb = elem_bytes(d);
     let canary = canary_bytes(d);
     let n = out.len();
-    let values = decode(d, &bytes[MARGIN * eb..(MARGIN + n) * eb]);
+    let values = from_bytes(d, &bytes[MARGIN * eb..(MARGIN + n) * eb]);
     out.region_mut().copy_from_slice(&values);
     // The device buffer has the harness buffer's layout: element i of one is element i of the other.
     let (host, offset) = out.with_margins_mut();
@@ -52,23 +53,38 @@ fn collect(gpu: &Gpu, d: Dtype, buf: &CudaSlice<u8>, out: &mut OutputTensor) -> 
     Ok(())
 }
 
-/// The CUDA implementation as a kernel under test.
-pub struct CudaKernel {
-    gpu: Gpu,
+/// The CUDA kernels on runtime `R`, as a kernel under test.
+pub struct DeviceKernel<R: Runtime> {
+    rt: R,
 }
+
+/// The CUDA kernels on a GPU (`gqla certify --kernel cuda`).
+pub type CudaKernel = DeviceKernel<Gpu>;
+/// The same kernel source on the host emulator (`gqla certify --kernel cuda-emu`).
+pub type EmuKernel = DeviceKernel<Emulator>;
 
 impl CudaKernel {
     /// Open GPU `ordinal` and compile the kernels for it.
     pub fn open(ordinal: usize) -> Result<Self, CudaError> {
-        Ok(Self { gpu: Gpu::open(ordinal)? })
+        Ok(Self { rt: Gpu::open(ordinal)? })
     }
 
     pub fn gpu(&self) -> &Gpu {
-        &self.gpu
+        &self.rt
     }
+}
 
+impl EmuKernel {
+    /// The kernels on the host emulator, spread over every core.
+    pub fn emulated() -> Self {
+        Self { rt: Emulator::default() }
+    }
+}
+
+impl<R: Runtime> DeviceKernel<R> {
     /// Block table and sequence lengths; a contiguous cache is one page of `capacity` per sequence.
-    fn paging(&self, inp: &CaseInputs) -> Result<(CudaSlice<i32>, CudaSlice<i32>, usize, usize), CudaError> {
+    #[allow(clippy::type_complexity)]
+    fn paging(&self, inp: &CaseInputs) -> Result<(R::Buf<i32>, R::Buf<i32>, usize, usize), CudaError> {
         let lens: Vec<i32> = inp.cache.seq_lens.iter().map(|&l| l as i32).collect();
         let (table, max_pages, page) = match &inp.cache.paging {
             inputs::Paging::Contiguous { capacity } => ((0..lens.len() as i32).collect(), 1, *capacity),
@@ -81,12 +97,12 @@ impl CudaKernel {
         };
         // Never an empty device buffer.
         let table = if table.is_empty() { vec![0] } else { table };
-        let lens_d = self.gpu.upload(if lens.is_empty() { &[0][..] } else { &lens })?;
-        Ok((lens_d, self.gpu.upload(&table)?, max_pages, page))
+        let lens_d = self.rt.upload(if lens.is_empty() { &[0][..] } else { &lens })?;
+        Ok((lens_d, self.rt.upload(&table)?, max_pages, page))
     }
 
-    fn component(&self, inp: &CaseInputs, name: &str) -> Result<CudaSlice<u8>, CudaError> {
-        self.gpu.upload(&encode(inp.case.dtype, &inp.cache.component(name).data))
+    fn component(&self, inp: &CaseInputs, name: &str) -> Result<R::Buf<u8>, CudaError> {
+        self.rt.upload(&to_bytes(inp.case.dtype, &inp.cache.component(name).data))
     }
 
     /// Split count: the case's request, or the device's default for this shape.
@@ -94,14 +110,14 @@ impl CudaKernel {
         let c = &inp.case;
         let longest = inp.cache.seq_lens.iter().copied().max().unwrap_or(0);
         c.splits
-            .unwrap_or_else(|| self.gpu.default_splits(c.batch(), c.sq, c.h, streams, longest))
+            .unwrap_or_else(|| launch::default_splits(&self.rt, c.batch(), c.sq, c.h, streams, longest))
     }
 
     fn decode(&self, inp: &CaseInputs, outputs: &mut Outputs) -> Result<(), CudaError> {
         let c = &inp.case;
         let d = c.dtype;
         let names: Vec<&str> = inputs::components(c).iter().map(|(n, _)| *n).collect();
-        let comps: Vec<CudaSlice<u8>> = names.iter().map(|n| self.component(inp, n)).collect::<Result<_, _>>()?;
+        let comps: Vec<R::Buf<u8>> = names.iter().map(|n| self.component(inp, n)).collect::<Result<_, _>>()?;
         let seg = |i: usize, row_stride: usize, head_stride: usize, width: usize| Segment {
             buf: &comps[i],
             row_stride,
@@ -141,13 +157,13 @@ impl CudaKernel {
         };
         let streams = keys.streams;
         let (lens, table, max_pages, page) = self.paging(inp)?;
-        let q = self.gpu.upload(&encode(d, &inp.q))?;
+        let q = self.rt.upload(&to_bytes(d, &inp.q))?;
         let (n_out, n_lse) = (outputs.get("out").len(), outputs.get("lse").len());
-        let mut out = guarded_output(&self.gpu, d, n_out)?;
-        let mut lse = guarded_output(&self.gpu, Dtype::F32, n_lse)?;
+        let mut out = guarded_output(&self.rt, d, n_out)?;
+        let mut lse = guarded_output(&self.rt, Dtype::F32, n_lse)?;
         let num_splits = self.splits(inp, streams);
         let mut ws = if num_splits > 1 {
-            Some(self.gpu.workspace(c.batch() * c.sq * c.h, keys.dv, num_splits)?)
+            Some(launch::workspace(&self.rt, c.batch() * c.sq * c.h, keys.dv, num_splits)?)
         } else {
             None
         };
@@ -175,17 +191,17 @@ impl CudaKernel {
                 margin: MARGIN,
             },
         };
-        self.gpu.decode(&mut call, ws.as_mut())?;
-        self.gpu.synchronize()?;
-        collect(&self.gpu, d, &out, outputs.get_mut("out"))?;
-        collect(&self.gpu, Dtype::F32, &lse, outputs.get_mut("lse"))
+        launch::decode(&self.rt, &mut call, ws.as_mut())?;
+        self.rt.synchronize()?;
+        collect(&self.rt, d, &out, outputs.get_mut("out"))?;
+        collect(&self.rt, Dtype::F32, &lse, outputs.get_mut("lse"))
     }
 
     fn expand(&self, inp: &CaseInputs, outputs: &mut Outputs) -> Result<(), CudaError> {
         let c = &inp.case;
         let d = c.dtype;
         let latent = self.component(inp, "latent")?;
-        let w = self.gpu.upload(&encode(d, &inp.w_ukv))?;
+        let w = self.rt.upload(&to_bytes(d, &inp.w_ukv))?;
         let (_lens, table, max_pages, page) = self.paging(inp)?;
         let (mut tb, mut tt) = (Vec::new(), Vec::new());
         for b in 0..c.batch() {
@@ -195,23 +211,27 @@ impl CudaKernel {
             }
         }
         let n = tb.len();
-        let tok_b = self.gpu.upload(if n == 0 { &[0][..] } else { &tb })?;
-        let tok_t = self.gpu.upload(if n == 0 { &[0][..] } else { &tt })?;
-        let mut k = guarded_output(&self.gpu, d, outputs.get("k").len())?;
-        let mut v = guarded_output(&self.gpu, d, outputs.get("v").len())?;
-        let paging = Paging {
-            seq_lens: &tok_b,
-            block_table: &table,
-            max_pages,
-            page,
-        };
-        self.gpu.expand_cache(
+        let tok_b = self.rt.upload(if n == 0 { &[0][..] } else { &tb })?;
+        let tok_t = self.rt.upload(if n == 0 { &[0][..] } else { &tt })?;
+        let mut k = guarded_output(&self.rt, d, outputs.get("k").len())?;
+        let mut v = guarded_output(&self.rt, d, outputs.get("v").len())?;
+        launch::expand_cache(
+            &self.rt,
             d,
             &latent,
             &w,
-            (&tok_b, &tok_t, n),
-            &paging,
-            (c.g, c.dc, c.dn, c.dv),
+            &Tokens {
+                sequences: &tok_b,
+                positions: &tok_t,
+                count: n,
+            },
+            (&table, max_pages, page),
+            ExpandDims {
+                g: c.g,
+                dc: c.dc,
+                dn: c.dn,
+                dv: c.dv,
+            },
             &mut Guarded {
                 buf: &mut k,
                 margin: MARGIN,
@@ -221,28 +241,28 @@ impl CudaKernel {
                 margin: MARGIN,
             },
         )?;
-        self.gpu.synchronize()?;
-        collect(&self.gpu, d, &k, outputs.get_mut("k"))?;
-        collect(&self.gpu, d, &v, outputs.get_mut("v"))
+        self.rt.synchronize()?;
+        collect(&self.rt, d, &k, outputs.get_mut("k"))?;
+        collect(&self.rt, d, &v, outputs.get_mut("v"))
     }
 }
 
-impl Kernel for CudaKernel {
+impl<R: Runtime> Kernel for DeviceKernel<R> {
     fn identity(&self) -> KernelIdentity {
         KernelIdentity {
-            name: "cuda".into(),
+            name: self.rt.kernel_name().into(),
             version: env!("CARGO_PKG_VERSION").into(),
             description: format!(
-                "gqla-cuda grouped-attention kernels (split-KV, paged) on {} ({}), NVRTC {}",
-                self.gpu.info.name, self.gpu.info.arch, self.gpu.info.nvrtc_version
+                "gqla-cuda grouped-attention kernels (split-KV, paged) on {}",
+                self.rt.description()
             ),
         }
     }
     fn environment(&self) -> BTreeMap<String, String> {
-        self.gpu.info.environment()
+        self.rt.environment()
     }
     fn run(&self, inputs: &CaseInputs, outputs: &mut Outputs) -> Result<(), KernelError> {
-        let r = self.gpu.bind().and_then(|()| match inputs.case.op {
+        let r = self.rt.bind().and_then(|()| match inputs.case.op {
             Op::CacheExpand => self.expand(inputs, outputs),
             _ => self.decode(inputs, outputs),
         });

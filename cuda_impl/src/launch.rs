@@ -4,11 +4,12 @@
 //! [`KeySource`]s: the absorb path is one stream whose key is the latent row [c; k^R] and whose
 //! value is the key's first d_c columns; the GQA path is G streams with per-group keys (the rope
 //! key shared, or folded into each group's key) and per-group values.
+//!
+//! Everything here is generic over the [`Runtime`], so the GPU and the host emulator get the same
+//! launches.
 
-use crate::device::Gpu;
-use crate::{driver, CudaError};
-use cudarc::driver::sys::CUfunction_attribute;
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use crate::runtime::{Args, AttnParams, ExpandParams, Launch, Runtime};
+use crate::CudaError;
 use gqla_conformance::case::Dtype;
 
 /// Threads per block of the attention kernel (`NT` in decode.cu).
@@ -19,6 +20,8 @@ pub const ROWS: usize = 16;
 pub const KEYS_PER_TILE: usize = 16;
 /// Widest value the attention kernel accumulates (`DV_MAX`).
 pub const DV_MAX: usize = 512;
+/// Cached tokens per block of the expand kernel (`EXPAND_TOKENS`).
+pub const EXPAND_TOKENS: usize = 8;
 
 /// Bytes per element of a storage dtype.
 pub fn elem_bytes(d: Dtype) -> usize {
@@ -38,7 +41,7 @@ pub fn suffix(d: Dtype) -> &'static str {
 }
 
 /// Little-endian bytes of `values` in storage dtype `d` (round to nearest even).
-pub fn encode(d: Dtype, values: &[f32]) -> Vec<u8> {
+pub fn to_bytes(d: Dtype, values: &[f32]) -> Vec<u8> {
     match d {
         Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
         Dtype::Bf16 => values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
@@ -47,7 +50,7 @@ pub fn encode(d: Dtype, values: &[f32]) -> Vec<u8> {
 }
 
 /// The values of little-endian bytes in storage dtype `d`.
-pub fn decode(d: Dtype, bytes: &[u8]) -> Vec<f32> {
+pub fn from_bytes(d: Dtype, bytes: &[u8]) -> Vec<f32> {
     match d {
         Dtype::F32 => bytes
             .chunks_exact(4)
@@ -64,124 +67,67 @@ pub fn decode(d: Dtype, bytes: &[u8]) -> Vec<f32> {
     }
 }
 
-/// Parameters of the attention kernels (`AttnParams` in decode.cu, field for field).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-struct AttnParams {
-    q: u64,
-    ka: u64,
-    kb: u64,
-    v: u64,
-    seq_lens: u64,
-    block_table: u64,
-    out: u64,
-    lse: u64,
-    part_o: u64,
-    part_lse: u64,
-    ka_stride: i64,
-    kb_stride: i64,
-    v_stride: i64,
-    ka_head_stride: i32,
-    v_head_stride: i32,
-    da: i32,
-    db: i32,
-    dv: i32,
-    max_pages: i32,
-    page: i32,
-    batch: i32,
-    sq: i32,
-    h: i32,
-    streams: i32,
-    num_splits: i32,
-    v_is_key_prefix: i32,
-    scale: f32,
-}
-// SAFETY: plain old data with the layout of the CUDA struct.
-unsafe impl DeviceRepr for AttnParams {}
-
-/// Parameters of the expand kernel (`ExpandParams` in decode.cu).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-struct ExpandParams {
-    latent: u64,
-    w: u64,
-    tok_b: u64,
-    tok_t: u64,
-    block_table: u64,
-    k_out: u64,
-    v_out: u64,
-    max_pages: i32,
-    page: i32,
-    tokens: i32,
-    g: i32,
-    dc: i32,
-    dn: i32,
-    dv: i32,
-}
-// SAFETY: as above.
-unsafe impl DeviceRepr for ExpandParams {}
-
 /// One cache component as the kernel reads it: slot s, stream g, column d is element
 /// `s·row_stride + g·head_stride + d` of `buf`.
-pub struct Segment<'a> {
-    pub buf: &'a CudaSlice<u8>,
+pub struct Segment<'a, R: Runtime> {
+    pub buf: &'a R::Buf<u8>,
     pub row_stride: usize,
     pub head_stride: usize,
     pub width: usize,
 }
 
 /// Where the keys and values of a decode come from.
-pub struct KeySource<'a> {
+pub struct KeySource<'a, R: Runtime> {
     /// Per-stream key part (absorb: the whole latent row).
-    pub key: Segment<'a>,
+    pub key: Segment<'a, R>,
     /// Key part shared by every stream (the rope key stored once), if any.
-    pub shared_key: Option<Segment<'a>>,
+    pub shared_key: Option<Segment<'a, R>>,
     /// Per-stream values; None: the first `dv` columns of the key (absorb path).
-    pub value: Option<Segment<'a>>,
+    pub value: Option<Segment<'a, R>>,
     pub dv: usize,
     /// Key/value streams (absorb: 1; GQA: G); query head i reads stream i / (H / streams).
     pub streams: usize,
 }
 
 /// Block-table addressing of the cache slots (a contiguous cache is one page per sequence).
-pub struct Paging<'a> {
-    pub seq_lens: &'a CudaSlice<i32>,
-    pub block_table: &'a CudaSlice<i32>,
+pub struct Paging<'a, R: Runtime> {
+    pub seq_lens: &'a R::Buf<i32>,
+    pub block_table: &'a R::Buf<i32>,
     pub max_pages: usize,
     pub page: usize,
 }
 
 /// A device output with `margin` elements on each side.
-pub struct Guarded<'a, T> {
-    pub buf: &'a mut CudaSlice<T>,
+pub struct Guarded<'a, R: Runtime> {
+    pub buf: &'a mut R::Buf<u8>,
     pub margin: usize,
 }
 
 /// Split-KV partials: `[B, S, s_q, H, d_v]` outputs and `[B, S, s_q, H]` LSEs.
-pub struct Workspace {
-    part_o: CudaSlice<f32>,
-    part_lse: CudaSlice<f32>,
+pub struct Workspace<R: Runtime> {
+    part_o: R::Buf<f32>,
+    part_lse: R::Buf<f32>,
 }
 
 /// One decode call.
-pub struct Decode<'a> {
+pub struct Decode<'a, R: Runtime> {
     pub dtype: Dtype,
     /// Queries [B, s_q, H, key width].
-    pub q: &'a CudaSlice<u8>,
-    pub keys: KeySource<'a>,
-    pub paging: Paging<'a>,
+    pub q: &'a R::Buf<u8>,
+    pub keys: KeySource<'a, R>,
+    pub paging: Paging<'a, R>,
     pub batch: usize,
     pub sq: usize,
     pub h: usize,
     pub scale: f32,
     pub num_splits: usize,
     /// [B, s_q, H, d_v] in `dtype`.
-    pub out: Guarded<'a, u8>,
+    pub out: Guarded<'a, R>,
     /// [B, s_q, H] f32 (as bytes).
-    pub lse: Guarded<'a, u8>,
+    pub lse: Guarded<'a, R>,
 }
 
-impl Decode<'_> {
+impl<R: Runtime> Decode<'_, R> {
     fn key_width(&self) -> usize {
         self.keys.key.width + self.keys.shared_key.as_ref().map_or(0, |s| s.width)
     }
@@ -196,10 +142,11 @@ impl Decode<'_> {
         } else {
             KEYS_PER_TILE * self.keys.dv
         };
-        4 * (ROWS * dk + KEYS_PER_TILE * dk + v + ROWS * KEYS_PER_TILE + 4 * ROWS)
+        // q tile, key tile with rows padded to dk + 1, value tile, probabilities, row statistics.
+        4 * (ROWS * dk + KEYS_PER_TILE * (dk + 1) + v + ROWS * KEYS_PER_TILE + 4 * ROWS)
     }
     /// Check what the kernel cannot do, before launching.
-    pub fn check(&self, gpu: &Gpu) -> Result<(), CudaError> {
+    pub fn check(&self, rt: &R) -> Result<(), CudaError> {
         let k = &self.keys;
         if k.streams == 0 || !self.h.is_multiple_of(k.streams) {
             return Err(CudaError::Unsupported(format!("{} heads over {} streams", self.h, k.streams)));
@@ -207,11 +154,11 @@ impl Decode<'_> {
         if k.dv > DV_MAX {
             return Err(CudaError::Unsupported(format!("value width {} > {DV_MAX}", k.dv)));
         }
-        if self.shared_bytes() > gpu.info.max_shared_per_block as usize {
+        if self.shared_bytes() > rt.max_shared_per_block() {
             return Err(CudaError::Unsupported(format!(
                 "{} bytes of shared memory per block, the device allows {}",
                 self.shared_bytes(),
-                gpu.info.max_shared_per_block
+                rt.max_shared_per_block()
             )));
         }
         if self.num_splits == 0 || self.batch > 65_535 || k.streams * self.row_tiles() > 65_535 {
@@ -221,171 +168,159 @@ impl Decode<'_> {
     }
 }
 
-impl Gpu {
-    /// Upload bytes.
-    pub fn upload<T: DeviceRepr>(&self, data: &[T]) -> Result<CudaSlice<T>, CudaError> {
-        self.stream.clone_htod(data).map_err(driver("copying to the device"))
-    }
-    /// Download a buffer.
-    pub fn download<T: DeviceRepr + Default + Clone>(&self, buf: &CudaSlice<T>) -> Result<Vec<T>, CudaError> {
-        self.stream.clone_dtoh(buf).map_err(driver("copying from the device"))
-    }
-    /// Wait for the stream.
-    pub fn synchronize(&self) -> Result<(), CudaError> {
-        self.stream.synchronize().map_err(driver("running the kernels"))
-    }
+/// The split count when the caller asks for none: enough blocks to fill the device twice over,
+/// but never splits shorter than four key tiles. `longest` is the longest sequence.
+pub fn default_splits<R: Runtime>(rt: &R, batch: usize, sq: usize, h: usize, streams: usize, longest: usize) -> usize {
+    let blocks = batch * streams * (sq * (h / streams)).div_ceil(ROWS);
+    (2 * rt.multiprocessors())
+        .div_ceil(blocks.max(1))
+        .min(longest.div_ceil(4 * KEYS_PER_TILE))
+        .max(1)
+}
 
-    /// The split count when the caller asks for none: enough blocks to fill the device twice
-    /// over, but never splits shorter than four key tiles. `longest` is the longest sequence.
-    pub fn default_splits(&self, batch: usize, sq: usize, h: usize, streams: usize, longest: usize) -> usize {
-        let blocks = batch * streams * (sq * (h / streams)).div_ceil(ROWS);
-        (2 * self.info.multiprocessors.max(1) as usize)
-            .div_ceil(blocks.max(1))
-            .min(longest.div_ceil(4 * KEYS_PER_TILE))
-            .max(1)
-    }
+/// Split-KV workspace for up to `rows` = B·s_q·H query rows of width `dv` and `splits` splits.
+pub fn workspace<R: Runtime>(rt: &R, rows: usize, dv: usize, splits: usize) -> Result<Workspace<R>, CudaError> {
+    let n = rows.max(1) * splits.max(1);
+    Ok(Workspace {
+        part_o: rt.zeros::<f32>(n * dv.max(1))?,
+        part_lse: rt.zeros::<f32>(n)?,
+    })
+}
 
-    /// Split-KV workspace for up to `rows` = B·s_q·H query rows of width `dv` and `splits` splits.
-    pub fn workspace(&self, rows: usize, dv: usize, splits: usize) -> Result<Workspace, CudaError> {
-        let n = rows.max(1) * splits.max(1);
-        Ok(Workspace {
-            part_o: self
-                .stream
-                .alloc_zeros::<f32>(n * dv.max(1))
-                .map_err(driver("allocating the workspace"))?,
-            part_lse: self.stream.alloc_zeros::<f32>(n).map_err(driver("allocating the workspace"))?,
-        })
-    }
-
-    /// Launch a decode: the attention kernel, then (with several splits) the combine kernel.
-    /// Asynchronous; `workspace` must fit B·s_q·H rows × num_splits when num_splits > 1.
-    pub fn decode(&self, d: &mut Decode, workspace: Option<&mut Workspace>) -> Result<(), CudaError> {
-        d.check(self)?;
-        let s = &self.stream;
-        let eb = elem_bytes(d.dtype) as u64;
-        let k = &d.keys;
-        let rows = d.batch * d.sq * d.h;
-        let (part_o, part_lse) = match (d.num_splits, workspace) {
-            (1, _) => (0, 0),
-            (n, Some(w)) if w.part_lse.len() >= rows * n && w.part_o.len() >= rows * n * k.dv => {
-                (w.part_o.device_ptr_mut(s).0, w.part_lse.device_ptr_mut(s).0)
-            }
-            _ => return Err(CudaError::Unsupported("split-KV without a large enough workspace".into())),
-        };
-        let key_ptr = k.key.buf.device_ptr(s).0;
-        let p = AttnParams {
-            q: d.q.device_ptr(s).0,
-            ka: key_ptr,
-            kb: k.shared_key.as_ref().map_or(0, |x| x.buf.device_ptr(s).0),
-            v: k.value.as_ref().map_or(key_ptr, |x| x.buf.device_ptr(s).0),
-            seq_lens: d.paging.seq_lens.device_ptr(s).0,
-            block_table: d.paging.block_table.device_ptr(s).0,
-            out: d.out.buf.device_ptr_mut(s).0 + d.out.margin as u64 * eb,
-            lse: d.lse.buf.device_ptr_mut(s).0 + d.lse.margin as u64 * 4,
-            part_o,
-            part_lse,
-            ka_stride: k.key.row_stride as i64,
-            kb_stride: k.shared_key.as_ref().map_or(0, |x| x.row_stride as i64),
-            v_stride: k.value.as_ref().map_or(k.key.row_stride, |x| x.row_stride) as i64,
-            ka_head_stride: k.key.head_stride as i32,
-            v_head_stride: k.value.as_ref().map_or(0, |x| x.head_stride) as i32,
-            da: k.key.width as i32,
-            db: k.shared_key.as_ref().map_or(0, |x| x.width) as i32,
-            dv: k.dv as i32,
-            max_pages: d.paging.max_pages as i32,
-            page: d.paging.page as i32,
-            batch: d.batch as i32,
-            sq: d.sq as i32,
-            h: d.h as i32,
-            streams: k.streams as i32,
-            num_splits: d.num_splits as i32,
-            v_is_key_prefix: k.value.is_none() as i32,
-            scale: d.scale,
-        };
-        if d.batch == 0 {
-            return Ok(());
+/// Launch a decode: the attention kernel, then (with several splits) the combine kernel.
+/// Asynchronous; `workspace` must fit B·s_q·H rows × num_splits when num_splits > 1.
+pub fn decode<R: Runtime>(rt: &R, d: &mut Decode<R>, workspace: Option<&mut Workspace<R>>) -> Result<(), CudaError> {
+    d.check(rt)?;
+    let eb = elem_bytes(d.dtype) as u64;
+    let k = &d.keys;
+    let rows = d.batch * d.sq * d.h;
+    let mut spans = vec![rt.span(d.q), rt.span(k.key.buf), rt.span(d.paging.seq_lens), rt.span(d.paging.block_table)];
+    spans.extend(k.shared_key.iter().chain(&k.value).map(|s| rt.span(s.buf)));
+    let (part_o, part_lse) = match (d.num_splits, workspace) {
+        (1, _) => (0, 0),
+        (n, Some(w)) if R::len(&w.part_lse) >= rows * n && R::len(&w.part_o) >= rows * n * k.dv => {
+            spans.extend([rt.span(&w.part_o), rt.span(&w.part_lse)]);
+            (rt.addr_mut(&mut w.part_o), rt.addr_mut(&mut w.part_lse))
         }
-        let suffix = suffix(d.dtype);
-        let attn = self.function("attn", suffix);
-        let smem = d.shared_bytes() as u32;
-        attn.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
-            .map_err(driver("raising the shared-memory limit"))?;
-        let cfg = LaunchConfig {
-            grid_dim: (d.num_splits as u32, (k.streams * d.row_tiles()) as u32, d.batch as u32),
-            block_dim: (THREADS as u32, 1, 1),
-            shared_mem_bytes: smem,
-        };
-        let mut b = s.launch_builder(attn);
-        b.arg(&p);
-        // SAFETY: the parameters describe buffers that outlive the launch (they are borrowed by `d`
-        // and the workspace, and every use is ordered on this one stream).
-        unsafe { b.launch(cfg) }.map_err(driver("launching attn"))?;
-        if d.num_splits > 1 {
-            let combine = self.function("attn_combine", suffix);
-            let cfg = LaunchConfig {
-                grid_dim: (rows as u32, 1, 1),
-                block_dim: (THREADS as u32, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let mut b = s.launch_builder(combine);
-            b.arg(&p);
-            // SAFETY: as above.
-            unsafe { b.launch(cfg) }.map_err(driver("launching attn_combine"))?;
-        }
-        Ok(())
+        _ => return Err(CudaError::Unsupported("split-KV without a large enough workspace".into())),
+    };
+    spans.extend([rt.span(d.out.buf), rt.span(d.lse.buf)]);
+    let key_ptr = rt.addr(k.key.buf);
+    let p = AttnParams {
+        q: rt.addr(d.q),
+        ka: key_ptr,
+        kb: k.shared_key.as_ref().map_or(0, |x| rt.addr(x.buf)),
+        v: k.value.as_ref().map_or(key_ptr, |x| rt.addr(x.buf)),
+        seq_lens: rt.addr(d.paging.seq_lens),
+        block_table: rt.addr(d.paging.block_table),
+        out: rt.addr_mut(d.out.buf) + d.out.margin as u64 * eb,
+        lse: rt.addr_mut(d.lse.buf) + d.lse.margin as u64 * 4,
+        part_o,
+        part_lse,
+        ka_stride: k.key.row_stride as i64,
+        kb_stride: k.shared_key.as_ref().map_or(0, |x| x.row_stride as i64),
+        v_stride: k.value.as_ref().map_or(k.key.row_stride, |x| x.row_stride) as i64,
+        ka_head_stride: k.key.head_stride as i32,
+        v_head_stride: k.value.as_ref().map_or(0, |x| x.head_stride) as i32,
+        da: k.key.width as i32,
+        db: k.shared_key.as_ref().map_or(0, |x| x.width) as i32,
+        dv: k.dv as i32,
+        max_pages: d.paging.max_pages as i32,
+        page: d.paging.page as i32,
+        batch: d.batch as i32,
+        sq: d.sq as i32,
+        h: d.h as i32,
+        streams: k.streams as i32,
+        num_splits: d.num_splits as i32,
+        v_is_key_prefix: k.value.is_none() as i32,
+        scale: d.scale,
+    };
+    if d.batch == 0 {
+        return Ok(());
     }
+    let suffix = suffix(d.dtype);
+    let attn = Launch {
+        grid: (d.num_splits as u32, (k.streams * d.row_tiles()) as u32, d.batch as u32),
+        threads: THREADS as u32,
+        shared_bytes: d.shared_bytes() as u32,
+    };
+    rt.launch(&format!("attn_{suffix}"), attn, Args::Attn(&p), &spans)?;
+    if d.num_splits > 1 {
+        let combine = Launch {
+            grid: (rows as u32, 1, 1),
+            threads: THREADS as u32,
+            shared_bytes: 0,
+        };
+        rt.launch(&format!("attn_combine_{suffix}"), combine, Args::Attn(&p), &spans)?;
+    }
+    Ok(())
+}
 
-    /// Launch the latent → group-cache expansion of the listed tokens (asynchronous).
-    #[allow(clippy::too_many_arguments)]
-    pub fn expand_cache(
-        &self,
-        dtype: Dtype,
-        latent: &CudaSlice<u8>,
-        w_ukv: &CudaSlice<u8>,
-        tokens: (&CudaSlice<i32>, &CudaSlice<i32>, usize),
-        paging: &Paging,
-        dims: (usize, usize, usize, usize),
-        k_out: &mut Guarded<u8>,
-        v_out: &mut Guarded<u8>,
-    ) -> Result<(), CudaError> {
-        let (g, dc, dn, dv) = dims;
-        let (tok_b, tok_t, n) = tokens;
-        if n == 0 {
-            return Ok(());
-        }
-        let s = &self.stream;
-        let eb = elem_bytes(dtype) as u64;
-        let p = ExpandParams {
-            latent: latent.device_ptr(s).0,
-            w: w_ukv.device_ptr(s).0,
-            tok_b: tok_b.device_ptr(s).0,
-            tok_t: tok_t.device_ptr(s).0,
-            block_table: paging.block_table.device_ptr(s).0,
-            k_out: k_out.buf.device_ptr_mut(s).0 + k_out.margin as u64 * eb,
-            v_out: v_out.buf.device_ptr_mut(s).0 + v_out.margin as u64 * eb,
-            max_pages: paging.max_pages as i32,
-            page: paging.page as i32,
-            tokens: n as i32,
-            g: g as i32,
-            dc: dc as i32,
-            dn: dn as i32,
-            dv: dv as i32,
-        };
-        let smem = (4 * dc) as u32;
-        let f = self.function("expand", suffix(dtype));
-        f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
-            .map_err(driver("raising the shared-memory limit"))?;
-        let cfg = LaunchConfig {
-            grid_dim: (n as u32, 1, 1),
-            block_dim: (THREADS as u32, 1, 1),
-            shared_mem_bytes: smem,
-        };
-        let mut b = s.launch_builder(f);
-        b.arg(&p);
-        // SAFETY: as in `decode`.
-        unsafe { b.launch(cfg) }.map_err(driver("launching expand"))?;
-        Ok(())
+/// The tokens an expansion writes: token i is position `positions[i]` of sequence `sequences[i]`.
+pub struct Tokens<'a, R: Runtime> {
+    pub sequences: &'a R::Buf<i32>,
+    pub positions: &'a R::Buf<i32>,
+    pub count: usize,
+}
+
+/// Widths of an expansion: G groups, latent d_c, key d_n and value d_v per group.
+#[derive(Clone, Copy, Debug)]
+pub struct ExpandDims {
+    pub g: usize,
+    pub dc: usize,
+    pub dn: usize,
+    pub dv: usize,
+}
+
+/// Launch the latent → group-cache expansion of the listed tokens (asynchronous).
+#[allow(clippy::too_many_arguments)]
+pub fn expand_cache<R: Runtime>(
+    rt: &R,
+    dtype: Dtype,
+    latent: &R::Buf<u8>,
+    w_ukv: &R::Buf<u8>,
+    tokens: &Tokens<R>,
+    block_table: (&R::Buf<i32>, usize, usize),
+    dims: ExpandDims,
+    k_out: &mut Guarded<R>,
+    v_out: &mut Guarded<R>,
+) -> Result<(), CudaError> {
+    if tokens.count == 0 {
+        return Ok(());
     }
+    let (table, max_pages, page) = block_table;
+    let eb = elem_bytes(dtype) as u64;
+    let spans = [
+        rt.span(latent),
+        rt.span(w_ukv),
+        rt.span(tokens.sequences),
+        rt.span(tokens.positions),
+        rt.span(table),
+        rt.span(k_out.buf),
+        rt.span(v_out.buf),
+    ];
+    let p = ExpandParams {
+        latent: rt.addr(latent),
+        w: rt.addr(w_ukv),
+        tok_b: rt.addr(tokens.sequences),
+        tok_t: rt.addr(tokens.positions),
+        block_table: rt.addr(table),
+        k_out: rt.addr_mut(k_out.buf) + k_out.margin as u64 * eb,
+        v_out: rt.addr_mut(v_out.buf) + v_out.margin as u64 * eb,
+        max_pages: max_pages as i32,
+        page: page as i32,
+        tokens: tokens.count as i32,
+        g: dims.g as i32,
+        dc: dims.dc as i32,
+        dn: dims.dn as i32,
+        dv: dims.dv as i32,
+    };
+    let launch = Launch {
+        grid: (tokens.count.div_ceil(EXPAND_TOKENS) as u32, 1, 1),
+        threads: THREADS as u32,
+        shared_bytes: (4 * EXPAND_TOKENS * dims.dc) as u32,
+    };
+    rt.launch(&format!("expand_{}", suffix(dtype)), launch, Args::Expand(&p), &spans)
 }
 
 #[cfg(test)]
@@ -395,7 +330,7 @@ mod tests {
     /// The Rust mirror of the kernel's compile-time constants must match the source.
     #[test]
     fn constants_match_the_source() {
-        for (name, value) in [("NT", THREADS), ("ROWS", ROWS), ("TK", KEYS_PER_TILE), ("DV_MAX", DV_MAX)] {
+        for (name, value) in [("NT", THREADS), ("ROWS", ROWS), ("TK", KEYS_PER_TILE), ("DV_MAX", DV_MAX), ("EXPAND_TOKENS", EXPAND_TOKENS)] {
             let line = format!("#define {name} {value}");
             assert!(crate::compile::SOURCE.contains(&line), "decode.cu lacks `{line}`");
         }
@@ -412,7 +347,7 @@ mod tests {
     fn encode_decode_round_trip() {
         let x = [1.0f32, -2.5, 0.1, f32::NAN, f32::NEG_INFINITY];
         for d in [Dtype::F32, Dtype::Bf16, Dtype::F16] {
-            let y = decode(d, &encode(d, &x));
+            let y = from_bytes(d, &to_bytes(d, &x));
             for (a, b) in x.iter().zip(&y) {
                 assert!(
                     d.round(*a).to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),

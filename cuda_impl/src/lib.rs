@@ -4,19 +4,26 @@
 //!
 //! - [`compile`]: the embedded `.cu` source and the NVRTC options (recorded in certificates).
 //! - [`device`]: probing and opening a GPU, compiling and loading the kernels.
-//! - [`launch`]: device buffers, kernel parameters and launches (`absorb_decode` and `gqa_decode`
-//!   share one grouped-attention kernel with split-KV and a combine step; `expand_cache`).
-//! - [`kernel`]: [`CudaKernel`], the conformance harness's kernel trait on the GPU.
+//! - [`runtime`]: what the launches need from where kernels run (memory, launches), for the GPU.
+//! - [`emu`]: the host emulator, the same kernel source compiled for the CPU with checked memory
+//!   accesses and barriers, so the kernels are certified in CI without a GPU.
+//! - [`launch`]: kernel parameters and launches (`absorb_decode` and `gqa_decode` share one
+//!   grouped-attention kernel with split-KV and a combine step; `expand_cache`).
+//! - [`kernel`]: [`CudaKernel`] and [`EmuKernel`], the conformance harness's kernel trait.
 //! - [`bench`]: the decode benchmark and the measured ceilings.
 
 pub mod bench;
 pub mod compile;
 pub mod device;
+pub mod emu;
 pub mod kernel;
 pub mod launch;
+pub mod runtime;
 
 pub use device::{Gpu, GpuInfo};
-pub use kernel::CudaKernel;
+pub use emu::Emulator;
+pub use kernel::{CudaKernel, DeviceKernel, EmuKernel};
+pub use runtime::Runtime;
 
 /// Why the CUDA implementation cannot run (or failed).
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +38,8 @@ pub enum CudaError {
     Driver { what: String, detail: String },
     #[error("NVRTC could not compile the kernels for {arch}:\n{log}")]
     Compile { arch: String, log: String },
+    #[error("host emulation: {0}")]
+    Emulator(String),
     #[error("not supported by the CUDA kernels: {0}")]
     Unsupported(String),
 }

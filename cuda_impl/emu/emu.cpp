@@ -1,0 +1,380 @@
+// The host emulator's runtime (see emu.h) and the C entry point the Rust side calls.
+//
+// Fibers: each CUDA thread gets a stack; makecontext starts it once, after which switches are
+// _setjmp/_longjmp pairs (no signal-mask system call), between a fiber and its OS thread's
+// scheduler. A fiber runs until it waits at a barrier or finishes; the scheduler resumes any
+// fiber whose barrier has opened, and a full pass with no fiber able to run is a deadlock.
+
+#include "emu.h"
+
+#include <algorithm>
+#include <atomic>
+#include <csetjmp>
+#include <cstdio>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <sys/mman.h>
+#include <ucontext.h>
+
+namespace gqla_emu {
+
+// The launch's buffers: a global access must stay inside the buffer its base pointer is in.
+struct Range {
+    uintptr_t begin, end;
+};
+
+enum class Wait { None, Block, Warp };
+
+struct Fiber {
+    jmp_buf ctx;
+    ucontext_t boot;
+    ThreadPos pos;
+    int linear = 0;
+    bool started = false, done = false;
+    Wait wait = Wait::None;
+    unsigned wait_gen = 0;
+};
+
+struct Barrier {
+    unsigned count = 0, gen = 0, expected = 0;
+    int line = -1;  // where the open generation's first arrival waits
+};
+
+struct Launch;
+
+// One OS thread's state: its scheduler context, fibers and the block it runs.
+struct Worker {
+    Launch* launch = nullptr;
+    jmp_buf sched;
+    std::vector<Fiber> fibers;
+    std::vector<char*> stacks;
+    size_t stack_bytes = 0;
+    Fiber* current = nullptr;
+    Barrier block_barrier;
+    std::vector<Barrier> warp_barriers;
+    std::vector<uint64_t> exchange;  // one word per thread, for shuffles
+    std::vector<unsigned char> shared;
+    std::string error;
+    bool failed = false;
+    ~Worker() {
+        for (char* s : stacks) munmap(s, stack_bytes);
+    }
+};
+
+struct Launch {
+    void (*kernel)(const void*);
+    const void* params;
+    dim3 grid, block;
+    size_t shared_bytes;
+    std::vector<Range> ranges;  // sorted by begin
+    std::atomic<long long> next_block{0};
+    std::atomic<bool> failed{false};
+    std::mutex error_mutex;
+    std::string error;
+    const char* kernel_name;
+};
+
+static thread_local Worker* tl_worker = nullptr;
+
+static const size_t STACK_BYTES = 256 * 1024;
+
+static std::string describe(const Fiber& f) {
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "block (%u,%u,%u) thread (%u,%u,%u)", f.pos.block.x, f.pos.block.y, f.pos.block.z,
+                  f.pos.thread.x, f.pos.thread.y, f.pos.thread.z);
+    return buf;
+}
+
+// Record the first error of this worker's block; the block is abandoned at the next switch.
+static void fail(const std::string& what) {
+    Worker* w = tl_worker;
+    if (!w->failed) {
+        w->failed = true;
+        w->error = what;
+    }
+}
+
+const ThreadPos& pos() { return tl_worker->current->pos; }
+
+void* dynamic_shared() { return tl_worker->shared.data(); }
+
+// Switch from the running fiber to the scheduler; returns when the scheduler resumes it.
+__attribute__((noinline)) static void yield() {
+    Worker* w = tl_worker;
+    if (_setjmp(w->current->ctx) == 0) _longjmp(w->sched, 1);
+}
+
+static void arrive(Barrier& b, Wait kind, int line, const char* what) {
+    Worker* w = tl_worker;
+    Fiber* f = w->current;
+    if (b.count == 0) {
+        b.line = line;
+    } else if (b.line != line) {
+        char buf[200];
+        std::snprintf(buf, sizeof buf, "%s: divergent %s: decode.cu:%d and decode.cu:%d in the same phase", describe(*f).c_str(),
+                      what, b.line, line);
+        fail(buf);
+    }
+    if (++b.count == b.expected) {
+        b.count = 0;
+        ++b.gen;
+        return;
+    }
+    f->wait = kind;
+    f->wait_gen = b.gen;
+    yield();
+    f->wait = Wait::None;
+}
+
+void sync_block(int line) { arrive(tl_worker->block_barrier, Wait::Block, line, "__syncthreads"); }
+
+void sync_warp(int line) {
+    Worker* w = tl_worker;
+    arrive(w->warp_barriers[w->current->linear / 32], Wait::Warp, line, "warp collective");
+}
+
+uint64_t shuffle_xor(uint64_t bits, int lane_mask, unsigned member_mask, int line) {
+    Worker* w = tl_worker;
+    const int me = w->current->linear, base = me & ~31, lane = me & 31;
+    const int warp_size = (int)w->warp_barriers[me / 32].expected;
+    if (member_mask != 0xffffffffu >> (32 - warp_size)) {
+        char buf[160];
+        std::snprintf(buf, sizeof buf, "%s: decode.cu:%d: shuffle with member mask %#x (the emulator needs the whole warp)",
+                      describe(*w->current).c_str(), line, member_mask);
+        fail(buf);
+    }
+    w->exchange[me] = bits;
+    sync_warp(line);
+    const int src = lane ^ lane_mask;
+    const uint64_t r = src < warp_size ? w->exchange[base + src] : bits;
+    sync_warp(line);
+    return r;
+}
+
+bool check_access(const void* base, long long index, unsigned size, bool store, int line) {
+    Worker* w = tl_worker;
+    const auto& ranges = w->launch->ranges;
+    const uintptr_t b = (uintptr_t)base;
+    auto it = std::upper_bound(ranges.begin(), ranges.end(), b, [](uintptr_t x, const Range& r) { return x < r.begin; });
+    const Range* r = it == ranges.begin() ? nullptr : &*(it - 1);
+    const bool inside = r && b < r->end;
+    const uintptr_t a = b + (uintptr_t)(index * (long long)size);
+    if (inside && index >= -(long long)((b - r->begin) / size) && a + size <= r->end) return true;
+    char buf[320];
+    if (!inside) {
+        std::snprintf(buf, sizeof buf, "%s: decode.cu:%d: %s through pointer %#lx, which is in none of the launch's buffers",
+                      describe(*w->current).c_str(), line, store ? "store" : "load", (unsigned long)b);
+    } else {
+        std::snprintf(buf, sizeof buf,
+                      "%s: decode.cu:%d: out-of-bounds %s of %u bytes at element %lld from %#lx (%lld bytes into a buffer of %lu bytes)",
+                      describe(*w->current).c_str(), line, store ? "store" : "load", size, index, (unsigned long)b,
+                      (long long)(a - r->begin), (unsigned long)(r->end - r->begin));
+    }
+    fail(buf);
+    return false;
+}
+
+static void fiber_main() {
+    Worker* w = tl_worker;
+    w->launch->kernel(w->launch->params);
+    w->current->done = true;
+    _longjmp(w->sched, 1);
+}
+
+static void prepare(Worker& w, const Launch& l) {
+    const unsigned n = l.block.x * l.block.y * l.block.z;
+    if (w.fibers.size() != n) {
+        for (char* s : w.stacks) munmap(s, w.stack_bytes);
+        w.stacks.clear();
+        w.fibers = std::vector<Fiber>(n);
+        w.stack_bytes = STACK_BYTES;
+        for (unsigned i = 0; i < n; ++i) {
+            void* s = mmap(nullptr, STACK_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+            if (s == MAP_FAILED) throw std::bad_alloc();
+            mprotect(s, 4096, PROT_NONE);  // guard page: an overflow faults instead of corrupting
+            w.stacks.push_back((char*)s);
+        }
+    }
+    w.warp_barriers.assign((n + 31) / 32, Barrier{});
+    for (unsigned i = 0; i < w.warp_barriers.size(); ++i) w.warp_barriers[i].expected = std::min(32u, n - 32 * i);
+    w.exchange.assign(n, 0);
+    w.shared.assign(l.shared_bytes + 16, 0);
+}
+
+// Run fiber `f` until it waits or finishes. Kept out of line so that the setjmp frame holds no
+// variable of the scheduler loop.
+__attribute__((noinline)) static void resume(Worker& w, Fiber& f) {
+    w.current = &f;
+    if (_setjmp(w.sched) == 0) {
+        if (!f.started) {
+            f.started = true;
+            setcontext(&f.boot);
+        }
+        _longjmp(f.ctx, 1);
+    }
+}
+
+// Run block `id` (linear over the grid) on this worker; false when it failed or deadlocked.
+static bool run_block(Worker& w, const Launch& l, long long id) {
+    const unsigned n = (unsigned)w.fibers.size();
+    dim3 bid;
+    bid.x = (unsigned)(id % l.grid.x);
+    bid.y = (unsigned)(id / l.grid.x % l.grid.y);
+    bid.z = (unsigned)(id / ((long long)l.grid.x * l.grid.y));
+    w.block_barrier = Barrier{};
+    w.block_barrier.expected = n;
+    for (auto& b : w.warp_barriers) b = Barrier{0, 0, b.expected, -1};
+    // Shared memory starts as garbage on a GPU; a recognisable NaN pattern here.
+    std::fill(w.shared.begin(), w.shared.end(), (unsigned char)0xff);
+    for (unsigned i = 0; i < n; ++i) {
+        Fiber& f = w.fibers[i];
+        f.linear = (int)i;
+        f.started = f.done = false;
+        f.wait = Wait::None;
+        f.pos.thread.x = i % l.block.x;
+        f.pos.thread.y = i / l.block.x % l.block.y;
+        f.pos.thread.z = i / (l.block.x * l.block.y);
+        f.pos.block = bid;
+        f.pos.block_dim = l.block;
+        f.pos.grid_dim = l.grid;
+        getcontext(&f.boot);
+        f.boot.uc_stack.ss_sp = w.stacks[i];
+        f.boot.uc_stack.ss_size = w.stack_bytes;
+        f.boot.uc_link = nullptr;
+        makecontext(&f.boot, fiber_main, 0);
+    }
+    unsigned live = n;
+    while (live > 0 && !w.failed) {
+        bool progressed = false;
+        for (unsigned i = 0; i < n && !w.failed; ++i) {
+            Fiber& f = w.fibers[i];
+            if (f.done) continue;
+            if (f.wait == Wait::Block && f.wait_gen == w.block_barrier.gen) continue;
+            if (f.wait == Wait::Warp && f.wait_gen == w.warp_barriers[i / 32].gen) continue;
+            resume(w, f);
+            progressed = true;
+            if (f.done) --live;
+        }
+        if (!progressed && live > 0) {
+            unsigned finished = n - live, at_block = 0;
+            for (auto& f : w.fibers) at_block += !f.done && f.wait == Wait::Block;
+            char buf[240];
+            std::snprintf(buf, sizeof buf,
+                          "block (%u,%u,%u): deadlock: %u threads wait at __syncthreads (decode.cu:%d), %u at warp collectives, %u "
+                          "have returned",
+                          bid.x, bid.y, bid.z, at_block, w.block_barrier.line, live - at_block, finished);
+            fail(buf);
+        }
+    }
+    w.current = nullptr;
+    return !w.failed;
+}
+
+static void work(Launch* l) {
+    Worker w;
+    w.launch = l;
+    tl_worker = &w;
+    const long long blocks = (long long)l->grid.x * l->grid.y * l->grid.z;
+    try {
+        prepare(w, *l);
+        for (long long id = l->next_block++; id < blocks && !l->failed; id = l->next_block++) {
+            if (!run_block(w, *l, id)) {
+                l->failed = true;
+                std::lock_guard<std::mutex> g(l->error_mutex);
+                if (l->error.empty()) l->error = std::string(l->kernel_name) + ": " + w.error;
+            }
+        }
+    } catch (const std::exception& e) {
+        l->failed = true;
+        std::lock_guard<std::mutex> g(l->error_mutex);
+        if (l->error.empty()) l->error = std::string(l->kernel_name) + ": " + e.what();
+    }
+    tl_worker = nullptr;
+}
+
+}  // namespace gqla_emu
+
+// The kernel source itself, compiled for the host.
+#include "../kernels/decode.cu"
+
+namespace {
+
+struct FillParams {
+    void* p;
+    long long n;
+    unsigned seed;
+    float amp;
+};
+
+struct Entry {
+    const char* name;
+    void (*run)(const void*);
+};
+
+#define ENTRIES(SUFFIX)                                                                                     \
+    {"attn_" #SUFFIX, [](const void* p) { attn_##SUFFIX(*(const AttnParams*)p); }},                           \
+        {"attn_combine_" #SUFFIX, [](const void* p) { attn_combine_##SUFFIX(*(const AttnParams*)p); }},       \
+        {"expand_" #SUFFIX, [](const void* p) { expand_##SUFFIX(*(const ExpandParams*)p); }},                 \
+        {"fill_" #SUFFIX, [](const void* p) {                                                               \
+             const FillParams& f = *(const FillParams*)p;                                                    \
+             fill_##SUFFIX(f.p, f.n, f.seed, f.amp);                                                         \
+         }},
+
+const Entry ENTRY_TABLE[] = {ENTRIES(f32) ENTRIES(bf16) ENTRIES(f16)};
+
+void write_error(char* out, size_t cap, const std::string& msg) {
+    if (cap == 0) return;
+    const size_t n = std::min(cap - 1, msg.size());
+    std::memcpy(out, msg.data(), n);
+    out[n] = 0;
+}
+
+}  // namespace
+
+extern "C" {
+
+// Run kernel `name` over grid x block with `shared_bytes` of dynamic shared memory and the
+// kernel's parameter struct at `params`. `ranges` holds `n_ranges` (begin, end) address pairs:
+// the buffers the kernel may touch. Returns 0, or 1 with a message in `error`.
+int gqla_emu_launch(const char* name, const unsigned grid[3], const unsigned block[3], size_t shared_bytes,
+                    const void* params, const uint64_t* ranges, size_t n_ranges, unsigned threads, char* error,
+                    size_t error_cap) {
+    const Entry* e = nullptr;
+    for (const Entry& x : ENTRY_TABLE)
+        if (std::strcmp(x.name, name) == 0) e = &x;
+    if (!e) {
+        write_error(error, error_cap, std::string("no kernel named ") + name);
+        return 1;
+    }
+    gqla_emu::Launch l;
+    l.kernel = e->run;
+    l.kernel_name = e->name;
+    l.params = params;
+    l.grid = dim3{grid[0], grid[1], grid[2]};
+    l.block = dim3{block[0], block[1], block[2]};
+    l.shared_bytes = shared_bytes;
+    for (size_t i = 0; i < n_ranges; ++i) l.ranges.push_back({(uintptr_t)ranges[2 * i], (uintptr_t)ranges[2 * i + 1]});
+    std::sort(l.ranges.begin(), l.ranges.end(), [](auto& a, auto& b) { return a.begin < b.begin; });
+    const long long blocks = (long long)grid[0] * grid[1] * grid[2];
+    const unsigned per_block = block[0] * block[1] * block[2];
+    if (blocks == 0) return 0;
+    if (per_block == 0 || per_block > 1024) {
+        write_error(error, error_cap, std::string(name) + ": " + std::to_string(per_block) + " threads per block");
+        return 1;
+    }
+    const unsigned n = (unsigned)std::max(1LL, std::min<long long>(threads == 0 ? 1 : threads, blocks));
+    std::vector<std::thread> pool;
+    for (unsigned i = 1; i < n; ++i) pool.emplace_back(gqla_emu::work, &l);
+    gqla_emu::work(&l);
+    for (auto& t : pool) t.join();
+    if (l.failed) {
+        write_error(error, error_cap, l.error);
+        return 1;
+    }
+    return 0;
+}
+
+}  // extern "C"

@@ -1,0 +1,139 @@
+// Host emulation of the CUDA subset decode.cu uses, so the very same kernel source runs on a CPU
+// (crate gqla-cuda, module `emu`). Every CUDA thread is a fiber; the fibers of one block run
+// interleaved on one OS thread, switching only at __syncthreads and warp collectives, which is
+// where CUDA's own ordering guarantees are. Blocks are spread over OS threads.
+//
+// What it checks, beyond running the code:
+// - every global load and store through ld()/st() must stay inside the buffer its base pointer
+//   points into (the buffers of the launch); a stray access is reported, never performed;
+// - every thread of a block reaches the same __syncthreads, and every lane of a warp the same
+//   shuffle (a divergent barrier is a deadlock on hardware and an error here).
+// It does not model timing, memory ordering between blocks, or shared-memory races.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#define GQLA_EMULATION 1
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __restrict__
+// Static shared arrays: one per OS thread, and an OS thread runs one block at a time.
+#define __shared__ static thread_local
+// Dynamic shared memory: the running block's buffer.
+#define GQLA_DYNAMIC_SHARED(T, name) T* name = (T*)gqla_emu::dynamic_shared()
+
+struct dim3 {
+    unsigned x = 1, y = 1, z = 1;
+};
+
+namespace gqla_emu {
+
+struct ThreadPos {
+    dim3 thread, block, block_dim, grid_dim;
+};
+const ThreadPos& pos();
+void* dynamic_shared();
+void sync_block(int line);
+void sync_warp(int line);
+uint64_t shuffle_xor(uint64_t bits, int lane_mask, unsigned member_mask, int line);
+bool check_access(const void* base, long long index, unsigned size, bool store, int line);
+
+template <typename T>
+inline T shfl_xor(unsigned mask, T x, int lane_mask, int line) {
+    static_assert(sizeof(T) <= 8, "shuffles move at most 8 bytes");
+    uint64_t bits = 0;
+    std::memcpy(&bits, &x, sizeof(T));
+    bits = shuffle_xor(bits, lane_mask, mask, line);
+    T r;
+    std::memcpy(&r, &bits, sizeof(T));
+    return r;
+}
+
+// Round to nearest even; NaN stays NaN (quiet).
+inline uint16_t f32_to_bf16_bits(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+inline float f16_bits_to_f32(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    const uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+    uint32_t u;
+    if (exp == 0x1f) {
+        u = sign | 0x7f800000u | (man << 13);
+    } else if (exp != 0) {
+        u = sign | ((exp + 112) << 23) | (man << 13);
+    } else if (man == 0) {
+        u = sign;
+    } else {
+        // Subnormal: value = man * 2^-24, exact in f32.
+        float f = (float)man * 5.9604644775390625e-8f;
+        std::memcpy(&u, &f, 4);
+        u |= sign;
+    }
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+// Round to nearest even, with overflow to infinity and gradual underflow.
+inline uint16_t f32_to_f16_bits(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    const uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+    const uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return sign | 0x7e00u;
+    if (a >= 0x477ff000u) return sign | 0x7c00u;  // >= 65520 rounds to infinity
+    if (a < 0x38800000u) {
+        // Below the smallest normal (2^-14): multiples of 2^-24, nearbyint rounds to even.
+        const float m = std::nearbyint(std::fabs(f) * 16777216.0f);
+        return sign | (uint16_t)m;
+    }
+    uint32_t r = a - 0x38000000u;  // rebias the exponent by 112 (scaled by 2^23)
+    r += 0xfffu + ((r >> 13) & 1u);
+    return sign | (uint16_t)(r >> 13);
+}
+
+}  // namespace gqla_emu
+
+#define threadIdx (gqla_emu::pos().thread)
+#define blockIdx (gqla_emu::pos().block)
+#define blockDim (gqla_emu::pos().block_dim)
+#define gridDim (gqla_emu::pos().grid_dim)
+#define __syncthreads() gqla_emu::sync_block(__LINE__)
+#define __syncwarp(...) gqla_emu::sync_warp(__LINE__)
+#define __shfl_xor_sync(mask, x, lane_mask) gqla_emu::shfl_xor(mask, x, lane_mask, __LINE__)
+
+inline float __int_as_float(int x) {
+    float f;
+    std::memcpy(&f, &x, 4);
+    return f;
+}
+inline float __uint_as_float(unsigned x) {
+    float f;
+    std::memcpy(&f, &x, 4);
+    return f;
+}
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+inline long long min(long long a, long long b) { return a < b ? a : b; }
+inline long long max(long long a, long long b) { return a > b ? a : b; }
+
+// Checked global memory access (decode.cu's ld/st); `line` is the caller's line in decode.cu.
+template <typename T>
+inline T ld(const T* p, long long i, int line = __builtin_LINE()) {
+    return gqla_emu::check_access(p, i, sizeof(T), false, line) ? p[i] : T();
+}
+template <typename T>
+inline void st(T* p, long long i, T x, int line = __builtin_LINE()) {
+    if (gqla_emu::check_access(p, i, sizeof(T), true, line)) p[i] = x;
+}

@@ -1,0 +1,144 @@
+//! The host emulator: decode.cu compiled by the system C++ compiler against a small shim of the
+//! CUDA runtime (`cuda_impl/emu/`), so the very kernels the GPU runs are run and certified on a
+//! CPU, in CI, with no GPU.
+//!
+//! Each CUDA thread is a fiber; a block's fibers switch only at `__syncthreads` and warp
+//! shuffles. Every global load and store is bounds-checked against the buffer its base pointer
+//! points into, and a barrier that not every thread of the block (or lane of the warp) reaches
+//! at the same place is reported as an error. It checks the kernels' logic (indexing, paging,
+//! split-KV, masking, dtype conversions, barriers), not their speed, and not what only the
+//! hardware decides (memory ordering across blocks, shared-memory races, `expf`'s last bit).
+
+use crate::runtime::{Args, Element, Launch, Runtime, Span};
+use crate::CudaError;
+use std::collections::BTreeMap;
+use std::ffi::{c_char, c_int, c_void, CString};
+
+extern "C" {
+    fn gqla_emu_launch(
+        name: *const c_char,
+        grid: *const u32,
+        block: *const u32,
+        shared_bytes: usize,
+        params: *const c_void,
+        ranges: *const u64,
+        n_ranges: usize,
+        threads: u32,
+        error: *mut c_char,
+        error_cap: usize,
+    ) -> c_int;
+}
+
+/// The emulated device. It reports the H100's multiprocessor count and shared-memory limit, so
+/// that default split counts and launch checks are the ones an H100 gets.
+#[derive(Clone, Debug)]
+pub struct Emulator {
+    /// OS threads a launch spreads its blocks over.
+    pub threads: usize,
+}
+
+/// SMs of an H100 SXM.
+const MULTIPROCESSORS: usize = 132;
+/// Opt-in shared memory per block on sm_90, in bytes.
+const MAX_SHARED_PER_BLOCK: usize = 227 * 1024;
+
+impl Default for Emulator {
+    fn default() -> Self {
+        Self {
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
+/// A buffer of the emulator: host memory.
+#[derive(Debug)]
+pub struct EmuBuf<T>(Vec<T>);
+
+impl Runtime for Emulator {
+    type Buf<T: Element> = EmuBuf<T>;
+
+    fn kernel_name(&self) -> &'static str {
+        "cuda-emu"
+    }
+    fn description(&self) -> String {
+        format!("host emulation (fibers, checked loads and stores, {} threads)", self.threads)
+    }
+    fn environment(&self) -> BTreeMap<String, String> {
+        [
+            ("device", "host emulation of decode.cu".to_string()),
+            ("emulated_multiprocessors", MULTIPROCESSORS.to_string()),
+            ("emulator_threads", self.threads.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+    fn bind(&self) -> Result<(), CudaError> {
+        Ok(())
+    }
+    fn upload<T: Element>(&self, data: &[T]) -> Result<EmuBuf<T>, CudaError> {
+        Ok(EmuBuf(data.to_vec()))
+    }
+    fn download<T: Element>(&self, buf: &EmuBuf<T>) -> Result<Vec<T>, CudaError> {
+        Ok(buf.0.clone())
+    }
+    fn zeros<T: Element>(&self, n: usize) -> Result<EmuBuf<T>, CudaError> {
+        Ok(EmuBuf(vec![T::default(); n]))
+    }
+    fn len<T: Element>(buf: &EmuBuf<T>) -> usize {
+        buf.0.len()
+    }
+    fn addr<T: Element>(&self, buf: &EmuBuf<T>) -> u64 {
+        buf.0.as_ptr() as u64
+    }
+    fn addr_mut<T: Element>(&self, buf: &mut EmuBuf<T>) -> u64 {
+        buf.0.as_mut_ptr() as u64
+    }
+    fn launch(&self, name: &str, launch: Launch, args: Args, spans: &[Span]) -> Result<(), CudaError> {
+        let cname = CString::new(name).map_err(|_| CudaError::Emulator(format!("kernel name {name:?}")))?;
+        let grid = [launch.grid.0, launch.grid.1, launch.grid.2];
+        let block = [launch.threads, 1, 1];
+        let params: *const c_void = match args {
+            Args::Attn(p) => (p as *const crate::runtime::AttnParams).cast(),
+            Args::Expand(p) => (p as *const crate::runtime::ExpandParams).cast(),
+        };
+        let ranges: Vec<u64> = spans
+            .iter()
+            .filter(|s| s.bytes > 0)
+            .flat_map(|s| [s.addr, s.addr + s.bytes as u64])
+            .collect();
+        let mut error = vec![0u8; 1024];
+        // SAFETY: the parameter struct matches the kernel's (the same structs the GPU gets) and
+        // points into the buffers listed in `spans`, which the caller borrows for the call; the
+        // emulator checks every access against those spans and performs none outside them. It
+        // runs synchronously, so nothing outlives this call.
+        let rc = unsafe {
+            gqla_emu_launch(
+                cname.as_ptr(),
+                grid.as_ptr(),
+                block.as_ptr(),
+                launch.shared_bytes as usize,
+                params,
+                ranges.as_ptr(),
+                ranges.len() / 2,
+                self.threads as u32,
+                error.as_mut_ptr().cast(),
+                error.len(),
+            )
+        };
+        if rc != 0 {
+            let end = error.iter().position(|&b| b == 0).unwrap_or(error.len());
+            return Err(CudaError::Emulator(String::from_utf8_lossy(&error[..end]).into_owned()));
+        }
+        Ok(())
+    }
+    fn synchronize(&self) -> Result<(), CudaError> {
+        Ok(())
+    }
+    fn multiprocessors(&self) -> usize {
+        MULTIPROCESSORS
+    }
+    fn max_shared_per_block(&self) -> usize {
+        MAX_SHARED_PER_BLOCK
+    }
+}

@@ -1,0 +1,205 @@
+//! Where the kernels run: a CUDA device ([`Gpu`]) or the host emulator ([`Emulator`]).
+//!
+//! The launch code ([`crate::launch`]) and the harness kernel ([`crate::kernel`]) are written
+//! once against [`Runtime`], so the emulator runs exactly the launches the GPU gets: same
+//! parameter structs, grids, shared-memory sizes and split counts.
+//!
+//! [`Emulator`]: crate::emu::Emulator
+
+use crate::device::Gpu;
+use crate::{driver, CudaError};
+use cudarc::driver::sys::CUfunction_attribute;
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
+use std::collections::BTreeMap;
+
+/// Element types of runtime buffers.
+pub trait Element: DeviceRepr + ValidAsZeroBits + Default + Copy + Unpin + 'static {}
+impl Element for u8 {}
+impl Element for i32 {}
+impl Element for f32 {}
+
+/// Parameters of the attention kernels (`AttnParams` in decode.cu, field for field).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AttnParams {
+    pub q: u64,
+    pub ka: u64,
+    pub kb: u64,
+    pub v: u64,
+    pub seq_lens: u64,
+    pub block_table: u64,
+    pub out: u64,
+    pub lse: u64,
+    pub part_o: u64,
+    pub part_lse: u64,
+    pub ka_stride: i64,
+    pub kb_stride: i64,
+    pub v_stride: i64,
+    pub ka_head_stride: i32,
+    pub v_head_stride: i32,
+    pub da: i32,
+    pub db: i32,
+    pub dv: i32,
+    pub max_pages: i32,
+    pub page: i32,
+    pub batch: i32,
+    pub sq: i32,
+    pub h: i32,
+    pub streams: i32,
+    pub num_splits: i32,
+    pub v_is_key_prefix: i32,
+    pub scale: f32,
+}
+// SAFETY: plain old data with the layout of the CUDA struct.
+unsafe impl DeviceRepr for AttnParams {}
+
+/// Parameters of the expand kernel (`ExpandParams` in decode.cu).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExpandParams {
+    pub latent: u64,
+    pub w: u64,
+    pub tok_b: u64,
+    pub tok_t: u64,
+    pub block_table: u64,
+    pub k_out: u64,
+    pub v_out: u64,
+    pub max_pages: i32,
+    pub page: i32,
+    pub tokens: i32,
+    pub g: i32,
+    pub dc: i32,
+    pub dn: i32,
+    pub dv: i32,
+}
+// SAFETY: as above.
+unsafe impl DeviceRepr for ExpandParams {}
+
+/// The parameter struct of one launch.
+#[derive(Clone, Copy, Debug)]
+pub enum Args<'a> {
+    Attn(&'a AttnParams),
+    Expand(&'a ExpandParams),
+}
+
+/// Grid, block and dynamic shared memory of one launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Launch {
+    pub grid: (u32, u32, u32),
+    pub threads: u32,
+    pub shared_bytes: u32,
+}
+
+/// A buffer a launch may touch: `bytes` bytes from address `addr`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub addr: u64,
+    pub bytes: usize,
+}
+
+/// Memory and launches of one place the kernels run. Launches are asynchronous and ordered;
+/// [`Runtime::synchronize`] waits for them.
+pub trait Runtime: Send + Sync {
+    /// A buffer of `T` in the runtime's memory.
+    type Buf<T: Element>;
+
+    /// The name a certificate gives the kernels on this runtime (`cuda`, `cuda-emu`).
+    fn kernel_name(&self) -> &'static str;
+    /// One line about where the kernels run.
+    fn description(&self) -> String;
+    /// What a certificate records about the runtime.
+    fn environment(&self) -> BTreeMap<String, String>;
+    /// Make the runtime usable from the calling thread.
+    fn bind(&self) -> Result<(), CudaError>;
+
+    fn upload<T: Element>(&self, data: &[T]) -> Result<Self::Buf<T>, CudaError>;
+    fn download<T: Element>(&self, buf: &Self::Buf<T>) -> Result<Vec<T>, CudaError>;
+    fn zeros<T: Element>(&self, n: usize) -> Result<Self::Buf<T>, CudaError>;
+    fn len<T: Element>(buf: &Self::Buf<T>) -> usize;
+    /// The address a kernel reads `buf` at.
+    fn addr<T: Element>(&self, buf: &Self::Buf<T>) -> u64;
+    /// The address a kernel writes `buf` at.
+    fn addr_mut<T: Element>(&self, buf: &mut Self::Buf<T>) -> u64;
+    /// The span of `buf` (the emulator checks every access against the launch's spans).
+    fn span<T: Element>(&self, buf: &Self::Buf<T>) -> Span {
+        Span {
+            addr: self.addr(buf),
+            bytes: Self::len(buf) * std::mem::size_of::<T>(),
+        }
+    }
+
+    /// Launch kernel `name` (e.g. `attn_bf16`); `spans` are the buffers its parameters point into.
+    fn launch(&self, name: &str, launch: Launch, args: Args, spans: &[Span]) -> Result<(), CudaError>;
+    fn synchronize(&self) -> Result<(), CudaError>;
+
+    fn multiprocessors(&self) -> usize;
+    fn max_shared_per_block(&self) -> usize;
+}
+
+impl Runtime for Gpu {
+    type Buf<T: Element> = CudaSlice<T>;
+
+    fn kernel_name(&self) -> &'static str {
+        "cuda"
+    }
+    fn description(&self) -> String {
+        format!("{} ({}), NVRTC {}", self.info.name, self.info.arch, self.info.nvrtc_version)
+    }
+    fn environment(&self) -> BTreeMap<String, String> {
+        self.info.environment()
+    }
+    fn bind(&self) -> Result<(), CudaError> {
+        self.ctx.bind_to_thread().map_err(driver("binding the context to the thread"))
+    }
+    fn upload<T: Element>(&self, data: &[T]) -> Result<CudaSlice<T>, CudaError> {
+        self.stream.clone_htod(data).map_err(driver("copying to the device"))
+    }
+    fn download<T: Element>(&self, buf: &CudaSlice<T>) -> Result<Vec<T>, CudaError> {
+        self.stream.clone_dtoh(buf).map_err(driver("copying from the device"))
+    }
+    fn zeros<T: Element>(&self, n: usize) -> Result<CudaSlice<T>, CudaError> {
+        self.stream.alloc_zeros::<T>(n).map_err(driver("allocating a buffer"))
+    }
+    fn len<T: Element>(buf: &CudaSlice<T>) -> usize {
+        buf.len()
+    }
+    fn addr<T: Element>(&self, buf: &CudaSlice<T>) -> u64 {
+        buf.device_ptr(&self.stream).0
+    }
+    fn addr_mut<T: Element>(&self, buf: &mut CudaSlice<T>) -> u64 {
+        buf.device_ptr_mut(&self.stream).0
+    }
+    fn launch(&self, name: &str, launch: Launch, args: Args, _spans: &[Span]) -> Result<(), CudaError> {
+        let f = self.function(name)?;
+        if launch.shared_bytes > 0 {
+            f.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                launch.shared_bytes as i32,
+            )
+            .map_err(driver("raising the shared-memory limit"))?;
+        }
+        let cfg = LaunchConfig {
+            grid_dim: launch.grid,
+            block_dim: (launch.threads, 1, 1),
+            shared_mem_bytes: launch.shared_bytes,
+        };
+        let mut b = self.stream.launch_builder(f);
+        match args {
+            Args::Attn(p) => b.arg(p),
+            Args::Expand(p) => b.arg(p),
+        };
+        // SAFETY: the parameters describe buffers that outlive the launch (the callers borrow them
+        // for the call, and every use is ordered on this one stream).
+        unsafe { b.launch(cfg) }.map_err(driver(format!("launching {name}")))?;
+        Ok(())
+    }
+    fn synchronize(&self) -> Result<(), CudaError> {
+        self.stream.synchronize().map_err(driver("running the kernels"))
+    }
+    fn multiprocessors(&self) -> usize {
+        self.info.multiprocessors.max(1) as usize
+    }
+    fn max_shared_per_block(&self) -> usize {
+        self.info.max_shared_per_block.max(0) as usize
+    }
+}

@@ -4,6 +4,7 @@
 fn main() {
     println!("cargo:rerun-if-changed=emu/emu.cpp");
     println!("cargo:rerun-if-changed=emu/emu.h");
+    println!("cargo:rerun-if-changed=emu/selftest.cu");
     println!("cargo:rerun-if-changed=kernels/decode.cu");
     cc::Build::new()
         .cpp(true)

@@ -16,7 +16,7 @@ fn builtin_certificates_on_a_subset() {
         r.stderr
     );
     // Every built-in kernel gets its own certificate; the flash kernel's carries the catalogue.
-    for kernel in ["reference-f32", "flash-cpu", "candle"] {
+    for kernel in ["reference-f32", "flash-cpu", "candle", "cuda-emu"] {
         let dir = out.join(kernel);
         let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
         let results = report["results"].as_array().unwrap();
@@ -41,6 +41,7 @@ fn builtin_certificates_on_a_subset() {
         assert!(std::fs::read_to_string(dir.join("report.md")).unwrap().contains("CONFORMANT"));
     }
     assert!(r.stdout.contains("kernel candle"), "{}", r.stdout);
+    assert!(r.stdout.contains("kernel cuda-emu"), "{}", r.stdout);
 }
 
 /// The default kernel is CUDA when a GPU is present, else the built-in kernels; without a GPU it

@@ -38,9 +38,20 @@ struct Fiber {
     unsigned wait_gen = 0;
 };
 
+// A place in the kernel source.
+struct Site {
+    const char* file = "?";
+    int line = -1;
+    bool operator!=(const Site& o) const { return line != o.line || std::strcmp(file, o.file) != 0; }
+    std::string str() const {
+        const char* slash = std::strrchr(file, '/');
+        return std::string(slash ? slash + 1 : file) + ":" + std::to_string(line);
+    }
+};
+
 struct Barrier {
     unsigned count = 0, gen = 0, expected = 0;
-    int line = -1;  // where the open generation's first arrival waits
+    Site site;  // where the open generation's first arrival waits
 };
 
 struct Launch;
@@ -107,16 +118,13 @@ __attribute__((noinline)) static void yield() {
     if (_setjmp(w->current->ctx) == 0) _longjmp(w->sched, 1);
 }
 
-static void arrive(Barrier& b, Wait kind, int line, const char* what) {
+static void arrive(Barrier& b, Wait kind, Site site, const char* what) {
     Worker* w = tl_worker;
     Fiber* f = w->current;
     if (b.count == 0) {
-        b.line = line;
-    } else if (b.line != line) {
-        char buf[200];
-        std::snprintf(buf, sizeof buf, "%s: divergent %s: decode.cu:%d and decode.cu:%d in the same phase", describe(*f).c_str(),
-                      what, b.line, line);
-        fail(buf);
+        b.site = site;
+    } else if (b.site != site) {
+        fail(describe(*f) + ": divergent " + what + ": " + b.site.str() + " and " + site.str() + " in the same phase");
     }
     if (++b.count == b.expected) {
         b.count = 0;
@@ -129,32 +137,40 @@ static void arrive(Barrier& b, Wait kind, int line, const char* what) {
     f->wait = Wait::None;
 }
 
-void sync_block(int line) { arrive(tl_worker->block_barrier, Wait::Block, line, "__syncthreads"); }
+void sync_block(const char* file, int line) { arrive(tl_worker->block_barrier, Wait::Block, Site{file, line}, "__syncthreads"); }
 
-void sync_warp(int line) {
+void sync_warp(const char* file, int line) {
     Worker* w = tl_worker;
-    arrive(w->warp_barriers[w->current->linear / 32], Wait::Warp, line, "warp collective");
+    arrive(w->warp_barriers[w->current->linear / 32], Wait::Warp, Site{file, line}, "warp collective");
 }
 
-uint64_t shuffle_xor(uint64_t bits, int lane_mask, unsigned member_mask, int line) {
+uint64_t shuffle_xor(uint64_t bits, int lane_mask, unsigned member_mask, const char* file, int line) {
+    const std::string at = Site{file, line}.str();
     Worker* w = tl_worker;
     const int me = w->current->linear, base = me & ~31, lane = me & 31;
     const int warp_size = (int)w->warp_barriers[me / 32].expected;
-    if (member_mask != 0xffffffffu >> (32 - warp_size)) {
-        char buf[160];
-        std::snprintf(buf, sizeof buf, "%s: decode.cu:%d: shuffle with member mask %#x (the emulator needs the whole warp)",
-                      describe(*w->current).c_str(), line, member_mask);
+    const unsigned present = 0xffffffffu >> (32 - warp_size);
+    if ((member_mask & present) != present) {
+        char buf[200];
+        std::snprintf(buf, sizeof buf, "%s: %s: shuffle with member mask %#x (the emulator needs every lane of the warp)",
+                      describe(*w->current).c_str(), at.c_str(), member_mask);
+        fail(buf);
+    }
+    const int src = lane ^ lane_mask;
+    if (src >= warp_size) {
+        char buf[200];
+        std::snprintf(buf, sizeof buf, "%s: %s: shuffle reads lane %d of a %d-thread warp (undefined on a GPU)",
+                      describe(*w->current).c_str(), at.c_str(), src, warp_size);
         fail(buf);
     }
     w->exchange[me] = bits;
-    sync_warp(line);
-    const int src = lane ^ lane_mask;
+    sync_warp(file, line);
     const uint64_t r = src < warp_size ? w->exchange[base + src] : bits;
-    sync_warp(line);
+    sync_warp(file, line);
     return r;
 }
 
-bool check_access(const void* base, long long index, unsigned size, bool store, int line) {
+bool check_access(const void* base, long long index, unsigned size, bool store, const char* file, int line) {
     Worker* w = tl_worker;
     const auto& ranges = w->launch->ranges;
     const uintptr_t b = (uintptr_t)base;
@@ -165,12 +181,12 @@ bool check_access(const void* base, long long index, unsigned size, bool store, 
     if (inside && index >= -(long long)((b - r->begin) / size) && a + size <= r->end) return true;
     char buf[320];
     if (!inside) {
-        std::snprintf(buf, sizeof buf, "%s: decode.cu:%d: %s through pointer %#lx, which is in none of the launch's buffers",
-                      describe(*w->current).c_str(), line, store ? "store" : "load", (unsigned long)b);
+        std::snprintf(buf, sizeof buf, "%s: %s: %s through pointer %#lx, which is in none of the launch's buffers",
+                      describe(*w->current).c_str(), Site{file, line}.str().c_str(), store ? "store" : "load", (unsigned long)b);
     } else {
         std::snprintf(buf, sizeof buf,
-                      "%s: decode.cu:%d: out-of-bounds %s of %u bytes at element %lld from %#lx (%lld bytes into a buffer of %lu bytes)",
-                      describe(*w->current).c_str(), line, store ? "store" : "load", size, index, (unsigned long)b,
+                      "%s: %s: out-of-bounds %s of %u bytes at element %lld from %#lx (%lld bytes into a buffer of %lu bytes)",
+                      describe(*w->current).c_str(), Site{file, line}.str().c_str(), store ? "store" : "load", size, index, (unsigned long)b,
                       (long long)(a - r->begin), (unsigned long)(r->end - r->begin));
     }
     fail(buf);
@@ -226,7 +242,7 @@ static bool run_block(Worker& w, const Launch& l, long long id) {
     bid.z = (unsigned)(id / ((long long)l.grid.x * l.grid.y));
     w.block_barrier = Barrier{};
     w.block_barrier.expected = n;
-    for (auto& b : w.warp_barriers) b = Barrier{0, 0, b.expected, -1};
+    for (auto& b : w.warp_barriers) b = Barrier{0, 0, b.expected, Site{}};
     // Shared memory starts as garbage on a GPU; a recognisable NaN pattern here.
     std::fill(w.shared.begin(), w.shared.end(), (unsigned char)0xff);
     for (unsigned i = 0; i < n; ++i) {
@@ -263,9 +279,9 @@ static bool run_block(Worker& w, const Launch& l, long long id) {
             for (auto& f : w.fibers) at_block += !f.done && f.wait == Wait::Block;
             char buf[240];
             std::snprintf(buf, sizeof buf,
-                          "block (%u,%u,%u): deadlock: %u threads wait at __syncthreads (decode.cu:%d), %u at warp collectives, %u "
+                          "block (%u,%u,%u): deadlock: %u threads wait at __syncthreads (%s), %u at warp collectives, %u "
                           "have returned",
-                          bid.x, bid.y, bid.z, at_block, w.block_barrier.line, live - at_block, finished);
+                          bid.x, bid.y, bid.z, at_block, w.block_barrier.site.str().c_str(), live - at_block, finished);
             fail(buf);
         }
     }
@@ -297,8 +313,9 @@ static void work(Launch* l) {
 
 }  // namespace gqla_emu
 
-// The kernel source itself, compiled for the host.
+// The kernel source itself, compiled for the host, and the emulator's test kernels.
 #include "../kernels/decode.cu"
+#include "selftest.cu"
 
 namespace {
 
@@ -323,7 +340,10 @@ struct Entry {
              fill_##SUFFIX(f.p, f.n, f.seed, f.amp);                                                         \
          }},
 
-const Entry ENTRY_TABLE[] = {ENTRIES(f32) ENTRIES(bf16) ENTRIES(f16)};
+#define SELFTEST(NAME) {#NAME, [](const void* p) { NAME(*(const SelftestParams*)p); }},
+
+const Entry ENTRY_TABLE[] = {ENTRIES(f32) ENTRIES(bf16) ENTRIES(f16) SELFTEST(selftest_warp_sum) SELFTEST(selftest_divergent_sync)
+                                 SELFTEST(selftest_skipped_sync) SELFTEST(selftest_partial_shuffle) SELFTEST(selftest_store_past_end)};
 
 void write_error(char* out, size_t cap, const std::string& msg) {
     if (cap == 0) return;

@@ -39,17 +39,17 @@ struct ThreadPos {
 };
 const ThreadPos& pos();
 void* dynamic_shared();
-void sync_block(int line);
-void sync_warp(int line);
-uint64_t shuffle_xor(uint64_t bits, int lane_mask, unsigned member_mask, int line);
-bool check_access(const void* base, long long index, unsigned size, bool store, int line);
+void sync_block(const char* file, int line);
+void sync_warp(const char* file, int line);
+uint64_t shuffle_xor(uint64_t bits, int lane_mask, unsigned member_mask, const char* file, int line);
+bool check_access(const void* base, long long index, unsigned size, bool store, const char* file, int line);
 
 template <typename T>
-inline T shfl_xor(unsigned mask, T x, int lane_mask, int line) {
+inline T shfl_xor(unsigned mask, T x, int lane_mask, const char* file, int line) {
     static_assert(sizeof(T) <= 8, "shuffles move at most 8 bytes");
     uint64_t bits = 0;
     std::memcpy(&bits, &x, sizeof(T));
-    bits = shuffle_xor(bits, lane_mask, mask, line);
+    bits = shuffle_xor(bits, lane_mask, mask, file, line);
     T r;
     std::memcpy(&r, &bits, sizeof(T));
     return r;
@@ -109,9 +109,9 @@ inline uint16_t f32_to_f16_bits(float f) {
 #define blockIdx (gqla_emu::pos().block)
 #define blockDim (gqla_emu::pos().block_dim)
 #define gridDim (gqla_emu::pos().grid_dim)
-#define __syncthreads() gqla_emu::sync_block(__LINE__)
-#define __syncwarp(...) gqla_emu::sync_warp(__LINE__)
-#define __shfl_xor_sync(mask, x, lane_mask) gqla_emu::shfl_xor(mask, x, lane_mask, __LINE__)
+#define __syncthreads() gqla_emu::sync_block(__FILE__, __LINE__)
+#define __syncwarp(...) gqla_emu::sync_warp(__FILE__, __LINE__)
+#define __shfl_xor_sync(mask, x, lane_mask) gqla_emu::shfl_xor(mask, x, lane_mask, __FILE__, __LINE__)
 
 inline float __int_as_float(int x) {
     float f;
@@ -128,12 +128,12 @@ inline int max(int a, int b) { return a > b ? a : b; }
 inline long long min(long long a, long long b) { return a < b ? a : b; }
 inline long long max(long long a, long long b) { return a > b ? a : b; }
 
-// Checked global memory access (decode.cu's ld/st); `line` is the caller's line in decode.cu.
+// Checked global memory access (decode.cu's ld/st), reported at the caller's file and line.
 template <typename T>
-inline T ld(const T* p, long long i, int line = __builtin_LINE()) {
-    return gqla_emu::check_access(p, i, sizeof(T), false, line) ? p[i] : T();
+inline T ld(const T* p, long long i, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+    return gqla_emu::check_access(p, i, sizeof(T), false, file, line) ? p[i] : T();
 }
 template <typename T>
-inline void st(T* p, long long i, T x, int line = __builtin_LINE()) {
-    if (gqla_emu::check_access(p, i, sizeof(T), true, line)) p[i] = x;
+inline void st(T* p, long long i, T x, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+    if (gqla_emu::check_access(p, i, sizeof(T), true, file, line)) p[i] = x;
 }

@@ -95,21 +95,45 @@ impl Runtime for Emulator {
         buf.0.as_mut_ptr() as u64
     }
     fn launch(&self, name: &str, launch: Launch, args: Args, spans: &[Span]) -> Result<(), CudaError> {
+        // SAFETY: each parameter struct is the one its kernels take (the structs the GPU gets).
+        unsafe {
+            match args {
+                Args::Attn(p) => self.launch_with(name, launch, p, spans),
+                Args::Expand(p) => self.launch_with(name, launch, p, spans),
+            }
+        }
+    }
+    fn synchronize(&self) -> Result<(), CudaError> {
+        Ok(())
+    }
+    fn multiprocessors(&self) -> usize {
+        MULTIPROCESSORS
+    }
+    fn max_shared_per_block(&self) -> usize {
+        MAX_SHARED_PER_BLOCK
+    }
+}
+
+impl Emulator {
+    /// Run kernel `name` with parameter struct `params`; `spans` are the buffers it may touch.
+    /// Synchronous. Besides the decode kernels, the emulator has test kernels `selftest_*`
+    /// (emu/selftest.cu), which take `{ float* out; int n; }`.
+    ///
+    /// # Safety
+    /// `P` must be the parameter struct kernel `name` takes, field for field.
+    pub unsafe fn launch_with<P: Copy>(&self, name: &str, launch: Launch, params: &P, spans: &[Span]) -> Result<(), CudaError> {
         let cname = CString::new(name).map_err(|_| CudaError::Emulator(format!("kernel name {name:?}")))?;
         let grid = [launch.grid.0, launch.grid.1, launch.grid.2];
         let block = [launch.threads, 1, 1];
-        let params: *const c_void = match args {
-            Args::Attn(p) => (p as *const crate::runtime::AttnParams).cast(),
-            Args::Expand(p) => (p as *const crate::runtime::ExpandParams).cast(),
-        };
+        let params: *const c_void = (params as *const P).cast();
         let ranges: Vec<u64> = spans
             .iter()
             .filter(|s| s.bytes > 0)
             .flat_map(|s| [s.addr, s.addr + s.bytes as u64])
             .collect();
         let mut error = vec![0u8; 1024];
-        // SAFETY: the parameter struct matches the kernel's (the same structs the GPU gets) and
-        // points into the buffers listed in `spans`, which the caller borrows for the call; the
+        // SAFETY: the parameter struct is the kernel's (the caller's contract) and its pointers
+        // point into the buffers listed in `spans`, which the caller borrows for the call; the
         // emulator checks every access against those spans and performs none outside them. It
         // runs synchronously, so nothing outlives this call.
         let rc = unsafe {
@@ -131,14 +155,5 @@ impl Runtime for Emulator {
             return Err(CudaError::Emulator(String::from_utf8_lossy(&error[..end]).into_owned()));
         }
         Ok(())
-    }
-    fn synchronize(&self) -> Result<(), CudaError> {
-        Ok(())
-    }
-    fn multiprocessors(&self) -> usize {
-        MULTIPROCESSORS
-    }
-    fn max_shared_per_block(&self) -> usize {
-        MAX_SHARED_PER_BLOCK
     }
 }

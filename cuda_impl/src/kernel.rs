@@ -252,10 +252,7 @@ impl<R: Runtime> Kernel for DeviceKernel<R> {
         KernelIdentity {
             name: self.rt.kernel_name().into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            description: format!(
-                "gqla-cuda grouped-attention kernels (split-KV, paged) on {}",
-                self.rt.description()
-            ),
+            description: format!("gqla-cuda grouped-attention kernels (split-KV, paged) on {}", self.rt.description()),
         }
     }
     fn environment(&self) -> BTreeMap<String, String> {

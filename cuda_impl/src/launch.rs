@@ -194,7 +194,12 @@ pub fn decode<R: Runtime>(rt: &R, d: &mut Decode<R>, workspace: Option<&mut Work
     let eb = elem_bytes(d.dtype) as u64;
     let k = &d.keys;
     let rows = d.batch * d.sq * d.h;
-    let mut spans = vec![rt.span(d.q), rt.span(k.key.buf), rt.span(d.paging.seq_lens), rt.span(d.paging.block_table)];
+    let mut spans = vec![
+        rt.span(d.q),
+        rt.span(k.key.buf),
+        rt.span(d.paging.seq_lens),
+        rt.span(d.paging.block_table),
+    ];
     spans.extend(k.shared_key.iter().chain(&k.value).map(|s| rt.span(s.buf)));
     let (part_o, part_lse) = match (d.num_splits, workspace) {
         (1, _) => (0, 0),
@@ -330,7 +335,13 @@ mod tests {
     /// The Rust mirror of the kernel's compile-time constants must match the source.
     #[test]
     fn constants_match_the_source() {
-        for (name, value) in [("NT", THREADS), ("ROWS", ROWS), ("TK", KEYS_PER_TILE), ("DV_MAX", DV_MAX), ("EXPAND_TOKENS", EXPAND_TOKENS)] {
+        for (name, value) in [
+            ("NT", THREADS),
+            ("ROWS", ROWS),
+            ("TK", KEYS_PER_TILE),
+            ("DV_MAX", DV_MAX),
+            ("EXPAND_TOKENS", EXPAND_TOKENS),
+        ] {
             let line = format!("#define {name} {value}");
             assert!(crate::compile::SOURCE.contains(&line), "decode.cu lacks `{line}`");
         }

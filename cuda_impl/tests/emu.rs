@@ -1,13 +1,14 @@
 //! The CUDA kernel source on the host emulator: the whole lattice must pass, and the emulator
 //! must catch what it claims to catch (stray accesses, divergent barriers) rather than run them.
 
+use gqla_conformance::case::Dtype;
 use gqla_conformance::lattice::suite_cases;
 use gqla_conformance::runner::Prepared;
 use gqla_conformance::{Kernel, Status};
 use gqla_cuda::launch::{self, Decode, Guarded, KeySource, Paging, Segment};
+use gqla_cuda::runtime::Span;
 use gqla_cuda::runtime::{Args, AttnParams, Launch, Runtime};
 use gqla_cuda::{CudaError, EmuKernel, Emulator};
-use gqla_conformance::case::Dtype;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,9 +19,7 @@ fn emulated_kernel_passes_the_whole_lattice() {
     let cases = suite_cases();
     let mut failures = Vec::new();
     for case in &cases {
-        let t0 = std::time::Instant::now();
         let r = Prepared::new(case).run(&kernel, Duration::from_secs(300));
-        eprintln!("TIME {:.2} {}", t0.elapsed().as_secs_f64(), r.id);
         if !matches!(r.status, Status::Pass { .. }) {
             failures.push(format!("{}: {:?}", r.id, r.status));
         }
@@ -53,7 +52,9 @@ const B: usize = 2;
 impl Small {
     fn new() -> Self {
         let values = |n: usize, seed: u32| -> Vec<f32> {
-            (0..n).map(|i| ((i as u32).wrapping_mul(2654435761) ^ seed) as f32 / u32::MAX as f32 - 0.5).collect()
+            (0..n)
+                .map(|i| ((i as u32).wrapping_mul(2654435761) ^ seed) as f32 / u32::MAX as f32 - 0.5)
+                .collect()
         };
         Self {
             rt: Emulator { threads: 2 },
@@ -128,7 +129,10 @@ fn a_read_past_the_cache_is_reported() {
     // Pages of T keys, and sequence 1's page points at page 5 of a 2-page cache.
     s.table = vec![0, 5];
     let e = s.run(T, 1).unwrap_err().to_string();
-    assert!(e.contains("out-of-bounds load") && e.contains("attn_f32") && e.contains("decode.cu:"), "{e}");
+    assert!(
+        e.contains("out-of-bounds load") && e.contains("attn_f32") && e.contains("decode.cu:"),
+        "{e}"
+    );
 }
 
 /// Launches with a wrong shared-memory size or a pointer outside every buffer are errors.
@@ -152,8 +156,79 @@ fn a_pointer_outside_the_launch_buffers_is_reported() {
         threads: 128,
         shared_bytes: 4096,
     };
-    let e = rt.launch("attn_f32", launch, Args::Attn(&p), &[rt.span(&lens)]).unwrap_err().to_string();
+    let e = rt
+        .launch("attn_f32", launch, Args::Attn(&p), &[rt.span(&lens)])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("in none of the launch's buffers"), "{e}");
     let e = rt.launch("no_such_kernel", launch, Args::Attn(&p), &[]).unwrap_err().to_string();
     assert!(e.contains("no kernel named no_such_kernel"), "{e}");
+}
+
+/// `{ float* out; int n; }`, the parameters of the emulator's `selftest_*` kernels.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SelftestParams {
+    out: u64,
+    n: i32,
+}
+
+/// Run test kernel `name` over one block of `threads` threads with an `n`-float output.
+fn selftest(name: &str, threads: u32, n: usize) -> Result<Vec<f32>, CudaError> {
+    let rt = Emulator { threads: 1 };
+    let mut out = rt.upload(&vec![f32::NAN; n])?;
+    let span: Span = rt.span(&out);
+    let p = SelftestParams {
+        out: rt.addr_mut(&mut out),
+        n: n as i32,
+    };
+    let launch = Launch {
+        grid: (1, 1, 1),
+        threads,
+        shared_bytes: 0,
+    };
+    // SAFETY: SelftestParams is the struct the selftest kernels take.
+    unsafe { rt.launch_with(name, launch, &p, &[span]) }?;
+    rt.download(&out)
+}
+
+/// Shuffles exchange between the right lanes; in a last, partial warp, reading a lane that does
+/// not exist is an error (its value is undefined on a GPU).
+#[test]
+fn warp_shuffles_reduce_within_each_warp() {
+    let sums = selftest("selftest_warp_sum", 96, 3).unwrap();
+    let expect = |lo: u32, hi: u32| (lo..hi).sum::<u32>() as f32;
+    assert_eq!(sums, vec![expect(0, 32), expect(32, 64), expect(64, 96)]);
+    let e = selftest("selftest_warp_sum", 80, 3).unwrap_err().to_string();
+    assert!(
+        e.contains("thread (64,0,0)") && e.contains("reads lane 16 of a 16-thread warp"),
+        "{e}"
+    );
+}
+
+#[test]
+fn divergent_barriers_are_reported() {
+    let e = selftest("selftest_divergent_sync", 128, 1).unwrap_err().to_string();
+    assert!(e.contains("divergent __syncthreads"), "{e}");
+    let e = selftest("selftest_skipped_sync", 128, 1).unwrap_err().to_string();
+    assert!(
+        e.contains("deadlock") && e.contains("64 threads wait at __syncthreads") && e.contains("64 have returned"),
+        "{e}"
+    );
+}
+
+#[test]
+fn partial_warp_shuffles_are_reported() {
+    let e = selftest("selftest_partial_shuffle", 64, 1).unwrap_err().to_string();
+    assert!(e.contains("member mask 0xffff"), "{e}");
+}
+
+/// A store past the end is refused (the buffer is untouched) and reported with the place.
+#[test]
+fn stores_past_the_end_are_refused() {
+    let e = selftest("selftest_store_past_end", 32, 4).unwrap_err().to_string();
+    assert!(
+        e.contains("out-of-bounds store of 4 bytes at element 4") && e.contains("selftest_store_past_end") && e.contains("selftest.cu:"),
+        "{e}"
+    );
 }

@@ -8,7 +8,7 @@ use gqla_conformance::pack::{judge, read_kernel_info, read_manifest};
 use gqla_conformance::report::{Environment, MutationSummary, Report};
 use gqla_conformance::runner::Prepared;
 use gqla_conformance::{Kernel, KernelIdentity};
-use gqla_cuda::CudaKernel;
+use gqla_cuda::{CudaKernel, EmuKernel};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,9 +18,10 @@ use std::time::Duration;
 #[derive(clap::Args)]
 pub struct Args {
     /// The kernel: `auto` (`cuda` when a GPU is present, else `builtin`), `builtin`
-    /// (reference-f32, flash-cpu with the mutation catalogue, and candle, each with its own
-    /// certificate under OUT/<kernel>/), `reference-f32`, `flash-cpu`, `candle`, `cuda` (GPU 0),
-    /// or `external:DIR` (a vector pack whose outputs a kernel has written).
+    /// (reference-f32, flash-cpu with the mutation catalogue, candle, and cuda-emu, each with its
+    /// own certificate under OUT/<kernel>/), `reference-f32`, `flash-cpu`, `candle`, `cuda`
+    /// (GPU 0), `cuda-emu` (the CUDA kernel source on the host emulator, with checked memory
+    /// accesses and barriers), or `external:DIR` (a vector pack whose outputs a kernel has written).
     #[arg(long, default_value = "auto")]
     kernel: String,
     /// Only cases whose id starts with this prefix (e.g. `gqla.decode.gqa`); repeat for several.
@@ -65,6 +66,7 @@ fn builtin() -> Vec<Candidate> {
         candidate(Arc::new(ReferenceF32), false),
         candidate(Arc::new(FlashCpu::correct(3)), true),
         candidate(Arc::new(CandleCpu), false),
+        candidate(Arc::new(EmuKernel::emulated()), false),
     ]
 }
 
@@ -88,10 +90,11 @@ pub fn run(a: Args) -> Result<Outcome, CliError> {
         "flash-cpu" => vec![candidate(Arc::new(FlashCpu::correct(3)), false)],
         "reference-f32" => vec![candidate(Arc::new(ReferenceF32), false)],
         "candle" => vec![candidate(Arc::new(CandleCpu), false)],
+        "cuda-emu" => vec![candidate(Arc::new(EmuKernel::emulated()), false)],
         k if k.starts_with("external:") => return external(Path::new(&k["external:".len()..]), &a),
         other => {
             return Err(CliError::Usage(format!(
-                "unknown kernel `{other}`: expected auto, builtin, reference-f32, flash-cpu, candle, cuda or external:DIR"
+                "unknown kernel `{other}`: expected auto, builtin, reference-f32, flash-cpu, candle, cuda, cuda-emu or external:DIR"
             )))
         }
     };

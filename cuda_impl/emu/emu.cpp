@@ -67,6 +67,7 @@ struct Worker {
     Barrier block_barrier;
     std::vector<Barrier> warp_barriers;
     std::vector<uint64_t> exchange;  // one word per thread, for shuffles
+    std::vector<uint32_t> fragments; // MMA_WORDS per thread, for mma
     std::vector<unsigned char> shared;
     std::string error;
     bool failed = false;
@@ -89,6 +90,9 @@ struct Launch {
 };
 
 static thread_local Worker* tl_worker = nullptr;
+
+// Words of one lane's mma operands: a (4), b (2), c (4 floats).
+static const int MMA_WORDS = 10;
 
 static const size_t STACK_BYTES = 256 * 1024;
 
@@ -170,6 +174,52 @@ uint64_t shuffle_xor(uint64_t bits, int lane_mask, unsigned member_mask, const c
     return r;
 }
 
+static float half_to_float(int kind, uint32_t bits) {
+    const uint16_t h = (uint16_t)bits;
+    if (kind == 1) {
+        const uint32_t u = (uint32_t)h << 16;
+        float f;
+        std::memcpy(&f, &u, 4);
+        return f;
+    }
+    return f16_bits_to_f32(h);
+}
+
+void mma_m16n8k16(int kind, float d[4], const unsigned a[4], const unsigned b[2], const char* file, int line) {
+    Worker* w = tl_worker;
+    const int me = w->current->linear, base = me & ~31, lane = me & 31;
+    if (w->warp_barriers[me / 32].expected != 32) {
+        fail(describe(*w->current) + ": " + Site{file, line}.str() + ": mma in a warp of fewer than 32 threads");
+    }
+    uint32_t* mine = &w->fragments[(size_t)me * MMA_WORDS];
+    std::memcpy(mine, a, 16);
+    std::memcpy(mine + 4, b, 8);
+    std::memcpy(mine + 6, d, 16);
+    sync_warp(file, line);
+    const uint32_t* frag = &w->fragments[(size_t)base * MMA_WORDS];
+    // A (16x16, row): register (row >= 8) + 2 (col >= 8) of lane 4 (row % 8) + (col % 8) / 2,
+    // half col % 2. B (16x8, col): register (k >= 8) of lane 4 n + (k % 8) / 2, half k % 2.
+    auto A = [&](int row, int col) {
+        const uint32_t word = frag[(4 * (row % 8) + (col % 8) / 2) * MMA_WORDS + (row >= 8) + 2 * (col >= 8)];
+        return half_to_float(kind, word >> (16 * (col % 2)));
+    };
+    auto B = [&](int k, int n) {
+        const uint32_t word = frag[(4 * n + (k % 8) / 2) * MMA_WORDS + 4 + (k >= 8)];
+        return half_to_float(kind, word >> (16 * (k % 2)));
+    };
+    // C and D: element i of lane (g, t) is row g + 8 (i >= 2), column 2 t + i % 2.
+    const int g = lane >> 2, t = lane & 3;
+    float out[4];
+    for (int i = 0; i < 4; ++i) {
+        const int row = g + 8 * (i >= 2), col = 2 * t + i % 2;
+        float acc = d[i];
+        for (int k = 0; k < 16; ++k) acc += A(row, k) * B(k, col);
+        out[i] = acc;
+    }
+    sync_warp(file, line);
+    std::memcpy(d, out, 16);
+}
+
 bool check_access(const void* base, long long index, unsigned size, bool store, const char* file, int line) {
     Worker* w = tl_worker;
     const auto& ranges = w->launch->ranges;
@@ -217,6 +267,7 @@ static void prepare(Worker& w, const Launch& l) {
     w.warp_barriers.assign((n + 31) / 32, Barrier{});
     for (unsigned i = 0; i < w.warp_barriers.size(); ++i) w.warp_barriers[i].expected = std::min(32u, n - 32 * i);
     w.exchange.assign(n, 0);
+    w.fragments.assign((size_t)n * MMA_WORDS, 0);
     w.shared.assign(l.shared_bytes + 16, 0);
 }
 
@@ -342,7 +393,11 @@ struct Entry {
 
 #define SELFTEST(NAME) {#NAME, [](const void* p) { NAME(*(const SelftestParams*)p); }},
 
-const Entry ENTRY_TABLE[] = {ENTRIES(f32) ENTRIES(bf16) ENTRIES(f16) SELFTEST(selftest_warp_sum) SELFTEST(selftest_divergent_sync)
+#define MMA_ENTRIES(SUFFIX)                                                                        \
+    {"attn_mma_" #SUFFIX, [](const void* p) { attn_mma_##SUFFIX(*(const AttnParams*)p); }},        \
+        {"mma_probe_" #SUFFIX, [](const void* p) { mma_probe_##SUFFIX(*(const ProbeParams*)p); }},
+
+const Entry ENTRY_TABLE[] = {ENTRIES(f32) ENTRIES(bf16) ENTRIES(f16) MMA_ENTRIES(bf16) MMA_ENTRIES(f16) SELFTEST(selftest_warp_sum) SELFTEST(selftest_divergent_sync)
                                  SELFTEST(selftest_skipped_sync) SELFTEST(selftest_partial_shuffle) SELFTEST(selftest_store_past_end)};
 
 void write_error(char* out, size_t cap, const std::string& msg) {

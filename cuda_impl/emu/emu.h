@@ -43,6 +43,9 @@ void sync_block(const char* file, int line);
 void sync_warp(const char* file, int line);
 uint64_t shuffle_xor(uint64_t bits, int lane_mask, unsigned member_mask, const char* file, int line);
 bool check_access(const void* base, long long index, unsigned size, bool store, const char* file, int line);
+// d += A B for one m16n8k16 tile, A and B of 16-bit floats (kind 1 bf16, 2 f16) in the fragment
+// layout of PTX's mma.sync.aligned.m16n8k16.row.col.f32, accumulated in f32. A warp collective.
+void mma_m16n8k16(int kind, float d[4], const unsigned a[4], const unsigned b[2], const char* file, int line);
 
 template <typename T>
 inline T shfl_xor(unsigned mask, T x, int lane_mask, const char* file, int line) {

@@ -32,6 +32,13 @@ template <typename T> __device__ __forceinline__ void st(T* p, long long i, T x)
 #define DV_MAX 512    // widest value
 #define EXPAND_TOKENS 8 // cached tokens per block of the expand kernel
 #define ACC (ROWS * DV_MAX / NT)
+// attn_mma_*: tensor-core variant (bf16/f16 storage, sm_80+).
+#define MMA_WARPS 8                  // warps per block
+#define MMA_NT (MMA_WARPS * 32)      // threads per block
+#define MMA_ROWS 64                  // query rows per block: 4 m16 tiles
+#define MMA_KEYS 32                  // keys per tile: 2 k16 steps of P V
+#define MMA_PAD 8                    // 16-bit elements of padding per shared row (bank spread)
+#define MMA_DVH_MAX (DV_MAX / 2)     // value columns per warp: each m16 tile is split in two halves
 
 struct AttnParams {
     const void* q;          // [B, s_q, H, dk]
@@ -107,6 +114,33 @@ template <> struct Elem<2> {
 
 __device__ __forceinline__ long long slot_of(const int* block_table, int max_pages, int page, int b, int t) {
     return (long long)ld(block_table, (long long)b * max_pages + t / page) * page + t % page;
+}
+
+// Global output row of query row gr (of `per` heads x s_q) of stream g in sequence b.
+__device__ __forceinline__ long long out_row(const AttnParams& p, int b, int g, int per, int gr) {
+    const int j = gr / per, head = g * per + gr % per;
+    return ((long long)b * p.sq + j) * p.h + head;
+}
+
+// Store output column d of a normalised row: the output itself with one split, else the split's
+// partial.
+template <int E>
+__device__ __forceinline__ void put_out(const AttnParams& p, int b, int split, long long row, int d, float o) {
+    if (p.num_splits == 1) {
+        Elem<E>::put(p.out, row * p.dv + d, o);
+    } else {
+        const long long prow = row + ((long long)b * (p.num_splits - 1) + split) * p.sq * p.h;
+        st(p.part_o, prow * p.dv + d, o);
+    }
+}
+
+template <int E>
+__device__ __forceinline__ void put_lse(const AttnParams& p, int b, int split, long long row, float lse) {
+    if (p.num_splits == 1) {
+        st(p.lse, row, lse);
+    } else {
+        st(p.part_lse, row + ((long long)b * (p.num_splits - 1) + split) * p.sq * p.h, lse);
+    }
 }
 
 template <int E>
@@ -224,33 +258,265 @@ __device__ void attn(const AttnParams& p) {
     }
     __syncthreads();
 
-    const bool single = p.num_splits == 1;
 #pragma unroll
     for (int a = 0; a < ACC; ++a) {
         const int idx = tid + a * NT, r = idx / dv, d = idx % dv;
         if (r < nrows) {
-            const int gr = row0 + r, j = gr / per, head = g * per + gr % per;
             const float l = l_s[r];
-            const float o = l > 0.0f ? acc[a] / l : 0.0f;
-            const long long row = ((long long)b * p.sq + j) * p.h + head;
-            if (single) {
-                Elem<E>::put(p.out, row * dv + d, o);
+            put_out<E>(p, b, split, out_row(p, b, g, per, row0 + r), d, l > 0.0f ? acc[a] / l : 0.0f);
+        }
+    }
+    if (tid < nrows) {
+        const float l = l_s[tid];
+        put_lse<E>(p, b, split, out_row(p, b, g, per, row0 + tid), l > 0.0f ? m_s[tid] + logf(l) : -INFINITY);
+    }
+}
+
+// d += A B on tensor cores: one m16n8k16 tile, A (16 x 16, row) and B (16 x 8, col) of 16-bit
+// floats packed two per register (lower column / row in the low half), f32 accumulators. Fragment
+// layout of lane (g, t) = (lane / 4, lane % 4): a = {A[g][2t..], A[g+8][2t..], A[g][2t+8..],
+// A[g+8][2t+8..]}, b = {B[2t..][g], B[2t+8..][g]}, d = {D[g][2t], D[g][2t+1], D[g+8][2t], D[g+8][2t+1]}.
+template <int E>
+__device__ __forceinline__ void mma16816(float d[4], const unsigned a[4], const unsigned b[2]) {
+#ifdef GQLA_EMULATION
+    gqla_emu::mma_m16n8k16(E, d, a, b, __FILE__, __LINE__);
+#else
+    if (E == 1) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    } else {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    }
+#endif
+}
+
+// Two 16-bit values as one register, `lo` in the low half.
+__device__ __forceinline__ unsigned pack2(u16 lo, u16 hi) { return (unsigned)lo | ((unsigned)hi << 16); }
+// Two adjacent 16-bit values of shared memory (4-byte aligned) as one register.
+__device__ __forceinline__ unsigned ld2(const u16* s) { return *(const unsigned*)s; }
+
+template <int E> __device__ __forceinline__ u16 to_storage(float x);
+template <> __device__ __forceinline__ u16 to_storage<1>(float x) { return f32_to_bf16(x); }
+template <> __device__ __forceinline__ u16 to_storage<2>(float x) { return f32_to_f16(x); }
+
+// Round x up to a multiple of 16.
+__device__ __forceinline__ int up16(int x) { return (x + 15) & ~15; }
+
+// The grouped attention of attn<E> on tensor cores, for 16-bit storage. A block holds MMA_ROWS
+// query rows of one stream (4 m16 tiles) and walks its keys MMA_KEYS at a time:
+//   S = Q K^T: warp w computes m-tile w % 4 against keys [16 (w / 4), 16 (w / 4) + 16);
+//   softmax:   one thread per row, online (running max and sum in f32), P rounded to storage;
+//   O += P V:  warp w owns m-tile w % 4 and value columns [dvh (w / 4), dvh (w / 4 + 1)).
+// Shared tiles keep the 16-bit storage values (zero beyond the widths and for keys past the split)
+// with rows padded by MMA_PAD so fragment loads spread over the banks.
+template <int E>
+__device__ void attn_mma(const AttnParams& p) {
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int fg = lane >> 2, ft = lane & 3; // fragment row group and column pair
+    const int split = blockIdx.x;
+    const int per = p.h / p.streams;
+    const int rows_total = p.sq * per;
+    const int row_tiles = (rows_total + MMA_ROWS - 1) / MMA_ROWS;
+    const int g = blockIdx.y / row_tiles;
+    const int row0 = (blockIdx.y % row_tiles) * MMA_ROWS;
+    const int nrows = min(MMA_ROWS, rows_total - row0);
+    const int b = blockIdx.z;
+    const int L = ld(p.seq_lens, b);
+    const int dk = p.da + p.db, dv = p.dv;
+    const int dkp = up16(dk), dvh = up16(dv) / 2;
+    const int start = (int)((long long)split * L / p.num_splits);
+    const int end = (int)((long long)(split + 1) * L / p.num_splits);
+    const int qld = dkp + MMA_PAD, kld = dkp + MMA_PAD;
+    const int vld = p.v_is_key_prefix ? kld : 2 * dvh + MMA_PAD;
+    const int pld = MMA_KEYS + MMA_PAD, sld = MMA_KEYS + 1;
+
+    GQLA_DYNAMIC_SHARED(float, smem);
+    float* s_s = smem;                                  // [MMA_ROWS][sld] scores
+    float* m_s = s_s + MMA_ROWS * sld;                  // running max
+    float* l_s = m_s + MMA_ROWS;                        // running sum
+    float* c_s = l_s + MMA_ROWS;                        // this tile's rescale factor
+    int* vis_s = (int*)(c_s + MMA_ROWS);                // keys each row may see
+    u16* q_s = (u16*)(vis_s + MMA_ROWS);                // [MMA_ROWS][qld]
+    u16* k_s = q_s + MMA_ROWS * qld;                    // [MMA_KEYS][kld]
+    u16* v_s = p.v_is_key_prefix ? k_s : k_s + MMA_KEYS * kld; // [MMA_KEYS][vld]
+    u16* p_s = v_s + (p.v_is_key_prefix ? MMA_KEYS * kld : MMA_KEYS * vld); // [MMA_ROWS][pld]
+
+    const u16* q16 = (const u16*)p.q;
+    for (int idx = tid; idx < MMA_ROWS * dkp; idx += MMA_NT) {
+        const int r = idx / dkp, d = idx % dkp;
+        u16 x = 0;
+        if (r < nrows && d < dk) x = ld(q16, out_row(p, b, g, per, row0 + r) * dk + d);
+        q_s[r * qld + d] = x;
+    }
+    if (tid < MMA_ROWS) {
+        m_s[tid] = -INFINITY;
+        l_s[tid] = 0.0f;
+        const int j = (row0 + tid) / per;
+        vis_s[tid] = tid < nrows ? max(0, min(L, L - p.sq + j + 1)) : 0;
+    }
+
+    const int mt = warp & 3, half = warp >> 2;
+    const bool active = mt * 16 < nrows; // warp-uniform: this m-tile has real rows
+    float o[MMA_DVH_MAX / 8][4];
+#pragma unroll
+    for (int n = 0; n < MMA_DVH_MAX / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+
+    const u16* ka = (const u16*)p.ka;
+    const u16* kb = (const u16*)p.kb;
+    const u16* v16 = (const u16*)p.v;
+    for (int t0 = start; t0 < end; t0 += MMA_KEYS) {
+        __syncthreads();
+        for (int idx = tid; idx < MMA_KEYS * dkp; idx += MMA_NT) {
+            const int kk = idx / dkp, d = idx % dkp, t = t0 + kk;
+            u16 x = 0;
+            if (t < end && d < dk) {
+                const long long s = slot_of(p.block_table, p.max_pages, p.page, b, t);
+                x = d < p.da ? ld(ka, s * p.ka_stride + (long long)g * p.ka_head_stride + d) : ld(kb, s * p.kb_stride + (d - p.da));
+            }
+            k_s[kk * kld + d] = x;
+        }
+        if (!p.v_is_key_prefix) {
+            for (int idx = tid; idx < MMA_KEYS * 2 * dvh; idx += MMA_NT) {
+                const int kk = idx / (2 * dvh), d = idx % (2 * dvh), t = t0 + kk;
+                u16 x = 0;
+                if (t < end && d < dv) {
+                    const long long s = slot_of(p.block_table, p.max_pages, p.page, b, t);
+                    x = ld(v16, s * p.v_stride + (long long)g * p.v_head_stride + d);
+                }
+                v_s[kk * vld + d] = x;
+            }
+        }
+        __syncthreads();
+        if (active) {
+            float sc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+            const u16* qa = q_s + (mt * 16 + fg) * qld + 2 * ft;
+            for (int kc = 0; kc < dkp; kc += 16) {
+                const unsigned a[4] = {ld2(qa + kc), ld2(qa + 8 * qld + kc), ld2(qa + kc + 8), ld2(qa + 8 * qld + kc + 8)};
+#pragma unroll
+                for (int n = 0; n < 2; ++n) {
+                    const u16* kbp = k_s + (half * 16 + n * 8 + fg) * kld + 2 * ft + kc;
+                    const unsigned bb[2] = {ld2(kbp), ld2(kbp + 8)};
+                    mma16816<E>(sc[n], a, bb);
+                }
+            }
+#pragma unroll
+            for (int n = 0; n < 2; ++n) {
+                float* sr = s_s + (mt * 16 + fg) * sld + half * 16 + n * 8 + 2 * ft;
+                sr[0] = sc[n][0];
+                sr[1] = sc[n][1];
+                sr[8 * sld] = sc[n][2];
+                sr[8 * sld + 1] = sc[n][3];
+            }
+        }
+        __syncthreads();
+        if (tid < MMA_ROWS) {
+            const int r = tid;
+            float* sr = s_s + r * sld;
+            float mt_ = -INFINITY;
+            for (int kk = 0; kk < MMA_KEYS; ++kk) {
+                const int t = t0 + kk;
+                const float x = (r < nrows && t < end && t < vis_s[r]) ? sr[kk] * p.scale : -INFINITY;
+                sr[kk] = x;
+                mt_ = fmaxf(mt_, x);
+            }
+            const float m_old = m_s[r], m_new = fmaxf(m_old, mt_);
+            u16* pr = p_s + r * pld;
+            if (m_new == -INFINITY) {
+                c_s[r] = 1.0f;
+                for (int kk = 0; kk < MMA_KEYS; ++kk) pr[kk] = 0;
             } else {
-                const long long prow = (((long long)b * p.num_splits + split) * p.sq + j) * p.h + head;
-                st(p.part_o, prow * dv + d, o);
+                const float c = m_old == -INFINITY ? 0.0f : expf(m_old - m_new);
+                float sum = 0.0f;
+                for (int kk = 0; kk < MMA_KEYS; ++kk) {
+                    const float e = sr[kk] == -INFINITY ? 0.0f : expf(sr[kk] - m_new);
+                    pr[kk] = to_storage<E>(e);
+                    sum += e;
+                }
+                l_s[r] = l_s[r] * c + sum;
+                m_s[r] = m_new;
+                c_s[r] = c;
+            }
+        }
+        __syncthreads();
+        if (active) {
+            const float c_lo = c_s[mt * 16 + fg], c_hi = c_s[mt * 16 + fg + 8];
+#pragma unroll
+            for (int n = 0; n < MMA_DVH_MAX / 8; ++n) {
+                o[n][0] *= c_lo;
+                o[n][1] *= c_lo;
+                o[n][2] *= c_hi;
+                o[n][3] *= c_hi;
+            }
+            const u16* pa = p_s + (mt * 16 + fg) * pld + 2 * ft;
+#pragma unroll
+            for (int kc = 0; kc < MMA_KEYS; kc += 16) {
+                const unsigned a[4] = {ld2(pa + kc), ld2(pa + 8 * pld + kc), ld2(pa + kc + 8), ld2(pa + 8 * pld + kc + 8)};
+                const u16* vr = v_s + (kc + 2 * ft) * vld + half * dvh + fg;
+#pragma unroll
+                for (int n = 0; n < MMA_DVH_MAX / 8; ++n) {
+                    if (n * 8 < dvh) {
+                        const u16* vc = vr + n * 8;
+                        const unsigned bb[2] = {pack2(vc[0], vc[vld]), pack2(vc[8 * vld], vc[9 * vld])};
+                        mma16816<E>(o[n], a, bb);
+                    }
+                }
+            }
+        }
+    }
+    __syncthreads();
+
+    if (active) {
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+            const int r = mt * 16 + fg + 8 * hr;
+            if (r < nrows) {
+                const float l = l_s[r];
+                const long long row = out_row(p, b, g, per, row0 + r);
+#pragma unroll
+                for (int n = 0; n < MMA_DVH_MAX / 8; ++n) {
+                    const int d = half * dvh + n * 8 + 2 * ft;
+                    if (n * 8 < dvh && d < dv) put_out<E>(p, b, split, row, d, l > 0.0f ? o[n][2 * hr] / l : 0.0f);
+                    if (n * 8 < dvh && d + 1 < dv) put_out<E>(p, b, split, row, d + 1, l > 0.0f ? o[n][2 * hr + 1] / l : 0.0f);
+                }
             }
         }
     }
     if (tid < nrows) {
-        const int gr = row0 + tid, j = gr / per, head = g * per + gr % per;
         const float l = l_s[tid];
-        const float lse = l > 0.0f ? m_s[tid] + logf(l) : -INFINITY;
-        if (single) {
-            st(p.lse, ((long long)b * p.sq + j) * p.h + head, lse);
-        } else {
-            st(p.part_lse, (((long long)b * p.num_splits + split) * p.sq + j) * p.h + head, lse);
-        }
+        put_lse<E>(p, b, split, out_row(p, b, g, per, row0 + tid), l > 0.0f ? m_s[tid] + logf(l) : -INFINITY);
     }
+}
+
+// One m16n8k16 product with operands in plain row-major memory: a [16][16], b [16][8] (k x n) of
+// 16-bit floats, d [16][8] f32. Tests the fragment layout mma16816 assumes, on its own.
+struct ProbeParams {
+    const u16* a;
+    const u16* b;
+    float* d;
+};
+
+template <int E>
+__device__ void mma_probe(const ProbeParams& p) {
+    const int lane = threadIdx.x & 31, fg = lane >> 2, ft = lane & 3;
+    const unsigned a[4] = {
+        pack2(ld(p.a, fg * 16 + 2 * ft), ld(p.a, fg * 16 + 2 * ft + 1)),
+        pack2(ld(p.a, (fg + 8) * 16 + 2 * ft), ld(p.a, (fg + 8) * 16 + 2 * ft + 1)),
+        pack2(ld(p.a, fg * 16 + 2 * ft + 8), ld(p.a, fg * 16 + 2 * ft + 9)),
+        pack2(ld(p.a, (fg + 8) * 16 + 2 * ft + 8), ld(p.a, (fg + 8) * 16 + 2 * ft + 9)),
+    };
+    const unsigned bb[2] = {
+        pack2(ld(p.b, (2 * ft) * 8 + fg), ld(p.b, (2 * ft + 1) * 8 + fg)),
+        pack2(ld(p.b, (2 * ft + 8) * 8 + fg), ld(p.b, (2 * ft + 9) * 8 + fg)),
+    };
+    float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    mma16816<E>(d, a, bb);
+    st(p.d, fg * 8 + 2 * ft, d[0]);
+    st(p.d, fg * 8 + 2 * ft + 1, d[1]);
+    st(p.d, (fg + 8) * 8 + 2 * ft, d[2]);
+    st(p.d, (fg + 8) * 8 + 2 * ft + 1, d[3]);
 }
 
 // Merge the splits of one (sequence, token, head) row: o = sum_s e^{lse_s - M} o_s / sum_s e^{lse_s - M}.
@@ -341,6 +607,12 @@ __device__ void fill(void* p, long long n, unsigned seed, float amp) {
     extern "C" __global__ void expand_##SUFFIX(ExpandParams p) { expand<E>(p); }                \
     extern "C" __global__ void fill_##SUFFIX(void* p, long long n, unsigned seed, float amp) { fill<E>(p, n, seed, amp); }
 
+#define INSTANTIATE_MMA(SUFFIX, E)                                                                           \
+    extern "C" __global__ void __launch_bounds__(MMA_NT) attn_mma_##SUFFIX(AttnParams p) { attn_mma<E>(p); } \
+    extern "C" __global__ void mma_probe_##SUFFIX(ProbeParams p) { mma_probe<E>(p); }
+
 INSTANTIATE(f32, 0)
 INSTANTIATE(bf16, 1)
 INSTANTIATE(f16, 2)
+INSTANTIATE_MMA(bf16, 1)
+INSTANTIATE_MMA(f16, 2)

@@ -4,7 +4,7 @@
 //! values on the device (never zeros).
 
 use crate::device::Gpu;
-use crate::launch::{self, elem_bytes, suffix, Decode, Guarded, KeySource, Paging, Segment, Workspace};
+use crate::launch::{self, elem_bytes, suffix, Decode, Guarded, KeySource, Paging, Segment, Variant, Workspace};
 use crate::runtime::Runtime;
 use crate::{driver, CudaError};
 use cudarc::driver::sys::CUevent_flags;
@@ -297,7 +297,8 @@ impl Gpu {
         let mut lse = unsafe { self.stream.alloc::<u8>(batch * sq_max * geo.h * 4) }.map_err(driver("allocating a buffer"))?;
         for &sq in sqs {
             let streams = if path == Path::Absorb { 1 } else { geo.g };
-            let splits = launch::default_splits(self, batch, sq, geo.h, streams, context);
+            let variant = Variant::choose(self, dtype);
+            let splits = launch::default_splits(self, variant, batch, sq, geo.h, streams, context);
             let mut ws: Option<Workspace<Gpu>> = if splits > 1 {
                 Some(launch::workspace(self, batch * sq * geo.h, dv, splits)?)
             } else {
@@ -356,6 +357,7 @@ impl Gpu {
                     h: geo.h,
                     scale,
                     num_splits: splits,
+                    variant,
                     out: Guarded { buf: &mut out, margin: 0 },
                     lse: Guarded { buf: &mut lse, margin: 0 },
                 };

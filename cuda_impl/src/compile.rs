@@ -12,12 +12,14 @@ pub const DTYPE_SUFFIXES: [&str; 3] = ["f32", "bf16", "f16"];
 /// Kernel families; the loaded functions are `<family>_<suffix>`.
 pub const FAMILIES: [&str; 4] = ["attn", "attn_combine", "expand", "fill"];
 
+/// Tensor-core kernel families, for 16-bit storage only (`<family>_bf16`, `<family>_f16`).
+pub const MMA_FAMILIES: [&str; 2] = ["attn_mma", "mma_probe"];
+
 /// Every function name the module must export.
 pub fn function_names() -> Vec<String> {
-    FAMILIES
-        .iter()
-        .flat_map(|f| DTYPE_SUFFIXES.iter().map(move |s| format!("{f}_{s}")))
-        .collect()
+    let all = FAMILIES.iter().flat_map(|f| DTYPE_SUFFIXES.iter().map(move |s| format!("{f}_{s}")));
+    let mma = MMA_FAMILIES.iter().flat_map(|f| ["bf16", "f16"].map(|s| format!("{f}_{s}")));
+    all.chain(mma).collect()
 }
 
 /// NVRTC options for a virtual architecture such as `compute_90`: IEEE division and square root,

@@ -100,6 +100,7 @@ impl Runtime for Emulator {
             match args {
                 Args::Attn(p) => self.launch_with(name, launch, p, spans),
                 Args::Expand(p) => self.launch_with(name, launch, p, spans),
+                Args::Probe(p) => self.launch_with(name, launch, p, spans),
             }
         }
     }
@@ -111,6 +112,9 @@ impl Runtime for Emulator {
     }
     fn max_shared_per_block(&self) -> usize {
         MAX_SHARED_PER_BLOCK
+    }
+    fn has_mma(&self) -> bool {
+        true
     }
 }
 

@@ -5,7 +5,7 @@
 
 use crate::device::Gpu;
 use crate::emu::Emulator;
-use crate::launch::{self, elem_bytes, from_bytes, to_bytes, Decode, ExpandDims, Guarded, KeySource, Paging, Segment, Tokens};
+use crate::launch::{self, elem_bytes, from_bytes, to_bytes, Decode, ExpandDims, Guarded, KeySource, Paging, Segment, Tokens, Variant};
 use crate::runtime::Runtime;
 use crate::CudaError;
 use gqla_conformance::case::{Dtype, Op, RopeLayout};
@@ -56,6 +56,8 @@ fn collect<R: Runtime>(rt: &R, d: Dtype, buf: &R::Buf<u8>, out: &mut OutputTenso
 /// The CUDA kernels on runtime `R`, as a kernel under test.
 pub struct DeviceKernel<R: Runtime> {
     rt: R,
+    /// The attention kernel every decode runs; None: [`Variant::choose`] per dtype.
+    variant: Option<Variant>,
 }
 
 /// The CUDA kernels on a GPU (`gqla certify --kernel cuda`).
@@ -66,7 +68,10 @@ pub type EmuKernel = DeviceKernel<Emulator>;
 impl CudaKernel {
     /// Open GPU `ordinal` and compile the kernels for it.
     pub fn open(ordinal: usize) -> Result<Self, CudaError> {
-        Ok(Self { rt: Gpu::open(ordinal)? })
+        Ok(Self {
+            rt: Gpu::open(ordinal)?,
+            variant: None,
+        })
     }
 
     pub fn gpu(&self) -> &Gpu {
@@ -77,11 +82,22 @@ impl CudaKernel {
 impl EmuKernel {
     /// The kernels on the host emulator, spread over every core.
     pub fn emulated() -> Self {
-        Self { rt: Emulator::default() }
+        Self {
+            rt: Emulator::default(),
+            variant: None,
+        }
     }
 }
 
 impl<R: Runtime> DeviceKernel<R> {
+    /// Run every decode on attention kernel `variant` (cases it cannot run are NOT_SUPPORTED).
+    pub fn with_variant(self, variant: Variant) -> Self {
+        Self {
+            variant: Some(variant),
+            ..self
+        }
+    }
+
     /// Block table and sequence lengths; a contiguous cache is one page of `capacity` per sequence.
     #[allow(clippy::type_complexity)]
     fn paging(&self, inp: &CaseInputs) -> Result<(R::Buf<i32>, R::Buf<i32>, usize, usize), CudaError> {
@@ -106,11 +122,11 @@ impl<R: Runtime> DeviceKernel<R> {
     }
 
     /// Split count: the case's request, or the device's default for this shape.
-    fn splits(&self, inp: &CaseInputs, streams: usize) -> usize {
+    fn splits(&self, inp: &CaseInputs, variant: Variant, streams: usize) -> usize {
         let c = &inp.case;
         let longest = inp.cache.seq_lens.iter().copied().max().unwrap_or(0);
         c.splits
-            .unwrap_or_else(|| launch::default_splits(&self.rt, c.batch(), c.sq, c.h, streams, longest))
+            .unwrap_or_else(|| launch::default_splits(&self.rt, variant, c.batch(), c.sq, c.h, streams, longest))
     }
 
     fn decode(&self, inp: &CaseInputs, outputs: &mut Outputs) -> Result<(), CudaError> {
@@ -161,7 +177,8 @@ impl<R: Runtime> DeviceKernel<R> {
         let (n_out, n_lse) = (outputs.get("out").len(), outputs.get("lse").len());
         let mut out = guarded_output(&self.rt, d, n_out)?;
         let mut lse = guarded_output(&self.rt, Dtype::F32, n_lse)?;
-        let num_splits = self.splits(inp, streams);
+        let variant = self.variant.unwrap_or_else(|| Variant::choose(&self.rt, d));
+        let num_splits = self.splits(inp, variant, streams);
         let mut ws = if num_splits > 1 {
             Some(launch::workspace(&self.rt, c.batch() * c.sq * c.h, keys.dv, num_splits)?)
         } else {
@@ -182,6 +199,7 @@ impl<R: Runtime> DeviceKernel<R> {
             h: c.h,
             scale: inp.scale,
             num_splits,
+            variant,
             out: Guarded {
                 buf: &mut out,
                 margin: MARGIN,
@@ -250,7 +268,10 @@ impl<R: Runtime> DeviceKernel<R> {
 impl<R: Runtime> Kernel for DeviceKernel<R> {
     fn identity(&self) -> KernelIdentity {
         KernelIdentity {
-            name: self.rt.kernel_name().into(),
+            name: match self.variant {
+                None => self.rt.kernel_name().into(),
+                Some(v) => format!("{}-{}", self.rt.kernel_name(), v.name()),
+            },
             version: env!("CARGO_PKG_VERSION").into(),
             description: format!("gqla-cuda grouped-attention kernels (split-KV, paged) on {}", self.rt.description()),
         }

@@ -8,7 +8,7 @@
 //! Everything here is generic over the [`Runtime`], so the GPU and the host emulator get the same
 //! launches.
 
-use crate::runtime::{Args, AttnParams, ExpandParams, Launch, Runtime};
+use crate::runtime::{Args, AttnParams, ExpandParams, Launch, ProbeParams, Runtime};
 use crate::CudaError;
 use gqla_conformance::case::Dtype;
 
@@ -22,6 +22,61 @@ pub const KEYS_PER_TILE: usize = 16;
 pub const DV_MAX: usize = 512;
 /// Cached tokens per block of the expand kernel (`EXPAND_TOKENS`).
 pub const EXPAND_TOKENS: usize = 8;
+/// Threads per block of the tensor-core attention kernel (`MMA_NT`).
+pub const MMA_THREADS: usize = 256;
+/// Query rows per block of the tensor-core kernel (`MMA_ROWS`).
+pub const MMA_ROWS: usize = 64;
+/// Keys per tile of the tensor-core kernel (`MMA_KEYS`).
+pub const MMA_KEYS: usize = 32;
+/// Padding of its shared rows, in 16-bit elements (`MMA_PAD`).
+pub const MMA_PAD: usize = 8;
+
+/// Which attention kernel a decode runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// `attn_<dtype>`: SIMT FMAs, every storage dtype.
+    Simt,
+    /// `attn_mma_<dtype>`: tensor cores (mma.sync m16n8k16, f32 accumulation), 16-bit storage,
+    /// compute capability 8.0 or later.
+    Mma,
+}
+
+impl Variant {
+    /// The default: tensor cores for 16-bit storage where the device has them.
+    pub fn choose<R: Runtime>(rt: &R, dtype: Dtype) -> Self {
+        if dtype != Dtype::F32 && rt.has_mma() {
+            Variant::Mma
+        } else {
+            Variant::Simt
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Simt => "simt",
+            Variant::Mma => "mma",
+        }
+    }
+    /// Query rows a block holds.
+    pub fn rows(self) -> usize {
+        match self {
+            Variant::Simt => ROWS,
+            Variant::Mma => MMA_ROWS,
+        }
+    }
+    fn threads(self) -> usize {
+        match self {
+            Variant::Simt => THREADS,
+            Variant::Mma => MMA_THREADS,
+        }
+    }
+    /// Keys a block reads per tile.
+    pub fn keys_per_tile(self) -> usize {
+        match self {
+            Variant::Simt => KEYS_PER_TILE,
+            Variant::Mma => MMA_KEYS,
+        }
+    }
+}
 
 /// Bytes per element of a storage dtype.
 pub fn elem_bytes(d: Dtype) -> usize {
@@ -121,6 +176,7 @@ pub struct Decode<'a, R: Runtime> {
     pub h: usize,
     pub scale: f32,
     pub num_splits: usize,
+    pub variant: Variant,
     /// [B, s_q, H, d_v] in `dtype`.
     pub out: Guarded<'a, R>,
     /// [B, s_q, H] f32 (as bytes).
@@ -132,18 +188,26 @@ impl<R: Runtime> Decode<'_, R> {
         self.keys.key.width + self.keys.shared_key.as_ref().map_or(0, |s| s.width)
     }
     fn row_tiles(&self) -> usize {
-        (self.sq * (self.h / self.keys.streams)).div_ceil(ROWS)
+        (self.sq * (self.h / self.keys.streams)).div_ceil(self.variant.rows())
     }
-    /// Dynamic shared memory of the attention kernel, in bytes (the layout in decode.cu).
+    /// Dynamic shared memory of the attention kernel, in bytes (the layouts in decode.cu).
     pub fn shared_bytes(&self) -> usize {
         let dk = self.key_width();
-        let v = if self.keys.value.is_none() {
-            0
-        } else {
-            KEYS_PER_TILE * self.keys.dv
-        };
-        // q tile, key tile with rows padded to dk + 1, value tile, probabilities, row statistics.
-        4 * (ROWS * dk + KEYS_PER_TILE * (dk + 1) + v + ROWS * KEYS_PER_TILE + 4 * ROWS)
+        let prefix = self.keys.value.is_none();
+        match self.variant {
+            Variant::Simt => {
+                let v = if prefix { 0 } else { KEYS_PER_TILE * self.keys.dv };
+                // q tile, key tile with rows padded to dk + 1, value tile, probabilities, row statistics.
+                4 * (ROWS * dk + KEYS_PER_TILE * (dk + 1) + v + ROWS * KEYS_PER_TILE + 4 * ROWS)
+            }
+            Variant::Mma => {
+                let (dkp, dvp) = (dk.next_multiple_of(16), self.keys.dv.next_multiple_of(16));
+                let v = if prefix { 0 } else { MMA_KEYS * (dvp + MMA_PAD) };
+                // f32 scores [rows][keys + 1] and row statistics; 16-bit q, key, value and P tiles.
+                4 * (MMA_ROWS * (MMA_KEYS + 1) + 4 * MMA_ROWS)
+                    + 2 * (MMA_ROWS * (dkp + MMA_PAD) + MMA_KEYS * (dkp + MMA_PAD) + v + MMA_ROWS * (MMA_KEYS + MMA_PAD))
+            }
+        }
     }
     /// Check what the kernel cannot do, before launching.
     pub fn check(&self, rt: &R) -> Result<(), CudaError> {
@@ -153,6 +217,21 @@ impl<R: Runtime> Decode<'_, R> {
         }
         if k.dv > DV_MAX {
             return Err(CudaError::Unsupported(format!("value width {} > {DV_MAX}", k.dv)));
+        }
+        if self.variant == Variant::Mma {
+            if self.dtype == Dtype::F32 {
+                return Err(CudaError::Unsupported(
+                    "the tensor-core kernel takes bf16 or f16 storage, not f32".into(),
+                ));
+            }
+            if !rt.has_mma() {
+                return Err(CudaError::Unsupported(
+                    "the tensor-core kernel needs compute capability 8.0 or later".into(),
+                ));
+            }
+            if k.value.is_none() && k.dv.next_multiple_of(16) > self.key_width().next_multiple_of(16) {
+                return Err(CudaError::Unsupported("values wider than the keys they are a prefix of".into()));
+            }
         }
         if self.shared_bytes() > rt.max_shared_per_block() {
             return Err(CudaError::Unsupported(format!(
@@ -170,11 +249,12 @@ impl<R: Runtime> Decode<'_, R> {
 
 /// The split count when the caller asks for none: enough blocks to fill the device twice over,
 /// but never splits shorter than four key tiles. `longest` is the longest sequence.
-pub fn default_splits<R: Runtime>(rt: &R, batch: usize, sq: usize, h: usize, streams: usize, longest: usize) -> usize {
-    let blocks = batch * streams * (sq * (h / streams)).div_ceil(ROWS);
+#[allow(clippy::too_many_arguments)]
+pub fn default_splits<R: Runtime>(rt: &R, variant: Variant, batch: usize, sq: usize, h: usize, streams: usize, longest: usize) -> usize {
+    let blocks = batch * streams * (sq * (h / streams)).div_ceil(variant.rows());
     (2 * rt.multiprocessors())
         .div_ceil(blocks.max(1))
-        .min(longest.div_ceil(4 * KEYS_PER_TILE))
+        .min(longest.div_ceil(4 * variant.keys_per_tile()))
         .max(1)
 }
 
@@ -246,10 +326,14 @@ pub fn decode<R: Runtime>(rt: &R, d: &mut Decode<R>, workspace: Option<&mut Work
     let suffix = suffix(d.dtype);
     let attn = Launch {
         grid: (d.num_splits as u32, (k.streams * d.row_tiles()) as u32, d.batch as u32),
-        threads: THREADS as u32,
+        threads: d.variant.threads() as u32,
         shared_bytes: d.shared_bytes() as u32,
     };
-    rt.launch(&format!("attn_{suffix}"), attn, Args::Attn(&p), &spans)?;
+    let family = match d.variant {
+        Variant::Simt => "attn",
+        Variant::Mma => "attn_mma",
+    };
+    rt.launch(&format!("{family}_{suffix}"), attn, Args::Attn(&p), &spans)?;
     if d.num_splits > 1 {
         let combine = Launch {
             grid: (rows as u32, 1, 1),
@@ -328,6 +412,41 @@ pub fn expand_cache<R: Runtime>(
     rt.launch(&format!("expand_{}", suffix(dtype)), launch, Args::Expand(&p), &spans)
 }
 
+/// Run `mma_probe_<dtype>` on seeded random 16-bit operands: (the kernel's d [16][8], the f64
+/// product of the same rounded operands). Checks the tensor-core fragment layout on its own.
+pub fn mma_probe<R: Runtime>(rt: &R, dtype: Dtype, seed: u64) -> Result<(Vec<f32>, Vec<f64>), CudaError> {
+    if dtype == Dtype::F32 {
+        return Err(CudaError::Unsupported("mma_probe takes bf16 or f16".into()));
+    }
+    // A small LCG: the probe needs varied values, not statistical quality.
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    };
+    let a: Vec<f32> = (0..256).map(|_| dtype.round(next())).collect();
+    let b: Vec<f32> = (0..128).map(|_| dtype.round(next())).collect();
+    let want: Vec<f64> = (0..128)
+        .map(|i| (0..16).map(|k| a[(i / 8) * 16 + k] as f64 * b[k * 8 + i % 8] as f64).sum())
+        .collect();
+    let (ab, bb) = (rt.upload(&to_bytes(dtype, &a))?, rt.upload(&to_bytes(dtype, &b))?);
+    let mut d = rt.zeros::<f32>(128)?;
+    let spans = [rt.span(&ab), rt.span(&bb), rt.span(&d)];
+    let p = ProbeParams {
+        a: rt.addr(&ab),
+        b: rt.addr(&bb),
+        d: rt.addr_mut(&mut d),
+    };
+    let launch = Launch {
+        grid: (1, 1, 1),
+        threads: 32,
+        shared_bytes: 0,
+    };
+    rt.launch(&format!("mma_probe_{}", suffix(dtype)), launch, Args::Probe(&p), &spans)?;
+    rt.synchronize()?;
+    Ok((rt.download(&d)?, want))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,6 +460,10 @@ mod tests {
             ("TK", KEYS_PER_TILE),
             ("DV_MAX", DV_MAX),
             ("EXPAND_TOKENS", EXPAND_TOKENS),
+            ("MMA_WARPS", MMA_THREADS / 32),
+            ("MMA_ROWS", MMA_ROWS),
+            ("MMA_KEYS", MMA_KEYS),
+            ("MMA_PAD", MMA_PAD),
         ] {
             let line = format!("#define {name} {value}");
             assert!(crate::compile::SOURCE.contains(&line), "decode.cu lacks `{line}`");

@@ -75,11 +75,24 @@ pub struct ExpandParams {
 // SAFETY: as above.
 unsafe impl DeviceRepr for ExpandParams {}
 
+/// Parameters of `mma_probe_*` (`ProbeParams` in decode.cu): one m16n8k16 product of row-major
+/// a [16][16] and b [16][8] (16-bit floats) into d [16][8] (f32).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProbeParams {
+    pub a: u64,
+    pub b: u64,
+    pub d: u64,
+}
+// SAFETY: as above.
+unsafe impl DeviceRepr for ProbeParams {}
+
 /// The parameter struct of one launch.
 #[derive(Clone, Copy, Debug)]
 pub enum Args<'a> {
     Attn(&'a AttnParams),
     Expand(&'a ExpandParams),
+    Probe(&'a ProbeParams),
 }
 
 /// Grid, block and dynamic shared memory of one launch.
@@ -134,6 +147,8 @@ pub trait Runtime: Send + Sync {
 
     fn multiprocessors(&self) -> usize;
     fn max_shared_per_block(&self) -> usize;
+    /// Whether the tensor-core kernels run here (compute capability 8.0 or later).
+    fn has_mma(&self) -> bool;
 }
 
 impl Runtime for Gpu {
@@ -187,6 +202,7 @@ impl Runtime for Gpu {
         match args {
             Args::Attn(p) => b.arg(p),
             Args::Expand(p) => b.arg(p),
+            Args::Probe(p) => b.arg(p),
         };
         // SAFETY: the parameters describe buffers that outlive the launch (the callers borrow them
         // for the call, and every use is ordered on this one stream).
@@ -201,5 +217,8 @@ impl Runtime for Gpu {
     }
     fn max_shared_per_block(&self) -> usize {
         self.info.max_shared_per_block.max(0) as usize
+    }
+    fn has_mma(&self) -> bool {
+        self.info.compute_capability.0 >= 8
     }
 }

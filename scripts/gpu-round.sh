@@ -61,6 +61,8 @@ remote() {
     fi
     if [[ $stages == *certify* ]]; then
         "$gqla" certify --kernel cuda --out "$out/certificate" >"$out/certify.log" 2>&1 || status=1
+        # The SIMT kernel on 16-bit storage too (the default runs tensor cores there).
+        "$gqla" certify --kernel cuda-simt --out "$out/certificate-simt" >"$out/certify-simt.log" 2>&1 || status=1
     fi
     if [[ $stages == *sanitize* ]]; then
         local args=()
@@ -79,7 +81,7 @@ remote() {
     if [[ $stages == *ncu* ]]; then
         # Hardware counters of the attention kernels on a small benchmark grid.
         ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
-            --kernel-name regex:'^attn_bf16$' --launch-count 6 \
+            --kernel-name regex:'^attn_(mma_)?bf16$' --launch-count 12 \
             "$gqla" bench decode --quick >"$out/ncu.log" 2>&1 || status=1
     fi
     if [[ $stages == *bench* ]]; then
@@ -93,6 +95,7 @@ remote() {
         cat "$out/device.txt"
         [ -f "$out/tests.log" ] && grep -E "Summary|PASS|FAIL|skipped" "$out/tests.log" | tail -20
         [ -f "$out/certify.log" ] && tail -15 "$out/certify.log"
+        [ -f "$out/certify-simt.log" ] && tail -8 "$out/certify-simt.log"
         for tool in memcheck racecheck initcheck; do
             [ -f "$out/sanitize-$tool.log" ] && echo "$tool: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitize-$tool.log" | tail -1)"
         done

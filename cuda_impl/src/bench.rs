@@ -116,6 +116,8 @@ pub struct Row {
     pub batch: usize,
     pub context: usize,
     pub splits: usize,
+    /// The attention kernel timed.
+    pub variant: Variant,
     pub ms: f64,
     pub work: Work,
 }
@@ -138,6 +140,8 @@ pub struct Grid {
     pub batches: Vec<usize>,
     pub contexts: Vec<usize>,
     pub dtype: Dtype,
+    /// Attention kernels to time; the first is the one the planner is validated against.
+    pub variants: Vec<Variant>,
 }
 
 impl Grid {
@@ -151,6 +155,7 @@ impl Grid {
             batches: vec![1, 16, 64, 128],
             contexts: vec![1024, 4096, 16384, 65536],
             dtype: Dtype::Bf16,
+            variants: vec![Variant::Mma, Variant::Simt],
         }
     }
 }
@@ -266,14 +271,15 @@ impl Gpu {
         Ok(Some(2.0 * (n as f64).powi(3) / (ms * 1e-3) / 1e12))
     }
 
-    /// Time one (geometry, path) at every s_q of `sqs` for one batch and context.
+    /// Time one (geometry, path) at every s_q and attention kernel of `(sqs, variants)` for one
+    /// batch and context.
     #[allow(clippy::too_many_arguments)]
     pub fn bench_point(
         &self,
         geo: &Geometry,
         path: Path,
         dtype: Dtype,
-        sqs: &[usize],
+        (sqs, variants): (&[usize], &[Variant]),
         batch: usize,
         context: usize,
         on_row: &mut dyn FnMut(Row),
@@ -295,9 +301,8 @@ impl Gpu {
         let mut out =
             unsafe { self.stream.alloc::<u8>(batch * sq_max * geo.h * dv * elem_bytes(dtype)) }.map_err(driver("allocating a buffer"))?;
         let mut lse = unsafe { self.stream.alloc::<u8>(batch * sq_max * geo.h * 4) }.map_err(driver("allocating a buffer"))?;
-        for &sq in sqs {
+        for (&sq, &variant) in sqs.iter().flat_map(|s| variants.iter().map(move |v| (s, v))) {
             let streams = if path == Path::Absorb { 1 } else { geo.g };
-            let variant = Variant::choose(self, dtype);
             let splits = launch::default_splits(self, variant, batch, sq, geo.h, streams, context);
             let mut ws: Option<Workspace<Gpu>> = if splits > 1 {
                 Some(launch::workspace(self, batch * sq * geo.h, dv, splits)?)
@@ -370,6 +375,7 @@ impl Gpu {
                 batch,
                 context,
                 splits,
+                variant,
                 ms,
                 work: geo.work(path, dtype, sq, batch, context),
             });
@@ -383,7 +389,7 @@ impl Gpu {
             for &path in &grid.paths {
                 for &batch in &grid.batches {
                     for &context in &grid.contexts {
-                        self.bench_point(geo, path, grid.dtype, &grid.sqs, batch, context, on_row)?;
+                        self.bench_point(geo, path, grid.dtype, (&grid.sqs, &grid.variants), batch, context, on_row)?;
                     }
                 }
             }
@@ -397,6 +403,7 @@ pub fn measured_run(device: &str, grid: &Grid, rows: &[Row], ceilings: &Ceilings
     use gqla_reference::plan::{DecodePath, MeasuredPoint, MeasuredRun};
     let points = rows
         .iter()
+        .filter(|r| grid.variants.first() == Some(&r.variant))
         .filter_map(|r| {
             let geo = grid.geometries.iter().find(|g| g.name == r.geometry)?;
             Some(MeasuredPoint {
@@ -438,15 +445,16 @@ pub fn table(rows: &[Row], ceilings: &Ceilings) -> String {
     );
     let _ = writeln!(
         s,
-        "| geometry | path | s_q | batch | context | splits | time (µs) | GB/s | % copy | TFLOP/s | % bf16 mma | FLOP/byte |"
+        "| geometry | path | kernel | s_q | batch | context | splits | time (µs) | GB/s | % copy | TFLOP/s | % bf16 mma | FLOP/byte |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.2} | {} | {:.1} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.2} | {} | {:.1} |",
             r.geometry,
             r.path.name(),
+            r.variant.name(),
             r.sq,
             r.batch,
             r.context,

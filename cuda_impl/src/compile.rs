@@ -79,3 +79,76 @@ pub fn compile_source(src: &str, arch: &str) -> Result<Ptx, CudaError> {
         },
     })
 }
+
+/// What `ptxas -v` says about one kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PtxasFunction {
+    pub name: String,
+    pub registers: u32,
+    pub stack_bytes: u32,
+    /// Spill stores plus spill loads.
+    pub spill_bytes: u32,
+}
+
+/// Parse `ptxas -v` output: per entry function, registers, stack frame and spills.
+pub fn parse_ptxas_report(log: &str) -> Vec<PtxasFunction> {
+    let number_before = |line: &str, word: &str| -> Option<u32> {
+        let head = &line[..line.find(word)?];
+        head.split_whitespace().last()?.parse().ok()
+    };
+    let mut out: Vec<PtxasFunction> = Vec::new();
+    for line in log.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            let name = rest.split('\'').next().unwrap_or_default().to_string();
+            out.push(PtxasFunction {
+                name,
+                registers: 0,
+                stack_bytes: 0,
+                spill_bytes: 0,
+            });
+        } else if let Some(f) = out.last_mut() {
+            if let Some(n) = number_before(line, "bytes stack frame") {
+                f.stack_bytes = n;
+                f.spill_bytes = number_before(line, "bytes spill stores").unwrap_or(0) + number_before(line, "bytes spill loads").unwrap_or(0);
+            }
+            if let Some(n) = number_before(line, "registers") {
+                f.registers = n;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ptxas_report_is_parsed() {
+        let log = "ptxas info    : Compiling entry function 'attn_mma_bf16' for 'sm_90'\n\
+                   ptxas info    : Function properties for attn_mma_bf16\n\
+                   \x20   8 bytes stack frame, 4 bytes spill stores, 12 bytes spill loads\n\
+                   ptxas info    : Used 203 registers, used 1 barriers\n\
+                   ptxas info    : Compiling entry function 'fill_f32' for 'sm_90'\n\
+                   \x20   0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n\
+                   ptxas info    : Used 30 registers, used 0 barriers\n";
+        let r = parse_ptxas_report(log);
+        assert_eq!(
+            r,
+            vec![
+                PtxasFunction {
+                    name: "attn_mma_bf16".into(),
+                    registers: 203,
+                    stack_bytes: 8,
+                    spill_bytes: 16
+                },
+                PtxasFunction {
+                    name: "fill_f32".into(),
+                    registers: 30,
+                    stack_bytes: 0,
+                    spill_bytes: 0
+                },
+            ]
+        );
+    }
+}

@@ -49,6 +49,48 @@ fn kernels_compile_to_ptx_for_sm90_and_sm80() {
     }
 }
 
+/// The ptxas to assemble with: `GQLA_PTXAS`, else `ptxas` on PATH.
+fn ptxas() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("GQLA_PTXAS") {
+        return Some(p.into());
+    }
+    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("ptxas")).find(|p| p.is_file()))
+}
+
+/// ptxas assembles every kernel for sm_90 and sm_80, with no register spills. NVRTC passes inline
+/// PTX (mma.sync, cvt) through unread, so this is where a wrong instruction shows without a GPU.
+/// CI installs ptxas 13.0 from PyPI and sets `GQLA_REQUIRE_PTXAS=1`. Prints the register report.
+#[test]
+fn kernels_assemble_for_sm90_and_sm80_without_spills() {
+    let required = std::env::var("GQLA_REQUIRE_PTXAS").is_ok_and(|v| v == "1");
+    let Some(ptxas) = ptxas().filter(|_| nvrtc_present()) else {
+        assert!(!required, "GQLA_REQUIRE_PTXAS=1 but no ptxas (GQLA_PTXAS) or no NVRTC");
+        skipped("kernels_assemble_for_sm90_and_sm80_without_spills: no ptxas or NVRTC (set GQLA_PTXAS)");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("gqla-ptxas-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for arch in ["90", "80"] {
+        let ptx_path = dir.join(format!("decode_{arch}.ptx"));
+        std::fs::write(&ptx_path, compile(&format!("compute_{arch}")).unwrap_or_else(|e| panic!("{e}")).to_src()).unwrap();
+        let out = std::process::Command::new(&ptxas)
+            .args([format!("-arch=sm_{arch}").as_str(), "-v", "-o"])
+            .arg(dir.join(format!("decode_{arch}.cubin")))
+            .arg(&ptx_path)
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", ptxas.display()));
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "ptxas sm_{arch} failed:\n{log}");
+        let report = gqla_cuda::compile::parse_ptxas_report(&log);
+        for name in function_names() {
+            let f = report.iter().find(|f| f.name == name).unwrap_or_else(|| panic!("sm_{arch}: ptxas did not report {name}"));
+            assert_eq!(f.spill_bytes, 0, "sm_{arch}: {name} spills: {f:?}");
+            eprintln!("sm_{arch} {name}: {} registers, {} bytes stack", f.registers, f.stack_bytes);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A broken source must be a compile error with NVRTC's log, not a panic.
 #[test]
 fn compile_errors_carry_the_log() {

@@ -69,6 +69,9 @@ fn decode(quick: bool, out: Option<&std::path::Path>, json: Option<&std::path::P
         grid.batches = vec![1, 16];
         grid.contexts = vec![1024, 4096];
     }
+    if !gqla_cuda::Runtime::has_mma(&gpu) {
+        grid.variants.retain(|v| *v != gqla_cuda::launch::Variant::Mma);
+    }
     let info = &gpu.info;
     println!(
         "{} (sm_{}{}, {} SMs), driver {}, NVRTC {}",
@@ -78,9 +81,10 @@ fn decode(quick: bool, out: Option<&std::path::Path>, json: Option<&std::path::P
     let mut rows = Vec::new();
     gpu.bench(&grid, &mut |r| {
         eprintln!(
-            "{} {} sq={} batch={} ctx={}: {:.1} us, {:.0} GB/s, {:.2} TFLOP/s",
+            "{} {} {} sq={} batch={} ctx={}: {:.1} us, {:.0} GB/s, {:.2} TFLOP/s",
             r.geometry,
             r.path.name(),
+            r.variant.name(),
             r.sq,
             r.batch,
             r.context,

@@ -8,6 +8,7 @@ use gqla_conformance::pack::{judge, read_kernel_info, read_manifest};
 use gqla_conformance::report::{Environment, MutationSummary, Report};
 use gqla_conformance::runner::Prepared;
 use gqla_conformance::{Kernel, KernelIdentity};
+use gqla_cuda::launch::Variant;
 use gqla_cuda::{CudaKernel, EmuKernel};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
@@ -20,7 +21,8 @@ pub struct Args {
     /// The kernel: `auto` (`cuda` when a GPU is present, else `builtin`), `builtin`
     /// (reference-f32, flash-cpu with the mutation catalogue, candle, and cuda-emu, each with its
     /// own certificate under OUT/<kernel>/), `reference-f32`, `flash-cpu`, `candle`, `cuda`
-    /// (GPU 0), `cuda-emu` (the CUDA kernel source on the host emulator, with checked memory
+    /// (GPU 0: tensor cores for bf16/f16, SIMT for f32), `cuda-simt` (GPU 0, SIMT for every
+    /// dtype), `cuda-emu` (the CUDA kernel source on the host emulator, with checked memory
     /// accesses and barriers), or `external:DIR` (a vector pack whose outputs a kernel has written).
     #[arg(long, default_value = "auto")]
     kernel: String,
@@ -83,7 +85,8 @@ pub fn run(a: Args) -> Result<Outcome, CliError> {
             }
         },
         "builtin" => builtin(),
-        "cuda" => match CudaKernel::open(0) {
+        "cuda" | "cuda-simt" => match CudaKernel::open(0) {
+            Ok(k) if a.kernel == "cuda-simt" => vec![candidate(Arc::new(k.with_variant(Variant::Simt)), false)],
             Ok(k) => vec![candidate(Arc::new(k), false)],
             Err(why) => return Err(CliError::Usage(format!("cannot certify the CUDA kernels: {why}"))),
         },
@@ -94,7 +97,7 @@ pub fn run(a: Args) -> Result<Outcome, CliError> {
         k if k.starts_with("external:") => return external(Path::new(&k["external:".len()..]), &a),
         other => {
             return Err(CliError::Usage(format!(
-                "unknown kernel `{other}`: expected auto, builtin, reference-f32, flash-cpu, candle, cuda, cuda-emu or external:DIR"
+                "unknown kernel `{other}`: expected auto, builtin, reference-f32, flash-cpu, candle, cuda, cuda-simt, cuda-emu or external:DIR"
             )))
         }
     };

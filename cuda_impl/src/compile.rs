@@ -109,7 +109,8 @@ pub fn parse_ptxas_report(log: &str) -> Vec<PtxasFunction> {
         } else if let Some(f) = out.last_mut() {
             if let Some(n) = number_before(line, "bytes stack frame") {
                 f.stack_bytes = n;
-                f.spill_bytes = number_before(line, "bytes spill stores").unwrap_or(0) + number_before(line, "bytes spill loads").unwrap_or(0);
+                f.spill_bytes =
+                    number_before(line, "bytes spill stores").unwrap_or(0) + number_before(line, "bytes spill loads").unwrap_or(0);
             }
             if let Some(n) = number_before(line, "registers") {
                 f.registers = n;

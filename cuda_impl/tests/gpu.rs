@@ -72,7 +72,11 @@ fn kernels_assemble_for_sm90_and_sm80_without_spills() {
     std::fs::create_dir_all(&dir).unwrap();
     for arch in ["90", "80"] {
         let ptx_path = dir.join(format!("decode_{arch}.ptx"));
-        std::fs::write(&ptx_path, compile(&format!("compute_{arch}")).unwrap_or_else(|e| panic!("{e}")).to_src()).unwrap();
+        std::fs::write(
+            &ptx_path,
+            compile(&format!("compute_{arch}")).unwrap_or_else(|e| panic!("{e}")).to_src(),
+        )
+        .unwrap();
         let out = std::process::Command::new(&ptxas)
             .args([format!("-arch=sm_{arch}").as_str(), "-v", "-o"])
             .arg(dir.join(format!("decode_{arch}.cubin")))
@@ -83,7 +87,10 @@ fn kernels_assemble_for_sm90_and_sm80_without_spills() {
         assert!(out.status.success(), "ptxas sm_{arch} failed:\n{log}");
         let report = gqla_cuda::compile::parse_ptxas_report(&log);
         for name in function_names() {
-            let f = report.iter().find(|f| f.name == name).unwrap_or_else(|| panic!("sm_{arch}: ptxas did not report {name}"));
+            let f = report
+                .iter()
+                .find(|f| f.name == name)
+                .unwrap_or_else(|| panic!("sm_{arch}: ptxas did not report {name}"));
             assert_eq!(f.spill_bytes, 0, "sm_{arch}: {name} spills: {f:?}");
             eprintln!("sm_{arch} {name}: {} registers, {} bytes stack", f.registers, f.stack_bytes);
         }
@@ -143,6 +150,31 @@ fn cuda_kernel_passes_the_whole_lattice() {
         cases.len(),
         failures.join("\n")
     );
+}
+
+/// The tensor-core fragment layout on the hardware: one m16n8k16 product through mma_probe equals
+/// the plain product (the emulator's test checks the same probe against PTX's documented layout).
+#[test]
+fn mma_probe_matches_the_plain_product_on_the_gpu() {
+    let kernel = match CudaKernel::open(0) {
+        Ok(k) => k,
+        Err(e) => {
+            skipped(&format!("no CUDA device: mma_probe not run ({e})"));
+            return;
+        }
+    };
+    for dtype in [gqla_conformance::case::Dtype::Bf16, gqla_conformance::case::Dtype::F16] {
+        let (got, want) = gqla_cuda::launch::mma_probe(kernel.gpu(), dtype, 7).unwrap_or_else(|e| panic!("{e}"));
+        let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (*g as f64 - w).abs() <= 1e-5 * scale,
+                "{dtype:?} element {i} (row {}, col {}): {g} vs {w}",
+                i / 8,
+                i % 8
+            );
+        }
+    }
 }
 
 /// Every compute-sanitizer filter of scripts/gpu-round.sh selects at least one lattice case.

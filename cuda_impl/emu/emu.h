@@ -31,6 +31,9 @@
 struct dim3 {
     unsigned x = 1, y = 1, z = 1;
 };
+struct alignas(16) uint4 {
+    unsigned x, y, z, w;
+};
 
 namespace gqla_emu {
 

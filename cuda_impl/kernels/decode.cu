@@ -339,7 +339,8 @@ __device__ void attn_mma(const AttnParams& p) {
     float* l_s = m_s + MMA_ROWS;                        // running sum
     float* c_s = l_s + MMA_ROWS;                        // this tile's rescale factor
     int* vis_s = (int*)(c_s + MMA_ROWS);                // keys each row may see
-    u16* q_s = (u16*)(vis_s + MMA_ROWS);                // [MMA_ROWS][qld]
+    long long* slot_s = (long long*)(vis_s + MMA_ROWS); // cache slot of each key of the tile (-1: none)
+    u16* q_s = (u16*)(slot_s + MMA_KEYS);               // [MMA_ROWS][qld]
     u16* k_s = q_s + MMA_ROWS * qld;                    // [MMA_KEYS][kld]
     u16* v_s = p.v_is_key_prefix ? k_s : k_s + MMA_KEYS * kld; // [MMA_KEYS][vld]
     u16* p_s = v_s + (p.v_is_key_prefix ? MMA_KEYS * kld : MMA_KEYS * vld); // [MMA_ROWS][pld]
@@ -367,26 +368,54 @@ __device__ void attn_mma(const AttnParams& p) {
     const u16* ka = (const u16*)p.ka;
     const u16* kb = (const u16*)p.kb;
     const u16* v16 = (const u16*)p.v;
+    // 16-byte loads when every row segment starts 16-byte aligned (uniform over the launch).
+    const bool vec = (((unsigned long long)p.ka | (unsigned long long)p.kb | (unsigned long long)p.v) & 15) == 0 &&
+                     ((p.da | p.db | p.dv | p.ka_head_stride | p.v_head_stride) & 7) == 0 &&
+                     ((p.ka_stride | p.kb_stride | p.v_stride) & 7) == 0;
     for (int t0 = start; t0 < end; t0 += MMA_KEYS) {
         __syncthreads();
-        for (int idx = tid; idx < MMA_KEYS * dkp; idx += MMA_NT) {
-            const int kk = idx / dkp, d = idx % dkp, t = t0 + kk;
-            u16 x = 0;
-            if (t < end && d < dk) {
-                const long long s = slot_of(p.block_table, p.max_pages, p.page, b, t);
-                x = d < p.da ? ld(ka, s * p.ka_stride + (long long)g * p.ka_head_stride + d) : ld(kb, s * p.kb_stride + (d - p.da));
-            }
-            k_s[kk * kld + d] = x;
-        }
-        if (!p.v_is_key_prefix) {
-            for (int idx = tid; idx < MMA_KEYS * 2 * dvh; idx += MMA_NT) {
-                const int kk = idx / (2 * dvh), d = idx % (2 * dvh), t = t0 + kk;
-                u16 x = 0;
-                if (t < end && d < dv) {
-                    const long long s = slot_of(p.block_table, p.max_pages, p.page, b, t);
-                    x = ld(v16, s * p.v_stride + (long long)g * p.v_head_stride + d);
+        if (tid < MMA_KEYS) slot_s[tid] = t0 + tid < end ? slot_of(p.block_table, p.max_pages, p.page, b, t0 + tid) : -1;
+        __syncthreads();
+        if (vec) {
+            // 16-byte chunks: 8 elements, never straddling the two key segments (both multiples of 8).
+            const int kchunks = dkp / 8, vchunks = dvh / 4;
+            for (int idx = tid; idx < MMA_KEYS * kchunks; idx += MMA_NT) {
+                const int kk = idx / kchunks, d = (idx % kchunks) * 8;
+                const long long s = slot_s[kk];
+                uint4 x = {0u, 0u, 0u, 0u};
+                if (s >= 0 && d < dk) {
+                    x = d < p.da ? ld((const uint4*)(ka + s * p.ka_stride + (long long)g * p.ka_head_stride + d), 0)
+                                 : ld((const uint4*)(kb + s * p.kb_stride + (d - p.da)), 0);
                 }
-                v_s[kk * vld + d] = x;
+                *(uint4*)(k_s + kk * kld + d) = x;
+            }
+            if (!p.v_is_key_prefix) {
+                for (int idx = tid; idx < MMA_KEYS * vchunks; idx += MMA_NT) {
+                    const int kk = idx / vchunks, d = (idx % vchunks) * 8;
+                    const long long s = slot_s[kk];
+                    uint4 x = {0u, 0u, 0u, 0u};
+                    if (s >= 0 && d < dv) x = ld((const uint4*)(v16 + s * p.v_stride + (long long)g * p.v_head_stride + d), 0);
+                    *(uint4*)(v_s + kk * vld + d) = x;
+                }
+            }
+        } else {
+            for (int idx = tid; idx < MMA_KEYS * dkp; idx += MMA_NT) {
+                const int kk = idx / dkp, d = idx % dkp;
+                const long long s = slot_s[kk];
+                u16 x = 0;
+                if (s >= 0 && d < dk) {
+                    x = d < p.da ? ld(ka, s * p.ka_stride + (long long)g * p.ka_head_stride + d) : ld(kb, s * p.kb_stride + (d - p.da));
+                }
+                k_s[kk * kld + d] = x;
+            }
+            if (!p.v_is_key_prefix) {
+                for (int idx = tid; idx < MMA_KEYS * 2 * dvh; idx += MMA_NT) {
+                    const int kk = idx / (2 * dvh), d = idx % (2 * dvh);
+                    const long long s = slot_s[kk];
+                    u16 x = 0;
+                    if (s >= 0 && d < dv) x = ld(v16, s * p.v_stride + (long long)g * p.v_head_stride + d);
+                    v_s[kk * vld + d] = x;
+                }
             }
         }
         __syncthreads();

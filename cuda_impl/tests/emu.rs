@@ -75,9 +75,11 @@ fn mma_probe_matches_the_plain_product() {
     }
 }
 
-/// Buffers of a small GQA decode (G = 2 streams, 4 heads, d = 8, 40 keys, 2 sequences).
+/// Buffers of a small GQA decode (G = 2 streams, 4 heads, head width d, 40 keys, 2 sequences).
 struct Small {
     rt: Emulator,
+    dtype: Dtype,
+    d: usize,
     q: Vec<u8>,
     k: Vec<u8>,
     v: Vec<u8>,
@@ -85,14 +87,13 @@ struct Small {
     table: Vec<i32>,
 }
 
-const D: usize = 8;
 const G: usize = 2;
 const H: usize = 4;
 const T: usize = 40;
 const B: usize = 2;
 
 impl Small {
-    fn new() -> Self {
+    fn new(dtype: Dtype, d: usize) -> Self {
         let values = |n: usize, seed: u32| -> Vec<f32> {
             (0..n)
                 .map(|i| ((i as u32).wrapping_mul(2654435761) ^ seed) as f32 / u32::MAX as f32 - 0.5)
@@ -100,36 +101,38 @@ impl Small {
         };
         Self {
             rt: Emulator { threads: 2 },
-            q: launch::to_bytes(Dtype::F32, &values(B * H * D, 1)),
-            k: launch::to_bytes(Dtype::F32, &values(B * T * G * D, 2)),
-            v: launch::to_bytes(Dtype::F32, &values(B * T * G * D, 3)),
+            dtype,
+            d,
+            q: launch::to_bytes(dtype, &values(B * H * d, 1)),
+            k: launch::to_bytes(dtype, &values(B * T * G * d, 2)),
+            v: launch::to_bytes(dtype, &values(B * T * G * d, 3)),
             lens: vec![T as i32; B],
             table: (0..B as i32).collect(),
         }
     }
 
-    /// Run the decode with `page` keys per page and `splits` splits; the output.
-    fn run(&self, page: usize, splits: usize) -> Result<Vec<f32>, CudaError> {
-        let rt = &self.rt;
+    /// Run the decode on `variant` with `page` keys per page and `splits` splits; the output.
+    fn run(&self, variant: Variant, page: usize, splits: usize) -> Result<Vec<f32>, CudaError> {
+        let (rt, d) = (&self.rt, self.d);
         let (q, k, v) = (rt.upload(&self.q)?, rt.upload(&self.k)?, rt.upload(&self.v)?);
         let (lens, table) = (rt.upload(&self.lens)?, rt.upload(&self.table)?);
-        let mut out = rt.zeros::<u8>(B * H * D * 4)?;
+        let mut out = rt.zeros::<u8>(B * H * d * launch::elem_bytes(self.dtype))?;
         let mut lse = rt.zeros::<u8>(B * H * 4)?;
-        let mut ws = launch::workspace(rt, B * H, D, splits)?;
+        let mut ws = launch::workspace(rt, B * H, d, splits)?;
         let seg = |buf| Segment {
             buf,
-            row_stride: G * D,
-            head_stride: D,
-            width: D,
+            row_stride: G * d,
+            head_stride: d,
+            width: d,
         };
         let mut call = Decode {
-            dtype: Dtype::F32,
+            dtype: self.dtype,
             q: &q,
             keys: KeySource {
                 key: seg(&k),
                 shared_key: None,
                 value: Some(seg(&v)),
-                dv: D,
+                dv: d,
                 streams: G,
             },
             paging: Paging {
@@ -143,35 +146,58 @@ impl Small {
             h: H,
             scale: 0.3,
             num_splits: splits,
-            variant: Variant::Simt,
+            variant,
             out: Guarded { buf: &mut out, margin: 0 },
             lse: Guarded { buf: &mut lse, margin: 0 },
         };
         launch::decode(rt, &mut call, Some(&mut ws))?;
-        Ok(launch::from_bytes(Dtype::F32, &rt.download(&out)?))
+        Ok(launch::from_bytes(self.dtype, &rt.download(&out)?))
     }
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 #[test]
 fn split_counts_agree() {
-    let s = Small::new();
-    let one = s.run(T, 1).unwrap();
+    let s = Small::new(Dtype::F32, 8);
+    let one = s.run(Variant::Simt, T, 1).unwrap();
     for splits in [2, 3, 7, 40] {
-        let many = s.run(T, splits).unwrap();
-        let err = one.iter().zip(&many).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let err = max_abs_diff(&one, &s.run(Variant::Simt, T, splits).unwrap());
         assert!(err < 1e-5, "{splits} splits differ from one by {err}");
     }
     assert!(one.iter().all(|x| x.is_finite()) && one.iter().any(|x| *x != 0.0));
+}
+
+/// The tensor-core kernel agrees with the SIMT one off the lattice's widths: 16 (16-byte loads),
+/// 12 and 20 (element loads, and zero padding of the key to a multiple of 16).
+#[test]
+fn variants_agree_on_odd_widths() {
+    for d in [16, 12, 20] {
+        let s = Small::new(Dtype::Bf16, d);
+        let simt = s.run(Variant::Simt, T, 1).unwrap();
+        for splits in [1, 3] {
+            let mma = s.run(Variant::Mma, T, splits).unwrap();
+            let err = max_abs_diff(&simt, &mma);
+            // bf16 outputs of magnitude < 0.5, P rounded to bf16 on the tensor-core path.
+            assert!(
+                err < 1.0 / 64.0,
+                "d = {d}, {splits} splits: tensor-core and SIMT outputs differ by {err}"
+            );
+        }
+        assert!(simt.iter().all(|x| x.is_finite()) && simt.iter().any(|x| *x != 0.0));
+    }
 }
 
 /// A block table that claims more keys than the cache holds: the kernel would read past the
 /// cache. The emulator must refuse the access and say where, not read host memory.
 #[test]
 fn a_read_past_the_cache_is_reported() {
-    let mut s = Small::new();
+    let mut s = Small::new(Dtype::F32, 8);
     // Pages of T keys, and sequence 1's page points at page 5 of a 2-page cache.
     s.table = vec![0, 5];
-    let e = s.run(T, 1).unwrap_err().to_string();
+    let e = s.run(Variant::Simt, T, 1).unwrap_err().to_string();
     assert!(
         e.contains("out-of-bounds load") && e.contains("attn_f32") && e.contains("decode.cu:"),
         "{e}"

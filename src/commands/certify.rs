@@ -95,9 +95,11 @@ pub fn run(a: Args) -> Result<Outcome, CliError> {
         "candle" => vec![candidate(Arc::new(CandleCpu), false)],
         "cuda-emu" => vec![candidate(Arc::new(EmuKernel::emulated()), false)],
         k if k.starts_with("external:") => return external(Path::new(&k["external:".len()..]), &a),
-        other => return Err(CliError::Usage(format!(
+        other => {
+            return Err(CliError::Usage(format!(
             "unknown kernel `{other}`: expected auto, builtin, reference-f32, flash-cpu, candle, cuda, cuda-simt, cuda-emu or external:DIR"
-        ))),
+        )))
+        }
     };
     let cases: Vec<Case> = suite_cases().into_iter().filter(|c| selected(&a.filter, &c.to_string())).collect();
     if cases.is_empty() {

@@ -28,6 +28,13 @@ struct Range {
 
 enum class Wait { None, Block, Warp };
 
+// One queued cp.async: 16 bytes to `dst`, from `src` or zeros.
+struct AsyncCopy {
+    void* dst;
+    const void* src;
+    bool zero;
+};
+
 struct Fiber {
     jmp_buf ctx;
     ucontext_t boot;
@@ -36,6 +43,8 @@ struct Fiber {
     bool started = false, done = false;
     Wait wait = Wait::None;
     unsigned wait_gen = 0;
+    std::vector<AsyncCopy> open_group;               // issued since the last commit
+    std::vector<std::vector<AsyncCopy>> committed;   // oldest first
 };
 
 // A place in the kernel source.
@@ -174,6 +183,29 @@ uint64_t shuffle_xor(uint64_t bits, int lane_mask, unsigned member_mask, const c
     return r;
 }
 
+void cp_async16(void* dst, const void* src, bool valid, const char* file, int line) {
+    Fiber* f = tl_worker->current;
+    const bool ok = valid && check_access(src, 0, 16, false, file, line);
+    f->open_group.push_back(AsyncCopy{dst, src, !ok});
+}
+
+void cp_async_commit() {
+    Fiber* f = tl_worker->current;
+    f->committed.push_back(std::move(f->open_group));
+    f->open_group.clear();
+}
+
+void cp_async_wait(int pending) {
+    Fiber* f = tl_worker->current;
+    while ((int)f->committed.size() > pending) {
+        for (const AsyncCopy& c : f->committed.front()) {
+            if (c.zero) std::memset(c.dst, 0, 16);
+            else std::memcpy(c.dst, c.src, 16);
+        }
+        f->committed.erase(f->committed.begin());
+    }
+}
+
 static float half_to_float(int kind, uint32_t bits) {
     const uint16_t h = (uint16_t)bits;
     if (kind == 1) {
@@ -301,6 +333,8 @@ static bool run_block(Worker& w, const Launch& l, long long id) {
         f.linear = (int)i;
         f.started = f.done = false;
         f.wait = Wait::None;
+        f.open_group.clear();
+        f.committed.clear();
         f.pos.thread.x = i % l.block.x;
         f.pos.thread.y = i / l.block.x % l.block.y;
         f.pos.thread.z = i / (l.block.x * l.block.y);

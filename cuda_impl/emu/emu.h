@@ -46,6 +46,11 @@ void sync_block(const char* file, int line);
 void sync_warp(const char* file, int line);
 uint64_t shuffle_xor(uint64_t bits, int lane_mask, unsigned member_mask, const char* file, int line);
 bool check_access(const void* base, long long index, unsigned size, bool store, const char* file, int line);
+// cp.async: a 16-byte copy queued by this thread (zeros when !valid), landing at cp_async_wait.
+void cp_async16(void* dst_shared, const void* src, bool valid, const char* file, int line);
+void cp_async_commit();
+// Perform this thread's oldest committed groups until at most `pending` remain.
+void cp_async_wait(int pending);
 // d += A B for one m16n8k16 tile, A and B of 16-bit floats (kind 1 bf16, 2 f16) in the fragment
 // layout of PTX's mma.sync.aligned.m16n8k16.row.col.f32, accumulated in f32. A warp collective.
 void mma_m16n8k16(int kind, float d[4], const unsigned a[4], const unsigned b[2], const char* file, int line);

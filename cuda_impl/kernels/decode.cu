@@ -305,6 +305,34 @@ template <> __device__ __forceinline__ u16 to_storage<2>(float x) { return f32_t
 // Round x up to a multiple of 16.
 __device__ __forceinline__ int up16(int x) { return (x + 15) & ~15; }
 
+// Asynchronous 16-byte copy global -> shared (sm_80 cp.async); `valid` false writes zeros and reads
+// nothing. Copies land at cp_async_wait; a group is what was issued since the previous commit.
+__device__ __forceinline__ void cp_async16(u16* dst, const u16* src, bool valid) {
+#ifdef GQLA_EMULATION
+    gqla_emu::cp_async16(dst, src, valid, __FILE__, __LINE__);
+#else
+    unsigned s;
+    asm volatile("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(s) : "l"(dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(src), "r"(valid ? 16 : 0) : "memory");
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#ifdef GQLA_EMULATION
+    gqla_emu::cp_async_commit();
+#else
+    asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+// Wait until at most N of this thread's committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#ifdef GQLA_EMULATION
+    gqla_emu::cp_async_wait(N);
+#else
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+#endif
+}
+
 // The grouped attention of attn<E> on tensor cores, for 16-bit storage. A block holds MMA_ROWS
 // query rows of one stream (4 m16 tiles) and walks its keys MMA_KEYS at a time:
 //   S = Q K^T: warp w computes m-tile w % 4 against keys [16 (w / 4), 16 (w / 4) + 16);
@@ -339,11 +367,10 @@ __device__ void attn_mma(const AttnParams& p) {
     float* l_s = m_s + MMA_ROWS;                        // running sum
     float* c_s = l_s + MMA_ROWS;                        // this tile's rescale factor
     int* vis_s = (int*)(c_s + MMA_ROWS);                // keys each row may see
-    long long* slot_s = (long long*)(vis_s + MMA_ROWS); // cache slot of each key of the tile (-1: none)
-    u16* q_s = (u16*)(slot_s + MMA_KEYS);               // [MMA_ROWS][qld]
-    u16* k_s = q_s + MMA_ROWS * qld;                    // [MMA_KEYS][kld]
-    u16* v_s = p.v_is_key_prefix ? k_s : k_s + MMA_KEYS * kld; // [MMA_KEYS][vld]
-    u16* p_s = v_s + (p.v_is_key_prefix ? MMA_KEYS * kld : MMA_KEYS * vld); // [MMA_ROWS][pld]
+    long long* slot_s = (long long*)(vis_s + MMA_ROWS); // [2][MMA_KEYS] cache slot of each key (-1: none)
+    u16* q_s = (u16*)(slot_s + 2 * MMA_KEYS);           // [MMA_ROWS][qld]
+    u16* k_s = q_s + MMA_ROWS * qld;                    // 2 x ([MMA_KEYS][kld] keys, [MMA_KEYS][vld] values unless a key prefix)
+    u16* p_s = k_s + 2 * MMA_KEYS * (kld + (p.v_is_key_prefix ? 0 : vld)); // [MMA_ROWS][pld]
 
     const u16* q16 = (const u16*)p.q;
     for (int idx = tid; idx < MMA_ROWS * dkp; idx += MMA_NT) {
@@ -372,52 +399,70 @@ __device__ void attn_mma(const AttnParams& p) {
     const bool vec = (((unsigned long long)p.ka | (unsigned long long)p.kb | (unsigned long long)p.v) & 15) == 0 &&
                      ((p.da | p.db | p.dv | p.ka_head_stride | p.v_head_stride) & 7) == 0 &&
                      ((p.ka_stride | p.kb_stride | p.v_stride) & 7) == 0;
-    for (int t0 = start; t0 < end; t0 += MMA_KEYS) {
-        __syncthreads();
-        if (tid < MMA_KEYS) slot_s[tid] = t0 + tid < end ? slot_of(p.block_table, p.max_pages, p.page, b, t0 + tid) : -1;
-        __syncthreads();
+    // Tile i + 1 streams into the other K/V buffer (cp.async) while tile i is computed.
+    const int kv_elems = MMA_KEYS * (kld + (p.v_is_key_prefix ? 0 : vld));
+    auto slots = [&](int t0, int buf) {
+        if (tid < MMA_KEYS) slot_s[buf * MMA_KEYS + tid] = t0 + tid < end ? slot_of(p.block_table, p.max_pages, p.page, b, t0 + tid) : -1;
+    };
+    auto issue = [&](int buf) {
+        u16* kd = k_s + buf * kv_elems;
+        u16* vd = p.v_is_key_prefix ? kd : kd + MMA_KEYS * kld;
+        const long long* sl = slot_s + buf * MMA_KEYS;
         if (vec) {
             // 16-byte chunks: 8 elements, never straddling the two key segments (both multiples of 8).
             const int kchunks = dkp / 8, vchunks = dvh / 4;
             for (int idx = tid; idx < MMA_KEYS * kchunks; idx += MMA_NT) {
                 const int kk = idx / kchunks, d = (idx % kchunks) * 8;
-                const long long s = slot_s[kk];
-                uint4 x = {0u, 0u, 0u, 0u};
-                if (s >= 0 && d < dk) {
-                    x = d < p.da ? ld((const uint4*)(ka + s * p.ka_stride + (long long)g * p.ka_head_stride + d), 0)
-                                 : ld((const uint4*)(kb + s * p.kb_stride + (d - p.da)), 0);
-                }
-                *(uint4*)(k_s + kk * kld + d) = x;
+                const long long s = sl[kk];
+                const bool valid = s >= 0 && d < dk;
+                const u16* src = !valid ? ka : d < p.da ? ka + s * p.ka_stride + (long long)g * p.ka_head_stride + d : kb + s * p.kb_stride + (d - p.da);
+                cp_async16(kd + kk * kld + d, src, valid);
             }
             if (!p.v_is_key_prefix) {
                 for (int idx = tid; idx < MMA_KEYS * vchunks; idx += MMA_NT) {
                     const int kk = idx / vchunks, d = (idx % vchunks) * 8;
-                    const long long s = slot_s[kk];
-                    uint4 x = {0u, 0u, 0u, 0u};
-                    if (s >= 0 && d < dv) x = ld((const uint4*)(v16 + s * p.v_stride + (long long)g * p.v_head_stride + d), 0);
-                    *(uint4*)(v_s + kk * vld + d) = x;
+                    const long long s = sl[kk];
+                    const bool valid = s >= 0 && d < dv;
+                    cp_async16(vd + kk * vld + d, valid ? v16 + s * p.v_stride + (long long)g * p.v_head_stride + d : v16, valid);
                 }
             }
         } else {
             for (int idx = tid; idx < MMA_KEYS * dkp; idx += MMA_NT) {
                 const int kk = idx / dkp, d = idx % dkp;
-                const long long s = slot_s[kk];
+                const long long s = sl[kk];
                 u16 x = 0;
                 if (s >= 0 && d < dk) {
                     x = d < p.da ? ld(ka, s * p.ka_stride + (long long)g * p.ka_head_stride + d) : ld(kb, s * p.kb_stride + (d - p.da));
                 }
-                k_s[kk * kld + d] = x;
+                kd[kk * kld + d] = x;
             }
             if (!p.v_is_key_prefix) {
                 for (int idx = tid; idx < MMA_KEYS * 2 * dvh; idx += MMA_NT) {
                     const int kk = idx / (2 * dvh), d = idx % (2 * dvh);
-                    const long long s = slot_s[kk];
+                    const long long s = sl[kk];
                     u16 x = 0;
                     if (s >= 0 && d < dv) x = ld(v16, s * p.v_stride + (long long)g * p.v_head_stride + d);
-                    v_s[kk * vld + d] = x;
+                    vd[kk * vld + d] = x;
                 }
             }
         }
+        cp_async_commit();
+    };
+    if (start < end) {
+        slots(start, 0);
+        __syncthreads();
+        issue(0);
+    }
+    for (int t0 = start, it = 0; t0 < end; t0 += MMA_KEYS, ++it) {
+        const int buf = it & 1;
+        const u16* k_t = k_s + buf * kv_elems;                                   // this tile's keys
+        const u16* v_t = p.v_is_key_prefix ? k_t : k_t + MMA_KEYS * kld;         // and values
+        if (t0 + MMA_KEYS < end) slots(t0 + MMA_KEYS, buf ^ 1);
+        // Every thread is done with the other buffer (the previous tile) and its slots are written.
+        __syncthreads();
+        if (t0 + MMA_KEYS < end) issue(buf ^ 1);
+        else cp_async_commit();
+        cp_async_wait<1>(); // this thread's copies of this tile have landed
         __syncthreads();
         if (active) {
             float sc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
@@ -426,7 +471,7 @@ __device__ void attn_mma(const AttnParams& p) {
                 const unsigned a[4] = {ld2(qa + kc), ld2(qa + 8 * qld + kc), ld2(qa + kc + 8), ld2(qa + 8 * qld + kc + 8)};
 #pragma unroll
                 for (int n = 0; n < 2; ++n) {
-                    const u16* kbp = k_s + (half * 16 + n * 8 + fg) * kld + 2 * ft + kc;
+                    const u16* kbp = k_t + (half * 16 + n * 8 + fg) * kld + 2 * ft + kc;
                     const unsigned bb[2] = {ld2(kbp), ld2(kbp + 8)};
                     mma16816<E>(sc[n], a, bb);
                 }
@@ -483,7 +528,7 @@ __device__ void attn_mma(const AttnParams& p) {
 #pragma unroll
             for (int kc = 0; kc < MMA_KEYS; kc += 16) {
                 const unsigned a[4] = {ld2(pa + kc), ld2(pa + 8 * pld + kc), ld2(pa + kc + 8), ld2(pa + 8 * pld + kc + 8)};
-                const u16* vr = v_s + (kc + 2 * ft) * vld + half * dvh + fg;
+                const u16* vr = v_t + (kc + 2 * ft) * vld + half * dvh + fg;
 #pragma unroll
                 for (int n = 0; n < MMA_DVH_MAX / 8; ++n) {
                     if (n * 8 < dvh) {

@@ -203,11 +203,11 @@ impl<R: Runtime> Decode<'_, R> {
             Variant::Mma => {
                 let (dkp, dvp) = (dk.next_multiple_of(16), self.keys.dv.next_multiple_of(16));
                 let v = if prefix { 0 } else { MMA_KEYS * (dvp + MMA_PAD) };
-                // f32 scores [rows][keys + 1], row statistics, the tile's slots; 16-bit q, key,
-                // value and P tiles.
+                // f32 scores [rows][keys + 1], row statistics, two tiles' slots; 16-bit q tile,
+                // two key (and value) tiles (double-buffered), P tile.
                 4 * (MMA_ROWS * (MMA_KEYS + 1) + 4 * MMA_ROWS)
-                    + 8 * MMA_KEYS
-                    + 2 * (MMA_ROWS * (dkp + MMA_PAD) + MMA_KEYS * (dkp + MMA_PAD) + v + MMA_ROWS * (MMA_KEYS + MMA_PAD))
+                    + 8 * 2 * MMA_KEYS
+                    + 2 * (MMA_ROWS * (dkp + MMA_PAD) + 2 * (MMA_KEYS * (dkp + MMA_PAD) + v) + MMA_ROWS * (MMA_KEYS + MMA_PAD))
             }
         }
     }

@@ -10,6 +10,10 @@
 //   GQA path:    G streams, keys [k_g; k^R] (rope once) or k_g with k^R folded in (rope per group).
 // Grid (num_splits, streams x row_tiles, batch); flash-decoding: each split writes a normalised
 // partial (o, lse) and attn_combine_* merges them; with one split the kernel writes the outputs.
+// attn_mma_* is the same computation on tensor cores (mma.sync, cp.async; bf16/f16, sm_80+), with
+// 64 rows x 32 keys per block instead of 16 x 16.
+// The same source also compiles for the CPU under cuda_impl/emu (GQLA_EMULATION), which checks
+// every global access and barrier.
 // Keys are read through the block table only for t < seq_len, so poisoned slots are never touched.
 
 typedef unsigned short u16;

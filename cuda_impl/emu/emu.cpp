@@ -429,6 +429,7 @@ struct Entry {
 
 #define MMA_ENTRIES(SUFFIX)                                                                        \
     {"attn_mma_" #SUFFIX, [](const void* p) { attn_mma_##SUFFIX(*(const AttnParams*)p); }},        \
+        {"attn_mma_narrow_" #SUFFIX, [](const void* p) { attn_mma_narrow_##SUFFIX(*(const AttnParams*)p); }}, \
         {"mma_probe_" #SUFFIX, [](const void* p) { mma_probe_##SUFFIX(*(const ProbeParams*)p); }},
 
 const Entry ENTRY_TABLE[] = {ENTRIES(f32) ENTRIES(bf16) ENTRIES(f16) MMA_ENTRIES(bf16) MMA_ENTRIES(f16) SELFTEST(selftest_warp_sum) SELFTEST(selftest_divergent_sync)

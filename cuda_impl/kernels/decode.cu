@@ -43,6 +43,7 @@ template <typename T> __device__ __forceinline__ void st(T* p, long long i, T x)
 #define MMA_KEYS 32                  // keys per tile: 2 k16 steps of P V
 #define MMA_PAD 8                    // 16-bit elements of padding per shared row (bank spread)
 #define MMA_DVH_MAX (DV_MAX / 2)     // value columns per warp: each m16 tile is split in two halves
+#define MMA_NARROW_DVH 64            // attn_mma_narrow_*: value widths up to 128, half the accumulators
 
 struct AttnParams {
     const void* q;          // [B, s_q, H, dk]
@@ -343,8 +344,9 @@ __device__ __forceinline__ void cp_async_wait() {
 //   softmax:   one thread per row, online (running max and sum in f32), P rounded to storage;
 //   O += P V:  warp w owns m-tile w % 4 and value columns [dvh (w / 4), dvh (w / 4 + 1)).
 // Shared tiles keep the 16-bit storage values (zero beyond the widths and for keys past the split)
-// with rows padded by MMA_PAD so fragment loads spread over the banks.
-template <int E>
+// with rows padded by MMA_PAD so fragment loads spread over the banks. DVH_MAX bounds dv / 2 (the
+// accumulators a thread holds): MMA_DVH_MAX for d_v up to 512, MMA_NARROW_DVH for up to 128.
+template <int E, int DVH_MAX>
 __device__ void attn_mma(const AttnParams& p) {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int fg = lane >> 2, ft = lane & 3; // fragment row group and column pair
@@ -392,9 +394,9 @@ __device__ void attn_mma(const AttnParams& p) {
 
     const int mt = warp & 3, half = warp >> 2;
     const bool active = mt * 16 < nrows; // warp-uniform: this m-tile has real rows
-    float o[MMA_DVH_MAX / 8][4];
+    float o[DVH_MAX / 8][4];
 #pragma unroll
-    for (int n = 0; n < MMA_DVH_MAX / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    for (int n = 0; n < DVH_MAX / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
 
     const u16* ka = (const u16*)p.ka;
     const u16* kb = (const u16*)p.kb;
@@ -522,7 +524,7 @@ __device__ void attn_mma(const AttnParams& p) {
         if (active) {
             const float c_lo = c_s[mt * 16 + fg], c_hi = c_s[mt * 16 + fg + 8];
 #pragma unroll
-            for (int n = 0; n < MMA_DVH_MAX / 8; ++n) {
+            for (int n = 0; n < DVH_MAX / 8; ++n) {
                 o[n][0] *= c_lo;
                 o[n][1] *= c_lo;
                 o[n][2] *= c_hi;
@@ -534,7 +536,7 @@ __device__ void attn_mma(const AttnParams& p) {
                 const unsigned a[4] = {ld2(pa + kc), ld2(pa + 8 * pld + kc), ld2(pa + kc + 8), ld2(pa + 8 * pld + kc + 8)};
                 const u16* vr = v_t + (kc + 2 * ft) * vld + half * dvh + fg;
 #pragma unroll
-                for (int n = 0; n < MMA_DVH_MAX / 8; ++n) {
+                for (int n = 0; n < DVH_MAX / 8; ++n) {
                     if (n * 8 < dvh) {
                         const u16* vc = vr + n * 8;
                         const unsigned bb[2] = {pack2(vc[0], vc[vld]), pack2(vc[8 * vld], vc[9 * vld])};
@@ -554,7 +556,7 @@ __device__ void attn_mma(const AttnParams& p) {
                 const float l = l_s[r];
                 const long long row = out_row(p, b, g, per, row0 + r);
 #pragma unroll
-                for (int n = 0; n < MMA_DVH_MAX / 8; ++n) {
+                for (int n = 0; n < DVH_MAX / 8; ++n) {
                     const int d = half * dvh + n * 8 + 2 * ft;
                     if (n * 8 < dvh && d < dv) put_out<E>(p, b, split, row, d, l > 0.0f ? o[n][2 * hr] / l : 0.0f);
                     if (n * 8 < dvh && d + 1 < dv) put_out<E>(p, b, split, row, d + 1, l > 0.0f ? o[n][2 * hr + 1] / l : 0.0f);
@@ -686,7 +688,10 @@ __device__ void fill(void* p, long long n, unsigned seed, float amp) {
     extern "C" __global__ void fill_##SUFFIX(void* p, long long n, unsigned seed, float amp) { fill<E>(p, n, seed, amp); }
 
 #define INSTANTIATE_MMA(SUFFIX, E)                                                                           \
-    extern "C" __global__ void __launch_bounds__(MMA_NT) attn_mma_##SUFFIX(AttnParams p) { attn_mma<E>(p); } \
+    extern "C" __global__ void __launch_bounds__(MMA_NT) attn_mma_##SUFFIX(AttnParams p) { attn_mma<E, MMA_DVH_MAX>(p); } \
+    extern "C" __global__ void __launch_bounds__(MMA_NT) attn_mma_narrow_##SUFFIX(AttnParams p) {                   \
+        attn_mma<E, MMA_NARROW_DVH>(p);                                                                              \
+    }                                                                                                                \
     extern "C" __global__ void mma_probe_##SUFFIX(ProbeParams p) { mma_probe<E>(p); }
 
 INSTANTIATE(f32, 0)

@@ -13,7 +13,7 @@ pub const DTYPE_SUFFIXES: [&str; 3] = ["f32", "bf16", "f16"];
 pub const FAMILIES: [&str; 4] = ["attn", "attn_combine", "expand", "fill"];
 
 /// Tensor-core kernel families, for 16-bit storage only (`<family>_bf16`, `<family>_f16`).
-pub const MMA_FAMILIES: [&str; 2] = ["attn_mma", "mma_probe"];
+pub const MMA_FAMILIES: [&str; 3] = ["attn_mma", "attn_mma_narrow", "mma_probe"];
 
 /// Every function name the module must export.
 pub fn function_names() -> Vec<String> {

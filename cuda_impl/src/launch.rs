@@ -30,6 +30,8 @@ pub const MMA_ROWS: usize = 64;
 pub const MMA_KEYS: usize = 32;
 /// Padding of its shared rows, in 16-bit elements (`MMA_PAD`).
 pub const MMA_PAD: usize = 8;
+/// Widest value the narrow tensor-core kernel (`attn_mma_narrow_*`, half the accumulators) takes.
+pub const MMA_NARROW_DV: usize = 128;
 
 /// Which attention kernel a decode runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -333,6 +335,8 @@ pub fn decode<R: Runtime>(rt: &R, d: &mut Decode<R>, workspace: Option<&mut Work
     };
     let family = match d.variant {
         Variant::Simt => "attn",
+        // Narrow values need half the accumulators: fewer registers, more blocks per SM.
+        Variant::Mma if k.dv <= MMA_NARROW_DV => "attn_mma_narrow",
         Variant::Mma => "attn_mma",
     };
     rt.launch(&format!("{family}_{suffix}"), attn, Args::Attn(&p), &spans)?;
@@ -466,6 +470,7 @@ mod tests {
             ("MMA_ROWS", MMA_ROWS),
             ("MMA_KEYS", MMA_KEYS),
             ("MMA_PAD", MMA_PAD),
+            ("MMA_NARROW_DVH", MMA_NARROW_DV / 2),
         ] {
             let line = format!("#define {name} {value}");
             assert!(crate::compile::SOURCE.contains(&line), "decode.cu lacks `{line}`");

@@ -148,21 +148,70 @@ __device__ __forceinline__ void put_lse(const AttnParams& p, int b, int split, l
     }
 }
 
+// What one attention block works on: rows [row0, row0 + nrows) of the `per` heads x s_q query rows
+// of stream g in sequence b (length L), and keys [start, end) of its split. R rows per block.
+struct Tile {
+    int split, per, g, row0, nrows, b, L, start, end;
+};
+
+template <int R>
+__device__ __forceinline__ Tile tile_of(const AttnParams& p) {
+    Tile w;
+    w.split = blockIdx.x;
+    w.per = p.h / p.streams;
+    const int rows_total = p.sq * w.per;
+    const int row_tiles = (rows_total + R - 1) / R;
+    w.g = blockIdx.y / row_tiles;
+    w.row0 = (blockIdx.y % row_tiles) * R;
+    w.nrows = min(R, rows_total - w.row0);
+    w.b = blockIdx.z;
+    w.L = ld(p.seq_lens, w.b);
+    w.start = (int)((long long)w.split * w.L / p.num_splits);
+    w.end = (int)((long long)(w.split + 1) * w.L / p.num_splits);
+    return w;
+}
+
+// Row statistics before the first key, for the R rows of a block (threads tid < R).
+template <int R>
+__device__ __forceinline__ void init_rows(const AttnParams& p, const Tile& w, int tid, float* m_s, float* l_s, int* vis_s) {
+    if (tid < R) {
+        m_s[tid] = -INFINITY;
+        l_s[tid] = 0.0f;
+        const int j = (w.row0 + tid) / w.per;
+        // Bottom-right causal: token j of s_q sees keys t < L - s_q + j + 1 (none for padding rows).
+        vis_s[tid] = tid < w.nrows ? max(0, min(w.L, w.L - p.sq + j + 1)) : 0;
+    }
+}
+
+// Online softmax of one row over a tile of n masked, scaled scores s (-inf: masked) whose maximum
+// is mt: updates the running max m and sum l, sets c to the factor the row's accumulators are
+// rescaled by, and hands each probability e^{s - m} to put(k, e).
+template <typename Put>
+__device__ __forceinline__ void online_softmax(const float* s, int n, float mt, float& m, float& l, float& c, Put put) {
+    const float m_new = fmaxf(m, mt);
+    if (m_new == -INFINITY) {
+        c = 1.0f;
+        for (int k = 0; k < n; ++k) put(k, 0.0f);
+        return;
+    }
+    c = m == -INFINITY ? 0.0f : expf(m - m_new);
+    float sum = 0.0f;
+    for (int k = 0; k < n; ++k) {
+        const float e = s[k] == -INFINITY ? 0.0f : expf(s[k] - m_new);
+        put(k, e);
+        sum += e;
+    }
+    l = l * c + sum;
+    m = m_new;
+}
+
 template <int E>
 __device__ void attn(const AttnParams& p) {
     const int tid = threadIdx.x;
-    const int split = blockIdx.x;
-    const int per = p.h / p.streams;
-    const int rows_total = p.sq * per;
-    const int row_tiles = (rows_total + ROWS - 1) / ROWS;
-    const int g = blockIdx.y / row_tiles;
-    const int row0 = (blockIdx.y % row_tiles) * ROWS;
-    const int nrows = min(ROWS, rows_total - row0);
-    const int b = blockIdx.z;
-    const int L = ld(p.seq_lens, b);
+    const Tile w = tile_of<ROWS>(p);
+    const int split = w.split, per = w.per, g = w.g, row0 = w.row0, nrows = w.nrows, b = w.b;
+    const int start = w.start, end = w.end;
     const int dk = p.da + p.db, dv = p.dv;
-    const int start = (int)((long long)split * L / p.num_splits);
-    const int end = (int)((long long)(split + 1) * L / p.num_splits);
 
     GQLA_DYNAMIC_SHARED(float, smem);
     const int kld = dk + 1;                           // padded row stride of k_s
@@ -176,19 +225,11 @@ __device__ void attn(const AttnParams& p) {
     float* c_s = l_s + ROWS;
     int* vis_s = (int*)(c_s + ROWS);
 
-    // Query rows: local row r is global row row0 + r = (token j, head g*per + i).
     for (int idx = tid; idx < nrows * dk; idx += NT) {
-        const int r = idx / dk, d = idx % dk, gr = row0 + r;
-        const int j = gr / per, head = g * per + gr % per;
-        q_s[r * dk + d] = Elem<E>::get(p.q, (((long long)b * p.sq + j) * p.h + head) * dk + d);
+        const int r = idx / dk, d = idx % dk;
+        q_s[r * dk + d] = Elem<E>::get(p.q, out_row(p, b, g, per, row0 + r) * dk + d);
     }
-    if (tid < ROWS) {
-        m_s[tid] = -INFINITY;
-        l_s[tid] = 0.0f;
-        const int j = (row0 + tid) / per;
-        // Bottom-right causal: token j of s_q sees keys t < L - s_q + j + 1 (none for padding rows).
-        vis_s[tid] = tid < nrows ? max(0, min(L, L - p.sq + j + 1)) : 0;
-    }
+    init_rows<ROWS>(p, w, tid, m_s, l_s, vis_s);
     float acc[ACC];
 #pragma unroll
     for (int a = 0; a < ACC; ++a) acc[a] = 0.0f;
@@ -228,27 +269,12 @@ __device__ void attn(const AttnParams& p) {
             p_s[r * TK + kk] = (t < end && t < vis_s[r]) ? s * p.scale : -INFINITY;
         }
         __syncthreads();
-        // Online softmax, one thread per row.
+        // Online softmax, one thread per row; probabilities replace the scores.
         if (tid < nrows) {
+            float* pr = p_s + tid * TK;
             float mt = -INFINITY;
-            for (int kk = 0; kk < TK; ++kk) mt = fmaxf(mt, p_s[tid * TK + kk]);
-            const float m_old = m_s[tid], m_new = fmaxf(m_old, mt);
-            if (m_new == -INFINITY) {
-                c_s[tid] = 1.0f;
-                for (int kk = 0; kk < TK; ++kk) p_s[tid * TK + kk] = 0.0f;
-            } else {
-                const float c = m_old == -INFINITY ? 0.0f : expf(m_old - m_new);
-                float sum = 0.0f;
-                for (int kk = 0; kk < TK; ++kk) {
-                    const float s = p_s[tid * TK + kk];
-                    const float e = s == -INFINITY ? 0.0f : expf(s - m_new);
-                    p_s[tid * TK + kk] = e;
-                    sum += e;
-                }
-                l_s[tid] = l_s[tid] * c + sum;
-                m_s[tid] = m_new;
-                c_s[tid] = c;
-            }
+            for (int kk = 0; kk < TK; ++kk) mt = fmaxf(mt, pr[kk]);
+            online_softmax(pr, TK, mt, m_s[tid], l_s[tid], c_s[tid], [&](int k, float e) { pr[k] = e; });
         }
         __syncthreads();
 #pragma unroll
@@ -350,19 +376,11 @@ template <int E, int DVH_MAX>
 __device__ void attn_mma(const AttnParams& p) {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int fg = lane >> 2, ft = lane & 3; // fragment row group and column pair
-    const int split = blockIdx.x;
-    const int per = p.h / p.streams;
-    const int rows_total = p.sq * per;
-    const int row_tiles = (rows_total + MMA_ROWS - 1) / MMA_ROWS;
-    const int g = blockIdx.y / row_tiles;
-    const int row0 = (blockIdx.y % row_tiles) * MMA_ROWS;
-    const int nrows = min(MMA_ROWS, rows_total - row0);
-    const int b = blockIdx.z;
-    const int L = ld(p.seq_lens, b);
+    const Tile w = tile_of<MMA_ROWS>(p);
+    const int split = w.split, per = w.per, g = w.g, row0 = w.row0, nrows = w.nrows, b = w.b;
+    const int start = w.start, end = w.end;
     const int dk = p.da + p.db, dv = p.dv;
     const int dkp = up16(dk), dvh = up16(dv) / 2;
-    const int start = (int)((long long)split * L / p.num_splits);
-    const int end = (int)((long long)(split + 1) * L / p.num_splits);
     const int qld = dkp + MMA_PAD, kld = dkp + MMA_PAD;
     const int vld = p.v_is_key_prefix ? kld : 2 * dvh + MMA_PAD;
     const int pld = MMA_KEYS + MMA_PAD, sld = MMA_KEYS + 1;
@@ -385,12 +403,7 @@ __device__ void attn_mma(const AttnParams& p) {
         if (r < nrows && d < dk) x = ld(q16, out_row(p, b, g, per, row0 + r) * dk + d);
         q_s[r * qld + d] = x;
     }
-    if (tid < MMA_ROWS) {
-        m_s[tid] = -INFINITY;
-        l_s[tid] = 0.0f;
-        const int j = (row0 + tid) / per;
-        vis_s[tid] = tid < nrows ? max(0, min(L, L - p.sq + j + 1)) : 0;
-    }
+    init_rows<MMA_ROWS>(p, w, tid, m_s, l_s, vis_s);
 
     const int mt = warp & 3, half = warp >> 2;
     const bool active = mt * 16 < nrows; // warp-uniform: this m-tile has real rows
@@ -495,30 +508,14 @@ __device__ void attn_mma(const AttnParams& p) {
         if (tid < MMA_ROWS) {
             const int r = tid;
             float* sr = s_s + r * sld;
-            float mt_ = -INFINITY;
+            float mt = -INFINITY;
             for (int kk = 0; kk < MMA_KEYS; ++kk) {
                 const int t = t0 + kk;
-                const float x = (r < nrows && t < end && t < vis_s[r]) ? sr[kk] * p.scale : -INFINITY;
-                sr[kk] = x;
-                mt_ = fmaxf(mt_, x);
+                sr[kk] = (r < nrows && t < end && t < vis_s[r]) ? sr[kk] * p.scale : -INFINITY;
+                mt = fmaxf(mt, sr[kk]);
             }
-            const float m_old = m_s[r], m_new = fmaxf(m_old, mt_);
             u16* pr = p_s + r * pld;
-            if (m_new == -INFINITY) {
-                c_s[r] = 1.0f;
-                for (int kk = 0; kk < MMA_KEYS; ++kk) pr[kk] = 0;
-            } else {
-                const float c = m_old == -INFINITY ? 0.0f : expf(m_old - m_new);
-                float sum = 0.0f;
-                for (int kk = 0; kk < MMA_KEYS; ++kk) {
-                    const float e = sr[kk] == -INFINITY ? 0.0f : expf(sr[kk] - m_new);
-                    pr[kk] = to_storage<E>(e);
-                    sum += e;
-                }
-                l_s[r] = l_s[r] * c + sum;
-                m_s[r] = m_new;
-                c_s[r] = c;
-            }
+            online_softmax(sr, MMA_KEYS, mt, m_s[r], l_s[r], c_s[r], [&](int k, float e) { pr[k] = to_storage<E>(e); });
         }
         __syncthreads();
         if (active) {

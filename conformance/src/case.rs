@@ -41,11 +41,21 @@ pub enum Dtype {
 }
 
 impl Dtype {
+    /// The name; also the suffix of the CUDA kernels instantiated for this storage dtype.
     pub fn name(self) -> &'static str {
         match self {
             Dtype::F32 => "f32",
             Dtype::Bf16 => "bf16",
             Dtype::F16 => "f16",
+        }
+    }
+    /// The checkpoint storage dtype with the same encoding (for safetensors bytes).
+    pub fn storage(self) -> gqla_reference::hf::config::StorageDtype {
+        use gqla_reference::hf::config::StorageDtype;
+        match self {
+            Dtype::F32 => StorageDtype::F32,
+            Dtype::Bf16 => StorageDtype::Bf16,
+            Dtype::F16 => StorageDtype::F16,
         }
     }
     /// Round an f32 to this dtype (round to nearest even).

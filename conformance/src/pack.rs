@@ -15,7 +15,6 @@ use crate::kernel::Outputs;
 use crate::lattice::SUITE_VERSION;
 use crate::runner::{CaseResult, Prepared};
 use crate::verdict::Status;
-use gqla_reference::hf::config::StorageDtype;
 use gqla_reference::hf::tensors::{decode_floats, write_tensors, RawTensor};
 use safetensors::{Dtype as StDtype, SafeTensors};
 use serde::{Deserialize, Serialize};
@@ -64,12 +63,7 @@ pub enum PackError {
 }
 
 fn floats(dtype: Dtype, shape: Vec<usize>, values: &[f32]) -> RawTensor {
-    let storage = match dtype {
-        Dtype::F32 => StorageDtype::F32,
-        Dtype::Bf16 => StorageDtype::Bf16,
-        Dtype::F16 => StorageDtype::F16,
-    };
-    RawTensor::encode(storage, shape, values.iter().map(|v| *v as f64))
+    RawTensor::encode(dtype.storage(), shape, values.iter().map(|v| *v as f64))
 }
 
 fn ints(shape: Vec<usize>, values: &[i32]) -> RawTensor {

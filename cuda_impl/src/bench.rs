@@ -4,7 +4,7 @@
 //! values on the device (never zeros).
 
 use crate::device::Gpu;
-use crate::launch::{self, elem_bytes, suffix, Decode, Guarded, KeySource, Paging, Segment, Variant, Workspace};
+use crate::launch::{self, elem_bytes, Decode, Guarded, KeySource, Paging, Segment, Variant, Workspace};
 use crate::runtime::Runtime;
 use crate::{driver, CudaError};
 use cudarc::driver::sys::CUevent_flags;
@@ -187,7 +187,7 @@ impl Gpu {
 
     /// Fill a buffer of `n` elements of `dtype` with pseudo-random values in amp·[-1, 1).
     pub fn fill_random(&self, buf: &mut CudaSlice<u8>, dtype: Dtype, n: usize, seed: u32, amp: f32) -> Result<(), CudaError> {
-        let f = self.function(&format!("fill_{}", suffix(dtype)))?;
+        let f = self.function(&format!("fill_{}", dtype.name()))?;
         let cfg = LaunchConfig {
             grid_dim: (4 * self.info.multiprocessors.max(1) as u32, 1, 1),
             block_dim: (256, 1, 1),

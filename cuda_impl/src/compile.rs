@@ -2,14 +2,12 @@
 
 use crate::CudaError;
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions, Ptx};
+use gqla_conformance::case::Dtype;
 
 /// The kernel source, embedded in the crate.
 pub const SOURCE: &str = include_str!("../kernels/decode.cu");
 
-/// Storage dtypes every kernel is instantiated for (the suffix of its name).
-pub const DTYPE_SUFFIXES: [&str; 3] = ["f32", "bf16", "f16"];
-
-/// Kernel families; the loaded functions are `<family>_<suffix>`.
+/// Kernel families; the loaded functions are `<family>_<dtype name>` for every storage dtype.
 pub const FAMILIES: [&str; 4] = ["attn", "attn_combine", "expand", "fill"];
 
 /// Tensor-core kernel families, for 16-bit storage only (`<family>_bf16`, `<family>_f16`).
@@ -17,9 +15,14 @@ pub const MMA_FAMILIES: [&str; 3] = ["attn_mma", "attn_mma_narrow", "mma_probe"]
 
 /// Every function name the module must export.
 pub fn function_names() -> Vec<String> {
-    let all = FAMILIES.iter().flat_map(|f| DTYPE_SUFFIXES.iter().map(move |s| format!("{f}_{s}")));
-    let mma = MMA_FAMILIES.iter().flat_map(|f| ["bf16", "f16"].map(|s| format!("{f}_{s}")));
-    all.chain(mma).collect()
+    let names = |families: &'static [&'static str], dtypes: &'static [Dtype]| {
+        families
+            .iter()
+            .flat_map(move |f| dtypes.iter().map(move |d| format!("{f}_{}", d.name())))
+    };
+    names(&FAMILIES, &[Dtype::F32, Dtype::Bf16, Dtype::F16])
+        .chain(names(&MMA_FAMILIES, &[Dtype::Bf16, Dtype::F16]))
+        .collect()
 }
 
 /// NVRTC options for a virtual architecture such as `compute_90`: IEEE division and square root,

@@ -11,6 +11,7 @@
 use crate::runtime::{Args, AttnParams, ExpandParams, Launch, ProbeParams, Runtime};
 use crate::CudaError;
 use gqla_conformance::case::Dtype;
+use gqla_reference::hf::tensors::{decode_floats, RawTensor};
 
 /// Threads per block of the attention kernel (`NT` in decode.cu).
 pub const THREADS: usize = 128;
@@ -88,40 +89,16 @@ pub fn elem_bytes(d: Dtype) -> usize {
     }
 }
 
-/// The kernel-name suffix of a storage dtype.
-pub fn suffix(d: Dtype) -> &'static str {
-    match d {
-        Dtype::F32 => "f32",
-        Dtype::Bf16 => "bf16",
-        Dtype::F16 => "f16",
-    }
-}
-
 /// Little-endian bytes of `values` in storage dtype `d` (round to nearest even).
 pub fn to_bytes(d: Dtype, values: &[f32]) -> Vec<u8> {
-    match d {
-        Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        Dtype::Bf16 => values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
-        Dtype::F16 => values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
-    }
+    RawTensor::encode(d.storage(), vec![values.len()], values.iter().map(|v| *v as f64)).bytes
 }
 
 /// The values of little-endian bytes in storage dtype `d`.
 pub fn from_bytes(d: Dtype, bytes: &[u8]) -> Vec<f32> {
-    match d {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::Bf16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-    }
+    let values = decode_floats(d.storage().safetensors(), bytes).expect("a float storage dtype");
+    // Exact: every value came from an f32, bf16 or f16.
+    values.into_iter().map(|v| v as f32).collect()
 }
 
 /// One cache component as the kernel reads it: slot s, stream g, column d is element
@@ -327,7 +304,7 @@ pub fn decode<R: Runtime>(rt: &R, d: &mut Decode<R>, workspace: Option<&mut Work
     if d.batch == 0 {
         return Ok(());
     }
-    let suffix = suffix(d.dtype);
+    let suffix = d.dtype.name();
     let attn = Launch {
         grid: (d.num_splits as u32, (k.streams * d.row_tiles()) as u32, d.batch as u32),
         threads: d.variant.threads() as u32,
@@ -415,7 +392,7 @@ pub fn expand_cache<R: Runtime>(
         threads: THREADS as u32,
         shared_bytes: (4 * EXPAND_TOKENS * dims.dc) as u32,
     };
-    rt.launch(&format!("expand_{}", suffix(dtype)), launch, Args::Expand(&p), &spans)
+    rt.launch(&format!("expand_{}", dtype.name()), launch, Args::Expand(&p), &spans)
 }
 
 /// Run `mma_probe_<dtype>` on seeded random 16-bit operands: (the kernel's d [16][8], the f64
@@ -448,7 +425,7 @@ pub fn mma_probe<R: Runtime>(rt: &R, dtype: Dtype, seed: u64) -> Result<(Vec<f32
         threads: 32,
         shared_bytes: 0,
     };
-    rt.launch(&format!("mma_probe_{}", suffix(dtype)), launch, Args::Probe(&p), &spans)?;
+    rt.launch(&format!("mma_probe_{}", dtype.name()), launch, Args::Probe(&p), &spans)?;
     rt.synchronize()?;
     Ok((rt.download(&d)?, want))
 }

@@ -73,10 +73,17 @@ fn decode(quick: bool, out: Option<&std::path::Path>, json: Option<&std::path::P
         grid.variants.retain(|v| *v != gqla_cuda::launch::Variant::Mma);
     }
     let info = &gpu.info;
-    println!(
-        "{} (sm_{}{}, {} SMs), driver {}, NVRTC {}",
-        info.name, info.compute_capability.0, info.compute_capability.1, info.multiprocessors, info.driver_version, info.nvrtc_version
+    let device = format!(
+        "Device: {} (compute capability {}.{}, {} SMs), CUDA driver {}, NVRTC {}, options `{}`.",
+        info.name,
+        info.compute_capability.0,
+        info.compute_capability.1,
+        info.multiprocessors,
+        info.driver_version,
+        info.nvrtc_version,
+        info.compile_options.join(" "),
     );
+    println!("{device}");
     let ceilings = gpu.ceilings().map_err(|e| CliError::Usage(e.to_string()))?;
     let mut rows = Vec::new();
     gpu.bench(&grid, &mut |r| {
@@ -95,17 +102,7 @@ fn decode(quick: bool, out: Option<&std::path::Path>, json: Option<&std::path::P
         rows.push(r);
     })
     .map_err(|e| CliError::Usage(e.to_string()))?;
-    let text = format!(
-        "Device: {} (compute capability {}.{}, {} SMs), CUDA driver {}, NVRTC {}, options `{}`.\n\n{}",
-        info.name,
-        info.compute_capability.0,
-        info.compute_capability.1,
-        info.multiprocessors,
-        info.driver_version,
-        info.nvrtc_version,
-        info.compile_options.join(" "),
-        table(&rows, &ceilings)
-    );
+    let text = format!("{device}\n\n{}", table(&rows, &ceilings));
     println!("{text}");
     if let Some(path) = out {
         write_atomic(path, text.as_bytes())?;

@@ -44,6 +44,8 @@ template <typename T> __device__ __forceinline__ void st(T* p, long long i, T x)
 #define MMA_PAD 8                    // 16-bit elements of padding per shared row (bank spread)
 #define MMA_DVH_MAX (DV_MAX / 2)     // value columns per warp: each m16 tile is split in two halves
 #define MMA_NARROW_DVH 64            // attn_mma_narrow_*: value widths up to 128, half the accumulators
+#define MMA_STAGES_MAX 3             // key/value tiles in flight at most (the host picks 2 or 3)
+#define MMA_ROW_LANES (MMA_NT / MMA_ROWS) // softmax: lanes per query row
 
 struct AttnParams {
     const void* q;          // [B, s_q, H, dk]
@@ -65,6 +67,7 @@ struct AttnParams {
     int max_pages, page;
     int batch, sq, h, streams, num_splits;
     int v_is_key_prefix;    // values are the first dv columns of the key (absorb path)
+    int stages;             // attn_mma_*: key/value tiles in flight (2 .. MMA_STAGES_MAX)
     float scale;
 };
 
@@ -183,25 +186,38 @@ __device__ __forceinline__ void init_rows(const AttnParams& p, const Tile& w, in
     }
 }
 
-// Online softmax of one row over a tile of n masked, scaled scores s (-inf: masked) whose maximum
-// is mt: updates the running max m and sum l, sets c to the factor the row's accumulators are
-// rescaled by, and hands each probability e^{s - m} to put(k, e).
-template <typename Put>
+// Sum (or max) of x over the LANES adjacent lanes that share a row; every one of them gets the same
+// value (the butterfly adds the same pairs on each lane). All 32 lanes of the warp must call it.
+template <int LANES>
+__device__ __forceinline__ float lanes_sum(float x) {
+#pragma unroll
+    for (int o = 1; o < LANES; o *= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+template <int LANES>
+__device__ __forceinline__ float lanes_max(float x) {
+#pragma unroll
+    for (int o = 1; o < LANES; o *= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+    return x;
+}
+
+// Online softmax of one row over a tile of masked, scaled scores (-inf: masked), spread over LANES
+// adjacent lanes: each holds n of the scores in s, and mt, their maximum. Updates the running max m
+// and sum l (the same on every lane of the row), sets c to the factor the row's accumulators are
+// rescaled by, and hands each probability e^{s - m} to put(k, e). No early exit: with LANES > 1 every
+// lane of the warp must reach the shuffles, whatever its row.
+template <int LANES, typename Put>
 __device__ __forceinline__ void online_softmax(const float* s, int n, float mt, float& m, float& l, float& c, Put put) {
-    const float m_new = fmaxf(m, mt);
-    if (m_new == -INFINITY) {
-        c = 1.0f;
-        for (int k = 0; k < n; ++k) put(k, 0.0f);
-        return;
-    }
-    c = m == -INFINITY ? 0.0f : expf(m - m_new);
+    const float m_new = fmaxf(m, lanes_max<LANES>(mt));
+    const bool none = m_new == -INFINITY; // nothing visible yet
+    c = none ? 1.0f : m == -INFINITY ? 0.0f : expf(m - m_new);
     float sum = 0.0f;
     for (int k = 0; k < n; ++k) {
-        const float e = s[k] == -INFINITY ? 0.0f : expf(s[k] - m_new);
+        const float e = none || s[k] == -INFINITY ? 0.0f : expf(s[k] - m_new);
         put(k, e);
         sum += e;
     }
-    l = l * c + sum;
+    l = l * c + lanes_sum<LANES>(sum);
     m = m_new;
 }
 
@@ -274,7 +290,7 @@ __device__ void attn(const AttnParams& p) {
             float* pr = p_s + tid * TK;
             float mt = -INFINITY;
             for (int kk = 0; kk < TK; ++kk) mt = fmaxf(mt, pr[kk]);
-            online_softmax(pr, TK, mt, m_s[tid], l_s[tid], c_s[tid], [&](int k, float e) { pr[k] = e; });
+            online_softmax<1>(pr, TK, mt, m_s[tid], l_s[tid], c_s[tid], [&](int k, float e) { pr[k] = e; });
         }
         __syncthreads();
 #pragma unroll
@@ -367,10 +383,12 @@ __device__ __forceinline__ void cp_async_wait() {
 // The grouped attention of attn<E> on tensor cores, for 16-bit storage. A block holds MMA_ROWS
 // query rows of one stream (4 m16 tiles) and walks its keys MMA_KEYS at a time:
 //   S = Q K^T: warp w computes m-tile w % 4 against keys [16 (w / 4), 16 (w / 4) + 16);
-//   softmax:   one thread per row, online (running max and sum in f32), P rounded to storage;
+//   softmax:   MMA_ROW_LANES threads per row, online (running max and sum in f32, in registers),
+//              P rounded to storage;
 //   O += P V:  warp w owns m-tile w % 4 and value columns [dvh (w / 4), dvh (w / 4 + 1)).
 // Shared tiles keep the 16-bit storage values (zero beyond the widths and for keys past the split)
-// with rows padded by MMA_PAD so fragment loads spread over the banks. DVH_MAX bounds dv / 2 (the
+// with rows padded by MMA_PAD so fragment loads spread over the banks. p.stages tiles are in flight
+// (cp.async groups; tile i + stages - 1 is issued while tile i is computed). DVH_MAX bounds dv / 2 (the
 // accumulators a thread holds): MMA_DVH_MAX for d_v up to 512, MMA_NARROW_DVH for up to 128.
 template <int E, int DVH_MAX>
 __device__ void attn_mma(const AttnParams& p) {
@@ -391,10 +409,11 @@ __device__ void attn_mma(const AttnParams& p) {
     float* l_s = m_s + MMA_ROWS;                        // running sum
     float* c_s = l_s + MMA_ROWS;                        // this tile's rescale factor
     int* vis_s = (int*)(c_s + MMA_ROWS);                // keys each row may see
-    long long* slot_s = (long long*)(vis_s + MMA_ROWS); // [2][MMA_KEYS] cache slot of each key (-1: none)
-    u16* q_s = (u16*)(slot_s + 2 * MMA_KEYS);           // [MMA_ROWS][qld]
-    u16* k_s = q_s + MMA_ROWS * qld;                    // 2 x ([MMA_KEYS][kld] keys, [MMA_KEYS][vld] values unless a key prefix)
-    u16* p_s = k_s + 2 * MMA_KEYS * (kld + (p.v_is_key_prefix ? 0 : vld)); // [MMA_ROWS][pld]
+    const int stages = p.stages;
+    long long* slot_s = (long long*)(vis_s + MMA_ROWS); // [stages][MMA_KEYS] cache slot of each key (-1: none)
+    u16* q_s = (u16*)(slot_s + stages * MMA_KEYS);      // [MMA_ROWS][qld]
+    u16* k_s = q_s + MMA_ROWS * qld;                    // stages x ([MMA_KEYS][kld] keys, [MMA_KEYS][vld] values unless a key prefix)
+    u16* p_s = k_s + stages * MMA_KEYS * (kld + (p.v_is_key_prefix ? 0 : vld)); // [MMA_ROWS][pld]
 
     const u16* q16 = (const u16*)p.q;
     for (int idx = tid; idx < MMA_ROWS * dkp; idx += MMA_NT) {
@@ -404,6 +423,9 @@ __device__ void attn_mma(const AttnParams& p) {
         q_s[r * qld + d] = x;
     }
     init_rows<MMA_ROWS>(p, w, tid, m_s, l_s, vis_s);
+    // The running max and sum of row srow, held by its MMA_ROW_LANES threads.
+    const int srow = tid / MMA_ROW_LANES, slane = tid % MMA_ROW_LANES;
+    float m_run = -INFINITY, l_run = 0.0f;
 
     const int mt = warp & 3, half = warp >> 2;
     const bool active = mt * 16 < nrows; // warp-uniform: this m-tile has real rows
@@ -418,7 +440,7 @@ __device__ void attn_mma(const AttnParams& p) {
     const bool vec = (((unsigned long long)p.ka | (unsigned long long)p.kb | (unsigned long long)p.v) & 15) == 0 &&
                      ((p.da | p.db | p.dv | p.ka_head_stride | p.v_head_stride) & 7) == 0 &&
                      ((p.ka_stride | p.kb_stride | p.v_stride) & 7) == 0;
-    // Tile i + 1 streams into the other K/V buffer (cp.async) while tile i is computed.
+    // Tiles i + 1 .. i + stages - 1 stream into the other K/V buffers (cp.async) while tile i is computed.
     const int kv_elems = MMA_KEYS * (kld + (p.v_is_key_prefix ? 0 : vld));
     auto slots = [&](int t0, int buf) {
         if (tid < MMA_KEYS) slot_s[buf * MMA_KEYS + tid] = t0 + tid < end ? slot_of(p.block_table, p.max_pages, p.page, b, t0 + tid) : -1;
@@ -467,55 +489,76 @@ __device__ void attn_mma(const AttnParams& p) {
         }
         cp_async_commit();
     };
-    if (start < end) {
-        slots(start, 0);
-        __syncthreads();
-        issue(0);
+    for (int i = 0; i < stages - 1; ++i) {
+        if (start + i * MMA_KEYS < end) slots(start + i * MMA_KEYS, i);
+    }
+    __syncthreads();
+    for (int i = 0; i < stages - 1; ++i) {
+        if (start + i * MMA_KEYS < end) issue(i);
+        else cp_async_commit(); // an empty group keeps the count of groups per tile
     }
     for (int t0 = start, it = 0; t0 < end; t0 += MMA_KEYS, ++it) {
-        const int buf = it & 1;
+        const int buf = it % stages, next = (it + stages - 1) % stages;
+        const int t_next = t0 + (stages - 1) * MMA_KEYS;
         const u16* k_t = k_s + buf * kv_elems;                                   // this tile's keys
         const u16* v_t = p.v_is_key_prefix ? k_t : k_t + MMA_KEYS * kld;         // and values
-        if (t0 + MMA_KEYS < end) slots(t0 + MMA_KEYS, buf ^ 1);
-        // Every thread is done with the other buffer (the previous tile) and its slots are written.
+        // Slots of buffer `next` were last read when its previous tile was issued, stages - 1
+        // iterations ago.
+        if (t_next < end) slots(t_next, next);
+        // Every thread is done with buffer `next` (the previous tile) and its slots are written.
         __syncthreads();
-        if (t0 + MMA_KEYS < end) issue(buf ^ 1);
+        if (t_next < end) issue(next);
         else cp_async_commit();
-        cp_async_wait<1>(); // this thread's copies of this tile have landed
+        // This thread's copies of this tile have landed: at most stages - 1 later groups pending.
+        if (stages == 3) cp_async_wait<2>();
+        else cp_async_wait<1>();
         __syncthreads();
         if (active) {
+            // Two accumulator chains (even and odd k16 steps) so that consecutive mma.sync are
+            // independent; summed after the last step.
             float sc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+            float sd[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
             const u16* qa = q_s + (mt * 16 + fg) * qld + 2 * ft;
-            for (int kc = 0; kc < dkp; kc += 16) {
+            auto step = [&](int kc, float (&acc)[2][4]) {
                 const unsigned a[4] = {ld2(qa + kc), ld2(qa + 8 * qld + kc), ld2(qa + kc + 8), ld2(qa + 8 * qld + kc + 8)};
 #pragma unroll
                 for (int n = 0; n < 2; ++n) {
                     const u16* kbp = k_t + (half * 16 + n * 8 + fg) * kld + 2 * ft + kc;
                     const unsigned bb[2] = {ld2(kbp), ld2(kbp + 8)};
-                    mma16816<E>(sc[n], a, bb);
+                    mma16816<E>(acc[n], a, bb);
                 }
+            };
+            for (int kc = 0; kc < dkp; kc += 32) {
+                step(kc, sc);
+                if (kc + 16 < dkp) step(kc + 16, sd);
             }
 #pragma unroll
             for (int n = 0; n < 2; ++n) {
                 float* sr = s_s + (mt * 16 + fg) * sld + half * 16 + n * 8 + 2 * ft;
-                sr[0] = sc[n][0];
-                sr[1] = sc[n][1];
-                sr[8 * sld] = sc[n][2];
-                sr[8 * sld + 1] = sc[n][3];
+                sr[0] = sc[n][0] + sd[n][0];
+                sr[1] = sc[n][1] + sd[n][1];
+                sr[8 * sld] = sc[n][2] + sd[n][2];
+                sr[8 * sld + 1] = sc[n][3] + sd[n][3];
             }
         }
         __syncthreads();
-        if (tid < MMA_ROWS) {
-            const int r = tid;
-            float* sr = s_s + r * sld;
-            float mt = -INFINITY;
-            for (int kk = 0; kk < MMA_KEYS; ++kk) {
-                const int t = t0 + kk;
+        {
+            // Keys [slane KPL, (slane + 1) KPL) of row srow: consecutive rows and chunks fall in
+            // different banks (sld = MMA_KEYS + 1).
+            constexpr int KPL = MMA_KEYS / MMA_ROW_LANES;
+            const int r = srow, k0 = slane * KPL;
+            float* sr = s_s + r * sld + k0;
+            float smax = -INFINITY;
+#pragma unroll
+            for (int kk = 0; kk < KPL; ++kk) {
+                const int t = t0 + k0 + kk;
                 sr[kk] = (r < nrows && t < end && t < vis_s[r]) ? sr[kk] * p.scale : -INFINITY;
-                mt = fmaxf(mt, sr[kk]);
+                smax = fmaxf(smax, sr[kk]);
             }
-            u16* pr = p_s + r * pld;
-            online_softmax(sr, MMA_KEYS, mt, m_s[r], l_s[r], c_s[r], [&](int k, float e) { pr[k] = to_storage<E>(e); });
+            u16* pr = p_s + r * pld + k0;
+            float c;
+            online_softmax<MMA_ROW_LANES>(sr, KPL, smax, m_run, l_run, c, [&](int k, float e) { pr[k] = to_storage<E>(e); });
+            if (slane == 0) c_s[r] = c;
         }
         __syncthreads();
         if (active) {
@@ -542,6 +585,10 @@ __device__ void attn_mma(const AttnParams& p) {
                 }
             }
         }
+    }
+    if (slane == 0) {
+        m_s[srow] = m_run;
+        l_s[srow] = l_run;
     }
     __syncthreads();
 

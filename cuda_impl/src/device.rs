@@ -5,7 +5,7 @@ use crate::{driver, CudaError};
 use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// What a certificate records about the device and the build of the kernels.
 #[derive(Clone, Debug, PartialEq)]
@@ -14,6 +14,8 @@ pub struct GpuInfo {
     pub compute_capability: (i32, i32),
     pub multiprocessors: i32,
     pub max_shared_per_block: i32,
+    pub max_shared_per_multiprocessor: i32,
+    pub reserved_shared_per_block: i32,
     pub driver_version: String,
     pub nvrtc_version: String,
     pub arch: String,
@@ -73,6 +75,9 @@ pub struct Gpu {
     pub(crate) stream: Arc<CudaStream>,
     _module: Arc<CudaModule>,
     functions: HashMap<String, CudaFunction>,
+    /// Dynamic shared memory each kernel has been allowed so far (the driver call is made only
+    /// when a launch needs more, not on every launch of a timed loop).
+    shared_allowed: Mutex<HashMap<String, u32>>,
     pub info: GpuInfo,
 }
 
@@ -96,6 +101,8 @@ impl Gpu {
             compute_capability: cc,
             multiprocessors: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
             max_shared_per_block: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?,
+            max_shared_per_multiprocessor: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)?,
+            reserved_shared_per_block: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK)?,
             driver_version: driver_version()?,
             nvrtc_version: nvrtc_version()?,
             compile_options: options(&arch),
@@ -110,8 +117,24 @@ impl Gpu {
             stream,
             _module: module,
             functions,
+            shared_allowed: Mutex::new(HashMap::new()),
             info,
         })
+    }
+
+    /// Allow kernel `name` `bytes` of dynamic shared memory (above 48 KB needs an opt-in).
+    pub(crate) fn allow_shared(&self, name: &str, f: &CudaFunction, bytes: u32) -> Result<(), CudaError> {
+        let mut allowed = self.shared_allowed.lock().unwrap_or_else(|e| e.into_inner());
+        if allowed.get(name).is_some_and(|&a| a >= bytes) {
+            return Ok(());
+        }
+        f.set_attribute(
+            cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            bytes as i32,
+        )
+        .map_err(driver("raising the shared-memory limit"))?;
+        allowed.insert(name.to_string(), bytes);
+        Ok(())
     }
 
     /// A loaded kernel by its full name (e.g. `attn_bf16`).

@@ -29,23 +29,30 @@ extern "C" {
     ) -> c_int;
 }
 
-/// The emulated device. It reports the H100's multiprocessor count and shared-memory limit, so
-/// that default split counts and launch checks are the ones an H100 gets.
+/// The emulated device. It reports the H100's multiprocessor count and shared-memory limits, so
+/// that default split counts, stage counts and launch checks are the ones an H100 gets.
 #[derive(Clone, Debug)]
 pub struct Emulator {
     /// OS threads a launch spreads its blocks over.
     pub threads: usize,
+    /// Shared memory of one SM (an H100's by default): less makes the tensor-core kernel keep
+    /// fewer tiles in flight, which is how tests reach every stage count.
+    pub shared_per_multiprocessor: usize,
 }
 
 /// SMs of an H100 SXM.
 const MULTIPROCESSORS: usize = 132;
 /// Opt-in shared memory per block on sm_90, in bytes.
 const MAX_SHARED_PER_BLOCK: usize = 227 * 1024;
+/// Shared memory per SM on sm_90, of which each resident block takes RESERVED_SHARED_PER_BLOCK.
+const MAX_SHARED_PER_MULTIPROCESSOR: usize = 228 * 1024;
+const RESERVED_SHARED_PER_BLOCK: usize = 1024;
 
 impl Default for Emulator {
     fn default() -> Self {
         Self {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            shared_per_multiprocessor: MAX_SHARED_PER_MULTIPROCESSOR,
         }
     }
 }
@@ -112,6 +119,12 @@ impl Runtime for Emulator {
     }
     fn max_shared_per_block(&self) -> usize {
         MAX_SHARED_PER_BLOCK
+    }
+    fn max_shared_per_multiprocessor(&self) -> usize {
+        self.shared_per_multiprocessor
+    }
+    fn reserved_shared_per_block(&self) -> usize {
+        RESERVED_SHARED_PER_BLOCK
     }
     fn has_mma(&self) -> bool {
         true

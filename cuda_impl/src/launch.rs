@@ -33,6 +33,13 @@ pub const MMA_KEYS: usize = 32;
 pub const MMA_PAD: usize = 8;
 /// Widest value the narrow tensor-core kernel (`attn_mma_narrow_*`, half the accumulators) takes.
 pub const MMA_NARROW_DV: usize = 128;
+/// Key/value tiles the tensor-core kernel keeps in flight at most (`MMA_STAGES_MAX`).
+pub const MMA_STAGES_MAX: usize = 3;
+/// Blocks of `attn_mma_*` (256 threads) an SM holds as far as their registers go: 1 above 128
+/// registers a thread. The ptxas test checks these against the assembled kernels.
+pub const MMA_BLOCKS_PER_SM: usize = 1;
+/// The same for `attn_mma_narrow_*` (at most 128 registers a thread).
+pub const MMA_NARROW_BLOCKS_PER_SM: usize = 2;
 
 /// Which attention kernel a decode runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,8 +176,35 @@ impl<R: Runtime> Decode<'_, R> {
     fn row_tiles(&self) -> usize {
         (self.sq * (self.h / self.keys.streams)).div_ceil(self.variant.rows())
     }
-    /// Dynamic shared memory of the attention kernel, in bytes (the layouts in decode.cu).
-    pub fn shared_bytes(&self) -> usize {
+    /// The tensor-core kernel's family: narrow values need half the accumulators (fewer
+    /// registers, more blocks per SM).
+    fn narrow(&self) -> bool {
+        self.keys.dv <= MMA_NARROW_DV
+    }
+    /// Key/value tiles in flight for the tensor-core kernel: the most (up to MMA_STAGES_MAX) whose
+    /// shared memory fits a block without lowering the blocks an SM holds below what two stages
+    /// allow (registers cap those too). 2 for the SIMT kernel, which ignores it.
+    pub fn stages(&self, rt: &R) -> usize {
+        if self.variant == Variant::Simt {
+            return 2;
+        }
+        let by_registers = if self.narrow() {
+            MMA_NARROW_BLOCKS_PER_SM
+        } else {
+            MMA_BLOCKS_PER_SM
+        };
+        let resident = |stages: usize| {
+            let per_block = self.shared_bytes(stages) + rt.reserved_shared_per_block();
+            (rt.max_shared_per_multiprocessor() / per_block).min(by_registers)
+        };
+        (2..=MMA_STAGES_MAX)
+            .rev()
+            .find(|&s| self.shared_bytes(s) <= rt.max_shared_per_block() && resident(s) >= resident(2))
+            .unwrap_or(2)
+    }
+    /// Dynamic shared memory of the attention kernel with `stages` key/value tiles in flight, in
+    /// bytes (the layouts in decode.cu).
+    pub fn shared_bytes(&self, stages: usize) -> usize {
         let dk = self.key_width();
         let prefix = self.keys.value.is_none();
         match self.variant {
@@ -182,11 +216,11 @@ impl<R: Runtime> Decode<'_, R> {
             Variant::Mma => {
                 let (dkp, dvp) = (dk.next_multiple_of(16), self.keys.dv.next_multiple_of(16));
                 let v = if prefix { 0 } else { MMA_KEYS * (dvp + MMA_PAD) };
-                // f32 scores [rows][keys + 1], row statistics, two tiles' slots; 16-bit q tile,
-                // two key (and value) tiles (double-buffered), P tile.
+                // f32 scores [rows][keys + 1], row statistics, each stage's slots; 16-bit q tile,
+                // each stage's key (and value) tile, P tile.
                 4 * (MMA_ROWS * (MMA_KEYS + 1) + 4 * MMA_ROWS)
-                    + 8 * 2 * MMA_KEYS
-                    + 2 * (MMA_ROWS * (dkp + MMA_PAD) + 2 * (MMA_KEYS * (dkp + MMA_PAD) + v) + MMA_ROWS * (MMA_KEYS + MMA_PAD))
+                    + 8 * stages * MMA_KEYS
+                    + 2 * (MMA_ROWS * (dkp + MMA_PAD) + stages * (MMA_KEYS * (dkp + MMA_PAD) + v) + MMA_ROWS * (MMA_KEYS + MMA_PAD))
             }
         }
     }
@@ -214,10 +248,10 @@ impl<R: Runtime> Decode<'_, R> {
                 return Err(CudaError::Unsupported("values wider than the keys they are a prefix of".into()));
             }
         }
-        if self.shared_bytes() > rt.max_shared_per_block() {
+        let shared = self.shared_bytes(self.stages(rt));
+        if shared > rt.max_shared_per_block() {
             return Err(CudaError::Unsupported(format!(
-                "{} bytes of shared memory per block, the device allows {}",
-                self.shared_bytes(),
+                "{shared} bytes of shared memory per block, the device allows {}",
                 rt.max_shared_per_block()
             )));
         }
@@ -252,6 +286,7 @@ pub fn workspace<R: Runtime>(rt: &R, rows: usize, dv: usize, splits: usize) -> R
 /// Asynchronous; `workspace` must fit B·s_q·H rows × num_splits when num_splits > 1.
 pub fn decode<R: Runtime>(rt: &R, d: &mut Decode<R>, workspace: Option<&mut Workspace<R>>) -> Result<(), CudaError> {
     d.check(rt)?;
+    let stages = d.stages(rt);
     let eb = elem_bytes(d.dtype) as u64;
     let k = &d.keys;
     let rows = d.batch * d.sq * d.h;
@@ -299,6 +334,7 @@ pub fn decode<R: Runtime>(rt: &R, d: &mut Decode<R>, workspace: Option<&mut Work
         streams: k.streams as i32,
         num_splits: d.num_splits as i32,
         v_is_key_prefix: k.value.is_none() as i32,
+        stages: stages as i32,
         scale: d.scale,
     };
     if d.batch == 0 {
@@ -308,12 +344,11 @@ pub fn decode<R: Runtime>(rt: &R, d: &mut Decode<R>, workspace: Option<&mut Work
     let attn = Launch {
         grid: (d.num_splits as u32, (k.streams * d.row_tiles()) as u32, d.batch as u32),
         threads: d.variant.threads() as u32,
-        shared_bytes: d.shared_bytes() as u32,
+        shared_bytes: d.shared_bytes(stages) as u32,
     };
     let family = match d.variant {
         Variant::Simt => "attn",
-        // Narrow values need half the accumulators: fewer registers, more blocks per SM.
-        Variant::Mma if k.dv <= MMA_NARROW_DV => "attn_mma_narrow",
+        Variant::Mma if d.narrow() => "attn_mma_narrow",
         Variant::Mma => "attn_mma",
     };
     rt.launch(&format!("{family}_{suffix}"), attn, Args::Attn(&p), &spans)?;
@@ -448,6 +483,7 @@ mod tests {
             ("MMA_KEYS", MMA_KEYS),
             ("MMA_PAD", MMA_PAD),
             ("MMA_NARROW_DVH", MMA_NARROW_DV / 2),
+            ("MMA_STAGES_MAX", MMA_STAGES_MAX),
         ] {
             let line = format!("#define {name} {value}");
             assert!(crate::compile::SOURCE.contains(&line), "decode.cu lacks `{line}`");
@@ -457,7 +493,10 @@ mod tests {
     /// Parameter structs: no padding surprises (CUDA lays the same fields out the same way).
     #[test]
     fn parameter_layouts() {
-        assert_eq!(std::mem::size_of::<AttnParams>(), 10 * 8 + 3 * 8 + 13 * 4 + 4);
+        assert_eq!(
+            std::mem::size_of::<AttnParams>(),
+            (10 * 8 + 3 * 8 + 14 * 4 + 4usize).next_multiple_of(8)
+        );
         assert_eq!(std::mem::size_of::<ExpandParams>(), 7 * 8 + 7 * 4 + 4);
     }
 

@@ -8,7 +8,6 @@
 
 use crate::device::Gpu;
 use crate::{driver, CudaError};
-use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
 use std::collections::BTreeMap;
 
@@ -48,6 +47,7 @@ pub struct AttnParams {
     pub streams: i32,
     pub num_splits: i32,
     pub v_is_key_prefix: i32,
+    pub stages: i32,
     pub scale: f32,
 }
 // SAFETY: plain old data with the layout of the CUDA struct.
@@ -146,7 +146,11 @@ pub trait Runtime: Send + Sync {
     fn synchronize(&self) -> Result<(), CudaError>;
 
     fn multiprocessors(&self) -> usize;
+    /// Dynamic shared memory one block may opt in to.
     fn max_shared_per_block(&self) -> usize;
+    /// Shared memory of one SM, of which each resident block also takes `reserved_shared_per_block`.
+    fn max_shared_per_multiprocessor(&self) -> usize;
+    fn reserved_shared_per_block(&self) -> usize;
     /// Whether the tensor-core kernels run here (compute capability 8.0 or later).
     fn has_mma(&self) -> bool;
 }
@@ -187,11 +191,7 @@ impl Runtime for Gpu {
     fn launch(&self, name: &str, launch: Launch, args: Args, _spans: &[Span]) -> Result<(), CudaError> {
         let f = self.function(name)?;
         if launch.shared_bytes > 0 {
-            f.set_attribute(
-                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                launch.shared_bytes as i32,
-            )
-            .map_err(driver("raising the shared-memory limit"))?;
+            self.allow_shared(name, f, launch.shared_bytes)?;
         }
         let cfg = LaunchConfig {
             grid_dim: launch.grid,
@@ -217,6 +217,12 @@ impl Runtime for Gpu {
     }
     fn max_shared_per_block(&self) -> usize {
         self.info.max_shared_per_block.max(0) as usize
+    }
+    fn max_shared_per_multiprocessor(&self) -> usize {
+        self.info.max_shared_per_multiprocessor.max(0) as usize
+    }
+    fn reserved_shared_per_block(&self) -> usize {
+        self.info.reserved_shared_per_block.max(0) as usize
     }
     fn has_mma(&self) -> bool {
         self.info.compute_capability.0 >= 8

@@ -65,7 +65,10 @@ fn each_variant_passes_or_declines() {
 /// plain product (the emulator's mma follows PTX's layout; the GPU test runs the same probe).
 #[test]
 fn mma_probe_matches_the_plain_product() {
-    let rt = Emulator { threads: 1 };
+    let rt = Emulator {
+        threads: 1,
+        ..Emulator::default()
+    };
     for dtype in [Dtype::Bf16, Dtype::F16] {
         let (got, want) = gqla_cuda::launch::mma_probe(&rt, dtype, 7).unwrap();
         let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
@@ -75,7 +78,7 @@ fn mma_probe_matches_the_plain_product() {
     }
 }
 
-/// Buffers of a small GQA decode (G = 2 streams, 4 heads, head width d, 40 keys, 2 sequences).
+/// Buffers of a small GQA decode (G = 2 streams, 4 heads, head width d, 100 keys, 2 sequences).
 struct Small {
     rt: Emulator,
     dtype: Dtype,
@@ -89,7 +92,7 @@ struct Small {
 
 const G: usize = 2;
 const H: usize = 4;
-const T: usize = 40;
+const T: usize = 100;
 const B: usize = 2;
 
 impl Small {
@@ -100,7 +103,10 @@ impl Small {
                 .collect()
         };
         Self {
-            rt: Emulator { threads: 2 },
+            rt: Emulator {
+                threads: 2,
+                ..Emulator::default()
+            },
             dtype,
             d,
             q: launch::to_bytes(dtype, &values(B * H * d, 1)),
@@ -113,6 +119,11 @@ impl Small {
 
     /// Run the decode on `variant` with `page` keys per page and `splits` splits; the output.
     fn run(&self, variant: Variant, page: usize, splits: usize) -> Result<Vec<f32>, CudaError> {
+        self.run_staged(variant, page, splits).map(|(out, _)| out)
+    }
+
+    /// The output and the tensor-core kernel's stage count.
+    fn run_staged(&self, variant: Variant, page: usize, splits: usize) -> Result<(Vec<f32>, usize), CudaError> {
         let (rt, d) = (&self.rt, self.d);
         let (q, k, v) = (rt.upload(&self.q)?, rt.upload(&self.k)?, rt.upload(&self.v)?);
         let (lens, table) = (rt.upload(&self.lens)?, rt.upload(&self.table)?);
@@ -150,8 +161,9 @@ impl Small {
             out: Guarded { buf: &mut out, margin: 0 },
             lse: Guarded { buf: &mut lse, margin: 0 },
         };
+        let stages = call.stages(rt);
         launch::decode(rt, &mut call, Some(&mut ws))?;
-        Ok(launch::from_bytes(self.dtype, &rt.download(&out)?))
+        Ok((launch::from_bytes(self.dtype, &rt.download(&out)?), stages))
     }
 }
 
@@ -190,6 +202,26 @@ fn variants_agree_on_odd_widths() {
     }
 }
 
+/// Three tiles in flight (an H100's shared memory) and two (an SM with room for two blocks of two
+/// stages but not of three) give the same bits: the pipeline depth moves copies, not arithmetic.
+#[test]
+fn stage_counts_agree() {
+    let mut s = Small::new(Dtype::Bf16, 16);
+    for splits in [1, 3] {
+        let (deep, stages) = s.run_staged(Variant::Mma, T, splits).unwrap();
+        assert_eq!(stages, 3);
+        s.rt.shared_per_multiprocessor = 50 * 1024;
+        let (shallow, stages) = s.run_staged(Variant::Mma, T, splits).unwrap();
+        assert_eq!(stages, 2);
+        s.rt.shared_per_multiprocessor = Emulator::default().shared_per_multiprocessor;
+        assert!(
+            deep.iter().zip(&shallow).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{splits} splits"
+        );
+        assert!(deep.iter().all(|x| x.is_finite()) && deep.iter().any(|x| *x != 0.0));
+    }
+}
+
 /// A block table that claims more keys than the cache holds: the kernel would read past the
 /// cache. The emulator must refuse the access and say where, not read host memory.
 #[test]
@@ -207,7 +239,10 @@ fn a_read_past_the_cache_is_reported() {
 /// Launches with a wrong shared-memory size or a pointer outside every buffer are errors.
 #[test]
 fn a_pointer_outside_the_launch_buffers_is_reported() {
-    let rt = Emulator { threads: 1 };
+    let rt = Emulator {
+        threads: 1,
+        ..Emulator::default()
+    };
     let lens = rt.upload(&[4i32]).unwrap();
     let p = AttnParams {
         seq_lens: 8, // not an address of any buffer of the launch
@@ -244,7 +279,10 @@ struct SelftestParams {
 
 /// Run test kernel `name` over one block of `threads` threads with an `n`-float output.
 fn selftest(name: &str, threads: u32, n: usize) -> Result<Vec<f32>, CudaError> {
-    let rt = Emulator { threads: 1 };
+    let rt = Emulator {
+        threads: 1,
+        ..Emulator::default()
+    };
     let mut out = rt.upload(&vec![f32::NAN; n])?;
     let span: Span = rt.span(&out);
     let p = SelftestParams {

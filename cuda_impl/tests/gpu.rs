@@ -10,6 +10,7 @@ use gqla_conformance::lattice::suite_cases;
 use gqla_conformance::runner::Prepared;
 use gqla_conformance::{Kernel, Status};
 use gqla_cuda::compile::{compile, function_names, nvrtc_present};
+use gqla_cuda::launch;
 use gqla_cuda::{CudaError, CudaKernel};
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,10 +93,33 @@ fn kernels_assemble_for_sm90_and_sm80_without_spills() {
                 .find(|f| f.name == name)
                 .unwrap_or_else(|| panic!("sm_{arch}: ptxas did not report {name}"));
             assert_eq!(f.spill_bytes, 0, "sm_{arch}: {name} spills: {f:?}");
+            // The blocks per SM the host assumes when it picks the tensor-core kernel's stages.
+            let declared = if name.starts_with("attn_mma_narrow_") {
+                Some(launch::MMA_NARROW_BLOCKS_PER_SM)
+            } else if name.starts_with("attn_mma_") {
+                Some(launch::MMA_BLOCKS_PER_SM)
+            } else {
+                None
+            };
+            if let Some(declared) = declared {
+                let blocks = blocks_by_registers(f.registers as usize, launch::MMA_THREADS);
+                assert_eq!(
+                    blocks, declared,
+                    "sm_{arch}: {name} has {} registers: {blocks} blocks per SM",
+                    f.registers
+                );
+            }
             eprintln!("sm_{arch} {name}: {} registers, {} bytes stack", f.registers, f.stack_bytes);
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Blocks of `threads` threads that one SM's 64K registers hold at `registers` a thread (registers
+/// are allocated per warp in units of 256).
+fn blocks_by_registers(registers: usize, threads: usize) -> usize {
+    let per_warp = (registers * 32).next_multiple_of(256);
+    65_536 / (per_warp * threads.div_ceil(32))
 }
 
 /// A broken source must be a compile error with NVRTC's log, not a panic.

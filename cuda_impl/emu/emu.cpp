@@ -252,6 +252,41 @@ void mma_m16n8k16(int kind, float d[4], const unsigned a[4], const unsigned b[2]
     std::memcpy(d, out, 16);
 }
 
+void ldmatrix(int n, bool trans, const void* row, unsigned r[4], const char* file, int line) {
+    Worker* w = tl_worker;
+    const int me = w->current->linear, base = me & ~31, lane = me & 31;
+    if (w->warp_barriers[me / 32].expected != 32) {
+        fail(describe(*w->current) + ": " + Site{file, line}.str() + ": ldmatrix in a warp of fewer than 32 threads");
+    }
+    w->exchange[me] = (uint64_t)(uintptr_t)row;
+    sync_warp(file, line);
+    const uintptr_t lo = (uintptr_t)w->shared.data(), hi = lo + w->shared.size();
+    auto row_of = [&](int src_lane) -> const uint16_t* {
+        const uintptr_t a = (uintptr_t)w->exchange[base + src_lane];
+        if (a % 16 != 0 || a < lo || a + 16 > hi) {
+            char buf[240];
+            std::snprintf(buf, sizeof buf, "%s: %s: ldmatrix row %d of lane %d at %#lx is not 16 aligned bytes of shared memory",
+                          describe(*w->current).c_str(), Site{file, line}.str().c_str(), src_lane % 8, src_lane,
+                          (unsigned long)a);
+            fail(buf);
+            return nullptr;
+        }
+        return (const uint16_t*)a;
+    };
+    unsigned out[4] = {0, 0, 0, 0};
+    const int g = lane >> 2, t = lane & 3;
+    for (int i = 0; i < n; ++i) {
+        // Without trans: row g, columns 2t and 2t + 1. With trans: rows 2t and 2t + 1, column g.
+        const uint16_t* r0 = row_of(8 * i + (trans ? 2 * t : g));
+        const uint16_t* r1 = row_of(8 * i + (trans ? 2 * t + 1 : g));
+        if (!r0 || !r1) break;
+        const uint16_t x0 = trans ? r0[g] : r0[2 * t], x1 = trans ? r1[g] : r1[2 * t + 1];
+        out[i] = (unsigned)x0 | ((unsigned)x1 << 16);
+    }
+    sync_warp(file, line);
+    std::memcpy(r, out, 4 * (size_t)n);
+}
+
 bool check_access(const void* base, long long index, unsigned size, bool store, const char* file, int line) {
     Worker* w = tl_worker;
     const auto& ranges = w->launch->ranges;
@@ -433,7 +468,8 @@ struct Entry {
         {"mma_probe_" #SUFFIX, [](const void* p) { mma_probe_##SUFFIX(*(const ProbeParams*)p); }},
 
 const Entry ENTRY_TABLE[] = {ENTRIES(f32) ENTRIES(bf16) ENTRIES(f16) MMA_ENTRIES(bf16) MMA_ENTRIES(f16) SELFTEST(selftest_warp_sum) SELFTEST(selftest_divergent_sync)
-                                 SELFTEST(selftest_skipped_sync) SELFTEST(selftest_partial_shuffle) SELFTEST(selftest_store_past_end)};
+                                 SELFTEST(selftest_skipped_sync) SELFTEST(selftest_partial_shuffle) SELFTEST(selftest_store_past_end)
+                                     SELFTEST(selftest_ldmatrix_outside_shared)};
 
 void write_error(char* out, size_t cap, const std::string& msg) {
     if (cap == 0) return;

@@ -7,7 +7,9 @@
 // - every global load and store through ld()/st() must stay inside the buffer its base pointer
 //   points into (the buffers of the launch); a stray access is reported, never performed;
 // - every thread of a block reaches the same __syncthreads, and every lane of a warp the same
-//   shuffle (a divergent barrier is a deadlock on hardware and an error here).
+//   shuffle (a divergent barrier is a deadlock on hardware and an error here);
+// - mma.sync and ldmatrix follow PTX's fragment layouts as warp collectives, and ldmatrix rows are
+//   16 aligned bytes of the block's shared memory.
 // It does not model timing, memory ordering between blocks, or shared-memory races.
 #pragma once
 
@@ -54,6 +56,10 @@ void cp_async_wait(int pending);
 // d += A B for one m16n8k16 tile, A and B of 16-bit floats (kind 1 bf16, 2 f16) in the fragment
 // layout of PTX's mma.sync.aligned.m16n8k16.row.col.f32, accumulated in f32. A warp collective.
 void mma_m16n8k16(int kind, float d[4], const unsigned a[4], const unsigned b[2], const char* file, int line);
+// ldmatrix.sync.aligned.m8n8.x{n}{.trans}.shared.b16: lane 8 i + j gives the shared address of row j
+// of matrix i (16 bytes); r[i] gets this lane's two elements of matrix i (transposed with trans).
+// A warp collective; every used row must lie in the block's shared memory, 16-byte aligned.
+void ldmatrix(int n, bool trans, const void* row, unsigned r[4], const char* file, int line);
 
 template <typename T>
 inline T shfl_xor(unsigned mask, T x, int lane_mask, const char* file, int line) {

@@ -37,3 +37,11 @@ extern "C" __global__ void selftest_partial_shuffle(SelftestParams p) {
 
 // Thread i stores element n + i: every thread but none is past the end of an n-element buffer.
 extern "C" __global__ void selftest_store_past_end(SelftestParams p) { st(p.out, p.n + (int)threadIdx.x, 1.0f); }
+
+// ldmatrix rows in shared memory the launch does not have (it has none).
+extern "C" __global__ void selftest_ldmatrix_outside_shared(SelftestParams p) {
+    GQLA_DYNAMIC_SHARED(u16, sm);
+    unsigned r[4];
+    ldsm<4, false>(r, sm + 8 * (threadIdx.x & 31));
+    st(p.out, 0, (float)r[0]);
+}

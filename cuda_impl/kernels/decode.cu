@@ -10,8 +10,8 @@
 //   GQA path:    G streams, keys [k_g; k^R] (rope once) or k_g with k^R folded in (rope per group).
 // Grid (num_splits, streams x row_tiles, batch); flash-decoding: each split writes a normalised
 // partial (o, lse) and attn_combine_* merges them; with one split the kernel writes the outputs.
-// attn_mma_* is the same computation on tensor cores (mma.sync, cp.async; bf16/f16, sm_80+), with
-// 64 rows x 32 keys per block instead of 16 x 16.
+// attn_mma_* is the same computation on tensor cores (mma.sync fed by ldmatrix, cp.async; bf16/f16,
+// sm_80+), with 64 rows x 32 keys per block instead of 16 x 16.
 // The same source also compiles for the CPU under cuda_impl/emu (GQLA_EMULATION), which checks
 // every global access and barrier.
 // Keys are read through the block table only for t < seq_len, so poisoned slots are never touched.
@@ -342,8 +342,39 @@ __device__ __forceinline__ void mma16816(float d[4], const unsigned a[4], const 
 
 // Two 16-bit values as one register, `lo` in the low half.
 __device__ __forceinline__ unsigned pack2(u16 lo, u16 hi) { return (unsigned)lo | ((unsigned)hi << 16); }
-// Two adjacent 16-bit values of shared memory (4-byte aligned) as one register.
-__device__ __forceinline__ unsigned ld2(const u16* s) { return *(const unsigned*)s; }
+
+#ifndef GQLA_EMULATION
+// The shared-state-space address of a generic pointer into shared memory.
+__device__ __forceinline__ unsigned shared_addr(const void* p) {
+    unsigned s;
+    asm volatile("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(s) : "l"(p));
+    return s;
+}
+#endif
+
+// N (2 or 4) 8 x 8 matrices of 16-bit values from shared memory (ldmatrix): lane 8 i + j passes
+// `row`, the 16-byte-aligned address of row j of matrix i (lanes 16-31 unused when N = 2).
+// r[i] = this lane's two elements of matrix i in the mma fragment layout: row g, columns 2t and
+// 2t + 1; with TRANS, rows 2t and 2t + 1 of column g (the fragment of the transpose).
+template <int N, bool TRANS>
+__device__ __forceinline__ void ldsm(unsigned (&r)[N], const u16* row) {
+#ifdef GQLA_EMULATION
+    gqla_emu::ldmatrix(N, TRANS, row, r, __FILE__, __LINE__);
+#else
+    const unsigned a = shared_addr(row);
+    if constexpr (N == 4 && !TRANS) {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+    } else if constexpr (N == 4) {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+    } else if constexpr (!TRANS) {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
+    } else {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
+    }
+#endif
+}
 
 template <int E> __device__ __forceinline__ u16 to_storage(float x);
 template <> __device__ __forceinline__ u16 to_storage<1>(float x) { return f32_to_bf16(x); }
@@ -358,9 +389,7 @@ __device__ __forceinline__ void cp_async16(u16* dst, const u16* src, bool valid)
 #ifdef GQLA_EMULATION
     gqla_emu::cp_async16(dst, src, valid, __FILE__, __LINE__);
 #else
-    unsigned s;
-    asm volatile("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(s) : "l"(dst));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(src), "r"(valid ? 16 : 0) : "memory");
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(shared_addr(dst)), "l"(src), "r"(valid ? 16 : 0) : "memory");
 #endif
 }
 __device__ __forceinline__ void cp_async_commit() {
@@ -394,6 +423,7 @@ template <int E, int DVH_MAX>
 __device__ void attn_mma(const AttnParams& p) {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int fg = lane >> 2, ft = lane & 3; // fragment row group and column pair
+    const int li = lane >> 3, lj = lane & 7; // ldmatrix: this lane gives row lj of matrix li
     const Tile w = tile_of<MMA_ROWS>(p);
     const int split = w.split, per = w.per, g = w.g, row0 = w.row0, nrows = w.nrows, b = w.b;
     const int start = w.start, end = w.end;
@@ -518,15 +548,16 @@ __device__ void attn_mma(const AttnParams& p) {
             // independent; summed after the last step.
             float sc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
             float sd[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
-            const u16* qa = q_s + (mt * 16 + fg) * qld + 2 * ft;
+            // ldmatrix rows: A = Q, matrices (rows 0-7 | 8-15) x (columns 0-7 | 8-15) in the order
+            // of a[]; B = K (rows are keys), matrices (dims 0-7 | 8-15) of keys 0-7, then of 8-15.
+            const u16* qa = q_s + (mt * 16 + (li & 1) * 8 + lj) * qld + (li >> 1) * 8;
+            const u16* kr = k_t + (half * 16 + (li >> 1) * 8 + lj) * kld + (li & 1) * 8;
             auto step = [&](int kc, float (&acc)[2][4]) {
-                const unsigned a[4] = {ld2(qa + kc), ld2(qa + 8 * qld + kc), ld2(qa + kc + 8), ld2(qa + 8 * qld + kc + 8)};
-#pragma unroll
-                for (int n = 0; n < 2; ++n) {
-                    const u16* kbp = k_t + (half * 16 + n * 8 + fg) * kld + 2 * ft + kc;
-                    const unsigned bb[2] = {ld2(kbp), ld2(kbp + 8)};
-                    mma16816<E>(acc[n], a, bb);
-                }
+                unsigned a[4], bk[4];
+                ldsm<4, false>(a, qa + kc);
+                ldsm<4, false>(bk, kr + kc);
+                mma16816<E>(acc[0], a, bk);
+                mma16816<E>(acc[1], a, bk + 2);
             };
             for (int kc = 0; kc < dkp; kc += 32) {
                 step(kc, sc);
@@ -570,17 +601,25 @@ __device__ void attn_mma(const AttnParams& p) {
                 o[n][2] *= c_hi;
                 o[n][3] *= c_hi;
             }
-            const u16* pa = p_s + (mt * 16 + fg) * pld + 2 * ft;
+            // ldmatrix rows: A = P as Q above; B = V (rows are keys) transposed, matrices (keys 0-7 |
+            // 8-15) of columns n0..n0+7, then of n0+8..n0+15: the fragments of n-tiles n and n + 1.
+            const u16* pa = p_s + (mt * 16 + (li & 1) * 8 + lj) * pld + (li >> 1) * 8;
+            const u16* vr = v_t + ((li & 1) * 8 + lj) * vld + half * dvh + (li >> 1) * 8;
 #pragma unroll
             for (int kc = 0; kc < MMA_KEYS; kc += 16) {
-                const unsigned a[4] = {ld2(pa + kc), ld2(pa + 8 * pld + kc), ld2(pa + kc + 8), ld2(pa + 8 * pld + kc + 8)};
-                const u16* vr = v_t + (kc + 2 * ft) * vld + half * dvh + fg;
+                unsigned a[4];
+                ldsm<4, false>(a, pa + kc);
 #pragma unroll
-                for (int n = 0; n < DVH_MAX / 8; ++n) {
-                    if (n * 8 < dvh) {
-                        const u16* vc = vr + n * 8;
-                        const unsigned bb[2] = {pack2(vc[0], vc[vld]), pack2(vc[8 * vld], vc[9 * vld])};
-                        mma16816<E>(o[n], a, bb);
+                for (int n = 0; n < DVH_MAX / 8; n += 2) {
+                    if ((n + 1) * 8 < dvh) {
+                        unsigned bv[4];
+                        ldsm<4, true>(bv, vr + kc * vld + n * 8);
+                        mma16816<E>(o[n], a, bv);
+                        mma16816<E>(o[n + 1], a, bv + 2);
+                    } else if (n * 8 < dvh) {
+                        unsigned bv[2];
+                        ldsm<2, true>(bv, vr + kc * vld + n * 8);
+                        mma16816<E>(o[n], a, bv);
                     }
                 }
             }
@@ -614,8 +653,14 @@ __device__ void attn_mma(const AttnParams& p) {
     }
 }
 
-// One m16n8k16 product with operands in plain row-major memory: a [16][16], b [16][8] (k x n) of
-// 16-bit floats, d [16][8] f32. Tests the fragment layout mma16816 assumes, on its own.
+// The fragment layouts the tensor-core kernel assumes, on their own: D = A B with A [16][16] and
+// B [16][16] (k x n) of 16-bit floats in plain row-major memory, D [16][16] f32, computed four
+// ways into d[0..256), d[256..512), d[512..768), d[768..1024):
+//   0: fragments built element by element from global memory (the mma layout alone);
+//   1: A by ldmatrix.x4, B by ldmatrix.x4.trans of B in shared memory (as P and V);
+//   2: A by ldmatrix.x4, B by ldmatrix.x2.trans, one n-tile at a time;
+//   3: A by ldmatrix.x4, B by ldmatrix.x4 of B transposed (rows are n, as K in Q K^T).
+// One warp; 1.5 KB of dynamic shared memory.
 struct ProbeParams {
     const u16* a;
     const u16* b;
@@ -625,22 +670,68 @@ struct ProbeParams {
 template <int E>
 __device__ void mma_probe(const ProbeParams& p) {
     const int lane = threadIdx.x & 31, fg = lane >> 2, ft = lane & 3;
+    const int li = lane >> 3, lj = lane & 7;
+    GQLA_DYNAMIC_SHARED(u16, sm);
+    u16* a_s = sm;         // [16][16]
+    u16* b_s = sm + 256;   // [16 k][16 n]
+    u16* bt_s = sm + 512;  // [16 n][16 k]
+    for (int i = lane; i < 256; i += 32) {
+        a_s[i] = ld(p.a, i);
+        b_s[i] = ld(p.b, i);
+        bt_s[(i % 16) * 16 + i / 16] = ld(p.b, i);
+    }
+    __syncwarp();
+    auto store = [&](int way, int n, const float d[4]) {
+        float* out = p.d + way * 256;
+        st(out, fg * 16 + n * 8 + 2 * ft, d[0]);
+        st(out, fg * 16 + n * 8 + 2 * ft + 1, d[1]);
+        st(out, (fg + 8) * 16 + n * 8 + 2 * ft, d[2]);
+        st(out, (fg + 8) * 16 + n * 8 + 2 * ft + 1, d[3]);
+    };
     const unsigned a[4] = {
         pack2(ld(p.a, fg * 16 + 2 * ft), ld(p.a, fg * 16 + 2 * ft + 1)),
         pack2(ld(p.a, (fg + 8) * 16 + 2 * ft), ld(p.a, (fg + 8) * 16 + 2 * ft + 1)),
         pack2(ld(p.a, fg * 16 + 2 * ft + 8), ld(p.a, fg * 16 + 2 * ft + 9)),
         pack2(ld(p.a, (fg + 8) * 16 + 2 * ft + 8), ld(p.a, (fg + 8) * 16 + 2 * ft + 9)),
     };
-    const unsigned bb[2] = {
-        pack2(ld(p.b, (2 * ft) * 8 + fg), ld(p.b, (2 * ft + 1) * 8 + fg)),
-        pack2(ld(p.b, (2 * ft + 8) * 8 + fg), ld(p.b, (2 * ft + 9) * 8 + fg)),
-    };
-    float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    mma16816<E>(d, a, bb);
-    st(p.d, fg * 8 + 2 * ft, d[0]);
-    st(p.d, fg * 8 + 2 * ft + 1, d[1]);
-    st(p.d, (fg + 8) * 8 + 2 * ft, d[2]);
-    st(p.d, (fg + 8) * 8 + 2 * ft + 1, d[3]);
+    for (int n = 0; n < 2; ++n) {
+        const int c = n * 8 + fg;
+        const unsigned bb[2] = {
+            pack2(ld(p.b, (2 * ft) * 16 + c), ld(p.b, (2 * ft + 1) * 16 + c)),
+            pack2(ld(p.b, (2 * ft + 8) * 16 + c), ld(p.b, (2 * ft + 9) * 16 + c)),
+        };
+        float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        mma16816<E>(d, a, bb);
+        store(0, n, d);
+    }
+    // The row addresses the attention kernel uses, with row strides of 16 elements.
+    unsigned al[4];
+    ldsm<4, false>(al, a_s + ((li & 1) * 8 + lj) * 16 + (li >> 1) * 8);
+    {
+        unsigned bv[4];
+        ldsm<4, true>(bv, b_s + ((li & 1) * 8 + lj) * 16 + (li >> 1) * 8);
+        for (int n = 0; n < 2; ++n) {
+            float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            mma16816<E>(d, al, bv + 2 * n);
+            store(1, n, d);
+        }
+    }
+    for (int n = 0; n < 2; ++n) {
+        unsigned bv[2];
+        ldsm<2, true>(bv, b_s + ((li & 1) * 8 + lj) * 16 + n * 8);
+        float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        mma16816<E>(d, al, bv);
+        store(2, n, d);
+    }
+    {
+        unsigned bk[4];
+        ldsm<4, false>(bk, bt_s + ((li >> 1) * 8 + lj) * 16 + (li & 1) * 8);
+        for (int n = 0; n < 2; ++n) {
+            float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            mma16816<E>(d, al, bk + 2 * n);
+            store(3, n, d);
+        }
+    }
 }
 
 // Merge the splits of one (sequence, token, head) row: o = sum_s e^{lse_s - M} o_s / sum_s e^{lse_s - M}.

@@ -430,8 +430,12 @@ pub fn expand_cache<R: Runtime>(
     rt.launch(&format!("expand_{}", dtype.name()), launch, Args::Expand(&p), &spans)
 }
 
-/// Run `mma_probe_<dtype>` on seeded random 16-bit operands: (the kernel's d [16][8], the f64
-/// product of the same rounded operands). Checks the tensor-core fragment layout on its own.
+/// Ways `mma_probe_*` computes the same product (register fragments, then three ldmatrix forms).
+pub const MMA_PROBE_WAYS: usize = 4;
+
+/// Run `mma_probe_<dtype>` on seeded random 16-bit operands A, B [16][16]: (the kernel's
+/// MMA_PROBE_WAYS products D [16][16], one after the other; the f64 product of the same rounded
+/// operands). Checks the tensor-core fragment and ldmatrix layouts on their own.
 pub fn mma_probe<R: Runtime>(rt: &R, dtype: Dtype, seed: u64) -> Result<(Vec<f32>, Vec<f64>), CudaError> {
     if dtype == Dtype::F32 {
         return Err(CudaError::Unsupported("mma_probe takes bf16 or f16".into()));
@@ -443,12 +447,12 @@ pub fn mma_probe<R: Runtime>(rt: &R, dtype: Dtype, seed: u64) -> Result<(Vec<f32
         ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     };
     let a: Vec<f32> = (0..256).map(|_| dtype.round(next())).collect();
-    let b: Vec<f32> = (0..128).map(|_| dtype.round(next())).collect();
-    let want: Vec<f64> = (0..128)
-        .map(|i| (0..16).map(|k| a[(i / 8) * 16 + k] as f64 * b[k * 8 + i % 8] as f64).sum())
+    let b: Vec<f32> = (0..256).map(|_| dtype.round(next())).collect();
+    let want: Vec<f64> = (0..256)
+        .map(|i| (0..16).map(|k| a[(i / 16) * 16 + k] as f64 * b[k * 16 + i % 16] as f64).sum())
         .collect();
     let (ab, bb) = (rt.upload(&to_bytes(dtype, &a))?, rt.upload(&to_bytes(dtype, &b))?);
-    let mut d = rt.zeros::<f32>(128)?;
+    let mut d = rt.zeros::<f32>(MMA_PROBE_WAYS * 256)?;
     let spans = [rt.span(&ab), rt.span(&bb), rt.span(&d)];
     let p = ProbeParams {
         a: rt.addr(&ab),
@@ -458,7 +462,7 @@ pub fn mma_probe<R: Runtime>(rt: &R, dtype: Dtype, seed: u64) -> Result<(Vec<f32
     let launch = Launch {
         grid: (1, 1, 1),
         threads: 32,
-        shared_bytes: 0,
+        shared_bytes: 3 * 256 * 2,
     };
     rt.launch(&format!("mma_probe_{}", dtype.name()), launch, Args::Probe(&p), &spans)?;
     rt.synchronize()?;

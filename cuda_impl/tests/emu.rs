@@ -71,9 +71,15 @@ fn mma_probe_matches_the_plain_product() {
     };
     for dtype in [Dtype::Bf16, Dtype::F16] {
         let (got, want) = gqla_cuda::launch::mma_probe(&rt, dtype, 7).unwrap();
+        assert_eq!(got.len(), launch::MMA_PROBE_WAYS * want.len());
         let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!((*g as f64 - w).abs() <= 1e-5 * scale, "{dtype:?} element {i}: {g} vs {w}");
+        for (i, (g, w)) in got.iter().zip(want.iter().cycle()).enumerate() {
+            assert!(
+                (*g as f64 - w).abs() <= 1e-5 * scale,
+                "{dtype:?} way {} element {}: {g} vs {w}",
+                i / 256,
+                i % 256
+            );
         }
     }
 }
@@ -336,6 +342,16 @@ fn stores_past_the_end_are_refused() {
     let e = selftest("selftest_store_past_end", 32, 4).unwrap_err().to_string();
     assert!(
         e.contains("out-of-bounds store of 4 bytes at element 4") && e.contains("selftest_store_past_end") && e.contains("selftest.cu:"),
+        "{e}"
+    );
+}
+
+/// ldmatrix rows must be 16 aligned bytes of the block's shared memory.
+#[test]
+fn ldmatrix_outside_shared_memory_is_reported() {
+    let e = selftest("selftest_ldmatrix_outside_shared", 32, 1).unwrap_err().to_string();
+    assert!(
+        e.contains("selftest_ldmatrix_outside_shared") && e.contains("ldmatrix row") && e.contains("not 16 aligned bytes of shared memory"),
         "{e}"
     );
 }

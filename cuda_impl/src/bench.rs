@@ -302,14 +302,7 @@ impl Gpu {
             unsafe { self.stream.alloc::<u8>(batch * sq_max * geo.h * dv * elem_bytes(dtype)) }.map_err(driver("allocating a buffer"))?;
         let mut lse = unsafe { self.stream.alloc::<u8>(batch * sq_max * geo.h * 4) }.map_err(driver("allocating a buffer"))?;
         for (&sq, &variant) in sqs.iter().flat_map(|s| variants.iter().map(move |v| (s, v))) {
-            let streams = if path == Path::Absorb { 1 } else { geo.g };
-            let splits = launch::default_splits(self, variant, batch, sq, geo.h, streams, context);
-            let mut ws: Option<Workspace<Gpu>> = if splits > 1 {
-                Some(launch::workspace(self, batch * sq * geo.h, dv, splits)?)
-            } else {
-                None
-            };
-            let keys = || match path {
+            let keys = match path {
                 Path::Absorb => KeySource {
                     key: Segment {
                         buf: &key,
@@ -346,28 +339,33 @@ impl Gpu {
                 },
             };
             let scale = 1.0 / ((geo.dn + geo.dr) as f32).sqrt();
-            let ms = self.time_ms(300.0, 100, || {
-                let mut call = Decode {
-                    dtype,
-                    q: &q,
-                    keys: keys(),
-                    paging: Paging {
-                        seq_lens: &lens,
-                        block_table: &table,
-                        max_pages: 1,
-                        page: context,
-                    },
-                    batch,
-                    sq,
-                    h: geo.h,
-                    scale,
-                    num_splits: splits,
-                    variant,
-                    out: Guarded { buf: &mut out, margin: 0 },
-                    lse: Guarded { buf: &mut lse, margin: 0 },
-                };
-                launch::decode(self, &mut call, ws.as_mut())
-            })?;
+            let mut call = Decode {
+                dtype,
+                q: &q,
+                keys,
+                paging: Paging {
+                    seq_lens: &lens,
+                    block_table: &table,
+                    max_pages: 1,
+                    page: context,
+                },
+                batch,
+                sq,
+                h: geo.h,
+                scale,
+                num_splits: 1,
+                variant,
+                out: Guarded { buf: &mut out, margin: 0 },
+                lse: Guarded { buf: &mut lse, margin: 0 },
+            };
+            call.num_splits = call.default_splits(self, context);
+            let splits = call.num_splits;
+            let mut ws: Option<Workspace<Gpu>> = if splits > 1 {
+                Some(launch::workspace(self, batch * sq * geo.h, dv, splits)?)
+            } else {
+                None
+            };
+            let ms = self.time_ms(300.0, 100, || launch::decode(self, &mut call, ws.as_mut()))?;
             on_row(Row {
                 geometry: geo.name,
                 path,

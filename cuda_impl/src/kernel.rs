@@ -121,14 +121,6 @@ impl<R: Runtime> DeviceKernel<R> {
         self.rt.upload(&to_bytes(inp.case.dtype, &inp.cache.component(name).data))
     }
 
-    /// Split count: the case's request, or the device's default for this shape.
-    fn splits(&self, inp: &CaseInputs, variant: Variant, streams: usize) -> usize {
-        let c = &inp.case;
-        let longest = inp.cache.seq_lens.iter().copied().max().unwrap_or(0);
-        c.splits
-            .unwrap_or_else(|| launch::default_splits(&self.rt, variant, c.batch(), c.sq, c.h, streams, longest))
-    }
-
     fn decode(&self, inp: &CaseInputs, outputs: &mut Outputs) -> Result<(), CudaError> {
         let c = &inp.case;
         let d = c.dtype;
@@ -171,19 +163,12 @@ impl<R: Runtime> DeviceKernel<R> {
             },
             (Op::CacheExpand, _) => unreachable!("expand is not a decode"),
         };
-        let streams = keys.streams;
         let (lens, table, max_pages, page) = self.paging(inp)?;
         let q = self.rt.upload(&to_bytes(d, &inp.q))?;
         let (n_out, n_lse) = (outputs.get("out").len(), outputs.get("lse").len());
         let mut out = guarded_output(&self.rt, d, n_out)?;
         let mut lse = guarded_output(&self.rt, Dtype::F32, n_lse)?;
         let variant = self.variant.unwrap_or_else(|| Variant::choose(&self.rt, d));
-        let num_splits = self.splits(inp, variant, streams);
-        let mut ws = if num_splits > 1 {
-            Some(launch::workspace(&self.rt, c.batch() * c.sq * c.h, keys.dv, num_splits)?)
-        } else {
-            None
-        };
         let mut call = Decode {
             dtype: d,
             q: &q,
@@ -198,7 +183,7 @@ impl<R: Runtime> DeviceKernel<R> {
             sq: c.sq,
             h: c.h,
             scale: inp.scale,
-            num_splits,
+            num_splits: 1,
             variant,
             out: Guarded {
                 buf: &mut out,
@@ -208,6 +193,14 @@ impl<R: Runtime> DeviceKernel<R> {
                 buf: &mut lse,
                 margin: MARGIN,
             },
+        };
+        // The case's split count, or the device's default for this shape.
+        let longest = inp.cache.seq_lens.iter().copied().max().unwrap_or(0);
+        call.num_splits = c.splits.unwrap_or_else(|| call.default_splits(&self.rt, longest));
+        let mut ws = if call.num_splits > 1 {
+            Some(launch::workspace(&self.rt, c.batch() * c.sq * c.h, call.keys.dv, call.num_splits)?)
+        } else {
+            None
         };
         launch::decode(&self.rt, &mut call, ws.as_mut())?;
         self.rt.synchronize()?;

@@ -40,6 +40,8 @@ pub const MMA_STAGES_MAX: usize = 3;
 pub const MMA_BLOCKS_PER_SM: usize = 1;
 /// The same for `attn_mma_narrow_*` (at most 128 registers a thread).
 pub const MMA_NARROW_BLOCKS_PER_SM: usize = 2;
+/// The same for the SIMT `attn_*` (128 threads, up to 255 registers; f16 storage needs fewer).
+pub const SIMT_BLOCKS_PER_SM: usize = 2;
 
 /// Which attention kernel a decode runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,26 +183,39 @@ impl<R: Runtime> Decode<'_, R> {
     fn narrow(&self) -> bool {
         self.keys.dv <= MMA_NARROW_DV
     }
+    /// Blocks of the attention kernel one SM holds with `stages` tiles in flight: as many as
+    /// its registers allow and its shared memory fits (at least 1).
+    fn resident_blocks(&self, rt: &R, stages: usize) -> usize {
+        let by_registers = match self.variant {
+            Variant::Simt => SIMT_BLOCKS_PER_SM,
+            Variant::Mma if self.narrow() => MMA_NARROW_BLOCKS_PER_SM,
+            Variant::Mma => MMA_BLOCKS_PER_SM,
+        };
+        let per_block = self.shared_bytes(stages) + rt.reserved_shared_per_block();
+        (rt.max_shared_per_multiprocessor() / per_block).clamp(1, by_registers)
+    }
     /// Key/value tiles in flight for the tensor-core kernel: the most (up to MMA_STAGES_MAX) whose
     /// shared memory fits a block without lowering the blocks an SM holds below what two stages
-    /// allow (registers cap those too). 2 for the SIMT kernel, which ignores it.
+    /// allow. 2 for the SIMT kernel, which ignores it.
     pub fn stages(&self, rt: &R) -> usize {
         if self.variant == Variant::Simt {
             return 2;
         }
-        let by_registers = if self.narrow() {
-            MMA_NARROW_BLOCKS_PER_SM
-        } else {
-            MMA_BLOCKS_PER_SM
-        };
-        let resident = |stages: usize| {
-            let per_block = self.shared_bytes(stages) + rt.reserved_shared_per_block();
-            (rt.max_shared_per_multiprocessor() / per_block).min(by_registers)
-        };
         (2..=MMA_STAGES_MAX)
             .rev()
-            .find(|&s| self.shared_bytes(s) <= rt.max_shared_per_block() && resident(s) >= resident(2))
+            .find(|&s| self.shared_bytes(s) <= rt.max_shared_per_block() && self.resident_blocks(rt, s) >= self.resident_blocks(rt, 2))
             .unwrap_or(2)
+    }
+    /// The split count when the caller asks for none: enough blocks for one full wave (every SM
+    /// holding as many blocks as it can; a second wave would only add partial outputs to write
+    /// and merge), but never splits shorter than four key tiles. `longest` is the longest
+    /// sequence.
+    pub fn default_splits(&self, rt: &R, longest: usize) -> usize {
+        let blocks = self.batch * self.keys.streams * self.row_tiles();
+        let wave = rt.multiprocessors() * self.resident_blocks(rt, self.stages(rt));
+        wave.div_ceil(blocks.max(1))
+            .min(longest.div_ceil(4 * self.variant.keys_per_tile()))
+            .max(1)
     }
     /// Dynamic shared memory of the attention kernel with `stages` key/value tiles in flight, in
     /// bytes (the layouts in decode.cu).
@@ -260,17 +275,6 @@ impl<R: Runtime> Decode<'_, R> {
         }
         Ok(())
     }
-}
-
-/// The split count when the caller asks for none: enough blocks to fill the device twice over,
-/// but never splits shorter than four key tiles. `longest` is the longest sequence.
-#[allow(clippy::too_many_arguments)]
-pub fn default_splits<R: Runtime>(rt: &R, variant: Variant, batch: usize, sq: usize, h: usize, streams: usize, longest: usize) -> usize {
-    let blocks = batch * streams * (sq * (h / streams)).div_ceil(variant.rows());
-    (2 * rt.multiprocessors())
-        .div_ceil(blocks.max(1))
-        .min(longest.div_ceil(4 * variant.keys_per_tile()))
-        .max(1)
 }
 
 /// Split-KV workspace for up to `rows` = B·s_q·H query rows of width `dv` and `splits` splits.

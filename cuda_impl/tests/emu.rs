@@ -228,6 +228,78 @@ fn stage_counts_agree() {
     }
 }
 
+/// Default split counts fill one wave: every SM holding as many blocks as registers and shared
+/// memory allow (the emulator is an H100: 132 SMs), and no split shorter than four key tiles.
+#[test]
+fn default_splits_fill_one_wave() {
+    let rt = Emulator::default();
+    let buf = || rt.zeros::<u8>(16).unwrap();
+    let (q, k, r, v) = (buf(), buf(), buf(), buf());
+    let (lens, table) = (rt.upload(&[0i32]).unwrap(), rt.upload(&[0i32]).unwrap());
+    let (mut out, mut lse) = (buf(), buf());
+    let seg = |buf, width, head_stride| Segment {
+        buf,
+        row_stride: 8 * width,
+        head_stride,
+        width,
+    };
+    // (absorb or GQA path, heads, s_q, batch, variant, longest, splits): DeepSeek-V3 and
+    // LLaMA-3-8B geometry.
+    let cases = [
+        (true, 128, 1, 1, Variant::Mma, 65_536, 66),  // 2 row tiles, 1 block per SM
+        (true, 128, 2, 1, Variant::Mma, 65_536, 33),  // 4 row tiles
+        (true, 32, 1, 1, Variant::Mma, 65_536, 132),  // 1 row tile
+        (true, 32, 1, 16, Variant::Mma, 65_536, 9),   // 16 blocks
+        (true, 32, 1, 1, Variant::Mma, 1_000, 8),     // four tiles of 32 keys at least
+        (false, 32, 1, 1, Variant::Mma, 65_536, 33),  // 8 groups, narrow: 2 blocks per SM
+        (false, 32, 2, 64, Variant::Mma, 65_536, 1),  // 512 blocks: more than a wave
+        (false, 32, 1, 1, Variant::Simt, 65_536, 33), // SIMT: 2 blocks per SM
+    ];
+    for (absorb, h, sq, batch, variant, longest, want) in cases {
+        let keys = if absorb {
+            KeySource {
+                key: seg(&k, 576, 0),
+                shared_key: None,
+                value: None,
+                dv: 512,
+                streams: 1,
+            }
+        } else {
+            KeySource {
+                key: seg(&k, 128, 128),
+                shared_key: Some(seg(&r, 64, 0)),
+                value: Some(seg(&v, 128, 128)),
+                dv: 128,
+                streams: 8,
+            }
+        };
+        let call = Decode {
+            dtype: Dtype::Bf16,
+            q: &q,
+            keys,
+            paging: Paging {
+                seq_lens: &lens,
+                block_table: &table,
+                max_pages: 1,
+                page: longest,
+            },
+            batch,
+            sq,
+            h,
+            scale: 1.0,
+            num_splits: 1,
+            variant,
+            out: Guarded { buf: &mut out, margin: 0 },
+            lse: Guarded { buf: &mut lse, margin: 0 },
+        };
+        let got = call.default_splits(&rt, longest);
+        assert_eq!(
+            got, want,
+            "absorb {absorb}, h {h}, s_q {sq}, batch {batch}, {variant:?}, {longest} keys"
+        );
+    }
+}
+
 /// A block table that claims more keys than the cache holds: the kernel would read past the
 /// cache. The emulator must refuse the access and say where, not read host memory.
 #[test]

@@ -93,7 +93,7 @@ fn kernels_assemble_for_sm90_and_sm80_without_spills() {
                 .find(|f| f.name == name)
                 .unwrap_or_else(|| panic!("sm_{arch}: ptxas did not report {name}"));
             assert_eq!(f.spill_bytes, 0, "sm_{arch}: {name} spills: {f:?}");
-            // The blocks per SM the host assumes when it picks the tensor-core kernel's stages.
+            // The blocks per SM the host assumes for stage and split counts.
             let declared = if name.starts_with("attn_mma_narrow_") {
                 Some(launch::MMA_NARROW_BLOCKS_PER_SM)
             } else if name.starts_with("attn_mma_") {
@@ -108,6 +108,10 @@ fn kernels_assemble_for_sm90_and_sm80_without_spills() {
                     "sm_{arch}: {name} has {} registers: {blocks} blocks per SM",
                     f.registers
                 );
+            }
+            if name.starts_with("attn_") && !name.starts_with("attn_mma") && !name.starts_with("attn_combine") {
+                let blocks = blocks_by_registers(f.registers as usize, launch::THREADS);
+                assert!(blocks >= launch::SIMT_BLOCKS_PER_SM, "sm_{arch}: {name}: {blocks} blocks per SM");
             }
             eprintln!("sm_{arch} {name}: {} registers, {} bytes stack", f.registers, f.stack_bytes);
         }

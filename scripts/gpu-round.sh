@@ -3,7 +3,7 @@
 #
 #   scripts/gpu-round.sh pack                 # here: build release binaries, pack what travels
 #   then one device call, carrying target/gpu-round:
-#   bash scripts/gpu-round.sh remote [STAGES] # there: STAGES of tests,certify,sanitize,ptxas,ncu,bench,peer
+#   bash scripts/gpu-round.sh remote [STAGES] # there: STAGES of tests,certify,sanitize,ptxas,ncu,bench,peer,external
 #
 # `pack` builds the `gqla` release binary and a nextest archive of the gqla-cuda tests, and copies
 # cargo-nextest beside them (the GPU machine has no Rust toolchain). `remote` writes everything
@@ -38,7 +38,7 @@ pack() {
 }
 
 remote() {
-    local stages="${1:-tests,certify,sanitize,ptxas,ncu,bench,peer}"
+    local stages="${1:-tests,certify,sanitize,ptxas,ncu,bench,peer,external}"
     local out="${OUT:?OUT is set by the device tool}/round"
     mkdir -p "$out"
     # NVRTC 13 and cuBLAS come from the machine's PyTorch wheels.
@@ -93,6 +93,17 @@ remote() {
     if [[ $stages == *peer* ]]; then
         python3 scripts/sdpa_peer.py >"$out/sdpa-peer.md" 2>"$out/sdpa-peer.log" || status=1
     fi
+    if [[ $stages == *external* ]]; then
+        # A third-party kernel certified through a vector pack: PyTorch's SDPA on the GPU, in
+        # the cases' own dtypes (examples/certify_sdpa.py).
+        local pack=/tmp/sdpa-pack
+        rm -rf "$pack"
+        {
+            "$gqla" vectors export --out "$pack" --filter gqla.decode.gqa &&
+                python3 examples/certify_sdpa.py "$pack" --device cuda --native &&
+                "$gqla" certify --kernel "external:$pack" --filter gqla.decode.gqa --out "$out/certificate-sdpa"
+        } >"$out/external.log" 2>&1 || status=1
+    fi
     {
         cat "$out/device.txt"
         [ -f "$out/tests.log" ] && grep -E "Summary|PASS|FAIL|skipped" "$out/tests.log" | tail -20
@@ -105,6 +116,7 @@ remote() {
         [ -f "$out/bench-decode.md" ] && cat "$out/bench-decode.md"
         [ -f "$out/sdpa-peer.md" ] && cat "$out/sdpa-peer.md"
         [ -f "$out/plan-validation.md" ] && cat "$out/plan-validation.md"
+        [ -f "$out/external.log" ] && tail -6 "$out/external.log"
     } >"$OUT/summary.md" 2>&1 || true
     tar czf "$OUT/round.tgz" -C "$OUT" round
     cat "$OUT/summary.md"
@@ -115,7 +127,7 @@ case "${1:-}" in
     pack) pack ;;
     remote) remote "${2:-}" ;;
     *)
-        echo "usage: $0 pack | remote [tests,certify,sanitize,ptxas,ncu,bench,peer]" >&2
+        echo "usage: $0 pack | remote [tests,certify,sanitize,ptxas,ncu,bench,peer,external]" >&2
         exit 2
         ;;
 esac

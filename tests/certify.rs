@@ -263,8 +263,9 @@ mod packs {
         assert!(r.stderr.contains("/no/such/pack/manifest.json"), "{}", r.stderr);
     }
 
-    /// examples/certify_sdpa.py certifies PyTorch's SDPA as a gqla.decode.gqa kernel. Needs a
-    /// Python with torch (`GQLA_PYTHON`, default python3); without one the test says it skipped.
+    /// examples/certify_sdpa.py certifies PyTorch's SDPA as a gqla.decode.gqa kernel, in f32 and
+    /// in the case dtype (--native). Needs a Python with torch (`GQLA_PYTHON`, default python3);
+    /// without one the test says it skipped.
     #[test]
     fn pytorch_sdpa_example_is_conformant() {
         let python = std::env::var("GQLA_PYTHON").unwrap_or_else(|_| "python3".into());
@@ -278,19 +279,22 @@ mod packs {
             ));
             return;
         }
-        let tmp = tempfile::tempdir().unwrap();
-        let pack = tmp.path().join("pack");
-        let r = gqla(&["vectors", "export", "--out", pack.to_str().unwrap(), "--filter", "gqla.decode.gqa"]);
-        assert_eq!(r.code, 0, "{}", r.stderr);
-        let run = std::process::Command::new(&python)
-            .arg(root().join("examples/certify_sdpa.py"))
-            .arg(&pack)
-            .output()
-            .unwrap();
-        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-        let (code, report) = certify(&pack, &tmp.path().join("cert"));
-        assert_eq!(code, 0, "{report}");
-        assert_eq!(report["conformant"], true);
+        for mode in [None, Some("--native")] {
+            let tmp = tempfile::tempdir().unwrap();
+            let pack = tmp.path().join("pack");
+            let r = gqla(&["vectors", "export", "--out", pack.to_str().unwrap(), "--filter", "gqla.decode.gqa"]);
+            assert_eq!(r.code, 0, "{}", r.stderr);
+            let run = std::process::Command::new(&python)
+                .arg(root().join("examples/certify_sdpa.py"))
+                .arg(&pack)
+                .args(mode)
+                .output()
+                .unwrap();
+            assert!(run.status.success(), "{mode:?}: {}", String::from_utf8_lossy(&run.stderr));
+            let (code, report) = certify(&pack, &tmp.path().join("cert"));
+            assert_eq!(code, 0, "{mode:?}: {report}");
+            assert_eq!(report["conformant"], true);
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 //! - [`definition`]: the operations and their conventions.
 //! - [`inputs`]: seeded inputs with paged caches and poisoned memory.
 //! - [`kernel`]: the [`Kernel`] trait and canary-guarded outputs.
-//! - [`reference`], [`tolerance`], [`verdict`]: how outputs are judged.
+//! - [`reference`](mod@reference), [`tolerance`], [`verdict`]: how outputs are judged.
 //! - [`runner`], [`report`]: running a kernel and writing certificates.
 //! - [`kernels`]: built-in kernels and the mutation catalogue.
 //! - [`pack`]: vector packs for kernels outside this process (PyTorch, Triton, CUDA C++).

@@ -437,8 +437,8 @@ pub fn expand_cache<R: Runtime>(
 /// Ways `mma_probe_*` computes the same product (register fragments, then three ldmatrix forms).
 pub const MMA_PROBE_WAYS: usize = 4;
 
-/// Run `mma_probe_<dtype>` on seeded random 16-bit operands A, B [16][16]: (the kernel's
-/// MMA_PROBE_WAYS products D [16][16], one after the other; the f64 product of the same rounded
+/// Run `mma_probe_<dtype>` on seeded random 16-bit operands A, B `[16][16]`: (the kernel's
+/// MMA_PROBE_WAYS products D `[16][16]`, one after the other; the f64 product of the same rounded
 /// operands). Checks the tensor-core fragment and ldmatrix layouts on their own.
 pub fn mma_probe<R: Runtime>(rt: &R, dtype: Dtype, seed: u64) -> Result<(Vec<f32>, Vec<f64>), CudaError> {
     if dtype == Dtype::F32 {

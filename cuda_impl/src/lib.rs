@@ -10,7 +10,7 @@
 //! - [`launch`]: kernel parameters and launches (`absorb_decode` and `gqa_decode` share one
 //!   grouped-attention kernel with split-KV and a combine step; `expand_cache`).
 //! - [`kernel`]: [`CudaKernel`] and [`EmuKernel`], the conformance harness's kernel trait.
-//! - [`bench`]: the decode benchmark and the measured ceilings.
+//! - [`bench`](mod@bench): the decode benchmark and the measured ceilings.
 
 pub mod bench;
 pub mod compile;

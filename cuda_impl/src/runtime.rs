@@ -76,7 +76,7 @@ pub struct ExpandParams {
 unsafe impl DeviceRepr for ExpandParams {}
 
 /// Parameters of `mma_probe_*` (`ProbeParams` in decode.cu): one m16n8k16 product of row-major
-/// a [16][16] and b [16][8] (16-bit floats) into d [16][8] (f32).
+/// `a [16][16]` and `b [16][8]` (16-bit floats) into `d [16][8]` (f32).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ProbeParams {

@@ -46,7 +46,7 @@ pub fn attend_row<T: Real>(q: ArrayView1<T>, keys: ArrayView2<T>, values: ArrayV
     (out, m + denom.ln())
 }
 
-/// Many query rows, each with its own range: returns (O [n, d_v], LSE [n]).
+/// Many query rows, each with its own range: returns (O `[n, d_v]`, LSE `[n]`).
 pub fn attend<T: Real>(
     queries: ArrayView2<T>,
     keys: ArrayView2<T>,

@@ -5,7 +5,7 @@
 //! - [`rope`], [`linear`], [`attention`]: the building blocks.
 //! - [`latent`]: MLA/GQLA weights and (L1), (L2), (Q), (O).
 //! - [`cache`]: [`LatentCache`], [`GroupCache`], [`GqaCache`].
-//! - [`absorb_decode`] (§3), [`gqa_decode`] (§4), [`prefill`] (§2 directly), [`mla`] (§9, HF form).
+//! - [`absorb_decode`](fn@absorb_decode) (§3), [`gqa_decode`](fn@gqa_decode) (§4), [`prefill`](fn@prefill) (§2 directly), [`mla`] (§9, HF form).
 //! - [`gqa`]: GQA/MHA/MQA layers (§9).
 //! - [`switch`] (§7), [`tp`] (§8).
 //! - [`hf`]: loading HF checkpoints (config.json + safetensors).

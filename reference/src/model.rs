@@ -8,7 +8,7 @@
 //! - (D4) MoE (DeepSeek-V2/V3, GLM-4.7-Flash): s = σ(W_r u) (sigmoid, V3) or softmax(W_r u) (V2);
 //!   experts chosen by top-k of s + b (b a selection-only bias), within the best `topk_group` of
 //!   `n_group` groups (group score: sum of its top 2 (V3) or its max (V2)); weights
-//!   w = s[chosen], normalised when asked, times `routed_scaling_factor`;
+//!   w = `s[chosen]`, normalised when asked, times `routed_scaling_factor`;
 //!   F(u) = Σ_k w_k E_k(u) + S(u), S the shared experts.
 
 use crate::decode::DecodeOutput;

@@ -20,7 +20,7 @@ use std::time::Duration;
 pub struct Args {
     /// The kernel: `auto` (`cuda` when a GPU is present, else `builtin`), `builtin`
     /// (reference-f32, flash-cpu with the mutation catalogue, candle, and cuda-emu, each with its
-    /// own certificate under OUT/<kernel>/), `reference-f32`, `flash-cpu`, `candle`, `cuda`
+    /// own certificate under `OUT/<kernel>/`), `reference-f32`, `flash-cpu`, `candle`, `cuda`
     /// (GPU 0: tensor cores for bf16/f16, SIMT for f32), `cuda-simt` (GPU 0, SIMT for every
     /// dtype), `cuda-emu` (the CUDA kernel source on the host emulator, with checked memory
     /// accesses and barriers), or `external:DIR` (a vector pack whose outputs a kernel has written).

@@ -182,7 +182,7 @@ impl TensorStore {
         Ok(out)
     }
 
-    /// Token ids: an integer tensor [S, L] (or [L], one sequence), each id below `vocab`.
+    /// Token ids: an integer tensor `[S, L]` (or `[L]`, one sequence), each id below `vocab`.
     pub fn get_ids(&self, name: &str, vocab: usize) -> Result<Vec<Vec<u32>>> {
         let Some(&i) = self.index.get(name) else {
             return Err(Error::MissingTensor {

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 /// Where calibration token ids come from.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Calibration {
-    /// A safetensors file with an integer `input_ids` tensor [sequences, tokens] (or [tokens]).
+    /// A safetensors file with an integer `input_ids` tensor `[sequences, tokens]` (or `[tokens]`).
     File(PathBuf),
     /// Seeded uniformly random ids: weaker than real text, and reported as such.
     Random { sequences: usize, tokens: usize, seed: u64 },

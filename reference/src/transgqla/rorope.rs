@@ -4,7 +4,7 @@
 //! $$ \Sigma_r = \sum_t \big(x^{re}_t x^{re\top}_t + x^{im}_t x^{im\top}_t\big) $$
 //! over calibration keys after RoPE (uncentred; damping by a multiple of the identity would not
 //! change the eigenvectors). Its eigenvectors U_r (descending) define new pairs m:
-//! re'_m = Σ_p U_r[p,m] re_p, im'_m = Σ_p U_r[p,m] im_p. The top k = (d_r/2)/runs pairs of each run
+//! re'_m = Σ_p `U_r[p,m]` re_p, im'_m = Σ_p `U_r[p,m]` im_p. The top k = (d_r/2)/runs pairs of each run
 //! keep RoPE; kept pair m of run r gets frequency θ_{f r + ⌊m f / k⌋} (TransMLA's choice for f > 1,
 //! and θ_r when f = 1, where the rotation commutes with RoPE and is exact).
 

@@ -439,13 +439,6 @@ static void work(Launch* l) {
 
 namespace {
 
-struct FillParams {
-    void* p;
-    long long n;
-    unsigned seed;
-    float amp;
-};
-
 struct Entry {
     const char* name;
     void (*run)(const void*);
@@ -455,10 +448,7 @@ struct Entry {
     {"attn_" #SUFFIX, [](const void* p) { attn_##SUFFIX(*(const AttnParams*)p); }},                           \
         {"attn_combine_" #SUFFIX, [](const void* p) { attn_combine_##SUFFIX(*(const AttnParams*)p); }},       \
         {"expand_" #SUFFIX, [](const void* p) { expand_##SUFFIX(*(const ExpandParams*)p); }},                 \
-        {"fill_" #SUFFIX, [](const void* p) {                                                               \
-             const FillParams& f = *(const FillParams*)p;                                                    \
-             fill_##SUFFIX(f.p, f.n, f.seed, f.amp);                                                         \
-         }},
+        {"fill_" #SUFFIX, [](const void* p) { fill_##SUFFIX(*(const FillParams*)p); }},
 
 #define SELFTEST(NAME) {#NAME, [](const void* p) { NAME(*(const SelftestParams*)p); }},
 

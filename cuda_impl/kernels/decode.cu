@@ -801,9 +801,21 @@ __device__ void expand(const ExpandParams& p) {
     }
 }
 
-// Deterministic pseudo-random values amp * [-1, 1) for benchmarks (never time on zeros).
+// Deterministic pseudo-random values amp * [-1, 1) in n elements at p, for benchmarks (never
+// time on zeros).
+struct FillParams {
+    void* p;
+    long long n;
+    unsigned seed;
+    float amp;
+};
+
 template <int E>
-__device__ void fill(void* p, long long n, unsigned seed, float amp) {
+__device__ void fill(const FillParams& f) {
+    void* p = f.p;
+    const long long n = f.n;
+    const unsigned seed = f.seed;
+    const float amp = f.amp;
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
         unsigned x = ((unsigned)i * 2654435761u) ^ (unsigned)(i >> 32) ^ seed;
@@ -820,7 +832,7 @@ __device__ void fill(void* p, long long n, unsigned seed, float amp) {
     extern "C" __global__ void __launch_bounds__(NT) attn_##SUFFIX(AttnParams p) { attn<E>(p); } \
     extern "C" __global__ void attn_combine_##SUFFIX(AttnParams p) { combine<E>(p); }           \
     extern "C" __global__ void expand_##SUFFIX(ExpandParams p) { expand<E>(p); }                \
-    extern "C" __global__ void fill_##SUFFIX(void* p, long long n, unsigned seed, float amp) { fill<E>(p, n, seed, amp); }
+    extern "C" __global__ void fill_##SUFFIX(FillParams p) { fill<E>(p); }
 
 #define INSTANTIATE_MMA(SUFFIX, E)                                                                           \
     extern "C" __global__ void __launch_bounds__(MMA_NT) attn_mma_##SUFFIX(AttnParams p) { attn_mma<E, MMA_DVH_MAX>(p); } \

@@ -1,16 +1,24 @@
 //! The decode benchmark: both paths over a grid of geometries, s_q, batch and context, timed with
 //! CUDA events, against ceilings measured in the same run (a device-to-device copy and a large
 //! bf16 matrix product through cuBLAS). Caches are contiguous and filled with pseudo-random
-//! values on the device (never zeros).
+//! values on the device (never zeros). Every timed kernel's output is spot-checked against the
+//! f64 reference (two query rows of the last sequence, whose cache sits at the largest offsets),
+//! since the benchmark's contexts, batches and split counts reach past the conformance lattice.
 
 use crate::device::Gpu;
 use crate::launch::{self, elem_bytes, Decode, Guarded, KeySource, Paging, Segment, Variant, Workspace};
 use crate::runtime::Runtime;
 use crate::{driver, CudaError};
-use cudarc::driver::sys::CUevent_flags;
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use gqla_conformance::case::Dtype;
+use gqla_reference::attention::{attend_row, causal_ranges};
+use ndarray::{s, Array1, Array2};
+use std::collections::hash_map::{Entry, HashMap};
 use std::fmt::Write;
+
+/// The largest relative L2 error of a spot-checked output row against the f64 reference: 16-bit
+/// outputs and probabilities (2^-8 relative rounding each) stay well below it, while a wrong
+/// address, mask or split merge gives errors of order 1.
+pub const CHECK_TOLERANCE: f64 = 2e-2;
 
 /// A model's attention geometry.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -120,9 +128,16 @@ pub struct Row {
     pub variant: Variant,
     pub ms: f64,
     pub work: Work,
+    /// Spot check: the largest relative error of the checked output rows (NaN or infinite when
+    /// the kernel wrote a non-finite value).
+    pub check_err: f64,
 }
 
 impl Row {
+    /// Whether the spot check passed.
+    pub fn checked(&self) -> bool {
+        self.check_err <= CHECK_TOLERANCE
+    }
     pub fn gbps(&self) -> f64 {
         self.work.bytes / (self.ms * 1e-3) / 1e9
     }
@@ -160,60 +175,20 @@ impl Grid {
     }
 }
 
+/// A buffer of `n` elements of `dtype` holding pseudo-random values in amp·[-1, 1).
+pub fn random<R: Runtime>(rt: &R, dtype: Dtype, n: usize, seed: u32, amp: f32) -> Result<R::Buf<u8>, CudaError> {
+    let mut buf = rt.zeros::<u8>(n.max(1) * elem_bytes(dtype))?;
+    launch::fill_random(rt, &mut buf, dtype, n, seed, amp)?;
+    Ok(buf)
+}
+
 impl Gpu {
-    /// Time `f` (which enqueues work on the stream) with events: two warm-up calls, then enough
-    /// repetitions for about `budget_ms`, at most `max_reps`. Milliseconds per call.
-    pub fn time_ms(&self, budget_ms: f64, max_reps: usize, mut f: impl FnMut() -> Result<(), CudaError>) -> Result<f64, CudaError> {
-        let event = || {
-            self.ctx
-                .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-                .map_err(driver("creating an event"))
-        };
-        let measure = |reps: usize, f: &mut dyn FnMut() -> Result<(), CudaError>| -> Result<f64, CudaError> {
-            let (e0, e1) = (event()?, event()?);
-            e0.record(&self.stream).map_err(driver("recording an event"))?;
-            for _ in 0..reps {
-                f()?;
-            }
-            e1.record(&self.stream).map_err(driver("recording an event"))?;
-            e1.synchronize().map_err(driver("running the timed work"))?;
-            Ok(e0.elapsed_ms(&e1).map_err(driver("reading an event"))? as f64 / reps as f64)
-        };
-        f()?;
-        let first = measure(1, &mut f)?;
-        let reps = ((budget_ms / first.max(1e-3)) as usize).clamp(1, max_reps);
-        measure(reps, &mut f)
-    }
-
-    /// Fill a buffer of `n` elements of `dtype` with pseudo-random values in amp·[-1, 1).
-    pub fn fill_random(&self, buf: &mut CudaSlice<u8>, dtype: Dtype, n: usize, seed: u32, amp: f32) -> Result<(), CudaError> {
-        let f = self.function(&format!("fill_{}", dtype.name()))?;
-        let cfg = LaunchConfig {
-            grid_dim: (4 * self.info.multiprocessors.max(1) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let n = n as i64;
-        let mut b = self.stream.launch_builder(f);
-        b.arg(buf).arg(&n).arg(&seed).arg(&amp);
-        // SAFETY: the kernel writes n elements of `dtype` into `buf`, which holds at least that many.
-        unsafe { b.launch(cfg) }.map_err(driver("launching fill"))?;
-        Ok(())
-    }
-
-    fn random(&self, dtype: Dtype, n: usize, seed: u32, amp: f32) -> Result<CudaSlice<u8>, CudaError> {
-        // SAFETY: every byte is written by fill_random before any read.
-        let mut buf = unsafe { self.stream.alloc::<u8>(n.max(1) * elem_bytes(dtype)) }.map_err(driver("allocating a buffer"))?;
-        self.fill_random(&mut buf, dtype, n, seed, amp)?;
-        Ok(buf)
-    }
-
     /// The copy and matrix-product ceilings.
     pub fn ceilings(&self) -> Result<Ceilings, CudaError> {
         let bytes = 1usize << 31;
-        let src = self.random(Dtype::F32, bytes / 4, 1, 1.0)?;
+        let src = random(self, Dtype::F32, bytes / 4, 1, 1.0)?;
         let mut dst = unsafe { self.stream.alloc::<u8>(bytes) }.map_err(driver("allocating a buffer"))?;
-        let ms = self.time_ms(200.0, 50, || {
+        let ms = Runtime::time_ms(self, 200.0, 50, &mut || {
             self.stream.memcpy_dtod(&src, &mut dst).map_err(driver("copying on the device"))
         })?;
         let copy_gbps = 2.0 * bytes as f64 / (ms * 1e-3) / 1e9;
@@ -236,8 +211,8 @@ impl Gpu {
             what: "creating a cuBLAS handle".into(),
             detail: format!("{e:?}"),
         })?;
-        let a = self.random(Dtype::Bf16, n * n, 2, 1.0)?;
-        let b = self.random(Dtype::Bf16, n * n, 3, 1.0)?;
+        let a = random(self, Dtype::Bf16, n * n, 2, 1.0)?;
+        let b = random(self, Dtype::Bf16, n * n, 3, 1.0)?;
         let mut c = unsafe { self.stream.alloc::<u8>(n * n * 2) }.map_err(driver("allocating a buffer"))?;
         // cuBLAS wants typed slices: view the byte buffers as bf16.
         let size = || CudaError::Unsupported("buffer size".into());
@@ -261,7 +236,7 @@ impl Gpu {
             beta: half::bf16::ZERO,
             ldc: n as i32,
         };
-        let ms = self.time_ms(500.0, 20, || {
+        let ms = Runtime::time_ms(self, 500.0, 20, &mut || {
             // SAFETY: the three n×n matrices are allocated above.
             unsafe { blas.gemm(cfg, &a, &b, &mut c) }.map_err(|e| CudaError::Driver {
                 what: "running cuBLAS gemm".into(),
@@ -270,130 +245,210 @@ impl Gpu {
         })?;
         Ok(Some(2.0 * (n as f64).powi(3) / (ms * 1e-3) / 1e12))
     }
+}
 
-    /// Time one (geometry, path) at every s_q and attention kernel of `(sqs, variants)` for one
-    /// batch and context.
-    #[allow(clippy::too_many_arguments)]
-    pub fn bench_point(
-        &self,
-        geo: &Geometry,
-        path: Path,
-        dtype: Dtype,
-        (sqs, variants): (&[usize], &[Variant]),
-        batch: usize,
-        context: usize,
-        on_row: &mut dyn FnMut(Row),
-    ) -> Result<(), CudaError> {
-        let slots = batch * context;
-        let (key, shared, value) = match path {
-            Path::Absorb => (self.random(dtype, slots * (geo.dc + geo.dr), 11, 1.0)?, None, None),
-            Path::Gqa => (
-                self.random(dtype, slots * geo.g * geo.dn, 12, 1.0)?,
-                Some(self.random(dtype, slots * geo.dr, 13, 1.0)?),
-                Some(self.random(dtype, slots * geo.g * geo.dv, 14, 1.0)?),
-            ),
+/// Time one (geometry, path) at every s_q and attention kernel of `(sqs, variants)` for one
+/// batch and context.
+#[allow(clippy::too_many_arguments)]
+pub fn bench_point<R: Runtime>(
+    rt: &R,
+    geo: &Geometry,
+    path: Path,
+    dtype: Dtype,
+    (sqs, variants): (&[usize], &[Variant]),
+    batch: usize,
+    context: usize,
+    on_row: &mut dyn FnMut(Row),
+) -> Result<(), CudaError> {
+    let slots = batch * context;
+    let (key, shared, value) = match path {
+        Path::Absorb => (random(rt, dtype, slots * (geo.dc + geo.dr), 11, 1.0)?, None, None),
+        Path::Gqa => (
+            random(rt, dtype, slots * geo.g * geo.dn, 12, 1.0)?,
+            Some(random(rt, dtype, slots * geo.dr, 13, 1.0)?),
+            Some(random(rt, dtype, slots * geo.g * geo.dv, 14, 1.0)?),
+        ),
+    };
+    let lens = rt.upload(&vec![context as i32; batch])?;
+    let table = rt.upload(&(0..batch as i32).collect::<Vec<_>>())?;
+    let (dk, dv) = geo.widths(path);
+    let sq_max = sqs.iter().copied().max().unwrap_or(1);
+    let q = random(rt, dtype, batch * sq_max * geo.h * dk, 15, 1.0)?;
+    let mut out = rt.zeros::<u8>(batch * sq_max * geo.h * dv * elem_bytes(dtype))?;
+    let mut lse = rt.zeros::<u8>(batch * sq_max * geo.h * 4)?;
+    // The last sequence's keys and values per stream, in f64, fetched once for the spot checks.
+    let mut host: HashMap<usize, (Array2<f64>, Array2<f64>)> = HashMap::new();
+    for (&sq, &variant) in sqs.iter().flat_map(|s| variants.iter().map(move |v| (s, v))) {
+        let keys = match path {
+            Path::Absorb => KeySource {
+                key: Segment {
+                    buf: &key,
+                    row_stride: geo.dc + geo.dr,
+                    head_stride: 0,
+                    width: geo.dc + geo.dr,
+                },
+                shared_key: None,
+                value: None,
+                dv: geo.dc,
+                streams: 1,
+            },
+            Path::Gqa => KeySource {
+                key: Segment {
+                    buf: &key,
+                    row_stride: geo.g * geo.dn,
+                    head_stride: geo.dn,
+                    width: geo.dn,
+                },
+                shared_key: shared.as_ref().map(|s| Segment {
+                    buf: s,
+                    row_stride: geo.dr,
+                    head_stride: 0,
+                    width: geo.dr,
+                }),
+                value: value.as_ref().map(|v| Segment {
+                    buf: v,
+                    row_stride: geo.g * geo.dv,
+                    head_stride: geo.dv,
+                    width: geo.dv,
+                }),
+                dv: geo.dv,
+                streams: geo.g,
+            },
         };
-        let lens = self.upload(&vec![context as i32; batch])?;
-        let table = self.upload(&(0..batch as i32).collect::<Vec<_>>())?;
-        let (dk, dv) = geo.widths(path);
-        let sq_max = sqs.iter().copied().max().unwrap_or(1);
-        let q = self.random(dtype, batch * sq_max * geo.h * dk, 15, 1.0)?;
-        let mut out =
-            unsafe { self.stream.alloc::<u8>(batch * sq_max * geo.h * dv * elem_bytes(dtype)) }.map_err(driver("allocating a buffer"))?;
-        let mut lse = unsafe { self.stream.alloc::<u8>(batch * sq_max * geo.h * 4) }.map_err(driver("allocating a buffer"))?;
-        for (&sq, &variant) in sqs.iter().flat_map(|s| variants.iter().map(move |v| (s, v))) {
-            let keys = match path {
-                Path::Absorb => KeySource {
-                    key: Segment {
-                        buf: &key,
-                        row_stride: geo.dc + geo.dr,
-                        head_stride: 0,
-                        width: geo.dc + geo.dr,
-                    },
-                    shared_key: None,
-                    value: None,
-                    dv: geo.dc,
-                    streams: 1,
-                },
-                Path::Gqa => KeySource {
-                    key: Segment {
-                        buf: &key,
-                        row_stride: geo.g * geo.dn,
-                        head_stride: geo.dn,
-                        width: geo.dn,
-                    },
-                    shared_key: shared.as_ref().map(|s| Segment {
-                        buf: s,
-                        row_stride: geo.dr,
-                        head_stride: 0,
-                        width: geo.dr,
-                    }),
-                    value: value.as_ref().map(|v| Segment {
-                        buf: v,
-                        row_stride: geo.g * geo.dv,
-                        head_stride: geo.dv,
-                        width: geo.dv,
-                    }),
-                    dv: geo.dv,
-                    streams: geo.g,
-                },
-            };
-            let scale = 1.0 / ((geo.dn + geo.dr) as f32).sqrt();
-            let mut call = Decode {
-                dtype,
-                q: &q,
-                keys,
-                paging: Paging {
-                    seq_lens: &lens,
-                    block_table: &table,
-                    max_pages: 1,
-                    page: context,
-                },
-                batch,
-                sq,
-                h: geo.h,
-                scale,
-                num_splits: 1,
-                variant,
-                out: Guarded { buf: &mut out, margin: 0 },
-                lse: Guarded { buf: &mut lse, margin: 0 },
-            };
-            call.num_splits = call.default_splits(self, context);
-            let splits = call.num_splits;
-            let mut ws: Option<Workspace<Gpu>> = if splits > 1 {
-                Some(launch::workspace(self, batch * sq * geo.h, dv, splits)?)
-            } else {
-                None
-            };
-            let ms = self.time_ms(300.0, 100, || launch::decode(self, &mut call, ws.as_mut()))?;
-            on_row(Row {
-                geometry: geo.name,
-                path,
-                sq,
-                batch,
-                context,
-                splits,
-                variant,
-                ms,
-                work: geo.work(path, dtype, sq, batch, context),
-            });
+        let scale = 1.0 / ((geo.dn + geo.dr) as f32).sqrt();
+        let mut call = Decode {
+            dtype,
+            q: &q,
+            keys,
+            paging: Paging {
+                seq_lens: &lens,
+                block_table: &table,
+                max_pages: 1,
+                page: context,
+            },
+            batch,
+            sq,
+            h: geo.h,
+            scale,
+            num_splits: 1,
+            variant,
+            out: Guarded { buf: &mut out, margin: 0 },
+            lse: Guarded { buf: &mut lse, margin: 0 },
+        };
+        call.num_splits = call.default_splits(rt, context);
+        let splits = call.num_splits;
+        let mut ws: Option<Workspace<R>> = if splits > 1 {
+            Some(launch::workspace(rt, batch * sq * geo.h, dv, splits)?)
+        } else {
+            None
+        };
+        let ms = rt.time_ms(300.0, 100, &mut || launch::decode(rt, &mut call, ws.as_mut()))?;
+        let mut check_err = 0.0f64;
+        for (j, head) in [(0, 0), (sq - 1, geo.h - 1)] {
+            let stream = if path == Path::Absorb { 0 } else { head / (geo.h / geo.g) };
+            if let Entry::Vacant(e) = host.entry(stream) {
+                let bufs = CacheBufs {
+                    key: &key,
+                    rope: shared.as_ref(),
+                    value: value.as_ref(),
+                };
+                e.insert(host_cache(rt, geo, path, dtype, bufs, batch - 1, context, stream)?);
+            }
+            let (keys, values) = &host[&stream];
+            let row = ((batch - 1) * sq + j) * geo.h + head;
+            let qr = Array1::from(fetch(rt, &q, dtype, row * dk, dk)?);
+            let want = attend_row(
+                qr.view(),
+                keys.view(),
+                values.view(),
+                scale as f64,
+                causal_ranges(sq, context, None)[j],
+            )
+            .0;
+            let got = Array1::from(fetch(rt, &out, dtype, row * dv, dv)?);
+            let err = (&got - &want).mapv(|x| x * x).sum().sqrt() / want.mapv(|x| x * x).sum().sqrt();
+            check_err = if err.is_finite() { check_err.max(err) } else { f64::INFINITY };
         }
-        Ok(())
+        on_row(Row {
+            geometry: geo.name,
+            path,
+            sq,
+            batch,
+            context,
+            splits,
+            variant,
+            ms,
+            work: geo.work(path, dtype, sq, batch, context),
+            check_err,
+        });
     }
+    Ok(())
+}
 
-    /// Time the whole grid, calling `on_row` as each point is measured.
-    pub fn bench(&self, grid: &Grid, on_row: &mut dyn FnMut(Row)) -> Result<(), CudaError> {
-        for geo in &grid.geometries {
-            for &path in &grid.paths {
-                for &batch in &grid.batches {
-                    for &context in &grid.contexts {
-                        self.bench_point(geo, path, grid.dtype, (&grid.sqs, &grid.variants), batch, context, on_row)?;
-                    }
+/// `len` elements of `dtype` from element `start` of `buf`, as f64.
+fn fetch<R: Runtime>(rt: &R, buf: &R::Buf<u8>, dtype: Dtype, start: usize, len: usize) -> Result<Vec<f64>, CudaError> {
+    let eb = elem_bytes(dtype);
+    let bytes = rt.download_range(buf, start * eb, len * eb)?;
+    Ok(launch::from_bytes(dtype, &bytes).into_iter().map(f64::from).collect())
+}
+
+/// The cache buffers of a benchmark point: the latent [c; k^R] (absorb) or the group keys (GQA),
+/// and on the GQA path the rope key and the values.
+struct CacheBufs<'a, R: Runtime> {
+    key: &'a R::Buf<u8>,
+    rope: Option<&'a R::Buf<u8>>,
+    value: Option<&'a R::Buf<u8>>,
+}
+
+/// Sequence `b`'s keys [context, d_k] and values [context, d_v] of `stream` (contiguous cache:
+/// sequence b holds slots b·context..), as the reference reads them.
+#[allow(clippy::too_many_arguments)]
+fn host_cache<R: Runtime>(
+    rt: &R,
+    geo: &Geometry,
+    path: Path,
+    dtype: Dtype,
+    bufs: CacheBufs<R>,
+    b: usize,
+    context: usize,
+    stream: usize,
+) -> Result<(Array2<f64>, Array2<f64>), CudaError> {
+    let rows = |buf: &R::Buf<u8>, width: usize| -> Result<Array2<f64>, CudaError> {
+        let v = fetch(rt, buf, dtype, b * context * width, context * width)?;
+        Ok(Array2::from_shape_vec((context, width), v).expect("context × width elements"))
+    };
+    let missing = || CudaError::Unsupported("GQA cache without rope keys or values".into());
+    Ok(match path {
+        Path::Absorb => {
+            let k = rows(bufs.key, geo.dc + geo.dr)?;
+            let v = k.slice(s![.., ..geo.dc]).to_owned();
+            (k, v)
+        }
+        Path::Gqa => {
+            let (lo, hi) = (stream * geo.dn, (stream + 1) * geo.dn);
+            let k_nope = rows(bufs.key, geo.g * geo.dn)?.slice(s![.., lo..hi]).to_owned();
+            let k_rope = rows(bufs.rope.ok_or_else(missing)?, geo.dr)?;
+            let k = ndarray::concatenate![ndarray::Axis(1), k_nope, k_rope];
+            let v = rows(bufs.value.ok_or_else(missing)?, geo.g * geo.dv)?
+                .slice(s![.., stream * geo.dv..(stream + 1) * geo.dv])
+                .to_owned();
+            (k, v)
+        }
+    })
+}
+
+/// Time the whole grid, calling `on_row` as each point is measured.
+pub fn bench<R: Runtime>(rt: &R, grid: &Grid, on_row: &mut dyn FnMut(Row)) -> Result<(), CudaError> {
+    for geo in &grid.geometries {
+        for &path in &grid.paths {
+            for &batch in &grid.batches {
+                for &context in &grid.contexts {
+                    bench_point(rt, geo, path, grid.dtype, (&grid.sqs, &grid.variants), batch, context, on_row)?;
                 }
             }
         }
-        Ok(())
     }
+    Ok(())
 }
 
 /// The run in the planner's format, for `gqla plan --validate`.
@@ -443,13 +498,13 @@ pub fn table(rows: &[Row], ceilings: &Ceilings) -> String {
     );
     let _ = writeln!(
         s,
-        "| geometry | path | kernel | s_q | batch | context | splits | time (µs) | GB/s | % copy | TFLOP/s | % bf16 mma | FLOP/byte |"
+        "| geometry | path | kernel | s_q | batch | context | splits | time (µs) | GB/s | % copy | TFLOP/s | % bf16 mma | FLOP/byte | check (rel. err) |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.2} | {} | {:.1} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.2} | {} | {:.1} | {} {:.1e} |",
             r.geometry,
             r.path.name(),
             r.variant.name(),
@@ -465,6 +520,8 @@ pub fn table(rows: &[Row], ceilings: &Ceilings) -> String {
                 .bf16_tflops
                 .map_or("-".into(), |t| format!("{:.1}", 100.0 * r.tflops() / t)),
             r.work.flops / r.work.bytes,
+            if r.checked() { "ok" } else { "FAILED" },
+            r.check_err,
         );
     }
     s

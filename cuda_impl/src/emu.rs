@@ -89,6 +89,12 @@ impl Runtime for Emulator {
     fn download<T: Element>(&self, buf: &EmuBuf<T>) -> Result<Vec<T>, CudaError> {
         Ok(buf.0.clone())
     }
+    fn download_range<T: Element>(&self, buf: &EmuBuf<T>, start: usize, len: usize) -> Result<Vec<T>, CudaError> {
+        buf.0
+            .get(start..start + len)
+            .map(<[T]>::to_vec)
+            .ok_or_else(|| CudaError::Unsupported(format!("elements {start}..{} of a buffer of {}", start + len, buf.0.len())))
+    }
     fn zeros<T: Element>(&self, n: usize) -> Result<EmuBuf<T>, CudaError> {
         Ok(EmuBuf(vec![T::default(); n]))
     }
@@ -108,11 +114,20 @@ impl Runtime for Emulator {
                 Args::Attn(p) => self.launch_with(name, launch, p, spans),
                 Args::Expand(p) => self.launch_with(name, launch, p, spans),
                 Args::Probe(p) => self.launch_with(name, launch, p, spans),
+                Args::Fill(p) => self.launch_with(name, launch, p, spans),
             }
         }
     }
     fn synchronize(&self) -> Result<(), CudaError> {
         Ok(())
+    }
+    /// Wall-clock time of one call after one warm-up: the emulator's speed says nothing about a
+    /// GPU's, so this only keeps the benchmark's code path runnable here.
+    fn time_ms(&self, _budget_ms: f64, _max_reps: usize, f: &mut dyn FnMut() -> Result<(), CudaError>) -> Result<f64, CudaError> {
+        f()?;
+        let t = std::time::Instant::now();
+        f()?;
+        Ok(t.elapsed().as_secs_f64() * 1e3)
     }
     fn multiprocessors(&self) -> usize {
         MULTIPROCESSORS

@@ -8,7 +8,7 @@
 //! Everything here is generic over the [`Runtime`], so the GPU and the host emulator get the same
 //! launches.
 
-use crate::runtime::{Args, AttnParams, ExpandParams, Launch, ProbeParams, Runtime};
+use crate::runtime::{Args, AttnParams, ExpandParams, FillParams, Launch, ProbeParams, Runtime};
 use crate::CudaError;
 use gqla_conformance::case::Dtype;
 use gqla_reference::hf::tensors::{decode_floats, RawTensor};
@@ -434,6 +434,31 @@ pub fn expand_cache<R: Runtime>(
     rt.launch(&format!("expand_{}", dtype.name()), launch, Args::Expand(&p), &spans)
 }
 
+/// Fill the first `n` elements (of `dtype`) of `buf` with pseudo-random values in amp·[-1, 1)
+/// (`fill_*`; deterministic in `seed`).
+pub fn fill_random<R: Runtime>(rt: &R, buf: &mut R::Buf<u8>, dtype: Dtype, n: usize, seed: u32, amp: f32) -> Result<(), CudaError> {
+    if n * elem_bytes(dtype) > R::len(buf) {
+        return Err(CudaError::Unsupported(format!(
+            "{n} elements of {} in a buffer of {} bytes",
+            dtype.name(),
+            R::len(buf)
+        )));
+    }
+    let spans = [rt.span(buf)];
+    let p = FillParams {
+        p: rt.addr_mut(buf),
+        n: n as i64,
+        seed,
+        amp,
+    };
+    let launch = Launch {
+        grid: (4 * rt.multiprocessors() as u32, 1, 1),
+        threads: 256,
+        shared_bytes: 0,
+    };
+    rt.launch(&format!("fill_{}", dtype.name()), launch, Args::Fill(&p), &spans)
+}
+
 /// Ways `mma_probe_*` computes the same product (register fragments, then three ldmatrix forms).
 pub const MMA_PROBE_WAYS: usize = 4;
 
@@ -506,6 +531,7 @@ mod tests {
             (10 * 8 + 3 * 8 + 14 * 4 + 4usize).next_multiple_of(8)
         );
         assert_eq!(std::mem::size_of::<ExpandParams>(), 7 * 8 + 7 * 4 + 4);
+        assert_eq!(std::mem::size_of::<FillParams>(), 8 + 8 + 4 + 4);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 use crate::device::Gpu;
 use crate::{driver, CudaError};
+use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
 use std::collections::BTreeMap;
 
@@ -87,12 +88,26 @@ pub struct ProbeParams {
 // SAFETY: as above.
 unsafe impl DeviceRepr for ProbeParams {}
 
+/// Parameters of `fill_*` (`FillParams` in decode.cu): `n` pseudo-random elements
+/// amp·[-1, 1) at `p`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FillParams {
+    pub p: u64,
+    pub n: i64,
+    pub seed: u32,
+    pub amp: f32,
+}
+// SAFETY: as above.
+unsafe impl DeviceRepr for FillParams {}
+
 /// The parameter struct of one launch.
 #[derive(Clone, Copy, Debug)]
 pub enum Args<'a> {
     Attn(&'a AttnParams),
     Expand(&'a ExpandParams),
     Probe(&'a ProbeParams),
+    Fill(&'a FillParams),
 }
 
 /// Grid, block and dynamic shared memory of one launch.
@@ -127,6 +142,8 @@ pub trait Runtime: Send + Sync {
 
     fn upload<T: Element>(&self, data: &[T]) -> Result<Self::Buf<T>, CudaError>;
     fn download<T: Element>(&self, buf: &Self::Buf<T>) -> Result<Vec<T>, CudaError>;
+    /// Elements `start..start + len` of `buf`.
+    fn download_range<T: Element>(&self, buf: &Self::Buf<T>, start: usize, len: usize) -> Result<Vec<T>, CudaError>;
     fn zeros<T: Element>(&self, n: usize) -> Result<Self::Buf<T>, CudaError>;
     fn len<T: Element>(buf: &Self::Buf<T>) -> usize;
     /// The address a kernel reads `buf` at.
@@ -144,6 +161,9 @@ pub trait Runtime: Send + Sync {
     /// Launch kernel `name` (e.g. `attn_bf16`); `spans` are the buffers its parameters point into.
     fn launch(&self, name: &str, launch: Launch, args: Args, spans: &[Span]) -> Result<(), CudaError>;
     fn synchronize(&self) -> Result<(), CudaError>;
+    /// Milliseconds per call of `f` (which enqueues work): warm-up, then enough repetitions for
+    /// about `budget_ms`, at most `max_reps` (CUDA events on a GPU).
+    fn time_ms(&self, budget_ms: f64, max_reps: usize, f: &mut dyn FnMut() -> Result<(), CudaError>) -> Result<f64, CudaError>;
 
     fn multiprocessors(&self) -> usize;
     /// Dynamic shared memory one block may opt in to.
@@ -176,6 +196,18 @@ impl Runtime for Gpu {
     fn download<T: Element>(&self, buf: &CudaSlice<T>) -> Result<Vec<T>, CudaError> {
         self.stream.clone_dtoh(buf).map_err(driver("copying from the device"))
     }
+    fn download_range<T: Element>(&self, buf: &CudaSlice<T>, start: usize, len: usize) -> Result<Vec<T>, CudaError> {
+        if start + len > buf.len() {
+            return Err(CudaError::Unsupported(format!(
+                "elements {start}..{} of a buffer of {}",
+                start + len,
+                buf.len()
+            )));
+        }
+        self.stream
+            .clone_dtoh(&buf.slice(start..start + len))
+            .map_err(driver("copying from the device"))
+    }
     fn zeros<T: Element>(&self, n: usize) -> Result<CudaSlice<T>, CudaError> {
         self.stream.alloc_zeros::<T>(n).map_err(driver("allocating a buffer"))
     }
@@ -203,6 +235,7 @@ impl Runtime for Gpu {
             Args::Attn(p) => b.arg(p),
             Args::Expand(p) => b.arg(p),
             Args::Probe(p) => b.arg(p),
+            Args::Fill(p) => b.arg(p),
         };
         // SAFETY: the parameters describe buffers that outlive the launch (the callers borrow them
         // for the call, and every use is ordered on this one stream).
@@ -211,6 +244,27 @@ impl Runtime for Gpu {
     }
     fn synchronize(&self) -> Result<(), CudaError> {
         self.stream.synchronize().map_err(driver("running the kernels"))
+    }
+    fn time_ms(&self, budget_ms: f64, max_reps: usize, f: &mut dyn FnMut() -> Result<(), CudaError>) -> Result<f64, CudaError> {
+        let event = || {
+            self.ctx
+                .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(driver("creating an event"))
+        };
+        let mut measure = |reps: usize| -> Result<f64, CudaError> {
+            let (e0, e1) = (event()?, event()?);
+            e0.record(&self.stream).map_err(driver("recording an event"))?;
+            for _ in 0..reps {
+                f()?;
+            }
+            e1.record(&self.stream).map_err(driver("recording an event"))?;
+            e1.synchronize().map_err(driver("running the timed work"))?;
+            Ok(e0.elapsed_ms(&e1).map_err(driver("reading an event"))? as f64 / reps as f64)
+        };
+        measure(1)?; // warm-up
+        let first = measure(1)?;
+        let reps = ((budget_ms / first.max(1e-3)) as usize).clamp(1, max_reps);
+        measure(reps)
     }
     fn multiprocessors(&self) -> usize {
         self.info.multiprocessors.max(1) as usize

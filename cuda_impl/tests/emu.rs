@@ -427,3 +427,33 @@ fn ldmatrix_outside_shared_memory_is_reported() {
         "{e}"
     );
 }
+
+/// The decode benchmark's own code path (cache layouts, default splits, workspaces, timing and
+/// the spot check against the f64 reference) on a small geometry: every timed kernel's output
+/// passes the check, on both paths, both kernels and s_q 1 and 2, with split KV.
+#[test]
+fn benchmark_points_run_and_pass_their_spot_checks() {
+    use gqla_cuda::bench::{bench_point, Geometry, Path};
+    let rt = Emulator::default();
+    let tiny = Geometry {
+        name: "tiny",
+        h: 8,
+        g: 2,
+        dc: 32,
+        dr: 16,
+        dn: 16,
+        dv: 16,
+    };
+    let mut rows = Vec::new();
+    for path in [Path::Absorb, Path::Gqa] {
+        bench_point(&rt, &tiny, path, Dtype::Bf16, (&[1, 2], &[Variant::Mma, Variant::Simt]), 2, 300, &mut |r| {
+            rows.push(r)
+        })
+        .unwrap();
+    }
+    assert_eq!(rows.len(), 8);
+    for r in &rows {
+        assert!(r.checked(), "{r:?}");
+        assert!(r.splits > 1, "{r:?}");
+    }
+}

@@ -86,9 +86,9 @@ fn decode(quick: bool, out: Option<&std::path::Path>, json: Option<&std::path::P
     println!("{device}");
     let ceilings = gpu.ceilings().map_err(|e| CliError::Usage(e.to_string()))?;
     let mut rows = Vec::new();
-    gpu.bench(&grid, &mut |r| {
+    gqla_cuda::bench::bench(&gpu, &grid, &mut |r| {
         eprintln!(
-            "{} {} {} sq={} batch={} ctx={}: {:.1} us, {:.0} GB/s, {:.2} TFLOP/s",
+            "{} {} {} sq={} batch={} ctx={}: {:.1} us, {:.0} GB/s, {:.2} TFLOP/s, check {:.1e}{}",
             r.geometry,
             r.path.name(),
             r.variant.name(),
@@ -97,7 +97,9 @@ fn decode(quick: bool, out: Option<&std::path::Path>, json: Option<&std::path::P
             r.context,
             r.ms * 1e3,
             r.gbps(),
-            r.tflops()
+            r.tflops(),
+            r.check_err,
+            if r.checked() { "" } else { " FAILED" },
         );
         rows.push(r);
     })
@@ -113,6 +115,30 @@ fn decode(quick: bool, out: Option<&std::path::Path>, json: Option<&std::path::P
             path,
             (serde_json::to_string_pretty(&run).expect("runs serialize") + "\n").as_bytes(),
         )?;
+    }
+    let failed: Vec<String> = rows
+        .iter()
+        .filter(|r| !r.checked())
+        .map(|r| {
+            format!(
+                "{} {} {} s_q={} batch={} context={}: {:.2e}",
+                r.geometry,
+                r.path.name(),
+                r.variant.name(),
+                r.sq,
+                r.batch,
+                r.context,
+                r.check_err
+            )
+        })
+        .collect();
+    if !failed.is_empty() {
+        return Err(CliError::Usage(format!(
+            "{} timed kernels gave wrong outputs (relative error above {:.0e} against the f64 reference):\n  {}",
+            failed.len(),
+            gqla_cuda::bench::CHECK_TOLERANCE,
+            failed.join("\n  ")
+        )));
     }
     Ok(())
 }

@@ -35,6 +35,7 @@ template <typename T> __device__ __forceinline__ void st(T* p, long long i, T x)
 #define TK 16         // keys per tile
 #define DV_MAX 512    // widest value
 #define EXPAND_TOKENS 8 // cached tokens per block of the expand kernel
+#define COMBINE_CHUNK 256 // splits whose weights a combine block holds at once
 #define ACC (ROWS * DV_MAX / NT)
 // attn_mma_*: tensor-core variant (bf16/f16 storage, sm_80+).
 #define MMA_WARPS 8                  // warps per block
@@ -734,33 +735,71 @@ __device__ void mma_probe(const ProbeParams& p) {
     }
 }
 
+// x reduced (max, or sum) over the NT threads of the block; every thread gets the result. `red`
+// holds NT / 32 floats of shared memory.
+template <bool MAX>
+__device__ __forceinline__ float block_reduce(float x, float* red) {
+    x = MAX ? lanes_max<32>(x) : lanes_sum<32>(x);
+    __syncthreads(); // an earlier reduction is done reading red
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = x;
+    __syncthreads();
+    x = red[0];
+    for (int w = 1; w < NT / 32; ++w) x = MAX ? fmaxf(x, red[w]) : x + red[w];
+    return x;
+}
+
 // Merge the splits of one (sequence, token, head) row: o = sum_s e^{lse_s - M} o_s / sum_s e^{lse_s - M}.
 // Empty splits (lse_s = -inf, o_s = 0) get weight 0; a row with no key at all gets out = 0, lse = -inf.
+// One block of NT threads per row: the split statistics are reduced over the block, the weights of
+// up to COMBINE_CHUNK splits at a time sit in shared memory, and each thread accumulates its
+// DV_MAX / NT value columns over the splits with the loads of several splits in flight.
 template <int E>
 __device__ void combine(const AttnParams& p) {
+    __shared__ float w_s[COMBINE_CHUNK];
+    __shared__ float red_s[NT / 32];
+    const int tid = threadIdx.x;
     const long long row = blockIdx.x; // (b, j, head) flattened
     const int per_b = p.sq * p.h;
     const long long b = row / per_b, rest = row % per_b;
     const int S = p.num_splits, dv = p.dv;
+    auto lse_of = [&](int s) { return ld(p.part_lse, (b * S + s) * per_b + rest); };
     float m = -INFINITY;
-    for (int s = 0; s < S; ++s) m = fmaxf(m, ld(p.part_lse, (b * S + s) * per_b + rest));
+    for (int s = tid; s < S; s += NT) m = fmaxf(m, lse_of(s));
+    m = block_reduce<true>(m, red_s);
     float wsum = 0.0f;
-    for (int s = 0; s < S; ++s) {
-        const float l = ld(p.part_lse, (b * S + s) * per_b + rest);
+    for (int s = tid; s < S; s += NT) {
+        const float l = lse_of(s);
         wsum += l == -INFINITY ? 0.0f : expf(l - m);
     }
-    for (int d = threadIdx.x; d < dv; d += blockDim.x) {
-        float o = 0.0f;
-        if (m != -INFINITY) {
-            for (int s = 0; s < S; ++s) {
-                const float l = ld(p.part_lse, (b * S + s) * per_b + rest);
-                if (l != -INFINITY) o += expf(l - m) * ld(p.part_o, ((b * S + s) * per_b + rest) * dv + d);
-            }
-            o /= wsum;
+    wsum = block_reduce<false>(wsum, red_s);
+    float o[DV_MAX / NT];
+#pragma unroll
+    for (int a = 0; a < DV_MAX / NT; ++a) o[a] = 0.0f;
+    for (int s0 = 0; s0 < S; s0 += COMBINE_CHUNK) {
+        const int n = min(COMBINE_CHUNK, S - s0);
+        __syncthreads(); // the previous chunk's weights are used up
+        for (int i = tid; i < n; i += NT) {
+            const float l = lse_of(s0 + i);
+            w_s[i] = l == -INFINITY ? 0.0f : expf(l - m);
         }
-        Elem<E>::put(p.out, row * dv + d, o);
+        __syncthreads();
+#pragma unroll 4
+        for (int i = 0; i < n; ++i) {
+            const float w = w_s[i];
+            const long long base = ((b * S + s0 + i) * per_b + rest) * dv;
+#pragma unroll
+            for (int a = 0; a < DV_MAX / NT; ++a) {
+                const int d = tid + a * NT;
+                if (d < dv) o[a] += w * ld(p.part_o, base + d);
+            }
+        }
     }
-    if (threadIdx.x == 0) st(p.lse, row, m == -INFINITY ? -INFINITY : m + logf(wsum));
+#pragma unroll
+    for (int a = 0; a < DV_MAX / NT; ++a) {
+        const int d = tid + a * NT;
+        if (d < dv) Elem<E>::put(p.out, row * dv + d, wsum > 0.0f ? o[a] / wsum : 0.0f);
+    }
+    if (tid == 0) st(p.lse, row, m == -INFINITY ? -INFINITY : m + logf(wsum));
 }
 
 // k_g = W_UK_g c, v_g = W_UV_g c for EXPAND_TOKENS cached tokens per block: their latents sit in

@@ -181,7 +181,8 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 fn split_counts_agree() {
     let s = Small::new(Dtype::F32, 8);
     let one = s.run(Variant::Simt, T, 1).unwrap();
-    for splits in [2, 3, 7, 40] {
+    // 300 splits: more than a combine block holds at once (COMBINE_CHUNK), most of them empty.
+    for splits in [2, 3, 7, 40, 300] {
         let err = max_abs_diff(&one, &s.run(Variant::Simt, T, splits).unwrap());
         assert!(err < 1e-5, "{splits} splits differ from one by {err}");
     }
@@ -446,9 +447,16 @@ fn benchmark_points_run_and_pass_their_spot_checks() {
     };
     let mut rows = Vec::new();
     for path in [Path::Absorb, Path::Gqa] {
-        bench_point(&rt, &tiny, path, Dtype::Bf16, (&[1, 2], &[Variant::Mma, Variant::Simt]), 2, 300, &mut |r| {
-            rows.push(r)
-        })
+        bench_point(
+            &rt,
+            &tiny,
+            path,
+            Dtype::Bf16,
+            (&[1, 2], &[Variant::Mma, Variant::Simt]),
+            2,
+            300,
+            &mut |r| rows.push(r),
+        )
         .unwrap();
     }
     assert_eq!(rows.len(), 8);

@@ -83,7 +83,7 @@ remote() {
     if [[ $stages == *ncu* ]]; then
         # Hardware counters of the attention kernels on a small benchmark grid.
         ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
-            --kernel-name regex:'^attn_(mma_(narrow_)?)?bf16$' --launch-count 12 \
+            --kernel-name regex:'^attn_(mma_(narrow_)?|combine_)?bf16$' --launch-count 16 \
             "$gqla" bench decode --quick >"$out/ncu.log" 2>&1 || status=1
     fi
     if [[ $stages == *bench* ]]; then

@@ -128,11 +128,18 @@ impl Gpu {
         if allowed.get(name).is_some_and(|&a| a >= bytes) {
             return Ok(());
         }
-        f.set_attribute(
-            cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            bytes as i32,
-        )
-        .map_err(driver("raising the shared-memory limit"))?;
+        use cudarc::driver::sys::CUfunction_attribute::{
+            CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+        };
+        f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)
+            .map_err(driver("raising the shared-memory limit"))?;
+        if bytes > 48 * 1024 {
+            // The kernels that need the opt-in want every block the registers allow resident
+            // (two of the narrow tensor-core kernel's ~103 KB): prefer the largest shared-memory
+            // carveout (a hint, in percent; their cp.async.cg loads bypass L1 anyway).
+            f.set_attribute(CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100)
+                .map_err(driver("preferring the shared-memory carveout"))?;
+        }
         allowed.insert(name.to_string(), bytes);
         Ok(())
     }

@@ -446,12 +446,24 @@ __device__ void attn_mma(const AttnParams& p) {
     u16* k_s = q_s + MMA_ROWS * qld;                    // stages x ([MMA_KEYS][kld] keys, [MMA_KEYS][vld] values unless a key prefix)
     u16* p_s = k_s + stages * MMA_KEYS * (kld + (p.v_is_key_prefix ? 0 : vld)); // [MMA_ROWS][pld]
 
+    // The query tile: 16-byte cp.async copies (their own group, ahead of the first key tile's,
+    // so all of them are in flight at once) when rows are 16-byte aligned; element loads otherwise.
     const u16* q16 = (const u16*)p.q;
-    for (int idx = tid; idx < MMA_ROWS * dkp; idx += MMA_NT) {
-        const int r = idx / dkp, d = idx % dkp;
-        u16 x = 0;
-        if (r < nrows && d < dk) x = ld(q16, out_row(p, b, g, per, row0 + r) * dk + d);
-        q_s[r * qld + d] = x;
+    if ((((unsigned long long)p.q & 15) == 0) && (dk & 7) == 0) {
+        const int qchunks = dkp / 8;
+        for (int idx = tid; idx < MMA_ROWS * qchunks; idx += MMA_NT) {
+            const int r = idx / qchunks, d = (idx % qchunks) * 8;
+            const bool valid = r < nrows && d < dk;
+            cp_async16(q_s + r * qld + d, valid ? q16 + out_row(p, b, g, per, row0 + r) * dk + d : q16, valid);
+        }
+        cp_async_commit();
+    } else {
+        for (int idx = tid; idx < MMA_ROWS * dkp; idx += MMA_NT) {
+            const int r = idx / dkp, d = idx % dkp;
+            u16 x = 0;
+            if (r < nrows && d < dk) x = ld(q16, out_row(p, b, g, per, row0 + r) * dk + d);
+            q_s[r * qld + d] = x;
+        }
     }
     init_rows<MMA_ROWS>(p, w, tid, m_s, l_s, vis_s);
     // The running max and sum of row srow, held by its MMA_ROW_LANES threads.
@@ -626,6 +638,7 @@ __device__ void attn_mma(const AttnParams& p) {
             }
         }
     }
+    cp_async_wait<0>(); // nothing in flight at exit (an empty split never waited for its queries)
     if (slane == 0) {
         m_s[srow] = m_run;
         l_s[srow] = l_run;

@@ -485,8 +485,9 @@ __device__ void attn_mma(const AttnParams& p) {
                      ((p.ka_stride | p.kb_stride | p.v_stride) & 7) == 0;
     // Tiles i + 1 .. i + stages - 1 stream into the other K/V buffers (cp.async) while tile i is computed.
     const int kv_elems = MMA_KEYS * (kld + (p.v_is_key_prefix ? 0 : vld));
-    auto slots = [&](int t0, int buf) {
-        if (tid < MMA_KEYS) slot_s[buf * MMA_KEYS + tid] = t0 + tid < end ? slot_of(p.block_table, p.max_pages, p.page, b, t0 + tid) : -1;
+    // Cache slot of key t0 + tid of the tile starting at t0 (threads tid < MMA_KEYS), -1 past the split.
+    auto slot_for = [&](int t0) -> long long {
+        return t0 + tid < end ? slot_of(p.block_table, p.max_pages, p.page, b, t0 + tid) : -1;
     };
     auto issue = [&](int buf) {
         u16* kd = k_s + buf * kv_elems;
@@ -533,8 +534,11 @@ __device__ void attn_mma(const AttnParams& p) {
         cp_async_commit();
     };
     for (int i = 0; i < stages - 1; ++i) {
-        if (start + i * MMA_KEYS < end) slots(start + i * MMA_KEYS, i);
+        if (start + i * MMA_KEYS < end && tid < MMA_KEYS) slot_s[i * MMA_KEYS + tid] = slot_for(start + i * MMA_KEYS);
     }
+    // The block-table lookups of the next tile to issue, one iteration ahead, so that their latency
+    // is not paid at the barrier before each issue.
+    long long slot_ahead = tid < MMA_KEYS ? slot_for(start + (stages - 1) * MMA_KEYS) : -1;
     __syncthreads();
     for (int i = 0; i < stages - 1; ++i) {
         if (start + i * MMA_KEYS < end) issue(i);
@@ -547,11 +551,12 @@ __device__ void attn_mma(const AttnParams& p) {
         const u16* v_t = p.v_is_key_prefix ? k_t : k_t + MMA_KEYS * kld;         // and values
         // Slots of buffer `next` were last read when its previous tile was issued, stages - 1
         // iterations ago.
-        if (t_next < end) slots(t_next, next);
+        if (t_next < end && tid < MMA_KEYS) slot_s[next * MMA_KEYS + tid] = slot_ahead;
         // Every thread is done with buffer `next` (the previous tile) and its slots are written.
         __syncthreads();
         if (t_next < end) issue(next);
         else cp_async_commit();
+        if (tid < MMA_KEYS) slot_ahead = slot_for(t_next + MMA_KEYS);
         // This thread's copies of this tile have landed: at most stages - 1 later groups pending.
         if (stages == 3) cp_async_wait<2>();
         else cp_async_wait<1>();

@@ -277,7 +277,8 @@ pub fn bench_point<R: Runtime>(
     let mut out = rt.zeros::<u8>(batch * sq_max * geo.h * dv * elem_bytes(dtype))?;
     let mut lse = rt.zeros::<u8>(batch * sq_max * geo.h * 4)?;
     // The last sequence's keys and values per stream, in f64, fetched once for the spot checks.
-    let mut host: HashMap<usize, (Array2<f64>, Array2<f64>)> = HashMap::new();
+    let mut host: Option<HostSeq> = None;
+    let mut streams: HashMap<usize, (Array2<f64>, Array2<f64>)> = HashMap::new();
     for (&sq, &variant) in sqs.iter().flat_map(|s| variants.iter().map(move |v| (s, v))) {
         let keys = match path {
             Path::Absorb => KeySource {
@@ -346,15 +347,22 @@ pub fn bench_point<R: Runtime>(
         let mut check_err = 0.0f64;
         for (j, head) in [(0, 0), (sq - 1, geo.h - 1)] {
             let stream = if path == Path::Absorb { 0 } else { head / (geo.h / geo.g) };
-            if let Entry::Vacant(e) = host.entry(stream) {
-                let bufs = CacheBufs {
-                    key: &key,
-                    rope: shared.as_ref(),
-                    value: value.as_ref(),
+            if let Entry::Vacant(e) = streams.entry(stream) {
+                let seq = match &mut host {
+                    Some(seq) => seq,
+                    none => none.insert(HostSeq::fetch(
+                        rt,
+                        dtype,
+                        (&key, shared.as_ref(), value.as_ref()),
+                        geo,
+                        path,
+                        batch - 1,
+                        context,
+                    )?),
                 };
-                e.insert(host_cache(rt, geo, path, dtype, bufs, batch - 1, context, stream)?);
+                e.insert(seq.stream(geo, stream));
             }
-            let (keys, values) = &host[&stream];
+            let (keys, values) = &streams[&stream];
             let row = ((batch - 1) * sq + j) * geo.h + head;
             let qr = Array1::from(fetch(rt, &q, dtype, row * dk, dk)?);
             let want = attend_row(
@@ -392,49 +400,66 @@ fn fetch<R: Runtime>(rt: &R, buf: &R::Buf<u8>, dtype: Dtype, start: usize, len: 
     Ok(launch::from_bytes(dtype, &bytes).into_iter().map(f64::from).collect())
 }
 
-/// The cache buffers of a benchmark point: the latent [c; k^R] (absorb) or the group keys (GQA),
-/// and on the GQA path the rope key and the values.
-struct CacheBufs<'a, R: Runtime> {
-    key: &'a R::Buf<u8>,
-    rope: Option<&'a R::Buf<u8>>,
-    value: Option<&'a R::Buf<u8>>,
+/// Sequence `b`'s cache on the host, in f64, one row per key, downloaded once per benchmark point
+/// (contiguous cache: sequence b holds slots b·context..).
+enum HostSeq {
+    /// The latent [c; k^R].
+    Absorb { latent: Array2<f64> },
+    /// All groups' keys, the rope key, all groups' values.
+    Gqa {
+        key: Array2<f64>,
+        rope: Array2<f64>,
+        value: Array2<f64>,
+    },
 }
 
-/// Sequence `b`'s keys [context, d_k] and values [context, d_v] of `stream` (contiguous cache:
-/// sequence b holds slots b·context..), as the reference reads them.
-#[allow(clippy::too_many_arguments)]
-fn host_cache<R: Runtime>(
-    rt: &R,
-    geo: &Geometry,
-    path: Path,
-    dtype: Dtype,
-    bufs: CacheBufs<R>,
-    b: usize,
-    context: usize,
-    stream: usize,
-) -> Result<(Array2<f64>, Array2<f64>), CudaError> {
-    let rows = |buf: &R::Buf<u8>, width: usize| -> Result<Array2<f64>, CudaError> {
-        let v = fetch(rt, buf, dtype, b * context * width, context * width)?;
-        Ok(Array2::from_shape_vec((context, width), v).expect("context × width elements"))
-    };
-    let missing = || CudaError::Unsupported("GQA cache without rope keys or values".into());
-    Ok(match path {
-        Path::Absorb => {
-            let k = rows(bufs.key, geo.dc + geo.dr)?;
-            let v = k.slice(s![.., ..geo.dc]).to_owned();
-            (k, v)
+/// A point's cache buffers: key, rope key (GQA), values (GQA).
+type CacheBufs<'a, R> = (
+    &'a <R as Runtime>::Buf<u8>,
+    Option<&'a <R as Runtime>::Buf<u8>>,
+    Option<&'a <R as Runtime>::Buf<u8>>,
+);
+
+impl HostSeq {
+    fn fetch<R: Runtime>(
+        rt: &R,
+        dtype: Dtype,
+        (key, rope, value): CacheBufs<R>,
+        geo: &Geometry,
+        path: Path,
+        b: usize,
+        context: usize,
+    ) -> Result<Self, CudaError> {
+        let rows = |buf: &R::Buf<u8>, width: usize| -> Result<Array2<f64>, CudaError> {
+            let v = fetch(rt, buf, dtype, b * context * width, context * width)?;
+            Ok(Array2::from_shape_vec((context, width), v).expect("context × width elements"))
+        };
+        let missing = || CudaError::Unsupported("GQA cache without rope keys or values".into());
+        Ok(match path {
+            Path::Absorb => Self::Absorb {
+                latent: rows(key, geo.dc + geo.dr)?,
+            },
+            Path::Gqa => Self::Gqa {
+                key: rows(key, geo.g * geo.dn)?,
+                rope: rows(rope.ok_or_else(missing)?, geo.dr)?,
+                value: rows(value.ok_or_else(missing)?, geo.g * geo.dv)?,
+            },
+        })
+    }
+
+    /// Keys [context, d_k] and values [context, d_v] of `stream`, as the reference reads them.
+    fn stream(&self, geo: &Geometry, stream: usize) -> (Array2<f64>, Array2<f64>) {
+        match self {
+            Self::Absorb { latent } => (latent.clone(), latent.slice(s![.., ..geo.dc]).to_owned()),
+            Self::Gqa { key, rope, value } => {
+                let k_nope = key.slice(s![.., stream * geo.dn..(stream + 1) * geo.dn]);
+                (
+                    ndarray::concatenate![ndarray::Axis(1), k_nope, rope.view()],
+                    value.slice(s![.., stream * geo.dv..(stream + 1) * geo.dv]).to_owned(),
+                )
+            }
         }
-        Path::Gqa => {
-            let (lo, hi) = (stream * geo.dn, (stream + 1) * geo.dn);
-            let k_nope = rows(bufs.key, geo.g * geo.dn)?.slice(s![.., lo..hi]).to_owned();
-            let k_rope = rows(bufs.rope.ok_or_else(missing)?, geo.dr)?;
-            let k = ndarray::concatenate![ndarray::Axis(1), k_nope, k_rope];
-            let v = rows(bufs.value.ok_or_else(missing)?, geo.g * geo.dv)?
-                .slice(s![.., stream * geo.dv..(stream + 1) * geo.dv])
-                .to_owned();
-            (k, v)
-        }
-    })
+    }
 }
 
 /// Time the whole grid, calling `on_row` as each point is measured.

@@ -134,6 +134,18 @@ pub struct Row {
 }
 
 impl Row {
+    /// The measured point in one line: geometry, path, kernel, s_q, batch, context.
+    pub fn label(&self) -> String {
+        format!(
+            "{} {} {} s_q={} batch={} context={}",
+            self.geometry,
+            self.path.name(),
+            self.variant.name(),
+            self.sq,
+            self.batch,
+            self.context
+        )
+    }
     /// Whether the spot check passed.
     pub fn checked(&self) -> bool {
         self.check_err <= CHECK_TOLERANCE

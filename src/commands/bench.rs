@@ -88,13 +88,8 @@ fn decode(quick: bool, out: Option<&std::path::Path>, json: Option<&std::path::P
     let mut rows = Vec::new();
     gqla_cuda::bench::bench(&gpu, &grid, &mut |r| {
         eprintln!(
-            "{} {} {} sq={} batch={} ctx={}: {:.1} us, {:.0} GB/s, {:.2} TFLOP/s, check {:.1e}{}",
-            r.geometry,
-            r.path.name(),
-            r.variant.name(),
-            r.sq,
-            r.batch,
-            r.context,
+            "{}: {:.1} us, {:.0} GB/s, {:.2} TFLOP/s, check {:.1e}{}",
+            r.label(),
             r.ms * 1e3,
             r.gbps(),
             r.tflops(),
@@ -119,18 +114,7 @@ fn decode(quick: bool, out: Option<&std::path::Path>, json: Option<&std::path::P
     let failed: Vec<String> = rows
         .iter()
         .filter(|r| !r.checked())
-        .map(|r| {
-            format!(
-                "{} {} {} s_q={} batch={} context={}: {:.2e}",
-                r.geometry,
-                r.path.name(),
-                r.variant.name(),
-                r.sq,
-                r.batch,
-                r.context,
-                r.check_err
-            )
-        })
+        .map(|r| format!("{}: {:.2e}", r.label(), r.check_err))
         .collect();
     if !failed.is_empty() {
         return Err(CliError::Usage(format!(

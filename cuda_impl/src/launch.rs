@@ -498,6 +498,22 @@ pub fn mma_probe<R: Runtime>(rt: &R, dtype: Dtype, seed: u64) -> Result<(Vec<f32
     Ok((rt.download(&d)?, want))
 }
 
+/// The elements of an `mma_probe` result that differ from the f64 product by more than 1e-5 of
+/// its largest magnitude, as "way W (row R, col C): got vs want" (way 0: register fragments;
+/// 1-3: ldmatrix x4.trans, x2.trans, x4 of the transpose).
+pub fn mma_probe_mismatches(got: &[f32], want: &[f64]) -> Vec<String> {
+    let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    got.iter()
+        .zip(want.iter().cycle())
+        .enumerate()
+        .filter(|(_, (g, w))| {
+            let close = (**g as f64 - **w).abs() <= 1e-5 * scale;
+            !close // NaN is never close
+        })
+        .map(|(i, (g, w))| format!("way {} (row {}, col {}): {g} vs {w}", i / 256, i % 256 / 16, i % 16))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -532,6 +548,20 @@ mod tests {
         );
         assert_eq!(std::mem::size_of::<ExpandParams>(), 7 * 8 + 7 * 4 + 4);
         assert_eq!(std::mem::size_of::<FillParams>(), 8 + 8 + 4 + 4);
+    }
+
+    /// The probe comparison reports a wrong element and a NaN, with way, row and column.
+    #[test]
+    fn mma_probe_mismatches_name_the_element() {
+        let want: Vec<f64> = (0..256).map(|i| i as f64 - 100.0).collect();
+        let mut got: Vec<f32> = want.iter().cycle().take(MMA_PROBE_WAYS * 256).map(|&w| w as f32).collect();
+        assert!(mma_probe_mismatches(&got, &want).is_empty());
+        got[256 + 17] += 0.01;
+        got[3 * 256 + 255] = f32::NAN;
+        let bad = mma_probe_mismatches(&got, &want);
+        assert_eq!(bad.len(), 2, "{bad:?}");
+        assert!(bad[0].starts_with("way 1 (row 1, col 1):"), "{bad:?}");
+        assert!(bad[1].starts_with("way 3 (row 15, col 15): NaN"), "{bad:?}");
     }
 
     #[test]

@@ -194,17 +194,8 @@ fn mma_probe_matches_the_plain_product_on_the_gpu() {
     for dtype in [gqla_conformance::case::Dtype::Bf16, gqla_conformance::case::Dtype::F16] {
         let (got, want) = gqla_cuda::launch::mma_probe(kernel.gpu(), dtype, 7).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(got.len(), launch::MMA_PROBE_WAYS * want.len());
-        let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-        // Way 0: register fragments; 1-3: ldmatrix (x4.trans, x2.trans, x4 of the transpose).
-        for (i, (g, w)) in got.iter().zip(want.iter().cycle()).enumerate() {
-            assert!(
-                (*g as f64 - w).abs() <= 1e-5 * scale,
-                "{dtype:?} way {} element (row {}, col {}): {g} vs {w}",
-                i / 256,
-                i % 256 / 16,
-                i % 16
-            );
-        }
+        let bad = launch::mma_probe_mismatches(&got, &want);
+        assert!(bad.is_empty(), "{dtype:?}: {}", bad.join("; "));
     }
 }
 

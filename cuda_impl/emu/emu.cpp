@@ -26,7 +26,14 @@ struct Range {
     uintptr_t begin, end;
 };
 
-enum class Wait { None, Block, Warp };
+enum class Wait { None, Block, Warp, Warpgroup };
+
+// One wgmma's result for one thread, landing in d at wgmma_wait.
+struct WgResult {
+    float* d;
+    int n;  // accumulators
+    float v[128];
+};
 
 // One queued cp.async: 16 bytes to `dst`, from `src` or zeros.
 struct AsyncCopy {
@@ -45,6 +52,16 @@ struct Fiber {
     unsigned wait_gen = 0;
     std::vector<AsyncCopy> open_group;               // issued since the last commit
     std::vector<std::vector<AsyncCopy>> committed;   // oldest first
+    bool wg_fenced = false;
+    std::vector<WgResult> wg_open;                   // wgmma since the last commit
+    std::vector<std::vector<WgResult>> wg_committed; // oldest first
+};
+
+// What one thread passes to a wgmma, compared over the warpgroup.
+struct WgOperands {
+    uint64_t a, b;
+    int n, kind;
+    bool trans;
 };
 
 // A place in the kernel source.
@@ -75,6 +92,8 @@ struct Worker {
     Fiber* current = nullptr;
     Barrier block_barrier;
     std::vector<Barrier> warp_barriers;
+    std::vector<Barrier> wg_barriers;  // 128-thread warpgroups
+    std::vector<WgOperands> wg_exchange;
     std::vector<uint64_t> exchange;  // one word per thread, for shuffles
     std::vector<uint32_t> fragments; // MMA_WORDS per thread, for mma
     std::vector<unsigned char> shared;
@@ -287,6 +306,124 @@ void ldmatrix(int n, bool trans, const void* row, unsigned r[4], const char* fil
     std::memcpy(r, out, 4 * (size_t)n);
 }
 
+unsigned shared_offset(const void* p) {
+    Worker* w = tl_worker;
+    const uintptr_t a = (uintptr_t)p, lo = (uintptr_t)w->shared.data();
+    if (a < lo || a > lo + w->shared.size()) {
+        fail(describe(*w->current) + ": a shared-memory address of a pointer outside the block's shared memory");
+        return 0;
+    }
+    return (unsigned)(a - lo);
+}
+
+void wgmma_fence() { tl_worker->current->wg_fenced = true; }
+
+void wgmma_commit() {
+    Fiber* f = tl_worker->current;
+    f->wg_committed.push_back(std::move(f->wg_open));
+    f->wg_open.clear();
+}
+
+void wgmma_wait(int pending) {
+    Fiber* f = tl_worker->current;
+    while ((int)f->wg_committed.size() > pending) {
+        for (const WgResult& r : f->wg_committed.front()) std::memcpy(r.d, r.v, sizeof(float) * (size_t)r.n);
+        f->wg_committed.erase(f->wg_committed.begin());
+    }
+    // The thread may now touch accumulators: the next wgmma needs a fence again.
+    f->wg_fenced = false;
+}
+
+// The accumulators a new wgmma on d[0..n) starts from: the latest result in flight for d, else d.
+static bool wg_current(Fiber& f, float* d, int n, float* out) {
+    std::memcpy(out, d, sizeof(float) * (size_t)n);
+    auto visit = [&](const WgResult& r) {
+        if (r.d == d && r.n == n) {
+            std::memcpy(out, r.v, sizeof(float) * (size_t)n);
+            return true;
+        }
+        return !(r.d + r.n <= d || d + n <= r.d) ? false : true;  // partial overlap: refused below
+    };
+    for (auto& g : f.wg_committed)
+        for (auto& r : g)
+            if (!visit(r)) return false;
+    for (auto& r : f.wg_open)
+        if (!visit(r)) return false;
+    return true;
+}
+
+void wgmma(int kind, int n, bool trans_b, float* d, uint64_t desc_a, uint64_t desc_b, const char* file, int line) {
+    Worker* w = tl_worker;
+    Fiber& f = *w->current;
+    const int me = f.linear, group = me / 128, lane = me & 31, warp = (me / 32) % 4;
+    const std::string at = Site{file, line}.str();
+    if (w->fibers.size() % 128 != 0) {
+        fail(describe(f) + ": " + at + ": wgmma in a block that is not whole warpgroups");
+        return;
+    }
+    if (!f.wg_fenced) fail(describe(f) + ": " + at + ": wgmma without wgmma.fence since the thread's last wgmma.wait_group");
+    w->wg_exchange[me] = WgOperands{desc_a, desc_b, n, kind, trans_b};
+    arrive(w->wg_barriers[group], Wait::Warpgroup, Site{file, line}, "wgmma");
+    const WgOperands& first = w->wg_exchange[(size_t)group * 128];
+    if (first.a != desc_a || first.b != desc_b || first.n != n || first.kind != kind || first.trans != trans_b) {
+        fail(describe(f) + ": " + at + ": the threads of a warpgroup pass different wgmma operands");
+    }
+    struct Desc {
+        uint64_t start, lbo, sbo;
+    };
+    auto decode = [&](uint64_t x, const char* which) {
+        if ((x >> 62) != 0 || ((x >> 49) & 7) != 0) {
+            fail(describe(f) + ": " + at + ": wgmma descriptor of " + which + " with swizzling or a base offset (not modelled)");
+        }
+        return Desc{(x & 0x3fff) << 4, ((x >> 16) & 0x3fff) << 4, ((x >> 32) & 0x3fff) << 4};
+    };
+    const Desc a = decode(desc_a, "A"), b = decode(desc_b, "B");
+    const size_t size = w->shared.size();
+    const unsigned char* sh = w->shared.data();
+    bool bad = false;
+    auto element = [&](uint64_t addr) {
+        if (addr % 2 != 0 || addr + 2 > size) {
+            if (!bad) {
+                char buf[200];
+                std::snprintf(buf, sizeof buf, "%s: %s: wgmma operand element at shared address %#lx, outside the block's %zu bytes",
+                              describe(f).c_str(), at.c_str(), (unsigned long)addr, size);
+                fail(buf);
+            }
+            bad = true;
+            return 0.0f;
+        }
+        uint16_t h;
+        std::memcpy(&h, sh + addr, 2);
+        return half_to_float(kind, h);
+    };
+    // A (64 x 16) K-major; B (16 x n) K-major (rows are n) or MN-major.
+    float av[16][16], bv[16][128];
+    const int row_lo = 16 * warp + lane / 4;
+    for (int h = 0; h < 2; ++h) {
+        const int row = row_lo + 8 * h;
+        for (int k = 0; k < 16; ++k) av[h][k] = element(a.start + (row % 8) * 16 + (row / 8) * a.sbo + (k % 8) * 2 + (k / 8) * a.lbo);
+    }
+    for (int k = 0; k < 16; ++k) {
+        for (int c = 0; c < n; ++c) {
+            bv[k][c] = element(trans_b ? b.start + (c % 8) * 2 + (c / 8) * b.sbo + (k % 8) * 16 + (k / 8) * b.lbo
+                                       : b.start + (c % 8) * 16 + (c / 8) * b.sbo + (k % 8) * 2 + (k / 8) * b.lbo);
+        }
+    }
+    WgResult r;
+    r.d = d;
+    r.n = n / 2;
+    if (!wg_current(f, d, r.n, r.v)) fail(describe(f) + ": " + at + ": wgmma accumulators overlap another wgmma's in flight");
+    // Element i: row 16 warp + lane / 4 + 8 ((i / 2) % 2), column 8 (i / 4) + 2 (lane % 4) + i % 2.
+    for (int i = 0; i < r.n; ++i) {
+        const int h = (i >> 1) & 1, col = 8 * (i >> 2) + 2 * (lane % 4) + (i & 1);
+        float acc = r.v[i];
+        for (int k = 0; k < 16; ++k) acc += av[h][k] * bv[k][col];
+        r.v[i] = acc;
+    }
+    arrive(w->wg_barriers[group], Wait::Warpgroup, Site{file, line}, "wgmma");
+    f.wg_open.push_back(r);
+}
+
 bool check_access(const void* base, long long index, unsigned size, bool store, const char* file, int line) {
     Worker* w = tl_worker;
     const auto& ranges = w->launch->ranges;
@@ -313,6 +450,9 @@ bool check_access(const void* base, long long index, unsigned size, bool store, 
 static void fiber_main() {
     Worker* w = tl_worker;
     w->launch->kernel(w->launch->params);
+    if (!w->current->wg_open.empty() || !w->current->wg_committed.empty()) {
+        fail(describe(*w->current) + ": returned with a wgmma in flight (no wgmma.wait_group for it)");
+    }
     w->current->done = true;
     _longjmp(w->sched, 1);
 }
@@ -333,6 +473,9 @@ static void prepare(Worker& w, const Launch& l) {
     }
     w.warp_barriers.assign((n + 31) / 32, Barrier{});
     for (unsigned i = 0; i < w.warp_barriers.size(); ++i) w.warp_barriers[i].expected = std::min(32u, n - 32 * i);
+    w.wg_barriers.assign((n + 127) / 128, Barrier{});
+    for (auto& b : w.wg_barriers) b.expected = 128;
+    w.wg_exchange.assign(n, WgOperands{});
     w.exchange.assign(n, 0);
     w.fragments.assign((size_t)n * MMA_WORDS, 0);
     w.shared.assign(l.shared_bytes + 16, 0);
@@ -361,6 +504,7 @@ static bool run_block(Worker& w, const Launch& l, long long id) {
     w.block_barrier = Barrier{};
     w.block_barrier.expected = n;
     for (auto& b : w.warp_barriers) b = Barrier{0, 0, b.expected, Site{}};
+    for (auto& b : w.wg_barriers) b = Barrier{0, 0, b.expected, Site{}};
     // Shared memory starts as garbage on a GPU; a recognisable NaN pattern here.
     std::fill(w.shared.begin(), w.shared.end(), (unsigned char)0xff);
     for (unsigned i = 0; i < n; ++i) {
@@ -370,6 +514,9 @@ static bool run_block(Worker& w, const Launch& l, long long id) {
         f.wait = Wait::None;
         f.open_group.clear();
         f.committed.clear();
+        f.wg_fenced = false;
+        f.wg_open.clear();
+        f.wg_committed.clear();
         f.pos.thread.x = i % l.block.x;
         f.pos.thread.y = i / l.block.x % l.block.y;
         f.pos.thread.z = i / (l.block.x * l.block.y);
@@ -390,6 +537,7 @@ static bool run_block(Worker& w, const Launch& l, long long id) {
             if (f.done) continue;
             if (f.wait == Wait::Block && f.wait_gen == w.block_barrier.gen) continue;
             if (f.wait == Wait::Warp && f.wait_gen == w.warp_barriers[i / 32].gen) continue;
+            if (f.wait == Wait::Warpgroup && f.wait_gen == w.wg_barriers[i / 128].gen) continue;
             resume(w, f);
             progressed = true;
             if (f.done) --live;
@@ -452,14 +600,20 @@ struct Entry {
 
 #define SELFTEST(NAME) {#NAME, [](const void* p) { NAME(*(const SelftestParams*)p); }},
 
+#define WGMMA_ENTRIES(SUFFIX)                                                                                 \
+    {"attn_wgmma_" #SUFFIX, [](const void* p) { attn_wgmma_##SUFFIX(*(const AttnParams*)p); }},                  \
+        {"attn_wgmma_narrow_" #SUFFIX, [](const void* p) { attn_wgmma_narrow_##SUFFIX(*(const AttnParams*)p); }}, \
+        {"wgmma_probe_" #SUFFIX, [](const void* p) { wgmma_probe_##SUFFIX(*(const ProbeParams*)p); }},
+
 #define MMA_ENTRIES(SUFFIX)                                                                        \
     {"attn_mma_" #SUFFIX, [](const void* p) { attn_mma_##SUFFIX(*(const AttnParams*)p); }},        \
         {"attn_mma_narrow_" #SUFFIX, [](const void* p) { attn_mma_narrow_##SUFFIX(*(const AttnParams*)p); }}, \
         {"mma_probe_" #SUFFIX, [](const void* p) { mma_probe_##SUFFIX(*(const ProbeParams*)p); }},
 
-const Entry ENTRY_TABLE[] = {ENTRIES(f32) ENTRIES(bf16) ENTRIES(f16) MMA_ENTRIES(bf16) MMA_ENTRIES(f16) SELFTEST(selftest_warp_sum) SELFTEST(selftest_divergent_sync)
+const Entry ENTRY_TABLE[] = {ENTRIES(f32) ENTRIES(bf16) ENTRIES(f16) MMA_ENTRIES(bf16) MMA_ENTRIES(f16) WGMMA_ENTRIES(bf16) WGMMA_ENTRIES(f16) SELFTEST(selftest_warp_sum) SELFTEST(selftest_divergent_sync)
                                  SELFTEST(selftest_skipped_sync) SELFTEST(selftest_partial_shuffle) SELFTEST(selftest_store_past_end)
-                                     SELFTEST(selftest_ldmatrix_outside_shared)};
+                                     SELFTEST(selftest_ldmatrix_outside_shared)
+                                         SELFTEST(selftest_wgmma_without_fence) SELFTEST(selftest_wgmma_unwaited)};
 
 void write_error(char* out, size_t cap, const std::string& msg) {
     if (cap == 0) return;

@@ -9,8 +9,12 @@
 // - every thread of a block reaches the same __syncthreads, and every lane of a warp the same
 //   shuffle (a divergent barrier is a deadlock on hardware and an error here);
 // - mma.sync and ldmatrix follow PTX's fragment layouts as warp collectives, and ldmatrix rows are
-//   16 aligned bytes of the block's shared memory.
-// It does not model timing, memory ordering between blocks, or shared-memory races.
+//   16 aligned bytes of the block's shared memory;
+// - wgmma reads its operands through PTX's matrix descriptors (canonical no-swizzle layouts) as a
+//   warpgroup collective, and its accumulators change only at wgmma_wait (reading them earlier
+//   gives the old values, as on hardware); a wgmma without a fence, or in flight at exit, is an error.
+// It does not model timing, memory ordering between blocks, shared-memory races, or the async
+// proxy (fence.proxy.async).
 #pragma once
 
 #include <cmath>
@@ -60,6 +64,17 @@ void mma_m16n8k16(int kind, float d[4], const unsigned a[4], const unsigned b[2]
 // of matrix i (16 bytes); r[i] gets this lane's two elements of matrix i (transposed with trans).
 // A warp collective; every used row must lie in the block's shared memory, 16-byte aligned.
 void ldmatrix(int n, bool trans, const void* row, unsigned r[4], const char* file, int line);
+// The shared-state-space address of a pointer into the block's dynamic shared memory (its offset).
+unsigned shared_offset(const void* p);
+// wgmma.mma_async.sync.aligned.m64n{n}k16.f32 with A and B by matrix descriptor (no swizzle;
+// B MN-major when trans_b): a warpgroup collective whose result lands in d at wgmma_wait. Every
+// operand element must lie in the block's shared memory; the 128 threads must pass the same
+// descriptors; a wgmma needs a wgmma_fence since the thread's last wgmma_wait.
+void wgmma(int kind, int n, bool trans_b, float* d, uint64_t desc_a, uint64_t desc_b, const char* file, int line);
+void wgmma_fence();
+void wgmma_commit();
+// Land this thread's oldest committed wgmma groups until at most `pending` remain.
+void wgmma_wait(int pending);
 
 template <typename T>
 inline T shfl_xor(unsigned mask, T x, int lane_mask, const char* file, int line) {

@@ -45,3 +45,22 @@ extern "C" __global__ void selftest_ldmatrix_outside_shared(SelftestParams p) {
     ldsm<4, false>(r, sm + 8 * (threadIdx.x & 31));
     st(p.out, 0, (float)r[0]);
 }
+
+// One m64n8k16 wgmma over zeros in 2304 bytes of shared memory (A [64][16], B [8][16], K-major).
+__device__ void selftest_wgmma_once(SelftestParams p, bool fence, bool wait) {
+    GQLA_DYNAMIC_SHARED(u16, sm);
+    for (int i = threadIdx.x; i < 64 * 16 + 8 * 16; i += blockDim.x) sm[i] = 0;
+    __syncthreads();
+    float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (fence) wgmma_fence();
+    wgmma<1, 8, false>(d, desc_k_major(sm, 16, 0), desc_k_major(sm + 64 * 16, 16, 0));
+    wgmma_commit();
+    if (wait) wgmma_wait<0, 4>(d);
+    st(p.out, 0, d[0]);
+}
+
+// A wgmma with no wgmma.fence before it.
+extern "C" __global__ void selftest_wgmma_without_fence(SelftestParams p) { selftest_wgmma_once(p, false, true); }
+
+// A wgmma still in flight when its threads return.
+extern "C" __global__ void selftest_wgmma_unwaited(SelftestParams p) { selftest_wgmma_once(p, true, false); }

@@ -175,15 +175,20 @@ __device__ __forceinline__ Tile tile_of(const AttnParams& p) {
     return w;
 }
 
+// Keys row r of a block may see. Bottom-right causal: token j of s_q sees keys t < L - s_q + j + 1
+// (none for padding rows).
+__device__ __forceinline__ int visible_keys(const AttnParams& p, const Tile& w, int r) {
+    const int j = (w.row0 + r) / w.per;
+    return r < w.nrows ? max(0, min(w.L, w.L - p.sq + j + 1)) : 0;
+}
+
 // Row statistics before the first key, for the R rows of a block (threads tid < R).
 template <int R>
 __device__ __forceinline__ void init_rows(const AttnParams& p, const Tile& w, int tid, float* m_s, float* l_s, int* vis_s) {
     if (tid < R) {
         m_s[tid] = -INFINITY;
         l_s[tid] = 0.0f;
-        const int j = (w.row0 + tid) / w.per;
-        // Bottom-right causal: token j of s_q sees keys t < L - s_q + j + 1 (none for padding rows).
-        vis_s[tid] = tid < w.nrows ? max(0, min(w.L, w.L - p.sq + j + 1)) : 0;
+        vis_s[tid] = visible_keys(p, w, tid);
     }
 }
 
@@ -384,6 +389,124 @@ template <> __device__ __forceinline__ u16 to_storage<2>(float x) { return f32_t
 // Round x up to a multiple of 16.
 __device__ __forceinline__ int up16(int x) { return (x + 15) & ~15; }
 
+// Where element (r, c) of a 16-bit shared tile of `w` columns (w a multiple of 16, rows a multiple
+// of 8) lives: rows padded by MMA_PAD, for ldmatrix (CORE false); or 8 x 8 core matrices,
+// [r / 8][c / 8][r % 8][c % 8], the no-swizzle layout wgmma descriptors address (CORE true).
+template <bool CORE>
+struct TileLayout {
+    int w;
+    __device__ __forceinline__ int ld() const { return w + MMA_PAD; } // row stride when !CORE
+    __device__ __forceinline__ int at(int r, int c) const {
+        if constexpr (CORE) return (((r >> 3) * (w >> 3) + (c >> 3)) << 6) + ((r & 7) << 3) + (c & 7);
+        else return r * ld() + c;
+    }
+    __device__ __forceinline__ int elems(int rows) const { return CORE ? rows * w : rows * ld(); }
+};
+
+// ---- wgmma (sm_90a): warpgroup MMA with operands in shared memory -------------------------------
+// A matrix descriptor (PTX "matrix descriptor format"): start address, leading and stride byte
+// offsets, each >> 4; base offset 0 and no swizzle. Canonical no-swizzle layouts, T = 8 elements:
+//   K-major  ((8,m),(T,2k)):((1T,SBO),(1,LBO)): row r, column k at (r%8)*16 + (r/8)*SBO + (k%8)*2 + (k/8)*LBO bytes;
+//   MN-major ((T,1,m),(8,k)):((1,T,SBO),(1T,LBO)): k, n at (n%8)*2 + (n/8)*SBO + (k%8)*16 + (k/8)*LBO bytes.
+#ifdef GQLA_EMULATION
+inline unsigned shared_addr(const void* p) { return gqla_emu::shared_offset(p); }
+#endif
+__device__ __forceinline__ unsigned long long wg_desc(const u16* start, int lbo_bytes, int sbo_bytes) {
+    return (unsigned long long)((shared_addr(start) & 0x3FFFF) >> 4) | ((unsigned long long)(lbo_bytes >> 4) << 16) |
+           ((unsigned long long)(sbo_bytes >> 4) << 32);
+}
+// K-major operand: rows 0.. of a core tile of width w, columns [k0, k0 + 16) (k0 a multiple of 8).
+__device__ __forceinline__ unsigned long long desc_k_major(const u16* tile, int w, int k0) {
+    return wg_desc(tile + (k0 >> 3) * 64, 128, w * 16);
+}
+// MN-major operand B[k][n] = tile(k0 + k, n0 + n) of a core tile of width w whose rows are k.
+__device__ __forceinline__ unsigned long long desc_mn_major(const u16* tile, int w, int k0, int n0) {
+    return wg_desc(tile + ((k0 >> 3) * (w >> 3) + (n0 >> 3)) * 64, w * 16, 128);
+}
+
+#define WG_REGS4(a, b, c, d) "%" #a ", %" #b ", %" #c ", %" #d
+#define WG_D8 "{" WG_REGS4(0, 1, 2, 3) "}"
+#define WG_D32 "{" WG_REGS4(0, 1, 2, 3) ", " WG_REGS4(4, 5, 6, 7) ", " WG_REGS4(8, 9, 10, 11) ", " WG_REGS4(12, 13, 14, 15) "}"
+#define WG_D64                                                                                                              \
+    "{" WG_REGS4(0, 1, 2, 3) ", " WG_REGS4(4, 5, 6, 7) ", " WG_REGS4(8, 9, 10, 11) ", " WG_REGS4(12, 13, 14, 15) ", " WG_REGS4( \
+        16, 17, 18, 19) ", " WG_REGS4(20, 21, 22, 23) ", " WG_REGS4(24, 25, 26, 27) ", " WG_REGS4(28, 29, 30, 31) "}"
+// One wgmma.mma_async, D (f32, scale-d 1: accumulate) += A B with both operands by descriptor.
+// Operands IA, IB: descriptors; IONE: a register holding 1 (scale-d); ITB: imm-trans-b.
+#define WG_MMA(SHAPE, TY, DREGS, IA, IB, IONE, ITB)                                                                 \
+    "{ .reg .pred p; setp.ne.b32 p, %" #IONE ", 0; wgmma.mma_async.sync.aligned." SHAPE ".f32." TY "." TY " " DREGS \
+    ", %" #IA ", %" #IB ", p, 1, 1, 0, %" #ITB "; }"
+
+// d += A B for one m64nNk16 step of the warpgroup (all 128 threads, uniformly): A (64 x 16) K-major
+// at descriptor da, B (16 x N) at db, K-major (TRANS_B false: stored n-rows of k) or MN-major.
+// d holds this thread's N / 2 accumulators in PTX's layout: d[4 j + e] is row 16 (warp % 4) +
+// lane / 4 + 8 (e / 2), column 8 j + 2 (lane % 4) + e % 2 (the mma.sync m16n8 layout per 8 columns).
+// Asynchronous: d is only defined after wgmma_commit and wgmma_wait.
+template <int E, int N, bool TRANS_B>
+__device__ __forceinline__ void wgmma(float* d, unsigned long long da, unsigned long long db) {
+#ifdef GQLA_EMULATION
+    gqla_emu::wgmma(E, N, TRANS_B, d, da, db, __FILE__, __LINE__);
+#elif defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    static_assert(N == 8 || N == 32 || N == 64, "wgmma shapes used here");
+    const int one = 1;
+#define WG_IN8 "l"(da), "l"(db), "r"(one), "n"(TRANS_B ? 1 : 0)
+#define WG_OUT8(o) "+f"(d[o]), "+f"(d[o + 1]), "+f"(d[o + 2]), "+f"(d[o + 3])
+#define WG_OUT32(o) WG_OUT8(o), WG_OUT8(o + 4), WG_OUT8(o + 8), WG_OUT8(o + 12)
+    if constexpr (N == 8 && E == 1) {
+        asm volatile(WG_MMA("m64n8k16", "bf16", WG_D8, 4, 5, 6, 7) : WG_OUT8(0) : WG_IN8 : "memory");
+    } else if constexpr (N == 8) {
+        asm volatile(WG_MMA("m64n8k16", "f16", WG_D8, 4, 5, 6, 7) : WG_OUT8(0) : WG_IN8 : "memory");
+    } else if constexpr (N == 32 && E == 1) {
+        asm volatile(WG_MMA("m64n32k16", "bf16", WG_D32, 16, 17, 18, 19) : WG_OUT32(0) : WG_IN8 : "memory");
+    } else if constexpr (N == 32) {
+        asm volatile(WG_MMA("m64n32k16", "f16", WG_D32, 16, 17, 18, 19) : WG_OUT32(0) : WG_IN8 : "memory");
+    } else if constexpr (E == 1) {
+        asm volatile(WG_MMA("m64n64k16", "bf16", WG_D64, 32, 33, 34, 35) : WG_OUT32(0), WG_OUT32(16) : WG_IN8 : "memory");
+    } else {
+        asm volatile(WG_MMA("m64n64k16", "f16", WG_D64, 32, 33, 34, 35) : WG_OUT32(0), WG_OUT32(16) : WG_IN8 : "memory");
+    }
+#undef WG_IN8
+#undef WG_OUT8
+#undef WG_OUT32
+#endif
+}
+
+// Before the first wgmma that reads accumulators other instructions wrote.
+__device__ __forceinline__ void wgmma_fence() {
+#ifdef GQLA_EMULATION
+    gqla_emu::wgmma_fence();
+#elif defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+#endif
+}
+// The wgmma issued since the previous commit form one group.
+__device__ __forceinline__ void wgmma_commit() {
+#ifdef GQLA_EMULATION
+    gqla_emu::wgmma_commit();
+#elif defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+#endif
+}
+// Wait until at most N groups are in flight; then the accumulators of the others are defined. The
+// empty asm statements tie each accumulator to this point, so that no read of one is scheduled
+// before the wait.
+template <int N, int REGS>
+__device__ __forceinline__ void wgmma_wait(float* d) {
+#ifdef GQLA_EMULATION
+    (void)d;
+    gqla_emu::wgmma_wait(N);
+#elif defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
+#pragma unroll
+    for (int i = 0; i < REGS; ++i) asm volatile("" : "+f"(d[i])::"memory");
+#endif
+}
+// Shared memory written by ordinary stores or cp.async, made visible to wgmma (the async proxy).
+__device__ __forceinline__ void fence_proxy_async() {
+#if !defined(GQLA_EMULATION) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+}
+
 // Asynchronous 16-byte copy global -> shared (sm_80 cp.async); `valid` false writes zeros and reads
 // nothing. Copies land at cp_async_wait; a group is what was issued since the previous commit.
 __device__ __forceinline__ void cp_async16(u16* dst, const u16* src, bool valid) {
@@ -411,17 +534,24 @@ __device__ __forceinline__ void cp_async_wait() {
 }
 
 // The grouped attention of attn<E> on tensor cores, for 16-bit storage. A block holds MMA_ROWS
-// query rows of one stream (4 m16 tiles) and walks its keys MMA_KEYS at a time:
+// query rows of one stream (4 m16 tiles) and walks its keys MMA_KEYS at a time, in one of two forms:
+// mma.sync (WG false, sm_80+), fed by ldmatrix from rows padded by MMA_PAD:
 //   S = Q K^T: warp w computes m-tile w % 4 against keys [16 (w / 4), 16 (w / 4) + 16);
-//   softmax:   MMA_ROW_LANES threads per row, online (running max and sum in f32, in registers),
-//              P rounded to storage;
-//   O += P V:  warp w owns m-tile w % 4 and value columns [dvh (w / 4), dvh (w / 4 + 1)).
-// Shared tiles keep the 16-bit storage values (zero beyond the widths and for keys past the split)
-// with rows padded by MMA_PAD so fragment loads spread over the banks. p.stages tiles are in flight
-// (cp.async groups; tile i + stages - 1 is issued while tile i is computed). DVH_MAX bounds dv / 2 (the
-// accumulators a thread holds): MMA_DVH_MAX for d_v up to 512, MMA_NARROW_DVH for up to 128.
-template <int E, int DVH_MAX>
-__device__ void attn_mma(const AttnParams& p) {
+//   O += P V:  warp w owns m-tile w % 4 and value columns [dvh (w / 4), dvh (w / 4 + 1));
+// wgmma (WG true, sm_90a), two warpgroups reading tiles of 8 x 8 core matrices by descriptor:
+//   S = Q K^T: warpgroup h computes all 64 rows x 32 keys over half of the key width (k16 steps
+//              [h ceil(n / 2), ...)); the two partial scores are added by the softmax;
+//   O += P V:  warpgroup h owns value columns [dvh h, dvh (h + 1)), in m64n64k16 steps (m64n8k16
+//              for a last part narrower than 64), V read as the MN-major B operand.
+// In both, the softmax runs on all threads, MMA_ROW_LANES per row, online (running max and sum in
+// f32, in registers), P rounded to storage; and the accumulator layout of a thread is the same
+// (warp w holds rows 16 (w % 4) .. of columns [dvh (w / 4), ...)), so one epilogue serves both.
+// Shared tiles keep the 16-bit storage values (zero beyond the widths and for keys past the split).
+// p.stages tiles are in flight (cp.async groups; tile i + stages - 1 is issued while tile i is
+// computed). DVH_MAX bounds dv / 2 (the accumulators a thread holds): MMA_DVH_MAX for d_v up to 512,
+// MMA_NARROW_DVH for up to 128.
+template <int E, int DVH_MAX, bool WG>
+__device__ void attn_tc(const AttnParams& p) {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int fg = lane >> 2, ft = lane & 3; // fragment row group and column pair
     const int li = lane >> 3, lj = lane & 7; // ldmatrix: this lane gives row lj of matrix li
@@ -430,21 +560,21 @@ __device__ void attn_mma(const AttnParams& p) {
     const int start = w.start, end = w.end;
     const int dk = p.da + p.db, dv = p.dv;
     const int dkp = up16(dk), dvh = up16(dv) / 2;
-    const int qld = dkp + MMA_PAD, kld = dkp + MMA_PAD;
-    const int vld = p.v_is_key_prefix ? kld : 2 * dvh + MMA_PAD;
-    const int pld = MMA_KEYS + MMA_PAD, sld = MMA_KEYS + 1;
+    // Tile layouts: queries and keys dkp wide, values dkp (a key prefix) or 2 dvh, P MMA_KEYS.
+    const TileLayout<WG> ql{dkp}, kl{dkp}, vl{p.v_is_key_prefix ? dkp : 2 * dvh}, pl{MMA_KEYS};
+    const int sld = MMA_KEYS + 1;
+    constexpr int PLANES = WG ? 2 : 1; // partial score planes
 
     GQLA_DYNAMIC_SHARED(float, smem);
-    float* s_s = smem;                                  // [MMA_ROWS][sld] scores
-    float* m_s = s_s + MMA_ROWS * sld;                  // running max
-    float* l_s = m_s + MMA_ROWS;                        // running sum
-    float* c_s = l_s + MMA_ROWS;                        // this tile's rescale factor
+    float* s_s = smem;                                  // [PLANES][MMA_ROWS][sld] scores
+    float* c_s = s_s + PLANES * MMA_ROWS * sld;         // this tile's rescale factor per row
     int* vis_s = (int*)(c_s + MMA_ROWS);                // keys each row may see
     const int stages = p.stages;
     long long* slot_s = (long long*)(vis_s + MMA_ROWS); // [stages][MMA_KEYS] cache slot of each key (-1: none)
-    u16* q_s = (u16*)(slot_s + stages * MMA_KEYS);      // [MMA_ROWS][qld]
-    u16* k_s = q_s + MMA_ROWS * qld;                    // stages x ([MMA_KEYS][kld] keys, [MMA_KEYS][vld] values unless a key prefix)
-    u16* p_s = k_s + stages * MMA_KEYS * (kld + (p.v_is_key_prefix ? 0 : vld)); // [MMA_ROWS][pld]
+    u16* q_s = (u16*)(slot_s + stages * MMA_KEYS);      // query tile
+    u16* k_s = q_s + ql.elems(MMA_ROWS);                // stages x (key tile, value tile unless a key prefix)
+    const int kv_elems = kl.elems(MMA_KEYS) + (p.v_is_key_prefix ? 0 : vl.elems(MMA_KEYS));
+    u16* p_s = k_s + stages * kv_elems;                 // P tile
 
     // The query tile: 16-byte cp.async copies (their own group, ahead of the first key tile's,
     // so all of them are in flight at once) when rows are 16-byte aligned; element loads otherwise.
@@ -454,7 +584,7 @@ __device__ void attn_mma(const AttnParams& p) {
         for (int idx = tid; idx < MMA_ROWS * qchunks; idx += MMA_NT) {
             const int r = idx / qchunks, d = (idx % qchunks) * 8;
             const bool valid = r < nrows && d < dk;
-            cp_async16(q_s + r * qld + d, valid ? q16 + out_row(p, b, g, per, row0 + r) * dk + d : q16, valid);
+            cp_async16(q_s + ql.at(r, d), valid ? q16 + out_row(p, b, g, per, row0 + r) * dk + d : q16, valid);
         }
         cp_async_commit();
     } else {
@@ -462,16 +592,18 @@ __device__ void attn_mma(const AttnParams& p) {
             const int r = idx / dkp, d = idx % dkp;
             u16 x = 0;
             if (r < nrows && d < dk) x = ld(q16, out_row(p, b, g, per, row0 + r) * dk + d);
-            q_s[r * qld + d] = x;
+            q_s[ql.at(r, d)] = x;
         }
     }
-    init_rows<MMA_ROWS>(p, w, tid, m_s, l_s, vis_s);
+    if (tid < MMA_ROWS) vis_s[tid] = visible_keys(p, w, tid);
     // The running max and sum of row srow, held by its MMA_ROW_LANES threads.
     const int srow = tid / MMA_ROW_LANES, slane = tid % MMA_ROW_LANES;
     float m_run = -INFINITY, l_run = 0.0f;
 
     const int mt = warp & 3, half = warp >> 2;
-    const bool active = mt * 16 < nrows; // warp-uniform: this m-tile has real rows
+    // mma.sync: warp-uniform, this m-tile has real rows. wgmma: every warp of a warpgroup takes
+    // part in its instructions (padding rows are zero queries whose outputs are not stored).
+    const bool active = WG || mt * 16 < nrows;
     float o[DVH_MAX / 8][4];
 #pragma unroll
     for (int n = 0; n < DVH_MAX / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
@@ -484,14 +616,13 @@ __device__ void attn_mma(const AttnParams& p) {
                      ((p.da | p.db | p.dv | p.ka_head_stride | p.v_head_stride) & 7) == 0 &&
                      ((p.ka_stride | p.kb_stride | p.v_stride) & 7) == 0;
     // Tiles i + 1 .. i + stages - 1 stream into the other K/V buffers (cp.async) while tile i is computed.
-    const int kv_elems = MMA_KEYS * (kld + (p.v_is_key_prefix ? 0 : vld));
     // Cache slot of key t0 + tid of the tile starting at t0 (threads tid < MMA_KEYS), -1 past the split.
     auto slot_for = [&](int t0) -> long long {
         return t0 + tid < end ? slot_of(p.block_table, p.max_pages, p.page, b, t0 + tid) : -1;
     };
     auto issue = [&](int buf) {
         u16* kd = k_s + buf * kv_elems;
-        u16* vd = p.v_is_key_prefix ? kd : kd + MMA_KEYS * kld;
+        u16* vd = p.v_is_key_prefix ? kd : kd + kl.elems(MMA_KEYS);
         const long long* sl = slot_s + buf * MMA_KEYS;
         if (vec) {
             // 16-byte chunks: 8 elements, never straddling the two key segments (both multiples of 8).
@@ -501,14 +632,14 @@ __device__ void attn_mma(const AttnParams& p) {
                 const long long s = sl[kk];
                 const bool valid = s >= 0 && d < dk;
                 const u16* src = !valid ? ka : d < p.da ? ka + s * p.ka_stride + (long long)g * p.ka_head_stride + d : kb + s * p.kb_stride + (d - p.da);
-                cp_async16(kd + kk * kld + d, src, valid);
+                cp_async16(kd + kl.at(kk, d), src, valid);
             }
             if (!p.v_is_key_prefix) {
                 for (int idx = tid; idx < MMA_KEYS * vchunks; idx += MMA_NT) {
                     const int kk = idx / vchunks, d = (idx % vchunks) * 8;
                     const long long s = sl[kk];
                     const bool valid = s >= 0 && d < dv;
-                    cp_async16(vd + kk * vld + d, valid ? v16 + s * p.v_stride + (long long)g * p.v_head_stride + d : v16, valid);
+                    cp_async16(vd + vl.at(kk, d), valid ? v16 + s * p.v_stride + (long long)g * p.v_head_stride + d : v16, valid);
                 }
             }
         } else {
@@ -519,7 +650,7 @@ __device__ void attn_mma(const AttnParams& p) {
                 if (s >= 0 && d < dk) {
                     x = d < p.da ? ld(ka, s * p.ka_stride + (long long)g * p.ka_head_stride + d) : ld(kb, s * p.kb_stride + (d - p.da));
                 }
-                kd[kk * kld + d] = x;
+                kd[kl.at(kk, d)] = x;
             }
             if (!p.v_is_key_prefix) {
                 for (int idx = tid; idx < MMA_KEYS * 2 * dvh; idx += MMA_NT) {
@@ -527,7 +658,7 @@ __device__ void attn_mma(const AttnParams& p) {
                     const long long s = sl[kk];
                     u16 x = 0;
                     if (s >= 0 && d < dv) x = ld(v16, s * p.v_stride + (long long)g * p.v_head_stride + d);
-                    vd[kk * vld + d] = x;
+                    vd[vl.at(kk, d)] = x;
                 }
             }
         }
@@ -547,8 +678,8 @@ __device__ void attn_mma(const AttnParams& p) {
     for (int t0 = start, it = 0; t0 < end; t0 += MMA_KEYS, ++it) {
         const int buf = it % stages, next = (it + stages - 1) % stages;
         const int t_next = t0 + (stages - 1) * MMA_KEYS;
-        const u16* k_t = k_s + buf * kv_elems;                                   // this tile's keys
-        const u16* v_t = p.v_is_key_prefix ? k_t : k_t + MMA_KEYS * kld;         // and values
+        const u16* k_t = k_s + buf * kv_elems;                                        // this tile's keys
+        const u16* v_t = p.v_is_key_prefix ? k_t : k_t + kl.elems(MMA_KEYS);          // and values
         // Slots of buffer `next` were last read when its previous tile was issued, stages - 1
         // iterations ago.
         if (t_next < end && tid < MMA_KEYS) slot_s[next * MMA_KEYS + tid] = slot_ahead;
@@ -560,16 +691,36 @@ __device__ void attn_mma(const AttnParams& p) {
         // This thread's copies of this tile have landed: at most stages - 1 later groups pending.
         if (stages == 3) cp_async_wait<2>();
         else cp_async_wait<1>();
+        if constexpr (WG) fence_proxy_async();
         __syncthreads();
-        if (active) {
+        if constexpr (WG) {
+            const int nks = dkp / 16, ks0 = half ? (nks + 1) / 2 : 0, ks1 = half ? nks : (nks + 1) / 2;
+            float sc[MMA_KEYS / 2];
+#pragma unroll
+            for (int i = 0; i < MMA_KEYS / 2; ++i) sc[i] = 0.0f;
+            wgmma_fence();
+            for (int ks = ks0; ks < ks1; ++ks) {
+                wgmma<E, MMA_KEYS, false>(sc, desc_k_major(q_s, dkp, 16 * ks), desc_k_major(k_t, dkp, 16 * ks));
+            }
+            wgmma_commit();
+            wgmma_wait<0, MMA_KEYS / 2>(sc);
+#pragma unroll
+            for (int n = 0; n < MMA_KEYS / 8; ++n) {
+                float* sr = s_s + (half * MMA_ROWS + mt * 16 + fg) * sld + n * 8 + 2 * ft;
+                sr[0] = sc[4 * n];
+                sr[1] = sc[4 * n + 1];
+                sr[8 * sld] = sc[4 * n + 2];
+                sr[8 * sld + 1] = sc[4 * n + 3];
+            }
+        } else if (active) {
             // Two accumulator chains (even and odd k16 steps) so that consecutive mma.sync are
             // independent; summed after the last step.
             float sc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
             float sd[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
             // ldmatrix rows: A = Q, matrices (rows 0-7 | 8-15) x (columns 0-7 | 8-15) in the order
             // of a[]; B = K (rows are keys), matrices (dims 0-7 | 8-15) of keys 0-7, then of 8-15.
-            const u16* qa = q_s + (mt * 16 + (li & 1) * 8 + lj) * qld + (li >> 1) * 8;
-            const u16* kr = k_t + (half * 16 + (li >> 1) * 8 + lj) * kld + (li & 1) * 8;
+            const u16* qa = q_s + (mt * 16 + (li & 1) * 8 + lj) * ql.ld() + (li >> 1) * 8;
+            const u16* kr = k_t + (half * 16 + (li >> 1) * 8 + lj) * kl.ld() + (li & 1) * 8;
             auto step = [&](int kc, float (&acc)[2][4]) {
                 unsigned a[4], bk[4];
                 ldsm<4, false>(a, qa + kc);
@@ -601,13 +752,14 @@ __device__ void attn_mma(const AttnParams& p) {
 #pragma unroll
             for (int kk = 0; kk < KPL; ++kk) {
                 const int t = t0 + k0 + kk;
-                sr[kk] = (r < nrows && t < end && t < vis_s[r]) ? sr[kk] * p.scale : -INFINITY;
+                const float x = PLANES == 2 ? sr[kk] + sr[MMA_ROWS * sld + kk] : sr[kk];
+                sr[kk] = (r < nrows && t < end && t < vis_s[r]) ? x * p.scale : -INFINITY;
                 smax = fmaxf(smax, sr[kk]);
             }
-            u16* pr = p_s + r * pld + k0;
             float c;
-            online_softmax<MMA_ROW_LANES>(sr, KPL, smax, m_run, l_run, c, [&](int k, float e) { pr[k] = to_storage<E>(e); });
+            online_softmax<MMA_ROW_LANES>(sr, KPL, smax, m_run, l_run, c, [&](int k, float e) { p_s[pl.at(r, k0 + k)] = to_storage<E>(e); });
             if (slane == 0) c_s[r] = c;
+            if constexpr (WG) fence_proxy_async();
         }
         __syncthreads();
         if (active) {
@@ -619,31 +771,57 @@ __device__ void attn_mma(const AttnParams& p) {
                 o[n][2] *= c_hi;
                 o[n][3] *= c_hi;
             }
-            // ldmatrix rows: A = P as Q above; B = V (rows are keys) transposed, matrices (keys 0-7 |
-            // 8-15) of columns n0..n0+7, then of n0+8..n0+15: the fragments of n-tiles n and n + 1.
-            const u16* pa = p_s + (mt * 16 + (li & 1) * 8 + lj) * pld + (li >> 1) * 8;
-            const u16* vr = v_t + ((li & 1) * 8 + lj) * vld + half * dvh + (li >> 1) * 8;
+            if constexpr (WG) {
+                wgmma_fence();
 #pragma unroll
-            for (int kc = 0; kc < MMA_KEYS; kc += 16) {
-                unsigned a[4];
-                ldsm<4, false>(a, pa + kc);
+                for (int kc = 0; kc < MMA_KEYS; kc += 16) {
+                    const unsigned long long dp = desc_k_major(p_s, MMA_KEYS, kc);
 #pragma unroll
-                for (int n = 0; n < DVH_MAX / 8; n += 2) {
-                    if ((n + 1) * 8 < dvh) {
-                        unsigned bv[4];
-                        ldsm<4, true>(bv, vr + kc * vld + n * 8);
-                        mma16816<E>(o[n], a, bv);
-                        mma16816<E>(o[n + 1], a, bv + 2);
-                    } else if (n * 8 < dvh) {
-                        unsigned bv[2];
-                        ldsm<2, true>(bv, vr + kc * vld + n * 8);
-                        mma16816<E>(o[n], a, bv);
+                    for (int c = 0; c < DVH_MAX / 64; ++c) {
+                        if (64 * (c + 1) <= dvh) {
+                            wgmma<E, 64, true>(&o[8 * c][0], dp, desc_mn_major(v_t, vl.w, kc, half * dvh + 64 * c));
+                        } else {
+#pragma unroll
+                            for (int j = 0; j < 8; ++j) {
+                                if (64 * c + 8 * j < dvh) {
+                                    wgmma<E, 8, true>(&o[8 * c + j][0], dp, desc_mn_major(v_t, vl.w, kc, half * dvh + 64 * c + 8 * j));
+                                }
+                            }
+                        }
+                    }
+                }
+                wgmma_commit();
+                wgmma_wait<0, DVH_MAX / 2>(&o[0][0]);
+            } else {
+                // ldmatrix rows: A = P as Q above; B = V (rows are keys) transposed, matrices (keys 0-7 |
+                // 8-15) of columns n0..n0+7, then of n0+8..n0+15: the fragments of n-tiles n and n + 1.
+                const u16* pa = p_s + (mt * 16 + (li & 1) * 8 + lj) * pl.ld() + (li >> 1) * 8;
+                const u16* vr = v_t + ((li & 1) * 8 + lj) * vl.ld() + half * dvh + (li >> 1) * 8;
+#pragma unroll
+                for (int kc = 0; kc < MMA_KEYS; kc += 16) {
+                    unsigned a[4];
+                    ldsm<4, false>(a, pa + kc);
+#pragma unroll
+                    for (int n = 0; n < DVH_MAX / 8; n += 2) {
+                        if ((n + 1) * 8 < dvh) {
+                            unsigned bv[4];
+                            ldsm<4, true>(bv, vr + kc * vl.ld() + n * 8);
+                            mma16816<E>(o[n], a, bv);
+                            mma16816<E>(o[n + 1], a, bv + 2);
+                        } else if (n * 8 < dvh) {
+                            unsigned bv[2];
+                            ldsm<2, true>(bv, vr + kc * vl.ld() + n * 8);
+                            mma16816<E>(o[n], a, bv);
+                        }
                     }
                 }
             }
         }
     }
     cp_async_wait<0>(); // nothing in flight at exit (an empty split never waited for its queries)
+    // Final row statistics, through the score tile (no longer read after the last softmax).
+    float* m_s = s_s;
+    float* l_s = s_s + MMA_ROWS;
     if (slane == 0) {
         m_s[srow] = m_run;
         l_s[srow] = l_run;
@@ -751,6 +929,59 @@ __device__ void mma_probe(const ProbeParams& p) {
             store(3, n, d);
         }
     }
+}
+
+// The wgmma operand layouts and descriptors the tensor-core kernel uses, on their own, for one
+// warpgroup (128 threads, 10 KB of dynamic shared memory): A [64][32] and B [32][64] (k x n) of
+// 16-bit floats in plain row-major memory; D = A B (f32, row-major) computed three ways over two
+// k16 steps, into d[0..2048), d[2048..6144), d[6144..10240):
+//   0: D[:, 0:32] with B K-major (B transposed into core matrices, as K in Q K^T), m64n32k16;
+//   1: D with B MN-major (as V in P V), m64n64k16;
+//   2: the same as 1 in eight m64n8k16 column strips.
+template <int E>
+__device__ void wgmma_probe(const ProbeParams& p) {
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, fg = lane >> 2, ft = lane & 3;
+    GQLA_DYNAMIC_SHARED(u16, sm);
+    const TileLayout<true> al{32}, btl{32}, bl{64};
+    u16* a_s = sm;                        // [64 m][32 k]
+    u16* bt_s = a_s + al.elems(64);       // [32 n][32 k]
+    u16* b_s = bt_s + btl.elems(32);      // [32 k][64 n]
+    for (int i = tid; i < 64 * 32; i += 128) a_s[al.at(i / 32, i % 32)] = ld(p.a, i);
+    for (int i = tid; i < 32 * 64; i += 128) {
+        const int k = i / 64, n = i % 64;
+        const u16 x = ld(p.b, i);
+        b_s[bl.at(k, n)] = x;
+        if (n < 32) bt_s[btl.at(n, k)] = x;
+    }
+    fence_proxy_async();
+    __syncthreads();
+    // Element 4 j + e of a thread's accumulators: row 16 warp + fg + 8 (e / 2), column 8 j + 2 ft + e % 2.
+    auto store = [&](int offset, int n_cols, int j, const float* d4) {
+        for (int e = 0; e < 4; ++e) {
+            st(p.d, offset + (16 * warp + fg + 8 * (e >> 1)) * n_cols + 8 * j + 2 * ft + (e & 1), d4[e]);
+        }
+    };
+    float d0[16], d1[32], d2[8][4];
+    for (int i = 0; i < 16; ++i) d0[i] = 0.0f;
+    for (int i = 0; i < 32; ++i) d1[i] = d2[i / 4][i % 4] = 0.0f;
+    wgmma_fence();
+    for (int ks = 0; ks < 2; ++ks) wgmma<E, 32, false>(d0, desc_k_major(a_s, 32, 16 * ks), desc_k_major(bt_s, 32, 16 * ks));
+    wgmma_commit();
+    wgmma_wait<0, 16>(d0);
+    wgmma_fence();
+    for (int ks = 0; ks < 2; ++ks) wgmma<E, 64, true>(d1, desc_k_major(a_s, 32, 16 * ks), desc_mn_major(b_s, 64, 16 * ks, 0));
+    wgmma_commit();
+    wgmma_wait<0, 32>(d1);
+    wgmma_fence();
+    for (int ks = 0; ks < 2; ++ks) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) wgmma<E, 8, true>(d2[j], desc_k_major(a_s, 32, 16 * ks), desc_mn_major(b_s, 64, 16 * ks, 8 * j));
+    }
+    wgmma_commit();
+    wgmma_wait<0, 32>(&d2[0][0]);
+    for (int j = 0; j < 4; ++j) store(0, 32, j, d0 + 4 * j);
+    for (int j = 0; j < 8; ++j) store(2048, 64, j, d1 + 4 * j);
+    for (int j = 0; j < 8; ++j) store(6144, 64, j, d2[j]);
 }
 
 // x reduced (max, or sum) over the NT threads of the block; every thread gets the result. `red`
@@ -891,15 +1122,27 @@ __device__ void fill(const FillParams& f) {
     extern "C" __global__ void expand_##SUFFIX(ExpandParams p) { expand<E>(p); }                \
     extern "C" __global__ void fill_##SUFFIX(FillParams p) { fill<E>(p); }
 
-#define INSTANTIATE_MMA(SUFFIX, E)                                                                           \
-    extern "C" __global__ void __launch_bounds__(MMA_NT) attn_mma_##SUFFIX(AttnParams p) { attn_mma<E, MMA_DVH_MAX>(p); } \
-    extern "C" __global__ void __launch_bounds__(MMA_NT) attn_mma_narrow_##SUFFIX(AttnParams p) {                   \
-        attn_mma<E, MMA_NARROW_DVH>(p);                                                                              \
-    }                                                                                                                \
+#define INSTANTIATE_MMA(SUFFIX, E)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(MMA_NT) attn_mma_##SUFFIX(AttnParams p) { attn_tc<E, MMA_DVH_MAX, false>(p); } \
+    extern "C" __global__ void __launch_bounds__(MMA_NT) attn_mma_narrow_##SUFFIX(AttnParams p) {                           \
+        attn_tc<E, MMA_NARROW_DVH, false>(p);                                                                                \
+    }                                                                                                                        \
     extern "C" __global__ void mma_probe_##SUFFIX(ProbeParams p) { mma_probe<E>(p); }
+
+// wgmma exists on sm_90a only (NVRTC --gpu-architecture=compute_90a), and on the emulator.
+#define INSTANTIATE_WGMMA(SUFFIX, E)                                                                                       \
+    extern "C" __global__ void __launch_bounds__(MMA_NT) attn_wgmma_##SUFFIX(AttnParams p) { attn_tc<E, MMA_DVH_MAX, true>(p); } \
+    extern "C" __global__ void __launch_bounds__(MMA_NT) attn_wgmma_narrow_##SUFFIX(AttnParams p) {                           \
+        attn_tc<E, MMA_NARROW_DVH, true>(p);                                                                                   \
+    }                                                                                                                          \
+    extern "C" __global__ void __launch_bounds__(128) wgmma_probe_##SUFFIX(ProbeParams p) { wgmma_probe<E>(p); }
 
 INSTANTIATE(f32, 0)
 INSTANTIATE(bf16, 1)
 INSTANTIATE(f16, 2)
 INSTANTIATE_MMA(bf16, 1)
 INSTANTIATE_MMA(f16, 2)
+#if defined(GQLA_EMULATION) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+INSTANTIATE_WGMMA(bf16, 1)
+INSTANTIATE_WGMMA(f16, 2)
+#endif

@@ -13,15 +13,32 @@ pub const FAMILIES: [&str; 4] = ["attn", "attn_combine", "expand", "fill"];
 /// Tensor-core kernel families, for 16-bit storage only (`<family>_bf16`, `<family>_f16`).
 pub const MMA_FAMILIES: [&str; 3] = ["attn_mma", "attn_mma_narrow", "mma_probe"];
 
-/// Every function name the module must export.
-pub fn function_names() -> Vec<String> {
+/// Hopper wgmma kernel families, for 16-bit storage, compiled for sm_90a only.
+pub const WGMMA_FAMILIES: [&str; 3] = ["attn_wgmma", "attn_wgmma_narrow", "wgmma_probe"];
+
+/// The architecture NVRTC compiles for on a device of compute capability `cc`: the
+/// architecture-specific `compute_90a` on Hopper (wgmma), else `compute_<major><minor>`.
+pub fn arch_for(cc: (i32, i32)) -> String {
+    let suffix = if cc == (9, 0) { "a" } else { "" };
+    format!("compute_{}{}{suffix}", cc.0, cc.1)
+}
+
+/// Whether the kernels compiled for `arch` include the wgmma ones.
+pub fn has_wgmma(arch: &str) -> bool {
+    arch.ends_with("_90a")
+}
+
+/// Every function name the module compiled for `arch` must export.
+pub fn function_names(arch: &str) -> Vec<String> {
     let names = |families: &'static [&'static str], dtypes: &'static [Dtype]| {
         families
             .iter()
             .flat_map(move |f| dtypes.iter().map(move |d| format!("{f}_{}", d.name())))
     };
+    let wgmma: &'static [&'static str] = if has_wgmma(arch) { &WGMMA_FAMILIES } else { &[] };
     names(&FAMILIES, &[Dtype::F32, Dtype::Bf16, Dtype::F16])
         .chain(names(&MMA_FAMILIES, &[Dtype::Bf16, Dtype::F16]))
+        .chain(names(wgmma, &[Dtype::Bf16, Dtype::F16]))
         .collect()
 }
 

@@ -87,11 +87,11 @@ impl Gpu {
     pub fn open(ordinal: usize) -> Result<Self, CudaError> {
         let ctx = context(ordinal)?;
         let cc = ctx.compute_capability().map_err(driver("reading the compute capability"))?;
-        let arch = format!("compute_{}{}", cc.0, cc.1);
+        let arch = crate::compile::arch_for(cc);
         let ptx = compile(&arch)?;
         let module = ctx.load_module(ptx).map_err(driver("loading the compiled module"))?;
         let mut functions = HashMap::new();
-        for name in function_names() {
+        for name in function_names(&arch) {
             let f = module.load_function(&name).map_err(driver(format!("loading kernel {name}")))?;
             functions.insert(name, f);
         }

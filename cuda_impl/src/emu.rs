@@ -144,6 +144,9 @@ impl Runtime for Emulator {
     fn has_mma(&self) -> bool {
         true
     }
+    fn has_wgmma(&self) -> bool {
+        true
+    }
 }
 
 impl Emulator {

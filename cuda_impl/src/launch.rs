@@ -42,6 +42,10 @@ pub const MMA_BLOCKS_PER_SM: usize = 1;
 pub const MMA_NARROW_BLOCKS_PER_SM: usize = 2;
 /// The same for the SIMT `attn_*` (128 threads, up to 255 registers; f16 storage needs fewer).
 pub const SIMT_BLOCKS_PER_SM: usize = 2;
+/// The same for `attn_wgmma_*` (256 threads, above 128 registers a thread).
+pub const WGMMA_BLOCKS_PER_SM: usize = 1;
+/// The same for `attn_wgmma_narrow_*` (at most 128 registers a thread).
+pub const WGMMA_NARROW_BLOCKS_PER_SM: usize = 2;
 
 /// Which attention kernel a decode runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +55,9 @@ pub enum Variant {
     /// `attn_mma_<dtype>`: tensor cores (mma.sync m16n8k16, f32 accumulation), 16-bit storage,
     /// compute capability 8.0 or later.
     Mma,
+    /// `attn_wgmma_<dtype>`: Hopper warpgroup MMA (wgmma.mma_async, operands in shared memory by
+    /// descriptor), 16-bit storage, compute capability 9.0 (sm_90a) only. Same tiles as `Mma`.
+    Wgmma,
 }
 
 impl Variant {
@@ -66,26 +73,44 @@ impl Variant {
         match self {
             Variant::Simt => "simt",
             Variant::Mma => "mma",
+            Variant::Wgmma => "wgmma",
         }
+    }
+    /// Whether this is a tensor-core kernel (16-bit storage, 64 rows x 32 keys per block).
+    pub fn tensor_cores(self) -> bool {
+        self != Variant::Simt
     }
     /// Query rows a block holds.
     pub fn rows(self) -> usize {
-        match self {
-            Variant::Simt => ROWS,
-            Variant::Mma => MMA_ROWS,
+        if self.tensor_cores() {
+            MMA_ROWS
+        } else {
+            ROWS
         }
     }
     fn threads(self) -> usize {
-        match self {
-            Variant::Simt => THREADS,
-            Variant::Mma => MMA_THREADS,
+        if self.tensor_cores() {
+            MMA_THREADS
+        } else {
+            THREADS
         }
     }
     /// Keys a block reads per tile.
     pub fn keys_per_tile(self) -> usize {
-        match self {
-            Variant::Simt => KEYS_PER_TILE,
-            Variant::Mma => MMA_KEYS,
+        if self.tensor_cores() {
+            MMA_KEYS
+        } else {
+            KEYS_PER_TILE
+        }
+    }
+    /// The kernel family, e.g. `attn_wgmma_narrow` (narrow: values up to [`MMA_NARROW_DV`] wide).
+    fn family(self, narrow: bool) -> &'static str {
+        match (self, narrow) {
+            (Variant::Simt, _) => "attn",
+            (Variant::Mma, true) => "attn_mma_narrow",
+            (Variant::Mma, false) => "attn_mma",
+            (Variant::Wgmma, true) => "attn_wgmma_narrow",
+            (Variant::Wgmma, false) => "attn_wgmma",
         }
     }
 }
@@ -186,10 +211,12 @@ impl<R: Runtime> Decode<'_, R> {
     /// Blocks of the attention kernel one SM holds with `stages` tiles in flight: as many as
     /// its registers allow and its shared memory fits (at least 1).
     fn resident_blocks(&self, rt: &R, stages: usize) -> usize {
-        let by_registers = match self.variant {
-            Variant::Simt => SIMT_BLOCKS_PER_SM,
-            Variant::Mma if self.narrow() => MMA_NARROW_BLOCKS_PER_SM,
-            Variant::Mma => MMA_BLOCKS_PER_SM,
+        let by_registers = match (self.variant, self.narrow()) {
+            (Variant::Simt, _) => SIMT_BLOCKS_PER_SM,
+            (Variant::Mma, true) => MMA_NARROW_BLOCKS_PER_SM,
+            (Variant::Mma, false) => MMA_BLOCKS_PER_SM,
+            (Variant::Wgmma, true) => WGMMA_NARROW_BLOCKS_PER_SM,
+            (Variant::Wgmma, false) => WGMMA_BLOCKS_PER_SM,
         };
         let per_block = self.shared_bytes(stages) + rt.reserved_shared_per_block();
         (rt.max_shared_per_multiprocessor() / per_block).clamp(1, by_registers)
@@ -228,14 +255,17 @@ impl<R: Runtime> Decode<'_, R> {
                 // q tile, key tile with rows padded to dk + 1, value tile, probabilities, row statistics.
                 4 * (ROWS * dk + KEYS_PER_TILE * (dk + 1) + v + ROWS * KEYS_PER_TILE + 4 * ROWS)
             }
-            Variant::Mma => {
+            Variant::Mma | Variant::Wgmma => {
                 let (dkp, dvp) = (dk.next_multiple_of(16), self.keys.dv.next_multiple_of(16));
-                let v = if prefix { 0 } else { MMA_KEYS * (dvp + MMA_PAD) };
-                // f32 scores [rows][keys + 1], row statistics, each stage's slots; 16-bit q tile,
-                // each stage's key (and value) tile, P tile.
-                4 * (MMA_ROWS * (MMA_KEYS + 1) + 4 * MMA_ROWS)
+                // mma.sync: rows padded by MMA_PAD and one score plane; wgmma: unpadded core
+                // matrices and a partial score plane per warpgroup.
+                let (pad, planes) = if self.variant == Variant::Mma { (MMA_PAD, 1) } else { (0, 2) };
+                let v = if prefix { 0 } else { MMA_KEYS * (dvp + pad) };
+                // f32 scores [planes][rows][keys + 1], rescale factors and visible keys per row,
+                // each stage's slots; 16-bit q tile, each stage's key (and value) tile, P tile.
+                4 * (planes * MMA_ROWS * (MMA_KEYS + 1) + 2 * MMA_ROWS)
                     + 8 * stages * MMA_KEYS
-                    + 2 * (MMA_ROWS * (dkp + MMA_PAD) + stages * (MMA_KEYS * (dkp + MMA_PAD) + v) + MMA_ROWS * (MMA_KEYS + MMA_PAD))
+                    + 2 * (MMA_ROWS * (dkp + pad) + stages * (MMA_KEYS * (dkp + pad) + v) + MMA_ROWS * (MMA_KEYS + pad))
             }
         }
     }
@@ -248,7 +278,7 @@ impl<R: Runtime> Decode<'_, R> {
         if k.dv > DV_MAX {
             return Err(CudaError::Unsupported(format!("value width {} > {DV_MAX}", k.dv)));
         }
-        if self.variant == Variant::Mma {
+        if self.variant.tensor_cores() {
             if self.dtype == Dtype::F32 {
                 return Err(CudaError::Unsupported(
                     "the tensor-core kernel takes bf16 or f16 storage, not f32".into(),
@@ -258,6 +288,9 @@ impl<R: Runtime> Decode<'_, R> {
                 return Err(CudaError::Unsupported(
                     "the tensor-core kernel needs compute capability 8.0 or later".into(),
                 ));
+            }
+            if self.variant == Variant::Wgmma && !rt.has_wgmma() {
+                return Err(CudaError::Unsupported("the wgmma kernel needs compute capability 9.0 (sm_90a)".into()));
             }
             if k.value.is_none() && k.dv.next_multiple_of(16) > self.key_width().next_multiple_of(16) {
                 return Err(CudaError::Unsupported("values wider than the keys they are a prefix of".into()));
@@ -350,11 +383,7 @@ pub fn decode<R: Runtime>(rt: &R, d: &mut Decode<R>, workspace: Option<&mut Work
         threads: d.variant.threads() as u32,
         shared_bytes: d.shared_bytes(stages) as u32,
     };
-    let family = match d.variant {
-        Variant::Simt => "attn",
-        Variant::Mma if d.narrow() => "attn_mma_narrow",
-        Variant::Mma => "attn_mma",
-    };
+    let family = d.variant.family(d.narrow());
     rt.launch(&format!("{family}_{suffix}"), attn, Args::Attn(&p), &spans)?;
     if d.num_splits > 1 {
         let combine = Launch {
@@ -462,6 +491,40 @@ pub fn fill_random<R: Runtime>(rt: &R, buf: &mut R::Buf<u8>, dtype: Dtype, n: us
 /// Ways `mma_probe_*` computes the same product (register fragments, then three ldmatrix forms).
 pub const MMA_PROBE_WAYS: usize = 4;
 
+/// `n` seeded random values in [-1, 1), rounded to `dtype` (a small LCG: a probe needs varied
+/// values, not statistical quality).
+fn probe_operand(dtype: Dtype, seed: u64, n: usize) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            dtype.round(((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
+        })
+        .collect()
+}
+
+/// The f64 product of row-major `a [m][k]` and the first `n` columns of `b [k][ldb]`, row-major.
+fn plain_product(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, ldb: usize) -> Vec<f64> {
+    (0..m * n)
+        .map(|i| (0..k).map(|j| a[(i / n) * k + j] as f64 * b[j * ldb + i % n] as f64).sum())
+        .collect()
+}
+
+/// Run probe kernel `name` (one block of `threads`) on operands `a`, `b` with `d_len` f32 outputs.
+fn run_probe<R: Runtime>(rt: &R, name: &str, dtype: Dtype, a: &[f32], b: &[f32], d_len: usize, launch: Launch) -> Result<Vec<f32>, CudaError> {
+    let (ab, bb) = (rt.upload(&to_bytes(dtype, a))?, rt.upload(&to_bytes(dtype, b))?);
+    let mut d = rt.zeros::<f32>(d_len)?;
+    let spans = [rt.span(&ab), rt.span(&bb), rt.span(&d)];
+    let p = ProbeParams {
+        a: rt.addr(&ab),
+        b: rt.addr(&bb),
+        d: rt.addr_mut(&mut d),
+    };
+    rt.launch(&format!("{name}_{}", dtype.name()), launch, Args::Probe(&p), &spans)?;
+    rt.synchronize()?;
+    rt.download(&d)
+}
+
 /// Run `mma_probe_<dtype>` on seeded random 16-bit operands A, B `[16][16]`: (the kernel's
 /// MMA_PROBE_WAYS products D `[16][16]`, one after the other; the f64 product of the same rounded
 /// operands). Checks the tensor-core fragment and ldmatrix layouts on their own.
@@ -469,49 +532,73 @@ pub fn mma_probe<R: Runtime>(rt: &R, dtype: Dtype, seed: u64) -> Result<(Vec<f32
     if dtype == Dtype::F32 {
         return Err(CudaError::Unsupported("mma_probe takes bf16 or f16".into()));
     }
-    // A small LCG: the probe needs varied values, not statistical quality.
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    let mut next = || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    };
-    let a: Vec<f32> = (0..256).map(|_| dtype.round(next())).collect();
-    let b: Vec<f32> = (0..256).map(|_| dtype.round(next())).collect();
-    let want: Vec<f64> = (0..256)
-        .map(|i| (0..16).map(|k| a[(i / 16) * 16 + k] as f64 * b[k * 16 + i % 16] as f64).sum())
-        .collect();
-    let (ab, bb) = (rt.upload(&to_bytes(dtype, &a))?, rt.upload(&to_bytes(dtype, &b))?);
-    let mut d = rt.zeros::<f32>(MMA_PROBE_WAYS * 256)?;
-    let spans = [rt.span(&ab), rt.span(&bb), rt.span(&d)];
-    let p = ProbeParams {
-        a: rt.addr(&ab),
-        b: rt.addr(&bb),
-        d: rt.addr_mut(&mut d),
-    };
+    let a = probe_operand(dtype, seed, 256);
+    let b = probe_operand(dtype, seed ^ 0x5eed, 256);
     let launch = Launch {
         grid: (1, 1, 1),
         threads: 32,
         shared_bytes: 3 * 256 * 2,
     };
-    rt.launch(&format!("mma_probe_{}", dtype.name()), launch, Args::Probe(&p), &spans)?;
-    rt.synchronize()?;
-    Ok((rt.download(&d)?, want))
+    let got = run_probe(rt, "mma_probe", dtype, &a, &b, MMA_PROBE_WAYS * 256, launch)?;
+    Ok((got, plain_product(&a, &b, 16, 16, 16, 16)))
 }
 
-/// The elements of an `mma_probe` result that differ from the f64 product by more than 1e-5 of
-/// its largest magnitude, as "way W (row R, col C): got vs want" (way 0: register fragments;
-/// 1-3: ldmatrix x4.trans, x2.trans, x4 of the transpose).
-pub fn mma_probe_mismatches(got: &[f32], want: &[f64]) -> Vec<String> {
+/// The shapes (rows, columns) of the products `wgmma_probe_*` writes one after the other:
+/// D[:, 0:32] with B K-major (m64n32k16), then D with B MN-major (m64n64k16, then eight m64n8k16).
+pub const WGMMA_PROBE_WAYS: [(usize, usize); 3] = [(64, 32), (64, 64), (64, 64)];
+
+/// Run `wgmma_probe_<dtype>` on seeded random A `[64][32]`, B `[32][64]`: (the kernel's products,
+/// the f64 products of the same rounded operands, both laid out as [`WGMMA_PROBE_WAYS`]). Checks
+/// the wgmma descriptors, core-matrix layouts and accumulator layout the wgmma kernel uses.
+pub fn wgmma_probe<R: Runtime>(rt: &R, dtype: Dtype, seed: u64) -> Result<(Vec<f32>, Vec<f64>), CudaError> {
+    if dtype == Dtype::F32 {
+        return Err(CudaError::Unsupported("wgmma_probe takes bf16 or f16".into()));
+    }
+    if !rt.has_wgmma() {
+        return Err(CudaError::Unsupported("wgmma needs compute capability 9.0 (sm_90a)".into()));
+    }
+    let a = probe_operand(dtype, seed, 64 * 32);
+    let b = probe_operand(dtype, seed ^ 0x5eed, 32 * 64);
+    let want: Vec<f64> = WGMMA_PROBE_WAYS.iter().flat_map(|&(m, n)| plain_product(&a, &b, m, 32, n, 64)).collect();
+    let launch = Launch {
+        grid: (1, 1, 1),
+        threads: 128,
+        shared_bytes: (64 * 32 + 32 * 32 + 32 * 64) * 2,
+    };
+    let got = run_probe(rt, "wgmma_probe", dtype, &a, &b, want.len(), launch)?;
+    Ok((got, want))
+}
+
+/// The elements of probe products `got` that differ from the f64 products `want` (both laid out
+/// as `ways`, (rows, columns) each) by more than 1e-5 of the largest magnitude, as
+/// "way W (row R, col C): got vs want".
+pub fn probe_mismatches(got: &[f32], want: &[f64], ways: &[(usize, usize)]) -> Vec<String> {
     let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-    got.iter()
-        .zip(want.iter().cycle())
-        .enumerate()
-        .filter(|(_, (g, w))| {
-            let close = (**g as f64 - **w).abs() <= 1e-5 * scale;
-            !close // NaN is never close
-        })
-        .map(|(i, (g, w))| format!("way {} (row {}, col {}): {g} vs {w}", i / 256, i % 256 / 16, i % 16))
-        .collect()
+    let mut out = Vec::new();
+    if got.len() != want.len() {
+        out.push(format!("{} results for {} expected", got.len(), want.len()));
+    }
+    let mut offset = 0;
+    for (way, &(_, cols)) in ways.iter().enumerate() {
+        let n = ways[way].0 * cols;
+        for i in offset..(offset + n).min(got.len()).min(want.len()) {
+            let (g, w) = (got[i], want[i]);
+            // NaN is never close.
+            if !((g as f64 - w).abs() <= 1e-5 * scale) {
+                out.push(format!("way {way} (row {}, col {}): {g} vs {w}", (i - offset) / cols, (i - offset) % cols));
+            }
+        }
+        offset += n;
+    }
+    out
+}
+
+/// [`probe_mismatches`] of an `mma_probe` result: MMA_PROBE_WAYS products of the one `[16][16]`
+/// product `want` (way 0: register fragments; 1-3: ldmatrix x4.trans, x2.trans, x4 of the
+/// transpose).
+pub fn mma_probe_mismatches(got: &[f32], want: &[f64]) -> Vec<String> {
+    let all: Vec<f64> = want.iter().copied().cycle().take(MMA_PROBE_WAYS * want.len()).collect();
+    probe_mismatches(got, &all, &[(16, 16); MMA_PROBE_WAYS])
 }
 
 #[cfg(test)]
@@ -562,6 +649,20 @@ mod tests {
         assert_eq!(bad.len(), 2, "{bad:?}");
         assert!(bad[0].starts_with("way 1 (row 1, col 1):"), "{bad:?}");
         assert!(bad[1].starts_with("way 3 (row 15, col 15): NaN"), "{bad:?}");
+    }
+
+    #[test]
+    fn probe_mismatches_follow_each_ways_shape() {
+        let want: Vec<f64> = (0..64 * 32 + 2 * 64 * 64).map(|i| (i % 97) as f64 - 48.0).collect();
+        let mut got: Vec<f32> = want.iter().map(|&w| w as f32).collect();
+        assert!(probe_mismatches(&got, &want, &WGMMA_PROBE_WAYS).is_empty());
+        got[33] = 1e3; // way 0, 32 columns: row 1, col 1
+        got[2048 + 64 * 5 + 7] = f32::NAN; // way 1, 64 columns: row 5, col 7
+        let bad = probe_mismatches(&got, &want, &WGMMA_PROBE_WAYS);
+        assert_eq!(bad.len(), 2, "{bad:?}");
+        assert!(bad[0].starts_with("way 0 (row 1, col 1):"), "{bad:?}");
+        assert!(bad[1].starts_with("way 1 (row 5, col 7): NaN"), "{bad:?}");
+        assert_eq!(probe_mismatches(&got[..10], &want, &WGMMA_PROBE_WAYS)[0], format!("10 results for {} expected", want.len()));
     }
 
     #[test]

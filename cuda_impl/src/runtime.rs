@@ -173,6 +173,8 @@ pub trait Runtime: Send + Sync {
     fn reserved_shared_per_block(&self) -> usize;
     /// Whether the tensor-core kernels run here (compute capability 8.0 or later).
     fn has_mma(&self) -> bool;
+    /// Whether the wgmma kernels run here (compute capability 9.0, compiled for sm_90a).
+    fn has_wgmma(&self) -> bool;
 }
 
 impl Runtime for Gpu {
@@ -280,5 +282,8 @@ impl Runtime for Gpu {
     }
     fn has_mma(&self) -> bool {
         self.info.compute_capability.0 >= 8
+    }
+    fn has_wgmma(&self) -> bool {
+        crate::compile::has_wgmma(&self.info.arch)
     }
 }

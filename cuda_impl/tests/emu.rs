@@ -61,6 +61,31 @@ fn each_variant_passes_or_declines() {
     ));
 }
 
+/// The wgmma kernel (`--kernel cuda-emu-wgmma`) passes every 16-bit lattice case and declines f32.
+#[test]
+fn emulated_wgmma_kernel_passes_the_whole_lattice() {
+    assert_none_failed(lattice_failures(
+        EmuKernel::emulated().with_variant(Variant::Wgmma),
+        |c| c.op != Op::CacheExpand,
+        |c| c.dtype != Dtype::F32,
+    ));
+}
+
+/// The wgmma operand layouts and descriptors the wgmma kernel uses give the plain product under
+/// the emulator's reading of PTX's canonical layouts (the GPU test runs the same probe).
+#[test]
+fn wgmma_probe_matches_the_plain_product() {
+    let rt = Emulator {
+        threads: 1,
+        ..Emulator::default()
+    };
+    for dtype in [Dtype::Bf16, Dtype::F16] {
+        let (got, want) = launch::wgmma_probe(&rt, dtype, 7).unwrap();
+        let bad = launch::probe_mismatches(&got, &want, &launch::WGMMA_PROBE_WAYS);
+        assert!(bad.is_empty(), "{dtype:?}: {} mismatches, first: {:?}", bad.len(), &bad[..bad.len().min(8)]);
+    }
+}
+
 /// One m16n8k16 product through the fragment layout the tensor-core kernel assumes equals the
 /// plain product (the emulator's mma follows PTX's layout; the GPU test runs the same probe).
 #[test]
@@ -189,13 +214,13 @@ fn variants_agree_on_odd_widths() {
     for d in [16, 12, 20] {
         let s = Small::new(Dtype::Bf16, d);
         let simt = s.run(Variant::Simt, T, 1).unwrap();
-        for splits in [1, 3] {
-            let mma = s.run(Variant::Mma, T, splits).unwrap();
-            let err = max_abs_diff(&simt, &mma);
+        for (splits, variant) in [1, 3].into_iter().flat_map(|s| [(s, Variant::Mma), (s, Variant::Wgmma)]) {
+            let tc = s.run(variant, T, splits).unwrap();
+            let err = max_abs_diff(&simt, &tc);
             // bf16 outputs of magnitude < 0.5, P rounded to bf16 on the tensor-core path.
             assert!(
                 err < 1.0 / 64.0,
-                "d = {d}, {splits} splits: tensor-core and SIMT outputs differ by {err}"
+                "d = {d}, {splits} splits, {variant:?}: tensor-core and SIMT outputs differ by {err}"
             );
         }
         assert!(simt.iter().all(|x| x.is_finite()) && simt.iter().any(|x| *x != 0.0));
@@ -207,16 +232,23 @@ fn variants_agree_on_odd_widths() {
 #[test]
 fn stage_counts_agree() {
     let mut s = Small::new(Dtype::Bf16, 16);
-    for splits in [1, 3] {
-        let (deep, stages) = s.run_staged(Variant::Mma, T, splits).unwrap();
+    // Per-SM shared memory that holds two blocks of two stages but not of three (the wgmma
+    // kernel's tiles are unpadded, so its blocks are smaller).
+    for (splits, variant, sm_shared) in [
+        (1, Variant::Mma, 50),
+        (3, Variant::Mma, 50),
+        (1, Variant::Wgmma, 60),
+        (3, Variant::Wgmma, 60),
+    ] {
+        let (deep, stages) = s.run_staged(variant, T, splits).unwrap();
         assert_eq!(stages, 3);
-        s.rt.shared_per_multiprocessor = 50 * 1024;
-        let (shallow, stages) = s.run_staged(Variant::Mma, T, splits).unwrap();
+        s.rt.shared_per_multiprocessor = sm_shared * 1024;
+        let (shallow, stages) = s.run_staged(variant, T, splits).unwrap();
         assert_eq!(stages, 2);
         s.rt.shared_per_multiprocessor = Emulator::default().shared_per_multiprocessor;
         assert!(
             deep.iter().zip(&shallow).all(|(a, b)| a.to_bits() == b.to_bits()),
-            "{splits} splits"
+            "{splits} splits, {variant:?}"
         );
         assert!(deep.iter().all(|x| x.is_finite()) && deep.iter().any(|x| *x != 0.0));
     }
@@ -351,6 +383,11 @@ struct SelftestParams {
 
 /// Run test kernel `name` over one block of `threads` threads with an `n`-float output.
 fn selftest(name: &str, threads: u32, n: usize) -> Result<Vec<f32>, CudaError> {
+    selftest_with_shared(name, threads, n, 0)
+}
+
+/// The same with `shared_bytes` of dynamic shared memory.
+fn selftest_with_shared(name: &str, threads: u32, n: usize, shared_bytes: u32) -> Result<Vec<f32>, CudaError> {
     let rt = Emulator {
         threads: 1,
         ..Emulator::default()
@@ -364,7 +401,7 @@ fn selftest(name: &str, threads: u32, n: usize) -> Result<Vec<f32>, CudaError> {
     let launch = Launch {
         grid: (1, 1, 1),
         threads,
-        shared_bytes: 0,
+        shared_bytes,
     };
     // SAFETY: SelftestParams is the struct the selftest kernels take.
     unsafe { rt.launch_with(name, launch, &p, &[span]) }?;
@@ -420,6 +457,19 @@ fn ldmatrix_outside_shared_memory_is_reported() {
         e.contains("selftest_ldmatrix_outside_shared") && e.contains("ldmatrix row") && e.contains("not 16 aligned bytes of shared memory"),
         "{e}"
     );
+}
+
+/// wgmma accumulators may only be touched after a wgmma.fence, and a wgmma must be waited for
+/// before its threads return.
+#[test]
+fn wgmma_fence_and_wait_are_enforced() {
+    let e = selftest_with_shared("selftest_wgmma_without_fence", 128, 1, 2304).unwrap_err().to_string();
+    assert!(e.contains("wgmma without wgmma.fence") && e.contains("selftest_wgmma_without_fence"), "{e}");
+    let e = selftest_with_shared("selftest_wgmma_unwaited", 128, 1, 2304).unwrap_err().to_string();
+    assert!(e.contains("returned with a wgmma in flight"), "{e}");
+    // Not whole warpgroups.
+    let e = selftest_with_shared("selftest_wgmma_unwaited", 96, 1, 2304).unwrap_err().to_string();
+    assert!(e.contains("not whole warpgroups"), "{e}");
 }
 
 /// The decode benchmark's own code path (cache layouts, default splits, workspaces, timing and

@@ -1,6 +1,6 @@
 //! The CUDA implementation's tests.
 //!
-//! - NVRTC compiles every kernel to PTX for sm_90 and sm_80. This needs the NVRTC library only, not
+//! - NVRTC compiles every kernel to PTX for sm_90a (with the wgmma kernels), sm_90 and sm_80. This needs the NVRTC library only, not
 //!   a GPU; CI installs it (`.ci/run`) and sets `GQLA_REQUIRE_NVRTC=1`, so a compile error or a
 //!   missing library fails CI. Elsewhere a missing NVRTC is reported as SKIPPED.
 //! - With a device, `gqla certify`'s harness runs the CUDA kernel on the whole lattice. Without one
@@ -38,11 +38,13 @@ fn kernels_compile_to_ptx_for_sm90_and_sm80() {
         );
         return;
     }
-    for arch in ["compute_90", "compute_80"] {
+    for arch in ["compute_90a", "compute_90", "compute_80"] {
         let ptx = compile(arch).unwrap_or_else(|e| panic!("{e}")).to_src();
-        for name in function_names() {
+        for name in function_names(arch) {
             assert!(ptx.contains(&format!(".entry {name}(")), "{arch}: PTX lacks the entry {name}");
         }
+        // The wgmma kernels exist for sm_90a only (elsewhere wgmma is not an instruction).
+        assert_eq!(ptx.contains(".entry attn_wgmma_bf16("), arch == "compute_90a", "{arch}");
         assert!(
             ptx.contains(&format!(".target sm_{}", &arch["compute_".len()..])),
             "{arch}: wrong target"
@@ -58,7 +60,7 @@ fn ptxas() -> Option<std::path::PathBuf> {
     std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("ptxas")).find(|p| p.is_file()))
 }
 
-/// ptxas assembles every kernel for sm_90 and sm_80, with no register spills. NVRTC passes inline
+/// ptxas assembles every kernel for sm_90a, sm_90 and sm_80, with no register spills. NVRTC passes inline
 /// PTX (mma.sync, cvt) through unread, so this is where a wrong instruction shows without a GPU.
 /// CI installs ptxas 13.0 from PyPI and sets `GQLA_REQUIRE_PTXAS=1`. Prints the register report.
 #[test]
@@ -71,7 +73,7 @@ fn kernels_assemble_for_sm90_and_sm80_without_spills() {
     };
     let dir = std::env::temp_dir().join(format!("gqla-ptxas-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for arch in ["90", "80"] {
+    for arch in ["90a", "90", "80"] {
         let ptx_path = dir.join(format!("decode_{arch}.ptx"));
         std::fs::write(
             &ptx_path,
@@ -86,8 +88,12 @@ fn kernels_assemble_for_sm90_and_sm80_without_spills() {
             .unwrap_or_else(|e| panic!("running {}: {e}", ptxas.display()));
         let log = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "ptxas sm_{arch} failed:\n{log}");
+        // ptxas warnings (e.g. wgmma serialised by the compiler) do not fail the test, but show.
+        for line in log.lines().filter(|l| l.contains("warning")) {
+            eprintln!("sm_{arch} ptxas: {line}");
+        }
         let report = gqla_cuda::compile::parse_ptxas_report(&log);
-        for name in function_names() {
+        for name in function_names(&format!("compute_{arch}")) {
             let f = report
                 .iter()
                 .find(|f| f.name == name)
@@ -98,6 +104,10 @@ fn kernels_assemble_for_sm90_and_sm80_without_spills() {
                 Some(launch::MMA_NARROW_BLOCKS_PER_SM)
             } else if name.starts_with("attn_mma_") {
                 Some(launch::MMA_BLOCKS_PER_SM)
+            } else if name.starts_with("attn_wgmma_narrow_") {
+                Some(launch::WGMMA_NARROW_BLOCKS_PER_SM)
+            } else if name.starts_with("attn_wgmma_") {
+                Some(launch::WGMMA_BLOCKS_PER_SM)
             } else {
                 None
             };
@@ -109,7 +119,8 @@ fn kernels_assemble_for_sm90_and_sm80_without_spills() {
                     f.registers
                 );
             }
-            if name.starts_with("attn_") && !name.starts_with("attn_mma") && !name.starts_with("attn_combine") {
+            let tensor_cores = name.starts_with("attn_mma") || name.starts_with("attn_wgmma");
+            if name.starts_with("attn_") && !tensor_cores && !name.starts_with("attn_combine") {
                 let blocks = blocks_by_registers(f.registers as usize, launch::THREADS);
                 assert!(blocks >= launch::SIMT_BLOCKS_PER_SM, "sm_{arch}: {name}: {blocks} blocks per SM");
             }
@@ -213,4 +224,53 @@ fn sanitizer_subset_selects_lattice_cases() {
     for f in filters {
         assert!(ids.iter().any(|id| id.starts_with(f)), "no lattice case starts with `{f}`");
     }
+}
+
+/// The wgmma descriptors and layouts on the hardware: the probe's three products through the
+/// layouts the wgmma kernel uses equal the plain product (the emulator checks the same probe
+/// against PTX's documented canonical layouts). Hopper only.
+#[test]
+fn wgmma_probe_matches_the_plain_product_on_the_gpu() {
+    let kernel = match CudaKernel::open(0) {
+        Ok(k) => k,
+        Err(e) => {
+            skipped(&format!("no CUDA device: wgmma_probe not run ({e})"));
+            return;
+        }
+    };
+    if !gqla_cuda::runtime::Runtime::has_wgmma(kernel.gpu()) {
+        skipped("wgmma_probe: the device is not sm_90 (no wgmma)");
+        return;
+    }
+    for dtype in [gqla_conformance::case::Dtype::Bf16, gqla_conformance::case::Dtype::F16] {
+        let (got, want) = launch::wgmma_probe(kernel.gpu(), dtype, 7).unwrap_or_else(|e| panic!("{e}"));
+        let bad = launch::probe_mismatches(&got, &want, &launch::WGMMA_PROBE_WAYS);
+        assert!(bad.is_empty(), "{dtype:?}: {} mismatches, first: {}", bad.len(), bad.iter().take(8).cloned().collect::<Vec<_>>().join("; "));
+    }
+}
+
+/// The wgmma kernel passes (or declines, for f32) every case of the suite. Hopper only.
+#[test]
+fn cuda_wgmma_kernel_passes_the_whole_lattice() {
+    let cases = suite_cases();
+    let kernel = match CudaKernel::open(0) {
+        Ok(k) if gqla_cuda::runtime::Runtime::has_wgmma(k.gpu()) => Arc::new(k.with_variant(launch::Variant::Wgmma)) as Arc<dyn Kernel>,
+        Ok(_) => {
+            skipped("the device is not sm_90: wgmma lattice not run");
+            return;
+        }
+        Err(e) => {
+            skipped(&format!("no CUDA device: {} lattice cases not run on the wgmma kernel ({e})", cases.len()));
+            return;
+        }
+    };
+    let mut failures = Vec::new();
+    for case in &cases {
+        let r = Prepared::new(case).run(&kernel, Duration::from_secs(120));
+        let declined = case.dtype == gqla_conformance::case::Dtype::F32 && matches!(r.status, Status::NotSupported { .. });
+        if !matches!(r.status, Status::Pass { .. }) && !declined {
+            failures.push(format!("{}: {:?}", r.id, r.status));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
 }

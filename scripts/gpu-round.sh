@@ -65,25 +65,29 @@ remote() {
         "$gqla" certify --kernel cuda --out "$out/certificate" >"$out/certify.log" 2>&1 || status=1
         # The SIMT kernel on 16-bit storage too (the default runs tensor cores there).
         "$gqla" certify --kernel cuda-simt --out "$out/certificate-simt" >"$out/certify-simt.log" 2>&1 || status=1
+        # The Hopper wgmma kernel (sm_90 only; it declines f32 cases).
+        "$gqla" certify --kernel cuda-wgmma --out "$out/certificate-wgmma" >"$out/certify-wgmma.log" 2>&1 || status=1
     fi
     if [[ $stages == *sanitize* ]]; then
         local args=()
         for f in "${sanitize_filters[@]}"; do args+=(--filter "$f"); done
-        for tool in memcheck racecheck initcheck; do
-            compute-sanitizer --tool "$tool" --error-exitcode 9 \
-                "$gqla" certify --kernel cuda "${args[@]}" --out "/tmp/sanitize-$tool" \
-                >"$out/sanitize-$tool.log" 2>&1 || status=1
+        for kernel in cuda cuda-wgmma; do
+            for tool in memcheck racecheck initcheck; do
+                compute-sanitizer --tool "$tool" --error-exitcode 9 \
+                    "$gqla" certify --kernel "$kernel" "${args[@]}" --out "/tmp/sanitize-$kernel-$tool" \
+                    >"$out/sanitize-$kernel-$tool.log" 2>&1 || status=1
+            done
         done
     fi
     if [[ $stages == *ptxas* ]]; then
         # Registers, shared memory and spills per kernel: the same source through nvcc's ptxas.
-        nvcc -arch=sm_90 -std=c++17 -Xptxas -v -c cuda_impl/kernels/decode.cu -o /tmp/decode.o \
+        nvcc -arch=sm_90a -std=c++17 -Xptxas -v -c cuda_impl/kernels/decode.cu -o /tmp/decode.o \
             >"$out/ptxas.log" 2>&1 || status=1
     fi
     if [[ $stages == *ncu* ]]; then
         # Hardware counters of the attention kernels on a small benchmark grid.
         ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
-            --kernel-name regex:'^attn_(mma_(narrow_)?|combine_)?bf16$' --launch-count 16 \
+            --kernel-name regex:'^attn_((w?mma_(narrow_)?)|combine_)?bf16$' --launch-count 16 \
             "$gqla" bench decode --quick >"$out/ncu.log" 2>&1 || status=1
     fi
     if [[ $stages == *bench* ]]; then
@@ -109,8 +113,12 @@ remote() {
         [ -f "$out/tests.log" ] && grep -E "Summary|PASS|FAIL|skipped" "$out/tests.log" | tail -20
         [ -f "$out/certify.log" ] && tail -15 "$out/certify.log"
         [ -f "$out/certify-simt.log" ] && tail -8 "$out/certify-simt.log"
-        for tool in memcheck racecheck initcheck; do
-            [ -f "$out/sanitize-$tool.log" ] && echo "$tool: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitize-$tool.log" | tail -1)"
+        [ -f "$out/certify-wgmma.log" ] && tail -8 "$out/certify-wgmma.log"
+        for kernel in cuda cuda-wgmma; do
+            for tool in memcheck racecheck initcheck; do
+                local log="$out/sanitize-$kernel-$tool.log"
+                [ -f "$log" ] && echo "$kernel $tool: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1)"
+            done
         done
         [ -f "$out/ptxas.log" ] && grep -E "Compiling entry|registers|spill" "$out/ptxas.log"
         [ -f "$out/bench-decode.md" ] && cat "$out/bench-decode.md"

@@ -167,7 +167,8 @@ pub struct Grid {
     pub batches: Vec<usize>,
     pub contexts: Vec<usize>,
     pub dtype: Dtype,
-    /// Attention kernels to time; the first is the one the planner is validated against.
+    /// Attention kernels to time (each path's time for the planner is its fastest tensor-core
+    /// kernel's).
     pub variants: Vec<Variant>,
 }
 
@@ -182,7 +183,7 @@ impl Grid {
             batches: vec![1, 16, 64, 128],
             contexts: vec![1024, 4096, 16384, 65536],
             dtype: Dtype::Bf16,
-            variants: vec![Variant::Mma, Variant::Simt],
+            variants: vec![Variant::Mma, Variant::Wgmma],
         }
     }
 }
@@ -488,12 +489,23 @@ pub fn bench<R: Runtime>(rt: &R, grid: &Grid, on_row: &mut dyn FnMut(Row)) -> Re
     Ok(())
 }
 
-/// The run in the planner's format, for `gqla plan --validate`.
+/// The run in the planner's format, for `gqla plan --validate`: each (geometry, path, s_q, batch,
+/// context) once, at the time of its fastest tensor-core kernel (of any kernel when none ran),
+/// since a runtime serves each path with its best kernel.
 pub fn measured_run(device: &str, grid: &Grid, rows: &[Row], ceilings: &Ceilings) -> gqla_reference::plan::MeasuredRun {
     use gqla_reference::plan::{DecodePath, MeasuredPoint, MeasuredRun};
-    let points = rows
-        .iter()
-        .filter(|r| grid.variants.first() == Some(&r.variant))
+    let any_tc = rows.iter().any(|r| r.variant.tensor_cores());
+    let mut best: Vec<&Row> = Vec::new();
+    for r in rows.iter().filter(|r| r.variant.tensor_cores() || !any_tc) {
+        let key = |x: &Row| (x.geometry, x.path, x.sq, x.batch, x.context);
+        match best.iter_mut().find(|b| key(b) == key(r)) {
+            Some(b) if r.ms < b.ms => *b = r,
+            Some(_) => {}
+            None => best.push(r),
+        }
+    }
+    let points = best
+        .into_iter()
         .filter_map(|r| {
             let geo = grid.geometries.iter().find(|g| g.name == r.geometry)?;
             Some(MeasuredPoint {
@@ -567,6 +579,41 @@ pub fn table(rows: &[Row], ceilings: &Ceilings) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The planner sees each point once, at its fastest tensor-core kernel's time; SIMT rows count
+    /// only when no tensor-core kernel ran.
+    #[test]
+    fn measured_run_takes_the_fastest_tensor_core_kernel() {
+        let grid = Grid::full();
+        let row = |path, variant, ms| Row {
+            geometry: LLAMA3_8B.name,
+            path,
+            sq: 1,
+            batch: 16,
+            context: 4096,
+            splits: 1,
+            variant,
+            ms,
+            work: LLAMA3_8B.work(path, Dtype::Bf16, 1, 16, 4096),
+            check_err: 0.0,
+        };
+        let ceilings = Ceilings {
+            copy_gbps: 3000.0,
+            bf16_tflops: Some(700.0),
+        };
+        let rows = [
+            row(Path::Absorb, Variant::Mma, 0.30),
+            row(Path::Absorb, Variant::Wgmma, 0.20),
+            row(Path::Absorb, Variant::Simt, 0.10),
+            row(Path::Gqa, Variant::Mma, 0.25),
+            row(Path::Gqa, Variant::Wgmma, 0.40),
+        ];
+        let run = measured_run("test", &grid, &rows, &ceilings);
+        let secs: Vec<f64> = run.points.iter().map(|p| p.seconds * 1e3).collect();
+        assert_eq!(secs, vec![0.20, 0.25]);
+        let simt_only = measured_run("test", &grid, &rows[2..3], &ceilings);
+        assert_eq!(simt_only.points.len(), 1);
+    }
 
     /// The minimal bytes come from the cache layout: 576 elements per token on the absorb path,
     /// G(d_n + d_v) + d_r on the GQA path.

@@ -69,6 +69,20 @@ impl Variant {
             Variant::Simt
         }
     }
+    /// Every attention kernel.
+    pub const ALL: [Variant; 3] = [Variant::Simt, Variant::Mma, Variant::Wgmma];
+    /// The variant called `name` (`simt`, `mma`, `wgmma`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.name() == name)
+    }
+    /// Whether runtime `rt` can run this kernel at all.
+    pub fn available<R: Runtime>(self, rt: &R) -> bool {
+        match self {
+            Variant::Simt => true,
+            Variant::Mma => rt.has_mma(),
+            Variant::Wgmma => rt.has_wgmma(),
+        }
+    }
     pub fn name(self) -> &'static str {
         match self {
             Variant::Simt => "simt",
@@ -290,7 +304,9 @@ impl<R: Runtime> Decode<'_, R> {
                 ));
             }
             if self.variant == Variant::Wgmma && !rt.has_wgmma() {
-                return Err(CudaError::Unsupported("the wgmma kernel needs compute capability 9.0 (sm_90a)".into()));
+                return Err(CudaError::Unsupported(
+                    "the wgmma kernel needs compute capability 9.0 (sm_90a)".into(),
+                ));
             }
             if k.value.is_none() && k.dv.next_multiple_of(16) > self.key_width().next_multiple_of(16) {
                 return Err(CudaError::Unsupported("values wider than the keys they are a prefix of".into()));
@@ -511,7 +527,15 @@ fn plain_product(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, ldb: usize)
 }
 
 /// Run probe kernel `name` (one block of `threads`) on operands `a`, `b` with `d_len` f32 outputs.
-fn run_probe<R: Runtime>(rt: &R, name: &str, dtype: Dtype, a: &[f32], b: &[f32], d_len: usize, launch: Launch) -> Result<Vec<f32>, CudaError> {
+fn run_probe<R: Runtime>(
+    rt: &R,
+    name: &str,
+    dtype: Dtype,
+    a: &[f32],
+    b: &[f32],
+    d_len: usize,
+    launch: Launch,
+) -> Result<Vec<f32>, CudaError> {
     let (ab, bb) = (rt.upload(&to_bytes(dtype, a))?, rt.upload(&to_bytes(dtype, b))?);
     let mut d = rt.zeros::<f32>(d_len)?;
     let spans = [rt.span(&ab), rt.span(&bb), rt.span(&d)];
@@ -559,7 +583,10 @@ pub fn wgmma_probe<R: Runtime>(rt: &R, dtype: Dtype, seed: u64) -> Result<(Vec<f
     }
     let a = probe_operand(dtype, seed, 64 * 32);
     let b = probe_operand(dtype, seed ^ 0x5eed, 32 * 64);
-    let want: Vec<f64> = WGMMA_PROBE_WAYS.iter().flat_map(|&(m, n)| plain_product(&a, &b, m, 32, n, 64)).collect();
+    let want: Vec<f64> = WGMMA_PROBE_WAYS
+        .iter()
+        .flat_map(|&(m, n)| plain_product(&a, &b, m, 32, n, 64))
+        .collect();
     let launch = Launch {
         grid: (1, 1, 1),
         threads: 128,
@@ -583,9 +610,13 @@ pub fn probe_mismatches(got: &[f32], want: &[f64], ways: &[(usize, usize)]) -> V
         let n = ways[way].0 * cols;
         for i in offset..(offset + n).min(got.len()).min(want.len()) {
             let (g, w) = (got[i], want[i]);
-            // NaN is never close.
-            if !((g as f64 - w).abs() <= 1e-5 * scale) {
-                out.push(format!("way {way} (row {}, col {}): {g} vs {w}", (i - offset) / cols, (i - offset) % cols));
+            let close = (g as f64 - w).abs() <= 1e-5 * scale; // false for NaN
+            if !close {
+                out.push(format!(
+                    "way {way} (row {}, col {}): {g} vs {w}",
+                    (i - offset) / cols,
+                    (i - offset) % cols
+                ));
             }
         }
         offset += n;
@@ -662,7 +693,10 @@ mod tests {
         assert_eq!(bad.len(), 2, "{bad:?}");
         assert!(bad[0].starts_with("way 0 (row 1, col 1):"), "{bad:?}");
         assert!(bad[1].starts_with("way 1 (row 5, col 7): NaN"), "{bad:?}");
-        assert_eq!(probe_mismatches(&got[..10], &want, &WGMMA_PROBE_WAYS)[0], format!("10 results for {} expected", want.len()));
+        assert_eq!(
+            probe_mismatches(&got[..10], &want, &WGMMA_PROBE_WAYS)[0],
+            format!("10 results for {} expected", want.len())
+        );
     }
 
     #[test]

@@ -82,7 +82,12 @@ fn wgmma_probe_matches_the_plain_product() {
     for dtype in [Dtype::Bf16, Dtype::F16] {
         let (got, want) = launch::wgmma_probe(&rt, dtype, 7).unwrap();
         let bad = launch::probe_mismatches(&got, &want, &launch::WGMMA_PROBE_WAYS);
-        assert!(bad.is_empty(), "{dtype:?}: {} mismatches, first: {:?}", bad.len(), &bad[..bad.len().min(8)]);
+        assert!(
+            bad.is_empty(),
+            "{dtype:?}: {} mismatches, first: {:?}",
+            bad.len(),
+            &bad[..bad.len().min(8)]
+        );
     }
 }
 
@@ -463,12 +468,21 @@ fn ldmatrix_outside_shared_memory_is_reported() {
 /// before its threads return.
 #[test]
 fn wgmma_fence_and_wait_are_enforced() {
-    let e = selftest_with_shared("selftest_wgmma_without_fence", 128, 1, 2304).unwrap_err().to_string();
-    assert!(e.contains("wgmma without wgmma.fence") && e.contains("selftest_wgmma_without_fence"), "{e}");
-    let e = selftest_with_shared("selftest_wgmma_unwaited", 128, 1, 2304).unwrap_err().to_string();
+    let e = selftest_with_shared("selftest_wgmma_without_fence", 128, 1, 2304)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("wgmma without wgmma.fence") && e.contains("selftest_wgmma_without_fence"),
+        "{e}"
+    );
+    let e = selftest_with_shared("selftest_wgmma_unwaited", 128, 1, 2304)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("returned with a wgmma in flight"), "{e}");
     // Not whole warpgroups.
-    let e = selftest_with_shared("selftest_wgmma_unwaited", 96, 1, 2304).unwrap_err().to_string();
+    let e = selftest_with_shared("selftest_wgmma_unwaited", 96, 1, 2304)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("not whole warpgroups"), "{e}");
 }
 
@@ -495,14 +509,14 @@ fn benchmark_points_run_and_pass_their_spot_checks() {
             &tiny,
             path,
             Dtype::Bf16,
-            (&[1, 2], &[Variant::Mma, Variant::Simt]),
+            (&[1, 2], &[Variant::Mma, Variant::Wgmma, Variant::Simt]),
             2,
             300,
             &mut |r| rows.push(r),
         )
         .unwrap();
     }
-    assert_eq!(rows.len(), 8);
+    assert_eq!(rows.len(), 12);
     for r in &rows {
         assert!(r.checked(), "{r:?}");
         assert!(r.splits > 1, "{r:?}");

@@ -245,7 +245,12 @@ fn wgmma_probe_matches_the_plain_product_on_the_gpu() {
     for dtype in [gqla_conformance::case::Dtype::Bf16, gqla_conformance::case::Dtype::F16] {
         let (got, want) = launch::wgmma_probe(kernel.gpu(), dtype, 7).unwrap_or_else(|e| panic!("{e}"));
         let bad = launch::probe_mismatches(&got, &want, &launch::WGMMA_PROBE_WAYS);
-        assert!(bad.is_empty(), "{dtype:?}: {} mismatches, first: {}", bad.len(), bad.iter().take(8).cloned().collect::<Vec<_>>().join("; "));
+        assert!(
+            bad.is_empty(),
+            "{dtype:?}: {} mismatches, first: {}",
+            bad.len(),
+            bad.iter().take(8).cloned().collect::<Vec<_>>().join("; ")
+        );
     }
 }
 
@@ -260,7 +265,10 @@ fn cuda_wgmma_kernel_passes_the_whole_lattice() {
             return;
         }
         Err(e) => {
-            skipped(&format!("no CUDA device: {} lattice cases not run on the wgmma kernel ({e})", cases.len()));
+            skipped(&format!(
+                "no CUDA device: {} lattice cases not run on the wgmma kernel ({e})",
+                cases.len()
+            ));
             return;
         }
     };
@@ -272,5 +280,11 @@ fn cuda_wgmma_kernel_passes_the_whole_lattice() {
             failures.push(format!("{}: {:?}", r.id, r.status));
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }

@@ -44,6 +44,10 @@ enum Which {
         /// Also write the measurements as JSON (input of `gqla plan --validate`).
         #[arg(long)]
         json: Option<std::path::PathBuf>,
+        /// Attention kernels to time, of simt, mma and wgmma (those the GPU cannot run are
+        /// left out with a note).
+        #[arg(long, value_delimiter = ',', default_value = "mma,wgmma")]
+        kernels: Vec<String>,
     },
 }
 
@@ -56,21 +60,31 @@ pub fn run(a: Args) -> Result<(), CliError> {
             calib_tokens,
             vocab,
         } => convert(kv_lora_rank, rope_dim, calib_sequences, calib_tokens, vocab),
-        Which::Decode { quick, out, json } => decode(quick, out.as_deref(), json.as_deref()),
+        Which::Decode { quick, out, json, kernels } => decode(quick, out.as_deref(), json.as_deref(), &kernels),
     }
 }
 
-fn decode(quick: bool, out: Option<&std::path::Path>, json: Option<&std::path::Path>) -> Result<(), CliError> {
+fn decode(quick: bool, out: Option<&std::path::Path>, json: Option<&std::path::Path>, kernels: &[String]) -> Result<(), CliError> {
     use gqla_cuda::bench::{measured_run, table, Grid};
+    use gqla_cuda::launch::Variant;
     use gqla_reference::hf::tensors::write_atomic;
+    let wanted = kernels
+        .iter()
+        .map(|k| Variant::from_name(k).ok_or_else(|| CliError::Usage(format!("unknown kernel `{k}`: expected simt, mma or wgmma"))))
+        .collect::<Result<Vec<_>, _>>()?;
     let gpu = gqla_cuda::Gpu::open(0).map_err(|e| CliError::Usage(format!("the decode benchmark needs a GPU: {e}")))?;
     let mut grid = Grid::full();
     if quick {
         grid.batches = vec![1, 16];
         grid.contexts = vec![1024, 4096];
     }
-    if !gqla_cuda::Runtime::has_mma(&gpu) {
-        grid.variants.retain(|v| *v != gqla_cuda::launch::Variant::Mma);
+    let (runnable, unavailable): (Vec<Variant>, Vec<Variant>) = wanted.into_iter().partition(|v| v.available(&gpu));
+    for v in unavailable {
+        eprintln!("note: this GPU cannot run the {} kernel: left out", v.name());
+    }
+    grid.variants = runnable;
+    if grid.variants.is_empty() {
+        return Err(CliError::Usage("none of the requested kernels runs on this GPU".into()));
     }
     let info = &gpu.info;
     let device = format!(

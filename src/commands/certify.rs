@@ -21,9 +21,11 @@ pub struct Args {
     /// The kernel: `auto` (`cuda` when a GPU is present, else `builtin`), `builtin`
     /// (reference-f32, flash-cpu with the mutation catalogue, candle, and cuda-emu, each with its
     /// own certificate under `OUT/<kernel>/`), `reference-f32`, `flash-cpu`, `candle`, `cuda`
-    /// (GPU 0: tensor cores for bf16/f16, SIMT for f32), `cuda-simt` (GPU 0, SIMT for every
-    /// dtype), `cuda-emu` (the CUDA kernel source on the host emulator, with checked memory
-    /// accesses and barriers), or `external:DIR` (a vector pack whose outputs a kernel has written).
+    /// (GPU 0: mma.sync tensor cores for bf16/f16, SIMT for f32), `cuda-simt` (GPU 0, SIMT for
+    /// every dtype), `cuda-mma`, `cuda-wgmma` (GPU 0, one attention kernel for every case it takes:
+    /// mma.sync, or Hopper wgmma on sm_90), `cuda-emu` and `cuda-emu-{simt,mma,wgmma}` (the CUDA
+    /// kernel source on the host emulator, with checked memory accesses and barriers), or
+    /// `external:DIR` (a vector pack whose outputs a kernel has written).
     #[arg(long, default_value = "auto")]
     kernel: String,
     /// Only cases whose id starts with this prefix (e.g. `gqla.decode.gqa`); repeat for several.
@@ -72,6 +74,29 @@ fn builtin() -> Vec<Candidate> {
     ]
 }
 
+fn unknown_kernel(name: &str) -> CliError {
+    CliError::Usage(format!(
+        "unknown kernel `{name}`: expected auto, builtin, reference-f32, flash-cpu, candle, cuda, cuda-simt, cuda-mma, \
+         cuda-wgmma, cuda-emu, cuda-emu-simt, cuda-emu-mma, cuda-emu-wgmma or external:DIR"
+    ))
+}
+
+/// The attention kernel a CUDA kernel name asks for: `base` alone is the default choice per dtype
+/// (None inside), `base-simt`, `base-mma`, `base-wgmma` force one; anything else is None.
+fn variant_of(name: &str, base: &str) -> Option<Option<Variant>> {
+    match name.strip_prefix(base)? {
+        "" => Some(None),
+        rest => Some(Some(Variant::from_name(rest.strip_prefix('-')?)?)),
+    }
+}
+
+fn with_variant<R: gqla_cuda::runtime::Runtime>(k: gqla_cuda::DeviceKernel<R>, v: Option<Variant>) -> gqla_cuda::DeviceKernel<R> {
+    match v {
+        Some(v) => k.with_variant(v),
+        None => k,
+    }
+}
+
 pub fn run(a: Args) -> Result<Outcome, CliError> {
     let candidates = match a.kernel.as_str() {
         "auto" => match CudaKernel::open(0) {
@@ -85,21 +110,22 @@ pub fn run(a: Args) -> Result<Outcome, CliError> {
             }
         },
         "builtin" => builtin(),
-        "cuda" | "cuda-simt" => match CudaKernel::open(0) {
-            Ok(k) if a.kernel == "cuda-simt" => vec![candidate(Arc::new(k.with_variant(Variant::Simt)), false)],
-            Ok(k) => vec![candidate(Arc::new(k), false)],
-            Err(why) => return Err(CliError::Usage(format!("cannot certify the CUDA kernels: {why}"))),
-        },
+        k if k.starts_with("cuda") && !k.starts_with("cuda-emu") => {
+            let variant = variant_of(k, "cuda").ok_or_else(|| unknown_kernel(k))?;
+            match CudaKernel::open(0) {
+                Ok(k) => vec![candidate(Arc::new(with_variant(k, variant)), false)],
+                Err(why) => return Err(CliError::Usage(format!("cannot certify the CUDA kernels: {why}"))),
+            }
+        }
+        k if k.starts_with("cuda-emu") => {
+            let variant = variant_of(k, "cuda-emu").ok_or_else(|| unknown_kernel(k))?;
+            vec![candidate(Arc::new(with_variant(EmuKernel::emulated(), variant)), false)]
+        }
         "flash-cpu" => vec![candidate(Arc::new(FlashCpu::correct(3)), false)],
         "reference-f32" => vec![candidate(Arc::new(ReferenceF32), false)],
         "candle" => vec![candidate(Arc::new(CandleCpu), false)],
-        "cuda-emu" => vec![candidate(Arc::new(EmuKernel::emulated()), false)],
         k if k.starts_with("external:") => return external(Path::new(&k["external:".len()..]), &a),
-        other => {
-            return Err(CliError::Usage(format!(
-            "unknown kernel `{other}`: expected auto, builtin, reference-f32, flash-cpu, candle, cuda, cuda-simt, cuda-emu or external:DIR"
-        )))
-        }
+        other => return Err(unknown_kernel(other)),
     };
     let cases: Vec<Case> = suite_cases().into_iter().filter(|c| selected(&a.filter, &c.to_string())).collect();
     if cases.is_empty() {

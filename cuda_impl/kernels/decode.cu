@@ -486,19 +486,27 @@ __device__ __forceinline__ void wgmma_commit() {
     asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
 #endif
 }
-// Wait until at most N groups are in flight; then the accumulators of the others are defined. The
-// empty asm statements tie each accumulator to this point, so that no read of one is scheduled
-// before the wait.
+// Tie accumulators d[0..REGS) to this point of the program: no instruction that defines or reads
+// one moves across it (before a wgmma_fence, so that no ordinary instruction writes them inside a
+// wgmma pipeline stage; after a wgmma_wait, so that none reads them early).
+template <int REGS>
+__device__ __forceinline__ void wgmma_pin(float* d) {
+#if !defined(GQLA_EMULATION) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#pragma unroll
+    for (int i = 0; i < REGS; ++i) asm volatile("" : "+f"(d[i])::"memory");
+#else
+    (void)d;
+#endif
+}
+// Wait until at most N groups are in flight; then the accumulators of the others are defined.
 template <int N, int REGS>
 __device__ __forceinline__ void wgmma_wait(float* d) {
 #ifdef GQLA_EMULATION
-    (void)d;
     gqla_emu::wgmma_wait(N);
 #elif defined(__CUDA_ARCH_FEAT_SM90_ALL)
     asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
-#pragma unroll
-    for (int i = 0; i < REGS; ++i) asm volatile("" : "+f"(d[i])::"memory");
 #endif
+    wgmma_pin<REGS>(d);
 }
 // Shared memory written by ordinary stores or cp.async, made visible to wgmma (the async proxy).
 __device__ __forceinline__ void fence_proxy_async() {
@@ -539,10 +547,10 @@ __device__ __forceinline__ void cp_async_wait() {
 //   S = Q K^T: warp w computes m-tile w % 4 against keys [16 (w / 4), 16 (w / 4) + 16);
 //   O += P V:  warp w owns m-tile w % 4 and value columns [dvh (w / 4), dvh (w / 4 + 1));
 // wgmma (WG true, sm_90a), two warpgroups reading tiles of 8 x 8 core matrices by descriptor:
-//   S = Q K^T: warpgroup h computes all 64 rows x 32 keys over half of the key width (k16 steps
-//              [h ceil(n / 2), ...)); the two partial scores are added by the softmax;
-//   O += P V:  warpgroup h owns value columns [dvh h, dvh (h + 1)), in m64n64k16 steps (m64n8k16
-//              for a last part narrower than 64), V read as the MN-major B operand.
+//   S = Q K^T: warpgroup h computes all 64 rows x 32 keys over half of the key width (padded to a
+//              multiple of 32); the two partial scores are added by the softmax;
+//   O += P V:  warpgroup h owns value columns [dvh h, dvh (h + 1)), in m64n64k16 steps (dvh a
+//              multiple of 64, zero columns past d_v), V read as the MN-major B operand.
 // In both, the softmax runs on all threads, MMA_ROW_LANES per row, online (running max and sum in
 // f32, in registers), P rounded to storage; and the accumulator layout of a thread is the same
 // (warp w holds rows 16 (w % 4) .. of columns [dvh (w / 4), ...)), so one epilogue serves both.
@@ -559,7 +567,12 @@ __device__ void attn_tc(const AttnParams& p) {
     const int split = w.split, per = w.per, g = w.g, row0 = w.row0, nrows = w.nrows, b = w.b;
     const int start = w.start, end = w.end;
     const int dk = p.da + p.db, dv = p.dv;
-    const int dkp = up16(dk), dvh = up16(dv) / 2;
+    // Keys padded with zeros to whole k16 steps and values to whole n8 tiles (both warps' halves).
+    // For wgmma, values to whole m64n64 steps per warpgroup and keys to an even number of k16
+    // steps (at least as wide as the values they may be a prefix of), so that neither warpgroup
+    // runs a step count or shape of its own: ptxas serialises wgmma on such paths.
+    const int dvh = WG ? ((dv + 127) & ~127) / 2 : up16(dv) / 2;
+    const int dkp = WG ? max((dk + 31) & ~31, p.v_is_key_prefix ? 2 * dvh : 0) : up16(dk);
     // Tile layouts: queries and keys dkp wide, values dkp (a key prefix) or 2 dvh, P MMA_KEYS.
     const TileLayout<WG> ql{dkp}, kl{dkp}, vl{p.v_is_key_prefix ? dkp : 2 * dvh}, pl{MMA_KEYS};
     const int sld = MMA_KEYS + 1;
@@ -694,13 +707,14 @@ __device__ void attn_tc(const AttnParams& p) {
         if constexpr (WG) fence_proxy_async();
         __syncthreads();
         if constexpr (WG) {
-            const int nks = dkp / 16, ks0 = half ? (nks + 1) / 2 : 0, ks1 = half ? nks : (nks + 1) / 2;
+            const int steps = dkp / 32, k0 = half * (dkp / 2);
             float sc[MMA_KEYS / 2];
 #pragma unroll
             for (int i = 0; i < MMA_KEYS / 2; ++i) sc[i] = 0.0f;
+            wgmma_pin<MMA_KEYS / 2>(sc);
             wgmma_fence();
-            for (int ks = ks0; ks < ks1; ++ks) {
-                wgmma<E, MMA_KEYS, false>(sc, desc_k_major(q_s, dkp, 16 * ks), desc_k_major(k_t, dkp, 16 * ks));
+            for (int i = 0; i < steps; ++i) {
+                wgmma<E, MMA_KEYS, false>(sc, desc_k_major(q_s, dkp, k0 + 16 * i), desc_k_major(k_t, dkp, k0 + 16 * i));
             }
             wgmma_commit();
             wgmma_wait<0, MMA_KEYS / 2>(sc);
@@ -772,22 +786,14 @@ __device__ void attn_tc(const AttnParams& p) {
                 o[n][3] *= c_hi;
             }
             if constexpr (WG) {
+                wgmma_pin<DVH_MAX / 2>(&o[0][0]);
                 wgmma_fence();
 #pragma unroll
                 for (int kc = 0; kc < MMA_KEYS; kc += 16) {
                     const unsigned long long dp = desc_k_major(p_s, MMA_KEYS, kc);
 #pragma unroll
                     for (int c = 0; c < DVH_MAX / 64; ++c) {
-                        if (64 * (c + 1) <= dvh) {
-                            wgmma<E, 64, true>(&o[8 * c][0], dp, desc_mn_major(v_t, vl.w, kc, half * dvh + 64 * c));
-                        } else {
-#pragma unroll
-                            for (int j = 0; j < 8; ++j) {
-                                if (64 * c + 8 * j < dvh) {
-                                    wgmma<E, 8, true>(&o[8 * c + j][0], dp, desc_mn_major(v_t, vl.w, kc, half * dvh + 64 * c + 8 * j));
-                                }
-                            }
-                        }
+                        if (64 * c < dvh) wgmma<E, 64, true>(&o[8 * c][0], dp, desc_mn_major(v_t, vl.w, kc, half * dvh + 64 * c));
                     }
                 }
                 wgmma_commit();

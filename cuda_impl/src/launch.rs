@@ -270,10 +270,17 @@ impl<R: Runtime> Decode<'_, R> {
                 4 * (ROWS * dk + KEYS_PER_TILE * (dk + 1) + v + ROWS * KEYS_PER_TILE + 4 * ROWS)
             }
             Variant::Mma | Variant::Wgmma => {
-                let (dkp, dvp) = (dk.next_multiple_of(16), self.keys.dv.next_multiple_of(16));
                 // mma.sync: rows padded by MMA_PAD and one score plane; wgmma: unpadded core
-                // matrices and a partial score plane per warpgroup.
-                let (pad, planes) = if self.variant == Variant::Mma { (MMA_PAD, 1) } else { (0, 2) };
+                // matrices, keys in whole pairs of k16 steps (at least as wide as values that are
+                // their prefix), values in whole m64n64 steps per warpgroup, and a partial score
+                // plane per warpgroup (the widths in decode.cu's attn_tc).
+                let dv = self.keys.dv;
+                let (pad, planes, dkp, dvp) = if self.variant == Variant::Mma {
+                    (MMA_PAD, 1, dk.next_multiple_of(16), dv.next_multiple_of(16))
+                } else {
+                    let dvp = dv.next_multiple_of(128);
+                    (0, 2, dk.next_multiple_of(32).max(if prefix { dvp } else { 0 }), dvp)
+                };
                 let v = if prefix { 0 } else { MMA_KEYS * (dvp + pad) };
                 // f32 scores [planes][rows][keys + 1], rescale factors and visible keys per row,
                 // each stage's slots; 16-bit q tile, each stage's key (and value) tile, P tile.

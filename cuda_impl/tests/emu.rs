@@ -277,14 +277,16 @@ fn default_splits_fill_one_wave() {
     // (absorb or GQA path, heads, s_q, batch, variant, longest, splits): DeepSeek-V3 and
     // LLaMA-3-8B geometry.
     let cases = [
-        (true, 128, 1, 1, Variant::Mma, 65_536, 66),  // 2 row tiles, 1 block per SM
-        (true, 128, 2, 1, Variant::Mma, 65_536, 33),  // 4 row tiles
-        (true, 32, 1, 1, Variant::Mma, 65_536, 132),  // 1 row tile
-        (true, 32, 1, 16, Variant::Mma, 65_536, 9),   // 16 blocks
-        (true, 32, 1, 1, Variant::Mma, 1_000, 8),     // four tiles of 32 keys at least
-        (false, 32, 1, 1, Variant::Mma, 65_536, 33),  // 8 groups, narrow: 2 blocks per SM
-        (false, 32, 2, 64, Variant::Mma, 65_536, 1),  // 512 blocks: more than a wave
-        (false, 32, 1, 1, Variant::Simt, 65_536, 33), // SIMT: 2 blocks per SM
+        (true, 128, 1, 1, Variant::Mma, 65_536, 66),   // 2 row tiles, 1 block per SM
+        (true, 128, 2, 1, Variant::Mma, 65_536, 33),   // 4 row tiles
+        (true, 32, 1, 1, Variant::Mma, 65_536, 132),   // 1 row tile
+        (true, 32, 1, 16, Variant::Mma, 65_536, 9),    // 16 blocks
+        (true, 32, 1, 1, Variant::Mma, 1_000, 8),      // four tiles of 32 keys at least
+        (false, 32, 1, 1, Variant::Mma, 65_536, 33),   // 8 groups, narrow: 2 blocks per SM
+        (false, 32, 2, 64, Variant::Mma, 65_536, 1),   // 512 blocks: more than a wave
+        (false, 32, 1, 1, Variant::Simt, 65_536, 33),  // SIMT: 2 blocks per SM
+        (true, 128, 1, 1, Variant::Wgmma, 65_536, 66), // wgmma: as mma.sync, 1 block per SM
+        (false, 32, 1, 1, Variant::Wgmma, 65_536, 33), // narrow wgmma: 2 blocks per SM
     ];
     for (absorb, h, sq, batch, variant, longest, want) in cases {
         let keys = if absorb {

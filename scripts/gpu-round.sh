@@ -2,8 +2,10 @@
 # The whole GPU round for the CUDA kernels (issue 5).
 #
 #   scripts/gpu-round.sh pack                 # here: build release binaries, pack what travels
-#   then one device call, carrying target/gpu-round:
+#   then device calls (each under 10 minutes, back to back so the machine stays warm), carrying
+#   target/gpu-round:
 #   bash scripts/gpu-round.sh remote [STAGES] # there: STAGES of tests,certify,sanitize,ptxas,ncu,bench,peer,external
+#   e.g. `remote tests,certify`, `remote sanitize,ptxas`, `remote ncu,bench`, `remote peer,external`.
 #
 # `pack` builds the `gqla` release binary and a nextest archive of the gqla-cuda tests, and copies
 # cargo-nextest beside them (the GPU machine has no Rust toolchain). `remote` writes everything
@@ -48,7 +50,8 @@ remote() {
         for d in "$nv"/*/lib; do LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"; done
     fi
     [ -d /usr/local/cuda/lib64 ] && LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}:/usr/local/cuda/lib64"
-    export LD_LIBRARY_PATH INSTA_WORKSPACE_ROOT="$PWD"
+    # Compiled PTX is cached across the processes of the round (NVRTC takes ~20 s per process).
+    export LD_LIBRARY_PATH INSTA_WORKSPACE_ROOT="$PWD" GQLA_PTX_CACHE="${GQLA_PTX_CACHE:-/tmp/gqla-ptx-cache}"
     local gqla="$pack_dir/gqla"
     {
         echo "# GPU round $(date -u +%Y-%m-%dT%H:%MZ)"

@@ -1,6 +1,6 @@
 //! Finding a GPU without panicking, and loading the kernels onto it.
 
-use crate::compile::{compile, function_names, nvrtc_version, options};
+use crate::compile::{compile_cached, function_names, nvrtc_version, options};
 use crate::{driver, CudaError};
 use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
@@ -88,7 +88,7 @@ impl Gpu {
         let ctx = context(ordinal)?;
         let cc = ctx.compute_capability().map_err(driver("reading the compute capability"))?;
         let arch = crate::compile::arch_for(cc);
-        let ptx = compile(&arch)?;
+        let (ptx, _cached) = compile_cached(&arch, crate::compile::default_ptx_cache().as_deref())?;
         let module = ctx.load_module(ptx).map_err(driver("loading the compiled module"))?;
         let mut functions = HashMap::new();
         for name in function_names(&arch) {

@@ -42,6 +42,41 @@ struct AsyncCopy {
     bool zero;
 };
 
+// One thread's asynchronous operations of one kind in PTX's group discipline: an issued operation
+// joins the open group, a commit closes it, and a wait lands the oldest closed groups until at
+// most `pending` remain (cp.async.*_group, wgmma.*_group).
+template <typename Op>
+struct AsyncGroups {
+    std::vector<Op> open;                    // issued since the last commit
+    std::vector<std::vector<Op>> committed;  // oldest first
+    void commit() {
+        committed.push_back(std::move(open));
+        open.clear();
+    }
+    template <typename Land>
+    void wait(int pending, Land land) {
+        while ((int)committed.size() > pending) {
+            for (const Op& op : committed.front()) land(op);
+            committed.erase(committed.begin());
+        }
+    }
+    bool empty() const { return open.empty() && committed.empty(); }
+    void clear() {
+        open.clear();
+        committed.clear();
+    }
+    // Every operation in flight, oldest first.
+    template <typename Visit>
+    bool all_of(Visit visit) const {
+        for (const auto& g : committed)
+            for (const Op& op : g)
+                if (!visit(op)) return false;
+        for (const Op& op : open)
+            if (!visit(op)) return false;
+        return true;
+    }
+};
+
 struct Fiber {
     jmp_buf ctx;
     ucontext_t boot;
@@ -50,11 +85,9 @@ struct Fiber {
     bool started = false, done = false;
     Wait wait = Wait::None;
     unsigned wait_gen = 0;
-    std::vector<AsyncCopy> open_group;               // issued since the last commit
-    std::vector<std::vector<AsyncCopy>> committed;   // oldest first
+    AsyncGroups<AsyncCopy> copies;
     bool wg_fenced = false;
-    std::vector<WgResult> wg_open;                   // wgmma since the last commit
-    std::vector<std::vector<WgResult>> wg_committed; // oldest first
+    AsyncGroups<WgResult> wgmmas;
 };
 
 // What one thread passes to a wgmma, compared over the warpgroup.
@@ -205,24 +238,16 @@ uint64_t shuffle_xor(uint64_t bits, int lane_mask, unsigned member_mask, const c
 void cp_async16(void* dst, const void* src, bool valid, const char* file, int line) {
     Fiber* f = tl_worker->current;
     const bool ok = valid && check_access(src, 0, 16, false, file, line);
-    f->open_group.push_back(AsyncCopy{dst, src, !ok});
+    f->copies.open.push_back(AsyncCopy{dst, src, !ok});
 }
 
-void cp_async_commit() {
-    Fiber* f = tl_worker->current;
-    f->committed.push_back(std::move(f->open_group));
-    f->open_group.clear();
-}
+void cp_async_commit() { tl_worker->current->copies.commit(); }
 
 void cp_async_wait(int pending) {
-    Fiber* f = tl_worker->current;
-    while ((int)f->committed.size() > pending) {
-        for (const AsyncCopy& c : f->committed.front()) {
-            if (c.zero) std::memset(c.dst, 0, 16);
-            else std::memcpy(c.dst, c.src, 16);
-        }
-        f->committed.erase(f->committed.begin());
-    }
+    tl_worker->current->copies.wait(pending, [](const AsyncCopy& c) {
+        if (c.zero) std::memset(c.dst, 0, 16);
+        else std::memcpy(c.dst, c.src, 16);
+    });
 }
 
 static float half_to_float(int kind, uint32_t bits) {
@@ -318,18 +343,11 @@ unsigned shared_offset(const void* p) {
 
 void wgmma_fence() { tl_worker->current->wg_fenced = true; }
 
-void wgmma_commit() {
-    Fiber* f = tl_worker->current;
-    f->wg_committed.push_back(std::move(f->wg_open));
-    f->wg_open.clear();
-}
+void wgmma_commit() { tl_worker->current->wgmmas.commit(); }
 
 void wgmma_wait(int pending) {
     Fiber* f = tl_worker->current;
-    while ((int)f->wg_committed.size() > pending) {
-        for (const WgResult& r : f->wg_committed.front()) std::memcpy(r.d, r.v, sizeof(float) * (size_t)r.n);
-        f->wg_committed.erase(f->wg_committed.begin());
-    }
+    f->wgmmas.wait(pending, [](const WgResult& r) { std::memcpy(r.d, r.v, sizeof(float) * (size_t)r.n); });
     // The thread may now touch accumulators: the next wgmma needs a fence again.
     f->wg_fenced = false;
 }
@@ -337,19 +355,13 @@ void wgmma_wait(int pending) {
 // The accumulators a new wgmma on d[0..n) starts from: the latest result in flight for d, else d.
 static bool wg_current(Fiber& f, float* d, int n, float* out) {
     std::memcpy(out, d, sizeof(float) * (size_t)n);
-    auto visit = [&](const WgResult& r) {
+    return f.wgmmas.all_of([&](const WgResult& r) {
         if (r.d == d && r.n == n) {
             std::memcpy(out, r.v, sizeof(float) * (size_t)n);
             return true;
         }
-        return !(r.d + r.n <= d || d + n <= r.d) ? false : true;  // partial overlap: refused below
-    };
-    for (auto& g : f.wg_committed)
-        for (auto& r : g)
-            if (!visit(r)) return false;
-    for (auto& r : f.wg_open)
-        if (!visit(r)) return false;
-    return true;
+        return r.d + r.n <= d || d + n <= r.d;  // a partial overlap is refused
+    });
 }
 
 void wgmma(int kind, int n, bool trans_b, float* d, uint64_t desc_a, uint64_t desc_b, const char* file, int line) {
@@ -421,7 +433,7 @@ void wgmma(int kind, int n, bool trans_b, float* d, uint64_t desc_a, uint64_t de
         r.v[i] = acc;
     }
     arrive(w->wg_barriers[group], Wait::Warpgroup, Site{file, line}, "wgmma");
-    f.wg_open.push_back(r);
+    f.wgmmas.open.push_back(r);
 }
 
 bool check_access(const void* base, long long index, unsigned size, bool store, const char* file, int line) {
@@ -450,7 +462,7 @@ bool check_access(const void* base, long long index, unsigned size, bool store, 
 static void fiber_main() {
     Worker* w = tl_worker;
     w->launch->kernel(w->launch->params);
-    if (!w->current->wg_open.empty() || !w->current->wg_committed.empty()) {
+    if (!w->current->wgmmas.empty()) {
         fail(describe(*w->current) + ": returned with a wgmma in flight (no wgmma.wait_group for it)");
     }
     w->current->done = true;
@@ -512,11 +524,9 @@ static bool run_block(Worker& w, const Launch& l, long long id) {
         f.linear = (int)i;
         f.started = f.done = false;
         f.wait = Wait::None;
-        f.open_group.clear();
-        f.committed.clear();
+        f.copies.clear();
         f.wg_fenced = false;
-        f.wg_open.clear();
-        f.wg_committed.clear();
+        f.wgmmas.clear();
         f.pos.thread.x = i % l.block.x;
         f.pos.thread.y = i / l.block.x % l.block.y;
         f.pos.thread.z = i / (l.block.x * l.block.y);

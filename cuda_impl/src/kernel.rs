@@ -90,10 +90,11 @@ impl EmuKernel {
 }
 
 impl<R: Runtime> DeviceKernel<R> {
-    /// Run every decode on attention kernel `variant` (cases it cannot run are NOT_SUPPORTED).
-    pub fn with_variant(self, variant: Variant) -> Self {
+    /// Run every decode on attention kernel `variant` (cases it cannot run are NOT_SUPPORTED);
+    /// None: the default choice per dtype ([`Variant::choose`]).
+    pub fn with_variant(self, variant: impl Into<Option<Variant>>) -> Self {
         Self {
-            variant: Some(variant),
+            variant: variant.into(),
             ..self
         }
     }

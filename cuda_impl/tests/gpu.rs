@@ -191,6 +191,30 @@ fn opening_without_a_device_is_an_error_not_a_panic() {
     }
 }
 
+/// Every case of `cases` passes on `kernel`, except that those `may_decline` picks may instead be
+/// NOT_SUPPORTED.
+fn assert_lattice_passes(
+    kernel: &Arc<dyn Kernel>,
+    cases: &[gqla_conformance::case::Case],
+    may_decline: impl Fn(&gqla_conformance::case::Case) -> bool,
+) {
+    let mut failures = Vec::new();
+    for case in cases {
+        let r = Prepared::new(case).run(kernel, Duration::from_secs(120));
+        let declined = may_decline(case) && matches!(r.status, Status::NotSupported { .. });
+        if !matches!(r.status, Status::Pass { .. }) && !declined {
+            failures.push(format!("{}: {:?}", r.id, r.status));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
 /// The CUDA kernels pass every case of the suite, poisoned memory and canaries included.
 #[test]
 fn cuda_kernel_passes_the_whole_lattice() {
@@ -202,20 +226,7 @@ fn cuda_kernel_passes_the_whole_lattice() {
             return;
         }
     };
-    let mut failures = Vec::new();
-    for case in &cases {
-        let r = Prepared::new(case).run(&kernel, Duration::from_secs(120));
-        if !matches!(r.status, Status::Pass { .. }) {
-            failures.push(format!("{}: {:?}", r.id, r.status));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
-    );
+    assert_lattice_passes(&kernel, &cases, |_| false);
 }
 
 /// The tensor-core fragment layout on the hardware: one m16n8k16 product through mma_probe equals
@@ -299,19 +310,5 @@ fn cuda_wgmma_kernel_passes_the_whole_lattice() {
             return;
         }
     };
-    let mut failures = Vec::new();
-    for case in &cases {
-        let r = Prepared::new(case).run(&kernel, Duration::from_secs(120));
-        let declined = case.dtype == gqla_conformance::case::Dtype::F32 && matches!(r.status, Status::NotSupported { .. });
-        if !matches!(r.status, Status::Pass { .. }) && !declined {
-            failures.push(format!("{}: {:?}", r.id, r.status));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
-    );
+    assert_lattice_passes(&kernel, &cases, |c| c.dtype == gqla_conformance::case::Dtype::F32);
 }

@@ -90,13 +90,6 @@ fn variant_of(name: &str, base: &str) -> Option<Option<Variant>> {
     }
 }
 
-fn with_variant<R: gqla_cuda::runtime::Runtime>(k: gqla_cuda::DeviceKernel<R>, v: Option<Variant>) -> gqla_cuda::DeviceKernel<R> {
-    match v {
-        Some(v) => k.with_variant(v),
-        None => k,
-    }
-}
-
 pub fn run(a: Args) -> Result<Outcome, CliError> {
     let candidates = match a.kernel.as_str() {
         "auto" => match CudaKernel::open(0) {
@@ -113,13 +106,13 @@ pub fn run(a: Args) -> Result<Outcome, CliError> {
         k if k.starts_with("cuda") && !k.starts_with("cuda-emu") => {
             let variant = variant_of(k, "cuda").ok_or_else(|| unknown_kernel(k))?;
             match CudaKernel::open(0) {
-                Ok(k) => vec![candidate(Arc::new(with_variant(k, variant)), false)],
+                Ok(k) => vec![candidate(Arc::new(k.with_variant(variant)), false)],
                 Err(why) => return Err(CliError::Usage(format!("cannot certify the CUDA kernels: {why}"))),
             }
         }
         k if k.starts_with("cuda-emu") => {
             let variant = variant_of(k, "cuda-emu").ok_or_else(|| unknown_kernel(k))?;
-            vec![candidate(Arc::new(with_variant(EmuKernel::emulated(), variant)), false)]
+            vec![candidate(Arc::new(EmuKernel::emulated().with_variant(variant)), false)]
         }
         "flash-cpu" => vec![candidate(Arc::new(FlashCpu::correct(3)), false)],
         "reference-f32" => vec![candidate(Arc::new(ReferenceF32), false)],

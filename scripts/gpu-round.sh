@@ -10,7 +10,9 @@
 # `pack` builds the `gqla` release binary and a nextest archive of the gqla-cuda tests, and copies
 # cargo-nextest beside them (the GPU machine has no Rust toolchain). `remote` writes everything
 # under $OUT/round/ and packs it as $OUT/round.tgz (the device tool returns at most 8 files), with
-# $OUT/summary.md beside it.
+# $OUT/summary.md beside it. Every step runs under a time limit cut from what is left of the call
+# (GQLA_ROUND_BUDGET_S, 570 s unless set, of the device tool's 600), so a hung kernel costs one
+# step, not the round: its log ends with "timed out", and the summary and archive are still written.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pack_dir=target/gpu-round
@@ -39,6 +41,27 @@ pack() {
     echo "carry: $pack_dir (64 MiB at most in all)"
 }
 
+round_start=$SECONDS
+round_budget=${GQLA_ROUND_BUDGET_S:-570}
+
+# limited CAP LOG CMD...: run CMD with its output appended to LOG, for at most CAP seconds and never
+# past the round's budget (20 s are kept for the summary). timeout signals the whole process group,
+# so a sanitizer's target goes too.
+limited() {
+    local cap=$1 log=$2
+    shift 2
+    local left=$((round_budget - (SECONDS - round_start) - 20))
+    ((left < cap)) && cap=$left
+    if ((cap < 10)); then
+        echo "skipped: no time left in this call" >>"$log"
+        return 1
+    fi
+    local rc=0
+    timeout --kill-after=10 "$cap" "$@" >>"$log" 2>&1 || rc=$?
+    if ((rc == 124 || rc == 137)); then echo "timed out after $cap s" >>"$log"; fi
+    return $rc
+}
+
 remote() {
     local stages="${1:-tests,certify,sanitize,ptxas,ncu,bench,peer,external}"
     local out="${OUT:?OUT is set by the device tool}/round"
@@ -55,61 +78,61 @@ remote() {
     local gqla="$pack_dir/gqla"
     {
         echo "# GPU round $(date -u +%Y-%m-%dT%H:%MZ)"
-        nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
-        nvcc --version | tail -1
+        timeout 20 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+        timeout 20 nvcc --version | tail -1
     } >"$out/device.txt" 2>&1 || true
     local status=0
     if [[ $stages == *tests* ]]; then
         # The device tests only: the emulator's tests run in CI and would spend device time here.
-        "$pack_dir/cargo-nextest" nextest run --archive-file "$pack_dir/cuda-tests.tar.zst" \
-            --workspace-remap . --no-capture -E 'binary(gpu)' >"$out/tests.log" 2>&1 || status=1
+        limited 240 "$out/tests.log" "$pack_dir/cargo-nextest" nextest run --archive-file "$pack_dir/cuda-tests.tar.zst" \
+            --workspace-remap . --no-capture -E 'binary(gpu)' || status=1
     fi
     if [[ $stages == *certify* ]]; then
-        "$gqla" certify --kernel cuda --out "$out/certificate" >"$out/certify.log" 2>&1 || status=1
+        limited 150 "$out/certify.log" "$gqla" certify --kernel cuda --out "$out/certificate" || status=1
         # The SIMT kernel on 16-bit storage too (the default runs tensor cores there).
-        "$gqla" certify --kernel cuda-simt --out "$out/certificate-simt" >"$out/certify-simt.log" 2>&1 || status=1
+        limited 150 "$out/certify-simt.log" "$gqla" certify --kernel cuda-simt --out "$out/certificate-simt" || status=1
         # The Hopper wgmma kernel (sm_90 only; it declines f32 cases).
-        "$gqla" certify --kernel cuda-wgmma --out "$out/certificate-wgmma" >"$out/certify-wgmma.log" 2>&1 || status=1
+        limited 150 "$out/certify-wgmma.log" "$gqla" certify --kernel cuda-wgmma --out "$out/certificate-wgmma" || status=1
     fi
     if [[ $stages == *sanitize* ]]; then
         local args=()
         for f in "${sanitize_filters[@]}"; do args+=(--filter "$f"); done
         for kernel in cuda cuda-wgmma; do
             for tool in memcheck racecheck initcheck; do
-                compute-sanitizer --tool "$tool" --error-exitcode 9 \
-                    "$gqla" certify --kernel "$kernel" "${args[@]}" --out "/tmp/sanitize-$kernel-$tool" \
-                    >"$out/sanitize-$kernel-$tool.log" 2>&1 || status=1
+                limited 90 "$out/sanitize-$kernel-$tool.log" compute-sanitizer --tool "$tool" --error-exitcode 9 \
+                    "$gqla" certify --kernel "$kernel" "${args[@]}" --out "/tmp/sanitize-$kernel-$tool" || status=1
             done
         done
     fi
     if [[ $stages == *ptxas* ]]; then
         # Registers, shared memory and spills per kernel: the same source through nvcc's ptxas.
-        nvcc -arch=sm_90a -std=c++17 -Xptxas -v -c cuda_impl/kernels/decode.cu -o /tmp/decode.o \
-            >"$out/ptxas.log" 2>&1 || status=1
+        limited 90 "$out/ptxas.log" nvcc -gencode=arch=compute_90a,code=sm_90a -std=c++17 -Xptxas -v \
+            -c cuda_impl/kernels/decode.cu -o /tmp/decode.o || status=1
     fi
     if [[ $stages == *ncu* ]]; then
         # Hardware counters of the attention kernels on a small benchmark grid.
-        ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
-            --kernel-name regex:'^attn_((w?mma_(narrow_)?)|combine_)?bf16$' --launch-count 16 \
-            "$gqla" bench decode --quick >"$out/ncu.log" 2>&1 || status=1
+        limited 240 "$out/ncu.log" ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis \
+            --section Occupancy --kernel-name regex:'^attn_((w?mma_(narrow_)?)|combine_)?bf16$' --launch-count 16 \
+            "$gqla" bench decode --quick || status=1
     fi
     if [[ $stages == *bench* ]]; then
-        "$gqla" bench decode --out "$out/bench-decode.md" --json "$out/bench-decode.json" >"$out/bench.log" 2>&1 || status=1
-        "$gqla" plan --validate "$out/bench-decode.json" >"$out/plan-validation.md" 2>&1 || status=1
+        limited 480 "$out/bench.log" "$gqla" bench decode --out "$out/bench-decode.md" --json "$out/bench-decode.json" || status=1
+        limited 30 "$out/plan-validation.md" "$gqla" plan --validate "$out/bench-decode.json" || status=1
     fi
     if [[ $stages == *peer* ]]; then
-        python3 scripts/sdpa_peer.py >"$out/sdpa-peer.md" 2>"$out/sdpa-peer.log" || status=1
+        PYTHONUNBUFFERED=1 limited 300 "$out/sdpa-peer.md" python3 scripts/sdpa_peer.py || status=1
     fi
     if [[ $stages == *external* ]]; then
         # A third-party kernel certified through a vector pack: PyTorch's SDPA on the GPU, in
         # the cases' own dtypes (examples/certify_sdpa.py).
         local pack=/tmp/sdpa-pack
         rm -rf "$pack"
+        local log="$out/external.log"
         {
-            "$gqla" vectors export --out "$pack" --filter gqla.decode.gqa &&
-                python3 examples/certify_sdpa.py "$pack" --device cuda --native &&
-                "$gqla" certify --kernel "external:$pack" --filter gqla.decode.gqa --out "$out/certificate-sdpa"
-        } >"$out/external.log" 2>&1 || status=1
+            limited 60 "$log" "$gqla" vectors export --out "$pack" --filter gqla.decode.gqa &&
+                limited 240 "$log" python3 examples/certify_sdpa.py "$pack" --device cuda --native &&
+                limited 120 "$log" "$gqla" certify --kernel "external:$pack" --filter gqla.decode.gqa --out "$out/certificate-sdpa"
+        } || status=1
     fi
     {
         cat "$out/device.txt"

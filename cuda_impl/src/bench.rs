@@ -1,5 +1,5 @@
 //! The decode benchmark: both paths over a grid of geometries, s_q, batch and context, timed with
-//! CUDA events, against ceilings measured in the same run (a device-to-device copy and a large
+//! CUDA events on a cold L2 (median of runs, [`crate::timing`]), against ceilings measured in the same run (a device-to-device copy and a large
 //! bf16 matrix product through cuBLAS). Caches are contiguous and filled with pseudo-random
 //! values on the device (never zeros). Every timed kernel's output is spot-checked against the
 //! f64 reference (two query rows of the last sequence, whose cache sits at the largest offsets),
@@ -8,6 +8,7 @@
 use crate::device::Gpu;
 use crate::launch::{self, elem_bytes, Decode, Guarded, KeySource, Paging, Segment, Variant, Workspace};
 use crate::runtime::Runtime;
+use crate::timing::Timing;
 use crate::{driver, CudaError};
 use gqla_conformance::case::Dtype;
 use gqla_reference::attention::{attend_row, causal_ranges};
@@ -126,7 +127,7 @@ pub struct Row {
     pub splits: usize,
     /// The attention kernel timed.
     pub variant: Variant,
-    pub ms: f64,
+    pub timing: Timing,
     pub work: Work,
     /// Spot check: the largest relative error of the checked output rows (NaN or infinite when
     /// the kernel wrote a non-finite value).
@@ -146,15 +147,19 @@ impl Row {
             self.context
         )
     }
+    /// The median time, ms.
+    pub fn ms(&self) -> f64 {
+        self.timing.median_ms
+    }
     /// Whether the spot check passed.
     pub fn checked(&self) -> bool {
         self.check_err <= CHECK_TOLERANCE
     }
     pub fn gbps(&self) -> f64 {
-        self.work.bytes / (self.ms * 1e-3) / 1e9
+        self.work.bytes / (self.ms() * 1e-3) / 1e9
     }
     pub fn tflops(&self) -> f64 {
-        self.work.flops / (self.ms * 1e-3) / 1e12
+        self.work.flops / (self.ms() * 1e-3) / 1e12
     }
 }
 
@@ -201,9 +206,10 @@ impl Gpu {
         let bytes = 1usize << 31;
         let src = random(self, Dtype::F32, bytes / 4, 1, 1.0)?;
         let mut dst = unsafe { self.stream.alloc::<u8>(bytes) }.map_err(driver("allocating a buffer"))?;
-        let ms = Runtime::time_ms(self, 200.0, 50, &mut || {
+        let ms = Runtime::time(self, 200.0, 50, &mut || {
             self.stream.memcpy_dtod(&src, &mut dst).map_err(driver("copying on the device"))
-        })?;
+        })?
+        .median_ms;
         let copy_gbps = 2.0 * bytes as f64 / (ms * 1e-3) / 1e9;
         drop((src, dst));
         Ok(Ceilings {
@@ -249,13 +255,14 @@ impl Gpu {
             beta: half::bf16::ZERO,
             ldc: n as i32,
         };
-        let ms = Runtime::time_ms(self, 500.0, 20, &mut || {
+        let ms = Runtime::time(self, 500.0, 20, &mut || {
             // SAFETY: the three n×n matrices are allocated above.
             unsafe { blas.gemm(cfg, &a, &b, &mut c) }.map_err(|e| CudaError::Driver {
                 what: "running cuBLAS gemm".into(),
                 detail: format!("{e:?}"),
             })
-        })?;
+        })?
+        .median_ms;
         Ok(Some(2.0 * (n as f64).powi(3) / (ms * 1e-3) / 1e12))
     }
 }
@@ -356,7 +363,7 @@ pub fn bench_point<R: Runtime>(
         } else {
             None
         };
-        let ms = rt.time_ms(300.0, 100, &mut || launch::decode(rt, &mut call, ws.as_mut()))?;
+        let timing = rt.time(300.0, 100, &mut || launch::decode(rt, &mut call, ws.as_mut()))?;
         let mut check_err = 0.0f64;
         for (j, head) in [(0, 0), (sq - 1, geo.h - 1)] {
             let stream = if path == Path::Absorb { 0 } else { head / (geo.h / geo.g) };
@@ -398,7 +405,7 @@ pub fn bench_point<R: Runtime>(
             context,
             splits,
             variant,
-            ms,
+            timing,
             work: geo.work(path, dtype, sq, batch, context),
             check_err,
         });
@@ -499,7 +506,7 @@ pub fn measured_run(device: &str, grid: &Grid, rows: &[Row], ceilings: &Ceilings
     for r in rows.iter().filter(|r| r.variant.tensor_cores() || !any_tc) {
         let key = |x: &Row| (x.geometry, x.path, x.sq, x.batch, x.context);
         match best.iter_mut().find(|b| key(b) == key(r)) {
-            Some(b) if r.ms < b.ms => *b = r,
+            Some(b) if r.ms() < b.ms() => *b = r,
             Some(_) => {}
             None => best.push(r),
         }
@@ -522,7 +529,7 @@ pub fn measured_run(device: &str, grid: &Grid, rows: &[Row], ceilings: &Ceilings
                 sq: r.sq,
                 batch: r.batch,
                 context: r.context,
-                seconds: r.ms * 1e-3,
+                seconds: r.ms() * 1e-3,
             })
         })
         .collect();
@@ -547,13 +554,13 @@ pub fn table(rows: &[Row], ceilings: &Ceilings) -> String {
     );
     let _ = writeln!(
         s,
-        "| geometry | path | kernel | s_q | batch | context | splits | time (µs) | GB/s | % copy | TFLOP/s | % bf16 mma | FLOP/byte | check (rel. err) |"
+        "| geometry | path | kernel | s_q | batch | context | splits | time (µs) | p10–p90 (µs) | GB/s | % copy | TFLOP/s | % bf16 mma | FLOP/byte | check (rel. err) |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.2} | {} | {:.1} | {} {:.1e} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1}–{:.1} | {:.0} | {:.1} | {:.2} | {} | {:.1} | {} {:.1e} |",
             r.geometry,
             r.path.name(),
             r.variant.name(),
@@ -561,7 +568,9 @@ pub fn table(rows: &[Row], ceilings: &Ceilings) -> String {
             r.batch,
             r.context,
             r.splits,
-            r.ms * 1e3,
+            r.ms() * 1e3,
+            r.timing.p10_ms * 1e3,
+            r.timing.p90_ms * 1e3,
             r.gbps(),
             100.0 * r.gbps() / ceilings.copy_gbps,
             r.tflops(),
@@ -593,7 +602,7 @@ mod tests {
             context: 4096,
             splits: 1,
             variant,
-            ms,
+            timing: Timing::single(ms),
             work: LLAMA3_8B.work(path, Dtype::Bf16, 1, 16, 4096),
             check_err: 0.0,
         };

@@ -3,9 +3,10 @@
 use crate::compile::{compile_cached, function_names, nvrtc_version, options};
 use crate::{driver, CudaError};
 use cudarc::driver::sys::CUdevice_attribute;
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// What a certificate records about the device and the build of the kernels.
 #[derive(Clone, Debug, PartialEq)]
@@ -16,6 +17,7 @@ pub struct GpuInfo {
     pub max_shared_per_block: i32,
     pub max_shared_per_multiprocessor: i32,
     pub reserved_shared_per_block: i32,
+    pub l2_bytes: i32,
     pub driver_version: String,
     pub nvrtc_version: String,
     pub arch: String,
@@ -31,6 +33,7 @@ impl GpuInfo {
                 format!("{}.{}", self.compute_capability.0, self.compute_capability.1),
             ),
             ("multiprocessors", self.multiprocessors.to_string()),
+            ("l2_cache_bytes", self.l2_bytes.to_string()),
             ("cuda_driver", self.driver_version.clone()),
             ("nvrtc", self.nvrtc_version.clone()),
             ("nvrtc_options", self.compile_options.join(" ")),
@@ -78,8 +81,13 @@ pub struct Gpu {
     /// Dynamic shared memory each kernel has been allowed so far (the driver call is made only
     /// when a launch needs more, not on every launch of a timed loop).
     shared_allowed: Mutex<HashMap<String, u32>>,
+    /// The buffer written before each timed run to evict L2 (allocated at the first timing).
+    flush: Mutex<Option<CudaSlice<u8>>>,
     pub info: GpuInfo,
 }
+
+/// The exit status of a process whose GPU work hung (as `timeout`'s).
+pub const HUNG_EXIT_CODE: i32 = 124;
 
 impl Gpu {
     /// Open device `ordinal`, compile the kernels with NVRTC for its compute capability and load
@@ -103,6 +111,7 @@ impl Gpu {
             max_shared_per_block: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?,
             max_shared_per_multiprocessor: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)?,
             reserved_shared_per_block: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK)?,
+            l2_bytes: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)?,
             driver_version: driver_version()?,
             nvrtc_version: nvrtc_version()?,
             compile_options: options(&arch),
@@ -118,6 +127,7 @@ impl Gpu {
             _module: module,
             functions,
             shared_allowed: Mutex::new(HashMap::new()),
+            flush: Mutex::new(None),
             info,
         })
     }
@@ -153,5 +163,51 @@ impl Gpu {
 
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+
+    /// Wait for the work recorded in `event`, polling, for at most [`sync_timeout`]. Work that
+    /// outlasts it is taken for a hung kernel: the process prints what it was waiting for and exits
+    /// with [`HUNG_EXIT_CODE`] at once, since a context with a kernel that never ends cannot be
+    /// torn down (the destructors' driver calls could block on it), and a hang must not eat the
+    /// rest of a GPU lease. Errors of earlier launches (a fault) come back as errors.
+    ///
+    /// [`sync_timeout`]: crate::timing::sync_timeout
+    pub(crate) fn wait(&self, event: &CudaEvent, what: &str) -> Result<(), CudaError> {
+        let limit = crate::timing::sync_timeout();
+        let start = Instant::now();
+        let mut pause = Duration::from_micros(10);
+        while !event.try_is_complete().map_err(driver(what))? {
+            if start.elapsed() > limit {
+                eprintln!(
+                    "error: the GPU did not finish {what} within {:.0} s (GQLA_SYNC_TIMEOUT_S): a kernel is hung; exiting",
+                    limit.as_secs_f64()
+                );
+                std::process::exit(HUNG_EXIT_CODE);
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    /// An event recorded on the stream now.
+    pub(crate) fn record(&self, flags: cudarc::driver::sys::CUevent_flags) -> Result<CudaEvent, CudaError> {
+        let e = self.ctx.new_event(Some(flags)).map_err(driver("creating an event"))?;
+        e.record(&self.stream).map_err(driver("recording an event"))?;
+        Ok(e)
+    }
+
+    /// The L2 flush buffer ([`crate::timing::flush_bytes`]), allocated on first use.
+    pub(crate) fn flush_buffer(&self) -> Result<MutexGuard<'_, Option<CudaSlice<u8>>>, CudaError> {
+        let mut flush = self.flush.lock().unwrap_or_else(|e| e.into_inner());
+        if flush.is_none() {
+            let bytes = crate::timing::flush_bytes(self.info.l2_bytes.max(0) as usize);
+            *flush = Some(
+                self.stream
+                    .alloc_zeros::<u8>(bytes)
+                    .map_err(driver("allocating the L2 flush buffer"))?,
+            );
+        }
+        Ok(flush)
     }
 }

@@ -10,6 +10,7 @@
 //! hardware decides (memory ordering across blocks, shared-memory races, `expf`'s last bit).
 
 use crate::runtime::{Args, Element, Launch, Runtime, Span};
+use crate::timing::Timing;
 use crate::CudaError;
 use std::collections::BTreeMap;
 use std::ffi::{c_char, c_int, c_void, CString};
@@ -123,11 +124,11 @@ impl Runtime for Emulator {
     }
     /// Wall-clock time of one call after one warm-up: the emulator's speed says nothing about a
     /// GPU's, so this only keeps the benchmark's code path runnable here.
-    fn time_ms(&self, _budget_ms: f64, _max_reps: usize, f: &mut dyn FnMut() -> Result<(), CudaError>) -> Result<f64, CudaError> {
+    fn time(&self, _budget_ms: f64, _max_reps: usize, f: &mut dyn FnMut() -> Result<(), CudaError>) -> Result<Timing, CudaError> {
         f()?;
         let t = std::time::Instant::now();
         f()?;
-        Ok(t.elapsed().as_secs_f64() * 1e3)
+        Ok(Timing::single(t.elapsed().as_secs_f64() * 1e3))
     }
     fn multiprocessors(&self) -> usize {
         MULTIPROCESSORS

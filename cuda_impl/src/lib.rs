@@ -11,6 +11,8 @@
 //!   grouped-attention kernel with split-KV and a combine step; `expand_cache`).
 //! - [`kernel`]: [`CudaKernel`] and [`EmuKernel`], the conformance harness's kernel trait.
 //! - [`bench`](mod@bench): the decode benchmark and the measured ceilings.
+//! - [`timing`]: how device work is timed (cold L2, median of event-timed runs) and how long a
+//!   wait may last before the kernels are called hung.
 
 pub mod bench;
 pub mod compile;
@@ -19,6 +21,7 @@ pub mod emu;
 pub mod kernel;
 pub mod launch;
 pub mod runtime;
+pub mod timing;
 
 pub use device::{Gpu, GpuInfo};
 pub use emu::Emulator;

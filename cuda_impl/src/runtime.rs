@@ -7,6 +7,7 @@
 //! [`Emulator`]: crate::emu::Emulator
 
 use crate::device::Gpu;
+use crate::timing::Timing;
 use crate::{driver, CudaError};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
@@ -161,9 +162,10 @@ pub trait Runtime: Send + Sync {
     /// Launch kernel `name` (e.g. `attn_bf16`); `spans` are the buffers its parameters point into.
     fn launch(&self, name: &str, launch: Launch, args: Args, spans: &[Span]) -> Result<(), CudaError>;
     fn synchronize(&self) -> Result<(), CudaError>;
-    /// Milliseconds per call of `f` (which enqueues work): warm-up, then enough repetitions for
-    /// about `budget_ms`, at most `max_reps` (CUDA events on a GPU).
-    fn time_ms(&self, budget_ms: f64, max_reps: usize, f: &mut dyn FnMut() -> Result<(), CudaError>) -> Result<f64, CudaError>;
+    /// The time of one call of `f` (which enqueues work): after a warm-up, enough runs for about
+    /// `budget_ms`, at least 5 and at most `max_reps`, each timed by its own CUDA events on a cold
+    /// L2 (see [`crate::timing`]).
+    fn time(&self, budget_ms: f64, max_reps: usize, f: &mut dyn FnMut() -> Result<(), CudaError>) -> Result<Timing, CudaError>;
 
     fn multiprocessors(&self) -> usize;
     /// Dynamic shared memory one block may opt in to.
@@ -245,28 +247,35 @@ impl Runtime for Gpu {
         Ok(())
     }
     fn synchronize(&self) -> Result<(), CudaError> {
-        self.stream.synchronize().map_err(driver("running the kernels"))
+        let done = self.record(CUevent_flags::CU_EVENT_DISABLE_TIMING)?;
+        self.wait(&done, "running the kernels")
     }
-    fn time_ms(&self, budget_ms: f64, max_reps: usize, f: &mut dyn FnMut() -> Result<(), CudaError>) -> Result<f64, CudaError> {
-        let event = || {
-            self.ctx
-                .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-                .map_err(driver("creating an event"))
-        };
-        let mut measure = |reps: usize| -> Result<f64, CudaError> {
-            let (e0, e1) = (event()?, event()?);
-            e0.record(&self.stream).map_err(driver("recording an event"))?;
-            for _ in 0..reps {
+    fn time(&self, budget_ms: f64, max_reps: usize, f: &mut dyn FnMut() -> Result<(), CudaError>) -> Result<Timing, CudaError> {
+        let mut flush = self.flush_buffer()?;
+        let flush = flush.as_mut().expect("allocated by flush_buffer");
+        let mut runs = |n: usize| -> Result<Vec<f64>, CudaError> {
+            let mut events = Vec::with_capacity(n);
+            for _ in 0..n {
+                self.stream.memset_zeros(flush).map_err(driver("flushing L2"))?;
+                let start = self.record(CUevent_flags::CU_EVENT_DEFAULT)?;
                 f()?;
+                events.push((start, self.record(CUevent_flags::CU_EVENT_DEFAULT)?));
             }
-            e1.record(&self.stream).map_err(driver("recording an event"))?;
-            e1.synchronize().map_err(driver("running the timed work"))?;
-            Ok(e0.elapsed_ms(&e1).map_err(driver("reading an event"))? as f64 / reps as f64)
+            if let Some((_, last)) = events.last() {
+                self.wait(last, "running the timed work")?;
+            }
+            events
+                .iter()
+                .map(|(a, b)| a.elapsed_ms(b).map(f64::from).map_err(driver("reading an event")))
+                .collect()
         };
-        measure(1)?; // warm-up
-        let first = measure(1)?;
-        let reps = ((budget_ms / first.max(1e-3)) as usize).clamp(1, max_reps);
-        measure(reps)
+        runs(1)?; // warm-up
+        let first = runs(1)?[0];
+        let reps = ((budget_ms / first.max(1e-3)) as usize).clamp(5, max_reps.max(5));
+        Timing::from_samples(runs(reps)?).ok_or_else(|| CudaError::Driver {
+            what: "timing".into(),
+            detail: "the events gave no finite times".into(),
+        })
     }
     fn multiprocessors(&self) -> usize {
         self.info.multiprocessors.max(1) as usize

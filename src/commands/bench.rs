@@ -102,9 +102,12 @@ fn decode(quick: bool, out: Option<&std::path::Path>, json: Option<&std::path::P
     let mut rows = Vec::new();
     gqla_cuda::bench::bench(&gpu, &grid, &mut |r| {
         eprintln!(
-            "{}: {:.1} us, {:.0} GB/s, {:.2} TFLOP/s, check {:.1e}{}",
+            "{}: {:.1} us (p10–p90 {:.1}–{:.1}, {} runs), {:.0} GB/s, {:.2} TFLOP/s, check {:.1e}{}",
             r.label(),
-            r.ms * 1e3,
+            r.ms() * 1e3,
+            r.timing.p10_ms * 1e3,
+            r.timing.p90_ms * 1e3,
+            r.timing.reps,
             r.gbps(),
             r.tflops(),
             r.check_err,

@@ -5,7 +5,8 @@
 #   then device calls (each under 10 minutes, back to back so the machine stays warm), carrying
 #   target/gpu-round:
 #   bash scripts/gpu-round.sh remote [STAGES] # there: STAGES of tests,certify,sanitize,ptxas,ncu,bench,peer,external
-#   e.g. `remote tests,certify`, `remote sanitize,ptxas`, `remote ncu,bench`, `remote peer,external`.
+#   in this order (most needed first; a session has 30 device minutes): `remote tests,certify`,
+#   `remote bench,peer`, `remote sanitize,ptxas`, `remote external,ncu`.
 #
 # `pack` builds the `gqla` release binary and a nextest archive of the gqla-cuda tests, and copies
 # cargo-nextest beside them (the GPU machine has no Rust toolchain). `remote` writes everything
@@ -94,6 +95,11 @@ remote() {
         # The Hopper wgmma kernel (sm_90 only; it declines f32 cases).
         limited 150 "$out/certify-wgmma.log" "$gqla" certify --kernel cuda-wgmma --out "$out/certificate-wgmma" || status=1
     fi
+    if [[ $stages == *ptxas* ]]; then
+        # Registers, shared memory and spills per kernel: the same source through nvcc's ptxas.
+        limited 90 "$out/ptxas.log" nvcc -gencode=arch=compute_90a,code=sm_90a -std=c++17 -Xptxas -v \
+            -c cuda_impl/kernels/decode.cu -o /tmp/decode.o || status=1
+    fi
     if [[ $stages == *sanitize* ]]; then
         local args=()
         for f in "${sanitize_filters[@]}"; do args+=(--filter "$f"); done
@@ -103,11 +109,6 @@ remote() {
                     "$gqla" certify --kernel "$kernel" "${args[@]}" --out "/tmp/sanitize-$kernel-$tool" || status=1
             done
         done
-    fi
-    if [[ $stages == *ptxas* ]]; then
-        # Registers, shared memory and spills per kernel: the same source through nvcc's ptxas.
-        limited 90 "$out/ptxas.log" nvcc -gencode=arch=compute_90a,code=sm_90a -std=c++17 -Xptxas -v \
-            -c cuda_impl/kernels/decode.cu -o /tmp/decode.o || status=1
     fi
     if [[ $stages == *ncu* ]]; then
         # Hardware counters of the attention kernels on a small benchmark grid.

@@ -309,3 +309,23 @@ fn decode_benchmark_without_a_gpu_is_a_clear_error() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("the decode benchmark needs a GPU: no CUDA"), "{}", r.stderr);
 }
+
+/// The benchmark's grid filters are checked before a GPU is opened: a wrong name or a zero size
+/// is a usage error that names the value and the choices, with or without a GPU.
+#[test]
+fn decode_benchmark_rejects_bad_grid_filters() {
+    for (args, want) in [
+        (
+            &["--geometry", "llama"][..],
+            "unknown geometry `llama`: expected one of llama3-8b-gqla, deepseek-v3-gqla",
+        ),
+        (&["--path", "absorb,mla"][..], "unknown path `mla`: expected absorb or gqa"),
+        (&["--batch", "16,0"][..], "--batch values must be positive"),
+        (&["--context", "0"][..], "--context values must be positive"),
+        (&["--sq", "0"][..], "--sq values must be positive"),
+    ] {
+        let r = gqla(&[&["bench", "decode"][..], args].concat());
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(want), "{args:?}: {}", r.stderr);
+    }
+}

@@ -55,6 +55,16 @@ pub const DEEPSEEK_V3: Geometry = Geometry {
     dv: 128,
 };
 
+/// The geometries the benchmark knows, by name.
+pub const GEOMETRIES: [Geometry; 2] = [LLAMA3_8B, DEEPSEEK_V3];
+
+impl Geometry {
+    /// One of [`GEOMETRIES`] by its name.
+    pub fn by_name(name: &str) -> Option<Geometry> {
+        GEOMETRIES.into_iter().find(|g| g.name == name)
+    }
+}
+
 /// Which decode path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Path {
@@ -65,11 +75,15 @@ pub enum Path {
 }
 
 impl Path {
+    pub const ALL: [Path; 2] = [Path::Absorb, Path::Gqa];
     pub fn name(self) -> &'static str {
         match self {
             Path::Absorb => "absorb",
             Path::Gqa => "gqa",
         }
+    }
+    pub fn from_name(name: &str) -> Option<Path> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
     }
 }
 
@@ -182,8 +196,8 @@ impl Grid {
     /// {1k, 4k, 16k, 64k}, bf16.
     pub fn full() -> Self {
         Self {
-            geometries: vec![LLAMA3_8B, DEEPSEEK_V3],
-            paths: vec![Path::Absorb, Path::Gqa],
+            geometries: GEOMETRIES.to_vec(),
+            paths: Path::ALL.to_vec(),
             sqs: vec![1, 2],
             batches: vec![1, 16, 64, 128],
             contexts: vec![1024, 4096, 16384, 65536],
@@ -626,6 +640,18 @@ mod tests {
 
     /// The minimal bytes come from the cache layout: 576 elements per token on the absorb path,
     /// G(d_n + d_v) + d_r on the GQA path.
+    #[test]
+    fn names_round_trip() {
+        for g in GEOMETRIES {
+            assert_eq!(Geometry::by_name(g.name), Some(g));
+        }
+        for p in Path::ALL {
+            assert_eq!(Path::from_name(p.name()), Some(p));
+        }
+        assert_eq!(Geometry::by_name("llama"), None);
+        assert_eq!(Path::from_name("mla"), None);
+    }
+
     #[test]
     fn work_counts() {
         let w = LLAMA3_8B.work(Path::Absorb, Dtype::Bf16, 1, 1, 1024);

@@ -38,6 +38,21 @@ enum Which {
         /// A small grid (batch {1, 16}, context {1k, 4k}) for a quick look.
         #[arg(long)]
         quick: bool,
+        /// Only these geometries (llama3-8b-gqla, deepseek-v3-gqla).
+        #[arg(long, value_delimiter = ',')]
+        geometry: Vec<String>,
+        /// Only these paths (absorb, gqa).
+        #[arg(long, value_delimiter = ',')]
+        path: Vec<String>,
+        /// Only these query lengths s_q.
+        #[arg(long, value_delimiter = ',')]
+        sq: Vec<usize>,
+        /// Only these batch sizes.
+        #[arg(long, value_delimiter = ',')]
+        batch: Vec<usize>,
+        /// Only these context lengths.
+        #[arg(long, value_delimiter = ',')]
+        context: Vec<usize>,
         /// Also write the table (markdown) to this file.
         #[arg(long)]
         out: Option<std::path::PathBuf>,
@@ -60,12 +75,74 @@ pub fn run(a: Args) -> Result<(), CliError> {
             calib_tokens,
             vocab,
         } => convert(kv_lora_rank, rope_dim, calib_sequences, calib_tokens, vocab),
-        Which::Decode { quick, out, json, kernels } => decode(quick, out.as_deref(), json.as_deref(), &kernels),
+        Which::Decode {
+            quick,
+            geometry,
+            path,
+            sq,
+            batch,
+            context,
+            out,
+            json,
+            kernels,
+        } => {
+            let mut grid = decode_grid(quick, &geometry, &path, (sq, batch, context))?;
+            decode(&mut grid, out.as_deref(), json.as_deref(), &kernels)
+        }
     }
 }
 
-fn decode(quick: bool, out: Option<&std::path::Path>, json: Option<&std::path::Path>, kernels: &[String]) -> Result<(), CliError> {
-    use gqla_cuda::bench::{measured_run, table, Grid};
+/// The benchmark grid: the full one, or the quick one, narrowed to the values asked for (each
+/// list empty: all). Validated here, before a GPU is opened.
+fn decode_grid(
+    quick: bool,
+    geometries: &[String],
+    paths: &[String],
+    (sqs, batches, contexts): (Vec<usize>, Vec<usize>, Vec<usize>),
+) -> Result<gqla_cuda::bench::Grid, CliError> {
+    use gqla_cuda::bench::{Geometry, Grid, Path, GEOMETRIES};
+    let mut grid = Grid::full();
+    if quick {
+        grid.batches = vec![1, 16];
+        grid.contexts = vec![1024, 4096];
+    }
+    if !geometries.is_empty() {
+        let names: Vec<&str> = GEOMETRIES.iter().map(|g| g.name).collect();
+        grid.geometries = geometries
+            .iter()
+            .map(|n| {
+                Geometry::by_name(n).ok_or_else(|| CliError::Usage(format!("unknown geometry `{n}`: expected one of {}", names.join(", "))))
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    if !paths.is_empty() {
+        grid.paths = paths
+            .iter()
+            .map(|n| Path::from_name(n).ok_or_else(|| CliError::Usage(format!("unknown path `{n}`: expected absorb or gqa"))))
+            .collect::<Result<_, _>>()?;
+    }
+    for (name, given, field) in [
+        ("--sq", sqs, &mut grid.sqs),
+        ("--batch", batches, &mut grid.batches),
+        ("--context", contexts, &mut grid.contexts),
+    ] {
+        if given.contains(&0) {
+            return Err(CliError::Usage(format!("{name} values must be positive")));
+        }
+        if !given.is_empty() {
+            *field = given;
+        }
+    }
+    Ok(grid)
+}
+
+fn decode(
+    grid: &mut gqla_cuda::bench::Grid,
+    out: Option<&std::path::Path>,
+    json: Option<&std::path::Path>,
+    kernels: &[String],
+) -> Result<(), CliError> {
+    use gqla_cuda::bench::{measured_run, table};
     use gqla_cuda::launch::Variant;
     use gqla_reference::hf::tensors::write_atomic;
     let wanted = kernels
@@ -73,11 +150,6 @@ fn decode(quick: bool, out: Option<&std::path::Path>, json: Option<&std::path::P
         .map(|k| Variant::from_name(k).ok_or_else(|| CliError::Usage(format!("unknown kernel `{k}`: expected simt, mma or wgmma"))))
         .collect::<Result<Vec<_>, _>>()?;
     let gpu = gqla_cuda::Gpu::open(0).map_err(|e| CliError::Usage(format!("the decode benchmark needs a GPU: {e}")))?;
-    let mut grid = Grid::full();
-    if quick {
-        grid.batches = vec![1, 16];
-        grid.contexts = vec![1024, 4096];
-    }
     let (runnable, unavailable): (Vec<Variant>, Vec<Variant>) = wanted.into_iter().partition(|v| v.available(&gpu));
     for v in unavailable {
         eprintln!("note: this GPU cannot run the {} kernel: left out", v.name());
@@ -100,7 +172,7 @@ fn decode(quick: bool, out: Option<&std::path::Path>, json: Option<&std::path::P
     println!("{device}");
     let ceilings = gpu.ceilings().map_err(|e| CliError::Usage(e.to_string()))?;
     let mut rows = Vec::new();
-    gqla_cuda::bench::bench(&gpu, &grid, &mut |r| {
+    gqla_cuda::bench::bench(&gpu, grid, &mut |r| {
         eprintln!(
             "{}: {:.1} us (p10–p90 {:.1}–{:.1}, {} runs), {:.0} GB/s, {:.2} TFLOP/s, check {:.1e}{}",
             r.label(),
@@ -122,7 +194,7 @@ fn decode(quick: bool, out: Option<&std::path::Path>, json: Option<&std::path::P
         write_atomic(path, text.as_bytes())?;
     }
     if let Some(path) = json {
-        let run = measured_run(&info.name, &grid, &rows, &ceilings);
+        let run = measured_run(&info.name, grid, &rows, &ceilings);
         write_atomic(
             path,
             (serde_json::to_string_pretty(&run).expect("runs serialize") + "\n").as_bytes(),

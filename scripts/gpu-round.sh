@@ -111,10 +111,23 @@ remote() {
         done
     fi
     if [[ $stages == *ncu* ]]; then
-        # Hardware counters of the attention kernels on a small benchmark grid.
-        limited 240 "$out/ncu.log" ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis \
-            --section Occupancy --kernel-name regex:'^attn_((w?mma_(narrow_)?)|combine_)?bf16$' --launch-count 16 \
-            "$gqla" bench decode --quick || status=1
+        # Hardware counters (throughputs, tensor pipes, occupancy, stall reasons) of each
+        # tensor-core kernel at the issue's targets: the compute-bound absorb point and the
+        # memory-bound points of both paths. The first two matching launches are the warm-up
+        # attention launch and its combine (or a second attention launch when there is no split).
+        local point kernel
+        for point in "deepseek-v3-gqla absorb 2" "llama3-8b-gqla gqa 1" "llama3-8b-gqla absorb 1"; do
+            read -r geo path sq <<<"$point"
+            for kernel in mma wgmma; do
+                echo "## $geo $path s_q=$sq batch=64 context=4096, kernel $kernel" >>"$out/ncu.log"
+                limited 75 "$out/ncu.log" ncu --clock-control none --section SpeedOfLight \
+                    --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section Occupancy \
+                    --section WarpStateStats --section LaunchStats \
+                    --kernel-name regex:'^attn_((w?mma_(narrow_)?)|combine_)?bf16$' --launch-count 2 \
+                    "$gqla" bench decode --kernels "$kernel" --geometry "$geo" --path "$path" --sq "$sq" \
+                    --batch 64 --context 4096 || status=1
+            done
+        done
     fi
     if [[ $stages == *bench* ]]; then
         limited 480 "$out/bench.log" "$gqla" bench decode --out "$out/bench-decode.md" --json "$out/bench-decode.json" || status=1

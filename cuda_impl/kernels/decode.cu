@@ -408,6 +408,8 @@ struct TileLayout {
 // offsets, each >> 4; base offset 0 and no swizzle. Canonical no-swizzle layouts, T = 8 elements:
 //   K-major  ((8,m),(T,2k)):((1T,SBO),(1,LBO)): row r, column k at (r%8)*16 + (r/8)*SBO + (k%8)*2 + (k/8)*LBO bytes;
 //   MN-major ((T,1,m),(8,k)):((1,T,SBO),(1T,LBO)): k, n at (n%8)*2 + (n/8)*SBO + (k%8)*16 + (k/8)*LBO bytes.
+// CUTLASS's make_gmma_desc reads the no-swizzle ("interleave") layouts the same way: K-major, SBO
+// steps 8 rows and LBO the next 8 columns of k; MN-major, SBO steps 8 columns of n and LBO 8 rows of k.
 #ifdef GQLA_EMULATION
 inline unsigned shared_addr(const void* p) { return gqla_emu::shared_offset(p); }
 #endif

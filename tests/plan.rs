@@ -217,6 +217,13 @@ fn validation_counts_hits_and_misses() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("chosen on 7 of 8 points"), "{}", r.stdout);
     assert_eq!(r.stdout.matches("(MISS)").count(), 1, "{}", r.stdout);
+    // The miss is explained: the planned path's kernel against its roof, in numbers.
+    let miss = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("- H=128 s_q=1 batch=1 context=1024: "))
+        .unwrap_or_else(|| panic!("{}", r.stdout));
+    assert!(miss.contains("kernel reached") && miss.contains("% of its"), "{miss}");
     std::fs::write(&file, "{\"device\": 3}").unwrap();
     let r = gqla(&["plan", "--validate", file.to_str().unwrap()]);
     assert_eq!(r.code, 2);

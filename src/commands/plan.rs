@@ -4,7 +4,7 @@ use super::CliError;
 use gqla_reference::cache::GroupCacheLayout;
 use gqla_reference::hf::config::AttentionConfig;
 use gqla_reference::hf::ModelConfig;
-use gqla_reference::plan::{gpu, mtp_gain, plan, validate, Bound, CacheDtype, Gpu, MeasuredRun, Plan, Prediction, Scenario, GPUS};
+use gqla_reference::plan::{gpu, mtp_gain, plan, validate, CacheDtype, Gpu, MeasuredRun, Plan, Prediction, Scenario, GPUS};
 use gqla_reference::LatentDims;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -166,6 +166,21 @@ fn validation(path: &Path, json: bool) -> Result<(), CliError> {
             c.measured_margin
         );
     }
+    let misses: Vec<String> = v
+        .comparisons
+        .iter()
+        .filter_map(|c| {
+            let why = c.explanation()?;
+            Some(format!("- H={} s_q={} batch={} context={}: {why}", c.h, c.sq, c.batch, c.context))
+        })
+        .collect();
+    if !misses.is_empty() {
+        let _ = writeln!(
+            t,
+            "\nMisses (a kernel's % of its roof: its predicted over its measured time):\n{}",
+            misses.join("\n")
+        );
+    }
     let _ = writeln!(
         t,
         "\nmeasured-faster path chosen on {} of {} points ({:.1}%); predicted time error: median {:.0}%, max {:.0}%",
@@ -181,13 +196,6 @@ fn validation(path: &Path, json: bool) -> Result<(), CliError> {
 
 fn us(s: f64) -> String {
     format!("{:.1}", s * 1e6)
-}
-
-fn bound(b: Bound) -> &'static str {
-    match b {
-        Bound::Memory => "memory",
-        Bound::Compute => "compute",
-    }
 }
 
 /// The plan as text: geometry, both paths, the choice and the GQA+MTP gain.
@@ -255,7 +263,7 @@ fn row(x: &Prediction, ridge: f64) -> String {
         us(x.overhead_s),
         us(x.time_s),
         us(x.time_per_token_s),
-        bound(x.bound)
+        x.bound.name()
     )
 }
 
@@ -283,9 +291,9 @@ pub fn sweep(s: &Scenario, gpu: &Gpu) -> Result<String, CliError> {
                 t,
                 "| {sq} | {context} | {} ({}) | {} ({}) | {} | {:.2}x | {:.2}x |",
                 us(p.absorb.time_per_token_s),
-                bound(p.absorb.bound),
+                p.absorb.bound.name(),
                 us(p.gqa.time_per_token_s),
-                bound(p.gqa.bound),
+                p.gqa.bound.name(),
                 p.chosen.name(),
                 p.gqa_speedup(),
                 mtp_gain(&x, gpu)?

@@ -67,6 +67,15 @@ pub enum Bound {
     Compute,
 }
 
+impl Bound {
+    pub fn name(self) -> &'static str {
+        match self {
+            Bound::Memory => "memory",
+            Bound::Compute => "compute",
+        }
+    }
+}
+
 /// What is decoded: validated once, at construction.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Scenario {

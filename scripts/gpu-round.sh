@@ -130,8 +130,11 @@ remote() {
         done
     fi
     if [[ $stages == *bench* ]]; then
-        limited 480 "$out/bench.log" "$gqla" bench decode --out "$out/bench-decode.md" --json "$out/bench-decode.json" || status=1
+        limited 420 "$out/bench.log" "$gqla" bench decode --out "$out/bench-decode.md" --json "$out/bench-decode.json" || status=1
         limited 30 "$out/plan-validation.md" "$gqla" plan --validate "$out/bench-decode.json" || status=1
+        # Paged caches (64-token pages, shuffled) beside contiguous ones at two contexts.
+        limited 90 "$out/bench-paged.log" "$gqla" bench decode --page 64 --batch 64 --context 4096,65536 \
+            --out "$out/bench-decode-paged.md" || status=1
     fi
     if [[ $stages == *peer* ]]; then
         PYTHONUNBUFFERED=1 limited 300 "$out/sdpa-peer.md" python3 scripts/sdpa_peer.py || status=1
@@ -162,6 +165,7 @@ remote() {
         done
         [ -f "$out/ptxas.log" ] && grep -E "Compiling entry|registers|spill" "$out/ptxas.log"
         [ -f "$out/bench-decode.md" ] && cat "$out/bench-decode.md"
+        [ -f "$out/bench-decode-paged.md" ] && cat "$out/bench-decode-paged.md"
         [ -f "$out/sdpa-peer.md" ] && cat "$out/sdpa-peer.md"
         [ -f "$out/plan-validation.md" ] && cat "$out/plan-validation.md"
         [ -f "$out/external.log" ] && tail -6 "$out/external.log"

@@ -323,6 +323,7 @@ fn decode_benchmark_rejects_bad_grid_filters() {
         (&["--batch", "16,0"][..], "--batch values must be positive"),
         (&["--context", "0"][..], "--context values must be positive"),
         (&["--sq", "0"][..], "--sq values must be positive"),
+        (&["--page", "0"][..], "--page must be positive"),
     ] {
         let r = gqla(&[&["bench", "decode"][..], args].concat());
         assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);

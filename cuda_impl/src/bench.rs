@@ -1,9 +1,11 @@
 //! The decode benchmark: both paths over a grid of geometries, s_q, batch and context, timed with
-//! CUDA events on a cold L2 (median of runs, [`crate::timing`]), against ceilings measured in the same run (a device-to-device copy and a large
-//! bf16 matrix product through cuBLAS). Caches are contiguous and filled with pseudo-random
-//! values on the device (never zeros). Every timed kernel's output is spot-checked against the
-//! f64 reference (two query rows of the last sequence, whose cache sits at the largest offsets),
-//! since the benchmark's contexts, batches and split counts reach past the conformance lattice.
+//! CUDA events on a cold L2 (median of runs, [`crate::timing`]), against ceilings measured in the
+//! same run (a device-to-device copy and a large bf16 matrix product through cuBLAS). Caches are
+//! contiguous, or paged with the pages of all sequences shuffled over the pool, and filled with
+//! pseudo-random values on the device (never zeros). Every timed kernel's output is spot-checked
+//! against the f64 reference (two query rows of the last sequence, whose contiguous cache sits at
+//! the largest offsets), since the benchmark's contexts, batches and split counts reach past the
+//! conformance lattice.
 
 use crate::device::Gpu;
 use crate::launch::{self, elem_bytes, Decode, Guarded, KeySource, Paging, Segment, Variant, Workspace};
@@ -138,6 +140,8 @@ pub struct Row {
     pub sq: usize,
     pub batch: usize,
     pub context: usize,
+    /// Tokens per cache page (None: contiguous).
+    pub page: Option<usize>,
     pub splits: usize,
     /// The attention kernel timed.
     pub variant: Variant,
@@ -149,16 +153,17 @@ pub struct Row {
 }
 
 impl Row {
-    /// The measured point in one line: geometry, path, kernel, s_q, batch, context.
+    /// The measured point in one line: geometry, path, kernel, s_q, batch, context (and page).
     pub fn label(&self) -> String {
         format!(
-            "{} {} {} s_q={} batch={} context={}",
+            "{} {} {} s_q={} batch={} context={}{}",
             self.geometry,
             self.path.name(),
             self.variant.name(),
             self.sq,
             self.batch,
-            self.context
+            self.context,
+            self.page.map_or(String::new(), |p| format!(" page={p}"))
         )
     }
     /// The median time, ms.
@@ -185,6 +190,8 @@ pub struct Grid {
     pub sqs: Vec<usize>,
     pub batches: Vec<usize>,
     pub contexts: Vec<usize>,
+    /// Tokens per cache page (None: contiguous caches).
+    pub page: Option<usize>,
     pub dtype: Dtype,
     /// Attention kernels to time (each path's time for the planner is its fastest tensor-core
     /// kernel's).
@@ -201,6 +208,7 @@ impl Grid {
             sqs: vec![1, 2],
             batches: vec![1, 16, 64, 128],
             contexts: vec![1024, 4096, 16384, 65536],
+            page: None,
             dtype: Dtype::Bf16,
             variants: vec![Variant::Mma, Variant::Wgmma],
         }
@@ -281,20 +289,81 @@ impl Gpu {
     }
 }
 
+/// The batch, context and cache paging of one benchmark point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub batch: usize,
+    pub context: usize,
+    /// Tokens per cache page (None: contiguous).
+    pub page: Option<usize>,
+}
+
+/// Where each sequence's tokens live: sequence b's token t is slot
+/// `table[b · max_pages + t / page] · page + t % page`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PageTable {
+    pub table: Vec<i32>,
+    pub max_pages: usize,
+    pub page: usize,
+    /// Slots of the cache buffers.
+    pub slots: usize,
+}
+
+impl PageTable {
+    /// Contiguous caches are one page of `context` tokens per sequence, in order. Paged caches
+    /// spread each sequence's pages over the pool in a seeded random order, as an allocator that
+    /// has served many requests would.
+    pub fn new(shape: Shape) -> Self {
+        let Shape { batch, context, page } = shape;
+        match page {
+            None => Self {
+                table: (0..batch as i32).collect(),
+                max_pages: 1,
+                page: context.max(1),
+                slots: batch * context,
+            },
+            Some(page) => {
+                use rand::seq::SliceRandom;
+                use rand::SeedableRng;
+                let per = context.div_ceil(page);
+                let mut table: Vec<i32> = (0..(batch * per) as i32).collect();
+                table.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(0x7061_6765));
+                Self {
+                    table,
+                    max_pages: per,
+                    page,
+                    slots: batch * per * page,
+                }
+            }
+        }
+    }
+
+    /// The runs of consecutive slots that hold tokens `0..len` of sequence b: (first token, first
+    /// slot, length) per page.
+    pub fn runs(&self, b: usize, len: usize) -> Vec<(usize, usize, usize)> {
+        (0..len.div_ceil(self.page))
+            .map(|p| {
+                let t = p * self.page;
+                (t, self.table[b * self.max_pages + p] as usize * self.page, self.page.min(len - t))
+            })
+            .collect()
+    }
+}
+
 /// Time one (geometry, path) at every s_q and attention kernel of `(sqs, variants)` for one
-/// batch and context.
-#[allow(clippy::too_many_arguments)]
+/// batch, context and paging.
 pub fn bench_point<R: Runtime>(
     rt: &R,
     geo: &Geometry,
     path: Path,
     dtype: Dtype,
     (sqs, variants): (&[usize], &[Variant]),
-    batch: usize,
-    context: usize,
+    shape: Shape,
     on_row: &mut dyn FnMut(Row),
 ) -> Result<(), CudaError> {
-    let slots = batch * context;
+    let Shape { batch, context, page } = shape;
+    let pages = PageTable::new(shape);
+    let slots = pages.slots;
     let (key, shared, value) = match path {
         Path::Absorb => (random(rt, dtype, slots * (geo.dc + geo.dr), 11, 1.0)?, None, None),
         Path::Gqa => (
@@ -304,7 +373,7 @@ pub fn bench_point<R: Runtime>(
         ),
     };
     let lens = rt.upload(&vec![context as i32; batch])?;
-    let table = rt.upload(&(0..batch as i32).collect::<Vec<_>>())?;
+    let table = rt.upload(&pages.table)?;
     let (dk, dv) = geo.widths(path);
     let sq_max = sqs.iter().copied().max().unwrap_or(1);
     let q = random(rt, dtype, batch * sq_max * geo.h * dk, 15, 1.0)?;
@@ -358,8 +427,8 @@ pub fn bench_point<R: Runtime>(
             paging: Paging {
                 seq_lens: &lens,
                 block_table: &table,
-                max_pages: 1,
-                page: context,
+                max_pages: pages.max_pages,
+                page: pages.page,
             },
             batch,
             sq,
@@ -390,8 +459,7 @@ pub fn bench_point<R: Runtime>(
                         (&key, shared.as_ref(), value.as_ref()),
                         geo,
                         path,
-                        batch - 1,
-                        context,
+                        &pages.runs(batch - 1, context),
                     )?),
                 };
                 e.insert(seq.stream(geo, stream));
@@ -417,6 +485,7 @@ pub fn bench_point<R: Runtime>(
             sq,
             batch,
             context,
+            page,
             splits,
             variant,
             timing,
@@ -434,8 +503,7 @@ fn fetch<R: Runtime>(rt: &R, buf: &R::Buf<u8>, dtype: Dtype, start: usize, len: 
     Ok(launch::from_bytes(dtype, &bytes).into_iter().map(f64::from).collect())
 }
 
-/// Sequence `b`'s cache on the host, in f64, one row per key, downloaded once per benchmark point
-/// (contiguous cache: sequence b holds slots b·context..).
+/// One sequence's cache on the host, in f64, one row per key, downloaded once per benchmark point.
 enum HostSeq {
     /// The latent [c; k^R].
     Absorb { latent: Array2<f64> },
@@ -461,12 +529,17 @@ impl HostSeq {
         (key, rope, value): CacheBufs<R>,
         geo: &Geometry,
         path: Path,
-        b: usize,
-        context: usize,
+        runs: &[(usize, usize, usize)],
     ) -> Result<Self, CudaError> {
+        // The sequence's tokens in order, gathered page by page (`runs`: first token, first slot,
+        // length).
         let rows = |buf: &R::Buf<u8>, width: usize| -> Result<Array2<f64>, CudaError> {
-            let v = fetch(rt, buf, dtype, b * context * width, context * width)?;
-            Ok(Array2::from_shape_vec((context, width), v).expect("context × width elements"))
+            let mut v = Vec::new();
+            for &(_, slot, len) in runs {
+                v.extend(fetch(rt, buf, dtype, slot * width, len * width)?);
+            }
+            let tokens = v.len() / width;
+            Ok(Array2::from_shape_vec((tokens, width), v).expect("tokens × width elements"))
         };
         let missing = || CudaError::Unsupported("GQA cache without rope keys or values".into());
         Ok(match path {
@@ -502,7 +575,12 @@ pub fn bench<R: Runtime>(rt: &R, grid: &Grid, on_row: &mut dyn FnMut(Row)) -> Re
         for &path in &grid.paths {
             for &batch in &grid.batches {
                 for &context in &grid.contexts {
-                    bench_point(rt, geo, path, grid.dtype, (&grid.sqs, &grid.variants), batch, context, on_row)?;
+                    let shape = Shape {
+                        batch,
+                        context,
+                        page: grid.page,
+                    };
+                    bench_point(rt, geo, path, grid.dtype, (&grid.sqs, &grid.variants), shape, on_row)?;
                 }
             }
         }
@@ -568,19 +646,20 @@ pub fn table(rows: &[Row], ceilings: &Ceilings) -> String {
     );
     let _ = writeln!(
         s,
-        "| geometry | path | kernel | s_q | batch | context | splits | time (µs) | p10–p90 (µs) | GB/s | % copy | TFLOP/s | % bf16 mma | FLOP/byte | check (rel. err) |"
+        "| geometry | path | kernel | s_q | batch | context | page | splits | time (µs) | p10–p90 (µs) | GB/s | % copy | TFLOP/s | % bf16 mma | FLOP/byte | check (rel. err) |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1}–{:.1} | {:.0} | {:.1} | {:.2} | {} | {:.1} | {} {:.1e} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1}–{:.1} | {:.0} | {:.1} | {:.2} | {} | {:.1} | {} {:.1e} |",
             r.geometry,
             r.path.name(),
             r.variant.name(),
             r.sq,
             r.batch,
             r.context,
+            r.page.map_or("-".to_string(), |p| p.to_string()),
             r.splits,
             r.ms() * 1e3,
             r.timing.p10_ms * 1e3,
@@ -614,6 +693,7 @@ mod tests {
             sq: 1,
             batch: 16,
             context: 4096,
+            page: None,
             splits: 1,
             variant,
             timing: Timing::single(ms),
@@ -640,6 +720,44 @@ mod tests {
 
     /// The minimal bytes come from the cache layout: 576 elements per token on the absorb path,
     /// G(d_n + d_v) + d_r on the GQA path.
+    /// Every token of every sequence has its own slot inside the buffers, contiguous or paged, and
+    /// the runs of a sequence cover its tokens in order.
+    #[test]
+    fn page_tables_place_every_token_once() {
+        for page in [None, Some(1), Some(16), Some(64), Some(100)] {
+            let shape = Shape {
+                batch: 3,
+                context: 250,
+                page,
+            };
+            let pt = PageTable::new(shape);
+            let mut seen = vec![false; pt.slots];
+            for b in 0..3 {
+                let runs = pt.runs(b, 250);
+                assert_eq!(runs.iter().map(|r| r.2).sum::<usize>(), 250, "{page:?}");
+                let mut next = 0;
+                for (t, slot, len) in runs {
+                    assert_eq!(t, next, "{page:?}");
+                    next += len;
+                    for i in 0..len {
+                        // The kernel's slot_of, as decode.cu computes it.
+                        let tok = t + i;
+                        let kernel_slot = pt.table[b * pt.max_pages + tok / pt.page] as usize * pt.page + tok % pt.page;
+                        assert_eq!(kernel_slot, slot + i, "{page:?}");
+                        assert!(!std::mem::replace(&mut seen[slot + i], true), "{page:?}: slot used twice");
+                    }
+                }
+            }
+        }
+        // Paged pools are shuffled: not the identity.
+        let pt = PageTable::new(Shape {
+            batch: 4,
+            context: 1024,
+            page: Some(64),
+        });
+        assert_ne!(pt.table, (0..64).collect::<Vec<i32>>());
+    }
+
     #[test]
     fn names_round_trip() {
         for g in GEOMETRIES {

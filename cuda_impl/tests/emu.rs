@@ -490,10 +490,11 @@ fn wgmma_fence_and_wait_are_enforced() {
 
 /// The decode benchmark's own code path (cache layouts, default splits, workspaces, timing and
 /// the spot check against the f64 reference) on a small geometry: every timed kernel's output
-/// passes the check, on both paths, both kernels and s_q 1 and 2, with split KV.
+/// passes the check, on both paths, all three kernels, s_q 1 and 2, contiguous and paged (shuffled
+/// pages, a partial last page), with split KV.
 #[test]
 fn benchmark_points_run_and_pass_their_spot_checks() {
-    use gqla_cuda::bench::{bench_point, Geometry, Path};
+    use gqla_cuda::bench::{bench_point, Geometry, Path, Shape};
     let rt = Emulator::default();
     let tiny = Geometry {
         name: "tiny",
@@ -506,19 +507,25 @@ fn benchmark_points_run_and_pass_their_spot_checks() {
     };
     let mut rows = Vec::new();
     for path in [Path::Absorb, Path::Gqa] {
-        bench_point(
-            &rt,
-            &tiny,
-            path,
-            Dtype::Bf16,
-            (&[1, 2], &[Variant::Mma, Variant::Wgmma, Variant::Simt]),
-            2,
-            300,
-            &mut |r| rows.push(r),
-        )
-        .unwrap();
+        for page in [None, Some(16)] {
+            let shape = Shape {
+                batch: 2,
+                context: 300,
+                page,
+            };
+            bench_point(
+                &rt,
+                &tiny,
+                path,
+                Dtype::Bf16,
+                (&[1, 2], &[Variant::Mma, Variant::Wgmma, Variant::Simt]),
+                shape,
+                &mut |r| rows.push(r),
+            )
+            .unwrap();
+        }
     }
-    assert_eq!(rows.len(), 12);
+    assert_eq!(rows.len(), 24);
     for r in &rows {
         assert!(r.checked(), "{r:?}");
         assert!(r.splits > 1, "{r:?}");

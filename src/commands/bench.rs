@@ -53,6 +53,10 @@ enum Which {
         /// Only these context lengths.
         #[arg(long, value_delimiter = ',')]
         context: Vec<usize>,
+        /// Paged caches of this many tokens per page, the pages shuffled over the pool (default:
+        /// contiguous caches).
+        #[arg(long)]
+        page: Option<usize>,
         /// Also write the table (markdown) to this file.
         #[arg(long)]
         out: Option<std::path::PathBuf>,
@@ -82,11 +86,16 @@ pub fn run(a: Args) -> Result<(), CliError> {
             sq,
             batch,
             context,
+            page,
             out,
             json,
             kernels,
         } => {
             let mut grid = decode_grid(quick, &geometry, &path, (sq, batch, context))?;
+            if page == Some(0) {
+                return Err(CliError::Usage("--page must be positive".into()));
+            }
+            grid.page = page;
             decode(&mut grid, out.as_deref(), json.as_deref(), &kernels)
         }
     }

@@ -324,6 +324,8 @@ fn decode_benchmark_rejects_bad_grid_filters() {
         (&["--context", "0"][..], "--context values must be positive"),
         (&["--sq", "0"][..], "--sq values must be positive"),
         (&["--page", "0"][..], "--page must be positive"),
+        (&["--context", "3000000000"][..], "--context 3000000000 is out of range"),
+        (&["--batch", "100000", "--context", "100000000"][..], "is out of range"),
     ] {
         let r = gqla(&[&["bench", "decode"][..], args].concat());
         assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);

@@ -74,11 +74,17 @@ pub fn flush_bytes(l2_bytes: usize) -> usize {
 /// `GQLA_SYNC_TIMEOUT_S` seconds, 300 unless set (a sanitizer slows kernels a hundredfold, and
 /// the largest benchmark points run about a second per timing).
 pub fn sync_timeout() -> Duration {
-    std::env::var("GQLA_SYNC_TIMEOUT_S")
-        .ok()
+    sync_timeout_from(std::env::var("GQLA_SYNC_TIMEOUT_S").ok().as_deref())
+}
+
+/// [`sync_timeout`] for a given setting: positive seconds that a `Duration` holds, else the
+/// default.
+fn sync_timeout_from(setting: Option<&str>) -> Duration {
+    setting
         .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s > 0.0)
-        .map_or(Duration::from_secs(300), Duration::from_secs_f64)
+        .filter(|s| *s > 0.0)
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .unwrap_or(Duration::from_secs(300))
 }
 
 #[cfg(test)]
@@ -112,6 +118,15 @@ mod tests {
         let t = Timing::from_samples(v).unwrap();
         assert_eq!(t.median_ms, 1.0);
         assert_eq!(t.p90_ms, 1.0);
+    }
+
+    #[test]
+    fn sync_timeout_settings() {
+        assert_eq!(sync_timeout_from(None), Duration::from_secs(300));
+        assert_eq!(sync_timeout_from(Some(" 2.5 ")), Duration::from_millis(2500));
+        for bad in ["0", "-3", "inf", "NaN", "1e300", "soon", ""] {
+            assert_eq!(sync_timeout_from(Some(bad)), Duration::from_secs(300), "{bad}");
+        }
     }
 
     #[test]

@@ -142,6 +142,24 @@ fn decode_grid(
             *field = given;
         }
     }
+    // Sizes the kernels' 32-bit token indices hold, and caches whose byte count does not overflow
+    // (the GPU's allocator then says whether they fit).
+    let (batch, context) = (grid.batches.iter().max(), grid.contexts.iter().max());
+    if let (Some(&batch), Some(&context)) = (batch, context) {
+        let widest = grid
+            .geometries
+            .iter()
+            .flat_map(|g| Path::ALL.map(|p| g.cache_elems(p)))
+            .max()
+            .unwrap_or(0);
+        let bytes = batch.checked_mul(context).and_then(|n| n.checked_mul(2 * widest));
+        if context > i32::MAX as usize || batch > i32::MAX as usize || bytes.is_none_or(|b| b > 1 << 40) {
+            return Err(CliError::Usage(format!(
+                "--batch {batch} with --context {context} is out of range: expected at most {} tokens each and a cache of at most 1 TiB",
+                i32::MAX
+            )));
+        }
+    }
     Ok(grid)
 }
 

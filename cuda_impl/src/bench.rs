@@ -338,13 +338,13 @@ impl PageTable {
         }
     }
 
-    /// The runs of consecutive slots that hold tokens `0..len` of sequence b: (first token, first
-    /// slot, length) per page.
-    pub fn runs(&self, b: usize, len: usize) -> Vec<(usize, usize, usize)> {
+    /// The runs of consecutive slots that hold tokens `0..len` of sequence b, in token order:
+    /// (first slot, length) per page.
+    pub fn runs(&self, b: usize, len: usize) -> Vec<(usize, usize)> {
         (0..len.div_ceil(self.page))
             .map(|p| {
-                let t = p * self.page;
-                (t, self.table[b * self.max_pages + p] as usize * self.page, self.page.min(len - t))
+                let slot = self.table[b * self.max_pages + p] as usize * self.page;
+                (slot, self.page.min(len - p * self.page))
             })
             .collect()
     }
@@ -529,13 +529,12 @@ impl HostSeq {
         (key, rope, value): CacheBufs<R>,
         geo: &Geometry,
         path: Path,
-        runs: &[(usize, usize, usize)],
+        runs: &[(usize, usize)],
     ) -> Result<Self, CudaError> {
-        // The sequence's tokens in order, gathered page by page (`runs`: first token, first slot,
-        // length).
+        // The sequence's tokens in order, gathered page by page ([`PageTable::runs`]).
         let rows = |buf: &R::Buf<u8>, width: usize| -> Result<Array2<f64>, CudaError> {
             let mut v = Vec::new();
-            for &(_, slot, len) in runs {
+            for &(slot, len) in runs {
                 v.extend(fetch(rt, buf, dtype, slot * width, len * width)?);
             }
             let tokens = v.len() / width;
@@ -734,11 +733,9 @@ mod tests {
             let mut seen = vec![false; pt.slots];
             for b in 0..3 {
                 let runs = pt.runs(b, 250);
-                assert_eq!(runs.iter().map(|r| r.2).sum::<usize>(), 250, "{page:?}");
-                let mut next = 0;
-                for (t, slot, len) in runs {
-                    assert_eq!(t, next, "{page:?}");
-                    next += len;
+                assert_eq!(runs.iter().map(|r| r.1).sum::<usize>(), 250, "{page:?}");
+                let mut t = 0;
+                for (slot, len) in runs {
                     for i in 0..len {
                         // The kernel's slot_of, as decode.cu computes it.
                         let tok = t + i;
@@ -746,6 +743,7 @@ mod tests {
                         assert_eq!(kernel_slot, slot + i, "{page:?}");
                         assert!(!std::mem::replace(&mut seen[slot + i], true), "{page:?}: slot used twice");
                     }
+                    t += len;
                 }
             }
         }

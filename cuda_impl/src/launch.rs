@@ -77,10 +77,14 @@ impl Variant {
     }
     /// Whether runtime `rt` can run this kernel at all.
     pub fn available<R: Runtime>(self, rt: &R) -> bool {
+        self.missing(rt).is_none()
+    }
+    /// What runtime `rt` lacks to run this kernel (None: nothing).
+    pub fn missing<R: Runtime>(self, rt: &R) -> Option<&'static str> {
         match self {
-            Variant::Simt => true,
-            Variant::Mma => rt.has_mma(),
-            Variant::Wgmma => rt.has_wgmma(),
+            Variant::Simt => None,
+            Variant::Mma => (!rt.has_mma()).then_some("compute capability 8.0 or later"),
+            Variant::Wgmma => (!rt.has_wgmma()).then_some("compute capability 9.0 (sm_90a)"),
         }
     }
     pub fn name(self) -> &'static str {
@@ -305,15 +309,8 @@ impl<R: Runtime> Decode<'_, R> {
                     "the tensor-core kernel takes bf16 or f16 storage, not f32".into(),
                 ));
             }
-            if !rt.has_mma() {
-                return Err(CudaError::Unsupported(
-                    "the tensor-core kernel needs compute capability 8.0 or later".into(),
-                ));
-            }
-            if self.variant == Variant::Wgmma && !rt.has_wgmma() {
-                return Err(CudaError::Unsupported(
-                    "the wgmma kernel needs compute capability 9.0 (sm_90a)".into(),
-                ));
+            if let Some(need) = self.variant.missing(rt) {
+                return Err(CudaError::Unsupported(format!("the {} kernel needs {need}", self.variant.name())));
             }
             if k.value.is_none() && k.dv.next_multiple_of(16) > self.key_width().next_multiple_of(16) {
                 return Err(CudaError::Unsupported("values wider than the keys they are a prefix of".into()));
@@ -585,8 +582,8 @@ pub fn wgmma_probe<R: Runtime>(rt: &R, dtype: Dtype, seed: u64) -> Result<(Vec<f
     if dtype == Dtype::F32 {
         return Err(CudaError::Unsupported("wgmma_probe takes bf16 or f16".into()));
     }
-    if !rt.has_wgmma() {
-        return Err(CudaError::Unsupported("wgmma needs compute capability 9.0 (sm_90a)".into()));
+    if let Some(need) = Variant::Wgmma.missing(rt) {
+        return Err(CudaError::Unsupported(format!("wgmma needs {need}")));
     }
     let a = probe_operand(dtype, seed, 64 * 32);
     let b = probe_operand(dtype, seed ^ 0x5eed, 32 * 64);

@@ -12,6 +12,7 @@
 #include <csetjmp>
 #include <cstdio>
 #include <mutex>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -33,6 +34,7 @@ struct WgResult {
     float* d;
     int n;  // accumulators
     float v[128];
+    int op = -1;  // its operation in SharedCheck::ops (shared-memory checks only)
 };
 
 // One queued cp.async: 16 bytes to `dst`, from `src` or zeros.
@@ -113,6 +115,47 @@ struct Barrier {
     Site site;  // where the open generation's first arrival waits
 };
 
+// The shared-memory checks' state for one block (see emu.h). A write is seen when the byte's value
+// changes: at every collective and fence, the block's shared memory is compared with `seen`, and
+// what changed was written by the thread that ran since (threads switch only at collectives).
+struct SharedCheck {
+    // One wgmma's operand bytes (a warpgroup collective), read until its first thread waits for it.
+    struct WgOp {
+        std::vector<uint32_t> bytes;
+        bool open = true;
+    };
+    bool on = false;
+    std::vector<unsigned char> seen;
+    std::vector<int16_t> writer;            // thread of the last write seen; -1: none
+    std::vector<uint32_t> w_epoch, w_wgen;  // block barrier and writer's warp barrier generations then
+    std::vector<uint8_t> unfenced;          // last write not yet followed by its writer's fence.proxy.async
+    std::vector<int32_t> reader;            // last ldmatrix (its warp's lane 0) or wgmma (-2 - warpgroup); -1: none
+    std::vector<uint32_t> r_epoch, r_wgen;
+    std::vector<int16_t> copying;           // 1 + thread whose cp.async to the byte is in flight; 0: none
+    std::vector<uint16_t> wg_reading;       // open wgmma ops reading the byte
+    std::vector<std::vector<uint32_t>> to_fence;  // per thread: bytes written since its last fence.proxy.async
+    std::vector<WgOp> ops;
+    std::vector<unsigned> op_gen;  // per warpgroup: the warpgroup barrier generation of its newest op
+    std::vector<int> op_index;     // per warpgroup: its newest op
+    void reset(const std::vector<unsigned char>& shared, unsigned threads) {
+        const size_t n = shared.size();
+        seen = shared;
+        writer.assign(n, -1);
+        w_epoch.assign(n, 0);
+        w_wgen.assign(n, 0);
+        unfenced.assign(n, 0);
+        reader.assign(n, -1);
+        r_epoch.assign(n, 0);
+        r_wgen.assign(n, 0);
+        copying.assign(n, 0);
+        wg_reading.assign(n, 0);
+        to_fence.assign(threads, {});
+        ops.clear();
+        op_gen.assign((threads + 127) / 128, ~0u);
+        op_index.assign((threads + 127) / 128, -1);
+    }
+};
+
 struct Launch;
 
 // One OS thread's state: its scheduler context, fibers and the block it runs.
@@ -130,6 +173,7 @@ struct Worker {
     std::vector<uint64_t> exchange;  // one word per thread, for shuffles
     std::vector<uint32_t> fragments; // MMA_WORDS per thread, for mma
     std::vector<unsigned char> shared;
+    SharedCheck check;
     std::string error;
     bool failed = false;
     ~Worker() {
@@ -148,6 +192,9 @@ struct Launch {
     std::mutex error_mutex;
     std::string error;
     const char* kernel_name;
+    int schedule = 0;  // order a block's threads run in: 0 by index, 1 reverse, 2 shuffled per pass
+    uint64_t seed = 0;
+    bool check_shared = false;
 };
 
 static thread_local Worker* tl_worker = nullptr;
@@ -183,9 +230,116 @@ __attribute__((noinline)) static void yield() {
     if (_setjmp(w->current->ctx) == 0) _longjmp(w->sched, 1);
 }
 
+// ---- Shared-memory checks (Launch::check_shared; see emu.h) ----------------------------------
+
+static void report(const Site& site, const std::string& what) { fail(describe(*tl_worker->current) + ": " + site.str() + ": " + what); }
+
+static std::string thread_str(int t) { return "thread " + std::to_string(t); }
+static std::string reader_str(int32_t r) { return r >= 0 ? "warp " + std::to_string(r / 32) + "'s ldmatrix" : "warpgroup " + std::to_string(-2 - r) + "'s wgmma"; }
+
+// Whether an access by thread u (block barrier generation `epoch` and u's warp barrier generation
+// `wgen` at the time) happens before an access by thread t now: program order, a __syncthreads
+// since, or, within one warp, a warp collective since.
+static bool ordered(const Worker& w, int u, uint32_t epoch, uint32_t wgen, int t) {
+    return u == t || epoch != w.block_barrier.gen || (u / 32 == t / 32 && w.warp_barriers[t / 32].gen != wgen);
+}
+// The same for a read by `reader` (SharedCheck::reader); a wgmma's own warpgroup waited for it.
+static bool read_ordered(const Worker& w, int32_t reader, uint32_t epoch, uint32_t wgen, int t) {
+    return reader >= 0 ? ordered(w, reader, epoch, wgen, t) : epoch != w.block_barrier.gen || -2 - reader == t / 128;
+}
+
+// Whether a wgmma thread t issued and has not waited for reads byte b. (A wgmma is one operation
+// of its warpgroup: once any of its threads waits for it, it no longer reads, but only that
+// thread knows it.)
+static bool own_wgmma_reads(const Worker& w, int t, size_t b) {
+    return !w.fibers[t].wgmmas.all_of([&](const WgResult& r) {
+        if (r.op < 0) return true;
+        const auto& bytes = w.check.ops[r.op].bytes;
+        return !std::binary_search(bytes.begin(), bytes.end(), (uint32_t)b);
+    });
+}
+
+// Thread t changed byte b since its last collective.
+static void note_write(Worker& w, size_t b, int t, const Site& site) {
+    SharedCheck& c = w.check;
+    const std::string at = "shared byte " + std::to_string(b);
+    if (!w.failed) {
+        if (c.copying[b] != 0) {
+            report(site, "writes " + at + " while the cp.async of " + thread_str(c.copying[b] - 1) + " to it is in flight");
+        } else if (c.wg_reading[b] != 0 || own_wgmma_reads(w, t, b)) {
+            report(site, "writes " + at + ", which a wgmma not yet waited for reads");
+        } else if (c.writer[b] >= 0 && !ordered(w, c.writer[b], c.w_epoch[b], c.w_wgen[b], t)) {
+            report(site, "writes " + at + ", which " + thread_str(c.writer[b]) + " also wrote with no barrier between (a race)");
+        } else if (c.reader[b] != -1 && !read_ordered(w, c.reader[b], c.r_epoch[b], c.r_wgen[b], t)) {
+            report(site, "writes " + at + ", which " + reader_str(c.reader[b]) + " read with no barrier between (a race)");
+        }
+    }
+    if (!c.unfenced[b] || c.writer[b] != t) c.to_fence[t].push_back((uint32_t)b);
+    c.writer[b] = (int16_t)t;
+    c.w_epoch[b] = w.block_barrier.gen;
+    c.w_wgen[b] = w.warp_barriers[t / 32].gen;
+    c.unfenced[b] = 1;
+}
+
+// Attribute every shared byte that changed since the last look to the running thread (which is the
+// only one that ran since). Called at each collective and fence, before it takes effect.
+static void attribute_writes(const Site& site) {
+    Worker* w = tl_worker;
+    SharedCheck& c = w->check;
+    if (!c.on) return;
+    const int t = w->current->linear;
+    const unsigned char* now = w->shared.data();
+    unsigned char* seen = c.seen.data();
+    const size_t n = w->shared.size();
+    for (size_t off = 0; off < n; off += 256) {
+        const size_t len = std::min<size_t>(256, n - off);
+        if (std::memcmp(now + off, seen + off, len) == 0) continue;
+        for (size_t b = off; b < off + len; ++b)
+            if (now[b] != seen[b]) note_write(*w, b, t, site);
+        std::memcpy(seen + off, now + off, len);
+    }
+}
+
+// ldmatrix (wgmma false; reader: lane 0 of the warp, r_wgen: the warp's generation before the
+// collective) or a wgmma (reader -2 - warpgroup) reads byte b for thread t.
+static void note_read(Worker& w, size_t b, int t, bool wgmma, int32_t reader, uint32_t r_wgen, const Site& site) {
+    SharedCheck& c = w.check;
+    const std::string at = "shared byte " + std::to_string(b);
+    const char* op = wgmma ? "wgmma" : "ldmatrix";
+    if (!w.failed) {
+        if (c.copying[b] != 0) {
+            report(site, std::string(op) + " reads " + at + " while the cp.async of " + thread_str(c.copying[b] - 1) + " to it is in flight");
+        } else if (c.writer[b] >= 0 && wgmma) {
+            if (c.w_epoch[b] == w.block_barrier.gen) {
+                report(site, "wgmma reads " + at + ", which " + thread_str(c.writer[b]) + " wrote since the last __syncthreads");
+            } else if (c.unfenced[b]) {
+                report(site, "wgmma reads " + at + ", which " + thread_str(c.writer[b]) +
+                                 " wrote without a fence.proxy.async after it (the async proxy may not see the write)");
+            }
+        } else if (c.writer[b] >= 0 && !ordered(w, c.writer[b], c.w_epoch[b], c.w_wgen[b], t)) {
+            report(site, "ldmatrix reads " + at + ", which " + thread_str(c.writer[b]) + " wrote with no barrier between (a race)");
+        }
+    }
+    c.reader[b] = reader;
+    c.r_epoch[b] = w.block_barrier.gen;
+    c.r_wgen[b] = r_wgen;
+}
+
+void fence_proxy_async(const char* file, int line) {
+    Worker* w = tl_worker;
+    SharedCheck& c = w->check;
+    if (!c.on) return;
+    const int t = w->current->linear;
+    attribute_writes(Site{file, line});
+    for (uint32_t b : c.to_fence[t])
+        if (c.writer[b] == t) c.unfenced[b] = 0;
+    c.to_fence[t].clear();
+}
+
 static void arrive(Barrier& b, Wait kind, Site site, const char* what) {
     Worker* w = tl_worker;
     Fiber* f = w->current;
+    attribute_writes(site);
     if (b.count == 0) {
         b.site = site;
     } else if (b.site != site) {
@@ -236,7 +390,34 @@ uint64_t shuffle_xor(uint64_t bits, int lane_mask, unsigned member_mask, const c
 }
 
 void cp_async16(void* dst, const void* src, bool valid, const char* file, int line) {
-    Fiber* f = tl_worker->current;
+    Worker* w = tl_worker;
+    Fiber* f = w->current;
+    const Site site{file, line};
+    const uintptr_t lo = (uintptr_t)w->shared.data(), a = (uintptr_t)dst;
+    if (a % 16 != 0 || a < lo || a + 16 > lo + w->shared.size()) {
+        char buf[160];
+        std::snprintf(buf, sizeof buf, "cp.async destination %#lx is not 16 aligned bytes of the block's shared memory", (unsigned long)a);
+        report(site, buf);
+        return;
+    }
+    SharedCheck& c = w->check;
+    if (c.on) {
+        const int t = f->linear;
+        for (size_t b = a - lo; b < a - lo + 16; ++b) {
+            const std::string at = "shared byte " + std::to_string(b);
+            if (w->failed) {
+            } else if (c.copying[b] != 0) {
+                report(site, "cp.async to " + at + ", which the cp.async of " + thread_str(c.copying[b] - 1) + " is still writing");
+            } else if (c.wg_reading[b] != 0 || own_wgmma_reads(*w, t, b)) {
+                report(site, "cp.async to " + at + ", which a wgmma not yet waited for reads");
+            } else if (c.reader[b] != -1 && !read_ordered(*w, c.reader[b], c.r_epoch[b], c.r_wgen[b], t)) {
+                report(site, "cp.async to " + at + ", which " + reader_str(c.reader[b]) + " read with no barrier between (a race)");
+            } else if (c.writer[b] >= 0 && !ordered(*w, c.writer[b], c.w_epoch[b], c.w_wgen[b], t)) {
+                report(site, "cp.async to " + at + ", which " + thread_str(c.writer[b]) + " wrote with no barrier between (a race)");
+            }
+            c.copying[b] = (int16_t)(t + 1);
+        }
+    }
     const bool ok = valid && check_access(src, 0, 16, false, file, line);
     f->copies.open.push_back(AsyncCopy{dst, src, !ok});
 }
@@ -244,9 +425,15 @@ void cp_async16(void* dst, const void* src, bool valid, const char* file, int li
 void cp_async_commit() { tl_worker->current->copies.commit(); }
 
 void cp_async_wait(int pending) {
-    tl_worker->current->copies.wait(pending, [](const AsyncCopy& c) {
+    Worker* w = tl_worker;
+    attribute_writes(Site{"cp.async.wait_group", 0});  // stores made while the copies were in flight
+    w->current->copies.wait(pending, [w](const AsyncCopy& c) {
         if (c.zero) std::memset(c.dst, 0, 16);
         else std::memcpy(c.dst, c.src, 16);
+        if (w->check.on) {
+            const size_t off = (size_t)((unsigned char*)c.dst - w->shared.data());
+            std::fill(w->check.copying.begin() + off, w->check.copying.begin() + off + 16, 0);
+        }
     });
 }
 
@@ -315,6 +502,11 @@ void ldmatrix(int n, bool trans, const void* row, unsigned r[4], const char* fil
             fail(buf);
             return nullptr;
         }
+        if (w->check.on) {
+            // The read happens at the collective: ordered after the warp's earlier accesses.
+            const uint32_t wgen = w->warp_barriers[me / 32].gen - 1;
+            for (size_t b = a - lo; b < a - lo + 16; ++b) note_read(*w, b, me, false, base, wgen, Site{file, line});
+        }
         return (const uint16_t*)a;
     };
     unsigned out[4] = {0, 0, 0, 0};
@@ -346,8 +538,21 @@ void wgmma_fence() { tl_worker->current->wg_fenced = true; }
 void wgmma_commit() { tl_worker->current->wgmmas.commit(); }
 
 void wgmma_wait(int pending) {
-    Fiber* f = tl_worker->current;
-    f->wgmmas.wait(pending, [](const WgResult& r) { std::memcpy(r.d, r.v, sizeof(float) * (size_t)r.n); });
+    Worker* w = tl_worker;
+    Fiber* f = w->current;
+    attribute_writes(Site{"wgmma.wait_group", 0});  // stores made while the wgmma were in flight
+    f->wgmmas.wait(pending, [w](const WgResult& r) {
+        std::memcpy(r.d, r.v, sizeof(float) * (size_t)r.n);
+        // The warpgroup's first thread to wait for the operation ends its reads.
+        if (r.op >= 0 && w->check.ops[r.op].open) {
+            SharedCheck& c = w->check;
+            c.ops[r.op].open = false;
+            for (uint32_t b : c.ops[r.op].bytes) {
+                --c.wg_reading[b];
+                c.r_epoch[b] = w->block_barrier.gen;
+            }
+        }
+    });
     // The thread may now touch accumulators: the next wgmma needs a fence again.
     f->wg_fenced = false;
 }
@@ -424,6 +629,37 @@ void wgmma(int kind, int n, bool trans_b, float* d, uint64_t desc_a, uint64_t de
     WgResult r;
     r.d = d;
     r.n = n / 2;
+    SharedCheck& c = w->check;
+    if (c.on) {
+        // The first thread past the warpgroup's first arrival records the operation's operand
+        // bytes (the same for all: the descriptors were compared) and checks how they were written.
+        const unsigned gen = w->wg_barriers[group].gen;
+        if (c.op_gen[group] != gen) {
+            c.op_gen[group] = gen;
+            SharedCheck::WgOp op;
+            auto add = [&](uint64_t addr) {
+                if (addr + 2 <= size) {
+                    op.bytes.push_back((uint32_t)addr);
+                    op.bytes.push_back((uint32_t)addr + 1);
+                }
+            };
+            for (int row = 0; row < 64; ++row)
+                for (int k = 0; k < 16; ++k) add(a.start + (row % 8) * 16 + (row / 8) * a.sbo + (k % 8) * 2 + (k / 8) * a.lbo);
+            for (int k = 0; k < 16; ++k)
+                for (int col = 0; col < n; ++col)
+                    add(trans_b ? b.start + (col % 8) * 2 + (col / 8) * b.sbo + (k % 8) * 16 + (k / 8) * b.lbo
+                                : b.start + (col % 8) * 16 + (col / 8) * b.sbo + (k % 8) * 2 + (k / 8) * b.lbo);
+            std::sort(op.bytes.begin(), op.bytes.end());
+            op.bytes.erase(std::unique(op.bytes.begin(), op.bytes.end()), op.bytes.end());
+            for (uint32_t x : op.bytes) {
+                note_read(*w, x, me, true, -2 - group, 0, Site{file, line});
+                ++c.wg_reading[x];
+            }
+            c.op_index[group] = (int)c.ops.size();
+            c.ops.push_back(std::move(op));
+        }
+        r.op = c.op_index[group];
+    }
     if (!wg_current(f, d, r.n, r.v)) fail(describe(f) + ": " + at + ": wgmma accumulators overlap another wgmma's in flight");
     // Element i: row 16 warp + lane / 4 + 8 ((i / 2) % 2), column 8 (i / 4) + 2 (lane % 4) + i % 2.
     for (int i = 0; i < r.n; ++i) {
@@ -462,6 +698,7 @@ bool check_access(const void* base, long long index, unsigned size, bool store, 
 static void fiber_main() {
     Worker* w = tl_worker;
     w->launch->kernel(w->launch->params);
+    attribute_writes(Site{"(return)", 0});
     if (!w->current->wgmmas.empty()) {
         fail(describe(*w->current) + ": returned with a wgmma in flight (no wgmma.wait_group for it)");
     }
@@ -519,6 +756,11 @@ static bool run_block(Worker& w, const Launch& l, long long id) {
     for (auto& b : w.wg_barriers) b = Barrier{0, 0, b.expected, Site{}};
     // Shared memory starts as garbage on a GPU; a recognisable NaN pattern here.
     std::fill(w.shared.begin(), w.shared.end(), (unsigned char)0xff);
+    w.check.on = l.check_shared;
+    if (w.check.on) w.check.reset(w.shared, n);
+    std::vector<unsigned> order(n);
+    for (unsigned i = 0; i < n; ++i) order[i] = l.schedule == 1 ? n - 1 - i : i;
+    std::mt19937_64 rng(l.seed ^ ((uint64_t)id * 0x9E3779B97F4A7C15ull));
     for (unsigned i = 0; i < n; ++i) {
         Fiber& f = w.fibers[i];
         f.linear = (int)i;
@@ -540,11 +782,21 @@ static bool run_block(Worker& w, const Launch& l, long long id) {
         makecontext(&f.boot, fiber_main, 0);
     }
     unsigned live = n;
+    // Shuffled: a fresh order every pass, and warps held back for runs of passes (each pass, a
+    // warp changes between held and running with probability 1/4; none is held after a pass that
+    // ran nothing), so that warps drift apart by many collectives.
+    std::vector<char> held((n + 31) / 32, 0);
+    bool holding = false;
     while (live > 0 && !w.failed) {
         bool progressed = false;
-        for (unsigned i = 0; i < n && !w.failed; ++i) {
+        if (l.schedule == 2) {
+            std::shuffle(order.begin(), order.end(), rng);
+            for (auto& h : held) h = holding && (h != ((rng() & 3) == 0));
+        }
+        for (unsigned k = 0; k < n && !w.failed; ++k) {
+            const unsigned i = order[k];
             Fiber& f = w.fibers[i];
-            if (f.done) continue;
+            if (f.done || held[i / 32]) continue;
             if (f.wait == Wait::Block && f.wait_gen == w.block_barrier.gen) continue;
             if (f.wait == Wait::Warp && f.wait_gen == w.warp_barriers[i / 32].gen) continue;
             if (f.wait == Wait::Warpgroup && f.wait_gen == w.wg_barriers[i / 128].gen) continue;
@@ -552,6 +804,11 @@ static bool run_block(Worker& w, const Launch& l, long long id) {
             progressed = true;
             if (f.done) --live;
         }
+        if (!progressed && holding) {
+            holding = false;  // run every warp before calling it a deadlock
+            continue;
+        }
+        holding = l.schedule == 2;
         if (!progressed && live > 0) {
             unsigned finished = n - live, at_block = 0;
             for (auto& f : w.fibers) at_block += !f.done && f.wait == Wait::Block;
@@ -623,7 +880,11 @@ struct Entry {
 const Entry ENTRY_TABLE[] = {ENTRIES(f32) ENTRIES(bf16) ENTRIES(f16) MMA_ENTRIES(bf16) MMA_ENTRIES(f16) WGMMA_ENTRIES(bf16) WGMMA_ENTRIES(f16) SELFTEST(selftest_warp_sum) SELFTEST(selftest_divergent_sync)
                                  SELFTEST(selftest_skipped_sync) SELFTEST(selftest_partial_shuffle) SELFTEST(selftest_store_past_end)
                                      SELFTEST(selftest_ldmatrix_outside_shared)
-                                         SELFTEST(selftest_wgmma_without_fence) SELFTEST(selftest_wgmma_unwaited)};
+                                         SELFTEST(selftest_wgmma_without_fence) SELFTEST(selftest_wgmma_unwaited)
+                                             SELFTEST(selftest_wgmma_ok) SELFTEST(selftest_wgmma_without_proxy_fence)
+                                                 SELFTEST(selftest_wgmma_operand_overwritten) SELFTEST(selftest_shared_store_race)
+                                                     SELFTEST(selftest_ldmatrix_race) SELFTEST(selftest_cp_async_overwrite)
+                                                         SELFTEST(selftest_missing_barrier)};
 
 void write_error(char* out, size_t cap, const std::string& msg) {
     if (cap == 0) return;
@@ -638,10 +899,11 @@ extern "C" {
 
 // Run kernel `name` over grid x block with `shared_bytes` of dynamic shared memory and the
 // kernel's parameter struct at `params`. `ranges` holds `n_ranges` (begin, end) address pairs:
-// the buffers the kernel may touch. Returns 0, or 1 with a message in `error`.
+// the buffers the kernel may touch. `schedule` (Launch::schedule, with `seed`) and `check_shared`
+// are the checking options. Returns 0, or 1 with a message in `error`.
 int gqla_emu_launch(const char* name, const unsigned grid[3], const unsigned block[3], size_t shared_bytes,
-                    const void* params, const uint64_t* ranges, size_t n_ranges, unsigned threads, char* error,
-                    size_t error_cap) {
+                    const void* params, const uint64_t* ranges, size_t n_ranges, unsigned threads, int schedule,
+                    uint64_t seed, int check_shared, char* error, size_t error_cap) {
     const Entry* e = nullptr;
     for (const Entry& x : ENTRY_TABLE)
         if (std::strcmp(x.name, name) == 0) e = &x;
@@ -656,6 +918,9 @@ int gqla_emu_launch(const char* name, const unsigned grid[3], const unsigned blo
     l.grid = dim3{grid[0], grid[1], grid[2]};
     l.block = dim3{block[0], block[1], block[2]};
     l.shared_bytes = shared_bytes;
+    l.schedule = schedule;
+    l.seed = seed;
+    l.check_shared = check_shared != 0;
     for (size_t i = 0; i < n_ranges; ++i) l.ranges.push_back({(uintptr_t)ranges[2 * i], (uintptr_t)ranges[2 * i + 1]});
     std::sort(l.ranges.begin(), l.ranges.end(), [](auto& a, auto& b) { return a.begin < b.begin; });
     const long long blocks = (long long)grid[0] * grid[1] * grid[2];

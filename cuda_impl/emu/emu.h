@@ -13,8 +13,19 @@
 // - wgmma reads its operands through PTX's matrix descriptors (canonical no-swizzle layouts) as a
 //   warpgroup collective, and its accumulators change only at wgmma_wait (reading them earlier
 //   gives the old values, as on hardware); a wgmma without a fence, or in flight at exit, is an error.
-// It does not model timing, memory ordering between blocks, shared-memory races, or the async
-// proxy (fence.proxy.async).
+// With the launch's shared-memory checks on (they compare the block's shared memory at every
+// collective, so they are for small launches), it also attributes every changed shared byte to the
+// thread that wrote it and reports:
+// - two threads writing one byte with no __syncthreads (or, within a warp, no warp collective)
+//   between them, and a write to a byte another thread read that way (ldmatrix, wgmma);
+// - ldmatrix or wgmma reading a byte another thread wrote that way, or one a cp.async is still
+//   writing; any store to bytes a cp.async in flight or an unwaited wgmma may still touch;
+// - wgmma reading a byte written since the last __syncthreads, or whose writer has not executed
+//   fence.proxy.async since writing it (the async proxy would not see it);
+// Plain shared loads are not seen. The launch can also run a block's threads in reverse or
+// shuffled order, so that a read that misses a barrier reads the NaN the block's shared memory
+// starts as, or a stale value, and the output shows it.
+// It does not model timing or memory ordering between blocks.
 #pragma once
 
 #include <cmath>
@@ -72,6 +83,8 @@ unsigned shared_offset(const void* p);
 // descriptors; a wgmma needs a wgmma_fence since the thread's last wgmma_wait.
 void wgmma(int kind, int n, bool trans_b, float* d, uint64_t desc_a, uint64_t desc_b, const char* file, int line);
 void wgmma_fence();
+// fence.proxy.async.shared::cta: this thread's shared-memory writes so far become visible to wgmma.
+void fence_proxy_async(const char* file, int line);
 void wgmma_commit();
 // Land this thread's oldest committed wgmma groups until at most `pending` remain.
 void wgmma_wait(int pending);

@@ -512,7 +512,9 @@ __device__ __forceinline__ void wgmma_wait(float* d) {
 }
 // Shared memory written by ordinary stores or cp.async, made visible to wgmma (the async proxy).
 __device__ __forceinline__ void fence_proxy_async() {
-#if !defined(GQLA_EMULATION) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#ifdef GQLA_EMULATION
+    gqla_emu::fence_proxy_async(__FILE__, __LINE__);
+#elif defined(__CUDA_ARCH_FEAT_SM90_ALL)
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
 #endif
 }
@@ -1007,13 +1009,15 @@ __device__ __forceinline__ float block_reduce(float x, float* red) {
 
 // Merge the splits of one (sequence, token, head) row: o = sum_s e^{lse_s - M} o_s / sum_s e^{lse_s - M}.
 // Empty splits (lse_s = -inf, o_s = 0) get weight 0; a row with no key at all gets out = 0, lse = -inf.
-// One block of NT threads per row: the split statistics are reduced over the block, the weights of
-// up to COMBINE_CHUNK splits at a time sit in shared memory, and each thread accumulates its
+// One block of NT threads per row, with 4 (COMBINE_CHUNK + NT / 32) bytes of dynamic shared memory:
+// the split statistics are reduced over the block, the weights of up to COMBINE_CHUNK splits at a
+// time sit in shared memory, and each thread accumulates its
 // DV_MAX / NT value columns over the splits with the loads of several splits in flight.
 template <int E>
 __device__ void combine(const AttnParams& p) {
-    __shared__ float w_s[COMBINE_CHUNK];
-    __shared__ float red_s[NT / 32];
+    GQLA_DYNAMIC_SHARED(float, smem);
+    float* w_s = smem;                  // [COMBINE_CHUNK] split weights
+    float* red_s = w_s + COMBINE_CHUNK; // [NT / 32] block_reduce
     const int tid = threadIdx.x;
     const long long row = blockIdx.x; // (b, j, head) flattened
     const int per_b = p.sq * p.h;

@@ -7,7 +7,14 @@
 //! points into, and a barrier that not every thread of the block (or lane of the warp) reaches
 //! at the same place is reported as an error. It checks the kernels' logic (indexing, paging,
 //! split-KV, masking, dtype conversions, barriers), not their speed, and not what only the
-//! hardware decides (memory ordering across blocks, shared-memory races, `expf`'s last bit).
+//! hardware decides (memory ordering across blocks, `expf`'s last bit).
+//!
+//! Two options look for shared-memory races, at a cost ([`Emulator::checked`]): running a block's
+//! threads in another order ([`Schedule`]), so that a read that misses its barrier reads the NaN
+//! shared memory starts as, or a stale value; and [`Emulator::check_shared`], which attributes
+//! every shared-memory write to its thread and reports unordered conflicts, reads of bytes a
+//! `cp.async` is still writing, writes to bytes an unwaited `wgmma` reads, and `wgmma` operands
+//! written without `fence.proxy.async` (emu/emu.h has the list).
 
 use crate::runtime::{Args, Element, Launch, Runtime, Span};
 use crate::timing::Timing;
@@ -25,6 +32,9 @@ extern "C" {
         ranges: *const u64,
         n_ranges: usize,
         threads: u32,
+        schedule: c_int,
+        seed: u64,
+        check_shared: c_int,
         error: *mut c_char,
         error_cap: usize,
     ) -> c_int;
@@ -39,6 +49,23 @@ pub struct Emulator {
     /// Shared memory of one SM (an H100's by default): less makes the tensor-core kernel keep
     /// fewer tiles in flight, which is how tests reach every stage count.
     pub shared_per_multiprocessor: usize,
+    /// The order a block's threads run in between collectives.
+    pub schedule: Schedule,
+    /// Attribute every shared-memory write to its thread and check it (emu/emu.h). It compares
+    /// the block's shared memory at every collective: for small launches.
+    pub check_shared: bool,
+}
+
+/// The order the emulator runs a block's threads in, each up to its next collective. A correct
+/// kernel gives the same output in every order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Schedule {
+    /// By thread index.
+    Forward,
+    /// Highest index first: a read that misses a barrier runs before the write it needs.
+    Reverse,
+    /// A fresh seeded permutation at every pass over the block.
+    Shuffled(u64),
 }
 
 /// SMs of an H100 SXM.
@@ -54,6 +81,8 @@ impl Default for Emulator {
         Self {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             shared_per_multiprocessor: MAX_SHARED_PER_MULTIPROCESSOR,
+            schedule: Schedule::Forward,
+            check_shared: false,
         }
     }
 }
@@ -69,7 +98,16 @@ impl Runtime for Emulator {
         "cuda-emu"
     }
     fn description(&self) -> String {
-        format!("host emulation (fibers, checked loads and stores, {} threads)", self.threads)
+        let checks = if self.check_shared { ", shared-memory checks" } else { "" };
+        let order = match self.schedule {
+            Schedule::Forward => String::new(),
+            Schedule::Reverse => ", threads in reverse order".to_string(),
+            Schedule::Shuffled(seed) => format!(", threads shuffled (seed {seed})"),
+        };
+        format!(
+            "host emulation (fibers, checked loads and stores{checks}{order}, {} threads)",
+            self.threads
+        )
     }
     fn environment(&self) -> BTreeMap<String, String> {
         [
@@ -151,6 +189,15 @@ impl Runtime for Emulator {
 }
 
 impl Emulator {
+    /// The emulator with the shared-memory checks on and threads run in `schedule`.
+    pub fn checked(schedule: Schedule) -> Self {
+        Self {
+            schedule,
+            check_shared: true,
+            ..Self::default()
+        }
+    }
+
     /// Run kernel `name` with parameter struct `params`; `spans` are the buffers it may touch.
     /// Synchronous. Besides the decode kernels, the emulator has test kernels `selftest_*`
     /// (emu/selftest.cu), which take `{ float* out; int n; }`.
@@ -167,6 +214,11 @@ impl Emulator {
             .filter(|s| s.bytes > 0)
             .flat_map(|s| [s.addr, s.addr + s.bytes as u64])
             .collect();
+        let (schedule, seed) = match self.schedule {
+            Schedule::Forward => (0, 0),
+            Schedule::Reverse => (1, 0),
+            Schedule::Shuffled(seed) => (2, seed),
+        };
         let mut error = vec![0u8; 1024];
         // SAFETY: the parameter struct is the kernel's (the caller's contract) and its pointers
         // point into the buffers listed in `spans`, which the caller borrows for the call; the
@@ -182,6 +234,9 @@ impl Emulator {
                 ranges.as_ptr(),
                 ranges.len() / 2,
                 self.threads as u32,
+                schedule,
+                seed,
+                c_int::from(self.check_shared),
                 error.as_mut_ptr().cast(),
                 error.len(),
             )

@@ -82,10 +82,12 @@ impl CudaKernel {
 impl EmuKernel {
     /// The kernels on the host emulator, spread over every core.
     pub fn emulated() -> Self {
-        Self {
-            rt: Emulator::default(),
-            variant: None,
-        }
+        Self::on(Emulator::default())
+    }
+
+    /// The kernels on emulator `rt` (with its checking options).
+    pub fn on(rt: Emulator) -> Self {
+        Self { rt, variant: None }
     }
 }
 

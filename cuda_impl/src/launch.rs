@@ -21,6 +21,10 @@ pub const ROWS: usize = 16;
 pub const KEYS_PER_TILE: usize = 16;
 /// Widest value the attention kernel accumulates (`DV_MAX`).
 pub const DV_MAX: usize = 512;
+/// Splits whose weights a combine block holds at once (`COMBINE_CHUNK`).
+pub const COMBINE_CHUNK: usize = 256;
+/// Dynamic shared memory of a combine block: the weights and one partial per warp.
+const COMBINE_SHARED_BYTES: usize = 4 * (COMBINE_CHUNK + THREADS / 32);
 /// Cached tokens per block of the expand kernel (`EXPAND_TOKENS`).
 pub const EXPAND_TOKENS: usize = 8;
 /// Threads per block of the tensor-core attention kernel (`MMA_NT`).
@@ -409,7 +413,7 @@ pub fn decode<R: Runtime>(rt: &R, d: &mut Decode<R>, workspace: Option<&mut Work
         let combine = Launch {
             grid: (rows as u32, 1, 1),
             threads: THREADS as u32,
-            shared_bytes: 0,
+            shared_bytes: COMBINE_SHARED_BYTES as u32,
         };
         rt.launch(&format!("attn_combine_{suffix}"), combine, Args::Attn(&p), &spans)?;
     }
@@ -649,6 +653,7 @@ mod tests {
             ("TK", KEYS_PER_TILE),
             ("DV_MAX", DV_MAX),
             ("EXPAND_TOKENS", EXPAND_TOKENS),
+            ("COMBINE_CHUNK", COMBINE_CHUNK),
             ("MMA_WARPS", MMA_THREADS / 32),
             ("MMA_ROWS", MMA_ROWS),
             ("MMA_KEYS", MMA_KEYS),

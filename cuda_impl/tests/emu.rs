@@ -5,6 +5,7 @@ use gqla_conformance::case::{Case, Dtype, Op};
 use gqla_conformance::lattice::suite_cases;
 use gqla_conformance::runner::Prepared;
 use gqla_conformance::{Kernel, Status};
+use gqla_cuda::emu::Schedule;
 use gqla_cuda::launch::{self, Decode, Guarded, KeySource, Paging, Segment, Variant};
 use gqla_cuda::runtime::{Args, AttnParams, Launch, Runtime, Span};
 use gqla_cuda::{CudaError, EmuKernel, Emulator};
@@ -200,9 +201,15 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
+/// Split counts agree; under the shared-memory checks with threads shuffled, so the combine
+/// kernel's chunked weights (more splits than one chunk) are checked too.
 #[test]
 fn split_counts_agree() {
-    let s = Small::new(Dtype::F32, 8);
+    let mut s = Small::new(Dtype::F32, 8);
+    s.rt = Emulator {
+        threads: 2,
+        ..Emulator::checked(Schedule::Shuffled(3))
+    };
     let one = s.run(Variant::Simt, T, 1).unwrap();
     // 300 splits: more than a combine block holds at once (COMBINE_CHUNK), most of them empty.
     for splits in [2, 3, 7, 40, 300] {
@@ -234,9 +241,16 @@ fn variants_agree_on_odd_widths() {
 
 /// Three tiles in flight (an H100's shared memory) and two (an SM with room for two blocks of two
 /// stages but not of three) give the same bits: the pipeline depth moves copies, not arithmetic.
+/// With four key tiles, both depths refill buffers that earlier tiles used, so this runs under the
+/// shared-memory checks with threads shuffled (a refill racing the reads of the buffer's last tile
+/// is reported).
 #[test]
 fn stage_counts_agree() {
     let mut s = Small::new(Dtype::Bf16, 16);
+    s.rt = Emulator {
+        threads: 2,
+        ..Emulator::checked(Schedule::Shuffled(5))
+    };
     // Per-SM shared memory (KB) that holds two blocks of two stages but not of three (the wgmma
     // kernel pads values to 128 columns: its blocks are larger here).
     for (splits, variant, sm_shared) in [
@@ -395,10 +409,12 @@ fn selftest(name: &str, threads: u32, n: usize) -> Result<Vec<f32>, CudaError> {
 
 /// The same with `shared_bytes` of dynamic shared memory.
 fn selftest_with_shared(name: &str, threads: u32, n: usize, shared_bytes: u32) -> Result<Vec<f32>, CudaError> {
-    let rt = Emulator {
-        threads: 1,
-        ..Emulator::default()
-    };
+    selftest_on(&Emulator::default(), name, threads, n, shared_bytes)
+}
+
+/// The same on emulator `rt` (its checking options; one OS thread).
+fn selftest_on(rt: &Emulator, name: &str, threads: u32, n: usize, shared_bytes: u32) -> Result<Vec<f32>, CudaError> {
+    let rt = Emulator { threads: 1, ..rt.clone() };
     let mut out = rt.upload(&vec![f32::NAN; n])?;
     let span: Span = rt.span(&out);
     let p = SelftestParams {
@@ -529,5 +545,111 @@ fn benchmark_points_run_and_pass_their_spot_checks() {
     for r in &rows {
         assert!(r.checked(), "{r:?}");
         assert!(r.splits > 1, "{r:?}");
+    }
+}
+
+/// With the shared-memory checks on, each kind of misuse they claim to catch is reported with its
+/// place, and the same kernels without the misuse pass.
+#[test]
+fn shared_memory_checks_report_races_and_missing_fences() {
+    let checked = Emulator::checked(Schedule::Forward);
+    let run = |name: &str, threads: u32, n: usize, shared: u32| selftest_on(&checked, name, threads, n, shared);
+    let err = |name: &str, threads: u32, n: usize, shared: u32| match run(name, threads, n, shared) {
+        Ok(out) => panic!("{name} (n = {n}) ran: {out:?}"),
+        Err(e) => e.to_string(),
+    };
+
+    assert_eq!(run("selftest_wgmma_ok", 128, 1, 2304).unwrap(), vec![0.0]);
+    let e = err("selftest_wgmma_without_proxy_fence", 128, 1, 2304);
+    assert!(
+        e.contains("wgmma reads shared byte") && e.contains("without a fence.proxy.async"),
+        "{e}"
+    );
+    // Unchecked, the same kernel runs (the emulator's wgmma sees plain stores at once).
+    assert_eq!(
+        selftest_with_shared("selftest_wgmma_without_proxy_fence", 128, 1, 2304).unwrap(),
+        vec![0.0]
+    );
+    let e = err("selftest_wgmma_operand_overwritten", 128, 1, 2304);
+    assert!(
+        e.contains("thread (0,0,0)") && e.contains("which a wgmma not yet waited for reads"),
+        "{e}"
+    );
+
+    let e = err("selftest_shared_store_race", 64, 1, 4);
+    assert!(
+        e.contains("thread (32,0,0)") && e.contains("which thread 0 also wrote with no barrier between"),
+        "{e}"
+    );
+    assert_eq!(run("selftest_shared_store_race", 64, 2, 4).unwrap()[0], 2.0);
+
+    let e = err("selftest_ldmatrix_race", 64, 1, 512);
+    // Warp 0 reads first in index order: the race shows at warp 1's stores.
+    assert!(e.contains("which warp 0's ldmatrix read with no barrier between (a race)"), "{e}");
+    let e = match selftest_on(&Emulator::checked(Schedule::Reverse), "selftest_ldmatrix_race", 64, 1, 512) {
+        Ok(out) => panic!("ran: {out:?}"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("ldmatrix reads shared byte") && e.contains("with no barrier between (a race)"),
+        "{e}"
+    );
+    assert!(run("selftest_ldmatrix_race", 64, 2, 512).is_ok());
+
+    let e = err("selftest_cp_async_overwrite", 32, 4, 16);
+    assert!(
+        e.contains("thread (1,0,0)") && e.contains("while the cp.async of thread 0 to it is in flight"),
+        "{e}"
+    );
+    let e = err("selftest_cp_async_overwrite", 32, 5, 16);
+    assert!(
+        e.contains("thread (0,0,0)") && e.contains("while the cp.async of thread 0 to it is in flight"),
+        "{e}"
+    );
+}
+
+/// A read that misses its barrier passes when threads run in index order and reads shared
+/// memory's NaN when the reader runs first: why the checked runs use other orders.
+#[test]
+fn other_thread_orders_expose_a_missing_barrier() {
+    let n = 64;
+    let want: Vec<f32> = (0..n).map(|i| i.max(1) as f32 - 1.0).collect();
+    let forward = selftest_on(&Emulator::default(), "selftest_missing_barrier", n as u32, n, 4 * n as u32).unwrap();
+    assert_eq!(forward, want);
+    for schedule in [Schedule::Reverse, Schedule::Shuffled(7)] {
+        let rt = Emulator {
+            schedule,
+            ..Emulator::default()
+        };
+        let got = selftest_on(&rt, "selftest_missing_barrier", n as u32, n, 4 * n as u32).unwrap();
+        assert!(got.iter().any(|x| x.is_nan()), "{schedule:?}: {got:?}");
+    }
+}
+
+/// Every kernel under the shared-memory checks, its threads in reverse or in shuffled order, on
+/// the lattice's short cases (every op, paging and split count): no race, no missing barrier or
+/// fence, and outputs that still pass. The checks compare shared memory at every collective, so
+/// the tensor-core kernels take each order on one 16-bit dtype (the code is the same for both).
+#[test]
+fn kernels_pass_the_shared_memory_checks_in_any_thread_order() {
+    let short = |c: &Case| (0..c.batch()).all(|b| c.seq_len(b) <= 70);
+    let runs: [(Schedule, Variant, &[Dtype]); 6] = [
+        (Schedule::Reverse, Variant::Simt, &[Dtype::F32, Dtype::Bf16, Dtype::F16]),
+        (Schedule::Shuffled(11), Variant::Simt, &[Dtype::F32, Dtype::Bf16, Dtype::F16]),
+        (Schedule::Reverse, Variant::Mma, &[Dtype::F16]),
+        (Schedule::Shuffled(12), Variant::Mma, &[Dtype::Bf16]),
+        (Schedule::Reverse, Variant::Wgmma, &[Dtype::F16]),
+        (Schedule::Shuffled(13), Variant::Wgmma, &[Dtype::Bf16]),
+    ];
+    for (schedule, variant, dtypes) in runs {
+        let kernel = EmuKernel::on(Emulator::checked(schedule)).with_variant(variant);
+        let (n, failures) = lattice_failures(kernel, |c| short(c) && dtypes.contains(&c.dtype), |_| true);
+        assert!(
+            failures.is_empty(),
+            "{schedule:?}, {variant:?}: {} of {n} failed:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
+        assert!(n > 0, "{schedule:?}, {variant:?}: no case");
     }
 }

@@ -627,29 +627,37 @@ fn other_thread_orders_expose_a_missing_barrier() {
 }
 
 /// Every kernel under the shared-memory checks, its threads in reverse or in shuffled order, on
-/// the lattice's short cases (every op, paging and split count): no race, no missing barrier or
-/// fence, and outputs that still pass. The checks compare shared memory at every collective, so
-/// the tensor-core kernels take each order on one 16-bit dtype (the code is the same for both).
+/// the lattice's short cases (every op, dtype, paging and split count): no race, no missing
+/// barrier or fence, and outputs that still pass. The checks compare shared memory at every
+/// collective, so the tensor-core kernels take each order on half of the cases (by seed).
 #[test]
 fn kernels_pass_the_shared_memory_checks_in_any_thread_order() {
     let short = |c: &Case| (0..c.batch()).all(|b| c.seq_len(b) <= 70);
-    let runs: [(Schedule, Variant, &[Dtype]); 6] = [
-        (Schedule::Reverse, Variant::Simt, &[Dtype::F32, Dtype::Bf16, Dtype::F16]),
-        (Schedule::Shuffled(11), Variant::Simt, &[Dtype::F32, Dtype::Bf16, Dtype::F16]),
-        (Schedule::Reverse, Variant::Mma, &[Dtype::F16]),
-        (Schedule::Shuffled(12), Variant::Mma, &[Dtype::Bf16]),
-        (Schedule::Reverse, Variant::Wgmma, &[Dtype::F16]),
-        (Schedule::Shuffled(13), Variant::Wgmma, &[Dtype::Bf16]),
+    let all = |_: &Case| true;
+    let even = |c: &Case| c.seed % 2 == 0;
+    let odd = |c: &Case| c.seed % 2 == 1;
+    let runs: [(Schedule, Variant, &dyn Fn(&Case) -> bool); 6] = [
+        (Schedule::Reverse, Variant::Simt, &all),
+        (Schedule::Shuffled(11), Variant::Simt, &all),
+        (Schedule::Reverse, Variant::Mma, &even),
+        (Schedule::Shuffled(12), Variant::Mma, &odd),
+        (Schedule::Reverse, Variant::Wgmma, &odd),
+        (Schedule::Shuffled(13), Variant::Wgmma, &even),
     ];
-    for (schedule, variant, dtypes) in runs {
+    for (schedule, variant, half) in runs {
         let kernel = EmuKernel::on(Emulator::checked(schedule)).with_variant(variant);
-        let (n, failures) = lattice_failures(kernel, |c| short(c) && dtypes.contains(&c.dtype), |_| true);
+        let tensor_cores = variant != Variant::Simt;
+        let (n, failures) = lattice_failures(
+            kernel,
+            |c| short(c) && half(c),
+            |c| !(tensor_cores && c.dtype == Dtype::F32 && c.op != Op::CacheExpand),
+        );
+        assert!(n >= 20, "{schedule:?}, {variant:?}: only {n} cases");
         assert!(
             failures.is_empty(),
             "{schedule:?}, {variant:?}: {} of {n} failed:\n{}",
             failures.len(),
             failures.join("\n")
         );
-        assert!(n > 0, "{schedule:?}, {variant:?}: no case");
     }
 }

@@ -394,7 +394,7 @@ void cp_async16(void* dst, const void* src, bool valid, const char* file, int li
     Fiber* f = w->current;
     const Site site{file, line};
     const uintptr_t lo = (uintptr_t)w->shared.data(), a = (uintptr_t)dst;
-    if (a % 16 != 0 || a < lo || a + 16 > lo + w->shared.size()) {
+    if (a % 16 != 0 || a < lo || a + 16 > lo + w->launch->shared_bytes) {
         char buf[160];
         std::snprintf(buf, sizeof buf, "cp.async destination %#lx is not 16 aligned bytes of the block's shared memory", (unsigned long)a);
         report(site, buf);
@@ -491,7 +491,7 @@ void ldmatrix(int n, bool trans, const void* row, unsigned r[4], const char* fil
     }
     w->exchange[me] = (uint64_t)(uintptr_t)row;
     sync_warp(file, line);
-    const uintptr_t lo = (uintptr_t)w->shared.data(), hi = lo + w->shared.size();
+    const uintptr_t lo = (uintptr_t)w->shared.data(), hi = lo + w->launch->shared_bytes;
     auto row_of = [&](int src_lane) -> const uint16_t* {
         const uintptr_t a = (uintptr_t)w->exchange[base + src_lane];
         if (a % 16 != 0 || a < lo || a + 16 > hi) {
@@ -526,7 +526,7 @@ void ldmatrix(int n, bool trans, const void* row, unsigned r[4], const char* fil
 unsigned shared_offset(const void* p) {
     Worker* w = tl_worker;
     const uintptr_t a = (uintptr_t)p, lo = (uintptr_t)w->shared.data();
-    if (a < lo || a > lo + w->shared.size()) {
+    if (a < lo || a > lo + w->launch->shared_bytes) {
         fail(describe(*w->current) + ": a shared-memory address of a pointer outside the block's shared memory");
         return 0;
     }
@@ -595,7 +595,7 @@ void wgmma(int kind, int n, bool trans_b, float* d, uint64_t desc_a, uint64_t de
         return Desc{(x & 0x3fff) << 4, ((x >> 16) & 0x3fff) << 4, ((x >> 32) & 0x3fff) << 4};
     };
     const Desc a = decode(desc_a, "A"), b = decode(desc_b, "B");
-    const size_t size = w->shared.size();
+    const size_t size = w->launch->shared_bytes;
     const unsigned char* sh = w->shared.data();
     bool bad = false;
     auto element = [&](uint64_t addr) {
@@ -727,6 +727,7 @@ static void prepare(Worker& w, const Launch& l) {
     w.wg_exchange.assign(n, WgOperands{});
     w.exchange.assign(n, 0);
     w.fragments.assign((size_t)n * MMA_WORDS, 0);
+    // 16 bytes more than the launch asks for (a non-empty buffer); the checks allow only its size.
     w.shared.assign(l.shared_bytes + 16, 0);
 }
 
@@ -884,7 +885,7 @@ const Entry ENTRY_TABLE[] = {ENTRIES(f32) ENTRIES(bf16) ENTRIES(f16) MMA_ENTRIES
                                              SELFTEST(selftest_wgmma_ok) SELFTEST(selftest_wgmma_without_proxy_fence)
                                                  SELFTEST(selftest_wgmma_operand_overwritten) SELFTEST(selftest_shared_store_race)
                                                      SELFTEST(selftest_ldmatrix_race) SELFTEST(selftest_cp_async_overwrite)
-                                                         SELFTEST(selftest_missing_barrier)};
+                                                         SELFTEST(selftest_missing_barrier) SELFTEST(selftest_cp_async_outside_shared)};
 
 void write_error(char* out, size_t cap, const std::string& msg) {
     if (cap == 0) return;

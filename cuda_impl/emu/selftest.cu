@@ -118,6 +118,14 @@ extern "C" __global__ void selftest_cp_async_overwrite(SelftestParams p) {
     __syncthreads();
 }
 
+// A cp.async to the 16 bytes just past the launch's p.n bytes of shared memory.
+extern "C" __global__ void selftest_cp_async_outside_shared(SelftestParams p) {
+    GQLA_DYNAMIC_SHARED(u16, sm);
+    cp_async16(sm + p.n / 2, (const u16*)p.out, true);
+    cp_async_commit();
+    cp_async_wait<0>();
+}
+
 // Thread i stores i to shared word i, and (no barrier) thread i > 0 reads word i - 1: right when
 // threads run in index order, NaN (shared memory's initial pattern) when the reader runs first.
 extern "C" __global__ void selftest_missing_barrier(SelftestParams p) {

@@ -482,6 +482,21 @@ fn ldmatrix_outside_shared_memory_is_reported() {
     );
 }
 
+/// cp.async destinations must be 16 aligned bytes of the block's shared memory (the emulator
+/// allocates 16 bytes beyond what the launch asks for: a copy there is still refused).
+#[test]
+fn cp_async_outside_shared_memory_is_reported() {
+    let e = selftest_with_shared("selftest_cp_async_outside_shared", 32, 1024, 1024)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("cp.async destination") && e.contains("is not 16 aligned bytes of the block's shared memory"),
+        "{e}"
+    );
+    // Inside: the same copy into the launch's last 16 bytes runs.
+    assert!(selftest_with_shared("selftest_cp_async_outside_shared", 32, 1024, 1040).is_ok());
+}
+
 /// wgmma accumulators may only be touched after a wgmma.fence, and a wgmma must be waited for
 /// before its threads return.
 #[test]

@@ -522,11 +522,12 @@ fn wgmma_fence_and_wait_are_enforced() {
 /// The decode benchmark's own code path (cache layouts, default splits, workspaces, timing and
 /// the spot check against the f64 reference) on a small geometry: every timed kernel's output
 /// passes the check, on both paths, all three kernels, s_q 1 and 2, contiguous and paged (shuffled
-/// pages, a partial last page), with split KV.
+/// pages, a partial last page), with split KV. Under the shared-memory checks with threads
+/// shuffled: 300 keys are 10 tiles, so every pipeline buffer is refilled several times.
 #[test]
 fn benchmark_points_run_and_pass_their_spot_checks() {
     use gqla_cuda::bench::{bench_point, Geometry, Path, Shape};
-    let rt = Emulator::default();
+    let rt = Emulator::checked(Schedule::Shuffled(21));
     let tiny = Geometry {
         name: "tiny",
         h: 8,

@@ -40,8 +40,9 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __restrict__
-// Static shared arrays: one per OS thread, and an OS thread runs one block at a time.
-#define __shared__ static thread_local
+// Static shared arrays would be per-OS-thread statics here: never NaN-filled per block, never
+// checked. Kernels use dynamic shared memory (GQLA_DYNAMIC_SHARED) only.
+#define __shared__ _Pragma("GCC error \"static __shared__ arrays escape the emulator's checks: use GQLA_DYNAMIC_SHARED\"")
 // Dynamic shared memory: the running block's buffer.
 #define GQLA_DYNAMIC_SHARED(T, name) T* name = (T*)gqla_emu::dynamic_shared()
 

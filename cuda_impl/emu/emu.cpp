@@ -235,6 +235,7 @@ __attribute__((noinline)) static void yield() {
 static void report(const Site& site, const std::string& what) { fail(describe(*tl_worker->current) + ": " + site.str() + ": " + what); }
 
 static std::string thread_str(int t) { return "thread " + std::to_string(t); }
+static std::string byte_str(size_t b) { return "shared byte " + std::to_string(b); }
 static std::string reader_str(int32_t r) { return r >= 0 ? "warp " + std::to_string(r / 32) + "'s ldmatrix" : "warpgroup " + std::to_string(-2 - r) + "'s wgmma"; }
 
 // Whether an access by thread u (block barrier generation `epoch` and u's warp barrier generation
@@ -259,21 +260,28 @@ static bool own_wgmma_reads(const Worker& w, int t, size_t b) {
     });
 }
 
+// Thread t stores to byte b (`verb`: "writes" for a plain store seen afterwards, "cp.async to" for
+// a copy as it is issued): an error while a cp.async still writes the byte or an unwaited wgmma
+// still reads it, or when another thread wrote or read it with no barrier between.
+static void check_store(const Worker& w, size_t b, int t, const Site& site, const char* verb) {
+    const SharedCheck& c = w.check;
+    if (w.failed) return;
+    auto error = [&](const std::string& why) { report(site, verb + (" " + byte_str(b)) + why); };
+    if (c.copying[b] != 0) {
+        error(" while the cp.async of " + thread_str(c.copying[b] - 1) + " to it is in flight");
+    } else if (c.wg_reading[b] != 0 || own_wgmma_reads(w, t, b)) {
+        error(", which a wgmma not yet waited for reads");
+    } else if (c.writer[b] >= 0 && !ordered(w, c.writer[b], c.w_epoch[b], c.w_wgen[b], t)) {
+        error(", which " + thread_str(c.writer[b]) + " also wrote with no barrier between (a race)");
+    } else if (c.reader[b] != -1 && !read_ordered(w, c.reader[b], c.r_epoch[b], c.r_wgen[b], t)) {
+        error(", which " + reader_str(c.reader[b]) + " read with no barrier between (a race)");
+    }
+}
+
 // Thread t changed byte b since its last collective.
 static void note_write(Worker& w, size_t b, int t, const Site& site) {
     SharedCheck& c = w.check;
-    const std::string at = "shared byte " + std::to_string(b);
-    if (!w.failed) {
-        if (c.copying[b] != 0) {
-            report(site, "writes " + at + " while the cp.async of " + thread_str(c.copying[b] - 1) + " to it is in flight");
-        } else if (c.wg_reading[b] != 0 || own_wgmma_reads(w, t, b)) {
-            report(site, "writes " + at + ", which a wgmma not yet waited for reads");
-        } else if (c.writer[b] >= 0 && !ordered(w, c.writer[b], c.w_epoch[b], c.w_wgen[b], t)) {
-            report(site, "writes " + at + ", which " + thread_str(c.writer[b]) + " also wrote with no barrier between (a race)");
-        } else if (c.reader[b] != -1 && !read_ordered(w, c.reader[b], c.r_epoch[b], c.r_wgen[b], t)) {
-            report(site, "writes " + at + ", which " + reader_str(c.reader[b]) + " read with no barrier between (a race)");
-        }
-    }
+    check_store(w, b, t, site, "writes");
     if (!c.unfenced[b] || c.writer[b] != t) c.to_fence[t].push_back((uint32_t)b);
     c.writer[b] = (int16_t)t;
     c.w_epoch[b] = w.block_barrier.gen;
@@ -304,20 +312,18 @@ static void attribute_writes(const Site& site) {
 // collective) or a wgmma (reader -2 - warpgroup) reads byte b for thread t.
 static void note_read(Worker& w, size_t b, int t, bool wgmma, int32_t reader, uint32_t r_wgen, const Site& site) {
     SharedCheck& c = w.check;
-    const std::string at = "shared byte " + std::to_string(b);
-    const char* op = wgmma ? "wgmma" : "ldmatrix";
     if (!w.failed) {
+        auto error = [&](const std::string& why) { report(site, (wgmma ? "wgmma reads " : "ldmatrix reads ") + byte_str(b) + why); };
         if (c.copying[b] != 0) {
-            report(site, std::string(op) + " reads " + at + " while the cp.async of " + thread_str(c.copying[b] - 1) + " to it is in flight");
+            error(" while the cp.async of " + thread_str(c.copying[b] - 1) + " to it is in flight");
         } else if (c.writer[b] >= 0 && wgmma) {
             if (c.w_epoch[b] == w.block_barrier.gen) {
-                report(site, "wgmma reads " + at + ", which " + thread_str(c.writer[b]) + " wrote since the last __syncthreads");
+                error(", which " + thread_str(c.writer[b]) + " wrote since the last __syncthreads");
             } else if (c.unfenced[b]) {
-                report(site, "wgmma reads " + at + ", which " + thread_str(c.writer[b]) +
-                                 " wrote without a fence.proxy.async after it (the async proxy may not see the write)");
+                error(", which " + thread_str(c.writer[b]) + " wrote without a fence.proxy.async after it (the async proxy may not see the write)");
             }
         } else if (c.writer[b] >= 0 && !ordered(w, c.writer[b], c.w_epoch[b], c.w_wgen[b], t)) {
-            report(site, "ldmatrix reads " + at + ", which " + thread_str(c.writer[b]) + " wrote with no barrier between (a race)");
+            error(", which " + thread_str(c.writer[b]) + " wrote with no barrier between (a race)");
         }
     }
     c.reader[b] = reader;
@@ -404,17 +410,7 @@ void cp_async16(void* dst, const void* src, bool valid, const char* file, int li
     if (c.on) {
         const int t = f->linear;
         for (size_t b = a - lo; b < a - lo + 16; ++b) {
-            const std::string at = "shared byte " + std::to_string(b);
-            if (w->failed) {
-            } else if (c.copying[b] != 0) {
-                report(site, "cp.async to " + at + ", which the cp.async of " + thread_str(c.copying[b] - 1) + " is still writing");
-            } else if (c.wg_reading[b] != 0 || own_wgmma_reads(*w, t, b)) {
-                report(site, "cp.async to " + at + ", which a wgmma not yet waited for reads");
-            } else if (c.reader[b] != -1 && !read_ordered(*w, c.reader[b], c.r_epoch[b], c.r_wgen[b], t)) {
-                report(site, "cp.async to " + at + ", which " + reader_str(c.reader[b]) + " read with no barrier between (a race)");
-            } else if (c.writer[b] >= 0 && !ordered(*w, c.writer[b], c.w_epoch[b], c.w_wgen[b], t)) {
-                report(site, "cp.async to " + at + ", which " + thread_str(c.writer[b]) + " wrote with no barrier between (a race)");
-            }
+            check_store(*w, b, t, site, "cp.async to");
             c.copying[b] = (int16_t)(t + 1);
         }
     }
@@ -595,6 +591,12 @@ void wgmma(int kind, int n, bool trans_b, float* d, uint64_t desc_a, uint64_t de
         return Desc{(x & 0x3fff) << 4, ((x >> 16) & 0x3fff) << 4, ((x >> 32) & 0x3fff) << 4};
     };
     const Desc a = decode(desc_a, "A"), b = decode(desc_b, "B");
+    // Shared addresses of A's element (row, k), K-major, and B's element (k, col).
+    auto a_at = [&](int row, int k) -> uint64_t { return a.start + (row % 8) * 16 + (row / 8) * a.sbo + (k % 8) * 2 + (k / 8) * a.lbo; };
+    auto b_at = [&](int k, int col) -> uint64_t {
+        return trans_b ? b.start + (col % 8) * 2 + (col / 8) * b.sbo + (k % 8) * 16 + (k / 8) * b.lbo
+                       : b.start + (col % 8) * 16 + (col / 8) * b.sbo + (k % 8) * 2 + (k / 8) * b.lbo;
+    };
     const size_t size = w->launch->shared_bytes;
     const unsigned char* sh = w->shared.data();
     bool bad = false;
@@ -618,14 +620,10 @@ void wgmma(int kind, int n, bool trans_b, float* d, uint64_t desc_a, uint64_t de
     const int row_lo = 16 * warp + lane / 4;
     for (int h = 0; h < 2; ++h) {
         const int row = row_lo + 8 * h;
-        for (int k = 0; k < 16; ++k) av[h][k] = element(a.start + (row % 8) * 16 + (row / 8) * a.sbo + (k % 8) * 2 + (k / 8) * a.lbo);
+        for (int k = 0; k < 16; ++k) av[h][k] = element(a_at(row, k));
     }
-    for (int k = 0; k < 16; ++k) {
-        for (int c = 0; c < n; ++c) {
-            bv[k][c] = element(trans_b ? b.start + (c % 8) * 2 + (c / 8) * b.sbo + (k % 8) * 16 + (k / 8) * b.lbo
-                                       : b.start + (c % 8) * 16 + (c / 8) * b.sbo + (k % 8) * 2 + (k / 8) * b.lbo);
-        }
-    }
+    for (int k = 0; k < 16; ++k)
+        for (int c = 0; c < n; ++c) bv[k][c] = element(b_at(k, c));
     WgResult r;
     r.d = d;
     r.n = n / 2;
@@ -644,11 +642,9 @@ void wgmma(int kind, int n, bool trans_b, float* d, uint64_t desc_a, uint64_t de
                 }
             };
             for (int row = 0; row < 64; ++row)
-                for (int k = 0; k < 16; ++k) add(a.start + (row % 8) * 16 + (row / 8) * a.sbo + (k % 8) * 2 + (k / 8) * a.lbo);
+                for (int k = 0; k < 16; ++k) add(a_at(row, k));
             for (int k = 0; k < 16; ++k)
-                for (int col = 0; col < n; ++col)
-                    add(trans_b ? b.start + (col % 8) * 2 + (col / 8) * b.sbo + (k % 8) * 16 + (k / 8) * b.lbo
-                                : b.start + (col % 8) * 16 + (col / 8) * b.sbo + (k % 8) * 2 + (k / 8) * b.lbo);
+                for (int col = 0; col < n; ++col) add(b_at(k, col));
             std::sort(op.bytes.begin(), op.bytes.end());
             op.bytes.erase(std::unique(op.bytes.begin(), op.bytes.end()), op.bytes.end());
             for (uint32_t x : op.bytes) {

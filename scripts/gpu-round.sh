@@ -21,13 +21,13 @@ pack_dir=target/gpu-round
 # Representative cases for compute-sanitizer: every op and layout, paged and contiguous, split
 # KV with empty splits, padding rows, and each dtype, at small contexts.
 sanitize_filters=(
-    "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=2;ctx=65;page=64;dtype=bf16;seed="
+    "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=2;ctx=65,31;page=64;dtype=bf16;seed="
     "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=2;ctx=0,17,pad,1,130;page=64;dtype=bf16;splits=16"
     "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=once;sq=2;ctx=65,130,3;page=none"
     "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=per_group;sq=2;ctx=0,65,pad,4097;page=16"
-    "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=once;sq=2;ctx=65;page=64;dtype=f32"
+    "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=once;sq=2;ctx=65,31;page=64;dtype=f32"
     "gqa.decode:h=32;g=8;d=128;dv=128;sq=2;ctx=65,130,3;page=1;"
-    "gqa.decode:h=32;g=8;d=128;dv=128;sq=2;ctx=65;page=64;dtype=f16"
+    "gqa.decode:h=32;g=8;d=128;dv=128;sq=2;ctx=65,31;page=64;dtype=f16"
     "gqla.cache.expand:g=8;dc=512;dn=128;dv=128;ctx=65,130,3;page=16"
 )
 
@@ -142,13 +142,13 @@ remote() {
     if [[ $stages == *external* ]]; then
         # A third-party kernel certified through a vector pack: PyTorch's SDPA on the GPU, in
         # the cases' own dtypes (examples/certify_sdpa.py).
-        local pack=/tmp/sdpa-pack
-        rm -rf "$pack"
+        local pack=/tmp/sdpa-pack outputs=/tmp/sdpa-outputs
+        rm -rf "$pack" "$outputs"
         local log="$out/external.log"
         {
-            limited 60 "$log" "$gqla" vectors export --out "$pack" --filter gqla.decode.gqa &&
-                limited 240 "$log" python3 examples/certify_sdpa.py "$pack" --device cuda --native &&
-                limited 120 "$log" "$gqla" certify --kernel "external:$pack" --filter gqla.decode.gqa --out "$out/certificate-sdpa"
+            limited 60 "$log" "$gqla" vectors export --out "$pack" --filter gqla.decode.gqa --filter gqa.decode &&
+                limited 240 "$log" python3 examples/certify_sdpa.py "$pack" "$outputs" --device cuda --native &&
+                limited 120 "$log" "$gqla" certify --kernel "external:$pack" --outputs "$outputs" --out "$out/certificate-sdpa"
         } || status=1
     fi
     {

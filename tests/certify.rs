@@ -1,270 +1,385 @@
-//! `gqla certify`: certificates, exit codes, and clear refusals.
+//! `gqla certify`: certificates, exit codes, clear refusals, and the forgeries a pack must not
+//! get away with.
 
-use crate::common::gqla;
+use crate::common::{gqla, Run};
+
+/// The verdict line: the last line of a certification's stdout.
+fn verdict(r: &Run) -> &str {
+    r.stdout.lines().last().unwrap_or("")
+}
+
+fn report(dir: &std::path::Path) -> serde_json::Value {
+    std::fs::read_to_string(dir.join("report.json"))
+        .map(|t| serde_json::from_str(&t).unwrap())
+        .unwrap_or(serde_json::Value::Null)
+}
 
 #[test]
 fn builtin_certificates_on_a_subset() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("cert");
-    let filter = "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=2;ctx=65;page=64;dtype=bf16";
-    let r = gqla(&["certify", "--kernel", "builtin", "--filter", filter, "--out", out.to_str().unwrap()]);
+    let filter = "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=2;ctx=65,31;page=64;dtype=bf16;seed=";
+    let r = gqla(&[
+        "certify", "--kernel", "builtin", "--filter", filter, "--seed", "11", "--out", out.to_str().unwrap(),
+    ]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("CONFORMANT"), "{}", r.stdout);
-    assert!(
-        !r.stderr.contains("panicked"),
-        "a mutant's panic leaked to the terminal: {}",
-        r.stderr
-    );
+    assert!(verdict(&r).starts_with("CONFORMANT — cuda-emu (suite 0.3, seed 11;"), "{}", r.stdout);
+    assert!(!r.stderr.contains("panicked"), "a mutant's panic leaked to the terminal: {}", r.stderr);
     // Every built-in kernel gets its own certificate; the flash kernel's carries the catalogue.
     for kernel in ["reference-f32", "flash-cpu", "candle", "cuda-emu"] {
         let dir = out.join(kernel);
-        let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+        let report = report(&dir);
         let results = report["results"].as_array().unwrap();
-        assert!(!results.is_empty());
+        assert_eq!(results.len(), 1, "{report}");
         assert!(results
             .iter()
             .all(|c| c["status"] == "PASS" && c["id"].as_str().unwrap().starts_with(filter)));
         assert_eq!(report["suite_version"], gqla_conformance::SUITE_VERSION);
-        assert_eq!(report["conformant"], true);
+        assert_eq!((report["verdict"].as_str(), report["seed"].as_u64()), (Some("CONFORMANT"), Some(11)));
         assert_eq!(report["kernel"]["name"], kernel);
+        assert_eq!(report["coverage"][0]["must_pass"], 1, "{report}");
+        assert!(report["profile"]["operations"].is_array(), "{report}");
         assert!(report["environment"]["rustc"].as_str().unwrap().starts_with("rustc "), "{report}");
         assert_eq!(report["definitions"][0]["name"], "gqla.decode.absorb", "{report}");
-        let kill = &report["mutation"];
-        if kernel == "flash-cpu" {
-            assert_eq!(kill["mutants"], gqla_conformance::kernels::Bug::ALL.len());
-            assert!(kill["killed"].as_u64().unwrap() >= 1);
-        } else {
-            assert!(kill.is_null(), "{kernel}: {kill}");
-        }
+        assert_eq!(report["mutation"].is_null(), kernel != "flash-cpu", "{kernel}");
         let junit = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
-        assert!(junit.contains("<testsuite") && junit.contains(&format!("tests=\"{}\"", results.len())));
-        assert!(std::fs::read_to_string(dir.join("report.md")).unwrap().contains("CONFORMANT"));
+        let doc = roxmltree::Document::parse(&junit).unwrap_or_else(|e| panic!("{kernel}: junit.xml is not XML: {e}"));
+        assert_eq!(doc.root_element().attribute("tests"), Some("1"));
+        let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+        assert!(md.contains("- verdict: **CONFORMANT**"), "{md}");
     }
-    assert!(r.stdout.contains("kernel candle"), "{}", r.stdout);
-    assert!(r.stdout.contains("kernel cuda-emu"), "{}", r.stdout);
+}
+
+/// The mutation catalogue on the whole suite: every seeded bug is rejected on a fresh seed, and
+/// on the published seed exactly one survives, the one that learned the published outputs.
+#[test]
+fn flash_cpu_certificate_rejects_every_mutant() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("cert");
+    let r = gqla(&["certify", "--kernel", "flash-cpu", "--seed", "7", "--out", out.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let report = report(&out);
+    let m = &report["mutation"];
+    let all = gqla_conformance::kernels::Bug::ALL.len() as u64;
+    let survivors: Vec<&String> = m["results"].as_object().unwrap().iter().filter(|(_, v)| v.is_null()).map(|(k, _)| k).collect();
+    assert!(survivors.is_empty(), "survivors: {survivors:?}");
+    assert_eq!((m["mutants"].as_u64(), m["killed"].as_u64()), (Some(all), Some(all)), "{m}");
+    assert!(r.stdout.contains(&format!("mutation catalogue: {all} of {all} seeded bugs rejected")), "{}", r.stdout);
+    // Every selected case passed, and every case was selected: the profile is the whole suite.
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), gqla_conformance::lattice::must_pass().len());
+    assert!(results.iter().all(|c| c["status"] == "PASS"));
 }
 
 /// The default kernel is CUDA when a GPU is present, else the built-in kernels; without a GPU it
-/// says why it fell back.
+/// says why it fell back. Without --seed, a fresh seed is drawn and recorded.
 #[test]
 fn default_kernel_falls_back_to_builtin_without_a_gpu() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("cert");
-    let filter = "gqla.cache.expand:g=8;dc=512;dn=128;dv=128;ctx=65;page=64;dtype=bf16";
+    let filter = "gqla.cache.expand:g=8;dc=512;dn=128;dv=128;ctx=65,31;page=64;dtype=bf16;seed=";
     let r = gqla(&["certify", "--filter", filter, "--out", out.to_str().unwrap()]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    if r.stdout.contains("CUDA device found") {
-        assert!(out.join("report.json").exists());
+    let dir = if r.stdout.contains("CUDA device found") {
+        out.clone()
     } else {
         assert!(r.stdout.contains("no CUDA kernels to certify"), "{}", r.stdout);
-        assert!(out.join("candle/report.json").exists());
-    }
+        out.join("candle")
+    };
+    let seed = report(&dir)["seed"].as_u64().unwrap();
+    assert!(seed > 0, "a fresh seed, not the published one");
+    assert!(verdict(&r).contains(&format!("seed {seed};")), "{}", r.stdout);
 }
 
 #[test]
 fn refusals_are_clear() {
     // Without a GPU `cuda` says why; with one, the bad filter is refused instead.
-    let r = gqla(&[
-        "certify",
-        "--kernel",
-        "cuda",
-        "--filter",
-        "no.such.op",
-        "--out",
-        "/tmp/unused-gqla-cert",
-    ]);
+    let r = gqla(&["certify", "--kernel", "cuda", "--filter", "no.such.op", "--out", "/tmp/unused-gqla-cert"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(
         r.stderr.contains("cannot certify the CUDA kernels: no CUDA") || r.stderr.contains("no case id starts with"),
         "{}",
         r.stderr
     );
-    for (kernel, needle) in [("external:/nowhere", "/nowhere/manifest.json"), ("triton", "unknown kernel")] {
-        let r = gqla(&["certify", "--kernel", kernel, "--out", "/tmp/unused-gqla-cert"]);
-        assert_eq!(r.code, 2, "{kernel}: {}", r.stderr);
-        assert!(r.stderr.contains(needle), "{kernel}: {}", r.stderr);
+    for (args, needle) in [
+        (&["--kernel", "external:/nowhere"][..], "/nowhere"),
+        (&["--kernel", "triton"][..], "unknown kernel"),
+        (&["--filter", "no.such.op"][..], "no case id starts with"),
+        (&["--kernel", "flash-cpu", "--profile", "p.json"][..], "--profile is for external:DIR kernels"),
+        (&["--kernel", "flash-cpu", "--seeds", "0"][..], "--seeds needs at least 1"),
+    ] {
+        let r = gqla(&[&["certify"][..], args, &["--out", "/tmp/unused-gqla-cert"]].concat());
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(needle), "{args:?}: {}", r.stderr);
     }
-    let r = gqla(&["certify", "--filter", "no.such.op", "--out", "/tmp/unused-gqla-cert"]);
-    assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("no case id starts with"), "{}", r.stderr);
+}
+
+/// `--seeds N` re-runs the profile on N fresh seeds and says, per case, on how many it passed.
+#[test]
+fn seeds_mode_reports_per_case_pass_counts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("seeds");
+    let filter = "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=once;sq=1;ctx=0,17,pad,1,130";
+    let r = gqla(&[
+        "certify", "--kernel", "reference-f32", "--seeds", "3", "--filter", filter, "--out", out.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    // The mixed batch, its split-KV variant, and their garbage-poison twins.
+    assert!(r.stdout.contains("kernel reference-f32: 4 of 4 cases passed on all 3 seeds"), "{}", r.stdout);
+    let md = std::fs::read_to_string(out.join("seeds.md")).unwrap();
+    assert_eq!(md.matches("| 3/3 |").count(), 4, "{md}");
 }
 
 mod packs {
-    use crate::common::{gqla, root, RawTensor};
+    use super::{report, verdict};
+    use crate::common::{gqla, RawTensor};
     use gqla_conformance::inputs::CaseInputs;
     use gqla_conformance::kernels::ReferenceF32;
-    use gqla_conformance::{Case, Kernel, Outputs};
+    use gqla_conformance::lattice::suite_cases_seeded;
+    use gqla_conformance::{Case, Kernel, Outputs, Profile};
     use std::path::Path;
 
-    /// The base gqla.decode.gqa case (its seed is its position in the lattice).
-    const CASE: &str = "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=once;sq=2;ctx=65;page=64;dtype=bf16;seed=";
+    /// The base gqla.decode.gqa case at s_q = 1, and its paged variations with their twins.
+    const BASE: &str = "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=once;sq=1;ctx=65,31;page=64;dtype=bf16;seed=";
+    const PAGED: &str = "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=once;sq=1;ctx=65,130,3;page=16;dtype=bf16";
+    const SEED: &str = "5";
 
-    fn export(dir: &Path) {
-        let r = gqla(&["vectors", "export", "--out", dir.to_str().unwrap(), "--filter", CASE]);
+    fn export(dir: &Path, filters: &[&str]) -> crate::common::Run {
+        let mut args = vec!["vectors", "export", "--out", dir.to_str().unwrap(), "--seed", SEED];
+        for f in filters {
+            args.extend(["--filter", f]);
+        }
+        gqla(&args)
+    }
+
+    fn kernel_json(dir: &Path, name: &str, profile: &Profile) {
+        let info = serde_json::json!({"name": name, "version": "1.2", "description": "test", "environment": {"device": "cpu"}, "profile": profile});
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("kernel.json"), info.to_string()).unwrap();
+    }
+
+    /// Outputs as a correct external kernel would write them, for every case of the manifest.
+    fn write_outputs(pack: &Path, outputs: &Path, with_lse: bool) {
+        let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(pack.join("manifest.json")).unwrap()).unwrap();
+        std::fs::create_dir_all(outputs).unwrap();
+        for c in m["cases"].as_array().unwrap() {
+            let case: Case = c["id"].as_str().unwrap().parse().unwrap();
+            let mut out = Outputs::for_case(&case, &Profile::everything());
+            ReferenceF32.run(&mut CaseInputs::generate(&case), &mut out).unwrap();
+            let tensors: Vec<(String, RawTensor)> = out
+                .tensors
+                .iter()
+                .filter(|t| with_lse || t.name != "lse")
+                .map(|t| {
+                    (
+                        t.name.to_string(),
+                        RawTensor {
+                            dtype: safetensors::Dtype::F32,
+                            shape: t.shape.clone(),
+                            bytes: t.region().iter().flat_map(|v| v.to_le_bytes()).collect(),
+                        },
+                    )
+                })
+                .collect();
+            let path = outputs.join(c["outputs"].as_str().unwrap());
+            gqla_reference::hf::tensors::write_tensors(&path, tensors.iter().map(|(n, t)| (n.as_str(), t)), None).unwrap();
+        }
+    }
+
+    fn certify(pack: &Path, outputs: &Path, cert: &Path, extra: &[&str]) -> (crate::common::Run, serde_json::Value) {
+        let kernel = format!("external:{}", pack.display());
+        let args = [
+            &["certify", "--kernel", &kernel, "--outputs", outputs.to_str().unwrap(), "--out", cert.to_str().unwrap()][..],
+            extra,
+        ]
+        .concat();
+        let r = gqla(&args);
+        let rep = report(cert);
+        (r, rep)
+    }
+
+    /// One pack serves two kernels with their own outputs directories and profiles; the
+    /// certificate states the profile, the seed and the coverage.
+    #[test]
+    fn one_pack_serves_kernels_with_their_own_profiles() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (pack, a, b) = (tmp.path().join("pack"), tmp.path().join("a"), tmp.path().join("b"));
+        let r = export(&pack, &[BASE, PAGED]);
         assert_eq!(r.code, 0, "{}", r.stderr);
+        write_outputs(&pack, &a, true);
+        kernel_json(&a, "with-lse", &Profile::everything());
+        write_outputs(&pack, &b, false);
+        let out_only = Profile {
+            lse: gqla_conformance::profile::Lse::Named(gqla_conformance::profile::NoLse::None),
+            ..Profile::everything()
+        };
+        kernel_json(&b, "out-only\n- verdict: **CONFORMANT**", &out_only);
+        for (dir, name) in [(&a, "with-lse"), (&b, "out-only")] {
+            let cert = tmp.path().join(format!("cert-{name}"));
+            let (r, rep) = certify(&pack, dir, &cert, &[]);
+            assert_eq!(r.code, 0, "{name}: {}{}", r.stdout, r.stderr);
+            assert!(verdict(&r).starts_with("CONFORMANT — "), "{}", r.stdout);
+            assert_eq!(rep["seed"], 5);
+            assert_eq!(rep["coverage"][0]["must_pass"], 3, "base, paged and its twin: {rep}");
+            assert_eq!(rep["environment"]["kernel_environment"]["device"], "cpu", "{rep}");
+            let md = std::fs::read_to_string(cert.join("report.md")).unwrap();
+            assert_eq!(md.matches("verdict: **").count(), 1, "a forged verdict line: {md}");
+            roxmltree::Document::parse(&std::fs::read_to_string(cert.join("junit.xml")).unwrap()).unwrap();
+        }
+        // The out-only profile judged against outputs that lack the LSE: the LSE is not certified.
+        let md = std::fs::read_to_string(tmp.path().join("cert-out-only/report.md")).unwrap();
+        assert!(md.contains("not written \\(not certified\\)"), "{md}");
     }
 
-    /// Outputs as a correct external kernel would write them.
-    fn correct_outputs(path: &Path, shape_override: Option<Vec<usize>>) {
-        let case: Case = gqla_conformance::lattice::suite_cases()
-            .into_iter()
-            .find(|c| c.matches(CASE))
-            .unwrap();
-        let mut out = Outputs::for_case(&case);
-        ReferenceF32.run(&CaseInputs::generate(&case), &mut out).unwrap();
-        let tensors: Vec<(String, RawTensor)> = out
-            .tensors
-            .iter()
-            .map(|t| {
-                let shape = if t.name == "out" {
-                    shape_override.clone().unwrap_or(t.shape.clone())
-                } else {
-                    t.shape.clone()
-                };
-                let n: usize = shape.iter().product();
-                (
-                    t.name.to_string(),
-                    RawTensor {
-                        dtype: safetensors::Dtype::F32,
-                        shape,
-                        bytes: t.region().iter().cycle().take(n).flat_map(|v| v.to_le_bytes()).collect(),
-                    },
-                )
-            })
-            .collect();
-        gqla_reference::hf::tensors::write_tensors(path, tensors.iter().map(|(n, t)| (n.as_str(), t)), None).unwrap();
-    }
-
-    fn certify(dir: &Path, out: &Path) -> (i32, serde_json::Value) {
-        let r = gqla(&[
-            "certify",
-            "--kernel",
-            &format!("external:{}", dir.display()),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
-        let report = std::fs::read_to_string(out.join("report.json"))
-            .map(|t| serde_json::from_str(&t).unwrap())
-            .unwrap_or(serde_json::Value::Null);
-        (r.code, report)
-    }
-
+    /// Outputs are judged per case: missing, wrong shape, truncated; and a pack without a
+    /// declaration is refused.
     #[test]
     fn pack_outputs_are_judged_per_case() {
         let tmp = tempfile::tempdir().unwrap();
-        let (pack, cert) = (tmp.path().join("pack"), tmp.path().join("cert"));
-        export(&pack);
-        let outputs = pack.join("00000.outputs.safetensors");
+        let (pack, outs, cert) = (tmp.path().join("pack"), tmp.path().join("outs"), tmp.path().join("cert"));
+        assert_eq!(export(&pack, &[BASE]).code, 0);
+        // No declaration: refused before anything is judged.
+        std::fs::create_dir_all(&outs).unwrap();
+        let (r, _) = certify(&pack, &outs, &cert, &[]);
+        assert_eq!(r.code, 2, "{}", r.stderr);
+        assert!(r.stderr.contains("kernel.json") && r.stderr.contains("no profile"), "{}", r.stderr);
+        assert!(!cert.exists(), "a refusal writes nothing");
+        kernel_json(&outs, "k", &Profile::everything());
         // No outputs written.
-        let (code, report) = certify(&pack, &cert);
-        assert_eq!(
-            (code, report["results"][0]["status"].as_str()),
-            (1, Some("RUNTIME_ERROR")),
-            "{report}"
-        );
+        let (r, rep) = certify(&pack, &outs, &cert, &[]);
+        assert_eq!((r.code, rep["results"][0]["status"].as_str()), (1, Some("RUNTIME_ERROR")), "{rep}");
+        assert!(r.stdout.contains("no outputs were written"), "the cause on the terminal: {}", r.stdout);
+        assert!(verdict(&r).starts_with("NOT CONFORMANT — "), "{}", r.stdout);
         // Correct outputs.
-        correct_outputs(&outputs, None);
-        let (code, report) = certify(&pack, &cert);
-        assert_eq!((code, report["results"][0]["status"].as_str()), (0, Some("PASS")), "{report}");
-        assert!(report["kernel"]["name"].as_str().unwrap().starts_with("external:"), "{report}");
-        // The author's kernel.json names the kernel and its environment in the certificate.
-        std::fs::write(
-            pack.join("kernel.json"),
-            r#"{"name": "my-kernel", "version": "1.2", "description": "test", "environment": {"device": "cpu"}}"#,
-        )
-        .unwrap();
-        let (_, report) = certify(&pack, &cert);
-        assert_eq!(report["kernel"]["name"], "my-kernel", "{report}");
-        assert_eq!(report["environment"]["kernel_environment"]["device"], "cpu", "{report}");
-        std::fs::write(pack.join("kernel.json"), "{ not json").unwrap();
-        let r = gqla(&[
-            "certify",
-            "--kernel",
-            &format!("external:{}", pack.display()),
-            "--out",
-            cert.to_str().unwrap(),
-        ]);
+        write_outputs(&pack, &outs, true);
+        let (r, rep) = certify(&pack, &outs, &cert, &[]);
+        assert_eq!((r.code, rep["results"][0]["status"].as_str()), (0, Some("PASS")), "{rep}");
+        // A profile file overrides kernel.json; a bad one names the field.
+        let pfile = tmp.path().join("profile.json");
+        std::fs::write(&pfile, r#"{"operations": []}"#).unwrap();
+        let (r, _) = certify(&pack, &outs, &cert, &["--profile", pfile.to_str().unwrap()]);
         assert_eq!(r.code, 2);
-        assert!(r.stderr.contains("kernel.json"), "{}", r.stderr);
-        std::fs::remove_file(pack.join("kernel.json")).unwrap();
-        // Wrong shape.
-        correct_outputs(&outputs, Some(vec![1, 2, 16, 127]));
-        let (code, report) = certify(&pack, &cert);
-        assert_eq!(
-            (code, report["results"][0]["status"].as_str()),
-            (1, Some("SHAPE_OR_DTYPE_MISMATCH")),
-            "{report}"
-        );
-        // Truncated file.
-        correct_outputs(&outputs, None);
-        let bytes = std::fs::read(&outputs).unwrap();
-        std::fs::write(&outputs, &bytes[..bytes.len() / 2]).unwrap();
-        let (code, report) = certify(&pack, &cert);
-        assert_eq!(
-            (code, report["results"][0]["status"].as_str()),
-            (1, Some("RUNTIME_ERROR")),
-            "{report}"
-        );
-        assert!(
-            report["results"][0]["message"]
-                .as_str()
-                .unwrap()
-                .contains("not a valid safetensors file"),
-            "{report}"
-        );
+        assert!(r.stderr.contains("profile.json") && r.stderr.contains("missing field"), "{}", r.stderr);
+        // A profile that selects nothing certifies nothing.
+        let nothing = Profile {
+            operations: Default::default(),
+            ..Profile::everything()
+        };
+        std::fs::write(&pfile, serde_json::to_string(&nothing).unwrap()).unwrap();
+        let (r, rep) = certify(&pack, &outs, &cert, &["--profile", pfile.to_str().unwrap()]);
+        assert_eq!((r.code, rep["verdict"].as_str()), (1, Some("NOTHING_CERTIFIED")), "{rep}");
+        // Truncated outputs.
+        let file = outs.join(format!("{:05}.outputs.safetensors", index_of(BASE)));
+        let bytes = std::fs::read(&file).unwrap();
+        std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+        let (r, rep) = certify(&pack, &outs, &cert, &[]);
+        assert_eq!((r.code, rep["results"][0]["status"].as_str()), (1, Some("RUNTIME_ERROR")), "{rep}");
+        assert!(rep["results"][0]["message"].as_str().unwrap().contains("not a valid safetensors file"), "{rep}");
     }
 
-    /// A pack carries every definition and, for split-KV cases, the requested split count.
+    fn index_of(prefix: &str) -> usize {
+        suite_cases_seeded(5).iter().position(|c| c.matches(prefix)).unwrap()
+    }
+
+    /// Every forgery suite 0.2 accepted is refused with exit 2, and nothing is written.
     #[test]
-    fn packs_carry_definitions_and_split_counts() {
+    fn forged_packs_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (pack, outs) = (tmp.path().join("pack"), tmp.path().join("outs"));
+        assert_eq!(export(&pack, &[BASE]).code, 0);
+        write_outputs(&pack, &outs, true);
+        kernel_json(&outs, "k", &Profile::everything());
+        let manifest_text = std::fs::read_to_string(pack.join("manifest.json")).unwrap();
+        let manifest: serde_json::Value = serde_json::from_str(&manifest_text).unwrap();
+        let forge = |edit: &dyn Fn(&mut serde_json::Value), want: &str| {
+            let mut m = manifest.clone();
+            edit(&mut m);
+            std::fs::write(pack.join("manifest.json"), m.to_string()).unwrap();
+            let cert = tmp.path().join("forged-cert");
+            let (r, _) = certify(&pack, &outs, &cert, &[]);
+            assert_eq!(r.code, 2, "{want}: {}{}", r.stdout, r.stderr);
+            assert!(r.stderr.contains("manifest.json") && r.stderr.contains(want), "{want}: {}", r.stderr);
+            assert!(!cert.exists(), "{want}: a refusal writes nothing");
+        };
+        forge(
+            &|m| m["cases"][0]["id"] = "gqa.decode:h=1;g=1;d=1;dv=1;sq=1;ctx=1;page=none;dtype=f32;seed=1".into(),
+            "is not a case of suite 0.3 with seed 5",
+        );
+        forge(&|m| {
+            let c = m["cases"][0].clone();
+            m["cases"].as_array_mut().unwrap().extend(std::iter::repeat_n(c, 98));
+        }, "is listed twice");
+        forge(&|m| m["cases"][0]["outputs"] = "../x".into(), "expected index");
+        forge(&|m| m["cases"][0]["outputs"] = "/etc/passwd".into(), "expected index");
+        forge(&|m| m["cases"][0]["inputs_sha256"] = "00".repeat(32).into(), "inputs_sha256");
+        forge(&|m| m["suite_version"] = "0.2".into(), "suite version 0.2");
+        forge(&|m| m["seed"] = 6.into(), "is not a case of suite 0.3 with seed 6");
+        std::fs::write(pack.join("manifest.json"), &manifest_text).unwrap();
+        // Tampered inputs.
+        let inputs = pack.join(manifest["cases"][0]["inputs"].as_str().unwrap());
+        let mut bytes = std::fs::read(&inputs).unwrap();
+        let n = bytes.len();
+        bytes[n - 1] ^= 1;
+        std::fs::write(&inputs, &bytes).unwrap();
+        let (r, _) = certify(&pack, &outs, &tmp.path().join("c2"), &[]);
+        assert_eq!(r.code, 2);
+        assert!(r.stderr.contains("the inputs were changed"), "{}", r.stderr);
+        bytes[n - 1] ^= 1;
+        std::fs::write(&inputs, &bytes).unwrap();
+        // An outputs file that is a symlink leading out, or a FIFO: refused, never followed or read.
+        let out_file = outs.join(manifest["cases"][0]["outputs"].as_str().unwrap());
+        let secret = tmp.path().join("secret.safetensors");
+        std::fs::rename(&out_file, &secret).unwrap();
+        std::os::unix::fs::symlink(&secret, &out_file).unwrap();
+        let (r, _) = certify(&pack, &outs, &tmp.path().join("c3"), &[]);
+        assert_eq!(r.code, 2);
+        assert!(r.stderr.contains("leads outside"), "{}", r.stderr);
+        std::fs::remove_file(&out_file).unwrap();
+        assert!(std::process::Command::new("mkfifo").arg(&out_file).status().unwrap().success());
+        let (r, _) = certify(&pack, &outs, &tmp.path().join("c4"), &[]);
+        assert_eq!(r.code, 2);
+        assert!(r.stderr.contains("not a regular file"), "{}", r.stderr);
+    }
+
+    /// A kernel that declines every case at run time is not conformant; a case the manifest does
+    /// not list is a failure, not a pass.
+    #[test]
+    fn missing_cases_fail() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (pack, outs) = (tmp.path().join("pack"), tmp.path().join("outs"));
+        assert_eq!(export(&pack, &[BASE]).code, 0);
+        write_outputs(&pack, &outs, true);
+        kernel_json(&outs, "k", &Profile::everything());
+        let (r, rep) = certify(&pack, &outs, &tmp.path().join("c"), &["--filter", BASE, "--filter", PAGED]);
+        assert_eq!(r.code, 1, "{}", r.stdout);
+        let statuses: Vec<&str> = rep["results"].as_array().unwrap().iter().map(|c| c["status"].as_str().unwrap()).collect();
+        assert_eq!(statuses, ["PASS", "RUNTIME_ERROR", "RUNTIME_ERROR"], "{rep}");
+        assert!(r.stdout.contains("the pack has no inputs for this case"), "{}", r.stdout);
+    }
+
+    /// `vectors export` refuses a non-empty directory and takes repeated filters.
+    #[test]
+    fn export_refuses_a_non_empty_directory() {
         let tmp = tempfile::tempdir().unwrap();
         let pack = tmp.path().join("pack");
-        let filter = "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=2;ctx=4097;page=64;dtype=bf16;splits=7";
-        let r = gqla(&["vectors", "export", "--out", pack.to_str().unwrap(), "--filter", filter]);
+        std::fs::create_dir(&pack).unwrap();
+        std::fs::write(pack.join("old.outputs.safetensors"), "stale").unwrap();
+        let r = export(&pack, &[BASE]);
+        assert_eq!(r.code, 2);
+        assert!(r.stderr.contains("is not empty"), "{}", r.stderr);
+        assert_eq!(std::fs::read_dir(&pack).unwrap().count(), 1, "nothing written");
+        let fresh = tmp.path().join("fresh");
+        let r = export(&fresh, &[BASE, PAGED]);
         assert_eq!(r.code, 0, "{}", r.stderr);
-        let defs: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(pack.join("definitions.json")).unwrap()).unwrap();
-        let names: Vec<&str> = defs.as_array().unwrap().iter().map(|d| d["name"].as_str().unwrap()).collect();
-        assert_eq!(names, ["gqla.decode.absorb", "gqla.decode.gqa", "gqla.cache.expand", "gqa.decode"]);
-        assert!(defs[0]["axes"].as_array().unwrap().iter().any(|a| a["name"] == "num_splits"));
-        let bytes = std::fs::read(pack.join("00000.inputs.safetensors")).unwrap();
-        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let n = st.tensor("num_splits").unwrap();
-        assert_eq!((n.dtype(), n.data()), (safetensors::Dtype::I32, &7i32.to_le_bytes()[..]));
+        let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fresh.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(m["cases"].as_array().unwrap().len(), 3);
+        let p = &m["cases"][1]["params"];
+        assert_eq!((p["page_size"].as_u64(), p["seq_lens"].clone()), (Some(16), serde_json::json!([66, 131, 4])), "{m}");
+        assert_eq!(m["cases"][2]["params"]["twin_of"], m["cases"][1]["id"], "{m}");
     }
 
-    #[test]
-    fn malformed_manifest_is_an_error() {
-        let tmp = tempfile::tempdir().unwrap();
-        let pack = tmp.path().join("pack");
-        export(&pack);
-        let bad = format!("{{\"suite_version\": \"{}\", \"cases\": 3}}", gqla_conformance::SUITE_VERSION);
-        std::fs::write(pack.join("manifest.json"), bad).unwrap();
-        let r = gqla(&[
-            "certify",
-            "--kernel",
-            &format!("external:{}", pack.display()),
-            "--out",
-            tmp.path().join("c").to_str().unwrap(),
-        ]);
-        assert_eq!(r.code, 2);
-        assert!(
-            r.stderr.contains("manifest.json") && r.stderr.contains("malformed manifest"),
-            "{}",
-            r.stderr
-        );
-        let r = gqla(&[
-            "certify",
-            "--kernel",
-            "external:/no/such/pack",
-            "--out",
-            tmp.path().join("c").to_str().unwrap(),
-        ]);
-        assert_eq!(r.code, 2);
-        assert!(r.stderr.contains("/no/such/pack/manifest.json"), "{}", r.stderr);
-    }
-
-    /// examples/certify_sdpa.py certifies PyTorch's SDPA as a gqla.decode.gqa kernel, in f32 and
-    /// in the case dtype (--native). Needs a Python with torch (`GQLA_PYTHON`, default python3);
+    /// examples/certify_sdpa.py certifies PyTorch's SDPA (out only, as declared) in f32 and in
+    /// the case dtype (--native). Needs a Python with torch (`GQLA_PYTHON`, default python3);
     /// without one the test says it skipped.
     #[test]
     fn pytorch_sdpa_example_is_conformant() {
@@ -279,21 +394,22 @@ mod packs {
             ));
             return;
         }
+        let tmp = tempfile::tempdir().unwrap();
+        let pack = tmp.path().join("pack");
+        assert_eq!(export(&pack, &["gqla.decode.gqa", "gqa.decode"]).code, 0);
         for mode in [None, Some("--native")] {
-            let tmp = tempfile::tempdir().unwrap();
-            let pack = tmp.path().join("pack");
-            let r = gqla(&["vectors", "export", "--out", pack.to_str().unwrap(), "--filter", "gqla.decode.gqa"]);
-            assert_eq!(r.code, 0, "{}", r.stderr);
+            let outs = tmp.path().join(format!("outs{}", mode.unwrap_or("")));
             let run = std::process::Command::new(&python)
-                .arg(root().join("examples/certify_sdpa.py"))
+                .arg(crate::common::root().join("examples/certify_sdpa.py"))
                 .arg(&pack)
+                .arg(&outs)
                 .args(mode)
                 .output()
                 .unwrap();
             assert!(run.status.success(), "{mode:?}: {}", String::from_utf8_lossy(&run.stderr));
-            let (code, report) = certify(&pack, &tmp.path().join("cert"));
-            assert_eq!(code, 0, "{mode:?}: {report}");
-            assert_eq!(report["conformant"], true);
+            let (r, rep) = certify(&pack, &outs, &tmp.path().join("cert"), &[]);
+            assert_eq!(r.code, 0, "{mode:?}: {}", r.stdout);
+            assert_eq!(rep["verdict"], "CONFORMANT");
         }
     }
 }

@@ -3,20 +3,24 @@
 //!
 //! A prefix of an id selects a subtree of cases (`gqla.decode` selects every GQLA decode case).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
-/// The operations the suite defines (see [`crate::definition`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+/// The operations the suite defines (see [`crate::definition`]); serialized by their names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Op {
     /// MQA over [c; k^R] with value c: MLA's decode (FlashMLA / FlashInfer-MLA shapes).
+    #[serde(rename = "gqla.decode.absorb")]
     DecodeAbsorb,
     /// GQA over the per-group cache, H/G query heads per group.
+    #[serde(rename = "gqla.decode.gqa")]
     DecodeGqa,
     /// Latent cache to group cache: [k_g; v_g] = [W^UK_g; W^UV_g] c.
+    #[serde(rename = "gqla.cache.expand")]
     CacheExpand,
     /// Plain GQA decode.
+    #[serde(rename = "gqa.decode")]
     GqaDecode,
 }
 
@@ -30,10 +34,15 @@ impl Op {
             Op::GqaDecode => "gqa.decode",
         }
     }
+    /// Whether the operation is an attention decode (outputs `out` and `lse`).
+    pub fn is_decode(self) -> bool {
+        self != Op::CacheExpand
+    }
 }
 
 /// Storage dtype of a case's inputs (and of its outputs).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Dtype {
     F32,
     Bf16,
@@ -77,12 +86,34 @@ impl Dtype {
 }
 
 /// Where the GQA-path cache keeps the shared rope key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RopeLayout {
     /// k^R stored once per token (canonical).
     Once,
     /// k^R copied into every group's key (stock GQA kernels).
     PerGroup,
+}
+
+impl RopeLayout {
+    pub fn name(self) -> &'static str {
+        match self {
+            RopeLayout::Once => "once",
+            RopeLayout::PerGroup => "per_group",
+        }
+    }
+}
+
+/// What fills the memory a correct kernel never reads (dead slots, page tails, unused pages).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Poison {
+    /// NaN: a read that reaches the output turns it NaN.
+    Nan,
+    /// Finite random values drawn like the live data: a kernel that masks by testing for NaN
+    /// instead of by length reads them silently. A case with this poison is the twin of the same
+    /// case with NaN poison, and its outputs must be bitwise the twin's.
+    Garbage,
 }
 
 /// How large the logits are.
@@ -121,6 +152,7 @@ pub struct Case {
     /// Softmax scale override; None = 1/sqrt(key dim of the definition).
     pub scale: Option<u32>,
     pub logits: Logits,
+    pub poison: Poison,
     pub seed: u64,
 }
 
@@ -133,14 +165,21 @@ pub struct CaseIdError {
 }
 
 impl Case {
-    /// The softmax scale, an explicit kernel input: the override (stored as f32 bits) or the
-    /// model's default 1/sqrt(d_n + d_r) (GQA: 1/sqrt(d)). For the absorb path that is MLA's
-    /// 1/sqrt(192), not 1/sqrt(d_c + d_r).
+    /// The softmax scale, an explicit f32 kernel input (never rounded to the case dtype): the
+    /// override (stored as f32 bits) or the model's default 1/sqrt(d_n + d_r) (GQA: 1/sqrt(d)).
+    /// For the absorb path that is MLA's 1/sqrt(192), not 1/sqrt(d_c + d_r).
     pub fn scale(&self) -> f32 {
         match self.scale {
             Some(bits) => f32::from_bits(bits),
             None => 1.0 / ((self.dn + self.dr) as f32).sqrt(),
         }
+    }
+    /// The same case with NaN poison: the case a garbage-poison twin must agree with bitwise.
+    pub fn nan_twin(&self) -> Option<Case> {
+        (self.poison == Poison::Garbage).then(|| Case {
+            poison: Poison::Nan,
+            ..self.clone()
+        })
     }
     /// Width of the query (and key) vectors the kernel sees.
     pub fn q_width(&self) -> usize {
@@ -212,6 +251,24 @@ impl Case {
         if let Some(s) = self.splits {
             need(s > 0, "splits > 0")?;
         }
+        // Sizes a case can have without overflowing an index or exhausting memory: checked before
+        // any buffer is sized from them (case ids come from hostile manifests too).
+        const MAX_DIM: usize = 1 << 16;
+        const MAX_TOKENS: usize = 1 << 20;
+        for (v, name) in [(self.h, "h"), (self.g, "g"), (self.dc, "dc"), (self.dn, "dn"), (self.dr, "dr"), (self.dv, "dv")] {
+            need(v <= MAX_DIM, &format!("{name} <= {MAX_DIM}"))?;
+        }
+        need(self.sq <= 64, "sq <= 64")?;
+        need(self.ctx.len() <= 1024, "at most 1024 sequences")?;
+        need(self.page.is_none_or(|p| p <= MAX_TOKENS), &format!("page <= {MAX_TOKENS}"))?;
+        need(self.splits.is_none_or(|s| s <= 4096), "splits <= 4096")?;
+        let tokens: usize = self.ctx.iter().map(|c| c.unwrap_or(0).saturating_add(self.sq)).fold(0, usize::saturating_add);
+        need(tokens <= MAX_TOKENS, &format!("at most {MAX_TOKENS} cached tokens in all"))?;
+        let width = (self.dc + self.dr).max(self.g * (self.dn + self.dr + self.dv));
+        need(
+            tokens.saturating_mul(4).saturating_mul(width) <= 1 << 31,
+            "cache of at most 2^31 elements per component",
+        )?;
         match self.op {
             Op::DecodeAbsorb => need(self.h > 0 && self.dc > 0 && self.dn > 0 && self.sq > 0, "h, dc, dn, sq > 0")?,
             Op::DecodeGqa => {
@@ -247,10 +304,7 @@ impl fmt::Display for Case {
                 self.dn,
                 self.dr,
                 self.dv,
-                match self.layout {
-                    RopeLayout::Once => "once",
-                    RopeLayout::PerGroup => "per_group",
-                }
+                self.layout.name()
             )?,
             Op::CacheExpand => write!(f, "g={};dc={};dn={};dv={}", self.g, self.dc, self.dn, self.dv)?,
             Op::GqaDecode => write!(f, "h={};g={};d={};dv={}", self.h, self.g, self.dn, self.dv)?,
@@ -272,6 +326,9 @@ impl fmt::Display for Case {
         }
         if self.logits == Logits::Large {
             write!(f, ";logits=large")?;
+        }
+        if self.poison == Poison::Garbage {
+            write!(f, ";poison=garbage")?;
         }
         write!(f, ";seed={}", self.seed)
     }
@@ -302,10 +359,16 @@ impl FromStr for Case {
             dtype: Dtype::F32,
             scale: None,
             logits: Logits::Normal,
+            poison: Poison::Nan,
             seed: 0,
         };
+        let mut seen: Vec<&str> = Vec::new();
         for kv in params.split(';') {
             let (k, v) = kv.split_once('=').ok_or_else(|| bad(format!("`{kv}` is not key=value")))?;
+            if seen.contains(&k) {
+                return Err(bad(format!("`{k}` given twice")));
+            }
+            seen.push(k);
             let num = |v: &str| v.parse::<usize>().map_err(|_| bad(format!("`{k}` needs a number, got `{v}`")));
             match k {
                 "h" => c.h = num(v)?,
@@ -352,12 +415,24 @@ impl FromStr for Case {
                         _ => return Err(bad(format!("logits must be normal or large, got `{v}`"))),
                     }
                 }
+                "poison" => {
+                    c.poison = match v {
+                        "nan" => Poison::Nan,
+                        "garbage" => Poison::Garbage,
+                        _ => return Err(bad(format!("poison must be nan or garbage, got `{v}`"))),
+                    }
+                }
                 "seed" => c.seed = v.parse().map_err(|_| bad(format!("seed needs a number, got `{v}`")))?,
                 _ => return Err(bad(format!("unknown key `{k}`"))),
             }
         }
         let c = c.canonical();
         c.validate().map_err(bad)?;
+        // One spelling per case: the id must be the canonical one, so that a manifest cannot list
+        // the same case twice under two spellings.
+        if c.to_string() != id {
+            return Err(bad(format!("not in canonical form; the canonical id is `{c}`")));
+        }
         Ok(c)
     }
 }

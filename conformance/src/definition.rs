@@ -62,7 +62,7 @@ use AxisRole::{Fixed, Variable};
 
 const BATCH_AXES: [Axis; 5] = [
     axis("B", Variable, "sequences in the batch (padding rows hold no keys)"),
-    axis("slots", Variable, "cache rows: B·capacity contiguous, or num_pages·page paged"),
+    axis("slots", Variable, "cache rows, stored as [B, capacity, width] contiguous or [num_pages, page, width] paged (capacity: the longest sequence + 3)"),
     axis("page", Fixed, "page size of a paged cache (absent: contiguous)"),
     axis("max_pages", Variable, "block-table columns"),
     axis(
@@ -72,18 +72,20 @@ const BATCH_AXES: [Axis; 5] = [
     ),
 ];
 
-const DECODE_CONVENTIONS: [&str; 6] = [
-    "scale is an explicit input (the model's 1/sqrt(d_n + d_r), not 1/sqrt(key width))",
+const DECODE_CONVENTIONS: [&str; 8] = [
+    "scale is an explicit f32 input (the model's 1/sqrt(d_n + d_r), not 1/sqrt(key width)), never rounded to the case dtype",
     "sequence b holds seq_lens[b] = ctx_b + s_q keys; new token j sees keys t <= ctx_b + j (bottom-right causal)",
-    "lse is the natural-log log-sum-exp of the scaled scores, in f32",
-    "a row with no visible key (seq_lens[b] = 0) returns out = 0 and lse = -inf",
+    "lse is the natural-log log-sum-exp of the scaled scores, in f32 (a kernel's profile may declare base 2, the storage dtype, or no lse)",
+    "a row with no visible key (seq_lens[b] = 0) returns out = 0 and lse = -inf (a kernel's profile may declare out NaN or unspecified, lse +inf, a finite sentinel or unspecified)",
     "cache rows are addressed through the block table when paged: slot = block_table[b][t / page] * page + t % page; memory outside the sequences is poisoned with NaN and block-table entries past a sequence's pages are invalid",
+    "a case with poison=garbage holds finite random values where its twin (the same id without poison=garbage) holds NaN; its outputs must equal the twin's bitwise",
     "num_splits, when given, is how many KV chunks a split-KV kernel should use; more splits than keys leaves some empty, and the answer must not change",
+    "inputs are read-only: a kernel that writes to them is INPUT_MUTATED",
 ];
 
 const DECODE_DTYPE_RULES: [&str; 3] = [
-    "q, cache tensors and out share the case dtype (f32, bf16 or f16); accumulate in at least f32",
-    "lse, scale are f32 whatever the case dtype",
+    "q, cache tensors and out share the case dtype (f32, bf16 or f16); accumulate in at least f32; a pack's out may be any float dtype",
+    "lse is f32 whatever the case dtype, unless the kernel's profile declares the storage dtype; scale is f32",
     "seq_lens, block_table, num_splits are i32",
 ];
 
@@ -106,7 +108,7 @@ fn decode_io(op: Op) -> (Vec<Axis>, Vec<TensorSpec>, &'static str) {
                 tensor("q", "[B, s_q, H, d_c + d_r]", "case", "absorbed queries [W_UK^T q^N; q^R]"),
                 tensor(
                     "kv",
-                    "[slots, d_c + d_r]",
+                    "[B, capacity | num_pages, page, d_c + d_r]",
                     "case",
                     "cache rows [c; k^R]; the value is the first d_c columns",
                 ),
@@ -127,10 +129,10 @@ fn decode_io(op: Op) -> (Vec<Axis>, Vec<TensorSpec>, &'static str) {
             ]),
             vec![
                 tensor("q", "[B, s_q, H, d_n + d_r]", "case", "queries [q^N; q^R]"),
-                tensor("k_nope", "[slots, G·d_n]", "case", "rope=once: per-group keys W_UK_g c"),
-                tensor("k_rope", "[slots, d_r]", "case", "rope=once: the shared RoPE key"),
-                tensor("k", "[slots, G·(d_n + d_r)]", "case", "rope=per_group: [k_g; k^R] per group"),
-                tensor("v", "[slots, G·d_v]", "case", "per-group values W_UV_g c"),
+                tensor("k_nope", "[B, capacity | num_pages, page, G·d_n]", "case", "rope=once: per-group keys W_UK_g c"),
+                tensor("k_rope", "[B, capacity | num_pages, page, d_r]", "case", "rope=once: the shared RoPE key"),
+                tensor("k", "[B, capacity | num_pages, page, G·(d_n + d_r)]", "case", "rope=per_group: [k_g; k^R] per group"),
+                tensor("v", "[B, capacity | num_pages, page, G·d_v]", "case", "per-group values W_UV_g c"),
             ],
             "[B, s_q, H, d_v]",
         ),
@@ -142,8 +144,8 @@ fn decode_io(op: Op) -> (Vec<Axis>, Vec<TensorSpec>, &'static str) {
             ]),
             vec![
                 tensor("q", "[B, s_q, H, d]", "case", "queries"),
-                tensor("k", "[slots, KV·d]", "case", "keys"),
-                tensor("v", "[slots, KV·d_v]", "case", "values"),
+                tensor("k", "[B, capacity | num_pages, page, KV·d]", "case", "keys"),
+                tensor("v", "[B, capacity | num_pages, page, KV·d_v]", "case", "values"),
             ],
             "[B, s_q, H, d_v]",
         ),
@@ -170,7 +172,7 @@ pub fn definition(op: Op) -> Definition {
         ];
         axes.extend(BATCH_AXES.into_iter().filter(|a| a.name != "num_splits"));
         let mut inputs = vec![
-            tensor("latent", "[slots, d_c]", "case", "latent cache rows c"),
+            tensor("latent", "[B, capacity | num_pages, page, d_c]", "case", "latent cache rows c"),
             tensor(
                 "w_ukv",
                 "[G·(d_n + d_v), d_c]",

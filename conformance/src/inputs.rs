@@ -3,11 +3,13 @@
 //! Caches are stored the way kernels see them: contiguous [B, capacity, width] or paged
 //! [pages, page, width] with a block table. Memory a correct kernel never reads is poisoned: dead
 //! slots past each sequence, the tail of its last page, unused pages (and the null page 0) hold
-//! NaN, and block-table entries past a sequence's pages hold a huge invalid id.
+//! NaN (or, for a `poison=garbage` twin, finite random values), and block-table entries past a
+//! sequence's pages hold a huge invalid id.
 
-use crate::case::{Case, Logits, Op, RopeLayout};
+use crate::case::{Case, Logits, Op, Poison, RopeLayout};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use sha2::{Digest, Sha256};
 
 /// Block-table entries past a sequence's last page: far out of range, so an over-read faults or
 /// reads poison rather than a neighbour's data.
@@ -108,9 +110,9 @@ fn seq_lens(case: &Case) -> Vec<usize> {
 }
 
 fn normal(rng: &mut ChaCha8Rng) -> f32 {
-    // Box–Muller: exact enough for test data and free of extra dependencies.
-    let (u1, u2): (f64, f64) = (rng.random_range(f64::MIN_POSITIVE..1.0), rng.random());
-    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+    // The ziggurat of rand_distr: no transcendental per draw (Box–Muller's cos was a tenth of a
+    // certification's time).
+    rng.sample(rand_distr::StandardNormal)
 }
 
 impl CaseInputs {
@@ -153,12 +155,14 @@ impl CaseInputs {
             components: vec![],
         };
         let slots = cache.slots();
+        // Poison from its own stream, so that a garbage twin's live data is its NaN twin's.
+        let mut poison_rng = ChaCha8Rng::seed_from_u64(case.seed ^ 0x504f_4953_4f4e_2121);
         for (name, width) in components(case) {
-            cache.components.push(Component {
-                name,
-                width,
-                data: vec![f32::NAN; slots * width],
-            });
+            let data = match case.poison {
+                Poison::Nan => vec![f32::NAN; slots * width],
+                Poison::Garbage => (0..slots * width).map(|_| case.dtype.round(normal(&mut poison_rng))).collect(),
+            };
+            cache.components.push(Component { name, width, data });
         }
         let dtype = case.dtype;
         for ci in 0..cache.components.len() {
@@ -172,7 +176,7 @@ impl CaseInputs {
                 }
             }
         }
-        let scale = dtype.round(case.scale());
+        let scale = case.scale();
         let q_width = case.q_width();
         let n_q = batch * case.sq * case.h * q_width;
         // Queries scaled so that scaled logits scale·q·k have the target standard deviation.
@@ -204,6 +208,51 @@ impl CaseInputs {
             cache,
             w_ukv,
         }
+    }
+
+    /// Whether every input is bitwise the same as `other`'s (NaN poison included): a kernel that
+    /// wrote to its copy of the inputs differs.
+    pub fn same_bits(&self, other: &CaseInputs) -> bool {
+        let floats = |a: &[f32], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        floats(&self.q, &other.q)
+            && floats(&self.w_ukv, &other.w_ukv)
+            && self.scale.to_bits() == other.scale.to_bits()
+            && self.cache.paging == other.cache.paging
+            && self.cache.seq_lens == other.cache.seq_lens
+            && self.cache.components.len() == other.cache.components.len()
+            && self
+                .cache
+                .components
+                .iter()
+                .zip(&other.cache.components)
+                .all(|(a, b)| a.name == b.name && a.width == b.width && floats(&a.data, &b.data))
+    }
+
+    /// SHA-256 of every input value (bit patterns) and index, in a fixed order.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        let floats = |h: &mut Sha256, v: &[f32]| {
+            h.update((v.len() as u64).to_le_bytes());
+            for x in v {
+                h.update(x.to_bits().to_le_bytes());
+            }
+        };
+        floats(&mut h, &self.q);
+        h.update(self.scale.to_bits().to_le_bytes());
+        for c in &self.cache.components {
+            h.update(c.name.as_bytes());
+            floats(&mut h, &c.data);
+        }
+        for l in &self.cache.seq_lens {
+            h.update((*l as u64).to_le_bytes());
+        }
+        if let Paging::Paged { block_table, .. } = &self.cache.paging {
+            for id in block_table {
+                h.update(id.to_le_bytes());
+            }
+        }
+        floats(&mut h, &self.w_ukv);
+        h.finalize().into()
     }
 
     /// Query row of (b, j, i) (sequence, new token, head).

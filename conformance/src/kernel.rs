@@ -7,6 +7,7 @@
 
 use crate::case::{Case, Op};
 use crate::inputs::CaseInputs;
+use crate::profile::Profile;
 use serde::Serialize;
 
 /// The canary bit pattern (a quiet NaN with a payload no arithmetic produces).
@@ -64,9 +65,10 @@ pub struct Outputs {
 }
 
 impl Outputs {
-    /// The outputs `case` defines: `out` [B, s_q, H, d_out] and `lse` [B, s_q, H] for decode ops;
-    /// `k` [tokens, G·d_n] and `v` [tokens, G·d_v] (sequences in order) for cache.expand.
-    pub fn for_case(case: &Case) -> Self {
+    /// The outputs `case` defines under `profile`: `out` [B, s_q, H, d_out], and `lse`
+    /// [B, s_q, H] when the profile says the kernel writes one, for decode ops; `k` [tokens, G·d_n]
+    /// and `v` [tokens, G·d_v] (sequences in order) for cache.expand.
+    pub fn for_case(case: &Case, profile: &Profile) -> Self {
         let (b, sq, h) = (case.batch(), case.sq, case.h);
         let tensors = match case.op {
             Op::CacheExpand => {
@@ -76,12 +78,19 @@ impl Outputs {
                     OutputTensor::new("v", vec![tokens, case.g * case.dv]),
                 ]
             }
-            _ => vec![
-                OutputTensor::new("out", vec![b, sq, h, case.out_width()]),
-                OutputTensor::new("lse", vec![b, sq, h]),
-            ],
+            _ => {
+                let mut t = vec![OutputTensor::new("out", vec![b, sq, h, case.out_width()])];
+                if profile.lse.written().is_some() {
+                    t.push(OutputTensor::new("lse", vec![b, sq, h]));
+                }
+                t
+            }
         };
         Self { tensors }
+    }
+    /// Whether a tensor called `name` is expected.
+    pub fn has(&self, name: &str) -> bool {
+        self.tensors.iter().any(|t| t.name == name)
     }
     pub fn get(&self, name: &str) -> &OutputTensor {
         self.tensors
@@ -105,23 +114,37 @@ pub struct KernelIdentity {
     pub description: String,
 }
 
-/// How a kernel declines or fails a case.
+/// How a kernel fails a case. Either way the case is RUNTIME_ERROR: what a kernel does not
+/// support is declared in its [`Profile`] before anything runs, never discovered at run time.
 #[derive(Clone, Debug, PartialEq)]
 pub enum KernelError {
-    /// The kernel declares it does not support this case (NOT_SUPPORTED, not a failure).
-    NotSupported(String),
+    /// The kernel refused a case its profile selects ("unsupported" at run time).
+    Declined(String),
     /// The kernel failed at run time.
     Runtime(String),
+}
+
+impl std::fmt::Display for KernelError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KernelError::Declined(why) => write!(f, "declined at run time a case its profile selects: {why}"),
+            KernelError::Runtime(why) => f.write_str(why),
+        }
+    }
 }
 
 /// A decode kernel under test.
 pub trait Kernel: Send + Sync {
     fn identity(&self) -> KernelIdentity;
+    /// What the kernel supports and which conventions it follows (see [`crate::profile`]).
+    fn profile(&self) -> Profile;
     /// What the certificate should record about where the kernel runs (device, driver, compiler
     /// options), beyond the host facts the harness detects itself.
     fn environment(&self) -> std::collections::BTreeMap<String, String> {
         std::collections::BTreeMap::new()
     }
-    /// Compute the case's outputs into `outputs`.
-    fn run(&self, inputs: &CaseInputs, outputs: &mut Outputs) -> Result<(), KernelError>;
+    /// Compute the case's outputs into `outputs`. The inputs are the kernel's own copy, mutable
+    /// as a C or CUDA kernel's pointers are; the harness compares them with the originals after
+    /// the call, and a kernel that writes to them gets INPUT_MUTATED.
+    fn run(&self, inputs: &mut CaseInputs, outputs: &mut Outputs) -> Result<(), KernelError>;
 }

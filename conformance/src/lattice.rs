@@ -1,16 +1,28 @@
 //! The case lattice of suite version [`SUITE_VERSION`]: what breaks real kernels, varied one factor
-//! at a time around a base case per operation.
+//! at a time around a base case per operation, at s_q = 1 (plain decode) and s_q = 2 (MTP).
 //!
 //! Factors: s_q ∈ {1, 2, 3, 4}; context ∈ {1, 17, 63, 64, 65, 4096, 4097, 16384}; odd head counts,
-//! G = 1 and G = H; batches with mixed lengths including zero and padding rows (no keys); large logits; page sizes {none, 1,
-//! 16, 64} with lengths off page boundaries; dtypes f32/bf16/f16; both rope layouts; an explicit
-//! scale; requested KV split counts {1, 7, 64} and more splits than keys (v0.2). Every case gets poisoned memory and output canaries (see [`crate::inputs`]).
+//! G = 1 and G = H; batches with mixed lengths including zero and padding rows (no keys); large
+//! logits; page sizes {none, 1, 16, 64} with lengths off page boundaries; dtypes f32/bf16/f16;
+//! both rope layouts; an explicit scale, and for the absorb path 1/sqrt(key width) (FlashMLA's
+//! test convention); requested KV split counts {1, 7, 64} and more splits than keys. Every case
+//! gets poisoned memory and output canaries (see [`crate::inputs`]); every case with several
+//! sequences or a paged cache has a `poison=garbage` twin right after it, whose outputs must be
+//! bitwise its own. Every decode case has at least [`MIN_LSE_ROWS`] rows with a finite LSE, so
+//! that the RMS bounds of [`crate::tolerance`] are stable across seeds.
+//!
+//! Seeds: seed 0 is the published suite (case seeds 1, 2, … in lattice order: the must-pass list
+//! and its input digests). Any other suite seed S redraws every case from S, so that outputs
+//! learned from a published pack do not help.
 
-use crate::case::{Case, Dtype, Logits, Op, RopeLayout};
+use crate::case::{Case, Dtype, Logits, Op, Poison, RopeLayout};
 
-pub const SUITE_VERSION: &str = "0.2";
+pub const SUITE_VERSION: &str = "0.3";
 
-fn base(op: Op) -> Case {
+/// Rows (sequence, new token, head) with at least one visible key, per decode case.
+pub const MIN_LSE_ROWS: usize = 32;
+
+fn base(op: Op, sq: usize) -> Case {
     let mut c = Case {
         op,
         h: 16,
@@ -19,14 +31,15 @@ fn base(op: Op) -> Case {
         dn: 128,
         dr: 64,
         dv: 128,
-        sq: 2,
-        ctx: vec![Some(65)],
+        sq,
+        ctx: vec![Some(65), Some(31)],
         page: Some(64),
         splits: None,
         layout: RopeLayout::Once,
         dtype: Dtype::Bf16,
         scale: None,
         logits: Logits::Normal,
+        poison: Poison::Nan,
         seed: 1,
     };
     match op {
@@ -36,101 +49,188 @@ fn base(op: Op) -> Case {
             c.g = 8;
             c.dr = 0;
         }
-        Op::CacheExpand => {
-            c.g = 8;
-            c.sq = 1;
-        }
+        Op::CacheExpand => c.g = 8,
         Op::DecodeGqa => {}
     }
     c
 }
 
-/// Every case of the suite, in a stable order.
+/// Whether a case gets a `poison=garbage` twin: several sequences or a paged cache, where dead
+/// slots sit between live ones.
+fn has_twin(c: &Case) -> bool {
+    c.page.is_some_and(|p| p < 64) || c.ctx.iter().any(|x| x.is_none_or(|n| n == 0))
+}
+
+/// The variations around one base case.
+fn variations(op: Op, sq: usize) -> Vec<Box<dyn Fn(&mut Case)>> {
+    let mut v: Vec<Box<dyn Fn(&mut Case)>> = vec![Box::new(|_| {})];
+    for dtype in [Dtype::F32, Dtype::F16] {
+        v.push(Box::new(move |c| c.dtype = dtype));
+    }
+    let long: &[usize] = if sq == 2 { &[4096, 4097] } else { &[4097] };
+    for &ctx in [1, 17, 63, 64, 65].iter().chain(long) {
+        v.push(Box::new(move |c| c.ctx[0] = Some(ctx)));
+    }
+    v.push(Box::new(|c| c.ctx = vec![Some(0), Some(17), None, Some(1), Some(130)]));
+    v.push(Box::new(|c| c.ctx = vec![Some(0), Some(0)]));
+    v.push(Box::new(|c| c.ctx = vec![None, Some(5), Some(0)]));
+    for page in [None, Some(1), Some(16)] {
+        v.push(Box::new(move |c| {
+            c.page = page;
+            c.ctx = vec![Some(65), Some(130), Some(3)];
+        }));
+    }
+    if op == Op::CacheExpand {
+        return v;
+    }
+    // Split-KV sensitivity: the same answer for any split count, including splits that get no
+    // keys (more splits than a short row has keys).
+    let splits: &[usize] = if sq == 2 { &[1, 7, 64] } else { &[7] };
+    for &s in splits {
+        v.push(Box::new(move |c| {
+            c.ctx[0] = Some(4097);
+            c.splits = Some(s);
+        }));
+    }
+    v.push(Box::new(|c| {
+        c.ctx = vec![Some(0), Some(17), None, Some(1), Some(130)];
+        c.splits = Some(16);
+    }));
+    v.push(Box::new(|c| c.logits = Logits::Large));
+    v.push(Box::new(|c| c.scale = Some(0.05f32.to_bits())));
+    match op {
+        Op::DecodeAbsorb => {
+            v.push(Box::new(|c| c.scale = Some((1.0 / (c.q_width() as f32).sqrt()).to_bits())));
+            v.push(Box::new(|c| {
+                c.h = 3;
+                c.ctx = [65, 31, 17, 1, 64, 130, 5, 9, 33, 70, 2].map(Some).to_vec();
+            }));
+        }
+        Op::DecodeGqa | Op::GqaDecode => {
+            v.push(Box::new(|c| {
+                c.h = 9;
+                c.g = 3;
+                c.ctx = [65, 31, 17, 130].map(Some).to_vec();
+            }));
+            v.push(Box::new(|c| c.g = 1));
+            v.push(Box::new(|c| c.g = c.h));
+            if op == Op::DecodeGqa {
+                v.push(Box::new(|c| c.layout = RopeLayout::PerGroup));
+                v.push(Box::new(|c| {
+                    c.layout = RopeLayout::PerGroup;
+                    c.ctx = vec![Some(0), Some(65), None, Some(4097)];
+                    c.page = Some(16);
+                }));
+            }
+        }
+        Op::CacheExpand => {}
+    }
+    v
+}
+
+/// Every case of the published suite (seed 0), in a stable order.
 pub fn suite_cases() -> Vec<Case> {
-    let mut out = Vec::new();
+    let mut out: Vec<Case> = Vec::new();
+    let mut push = |c: Case| {
+        let mut c = c.canonical();
+        if let Err(e) = c.validate() {
+            panic!("the lattice generated an invalid case {c}: {e}");
+        }
+        let same = |o: &Case| Case { seed: 0, ..o.clone() } == Case { seed: 0, ..c.clone() };
+        if out.iter().any(same) {
+            return;
+        }
+        c.seed = out.iter().filter(|o| o.poison == Poison::Nan).count() as u64 + 1;
+        let twin = has_twin(&c).then(|| Case {
+            poison: Poison::Garbage,
+            ..c.clone()
+        });
+        out.push(c);
+        out.extend(twin);
+    };
     for op in Op::ALL {
-        let b = base(op);
-        let mut push = |f: &dyn Fn(&mut Case)| {
-            let mut c = b.clone();
-            f(&mut c);
-            let mut c = c.canonical();
-            c.seed = out.len() as u64 + 1;
-            if let Err(e) = c.validate() {
-                panic!("the lattice generated an invalid case {c}: {e}");
+        let sqs: &[usize] = if op.is_decode() { &[1, 2] } else { &[1] };
+        for &sq in sqs {
+            for f in variations(op, sq) {
+                let mut c = base(op, sq);
+                f(&mut c);
+                push(c);
             }
-            if !out
-                .iter()
-                .any(|o: &Case| Case { seed: 0, ..o.clone() } == Case { seed: 0, ..c.clone() })
-            {
-                out.push(c);
+        }
+        if op.is_decode() {
+            for sq in [3, 4] {
+                push(Case { sq, ..base(op, 2) });
             }
-        };
-        push(&|_| {});
-        for dtype in [Dtype::F32, Dtype::F16] {
-            push(&|c| c.dtype = dtype);
-        }
-        for ctx in [1, 17, 63, 64, 65, 4096, 4097] {
-            push(&|c| c.ctx = vec![Some(ctx)]);
-        }
-        push(&|c| c.ctx = vec![Some(0), Some(17), None, Some(1), Some(130)]);
-        push(&|c| c.ctx = vec![Some(0)]);
-        push(&|c| c.ctx = vec![None, Some(5)]);
-        for page in [None, Some(1), Some(16)] {
-            push(&|c| {
-                c.page = page;
-                c.ctx = vec![Some(65), Some(130), Some(3)];
-            });
-        }
-        if op == Op::CacheExpand {
-            continue;
-        }
-        for sq in [1, 3, 4] {
-            push(&|c| c.sq = sq);
-        }
-        // Split-KV sensitivity: the same answer for any split count, including splits that get no
-        // keys (more splits than a short row has keys).
-        for splits in [1, 7, 64] {
-            push(&|c| {
-                c.ctx = vec![Some(4097)];
-                c.splits = Some(splits);
-            });
-        }
-        push(&|c| {
-            c.ctx = vec![Some(0), Some(17), None, Some(1), Some(130)];
-            c.splits = Some(16);
-        });
-        push(&|c| c.logits = Logits::Large);
-        push(&|c| c.scale = Some(0.05f32.to_bits()));
-        push(&|c| {
-            c.ctx = vec![Some(16384)];
-            c.sq = 1;
-            c.h = c.g.max(4); // few heads keep the f64 reference quick; still a multiple of G
-        });
-        match op {
-            Op::DecodeAbsorb => push(&|c| c.h = 3),
-            Op::DecodeGqa | Op::GqaDecode => {
-                push(&|c| {
-                    c.h = 9;
-                    c.g = 3;
-                });
-                push(&|c| c.g = 1);
-                push(&|c| c.g = c.h);
-                if op == Op::DecodeGqa {
-                    push(&|c| c.layout = RopeLayout::PerGroup);
-                    push(&|c| {
-                        c.layout = RopeLayout::PerGroup;
-                        c.ctx = vec![Some(0), Some(65), None, Some(4097)];
-                        c.page = Some(16);
-                    });
-                }
-            }
-            Op::CacheExpand => {}
+            let mut c = base(op, 1);
+            c.ctx[0] = Some(16384);
+            push(c);
         }
     }
     out
 }
 
+/// SplitMix64's output function: a well-mixed 64-bit hash.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The suite's cases drawn from suite seed `seed` (0: the published suite). A case's twin keeps
+/// its seed, so that both hold the same live data.
+pub fn suite_cases_seeded(seed: u64) -> Vec<Case> {
+    let mut cases = suite_cases();
+    if seed != 0 {
+        for c in &mut cases {
+            c.seed = mix(seed ^ mix(c.seed)).max(1);
+        }
+    }
+    cases
+}
+
 /// The must-pass list of this suite version: every lattice case id.
 pub fn must_pass() -> Vec<String> {
     suite_cases().iter().map(|c| c.to_string()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_decode_case_has_enough_lse_rows() {
+        for c in suite_cases().into_iter().filter(|c| c.op.is_decode()) {
+            let rows = (0..c.batch())
+                .flat_map(|b| (0..c.sq).map(move |j| (b, j)))
+                .filter(|&(b, j)| c.visible(b, j) > 0)
+                .count()
+                * c.h;
+            assert!(rows >= MIN_LSE_ROWS, "{c}: {rows} LSE rows");
+        }
+    }
+
+    #[test]
+    fn twins_follow_their_case_with_its_seed() {
+        let cases = suite_cases();
+        let twins: Vec<usize> = (0..cases.len()).filter(|&i| cases[i].poison == Poison::Garbage).collect();
+        assert!(twins.len() >= 20, "{} twins", twins.len());
+        for i in twins {
+            assert_eq!(cases[i].nan_twin().as_ref(), Some(&cases[i - 1]), "{}", cases[i]);
+        }
+    }
+
+    #[test]
+    fn seeds_redraw_every_case_and_keep_twins_paired() {
+        let (a, b) = (suite_cases_seeded(0), suite_cases_seeded(7));
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            assert_ne!(x.seed, y.seed, "{x}");
+            assert_eq!(Case { seed: 0, ..x.clone() }, Case { seed: 0, ..y.clone() });
+        }
+        for (i, c) in b.iter().enumerate().filter(|(_, c)| c.poison == Poison::Garbage) {
+            assert_eq!(c.seed, b[i - 1].seed);
+        }
+        assert_eq!(suite_cases_seeded(7), b, "a seed draws the same cases every time");
+    }
 }

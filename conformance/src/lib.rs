@@ -4,19 +4,23 @@
 //! - [`case`]: cases and their query-like ids; [`lattice`]: the versioned case list.
 //! - [`definition`]: the operations and their conventions.
 //! - [`inputs`]: seeded inputs with paged caches and poisoned memory.
-//! - [`kernel`]: the [`Kernel`] trait and canary-guarded outputs.
+//! - [`kernel`]: the [`Kernel`] trait and canary-guarded outputs; [`profile`]: what a kernel
+//!   declares it supports, and the conventions it follows.
 //! - [`reference`](mod@reference), [`tolerance`], [`verdict`]: how outputs are judged.
 //! - [`runner`], [`report`]: running a kernel and writing certificates.
 //! - [`kernels`]: built-in kernels and the mutation catalogue.
-//! - [`pack`]: vector packs for kernels outside this process (PyTorch, Triton, CUDA C++).
+//! - [`pack`]: vector packs for kernels outside this process (PyTorch, Triton, CUDA C++), read
+//!   through [`confined`] as hostile input.
 
 pub mod case;
+pub mod confined;
 pub mod definition;
 pub mod inputs;
 pub mod kernel;
 pub mod kernels;
 pub mod lattice;
 pub mod pack;
+pub mod profile;
 pub mod reference;
 pub mod report;
 pub mod runner;
@@ -26,4 +30,5 @@ pub mod verdict;
 pub use case::Case;
 pub use kernel::{Kernel, KernelError, KernelIdentity, Outputs};
 pub use lattice::SUITE_VERSION;
+pub use profile::Profile;
 pub use verdict::Status;

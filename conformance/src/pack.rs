@@ -1,47 +1,146 @@
 //! Vector packs: the out-of-process path for PyTorch, Triton and CUDA C++ kernels.
 //!
-//! `export` writes `manifest.json`, `definitions.json` (every operation's contract) and one
-//! `<n>.inputs.safetensors` per case (readable by the Python `safetensors` package). Inputs are
-//! stored in the case dtype (exact: they were drawn in it); `seq_lens`, `block_table` and
-//! `num_splits` (when the case requests a split count) as I32; `scale` as an F32 scalar. The
-//! author's script writes `<n>.outputs.safetensors` with the case's output tensors (any float
-//! dtype) into the pack, and optionally `kernel.json` (name, version, description, environment);
-//! `judge` certifies them. Inputs are regenerated from the case ids, so a pack cannot be tampered
-//! with to make a case easier.
+//! `export` writes, into a new directory, `manifest.json` (every case with its parameters as
+//! fields, its tensors and the SHA-256 of its inputs file), `definitions.json` (every operation's
+//! contract) and one `NNNNN.inputs.safetensors` per case, NNNNN being the case's position in the
+//! suite. The author's script writes `NNNNN.outputs.safetensors` for the cases its kernel
+//! declares, and `kernel.json` (name, version, description, environment and the **profile**) into
+//! an outputs directory of its own, so one pack serves many kernels. `judge` certifies them.
+//!
+//! Everything in a pack and an outputs directory is hostile input. A manifest whose suite
+//! version, seed, case ids (unknown, duplicated, not canonical) or file names do not belong to
+//! this suite is refused; every inputs file the judge relies on must hash to the digest the judge
+//! computes itself from the case id (and, for the published seed, to `mustpass/<version>.txt`);
+//! every file is read through [`crate::confined`].
 
-use crate::case::{Case, Dtype};
+use crate::case::{Case, Dtype, Poison, RopeLayout};
+use crate::confined;
 use crate::inputs::{CaseInputs, Paging};
-use crate::kernel::Outputs;
-use crate::lattice::SUITE_VERSION;
-use crate::runner::{CaseResult, Prepared};
+use crate::kernel::{Kernel, KernelIdentity, Outputs};
+use crate::lattice::{suite_cases_seeded, SUITE_VERSION};
+use crate::profile::Profile;
+use crate::runner::{CaseResult, Prepared, Session};
 use crate::verdict::Status;
-use gqla_reference::hf::tensors::{decode_floats, write_tensors, RawTensor};
+use gqla_reference::hf::tensors::{decode_floats, RawTensor};
 use safetensors::{Dtype as StDtype, SafeTensors};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
-use std::time::Instant;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The pack format this tool writes and reads.
+pub const FORMAT: &str = "gqla-pack/2";
+/// The definitions file of a pack.
+pub const DEFINITIONS: &str = "definitions.json";
+/// The manifest of a pack.
+pub const MANIFEST: &str = "manifest.json";
+/// The file in which the author's script names its kernel and declares its profile.
+pub const KERNEL_INFO: &str = "kernel.json";
+/// The must-pass list with the published inputs' digests.
+pub const MUSTPASS: &str = include_str!("../mustpass/0.3.txt");
+
+const MANIFEST_LIMIT: u64 = 64 << 20;
+const KERNEL_INFO_LIMIT: u64 = 1 << 20;
+
+/// A case's parameters, as fields (the id says the same in its grammar).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseParams {
+    pub operation: String,
+    /// Query heads (0 for cache.expand).
+    pub heads: usize,
+    /// Groups (GQLA) or kv heads (GQA); 0 for the absorb path.
+    pub groups: usize,
+    pub d_c: usize,
+    pub d_n: usize,
+    pub d_r: usize,
+    pub d_v: usize,
+    pub s_q: usize,
+    /// Keys per sequence before the new tokens; null for a padding row.
+    pub contexts: Vec<Option<usize>>,
+    /// Keys each sequence holds (the `seq_lens` input).
+    pub seq_lens: Vec<usize>,
+    /// null: contiguous [B, capacity, width].
+    pub page_size: Option<usize>,
+    pub dtype: Dtype,
+    /// The requested split count (the `num_splits` input), if any.
+    pub splits: Option<usize>,
+    pub rope_layout: RopeLayout,
+    /// The `scale` input as stored: an f32, never rounded to the case dtype.
+    pub scale: f32,
+    pub poison: Poison,
+    /// For a `poison=garbage` twin: the case whose outputs it must equal bitwise.
+    pub twin_of: Option<String>,
+}
+
+impl CaseParams {
+    pub fn of(case: &Case) -> Self {
+        CaseParams {
+            operation: case.op.name().into(),
+            heads: case.h,
+            groups: case.g,
+            d_c: case.dc,
+            d_n: case.dn,
+            d_r: case.dr,
+            d_v: case.dv,
+            s_q: case.sq,
+            contexts: case.ctx.clone(),
+            seq_lens: (0..case.batch()).map(|b| case.seq_len(b)).collect(),
+            page_size: case.page,
+            dtype: case.dtype,
+            splits: case.splits,
+            rope_layout: case.layout,
+            scale: case.scale(),
+            poison: case.poison,
+            twin_of: case.nan_twin().map(|c| c.to_string()),
+        }
+    }
+}
+
+/// One tensor of a case's file, as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub dtype: String,
+}
 
 /// One case of a pack.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PackCase {
     pub id: String,
+    /// Position in the suite's case list (names the files).
+    pub index: usize,
     pub inputs: String,
+    pub inputs_sha256: String,
     pub outputs: String,
-    /// Output tensor names and shapes the kernel must write.
-    pub expected_outputs: Vec<(String, Vec<usize>)>,
+    pub params: CaseParams,
+    pub input_tensors: Vec<StoredTensor>,
+    /// What a kernel writes: `out` always, `lse` when its profile declares one (any float dtype;
+    /// the declared LSE dtype sets how it is judged).
+    pub output_tensors: Vec<StoredTensor>,
 }
 
 /// `manifest.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Manifest {
+    pub format: String,
     pub suite_version: String,
-    /// The file with every operation's definition (axes, tensors, dtype rules, conventions).
+    /// The suite seed the cases were drawn from (0: the published suite).
+    pub seed: u64,
+    /// The filters the pack was exported with (empty: every case).
+    pub filters: Vec<String>,
     pub definitions: String,
     pub cases: Vec<PackCase>,
 }
 
-/// `kernel.json`, optionally written by the author's script: who produced the outputs.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+/// `kernel.json`, written by the author's script: who produced the outputs, and what it declares.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct KernelInfo {
     pub name: String,
     #[serde(default)]
@@ -50,16 +149,34 @@ pub struct KernelInfo {
     pub description: String,
     /// Device, driver, library versions: copied into the certificate.
     #[serde(default)]
-    pub environment: std::collections::BTreeMap<String, String>,
+    pub environment: BTreeMap<String, String>,
+    /// The declaration (or `--profile FILE`).
+    pub profile: Option<Profile>,
 }
 
-/// Errors about a pack as a whole (a case's own problems become its status).
+/// Errors about a pack as a whole: each is a refusal (exit 2), and nothing is written.
 #[derive(Debug, thiserror::Error)]
 pub enum PackError {
     #[error("{path}: {message}")]
     Io { path: String, message: String },
-    #[error("{path}: malformed manifest: {message}")]
-    Manifest { path: String, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+    #[error(transparent)]
+    Confined(#[from] confined::ConfinedError),
+}
+
+fn invalid(path: &Path, message: impl Into<String>) -> PackError {
+    PackError::Invalid {
+        path: path.display().to_string(),
+        message: message.into(),
+    }
+}
+
+fn io(path: &Path, e: impl std::fmt::Display) -> PackError {
+    PackError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
 }
 
 fn floats(dtype: Dtype, shape: Vec<usize>, values: &[f32]) -> RawTensor {
@@ -74,18 +191,6 @@ fn ints(shape: Vec<usize>, values: &[i32]) -> RawTensor {
     }
 }
 
-fn io(path: &Path, e: impl std::fmt::Display) -> PackError {
-    PackError::Io {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    }
-}
-
-/// Write a file via a temp file and a rename.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PackError> {
-    gqla_reference::hf::tensors::write_atomic(path, bytes).map_err(|e| io(path, e))
-}
-
 /// The input tensors of a case, as the pack stores them.
 fn input_tensors(inp: &CaseInputs) -> Vec<(String, RawTensor)> {
     let c = &inp.case;
@@ -94,12 +199,10 @@ fn input_tensors(inp: &CaseInputs) -> Vec<(String, RawTensor)> {
         t.push(("q".to_string(), floats(c.dtype, vec![c.batch(), c.sq, c.h, c.q_width()], &inp.q)));
     }
     for comp in &inp.cache.components {
-        let slots = inp.cache.slots();
         let shape = match &inp.cache.paging {
             Paging::Contiguous { capacity } => vec![c.batch(), *capacity, comp.width],
             Paging::Paged { page, num_pages, .. } => vec![*num_pages, *page, comp.width],
         };
-        debug_assert_eq!(slots * comp.width, comp.data.len());
         t.push((comp.name.to_string(), floats(c.dtype, shape, &comp.data)));
     }
     let lens: Vec<i32> = inp.cache.seq_lens.iter().map(|&l| l as i32).collect();
@@ -110,7 +213,9 @@ fn input_tensors(inp: &CaseInputs) -> Vec<(String, RawTensor)> {
     {
         t.push(("block_table".to_string(), ints(vec![c.batch(), *max_pages], block_table)));
     }
-    t.push(("scale".to_string(), floats(Dtype::F32, vec![], &[inp.scale])));
+    if c.op.is_decode() {
+        t.push(("scale".to_string(), floats(Dtype::F32, vec![], &[inp.scale])));
+    }
     if let Some(n) = c.splits {
         t.push(("num_splits".to_string(), ints(vec![], &[n as i32])));
     }
@@ -120,147 +225,310 @@ fn input_tensors(inp: &CaseInputs) -> Vec<(String, RawTensor)> {
     t
 }
 
-/// Write the pack of `cases` into `dir`.
-pub fn export(cases: &[Case], dir: &Path) -> Result<Manifest, PackError> {
-    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-    let definitions = serde_json::to_string_pretty(&crate::definition::all()).expect("definitions serialize") + "\n";
-    write_atomic(&dir.join(DEFINITIONS), definitions.as_bytes())?;
-    let mut manifest = Manifest {
-        suite_version: SUITE_VERSION.into(),
-        definitions: DEFINITIONS.into(),
-        cases: Vec::new(),
-    };
-    for (n, case) in cases.iter().enumerate() {
-        let inp = CaseInputs::generate(case);
-        let tensors = input_tensors(&inp);
-        let inputs = format!("{n:05}.inputs.safetensors");
-        let meta = [("case".to_string(), case.to_string())].into_iter().collect();
-        write_tensors(&dir.join(&inputs), tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(meta)).map_err(|e| io(dir, e))?;
-        let expected_outputs = Outputs::for_case(case)
-            .tensors
-            .iter()
-            .map(|t| (t.name.to_string(), t.shape.clone()))
-            .collect();
-        manifest.cases.push(PackCase {
-            id: case.to_string(),
-            inputs,
-            outputs: format!("{n:05}.outputs.safetensors"),
-            expected_outputs,
-        });
-    }
-    let json = serde_json::to_string_pretty(&manifest).expect("manifest serializes") + "\n";
-    write_atomic(&dir.join("manifest.json"), json.as_bytes())?;
-    Ok(manifest)
+fn dtype_name(d: StDtype) -> String {
+    format!("{d:?}").to_lowercase()
 }
 
-/// The definitions file of a pack.
-pub const DEFINITIONS: &str = "definitions.json";
-/// The optional file in which the author's script names its kernel.
-pub const KERNEL_INFO: &str = "kernel.json";
-
-/// Read the pack's `kernel.json`, if the author's script wrote one.
-pub fn read_kernel_info(dir: &Path) -> Result<Option<KernelInfo>, PackError> {
-    let path = dir.join(KERNEL_INFO);
-    match std::fs::read_to_string(&path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io(&path, e)),
-        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| PackError::Manifest {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        }),
-    }
+/// A case's inputs file, byte for byte (deterministic: the digests depend on it).
+pub fn inputs_file(inp: &CaseInputs) -> Vec<u8> {
+    let tensors = input_tensors(inp);
+    let meta: HashMap<String, String> = [("case".to_string(), inp.case.to_string())].into_iter().collect();
+    safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(meta)).expect("input tensors serialize")
 }
 
-/// Read a pack's manifest.
-pub fn read_manifest(dir: &Path) -> Result<Manifest, PackError> {
-    let path = dir.join("manifest.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
-    let m: Manifest = serde_json::from_str(&text).map_err(|e| PackError::Manifest {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    })?;
-    if m.suite_version != SUITE_VERSION {
-        return Err(PackError::Manifest {
-            path: path.display().to_string(),
-            message: format!("suite version {} (this tool certifies {SUITE_VERSION})", m.suite_version),
-        });
-    }
-    for c in &m.cases {
-        c.id.parse::<Case>().map_err(|e| PackError::Manifest {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-    }
-    Ok(m)
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Judge the outputs a kernel wrote into the pack, one case at a time.
-pub fn judge(dir: &Path, manifest: &Manifest, mut on_case: impl FnMut(&CaseResult)) -> Vec<CaseResult> {
-    manifest
-        .cases
+/// The file names of the case at suite position `index`.
+pub fn file_names(index: usize) -> (String, String) {
+    (format!("{index:05}.inputs.safetensors"), format!("{index:05}.outputs.safetensors"))
+}
+
+/// The output tensors a kernel writes for `case` under the suite's own profile (`lse` is left out
+/// by a kernel whose profile writes none).
+fn output_tensors(case: &Case) -> Vec<StoredTensor> {
+    Outputs::for_case(case, &Profile::everything())
+        .tensors
         .iter()
-        .map(|pc| {
-            let start = Instant::now();
-            let case: Case = pc.id.parse().expect("validated with the manifest");
-            let status = judge_case(dir, pc, &case);
-            let r = CaseResult {
-                id: pc.id.clone(),
-                status,
-                seconds: start.elapsed().as_secs_f64(),
-            };
-            on_case(&r);
-            r
+        .map(|t| StoredTensor {
+            name: t.name.into(),
+            shape: t.shape.clone(),
+            dtype: if t.name == "lse" { "f32 or the storage dtype, as declared" } else { "any float dtype" }.into(),
         })
         .collect()
 }
 
-fn judge_case(dir: &Path, pc: &PackCase, case: &Case) -> Status {
-    let path = dir.join(&pc.outputs);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) => {
-            return Status::RuntimeError {
-                message: format!("{}: no outputs ({e})", path.display()),
+/// The published digest of each case id (`mustpass/<version>.txt`: `id sha256` per line).
+pub fn published_digests() -> HashMap<&'static str, &'static str> {
+    MUSTPASS.lines().filter_map(|l| l.split_once(' ')).collect()
+}
+
+/// Write the pack of `cases` (with their suite positions) into `dir`, which must not exist or be
+/// empty. The pack is built in a fresh temporary directory beside it and renamed into place, so
+/// a failure leaves nothing.
+pub fn export(cases: &[(usize, Case)], seed: u64, filters: &[String], dir: &Path) -> Result<Manifest, PackError> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(invalid(dir, "is not empty: a pack goes into a new or empty directory"));
             }
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(dir, e)),
+    }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".gqla-pack-")
+        .tempdir_in(parent)
+        .map_err(|e| io(parent, format!("cannot create a temporary directory: {e}")))?;
+    let definitions = serde_json::to_string_pretty(&crate::definition::all()).expect("definitions serialize") + "\n";
+    std::fs::write(tmp.path().join(DEFINITIONS), definitions).map_err(|e| io(dir, e))?;
+    let mut manifest = Manifest {
+        format: FORMAT.into(),
+        suite_version: SUITE_VERSION.into(),
+        seed,
+        filters: filters.to_vec(),
+        definitions: DEFINITIONS.into(),
+        cases: Vec::new(),
     };
+    for (index, case) in cases {
+        let inp = CaseInputs::generate(case);
+        let bytes = inputs_file(&inp);
+        let (inputs, outputs) = file_names(*index);
+        std::fs::write(tmp.path().join(&inputs), &bytes).map_err(|e| io(&dir.join(&inputs), e))?;
+        manifest.cases.push(PackCase {
+            id: case.to_string(),
+            index: *index,
+            inputs,
+            inputs_sha256: sha256_hex(&bytes),
+            outputs,
+            params: CaseParams::of(case),
+            input_tensors: input_tensors(&inp)
+                .into_iter()
+                .map(|(name, t)| StoredTensor {
+                    name,
+                    shape: t.shape,
+                    dtype: dtype_name(t.dtype),
+                })
+                .collect(),
+            output_tensors: output_tensors(case),
+        });
+    }
+    let json = serde_json::to_string_pretty(&manifest).expect("manifest serializes") + "\n";
+    std::fs::write(tmp.path().join(MANIFEST), json).map_err(|e| io(dir, e))?;
+    if dir.exists() {
+        std::fs::remove_dir(dir).map_err(|e| io(dir, e))?;
+    }
+    let kept = tmp.keep();
+    std::fs::rename(&kept, dir).map_err(|e| {
+        let _ = std::fs::remove_dir_all(&kept);
+        io(dir, format!("cannot move the finished pack into place: {e}"))
+    })?;
+    Ok(manifest)
+}
+
+/// Read the author's `kernel.json` from `dir`, if there is one.
+pub fn read_kernel_info(dir: &Path) -> Result<Option<KernelInfo>, PackError> {
+    if !confined::exists(dir, KERNEL_INFO)? {
+        return Ok(None);
+    }
+    let bytes = confined::read(dir, KERNEL_INFO, KERNEL_INFO_LIMIT)?;
+    let path = dir.join(KERNEL_INFO);
+    let info: KernelInfo = serde_json::from_slice(&bytes).map_err(|e| invalid(&path, format!("malformed: {e}")))?;
+    if let Some(p) = &info.profile {
+        p.validate().map_err(|e| invalid(&path, e.to_string()))?;
+    }
+    Ok(Some(info))
+}
+
+/// A pack's manifest, checked against this suite: format, version, and every case id known (for
+/// the manifest's seed), canonical, listed once, at its suite position and with its file names.
+pub fn read_manifest(dir: &Path) -> Result<Manifest, PackError> {
+    let path = dir.join(MANIFEST);
+    let bytes = confined::read(dir, MANIFEST, MANIFEST_LIMIT)?;
+    let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| invalid(&path, format!("malformed manifest: {e}")))?;
+    if m.format != FORMAT {
+        return Err(invalid(&path, format!("format `{}`, expected `{FORMAT}` (re-export the pack with this tool)", m.format)));
+    }
+    if m.suite_version != SUITE_VERSION {
+        return Err(invalid(
+            &path,
+            format!("suite version {} (this tool certifies {SUITE_VERSION})", m.suite_version),
+        ));
+    }
+    let suite: HashMap<String, usize> = suite_cases_seeded(m.seed)
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.to_string(), i))
+        .collect();
+    let mut seen = HashSet::new();
+    for (i, pc) in m.cases.iter().enumerate() {
+        let at = |field: &str| format!("cases[{i}].{field}");
+        let index = *suite.get(&pc.id).ok_or_else(|| {
+            invalid(
+                &path,
+                format!("{}: `{}` is not a case of suite {SUITE_VERSION} with seed {}", at("id"), pc.id, m.seed),
+            )
+        })?;
+        if !seen.insert(pc.id.as_str()) {
+            return Err(invalid(&path, format!("{}: `{}` is listed twice", at("id"), pc.id)));
+        }
+        let (inputs, outputs) = file_names(index);
+        if pc.index != index || pc.inputs != inputs || pc.outputs != outputs {
+            return Err(invalid(
+                &path,
+                format!(
+                    "{}: case `{}` is suite case {index}: expected index {index}, inputs `{inputs}`, outputs `{outputs}`",
+                    at("index"),
+                    pc.id
+                ),
+            ));
+        }
+    }
+    Ok(m)
+}
+
+/// How a pack's outputs are judged.
+pub struct Judging<'a> {
+    pub pack: &'a Path,
+    pub outputs: &'a Path,
+    pub manifest: &'a Manifest,
+    pub profile: &'a Profile,
+    /// The cases to certify, in suite order (the suite's cases for the manifest's seed, filtered).
+    pub cases: Vec<Case>,
+}
+
+/// Outputs read from files, as a kernel: only its profile is ever asked for.
+struct PackKernel(Profile);
+
+impl Kernel for PackKernel {
+    fn identity(&self) -> KernelIdentity {
+        KernelIdentity {
+            name: "pack".into(),
+            version: String::new(),
+            description: String::new(),
+        }
+    }
+    fn profile(&self) -> Profile {
+        self.0.clone()
+    }
+    fn run(&self, _: &mut CaseInputs, _: &mut Outputs) -> Result<(), crate::KernelError> {
+        Err(crate::KernelError::Runtime("a pack's outputs are read, not run".into()))
+    }
+}
+
+/// Check a case's inputs file against the digest the judge computes from the case id (and the
+/// published one for seed 0), and the manifest's claim. A mismatch refuses the pack.
+fn check_inputs(j: &Judging, pc: &PackCase, inputs: &CaseInputs, published: &HashMap<&str, &str>) -> Result<(), PackError> {
+    let path = j.pack.join(&pc.inputs);
+    let file = inputs_file(inputs);
+    let want = sha256_hex(&file);
+    if j.manifest.seed == 0 {
+        if let Some(p) = published.get(pc.id.as_str()) {
+            if *p != want {
+                return Err(invalid(
+                    &path,
+                    format!("this tool draws inputs with SHA-256 {want}, but mustpass/{SUITE_VERSION}.txt pins {p}"),
+                ));
+            }
+        }
+    }
+    if pc.inputs_sha256 != want {
+        return Err(invalid(
+            &j.pack.join(MANIFEST),
+            format!("case `{}`: inputs_sha256 {} is not the suite's {want}", pc.id, pc.inputs_sha256),
+        ));
+    }
+    let bytes = confined::read(j.pack, &pc.inputs, file.len() as u64)?;
+    let got = sha256_hex(&bytes);
+    if got != want {
+        return Err(invalid(&path, format!("SHA-256 {got}, expected {want}: the inputs were changed")));
+    }
+    Ok(())
+}
+
+/// Read one case's outputs into canary-guarded outputs. A file that is missing or malformed
+/// becomes the case's status; one that escapes the outputs directory, is not a regular file or is
+/// too large refuses the whole run.
+fn read_outputs(j: &Judging, pc: &PackCase, case: &Case) -> Result<Result<Outputs, Status>, PackError> {
+    let mut outputs = Outputs::for_case(case, j.profile);
+    let path = j.outputs.join(&pc.outputs);
+    let elements: usize = outputs.tensors.iter().map(|t| t.len()).sum();
+    let limit = (elements as u64) * 8 + (1 << 20);
+    let shown = path.display();
+    if !confined::exists(j.outputs, &pc.outputs)? {
+        return Ok(Err(Status::RuntimeError {
+            message: format!("{shown}: no outputs were written"),
+        }));
+    }
+    let bytes = confined::read(j.outputs, &pc.outputs, limit)?;
     let st = match SafeTensors::deserialize(&bytes) {
         Ok(st) => st,
         Err(e) => {
-            return Status::RuntimeError {
-                message: format!("{}: not a valid safetensors file: {e}", path.display()),
-            }
+            return Ok(Err(Status::RuntimeError {
+                message: format!("{shown}: not a valid safetensors file: {e}"),
+            }))
         }
     };
-    let mut outputs = Outputs::for_case(case);
     for t in outputs.tensors.iter_mut() {
+        let mismatch = |detail: String| Status::ShapeOrDtypeMismatch {
+            detail: format!("{shown}: tensor `{}` {detail}", t.name),
+        };
         let Ok(view) = st.tensor(t.name) else {
-            return Status::ShapeOrDtypeMismatch {
-                detail: format!("{}: tensor `{}` missing (expected shape {:?})", path.display(), t.name, t.shape),
-            };
+            return Ok(Err(mismatch(format!("missing (expected shape {:?})", t.shape))));
         };
         if view.shape() != t.shape.as_slice() {
-            return Status::ShapeOrDtypeMismatch {
-                detail: format!(
-                    "{}: tensor `{}` has shape {:?}, expected {:?}",
-                    path.display(),
-                    t.name,
-                    view.shape(),
-                    t.shape
-                ),
-            };
+            return Ok(Err(mismatch(format!("has shape {:?}, expected {:?}", view.shape(), t.shape))));
         }
         let Some(values) = decode_floats(view.dtype(), view.data()) else {
-            return Status::ShapeOrDtypeMismatch {
-                detail: format!(
-                    "{}: tensor `{}` has dtype {:?}, expected a float dtype",
-                    path.display(),
-                    t.name,
-                    view.dtype()
-                ),
-            };
+            return Ok(Err(mismatch(format!("has dtype {:?}, expected a float dtype", view.dtype()))));
         };
         t.region_mut().iter_mut().zip(&values).for_each(|(d, v)| *d = *v as f32);
     }
-    Prepared::new(case).judge(&outputs)
+    Ok(Ok(outputs))
+}
+
+/// Judge the outputs a kernel wrote, one case at a time, in suite order. A case the profile
+/// selects but the pack lacks is a RUNTIME_ERROR; a tampered inputs file refuses the pack.
+pub fn judge(j: &Judging, mut on_case: impl FnMut(&CaseResult)) -> Result<Vec<CaseResult>, PackError> {
+    let listed: HashMap<&str, &PackCase> = j.manifest.cases.iter().map(|c| (c.id.as_str(), c)).collect();
+    let published = published_digests();
+    let mut session = Session::with_profile(std::sync::Arc::new(PackKernel(j.profile.clone())), j.profile.clone(), Duration::ZERO);
+    let mut results = Vec::with_capacity(j.cases.len());
+    for case in &j.cases {
+        let start = Instant::now();
+        let id = case.to_string();
+        let done = |status| CaseResult {
+            id: id.clone(),
+            status,
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        let r = if let Some(why) = j.profile.excludes(case) {
+            done(Status::NotSupported { reason: why.to_string() })
+        } else if let Some(pc) = listed.get(id.as_str()) {
+            let inputs = CaseInputs::generate(case);
+            check_inputs(j, pc, &inputs, &published)?;
+            match read_outputs(j, pc, case)? {
+                Err(status) => done(status),
+                Ok(out) => {
+                    let p = Prepared::from_inputs(inputs);
+                    let status = p.judge(&out, j.profile);
+                    session.pair(case, done(status), Some(out))
+                }
+            }
+        } else {
+            done(Status::RuntimeError {
+                message: format!("the pack has no inputs for this case (its manifest does not list it): re-export with `gqla vectors export` (seed {})", j.manifest.seed),
+            })
+        };
+        on_case(&r);
+        results.push(r);
+    }
+    Ok(results)
+}
+
+/// The default outputs directory: the pack itself.
+pub fn outputs_dir(pack: &Path, outputs: Option<&Path>) -> PathBuf {
+    outputs.map_or_else(|| pack.to_path_buf(), Path::to_path_buf)
 }

@@ -21,40 +21,43 @@ pub enum Precision {
 /// Output tensors by name, as f64.
 pub type Tensors = Vec<(&'static str, Vec<f64>)>;
 
-/// The key and value of token t of sequence b for head i.
-fn key_value(inputs: &CaseInputs, b: usize, t: usize, i: usize) -> (Vec<f32>, Vec<f32>) {
+/// The keys and values group `g` (absorb: the one latent stream) sees in sequence b, one row per
+/// cached token: keys [n, key width] and values [n, d_out], row-major.
+fn group_rows(inputs: &CaseInputs, b: usize, g: usize) -> (Vec<f32>, Vec<f32>) {
     let c = &inputs.case;
     let cache = &inputs.cache;
-    match c.op {
-        Op::DecodeAbsorb => {
-            let row = cache.row("kv", b, t);
-            (row.to_vec(), row[..c.dc].to_vec())
-        }
-        Op::DecodeGqa => {
-            let g = i / (c.h / c.g);
-            let v = cache.row("v", b, t)[g * c.dv..(g + 1) * c.dv].to_vec();
-            let k = match c.layout {
-                RopeLayout::Once => {
-                    let mut k = cache.row("k_nope", b, t)[g * c.dn..(g + 1) * c.dn].to_vec();
-                    k.extend_from_slice(cache.row("k_rope", b, t));
-                    k
+    let (mut keys, mut values) = (Vec::new(), Vec::new());
+    for t in 0..c.seq_len(b) {
+        match c.op {
+            Op::DecodeAbsorb => {
+                let row = cache.row("kv", b, t);
+                keys.extend_from_slice(row);
+                values.extend_from_slice(&row[..c.dc]);
+            }
+            Op::DecodeGqa => {
+                values.extend_from_slice(&cache.row("v", b, t)[g * c.dv..(g + 1) * c.dv]);
+                match c.layout {
+                    RopeLayout::Once => {
+                        keys.extend_from_slice(&cache.row("k_nope", b, t)[g * c.dn..(g + 1) * c.dn]);
+                        keys.extend_from_slice(cache.row("k_rope", b, t));
+                    }
+                    RopeLayout::PerGroup => {
+                        keys.extend_from_slice(&cache.row("k", b, t)[g * (c.dn + c.dr)..(g + 1) * (c.dn + c.dr)])
+                    }
                 }
-                RopeLayout::PerGroup => cache.row("k", b, t)[g * (c.dn + c.dr)..(g + 1) * (c.dn + c.dr)].to_vec(),
-            };
-            (k, v)
+            }
+            Op::GqaDecode => {
+                keys.extend_from_slice(&cache.row("k", b, t)[g * c.dn..(g + 1) * c.dn]);
+                values.extend_from_slice(&cache.row("v", b, t)[g * c.dv..(g + 1) * c.dv]);
+            }
+            Op::CacheExpand => unreachable!("no attention in cache.expand"),
         }
-        Op::GqaDecode => {
-            let g = i / (c.h / c.g);
-            (
-                cache.row("k", b, t)[g * c.dn..(g + 1) * c.dn].to_vec(),
-                cache.row("v", b, t)[g * c.dv..(g + 1) * c.dv].to_vec(),
-            )
-        }
-        Op::CacheExpand => unreachable!("no attention in cache.expand"),
     }
+    (keys, values)
 }
 
-/// The reference outputs of a case.
+/// The reference outputs of a case (the suite's conventions: an empty row gives out = 0 and
+/// LSE = −∞, natural log, f32).
 pub fn compute(inputs: &CaseInputs, precision: Precision) -> Tensors {
     match inputs.case.op {
         Op::CacheExpand => expand(inputs, precision),
@@ -65,53 +68,75 @@ pub fn compute(inputs: &CaseInputs, precision: Precision) -> Tensors {
 fn decode(inputs: &CaseInputs, precision: Precision) -> Tensors {
     let c: &Case = &inputs.case;
     let (batch, sq, h, dout) = (c.batch(), c.sq, c.h, c.out_width());
+    let width = c.q_width();
+    // Heads per key stream: all of them for the absorb path (one latent stream), H/G otherwise.
+    let (streams, per) = match c.op {
+        Op::DecodeAbsorb => (1, h),
+        _ => (c.g, h / c.g),
+    };
     let mut out = vec![0.0; batch * sq * h * dout];
     let mut lse = vec![0.0; batch * sq * h];
     for b in 0..batch {
-        for j in 0..sq {
-            let visible = c.visible(b, j);
-            for i in 0..h {
-                let q = inputs.q_row(b, j, i);
-                let kv: Vec<(Vec<f32>, Vec<f32>)> = (0..visible).map(|t| key_value(inputs, b, t, i)).collect();
-                let (o, l) = match precision {
-                    Precision::Exact => attend_exact(q, &kv, inputs.scale as f64, dout),
-                    Precision::Naive(dtype) => attend_naive(q, &kv, inputs.scale, dout, dtype),
-                };
-                let row = (b * sq + j) * h + i;
-                out[row * dout..(row + 1) * dout].copy_from_slice(&o);
-                lse[row] = l;
+        for g in 0..streams {
+            let (keys, values) = group_rows(inputs, b, g);
+            let n = keys.len() / width.max(1);
+            let exact = (precision == Precision::Exact).then(|| {
+                (
+                    ndarray::Array2::from_shape_fn((n, width), |(t, d)| keys[t * width + d] as f64),
+                    ndarray::Array2::from_shape_fn((n, dout), |(t, d)| values[t * dout + d] as f64),
+                )
+            });
+            for j in 0..sq {
+                let visible = c.visible(b, j);
+                for i in g * per..(g + 1) * per {
+                    let q = inputs.q_row(b, j, i);
+                    let (o, l) = match (precision, &exact) {
+                        (Precision::Exact, Some((k, v))) => attend_exact(q, k, v, inputs.scale as f64, visible),
+                        (Precision::Naive(dtype), _) => {
+                            attend_naive(q, &keys[..visible * width], &values[..visible * dout], dout, inputs.scale, dtype)
+                        }
+                        (Precision::Exact, None) => unreachable!("matrices built for the exact reference"),
+                    };
+                    let row = (b * sq + j) * h + i;
+                    out[row * dout..(row + 1) * dout].copy_from_slice(&o);
+                    lse[row] = l;
+                }
             }
         }
     }
     vec![("out", out), ("lse", lse)]
 }
 
-/// The truth: the reference crate's attention (SPEC.md §2) in f64.
-fn attend_exact(q: &[f32], kv: &[(Vec<f32>, Vec<f32>)], scale: f64, dout: usize) -> (Vec<f64>, f64) {
+/// The truth: the reference crate's attention (SPEC.md §2) in f64, over the first `visible` keys.
+fn attend_exact(
+    q: &[f32],
+    keys: &ndarray::Array2<f64>,
+    values: &ndarray::Array2<f64>,
+    scale: f64,
+    visible: usize,
+) -> (Vec<f64>, f64) {
     use gqla_reference::attention::{attend_row, KeyRange};
-    use ndarray::{Array1, Array2};
-    let n = kv.len();
-    let width = q.len();
-    let keys = Array2::from_shape_fn((n, width), |(t, d)| kv[t].0[d] as f64);
-    let values = Array2::from_shape_fn((n, dout), |(t, d)| kv[t].1[d] as f64);
-    let q = Array1::from_iter(q.iter().map(|v| *v as f64));
-    let (o, lse) = attend_row(q.view(), keys.view(), values.view(), scale, KeyRange { start: 0, end: n });
+    let q = ndarray::Array1::from_iter(q.iter().map(|v| *v as f64));
+    let (o, lse) = attend_row(q.view(), keys.view(), values.view(), scale, KeyRange { start: 0, end: visible });
     (o.to_vec(), lse)
 }
 
-fn attend_naive(q: &[f32], kv: &[(Vec<f32>, Vec<f32>)], scale: f32, dout: usize, dtype: Dtype) -> (Vec<f64>, f64) {
-    if kv.is_empty() {
+/// The naive same-precision kernel: scores rounded to the dtype, probabilities rounded to it, f32
+/// accumulation, output rounded. Keys [n, width] and values [n, d_out], row-major.
+fn attend_naive(q: &[f32], keys: &[f32], values: &[f32], dout: usize, scale: f32, dtype: Dtype) -> (Vec<f64>, f64) {
+    let width = q.len();
+    if keys.is_empty() {
         return (vec![0.0; dout], f64::NEG_INFINITY);
     }
-    let s: Vec<f32> = kv
-        .iter()
-        .map(|(k, _)| dtype.round(q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>()) * scale)
+    let s: Vec<f32> = keys
+        .chunks_exact(width)
+        .map(|k| dtype.round(q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>()) * scale)
         .collect();
     let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let p: Vec<f32> = s.iter().map(|v| (v - m).exp()).collect();
     let z: f32 = p.iter().sum();
     let mut o = vec![0.0f32; dout];
-    for (w, (_, v)) in p.iter().zip(kv) {
+    for (w, v) in p.iter().zip(values.chunks_exact(dout)) {
         let w = dtype.round(*w);
         for (acc, x) in o.iter_mut().zip(v) {
             *acc += w * x;

@@ -1,10 +1,13 @@
 //! Certificates: report.json (machine-readable), report.md (for people) and JUnit XML (for CI
 //! systems), each written atomically.
 
-use crate::case::Op;
+use crate::case::{Case, Op};
 use crate::definition::{definition, Definition};
 use crate::kernel::KernelIdentity;
+use crate::lattice::SUITE_VERSION;
+use crate::profile::Profile;
 use crate::runner::CaseResult;
+use crate::verdict::Status;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -47,6 +50,41 @@ impl Environment {
     }
 }
 
+/// What a certificate covers of one operation.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OpCoverage {
+    pub operation: String,
+    /// Must-pass cases of this operation that the filter selects.
+    pub cases: usize,
+    /// Of those, the cases the profile selects: each must PASS.
+    pub must_pass: usize,
+    pub passed: usize,
+    /// Axes the profile leaves out, with how many cases each removes.
+    pub left_out: Vec<(String, usize)>,
+}
+
+/// The certificate's verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Verdict {
+    /// Every case the profile selects passed, and it selects at least one.
+    Conformant,
+    /// Some selected case did not pass.
+    NotConformant,
+    /// The profile selects no case: nothing is certified.
+    NothingCertified,
+}
+
+impl Verdict {
+    pub fn text(self) -> &'static str {
+        match self {
+            Verdict::Conformant => "CONFORMANT",
+            Verdict::NotConformant => "NOT CONFORMANT",
+            Verdict::NothingCertified => "NOTHING CERTIFIED",
+        }
+    }
+}
+
 /// A certification run.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Report {
@@ -54,10 +92,17 @@ pub struct Report {
     pub kernel: KernelIdentity,
     pub environment: Environment,
     pub filter: String,
+    /// The suite seed the cases were drawn from (0: the published suite, whose outputs a kernel
+    /// could have learned from a published pack).
+    pub seed: u64,
+    /// What the kernel declared; every case was judged by it.
+    pub profile: Profile,
+    pub coverage: Vec<OpCoverage>,
     pub results: Vec<CaseResult>,
     /// Count per status name.
     pub summary: BTreeMap<String, usize>,
-    /// Every selected case PASS or NOT_SUPPORTED.
+    pub verdict: Verdict,
+    /// verdict == CONFORMANT.
     pub conformant: bool,
     /// For built-in kernels: how many seeded bugs the suite rejected.
     pub mutation: Option<MutationSummary>,
@@ -75,60 +120,187 @@ pub struct MutationSummary {
     pub results: BTreeMap<String, Option<(String, String)>>,
 }
 
+/// Text from outside (kernel.json, paths, kernel messages) made safe for one line of Markdown:
+/// control characters (newlines, ANSI escapes) dropped, every ASCII punctuation mark
+/// backslash-escaped, so it can start no heading, table cell, link, HTML tag or emphasis.
+pub fn md_escape(text: &str) -> String {
+    let mut s = String::with_capacity(text.len());
+    for c in text.chars().filter(|c| !c.is_control()) {
+        if c.is_ascii_punctuation() {
+            s.push('\\');
+        }
+        s.push(c);
+    }
+    s
+}
+
+/// Text made safe for an XML attribute: control characters dropped (XML 1.0 forbids most of
+/// them; tabs and newlines would be normalised away), markup characters as entities.
+pub fn xml_escape(text: &str) -> String {
+    let mut s = String::with_capacity(text.len());
+    for c in text.chars().filter(|c| !c.is_control() && !matches!(c, '\u{fffe}' | '\u{ffff}')) {
+        match c {
+            '&' => s.push_str("&amp;"),
+            '<' => s.push_str("&lt;"),
+            '>' => s.push_str("&gt;"),
+            '"' => s.push_str("&quot;"),
+            '\'' => s.push_str("&apos;"),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+/// Text made safe for one terminal line: control characters (ANSI escapes included) dropped.
+pub fn plain(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).collect()
+}
+
 impl Report {
-    pub fn new(suite_version: &str, kernel: KernelIdentity, environment: Environment, filter: &str, results: Vec<CaseResult>) -> Self {
+    pub fn new(
+        kernel: KernelIdentity,
+        environment: Environment,
+        filter: &str,
+        seed: u64,
+        profile: Profile,
+        results: Vec<CaseResult>,
+    ) -> Self {
         let mut summary = BTreeMap::new();
         for r in &results {
             *summary.entry(r.status.name().to_string()).or_insert(0) += 1;
         }
-        let conformant = results.iter().all(|r| r.status.is_conformant());
-        let definitions = Op::ALL
+        let coverage: Vec<OpCoverage> = Op::ALL
             .into_iter()
-            .filter(|op| results.iter().any(|r| r.id.split(':').next() == Some(op.name())))
+            .filter_map(|op| {
+                let of_op: Vec<&CaseResult> = results.iter().filter(|r| r.id.split(':').next() == Some(op.name())).collect();
+                if of_op.is_empty() {
+                    return None;
+                }
+                let mut left_out: BTreeMap<String, usize> = BTreeMap::new();
+                for r in &of_op {
+                    if let Some(why) = r.id.parse::<Case>().ok().and_then(|c| profile.excludes(&c)) {
+                        *left_out.entry(why.axis()).or_insert(0) += 1;
+                    }
+                }
+                Some(OpCoverage {
+                    operation: op.name().into(),
+                    cases: of_op.len(),
+                    must_pass: of_op.iter().filter(|r| r.status.selected()).count(),
+                    passed: of_op.iter().filter(|r| r.status.passed()).count(),
+                    left_out: left_out.into_iter().collect(),
+                })
+            })
+            .collect();
+        let selected = results.iter().filter(|r| r.status.selected()).count();
+        let verdict = if selected == 0 {
+            Verdict::NothingCertified
+        } else if results.iter().any(|r| r.status.failed()) {
+            Verdict::NotConformant
+        } else {
+            Verdict::Conformant
+        };
+        let definitions = coverage
+            .iter()
+            .filter_map(|c| Op::ALL.into_iter().find(|op| op.name() == c.operation))
             .map(definition)
             .collect();
         Self {
-            suite_version: suite_version.into(),
+            suite_version: SUITE_VERSION.into(),
             kernel,
             environment,
             filter: filter.into(),
+            seed,
+            profile,
+            coverage,
             results,
             summary,
-            conformant,
+            verdict,
+            conformant: verdict == Verdict::Conformant,
             mutation: None,
             definitions,
         }
     }
 
+    /// The one-line verdict: what is certified, on how many must-pass cases of each operation.
+    pub fn verdict_line(&self) -> String {
+        let per_op: Vec<String> = self
+            .coverage
+            .iter()
+            .map(|c| format!("{} {}/{}", c.operation, c.passed, c.must_pass))
+            .collect();
+        format!(
+            "{} — {} (suite {}, seed {}; passed/must-pass: {})",
+            self.verdict.text(),
+            plain(&self.kernel.name),
+            self.suite_version,
+            self.seed,
+            per_op.join(", ")
+        )
+    }
+
     pub fn markdown(&self) -> String {
         let mut s = String::new();
+        let e = md_escape;
         let _ = writeln!(s, "# GQLA conformance certificate\n");
+        let _ = writeln!(s, "- verdict: **{}**", self.verdict.text());
         let _ = writeln!(s, "- suite version: {}", self.suite_version);
         let _ = writeln!(
             s,
+            "- seed: {}{}",
+            self.seed,
+            if self.seed == 0 {
+                " (the published suite: outputs could have been learned from a published pack)"
+            } else {
+                " (fresh draw)"
+            }
+        );
+        let _ = writeln!(
+            s,
             "- kernel: {} {} ({})",
-            self.kernel.name, self.kernel.version, self.kernel.description
+            e(&self.kernel.name),
+            e(&self.kernel.version),
+            e(&self.kernel.description)
         );
         let _ = writeln!(
             s,
             "- environment: {} ({}) on {}/{}, {} cores; {}",
-            self.environment.tool,
-            self.environment.rustc,
-            self.environment.os,
-            self.environment.arch,
+            e(&self.environment.tool),
+            e(&self.environment.rustc),
+            e(&self.environment.os),
+            e(&self.environment.arch),
             self.environment.cores,
-            self.environment.cpu
+            e(&self.environment.cpu)
         );
         for (k, v) in &self.environment.kernel_environment {
-            let _ = writeln!(s, "- {k}: {v}");
+            let _ = writeln!(s, "- {}: {}", e(k), e(v));
         }
-        let _ = writeln!(s, "- filter: `{}`", if self.filter.is_empty() { "*" } else { &self.filter });
         let _ = writeln!(
             s,
-            "- verdict: **{}**\n",
-            if self.conformant { "CONFORMANT" } else { "NOT CONFORMANT" }
+            "- filter: {}",
+            if self.filter.is_empty() { "\\*".to_string() } else { e(&self.filter) }
         );
-        let _ = writeln!(s, "| status | cases |\n|---|---|");
+        let _ = writeln!(s, "\n## Declared profile\n\n| entry | declared |\n|---|---|");
+        for (k, v) in self.profile.describe() {
+            let _ = writeln!(s, "| {} | {} |", e(&k), e(&v));
+        }
+        let _ = writeln!(
+            s,
+            "\n## Coverage\n\n| operation | cases | must pass | passed | left out by the profile |\n|---|---|---|---|---|"
+        );
+        for c in &self.coverage {
+            let left: Vec<String> = c.left_out.iter().map(|(a, n)| format!("{} ({n})", e(a))).collect();
+            let note = if c.must_pass == 0 { " (nothing certified)" } else { "" };
+            let _ = writeln!(
+                s,
+                "| {}{note} | {} | {} | {} | {} |",
+                e(&c.operation),
+                c.cases,
+                c.must_pass,
+                c.passed,
+                if left.is_empty() { "-".to_string() } else { left.join(", ") }
+            );
+        }
+        let _ = writeln!(s, "\n| status | cases |\n|---|---|");
         for (k, v) in &self.summary {
             let _ = writeln!(s, "| {k} | {v} |");
         }
@@ -145,49 +317,66 @@ impl Report {
                 }
             }
         }
-        let failing: Vec<&CaseResult> = self.results.iter().filter(|r| !r.status.is_conformant()).collect();
-        if !failing.is_empty() {
-            let _ = writeln!(s, "\n## Failing cases\n\n| case | status |\n|---|---|");
-            for r in failing {
-                let _ = writeln!(s, "| `{}` | {} |", r.id, r.status.name());
+        let not_passed: Vec<&CaseResult> = self.results.iter().filter(|r| !r.status.passed()).collect();
+        if !not_passed.is_empty() {
+            let _ = writeln!(s, "\n## Cases that did not pass\n\n| case | status | cause |\n|---|---|---|");
+            for r in not_passed {
+                let _ = writeln!(s, "| `{}` | {} | {} |", r.id, r.status.name(), e(&r.status.cause()));
             }
         }
         s
     }
 
     pub fn junit(&self) -> String {
-        let esc = |x: &str| {
-            x.replace('&', "&amp;")
-                .replace('<', "&lt;")
-                .replace('>', "&gt;")
-                .replace('"', "&quot;")
-        };
-        let failures = self.results.iter().filter(|r| !r.status.is_conformant()).count();
-        let skipped = self.results.iter().filter(|r| r.status.name() == "NOT_SUPPORTED").count();
+        let x = xml_escape;
+        let failures = self.results.iter().filter(|r| r.status.failed()).count();
+        let skipped = self.results.iter().filter(|r| !r.status.selected()).count();
         let time: f64 = self.results.iter().map(|r| r.seconds).sum();
         let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
         let _ = writeln!(
             s,
             "<testsuite name=\"gqla-conformance {}\" tests=\"{}\" failures=\"{failures}\" skipped=\"{skipped}\" time=\"{time:.3}\">",
-            esc(&self.kernel.name),
+            x(&self.kernel.name),
             self.results.len()
         );
+        s.push_str("  <properties>\n");
+        let mut props = vec![
+            ("verdict".to_string(), self.verdict.text().to_string()),
+            ("verdict_line".to_string(), self.verdict_line()),
+            ("suite_version".to_string(), self.suite_version.clone()),
+            ("seed".to_string(), self.seed.to_string()),
+        ];
+        props.extend(self.profile.describe().into_iter().map(|(k, v)| (format!("profile.{k}"), v)));
+        for c in &self.coverage {
+            props.push((
+                format!("coverage.{}", c.operation),
+                format!("{} of {} must pass, {} passed", c.must_pass, c.cases, c.passed),
+            ));
+        }
+        for (k, v) in props {
+            let _ = writeln!(s, "    <property name=\"{}\" value=\"{}\"/>", x(&k), x(&v));
+        }
+        s.push_str("  </properties>\n");
         for r in &self.results {
             let _ = write!(
                 s,
                 "  <testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\"",
-                esc(r.id.split(':').next().unwrap_or("")),
-                esc(&r.id),
+                x(r.id.split(':').next().unwrap_or("")),
+                x(&r.id),
                 r.seconds
             );
             match &r.status {
-                crate::verdict::Status::Pass { .. } => s.push_str("/>\n"),
-                crate::verdict::Status::NotSupported { reason } => {
-                    let _ = writeln!(s, "><skipped message=\"{}\"/></testcase>", esc(reason));
+                Status::Pass { .. } => s.push_str("/>\n"),
+                Status::NotSupported { reason } => {
+                    let _ = writeln!(s, "><skipped message=\"{}\"/></testcase>", x(reason));
                 }
                 other => {
-                    let detail = serde_json::to_string(other).unwrap_or_default();
-                    let _ = writeln!(s, "><failure type=\"{}\" message=\"{}\"/></testcase>", other.name(), esc(&detail));
+                    let _ = writeln!(
+                        s,
+                        "><failure type=\"{}\" message=\"{}\"/></testcase>",
+                        other.name(),
+                        x(&other.cause())
+                    );
                 }
             }
         }
@@ -204,5 +393,26 @@ impl Report {
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_text_cannot_forge_markdown_or_break_xml() {
+        let evil = "x\n- verdict: **CONFORMANT**\n<script>alert(1)</script>\u{1b}[31m|cell|\u{0}";
+        let md = md_escape(evil);
+        assert!(!md.contains('\n') && !md.contains('\u{1b}') && !md.contains('\u{0}'), "{md}");
+        // Every markup character is escaped: none follows anything but a backslash.
+        let chars: Vec<char> = md.chars().collect();
+        for (i, c) in chars.iter().enumerate().filter(|(_, c)| c.is_ascii_punctuation() && **c != '\\') {
+            assert!(i > 0 && chars[i - 1] == '\\', "unescaped {c:?} at {i} in {md}");
+        }
+        assert!(md.contains("\\<script\\>") && md.contains("\\*\\*CONFORMANT"), "{md}");
+        let xml = xml_escape(evil);
+        assert!(!xml.contains('<') && !xml.contains('\u{1b}') && !xml.contains('\u{0}'), "{xml}");
+        assert_eq!(plain("a\u{1b}[2Jb\r\nc"), "a[2Jbc");
     }
 }

@@ -1,10 +1,11 @@
-//! Running a kernel over cases and judging each one.
+//! Running a kernel over cases and judging each one as its profile declares.
 
-use crate::case::{Case, Dtype};
+use crate::case::{Case, Dtype, Poison};
 use crate::inputs::CaseInputs;
 use crate::kernel::{Kernel, KernelError, Outputs};
+use crate::profile::{EmptyLse, EmptyOut, LseBase, LseDtype, Profile};
 use crate::reference::{compute, Precision, Tensors};
-use crate::tolerance::check;
+use crate::tolerance::{check, SpecialMismatch};
 use crate::verdict::Status;
 use serde::Serialize;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -13,6 +14,9 @@ use std::time::{Duration, Instant};
 
 /// The name of the threads kernels run on (a panic hook can recognise them).
 pub const KERNEL_THREAD: &str = "gqla-kernel";
+
+/// A declared finite sentinel must match to this relative difference (a bf16 ulp).
+const SENTINEL_REL: f64 = 1.0 / 128.0;
 
 /// One case's outcome.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -30,11 +34,22 @@ pub struct Prepared {
     naive: Tensors,
 }
 
+fn reference<'a>(tensors: &'a Tensors, name: &str) -> &'a [f64] {
+    &tensors
+        .iter()
+        .find(|(n, _)| *n == name)
+        .expect("the reference covers every output")
+        .1
+}
+
 impl Prepared {
     pub fn new(case: &Case) -> Self {
-        let inputs = CaseInputs::generate(case);
+        Self::from_inputs(CaseInputs::generate(case))
+    }
+
+    pub fn from_inputs(inputs: CaseInputs) -> Self {
         let truth = compute(&inputs, Precision::Exact);
-        let naive = compute(&inputs, Precision::Naive(case.dtype));
+        let naive = compute(&inputs, Precision::Naive(inputs.case.dtype));
         Self {
             inputs: Arc::new(inputs),
             truth,
@@ -42,10 +57,28 @@ impl Prepared {
         }
     }
 
-    /// Judge a kernel's outputs against the references.
-    pub fn judge(&self, outputs: &Outputs) -> Status {
-        let case = &self.inputs.case;
-        let expected = Outputs::for_case(case);
+    pub fn case(&self) -> &Case {
+        &self.inputs.case
+    }
+
+    /// Flat indices of the rows with no visible key, as (row of [B, s_q], heads) pairs: the
+    /// positions the empty-row conventions govern.
+    fn empty_rows(&self) -> Vec<usize> {
+        let c = self.case();
+        if !c.op.is_decode() {
+            return vec![];
+        }
+        (0..c.batch())
+            .flat_map(|b| (0..c.sq).map(move |j| (b, j)))
+            .filter(|&(b, j)| c.visible(b, j) == 0)
+            .map(|(b, j)| b * c.sq + j)
+            .collect()
+    }
+
+    /// Judge a kernel's outputs against the references, following the kernel's declaration.
+    pub fn judge(&self, outputs: &Outputs, profile: &Profile) -> Status {
+        let case = self.case();
+        let expected = Outputs::for_case(case, profile);
         if outputs.tensors.len() != expected.tensors.len() {
             return Status::ShapeOrDtypeMismatch {
                 detail: format!("{} output tensors, expected {}", outputs.tensors.len(), expected.tensors.len()),
@@ -64,79 +97,224 @@ impl Prepared {
             .filter(|t| !t.canaries_intact())
             .map(|t| t.name.to_string())
             .collect();
+        let empty_rows = self.empty_rows();
         let checks = outputs
             .tensors
             .iter()
             .map(|t| {
-                let (_, want) = self
-                    .truth
-                    .iter()
-                    .find(|(n, _)| *n == t.name)
-                    .expect("reference covers every output");
-                let (_, base) = self
-                    .naive
-                    .iter()
-                    .find(|(n, _)| *n == t.name)
-                    .expect("reference covers every output");
-                let got: Vec<f64> = t.region().iter().map(|v| *v as f64).collect();
-                // LSE is an f32 output whatever the storage dtype.
-                let u = if t.name == "lse" {
-                    Dtype::F32.unit_roundoff()
-                } else {
-                    case.dtype.unit_roundoff()
+                let raw: Vec<f64> = t.region().iter().map(|v| *v as f64).collect();
+                let (truth, naive) = (reference(&self.truth, t.name), reference(&self.naive, t.name));
+                // Row width of this tensor in elements: the empty-row conventions cover whole rows.
+                let (per_row, special) = match t.name {
+                    "out" => (case.h * case.out_width(), Special::Out(profile.out_empty_row)),
+                    "lse" => (case.h, Special::Lse(profile.lse.written().expect("lse is expected only when declared").empty_row)),
+                    _ => (0, Special::None),
                 };
-                check(t.name, &got, want, base, u)
+                let mut empty = vec![false; raw.len()];
+                for &r in &empty_rows {
+                    empty[r * per_row..(r + 1) * per_row].fill(true);
+                }
+                let (mut u, mut got, mut base) = (case.dtype.unit_roundoff(), raw.clone(), naive.to_vec());
+                if let Some(lse) = profile.lse.written().filter(|_| t.name == "lse") {
+                    if lse.dtype == LseDtype::F32 {
+                        u = Dtype::F32.unit_roundoff();
+                    } else {
+                        base.iter_mut().for_each(|v| *v = case.dtype.round(*v as f32) as f64);
+                    }
+                    if lse.base == LseBase::Two {
+                        got.iter_mut().for_each(|v| *v *= std::f64::consts::LN_2);
+                    }
+                }
+                let (mut k, mut w, mut n) = (Vec::new(), Vec::new(), Vec::new());
+                let (mut unspecified, mut sentinel_misses) = (0, Vec::new());
+                for i in 0..raw.len() {
+                    let (want, nv) = if empty[i] {
+                        match special {
+                            Special::Out(EmptyOut::Zero) | Special::Lse(EmptyLse::NegInf) | Special::None => (truth[i], base[i]),
+                            Special::Out(EmptyOut::Nan) => (f64::NAN, f64::NAN),
+                            Special::Lse(EmptyLse::PosInf) => (f64::INFINITY, f64::INFINITY),
+                            Special::Out(EmptyOut::Unspecified) | Special::Lse(EmptyLse::Unspecified) => {
+                                unspecified += 1;
+                                continue;
+                            }
+                            Special::Lse(EmptyLse::Finite(v)) => {
+                                let v = v as f64;
+                                if !(raw[i].is_finite() && (raw[i] - v).abs() <= SENTINEL_REL * v.abs()) {
+                                    sentinel_misses.push(SpecialMismatch {
+                                        index: i,
+                                        got: raw[i],
+                                        want: format!("{v:e} (declared sentinel)"),
+                                    });
+                                }
+                                continue;
+                            }
+                        }
+                    } else {
+                        (truth[i], base[i])
+                    };
+                    k.push(got[i]);
+                    w.push(want);
+                    n.push(nv);
+                }
+                let mut c = check(t.name, &k, &w, &n, u, unspecified);
+                if let Some(first) = sentinel_misses.first() {
+                    if c.first_special_mismatch.is_none() {
+                        c.first_special_mismatch = Some(first.clone());
+                    }
+                    c.special_mismatches += sentinel_misses.len();
+                }
+                c
             })
             .collect();
         Status::judge(checks, broken)
     }
 
-    /// Run `kernel` on this case with a time limit, catching panics.
-    pub fn run(&self, kernel: &Arc<dyn Kernel>, timeout: Duration) -> CaseResult {
+    /// Run `kernel` on this case with a time limit, catching panics; also returns the outputs.
+    /// The kernel gets its own copy of the inputs, compared bitwise with the originals after the
+    /// call.
+    pub fn run(&self, kernel: &Arc<dyn Kernel>, profile: &Profile, timeout: Duration) -> (CaseResult, Option<Outputs>) {
         let start = Instant::now();
+        let id = self.case().to_string();
+        let result = |status, outputs| {
+            (
+                CaseResult {
+                    id: id.clone(),
+                    status,
+                    seconds: start.elapsed().as_secs_f64(),
+                },
+                outputs,
+            )
+        };
+        if let Some(why) = profile.excludes(self.case()) {
+            return result(Status::NotSupported { reason: why.to_string() }, None);
+        }
         let (tx, rx) = mpsc::channel();
-        let (k, inp) = (kernel.clone(), self.inputs.clone());
+        let (k, inp, prof) = (kernel.clone(), self.inputs.clone(), profile.clone());
         let spawned = std::thread::Builder::new().name(KERNEL_THREAD.into()).spawn(move || {
-            let mut out = Outputs::for_case(&inp.case);
-            let r = catch_unwind(AssertUnwindSafe(|| k.run(&inp, &mut out)));
-            let _ = tx.send((r, out));
+            let mut own = (*inp).clone();
+            let mut out = Outputs::for_case(&inp.case, &prof);
+            let r = catch_unwind(AssertUnwindSafe(|| k.run(&mut own, &mut out)));
+            let untouched = own.same_bits(&inp);
+            let _ = tx.send((r, untouched, out));
         });
         if let Err(e) = spawned {
-            return CaseResult {
-                id: self.inputs.case.to_string(),
-                status: Status::RuntimeError {
+            return result(
+                Status::RuntimeError {
                     message: format!("cannot start the kernel thread: {e}"),
                 },
-                seconds: 0.0,
-            };
+                None,
+            );
         }
-        let status = match rx.recv_timeout(timeout) {
-            Err(_) => Status::Timeout {
-                seconds: timeout.as_secs_f64(),
-            },
-            Ok((Err(panic), _)) => {
+        match rx.recv_timeout(timeout) {
+            Err(_) => result(
+                Status::Timeout {
+                    seconds: timeout.as_secs_f64(),
+                },
+                None,
+            ),
+            Ok((Err(panic), _, _)) => {
                 let msg = panic
                     .downcast_ref::<&str>()
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "panic".into());
-                Status::RuntimeError {
-                    message: format!("kernel panicked: {msg}"),
-                }
+                result(
+                    Status::RuntimeError {
+                        message: format!("kernel panicked: {msg}"),
+                    },
+                    None,
+                )
             }
-            Ok((Ok(Err(KernelError::NotSupported(reason))), _)) => Status::NotSupported { reason },
-            Ok((Ok(Err(KernelError::Runtime(message))), _)) => Status::RuntimeError { message },
-            Ok((Ok(Ok(())), out)) => self.judge(&out),
-        };
-        CaseResult {
-            id: self.inputs.case.to_string(),
-            status,
-            seconds: start.elapsed().as_secs_f64(),
+            Ok((Ok(_), false, _)) => result(
+                Status::InputMutated {
+                    detail: "the kernel wrote to its inputs (they differ bitwise from the originals after the call)".into(),
+                },
+                None,
+            ),
+            Ok((Ok(Err(e @ (KernelError::Declined(_) | KernelError::Runtime(_)))), _, _)) => {
+                result(Status::RuntimeError { message: e.to_string() }, None)
+            }
+            Ok((Ok(Ok(())), _, out)) => {
+                let status = self.judge(&out, profile);
+                result(status, Some(out))
+            }
         }
     }
 }
 
-/// Run `kernel` on `case` with a time limit, catching panics.
-pub fn run_case(kernel: &Arc<dyn Kernel>, case: &Case, timeout: Duration) -> CaseResult {
-    Prepared::new(case).run(kernel, timeout)
+/// Which convention governs the empty rows of a tensor.
+#[derive(Clone, Copy)]
+enum Special {
+    Out(EmptyOut),
+    Lse(EmptyLse),
+    None,
+}
+
+/// The first element where two runs' outputs differ bitwise, in words (None: identical).
+pub fn first_difference(twin: &Outputs, primary: &Outputs) -> Option<String> {
+    for (a, b) in twin.tensors.iter().zip(&primary.tensors) {
+        let differ = a.region().iter().zip(b.region()).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+        if let Some(i) = a.region().iter().zip(b.region()).position(|(x, y)| x.to_bits() != y.to_bits()) {
+            return Some(format!(
+                "`{}` differs from the NaN-poisoned run at {differ} element(s), first at flat index {i} ({} against {}): \
+                 the output depends on memory a correct kernel never reads",
+                a.name,
+                a.region()[i],
+                b.region()[i]
+            ));
+        }
+    }
+    None
+}
+
+/// Runs one kernel over cases in lattice order and pairs each `poison=garbage` twin with the
+/// NaN-poison case just before it: the twin must pass and equal that case's outputs bitwise.
+pub struct Session {
+    kernel: Arc<dyn Kernel>,
+    /// Taken once, before anything runs: every case is judged by the same declaration.
+    pub profile: Profile,
+    timeout: Duration,
+    /// The last passing NaN-poison case and its outputs.
+    last: Option<(Case, Outputs)>,
+}
+
+impl Session {
+    pub fn new(kernel: Arc<dyn Kernel>, timeout: Duration) -> Self {
+        let profile = kernel.profile();
+        Self::with_profile(kernel, profile, timeout)
+    }
+
+    pub fn with_profile(kernel: Arc<dyn Kernel>, profile: Profile, timeout: Duration) -> Self {
+        Self {
+            kernel,
+            profile,
+            timeout,
+            last: None,
+        }
+    }
+
+    pub fn kernel(&self) -> &Arc<dyn Kernel> {
+        &self.kernel
+    }
+
+    pub fn run(&mut self, p: &Prepared) -> CaseResult {
+        let (result, outputs) = p.run(&self.kernel, &self.profile, self.timeout);
+        self.pair(p.case(), result, outputs)
+    }
+
+    /// Record a judged case; a passing twin is held against its NaN-poison case.
+    pub fn pair(&mut self, case: &Case, mut result: CaseResult, outputs: Option<Outputs>) -> CaseResult {
+        match (case.poison, outputs) {
+            (Poison::Nan, Some(out)) if result.status.passed() => self.last = Some((case.clone(), out)),
+            (Poison::Garbage, Some(out)) if result.status.passed() => {
+                if let Some((_, primary)) = self.last.as_ref().filter(|(c, _)| Some(c) == case.nan_twin().as_ref()) {
+                    if let Some(detail) = first_difference(&out, primary) {
+                        result.status = Status::PoisonDependent { detail };
+                    }
+                }
+            }
+            _ => {}
+        }
+        result
+    }
 }

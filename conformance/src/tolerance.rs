@@ -1,53 +1,96 @@
 //! The tolerance policy: how a kernel's output is judged against the f64 reference.
 //!
 //! For each output tensor, with `truth` the f64 reference, `naive` the naive same-precision
-//! reference (see [`crate::reference`]) and u the unit roundoff of the case dtype:
-//! 1. Non-finite values must sit exactly where the truth has them, with the same kind (NaN, +∞,
-//!    −∞). An empty row's LSE is −∞ by definition; NaN never passes unless the truth is NaN.
-//! 2. max |kernel − truth| ≤ K_MAX · max |naive − truth| + FLOOR_MAX · u · max |truth|
-//! 3. mean |kernel − truth| ≤ K_MEAN · mean |naive − truth| + FLOOR_MEAN · u · mean |truth|
+//! reference (see [`crate::reference`]), u the unit roundoff of the tensor's dtype, N the number
+//! of judged elements, and errors e = x − truth taken over the positions where the truth is
+//! finite:
+//! 1. Special values sit exactly where the definition, as the kernel's profile declares it, puts
+//!    them (NaN, +∞, −∞, or a declared finite sentinel), and nowhere else. NaN never passes
+//!    unless the declaration says the output is NaN there.
+//! 2. rms(e_kernel) ≤ K_RMS · rms(e_naive) + FLOOR_RMS · u · rms(truth)
+//! 3. max |e_kernel| ≤ K_MAX · max(max |e_naive|, rms(e_naive) · √(2 ln 2N)) + FLOOR_MAX · u · max |truth|
 //! 4. 1 − cos(kernel, truth) ≤ K_COS · (1 − cos(naive, truth)) + u²
 //!
+//! Why this rule is stable across seeds: a bound taken from the naive reference's largest error
+//! over a handful of values (an LSE of 4–8 rows) is itself a random variable, and a kernel whose
+//! error merely equals the naive one's crossed 3× that sample maximum on some seeds. The RMS over
+//! every element is the statistic that separates "systematically worse than naive" from
+//! "as good": with N ≥ 32 elements on each side, the ratio of two RMS errors of equal scale
+//! exceeds 2 with probability about 1e-4 (an F(32, 32) tail), while a kernel 5× worse than naive
+//! fails every time. The max bound still catches a few wrong elements among many correct ones,
+//! but it is never below the maximum that N draws of the naive error's scale are expected to
+//! reach (√(2 ln 2N) standard deviations), so a small naive sample maximum cannot make it
+//! flaky. The lattice gives every decode case at least 32 LSE rows for the same reason
+//! ([`crate::lattice`] tests it).
+//!
 //! Why these constants: a correct kernel differs from the naive one mainly in summation order
-//! (tiling, split-KV, fused exp), which changes the rounding error by a small factor; FlashAttention
-//! accepts 2–3× its naive same-precision error, and its Hopper tests bound the mean at 1.5×. We
-//! take K_MAX = 3, K_MEAN = 2, K_COS = 10. The floors cover the rounding of the output itself
-//! (FlashAttention-3 uses two output ulps), and make an f32 case with a near-exact naive reference
-//! still leave room for a different but correct order of operations. No bound looks at the
+//! (tiling, split-KV, fused exp), which changes the rounding error by a small factor;
+//! FlashAttention accepts 2–3× its naive same-precision error, and its Hopper tests bound the
+//! mean at 1.5×. We take K_RMS = 2, K_MAX = 3, K_COS = 10. The floors cover the rounding of the
+//! output itself (FlashAttention-3 uses two output ulps), and leave an f32 case with a near-exact
+//! naive reference room for a different but correct order of operations. No bound looks at the
 //! kernel's own output.
 
 use serde::Serialize;
 
+pub const K_RMS: f64 = 2.0;
 pub const K_MAX: f64 = 3.0;
-pub const K_MEAN: f64 = 2.0;
 pub const K_COS: f64 = 10.0;
+pub const FLOOR_RMS: f64 = 2.0;
 pub const FLOOR_MAX: f64 = 4.0;
-pub const FLOOR_MEAN: f64 = 2.0;
+
+/// A position where the kernel's value is not the special value the definition puts there (or
+/// is special where the truth is an ordinary number).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SpecialMismatch {
+    /// Flat index into the tensor.
+    pub index: usize,
+    pub got: f64,
+    /// What the declaration requires there, e.g. "-inf", "NaN", "finite", "-2.38e38 (sentinel)".
+    pub want: String,
+}
 
 /// Error figures of one output tensor, and the bounds they were held to.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TensorCheck {
     pub tensor: String,
+    /// Elements compared numerically.
+    pub judged: usize,
+    /// Elements the declaration leaves unspecified (not judged).
+    pub unspecified: usize,
+    pub rms_err: f64,
+    pub rms_bound: f64,
     pub max_abs_err: f64,
     pub max_abs_bound: f64,
-    pub mean_abs_err: f64,
-    pub mean_abs_bound: f64,
     pub one_minus_cos: f64,
     pub one_minus_cos_bound: f64,
     /// max |err| / max |truth|.
     pub max_rel_err: f64,
-    /// Positions where kernel and truth disagree on being finite (or on the kind of non-finite).
-    pub nonfinite_mismatches: usize,
-    /// The first such position (flat index), if any.
-    pub first_nonfinite_mismatch: Option<usize>,
+    /// Positions where the kernel disagrees with a special value (see [`SpecialMismatch`]).
+    pub special_mismatches: usize,
+    pub first_special_mismatch: Option<SpecialMismatch>,
 }
 
 impl TensorCheck {
-    pub fn nonfinite_ok(&self) -> bool {
-        self.nonfinite_mismatches == 0
+    pub fn specials_ok(&self) -> bool {
+        self.special_mismatches == 0
     }
     pub fn numerics_ok(&self) -> bool {
-        self.max_abs_err <= self.max_abs_bound && self.mean_abs_err <= self.mean_abs_bound && self.one_minus_cos <= self.one_minus_cos_bound
+        self.rms_err <= self.rms_bound && self.max_abs_err <= self.max_abs_bound && self.one_minus_cos <= self.one_minus_cos_bound
+    }
+    /// Which bound failed, in words (empty when all hold).
+    pub fn failures(&self) -> Vec<String> {
+        let mut f = Vec::new();
+        if self.rms_err > self.rms_bound {
+            f.push(format!("rms error {:.3e} > bound {:.3e}", self.rms_err, self.rms_bound));
+        }
+        if self.max_abs_err > self.max_abs_bound {
+            f.push(format!("max |error| {:.3e} > bound {:.3e}", self.max_abs_err, self.max_abs_bound));
+        }
+        if self.one_minus_cos > self.one_minus_cos_bound {
+            f.push(format!("1 - cos {:.3e} > bound {:.3e}", self.one_minus_cos, self.one_minus_cos_bound));
+        }
+        f
     }
 }
 
@@ -63,22 +106,32 @@ fn kind(x: f64) -> u8 {
     }
 }
 
-/// Figures over the positions where the truth is finite.
-fn stats(x: &[f64], truth: &[f64]) -> (f64, f64, f64) {
-    let (mut max, mut sum, mut n) = (0.0f64, 0.0, 0usize);
+/// A value's kind in words, for messages.
+pub fn kind_name(x: f64) -> String {
+    match kind(x) {
+        1 => "NaN".into(),
+        2 => "+inf".into(),
+        3 => "-inf".into(),
+        _ => "finite".into(),
+    }
+}
+
+/// RMS error, max error and 1 − cos of `x` against `truth`, over positions where both are finite.
+fn stats(x: &[f64], truth: &[f64]) -> (f64, f64, f64, usize) {
+    let (mut max, mut sq, mut n) = (0.0f64, 0.0, 0usize);
     let (mut dot, mut xx, mut tt) = (0.0, 0.0, 0.0);
     for (a, t) in x.iter().zip(truth) {
         if t.is_finite() && a.is_finite() {
             let e = (a - t).abs();
             max = max.max(e);
-            sum += e;
+            sq += e * e;
             n += 1;
             dot += a * t;
             xx += a * a;
             tt += t * t;
         }
     }
-    let mean = if n > 0 { sum / n as f64 } else { 0.0 };
+    let rms = if n > 0 { (sq / n as f64).sqrt() } else { 0.0 };
     let cos = if xx > 0.0 && tt > 0.0 {
         dot / (xx.sqrt() * tt.sqrt())
     } else if xx == tt {
@@ -86,38 +139,85 @@ fn stats(x: &[f64], truth: &[f64]) -> (f64, f64, f64) {
     } else {
         0.0
     };
-    (max, mean, (1.0 - cos).max(0.0))
+    (rms, max, (1.0 - cos).max(0.0), n)
 }
 
-/// Judge one tensor of a kernel against the truth, with bounds from the naive reference.
-pub fn check(tensor: &str, kernel: &[f64], truth: &[f64], naive: &[f64], u: f64) -> TensorCheck {
+/// Judge one tensor of a kernel against the truth, with bounds from the naive reference. The
+/// three slices hold the judged positions only; `unspecified` counts those left out, and
+/// `specials` the mismatches the caller found at declared special positions (sentinels).
+pub fn check(tensor: &str, kernel: &[f64], truth: &[f64], naive: &[f64], u: f64, unspecified: usize) -> TensorCheck {
     assert_eq!(kernel.len(), truth.len(), "check: kernel and truth lengths");
-    let mismatches: Vec<usize> = kernel
-        .iter()
-        .zip(truth)
-        .enumerate()
-        .filter(|(_, (a, t))| kind(**a) != kind(**t))
-        .map(|(i, _)| i)
-        .collect();
-    let (k_max, k_mean, k_cos) = stats(kernel, truth);
-    let (n_max, n_mean, n_cos) = stats(naive, truth);
+    assert_eq!(naive.len(), truth.len(), "check: naive and truth lengths");
+    let mut mismatches = kernel.iter().zip(truth).enumerate().filter(|(_, (a, t))| kind(**a) != kind(**t));
+    let first = mismatches.next().map(|(index, (a, t))| SpecialMismatch {
+        index,
+        got: *a,
+        want: kind_name(*t),
+    });
+    let count = first.is_some() as usize + mismatches.count();
+    let (k_rms, k_max, k_cos, _) = stats(kernel, truth);
+    let (n_rms, n_max, n_cos, n) = stats(naive, truth);
     let finite: Vec<f64> = truth.iter().copied().filter(|t| t.is_finite()).map(f64::abs).collect();
     let t_max = finite.iter().copied().fold(0.0, f64::max);
-    let t_mean = if finite.is_empty() {
+    let t_rms = if finite.is_empty() {
         0.0
     } else {
-        finite.iter().sum::<f64>() / finite.len() as f64
+        (finite.iter().map(|t| t * t).sum::<f64>() / finite.len() as f64).sqrt()
     };
+    let expected_max = n_rms * (2.0 * ((2 * n.max(1)) as f64).ln()).sqrt();
     TensorCheck {
         tensor: tensor.to_string(),
+        judged: kernel.len(),
+        unspecified,
+        rms_err: k_rms,
+        rms_bound: K_RMS * n_rms + FLOOR_RMS * u * t_rms,
         max_abs_err: k_max,
-        max_abs_bound: K_MAX * n_max + FLOOR_MAX * u * t_max,
-        mean_abs_err: k_mean,
-        mean_abs_bound: K_MEAN * n_mean + FLOOR_MEAN * u * t_mean,
+        max_abs_bound: K_MAX * n_max.max(expected_max) + FLOOR_MAX * u * t_max,
         one_minus_cos: k_cos,
         one_minus_cos_bound: K_COS * n_cos + u * u,
         max_rel_err: if t_max > 0.0 { k_max / t_max } else { k_max },
-        nonfinite_mismatches: mismatches.len(),
-        first_nonfinite_mismatch: mismatches.first().copied(),
+        special_mismatches: count,
+        first_special_mismatch: first,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_error_scale_passes_and_five_times_fails() {
+        // Truth, a naive error of scale s, a kernel of the same scale (other signs) and one 5x.
+        let n = 64;
+        let truth: Vec<f64> = (0..n).map(|i| 1.0 + (i as f64).sin()).collect();
+        let naive: Vec<f64> = truth.iter().enumerate().map(|(i, t)| t + 1e-3 * ((i * 7) as f64).cos()).collect();
+        let same: Vec<f64> = truth.iter().enumerate().map(|(i, t)| t + 1e-3 * ((i * 11) as f64).sin()).collect();
+        let worse: Vec<f64> = truth.iter().enumerate().map(|(i, t)| t + 5e-3 * ((i * 11) as f64).sin()).collect();
+        // f32's roundoff: the floors are negligible, the multiples of the naive error decide.
+        let u = f64::powi(2.0, -24);
+        assert!(check("x", &same, &truth, &naive, u, 0).numerics_ok());
+        let c = check("x", &worse, &truth, &naive, u, 0);
+        assert!(!c.numerics_ok() && c.failures().iter().any(|f| f.starts_with("rms error")), "{c:?}");
+    }
+
+    #[test]
+    fn one_wrong_element_among_many_fails_the_max_bound() {
+        let n = 1024;
+        let truth: Vec<f64> = (0..n).map(|i| (i as f64 * 0.37).sin()).collect();
+        let naive: Vec<f64> = truth.iter().enumerate().map(|(i, t)| t + 1e-3 * ((i * 7) as f64).cos()).collect();
+        let mut kernel = naive.clone();
+        kernel[500] += 0.05;
+        let c = check("x", &kernel, &truth, &naive, f64::powi(2.0, -8), 0);
+        assert!(c.failures().iter().any(|f| f.starts_with("max |error|")), "{c:?}");
+    }
+
+    #[test]
+    fn nan_where_the_truth_is_finite_is_a_special_mismatch() {
+        let truth = [1.0, f64::NEG_INFINITY, 2.0];
+        let c = check("lse", &[1.0, f64::NEG_INFINITY, f64::NAN], &truth, &truth, 1e-7, 0);
+        assert_eq!(c.special_mismatches, 1);
+        let m = c.first_special_mismatch.unwrap();
+        assert_eq!((m.index, m.want.as_str()), (2, "finite"));
+        assert!(!check("lse", &[1.0, f64::INFINITY, 2.0], &truth, &truth, 1e-7, 0).specials_ok());
     }
 }

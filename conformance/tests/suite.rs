@@ -1,10 +1,14 @@
-//! The suite certifies correct kernels on every case and rejects every mutant.
+//! The suite certifies correct kernels on every case, rejects every mutant, and judges by the
+//! kernel's declaration.
 
-use gqla_conformance::case::Case;
+use gqla_conformance::case::{Case, Dtype, Op};
+use gqla_conformance::inputs::CaseInputs;
 use gqla_conformance::kernels::{Bug, FlashCpu, ReferenceF32};
-use gqla_conformance::lattice::{must_pass, suite_cases, SUITE_VERSION};
-use gqla_conformance::runner::Prepared;
-use gqla_conformance::{Kernel, Status};
+use gqla_conformance::lattice::{must_pass, suite_cases, suite_cases_seeded, SUITE_VERSION};
+use gqla_conformance::pack::{inputs_file, sha256_hex};
+use gqla_conformance::profile::{EmptyLse, EmptyOut, Lse, LseBase, LseConvention, LseDtype, NoLse, Profile, Scale};
+use gqla_conformance::runner::{Prepared, Session};
+use gqla_conformance::{Kernel, KernelError, KernelIdentity, Outputs};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -33,18 +37,27 @@ fn malformed_case_ids_are_errors() {
             "needs a number",
         ),
         ("gqa.decode:h=2;g=1;d=4;dv=4;sq=1;ctx=3;dtype=f8;seed=1", "dtype"),
+        ("gqa.decode:h=2;g=1;d=4;d=4;dv=4;sq=1;ctx=3;page=none;dtype=f32;seed=1", "given twice"),
+        ("gqa.decode:seed=1;h=2;g=1;d=4;dv=4;sq=1;ctx=3;page=none;dtype=f32", "canonical id is `gqa.decode:h=2;g=1;d=4;dv=4;sq=1;ctx=3;page=none;dtype=f32;seed=1`"),
+        ("gqa.decode:h=2;g=1;d=4;dv=4;sq=1;ctx=3;page=none;dtype=f32;poison=nan;seed=1", "canonical"),
+        ("gqa.decode:h=70000;g=1;d=4;dv=4;sq=1;ctx=3;page=none;dtype=f32;seed=1", "h <= 65536"),
+        ("gqa.decode:h=2;g=1;d=4;dv=4;sq=1;ctx=100000000;page=none;dtype=f32;seed=1", "cached tokens"),
     ] {
         let e = id.parse::<Case>().unwrap_err().to_string();
         assert!(e.contains(why), "{id}: {e}");
     }
 }
 
-/// The must-pass list is versioned: changing the lattice means a new suite version and file.
+/// The must-pass list is versioned and pins every case's inputs: changing the lattice or how
+/// inputs are drawn means a new suite version and file.
 #[test]
 fn must_pass_list_matches_the_committed_file() {
     let path = format!("{}/mustpass/{SUITE_VERSION}.txt", env!("CARGO_MANIFEST_DIR"));
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
-    let generated = must_pass().join("\n") + "\n";
+    let generated: String = suite_cases()
+        .iter()
+        .map(|c| format!("{c} {}\n", sha256_hex(&inputs_file(&CaseInputs::generate(c)))))
+        .collect();
     if std::env::var_os("GQLA_WRITE_MUSTPASS").is_some() {
         std::fs::write(&path, &generated).unwrap();
     }
@@ -52,31 +65,35 @@ fn must_pass_list_matches_the_committed_file() {
         committed, generated,
         "{path} differs from the lattice: bump SUITE_VERSION (GQLA_WRITE_MUSTPASS=1 writes it)"
     );
+    assert_eq!(committed.lines().count(), must_pass().len());
 }
 
-#[test]
-fn correct_kernels_pass_every_case() {
-    let kernels = [
-        Arc::new(ReferenceF32) as Arc<dyn Kernel>,
+fn builtins() -> Vec<Arc<dyn Kernel>> {
+    vec![
+        Arc::new(ReferenceF32),
         Arc::new(FlashCpu::correct(1)),
         Arc::new(FlashCpu::correct(3)),
         Arc::new(FlashCpu::correct(64)),
         #[cfg(feature = "candle")]
         Arc::new(gqla_conformance::kernels::CandleCpu),
-    ];
+    ]
+}
+
+/// Every built-in kernel passes every case of the published suite: no NOT_SUPPORTED, no failure.
+#[test]
+fn correct_kernels_pass_every_case() {
+    let mut sessions: Vec<Session> = builtins().into_iter().map(|k| Session::new(k, TIMEOUT)).collect();
+    let mut failures = Vec::new();
     for case in suite_cases() {
         let prepared = Prepared::new(&case);
-        for kernel in &kernels {
-            let r = prepared.run(kernel, TIMEOUT);
-            assert!(
-                matches!(r.status, Status::Pass { .. }),
-                "{} on {}: {:?}",
-                kernel.identity().name,
-                r.id,
-                r.status
-            );
+        for s in &mut sessions {
+            let r = s.run(&prepared);
+            if !r.status.passed() {
+                failures.push(format!("{} on {}: {}", s.kernel().identity().name, r.id, r.status.cause()));
+            }
         }
     }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 /// The status each mutant must get on the first case it fails.
@@ -84,35 +101,257 @@ fn expected(bug: Bug) -> &'static [&'static str] {
     use Bug::*;
     match bug {
         OutOfBoundsWrite => &["OUT_OF_BOUNDS_WRITE"],
-        PanicOnEmptySequence => &["RUNTIME_ERROR"],
-        ReadPastContext | NanLeakFromPoison | EmptyRowNan | NoMaxSubtraction | EmptySplitNan => &["NONFINITE_MISMATCH"],
-        CausalOffByOne | DropLastPartialPage | TopLeftAlignment => &["NUMERICAL_MISMATCH", "NONFINITE_MISMATCH"],
+        PanicOnEmptySequence | DeclineEverything => &["RUNTIME_ERROR"],
+        WritesInputs => &["INPUT_MUTATED"],
+        ReadPastContext | NanLeakFromPoison | EmptyRowNan | NoMaxSubtraction | EmptySplitNan | StaleOutput => &["NONFINITE_MISMATCH"],
+        CausalOffByOne | DropLastPartialPage | TopLeftAlignment | LookupTable => &["NUMERICAL_MISMATCH", "NONFINITE_MISMATCH"],
+        MaskByNan => &["NUMERICAL_MISMATCH", "POISON_DEPENDENT"],
         _ => &["NUMERICAL_MISMATCH"],
     }
 }
 
-#[test]
-fn every_mutant_is_rejected_with_the_expected_status() {
-    let cases = suite_cases();
+/// Each mutant's first rejection on the suite drawn from `seed` (None: it passed every case).
+fn first_rejections(seed: u64, cases: impl Fn(&Case) -> bool) -> Vec<(Bug, Option<(String, &'static str)>)> {
+    let cases: Vec<Case> = suite_cases_seeded(seed).into_iter().filter(|c| cases(c)).collect();
     // References are computed once per case, and only for the cases some mutant reaches.
     let prepared: Vec<OnceLock<Prepared>> = cases.iter().map(|_| OnceLock::new()).collect();
-    let mut killed = 0;
-    for bug in Bug::ALL {
-        let kernel: Arc<dyn Kernel> = Arc::new(FlashCpu { splits: 3, bug: Some(bug) });
-        let first = cases
-            .iter()
-            .zip(&prepared)
-            .map(|(c, p)| p.get_or_init(|| Prepared::new(c)).run(&kernel, TIMEOUT))
-            .find(|r| !r.status.is_conformant());
-        let r = first.unwrap_or_else(|| panic!("mutant {bug:?} passed every case"));
-        assert!(
-            expected(bug).contains(&r.status.name()),
-            "mutant {bug:?} on {}: {} (expected {:?})",
-            r.id,
-            r.status.name(),
-            expected(bug)
-        );
-        killed += 1;
+    Bug::ALL
+        .into_iter()
+        .map(|bug| {
+            let mut session = Session::new(Arc::new(FlashCpu::mutant(3, bug)), TIMEOUT);
+            let first = cases
+                .iter()
+                .zip(&prepared)
+                .map(|(c, p)| session.run(p.get_or_init(|| Prepared::new(c))))
+                .find(|r| !r.status.passed());
+            (bug, first.map(|r| (r.id, r.status.name())))
+        })
+        .collect()
+}
+
+/// The lookup-table mutant answers the published suite (seed 0) from what it learned, so only a
+/// fresh seed exposes it; every other mutant is rejected on the published suite too.
+#[test]
+fn only_a_fresh_seed_exposes_learned_outputs() {
+    let published = first_rejections(0, |c| c.op == Op::DecodeGqa && (0..c.batch()).all(|b| c.seq_len(b) <= 135));
+    let survived: Vec<Bug> = published.iter().filter(|(_, r)| r.is_none()).map(|(b, _)| *b).collect();
+    assert!(survived.contains(&Bug::LookupTable), "{published:?}");
+}
+
+/// Fresh seeds the stability tests use: `GQLA_TEST_SEEDS` (default 4, to keep CI short; the
+/// acceptance run uses 20, recorded in docs/results).
+fn test_seeds() -> u64 {
+    std::env::var("GQLA_TEST_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(4)
+}
+
+/// Verdicts do not depend on the seed: built-in kernels (and one with a real precision
+/// weakness) pass on every fresh seed; here on the cases of up to 135 keys, which keeps the test
+/// short (`gqla certify --seeds 20` runs the whole suite, see docs/results).
+#[test]
+fn correct_kernels_pass_on_every_seed() {
+    let short = |c: &Case| (0..c.batch()).all(|b| c.seq_len(b) <= 135);
+    let mut failures = Vec::new();
+    for seed in 1..=test_seeds() {
+        let kernels: Vec<Arc<dyn Kernel>> = vec![Arc::new(ReferenceF32), Arc::new(FlashCpu::correct(3)), Arc::new(Bf16Logits)];
+        let mut sessions: Vec<Session> = kernels.into_iter().map(|k| Session::new(k, TIMEOUT)).collect();
+        for case in suite_cases_seeded(seed).into_iter().filter(short) {
+            let p = Prepared::new(&case);
+            for s in &mut sessions {
+                let r = s.run(&p);
+                if !r.status.passed() {
+                    failures.push(format!("seed {seed}: {} on {}: {}", s.kernel().identity().name, r.id, r.status.cause()));
+                }
+            }
+        }
     }
-    assert_eq!(killed, Bug::ALL.len());
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Every mutant is rejected on the whole suite, with the status its bug calls for, on every
+/// fresh seed.
+#[test]
+fn every_mutant_is_rejected_on_every_seed() {
+    let mut wrong = Vec::new();
+    for seed in 1..=test_seeds() {
+        let results = first_rejections(seed, |_| true);
+        assert_eq!(results.len(), Bug::ALL.len());
+        for (bug, r) in results {
+            match r {
+                None => wrong.push(format!("seed {seed}: mutant {bug:?} passed every case")),
+                Some((id, status)) if !expected(bug).contains(&status) => {
+                    wrong.push(format!("seed {seed}: mutant {bug:?} on {id}: {status} (expected {:?})", expected(bug)))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// A real-kernel weakness: logits rounded to the storage dtype before the softmax. Its error is
+/// the naive same-precision reference's, so it must pass on every seed (suite 0.2 rejected it on
+/// 3 of 20).
+struct Bf16Logits;
+
+impl Kernel for Bf16Logits {
+    fn identity(&self) -> KernelIdentity {
+        KernelIdentity {
+            name: "logits-in-storage-dtype".into(),
+            version: "test".into(),
+            description: "reference with scores rounded to the case dtype".into(),
+        }
+    }
+    fn profile(&self) -> Profile {
+        Profile::everything()
+    }
+    fn run(&self, inputs: &mut CaseInputs, outputs: &mut Outputs) -> Result<(), KernelError> {
+        let naive = gqla_conformance::reference::compute(inputs, gqla_conformance::reference::Precision::Naive(inputs.case.dtype));
+        for (name, values) in naive {
+            if outputs.has(name) {
+                for (d, v) in outputs.get_mut(name).region_mut().iter_mut().zip(values) {
+                    *d = v as f32;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A kernel that follows other conventions: LSE in base 2 and the storage dtype, +inf and NaN for
+/// empty rows. Judged by its declaration it passes; judged by the suite's own it fails.
+struct OtherConventions {
+    empty_lse: EmptyLse,
+    empty_out: EmptyOut,
+}
+
+impl Kernel for OtherConventions {
+    fn identity(&self) -> KernelIdentity {
+        KernelIdentity {
+            name: "other-conventions".into(),
+            version: "test".into(),
+            description: String::new(),
+        }
+    }
+    fn profile(&self) -> Profile {
+        Profile {
+            out_empty_row: self.empty_out,
+            lse: Lse::Written(LseConvention {
+                dtype: LseDtype::Storage,
+                base: LseBase::Two,
+                empty_row: self.empty_lse,
+            }),
+            ..Profile::everything()
+        }
+    }
+    fn run(&self, inputs: &mut CaseInputs, outputs: &mut Outputs) -> Result<(), KernelError> {
+        FlashCpu::correct(3).run(inputs, outputs)?;
+        let c = &inputs.case;
+        for (i, v) in outputs.get_mut("lse").region_mut().iter_mut().enumerate() {
+            let (b, j) = (i / (c.sq * c.h), (i / c.h) % c.sq);
+            *v = if c.visible(b, j) == 0 {
+                match self.empty_lse {
+                    EmptyLse::PosInf => f32::INFINITY,
+                    EmptyLse::Finite(s) => s,
+                    _ => 12345.0,
+                }
+            } else {
+                c.dtype.round(*v / std::f32::consts::LN_2)
+            };
+        }
+        let w = c.h * c.out_width();
+        let out = outputs.get_mut("out").region_mut();
+        for r in 0..c.batch() * c.sq {
+            if c.visible(r / c.sq, r % c.sq) == 0 && self.empty_out == EmptyOut::Nan {
+                out[r * w..(r + 1) * w].fill(f32::NAN);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn conventions_are_judged_as_declared() {
+    let padded = suite_cases()
+        .into_iter()
+        .find(|c| c.op == Op::DecodeAbsorb && c.ctx.contains(&None))
+        .unwrap();
+    let p = Prepared::new(&padded);
+    for (empty_lse, empty_out) in [
+        (EmptyLse::PosInf, EmptyOut::Nan),
+        (EmptyLse::Finite(-2.38e38), EmptyOut::Zero),
+        (EmptyLse::Unspecified, EmptyOut::Unspecified),
+    ] {
+        let k: Arc<dyn Kernel> = Arc::new(OtherConventions { empty_lse, empty_out });
+        let declared = k.profile();
+        let (r, _) = p.run(&k, &declared, TIMEOUT);
+        assert!(r.status.passed(), "{empty_lse:?}/{empty_out:?}: {}", r.status.cause());
+        // The same outputs judged by the suite's own conventions are wrong.
+        let (r, _) = p.run(&k, &Profile::everything(), TIMEOUT);
+        assert!(r.status.failed(), "{empty_lse:?}: {}", r.status.name());
+    }
+    // A declared sentinel must be there.
+    let k: Arc<dyn Kernel> = Arc::new(OtherConventions {
+        empty_lse: EmptyLse::Finite(-2.38e38),
+        empty_out: EmptyOut::Zero,
+    });
+    let mut other = k.profile();
+    other.lse = Lse::Written(LseConvention {
+        empty_row: EmptyLse::Finite(-1e30),
+        ..*other.lse.written().unwrap()
+    });
+    let (r, _) = p.run(&k, &other, TIMEOUT);
+    assert_eq!(r.status.name(), "NONFINITE_MISMATCH", "{}", r.status.cause());
+    assert!(r.status.cause().contains("declared sentinel"), "{}", r.status.cause());
+}
+
+/// A kernel that writes no LSE is judged on `out` alone; cases outside a profile are not run.
+#[test]
+fn profiles_select_cases_and_outputs() {
+    struct OutOnly;
+    impl Kernel for OutOnly {
+        fn identity(&self) -> KernelIdentity {
+            KernelIdentity {
+                name: "out-only".into(),
+                version: "test".into(),
+                description: String::new(),
+            }
+        }
+        fn profile(&self) -> Profile {
+            Profile {
+                dtypes: [Dtype::Bf16].into_iter().collect(),
+                scale: Scale::Fixed(1.0 / (576f32).sqrt()),
+                operations: [Op::DecodeAbsorb].into_iter().collect(),
+                lse: Lse::Named(NoLse::None),
+                ..Profile::everything()
+            }
+        }
+        fn run(&self, inputs: &mut CaseInputs, outputs: &mut Outputs) -> Result<(), KernelError> {
+            assert!(!outputs.has("lse"));
+            let mut full = Outputs::for_case(&inputs.case, &Profile::everything());
+            FlashCpu::correct(3).run(inputs, &mut full)?;
+            outputs.get_mut("out").region_mut().copy_from_slice(full.get("out").region());
+            Ok(())
+        }
+    }
+    let k: Arc<dyn Kernel> = Arc::new(OutOnly);
+    let mut session = Session::new(k, TIMEOUT);
+    let (mut selected, mut passed) = (0, 0);
+    let mut shown = 0;
+    for c in suite_cases() {
+        let excluded = session.profile.excludes(&c).is_some();
+        // Excluded cases are never run; three go through the session (the others would only
+        // cost their reference).
+        if excluded && shown == 3 {
+            continue;
+        }
+        shown += excluded as usize;
+        let r = session.run(&Prepared::new(&c));
+        if r.status.selected() {
+            selected += 1;
+            passed += r.status.passed() as usize;
+        } else {
+            assert!(r.status.cause().contains("is not in the declared profile"), "{}", r.status.cause());
+        }
+    }
+    assert_eq!((selected, passed), (2, 2), "only the absorb cases at 1/sqrt(576) in bf16 (s_q 1 and 2)");
 }

@@ -11,6 +11,7 @@ use crate::CudaError;
 use gqla_conformance::case::{Dtype, Op, RopeLayout};
 use gqla_conformance::inputs::{self, CaseInputs};
 use gqla_conformance::kernel::{OutputTensor, MARGIN};
+use gqla_conformance::profile::Profile;
 use gqla_conformance::{Kernel, KernelError, KernelIdentity, Outputs};
 use std::collections::BTreeMap;
 
@@ -124,7 +125,17 @@ impl<R: Runtime> DeviceKernel<R> {
         self.rt.upload(&to_bytes(inp.case.dtype, &inp.cache.component(name).data))
     }
 
-    fn decode(&self, inp: &CaseInputs, outputs: &mut Outputs) -> Result<(), CudaError> {
+    /// Copy back what the kernels may have written to a device input, so that the harness's
+    /// digest sees a kernel that writes to its inputs.
+    fn write_back(&self, d: Dtype, buf: &R::Buf<u8>, host: &mut Vec<f32>) -> Result<(), CudaError> {
+        let bytes = self.rt.download(buf)?;
+        if bytes != to_bytes(d, host) {
+            *host = from_bytes(d, &bytes);
+        }
+        Ok(())
+    }
+
+    fn decode(&self, inp: &mut CaseInputs, outputs: &mut Outputs) -> Result<(), CudaError> {
         let c = &inp.case;
         let d = c.dtype;
         let names: Vec<&str> = inputs::components(c).iter().map(|(n, _)| *n).collect();
@@ -208,10 +219,18 @@ impl<R: Runtime> DeviceKernel<R> {
         launch::decode(&self.rt, &mut call, ws.as_mut())?;
         self.rt.synchronize()?;
         collect(&self.rt, d, &out, outputs.get_mut("out"))?;
-        collect(&self.rt, Dtype::F32, &lse, outputs.get_mut("lse"))
+        if outputs.has("lse") {
+            collect(&self.rt, Dtype::F32, &lse, outputs.get_mut("lse"))?;
+        }
+        self.write_back(d, &q, &mut inp.q)?;
+        for (buf, name) in comps.iter().zip(&names) {
+            let i = inp.cache.components.iter().position(|c| c.name == *name).expect("uploaded from it");
+            self.write_back(d, buf, &mut inp.cache.components[i].data)?;
+        }
+        Ok(())
     }
 
-    fn expand(&self, inp: &CaseInputs, outputs: &mut Outputs) -> Result<(), CudaError> {
+    fn expand(&self, inp: &mut CaseInputs, outputs: &mut Outputs) -> Result<(), CudaError> {
         let c = &inp.case;
         let d = c.dtype;
         let latent = self.component(inp, "latent")?;
@@ -257,7 +276,9 @@ impl<R: Runtime> DeviceKernel<R> {
         )?;
         self.rt.synchronize()?;
         collect(&self.rt, d, &k, outputs.get_mut("k"))?;
-        collect(&self.rt, d, &v, outputs.get_mut("v"))
+        collect(&self.rt, d, &v, outputs.get_mut("v"))?;
+        self.write_back(d, &latent, &mut inp.cache.components[0].data)?;
+        self.write_back(d, &w, &mut inp.w_ukv)
     }
 }
 
@@ -275,13 +296,27 @@ impl<R: Runtime> Kernel for DeviceKernel<R> {
     fn environment(&self) -> BTreeMap<String, String> {
         self.rt.environment()
     }
-    fn run(&self, inputs: &CaseInputs, outputs: &mut Outputs) -> Result<(), KernelError> {
+    /// Every case of the suite with its conventions, except that the tensor-core kernels take
+    /// 16-bit storage only, and a kernel the runtime cannot run at all declares nothing.
+    fn profile(&self) -> Profile {
+        let mut p = Profile::everything();
+        if let Some(v) = self.variant {
+            if v.missing(&self.rt).is_some() {
+                p.operations.clear();
+            }
+            if v.tensor_cores() {
+                p.dtypes.remove(&Dtype::F32);
+            }
+        }
+        p
+    }
+    fn run(&self, inputs: &mut CaseInputs, outputs: &mut Outputs) -> Result<(), KernelError> {
         let r = self.rt.bind().and_then(|()| match inputs.case.op {
             Op::CacheExpand => self.expand(inputs, outputs),
             _ => self.decode(inputs, outputs),
         });
         r.map_err(|e| match e {
-            CudaError::Unsupported(why) => KernelError::NotSupported(why),
+            CudaError::Unsupported(why) => KernelError::Declined(why),
             other => KernelError::Runtime(other.to_string()),
         })
     }

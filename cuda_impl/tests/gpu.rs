@@ -200,7 +200,7 @@ fn assert_lattice_passes(
 ) {
     let mut failures = Vec::new();
     for case in cases {
-        let r = Prepared::new(case).run(kernel, Duration::from_secs(120));
+        let (r, _) = Prepared::new(case).run(kernel, &kernel.profile(), Duration::from_secs(120));
         let declined = may_decline(case) && matches!(r.status, Status::NotSupported { .. });
         if !matches!(r.status, Status::Pass { .. }) && !declined {
             failures.push(format!("{}: {:?}", r.id, r.status));

@@ -1,13 +1,15 @@
-//! `gqla certify`: run a kernel over the conformance suite and write its certificate.
+//! `gqla certify`: run a kernel over the conformance suite, as its profile declares, and write
+//! its certificate.
 
 use super::CliError;
 use gqla_conformance::case::Case;
+use gqla_conformance::confined;
 use gqla_conformance::kernels::{Bug, CandleCpu, FlashCpu, ReferenceF32};
-use gqla_conformance::lattice::{suite_cases, SUITE_VERSION};
-use gqla_conformance::pack::{judge, read_kernel_info, read_manifest};
-use gqla_conformance::report::{Environment, MutationSummary, Report};
-use gqla_conformance::runner::Prepared;
-use gqla_conformance::{Kernel, KernelIdentity};
+use gqla_conformance::lattice::{suite_cases_seeded, SUITE_VERSION};
+use gqla_conformance::pack::{judge, outputs_dir, read_kernel_info, read_manifest, Judging};
+use gqla_conformance::report::{plain, Environment, MutationSummary, Report};
+use gqla_conformance::runner::{CaseResult, Prepared, Session};
+use gqla_conformance::{Kernel, KernelIdentity, Profile};
 use gqla_cuda::launch::Variant;
 use gqla_cuda::{CudaKernel, EmuKernel};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -25,7 +27,7 @@ pub struct Args {
     /// every dtype), `cuda-mma`, `cuda-wgmma` (GPU 0, one attention kernel for every case it takes:
     /// mma.sync, or Hopper wgmma on sm_90), `cuda-emu` and `cuda-emu-{simt,mma,wgmma}` (the CUDA
     /// kernel source on the host emulator, with checked memory accesses and barriers), or
-    /// `external:DIR` (a vector pack whose outputs a kernel has written).
+    /// `external:DIR` (a vector pack; the kernel's outputs and kernel.json in `--outputs`).
     #[arg(long, default_value = "auto")]
     kernel: String,
     /// Only cases whose id starts with this prefix (e.g. `gqla.decode.gqa`); repeat for several.
@@ -37,6 +39,20 @@ pub struct Args {
     /// Per-case time limit in seconds (in-process kernels).
     #[arg(long, default_value_t = 300)]
     timeout: u64,
+    /// Draw every case from this suite seed (0: the published suite); default: a fresh seed,
+    /// recorded in the certificate. A pack's seed is its manifest's.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stability mode: certify on N fresh seeds and report, per case, on how many it passed.
+    #[arg(long)]
+    seeds: Option<u32>,
+    /// external:DIR only: the directory holding the kernel's NNNNN.outputs.safetensors and
+    /// kernel.json (default: the pack itself).
+    #[arg(long)]
+    outputs: Option<PathBuf>,
+    /// external:DIR only: the kernel's profile (JSON), instead of the one in kernel.json.
+    #[arg(long)]
+    profile: Option<PathBuf>,
 }
 
 /// Whether case `id` is selected by the prefixes (all cases when there are none).
@@ -49,7 +65,7 @@ fn filter_text(prefixes: &[String]) -> String {
     prefixes.join(" | ")
 }
 
-/// Exit status of a certification: 0 conformant, 1 rejected.
+/// Exit status of a certification: 0 conformant, 1 rejected (or nothing certified).
 pub enum Outcome {
     Conformant,
     Rejected,
@@ -90,7 +106,25 @@ fn variant_of(name: &str, base: &str) -> Option<Option<Variant>> {
     }
 }
 
+/// A fresh suite seed (never 0, the published one), small enough to retype.
+fn fresh_seed() -> u64 {
+    rand::random::<u32>().max(1) as u64
+}
+
 pub fn run(a: Args) -> Result<Outcome, CliError> {
+    if let Some(rest) = a.kernel.strip_prefix("external:") {
+        return external(Path::new(rest), &a);
+    }
+    for (given, flag) in [(a.outputs.is_some(), "--outputs"), (a.profile.is_some(), "--profile")] {
+        if given {
+            return Err(CliError::Usage(format!(
+                "{flag} is for external:DIR kernels; an in-process kernel declares its own profile"
+            )));
+        }
+    }
+    if a.seeds == Some(0) {
+        return Err(CliError::Usage("--seeds needs at least 1".into()));
+    }
     let candidates = match a.kernel.as_str() {
         "auto" => match CudaKernel::open(0) {
             Ok(k) => {
@@ -114,117 +148,239 @@ pub fn run(a: Args) -> Result<Outcome, CliError> {
             let variant = variant_of(k, "cuda-emu").ok_or_else(|| unknown_kernel(k))?;
             vec![candidate(Arc::new(EmuKernel::emulated().with_variant(variant)), false)]
         }
-        "flash-cpu" => vec![candidate(Arc::new(FlashCpu::correct(3)), false)],
+        "flash-cpu" => vec![candidate(Arc::new(FlashCpu::correct(3)), true)],
         "reference-f32" => vec![candidate(Arc::new(ReferenceF32), false)],
         "candle" => vec![candidate(Arc::new(CandleCpu), false)],
-        k if k.starts_with("external:") => return external(Path::new(&k["external:".len()..]), &a),
         other => return Err(unknown_kernel(other)),
     };
-    let cases: Vec<Case> = suite_cases().into_iter().filter(|c| selected(&a.filter, &c.to_string())).collect();
-    if cases.is_empty() {
+    if suite_cases_seeded(0).iter().all(|c| !selected(&a.filter, &c.to_string())) {
         return Err(CliError::Usage(format!("no case id starts with `{}`", filter_text(&a.filter))));
     }
-    let timeout = Duration::from_secs(a.timeout);
-    // A kernel's panic is reported as RUNTIME_ERROR in the certificate; keep it off the terminal.
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        if std::thread::current().name() != Some(gqla_conformance::runner::KERNEL_THREAD) {
-            default_hook(info);
-        }
-    }));
-    let bar = ProgressBar::new((cases.len() * candidates.len()) as u64);
-    bar.set_style(ProgressStyle::with_template("certifying {bar:30} {pos}/{len} {msg}").expect("valid template"));
-    // References are computed once per case and shared by every kernel (and mutant).
-    let mut prepared = Vec::with_capacity(cases.len());
-    let mut results = vec![Vec::with_capacity(cases.len()); candidates.len()];
-    for case in &cases {
-        bar.set_message(case.op.name());
-        let p = Prepared::new(case);
-        for (c, r) in candidates.iter().zip(&mut results) {
-            r.push(p.run(&c.kernel, timeout));
-            bar.inc(1);
-        }
-        prepared.push(p);
+    quiet_kernel_panics();
+    if let Some(n) = a.seeds {
+        return stability(&candidates, n, &a);
     }
-    bar.finish_and_clear();
+    let seed = a.seed.unwrap_or_else(fresh_seed);
+    let (results, prepared) = run_suite(&candidates, seed, &a, true);
     let several = candidates.len() > 1;
     let mut all_conformant = true;
     for (c, results) in candidates.iter().zip(results) {
         let identity = c.kernel.identity();
         let dir = if several { a.out.join(&identity.name) } else { a.out.clone() };
         let mut report = Report::new(
-            SUITE_VERSION,
             identity,
             Environment::detect(c.kernel.environment()),
             &filter_text(&a.filter),
+            seed,
+            c.kernel.profile(),
             results,
         );
         if c.with_mutants {
-            report.mutation = Some(mutation_summary(&prepared, timeout));
+            report.mutation = Some(mutation_summary(&prepared, Duration::from_secs(a.timeout)));
         }
         all_conformant &= matches!(finish(report, &dir)?, Outcome::Conformant);
     }
     Ok(if all_conformant { Outcome::Conformant } else { Outcome::Rejected })
 }
 
-/// Certify the outputs a kernel wrote into a vector pack.
-fn external(dir: &Path, a: &Args) -> Result<Outcome, CliError> {
-    let mut manifest = read_manifest(dir).map_err(|e| CliError::Usage(e.to_string()))?;
-    manifest.cases.retain(|c| selected(&a.filter, &c.id));
-    if manifest.cases.is_empty() {
+/// A kernel's panic is reported as RUNTIME_ERROR in the certificate; keep it off the terminal.
+fn quiet_kernel_panics() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().name() != Some(gqla_conformance::runner::KERNEL_THREAD) {
+            default_hook(info);
+        }
+    }));
+}
+
+/// Every candidate on the suite drawn from `seed`; references computed once per case and shared
+/// by every kernel (and, when `keep`, kept for the mutation catalogue).
+fn run_suite(candidates: &[Candidate], seed: u64, a: &Args, keep: bool) -> (Vec<Vec<CaseResult>>, Vec<Prepared>) {
+    let cases: Vec<Case> = suite_cases_seeded(seed)
+        .into_iter()
+        .filter(|c| selected(&a.filter, &c.to_string()))
+        .collect();
+    let timeout = Duration::from_secs(a.timeout);
+    let bar = ProgressBar::new((cases.len() * candidates.len()) as u64);
+    bar.set_style(ProgressStyle::with_template("certifying {bar:30} {pos}/{len} {msg}").expect("valid template"));
+    let mut sessions: Vec<Session> = candidates.iter().map(|c| Session::new(c.kernel.clone(), timeout)).collect();
+    let mut prepared = Vec::new();
+    let mut results = vec![Vec::with_capacity(cases.len()); candidates.len()];
+    for case in &cases {
+        bar.set_message(format!("{} seed {seed}", case.op.name()));
+        let p = Prepared::new(case);
+        for (s, r) in sessions.iter_mut().zip(&mut results) {
+            r.push(s.run(&p));
+            bar.inc(1);
+        }
+        if keep {
+            prepared.push(p);
+        }
+    }
+    bar.finish_and_clear();
+    (results, prepared)
+}
+
+/// `--seeds N`: the profile on N fresh seeds; per case (its id without the seed), how many passed.
+fn stability(candidates: &[Candidate], n: u32, a: &Args) -> Result<Outcome, CliError> {
+    let seeds: Vec<u64> = (0..n).map(|_| fresh_seed()).collect();
+    // Per kernel: case (seedless id) → (passed, selected, first failure).
+    let mut tally: Vec<BTreeMap<String, (u32, u32, Option<String>)>> = vec![BTreeMap::new(); candidates.len()];
+    for (i, &seed) in seeds.iter().enumerate() {
+        println!("seed {seed} ({} of {n})", i + 1);
+        let (results, _) = run_suite(candidates, seed, a, false);
+        for (t, rs) in tally.iter_mut().zip(results) {
+            for r in rs {
+                let key = r.id.rsplit_once(";seed=").map_or(r.id.clone(), |(k, _)| k.to_string());
+                let e = t.entry(key).or_insert((0, 0, None));
+                if r.status.selected() {
+                    e.1 += 1;
+                    e.0 += r.status.passed() as u32;
+                    if r.status.failed() && e.2.is_none() {
+                        e.2 = Some(format!("seed {seed}: {}: {}", r.status.name(), plain(&r.status.cause())));
+                    }
+                }
+            }
+        }
+    }
+    let mut all = true;
+    for (c, t) in candidates.iter().zip(&tally) {
+        let name = c.kernel.identity().name;
+        let unstable: Vec<(&String, &(u32, u32, Option<String>))> = t.iter().filter(|(_, v)| v.0 != v.1).collect();
+        let selected = t.values().filter(|v| v.1 > 0).count();
+        let mut md = format!(
+            "# Seed stability: {}\n\n- suite {SUITE_VERSION}, {n} fresh seeds: {}\n- {selected} cases selected by the profile; {} passed on every seed\n\n| case | passed |\n|---|---|\n",
+            gqla_conformance::report::md_escape(&name),
+            seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "),
+            selected - unstable.len()
+        );
+        for (id, (p, s, why)) in t.iter().filter(|(_, v)| v.1 > 0) {
+            let note = why.as_deref().map(|w| format!(" ({})", gqla_conformance::report::md_escape(w))).unwrap_or_default();
+            md.push_str(&format!("| `{id}` | {p}/{s}{note} |\n"));
+        }
+        let dir = if candidates.len() > 1 { a.out.join(&name) } else { a.out.clone() };
+        std::fs::create_dir_all(&dir).map_err(|e| CliError::Usage(format!("cannot create {}: {e}", dir.display())))?;
+        gqla_reference::hf::tensors::write_atomic(&dir.join("seeds.md"), md.as_bytes())?;
+        println!("kernel {name}: {} of {selected} cases passed on all {n} seeds", selected - unstable.len());
+        for (id, (p, s, why)) in &unstable {
+            println!("  {p}/{s}  {id}  {}", why.as_deref().unwrap_or(""));
+        }
+        all &= unstable.is_empty() && selected > 0;
+    }
+    Ok(if all { Outcome::Conformant } else { Outcome::Rejected })
+}
+
+fn bad(e: impl std::fmt::Display) -> CliError {
+    CliError::Usage(e.to_string())
+}
+
+/// Certify the outputs a kernel wrote for a vector pack.
+fn external(pack: &Path, a: &Args) -> Result<Outcome, CliError> {
+    if a.seeds.is_some() {
+        return Err(CliError::Usage(
+            "--seeds runs in-process kernels; for a pack, export one pack per seed (`vectors export --seed S`)".into(),
+        ));
+    }
+    let manifest = read_manifest(pack).map_err(bad)?;
+    if let Some(s) = a.seed.filter(|s| *s != manifest.seed) {
         return Err(CliError::Usage(format!(
-            "no case of the pack starts with `{}`",
-            filter_text(&a.filter)
+            "--seed {s}: the pack {} was drawn from seed {}",
+            pack.display(),
+            manifest.seed
         )));
     }
-    let bar = ProgressBar::new(manifest.cases.len() as u64);
+    let outputs = outputs_dir(pack, a.outputs.as_deref());
+    let info = read_kernel_info(&outputs).map_err(bad)?;
+    let profile = match (&a.profile, info.as_ref().and_then(|i| i.profile.clone())) {
+        (Some(path), _) => {
+            let bytes = confined::read_regular(path, 1 << 20).map_err(bad)?;
+            let text = String::from_utf8(bytes).map_err(|_| CliError::Usage(format!("{}: not UTF-8 text", path.display())))?;
+            Profile::from_json(&text).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?
+        }
+        (None, Some(p)) => p,
+        (None, None) => {
+            return Err(CliError::Usage(format!(
+                "{}: no profile: a pack kernel declares what it supports and which conventions it follows, in kernel.json \
+                 (\"profile\") or with --profile FILE, before anything is judged (see README, \"Profiles\")",
+                outputs.join(gqla_conformance::pack::KERNEL_INFO).display()
+            )))
+        }
+    };
+    // Without --filter, the filters the pack was exported with (the certificate states them).
+    let filters = if a.filter.is_empty() { manifest.filters.clone() } else { a.filter.clone() };
+    let cases: Vec<Case> = suite_cases_seeded(manifest.seed)
+        .into_iter()
+        .filter(|c| selected(&filters, &c.to_string()))
+        .collect();
+    if cases.is_empty() {
+        return Err(CliError::Usage(format!("no case id starts with `{}`", filter_text(&filters))));
+    }
+    let bar = ProgressBar::new(cases.len() as u64);
     bar.set_style(ProgressStyle::with_template("judging {bar:30} {pos}/{len}").expect("valid template"));
-    let results = judge(dir, &manifest, |_| bar.inc(1));
+    let judging = Judging {
+        pack,
+        outputs: &outputs,
+        manifest: &manifest,
+        profile: &profile,
+        cases,
+    };
+    let results = judge(&judging, |_| bar.inc(1)).map_err(bad);
     bar.finish_and_clear();
-    // The author's kernel.json names the kernel and its environment; without it, the pack does.
-    let info = read_kernel_info(dir).map_err(|e| CliError::Usage(e.to_string()))?;
+    let results = results?;
     let (identity, kernel_env) = match info {
         Some(k) => (
             KernelIdentity {
                 name: k.name,
                 version: k.version,
-                description: format!("{} (outputs read from the vector pack {})", k.description, dir.display()),
+                description: format!("{} (outputs read from {}, pack {})", k.description, outputs.display(), pack.display()),
             },
             k.environment,
         ),
         None => (
             KernelIdentity {
-                name: format!("external:{}", dir.display()),
+                name: format!("external:{}", outputs.display()),
                 version: "-".into(),
-                description: "outputs read from a vector pack (no kernel.json)".into(),
+                description: format!("outputs read from {} (no kernel.json)", outputs.display()),
             },
             BTreeMap::new(),
         ),
     };
     finish(
         Report::new(
-            SUITE_VERSION,
             identity,
             Environment::detect(kernel_env),
-            &filter_text(&a.filter),
+            &filter_text(&filters),
+            manifest.seed,
+            profile,
             results,
         ),
         &a.out,
     )
 }
 
-/// Write the certificate, print the summary, and say whether it is conformant.
+/// Write the certificate, print the summary with every failure's cause, and say whether it is
+/// conformant.
 fn finish(report: Report, out: &Path) -> Result<Outcome, CliError> {
     report
         .write(out)
         .map_err(|e| CliError::Usage(format!("cannot write the certificate to {}: {e}", out.display())))?;
+    let selected = report.results.iter().filter(|r| r.status.selected()).count();
     println!(
-        "kernel {} — suite {SUITE_VERSION}, {} cases",
-        report.kernel.name,
+        "kernel {} — suite {SUITE_VERSION}, seed {}, {} cases, {selected} selected by its profile",
+        plain(&report.kernel.name),
+        report.seed,
         report.results.len()
     );
     for (status, n) in &report.summary {
         println!("  {status:<24} {n}");
+    }
+    for c in &report.coverage {
+        for (axis, n) in &c.left_out {
+            println!("  {}: {n} NOT_SUPPORTED ({axis} is not in the declared profile)", c.operation);
+        }
+    }
+    for r in report.results.iter().filter(|r| r.status.failed()) {
+        println!("  {} {}: {}", r.status.name(), r.id, plain(&r.status.cause()));
     }
     if let Some(m) = &report.mutation {
         println!(
@@ -234,11 +390,7 @@ fn finish(report: Report, out: &Path) -> Result<Outcome, CliError> {
             100.0 * m.kill_rate
         );
     }
-    println!(
-        "{} — certificate in {}",
-        if report.conformant { "CONFORMANT" } else { "NOT CONFORMANT" },
-        out.display()
-    );
+    println!("{} — certificate in {}", report.verdict_line(), out.display());
     Ok(if report.conformant {
         Outcome::Conformant
     } else {
@@ -250,8 +402,8 @@ fn finish(report: Report, out: &Path) -> Result<Outcome, CliError> {
 fn mutation_summary(prepared: &[Prepared], timeout: Duration) -> MutationSummary {
     let mut results = BTreeMap::new();
     for bug in Bug::ALL {
-        let mutant: Arc<dyn Kernel> = Arc::new(FlashCpu { splits: 3, bug: Some(bug) });
-        let first = prepared.iter().map(|p| p.run(&mutant, timeout)).find(|r| !r.status.is_conformant());
+        let mut session = Session::new(Arc::new(FlashCpu::mutant(3, bug)), timeout);
+        let first = prepared.iter().map(|p| session.run(p)).find(|r| !r.status.passed());
         results.insert(format!("{bug:?}"), first.map(|r| (r.id, r.status.name().to_string())));
     }
     let killed = results.values().filter(|r| r.is_some()).count();

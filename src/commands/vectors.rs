@@ -2,7 +2,7 @@
 
 use super::CliError;
 use gqla_conformance::case::Case;
-use gqla_conformance::lattice::suite_cases;
+use gqla_conformance::lattice::suite_cases_seeded;
 use gqla_conformance::pack::export;
 use std::path::PathBuf;
 
@@ -14,23 +14,38 @@ pub struct Args {
 
 #[derive(clap::Subcommand)]
 enum Which {
-    /// Write manifest.json and one inputs file per case into DIR.
+    /// Write manifest.json, definitions.json and one inputs file per case into a new (or empty)
+    /// directory DIR.
     Export {
         #[arg(long)]
         out: PathBuf,
-        /// Only cases whose id starts with this prefix.
-        #[arg(long, default_value = "")]
-        filter: String,
+        /// Only cases whose id starts with this prefix; repeat for several.
+        #[arg(long)]
+        filter: Vec<String>,
+        /// Draw the cases from this suite seed (0: the published suite, whose inputs
+        /// mustpass/<version>.txt pins); default: a fresh seed, so that outputs learned from a
+        /// published pack do not help.
+        #[arg(long)]
+        seed: Option<u64>,
     },
 }
 
 pub fn run(a: Args) -> Result<(), CliError> {
-    let Which::Export { out, filter } = a.which;
-    let cases: Vec<Case> = suite_cases().into_iter().filter(|c| c.matches(&filter)).collect();
+    let Which::Export { out, filter, seed } = a.which;
+    let seed = seed.unwrap_or_else(|| rand::random::<u32>().max(1) as u64);
+    let selected = |c: &Case| filter.is_empty() || filter.iter().any(|p| c.matches(p));
+    let cases: Vec<(usize, Case)> = suite_cases_seeded(seed).into_iter().enumerate().filter(|(_, c)| selected(c)).collect();
     if cases.is_empty() {
-        return Err(CliError::Usage(format!("no case id starts with `{filter}`")));
+        return Err(CliError::Usage(format!("no case id starts with `{}`", filter.join(" | "))));
     }
-    let m = export(&cases, &out).map_err(|e| CliError::Usage(e.to_string()))?;
-    println!("wrote {} cases to {} (manifest.json + NNNNN.inputs.safetensors); write NNNNN.outputs.safetensors beside them, then `gqla certify --kernel external:{}`", m.cases.len(), out.display(), out.display());
+    let m = export(&cases, seed, &filter, &out).map_err(|e| CliError::Usage(e.to_string()))?;
+    println!(
+        "wrote {} cases (suite seed {seed}) to {}: manifest.json, definitions.json, NNNNN.inputs.safetensors. \
+         Write NNNNN.outputs.safetensors and kernel.json (with the kernel's profile) into an outputs directory, then \
+         `gqla certify --kernel external:{} --outputs DIR`",
+        m.cases.len(),
+        out.display(),
+        out.display()
+    );
     Ok(())
 }

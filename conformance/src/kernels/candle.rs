@@ -146,7 +146,10 @@ impl Kernel for CandleCpu {
     fn environment(&self) -> std::collections::BTreeMap<String, String> {
         [("candle_core".to_string(), CANDLE_VERSION.to_string())].into_iter().collect()
     }
-    fn run(&self, inputs: &CaseInputs, outputs: &mut Outputs) -> std::result::Result<(), KernelError> {
+    fn profile(&self) -> crate::profile::Profile {
+        crate::profile::Profile::everything()
+    }
+    fn run(&self, inputs: &mut CaseInputs, outputs: &mut Outputs) -> std::result::Result<(), KernelError> {
         let r = match inputs.case.op {
             Op::CacheExpand => expand(inputs, outputs),
             _ => decode(inputs, outputs),

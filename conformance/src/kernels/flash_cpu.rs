@@ -5,6 +5,9 @@
 use crate::case::{Op, RopeLayout};
 use crate::inputs::{CaseInputs, Paging};
 use crate::kernel::{Kernel, KernelError, KernelIdentity, Outputs};
+use crate::profile::Profile;
+use std::collections::HashSet;
+use std::sync::{Mutex, OnceLock};
 
 /// Injectable bugs: the mutation catalogue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,10 +55,23 @@ pub enum Bug {
     /// Each split normalised on its own and merged by e^{lse_s − lse}: an empty split's 0/0
     /// leaks NaN through its zero weight.
     EmptySplitNan,
+    /// Keys past a sequence's length are read up to the end of its allocation and masked by
+    /// testing for NaN instead of by length: right wherever dead memory is NaN.
+    MaskByNan,
+    /// Gaming: declines every case at run time ("unsupported").
+    DeclineEverything,
+    /// Gaming: answers from a table of outputs keyed by the inputs' digest, learned on the
+    /// published suite (seed 0); anything else gets zeros.
+    LookupTable,
+    /// Gaming: computes the right answer, then writes to its inputs.
+    WritesInputs,
+    /// Gaming: computes each output shape once, then leaves the output buffer untouched for later
+    /// cases of the same shape (as if it still held the previous case's answer).
+    StaleOutput,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 21] = [
+    pub const ALL: [Bug; 26] = [
         Bug::ScaleFromKeyWidth,
         Bug::RopeTermDropped,
         Bug::GroupMapping,
@@ -77,6 +93,11 @@ impl Bug {
         Bug::PanicOnEmptySequence,
         Bug::SplitTailDropped,
         Bug::EmptySplitNan,
+        Bug::MaskByNan,
+        Bug::DeclineEverything,
+        Bug::LookupTable,
+        Bug::WritesInputs,
+        Bug::StaleOutput,
     ];
 }
 
@@ -84,11 +105,35 @@ impl Bug {
 pub struct FlashCpu {
     pub splits: usize,
     pub bug: Option<Bug>,
+    /// [`Bug::StaleOutput`]: the output shapes computed so far.
+    computed: Mutex<HashSet<Vec<usize>>>,
+}
+
+/// The input digests of the published suite (seed 0), which [`Bug::LookupTable`] "learned".
+fn published_digests() -> &'static HashSet<[u8; 32]> {
+    static TABLE: OnceLock<HashSet<[u8; 32]>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        crate::lattice::suite_cases()
+            .iter()
+            .map(|c| CaseInputs::generate(c).digest())
+            .collect()
+    })
 }
 
 impl FlashCpu {
     pub fn correct(splits: usize) -> Self {
-        Self { splits, bug: None }
+        Self {
+            splits,
+            bug: None,
+            computed: Mutex::default(),
+        }
+    }
+    /// The kernel with one bug of the catalogue.
+    pub fn mutant(splits: usize, bug: Bug) -> Self {
+        Self {
+            bug: Some(bug),
+            ..Self::correct(splits)
+        }
     }
     fn has(&self, b: Bug) -> bool {
         self.bug == Some(b)
@@ -175,10 +220,14 @@ impl FlashCpu {
             l: 0.0,
             acc: vec![0.0; dout],
         };
+        let len = inp.case.seq_len(b);
         for t in keys {
             let (k, v) = self.key_value(inp, b, t, i);
+            if self.has(Bug::MaskByNan) && t >= len && k.iter().chain(&v).any(|x| x.is_nan()) {
+                continue;
+            }
             let mut s = scale * q.iter().zip(&k).map(|(a, b)| a * b).sum::<f32>();
-            if t >= valid {
+            if t >= valid && !(self.has(Bug::MaskByNan) && t >= len) {
                 s = f32::NEG_INFINITY; // masked, but its value row is still multiplied in
             }
             let (m_new, w, rescale) = if self.has(Bug::NoMaxSubtraction) {
@@ -237,6 +286,12 @@ impl FlashCpu {
                     (true, Some(p)) => valid.div_ceil(p) * p,
                     (true, None) => valid + 1,
                     _ => valid,
+                };
+                // Past the length to the end of the allocation: the last page, or the capacity.
+                let end = match (&inp.cache.paging, self.has(Bug::MaskByNan)) {
+                    (Paging::Paged { page, .. }, true) => c.seq_len(b).div_ceil(*page) * page,
+                    (Paging::Contiguous { capacity }, true) => *capacity,
+                    _ => end,
                 };
                 // The requested split count, even when it leaves splits empty (short rows).
                 let splits = c.splits.unwrap_or(self.splits).max(1);
@@ -309,7 +364,9 @@ impl FlashCpu {
         for (dst, v) in out.get_mut("out").region_mut().iter_mut().zip(&o) {
             *dst = c.dtype.round(*v);
         }
-        out.get_mut("lse").region_mut().copy_from_slice(&lse);
+        if out.has("lse") {
+            out.get_mut("lse").region_mut().copy_from_slice(&lse);
+        }
         if self.has(Bug::OutOfBoundsWrite) {
             let (buf, offset) = out.get_mut("lse").with_margins_mut();
             buf[offset + lse.len()] = 0.0;
@@ -363,10 +420,33 @@ impl Kernel for FlashCpu {
             ),
         }
     }
-    fn run(&self, inputs: &CaseInputs, outputs: &mut Outputs) -> Result<(), KernelError> {
-        match inputs.case.op {
-            Op::CacheExpand => self.expand(inputs, outputs),
-            _ => self.decode(inputs, outputs),
+    fn profile(&self) -> Profile {
+        Profile::everything()
+    }
+    fn run(&self, inputs: &mut CaseInputs, outputs: &mut Outputs) -> Result<(), KernelError> {
+        if self.has(Bug::DeclineEverything) {
+            return Err(KernelError::Declined("this kernel supports nothing".into()));
         }
+        if self.has(Bug::LookupTable) && !published_digests().contains(&inputs.digest()) {
+            outputs.tensors.iter_mut().for_each(|t| t.region_mut().fill(0.0));
+            return Ok(());
+        }
+        if self.has(Bug::StaleOutput) {
+            let shapes: Vec<usize> = outputs.tensors.iter().flat_map(|t| t.shape.clone()).collect();
+            if !self.computed.lock().expect("not poisoned").insert(shapes) {
+                return Ok(());
+            }
+        }
+        match inputs.case.op {
+            Op::CacheExpand => self.expand(inputs, outputs)?,
+            _ => self.decode(inputs, outputs)?,
+        }
+        if self.has(Bug::WritesInputs) {
+            if let Some(c) = inputs.cache.components.first_mut() {
+                c.data.iter_mut().filter(|x| x.is_nan()).for_each(|x| *x = 0.0);
+            }
+            inputs.q.iter_mut().take(1).for_each(|x| *x += 1.0);
+        }
+        Ok(())
     }
 }

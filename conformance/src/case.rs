@@ -255,14 +255,25 @@ impl Case {
         // any buffer is sized from them (case ids come from hostile manifests too).
         const MAX_DIM: usize = 1 << 16;
         const MAX_TOKENS: usize = 1 << 20;
-        for (v, name) in [(self.h, "h"), (self.g, "g"), (self.dc, "dc"), (self.dn, "dn"), (self.dr, "dr"), (self.dv, "dv")] {
+        for (v, name) in [
+            (self.h, "h"),
+            (self.g, "g"),
+            (self.dc, "dc"),
+            (self.dn, "dn"),
+            (self.dr, "dr"),
+            (self.dv, "dv"),
+        ] {
             need(v <= MAX_DIM, &format!("{name} <= {MAX_DIM}"))?;
         }
         need(self.sq <= 64, "sq <= 64")?;
         need(self.ctx.len() <= 1024, "at most 1024 sequences")?;
         need(self.page.is_none_or(|p| p <= MAX_TOKENS), &format!("page <= {MAX_TOKENS}"))?;
         need(self.splits.is_none_or(|s| s <= 4096), "splits <= 4096")?;
-        let tokens: usize = self.ctx.iter().map(|c| c.unwrap_or(0).saturating_add(self.sq)).fold(0, usize::saturating_add);
+        let tokens: usize = self
+            .ctx
+            .iter()
+            .map(|c| c.unwrap_or(0).saturating_add(self.sq))
+            .fold(0, usize::saturating_add);
         need(tokens <= MAX_TOKENS, &format!("at most {MAX_TOKENS} cached tokens in all"))?;
         let width = (self.dc + self.dr).max(self.g * (self.dn + self.dr + self.dv));
         need(

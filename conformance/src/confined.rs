@@ -26,9 +26,14 @@ fn err(path: impl AsRef<Path>, why: impl Into<String>) -> ConfinedError {
 pub fn resolve(root: &Path, rel: &str) -> Result<PathBuf, ConfinedError> {
     let shown = root.join(rel);
     if rel.is_empty() || !Path::new(rel).components().all(|c| matches!(c, Component::Normal(_))) {
-        return Err(err(&shown, "must be a plain relative file name inside the directory (no `..`, no absolute path)"));
+        return Err(err(
+            &shown,
+            "must be a plain relative file name inside the directory (no `..`, no absolute path)",
+        ));
     }
-    let real_root = root.canonicalize().map_err(|e| err(root, format!("cannot open the directory: {e}")))?;
+    let real_root = root
+        .canonicalize()
+        .map_err(|e| err(root, format!("cannot open the directory: {e}")))?;
     let real = shown.canonicalize().map_err(|e| err(&shown, e.to_string()))?;
     if !real.starts_with(&real_root) {
         return Err(err(&shown, format!("leads outside {} (to {})", root.display(), real.display())));

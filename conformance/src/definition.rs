@@ -62,7 +62,11 @@ use AxisRole::{Fixed, Variable};
 
 const BATCH_AXES: [Axis; 5] = [
     axis("B", Variable, "sequences in the batch (padding rows hold no keys)"),
-    axis("slots", Variable, "cache rows, stored as [B, capacity, width] contiguous or [num_pages, page, width] paged (capacity: the longest sequence + 3)"),
+    axis(
+        "slots",
+        Variable,
+        "cache rows, stored as [B, capacity, width] contiguous or [num_pages, page, width] paged (capacity: the longest sequence + 3)",
+    ),
     axis("page", Fixed, "page size of a paged cache (absent: contiguous)"),
     axis("max_pages", Variable, "block-table columns"),
     axis(
@@ -129,9 +133,24 @@ fn decode_io(op: Op) -> (Vec<Axis>, Vec<TensorSpec>, &'static str) {
             ]),
             vec![
                 tensor("q", "[B, s_q, H, d_n + d_r]", "case", "queries [q^N; q^R]"),
-                tensor("k_nope", "[B, capacity | num_pages, page, G·d_n]", "case", "rope=once: per-group keys W_UK_g c"),
-                tensor("k_rope", "[B, capacity | num_pages, page, d_r]", "case", "rope=once: the shared RoPE key"),
-                tensor("k", "[B, capacity | num_pages, page, G·(d_n + d_r)]", "case", "rope=per_group: [k_g; k^R] per group"),
+                tensor(
+                    "k_nope",
+                    "[B, capacity | num_pages, page, G·d_n]",
+                    "case",
+                    "rope=once: per-group keys W_UK_g c",
+                ),
+                tensor(
+                    "k_rope",
+                    "[B, capacity | num_pages, page, d_r]",
+                    "case",
+                    "rope=once: the shared RoPE key",
+                ),
+                tensor(
+                    "k",
+                    "[B, capacity | num_pages, page, G·(d_n + d_r)]",
+                    "case",
+                    "rope=per_group: [k_g; k^R] per group",
+                ),
                 tensor("v", "[B, capacity | num_pages, page, G·d_v]", "case", "per-group values W_UV_g c"),
             ],
             "[B, s_q, H, d_v]",

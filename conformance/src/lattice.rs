@@ -61,9 +61,12 @@ fn has_twin(c: &Case) -> bool {
     c.page.is_some_and(|p| p < 64) || c.ctx.iter().any(|x| x.is_none_or(|n| n == 0))
 }
 
+/// One variation: a change to a base case.
+type Variation = Box<dyn Fn(&mut Case)>;
+
 /// The variations around one base case.
-fn variations(op: Op, sq: usize) -> Vec<Box<dyn Fn(&mut Case)>> {
-    let mut v: Vec<Box<dyn Fn(&mut Case)>> = vec![Box::new(|_| {})];
+fn variations(op: Op, sq: usize) -> Vec<Variation> {
+    let mut v: Vec<Variation> = vec![Box::new(|_| {})];
     for dtype in [Dtype::F32, Dtype::F16] {
         v.push(Box::new(move |c| c.dtype = dtype));
     }

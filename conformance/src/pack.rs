@@ -254,7 +254,12 @@ fn output_tensors(case: &Case) -> Vec<StoredTensor> {
         .map(|t| StoredTensor {
             name: t.name.into(),
             shape: t.shape.clone(),
-            dtype: if t.name == "lse" { "f32 or the storage dtype, as declared" } else { "any float dtype" }.into(),
+            dtype: if t.name == "lse" {
+                "f32 or the storage dtype, as declared"
+            } else {
+                "any float dtype"
+            }
+            .into(),
         })
         .collect()
 }
@@ -349,7 +354,10 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, PackError> {
     let bytes = confined::read(dir, MANIFEST, MANIFEST_LIMIT)?;
     let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| invalid(&path, format!("malformed manifest: {e}")))?;
     if m.format != FORMAT {
-        return Err(invalid(&path, format!("format `{}`, expected `{FORMAT}` (re-export the pack with this tool)", m.format)));
+        return Err(invalid(
+            &path,
+            format!("format `{}`, expected `{FORMAT}` (re-export the pack with this tool)", m.format),
+        ));
     }
     if m.suite_version != SUITE_VERSION {
         return Err(invalid(
@@ -368,7 +376,12 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, PackError> {
         let index = *suite.get(&pc.id).ok_or_else(|| {
             invalid(
                 &path,
-                format!("{}: `{}` is not a case of suite {SUITE_VERSION} with seed {}", at("id"), pc.id, m.seed),
+                format!(
+                    "{}: `{}` is not a case of suite {SUITE_VERSION} with seed {}",
+                    at("id"),
+                    pc.id,
+                    m.seed
+                ),
             )
         })?;
         if !seen.insert(pc.id.as_str()) {
@@ -494,7 +507,11 @@ fn read_outputs(j: &Judging, pc: &PackCase, case: &Case) -> Result<Result<Output
 pub fn judge(j: &Judging, mut on_case: impl FnMut(&CaseResult)) -> Result<Vec<CaseResult>, PackError> {
     let listed: HashMap<&str, &PackCase> = j.manifest.cases.iter().map(|c| (c.id.as_str(), c)).collect();
     let published = published_digests();
-    let mut session = Session::with_profile(std::sync::Arc::new(PackKernel(j.profile.clone())), j.profile.clone(), Duration::ZERO);
+    let mut session = Session::with_profile(
+        std::sync::Arc::new(PackKernel(j.profile.clone())),
+        j.profile.clone(),
+        Duration::ZERO,
+    );
     let mut results = Vec::with_capacity(j.cases.len());
     for case in &j.cases {
         let start = Instant::now();
@@ -519,7 +536,10 @@ pub fn judge(j: &Judging, mut on_case: impl FnMut(&CaseResult)) -> Result<Vec<Ca
             }
         } else {
             done(Status::RuntimeError {
-                message: format!("the pack has no inputs for this case (its manifest does not list it): re-export with `gqla vectors export` (seed {})", j.manifest.seed),
+                message: format!(
+                    "the pack has no inputs for this case (its manifest does not list it): re-export with `gqla vectors export` (seed {})",
+                    j.manifest.seed
+                ),
             })
         };
         on_case(&r);

@@ -410,7 +410,10 @@ mod tests {
         let p = Profile::from_json(text).unwrap();
         assert_eq!(p.scale, Scale::Fixed(0.125));
         assert_eq!(p.lse.written().unwrap().empty_row, EmptyLse::Finite(-2.38e38));
-        let no_lse = text.replace(r#"{"dtype": "storage", "base": "2", "empty_row": {"finite": -2.38e38}}"#, r#""none""#);
+        let no_lse = text.replace(
+            r#"{"dtype": "storage", "base": "2", "empty_row": {"finite": -2.38e38}}"#,
+            r#""none""#,
+        );
         assert!(Profile::from_json(&no_lse).unwrap().lse.written().is_none());
     }
 
@@ -423,7 +426,11 @@ mod tests {
             ("page_sizes", serde_json::json!([0]), "page_sizes"),
             ("scale", serde_json::json!({"fixed": -1.0}), "scale"),
             ("dtypes", serde_json::json!(["f8"]), "unknown variant `f8`"),
-            ("lse", serde_json::json!({"dtype": "f32", "base": "10", "empty_row": "neg_inf"}), "did not match"),
+            (
+                "lse",
+                serde_json::json!({"dtype": "f32", "base": "10", "empty_row": "neg_inf"}),
+                "did not match",
+            ),
         ] {
             let mut v = base.clone();
             v[field] = value;
@@ -432,9 +439,15 @@ mod tests {
         }
         let mut v = base.clone();
         v.as_object_mut().unwrap().remove("lse");
-        assert!(Profile::from_json(&v.to_string()).unwrap_err().to_string().contains("missing field `lse`"));
+        assert!(Profile::from_json(&v.to_string())
+            .unwrap_err()
+            .to_string()
+            .contains("missing field `lse`"));
         let mut v = base;
         v["lse_base"] = serde_json::json!("e");
-        assert!(Profile::from_json(&v.to_string()).unwrap_err().to_string().contains("unknown field `lse_base`"));
+        assert!(Profile::from_json(&v.to_string())
+            .unwrap_err()
+            .to_string()
+            .contains("unknown field `lse_base`"));
     }
 }

@@ -41,9 +41,7 @@ fn group_rows(inputs: &CaseInputs, b: usize, g: usize) -> (Vec<f32>, Vec<f32>) {
                         keys.extend_from_slice(&cache.row("k_nope", b, t)[g * c.dn..(g + 1) * c.dn]);
                         keys.extend_from_slice(cache.row("k_rope", b, t));
                     }
-                    RopeLayout::PerGroup => {
-                        keys.extend_from_slice(&cache.row("k", b, t)[g * (c.dn + c.dr)..(g + 1) * (c.dn + c.dr)])
-                    }
+                    RopeLayout::PerGroup => keys.extend_from_slice(&cache.row("k", b, t)[g * (c.dn + c.dr)..(g + 1) * (c.dn + c.dr)]),
                 }
             }
             Op::GqaDecode => {
@@ -108,13 +106,7 @@ fn decode(inputs: &CaseInputs, precision: Precision) -> Tensors {
 }
 
 /// The truth: the reference crate's attention (SPEC.md §2) in f64, over the first `visible` keys.
-fn attend_exact(
-    q: &[f32],
-    keys: &ndarray::Array2<f64>,
-    values: &ndarray::Array2<f64>,
-    scale: f64,
-    visible: usize,
-) -> (Vec<f64>, f64) {
+fn attend_exact(q: &[f32], keys: &ndarray::Array2<f64>, values: &ndarray::Array2<f64>, scale: f64, visible: usize) -> (Vec<f64>, f64) {
     use gqla_reference::attention::{attend_row, KeyRange};
     let q = ndarray::Array1::from_iter(q.iter().map(|v| *v as f64));
     let (o, lse) = attend_row(q.view(), keys.view(), values.view(), scale, KeyRange { start: 0, end: visible });

@@ -120,13 +120,18 @@ pub struct MutationSummary {
     pub results: BTreeMap<String, Option<(String, String)>>,
 }
 
-/// Text from outside (kernel.json, paths, kernel messages) made safe for one line of Markdown:
-/// control characters (newlines, ANSI escapes) dropped, every ASCII punctuation mark
-/// backslash-escaped, so it can start no heading, table cell, link, HTML tag or emphasis.
+/// The characters that carry Markdown (and HTML) meaning inside a line.
+const MD_SPECIAL: &str = "\\`*_[]<>|!~&#$";
+
+/// Text from outside (kernel.json, paths, kernel messages) made safe for Markdown, where it always
+/// sits inside a line (after a list marker or in a table cell): control characters (newlines,
+/// ANSI escapes) dropped, so it can start no line of its own, and every character with meaning
+/// inside a line backslash-escaped, so it can open no table cell, link, HTML tag, code span or
+/// emphasis.
 pub fn md_escape(text: &str) -> String {
     let mut s = String::with_capacity(text.len());
     for c in text.chars().filter(|c| !c.is_control()) {
-        if c.is_ascii_punctuation() {
+        if MD_SPECIAL.contains(c) {
             s.push('\\');
         }
         s.push(c);
@@ -277,7 +282,11 @@ impl Report {
         let _ = writeln!(
             s,
             "- filter: {}",
-            if self.filter.is_empty() { "\\*".to_string() } else { e(&self.filter) }
+            if self.filter.is_empty() {
+                "\\*".to_string()
+            } else {
+                e(&self.filter)
+            }
         );
         let _ = writeln!(s, "\n## Declared profile\n\n| entry | declared |\n|---|---|");
         for (k, v) in self.profile.describe() {
@@ -407,7 +416,7 @@ mod tests {
         assert!(!md.contains('\n') && !md.contains('\u{1b}') && !md.contains('\u{0}'), "{md}");
         // Every markup character is escaped: none follows anything but a backslash.
         let chars: Vec<char> = md.chars().collect();
-        for (i, c) in chars.iter().enumerate().filter(|(_, c)| c.is_ascii_punctuation() && **c != '\\') {
+        for (i, c) in chars.iter().enumerate().filter(|(_, c)| MD_SPECIAL.contains(**c) && **c != '\\') {
             assert!(i > 0 && chars[i - 1] == '\\', "unescaped {c:?} at {i} in {md}");
         }
         assert!(md.contains("\\<script\\>") && md.contains("\\*\\*CONFORMANT"), "{md}");

@@ -107,7 +107,10 @@ impl Prepared {
                 // Row width of this tensor in elements: the empty-row conventions cover whole rows.
                 let (per_row, special) = match t.name {
                     "out" => (case.h * case.out_width(), Special::Out(profile.out_empty_row)),
-                    "lse" => (case.h, Special::Lse(profile.lse.written().expect("lse is expected only when declared").empty_row)),
+                    "lse" => (
+                        case.h,
+                        Special::Lse(profile.lse.written().expect("lse is expected only when declared").empty_row),
+                    ),
                     _ => (0, Special::None),
                 };
                 let mut empty = vec![false; raw.len()];
@@ -253,7 +256,12 @@ enum Special {
 /// The first element where two runs' outputs differ bitwise, in words (None: identical).
 pub fn first_difference(twin: &Outputs, primary: &Outputs) -> Option<String> {
     for (a, b) in twin.tensors.iter().zip(&primary.tensors) {
-        let differ = a.region().iter().zip(b.region()).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+        let differ = a
+            .region()
+            .iter()
+            .zip(b.region())
+            .filter(|(x, y)| x.to_bits() != y.to_bits())
+            .count();
         if let Some(i) = a.region().iter().zip(b.region()).position(|(x, y)| x.to_bits() != y.to_bits()) {
             return Some(format!(
                 "`{}` differs from the NaN-poisoned run at {differ} element(s), first at flat index {i} ({} against {}): \

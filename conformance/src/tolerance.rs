@@ -88,7 +88,10 @@ impl TensorCheck {
             f.push(format!("max |error| {:.3e} > bound {:.3e}", self.max_abs_err, self.max_abs_bound));
         }
         if self.one_minus_cos > self.one_minus_cos_bound {
-            f.push(format!("1 - cos {:.3e} > bound {:.3e}", self.one_minus_cos, self.one_minus_cos_bound));
+            f.push(format!(
+                "1 - cos {:.3e} > bound {:.3e}",
+                self.one_minus_cos, self.one_minus_cos_bound
+            ));
         }
         f
     }

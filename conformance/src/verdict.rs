@@ -8,19 +8,39 @@ use serde::Serialize;
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "status", rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Status {
-    Pass { checks: Vec<TensorCheck> },
-    NotSupported { reason: String },
-    ShapeOrDtypeMismatch { detail: String },
-    NumericalMismatch { checks: Vec<TensorCheck> },
-    NonfiniteMismatch { checks: Vec<TensorCheck> },
-    OutOfBoundsWrite { tensors: Vec<String> },
+    Pass {
+        checks: Vec<TensorCheck>,
+    },
+    NotSupported {
+        reason: String,
+    },
+    ShapeOrDtypeMismatch {
+        detail: String,
+    },
+    NumericalMismatch {
+        checks: Vec<TensorCheck>,
+    },
+    NonfiniteMismatch {
+        checks: Vec<TensorCheck>,
+    },
+    OutOfBoundsWrite {
+        tensors: Vec<String>,
+    },
     /// The kernel wrote to its inputs (their digest changed across the call).
-    InputMutated { detail: String },
+    InputMutated {
+        detail: String,
+    },
     /// A `poison=garbage` twin's outputs differ from its NaN-poison case's: the kernel reads
     /// memory a correct kernel never reads (and hid it where that memory was NaN).
-    PoisonDependent { detail: String },
-    RuntimeError { message: String },
-    Timeout { seconds: f64 },
+    PoisonDependent {
+        detail: String,
+    },
+    RuntimeError {
+        message: String,
+    },
+    Timeout {
+        seconds: f64,
+    },
 }
 
 impl Status {
@@ -69,7 +89,9 @@ impl Status {
         match self {
             Status::Pass { .. } => String::new(),
             Status::NotSupported { reason } => reason.clone(),
-            Status::ShapeOrDtypeMismatch { detail } | Status::InputMutated { detail } | Status::PoisonDependent { detail } => detail.clone(),
+            Status::ShapeOrDtypeMismatch { detail } | Status::InputMutated { detail } | Status::PoisonDependent { detail } => {
+                detail.clone()
+            }
             Status::NumericalMismatch { checks } => checks
                 .iter()
                 .filter(|c| !c.numerics_ok())
@@ -81,7 +103,7 @@ impl Status {
                 .filter(|c| !c.specials_ok())
                 .map(|c| match &c.first_special_mismatch {
                     Some(m) => format!(
-                        "{}: {} position(s) disagree with the declared special values, first at flat index {}: got {}, expected {}",
+                        "{}: {} position(s) disagree with the declared special values, first at flat index {}: got {:e}, expected {}",
                         c.tensor, c.special_mismatches, m.index, m.got, m.want
                     ),
                     None => format!("{}: {} special-value mismatches", c.tensor, c.special_mismatches),

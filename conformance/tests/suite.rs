@@ -37,11 +37,26 @@ fn malformed_case_ids_are_errors() {
             "needs a number",
         ),
         ("gqa.decode:h=2;g=1;d=4;dv=4;sq=1;ctx=3;dtype=f8;seed=1", "dtype"),
-        ("gqa.decode:h=2;g=1;d=4;d=4;dv=4;sq=1;ctx=3;page=none;dtype=f32;seed=1", "given twice"),
-        ("gqa.decode:seed=1;h=2;g=1;d=4;dv=4;sq=1;ctx=3;page=none;dtype=f32", "canonical id is `gqa.decode:h=2;g=1;d=4;dv=4;sq=1;ctx=3;page=none;dtype=f32;seed=1`"),
-        ("gqa.decode:h=2;g=1;d=4;dv=4;sq=1;ctx=3;page=none;dtype=f32;poison=nan;seed=1", "canonical"),
-        ("gqa.decode:h=70000;g=1;d=4;dv=4;sq=1;ctx=3;page=none;dtype=f32;seed=1", "h <= 65536"),
-        ("gqa.decode:h=2;g=1;d=4;dv=4;sq=1;ctx=100000000;page=none;dtype=f32;seed=1", "cached tokens"),
+        (
+            "gqa.decode:h=2;g=1;d=4;d=4;dv=4;sq=1;ctx=3;page=none;dtype=f32;seed=1",
+            "given twice",
+        ),
+        (
+            "gqa.decode:seed=1;h=2;g=1;d=4;dv=4;sq=1;ctx=3;page=none;dtype=f32",
+            "canonical id is `gqa.decode:h=2;g=1;d=4;dv=4;sq=1;ctx=3;page=none;dtype=f32;seed=1`",
+        ),
+        (
+            "gqa.decode:h=2;g=1;d=4;dv=4;sq=1;ctx=3;page=none;dtype=f32;poison=nan;seed=1",
+            "canonical",
+        ),
+        (
+            "gqa.decode:h=70000;g=1;d=4;dv=4;sq=1;ctx=3;page=none;dtype=f32;seed=1",
+            "h <= 65536",
+        ),
+        (
+            "gqa.decode:h=2;g=1;d=4;dv=4;sq=1;ctx=100000000;page=none;dtype=f32;seed=1",
+            "cached tokens",
+        ),
     ] {
         let e = id.parse::<Case>().unwrap_err().to_string();
         assert!(e.contains(why), "{id}: {e}");
@@ -159,7 +174,12 @@ fn correct_kernels_pass_on_every_seed() {
             for s in &mut sessions {
                 let r = s.run(&p);
                 if !r.status.passed() {
-                    failures.push(format!("seed {seed}: {} on {}: {}", s.kernel().identity().name, r.id, r.status.cause()));
+                    failures.push(format!(
+                        "seed {seed}: {} on {}: {}",
+                        s.kernel().identity().name,
+                        r.id,
+                        r.status.cause()
+                    ));
                 }
             }
         }
@@ -178,9 +198,10 @@ fn every_mutant_is_rejected_on_every_seed() {
         for (bug, r) in results {
             match r {
                 None => wrong.push(format!("seed {seed}: mutant {bug:?} passed every case")),
-                Some((id, status)) if !expected(bug).contains(&status) => {
-                    wrong.push(format!("seed {seed}: mutant {bug:?} on {id}: {status} (expected {:?})", expected(bug)))
-                }
+                Some((id, status)) if !expected(bug).contains(&status) => wrong.push(format!(
+                    "seed {seed}: mutant {bug:?} on {id}: {status} (expected {:?})",
+                    expected(bug)
+                )),
                 Some(_) => {}
             }
         }
@@ -353,5 +374,9 @@ fn profiles_select_cases_and_outputs() {
             assert!(r.status.cause().contains("is not in the declared profile"), "{}", r.status.cause());
         }
     }
-    assert_eq!((selected, passed), (2, 2), "only the absorb cases at 1/sqrt(576) in bf16 (s_q 1 and 2)");
+    assert_eq!(
+        (selected, passed),
+        (2, 2),
+        "only the absorb cases at 1/sqrt(576) in bf16 (s_q 1 and 2)"
+    );
 }

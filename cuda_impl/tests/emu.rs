@@ -44,10 +44,35 @@ fn assert_none_failed((n, failures): (usize, Vec<String>)) {
 }
 
 /// Every lattice case passes on the emulated kernels as `gqla certify --kernel cuda-emu` runs
-/// them (tensor cores for bf16/f16, SIMT for f32), poisoned memory and canaries included.
+/// them (tensor cores for bf16/f16, SIMT for f32), poisoned memory and canaries included; and the
+/// wgmma kernel (`--kernel cuda-emu-wgmma`) passes every 16-bit decode case and declares no f32.
+/// One reference per case serves both.
 #[test]
-fn emulated_kernel_passes_the_whole_lattice() {
-    assert_none_failed(lattice_failures(EmuKernel::emulated(), |_| true, |_| true));
+fn emulated_kernels_pass_the_whole_lattice() {
+    let timeout = Duration::from_secs(300);
+    let mut default = Session::new(Arc::new(EmuKernel::emulated()), timeout);
+    let mut wgmma = Session::new(Arc::new(EmuKernel::emulated().with_variant(Variant::Wgmma)), timeout);
+    let (mut failures, mut n) = (Vec::new(), 0);
+    for case in suite_cases() {
+        let p = Prepared::new(&case);
+        n += 1;
+        let r = default.run(&p);
+        if !r.status.passed() {
+            failures.push(format!("cuda-emu: {}: {:?}", r.id, r.status));
+        }
+        if case.op != Op::CacheExpand {
+            let r = wgmma.run(&p);
+            let ok = if case.dtype == Dtype::F32 {
+                !r.status.selected()
+            } else {
+                r.status.passed()
+            };
+            if !ok {
+                failures.push(format!("cuda-emu-wgmma: {}: {:?}", r.id, r.status));
+            }
+        }
+    }
+    assert_none_failed((n, failures));
 }
 
 /// The SIMT kernel, forced on 16-bit storage too, passes every short decode case; forcing the
@@ -59,16 +84,6 @@ fn each_variant_passes_or_declines() {
     assert_none_failed(lattice_failures(
         EmuKernel::emulated().with_variant(Variant::Mma),
         |c| short(c) && (c.dtype == Dtype::F32 || c.splits.is_some()),
-        |c| c.dtype != Dtype::F32,
-    ));
-}
-
-/// The wgmma kernel (`--kernel cuda-emu-wgmma`) passes every 16-bit lattice case and declines f32.
-#[test]
-fn emulated_wgmma_kernel_passes_the_whole_lattice() {
-    assert_none_failed(lattice_failures(
-        EmuKernel::emulated().with_variant(Variant::Wgmma),
-        |c| c.op != Op::CacheExpand,
         |c| c.dtype != Dtype::F32,
     ));
 }

@@ -221,23 +221,31 @@ fn run_suite(candidates: &[Candidate], seed: u64, a: &Args, keep: bool) -> (Vec<
     (results, prepared)
 }
 
+/// One case across seeds: how many passed, how many ran, the first failure.
+#[derive(Clone, Default)]
+struct Tally {
+    passed: u32,
+    ran: u32,
+    first_failure: Option<String>,
+}
+
 /// `--seeds N`: the profile on N fresh seeds; per case (its id without the seed), how many passed.
 fn stability(candidates: &[Candidate], n: u32, a: &Args) -> Result<Outcome, CliError> {
     let seeds: Vec<u64> = (0..n).map(|_| fresh_seed()).collect();
-    // Per kernel: case (seedless id) → (passed, selected, first failure).
-    let mut tally: Vec<BTreeMap<String, (u32, u32, Option<String>)>> = vec![BTreeMap::new(); candidates.len()];
+    // Per kernel: case (seedless id) → its tally.
+    let mut tally: Vec<BTreeMap<String, Tally>> = vec![BTreeMap::new(); candidates.len()];
     for (i, &seed) in seeds.iter().enumerate() {
         println!("seed {seed} ({} of {n})", i + 1);
         let (results, _) = run_suite(candidates, seed, a, false);
         for (t, rs) in tally.iter_mut().zip(results) {
             for r in rs {
                 let key = r.id.rsplit_once(";seed=").map_or(r.id.clone(), |(k, _)| k.to_string());
-                let e = t.entry(key).or_insert((0, 0, None));
+                let e = t.entry(key).or_default();
                 if r.status.selected() {
-                    e.1 += 1;
-                    e.0 += r.status.passed() as u32;
-                    if r.status.failed() && e.2.is_none() {
-                        e.2 = Some(format!("seed {seed}: {}: {}", r.status.name(), plain(&r.status.cause())));
+                    e.ran += 1;
+                    e.passed += r.status.passed() as u32;
+                    if r.status.failed() && e.first_failure.is_none() {
+                        e.first_failure = Some(format!("seed {seed}: {}: {}", r.status.name(), plain(&r.status.cause())));
                     }
                 }
             }
@@ -246,24 +254,31 @@ fn stability(candidates: &[Candidate], n: u32, a: &Args) -> Result<Outcome, CliE
     let mut all = true;
     for (c, t) in candidates.iter().zip(&tally) {
         let name = c.kernel.identity().name;
-        let unstable: Vec<(&String, &(u32, u32, Option<String>))> = t.iter().filter(|(_, v)| v.0 != v.1).collect();
-        let selected = t.values().filter(|v| v.1 > 0).count();
+        let unstable: Vec<(&String, &Tally)> = t.iter().filter(|(_, v)| v.passed != v.ran).collect();
+        let selected = t.values().filter(|v| v.ran > 0).count();
         let mut md = format!(
             "# Seed stability: {}\n\n- suite {SUITE_VERSION}, {n} fresh seeds: {}\n- {selected} cases selected by the profile; {} passed on every seed\n\n| case | passed |\n|---|---|\n",
             gqla_conformance::report::md_escape(&name),
             seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "),
             selected - unstable.len()
         );
-        for (id, (p, s, why)) in t.iter().filter(|(_, v)| v.1 > 0) {
-            let note = why.as_deref().map(|w| format!(" ({})", gqla_conformance::report::md_escape(w))).unwrap_or_default();
-            md.push_str(&format!("| `{id}` | {p}/{s}{note} |\n"));
+        for (id, v) in t.iter().filter(|(_, v)| v.ran > 0) {
+            let note = v
+                .first_failure
+                .as_deref()
+                .map(|w| format!(" ({})", gqla_conformance::report::md_escape(w)))
+                .unwrap_or_default();
+            md.push_str(&format!("| `{id}` | {}/{}{note} |\n", v.passed, v.ran));
         }
         let dir = if candidates.len() > 1 { a.out.join(&name) } else { a.out.clone() };
         std::fs::create_dir_all(&dir).map_err(|e| CliError::Usage(format!("cannot create {}: {e}", dir.display())))?;
         gqla_reference::hf::tensors::write_atomic(&dir.join("seeds.md"), md.as_bytes())?;
-        println!("kernel {name}: {} of {selected} cases passed on all {n} seeds", selected - unstable.len());
-        for (id, (p, s, why)) in &unstable {
-            println!("  {p}/{s}  {id}  {}", why.as_deref().unwrap_or(""));
+        println!(
+            "kernel {name}: {} of {selected} cases passed on all {n} seeds",
+            selected - unstable.len()
+        );
+        for (id, v) in &unstable {
+            println!("  {}/{}  {id}  {}", v.passed, v.ran, v.first_failure.as_deref().unwrap_or(""));
         }
         all &= unstable.is_empty() && selected > 0;
     }
@@ -307,7 +322,11 @@ fn external(pack: &Path, a: &Args) -> Result<Outcome, CliError> {
         }
     };
     // Without --filter, the filters the pack was exported with (the certificate states them).
-    let filters = if a.filter.is_empty() { manifest.filters.clone() } else { a.filter.clone() };
+    let filters = if a.filter.is_empty() {
+        manifest.filters.clone()
+    } else {
+        a.filter.clone()
+    };
     let cases: Vec<Case> = suite_cases_seeded(manifest.seed)
         .into_iter()
         .filter(|c| selected(&filters, &c.to_string()))
@@ -332,7 +351,12 @@ fn external(pack: &Path, a: &Args) -> Result<Outcome, CliError> {
             KernelIdentity {
                 name: k.name,
                 version: k.version,
-                description: format!("{} (outputs read from {}, pack {})", k.description, outputs.display(), pack.display()),
+                description: format!(
+                    "{} (outputs read from {}, pack {})",
+                    k.description,
+                    outputs.display(),
+                    pack.display()
+                ),
             },
             k.environment,
         ),

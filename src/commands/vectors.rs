@@ -34,7 +34,11 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let Which::Export { out, filter, seed } = a.which;
     let seed = seed.unwrap_or_else(|| rand::random::<u32>().max(1) as u64);
     let selected = |c: &Case| filter.is_empty() || filter.iter().any(|p| c.matches(p));
-    let cases: Vec<(usize, Case)> = suite_cases_seeded(seed).into_iter().enumerate().filter(|(_, c)| selected(c)).collect();
+    let cases: Vec<(usize, Case)> = suite_cases_seeded(seed)
+        .into_iter()
+        .enumerate()
+        .filter(|(_, c)| selected(c))
+        .collect();
     if cases.is_empty() {
         return Err(CliError::Usage(format!("no case id starts with `{}`", filter.join(" | "))));
     }

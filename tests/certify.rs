@@ -505,43 +505,35 @@ mod packs {
     }
 }
 
-/// A real, independently written kernel through a pack: `jax.nn.dot_product_attention` on the
-/// CPU (examples/certify_jax.py), with its honest profile, on every decode case of a fresh seed.
-/// Needs a Python with jax and safetensors (`GQLA_PYTHON`); without one the test says it skipped.
-#[test]
-fn jax_example_is_conformant() {
+/// Certify a real kernel's adapter script from examples/ through a pack of the cases `filters`
+/// select (suite seed `seed`): export, run the script with `GQLA_PYTHON` (default python3),
+/// certify. None (after printing SKIPPED) when that Python cannot run `probe`.
+fn certify_example(script: &str, probe: &str, filters: &[&str], seed: &str) -> Option<(Run, serde_json::Value)> {
     let python = std::env::var("GQLA_PYTHON").unwrap_or_else(|_| "python3".into());
     if !std::process::Command::new(&python)
-        .args(["-c", "import jax, safetensors.flax"])
+        .args(["-c", probe])
         .output()
         .is_ok_and(|o| o.status.success())
     {
-        crate::common::skipped(&format!(
-            "jax_example_is_conformant: {python} cannot import jax and safetensors (set GQLA_PYTHON)"
-        ));
-        return;
+        crate::common::skipped(&format!("{script}: {python} cannot run `{probe}` (set GQLA_PYTHON)"));
+        return None;
     }
     let tmp = tempfile::tempdir().unwrap();
     let (pack, outs, cert) = (tmp.path().join("pack"), tmp.path().join("outs"), tmp.path().join("cert"));
-    let r = gqla(&[
-        "vectors",
-        "export",
-        "--out",
-        pack.to_str().unwrap(),
-        "--seed",
-        "21",
-        "--filter",
-        "gqla.decode",
-        "--filter",
-        "gqa.decode",
-    ]);
+    let mut args = vec!["vectors", "export", "--out", pack.to_str().unwrap(), "--seed", seed];
+    for f in filters {
+        args.extend(["--filter", f]);
+    }
+    let r = gqla(&args);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let run = std::process::Command::new(&python)
-        .arg(crate::common::root().join("examples/certify_jax.py"))
+        .env("TRITON_INTERPRET", "1")
+        .args(["-W", "ignore"])
+        .arg(crate::common::root().join("examples").join(script))
         .args([&pack, &outs])
         .output()
         .unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(run.status.success(), "{script}: {}", String::from_utf8_lossy(&run.stderr));
     let kernel = format!("external:{}", pack.display());
     let r = gqla(&[
         "certify",
@@ -552,34 +544,37 @@ fn jax_example_is_conformant() {
         "--out",
         cert.to_str().unwrap(),
     ]);
-    assert_eq!(r.code, 0, "{}", r.stdout);
     let rep = report(&cert);
-    assert_eq!(rep["verdict"], "CONFORMANT", "{}", r.stdout);
+    Some((r, rep))
+}
+
+/// A real, independently written kernel through a pack: `jax.nn.dot_product_attention` on the
+/// CPU (examples/certify_jax.py), with its honest profile, on every decode case of a fresh seed.
+#[test]
+fn jax_example_is_conformant() {
+    let filters = ["gqla.decode", "gqa.decode"];
+    let Some((r, rep)) = certify_example("certify_jax.py", "import jax, safetensors.flax", &filters, "21") else {
+        return;
+    };
+    assert_eq!((r.code, rep["verdict"].as_str()), (0, Some("CONFORMANT")), "{}", r.stdout);
     assert_eq!(rep["profile"]["lse"]["dtype"], "storage");
+    let must_pass: u64 = rep["coverage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["must_pass"].as_u64().unwrap())
+        .sum();
+    assert_eq!(must_pass, 184, "{}", r.stdout);
 }
 
 /// A second real kernel through a pack: SGLang's Triton decode attention under the Triton
 /// interpreter (examples/certify_sglang_triton.py), with its honest profile (s_q = 1, no LSE,
-/// NaN for an empty row, split counts honoured), on the short s_q = 1 cases of every decode
-/// operation (the interpreter takes seconds per case; docs/results has the whole suite). Needs a
-/// Python with torch, triton, sglang and safetensors (`GQLA_PYTHON`); SKIPPED otherwise.
+/// NaN for an empty row, split counts honoured), on short s_q = 1 cases of every decode
+/// operation (the interpreter takes seconds per case; docs/results has the whole suite).
 #[test]
 fn sglang_triton_example_is_conformant() {
-    let python = std::env::var("GQLA_PYTHON").unwrap_or_else(|_| "python3".into());
     let probe = "import os; os.environ['TRITON_INTERPRET'] = '1'; import torch, triton, safetensors; \
                  from sglang.kernels.ops.attention.decode_attention import decode_attention_fwd";
-    if !std::process::Command::new(&python)
-        .args(["-c", probe])
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        crate::common::skipped(&format!(
-            "sglang_triton_example_is_conformant: {python} cannot import torch, triton and sglang's decode attention (set GQLA_PYTHON)"
-        ));
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let (pack, outs, cert) = (tmp.path().join("pack"), tmp.path().join("outs"), tmp.path().join("cert"));
     let filters = [
         "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=1;ctx=65,31;page=64;dtype=bf16;seed=",
         "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=1;ctx=0,17,pad,1,130;page=64;dtype=bf16;splits=16",
@@ -589,33 +584,10 @@ fn sglang_triton_example_is_conformant() {
         "gqa.decode:h=32;g=8;d=128;dv=128;sq=1;ctx=pad,5,0",
         "gqa.decode:h=32;g=8;d=128;dv=128;sq=1;ctx=65,31;page=64;dtype=f16;",
     ];
-    let mut args = vec!["vectors", "export", "--out", pack.to_str().unwrap(), "--seed", "33"];
-    for f in &filters {
-        args.extend(["--filter", f]);
-    }
-    let r = gqla(&args);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let run = std::process::Command::new(&python)
-        .env("TRITON_INTERPRET", "1")
-        .args(["-W", "ignore"])
-        .arg(crate::common::root().join("examples/certify_sglang_triton.py"))
-        .args([&pack, &outs])
-        .output()
-        .unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let kernel = format!("external:{}", pack.display());
-    let r = gqla(&[
-        "certify",
-        "--kernel",
-        &kernel,
-        "--outputs",
-        outs.to_str().unwrap(),
-        "--out",
-        cert.to_str().unwrap(),
-    ]);
-    assert_eq!(r.code, 0, "{}", r.stdout);
-    let rep = report(&cert);
-    assert_eq!(rep["verdict"], "CONFORMANT", "{}", r.stdout);
+    let Some((r, rep)) = certify_example("certify_sglang_triton.py", probe, &filters, "33") else {
+        return;
+    };
+    assert_eq!((r.code, rep["verdict"].as_str()), (0, Some("CONFORMANT")), "{}", r.stdout);
     let must_pass: u64 = rep["coverage"]
         .as_array()
         .unwrap()

@@ -86,7 +86,8 @@ fn must_pass_list_matches_the_committed_file() {
 fn builtins() -> Vec<Arc<dyn Kernel>> {
     vec![
         Arc::new(ReferenceF32),
-        Arc::new(FlashCpu::correct(1)),
+        // Requested split counts (1, 7, 16, 64) come from the cases; 3 and 64 are the kernel's
+        // own choice when a case requests none.
         Arc::new(FlashCpu::correct(3)),
         Arc::new(FlashCpu::correct(64)),
         #[cfg(feature = "candle")]
@@ -153,10 +154,10 @@ fn only_a_fresh_seed_exposes_learned_outputs() {
     assert!(survived.contains(&Bug::LookupTable), "{published:?}");
 }
 
-/// Fresh seeds the stability tests use: `GQLA_TEST_SEEDS` (default 4, to keep CI short; the
+/// Fresh seeds the stability tests use: `GQLA_TEST_SEEDS` (default 3, to keep CI short; the
 /// acceptance run uses 20, recorded in docs/results).
 fn test_seeds() -> u64 {
-    std::env::var("GQLA_TEST_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(4)
+    std::env::var("GQLA_TEST_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3)
 }
 
 /// Verdicts do not depend on the seed: built-in kernels (and one with a real precision

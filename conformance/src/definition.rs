@@ -2,7 +2,7 @@
 //! reference. Exported as `definitions.json` with every vector pack and certificate, so that an
 //! author outside this process reads the contract from the same source the judge uses.
 
-use crate::case::Op;
+use crate::case::{Case, Op, RopeLayout};
 use serde::Serialize;
 
 /// Whether an axis is fixed when a kernel is built (a specialisation) or varies per call.
@@ -21,14 +21,74 @@ pub struct Axis {
     pub meaning: &'static str,
 }
 
+/// When a tensor is part of a case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Presence {
+    Always,
+    /// gqla.decode.gqa with rope=once.
+    RopeOnce,
+    /// gqla.decode.gqa with rope=per_group.
+    RopePerGroup,
+    /// Paged caches only.
+    Paged,
+    /// Only when the case requests a split count.
+    SplitsRequested,
+}
+
+impl Presence {
+    fn holds(self, case: &Case) -> bool {
+        match self {
+            Presence::Always => true,
+            Presence::RopeOnce => case.layout == RopeLayout::Once,
+            Presence::RopePerGroup => case.layout == RopeLayout::PerGroup,
+            Presence::Paged => case.page.is_some(),
+            Presence::SplitsRequested => case.splits.is_some(),
+        }
+    }
+}
+
+/// What a cache tensor holds where a correct kernel never reads.
+const CACHE_POISON: &str = "NaN (finite random values in a poison=garbage twin) in every slot past seq_lens[b], \
+     the tail of each sequence's last page and every page no sequence uses (page 0 among them)";
+
 /// One input or output tensor.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TensorSpec {
     pub name: &'static str,
-    /// Shape in axis names.
+    /// Shape in axis names; caches give the contiguous form, `|`, then the paged form.
     pub shape: &'static str,
     pub dtype: &'static str,
     pub meaning: &'static str,
+    pub present: Presence,
+    /// Which elements hold poison a correct kernel never reads (empty: none).
+    pub poison: &'static str,
+}
+
+impl TensorSpec {
+    const fn when(self, present: Presence) -> Self {
+        TensorSpec { present, ..self }
+    }
+    const fn cache(self) -> Self {
+        TensorSpec {
+            poison: CACHE_POISON,
+            ..self
+        }
+    }
+    /// The tensor's rank (of its contiguous form).
+    pub fn rank(&self) -> usize {
+        let shape = self
+            .shape
+            .split('|')
+            .next()
+            .unwrap_or("")
+            .trim_matches(|c| c == '[' || c == ']' || c == ' ');
+        if shape.is_empty() {
+            0
+        } else {
+            shape.split(',').count()
+        }
+    }
 }
 
 /// A definition.
@@ -43,7 +103,23 @@ pub struct Definition {
     pub conventions: Vec<&'static str>,
     /// The function whose f64 result is the truth.
     pub reference: &'static str,
+    /// How case ids of this operation are spelled.
+    pub id_grammar: &'static str,
 }
+
+impl Definition {
+    /// The input tensors a case of this operation has.
+    pub fn inputs_for(&self, case: &Case) -> Vec<&TensorSpec> {
+        self.inputs.iter().filter(|t| t.present.holds(case)).collect()
+    }
+}
+
+/// The id grammar, shared by every operation (keys in this order; optional ones only when set).
+const ID_GRAMMAR: &str = "OP:KEYS;sq=S;ctx=C1,C2,...;page=P|none;dtype=f32|bf16|f16[;splits=N][;scale=F][;logits=large]\
+     [;poison=garbage];seed=N where KEYS is h=H;dc=DC;dn=DN;dr=DR (gqla.decode.absorb), \
+     h=H;g=G;dn=DN;dr=DR;dv=DV;rope=once|per_group (gqla.decode.gqa), g=G;dc=DC;dn=DN;dv=DV without sq \
+     (gqla.cache.expand), h=H;g=KV;d=D;dv=DV (gqa.decode); a context Ci is the keys before the s_q new tokens, \
+     or `pad` for a padding row; only the canonical spelling is accepted";
 
 const fn axis(name: &'static str, role: AxisRole, meaning: &'static str) -> Axis {
     Axis { name, role, meaning }
@@ -55,6 +131,8 @@ const fn tensor(name: &'static str, shape: &'static str, dtype: &'static str, me
         shape,
         dtype,
         meaning,
+        present: Presence::Always,
+        poison: "",
     }
 }
 
@@ -112,10 +190,11 @@ fn decode_io(op: Op) -> (Vec<Axis>, Vec<TensorSpec>, &'static str) {
                 tensor("q", "[B, s_q, H, d_c + d_r]", "case", "absorbed queries [W_UK^T q^N; q^R]"),
                 tensor(
                     "kv",
-                    "[B, capacity | num_pages, page, d_c + d_r]",
+                    "[B, capacity, d_c + d_r] | [num_pages, page, d_c + d_r]",
                     "case",
                     "cache rows [c; k^R]; the value is the first d_c columns",
-                ),
+                )
+                .cache(),
             ],
             "[B, s_q, H, d_c]",
         ),
@@ -135,23 +214,35 @@ fn decode_io(op: Op) -> (Vec<Axis>, Vec<TensorSpec>, &'static str) {
                 tensor("q", "[B, s_q, H, d_n + d_r]", "case", "queries [q^N; q^R]"),
                 tensor(
                     "k_nope",
-                    "[B, capacity | num_pages, page, G·d_n]",
+                    "[B, capacity, G·d_n] | [num_pages, page, G·d_n]",
                     "case",
                     "rope=once: per-group keys W_UK_g c",
-                ),
+                )
+                .cache()
+                .when(Presence::RopeOnce),
                 tensor(
                     "k_rope",
-                    "[B, capacity | num_pages, page, d_r]",
+                    "[B, capacity, d_r] | [num_pages, page, d_r]",
                     "case",
                     "rope=once: the shared RoPE key",
-                ),
+                )
+                .cache()
+                .when(Presence::RopeOnce),
                 tensor(
                     "k",
-                    "[B, capacity | num_pages, page, G·(d_n + d_r)]",
+                    "[B, capacity, G·(d_n + d_r)] | [num_pages, page, G·(d_n + d_r)]",
                     "case",
                     "rope=per_group: [k_g; k^R] per group",
-                ),
-                tensor("v", "[B, capacity | num_pages, page, G·d_v]", "case", "per-group values W_UV_g c"),
+                )
+                .cache()
+                .when(Presence::RopePerGroup),
+                tensor(
+                    "v",
+                    "[B, capacity, G·d_v] | [num_pages, page, G·d_v]",
+                    "case",
+                    "per-group values W_UV_g c",
+                )
+                .cache(),
             ],
             "[B, s_q, H, d_v]",
         ),
@@ -163,8 +254,8 @@ fn decode_io(op: Op) -> (Vec<Axis>, Vec<TensorSpec>, &'static str) {
             ]),
             vec![
                 tensor("q", "[B, s_q, H, d]", "case", "queries"),
-                tensor("k", "[B, capacity | num_pages, page, KV·d]", "case", "keys"),
-                tensor("v", "[B, capacity | num_pages, page, KV·d_v]", "case", "values"),
+                tensor("k", "[B, capacity, KV·d] | [num_pages, page, KV·d]", "case", "keys").cache(),
+                tensor("v", "[B, capacity, KV·d_v] | [num_pages, page, KV·d_v]", "case", "values").cache(),
             ],
             "[B, s_q, H, d_v]",
         ),
@@ -175,7 +266,10 @@ fn decode_io(op: Op) -> (Vec<Axis>, Vec<TensorSpec>, &'static str) {
 fn indexing() -> Vec<TensorSpec> {
     vec![
         tensor("seq_lens", "[B]", "i32", "keys held by each sequence"),
-        tensor("block_table", "[B, max_pages]", "i32", "paged caches only"),
+        TensorSpec {
+            poison: "entries past a sequence's pages hold 2147483640 (i32::MAX - 7), far out of range",
+            ..tensor("block_table", "[B, max_pages]", "i32", "page ids of each sequence").when(Presence::Paged)
+        },
     ]
 }
 
@@ -191,7 +285,13 @@ pub fn definition(op: Op) -> Definition {
         ];
         axes.extend(BATCH_AXES.into_iter().filter(|a| a.name != "num_splits"));
         let mut inputs = vec![
-            tensor("latent", "[B, capacity | num_pages, page, d_c]", "case", "latent cache rows c"),
+            tensor(
+                "latent",
+                "[B, capacity, d_c] | [num_pages, page, d_c]",
+                "case",
+                "latent cache rows c",
+            )
+            .cache(),
             tensor(
                 "w_ukv",
                 "[G·(d_n + d_v), d_c]",
@@ -220,13 +320,14 @@ pub fn definition(op: Op) -> Definition {
                 "tokens of sequence 0 first, then sequence 1, ...; padding rows contribute none",
             ],
             reference: "gqla_conformance::reference::compute (f64 matrix-vector products)",
+            id_grammar: ID_GRAMMAR,
         };
     }
     let (mut axes, mut inputs, out_shape) = decode_io(op);
     axes.extend(BATCH_AXES);
     inputs.extend(indexing());
     inputs.push(tensor("scale", "[]", "f32", "softmax scale"));
-    inputs.push(tensor("num_splits", "[]", "i32", "only when the case requests a split count"));
+    inputs.push(tensor("num_splits", "[]", "i32", "the requested split count").when(Presence::SplitsRequested));
     Definition {
         name: op.name(),
         version: "1",
@@ -239,10 +340,138 @@ pub fn definition(op: Op) -> Definition {
         dtype_rules: DECODE_DTYPE_RULES.to_vec(),
         conventions: DECODE_CONVENTIONS.to_vec(),
         reference: "gqla_reference::attention::attend_row in f64 (SPEC.md eqs. S, P, O), via gqla_conformance::reference::compute",
+        id_grammar: ID_GRAMMAR,
     }
 }
 
 /// The definitions of every operation, in [`Op::ALL`] order.
 pub fn all() -> Vec<Definition> {
     Op::ALL.into_iter().map(definition).collect()
+}
+
+/// A shape formula evaluated for one case: `[B, capacity, G·(d_n + d_r)]` with the axes' values.
+/// Caches give two forms, contiguous `|` paged; `paged` picks one.
+pub fn eval_shape(shape: &str, axes: &dyn Fn(&str) -> Option<usize>, paged: bool) -> Result<Vec<usize>, String> {
+    let forms: Vec<&str> = shape.split('|').map(str::trim).collect();
+    let form = if paged && forms.len() > 1 { forms[1] } else { forms[0] };
+    let inner = form
+        .strip_prefix('[')
+        .and_then(|f| f.strip_suffix(']'))
+        .ok_or_else(|| format!("`{form}` is not [dims]"))?;
+    if inner.trim().is_empty() {
+        return Ok(vec![]);
+    }
+    inner.split(',').map(|d| eval_dim(d.trim(), axes)).collect()
+}
+
+/// One dimension: sums of products (`·`) of axis names, numbers and parenthesised sums.
+fn eval_dim(expr: &str, axes: &dyn Fn(&str) -> Option<usize>) -> Result<usize, String> {
+    fn sum(t: &[String], i: &mut usize, axes: &dyn Fn(&str) -> Option<usize>) -> Result<usize, String> {
+        let mut v = product(t, i, axes)?;
+        while t.get(*i).is_some_and(|s| s == "+") {
+            *i += 1;
+            v += product(t, i, axes)?;
+        }
+        Ok(v)
+    }
+    fn product(t: &[String], i: &mut usize, axes: &dyn Fn(&str) -> Option<usize>) -> Result<usize, String> {
+        let mut v = atom(t, i, axes)?;
+        while t.get(*i).is_some_and(|s| s == "·") {
+            *i += 1;
+            v *= atom(t, i, axes)?;
+        }
+        Ok(v)
+    }
+    fn atom(t: &[String], i: &mut usize, axes: &dyn Fn(&str) -> Option<usize>) -> Result<usize, String> {
+        let tok = t.get(*i).ok_or("a dimension ends early")?.clone();
+        *i += 1;
+        if tok == "(" {
+            let v = sum(t, i, axes)?;
+            if t.get(*i).map(String::as_str) != Some(")") {
+                return Err("unbalanced parenthesis".into());
+            }
+            *i += 1;
+            return Ok(v);
+        }
+        tok.parse().ok().or_else(|| axes(&tok)).ok_or(format!("unknown axis `{tok}`"))
+    }
+    let mut tokens: Vec<String> = Vec::new();
+    for c in expr.chars() {
+        match c {
+            '(' | ')' | '+' | '·' => tokens.push(c.to_string()),
+            ' ' => {}
+            c if tokens.last().is_some_and(|t| t.chars().all(|x| x.is_alphanumeric() || x == '_')) && (c.is_alphanumeric() || c == '_') => {
+                tokens.last_mut().expect("checked").push(c)
+            }
+            c => tokens.push(c.to_string()),
+        }
+    }
+    let mut i = 0;
+    let v = sum(&tokens, &mut i, axes)?;
+    if i != tokens.len() {
+        return Err(format!("`{expr}`: unexpected `{}`", tokens[i]));
+    }
+    Ok(v)
+}
+
+/// The value of each named axis for a case (the fixed ones, and the batch ones its inputs set).
+pub fn case_axes(case: &Case, capacity: usize, num_pages: usize, max_pages: usize) -> impl Fn(&str) -> Option<usize> + '_ {
+    move |name| {
+        Some(match name {
+            "B" => case.batch(),
+            "s_q" => case.sq,
+            "H" => case.h,
+            "G" | "KV" => case.g,
+            "d_c" => case.dc,
+            "d_n" | "d" => case.dn,
+            "d_r" => case.dr,
+            "d_v" => case.dv,
+            "capacity" => capacity,
+            "num_pages" => num_pages,
+            "page" => case.page?,
+            "max_pages" => max_pages,
+            "tokens" => (0..case.batch()).map(|b| case.seq_len(b)).sum(),
+            _ => return None,
+        })
+    }
+}
+
+/// The cache tensors a case's inputs hold (those with poison, other than the block table),
+/// with their row widths: the last dimension of their shape formula.
+pub fn cache_components(case: &Case) -> Vec<(&'static str, usize)> {
+    let def = definition(case.op);
+    let axes = case_axes(case, 1, 1, 1);
+    def.inputs
+        .iter()
+        .filter(|t| t.present.holds(case) && t.poison == CACHE_POISON)
+        .map(|t| {
+            let shape = eval_shape(t.shape, &axes, false).expect("the definitions' formulas evaluate");
+            (t.name, *shape.last().expect("a cache has a row width"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shape_formulas_evaluate() {
+        let axes = |n: &str| match n {
+            "B" => Some(2),
+            "G" => Some(4),
+            "d_n" => Some(128),
+            "d_r" => Some(64),
+            "page" => Some(16),
+            "num_pages" => Some(9),
+            "capacity" => Some(70),
+            _ => None,
+        };
+        let f = "[B, capacity, G·(d_n + d_r)] | [num_pages, page, G·(d_n + d_r)]";
+        assert_eq!(eval_shape(f, &axes, false).unwrap(), [2, 70, 768]);
+        assert_eq!(eval_shape(f, &axes, true).unwrap(), [9, 16, 768]);
+        assert_eq!(eval_shape("[]", &axes, false).unwrap(), Vec::<usize>::new());
+        assert!(eval_shape("[B, X]", &axes, false).unwrap_err().contains("unknown axis `X`"));
+        assert!(eval_shape("[G·(d_n]", &axes, false).is_err());
+    }
 }

@@ -6,7 +6,7 @@
 //! NaN (or, for a `poison=garbage` twin, finite random values), and block-table entries past a
 //! sequence's pages hold a huge invalid id.
 
-use crate::case::{Case, Logits, Op, Poison, RopeLayout};
+use crate::case::{Case, Logits, Op, Poison};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
@@ -91,17 +91,10 @@ pub struct CaseInputs {
     pub w_ukv: Vec<f32>,
 }
 
-/// The cache components an operation reads, with their widths.
+/// The cache components an operation reads, with their widths: the cache tensors of its
+/// definition (see [`crate::definition::cache_components`]).
 pub fn components(case: &Case) -> Vec<(&'static str, usize)> {
-    match case.op {
-        Op::DecodeAbsorb => vec![("kv", case.dc + case.dr)],
-        Op::DecodeGqa => match case.layout {
-            RopeLayout::Once => vec![("k_nope", case.g * case.dn), ("k_rope", case.dr), ("v", case.g * case.dv)],
-            RopeLayout::PerGroup => vec![("k", case.g * (case.dn + case.dr)), ("v", case.g * case.dv)],
-        },
-        Op::CacheExpand => vec![("latent", case.dc)],
-        Op::GqaDecode => vec![("k", case.g * case.dn), ("v", case.g * case.dv)],
-    }
+    crate::definition::cache_components(case)
 }
 
 /// Keys each batch row holds.

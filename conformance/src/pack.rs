@@ -15,6 +15,7 @@
 
 use crate::case::{Case, Dtype, Poison, RopeLayout};
 use crate::confined;
+use crate::definition::{case_axes, definition, eval_shape};
 use crate::inputs::{CaseInputs, Paging};
 use crate::kernel::{Kernel, KernelIdentity, Outputs};
 use crate::lattice::{suite_cases_seeded, SUITE_VERSION};
@@ -191,38 +192,58 @@ fn ints(shape: Vec<usize>, values: &[i32]) -> RawTensor {
     }
 }
 
-/// The input tensors of a case, as the pack stores them.
+/// The input tensors of a case, as the pack stores them: the tensors its definition lists for it,
+/// each with the shape its formula gives and the dtype its rule names.
 fn input_tensors(inp: &CaseInputs) -> Vec<(String, RawTensor)> {
     let c = &inp.case;
-    let mut t = Vec::new();
-    if !inp.q.is_empty() {
-        t.push(("q".to_string(), floats(c.dtype, vec![c.batch(), c.sq, c.h, c.q_width()], &inp.q)));
-    }
-    for comp in &inp.cache.components {
-        let shape = match &inp.cache.paging {
-            Paging::Contiguous { capacity } => vec![c.batch(), *capacity, comp.width],
-            Paging::Paged { page, num_pages, .. } => vec![*num_pages, *page, comp.width],
-        };
-        t.push((comp.name.to_string(), floats(c.dtype, shape, &comp.data)));
-    }
+    let (capacity, num_pages, max_pages, table) = match &inp.cache.paging {
+        Paging::Contiguous { capacity } => (*capacity, 0, 0, &[][..]),
+        Paging::Paged {
+            num_pages,
+            max_pages,
+            block_table,
+            ..
+        } => (0, *num_pages, *max_pages, &block_table[..]),
+    };
+    let axes = case_axes(c, capacity, num_pages, max_pages);
+    let paged = c.page.is_some();
     let lens: Vec<i32> = inp.cache.seq_lens.iter().map(|&l| l as i32).collect();
-    t.push(("seq_lens".to_string(), ints(vec![lens.len()], &lens)));
-    if let Paging::Paged {
-        max_pages, block_table, ..
-    } = &inp.cache.paging
-    {
-        t.push(("block_table".to_string(), ints(vec![c.batch(), *max_pages], block_table)));
-    }
-    if c.op.is_decode() {
-        t.push(("scale".to_string(), floats(Dtype::F32, vec![], &[inp.scale])));
-    }
-    if let Some(n) = c.splits {
-        t.push(("num_splits".to_string(), ints(vec![], &[n as i32])));
-    }
-    if !inp.w_ukv.is_empty() {
-        t.push(("w_ukv".to_string(), floats(c.dtype, vec![c.g * (c.dn + c.dv), c.dc], &inp.w_ukv)));
-    }
-    t
+    let splits: Vec<i32> = c.splits.iter().map(|&n| n as i32).collect();
+    definition(c.op)
+        .inputs_for(c)
+        .into_iter()
+        .map(|spec| {
+            let shape = eval_shape(spec.shape, &axes, paged).expect("the definitions' formulas evaluate");
+            let floats_of: &[f32] = match spec.name {
+                "q" => &inp.q,
+                "scale" => std::slice::from_ref(&inp.scale),
+                "w_ukv" => &inp.w_ukv,
+                "seq_lens" | "block_table" | "num_splits" => &[],
+                cache => &inp.cache.component(cache).data,
+            };
+            let ints_of: &[i32] = match spec.name {
+                "seq_lens" => &lens,
+                "block_table" => table,
+                "num_splits" => &splits,
+                _ => &[],
+            };
+            let n: usize = shape.iter().product();
+            let t = match spec.dtype {
+                "case" => floats(c.dtype, shape, floats_of),
+                "f32" => floats(Dtype::F32, shape, floats_of),
+                "i32" => ints(shape, ints_of),
+                other => unreachable!("dtype rule `{other}` of input `{}`", spec.name),
+            };
+            assert_eq!(
+                t.bytes.len(),
+                n * t.dtype.bitsize() / 8,
+                "{c}: input `{}` holds other than its shape formula `{}` says",
+                spec.name,
+                spec.shape
+            );
+            (spec.name.to_string(), t)
+        })
+        .collect()
 }
 
 fn dtype_name(d: StDtype) -> String {
@@ -551,4 +572,45 @@ pub fn judge(j: &Judging, mut on_case: impl FnMut(&CaseResult)) -> Result<Vec<Ca
 /// The default outputs directory: the pack itself.
 pub fn outputs_dir(pack: &Path, outputs: Option<&Path>) -> PathBuf {
     outputs.map_or_else(|| pack.to_path_buf(), Path::to_path_buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// definitions.json and the packs agree: every case's input tensors are the ones its
+    /// operation's definition lists for it, with the declared dtype and rank.
+    #[test]
+    fn definitions_describe_the_tensors_packs_hold() {
+        let short = |c: &Case| (0..c.batch()).all(|b| c.seq_len(b) <= 200);
+        let mut checked = 0;
+        for case in crate::lattice::suite_cases().into_iter().filter(short) {
+            let def = definition(case.op);
+            let want: BTreeMap<&str, (String, usize)> = def
+                .inputs_for(&case)
+                .into_iter()
+                .map(|t| {
+                    let dtype = match t.dtype {
+                        "case" => dtype_name(case.dtype.storage().safetensors()),
+                        other => other.to_string(),
+                    };
+                    (t.name, (dtype, t.rank()))
+                })
+                .collect();
+            let got: BTreeMap<&str, (String, usize)> = input_tensors(&CaseInputs::generate(&case))
+                .iter()
+                .map(|(n, t)| {
+                    let name = want.keys().find(|k| **k == n.as_str()).copied().unwrap_or("?");
+                    (name, (dtype_name(t.dtype), t.shape.len()))
+                })
+                .collect();
+            assert_eq!(got, want, "{case}");
+            assert!(
+                def.inputs_for(&case).iter().any(|t| !t.poison.is_empty()),
+                "{case}: no poisoned tensor"
+            );
+            checked += 1;
+        }
+        assert!(checked > 100, "{checked}");
+    }
 }

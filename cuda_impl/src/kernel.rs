@@ -140,38 +140,40 @@ impl<R: Runtime> DeviceKernel<R> {
         let d = c.dtype;
         let names: Vec<&str> = inputs::components(c).iter().map(|(n, _)| *n).collect();
         let comps: Vec<R::Buf<u8>> = names.iter().map(|n| self.component(inp, n)).collect::<Result<_, _>>()?;
-        let seg = |i: usize, row_stride: usize, head_stride: usize, width: usize| Segment {
-            buf: &comps[i],
+        // Cache components by the names the operation's definition gives them.
+        let at = |name: &str| names.iter().position(|n| *n == name).expect("a cache component of this case");
+        let seg = |name: &str, row_stride: usize, head_stride: usize, width: usize| Segment {
+            buf: &comps[at(name)],
             row_stride,
             head_stride,
             width,
         };
         let keys = match (c.op, c.layout) {
             (Op::DecodeAbsorb, _) => KeySource {
-                key: seg(0, c.dc + c.dr, 0, c.dc + c.dr),
+                key: seg("kv", c.dc + c.dr, 0, c.dc + c.dr),
                 shared_key: None,
                 value: None,
                 dv: c.dc,
                 streams: 1,
             },
             (Op::DecodeGqa, RopeLayout::Once) => KeySource {
-                key: seg(0, c.g * c.dn, c.dn, c.dn),
-                shared_key: Some(seg(1, c.dr, 0, c.dr)),
-                value: Some(seg(2, c.g * c.dv, c.dv, c.dv)),
+                key: seg("k_nope", c.g * c.dn, c.dn, c.dn),
+                shared_key: Some(seg("k_rope", c.dr, 0, c.dr)),
+                value: Some(seg("v", c.g * c.dv, c.dv, c.dv)),
                 dv: c.dv,
                 streams: c.g,
             },
             (Op::DecodeGqa, RopeLayout::PerGroup) => KeySource {
-                key: seg(0, c.g * (c.dn + c.dr), c.dn + c.dr, c.dn + c.dr),
+                key: seg("k", c.g * (c.dn + c.dr), c.dn + c.dr, c.dn + c.dr),
                 shared_key: None,
-                value: Some(seg(1, c.g * c.dv, c.dv, c.dv)),
+                value: Some(seg("v", c.g * c.dv, c.dv, c.dv)),
                 dv: c.dv,
                 streams: c.g,
             },
             (Op::GqaDecode, _) => KeySource {
-                key: seg(0, c.g * c.dn, c.dn, c.dn),
+                key: seg("k", c.g * c.dn, c.dn, c.dn),
                 shared_key: None,
-                value: Some(seg(1, c.g * c.dv, c.dv, c.dv)),
+                value: Some(seg("v", c.g * c.dv, c.dv, c.dv)),
                 dv: c.dv,
                 streams: c.g,
             },

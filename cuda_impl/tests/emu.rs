@@ -45,8 +45,10 @@ fn assert_none_failed((n, failures): (usize, Vec<String>)) {
 
 /// Every lattice case passes on the emulated kernels as `gqla certify --kernel cuda-emu` runs
 /// them (tensor cores for bf16/f16, SIMT for f32), poisoned memory and canaries included; and the
-/// wgmma kernel (`--kernel cuda-emu-wgmma`) passes every 16-bit decode case and declares no f32.
-/// One reference per case serves both.
+/// wgmma kernel (`--kernel cuda-emu-wgmma`) passes every 16-bit decode case at s_q ≥ 2 and the
+/// short ones at s_q = 1 (its tiles hold 64 query rows either way; the long s_q = 1 cases would
+/// only repeat the s_q = 2 ones at the emulator's cost), and declares no f32. One reference per
+/// case serves both.
 #[test]
 fn emulated_kernels_pass_the_whole_lattice() {
     let timeout = Duration::from_secs(300);
@@ -60,7 +62,8 @@ fn emulated_kernels_pass_the_whole_lattice() {
         if !r.status.passed() {
             failures.push(format!("cuda-emu: {}: {:?}", r.id, r.status));
         }
-        if case.op != Op::CacheExpand {
+        let short = (0..case.batch()).all(|b| case.seq_len(b) <= 135);
+        if case.op != Op::CacheExpand && (case.sq > 1 || short) {
             let r = wgmma.run(&p);
             let ok = if case.dtype == Dtype::F32 {
                 !r.status.selected()
@@ -686,14 +689,14 @@ fn other_thread_orders_expose_a_missing_barrier() {
 /// Every kernel under the shared-memory checks, its threads in reverse or in shuffled order, on
 /// the lattice's short cases (every op, dtype, paging and split count): no race, no missing
 /// barrier or fence, and outputs that still pass. The checks compare shared memory at every
-/// collective, so the tensor-core kernels take each order on half of the cases (by seed).
+/// collective, so each kernel takes each order on half of the cases (by seed).
 #[test]
 fn kernels_pass_the_shared_memory_checks_in_any_thread_order() {
     let short = |c: &Case| (0..c.batch()).all(|b| c.seq_len(b) <= 70);
     // Which cases a run takes: all, or those whose seed has this parity.
     let runs = [
-        (Schedule::Reverse, Variant::Simt, None),
-        (Schedule::Shuffled(11), Variant::Simt, None),
+        (Schedule::Reverse, Variant::Simt, Some(1)),
+        (Schedule::Shuffled(11), Variant::Simt, Some(0)),
         (Schedule::Reverse, Variant::Mma, Some(0)),
         (Schedule::Shuffled(12), Variant::Mma, Some(1)),
         (Schedule::Reverse, Variant::Wgmma, Some(1)),

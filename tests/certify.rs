@@ -548,6 +548,16 @@ fn certify_example(script: &str, probe: &str, filters: &[&str], seed: &str) -> O
     Some((r, rep))
 }
 
+/// Must-pass cases a certificate covers, over every operation.
+fn must_pass_total(report: &serde_json::Value) -> u64 {
+    report["coverage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["must_pass"].as_u64().unwrap())
+        .sum()
+}
+
 /// A real, independently written kernel through a pack: `jax.nn.dot_product_attention` on the
 /// CPU (examples/certify_jax.py), with its honest profile, on every decode case of a fresh seed.
 #[test]
@@ -558,13 +568,7 @@ fn jax_example_is_conformant() {
     };
     assert_eq!((r.code, rep["verdict"].as_str()), (0, Some("CONFORMANT")), "{}", r.stdout);
     assert_eq!(rep["profile"]["lse"]["dtype"], "storage");
-    let must_pass: u64 = rep["coverage"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["must_pass"].as_u64().unwrap())
-        .sum();
-    assert_eq!(must_pass, 184, "{}", r.stdout);
+    assert_eq!(must_pass_total(&rep), 184, "{}", r.stdout);
 }
 
 /// A second real kernel through a pack: SGLang's Triton decode attention under the Triton
@@ -588,13 +592,7 @@ fn sglang_triton_example_is_conformant() {
         return;
     };
     assert_eq!((r.code, rep["verdict"].as_str()), (0, Some("CONFORMANT")), "{}", r.stdout);
-    let must_pass: u64 = rep["coverage"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["must_pass"].as_u64().unwrap())
-        .sum();
-    assert_eq!(must_pass, 10, "{}", r.stdout);
+    assert_eq!(must_pass_total(&rep), 10, "{}", r.stdout);
 }
 
 /// The decode benchmark needs a GPU: without one it says so and exits 2 (never a panic).

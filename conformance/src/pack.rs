@@ -17,10 +17,10 @@ use crate::case::{Case, Dtype, Poison, RopeLayout};
 use crate::confined;
 use crate::definition::{case_axes, definition, eval_shape};
 use crate::inputs::{CaseInputs, Paging};
-use crate::kernel::{Kernel, KernelIdentity, Outputs};
+use crate::kernel::Outputs;
 use crate::lattice::{suite_cases_seeded, SUITE_VERSION};
 use crate::profile::Profile;
-use crate::runner::{CaseResult, Prepared, Session};
+use crate::runner::{CaseResult, Prepared, Twins};
 use crate::verdict::Status;
 use gqla_reference::hf::tensors::{decode_floats, RawTensor};
 use safetensors::{Dtype as StDtype, SafeTensors};
@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// The pack format this tool writes and reads.
 pub const FORMAT: &str = "gqla-pack/2";
@@ -433,25 +433,6 @@ pub struct Judging<'a> {
     pub cases: Vec<Case>,
 }
 
-/// Outputs read from files, as a kernel: only its profile is ever asked for.
-struct PackKernel(Profile);
-
-impl Kernel for PackKernel {
-    fn identity(&self) -> KernelIdentity {
-        KernelIdentity {
-            name: "pack".into(),
-            version: String::new(),
-            description: String::new(),
-        }
-    }
-    fn profile(&self) -> Profile {
-        self.0.clone()
-    }
-    fn run(&self, _: &mut CaseInputs, _: &mut Outputs) -> Result<(), crate::KernelError> {
-        Err(crate::KernelError::Runtime("a pack's outputs are read, not run".into()))
-    }
-}
-
 /// Check a case's inputs file against the digest the judge computes from the case id (and the
 /// published one for seed 0), and the manifest's claim. A mismatch refuses the pack.
 fn check_inputs(j: &Judging, pc: &PackCase, inputs: &CaseInputs, published: &HashMap<&str, &str>) -> Result<(), PackError> {
@@ -528,11 +509,7 @@ fn read_outputs(j: &Judging, pc: &PackCase, case: &Case) -> Result<Result<Output
 pub fn judge(j: &Judging, mut on_case: impl FnMut(&CaseResult)) -> Result<Vec<CaseResult>, PackError> {
     let listed: HashMap<&str, &PackCase> = j.manifest.cases.iter().map(|c| (c.id.as_str(), c)).collect();
     let published = published_digests();
-    let mut session = Session::with_profile(
-        std::sync::Arc::new(PackKernel(j.profile.clone())),
-        j.profile.clone(),
-        Duration::ZERO,
-    );
+    let mut twins = Twins::default();
     let mut results = Vec::with_capacity(j.cases.len());
     for case in &j.cases {
         let start = Instant::now();
@@ -552,7 +529,7 @@ pub fn judge(j: &Judging, mut on_case: impl FnMut(&CaseResult)) -> Result<Vec<Ca
                 Ok(out) => {
                     let p = Prepared::from_inputs(inputs);
                     let status = p.judge(&out, j.profile);
-                    session.pair(case, done(status), Some(out))
+                    twins.pair(case, done(status), Some(out))
                 }
             }
         } else {

@@ -275,41 +275,15 @@ pub fn first_difference(twin: &Outputs, primary: &Outputs) -> Option<String> {
     None
 }
 
-/// Runs one kernel over cases in lattice order and pairs each `poison=garbage` twin with the
-/// NaN-poison case just before it: the twin must pass and equal that case's outputs bitwise.
-pub struct Session {
-    kernel: Arc<dyn Kernel>,
-    /// Taken once, before anything runs: every case is judged by the same declaration.
-    pub profile: Profile,
-    timeout: Duration,
+/// Pairs each `poison=garbage` twin with the NaN-poison case just before it in lattice order:
+/// the twin must pass and equal that case's outputs bitwise.
+#[derive(Default)]
+pub struct Twins {
     /// The last passing NaN-poison case and its outputs.
     last: Option<(Case, Outputs)>,
 }
 
-impl Session {
-    pub fn new(kernel: Arc<dyn Kernel>, timeout: Duration) -> Self {
-        let profile = kernel.profile();
-        Self::with_profile(kernel, profile, timeout)
-    }
-
-    pub fn with_profile(kernel: Arc<dyn Kernel>, profile: Profile, timeout: Duration) -> Self {
-        Self {
-            kernel,
-            profile,
-            timeout,
-            last: None,
-        }
-    }
-
-    pub fn kernel(&self) -> &Arc<dyn Kernel> {
-        &self.kernel
-    }
-
-    pub fn run(&mut self, p: &Prepared) -> CaseResult {
-        let (result, outputs) = p.run(&self.kernel, &self.profile, self.timeout);
-        self.pair(p.case(), result, outputs)
-    }
-
+impl Twins {
     /// Record a judged case; a passing twin is held against its NaN-poison case.
     pub fn pair(&mut self, case: &Case, mut result: CaseResult, outputs: Option<Outputs>) -> CaseResult {
         match (case.poison, outputs) {
@@ -324,5 +298,35 @@ impl Session {
             _ => {}
         }
         result
+    }
+}
+
+/// Runs one kernel over cases in lattice order, judging each by the kernel's profile and its
+/// twins against their NaN-poison cases.
+pub struct Session {
+    kernel: Arc<dyn Kernel>,
+    /// Taken once, before anything runs: every case is judged by the same declaration.
+    pub profile: Profile,
+    timeout: Duration,
+    twins: Twins,
+}
+
+impl Session {
+    pub fn new(kernel: Arc<dyn Kernel>, timeout: Duration) -> Self {
+        Self {
+            profile: kernel.profile(),
+            kernel,
+            timeout,
+            twins: Twins::default(),
+        }
+    }
+
+    pub fn kernel(&self) -> &Arc<dyn Kernel> {
+        &self.kernel
+    }
+
+    pub fn run(&mut self, p: &Prepared) -> CaseResult {
+        let (result, outputs) = p.run(&self.kernel, &self.profile, self.timeout);
+        self.twins.pair(p.case(), result, outputs)
     }
 }

@@ -222,7 +222,7 @@ mod packs {
             let tensors: Vec<(String, RawTensor)> = out
                 .tensors
                 .iter()
-                .filter(|t| with_lse || t.name != "lse")
+                .filter(|t| with_lse || t.name != gqla_conformance::definition::TensorName::Lse)
                 .map(|t| {
                     (
                         t.name.to_string(),

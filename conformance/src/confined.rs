@@ -25,6 +25,13 @@ fn err(path: impl AsRef<Path>, why: impl Into<String>) -> ConfinedError {
 /// lies inside the real `root`.
 pub fn resolve(root: &Path, rel: &str) -> Result<PathBuf, ConfinedError> {
     let shown = root.join(rel);
+    resolve_if_present(root, rel)?.ok_or_else(|| err(&shown, "No such file or directory"))
+}
+
+/// [`resolve`], or `None` when nothing of that name is there (a dangling symlink counts as
+/// nothing; one leading out is an error).
+fn resolve_if_present(root: &Path, rel: &str) -> Result<Option<PathBuf>, ConfinedError> {
+    let shown = root.join(rel);
     if rel.is_empty() || !Path::new(rel).components().all(|c| matches!(c, Component::Normal(_))) {
         return Err(err(
             &shown,
@@ -34,20 +41,27 @@ pub fn resolve(root: &Path, rel: &str) -> Result<PathBuf, ConfinedError> {
     let real_root = root
         .canonicalize()
         .map_err(|e| err(root, format!("cannot open the directory: {e}")))?;
-    let real = shown.canonicalize().map_err(|e| err(&shown, e.to_string()))?;
+    let real = match shown.canonicalize() {
+        Ok(real) => real,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(err(&shown, e.to_string())),
+    };
     if !real.starts_with(&real_root) {
         return Err(err(&shown, format!("leads outside {} (to {})", root.display(), real.display())));
     }
-    Ok(real)
+    Ok(Some(real))
 }
 
-/// Whether `rel` names anything inside `root` (a dangling name is absent; an escaping one is an
-/// error, not absent).
-pub fn exists(root: &Path, rel: &str) -> Result<bool, ConfinedError> {
-    match root.join(rel).symlink_metadata() {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        _ => resolve(root, rel).map(|_| true),
-    }
+/// The bytes of `rel` inside `root`, at most `limit` of them, or `None` when nothing of that name
+/// is there (see [`resolve`]).
+pub fn read_if_present(root: &Path, rel: &str, limit: u64) -> Result<Option<Vec<u8>>, ConfinedError> {
+    let Some(real) = resolve_if_present(root, rel)? else {
+        return Ok(None);
+    };
+    read_regular(&real, limit).map(Some).map_err(|e| ConfinedError {
+        path: root.join(rel).display().to_string(),
+        why: e.why,
+    })
 }
 
 /// The bytes of `rel` inside `root`, at most `limit` of them.
@@ -113,7 +127,8 @@ mod tests {
         let fifo = root.join("fifo");
         assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
         assert!(read(&root, "fifo", 10).unwrap_err().why.contains("not a regular file"));
-        assert!(!exists(&root, "missing").unwrap());
-        assert!(exists(&root, "link").is_err());
+        assert_eq!(read_if_present(&root, "missing", 10).unwrap(), None);
+        assert_eq!(read_if_present(&root, "ok", 10).unwrap().unwrap(), b"fine");
+        assert!(read_if_present(&root, "link", 10).is_err());
     }
 }

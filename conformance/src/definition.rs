@@ -48,6 +48,100 @@ impl Presence {
     }
 }
 
+/// The name of an input or output tensor, as it appears in definitions.json and in a pack's
+/// safetensors files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TensorName {
+    Q,
+    Kv,
+    KNope,
+    KRope,
+    K,
+    V,
+    Latent,
+    WUkv,
+    SeqLens,
+    BlockTable,
+    Scale,
+    NumSplits,
+    Out,
+    Lse,
+}
+
+impl TensorName {
+    pub const ALL: [TensorName; 14] = [
+        TensorName::Q,
+        TensorName::Kv,
+        TensorName::KNope,
+        TensorName::KRope,
+        TensorName::K,
+        TensorName::V,
+        TensorName::Latent,
+        TensorName::WUkv,
+        TensorName::SeqLens,
+        TensorName::BlockTable,
+        TensorName::Scale,
+        TensorName::NumSplits,
+        TensorName::Out,
+        TensorName::Lse,
+    ];
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TensorName::Q => "q",
+            TensorName::Kv => "kv",
+            TensorName::KNope => "k_nope",
+            TensorName::KRope => "k_rope",
+            TensorName::K => "k",
+            TensorName::V => "v",
+            TensorName::Latent => "latent",
+            TensorName::WUkv => "w_ukv",
+            TensorName::SeqLens => "seq_lens",
+            TensorName::BlockTable => "block_table",
+            TensorName::Scale => "scale",
+            TensorName::NumSplits => "num_splits",
+            TensorName::Out => "out",
+            TensorName::Lse => "lse",
+        }
+    }
+    /// The name spelled `s`, if any tensor is.
+    pub fn parse(s: &str) -> Option<TensorName> {
+        TensorName::ALL.into_iter().find(|n| n.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for TensorName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a tensor is, which decides how the inputs draw it and where poison lies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TensorKind {
+    /// Queries or weights: dense random values.
+    Dense,
+    /// A cache: one row per slot, random where a sequence holds a key, poison elsewhere.
+    Cache,
+    /// Integers that address the cache (sequence lengths, block table, split count).
+    Index,
+    /// A scalar parameter (the softmax scale).
+    Scalar,
+    /// Written by the kernel.
+    Output,
+}
+
+/// Which dtype a tensor has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DtypeRule {
+    /// The case's dtype (f32, bf16 or f16).
+    Case,
+    F32,
+    I32,
+}
+
 /// What a cache tensor holds where a correct kernel never reads.
 const CACHE_POISON: &str = "NaN (finite random values in a poison=garbage twin) in every slot past seq_lens[b], \
      the tail of each sequence's last page and every page no sequence uses (page 0 among them)";
@@ -55,10 +149,11 @@ const CACHE_POISON: &str = "NaN (finite random values in a poison=garbage twin) 
 /// One input or output tensor.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TensorSpec {
-    pub name: &'static str,
+    pub name: TensorName,
+    pub kind: TensorKind,
     /// Shape in axis names; caches give the contiguous form, `|`, then the paged form.
     pub shape: &'static str,
-    pub dtype: &'static str,
+    pub dtype: DtypeRule,
     pub meaning: &'static str,
     pub present: Presence,
     /// Which elements hold poison a correct kernel never reads (empty: none).
@@ -71,6 +166,7 @@ impl TensorSpec {
     }
     const fn cache(self) -> Self {
         TensorSpec {
+            kind: TensorKind::Cache,
             poison: CACHE_POISON,
             ..self
         }
@@ -125,9 +221,10 @@ const fn axis(name: &'static str, role: AxisRole, meaning: &'static str) -> Axis
     Axis { name, role, meaning }
 }
 
-const fn tensor(name: &'static str, shape: &'static str, dtype: &'static str, meaning: &'static str) -> TensorSpec {
+const fn tensor(name: TensorName, kind: TensorKind, shape: &'static str, dtype: DtypeRule, meaning: &'static str) -> TensorSpec {
     TensorSpec {
         name,
+        kind,
         shape,
         dtype,
         meaning,
@@ -187,11 +284,18 @@ fn decode_io(op: Op) -> (Vec<Axis>, Vec<TensorSpec>, &'static str) {
                 axis("d_n", Fixed, "no-rope head width: only sets the model's default scale"),
             ]),
             vec![
-                tensor("q", "[B, s_q, H, d_c + d_r]", "case", "absorbed queries [W_UK^T q^N; q^R]"),
                 tensor(
-                    "kv",
+                    TensorName::Q,
+                    TensorKind::Dense,
+                    "[B, s_q, H, d_c + d_r]",
+                    DtypeRule::Case,
+                    "absorbed queries [W_UK^T q^N; q^R]",
+                ),
+                tensor(
+                    TensorName::Kv,
+                    TensorKind::Dense,
                     "[B, capacity, d_c + d_r] | [num_pages, page, d_c + d_r]",
-                    "case",
+                    DtypeRule::Case,
                     "cache rows [c; k^R]; the value is the first d_c columns",
                 )
                 .cache(),
@@ -211,35 +315,45 @@ fn decode_io(op: Op) -> (Vec<Axis>, Vec<TensorSpec>, &'static str) {
                 ),
             ]),
             vec![
-                tensor("q", "[B, s_q, H, d_n + d_r]", "case", "queries [q^N; q^R]"),
                 tensor(
-                    "k_nope",
+                    TensorName::Q,
+                    TensorKind::Dense,
+                    "[B, s_q, H, d_n + d_r]",
+                    DtypeRule::Case,
+                    "queries [q^N; q^R]",
+                ),
+                tensor(
+                    TensorName::KNope,
+                    TensorKind::Dense,
                     "[B, capacity, G·d_n] | [num_pages, page, G·d_n]",
-                    "case",
+                    DtypeRule::Case,
                     "rope=once: per-group keys W_UK_g c",
                 )
                 .cache()
                 .when(Presence::RopeOnce),
                 tensor(
-                    "k_rope",
+                    TensorName::KRope,
+                    TensorKind::Dense,
                     "[B, capacity, d_r] | [num_pages, page, d_r]",
-                    "case",
+                    DtypeRule::Case,
                     "rope=once: the shared RoPE key",
                 )
                 .cache()
                 .when(Presence::RopeOnce),
                 tensor(
-                    "k",
+                    TensorName::K,
+                    TensorKind::Dense,
                     "[B, capacity, G·(d_n + d_r)] | [num_pages, page, G·(d_n + d_r)]",
-                    "case",
+                    DtypeRule::Case,
                     "rope=per_group: [k_g; k^R] per group",
                 )
                 .cache()
                 .when(Presence::RopePerGroup),
                 tensor(
-                    "v",
+                    TensorName::V,
+                    TensorKind::Dense,
                     "[B, capacity, G·d_v] | [num_pages, page, G·d_v]",
-                    "case",
+                    DtypeRule::Case,
                     "per-group values W_UV_g c",
                 )
                 .cache(),
@@ -253,9 +367,23 @@ fn decode_io(op: Op) -> (Vec<Axis>, Vec<TensorSpec>, &'static str) {
                 axis("d_v", Fixed, "value width"),
             ]),
             vec![
-                tensor("q", "[B, s_q, H, d]", "case", "queries"),
-                tensor("k", "[B, capacity, KV·d] | [num_pages, page, KV·d]", "case", "keys").cache(),
-                tensor("v", "[B, capacity, KV·d_v] | [num_pages, page, KV·d_v]", "case", "values").cache(),
+                tensor(TensorName::Q, TensorKind::Dense, "[B, s_q, H, d]", DtypeRule::Case, "queries"),
+                tensor(
+                    TensorName::K,
+                    TensorKind::Dense,
+                    "[B, capacity, KV·d] | [num_pages, page, KV·d]",
+                    DtypeRule::Case,
+                    "keys",
+                )
+                .cache(),
+                tensor(
+                    TensorName::V,
+                    TensorKind::Dense,
+                    "[B, capacity, KV·d_v] | [num_pages, page, KV·d_v]",
+                    DtypeRule::Case,
+                    "values",
+                )
+                .cache(),
             ],
             "[B, s_q, H, d_v]",
         ),
@@ -265,10 +393,23 @@ fn decode_io(op: Op) -> (Vec<Axis>, Vec<TensorSpec>, &'static str) {
 
 fn indexing() -> Vec<TensorSpec> {
     vec![
-        tensor("seq_lens", "[B]", "i32", "keys held by each sequence"),
+        tensor(
+            TensorName::SeqLens,
+            TensorKind::Index,
+            "[B]",
+            DtypeRule::I32,
+            "keys held by each sequence",
+        ),
         TensorSpec {
             poison: "entries past a sequence's pages hold 2147483640 (i32::MAX - 7), far out of range",
-            ..tensor("block_table", "[B, max_pages]", "i32", "page ids of each sequence").when(Presence::Paged)
+            ..tensor(
+                TensorName::BlockTable,
+                TensorKind::Index,
+                "[B, max_pages]",
+                DtypeRule::I32,
+                "page ids of each sequence",
+            )
+            .when(Presence::Paged)
         },
     ]
 }
@@ -286,16 +427,18 @@ pub fn definition(op: Op) -> Definition {
         axes.extend(BATCH_AXES.into_iter().filter(|a| a.name != "num_splits"));
         let mut inputs = vec![
             tensor(
-                "latent",
+                TensorName::Latent,
+                TensorKind::Dense,
                 "[B, capacity, d_c] | [num_pages, page, d_c]",
-                "case",
+                DtypeRule::Case,
                 "latent cache rows c",
             )
             .cache(),
             tensor(
-                "w_ukv",
+                TensorName::WUkv,
+                TensorKind::Dense,
                 "[G·(d_n + d_v), d_c]",
-                "case",
+                DtypeRule::Case,
                 "[W_UK_g; W_UV_g] per group, group-major, keys first",
             ),
         ];
@@ -307,12 +450,19 @@ pub fn definition(op: Op) -> Definition {
             inputs,
             outputs: vec![
                 tensor(
-                    "k",
+                    TensorName::K,
+                    TensorKind::Output,
                     "[tokens, G·d_n]",
-                    "case",
+                    DtypeRule::Case,
                     "k_g = W_UK_g c for every cached token, sequences in order",
                 ),
-                tensor("v", "[tokens, G·d_v]", "case", "v_g = W_UV_g c"),
+                tensor(
+                    TensorName::V,
+                    TensorKind::Output,
+                    "[tokens, G·d_v]",
+                    DtypeRule::Case,
+                    "v_g = W_UV_g c",
+                ),
             ],
             dtype_rules: vec!["inputs and outputs share the case dtype; accumulate in at least f32"],
             conventions: vec![
@@ -326,16 +476,37 @@ pub fn definition(op: Op) -> Definition {
     let (mut axes, mut inputs, out_shape) = decode_io(op);
     axes.extend(BATCH_AXES);
     inputs.extend(indexing());
-    inputs.push(tensor("scale", "[]", "f32", "softmax scale"));
-    inputs.push(tensor("num_splits", "[]", "i32", "the requested split count").when(Presence::SplitsRequested));
+    inputs.push(tensor(TensorName::Scale, TensorKind::Scalar, "[]", DtypeRule::F32, "softmax scale"));
+    inputs.push(
+        tensor(
+            TensorName::NumSplits,
+            TensorKind::Index,
+            "[]",
+            DtypeRule::I32,
+            "the requested split count",
+        )
+        .when(Presence::SplitsRequested),
+    );
     Definition {
         name: op.name(),
         version: "1",
         axes,
         inputs,
         outputs: vec![
-            tensor("out", out_shape, "case", "attention output per query head"),
-            tensor("lse", "[B, s_q, H]", "f32", "natural-log log-sum-exp of the scaled scores"),
+            tensor(
+                TensorName::Out,
+                TensorKind::Output,
+                out_shape,
+                DtypeRule::Case,
+                "attention output per query head",
+            ),
+            tensor(
+                TensorName::Lse,
+                TensorKind::Output,
+                "[B, s_q, H]",
+                DtypeRule::F32,
+                "natural-log log-sum-exp of the scaled scores",
+            ),
         ],
         dtype_rules: DECODE_DTYPE_RULES.to_vec(),
         conventions: DECODE_CONVENTIONS.to_vec(),
@@ -436,14 +607,13 @@ pub fn case_axes(case: &Case, capacity: usize, num_pages: usize, max_pages: usiz
     }
 }
 
-/// The cache tensors a case's inputs hold (those with poison, other than the block table),
-/// with their row widths: the last dimension of their shape formula.
-pub fn cache_components(case: &Case) -> Vec<(&'static str, usize)> {
+/// The cache tensors a case's inputs hold, with their row widths: the last dimension of their shape formula.
+pub fn cache_components(case: &Case) -> Vec<(TensorName, usize)> {
     let def = definition(case.op);
     let axes = case_axes(case, 1, 1, 1);
     def.inputs
         .iter()
-        .filter(|t| t.present.holds(case) && t.poison == CACHE_POISON)
+        .filter(|t| t.present.holds(case) && t.kind == TensorKind::Cache)
         .map(|t| {
             let shape = eval_shape(t.shape, &axes, false).expect("the definitions' formulas evaluate");
             (t.name, *shape.last().expect("a cache has a row width"))

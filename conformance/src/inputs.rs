@@ -7,6 +7,7 @@
 //! sequence's pages hold a huge invalid id.
 
 use crate::case::{Case, Logits, Op, Poison};
+use crate::definition::TensorName;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
@@ -32,7 +33,7 @@ pub enum Paging {
 /// One cache component (e.g. the latent rows, or the values), one row of `width` per slot.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Component {
-    pub name: &'static str,
+    pub name: TensorName,
     pub width: usize,
     pub data: Vec<f32>,
 }
@@ -58,14 +59,14 @@ impl KvCache {
             } => block_table[b * max_pages + t / page] as usize * page + t % page,
         }
     }
-    pub fn component(&self, name: &str) -> &Component {
+    pub fn component(&self, name: TensorName) -> &Component {
         self.components
             .iter()
             .find(|c| c.name == name)
             .unwrap_or_else(|| panic!("no cache component `{name}`"))
     }
     /// Row of component `name` for token t of sequence b.
-    pub fn row(&self, name: &str, b: usize, t: usize) -> &[f32] {
+    pub fn row(&self, name: TensorName, b: usize, t: usize) -> &[f32] {
         let c = self.component(name);
         let s = self.slot(b, t);
         &c.data[s * c.width..(s + 1) * c.width]
@@ -93,7 +94,7 @@ pub struct CaseInputs {
 
 /// The cache components an operation reads, with their widths: the cache tensors of its
 /// definition (see [`crate::definition::cache_components`]).
-pub fn components(case: &Case) -> Vec<(&'static str, usize)> {
+pub fn components(case: &Case) -> Vec<(TensorName, usize)> {
     crate::definition::cache_components(case)
 }
 
@@ -233,7 +234,7 @@ impl CaseInputs {
         floats(&mut h, &self.q);
         h.update(self.scale.to_bits().to_le_bytes());
         for c in &self.cache.components {
-            h.update(c.name.as_bytes());
+            h.update(c.name.as_str().as_bytes());
             floats(&mut h, &c.data);
         }
         for l in &self.cache.seq_lens {

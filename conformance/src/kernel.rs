@@ -6,6 +6,7 @@
 //! its output unwritten leaves NaN where the reference is finite (NONFINITE_MISMATCH).
 
 use crate::case::{Case, Op};
+use crate::definition::TensorName;
 use crate::inputs::CaseInputs;
 use crate::profile::Profile;
 use serde::Serialize;
@@ -18,13 +19,13 @@ pub const MARGIN: usize = 64;
 /// One output tensor inside its canary-guarded buffer.
 #[derive(Clone, Debug)]
 pub struct OutputTensor {
-    pub name: &'static str,
+    pub name: TensorName,
     pub shape: Vec<usize>,
     buf: Vec<f32>,
 }
 
 impl OutputTensor {
-    pub fn new(name: &'static str, shape: Vec<usize>) -> Self {
+    pub fn new(name: TensorName, shape: Vec<usize>) -> Self {
         let n: usize = shape.iter().product();
         let mut buf = vec![f32::from_bits(CANARY); n + 2 * MARGIN];
         buf[MARGIN..MARGIN + n].fill(f32::NAN);
@@ -74,14 +75,14 @@ impl Outputs {
             Op::CacheExpand => {
                 let tokens: usize = (0..case.batch()).map(|b| case.seq_len(b)).sum();
                 vec![
-                    OutputTensor::new("k", vec![tokens, case.g * case.dn]),
-                    OutputTensor::new("v", vec![tokens, case.g * case.dv]),
+                    OutputTensor::new(TensorName::K, vec![tokens, case.g * case.dn]),
+                    OutputTensor::new(TensorName::V, vec![tokens, case.g * case.dv]),
                 ]
             }
             _ => {
-                let mut t = vec![OutputTensor::new("out", vec![b, sq, h, case.out_width()])];
+                let mut t = vec![OutputTensor::new(TensorName::Out, vec![b, sq, h, case.out_width()])];
                 if profile.lse.written().is_some() {
-                    t.push(OutputTensor::new("lse", vec![b, sq, h]));
+                    t.push(OutputTensor::new(TensorName::Lse, vec![b, sq, h]));
                 }
                 t
             }
@@ -89,16 +90,16 @@ impl Outputs {
         Self { tensors }
     }
     /// Whether a tensor called `name` is expected.
-    pub fn has(&self, name: &str) -> bool {
+    pub fn has(&self, name: TensorName) -> bool {
         self.tensors.iter().any(|t| t.name == name)
     }
-    pub fn get(&self, name: &str) -> &OutputTensor {
+    pub fn get(&self, name: TensorName) -> &OutputTensor {
         self.tensors
             .iter()
             .find(|t| t.name == name)
             .unwrap_or_else(|| panic!("no output `{name}`"))
     }
-    pub fn get_mut(&mut self, name: &str) -> &mut OutputTensor {
+    pub fn get_mut(&mut self, name: TensorName) -> &mut OutputTensor {
         self.tensors
             .iter_mut()
             .find(|t| t.name == name)

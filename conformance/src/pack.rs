@@ -15,7 +15,7 @@
 
 use crate::case::{Case, Dtype, Poison, RopeLayout};
 use crate::confined;
-use crate::definition::{case_axes, definition, eval_shape};
+use crate::definition::{case_axes, definition, eval_shape, DtypeRule, TensorKind, TensorName};
 use crate::inputs::{CaseInputs, Paging};
 use crate::kernel::Outputs;
 use crate::lattice::{suite_cases_seeded, SUITE_VERSION};
@@ -214,25 +214,24 @@ fn input_tensors(inp: &CaseInputs) -> Vec<(String, RawTensor)> {
         .into_iter()
         .map(|spec| {
             let shape = eval_shape(spec.shape, &axes, paged).expect("the definitions' formulas evaluate");
-            let floats_of: &[f32] = match spec.name {
-                "q" => &inp.q,
-                "scale" => std::slice::from_ref(&inp.scale),
-                "w_ukv" => &inp.w_ukv,
-                "seq_lens" | "block_table" | "num_splits" => &[],
-                cache => &inp.cache.component(cache).data,
+            let floats_of: &[f32] = match (spec.kind, spec.name) {
+                (TensorKind::Cache, cache) => &inp.cache.component(cache).data,
+                (_, TensorName::Q) => &inp.q,
+                (_, TensorName::Scale) => std::slice::from_ref(&inp.scale),
+                (_, TensorName::WUkv) => &inp.w_ukv,
+                _ => &[],
             };
             let ints_of: &[i32] = match spec.name {
-                "seq_lens" => &lens,
-                "block_table" => table,
-                "num_splits" => &splits,
+                TensorName::SeqLens => &lens,
+                TensorName::BlockTable => table,
+                TensorName::NumSplits => &splits,
                 _ => &[],
             };
             let n: usize = shape.iter().product();
             let t = match spec.dtype {
-                "case" => floats(c.dtype, shape, floats_of),
-                "f32" => floats(Dtype::F32, shape, floats_of),
-                "i32" => ints(shape, ints_of),
-                other => unreachable!("dtype rule `{other}` of input `{}`", spec.name),
+                DtypeRule::Case => floats(c.dtype, shape, floats_of),
+                DtypeRule::F32 => floats(Dtype::F32, shape, floats_of),
+                DtypeRule::I32 => ints(shape, ints_of),
             };
             assert_eq!(
                 t.bytes.len(),
@@ -252,8 +251,11 @@ fn dtype_name(d: StDtype) -> String {
 
 /// A case's inputs file, byte for byte (deterministic: the digests depend on it).
 pub fn inputs_file(inp: &CaseInputs) -> Vec<u8> {
-    let tensors = input_tensors(inp);
-    let meta: HashMap<String, String> = [("case".to_string(), inp.case.to_string())].into_iter().collect();
+    serialize_inputs(&inp.case, &input_tensors(inp))
+}
+
+fn serialize_inputs(case: &Case, tensors: &[(String, RawTensor)]) -> Vec<u8> {
+    let meta: HashMap<String, String> = [("case".to_string(), case.to_string())].into_iter().collect();
     safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(meta)).expect("input tensors serialize")
 }
 
@@ -273,9 +275,9 @@ fn output_tensors(case: &Case) -> Vec<StoredTensor> {
         .tensors
         .iter()
         .map(|t| StoredTensor {
-            name: t.name.into(),
+            name: t.name.to_string(),
             shape: t.shape.clone(),
-            dtype: if t.name == "lse" {
+            dtype: if t.name == TensorName::Lse {
                 "f32 or the storage dtype, as declared"
             } else {
                 "any float dtype"
@@ -320,7 +322,8 @@ pub fn export(cases: &[(usize, Case)], seed: u64, filters: &[String], dir: &Path
     };
     for (index, case) in cases {
         let inp = CaseInputs::generate(case);
-        let bytes = inputs_file(&inp);
+        let tensors = input_tensors(&inp);
+        let bytes = serialize_inputs(case, &tensors);
         let (inputs, outputs) = file_names(*index);
         std::fs::write(tmp.path().join(&inputs), &bytes).map_err(|e| io(&dir.join(&inputs), e))?;
         manifest.cases.push(PackCase {
@@ -330,7 +333,7 @@ pub fn export(cases: &[(usize, Case)], seed: u64, filters: &[String], dir: &Path
             inputs_sha256: sha256_hex(&bytes),
             outputs,
             params: CaseParams::of(case),
-            input_tensors: input_tensors(&inp)
+            input_tensors: tensors
                 .into_iter()
                 .map(|(name, t)| StoredTensor {
                     name,
@@ -356,10 +359,9 @@ pub fn export(cases: &[(usize, Case)], seed: u64, filters: &[String], dir: &Path
 
 /// Read the author's `kernel.json` from `dir`, if there is one.
 pub fn read_kernel_info(dir: &Path) -> Result<Option<KernelInfo>, PackError> {
-    if !confined::exists(dir, KERNEL_INFO)? {
+    let Some(bytes) = confined::read_if_present(dir, KERNEL_INFO, KERNEL_INFO_LIMIT)? else {
         return Ok(None);
-    }
-    let bytes = confined::read(dir, KERNEL_INFO, KERNEL_INFO_LIMIT)?;
+    };
     let path = dir.join(KERNEL_INFO);
     let info: KernelInfo = serde_json::from_slice(&bytes).map_err(|e| invalid(&path, format!("malformed: {e}")))?;
     if let Some(p) = &info.profile {
@@ -472,12 +474,11 @@ fn read_outputs(j: &Judging, pc: &PackCase, case: &Case) -> Result<Result<Output
     let elements: usize = outputs.tensors.iter().map(|t| t.len()).sum();
     let limit = (elements as u64) * 8 + (1 << 20);
     let shown = path.display();
-    if !confined::exists(j.outputs, &pc.outputs)? {
+    let Some(bytes) = confined::read_if_present(j.outputs, &pc.outputs, limit)? else {
         return Ok(Err(Status::RuntimeError {
             message: format!("{shown}: no outputs were written"),
         }));
-    }
-    let bytes = confined::read(j.outputs, &pc.outputs, limit)?;
+    };
     let st = match SafeTensors::deserialize(&bytes) {
         Ok(st) => st,
         Err(e) => {
@@ -490,7 +491,7 @@ fn read_outputs(j: &Judging, pc: &PackCase, case: &Case) -> Result<Result<Output
         let mismatch = |detail: String| Status::ShapeOrDtypeMismatch {
             detail: format!("{shown}: tensor `{}` {detail}", t.name),
         };
-        let Ok(view) = st.tensor(t.name) else {
+        let Ok(view) = st.tensor(t.name.as_str()) else {
             return Ok(Err(mismatch(format!("missing (expected shape {:?})", t.shape))));
         };
         if view.shape() != t.shape.as_slice() {
@@ -568,10 +569,11 @@ mod tests {
                 .into_iter()
                 .map(|t| {
                     let dtype = match t.dtype {
-                        "case" => dtype_name(case.dtype.storage().safetensors()),
-                        other => other.to_string(),
+                        DtypeRule::Case => dtype_name(case.dtype.storage().safetensors()),
+                        DtypeRule::F32 => "f32".into(),
+                        DtypeRule::I32 => "i32".into(),
                     };
-                    (t.name, (dtype, t.rank()))
+                    (t.name.as_str(), (dtype, t.rank()))
                 })
                 .collect();
             let got: BTreeMap<&str, (String, usize)> = input_tensors(&CaseInputs::generate(&case))

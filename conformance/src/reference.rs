@@ -9,6 +9,7 @@
 //! a row with no visible key gives o = 0 and LSE = −∞.
 
 use crate::case::{Case, Dtype, Op, RopeLayout};
+use crate::definition::TensorName;
 use crate::inputs::CaseInputs;
 
 /// How a reference computes.
@@ -19,7 +20,7 @@ pub enum Precision {
 }
 
 /// Output tensors by name, as f64.
-pub type Tensors = Vec<(&'static str, Vec<f64>)>;
+pub type Tensors = Vec<(TensorName, Vec<f64>)>;
 
 /// The keys and values group `g` (absorb: the one latent stream) sees in sequence b, one row per
 /// cached token: keys [n, key width] and values [n, d_out], row-major.
@@ -30,23 +31,25 @@ fn group_rows(inputs: &CaseInputs, b: usize, g: usize) -> (Vec<f32>, Vec<f32>) {
     for t in 0..c.seq_len(b) {
         match c.op {
             Op::DecodeAbsorb => {
-                let row = cache.row("kv", b, t);
+                let row = cache.row(TensorName::Kv, b, t);
                 keys.extend_from_slice(row);
                 values.extend_from_slice(&row[..c.dc]);
             }
             Op::DecodeGqa => {
-                values.extend_from_slice(&cache.row("v", b, t)[g * c.dv..(g + 1) * c.dv]);
+                values.extend_from_slice(&cache.row(TensorName::V, b, t)[g * c.dv..(g + 1) * c.dv]);
                 match c.layout {
                     RopeLayout::Once => {
-                        keys.extend_from_slice(&cache.row("k_nope", b, t)[g * c.dn..(g + 1) * c.dn]);
-                        keys.extend_from_slice(cache.row("k_rope", b, t));
+                        keys.extend_from_slice(&cache.row(TensorName::KNope, b, t)[g * c.dn..(g + 1) * c.dn]);
+                        keys.extend_from_slice(cache.row(TensorName::KRope, b, t));
                     }
-                    RopeLayout::PerGroup => keys.extend_from_slice(&cache.row("k", b, t)[g * (c.dn + c.dr)..(g + 1) * (c.dn + c.dr)]),
+                    RopeLayout::PerGroup => {
+                        keys.extend_from_slice(&cache.row(TensorName::K, b, t)[g * (c.dn + c.dr)..(g + 1) * (c.dn + c.dr)])
+                    }
                 }
             }
             Op::GqaDecode => {
-                keys.extend_from_slice(&cache.row("k", b, t)[g * c.dn..(g + 1) * c.dn]);
-                values.extend_from_slice(&cache.row("v", b, t)[g * c.dv..(g + 1) * c.dv]);
+                keys.extend_from_slice(&cache.row(TensorName::K, b, t)[g * c.dn..(g + 1) * c.dn]);
+                values.extend_from_slice(&cache.row(TensorName::V, b, t)[g * c.dv..(g + 1) * c.dv]);
             }
             Op::CacheExpand => unreachable!("no attention in cache.expand"),
         }
@@ -102,7 +105,7 @@ fn decode(inputs: &CaseInputs, precision: Precision) -> Tensors {
             }
         }
     }
-    vec![("out", out), ("lse", lse)]
+    vec![(TensorName::Out, out), (TensorName::Lse, lse)]
 }
 
 /// The truth: the reference crate's attention (SPEC.md §2) in f64, over the first `visible` keys.
@@ -144,7 +147,7 @@ fn expand(inputs: &CaseInputs, precision: Precision) -> Tensors {
     let mut v = Vec::new();
     for b in 0..c.batch() {
         for t in 0..c.seq_len(b) {
-            let latent = inputs.cache.row("latent", b, t);
+            let latent = inputs.cache.row(TensorName::Latent, b, t);
             for g in 0..c.g {
                 for r in 0..per {
                     let w = &inputs.w_ukv[(g * per + r) * c.dc..(g * per + r + 1) * c.dc];
@@ -161,5 +164,5 @@ fn expand(inputs: &CaseInputs, precision: Precision) -> Tensors {
             }
         }
     }
-    vec![("k", k), ("v", v)]
+    vec![(TensorName::K, k), (TensorName::V, v)]
 }

@@ -1,6 +1,7 @@
 //! Running a kernel over cases and judging each one as its profile declares.
 
 use crate::case::{Case, Dtype, Poison};
+use crate::definition::TensorName;
 use crate::inputs::CaseInputs;
 use crate::kernel::{Kernel, KernelError, Outputs};
 use crate::profile::{EmptyLse, EmptyOut, LseBase, LseDtype, Profile};
@@ -34,7 +35,7 @@ pub struct Prepared {
     naive: Tensors,
 }
 
-fn reference<'a>(tensors: &'a Tensors, name: &str) -> &'a [f64] {
+fn reference<'a>(tensors: &'a Tensors, name: TensorName) -> &'a [f64] {
     &tensors
         .iter()
         .find(|(n, _)| *n == name)
@@ -106,8 +107,8 @@ impl Prepared {
                 let (truth, naive) = (reference(&self.truth, t.name), reference(&self.naive, t.name));
                 // Row width of this tensor in elements: the empty-row conventions cover whole rows.
                 let (per_row, special) = match t.name {
-                    "out" => (case.h * case.out_width(), Special::Out(profile.out_empty_row)),
-                    "lse" => (
+                    TensorName::Out => (case.h * case.out_width(), Special::Out(profile.out_empty_row)),
+                    TensorName::Lse => (
                         case.h,
                         Special::Lse(profile.lse.written().expect("lse is expected only when declared").empty_row),
                     ),
@@ -118,7 +119,7 @@ impl Prepared {
                     empty[r * per_row..(r + 1) * per_row].fill(true);
                 }
                 let (mut u, mut got, mut base) = (case.dtype.unit_roundoff(), raw.clone(), naive.to_vec());
-                if let Some(lse) = profile.lse.written().filter(|_| t.name == "lse") {
+                if let Some(lse) = profile.lse.written().filter(|_| t.name == TensorName::Lse) {
                     if lse.dtype == LseDtype::F32 {
                         u = Dtype::F32.unit_roundoff();
                     } else {

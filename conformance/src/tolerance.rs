@@ -31,6 +31,7 @@
 //! naive reference room for a different but correct order of operations. No bound looks at the
 //! kernel's own output.
 
+use crate::definition::TensorName;
 use serde::Serialize;
 
 pub const K_RMS: f64 = 2.0;
@@ -53,7 +54,7 @@ pub struct SpecialMismatch {
 /// Error figures of one output tensor, and the bounds they were held to.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TensorCheck {
-    pub tensor: String,
+    pub tensor: TensorName,
     /// Elements compared numerically.
     pub judged: usize,
     /// Elements the declaration leaves unspecified (not judged).
@@ -148,7 +149,7 @@ fn stats(x: &[f64], truth: &[f64]) -> (f64, f64, f64, usize) {
 /// Judge one tensor of a kernel against the truth, with bounds from the naive reference. The
 /// three slices hold the judged positions only; `unspecified` counts those left out, and
 /// `specials` the mismatches the caller found at declared special positions (sentinels).
-pub fn check(tensor: &str, kernel: &[f64], truth: &[f64], naive: &[f64], u: f64, unspecified: usize) -> TensorCheck {
+pub fn check(tensor: TensorName, kernel: &[f64], truth: &[f64], naive: &[f64], u: f64, unspecified: usize) -> TensorCheck {
     assert_eq!(kernel.len(), truth.len(), "check: kernel and truth lengths");
     assert_eq!(naive.len(), truth.len(), "check: naive and truth lengths");
     let mut mismatches = kernel.iter().zip(truth).enumerate().filter(|(_, (a, t))| kind(**a) != kind(**t));
@@ -169,7 +170,7 @@ pub fn check(tensor: &str, kernel: &[f64], truth: &[f64], naive: &[f64], u: f64,
     };
     let expected_max = n_rms * (2.0 * ((2 * n.max(1)) as f64).ln()).sqrt();
     TensorCheck {
-        tensor: tensor.to_string(),
+        tensor,
         judged: kernel.len(),
         unspecified,
         rms_err: k_rms,
@@ -198,8 +199,8 @@ mod tests {
         let worse: Vec<f64> = truth.iter().enumerate().map(|(i, t)| t + 5e-3 * ((i * 11) as f64).sin()).collect();
         // f32's roundoff: the floors are negligible, the multiples of the naive error decide.
         let u = f64::powi(2.0, -24);
-        assert!(check("x", &same, &truth, &naive, u, 0).numerics_ok());
-        let c = check("x", &worse, &truth, &naive, u, 0);
+        assert!(check(TensorName::Out, &same, &truth, &naive, u, 0).numerics_ok());
+        let c = check(TensorName::Out, &worse, &truth, &naive, u, 0);
         assert!(!c.numerics_ok() && c.failures().iter().any(|f| f.starts_with("rms error")), "{c:?}");
     }
 
@@ -210,17 +211,17 @@ mod tests {
         let naive: Vec<f64> = truth.iter().enumerate().map(|(i, t)| t + 1e-3 * ((i * 7) as f64).cos()).collect();
         let mut kernel = naive.clone();
         kernel[500] += 0.05;
-        let c = check("x", &kernel, &truth, &naive, f64::powi(2.0, -8), 0);
+        let c = check(TensorName::Out, &kernel, &truth, &naive, f64::powi(2.0, -8), 0);
         assert!(c.failures().iter().any(|f| f.starts_with("max |error|")), "{c:?}");
     }
 
     #[test]
     fn nan_where_the_truth_is_finite_is_a_special_mismatch() {
         let truth = [1.0, f64::NEG_INFINITY, 2.0];
-        let c = check("lse", &[1.0, f64::NEG_INFINITY, f64::NAN], &truth, &truth, 1e-7, 0);
+        let c = check(TensorName::Lse, &[1.0, f64::NEG_INFINITY, f64::NAN], &truth, &truth, 1e-7, 0);
         assert_eq!(c.special_mismatches, 1);
         let m = c.first_special_mismatch.unwrap();
         assert_eq!((m.index, m.want.as_str()), (2, "finite"));
-        assert!(!check("lse", &[1.0, f64::INFINITY, 2.0], &truth, &truth, 1e-7, 0).specials_ok());
+        assert!(!check(TensorName::Lse, &[1.0, f64::INFINITY, 2.0], &truth, &truth, 1e-7, 0).specials_ok());
     }
 }

@@ -2,6 +2,7 @@
 //! kernel's declaration.
 
 use gqla_conformance::case::{Case, Dtype, Op};
+use gqla_conformance::definition::TensorName;
 use gqla_conformance::inputs::CaseInputs;
 use gqla_conformance::kernels::{Bug, FlashCpu, ReferenceF32};
 use gqla_conformance::lattice::{must_pass, suite_cases, suite_cases_seeded, SUITE_VERSION};
@@ -268,7 +269,7 @@ impl Kernel for OtherConventions {
     fn run(&self, inputs: &mut CaseInputs, outputs: &mut Outputs) -> Result<(), KernelError> {
         FlashCpu::correct(3).run(inputs, outputs)?;
         let c = &inputs.case;
-        for (i, v) in outputs.get_mut("lse").region_mut().iter_mut().enumerate() {
+        for (i, v) in outputs.get_mut(TensorName::Lse).region_mut().iter_mut().enumerate() {
             let (b, j) = (i / (c.sq * c.h), (i / c.h) % c.sq);
             *v = if c.visible(b, j) == 0 {
                 match self.empty_lse {
@@ -281,7 +282,7 @@ impl Kernel for OtherConventions {
             };
         }
         let w = c.h * c.out_width();
-        let out = outputs.get_mut("out").region_mut();
+        let out = outputs.get_mut(TensorName::Out).region_mut();
         for r in 0..c.batch() * c.sq {
             if c.visible(r / c.sq, r % c.sq) == 0 && self.empty_out == EmptyOut::Nan {
                 out[r * w..(r + 1) * w].fill(f32::NAN);
@@ -348,10 +349,13 @@ fn profiles_select_cases_and_outputs() {
             }
         }
         fn run(&self, inputs: &mut CaseInputs, outputs: &mut Outputs) -> Result<(), KernelError> {
-            assert!(!outputs.has("lse"));
+            assert!(!outputs.has(TensorName::Lse));
             let mut full = Outputs::for_case(&inputs.case, &Profile::everything());
             FlashCpu::correct(3).run(inputs, &mut full)?;
-            outputs.get_mut("out").region_mut().copy_from_slice(full.get("out").region());
+            outputs
+                .get_mut(TensorName::Out)
+                .region_mut()
+                .copy_from_slice(full.get(TensorName::Out).region());
             Ok(())
         }
     }

@@ -9,6 +9,7 @@ use crate::launch::{self, elem_bytes, from_bytes, to_bytes, Decode, ExpandDims, 
 use crate::runtime::Runtime;
 use crate::CudaError;
 use gqla_conformance::case::{Dtype, Op, RopeLayout};
+use gqla_conformance::definition::TensorName;
 use gqla_conformance::inputs::{self, CaseInputs};
 use gqla_conformance::kernel::{OutputTensor, MARGIN};
 use gqla_conformance::profile::Profile;
@@ -121,7 +122,7 @@ impl<R: Runtime> DeviceKernel<R> {
         Ok((lens_d, self.rt.upload(&table)?, max_pages, page))
     }
 
-    fn component(&self, inp: &CaseInputs, name: &str) -> Result<R::Buf<u8>, CudaError> {
+    fn component(&self, inp: &CaseInputs, name: TensorName) -> Result<R::Buf<u8>, CudaError> {
         self.rt.upload(&to_bytes(inp.case.dtype, &inp.cache.component(name).data))
     }
 
@@ -138,11 +139,11 @@ impl<R: Runtime> DeviceKernel<R> {
     fn decode(&self, inp: &mut CaseInputs, outputs: &mut Outputs) -> Result<(), CudaError> {
         let c = &inp.case;
         let d = c.dtype;
-        let names: Vec<&str> = inputs::components(c).iter().map(|(n, _)| *n).collect();
-        let comps: Vec<R::Buf<u8>> = names.iter().map(|n| self.component(inp, n)).collect::<Result<_, _>>()?;
+        let names: Vec<TensorName> = inputs::components(c).iter().map(|(n, _)| *n).collect();
+        let comps: Vec<R::Buf<u8>> = names.iter().map(|&n| self.component(inp, n)).collect::<Result<_, _>>()?;
         // Cache components by the names the operation's definition gives them.
-        let at = |name: &str| names.iter().position(|n| *n == name).expect("a cache component of this case");
-        let seg = |name: &str, row_stride: usize, head_stride: usize, width: usize| Segment {
+        let at = |name: TensorName| names.iter().position(|n| *n == name).expect("a cache component of this case");
+        let seg = |name: TensorName, row_stride: usize, head_stride: usize, width: usize| Segment {
             buf: &comps[at(name)],
             row_stride,
             head_stride,
@@ -150,30 +151,30 @@ impl<R: Runtime> DeviceKernel<R> {
         };
         let keys = match (c.op, c.layout) {
             (Op::DecodeAbsorb, _) => KeySource {
-                key: seg("kv", c.dc + c.dr, 0, c.dc + c.dr),
+                key: seg(TensorName::Kv, c.dc + c.dr, 0, c.dc + c.dr),
                 shared_key: None,
                 value: None,
                 dv: c.dc,
                 streams: 1,
             },
             (Op::DecodeGqa, RopeLayout::Once) => KeySource {
-                key: seg("k_nope", c.g * c.dn, c.dn, c.dn),
-                shared_key: Some(seg("k_rope", c.dr, 0, c.dr)),
-                value: Some(seg("v", c.g * c.dv, c.dv, c.dv)),
+                key: seg(TensorName::KNope, c.g * c.dn, c.dn, c.dn),
+                shared_key: Some(seg(TensorName::KRope, c.dr, 0, c.dr)),
+                value: Some(seg(TensorName::V, c.g * c.dv, c.dv, c.dv)),
                 dv: c.dv,
                 streams: c.g,
             },
             (Op::DecodeGqa, RopeLayout::PerGroup) => KeySource {
-                key: seg("k", c.g * (c.dn + c.dr), c.dn + c.dr, c.dn + c.dr),
+                key: seg(TensorName::K, c.g * (c.dn + c.dr), c.dn + c.dr, c.dn + c.dr),
                 shared_key: None,
-                value: Some(seg("v", c.g * c.dv, c.dv, c.dv)),
+                value: Some(seg(TensorName::V, c.g * c.dv, c.dv, c.dv)),
                 dv: c.dv,
                 streams: c.g,
             },
             (Op::GqaDecode, _) => KeySource {
-                key: seg("k", c.g * c.dn, c.dn, c.dn),
+                key: seg(TensorName::K, c.g * c.dn, c.dn, c.dn),
                 shared_key: None,
-                value: Some(seg("v", c.g * c.dv, c.dv, c.dv)),
+                value: Some(seg(TensorName::V, c.g * c.dv, c.dv, c.dv)),
                 dv: c.dv,
                 streams: c.g,
             },
@@ -181,7 +182,7 @@ impl<R: Runtime> DeviceKernel<R> {
         };
         let (lens, table, max_pages, page) = self.paging(inp)?;
         let q = self.rt.upload(&to_bytes(d, &inp.q))?;
-        let (n_out, n_lse) = (outputs.get("out").len(), outputs.get("lse").len());
+        let (n_out, n_lse) = (outputs.get(TensorName::Out).len(), outputs.get(TensorName::Lse).len());
         let mut out = guarded_output(&self.rt, d, n_out)?;
         let mut lse = guarded_output(&self.rt, Dtype::F32, n_lse)?;
         let variant = self.variant.unwrap_or_else(|| Variant::choose(&self.rt, d));
@@ -220,9 +221,9 @@ impl<R: Runtime> DeviceKernel<R> {
         };
         launch::decode(&self.rt, &mut call, ws.as_mut())?;
         self.rt.synchronize()?;
-        collect(&self.rt, d, &out, outputs.get_mut("out"))?;
-        if outputs.has("lse") {
-            collect(&self.rt, Dtype::F32, &lse, outputs.get_mut("lse"))?;
+        collect(&self.rt, d, &out, outputs.get_mut(TensorName::Out))?;
+        if outputs.has(TensorName::Lse) {
+            collect(&self.rt, Dtype::F32, &lse, outputs.get_mut(TensorName::Lse))?;
         }
         self.write_back(d, &q, &mut inp.q)?;
         for (buf, name) in comps.iter().zip(&names) {
@@ -235,7 +236,7 @@ impl<R: Runtime> DeviceKernel<R> {
     fn expand(&self, inp: &mut CaseInputs, outputs: &mut Outputs) -> Result<(), CudaError> {
         let c = &inp.case;
         let d = c.dtype;
-        let latent = self.component(inp, "latent")?;
+        let latent = self.component(inp, TensorName::Latent)?;
         let w = self.rt.upload(&to_bytes(d, &inp.w_ukv))?;
         let (_lens, table, max_pages, page) = self.paging(inp)?;
         let (mut tb, mut tt) = (Vec::new(), Vec::new());
@@ -248,8 +249,8 @@ impl<R: Runtime> DeviceKernel<R> {
         let n = tb.len();
         let tok_b = self.rt.upload(if n == 0 { &[0][..] } else { &tb })?;
         let tok_t = self.rt.upload(if n == 0 { &[0][..] } else { &tt })?;
-        let mut k = guarded_output(&self.rt, d, outputs.get("k").len())?;
-        let mut v = guarded_output(&self.rt, d, outputs.get("v").len())?;
+        let mut k = guarded_output(&self.rt, d, outputs.get(TensorName::K).len())?;
+        let mut v = guarded_output(&self.rt, d, outputs.get(TensorName::V).len())?;
         launch::expand_cache(
             &self.rt,
             d,
@@ -277,8 +278,8 @@ impl<R: Runtime> DeviceKernel<R> {
             },
         )?;
         self.rt.synchronize()?;
-        collect(&self.rt, d, &k, outputs.get_mut("k"))?;
-        collect(&self.rt, d, &v, outputs.get_mut("v"))?;
+        collect(&self.rt, d, &k, outputs.get_mut(TensorName::K))?;
+        collect(&self.rt, d, &v, outputs.get_mut(TensorName::V))?;
         self.write_back(d, &latent, &mut inp.cache.components[0].data)?;
         self.write_back(d, &w, &mut inp.w_ukv)
     }

@@ -5,6 +5,7 @@
 //! casts. It shares no arithmetic with the reference or the flash kernel.
 
 use crate::case::{Case, Dtype, Op, RopeLayout};
+use crate::definition::TensorName;
 use crate::inputs::CaseInputs;
 use crate::kernel::{Kernel, KernelError, KernelIdentity, Outputs};
 use candle_core::{DType, Device, Tensor, D};
@@ -36,7 +37,7 @@ fn gather(inp: &CaseInputs, comp: &Tensor, b: usize, len: usize) -> Result<Tenso
 }
 
 /// A cache component as a [slots, width] tensor.
-fn component(inp: &CaseInputs, name: &str) -> Result<Tensor> {
+fn component(inp: &CaseInputs, name: TensorName) -> Result<Tensor> {
     let c = inp.cache.component(name);
     Tensor::from_slice(&c.data, (inp.cache.slots(), c.width), &Device::Cpu)
 }
@@ -81,15 +82,15 @@ fn decode(inp: &CaseInputs, outputs: &mut Outputs) -> Result<()> {
     let (sq, h, w, dout) = (c.sq, c.h, c.q_width(), c.out_width());
     // Query heads sharing one key/value stream: all of them on the absorb path (MQA).
     let (streams, per) = if c.op == Op::DecodeAbsorb { (1, h) } else { (c.g, h / c.g) };
-    let names: Vec<&str> = inp.cache.components.iter().map(|x| x.name).collect();
-    let comps: Vec<Tensor> = names.iter().map(|n| component(inp, n)).collect::<Result<_>>()?;
+    let names: Vec<TensorName> = inp.cache.components.iter().map(|x| x.name).collect();
+    let comps: Vec<Tensor> = names.iter().map(|&n| component(inp, n)).collect::<Result<_>>()?;
     let q = Tensor::from_slice(&inp.q, (c.batch(), sq, h, w), &Device::Cpu)?;
     let row_out = sq * h * dout;
     for b in 0..c.batch() {
         let len = c.seq_len(b);
         if len == 0 {
-            outputs.get_mut("out").region_mut()[b * row_out..(b + 1) * row_out].fill(0.0);
-            outputs.get_mut("lse").region_mut()[b * sq * h..(b + 1) * sq * h].fill(f32::NEG_INFINITY);
+            outputs.get_mut(TensorName::Out).region_mut()[b * row_out..(b + 1) * row_out].fill(0.0);
+            outputs.get_mut(TensorName::Lse).region_mut()[b * sq * h..(b + 1) * sq * h].fill(f32::NEG_INFINITY);
             continue;
         }
         let rows: Vec<Tensor> = comps.iter().map(|t| gather(inp, t, b, len)).collect::<Result<_>>()?;
@@ -105,15 +106,15 @@ fn decode(inp: &CaseInputs, outputs: &mut Outputs) -> Result<()> {
         }
         let o = round_to(&Tensor::cat(&outs, 1)?, c.dtype)?.flatten_all()?.to_vec1::<f32>()?;
         let l = Tensor::cat(&lses, 1)?.flatten_all()?.to_vec1::<f32>()?;
-        outputs.get_mut("out").region_mut()[b * row_out..(b + 1) * row_out].copy_from_slice(&o);
-        outputs.get_mut("lse").region_mut()[b * sq * h..(b + 1) * sq * h].copy_from_slice(&l);
+        outputs.get_mut(TensorName::Out).region_mut()[b * row_out..(b + 1) * row_out].copy_from_slice(&o);
+        outputs.get_mut(TensorName::Lse).region_mut()[b * sq * h..(b + 1) * sq * h].copy_from_slice(&l);
     }
     Ok(())
 }
 
 fn expand(inp: &CaseInputs, outputs: &mut Outputs) -> Result<()> {
     let c = &inp.case;
-    let latent = component(inp, "latent")?;
+    let latent = component(inp, TensorName::Latent)?;
     let w = Tensor::from_slice(&inp.w_ukv, (c.g * (c.dn + c.dv), c.dc), &Device::Cpu)?;
     let (mut k_at, mut v_at) = (0, 0);
     for b in 0..c.batch() {
@@ -128,8 +129,8 @@ fn expand(inp: &CaseInputs, outputs: &mut Outputs) -> Result<()> {
         let v = round_to(&y.narrow(2, c.dn, c.dv)?.contiguous()?, c.dtype)?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        outputs.get_mut("k").region_mut()[k_at..k_at + k.len()].copy_from_slice(&k);
-        outputs.get_mut("v").region_mut()[v_at..v_at + v.len()].copy_from_slice(&v);
+        outputs.get_mut(TensorName::K).region_mut()[k_at..k_at + k.len()].copy_from_slice(&k);
+        outputs.get_mut(TensorName::V).region_mut()[v_at..v_at + v.len()].copy_from_slice(&v);
         (k_at, v_at) = (k_at + k.len(), v_at + v.len());
     }
     Ok(())

@@ -3,6 +3,7 @@
 //! known failure mode at a time; the suite must reject every mutant.
 
 use crate::case::{Op, RopeLayout};
+use crate::definition::TensorName;
 use crate::inputs::{CaseInputs, Paging};
 use crate::kernel::{Kernel, KernelError, KernelIdentity, Outputs};
 use crate::profile::Profile;
@@ -169,7 +170,7 @@ impl FlashCpu {
         let cache = &inp.cache;
         match c.op {
             Op::DecodeAbsorb => {
-                let row = cache.row("kv", b, t);
+                let row = cache.row(TensorName::Kv, b, t);
                 let mut k = row.to_vec();
                 if self.has(Bug::RopeTermDropped) {
                     k[c.dc..].iter_mut().for_each(|v| *v = 0.0);
@@ -180,19 +181,19 @@ impl FlashCpu {
                 let per = c.h / c.g;
                 let g = if self.has(Bug::GroupMapping) { i % c.g } else { i / per };
                 let gv = if self.has(Bug::ValueFromWrongGroup) { (g + 1) % c.g } else { g };
-                let v = cache.row("v", b, t)[gv * c.dv..(gv + 1) * c.dv].to_vec();
+                let v = cache.row(TensorName::V, b, t)[gv * c.dv..(gv + 1) * c.dv].to_vec();
                 let k = if c.op == Op::GqaDecode {
-                    cache.row("k", b, t)[g * c.dn..(g + 1) * c.dn].to_vec()
+                    cache.row(TensorName::K, b, t)[g * c.dn..(g + 1) * c.dn].to_vec()
                 } else {
                     match c.layout {
                         RopeLayout::Once => {
-                            let mut k = cache.row("k_nope", b, t)[g * c.dn..(g + 1) * c.dn].to_vec();
-                            let rope = cache.row("k_rope", b, t);
+                            let mut k = cache.row(TensorName::KNope, b, t)[g * c.dn..(g + 1) * c.dn].to_vec();
+                            let rope = cache.row(TensorName::KRope, b, t);
                             k.extend(rope.iter().map(|v| if self.has(Bug::RopeTermDropped) { 0.0 } else { *v }));
                             k
                         }
                         RopeLayout::PerGroup => {
-                            let row = &cache.row("k", b, t)[g * (c.dn + c.dr)..(g + 1) * (c.dn + c.dr)];
+                            let row = &cache.row(TensorName::K, b, t)[g * (c.dn + c.dr)..(g + 1) * (c.dn + c.dr)];
                             if self.has(Bug::RopeLayoutSwapped) {
                                 row[c.dr..].iter().chain(&row[..c.dr]).copied().collect()
                             } else {
@@ -361,14 +362,14 @@ impl FlashCpu {
                 }
             }
         }
-        for (dst, v) in out.get_mut("out").region_mut().iter_mut().zip(&o) {
+        for (dst, v) in out.get_mut(TensorName::Out).region_mut().iter_mut().zip(&o) {
             *dst = c.dtype.round(*v);
         }
-        if out.has("lse") {
-            out.get_mut("lse").region_mut().copy_from_slice(&lse);
+        if out.has(TensorName::Lse) {
+            out.get_mut(TensorName::Lse).region_mut().copy_from_slice(&lse);
         }
         if self.has(Bug::OutOfBoundsWrite) {
-            let (buf, offset) = out.get_mut("lse").with_margins_mut();
+            let (buf, offset) = out.get_mut(TensorName::Lse).with_margins_mut();
             buf[offset + lse.len()] = 0.0;
         }
         Ok(())
@@ -380,7 +381,7 @@ impl FlashCpu {
         let (mut k, mut v) = (Vec::new(), Vec::new());
         for b in 0..c.batch() {
             for t in 0..c.seq_len(b) {
-                let latent = inp.cache.row("latent", b, t);
+                let latent = inp.cache.row(TensorName::Latent, b, t);
                 for g in 0..c.g {
                     for r in 0..per {
                         let row = if self.has(Bug::ExpandValueOffset) && r >= c.dn {
@@ -399,8 +400,8 @@ impl FlashCpu {
                 }
             }
         }
-        out.get_mut("k").region_mut().copy_from_slice(&k);
-        out.get_mut("v").region_mut().copy_from_slice(&v);
+        out.get_mut(TensorName::K).region_mut().copy_from_slice(&k);
+        out.get_mut(TensorName::V).region_mut().copy_from_slice(&v);
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! The reference computed in f32 on the case's inputs.
 
 use crate::case::Dtype;
+use crate::definition::TensorName;
 use crate::inputs::CaseInputs;
 use crate::kernel::{Kernel, KernelError, KernelIdentity, Outputs};
 use crate::profile::Profile;
@@ -23,7 +24,7 @@ impl Kernel for ReferenceF32 {
         for (name, values) in compute(inputs, Precision::Naive(Dtype::F32)) {
             let out = outputs.get_mut(name);
             // Outputs are stored in the case dtype, except the LSE, which is f32 by definition.
-            let dtype = if name == "lse" { Dtype::F32 } else { inputs.case.dtype };
+            let dtype = if name == TensorName::Lse { Dtype::F32 } else { inputs.case.dtype };
             for (dst, v) in out.region_mut().iter_mut().zip(values) {
                 *dst = dtype.round(v as f32);
             }

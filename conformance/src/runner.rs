@@ -35,7 +35,7 @@ pub struct Prepared {
     naive: Tensors,
 }
 
-fn reference<'a>(tensors: &'a Tensors, name: TensorName) -> &'a [f64] {
+fn reference(tensors: &Tensors, name: TensorName) -> &[f64] {
     &tensors
         .iter()
         .find(|(n, _)| *n == name)

@@ -1,7 +1,8 @@
 //! `gqla`: the GQLA conformance suite's command-line program.
 //!
 //! Exit codes: 0 success (certify: conformant), 1 certify: not conformant, 2 error (bad input or
-//! configuration), with the cause on stderr.
+//! configuration), with the cause on stderr; 130 and 143 after SIGINT and SIGTERM, once the
+//! temporary outputs in flight are removed.
 
 mod commands;
 
@@ -37,7 +38,25 @@ enum Command {
     CacheSize(commands::cache_size::Args),
 }
 
+/// On SIGINT or SIGTERM: remove the temporary outputs in flight, then exit 128 + the signal.
+/// Nothing that looks finished is left behind: a rename into place either happened before the
+/// signal (the output is whole) or never will.
+fn exit_cleanly_on_signals() {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
+        return; // without a handler the default action still stops the process
+    };
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            let _held = gqla_reference::files::temps::remove_all();
+            eprintln!("interrupted: no output was written");
+            std::process::exit(128 + sig);
+        }
+    });
+}
+
 fn main() -> ExitCode {
+    exit_cleanly_on_signals();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Forward(a) => commands::forward::run(a),

@@ -1,10 +1,11 @@
-//! Reading files a kernel author hands us (manifests, kernel.json, outputs) as hostile input:
-//! confined to one directory (no `..`, no absolute paths, no symlink leading out), regular files
-//! only (a FIFO would hang the reader, a device would never end), and a size limit checked before
-//! reading and enforced while reading.
+//! Reading files a kernel author hands us (manifests, kernel.json, outputs) as hostile input,
+//! through the reference crate's one reader ([`gqla_reference::files`]): confined to one
+//! directory (no `..`, no absolute paths, no symlink leading out), regular files only (a FIFO
+//! would hang the reader, a device would never end), and a size limit checked before reading and
+//! enforced while reading.
 
-use std::io::Read;
-use std::path::{Component, Path, PathBuf};
+use gqla_reference::files::{self, Limit};
+use std::path::Path;
 
 /// A file that may not be read, and why.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -21,79 +22,29 @@ fn err(path: impl AsRef<Path>, why: impl Into<String>) -> ConfinedError {
     }
 }
 
-/// `rel` resolved inside `root`: a plain relative path whose real location (symlinks followed)
-/// lies inside the real `root`.
-pub fn resolve(root: &Path, rel: &str) -> Result<PathBuf, ConfinedError> {
-    let shown = root.join(rel);
-    resolve_if_present(root, rel)?.ok_or_else(|| err(&shown, "No such file or directory"))
-}
-
-/// [`resolve`], or `None` when nothing of that name is there (a dangling symlink counts as
-/// nothing; one leading out is an error).
-fn resolve_if_present(root: &Path, rel: &str) -> Result<Option<PathBuf>, ConfinedError> {
-    let shown = root.join(rel);
-    if rel.is_empty() || !Path::new(rel).components().all(|c| matches!(c, Component::Normal(_))) {
-        return Err(err(
-            &shown,
-            "must be a plain relative file name inside the directory (no `..`, no absolute path)",
-        ));
+/// The reference crate's reader error, as a confined read's.
+fn from_reader(e: gqla_reference::Error) -> ConfinedError {
+    match e {
+        gqla_reference::Error::File { path, message } => err(path, message),
+        other => err("", other.to_string()),
     }
-    let real_root = root
-        .canonicalize()
-        .map_err(|e| err(root, format!("cannot open the directory: {e}")))?;
-    let real = match shown.canonicalize() {
-        Ok(real) => real,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(err(&shown, e.to_string())),
-    };
-    if !real.starts_with(&real_root) {
-        return Err(err(&shown, format!("leads outside {} (to {})", root.display(), real.display())));
-    }
-    Ok(Some(real))
 }
 
 /// The bytes of `rel` inside `root`, at most `limit` of them, or `None` when nothing of that name
-/// is there (see [`resolve`]).
+/// is there (a dangling symlink counts as nothing; one leading out is an error).
 pub fn read_if_present(root: &Path, rel: &str, limit: u64) -> Result<Option<Vec<u8>>, ConfinedError> {
-    let Some(real) = resolve_if_present(root, rel)? else {
-        return Ok(None);
-    };
-    read_regular(&real, limit).map(Some).map_err(|e| ConfinedError {
-        path: root.join(rel).display().to_string(),
-        why: e.why,
-    })
+    files::read_in(root, rel, Limit(limit)).map_err(from_reader)
 }
 
 /// The bytes of `rel` inside `root`, at most `limit` of them.
 pub fn read(root: &Path, rel: &str, limit: u64) -> Result<Vec<u8>, ConfinedError> {
-    let real = resolve(root, rel)?;
-    read_regular(&real, limit).map_err(|e| ConfinedError {
-        path: root.join(rel).display().to_string(),
-        why: e.why,
-    })
+    read_if_present(root, rel, limit)?.ok_or_else(|| err(root.join(rel), "No such file or directory"))
 }
 
 /// The bytes of a regular file, at most `limit` of them (no confinement: for paths the user
 /// names on the command line).
 pub fn read_regular(path: &Path, limit: u64) -> Result<Vec<u8>, ConfinedError> {
-    let meta = std::fs::metadata(path).map_err(|e| err(path, e.to_string()))?;
-    if !meta.is_file() {
-        return Err(err(path, "not a regular file"));
-    }
-    if meta.len() > limit {
-        return Err(err(path, format!("{} bytes, more than the {limit} allowed", meta.len())));
-    }
-    let file = std::fs::File::open(path).map_err(|e| err(path, e.to_string()))?;
-    // The file could have been swapped since the check: look again at what was opened.
-    if !file.metadata().map_err(|e| err(path, e.to_string()))?.is_file() {
-        return Err(err(path, "not a regular file"));
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(limit + 1).read_to_end(&mut bytes).map_err(|e| err(path, e.to_string()))?;
-    if bytes.len() as u64 > limit {
-        return Err(err(path, format!("grew past the {limit} bytes allowed while being read")));
-    }
-    Ok(bytes)
+    files::read_file(path, Limit(limit)).map_err(from_reader)
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use crate::lattice::{suite_cases_seeded, SUITE_VERSION};
 use crate::profile::Profile;
 use crate::runner::{CaseResult, Prepared, Twins};
 use crate::verdict::Status;
+use gqla_reference::files::OutputDir;
 use gqla_reference::hf::tensors::{decode_floats, RawTensor};
 use safetensors::{Dtype as StDtype, SafeTensors};
 use serde::{Deserialize, Serialize};
@@ -164,6 +165,8 @@ pub enum PackError {
     Invalid { path: String, message: String },
     #[error(transparent)]
     Confined(#[from] confined::ConfinedError),
+    #[error(transparent)]
+    Output(#[from] gqla_reference::Error),
 }
 
 fn invalid(path: &Path, message: impl Into<String>) -> PackError {
@@ -296,22 +299,10 @@ pub fn published_digests() -> HashMap<&'static str, &'static str> {
 /// empty. The pack is built in a fresh temporary directory beside it and renamed into place, so
 /// a failure leaves nothing.
 pub fn export(cases: &[(usize, Case)], seed: u64, filters: &[String], dir: &Path) -> Result<Manifest, PackError> {
-    match std::fs::read_dir(dir) {
-        Ok(mut entries) => {
-            if entries.next().is_some() {
-                return Err(invalid(dir, "is not empty: a pack goes into a new or empty directory"));
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(dir, e)),
-    }
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new()
-        .prefix(".gqla-pack-")
-        .tempdir_in(parent)
-        .map_err(|e| io(parent, format!("cannot create a temporary directory: {e}")))?;
+    let out = OutputDir::create(dir, true)?;
+    let tmp = out.path();
     let definitions = serde_json::to_string_pretty(&crate::definition::all()).expect("definitions serialize") + "\n";
-    std::fs::write(tmp.path().join(DEFINITIONS), definitions).map_err(|e| io(dir, e))?;
+    std::fs::write(tmp.join(DEFINITIONS), definitions).map_err(|e| io(dir, e))?;
     let mut manifest = Manifest {
         format: FORMAT.into(),
         suite_version: SUITE_VERSION.into(),
@@ -325,7 +316,7 @@ pub fn export(cases: &[(usize, Case)], seed: u64, filters: &[String], dir: &Path
         let tensors = input_tensors(&inp);
         let bytes = serialize_inputs(case, &tensors);
         let (inputs, outputs) = file_names(*index);
-        std::fs::write(tmp.path().join(&inputs), &bytes).map_err(|e| io(&dir.join(&inputs), e))?;
+        std::fs::write(tmp.join(&inputs), &bytes).map_err(|e| io(&dir.join(&inputs), e))?;
         manifest.cases.push(PackCase {
             id: case.to_string(),
             index: *index,
@@ -345,15 +336,8 @@ pub fn export(cases: &[(usize, Case)], seed: u64, filters: &[String], dir: &Path
         });
     }
     let json = serde_json::to_string_pretty(&manifest).expect("manifest serializes") + "\n";
-    std::fs::write(tmp.path().join(MANIFEST), json).map_err(|e| io(dir, e))?;
-    if dir.exists() {
-        std::fs::remove_dir(dir).map_err(|e| io(dir, e))?;
-    }
-    let kept = tmp.keep();
-    std::fs::rename(&kept, dir).map_err(|e| {
-        let _ = std::fs::remove_dir_all(&kept);
-        io(dir, format!("cannot move the finished pack into place: {e}"))
-    })?;
+    std::fs::write(tmp.join(MANIFEST), json).map_err(|e| io(dir, e))?;
+    out.commit()?;
     Ok(manifest)
 }
 

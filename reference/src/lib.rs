@@ -18,6 +18,7 @@ pub mod config;
 pub mod decode;
 pub mod eigen;
 pub mod error;
+pub mod files;
 pub mod gqa;
 pub mod gqa_decode;
 pub mod hf;

@@ -171,7 +171,7 @@ fn decode(
 ) -> Result<(), CliError> {
     use gqla_cuda::bench::{measured_run, table};
     use gqla_cuda::launch::Variant;
-    use gqla_reference::hf::tensors::write_atomic;
+    use gqla_reference::files::write_file;
     let wanted = kernels
         .iter()
         .map(|k| Variant::from_name(k).ok_or_else(|| CliError::Usage(format!("unknown kernel `{k}`: expected simt, mma or wgmma"))))
@@ -218,11 +218,11 @@ fn decode(
     let text = format!("{device}\n\n{}", table(&rows, &ceilings));
     println!("{text}");
     if let Some(path) = out {
-        write_atomic(path, text.as_bytes())?;
+        write_file(path, text.as_bytes())?;
     }
     if let Some(path) = json {
         let run = measured_run(&info.name, grid, &rows, &ceilings);
-        write_atomic(
+        write_file(
             path,
             (serde_json::to_string_pretty(&run).expect("runs serialize") + "\n").as_bytes(),
         )?;

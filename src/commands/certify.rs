@@ -272,7 +272,7 @@ fn stability(candidates: &[Candidate], n: u32, a: &Args) -> Result<Outcome, CliE
         }
         let dir = if candidates.len() > 1 { a.out.join(&name) } else { a.out.clone() };
         std::fs::create_dir_all(&dir).map_err(|e| CliError::Usage(format!("cannot create {}: {e}", dir.display())))?;
-        gqla_reference::hf::tensors::write_atomic(&dir.join("seeds.md"), md.as_bytes())?;
+        gqla_reference::files::write_file(&dir.join("seeds.md"), md.as_bytes())?;
         println!(
             "kernel {name}: {} of {selected} cases passed on all {n} seeds",
             selected - unstable.len()

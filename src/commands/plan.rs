@@ -375,5 +375,5 @@ pub fn chart(s: &Scenario, path: &Path) -> Result<(), CliError> {
         Ok(())
     };
     draw().map_err(|e| CliError::Usage(format!("cannot draw the chart {}: {e}", path.display())))?;
-    Ok(gqla_reference::hf::tensors::write_atomic(path, svg.as_bytes())?)
+    Ok(gqla_reference::files::write_file(path, svg.as_bytes())?)
 }

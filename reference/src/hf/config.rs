@@ -208,7 +208,7 @@ impl ModelConfig {
         } else {
             path.to_path_buf()
         };
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::file(&path, format!("cannot read config: {e}")))?;
+        let text = crate::files::read_to_string(&path, crate::files::Limit::CONFIG)?;
         let v: Value = serde_json::from_str(&text).map_err(|e| Error::file(&path, format!("config is not valid JSON: {e}")))?;
         Self::parse(&path, &v)
     }

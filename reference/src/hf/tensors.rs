@@ -2,38 +2,16 @@
 
 use super::config::StorageDtype;
 use crate::error::{Error, Result};
+use crate::files::{self, Limit, TensorFile};
 use ndarray::{Array1, Array2, ArrayD, IxDyn};
-use safetensors::{Dtype, SafeTensors};
+use safetensors::tensor::TensorInfo;
+use safetensors::Dtype;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-/// A memory-mapped safetensors file whose header has been validated.
-struct MappedFile {
-    path: PathBuf,
-    map: memmap2::Mmap,
-}
-
-impl MappedFile {
-    fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).map_err(|e| Error::file(path, format!("cannot open: {e}")))?;
-        // SAFETY: the map is read-only and the file is not modified by this process while mapped;
-        // a concurrent writer could change bytes under us, which at worst yields wrong values.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::file(path, format!("cannot map: {e}")))?;
-        SafeTensors::deserialize(&map)
-            .map_err(|e| Error::file(path, format!("not a valid safetensors file (truncated or corrupt?): {e}")))?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            map,
-        })
-    }
-    fn tensors(&self) -> SafeTensors<'_> {
-        SafeTensors::deserialize(&self.map).expect("validated at open")
-    }
-}
-
 /// All tensors of a checkpoint directory (or of one safetensors file).
 pub struct TensorStore {
-    files: Vec<MappedFile>,
+    files: Vec<TensorFile>,
     /// Tensor name → index into `files`.
     index: BTreeMap<String, usize>,
 }
@@ -45,34 +23,45 @@ impl TensorStore {
         if dir.is_file() {
             return Self::from_files(vec![dir.to_path_buf()]);
         }
+        crate::files::write::note_input_dir(dir);
         let index = dir.join("model.safetensors.index.json");
-        if index.exists() {
-            let text = std::fs::read_to_string(&index).map_err(|e| Error::file(&index, format!("cannot read: {e}")))?;
+        if std::fs::symlink_metadata(&index).is_ok() {
+            let text = files::read_to_string(&index, Limit::INDEX)?;
             let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::file(&index, format!("not valid JSON: {e}")))?;
             let map = v
                 .get("weight_map")
                 .and_then(|m| m.as_object())
                 .ok_or_else(|| Error::file(&index, "expected an object `weight_map`"))?;
-            let mut shards: Vec<String> = map.values().filter_map(|s| s.as_str().map(String::from)).collect();
-            shards.sort();
-            shards.dedup();
-            for s in &shards {
-                if !dir.join(s).is_file() {
-                    return Err(Error::file(dir.join(s), format!("shard named in {} is missing", index.display())));
-                }
+            let mut shards: Vec<&str> = Vec::new();
+            for (name, shard) in map {
+                let shard = shard
+                    .as_str()
+                    .ok_or_else(|| Error::file(&index, format!("weight_map[`{name}`]: expected a shard file name")))?;
+                shards.push(shard);
             }
-            let store = Self::from_files(shards.iter().map(|s| dir.join(s)).collect())?;
+            shards.sort_unstable();
+            shards.dedup();
+            let mut paths = Vec::new();
+            for s in &shards {
+                // A shard name comes from a file: it must stay inside the checkpoint.
+                let real = files::resolve_in(dir, s)
+                    .map_err(|e| Error::file(&index, format!("shard `{s}`: {e}")))?
+                    .ok_or_else(|| Error::file(dir.join(s), format!("shard named in {} is missing", index.display())))?;
+                paths.push((dir.join(s), real));
+            }
+            let store = Self::from_files(paths.iter().map(|(_, real)| real.clone()).collect())?;
             for (name, shard) in map {
                 let want = shard.as_str().unwrap_or_default();
+                let at = shards.binary_search(&want).expect("listed above");
                 match store.index.get(name) {
-                    Some(&i) if store.files[i].path.ends_with(want) => {}
+                    Some(&i) if i == at => {}
                     _ => return Err(Error::file(&index, format!("tensor `{name}` is not in shard {want}"))),
                 }
             }
             return Ok(store);
         }
         let single = dir.join("model.safetensors");
-        if single.is_file() {
+        if std::fs::symlink_metadata(&single).is_ok() {
             return Self::from_files(vec![single]);
         }
         let found: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -97,9 +86,9 @@ impl TensorStore {
         let mut files = Vec::new();
         let mut index = BTreeMap::new();
         for (i, p) in paths.iter().enumerate() {
-            let f = MappedFile::open(p)?;
-            for name in f.tensors().names() {
-                if index.insert(name.to_string(), i).is_some() {
+            let f = TensorFile::open(p)?;
+            for name in f.names() {
+                if index.insert(name.clone(), i).is_some() {
                     return Err(Error::file(p, format!("tensor `{name}` appears in more than one file")));
                 }
             }
@@ -108,21 +97,28 @@ impl TensorStore {
         Ok(Self { files, index })
     }
 
+    /// An error if any file changed since it was opened (see [`TensorFile::unchanged`]).
+    pub fn unchanged(&self) -> Result<()> {
+        self.files.iter().try_for_each(TensorFile::unchanged)
+    }
+
     /// A copy of tensor `name`'s stored bytes, dtype and shape (for copying unchanged tensors).
-    pub fn raw(&self, name: &str) -> Option<RawTensor> {
-        let file = &self.files[*self.index.get(name)?];
-        let st = file.tensors();
-        let view = st.tensor(name).ok()?;
-        Some(RawTensor {
-            dtype: view.dtype(),
-            shape: view.shape().to_vec(),
-            bytes: view.data().to_vec(),
-        })
+    pub fn raw(&self, name: &str) -> Result<Option<RawTensor>> {
+        let Some(&i) = self.index.get(name) else {
+            return Ok(None);
+        };
+        let file = &self.files[i];
+        let info = file.info(name).expect("indexed");
+        Ok(Some(RawTensor {
+            dtype: info.dtype,
+            shape: info.shape.clone(),
+            bytes: file.read(name)?,
+        }))
     }
 
     /// The files this store reads, in the order opened (shards sorted by name).
     pub fn files(&self) -> impl Iterator<Item = PathBuf> + '_ {
-        self.files.iter().map(|f| f.path.clone())
+        self.files.iter().map(|f| f.path().to_path_buf())
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -134,17 +130,17 @@ impl TensorStore {
     /// The file holding `name`, or the first file (for error messages about absent tensors).
     pub fn file_of(&self, name: &str) -> &Path {
         let i = self.index.get(name).copied().unwrap_or(0);
-        &self.files[i].path
+        self.files[i].path()
     }
 
     /// Read tensor `name` as f64 with exactly `shape`, rejecting other dtypes and non-finite values.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<ArrayD<f64>> {
-        let (file, view) = self.view_checked(name, shape)?;
-        let values = decode_floats(view.dtype(), view.data()).ok_or_else(|| self.dtype_error(file, name, view.dtype()))?;
+        let (file, info) = self.info_checked(name, shape)?;
+        let values = decode_floats(info.dtype, &file.read(name)?).ok_or_else(|| dtype_error(file, name, info.dtype))?;
         let bad: Vec<usize> = values.iter().enumerate().filter(|(_, x)| !x.is_finite()).map(|(k, _)| k).collect();
         if let Some(&first) = bad.first() {
             return Err(Error::NonFinite {
-                path: file.path.clone(),
+                path: file.path().to_path_buf(),
                 tensor: name.into(),
                 count: bad.len(),
                 first,
@@ -153,25 +149,25 @@ impl TensorStore {
         Ok(ArrayD::from_shape_vec(IxDyn(shape), values).expect("shape checked"))
     }
 
-    /// Rows `rows` of the 2-D tensor `name` [n, cols], decoding only those rows (embedding lookups).
+    /// Rows `rows` of the 2-D tensor `name` [n, cols], reading only those rows (embedding lookups).
     pub fn get_rows(&self, name: &str, n: usize, cols: usize, rows: &[usize]) -> Result<Array2<f64>> {
-        let (file, view) = self.view_checked(name, &[n, cols])?;
-        let width = view.dtype().bitsize() / 8;
+        let (file, info) = self.info_checked(name, &[n, cols])?;
+        let width = info.dtype.bitsize() / 8;
         let mut out = Array2::zeros((rows.len(), cols));
         for (k, &r) in rows.iter().enumerate() {
             if r >= n {
                 return Err(Error::Shape {
-                    path: file.path.clone(),
+                    path: file.path().to_path_buf(),
                     tensor: name.into(),
                     expected: vec![r + 1, cols],
                     got: vec![n, cols],
                 });
             }
-            let bytes = &view.data()[r * cols * width..(r + 1) * cols * width];
-            let values = decode_floats(view.dtype(), bytes).ok_or_else(|| self.dtype_error(file, name, view.dtype()))?;
+            let bytes = file.read_bytes(name, r * cols * width, cols * width)?;
+            let values = decode_floats(info.dtype, &bytes).ok_or_else(|| dtype_error(file, name, info.dtype))?;
             if let Some(first) = values.iter().position(|v| !v.is_finite()) {
                 return Err(Error::NonFinite {
-                    path: file.path.clone(),
+                    path: file.path().to_path_buf(),
                     tensor: name.into(),
                     count: values.iter().filter(|v| !v.is_finite()).count(),
                     first: r * cols + first,
@@ -192,10 +188,29 @@ impl TensorStore {
             });
         };
         let file = &self.files[i];
-        let st = file.tensors();
-        let view = st.tensor(name).expect("indexed");
-        let data = view.data();
-        let ids: Vec<i64> = match view.dtype() {
+        let info = file.info(name).expect("indexed");
+        let (s, l) = match info.shape[..] {
+            [l] => (1, l),
+            [s, l] => (s, l),
+            _ => {
+                return Err(Error::Shape {
+                    path: file.path().to_path_buf(),
+                    tensor: name.into(),
+                    expected: vec![1, 1],
+                    got: info.shape.clone(),
+                })
+            }
+        };
+        if s == 0 || l == 0 {
+            return Err(Error::Shape {
+                path: file.path().to_path_buf(),
+                tensor: name.into(),
+                expected: vec![s.max(1), l.max(1)],
+                got: info.shape.clone(),
+            });
+        }
+        let data = file.read(name)?;
+        let ids: Vec<i64> = match info.dtype {
             Dtype::I64 => data
                 .chunks_exact(8)
                 .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
@@ -210,53 +225,24 @@ impl TensorStore {
                 .collect(),
             other => {
                 return Err(Error::Dtype {
-                    path: file.path.clone(),
+                    path: file.path().to_path_buf(),
                     tensor: name.into(),
                     expected: "I64, I32, U32".into(),
                     got: format!("{other:?}"),
                 })
             }
         };
-        let (s, l) = match view.shape() {
-            [l] => (1, *l),
-            [s, l] => (*s, *l),
-            other => {
-                return Err(Error::Shape {
-                    path: file.path.clone(),
-                    tensor: name.into(),
-                    expected: vec![1, 1],
-                    got: other.to_vec(),
-                })
-            }
-        };
-        if s == 0 || l == 0 {
-            return Err(Error::Shape {
-                path: file.path.clone(),
-                tensor: name.into(),
-                expected: vec![s.max(1), l.max(1)],
-                got: view.shape().to_vec(),
-            });
-        }
-        if let Some((k, bad)) = ids.iter().enumerate().find(|(_, &v)| v < 0 || v as usize >= vocab) {
+        if let Some((k, bad)) = ids.iter().enumerate().find(|(_, &v)| v < 0 || v as u64 >= vocab as u64) {
             return Err(Error::file(
-                &file.path,
+                file.path(),
                 format!("tensor `{name}`: token id {bad} at flat index {k} is outside the vocabulary 0..{vocab}"),
             ));
         }
         Ok(ids.chunks(l).map(|c| c.iter().map(|&v| v as u32).collect()).collect())
     }
 
-    fn dtype_error(&self, file: &MappedFile, name: &str, got: Dtype) -> Error {
-        Error::Dtype {
-            path: file.path.clone(),
-            tensor: name.into(),
-            expected: "BF16, F16, F32, F64".into(),
-            got: format!("{got:?}"),
-        }
-    }
-
-    /// The file and view of `name`, checked to have `shape`.
-    fn view_checked(&self, name: &str, shape: &[usize]) -> Result<(&MappedFile, safetensors::tensor::TensorView<'_>)> {
+    /// The file and header entry of `name`, checked to have `shape`.
+    fn info_checked(&self, name: &str, shape: &[usize]) -> Result<(&TensorFile, &TensorInfo)> {
         let Some(&i) = self.index.get(name) else {
             return Err(Error::MissingTensor {
                 path: self.file_of(name).to_path_buf(),
@@ -265,19 +251,16 @@ impl TensorStore {
             });
         };
         let file = &self.files[i];
-        let view = SafeTensors::deserialize(&file.map)
-            .expect("validated at open")
-            .tensor(name)
-            .expect("indexed");
-        if view.shape() != shape {
+        let info = file.info(name).expect("indexed");
+        if info.shape != shape {
             return Err(Error::Shape {
-                path: file.path.clone(),
+                path: file.path().to_path_buf(),
                 tensor: name.into(),
                 expected: shape.to_vec(),
-                got: view.shape().to_vec(),
+                got: info.shape.clone(),
             });
         }
-        Ok((file, view))
+        Ok((file, info))
     }
 
     pub fn get2(&self, name: &str, rows: usize, cols: usize) -> Result<Array2<f64>> {
@@ -294,16 +277,16 @@ impl TensorStore {
             self.index.keys().next().expect("one").clone()
         } else {
             return Err(Error::MissingTensor {
-                path: self.files[0].path.clone(),
+                path: self.files[0].path().to_path_buf(),
                 tensor: name.into(),
                 expected: "a [tokens, hidden] tensor (or a file holding exactly one tensor)".into(),
             });
         };
         let file = &self.files[self.index[&chosen]];
-        let shape = file.tensors().tensor(&chosen).expect("indexed").shape().to_vec();
+        let shape = file.info(&chosen).expect("indexed").shape.clone();
         if shape.len() != 2 {
             return Err(Error::Shape {
-                path: file.path.clone(),
+                path: file.path().to_path_buf(),
                 tensor: chosen,
                 expected: vec![0, 0],
                 got: shape,
@@ -311,6 +294,15 @@ impl TensorStore {
         }
         let a = self.get2(&chosen, shape[0], shape[1])?;
         Ok((chosen, a))
+    }
+}
+
+fn dtype_error(file: &TensorFile, name: &str, got: Dtype) -> Error {
+    Error::Dtype {
+        path: file.path().to_path_buf(),
+        tensor: name.into(),
+        expected: "BF16, F16, F32, F64".into(),
+        got: format!("{got:?}"),
     }
 }
 
@@ -398,31 +390,32 @@ impl safetensors::View for &RawTensor {
     }
 }
 
-/// Write `tensors` to `path` atomically: a temp file in the same directory, then a rename, so an
-/// interrupted run never leaves a file that looks finished.
+/// Write `tensors` to `path` through the one writer ([`crate::files::write_file`]). The bytes
+/// depend only on the tensors and metadata: the metadata is written in key order.
 pub fn write_tensors<'a>(
     path: &Path,
     tensors: impl IntoIterator<Item = (&'a str, &'a RawTensor)>,
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
-    let bytes = safetensors::serialize(tensors, metadata).map_err(|e| Error::file(path, format!("cannot serialize: {e}")))?;
-    write_atomic(path, &bytes)
+    let bytes = serialize_tensors(tensors, metadata).map_err(|e| Error::file(path, format!("cannot serialize: {e}")))?;
+    crate::files::write_file(path, &bytes)
 }
 
-/// Write `bytes` to `path` atomically: a temp file in the same directory, then a rename; a
-/// failure removes the temp file, so nothing half-written is ever left behind.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| Error::file(path, "output path has no file name"))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::file(&tmp, format!("cannot write: {e}"))
-    })?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::file(path, format!("cannot move the finished file into place: {e}"))
-    })
+/// A safetensors file's bytes, deterministic: the crate writes `__metadata__` in hash-map order,
+/// so the header is rewritten with its keys sorted (same entries, so the same length, and the
+/// data offsets are unchanged).
+pub fn serialize_tensors<'a>(
+    tensors: impl IntoIterator<Item = (&'a str, &'a RawTensor)>,
+    metadata: Option<HashMap<String, String>>,
+) -> std::result::Result<Vec<u8>, safetensors::SafeTensorError> {
+    let mut bytes = safetensors::serialize(tensors, metadata)?;
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let header = std::str::from_utf8(&bytes[8..8 + n]).expect("the crate writes UTF-8 JSON");
+    let entries: BTreeMap<String, serde_json::Value> = serde_json::from_str(header.trim_end()).expect("the crate writes a JSON object");
+    let sorted = serde_json::to_string(&entries).expect("JSON values serialize");
+    assert_eq!(sorted.len(), header.trim_end().len(), "a reordered header keeps its length");
+    bytes[8..8 + sorted.len()].copy_from_slice(sorted.as_bytes());
+    Ok(bytes)
 }
 
 /// Write f64 arrays to `path` atomically as F64 tensors.
@@ -432,4 +425,25 @@ pub fn write_f64(path: &Path, tensors: &[(&str, &ArrayD<f64>)], metadata: Option
         .map(|(n, a)| (*n, RawTensor::f64(a.shape().to_vec(), a.iter().copied())))
         .collect();
     write_tensors(path, raw.iter().map(|(n, t)| (*n, t)), metadata)
+}
+
+#[cfg(test)]
+mod determinism {
+    use super::*;
+    use safetensors::SafeTensors;
+
+    #[test]
+    fn the_same_tensors_and_metadata_give_the_same_bytes() {
+        let t = RawTensor::f64(vec![2], [1.0, 2.0]);
+        let files: Vec<Vec<u8>> = (0..8)
+            .map(|_| {
+                // A fresh HashMap per file: a fresh random iteration order.
+                let meta: HashMap<String, String> = (0..12).map(|k| (format!("key{k}"), format!("value{k}"))).collect();
+                serialize_tensors([("a", &t), ("b", &t)], Some(meta)).unwrap()
+            })
+            .collect();
+        assert!(files.windows(2).all(|w| w[0] == w[1]));
+        let st = SafeTensors::deserialize(&files[0]).unwrap();
+        assert_eq!(st.names().len(), 2);
+    }
 }

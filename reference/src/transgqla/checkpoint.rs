@@ -11,6 +11,7 @@ use super::group_pca::{group_pca, GroupPcaReport};
 use super::pipeline::{convert_layer, ConvertOptions, LayerReport};
 use crate::cache::{GroupCache, GroupCacheLayout, LatentCache};
 use crate::error::{Error, Result};
+use crate::files::OutputDir;
 use crate::hf::config::{AttentionConfig, ModelConfig, StorageDtype};
 use crate::hf::tensors::{write_tensors, RawTensor};
 use crate::hf::{Checkpoint, TensorStore};
@@ -133,29 +134,13 @@ pub fn convert_checkpoint(
             }
         }
     }
-    if output.exists() {
-        return Err(Error::file(output, "output already exists; choose a new directory"));
-    }
+    let out = OutputDir::create(output, false)?;
     let (cal_ids, held_ids, weak) = calibration_ids(&opt.calibration, config)?;
-    let tmp = temp_dir(output)?;
-    let result = convert_into(&ckpt, &tmp, opt, &cal_ids, &held_ids, weak, on_layer).and_then(|report| {
-        std::fs::rename(&tmp, output).map_err(|e| Error::file(output, format!("cannot move the finished conversion into place: {e}")))?;
-        Ok(report)
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    result
-}
-
-fn temp_dir(output: &Path) -> Result<PathBuf> {
-    let parent = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = output
-        .file_name()
-        .ok_or_else(|| Error::file(output, "output path has no directory name"))?;
-    let tmp = parent.join(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::file(&tmp, format!("cannot create the temporary output directory: {e}")))?;
-    Ok(tmp)
+    let report = convert_into(&ckpt, out.path(), opt, &cal_ids, &held_ids, weak, on_layer)?;
+    // Nothing computed from a source that changed while it was read is published.
+    ckpt.store.unchanged()?;
+    out.commit()?;
+    Ok(report)
 }
 
 type Ids = Vec<Vec<u32>>;
@@ -271,7 +256,7 @@ fn convert_into(
         let src_trace = layer.forward(h_src[0].view())?;
         let held_out_attention_rel_err = rel_err(&prefill(&latent, src_trace.attention_input.view())?.y, &src_trace.attention_output);
         meta.insert("gqla_layer".into(), i.to_string());
-        let tensors = layer_tensors(i, &ckpt.store, config.dtype, &layer, &latent, dtype, &changed_by(&layer.attention));
+        let tensors = layer_tensors(i, &ckpt.store, config.dtype, &layer, &latent, dtype, &changed_by(&layer.attention))?;
         let shard = shard_name(i);
         write_tensors(&out.join(&shard), tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta.clone()))?;
         weight_map.extend(tensors.into_iter().map(|(n, _)| (n, shard.clone())));
@@ -297,7 +282,7 @@ fn convert_into(
     meta.remove("gqla_layer");
     let (vocab, hidden) = (config.vocab_size, config.hidden_size);
     let copy_or = |name: &str, make: &dyn Fn() -> Result<RawTensor>| -> Result<(String, RawTensor)> {
-        let copied = ckpt.store.raw(name).filter(|t| t.dtype == dtype.safetensors());
+        let copied = ckpt.store.raw(name)?.filter(|t| t.dtype == dtype.safetensors());
         Ok((
             name.to_string(),
             match copied {
@@ -371,7 +356,7 @@ fn layer_tensors(
     w: &LatentWeights<f64>,
     dtype: StorageDtype,
     changed: &[&str],
-) -> Vec<(String, RawTensor)> {
+) -> Result<Vec<(String, RawTensor)>> {
     fn push_linear<'a>(params: &mut Vec<(String, ArrayViewD<'a, f64>)>, name: &str, l: &'a Linear<f64>) {
         params.push((format!("{name}.weight"), l.weight.view().into_dyn()));
         if let Some(b) = &l.bias {
@@ -423,9 +408,9 @@ fn layer_tensors(
             // Unchanged tensors keep their stored bytes when stored in the output dtype, or when stored
             // in a dtype of their own (e.g. an f32 router bias in a bf16 model).
             let keep = |t: &RawTensor| t.shape == a.shape() && (t.dtype == dtype.safetensors() || t.dtype != source_dtype.safetensors());
-            let copied = unchanged.then(|| source.raw(&full)).flatten().filter(keep);
+            let copied = if unchanged { source.raw(&full)?.filter(keep) } else { None };
             let tensor = copied.unwrap_or_else(|| RawTensor::encode(dtype, a.shape().to_vec(), a.iter().copied()));
-            (full, tensor)
+            Ok((full, tensor))
         })
         .collect()
 }
@@ -434,7 +419,7 @@ fn layer_tensors(
 /// source a DeepSeek-V3-layout config (all layers dense) with the explicit RoPE table.
 fn output_config(src: &ModelConfig, w: &LatentWeights<f64>, dtype: StorageDtype, opt: &CheckpointOptions) -> Result<Value> {
     if let AttentionConfig::Latent(_) = &src.attention {
-        let text = std::fs::read_to_string(&src.path).map_err(|e| Error::file(&src.path, format!("cannot read: {e}")))?;
+        let text = crate::files::read_to_string(&src.path, crate::files::Limit::CONFIG)?;
         let mut v: Value = serde_json::from_str(&text).map_err(|e| Error::file(&src.path, format!("not valid JSON: {e}")))?;
         v["num_key_value_heads"] = json!(w.dims().g());
         v["dtype"] = json!(dtype.hf_name());
@@ -507,7 +492,7 @@ fn source_hash(ckpt: &Checkpoint, config_path: &Path) -> Result<String> {
     let mut paths = vec![config_path.to_path_buf()];
     paths.extend(ckpt.store.files());
     for p in paths {
-        let mut f = std::fs::File::open(&p).map_err(|e| Error::file(&p, format!("cannot read for hashing: {e}")))?;
+        let (mut f, _) = crate::files::read::open_regular(&p)?;
         std::io::copy(&mut f, &mut h).map_err(|e| Error::file(&p, format!("cannot read for hashing: {e}")))?;
     }
     Ok(format!("{:x}", h.finalize()))
@@ -515,7 +500,7 @@ fn source_hash(ckpt: &Checkpoint, config_path: &Path) -> Result<String> {
 
 fn write_json(path: &Path, v: &Value) -> Result<()> {
     let text = serde_json::to_string_pretty(v).expect("JSON values serialize") + "\n";
-    std::fs::write(path, text).map_err(|e| Error::file(path, format!("cannot write: {e}")))
+    crate::files::write_file(path, text.as_bytes())
 }
 
 fn measured_source_cache(config: &ModelConfig) -> usize {

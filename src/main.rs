@@ -18,6 +18,10 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The most memory a command may plan to use (e.g. 8G, 512M; default: the memory available).
+    /// A command that would need more exits 2 before allocating, naming what drives the need.
+    #[arg(long, global = true, value_parser = gqla_reference::budget::parse_size)]
+    max_memory: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -58,12 +62,13 @@ fn exit_cleanly_on_signals() {
 fn main() -> ExitCode {
     exit_cleanly_on_signals();
     let cli = Cli::parse();
+    let budget = gqla_reference::budget::Budget::new(cli.max_memory);
     let result = match cli.command {
-        Command::Forward(a) => commands::forward::run(a),
-        Command::CacheSize(a) => commands::cache_size::run(a),
-        Command::Plan(a) => commands::plan::run(a),
-        Command::Convert(a) => commands::convert::run(a),
-        Command::Bench(a) => commands::bench::run(a),
+        Command::Forward(a) => commands::forward::run(a, &budget),
+        Command::CacheSize(a) => commands::cache_size::run(a, &budget),
+        Command::Plan(a) => commands::plan::run(a, &budget),
+        Command::Convert(a) => commands::convert::run(a, &budget),
+        Command::Bench(a) => commands::bench::run(a, &budget),
         Command::Vectors(a) => commands::vectors::run(a),
         Command::Certify(a) => match commands::certify::run(a) {
             Ok(commands::certify::Outcome::Conformant) => Ok(()),

@@ -5,6 +5,19 @@
 
 use crate::error::{Error, Result};
 
+/// The most heads (query heads, groups, kv heads) a geometry may have.
+pub const MAX_HEADS: usize = 1 << 12;
+/// The widest a head dimension or latent rank may be.
+pub const MAX_DIM: usize = 1 << 16;
+
+/// Refuse a value above its ceiling: no size computed from a geometry can overflow.
+fn at_most(named: &[(&str, usize)], max: usize) -> Result<()> {
+    match named.iter().find(|(_, v)| *v > max) {
+        Some((name, v)) => Err(Error::Config(format!("{name}={v} is above the largest supported, {max}"))),
+        None => Ok(()),
+    }
+}
+
 /// Geometry of an MLA/GQLA attention layer. Private fields: only valid geometries exist.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct LatentDims {
@@ -23,6 +36,8 @@ impl LatentDims {
         if let Some((name, _)) = named.iter().find(|(_, v)| *v == 0) {
             return Err(Error::Config(format!("{name} must be positive, got 0")));
         }
+        at_most(&named[..2], MAX_HEADS)?;
+        at_most(&named[2..], MAX_DIM)?;
         if !h.is_multiple_of(g) {
             return Err(Error::Config(format!(
                 "the number of query heads H={h} must be divisible by the number of groups G={g}"
@@ -91,6 +106,8 @@ impl GqaDims {
         if h == 0 || kv == 0 || d == 0 {
             return Err(Error::Config(format!("H={h}, KV={kv}, head_dim={d} must all be positive")));
         }
+        at_most(&[("H", h), ("KV", kv)], MAX_HEADS)?;
+        at_most(&[("head_dim", d)], MAX_DIM)?;
         if !h.is_multiple_of(kv) {
             return Err(Error::Config(format!(
                 "the number of query heads H={h} must be divisible by the number of kv heads KV={kv}"

@@ -38,6 +38,9 @@ pub enum Error {
         count: usize,
         first: usize,
     },
+    /// A command would allocate more than its memory budget allows.
+    #[error("not enough memory: {0}")]
+    Budget(String),
     /// Arrays passed to a reference function disagree in shape.
     #[error("shape mismatch in {what}: expected {expected:?}, got {got:?}")]
     ShapeMismatch {

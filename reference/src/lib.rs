@@ -13,6 +13,7 @@
 
 pub mod absorb_decode;
 pub mod attention;
+pub mod budget;
 pub mod cache;
 pub mod config;
 pub mod decode;

@@ -70,7 +70,7 @@ enum Which {
     },
 }
 
-pub fn run(a: Args) -> Result<(), CliError> {
+pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<(), CliError> {
     match a.which {
         Which::Convert {
             kv_lora_rank,
@@ -78,7 +78,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
             calib_sequences,
             calib_tokens,
             vocab,
-        } => convert(kv_lora_rank, rope_dim, calib_sequences, calib_tokens, vocab),
+        } => convert(kv_lora_rank, rope_dim, calib_sequences, calib_tokens, vocab, budget),
         Which::Decode {
             quick,
             geometry,
@@ -261,13 +261,35 @@ fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
-fn convert(kv_lora_rank: usize, rope_dim: usize, calib_sequences: usize, calib_tokens: usize, vocab: usize) -> Result<(), CliError> {
+fn convert(
+    kv_lora_rank: usize,
+    rope_dim: usize,
+    calib_sequences: usize,
+    calib_tokens: usize,
+    vocab: usize,
+    budget: &gqla_reference::budget::Budget,
+) -> Result<(), CliError> {
+    // Refused before the source checkpoint is written.
+    for (flag, v) in [
+        ("--kv-lora-rank", kv_lora_rank),
+        ("--rope-dim", rope_dim),
+        ("--calib-sequences", calib_sequences),
+        ("--calib-tokens", calib_tokens),
+        ("--vocab", vocab),
+    ] {
+        if v == 0 {
+            return Err(CliError::Usage(format!("{flag} must be positive")));
+        }
+    }
+    if vocab > 1 << 24 {
+        return Err(CliError::Usage(format!("--vocab {vocab} is above the largest supported, {}", 1 << 24)));
+    }
     let g = LlamaGeometry {
         vocab,
         ..LlamaGeometry::llama3_8b(2)
     };
-    let tmp = std::env::temp_dir().join(format!("gqla-bench-convert-{}", std::process::id()));
-    let (src, out) = (tmp.join("src"), tmp.join("out"));
+    let tmp = tempfile::tempdir().map_err(|e| CliError::Usage(format!("cannot create a temporary directory: {e}")))?;
+    let (src, out) = (tmp.path().join("src"), tmp.path().join("out"));
     let t = Instant::now();
     write_random_llama(&src, g, 1)?;
     let write_s = t.elapsed().as_secs_f64();
@@ -287,6 +309,7 @@ fn convert(kv_lora_rank: usize, rope_dim: usize, calib_sequences: usize, calib_t
             seed: 0,
         },
         calibration_precision: Default::default(),
+        budget: *budget,
     };
     let reset = reset_peak_rss();
     let start = Instant::now();
@@ -294,7 +317,7 @@ fn convert(kv_lora_rank: usize, rope_dim: usize, calib_sequences: usize, calib_t
     let result = convert_checkpoint(&src, &out, &opt, &mut |_| done.push(start.elapsed().as_secs_f64()));
     let total = start.elapsed().as_secs_f64();
     let peak = peak_rss_mib();
-    let _ = std::fs::remove_dir_all(&tmp);
+    drop(tmp); // removes the source and the output
     result?;
     let per_layer = done[1] - done[0];
     let fixed = total - 2.0 * per_layer;

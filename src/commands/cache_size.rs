@@ -1,6 +1,7 @@
 //! `gqla cache-size`: per-token KV-cache elements and bytes on each path, measured from caches
 //! allocated with the checkpoint's storage dtype.
 
+use gqla_reference::budget::{Budget, Need};
 use super::CliError;
 use gqla_reference::hf::config::{AttentionConfig, StorageDtype};
 use gqla_reference::hf::ModelConfig;
@@ -41,13 +42,13 @@ pub struct Row {
 /// Tokens in the caches allocated for measurement.
 const TOKENS: usize = 16;
 
-pub fn run(a: Args) -> Result<(), CliError> {
+pub fn run(a: Args, budget: &Budget) -> Result<(), CliError> {
     let config = ModelConfig::load(&a.config)?;
     let rows = match config.dtype {
-        StorageDtype::Bf16 => rows::<half::bf16>(&config, &a)?,
-        StorageDtype::F16 => rows::<half::f16>(&config, &a)?,
-        StorageDtype::F32 => rows::<f32>(&config, &a)?,
-        StorageDtype::F64 => rows::<f64>(&config, &a)?,
+        StorageDtype::Bf16 => rows::<half::bf16>(&config, &a, budget)?,
+        StorageDtype::F16 => rows::<half::f16>(&config, &a, budget)?,
+        StorageDtype::F32 => rows::<f32>(&config, &a, budget)?,
+        StorageDtype::F64 => rows::<f64>(&config, &a, budget)?,
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rows).expect("rows serialize"));
@@ -100,8 +101,12 @@ fn geometry<E: Copy + Default>(config: &ModelConfig, a: &Args) -> Result<(Latent
     })
 }
 
-pub fn rows<E: Copy + Default>(config: &ModelConfig, a: &Args) -> Result<Vec<Row>, CliError> {
+pub fn rows<E: Copy + Default>(config: &ModelConfig, a: &Args, budget: &Budget) -> Result<Vec<Row>, CliError> {
+    if let AttentionConfig::Gqa(c) = &config.attention {
+        budget.check(&[Need::elements("the source cache", &[TOKENS, 2, c.dims.kv(), c.dims.d()], std::mem::size_of::<E>())])?;
+    }
     let (dims, source, source_note) = geometry::<E>(config, a)?;
+    budget.check(&[Need::caches(&dims, TOKENS, std::mem::size_of::<E>())])?;
     let pct = |f: &Footprint| 100.0 * f.bytes_per_token as f64 / source.bytes_per_token as f64;
     let row = |cache: &str, f: Footprint, note: String| Row {
         cache: cache.into(),

@@ -70,7 +70,7 @@ enum DtypeArg {
     F64,
 }
 
-pub fn run(a: Args) -> Result<(), CliError> {
+pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<(), CliError> {
     let config = ModelConfig::load(&a.input)?;
     let layer = if a.no_truncation {
         ConvertOptions::exact()
@@ -110,6 +110,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
         dtype,
         calibration,
         calibration_precision,
+        budget: *budget,
     };
     let bar = ProgressBar::new(config.num_layers as u64);
     bar.set_style(ProgressStyle::with_template("converting {bar:30} {pos}/{len} layers {msg} [{elapsed}]").expect("valid template"));

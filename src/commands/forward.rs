@@ -1,6 +1,7 @@
 //! `gqla forward`: one layer's self-attention output from an HF checkpoint.
 
 use super::CliError;
+use gqla_reference::budget::{Budget, Need};
 use gqla_reference::hf::tensors::write_f64;
 use gqla_reference::hf::{load_layer, Layer};
 use gqla_reference::{absorb_decode, gqa_decode, DecodeOutput, GroupCache, GroupCacheLayout, LatentCache, Real};
@@ -52,7 +53,7 @@ enum DtypeArg {
     F32,
 }
 
-pub fn run(a: Args) -> Result<(), CliError> {
+pub fn run(a: Args, budget: &Budget) -> Result<(), CliError> {
     let (config, layer) = load_layer(&a.checkpoint, a.layer)?;
     let store = gqla_reference::hf::TensorStore::open(&a.input)?;
     let (name, x) = store.get_any2("hidden_states")?;
@@ -65,6 +66,18 @@ pub fn run(a: Args) -> Result<(), CliError> {
         }
         .into());
     }
+    let t = x.nrows();
+    let cache = match &config.attention {
+        gqla_reference::hf::config::AttentionConfig::Gqa(c) => {
+            Need::f64s(format!("the K/V caches of {t} tokens"), &[t, 2, c.dims.kv(), c.dims.d()])
+        }
+        gqla_reference::hf::config::AttentionConfig::Latent(c) => Need::caches(&c.dims, t, 8),
+    };
+    // Attention runs row by row: the caches and the per-token activations dominate.
+    budget.check(&[
+        Need::f64s(format!("activations of {t} tokens × hidden_size {}", config.hidden_size), &[8, t, config.hidden_size]),
+        cache,
+    ])?;
     let (y, lse, path) = match a.dtype {
         DtypeArg::F64 => run_in::<f64>(&layer, &x, a.path, a.layout)?,
         DtypeArg::F32 => run_in::<f32>(&layer, &x, a.path, a.layout)?,

@@ -43,10 +43,10 @@ pub struct Args {
     #[arg(long)]
     rope_per_group: bool,
     /// Measured bf16 matrix rate, TFLOP/s (overrides the datasheet).
-    #[arg(long)]
+    #[arg(long, value_parser = finite_positive)]
     peak_tflops: Option<f64>,
     /// Measured memory bandwidth, GB/s (overrides the datasheet).
-    #[arg(long)]
+    #[arg(long, value_parser = finite_positive)]
     bandwidth_gbps: Option<f64>,
     /// Print the crossover table over s_q and context instead.
     #[arg(long)]
@@ -60,6 +60,14 @@ pub struct Args {
 }
 
 /// The GQLA geometry the config describes (GQA sources: as TransGQLA converts them).
+/// A measured ceiling: a finite number above zero.
+fn finite_positive(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a finite number above zero")),
+    }
+}
+
 fn dims(config: &ModelConfig, a: &Args) -> Result<LatentDims, CliError> {
     let d = match &config.attention {
         AttentionConfig::Gqa(c) => {
@@ -88,7 +96,7 @@ fn dims(config: &ModelConfig, a: &Args) -> Result<LatentDims, CliError> {
     Ok(d)
 }
 
-pub fn run(a: Args) -> Result<(), CliError> {
+pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<(), CliError> {
     if let Some(path) = &a.validate {
         return validation(path, a.json);
     }
@@ -97,6 +105,8 @@ pub fn run(a: Args) -> Result<(), CliError> {
     };
     let config = ModelConfig::load(config_path)?;
     let dims = dims(&config, &a)?;
+    // The plan measures cache bytes from caches it allocates (a few tokens on each path).
+    budget.check(&[gqla_reference::budget::Need::caches(&dims, 4, 4)])?;
     let known: Vec<&str> = GPUS.iter().map(|g| g.key).collect();
     let gpu = gpu(gpu_key)
         .ok_or_else(|| CliError::Usage(format!("unknown GPU `{gpu_key}`: expected one of {}", known.join(", "))))?
@@ -126,7 +136,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
 
 /// `--validate`: how often the planner picks the measured-faster path, and its time errors.
 fn validation(path: &Path, json: bool) -> Result<(), CliError> {
-    let text = std::fs::read_to_string(path).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+    let text = gqla_reference::files::read_to_string(path, gqla_reference::files::Limit::CONFIG)?;
     let run: MeasuredRun =
         serde_json::from_str(&text).map_err(|e| CliError::Usage(format!("{}: not a measured run: {e}", path.display())))?;
     let v = validate(&run)?;

@@ -65,16 +65,22 @@ pub fn read_to_string(path: &Path, limit: Limit) -> Result<String> {
 /// `root`: a plain relative path whose real location (symlinks followed) lies inside the real
 /// `root`. `None` when nothing of that name exists (a dangling symlink counts as nothing).
 pub fn resolve_in(root: &Path, rel: &str) -> Result<Option<PathBuf>> {
-    let shown = root.join(rel);
+    resolve_within(root, rel, root)
+}
+
+/// [`resolve_in`] for a name in `dir` whose real location may lie anywhere inside `confine` (a
+/// directory holding `dir`).
+pub fn resolve_within(dir: &Path, rel: &str, confine: &Path) -> Result<Option<PathBuf>> {
+    let shown = dir.join(rel);
     if rel.is_empty() || !Path::new(rel).components().all(|c| matches!(c, Component::Normal(_))) {
         return Err(Error::file(
             &shown,
             "must be a plain relative file name inside the directory (no `..`, no absolute path)",
         ));
     }
-    let real_root = root
+    let real_root = confine
         .canonicalize()
-        .map_err(|e| Error::file(root, format!("cannot open the directory: {e}")))?;
+        .map_err(|e| Error::file(confine, format!("cannot open the directory: {e}")))?;
     let real = match shown.canonicalize() {
         Ok(real) => real,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -83,7 +89,7 @@ pub fn resolve_in(root: &Path, rel: &str) -> Result<Option<PathBuf>> {
     if !real.starts_with(&real_root) {
         return Err(Error::file(
             &shown,
-            format!("leads outside {} (to {})", root.display(), real.display()),
+            format!("leads outside {} (to {})", confine.display(), real.display()),
         ));
     }
     Ok(Some(real))

@@ -45,13 +45,25 @@ pub fn note_input_dir(dir: &Path) {
     }
 }
 
-/// Refuse an output path that is an input of this process, or that would replace a file inside
-/// an input directory.
+/// Refuse an output path that is an input of this process, or that lies inside an input
+/// directory (a file added to a checkpoint changes it: a new `model.safetensors.index.json`
+/// would take precedence over its weights).
 pub fn check_output(path: &Path) -> Result<()> {
+    let i = inputs();
+    // Where the output would land: its directory resolved, plus its name.
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if let (Ok(real_dir), Some(name)) = (dir.canonicalize(), path.file_name()) {
+        let lands = real_dir.join(name);
+        if let Some((_, input)) = i.dirs.iter().find(|(r, _)| lands.starts_with(r)) {
+            return Err(Error::file(
+                path,
+                format!("lies inside the input {}, which it would change; choose a path outside it", input.display()),
+            ));
+        }
+    }
     let Ok(meta) = std::fs::metadata(path) else {
         return Ok(()); // nothing there to replace
     };
-    let i = inputs();
     let id = (meta.dev(), meta.ino());
     // An input deleted since it was read may have left its inode to an unrelated file: only an
     // input still at its path counts.
@@ -62,12 +74,13 @@ pub fn check_output(path: &Path) -> Result<()> {
             format!("is an input of this command ({}); choose another output path", input.display()),
         ));
     }
-    let real = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    if let Some((_, dir)) = i.dirs.iter().find(|(r, _)| real.starts_with(r)) {
-        return Err(Error::file(
-            path,
-            format!("would replace a file of the input {}; choose another output path", dir.display()),
-        ));
+    if let Ok(real) = path.canonicalize() {
+        if let Some((_, input)) = i.dirs.iter().find(|(r, _)| real.starts_with(r)) {
+            return Err(Error::file(
+                path,
+                format!("leads inside the input {}, which it would change; choose a path outside it", input.display()),
+            ));
+        }
     }
     Ok(())
 }
@@ -272,7 +285,9 @@ mod tests {
         std::fs::write(ckpt.join("config.json"), "{}").unwrap();
         note_input_dir(&ckpt);
         let e = write_file(&ckpt.join("config.json"), b"x").unwrap_err().to_string();
-        assert!(e.contains("would replace a file of the input"), "{e}");
+        assert!(e.contains("lies inside the input"), "{e}");
+        let e = write_file(&ckpt.join("new.json"), b"x").unwrap_err().to_string();
+        assert!(e.contains("lies inside the input"), "{e}");
     }
 
     #[test]

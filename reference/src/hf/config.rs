@@ -160,6 +160,21 @@ impl ModelConfig {
     }
 }
 
+/// The values an integer config key may take. Ceilings lie far above any released model (the
+/// largest have ~10^5 hidden units, 10^6 vocabulary entries and a few hundred layers) and far
+/// below what would overflow a size computation.
+fn key_range(key: &str) -> (u64, u64) {
+    match key {
+        "num_hidden_layers" | "num_attention_heads" | "num_key_value_heads" | "n_routed_experts" | "num_experts_per_tok" => (1, 1 << 12),
+        "vocab_size" => (1, 1 << 24),
+        "hidden_size" | "intermediate_size" | "moe_intermediate_size" => (1, 1 << 20),
+        "head_dim" | "kv_lora_rank" | "q_lora_rank" | "qk_nope_head_dim" | "v_head_dim" => (1, 1 << 16),
+        "qk_rope_head_dim" => (0, 1 << 16),
+        "max_position_embeddings" | "sliding_window" | "gqla_sliding_window" => (1, 1 << 40),
+        _ => (0, 1 << 20),
+    }
+}
+
 struct Json<'a> {
     path: &'a Path,
     v: &'a Value,
@@ -170,12 +185,22 @@ impl Json<'_> {
         let got = self.v.get(key).map_or("nothing".to_string(), |v| v.to_string());
         Error::file(self.path, format!("config key `{key}`: expected {expected}, got {got}"))
     }
+    /// An integer key, range-checked: no dimension reaches an allocation or a cast unchecked.
     fn usize(&self, key: &str) -> Result<usize> {
-        self.v
-            .get(key)
-            .and_then(Value::as_u64)
-            .map(|x| x as usize)
-            .ok_or_else(|| self.err(key, "a non-negative integer"))
+        let (lo, hi) = key_range(key);
+        match self.v.get(key).and_then(Value::as_u64) {
+            Some(x) if (lo..=hi).contains(&x) => Ok(x as usize),
+            Some(_) => Err(self.err(key, &format!("an integer in {lo}..={hi}"))),
+            None => Err(self.err(key, "a non-negative integer")),
+        }
+    }
+    /// A small positive real (an epsilon): finite, in (0, 1].
+    fn epsilon(&self, key: &str, default: f64) -> Result<f64> {
+        let eps = self.f64_or(key, default)?;
+        if !(eps.is_finite() && eps > 0.0 && eps <= 1.0) {
+            return Err(self.err(key, "a finite number in (0, 1]"));
+        }
+        Ok(eps)
     }
     fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
         match self.v.get(key) {
@@ -204,6 +229,8 @@ impl ModelConfig {
     /// Read and validate `config.json` (a file, or a directory holding one).
     pub fn load(path: &Path) -> Result<Self> {
         let path = if path.is_dir() {
+            // Confined like the weights: a symlink may not lead out of the checkpoint.
+            crate::hf::tensors::checkpoint_file(path, "config.json")?;
             path.join("config.json")
         } else {
             path.to_path_buf()
@@ -295,7 +322,7 @@ impl ModelConfig {
                     o_bias: j.bool_or("gqla_o_bias", attention_bias)?,
                     interleaved_rope,
                     rope,
-                    rms_norm_eps: j.f64_or("rms_norm_eps", 1e-6)?,
+                    rms_norm_eps: j.epsilon("rms_norm_eps", 1e-6)?,
                     latent_norm: j.bool_or("gqla_latent_rms_norm", true)?,
                     rope_freqs: rope_freqs(&j, dims.d_r())?,
                     sliding_window: j.opt_usize("gqla_sliding_window")?,
@@ -313,7 +340,7 @@ impl ModelConfig {
             attention,
             vocab_size: j.usize("vocab_size")?,
             intermediate_size: j.opt_usize("intermediate_size")?.unwrap_or(0),
-            rms_norm_eps: j.f64_or("rms_norm_eps", 1e-6)?,
+            rms_norm_eps: j.epsilon("rms_norm_eps", 1e-6)?,
             tie_word_embeddings: j.bool_or("tie_word_embeddings", false)?,
             moe,
         })
@@ -357,8 +384,16 @@ fn rope_config(j: &Json) -> Result<RopeConfig> {
                 .ok_or_else(|| Error::file(j.path, format!("config key `{key}.{name}`: expected a number, got {v}"))),
         }
     };
+    let positive = |name: &str, v: f64| -> Result<f64> {
+        if v.is_finite() && v > 0.0 {
+            Ok(v)
+        } else {
+            Err(Error::file(j.path, format!("config key `{key}.{name}`: expected a finite number > 0, got {v}")))
+        }
+    };
     let need = |name: &str| -> Result<f64> {
-        num(name)?.ok_or_else(|| Error::file(j.path, format!("config key `{key}.{name}`: required for RoPE type `{kind}`")))
+        let v = num(name)?.ok_or_else(|| Error::file(j.path, format!("config key `{key}.{name}`: required for RoPE type `{kind}`")))?;
+        positive(name, v)
     };
     let max_pos = j.opt_usize("max_position_embeddings")?.map(|m| m as f64);
     let original = || -> Result<f64> {
@@ -380,8 +415,9 @@ fn rope_config(j: &Json) -> Result<RopeConfig> {
         }),
         "yarn" => {
             let original_max_position = original()?;
+            let original_max_position = positive("original_max_position_embeddings", original_max_position)?;
             let factor = match num("factor")? {
-                Some(f) => f,
+                Some(f) => positive("factor", f)?,
                 None => {
                     max_pos.ok_or_else(|| Error::file(j.path, "YaRN needs `factor` or `max_position_embeddings`"))? / original_max_position
                 }

@@ -9,6 +9,26 @@ use safetensors::Dtype;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+/// Where a checkpoint's shards may lie once symlinks are followed: the checkpoint directory, or
+/// for a Hugging Face hub cache snapshot (`models--ORG--NAME/snapshots/REV/`, whose files are
+/// symlinks to `../../blobs/`) the model's cache directory.
+pub(crate) fn confinement_root(dir: &Path) -> PathBuf {
+    let real = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    match (real.parent(), real.parent().and_then(Path::parent)) {
+        (Some(snapshots), Some(model)) if snapshots.file_name().is_some_and(|n| n == "snapshots") && model.join("blobs").is_dir() => {
+            model.to_path_buf()
+        }
+        _ => real,
+    }
+}
+
+/// The file `name` of checkpoint `dir`, symlinks followed and confined (see
+/// [`confinement_root`]); `None` when absent.
+pub(crate) fn checkpoint_file(dir: &Path, name: &str) -> Result<Option<PathBuf>> {
+    // The path as the user sees it, for messages; its resolution was checked.
+    Ok(files::read::resolve_within(dir, name, &confinement_root(dir))?.map(|_| dir.join(name)))
+}
+
 /// All tensors of a checkpoint directory (or of one safetensors file).
 pub struct TensorStore {
     files: Vec<TensorFile>,
@@ -42,14 +62,15 @@ impl TensorStore {
             shards.sort_unstable();
             shards.dedup();
             let mut paths = Vec::new();
+            let root = confinement_root(dir);
             for s in &shards {
                 // A shard name comes from a file: it must stay inside the checkpoint.
-                let real = files::resolve_in(dir, s)
+                let real = files::read::resolve_within(dir, s, &root)
                     .map_err(|e| Error::file(&index, format!("shard `{s}`: {e}")))?
                     .ok_or_else(|| Error::file(dir.join(s), format!("shard named in {} is missing", index.display())))?;
                 paths.push((dir.join(s), real));
             }
-            let store = Self::from_files(paths.iter().map(|(_, real)| real.clone()).collect())?;
+            let store = Self::from_files(paths.iter().map(|(shown, _)| shown.clone()).collect())?;
             for (name, shard) in map {
                 let want = shard.as_str().unwrap_or_default();
                 let at = shards.binary_search(&want).expect("listed above");
@@ -60,8 +81,7 @@ impl TensorStore {
             }
             return Ok(store);
         }
-        let single = dir.join("model.safetensors");
-        if std::fs::symlink_metadata(&single).is_ok() {
+        if let Some(single) = checkpoint_file(dir, "model.safetensors")? {
             return Self::from_files(vec![single]);
         }
         let found: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -70,7 +90,10 @@ impl TensorStore {
             .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
             .collect();
         match found.len() {
-            1 => Self::from_files(found),
+            1 => {
+                let name = found[0].file_name().expect("listed").to_string_lossy().into_owned();
+                Self::from_files(checkpoint_file(dir, &name)?.into_iter().collect())
+            }
             0 => Err(Error::file(
                 dir,
                 "no safetensors weights found (expected model.safetensors or model.safetensors.index.json)",
@@ -119,6 +142,12 @@ impl TensorStore {
     /// The files this store reads, in the order opened (shards sorted by name).
     pub fn files(&self) -> impl Iterator<Item = PathBuf> + '_ {
         self.files.iter().map(|f| f.path().to_path_buf())
+    }
+
+    /// The shape tensor `name` declares, if present (nothing is read).
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        let &i = self.index.get(name)?;
+        self.files[i].info(name).map(|info| info.shape.clone())
     }
 
     pub fn contains(&self, name: &str) -> bool {

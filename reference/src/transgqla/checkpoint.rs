@@ -10,6 +10,7 @@
 use super::group_pca::{group_pca, GroupPcaReport};
 use super::pipeline::{convert_layer, ConvertOptions, LayerReport};
 use crate::cache::{GroupCache, GroupCacheLayout, LatentCache};
+use crate::budget::{Budget, Need};
 use crate::error::{Error, Result};
 use crate::files::OutputDir;
 use crate::hf::config::{AttentionConfig, ModelConfig, StorageDtype};
@@ -47,6 +48,8 @@ pub struct CheckpointOptions {
     pub calibration: Calibration,
     /// Precision of the calibration forward pass (held-out checks always run in f64).
     pub calibration_precision: CalibrationPrecision,
+    /// The memory the conversion may plan to use.
+    pub budget: Budget,
 }
 
 /// The precision the calibration activations are computed in.
@@ -134,6 +137,8 @@ pub fn convert_checkpoint(
             }
         }
     }
+    let (sequences, tokens) = calibration_shape(&opt.calibration, config)?;
+    opt.budget.check(&memory_needs(config, sequences, tokens))?;
     let out = OutputDir::create(output, false)?;
     let (cal_ids, held_ids, weak) = calibration_ids(&opt.calibration, config)?;
     let report = convert_into(&ckpt, out.path(), opt, &cal_ids, &held_ids, weak, on_layer)?;
@@ -141,6 +146,70 @@ pub fn convert_checkpoint(
     ckpt.store.unchanged()?;
     out.commit()?;
     Ok(report)
+}
+
+/// Calibration sequences and tokens per sequence, from the flags or the file's header (before
+/// anything is allocated).
+fn calibration_shape(cal: &Calibration, config: &ModelConfig) -> Result<(usize, usize)> {
+    match cal {
+        Calibration::Random { sequences, tokens, .. } => Ok((*sequences, *tokens)),
+        Calibration::File(path) => {
+            let store = TensorStore::open(path)?;
+            let shape = store.shape("input_ids").ok_or_else(|| Error::MissingTensor {
+                path: path.clone(),
+                tensor: "input_ids".into(),
+                expected: format!("integer token ids [sequences, tokens] below vocab_size {}", config.vocab_size),
+            })?;
+            Ok(match shape[..] {
+                [l] => (1, l),
+                [s, l, ..] => (s, l),
+                [] => (1, 1),
+            })
+        }
+    }
+}
+
+/// What a conversion allocates, estimated generously from the config and the calibration size:
+/// one decoder layer in f64 (source, its f32 cast and the converted copy), the calibration
+/// activations (inputs, outputs and both models' hidden states), one sequence's projections and
+/// MLP activations, and the LM head with the held-out logits.
+pub fn memory_needs(config: &ModelConfig, sequences: usize, tokens: usize) -> Vec<Need> {
+    let hidden = config.hidden_size;
+    let (h, head) = match &config.attention {
+        AttentionConfig::Gqa(c) => (c.dims.h(), c.dims.d()),
+        AttentionConfig::Latent(c) => (c.dims.h(), c.dims.d_n() + c.dims.d_r() + c.dims.d_v()),
+    };
+    let attn_width = hidden.max(h.saturating_mul(head));
+    let mlp = match &config.moe {
+        Some(m) => Need::f64s(
+            format!("{} experts of moe_intermediate_size {} (3 copies)", m.experts, m.moe_intermediate_size),
+            &[3 * 3, m.experts + m.shared_experts, hidden, m.moe_intermediate_size],
+        ),
+        None => Need::f64s(
+            format!("the MLP of intermediate_size {} × hidden_size {hidden} (3 copies)", config.intermediate_size),
+            &[3 * 3, hidden, config.intermediate_size.max(1)],
+        ),
+    };
+    vec![
+        Need::f64s(format!("the attention weights of hidden_size {hidden} (3 copies)"), &[3 * 4, hidden, attn_width]),
+        mlp,
+        Need::f64s(
+            format!("calibration activations of {sequences} sequences × {tokens} tokens × hidden_size {hidden}"),
+            &[4, sequences, tokens, hidden],
+        ),
+        // Attention runs row by row (no [T, T] scores): the projections dominate.
+        Need::f64s(format!("one sequence's query, key and value projections ({tokens} tokens × {h} heads)"), &[4, tokens, h, head]),
+        Need::f64s(
+            format!("one sequence's MLP activations ({tokens} tokens)"),
+            &[3, tokens, config.intermediate_size.max(hidden)],
+        ),
+        Need::f64s(format!("the LM head of vocab_size {} × hidden_size {hidden}", config.vocab_size), &[2, config.vocab_size, hidden]),
+        Need::f64s(
+            format!("the held-out logits ({HELD_OUT_TOKENS} tokens × vocab_size {})", config.vocab_size),
+            &[2, HELD_OUT_TOKENS, config.vocab_size],
+        ),
+        Need::elements(format!("the calibration token ids ({sequences} × {tokens})"), &[sequences, tokens], 4),
+    ]
 }
 
 type Ids = Vec<Vec<u32>>;

@@ -12,5 +12,6 @@ mod bad_input;
 mod cache_size;
 mod certify;
 mod convert;
+mod hostile;
 mod parity;
 mod plan;

@@ -40,7 +40,8 @@ impl TensorStore {
     /// Open `model.safetensors.index.json` + its shards, or `model.safetensors`, or the single
     /// `*.safetensors` in `dir`; or `dir` itself when it is a file.
     pub fn open(dir: &Path) -> Result<Self> {
-        if dir.is_file() {
+        // Anything but a directory is taken as one tensor file (a FIFO or device is refused there).
+        if std::fs::metadata(dir).is_ok_and(|m| !m.is_dir()) {
             return Self::from_files(vec![dir.to_path_buf()]);
         }
         crate::files::write::note_input_dir(dir);

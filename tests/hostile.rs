@@ -1,0 +1,382 @@
+//! Hostile input, as a careless user or an attacker would give it: symlinks, FIFOs, devices,
+//! huge headers and sparse files, overflowing configs and flags, outputs pointed at inputs,
+//! signals and a source truncated mid-run. Every probe asserts exit 2 (130/143 for a signal), a
+//! message naming what was wrong, no panic, no hang, nothing left behind, and no file changed
+//! outside the output. Identical inputs give byte-identical outputs.
+
+use crate::common::root;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Long enough for any probe here; a hang fails the test instead of stalling CI.
+const LIMIT: Duration = Duration::from_secs(60);
+
+struct Outcome {
+    code: Option<i32>,
+    signal: Option<i32>,
+    stderr: String,
+    stdout: String,
+}
+
+fn spawn(dir: &Path, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_gqla"))
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run gqla")
+}
+
+fn finish(mut child: Child, args: &[&str]) -> Outcome {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if start.elapsed() > LIMIT {
+            child.kill().unwrap();
+            panic!("gqla {args:?} hung for {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    Outcome {
+        code: out.status.code(),
+        signal: out.status.signal(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+    }
+}
+
+fn run(dir: &Path, args: &[&str]) -> Outcome {
+    finish(spawn(dir, args), args)
+}
+
+/// Every file under `dir` (symlinks as their targets' names), with its bytes.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut all = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let t = e.file_type().unwrap();
+            let rel = p.strip_prefix(dir).unwrap().to_path_buf();
+            if t.is_symlink() {
+                all.insert(rel, std::fs::read_link(&p).unwrap().into_os_string().into_encoded_bytes());
+            } else if t.is_dir() {
+                all.insert(rel, b"<dir>".to_vec());
+                stack.push(p);
+            } else if t.is_file() {
+                all.insert(rel, std::fs::read(&p).unwrap());
+            } else {
+                all.insert(rel, b"<special>".to_vec());
+            }
+        }
+    }
+    all
+}
+
+/// A scratch directory with a copy of the sharded LLaMA fixture (`ck/`) and a layer input.
+struct Scratch {
+    tmp: tempfile::TempDir,
+}
+
+impl Scratch {
+    fn new() -> Self {
+        // A prefix without dots: messages are checked for temporary names (`.NAME.*.tmp`).
+        let tmp = tempfile::Builder::new().prefix("hostile").tempdir().unwrap();
+        let src = root().join("fixtures/hf/llama");
+        copy_dir(&src.join("checkpoint"), &tmp.path().join("ck"));
+        std::fs::copy(src.join("layer1.safetensors"), tmp.path().join("x.safetensors")).unwrap();
+        Scratch { tmp }
+    }
+    fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+    fn edit_config(&self, dir: &str, f: impl FnOnce(&mut serde_json::Value)) {
+        let p = self.path().join(dir).join("config.json");
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        f(&mut v);
+        std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
+    }
+    /// Run a probe that must be refused: exit 2, the needles in stderr, no panic, and every
+    /// file in the scratch directory as it was.
+    fn refused(&self, args: &[&str], needles: &[&str]) {
+        let before = snapshot(self.path());
+        let o = run(self.path(), args);
+        assert_eq!(o.code, Some(2), "gqla {args:?}: expected exit 2, got {:?}/{:?}: {}", o.code, o.signal, o.stderr);
+        assert!(!o.stderr.contains("panicked"), "gqla {args:?} panicked: {}", o.stderr);
+        for n in needles {
+            assert!(o.stderr.contains(n), "gqla {args:?}: stderr lacks {n:?}: {}", o.stderr);
+        }
+        assert!(!o.stderr.contains(".tmp") && !o.stderr.contains(".partial"), "a temp name in: {}", o.stderr);
+        let after = snapshot(self.path());
+        assert_eq!(
+            before.keys().collect::<Vec<_>>(),
+            after.keys().collect::<Vec<_>>(),
+            "gqla {args:?} left or removed files"
+        );
+        assert!(before == after, "gqla {args:?} changed a file");
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+fn mkfifo(p: &Path) {
+    assert!(Command::new("mkfifo").arg(p).status().unwrap().success());
+}
+
+const FORWARD: [&str; 5] = ["forward", "--checkpoint", "ck", "--layer", "1"];
+
+fn forward<'a>(input: &'a str, output: &'a str) -> Vec<&'a str> {
+    [&FORWARD[..], &["--input", input, "--output", output]].concat()
+}
+
+fn convert<'a>(input: &'a str, output: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    [&["convert", "--input", input, "--output", output, "--kv-lora-rank", "8", "--rope-dim", "4"][..], extra].concat()
+}
+
+#[test]
+fn outputs_pointed_at_inputs_are_refused() {
+    let s = Scratch::new();
+    s.refused(&forward("x.safetensors", "x.safetensors"), &["x.safetensors", "is an input"]);
+    s.refused(&forward("x.safetensors", "ck/config.json"), &["ck/config.json", "inside the input"]);
+    s.refused(&forward("x.safetensors", "ck/new.safetensors"), &["inside the input"]);
+    std::os::unix::fs::symlink("x.safetensors", s.path().join("alias")).unwrap();
+    s.refused(&forward("x.safetensors", "alias"), &["is an input"]);
+    s.refused(&convert("ck", "ck/model.safetensors.index.json", &[]), &["inside the input"]);
+    s.refused(&convert("ck", "ck", &[]), &["inside the input"]);
+    s.refused(&forward("x.safetensors", "missing/dir/y.safetensors"), &["missing/dir/y.safetensors", "does not exist"]);
+}
+
+#[test]
+fn planted_symlinks_are_never_written_through() {
+    let s = Scratch::new();
+    let victim = s.path().join("victim");
+    std::fs::write(&victim, "keep").unwrap();
+    // Names the old writer used, and the output path itself.
+    for name in [".y.safetensors.tmp", ".y.safetensors.tmp-1", ".c.partial-1", "z.safetensors"] {
+        std::os::unix::fs::symlink(&victim, s.path().join(name)).unwrap();
+    }
+    for out in ["y.safetensors", "z.safetensors"] {
+        let o = run(s.path(), &forward("x.safetensors", out));
+        assert_eq!(o.code, Some(0), "{}", o.stderr);
+        let meta = std::fs::symlink_metadata(s.path().join(out)).unwrap();
+        assert!(meta.file_type().is_file(), "{out} is not a regular file");
+    }
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+    let dot: Vec<String> = std::fs::read_dir(s.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert_eq!(dot.len(), 3, "temp files left: {dot:?}");
+}
+
+#[test]
+fn shard_names_and_symlinks_stay_inside_the_checkpoint() {
+    let s = Scratch::new();
+    let index = s.path().join("ck/model.safetensors.index.json");
+    let original = std::fs::read_to_string(&index).unwrap();
+    let secret = s.path().join("secret.safetensors");
+    std::fs::copy(s.path().join("ck/model-00001-of-00002.safetensors"), &secret).unwrap();
+    for (to, why) in [
+        ("../secret.safetensors".to_string(), "plain relative"),
+        (secret.display().to_string(), "plain relative"),
+    ] {
+        std::fs::write(&index, original.replace("model-00001-of-00002.safetensors", &to)).unwrap();
+        s.refused(&forward("x.safetensors", "y.safetensors"), &["model.safetensors.index.json", why]);
+    }
+    std::fs::write(&index, &original).unwrap();
+    let shard = s.path().join("ck/model-00001-of-00002.safetensors");
+    std::fs::remove_file(&shard).unwrap();
+    std::os::unix::fs::symlink(&secret, &shard).unwrap();
+    s.refused(&forward("x.safetensors", "y.safetensors"), &["leads outside"]);
+}
+
+#[test]
+fn fifos_devices_and_sparse_files_are_refused_without_reading() {
+    let s = Scratch::new();
+    let p = s.path();
+    std::fs::create_dir(p.join("f")).unwrap();
+    mkfifo(&p.join("f/config.json"));
+    s.refused(&["cache-size", "--config", "f/config.json"], &["f/config.json", "not a regular file"]);
+    mkfifo(&p.join("fifo.json"));
+    s.refused(&["plan", "--validate", "fifo.json"], &["fifo.json", "not a regular file"]);
+    mkfifo(&p.join("fifo.safetensors"));
+    s.refused(&forward("fifo.safetensors", "y.safetensors"), &["fifo.safetensors", "not a regular file"]);
+    std::fs::create_dir(p.join("z")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", p.join("z/config.json")).unwrap();
+    s.refused(&["cache-size", "--config", "z/config.json"], &["not a regular file"]);
+    // Sparse: a gigabyte on paper, nothing on disk; refused from the metadata.
+    std::fs::create_dir(p.join("s")).unwrap();
+    let f = std::fs::File::create(p.join("s/config.json")).unwrap();
+    f.set_len(1 << 30).unwrap();
+    let t = Instant::now();
+    s.refused(&["cache-size", "--config", "s/config.json"], &["s/config.json", "more than the"]);
+    assert!(t.elapsed() < Duration::from_secs(20), "a sparse file was read");
+    // A weights file longer than its header declares, and a header length past the file.
+    let shard = p.join("ck/model-00002-of-00002.safetensors");
+    let bytes = std::fs::read(&shard).unwrap();
+    std::fs::OpenOptions::new().append(true).open(&shard).unwrap().set_len(1 << 30).unwrap();
+    s.refused(&forward("x.safetensors", "y.safetensors"), &["model-00002-of-00002.safetensors", "declares"]);
+    let mut huge = bytes.clone();
+    huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+    std::fs::write(&shard, &huge).unwrap();
+    s.refused(&forward("x.safetensors", "y.safetensors"), &["model-00002-of-00002.safetensors", "header length"]);
+}
+
+#[test]
+fn overflowing_configs_name_the_file_and_key() {
+    let s = Scratch::new();
+    for (key, value, needle) in [
+        ("num_hidden_layers", serde_json::json!(1u64 << 40), "num_hidden_layers"),
+        ("num_hidden_layers", serde_json::json!(u64::MAX), "num_hidden_layers"),
+        ("vocab_size", serde_json::json!(0), "vocab_size"),
+        ("vocab_size", serde_json::json!(1u64 << 32), "vocab_size"),
+        ("head_dim", serde_json::json!(1u64 << 40), "head_dim"),
+        ("hidden_size", serde_json::json!(1u64 << 40), "hidden_size"),
+        ("rms_norm_eps", serde_json::json!(-1000), "rms_norm_eps"),
+        ("rms_norm_eps", serde_json::json!(0), "rms_norm_eps"),
+        (
+            "rope_parameters",
+            serde_json::json!({"rope_theta": 10000.0, "rope_type": "linear", "factor": 0}),
+            "rope_parameters.factor",
+        ),
+        (
+            "rope_parameters",
+            serde_json::json!({"rope_theta": 10000.0, "rope_type": "yarn", "factor": -4, "original_max_position_embeddings": 16}),
+            "rope_parameters.factor",
+        ),
+    ] {
+        let before = std::fs::read(s.path().join("ck/config.json")).unwrap();
+        s.edit_config("ck", |v| v[key] = value.clone());
+        s.refused(&forward("x.safetensors", "y.safetensors"), &["ck/config.json", needle]);
+        s.refused(&convert("ck", "out", &[]), &["ck/config.json", needle]);
+        s.refused(&["cache-size", "--config", "ck"], &["ck/config.json", needle]);
+        std::fs::write(s.path().join("ck/config.json"), before).unwrap();
+    }
+}
+
+#[test]
+fn overflowing_flags_and_budgets_exit_2_before_allocating() {
+    let s = Scratch::new();
+    let llama = root().join("fixtures/configs/llama-3-8b.json");
+    let llama = llama.to_str().unwrap();
+    let deepseek = root().join("fixtures/configs/deepseek-v3.json");
+    let deepseek = deepseek.to_str().unwrap();
+    let plan = |extra: &[&'static str]| [&["plan", "--config", llama, "--gpu", "h100"][..], extra].concat();
+    for flag in ["--peak-tflops=NaN", "--peak-tflops=0", "--peak-tflops=-5", "--peak-tflops=inf", "--bandwidth-gbps=0", "--bandwidth-gbps=-1"] {
+        s.refused(&plan(&[flag]), &[flag.split('=').next().unwrap(), "finite number above zero"]);
+    }
+    for rank in ["18446744073709551615", "4294967296", "9223372036854775807"] {
+        s.refused(&[&plan(&[])[..], &["--kv-lora-rank", rank]].concat(), &["d_c", "largest supported"]);
+        s.refused(&["cache-size", "--config", llama, "--kv-lora-rank", rank], &["--kv-lora-rank", rank]);
+        s.refused(&["cache-size", "--config", deepseek, "--kv-lora-rank", rank], &["d_c", "largest supported"]);
+    }
+    s.refused(&convert("ck", "out", &["--calib-sequences", "1", "--calib-tokens", "100000000"]), &["not enough memory", "tokens"]);
+    s.refused(
+        &convert("ck", "out", &["--calib-sequences", "18446744073709551615", "--calib-tokens", "2"]),
+        &["not enough memory", "18446744073709551615 sequences"],
+    );
+    s.refused(&[&convert("ck", "out", &[])[..], &["--max-memory", "1K"]].concat(), &["not enough memory", "--max-memory"]);
+    s.refused(&["bench", "convert", "--vocab", "0"], &["--vocab"]);
+    let id = "gqla.decode.absorb:h=4294967296;dc=512;dn=128;dr=64;sq=1;ctx=99999999999;page=0;dtype=f32;seed=0";
+    s.refused(&["vectors", "export", "--filter", id, "--out", "pack"], &[]);
+    s.refused(&["certify", "--kernel", "reference-f32", "--seed", "1", "--filter", id, "--out", "cert"], &[]);
+}
+
+/// Wait until the conversion's temporary directory appears (the run is under way).
+fn wait_for_temp(dir: &Path, child: &mut Child) {
+    let start = Instant::now();
+    loop {
+        let found = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".partial"));
+        if found {
+            return;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the conversion ended before it was interrupted");
+        assert!(start.elapsed() < LIMIT, "no temporary directory appeared");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn signals_and_a_source_truncated_mid_run_leave_nothing_behind() {
+    // Enough calibration to keep the conversion busy for a while after its temp dir appears.
+    let busy = ["--calib-sequences", "64", "--calib-tokens", "512"];
+    for (sig, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
+        let s = Scratch::new();
+        let before = snapshot(s.path());
+        let args = convert("ck", "out", &busy);
+        let mut child = spawn(s.path(), &args);
+        wait_for_temp(s.path(), &mut child);
+        // SAFETY: signalling a child process we own and have not reaped.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+        let o = finish(child, &args);
+        assert_eq!(o.code, Some(code), "signal {sig}: {:?}/{:?} {}", o.code, o.signal, o.stderr);
+        assert!(snapshot(s.path()) == before, "signal {sig}: files left or changed");
+    }
+    let s = Scratch::new();
+    let args = convert("ck", "out", &busy);
+    let mut child = spawn(s.path(), &args);
+    wait_for_temp(s.path(), &mut child);
+    let shard = s.path().join("ck/model-00002-of-00002.safetensors");
+    std::fs::OpenOptions::new().write(true).open(&shard).unwrap().set_len(100).unwrap();
+    let o = finish(child, &args);
+    assert_eq!(o.code, Some(2), "{:?}/{:?}: {}", o.code, o.signal, o.stderr);
+    assert!(o.stderr.contains("model-00002-of-00002.safetensors") && o.stderr.contains("changed while it was read"), "{}", o.stderr);
+    assert!(!s.path().join("out").exists());
+    let left: Vec<_> = std::fs::read_dir(s.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+}
+
+#[test]
+fn identical_inputs_give_byte_identical_outputs() {
+    let s = Scratch::new();
+    let p = s.path();
+    for out in ["a", "b"] {
+        let o = run(p, &convert("ck", out, &[]));
+        assert_eq!(o.code, Some(0), "{}", o.stderr);
+        let o = run(p, &forward("x.safetensors", &format!("{out}.safetensors")));
+        assert_eq!(o.code, Some(0), "{}", o.stderr);
+        let filter = "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=1;ctx=65,31;page=64;dtype=f32";
+        let o = run(p, &["vectors", "export", "--filter", filter, "--seed", "7", "--out", &format!("{out}-pack")]);
+        assert_eq!(o.code, Some(0), "{}", o.stderr);
+        let o = run(p, &["certify", "--kernel", "reference-f32", "--seed", "7", "--filter", filter, "--out", &format!("{out}-cert")]);
+        assert_eq!(o.code, Some(0), "{}{}", o.stdout, o.stderr);
+    }
+    let (a, b) = (snapshot(&p.join("a")), snapshot(&p.join("b")));
+    assert!(!a.is_empty() && a == b, "convert differs between runs");
+    assert_eq!(std::fs::read(p.join("a.safetensors")).unwrap(), std::fs::read(p.join("b.safetensors")).unwrap(), "forward differs");
+    assert!(snapshot(&p.join("a-pack")) == snapshot(&p.join("b-pack")), "vectors export differs");
+    // Certificates: only the documented timing fields (`seconds`, per case) vary.
+    let report = |d: &str| {
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(p.join(d).join("report.json")).unwrap()).unwrap();
+        strip(&mut v, "seconds");
+        v
+    };
+    assert_eq!(report("a-cert"), report("b-cert"), "report.json differs beyond timing");
+    fn strip(v: &mut serde_json::Value, key: &str) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.remove(key);
+                m.values_mut().for_each(|x| strip(x, key));
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|x| strip(x, key)),
+            _ => {}
+        }
+    }
+}

@@ -108,12 +108,23 @@ impl Scratch {
     fn refused(&self, args: &[&str], needles: &[&str]) {
         let before = snapshot(self.path());
         let o = run(self.path(), args);
-        assert_eq!(o.code, Some(2), "gqla {args:?}: expected exit 2, got {:?}/{:?}: {}", o.code, o.signal, o.stderr);
+        assert_eq!(
+            o.code,
+            Some(2),
+            "gqla {args:?}: expected exit 2, got {:?}/{:?}: {}",
+            o.code,
+            o.signal,
+            o.stderr
+        );
         assert!(!o.stderr.contains("panicked"), "gqla {args:?} panicked: {}", o.stderr);
         for n in needles {
             assert!(o.stderr.contains(n), "gqla {args:?}: stderr lacks {n:?}: {}", o.stderr);
         }
-        assert!(!o.stderr.contains(".tmp") && !o.stderr.contains(".partial"), "a temp name in: {}", o.stderr);
+        assert!(
+            !o.stderr.contains(".tmp") && !o.stderr.contains(".partial"),
+            "a temp name in: {}",
+            o.stderr
+        );
         let after = snapshot(self.path());
         assert_eq!(
             before.keys().collect::<Vec<_>>(),
@@ -142,7 +153,21 @@ fn forward<'a>(input: &'a str, output: &'a str) -> Vec<&'a str> {
 }
 
 fn convert<'a>(input: &'a str, output: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    [&["convert", "--input", input, "--output", output, "--kv-lora-rank", "8", "--rope-dim", "4"][..], extra].concat()
+    [
+        &[
+            "convert",
+            "--input",
+            input,
+            "--output",
+            output,
+            "--kv-lora-rank",
+            "8",
+            "--rope-dim",
+            "4",
+        ][..],
+        extra,
+    ]
+    .concat()
 }
 
 #[test]
@@ -155,7 +180,10 @@ fn outputs_pointed_at_inputs_are_refused() {
     s.refused(&forward("x.safetensors", "alias"), &["is an input"]);
     s.refused(&convert("ck", "ck/model.safetensors.index.json", &[]), &["inside the input"]);
     s.refused(&convert("ck", "ck", &[]), &["inside the input"]);
-    s.refused(&forward("x.safetensors", "missing/dir/y.safetensors"), &["missing/dir/y.safetensors", "does not exist"]);
+    s.refused(
+        &forward("x.safetensors", "missing/dir/y.safetensors"),
+        &["missing/dir/y.safetensors", "does not exist"],
+    );
 }
 
 #[test]
@@ -210,11 +238,17 @@ fn fifos_devices_and_sparse_files_are_refused_without_reading() {
     let p = s.path();
     std::fs::create_dir(p.join("f")).unwrap();
     mkfifo(&p.join("f/config.json"));
-    s.refused(&["cache-size", "--config", "f/config.json"], &["f/config.json", "not a regular file"]);
+    s.refused(
+        &["cache-size", "--config", "f/config.json"],
+        &["f/config.json", "not a regular file"],
+    );
     mkfifo(&p.join("fifo.json"));
     s.refused(&["plan", "--validate", "fifo.json"], &["fifo.json", "not a regular file"]);
     mkfifo(&p.join("fifo.safetensors"));
-    s.refused(&forward("fifo.safetensors", "y.safetensors"), &["fifo.safetensors", "not a regular file"]);
+    s.refused(
+        &forward("fifo.safetensors", "y.safetensors"),
+        &["fifo.safetensors", "not a regular file"],
+    );
     std::fs::create_dir(p.join("z")).unwrap();
     std::os::unix::fs::symlink("/dev/zero", p.join("z/config.json")).unwrap();
     s.refused(&["cache-size", "--config", "z/config.json"], &["not a regular file"]);
@@ -228,12 +262,23 @@ fn fifos_devices_and_sparse_files_are_refused_without_reading() {
     // A weights file longer than its header declares, and a header length past the file.
     let shard = p.join("ck/model-00002-of-00002.safetensors");
     let bytes = std::fs::read(&shard).unwrap();
-    std::fs::OpenOptions::new().append(true).open(&shard).unwrap().set_len(1 << 30).unwrap();
-    s.refused(&forward("x.safetensors", "y.safetensors"), &["model-00002-of-00002.safetensors", "declares"]);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&shard)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    s.refused(
+        &forward("x.safetensors", "y.safetensors"),
+        &["model-00002-of-00002.safetensors", "declares"],
+    );
     let mut huge = bytes.clone();
     huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
     std::fs::write(&shard, &huge).unwrap();
-    s.refused(&forward("x.safetensors", "y.safetensors"), &["model-00002-of-00002.safetensors", "header length"]);
+    s.refused(
+        &forward("x.safetensors", "y.safetensors"),
+        &["model-00002-of-00002.safetensors", "header length"],
+    );
 }
 
 #[test]
@@ -276,24 +321,56 @@ fn overflowing_flags_and_budgets_exit_2_before_allocating() {
     let deepseek = root().join("fixtures/configs/deepseek-v3.json");
     let deepseek = deepseek.to_str().unwrap();
     let plan = |extra: &[&'static str]| [&["plan", "--config", llama, "--gpu", "h100"][..], extra].concat();
-    for flag in ["--peak-tflops=NaN", "--peak-tflops=0", "--peak-tflops=-5", "--peak-tflops=inf", "--bandwidth-gbps=0", "--bandwidth-gbps=-1"] {
+    for flag in [
+        "--peak-tflops=NaN",
+        "--peak-tflops=0",
+        "--peak-tflops=-5",
+        "--peak-tflops=inf",
+        "--bandwidth-gbps=0",
+        "--bandwidth-gbps=-1",
+    ] {
         s.refused(&plan(&[flag]), &[flag.split('=').next().unwrap(), "finite number above zero"]);
     }
     for rank in ["18446744073709551615", "4294967296", "9223372036854775807"] {
         s.refused(&[&plan(&[])[..], &["--kv-lora-rank", rank]].concat(), &["d_c", "largest supported"]);
-        s.refused(&["cache-size", "--config", llama, "--kv-lora-rank", rank], &["--kv-lora-rank", rank]);
-        s.refused(&["cache-size", "--config", deepseek, "--kv-lora-rank", rank], &["d_c", "largest supported"]);
+        s.refused(
+            &["cache-size", "--config", llama, "--kv-lora-rank", rank],
+            &["--kv-lora-rank", rank],
+        );
+        s.refused(
+            &["cache-size", "--config", deepseek, "--kv-lora-rank", rank],
+            &["d_c", "largest supported"],
+        );
     }
-    s.refused(&convert("ck", "out", &["--calib-sequences", "1", "--calib-tokens", "100000000"]), &["not enough memory", "tokens"]);
+    s.refused(
+        &convert("ck", "out", &["--calib-sequences", "1", "--calib-tokens", "100000000"]),
+        &["not enough memory", "tokens"],
+    );
     s.refused(
         &convert("ck", "out", &["--calib-sequences", "18446744073709551615", "--calib-tokens", "2"]),
         &["not enough memory", "18446744073709551615 sequences"],
     );
-    s.refused(&[&convert("ck", "out", &[])[..], &["--max-memory", "1K"]].concat(), &["not enough memory", "--max-memory"]);
+    s.refused(
+        &[&convert("ck", "out", &[])[..], &["--max-memory", "1K"]].concat(),
+        &["not enough memory", "--max-memory"],
+    );
     s.refused(&["bench", "convert", "--vocab", "0"], &["--vocab"]);
     let id = "gqla.decode.absorb:h=4294967296;dc=512;dn=128;dr=64;sq=1;ctx=99999999999;page=0;dtype=f32;seed=0";
     s.refused(&["vectors", "export", "--filter", id, "--out", "pack"], &[]);
-    s.refused(&["certify", "--kernel", "reference-f32", "--seed", "1", "--filter", id, "--out", "cert"], &[]);
+    s.refused(
+        &[
+            "certify",
+            "--kernel",
+            "reference-f32",
+            "--seed",
+            "1",
+            "--filter",
+            id,
+            "--out",
+            "cert",
+        ],
+        &[],
+    );
 }
 
 /// Wait until the conversion's temporary directory appears (the run is under way).
@@ -307,7 +384,10 @@ fn wait_for_temp(dir: &Path, child: &mut Child) {
         if found {
             return;
         }
-        assert!(child.try_wait().unwrap().is_none(), "the conversion ended before it was interrupted");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the conversion ended before it was interrupted"
+        );
         assert!(start.elapsed() < LIMIT, "no temporary directory appeared");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -337,7 +417,11 @@ fn signals_and_a_source_truncated_mid_run_leave_nothing_behind() {
     std::fs::OpenOptions::new().write(true).open(&shard).unwrap().set_len(100).unwrap();
     let o = finish(child, &args);
     assert_eq!(o.code, Some(2), "{:?}/{:?}: {}", o.code, o.signal, o.stderr);
-    assert!(o.stderr.contains("model-00002-of-00002.safetensors") && o.stderr.contains("changed while it was read"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("model-00002-of-00002.safetensors") && o.stderr.contains("changed while it was read"),
+        "{}",
+        o.stderr
+    );
     assert!(!s.path().join("out").exists());
     let left: Vec<_> = std::fs::read_dir(s.path()).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(left.len(), 2, "{left:?}");
@@ -353,14 +437,43 @@ fn identical_inputs_give_byte_identical_outputs() {
         let o = run(p, &forward("x.safetensors", &format!("{out}.safetensors")));
         assert_eq!(o.code, Some(0), "{}", o.stderr);
         let filter = "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=1;ctx=65,31;page=64;dtype=f32";
-        let o = run(p, &["vectors", "export", "--filter", filter, "--seed", "7", "--out", &format!("{out}-pack")]);
+        let o = run(
+            p,
+            &[
+                "vectors",
+                "export",
+                "--filter",
+                filter,
+                "--seed",
+                "7",
+                "--out",
+                &format!("{out}-pack"),
+            ],
+        );
         assert_eq!(o.code, Some(0), "{}", o.stderr);
-        let o = run(p, &["certify", "--kernel", "reference-f32", "--seed", "7", "--filter", filter, "--out", &format!("{out}-cert")]);
+        let o = run(
+            p,
+            &[
+                "certify",
+                "--kernel",
+                "reference-f32",
+                "--seed",
+                "7",
+                "--filter",
+                filter,
+                "--out",
+                &format!("{out}-cert"),
+            ],
+        );
         assert_eq!(o.code, Some(0), "{}{}", o.stdout, o.stderr);
     }
     let (a, b) = (snapshot(&p.join("a")), snapshot(&p.join("b")));
     assert!(!a.is_empty() && a == b, "convert differs between runs");
-    assert_eq!(std::fs::read(p.join("a.safetensors")).unwrap(), std::fs::read(p.join("b.safetensors")).unwrap(), "forward differs");
+    assert_eq!(
+        std::fs::read(p.join("a.safetensors")).unwrap(),
+        std::fs::read(p.join("b.safetensors")).unwrap(),
+        "forward differs"
+    );
     assert!(snapshot(&p.join("a-pack")) == snapshot(&p.join("b-pack")), "vectors export differs");
     // Certificates: only the documented timing fields (`seconds`, per case) vary.
     let report = |d: &str| {

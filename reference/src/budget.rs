@@ -142,11 +142,20 @@ mod tests {
         let b = Budget::new(Some(1 << 30));
         b.check(&[Need::f64s("a", &[1024, 1024])]).unwrap();
         let e = b
-            .check(&[Need::f64s("small", &[10]), Need::f64s("scores [T, T] of 100000 tokens", &[100_000, 100_000])])
+            .check(&[
+                Need::f64s("small", &[10]),
+                Need::f64s("scores [T, T] of 100000 tokens", &[100_000, 100_000]),
+            ])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("74.506 GiB") && e.contains("scores") && e.contains("--max-memory"), "{e}");
-        let e = b.check(&[Need::f64s("huge", &[usize::MAX, usize::MAX, 4])]).unwrap_err().to_string();
+        assert!(
+            e.contains("74.506 GiB") && e.contains("scores") && e.contains("--max-memory"),
+            "{e}"
+        );
+        let e = b
+            .check(&[Need::f64s("huge", &[usize::MAX, usize::MAX, 4])])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("more than 2^128"), "{e}");
         assert_eq!(parse_size("8G").unwrap(), 8 << 30);
         assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);

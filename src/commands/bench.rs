@@ -282,7 +282,10 @@ fn convert(
         }
     }
     if vocab > 1 << 24 {
-        return Err(CliError::Usage(format!("--vocab {vocab} is above the largest supported, {}", 1 << 24)));
+        return Err(CliError::Usage(format!(
+            "--vocab {vocab} is above the largest supported, {}",
+            1 << 24
+        )));
     }
     let g = LlamaGeometry {
         vocab,

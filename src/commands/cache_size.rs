@@ -1,8 +1,8 @@
 //! `gqla cache-size`: per-token KV-cache elements and bytes on each path, measured from caches
 //! allocated with the checkpoint's storage dtype.
 
-use gqla_reference::budget::{Budget, Need};
 use super::CliError;
+use gqla_reference::budget::{Budget, Need};
 use gqla_reference::hf::config::{AttentionConfig, StorageDtype};
 use gqla_reference::hf::ModelConfig;
 use gqla_reference::tp::tp_footprint;
@@ -103,7 +103,11 @@ fn geometry<E: Copy + Default>(config: &ModelConfig, a: &Args) -> Result<(Latent
 
 pub fn rows<E: Copy + Default>(config: &ModelConfig, a: &Args, budget: &Budget) -> Result<Vec<Row>, CliError> {
     if let AttentionConfig::Gqa(c) = &config.attention {
-        budget.check(&[Need::elements("the source cache", &[TOKENS, 2, c.dims.kv(), c.dims.d()], std::mem::size_of::<E>())])?;
+        budget.check(&[Need::elements(
+            "the source cache",
+            &[TOKENS, 2, c.dims.kv(), c.dims.d()],
+            std::mem::size_of::<E>(),
+        )])?;
     }
     let (dims, source, source_note) = geometry::<E>(config, a)?;
     budget.check(&[Need::caches(&dims, TOKENS, std::mem::size_of::<E>())])?;

@@ -75,7 +75,10 @@ pub fn run(a: Args, budget: &Budget) -> Result<(), CliError> {
     };
     // Attention runs row by row: the caches and the per-token activations dominate.
     budget.check(&[
-        Need::f64s(format!("activations of {t} tokens × hidden_size {}", config.hidden_size), &[8, t, config.hidden_size]),
+        Need::f64s(
+            format!("activations of {t} tokens × hidden_size {}", config.hidden_size),
+            &[8, t, config.hidden_size],
+        ),
         cache,
     ])?;
     let (y, lse, path) = match a.dtype {

@@ -57,7 +57,10 @@ pub fn check_output(path: &Path) -> Result<()> {
         if let Some((_, input)) = i.dirs.iter().find(|(r, _)| lands.starts_with(r)) {
             return Err(Error::file(
                 path,
-                format!("lies inside the input {}, which it would change; choose a path outside it", input.display()),
+                format!(
+                    "lies inside the input {}, which it would change; choose a path outside it",
+                    input.display()
+                ),
             ));
         }
     }
@@ -78,7 +81,10 @@ pub fn check_output(path: &Path) -> Result<()> {
         if let Some((_, input)) = i.dirs.iter().find(|(r, _)| real.starts_with(r)) {
             return Err(Error::file(
                 path,
-                format!("leads inside the input {}, which it would change; choose a path outside it", input.display()),
+                format!(
+                    "leads inside the input {}, which it would change; choose a path outside it",
+                    input.display()
+                ),
             ));
         }
     }

@@ -388,7 +388,10 @@ fn rope_config(j: &Json) -> Result<RopeConfig> {
         if v.is_finite() && v > 0.0 {
             Ok(v)
         } else {
-            Err(Error::file(j.path, format!("config key `{key}.{name}`: expected a finite number > 0, got {v}")))
+            Err(Error::file(
+                j.path,
+                format!("config key `{key}.{name}`: expected a finite number > 0, got {v}"),
+            ))
         }
     };
     let need = |name: &str| -> Result<f64> {

@@ -9,8 +9,8 @@
 
 use super::group_pca::{group_pca, GroupPcaReport};
 use super::pipeline::{convert_layer, ConvertOptions, LayerReport};
-use crate::cache::{GroupCache, GroupCacheLayout, LatentCache};
 use crate::budget::{Budget, Need};
+use crate::cache::{GroupCache, GroupCacheLayout, LatentCache};
 use crate::error::{Error, Result};
 use crate::files::OutputDir;
 use crate::hf::config::{AttentionConfig, ModelConfig, StorageDtype};
@@ -182,33 +182,52 @@ pub fn memory_needs(config: &ModelConfig, sequences: usize, tokens: usize) -> Ve
     let attn_width = hidden.max(h.saturating_mul(head));
     let mlp = match &config.moe {
         Some(m) => Need::f64s(
-            format!("{} experts of moe_intermediate_size {} (3 copies)", m.experts, m.moe_intermediate_size),
+            format!(
+                "{} experts of moe_intermediate_size {} (3 copies)",
+                m.experts, m.moe_intermediate_size
+            ),
             &[3 * 3, m.experts + m.shared_experts, hidden, m.moe_intermediate_size],
         ),
         None => Need::f64s(
-            format!("the MLP of intermediate_size {} × hidden_size {hidden} (3 copies)", config.intermediate_size),
+            format!(
+                "the MLP of intermediate_size {} × hidden_size {hidden} (3 copies)",
+                config.intermediate_size
+            ),
             &[3 * 3, hidden, config.intermediate_size.max(1)],
         ),
     };
     vec![
-        Need::f64s(format!("the attention weights of hidden_size {hidden} (3 copies)"), &[3 * 4, hidden, attn_width]),
+        Need::f64s(
+            format!("the attention weights of hidden_size {hidden} (3 copies)"),
+            &[3 * 4, hidden, attn_width],
+        ),
         mlp,
         Need::f64s(
             format!("calibration activations of {sequences} sequences × {tokens} tokens × hidden_size {hidden}"),
             &[4, sequences, tokens, hidden],
         ),
         // Attention runs row by row (no [T, T] scores): the projections dominate.
-        Need::f64s(format!("one sequence's query, key and value projections ({tokens} tokens × {h} heads)"), &[4, tokens, h, head]),
+        Need::f64s(
+            format!("one sequence's query, key and value projections ({tokens} tokens × {h} heads)"),
+            &[4, tokens, h, head],
+        ),
         Need::f64s(
             format!("one sequence's MLP activations ({tokens} tokens)"),
             &[3, tokens, config.intermediate_size.max(hidden)],
         ),
-        Need::f64s(format!("the LM head of vocab_size {} × hidden_size {hidden}", config.vocab_size), &[2, config.vocab_size, hidden]),
+        Need::f64s(
+            format!("the LM head of vocab_size {} × hidden_size {hidden}", config.vocab_size),
+            &[2, config.vocab_size, hidden],
+        ),
         Need::f64s(
             format!("the held-out logits ({HELD_OUT_TOKENS} tokens × vocab_size {})", config.vocab_size),
             &[2, HELD_OUT_TOKENS, config.vocab_size],
         ),
-        Need::elements(format!("the calibration token ids ({sequences} × {tokens})"), &[sequences, tokens], 4),
+        Need::elements(
+            format!("the calibration token ids ({sequences} × {tokens})"),
+            &[sequences, tokens],
+            4,
+        ),
     ]
 }
 
@@ -244,7 +263,12 @@ fn calibration_pass(layer: &DecoderLayer<f64>, h: &[Array2<f64>], precision: Cal
 
 /// Calibration and held-out sequences. A file with several sequences holds its last one out.
 fn calibration_ids(cal: &Calibration, config: &ModelConfig) -> Result<(Ids, Ids, bool)> {
-    let vocab = config.vocab_size as u32;
+    let vocab = u32::try_from(config.vocab_size).map_err(|_| {
+        Error::file(
+            &config.path,
+            format!("config key `vocab_size`: {} does not fit token ids", config.vocab_size),
+        )
+    })?;
     let random = |sequences: usize, tokens: usize, seed: u64| -> Ids {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         (0..sequences)

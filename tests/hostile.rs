@@ -358,6 +358,10 @@ fn overflowing_flags_and_budgets_exit_2_before_allocating() {
     let id = "gqla.decode.absorb:h=4294967296;dc=512;dn=128;dr=64;sq=1;ctx=99999999999;page=0;dtype=f32;seed=0";
     s.refused(&["vectors", "export", "--filter", id, "--out", "pack"], &[]);
     s.refused(
+        &["certify", "--kernel", "reference-f32", "--timeout", "0", "--out", "cert"],
+        &["--timeout"],
+    );
+    s.refused(
         &[
             "certify",
             "--kernel",

@@ -357,6 +357,8 @@ pub fn read_kernel_info(dir: &Path) -> Result<Option<KernelInfo>, PackError> {
 /// A pack's manifest, checked against this suite: format, version, and every case id known (for
 /// the manifest's seed), canonical, listed once, at its suite position and with its file names.
 pub fn read_manifest(dir: &Path) -> Result<Manifest, PackError> {
+    // A pack is an input: no output of this process may land inside it.
+    gqla_reference::files::write::note_input_dir(dir);
     let path = dir.join(MANIFEST);
     let bytes = confined::read(dir, MANIFEST, MANIFEST_LIMIT)?;
     let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| invalid(&path, format!("malformed manifest: {e}")))?;

@@ -37,7 +37,7 @@ pub struct Args {
     #[arg(long, default_value = "certificate")]
     out: PathBuf,
     /// Per-case time limit in seconds (in-process kernels).
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400), default_value_t = 300)]
     timeout: u64,
     /// Draw every case from this suite seed (0: the published suite); default: a fresh seed,
     /// recorded in the certificate. A pack's seed is its manifest's.

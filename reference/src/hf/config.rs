@@ -232,6 +232,8 @@ impl ModelConfig {
             // Confined like the weights: a symlink may not lead out of the checkpoint.
             crate::hf::tensors::checkpoint_file(path, "config.json")?;
             path.join("config.json")
+        } else if crate::hf::gguf::is_gguf(path) {
+            return Self::parse(path, crate::hf::gguf::GgufModel::open(path)?.config());
         } else {
             path.to_path_buf()
         };

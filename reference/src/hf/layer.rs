@@ -56,10 +56,24 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// An HF checkpoint directory, or a GGUF model file.
     pub fn open(dir: &Path) -> Result<Self> {
-        let config = ModelConfig::load(dir)?;
         let store = TensorStore::open(dir)?;
+        let config = match store.gguf() {
+            Some(g) => ModelConfig::parse(dir, g.config())?,
+            None => ModelConfig::load(dir)?,
+        };
         Ok(Self { config, store })
+    }
+
+    /// The model's next-token logits [T, vocab] for token `ids` at positions 0..T, in f64: the
+    /// embedding, every decoder layer, the final norm and the LM head.
+    pub fn logits(&self, ids: &[u32]) -> Result<ndarray::Array2<f64>> {
+        let mut h = crate::model::embed_rows(&self.store, &self.config, ids)?;
+        for i in 0..self.config.num_layers {
+            h = self.decoder_layer(i)?.forward(h.view())?.output;
+        }
+        Ok(self.head()?.logits(h.view()))
     }
 
     fn check_layer(&self, layer: usize) -> Result<()> {

@@ -5,6 +5,7 @@
 //! - [`layer`]: one layer's attention weights as reference types.
 
 pub mod config;
+pub mod gguf;
 pub mod layer;
 pub mod synthetic;
 pub mod tensors;

@@ -1,6 +1,7 @@
 //! A read-only view of a checkpoint's tensors across one or many safetensors files.
 
 use super::config::StorageDtype;
+use super::gguf::GgufModel;
 use crate::error::{Error, Result};
 use crate::files::{self, Limit, TensorFile};
 use ndarray::{Array1, Array2, ArrayD, IxDyn};
@@ -31,6 +32,8 @@ pub(crate) fn checkpoint_file(dir: &Path, name: &str) -> Result<Option<PathBuf>>
 
 /// All tensors of a checkpoint directory (or of one safetensors file).
 pub struct TensorStore {
+    /// A GGUF model instead of safetensors files (then `files` is empty).
+    gguf: Option<GgufModel>,
     files: Vec<TensorFile>,
     /// Tensor name → index into `files`.
     index: BTreeMap<String, usize>,
@@ -42,6 +45,13 @@ impl TensorStore {
     pub fn open(dir: &Path) -> Result<Self> {
         // Anything but a directory is taken as one tensor file (a FIFO or device is refused there).
         if std::fs::metadata(dir).is_ok_and(|m| !m.is_dir()) {
+            if super::gguf::is_gguf(dir) {
+                return Ok(Self {
+                    gguf: Some(GgufModel::open(dir)?),
+                    files: Vec::new(),
+                    index: BTreeMap::new(),
+                });
+            }
             return Self::from_files(vec![dir.to_path_buf()]);
         }
         crate::files::write::note_input_dir(dir);
@@ -118,16 +128,62 @@ impl TensorStore {
             }
             files.push(f);
         }
-        Ok(Self { files, index })
+        Ok(Self { gguf: None, files, index })
     }
 
     /// An error if any file changed since it was opened (see [`TensorFile::unchanged`]).
     pub fn unchanged(&self) -> Result<()> {
+        if let Some(g) = &self.gguf {
+            g.unchanged()?;
+        }
         self.files.iter().try_for_each(TensorFile::unchanged)
+    }
+
+    /// The GGUF model behind this store, if it is one.
+    pub fn gguf(&self) -> Option<&GgufModel> {
+        self.gguf.as_ref()
+    }
+
+    /// Tensor `name` from the GGUF model, as f64, checked to have `shape` and finite values.
+    fn gguf_get(&self, g: &GgufModel, name: &str, shape: &[usize]) -> Result<Vec<f64>> {
+        let got = g.shape(name).ok_or_else(|| Error::MissingTensor {
+            path: g.path().to_path_buf(),
+            tensor: name.into(),
+            expected: format!("shape {shape:?}"),
+        })?;
+        if got != shape {
+            return Err(Error::Shape {
+                path: g.path().to_path_buf(),
+                tensor: name.into(),
+                expected: shape.to_vec(),
+                got,
+            });
+        }
+        let values: Vec<f64> = g.read(name)?.into_iter().map(f64::from).collect();
+        if let Some(first) = values.iter().position(|v| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                path: g.path().to_path_buf(),
+                tensor: name.into(),
+                count: values.iter().filter(|v| !v.is_finite()).count(),
+                first,
+            });
+        }
+        Ok(values)
     }
 
     /// A copy of tensor `name`'s stored bytes, dtype and shape (for copying unchanged tensors).
     pub fn raw(&self, name: &str) -> Result<Option<RawTensor>> {
+        if let Some(g) = &self.gguf {
+            let Some(shape) = g.shape(name) else {
+                return Ok(None);
+            };
+            let values = g.read(name)?;
+            return Ok(Some(RawTensor {
+                dtype: Dtype::F32,
+                shape,
+                bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            }));
+        }
         let Some(&i) = self.index.get(name) else {
             return Ok(None);
         };
@@ -142,29 +198,45 @@ impl TensorStore {
 
     /// The files this store reads, in the order opened (shards sorted by name).
     pub fn files(&self) -> impl Iterator<Item = PathBuf> + '_ {
-        self.files.iter().map(|f| f.path().to_path_buf())
+        self.gguf
+            .iter()
+            .map(|g| g.path().to_path_buf())
+            .chain(self.files.iter().map(|f| f.path().to_path_buf()))
     }
 
     /// The shape tensor `name` declares, if present (nothing is read).
     pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        if let Some(g) = &self.gguf {
+            return g.shape(name);
+        }
         let &i = self.index.get(name)?;
         self.files[i].info(name).map(|info| info.shape.clone())
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.index.contains_key(name)
+        self.index.contains_key(name) || self.gguf.as_ref().is_some_and(|g| g.shape(name).is_some())
     }
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.index.keys().map(String::as_str)
+    pub fn names(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        match &self.gguf {
+            Some(g) => Box::new(g.names()),
+            None => Box::new(self.index.keys().map(String::as_str)),
+        }
     }
     /// The file holding `name`, or the first file (for error messages about absent tensors).
     pub fn file_of(&self, name: &str) -> &Path {
+        if let Some(g) = &self.gguf {
+            return g.path();
+        }
         let i = self.index.get(name).copied().unwrap_or(0);
         self.files[i].path()
     }
 
     /// Read tensor `name` as f64 with exactly `shape`, rejecting other dtypes and non-finite values.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<ArrayD<f64>> {
+        if let Some(g) = &self.gguf {
+            let values = self.gguf_get(g, name, shape)?;
+            return Ok(ArrayD::from_shape_vec(IxDyn(shape), values).expect("shape checked"));
+        }
         let (file, info) = self.info_checked(name, shape)?;
         let values = decode_floats(info.dtype, &file.read(name)?).ok_or_else(|| dtype_error(file, name, info.dtype))?;
         let bad: Vec<usize> = values.iter().enumerate().filter(|(_, x)| !x.is_finite()).map(|(k, _)| k).collect();
@@ -181,6 +253,18 @@ impl TensorStore {
 
     /// Rows `rows` of the 2-D tensor `name` [n, cols], reading only those rows (embedding lookups).
     pub fn get_rows(&self, name: &str, n: usize, cols: usize, rows: &[usize]) -> Result<Array2<f64>> {
+        if let Some(g) = &self.gguf {
+            let all = Array2::from_shape_vec((n, cols), self.gguf_get(g, name, &[n, cols])?).expect("shape checked");
+            if let Some(&r) = rows.iter().find(|&&r| r >= n) {
+                return Err(Error::Shape {
+                    path: g.path().to_path_buf(),
+                    tensor: name.into(),
+                    expected: vec![r + 1, cols],
+                    got: vec![n, cols],
+                });
+            }
+            return Ok(all.select(ndarray::Axis(0), rows));
+        }
         let (file, info) = self.info_checked(name, &[n, cols])?;
         let width = info.dtype.bitsize() / 8;
         let mut out = Array2::zeros((rows.len(), cols));
@@ -210,6 +294,12 @@ impl TensorStore {
 
     /// Token ids: an integer tensor `[S, L]` (or `[L]`, one sequence), each id below `vocab`.
     pub fn get_ids(&self, name: &str, vocab: usize) -> Result<Vec<Vec<u32>>> {
+        if let Some(g) = &self.gguf {
+            return Err(Error::file(
+                g.path(),
+                "token ids are read from a safetensors file, not a GGUF model",
+            ));
+        }
         let Some(&i) = self.index.get(name) else {
             return Err(Error::MissingTensor {
                 path: self.file_of(name).to_path_buf(),

@@ -1,0 +1,299 @@
+//! GGUF model files (llama.cpp), read as HF checkpoints: the config from the file's metadata,
+//! the tensors dequantised by candle (`quantized::gguf_file`) and renamed to HF's names, with
+//! llama.cpp's permutation of the q/k rows undone.
+//!
+//! llama.cpp's converter reorders each head's q and k rows from HF's rotate-half RoPE layout
+//! (the pair (i, i + d/2)) to interleaved pairs (2i, 2i + 1): row `j·d/2 + i` of an HF head is
+//! row `2i + j` of the GGUF head. [`unpermute`] inverts that, so the reference runs the model
+//! exactly as HF does (tests hold our logits against HF's own GGUF loader).
+
+use crate::error::{Error, Result};
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::Device;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// The GGUF magic, "GGUF" little-endian.
+const MAGIC: &[u8; 4] = b"GGUF";
+
+/// Whether `path` is a GGUF file (by its first four bytes).
+pub fn is_gguf(path: &Path) -> bool {
+    let Ok((file, len)) = crate::files::read::open_regular(path) else {
+        return false;
+    };
+    let mut magic = [0u8; 4];
+    len >= 4 && std::os::unix::fs::FileExt::read_exact_at(&file, &mut magic, 0).is_ok() && &magic == MAGIC
+}
+
+/// One GGUF tensor under its HF name.
+#[derive(Clone, Debug)]
+struct Entry {
+    gguf: String,
+    /// Heads whose q/k rows llama.cpp permuted (None: not permuted).
+    permuted_heads: Option<usize>,
+}
+
+/// An open GGUF model of a supported architecture (LLaMA).
+pub struct GgufModel {
+    path: PathBuf,
+    file: Mutex<File>,
+    stamp: (u64, i64, i64, u64),
+    content: Content,
+    /// HF name → GGUF tensor.
+    names: BTreeMap<String, Entry>,
+    config: serde_json::Value,
+}
+
+fn stamp(meta: &std::fs::Metadata) -> (u64, i64, i64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.len(), meta.mtime(), meta.mtime_nsec(), meta.ino())
+}
+
+impl GgufModel {
+    /// Open `path` and map its metadata and tensor names to HF's.
+    pub fn open(path: &Path) -> Result<Self> {
+        let (mut file, _) = crate::files::read::open_regular(path)?;
+        let meta = file.metadata().map_err(|e| Error::file(path, format!("cannot stat: {e}")))?;
+        let content = Content::read(&mut file).map_err(|e| Error::file(path, format!("not a GGUF file we can read: {e}")))?;
+        let bad = |key: &str, expected: &str| Error::file(path, format!("GGUF metadata `{key}`: expected {expected}"));
+        let arch = match content.metadata.get("general.architecture") {
+            Some(Value::String(a)) => a.clone(),
+            _ => return Err(bad("general.architecture", "a string")),
+        };
+        if arch != "llama" {
+            return Err(Error::file(
+                path,
+                format!("GGUF architecture `{arch}` is not supported (expected llama: LLaMA, SmolLM, Mistral-style models)"),
+            ));
+        }
+        let int = |key: &str| -> Result<usize> {
+            let v = content.metadata.get(key).ok_or_else(|| bad(key, "an integer (missing)"))?;
+            integer(v).ok_or_else(|| bad(key, &format!("an integer, got {v:?}")))
+        };
+        let real = |key: &str, default: f64| -> Result<f64> {
+            match content.metadata.get(key) {
+                None => Ok(default),
+                Some(v) => real(v).ok_or_else(|| bad(key, &format!("a number, got {v:?}"))),
+            }
+        };
+        let p = |k: &str| format!("{arch}.{k}");
+        let hidden = int(&p("embedding_length"))?;
+        let layers = int(&p("block_count"))?;
+        let heads = int(&p("attention.head_count"))?;
+        let kv_heads = match content.metadata.get(&p("attention.head_count_kv")) {
+            Some(v) => integer(v).ok_or_else(|| bad(&p("attention.head_count_kv"), "an integer"))?,
+            None => heads,
+        };
+        if heads == 0 || kv_heads == 0 || hidden % heads != 0 {
+            return Err(bad(
+                &p("attention.head_count"),
+                &format!("a positive divisor of embedding_length {hidden}"),
+            ));
+        }
+        let head_dim = match content.metadata.get(&p("attention.key_length")) {
+            Some(v) => integer(v).ok_or_else(|| bad(&p("attention.key_length"), "an integer"))?,
+            None => hidden / heads,
+        };
+        if let Some(Value::String(kind)) = content.metadata.get(&p("rope.scaling.type")) {
+            if kind != "none" {
+                return Err(Error::file(
+                    path,
+                    format!("GGUF RoPE scaling `{kind}` is not supported (expected none)"),
+                ));
+            }
+        }
+        let vocab = match content.metadata.get(&p("vocab_size")) {
+            Some(v) => integer(v).ok_or_else(|| bad(&p("vocab_size"), "an integer"))?,
+            None => match content.metadata.get("tokenizer.ggml.tokens") {
+                Some(Value::Array(tokens)) => tokens.len(),
+                _ => return Err(bad("tokenizer.ggml.tokens", "the token list (or llama.vocab_size)")),
+            },
+        };
+        let tied = !content.tensor_infos.contains_key("output.weight");
+        let config = json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_size": hidden,
+            "intermediate_size": int(&p("feed_forward_length"))?,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "num_key_value_heads": kv_heads,
+            "head_dim": head_dim,
+            "rms_norm_eps": real(&p("attention.layer_norm_rms_epsilon"), 1e-5)?,
+            "rope_theta": real(&p("rope.freq_base"), 10000.0)?,
+            "max_position_embeddings": int(&p("context_length")).unwrap_or(2048),
+            "vocab_size": vocab,
+            "tie_word_embeddings": tied,
+            "attention_bias": false,
+            "mlp_bias": false,
+            "hidden_act": "silu",
+            // Dequantised values are exact in f32 (block scales times small integers).
+            "dtype": "float32",
+            "gguf_source": path.display().to_string(),
+        });
+        let mut names = BTreeMap::new();
+        let mut add = |hf: String, gguf: String, permuted_heads: Option<usize>| {
+            if content.tensor_infos.contains_key(&gguf) {
+                names.insert(hf, Entry { gguf, permuted_heads });
+            }
+        };
+        add("model.embed_tokens.weight".into(), "token_embd.weight".into(), None);
+        add("model.norm.weight".into(), "output_norm.weight".into(), None);
+        add("lm_head.weight".into(), "output.weight".into(), None);
+        for i in 0..layers {
+            let (hf, g) = (format!("model.layers.{i}."), format!("blk.{i}."));
+            for (h, q, permuted) in [
+                ("input_layernorm.weight", "attn_norm.weight", None),
+                ("self_attn.q_proj.weight", "attn_q.weight", Some(heads)),
+                ("self_attn.k_proj.weight", "attn_k.weight", Some(kv_heads)),
+                ("self_attn.v_proj.weight", "attn_v.weight", None),
+                ("self_attn.o_proj.weight", "attn_output.weight", None),
+                ("post_attention_layernorm.weight", "ffn_norm.weight", None),
+                ("mlp.gate_proj.weight", "ffn_gate.weight", None),
+                ("mlp.up_proj.weight", "ffn_up.weight", None),
+                ("mlp.down_proj.weight", "ffn_down.weight", None),
+            ] {
+                add(format!("{hf}{h}"), format!("{g}{q}"), permuted);
+            }
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            file: Mutex::new(file),
+            stamp: stamp(&meta),
+            content,
+            names,
+            config,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The HF `config.json` this model corresponds to.
+    pub fn config(&self) -> &serde_json::Value {
+        &self.config
+    }
+
+    /// HF tensor names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.names.keys().map(String::as_str)
+    }
+
+    /// The HF shape of `name` ([rows, cols] for matrices), if present.
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        let e = self.names.get(name)?;
+        Some(self.content.tensor_infos[&e.gguf].shape.dims().to_vec())
+    }
+
+    /// Tensor `name` dequantised to f32, in HF's row order.
+    pub fn read(&self, name: &str) -> Result<Vec<f32>> {
+        let e = self
+            .names
+            .get(name)
+            .ok_or_else(|| Error::file(&self.path, format!("tensor `{name}` is not in this GGUF model")))?;
+        let qt = {
+            let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+            self.content.tensor(&mut *file, &e.gguf, &Device::Cpu)
+        }
+        .map_err(|err| {
+            Error::file(
+                &self.path,
+                format!("tensor `{}`: cannot read ({err}); truncated, or changed while read?", e.gguf),
+            )
+        })?;
+        let values: Vec<f32> = qt
+            .dequantize(&Device::Cpu)
+            .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+            .map_err(|err| Error::file(&self.path, format!("tensor `{}`: cannot dequantise: {err}", e.gguf)))?;
+        Ok(match e.permuted_heads {
+            Some(heads) => {
+                let shape = self.shape(name).expect("present");
+                unpermute(&values, heads, shape[0], shape.get(1).copied().unwrap_or(1))
+                    .map_err(|why| Error::file(&self.path, format!("tensor `{}`: {why}", e.gguf)))?
+            }
+            None => values,
+        })
+    }
+
+    /// An error if the file changed since it was opened.
+    pub fn unchanged(&self) -> Result<()> {
+        let now = std::fs::metadata(&self.path).map_err(|e| Error::file(&self.path, format!("changed while it was read: {e}")))?;
+        if stamp(&now) != self.stamp {
+            return Err(Error::file(
+                &self.path,
+                "changed while it was read (modified, resized or replaced); nothing was written",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn integer(v: &Value) -> Option<usize> {
+    match *v {
+        Value::U8(x) => Some(x as usize),
+        Value::U16(x) => Some(x as usize),
+        Value::U32(x) => Some(x as usize),
+        Value::U64(x) => usize::try_from(x).ok(),
+        Value::I8(x) => usize::try_from(x).ok(),
+        Value::I16(x) => usize::try_from(x).ok(),
+        Value::I32(x) => usize::try_from(x).ok(),
+        Value::I64(x) => usize::try_from(x).ok(),
+        _ => None,
+    }
+}
+
+fn real(v: &Value) -> Option<f64> {
+    match *v {
+        Value::F32(x) => Some(x as f64),
+        Value::F64(x) => Some(x),
+        _ => integer(v).map(|x| x as f64),
+    }
+}
+
+/// Undo llama.cpp's q/k row permutation: within each of `heads` heads of `rows / heads` rows,
+/// HF row `j·d/2 + i` is GGUF row `2i + j`.
+pub fn unpermute(values: &[f32], heads: usize, rows: usize, cols: usize) -> std::result::Result<Vec<f32>, String> {
+    if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) || values.len() != rows * cols {
+        return Err(format!("{rows} rows do not split into {heads} heads of an even width"));
+    }
+    let d = rows / heads;
+    let mut out = vec![0f32; values.len()];
+    for h in 0..heads {
+        for j in 0..2 {
+            for i in 0..d / 2 {
+                let (hf, gg) = (h * d + j * d / 2 + i, h * d + 2 * i + j);
+                out[hf * cols..(hf + 1) * cols].copy_from_slice(&values[gg * cols..(gg + 1) * cols]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// llama.cpp's permutation (convert_hf_to_gguf.py: reshape to [heads, 2, d/2, cols], swap
+    /// the middle axes), written out, then undone.
+    #[test]
+    fn unpermute_inverts_llama_cpp_permutation() {
+        let (heads, d, cols) = (3, 8, 5);
+        let hf: Vec<f32> = (0..heads * d * cols).map(|v| v as f32).collect();
+        let mut gguf = vec![0f32; hf.len()];
+        for h in 0..heads {
+            for j in 0..2 {
+                for i in 0..d / 2 {
+                    let (src, dst) = (h * d + j * d / 2 + i, h * d + i * 2 + j);
+                    gguf[dst * cols..(dst + 1) * cols].copy_from_slice(&hf[src * cols..(src + 1) * cols]);
+                }
+            }
+        }
+        assert_ne!(gguf, hf);
+        assert_eq!(unpermute(&gguf, heads, heads * d, cols).unwrap(), hf);
+        assert!(unpermute(&gguf, 5, heads * d, cols).is_err());
+    }
+}

@@ -18,6 +18,21 @@ fn gguf() -> Option<PathBuf> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"));
     if path.is_file() {
+        use sha2::Digest;
+        let meta: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/smollm2/reference.json")).unwrap(),
+        )
+        .unwrap();
+        let sha: String = sha2::Sha256::digest(std::fs::read(&path).unwrap())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            sha,
+            meta["gguf_sha256"].as_str().unwrap(),
+            "{} is not the model the reference was made from",
+            path.display()
+        );
         Some(path)
     } else {
         println!("SKIPPED: no {} (`.ci/run` downloads it; or set GQLA_SMOLLM2_GGUF)", path.display());

@@ -30,6 +30,9 @@ enum Command {
     Forward(commands::forward::Args),
     /// Convert a GQA checkpoint (LLaMA/Qwen2/Mistral) to GQLA with TransGQLA.
     Convert(commands::convert::Args),
+    /// Perplexity of a model (HF directory or GGUF) on a text; with --against, KL and top-1
+    /// agreement with its source.
+    Eval(commands::eval::Args),
     /// Certify a decode kernel against the reference on the conformance suite.
     Certify(commands::certify::Args),
     /// Vector packs for kernels outside this process (PyTorch, Triton, CUDA C++).
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
         Command::CacheSize(a) => commands::cache_size::run(a, &budget),
         Command::Plan(a) => commands::plan::run(a, &budget),
         Command::Convert(a) => commands::convert::run(a, &budget),
+        Command::Eval(a) => commands::eval::run(a, &budget),
         Command::Bench(a) => commands::bench::run(a, &budget),
         Command::Vectors(a) => commands::vectors::run(a),
         Command::Certify(a) => match commands::certify::run(a) {

@@ -12,6 +12,7 @@ mod bad_input;
 mod cache_size;
 mod certify;
 mod convert;
+mod eval;
 mod hostile;
 mod parity;
 mod plan;

@@ -19,6 +19,7 @@ pub mod config;
 pub mod decode;
 pub mod eigen;
 pub mod error;
+pub mod eval;
 pub mod files;
 pub mod gqa;
 pub mod gqa_decode;

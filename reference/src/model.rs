@@ -301,6 +301,12 @@ impl<T: Real> LmHead<T> {
     pub fn logits(&self, h: ArrayView2<T>) -> Array2<T> {
         self.lm_head.forward(self.norm.forward(h).view())
     }
+    pub fn cast<U: Real>(&self) -> LmHead<U> {
+        LmHead {
+            norm: self.norm.cast(),
+            lm_head: self.lm_head.cast(),
+        }
+    }
 }
 
 /// Embeddings of `ids` read straight from a checkpoint, decoding only those rows.
@@ -314,19 +320,4 @@ pub fn embed(table: &Array2<f64>, ids: &[u32]) -> Array2<f64> {
     table.select(ndarray::Axis(0), &ids.iter().map(|&i| i as usize).collect::<Vec<_>>())
 }
 
-/// Mean over rows of KL(p ‖ q) between softmax(logits_p) and softmax(logits_q), in nats.
-pub fn mean_kl(logits_p: &Array2<f64>, logits_q: &Array2<f64>) -> f64 {
-    let log_softmax = |row: ndarray::ArrayView1<f64>| -> Array1<f64> {
-        let m = row.fold(f64::NEG_INFINITY, |a, &b| a.max(b));
-        let z = row.mapv(|v| (v - m).exp()).sum().ln() + m;
-        row.mapv(|v| v - z)
-    };
-    let n = logits_p.nrows();
-    let total: f64 = (0..n)
-        .map(|r| {
-            let (lp, lq) = (log_softmax(logits_p.row(r)), log_softmax(logits_q.row(r)));
-            lp.iter().zip(lq.iter()).map(|(a, b)| a.exp() * (a - b)).sum::<f64>()
-        })
-        .sum();
-    total / n.max(1) as f64
-}
+pub use crate::eval::mean_kl;

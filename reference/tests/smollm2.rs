@@ -134,3 +134,25 @@ fn exact_conversion_reproduces_the_logits() {
     );
     assert!(rel <= 1e-9, "logits rel err {rel:e}");
 }
+
+#[test]
+fn the_embedded_tokenizer_reads_text_as_hf_does_and_eval_scores_it() {
+    let Some(path) = gguf() else { return };
+    let r = reference();
+    let text = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/text/attention-notes.txt")).unwrap();
+    let tok = gqla_reference::hf::tokenizer::load(&path, None).unwrap();
+    let ids = gqla_reference::hf::tokenizer::encode(&tok, &text, &path).unwrap();
+    assert_eq!(ids, r.ids, "our GGUF tokenizer disagrees with HF's");
+    // f32 scoring of the model against itself: no divergence, the f64 perplexity to f32 accuracy.
+    let ckpt = Checkpoint::open(&path).unwrap();
+    let ids = &r.ids[..96];
+    let s = gqla_reference::eval::evaluate::<f32>(&ckpt, Some(&ckpt), ids, 48, &mut || {}).unwrap();
+    assert_eq!((s.windows, s.predicted), (2, 94));
+    assert!(s.kl_from_source.unwrap().abs() < 1e-12 && s.top1_agreement == Some(1.0));
+    let mut nll = 0.0;
+    for w in ids.chunks(48) {
+        nll += gqla_reference::eval::next_token_nll(&ckpt.logits(w).unwrap(), w).0;
+    }
+    let f64_ppl = (nll / 94.0).exp();
+    assert!((s.perplexity / f64_ppl - 1.0).abs() < 1e-4, "f32 {} vs f64 {f64_ppl}", s.perplexity);
+}

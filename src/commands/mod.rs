@@ -4,6 +4,7 @@ pub mod bench;
 pub mod cache_size;
 pub mod certify;
 pub mod convert;
+pub mod eval;
 pub mod forward;
 pub mod plan;
 pub mod vectors;

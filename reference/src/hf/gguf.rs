@@ -219,6 +219,67 @@ impl GgufModel {
         })
     }
 
+    /// The tokenizer the file embeds, as HF transformers builds it from the same metadata: a
+    /// byte-level BPE (`tokenizer.ggml.model` = gpt2) over `tokenizer.ggml.tokens` (ids in list
+    /// order) and `tokenizer.ggml.merges`, no prefix space, control and user-defined tokens
+    /// special.
+    pub fn tokenizer(&self) -> Result<tokenizers::Tokenizer> {
+        use tokenizers::models::bpe::{Merges, Vocab, BPE};
+        use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+        let m = &self.content.metadata;
+        let bad = |key: &str, expected: &str| Error::file(&self.path, format!("GGUF metadata `{key}`: expected {expected}"));
+        match m.get("tokenizer.ggml.model") {
+            Some(Value::String(kind)) if kind == "gpt2" => {}
+            Some(Value::String(kind)) => {
+                return Err(Error::file(
+                    &self.path,
+                    format!("GGUF tokenizer `{kind}` is not supported (expected gpt2, a byte-level BPE); pass --tokenizer tokenizer.json"),
+                ))
+            }
+            _ => return Err(bad("tokenizer.ggml.model", "a tokenizer kind")),
+        }
+        let strings = |key: &str| -> Result<Vec<String>> {
+            match m.get(key) {
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .map(|v| match v {
+                        Value::String(s) => Ok(s.clone()),
+                        _ => Err(bad(key, "a list of strings")),
+                    })
+                    .collect(),
+                _ => Err(bad(key, "a list of strings")),
+            }
+        };
+        let tokens = strings("tokenizer.ggml.tokens")?;
+        let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let merges: Merges = strings("tokenizer.ggml.merges")?
+            .iter()
+            .map(|line| {
+                line.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| bad("tokenizer.ggml.merges", &format!("pairs `a b`, got `{line}`")))
+            })
+            .collect::<Result<_>>()?;
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| Error::file(&self.path, format!("GGUF tokenizer: {e}")))?;
+        let mut t = tokenizers::Tokenizer::new(bpe);
+        t.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
+        t.with_decoder(Some(ByteLevel::default()));
+        if let Some(Value::Array(types)) = m.get("tokenizer.ggml.token_type") {
+            let special: Vec<tokenizers::AddedToken> = types
+                .iter()
+                .zip(&tokens)
+                .filter(|(ty, _)| matches!(integer(ty), Some(3 | 4)))
+                .map(|(_, tok)| tokenizers::AddedToken::from(tok.clone(), true))
+                .collect();
+            t.add_special_tokens(special)
+                .map_err(|e| Error::file(&self.path, format!("GGUF tokenizer: special tokens: {e}")))?;
+        }
+        Ok(t)
+    }
+
     /// An error if the file changed since it was opened.
     pub fn unchanged(&self) -> Result<()> {
         let now = std::fs::metadata(&self.path).map_err(|e| Error::file(&self.path, format!("changed while it was read: {e}")))?;

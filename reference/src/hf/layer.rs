@@ -69,11 +69,18 @@ impl Checkpoint {
     /// The model's next-token logits [T, vocab] for token `ids` at positions 0..T, in f64: the
     /// embedding, every decoder layer, the final norm and the LM head.
     pub fn logits(&self, ids: &[u32]) -> Result<ndarray::Array2<f64>> {
-        let mut h = crate::model::embed_rows(&self.store, &self.config, ids)?;
+        self.logits_in::<f64>(ids, &mut |_| {})
+    }
+
+    /// [`Checkpoint::logits`] computed in precision `T` (weights rounded to it); `on_layer` is
+    /// called after each layer.
+    pub fn logits_in<T: crate::Real>(&self, ids: &[u32], on_layer: &mut dyn FnMut(usize)) -> Result<ndarray::Array2<f64>> {
+        let mut h = crate::model::embed_rows(&self.store, &self.config, ids)?.mapv(T::of);
         for i in 0..self.config.num_layers {
-            h = self.decoder_layer(i)?.forward(h.view())?.output;
+            h = self.decoder_layer(i)?.cast::<T>().forward(h.view())?.output;
+            on_layer(i);
         }
-        Ok(self.head()?.logits(h.view()))
+        Ok(self.head()?.cast::<T>().logits(h.view()).mapv(|v| v.f64()))
     }
 
     fn check_layer(&self, layer: usize) -> Result<()> {

@@ -9,6 +9,7 @@ pub mod gguf;
 pub mod layer;
 pub mod synthetic;
 pub mod tensors;
+pub mod tokenizer;
 
 pub use config::{AttentionConfig, ModelConfig, ModelType};
 pub use layer::{load_layer, Checkpoint, Layer};

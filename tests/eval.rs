@@ -1,0 +1,99 @@
+//! `gqla eval`: perplexity, KL and top-1 agreement, on the tiny LLaMA fixture with a word-level
+//! tokenizer (the SmolLM2 tests in reference/tests/smollm2.rs cover a real tokenizer and model).
+
+use crate::common::{gqla, root};
+use std::path::Path;
+
+fn tokenizer_json(dir: &Path, vocab: usize) {
+    let words: serde_json::Map<String, serde_json::Value> = (0..vocab).map(|i| (format!("w{i}"), i.into())).collect();
+    let t = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": words, "unk_token": "w0"}
+    });
+    std::fs::write(dir.join("tokenizer.json"), t.to_string()).unwrap();
+}
+
+#[test]
+fn eval_scores_a_model_and_compares_it_with_its_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tmp.path().join("ck");
+    std::fs::create_dir(&ck).unwrap();
+    for e in std::fs::read_dir(root().join("fixtures/hf/llama/checkpoint")).unwrap().flatten() {
+        std::fs::copy(e.path(), ck.join(e.file_name())).unwrap();
+    }
+    tokenizer_json(&ck, 64);
+    let text = tmp.path().join("t.txt");
+    std::fs::write(
+        &text,
+        (0..40).map(|i| format!("w{}", (i * 11 + 5) % 64)).collect::<Vec<_>>().join(" "),
+    )
+    .unwrap();
+    let (ck_s, text_s) = (ck.to_str().unwrap(), text.to_str().unwrap());
+    let json = |args: &[&str]| -> serde_json::Value {
+        let r = gqla(args);
+        assert_eq!(r.code, 0, "{args:?}: {}", r.stderr);
+        serde_json::from_str(&r.stdout).unwrap()
+    };
+    let same = json(&[
+        "eval",
+        "--checkpoint",
+        ck_s,
+        "--text",
+        text_s,
+        "--against",
+        ck_s,
+        "--window",
+        "16",
+        "--json",
+    ]);
+    assert_eq!(
+        (same["tokens"].as_u64(), same["windows"].as_u64(), same["predicted"].as_u64()),
+        (Some(40), Some(3), Some(37))
+    );
+    assert!(same["kl_from_source"].as_f64().unwrap().abs() < 1e-9 && same["top1_agreement"] == 1.0);
+    let ppl = same["perplexity"].as_f64().unwrap();
+    assert!(ppl > 1.0 && ppl.is_finite() && (ppl - same["source_perplexity"].as_f64().unwrap()).abs() < 1e-9 * ppl);
+    // A lossy conversion: its tokenizer comes from the source.
+    let out = tmp.path().join("out");
+    let r = gqla(&[
+        "convert",
+        "--input",
+        ck_s,
+        "--output",
+        out.to_str().unwrap(),
+        "--kv-lora-rank",
+        "8",
+        "--rope-dim",
+        "4",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lossy = json(&[
+        "eval",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--text",
+        text_s,
+        "--against",
+        ck_s,
+        "--window",
+        "16",
+        "--json",
+    ]);
+    assert!(lossy["kl_from_source"].as_f64().unwrap() > 1e-6);
+    assert_eq!(lossy["source_perplexity"], same["source_perplexity"]);
+    // The table, and refusals.
+    let r = gqla(&["eval", "--checkpoint", ck_s, "--text", text_s]);
+    assert!(r.code == 0 && r.stdout.contains("perplexity"), "{}", r.stderr);
+    std::fs::write(&text, "w1").unwrap();
+    let r = gqla(&["eval", "--checkpoint", ck_s, "--text", text_s]);
+    assert!(r.code == 2 && r.stderr.contains("at least 2"), "{}", r.stderr);
+    let r = gqla(&[
+        "eval",
+        "--checkpoint",
+        root().join("fixtures/hf/qwen2/checkpoint").to_str().unwrap(),
+        "--text",
+        text_s,
+    ]);
+    assert!(r.code == 2 && r.stderr.contains("tokenizer"), "{}", r.stderr);
+}

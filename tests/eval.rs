@@ -35,18 +35,21 @@ fn eval_scores_a_model_and_compares_it_with_its_source() {
         assert_eq!(r.code, 0, "{args:?}: {}", r.stderr);
         serde_json::from_str(&r.stdout).unwrap()
     };
-    let same = json(&[
-        "eval",
-        "--checkpoint",
-        ck_s,
-        "--text",
-        text_s,
-        "--against",
-        ck_s,
-        "--window",
-        "16",
-        "--json",
-    ]);
+    let compare = |model: &str| {
+        json(&[
+            "eval",
+            "--checkpoint",
+            model,
+            "--text",
+            text_s,
+            "--against",
+            ck_s,
+            "--window",
+            "16",
+            "--json",
+        ])
+    };
+    let same = compare(ck_s);
     assert_eq!(
         (same["tokens"].as_u64(), same["windows"].as_u64(), same["predicted"].as_u64()),
         (Some(40), Some(3), Some(37))
@@ -68,18 +71,7 @@ fn eval_scores_a_model_and_compares_it_with_its_source() {
         "4",
     ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let lossy = json(&[
-        "eval",
-        "--checkpoint",
-        out.to_str().unwrap(),
-        "--text",
-        text_s,
-        "--against",
-        ck_s,
-        "--window",
-        "16",
-        "--json",
-    ]);
+    let lossy = compare(out.to_str().unwrap());
     assert!(lossy["kl_from_source"].as_f64().unwrap() > 1e-6);
     assert_eq!(lossy["source_perplexity"], same["source_perplexity"]);
     // The table, and refusals.

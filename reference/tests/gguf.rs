@@ -13,22 +13,6 @@ fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/hf/llama/checkpoint")
 }
 
-/// llama.cpp's q/k permutation (convert_hf_to_gguf.py): within each head, HF row j·d/2 + i
-/// becomes row 2i + j.
-fn permute(values: &[f32], heads: usize, rows: usize, cols: usize) -> Vec<f32> {
-    let d = rows / heads;
-    let mut out = vec![0f32; values.len()];
-    for h in 0..heads {
-        for j in 0..2 {
-            for i in 0..d / 2 {
-                let (hf, gg) = (h * d + j * d / 2 + i, h * d + 2 * i + j);
-                out[gg * cols..(gg + 1) * cols].copy_from_slice(&values[hf * cols..(hf + 1) * cols]);
-            }
-        }
-    }
-    out
-}
-
 /// Write the HF checkpoint at `src` as a llama.cpp GGUF file at `dst`, matrices in `dtype`.
 fn write_gguf(src: &Path, dst: &Path, arch: &str, dtype: GgmlDType) {
     write_gguf_with(src, dst, arch, dtype, true)
@@ -36,7 +20,13 @@ fn write_gguf(src: &Path, dst: &Path, arch: &str, dtype: GgmlDType) {
 
 /// [`write_gguf`], with or without llama.cpp's q/k permutation.
 fn write_gguf_with(src: &Path, dst: &Path, arch: &str, dtype: GgmlDType, permute_qk: bool) {
-    let permute = |v: &[f32], heads: usize, rows: usize, cols: usize| if permute_qk { permute(v, heads, rows, cols) } else { v.to_vec() };
+    let permute = |v: &[f32], heads: usize, rows: usize, cols: usize| {
+        if permute_qk {
+            gqla_reference::hf::gguf::permute(v, heads, rows, cols)
+        } else {
+            v.to_vec()
+        }
+    };
     let ckpt = Checkpoint::open(src).unwrap();
     let c = &ckpt.config;
     let gqla_reference::hf::config::AttentionConfig::Gqa(a) = &c.attention else {

@@ -315,21 +315,32 @@ fn real(v: &Value) -> Option<f64> {
     }
 }
 
+/// llama.cpp's q/k row permutation (convert_hf_to_gguf.py reshapes to [heads, 2, d/2, cols] and
+/// swaps the middle axes): within each of `heads` heads, HF row `j·d/2 + i` becomes row `2i + j`.
+/// For writing test files; [`unpermute`] is its inverse.
+pub fn permute(values: &[f32], heads: usize, rows: usize, cols: usize) -> Vec<f32> {
+    let d = rows / heads;
+    let mut out = vec![0f32; values.len()];
+    for (hf, gg) in pair_rows(heads, d) {
+        out[gg * cols..(gg + 1) * cols].copy_from_slice(&values[hf * cols..(hf + 1) * cols]);
+    }
+    out
+}
+
+/// (HF row, GGUF row) for every q/k row of `heads` heads of width `d`.
+fn pair_rows(heads: usize, d: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..heads).flat_map(move |h| (0..2).flat_map(move |j| (0..d / 2).map(move |i| (h * d + j * d / 2 + i, h * d + 2 * i + j))))
+}
+
 /// Undo llama.cpp's q/k row permutation: within each of `heads` heads of `rows / heads` rows,
 /// HF row `j·d/2 + i` is GGUF row `2i + j`.
 pub fn unpermute(values: &[f32], heads: usize, rows: usize, cols: usize) -> std::result::Result<Vec<f32>, String> {
     if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) || values.len() != rows * cols {
         return Err(format!("{rows} rows do not split into {heads} heads of an even width"));
     }
-    let d = rows / heads;
     let mut out = vec![0f32; values.len()];
-    for h in 0..heads {
-        for j in 0..2 {
-            for i in 0..d / 2 {
-                let (hf, gg) = (h * d + j * d / 2 + i, h * d + 2 * i + j);
-                out[hf * cols..(hf + 1) * cols].copy_from_slice(&values[gg * cols..(gg + 1) * cols]);
-            }
-        }
+    for (hf, gg) in pair_rows(heads, rows / heads) {
+        out[hf * cols..(hf + 1) * cols].copy_from_slice(&values[gg * cols..(gg + 1) * cols]);
     }
     Ok(out)
 }
@@ -338,23 +349,21 @@ pub fn unpermute(values: &[f32], heads: usize, rows: usize, cols: usize) -> std:
 mod tests {
     use super::*;
 
-    /// llama.cpp's permutation (convert_hf_to_gguf.py: reshape to [heads, 2, d/2, cols], swap
-    /// the middle axes), written out, then undone.
+    /// llama.cpp's permutation, written out from its definition (reshape to [heads, 2, d/2, cols],
+    /// swap the middle axes), agrees with `permute`, and `unpermute` undoes it.
     #[test]
     fn unpermute_inverts_llama_cpp_permutation() {
         let (heads, d, cols) = (3, 8, 5);
         let hf: Vec<f32> = (0..heads * d * cols).map(|v| v as f32).collect();
-        let mut gguf = vec![0f32; hf.len()];
-        for h in 0..heads {
-            for j in 0..2 {
-                for i in 0..d / 2 {
-                    let (src, dst) = (h * d + j * d / 2 + i, h * d + i * 2 + j);
-                    gguf[dst * cols..(dst + 1) * cols].copy_from_slice(&hf[src * cols..(src + 1) * cols]);
-                }
-            }
+        let mut swapped = vec![0f32; hf.len()];
+        for (idx, v) in hf.iter().enumerate() {
+            let (row, col) = (idx / cols, idx % cols);
+            let (h, j, i) = (row / d, (row % d) / (d / 2), row % (d / 2));
+            swapped[((h * (d / 2) + i) * 2 + j) * cols + col] = *v;
         }
-        assert_ne!(gguf, hf);
-        assert_eq!(unpermute(&gguf, heads, heads * d, cols).unwrap(), hf);
-        assert!(unpermute(&gguf, 5, heads * d, cols).is_err());
+        assert_eq!(permute(&hf, heads, heads * d, cols), swapped);
+        assert_ne!(swapped, hf);
+        assert_eq!(unpermute(&swapped, heads, heads * d, cols).unwrap(), hf);
+        assert!(unpermute(&swapped, 5, heads * d, cols).is_err());
     }
 }

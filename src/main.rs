@@ -73,8 +73,8 @@ fn main() -> ExitCode {
         Command::Convert(a) => commands::convert::run(a, &budget),
         Command::Eval(a) => commands::eval::run(a, &budget),
         Command::Bench(a) => commands::bench::run(a, &budget),
-        Command::Vectors(a) => commands::vectors::run(a),
-        Command::Certify(a) => match commands::certify::run(a) {
+        Command::Vectors(a) => commands::vectors::run(a, &budget),
+        Command::Certify(a) => match commands::certify::run(a, &budget) {
             Ok(commands::certify::Outcome::Conformant) => Ok(()),
             Ok(commands::certify::Outcome::Rejected) => return ExitCode::from(1),
             Err(e) => Err(e),

@@ -355,6 +355,14 @@ fn overflowing_flags_and_budgets_exit_2_before_allocating() {
         &["not enough memory", "--max-memory"],
     );
     s.refused(&["bench", "convert", "--vocab", "0"], &["--vocab"]);
+    s.refused(
+        &["certify", "--kernel", "reference-f32", "--max-memory", "1M", "--out", "cert"],
+        &["not enough memory", "selected cases"],
+    );
+    s.refused(
+        &["vectors", "export", "--max-memory", "1K", "--out", "pack"],
+        &["not enough memory", "largest selected case"],
+    );
     let id = "gqla.decode.absorb:h=4294967296;dc=512;dn=128;dr=64;sq=1;ctx=99999999999;page=0;dtype=f32;seed=0";
     s.refused(&["vectors", "export", "--filter", id, "--out", "pack"], &[]);
     s.refused(

@@ -208,6 +208,30 @@ impl Case {
             Some(c) => c + self.sq,
         }
     }
+    /// An upper estimate of the bytes one case takes while it is judged: its inputs twice (the
+    /// harness's copy and the kernel's), the outputs with their margins, and both references
+    /// in f64. Computed from the id alone, before anything is allocated.
+    pub fn memory_bytes(&self) -> u128 {
+        let lens: Vec<u128> = (0..self.batch()).map(|b| self.seq_len(b) as u128).collect();
+        let (b, tokens) = (lens.len() as u128, lens.iter().sum::<u128>());
+        let slots = match self.page {
+            None => b * (lens.iter().copied().max().unwrap_or(0) + 3),
+            Some(p) => {
+                let p = p as u128;
+                (3 * lens.iter().map(|l| l.div_ceil(p)).sum::<u128>() + 2) * p
+            }
+        };
+        let width: u128 = crate::definition::cache_components(self).iter().map(|(_, w)| *w as u128).sum();
+        let (g, dn, dv, dc) = (self.g as u128, self.dn as u128, self.dv as u128, self.dc as u128);
+        let (inputs, outputs) = match self.op {
+            Op::CacheExpand => (slots * width + g * (dn + dv) * dc, tokens * g * (dn + dv)),
+            _ => {
+                let rows = b * self.sq as u128 * self.h as u128;
+                (rows * self.q_width() as u128 + slots * width, rows * (self.out_width() as u128 + 1))
+            }
+        };
+        2 * 4 * inputs + (4 + 2 * 8) * outputs + 4 * 2 * crate::kernel::MARGIN as u128
+    }
     /// Keys new token j of row b sees: t < visible (bottom-right causal; 0 for padding rows).
     pub fn visible(&self, b: usize, j: usize) -> usize {
         self.ctx[b].map_or(0, |c| c + j + 1)
@@ -445,5 +469,32 @@ impl FromStr for Case {
             return Err(bad(format!("not in canonical form; the canonical id is `{c}`")));
         }
         Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod memory_tests {
+    use crate::inputs::CaseInputs;
+    use crate::kernel::Outputs;
+    use crate::profile::Profile;
+
+    /// The estimate bounds what a case really allocates, and is not wildly above it.
+    #[test]
+    fn memory_estimates_bound_the_real_allocations() {
+        for case in crate::lattice::suite_cases()
+            .into_iter()
+            .filter(|c| (0..c.batch()).all(|b| c.seq_len(b) <= 200))
+        {
+            let inp = CaseInputs::generate(&case);
+            let floats = inp.q.len() + inp.w_ukv.len() + inp.cache.components.iter().map(|c| c.data.len()).sum::<usize>();
+            let outs: usize = Outputs::for_case(&case, &Profile::everything())
+                .tensors
+                .iter()
+                .map(|t| t.len())
+                .sum();
+            let real = (2 * 4 * floats + (4 + 2 * 8) * outs) as u128;
+            let est = case.memory_bytes();
+            assert!(est >= real && est <= 4 * real + (1 << 16), "{case}: estimate {est}, real {real}");
+        }
     }
 }

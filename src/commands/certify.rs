@@ -111,7 +111,7 @@ fn fresh_seed() -> u64 {
     rand::random::<u32>().max(1) as u64
 }
 
-pub fn run(a: Args) -> Result<Outcome, CliError> {
+pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<Outcome, CliError> {
     if let Some(rest) = a.kernel.strip_prefix("external:") {
         return external(Path::new(rest), &a);
     }
@@ -156,6 +156,15 @@ pub fn run(a: Args) -> Result<Outcome, CliError> {
     if suite_cases_seeded(0).iter().all(|c| !selected(&a.filter, &c.to_string())) {
         return Err(CliError::Usage(format!("no case id starts with `{}`", filter_text(&a.filter))));
     }
+    // Every selected case's inputs and references stay in memory for the mutation catalogue.
+    let chosen: Vec<Case> = suite_cases_seeded(0)
+        .into_iter()
+        .filter(|c| selected(&a.filter, &c.to_string()))
+        .collect();
+    budget.check(&[gqla_reference::budget::Need {
+        what: format!("the inputs and references of the {} selected cases", chosen.len()),
+        bytes: chosen.iter().try_fold(0u128, |acc, c| acc.checked_add(c.memory_bytes())),
+    }])?;
     quiet_kernel_panics();
     if let Some(n) = a.seeds {
         return stability(&candidates, n, &a);

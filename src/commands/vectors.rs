@@ -30,7 +30,7 @@ enum Which {
     },
 }
 
-pub fn run(a: Args) -> Result<(), CliError> {
+pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<(), CliError> {
     let Which::Export { out, filter, seed } = a.which;
     let seed = seed.unwrap_or_else(|| rand::random::<u32>().max(1) as u64);
     let selected = |c: &Case| filter.is_empty() || filter.iter().any(|p| c.matches(p));
@@ -42,6 +42,12 @@ pub fn run(a: Args) -> Result<(), CliError> {
     if cases.is_empty() {
         return Err(CliError::Usage(format!("no case id starts with `{}`", filter.join(" | "))));
     }
+    // One case at a time: its inputs, and the file they are serialised into.
+    let largest = cases.iter().map(|(_, c)| c.memory_bytes()).max().unwrap_or(0);
+    budget.check(&[gqla_reference::budget::Need {
+        what: "the largest selected case's inputs".into(),
+        bytes: largest.checked_mul(2),
+    }])?;
     let m = export(&cases, seed, &filter, &out).map_err(|e| CliError::Usage(e.to_string()))?;
     println!(
         "wrote {} cases (suite seed {seed}) to {}: manifest.json, definitions.json, NNNNN.inputs.safetensors. \

@@ -54,7 +54,7 @@ fn exact_conversion_reproduces_hf(#[case] name: &str, #[case] args: &[&str]) {
 }
 
 /// Round to 4 significant digits so snapshots are stable across platforms.
-fn round_floats(v: &mut serde_json::Value) {
+pub fn round_floats(v: &mut serde_json::Value) {
     match v {
         serde_json::Value::Number(n) if n.is_f64() => {
             let x = n.as_f64().unwrap();

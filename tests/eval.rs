@@ -89,3 +89,69 @@ fn eval_scores_a_model_and_compares_it_with_its_source() {
     ]);
     assert!(r.code == 2 && r.stderr.contains("tokenizer"), "{}", r.stderr);
 }
+
+/// SmolLM2-135M-Instruct converted at 28.125% of the cache (d_c 76 + d_r 32 of 384 elements per
+/// token), calibrated on fixtures/text/calibration.txt, scored on fixtures/text/heldout.txt (text
+/// the conversion never saw): the figures are pinned, four significant digits. Calibration runs
+/// in f64 (bit-stable); the scores in f32. Without the GGUF (`.ci/run` fetches it) this prints
+/// SKIPPED.
+#[test]
+fn smollm2_at_28_percent_of_the_cache_on_held_out_text() {
+    let gguf = root().join("target/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !gguf.is_file() {
+        println!("SKIPPED: no {} (`.ci/run` downloads it)", gguf.display());
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("smol-28");
+    let (g, o) = (gguf.to_str().unwrap(), out.to_str().unwrap());
+    let r = gqla(&[
+        "convert",
+        "--input",
+        g,
+        "--output",
+        o,
+        "--kv-lora-rank",
+        "76",
+        "--rope-dim",
+        "32",
+        "--calib-text",
+        "fixtures/text/calibration.txt",
+        "--calib-tokens",
+        "64",
+        "--calib-precision",
+        "f64",
+        "--dtype",
+        "f32",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = gqla(&[
+        "eval",
+        "--checkpoint",
+        o,
+        "--against",
+        g,
+        "--text",
+        "fixtures/text/heldout.txt",
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let eval: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("gqla_meta.json")).unwrap()).unwrap();
+    let rep = &meta["report"];
+    let mut snap = serde_json::json!({
+        "cache_elements_per_token": {
+            "source": rep["source_cache_elements"], "absorb": rep["absorb_cache_elements"], "gqa": rep["gqa_cache_elements"],
+        },
+        "calibration_tokens": rep["calibration_tokens"],
+        "converter_held_out_kl": rep["held_out_kl"],
+        "heldout_text": {
+            "tokens": eval["tokens"], "perplexity": eval["perplexity"], "source_perplexity": eval["source_perplexity"],
+            "kl_from_source": eval["kl_from_source"], "top1_agreement": eval["top1_agreement"],
+        },
+    });
+    assert_eq!(rep["absorb_cache_elements"], 108);
+    assert_eq!(rep["source_cache_elements"], 384);
+    crate::convert::round_floats(&mut snap);
+    insta::assert_json_snapshot!("smollm2_28_percent_heldout", snap);
+}

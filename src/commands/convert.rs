@@ -39,8 +39,13 @@ pub struct Args {
     no_truncation: bool,
     /// Calibration token ids: a safetensors file with an integer `input_ids` [sequences, tokens].
     /// Without it, seeded random ids are used (weaker, and reported as such).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "calib_text")]
     calib: Option<PathBuf>,
+    /// Calibration text (UTF-8): tokenized with the checkpoint's tokenizer (its tokenizer.json,
+    /// or the one a GGUF file embeds) and cut into sequences of --calib-tokens; the last is held
+    /// out for the KL and error figures.
+    #[arg(long)]
+    calib_text: Option<PathBuf>,
     /// Random calibration: sequences, tokens per sequence, seed.
     #[arg(long, default_value_t = 8)]
     calib_sequences: usize,
@@ -81,9 +86,21 @@ pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<(), CliEr
             freqfold: freqfold(&a.freqfold, &config, a.rope_dim)?,
         }
     };
-    let calibration = match &a.calib {
-        Some(p) => Calibration::File(p.clone()),
-        None => {
+    let calibration = match (&a.calib, &a.calib_text) {
+        (Some(p), _) => Calibration::File(p.clone()),
+        (None, Some(text)) => {
+            if a.calib_tokens == 0 {
+                return Err(CliError::Usage("--calib-tokens must be positive".into()));
+            }
+            let tok = gqla_reference::hf::tokenizer::load(&a.input, None)?;
+            let body = gqla_reference::files::read_to_string(text, gqla_reference::files::Limit::INDEX)?;
+            let ids = gqla_reference::hf::tokenizer::encode(&tok, &body, text)?;
+            Calibration::Text {
+                text: text.clone(),
+                sequences: ids.chunks(a.calib_tokens).map(<[u32]>::to_vec).collect(),
+            }
+        }
+        (None, None) => {
             eprintln!(
                 "NOTE: no --calib given: calibrating on {} x {} seeded random token ids (seed {}). Random ids are a weaker calibration than real text; pass --calib for a real conversion.",
                 a.calib_sequences, a.calib_tokens, a.seed

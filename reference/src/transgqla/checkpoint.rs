@@ -35,6 +35,8 @@ pub enum Calibration {
     File(PathBuf),
     /// Seeded uniformly random ids: weaker than real text, and reported as such.
     Random { sequences: usize, tokens: usize, seed: u64 },
+    /// Token ids of a text (`text` names it), as sequences; the last one is held out.
+    Text { text: PathBuf, sequences: Vec<Vec<u32>> },
 }
 
 /// Everything `convert_checkpoint` needs besides the paths.
@@ -153,6 +155,7 @@ pub fn convert_checkpoint(
 fn calibration_shape(cal: &Calibration, config: &ModelConfig) -> Result<(usize, usize)> {
     match cal {
         Calibration::Random { sequences, tokens, .. } => Ok((*sequences, *tokens)),
+        Calibration::Text { sequences, .. } => Ok((sequences.len(), sequences.iter().map(Vec::len).max().unwrap_or(0))),
         Calibration::File(path) => {
             let store = TensorStore::open(path)?;
             let shape = store.shape("input_ids").ok_or_else(|| Error::MissingTensor {
@@ -283,6 +286,20 @@ fn calibration_ids(cal: &Calibration, config: &ModelConfig) -> Result<(Ids, Ids,
             } else {
                 random(1, ids[0].len().min(HELD_OUT_TOKENS), 0x5eed)
             };
+            Ok((ids, held, false))
+        }
+        Calibration::Text { text, sequences } => {
+            if sequences.len() < 2 || sequences.iter().any(|s| s.is_empty()) {
+                return Err(Error::file(
+                    text,
+                    "calibration text: at least two sequences are needed (the last is held out)",
+                ));
+            }
+            if let Some(bad) = sequences.iter().flatten().find(|&&t| t >= vocab) {
+                return Err(Error::file(text, format!("token id {bad} is outside the vocabulary 0..{vocab}")));
+            }
+            let mut ids = sequences.clone();
+            let held = vec![ids.pop().expect("two or more")];
             Ok((ids, held, false))
         }
         Calibration::Random { sequences, tokens, seed } => {
@@ -575,6 +592,7 @@ fn calibration_json(cal: &Calibration, cal_ids: &Ids, held: &Ids, weak: bool) ->
     let source = match cal {
         Calibration::File(p) => json!({ "file": p.display().to_string() }),
         Calibration::Random { seed, .. } => json!({ "random_seed": seed }),
+        Calibration::Text { text, .. } => json!({ "text": text.display().to_string() }),
     };
     json!({ "source": source, "sequences": cal_ids.len(), "tokens_per_sequence": cal_ids[0].len(), "held_out_tokens": held[0].len(), "weak": weak })
 }

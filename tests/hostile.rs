@@ -505,3 +505,44 @@ fn identical_inputs_give_byte_identical_outputs() {
         }
     }
 }
+
+/// A GGUF header with one metadata entry, `general.architecture` = `arch`, and no tensors.
+fn gguf_header(arch: &str) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes()); // version
+    b.extend(0u64.to_le_bytes()); // tensors
+    b.extend(1u64.to_le_bytes()); // metadata entries
+    let key = b"general.architecture";
+    b.extend((key.len() as u64).to_le_bytes());
+    b.extend(key);
+    b.extend(8u32.to_le_bytes()); // string
+    b.extend((arch.len() as u64).to_le_bytes());
+    b.extend(arch.as_bytes());
+    b
+}
+
+#[test]
+fn bad_gguf_files_exit_2_naming_the_file() {
+    let s = Scratch::new();
+    std::fs::write(s.path().join("gpt2.gguf"), gguf_header("gpt2")).unwrap();
+    std::fs::write(s.path().join("cut.gguf"), &gguf_header("llama")[..30]).unwrap();
+    std::fs::write(s.path().join("empty.gguf"), gguf_header("llama")).unwrap();
+    let fwd = |m: &'static str| -> Vec<&'static str> {
+        vec![
+            "forward",
+            "--checkpoint",
+            m,
+            "--layer",
+            "0",
+            "--input",
+            "x.safetensors",
+            "--output",
+            "y.safetensors",
+        ]
+    };
+    s.refused(&fwd("gpt2.gguf"), &["gpt2.gguf", "architecture `gpt2` is not supported"]);
+    s.refused(&fwd("cut.gguf"), &["cut.gguf", "not a GGUF file we can read"]);
+    s.refused(&fwd("empty.gguf"), &["empty.gguf", "llama.embedding_length"]);
+    s.refused(&convert("gpt2.gguf", "out", &[]), &["gpt2.gguf", "architecture"]);
+    s.refused(&["eval", "--checkpoint", "cut.gguf", "--text", "x.safetensors"], &["cut.gguf"]);
+}

@@ -153,14 +153,14 @@ pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<Outcome, 
         "candle" => vec![candidate(Arc::new(CandleCpu), false)],
         other => return Err(unknown_kernel(other)),
     };
-    if suite_cases_seeded(0).iter().all(|c| !selected(&a.filter, &c.to_string())) {
-        return Err(CliError::Usage(format!("no case id starts with `{}`", filter_text(&a.filter))));
-    }
-    // Every selected case's inputs and references stay in memory for the mutation catalogue.
     let chosen: Vec<Case> = suite_cases_seeded(0)
         .into_iter()
         .filter(|c| selected(&a.filter, &c.to_string()))
         .collect();
+    if chosen.is_empty() {
+        return Err(CliError::Usage(format!("no case id starts with `{}`", filter_text(&a.filter))));
+    }
+    // Every selected case's inputs and references stay in memory for the mutation catalogue.
     budget.check(&[gqla_reference::budget::Need {
         what: format!("the inputs and references of the {} selected cases", chosen.len()),
         bytes: chosen.iter().try_fold(0u128, |acc, c| acc.checked_add(c.memory_bytes())),

@@ -50,19 +50,20 @@ pub fn note_input_dir(dir: &Path) {
 /// would take precedence over its weights).
 pub fn check_output(path: &Path) -> Result<()> {
     let i = inputs();
+    let inside = |location: &Path, how: &str| match i.dirs.iter().find(|(r, _)| location.starts_with(r)) {
+        Some((_, input)) => Err(Error::file(
+            path,
+            format!(
+                "{how} the input {}, which it would change; choose a path outside it",
+                input.display()
+            ),
+        )),
+        None => Ok(()),
+    };
     // Where the output would land: its directory resolved, plus its name.
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if let (Ok(real_dir), Some(name)) = (dir.canonicalize(), path.file_name()) {
-        let lands = real_dir.join(name);
-        if let Some((_, input)) = i.dirs.iter().find(|(r, _)| lands.starts_with(r)) {
-            return Err(Error::file(
-                path,
-                format!(
-                    "lies inside the input {}, which it would change; choose a path outside it",
-                    input.display()
-                ),
-            ));
-        }
+        inside(&real_dir.join(name), "lies inside")?;
     }
     let Ok(meta) = std::fs::metadata(path) else {
         return Ok(()); // nothing there to replace
@@ -77,18 +78,10 @@ pub fn check_output(path: &Path) -> Result<()> {
             format!("is an input of this command ({}); choose another output path", input.display()),
         ));
     }
-    if let Ok(real) = path.canonicalize() {
-        if let Some((_, input)) = i.dirs.iter().find(|(r, _)| real.starts_with(r)) {
-            return Err(Error::file(
-                path,
-                format!(
-                    "leads inside the input {}, which it would change; choose a path outside it",
-                    input.display()
-                ),
-            ));
-        }
+    match path.canonicalize() {
+        Ok(real) => inside(&real, "leads inside"),
+        Err(_) => Ok(()),
     }
-    Ok(())
 }
 
 /// The directory and file name of an output path.

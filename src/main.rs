@@ -1,8 +1,8 @@
 //! `gqla`: the GQLA conformance suite's command-line program.
 //!
-//! Exit codes: 0 success (certify: conformant), 1 certify: not conformant, 2 error (bad input or
-//! configuration), with the cause on stderr; 130 and 143 after SIGINT and SIGTERM, once the
-//! temporary outputs in flight are removed.
+//! Exit codes: 0 success (certify: conformant), 1 certify: not conformant, or snapshot --check: a
+//! regression, 2 error (bad input or configuration), with the cause on stderr; 130 and 143 after
+//! SIGINT and SIGTERM, once the temporary outputs in flight are removed.
 
 mod commands;
 
@@ -41,6 +41,8 @@ enum Command {
     Bench(commands::bench::Args),
     /// Which decode path a GPU should run: a roofline model of both paths.
     Plan(commands::plan::Args),
+    /// A regression digest of a checkpoint (YAML); with --check, compare against one.
+    Snapshot(commands::snapshot::Args),
     /// Per-token KV-cache sizes of a model on each GQLA path, measured from allocated caches.
     CacheSize(commands::cache_size::Args),
 }
@@ -74,6 +76,11 @@ fn main() -> ExitCode {
         Command::Eval(a) => commands::eval::run(a, &budget),
         Command::Bench(a) => commands::bench::run(a, &budget),
         Command::Vectors(a) => commands::vectors::run(a, &budget),
+        Command::Snapshot(a) => match commands::snapshot::run(a, &budget) {
+            Ok(commands::snapshot::Outcome::Unchanged) => Ok(()),
+            Ok(commands::snapshot::Outcome::Regressed) => return ExitCode::from(1),
+            Err(e) => Err(e),
+        },
         Command::Certify(a) => match commands::certify::run(a, &budget) {
             Ok(commands::certify::Outcome::Conformant) => Ok(()),
             Ok(commands::certify::Outcome::Rejected) => return ExitCode::from(1),

@@ -5,6 +5,7 @@
 //! - `bad_input`: every malformed input gets exit code 2 and a message naming file, tensor, expectation.
 //! - `certify`: certificates of the built-in kernels, exit codes, refusals.
 //! - `convert`: TransGQLA conversion, exact before truncation, snapshotted, the 28.125% measured.
+//! - `snapshot`: regression digests of checkpoints and `--check`.
 
 mod common;
 
@@ -16,3 +17,4 @@ mod eval;
 mod hostile;
 mod parity;
 mod plan;
+mod snapshot;

@@ -10,6 +10,7 @@
 //! - [`switch`] (§7), [`tp`] (§8).
 //! - [`hf`]: loading HF checkpoints (config.json + safetensors).
 //! - [`random`]: seeded random layers for tests and case generation.
+//! - [`snapshot`]: regression digests of checkpoints ([`snapshot::Snapshot`]).
 
 pub mod absorb_decode;
 pub mod attention;
@@ -33,6 +34,7 @@ pub mod prefill;
 pub mod random;
 pub mod real;
 pub mod rope;
+pub mod snapshot;
 pub mod switch;
 pub mod tp;
 pub mod transgqla;

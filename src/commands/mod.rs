@@ -7,6 +7,7 @@ pub mod convert;
 pub mod eval;
 pub mod forward;
 pub mod plan;
+pub mod snapshot;
 pub mod vectors;
 
 /// Errors the commands report (exit code 2).

@@ -219,6 +219,35 @@ impl GgufModel {
         })
     }
 
+    /// Tensor `name`'s stored (quantised) bytes as the file holds them, fed to `sink` in chunks
+    /// of at most `chunk` bytes, and its GGML type's name (`Q4_1`, `F16`, ...).
+    pub fn stored_bytes(&self, name: &str, chunk: usize, sink: &mut dyn FnMut(&[u8])) -> Result<String> {
+        use std::os::unix::fs::FileExt;
+        let e = self
+            .names
+            .get(name)
+            .ok_or_else(|| Error::file(&self.path, format!("tensor `{name}` is not in this GGUF model")))?;
+        let info = &self.content.tensor_infos[&e.gguf];
+        let (elems, block) = (info.shape.elem_count(), info.ggml_dtype.block_size());
+        let len = (elems / block.max(1)) as u64 * info.ggml_dtype.type_size() as u64;
+        let start = self.content.tensor_data_offset.saturating_add(info.offset);
+        let file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let mut buf = vec![0u8; chunk.max(1).min(len as usize)];
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(buf.len() as u64) as usize;
+            file.read_exact_at(&mut buf[..n], start + done).map_err(|err| {
+                Error::file(
+                    &self.path,
+                    format!("tensor `{}`: cannot read ({err}); truncated, or changed while read?", e.gguf),
+                )
+            })?;
+            sink(&buf[..n]);
+            done += n as u64;
+        }
+        Ok(format!("{:?}", info.ggml_dtype).to_uppercase())
+    }
+
     /// The tokenizer the file embeds, as HF transformers builds it from the same metadata: a
     /// byte-level BPE (`tokenizer.ggml.model` = gpt2) over `tokenizer.ggml.tokens` (ids in list
     /// order) and `tokenizer.ggml.merges`, no prefix space, control and user-defined tokens

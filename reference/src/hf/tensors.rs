@@ -196,6 +196,37 @@ impl TensorStore {
         }))
     }
 
+    /// Tensor `name`'s stored dtype (`BF16`, or a GGUF type such as `Q4_1`), shape and the
+    /// SHA-256 of its stored bytes (hex), read in bounded chunks; `None` if absent.
+    pub fn stored_digest(&self, name: &str) -> Result<Option<(String, Vec<usize>, String)>> {
+        use sha2::{Digest, Sha256};
+        const CHUNK: usize = 16 << 20;
+        let mut hasher = Sha256::new();
+        let dtype = if let Some(g) = &self.gguf {
+            if g.shape(name).is_none() {
+                return Ok(None);
+            }
+            format!("gguf:{}", g.stored_bytes(name, CHUNK, &mut |b| hasher.update(b))?)
+        } else {
+            let Some(&i) = self.index.get(name) else {
+                return Ok(None);
+            };
+            let file = &self.files[i];
+            let info = file.info(name).expect("indexed");
+            let len = info.data_offsets.1 - info.data_offsets.0;
+            let mut at = 0;
+            while at < len {
+                let n = CHUNK.min(len - at);
+                hasher.update(file.read_bytes(name, at, n)?);
+                at += n;
+            }
+            format!("{:?}", info.dtype)
+        };
+        let shape = self.shape(name).expect("present");
+        let hex = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        Ok(Some((dtype, shape, hex)))
+    }
+
     /// The files this store reads, in the order opened (shards sorted by name).
     pub fn files(&self) -> impl Iterator<Item = PathBuf> + '_ {
         self.gguf

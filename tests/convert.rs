@@ -242,7 +242,7 @@ mod bad_input {
         rejected(
             &fixture("llama"),
             &["--rope-dim", "4", "--kv-lora-rank", "10000"],
-            &["kv rank 10000", "full latent dim 28"],
+            &["--kv-lora-rank = 10000", "expected 1..=28"],
         );
     }
 
@@ -251,7 +251,7 @@ mod bad_input {
         rejected(
             &fixture("llama"),
             &["--rope-dim", "40", "--kv-lora-rank", "8", "--freqfold", "1"],
-            &["d_r = 40"],
+            &["--rope-dim = 40", "2..=16"],
         );
     }
 
@@ -263,6 +263,33 @@ mod bad_input {
             std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
         }
         dst
+    }
+
+    /// What the stock DeepSeek-V3 layout cannot express is refused before any work, naming why.
+    #[test]
+    fn emit_mla_refusals() {
+        rejected(&fixture("qwen2"), &["--emit", "mla"], &["--emit mla", "q_proj has a bias"]);
+        rejected(&fixture("mistral"), &["--emit", "mla"], &["--emit mla", "sliding window"]);
+        rejected(&fixture("llama31_rope"), &["--emit", "mla"], &["--emit mla", "RoPE scaling"]);
+        rejected(
+            &fixture("llama"),
+            &["--emit", "mla", "--no-truncation"],
+            &["--emit mla", "give --rope-dim"],
+        );
+        rejected(
+            &fixture("llama"),
+            &["--emit", "mla", "--rope-dim", "6", "--kv-lora-rank", "8", "--freqfold", "4"],
+            &["--emit mla", "not the stock rope_theta"],
+        );
+    }
+
+    #[test]
+    fn mla_source_with_gqa_budget_flags() {
+        rejected(
+            &fixture("deepseek_v3"),
+            &["--groups", "2", "--kv-lora-rank", "8"],
+            &["--kv-lora-rank apply to GQA sources"],
+        );
     }
 
     #[test]
@@ -334,7 +361,7 @@ mod whole_model {
             let tmp = tempfile::tempdir().unwrap();
             let (src, out) = (tmp.path().join("src"), tmp.path().join("out"));
             write_random_llama(&src, hidden, kv * per, kv, 2 * half, 8, 16, layers, seed);
-            let opt = CheckpointOptions { groups: None, layer: ConvertOptions::exact(), dtype: Some(gqla_reference::hf::config::StorageDtype::F64), calibration: Calibration::Random { sequences: 2, tokens: 6, seed }, calibration_precision: Default::default(), budget: gqla_reference::budget::Budget::new(None) };
+            let opt = CheckpointOptions { groups: None, layer: ConvertOptions::exact(), dtype: Some(gqla_reference::hf::config::StorageDtype::F64), calibration: Calibration::Random { sequences: 2, tokens: 6, seed }, calibration_precision: Default::default(), budget: gqla_reference::budget::Budget::new(None), emit: Default::default() };
             let report = convert_checkpoint(&src, &out, &opt, &mut |_| {}).unwrap();
             prop_assert!(report.held_out_logits_rel_err <= 1e-9, "logits {:e}", report.held_out_logits_rel_err);
             prop_assert!(report.held_out_kl.abs() <= 1e-12, "KL {:e}", report.held_out_kl);
@@ -343,6 +370,58 @@ mod whole_model {
             }
         }
     }
+}
+
+/// `--emit mla` of an MLA source with G < H is the GQLA conversion in another layout: our reader
+/// gives the same attention output from both on both paths. The stock output carries a latent
+/// norm and H kv heads and no remote code; the GQLA output ships modeling_gqla.py with auto_map.
+#[test]
+fn emit_mla_is_the_gqla_conversion_in_the_stock_layout() {
+    let fx = root().join("fixtures/hf/deepseek_v3");
+    let tmp = tempfile::tempdir().unwrap();
+    let (gqla_out, mla_out) = (tmp.path().join("gqla"), tmp.path().join("mla"));
+    let args = ["--groups", "2", "--dtype", "f64"];
+    let r = convert(&fx.join("checkpoint"), &gqla_out, &args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = convert(&fx.join("checkpoint"), &mla_out, &[&args[..], &["--emit", "mla"]].concat());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let config =
+        |d: &Path| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(d.join("config.json")).unwrap()).unwrap() };
+    let (g, m) = (config(&gqla_out), config(&mla_out));
+    assert_eq!(g["num_key_value_heads"], 2);
+    assert_eq!(m["num_key_value_heads"], m["num_attention_heads"]);
+    assert!(m.get("auto_map").is_none() && !mla_out.join("modeling_gqla.py").exists());
+    assert_eq!(g["auto_map"]["AutoModelForCausalLM"], "modeling_gqla.GqlaForCausalLM");
+    for f in ["modeling_gqla.py", "configuration_gqla.py"] {
+        assert!(gqla_out.join(f).is_file(), "{f} not shipped");
+    }
+    assert_eq!(meta(&mla_out)["options"]["emit"], "mla");
+    for path in ["absorb", "gqa"] {
+        let (a, b) = (tmp.path().join(format!("a_{path}.st")), tmp.path().join(format!("b_{path}.st")));
+        let input = fx.join("layer1.safetensors");
+        for (ckpt, out) in [(&gqla_out, &a), (&mla_out, &b)] {
+            let f = forward(ckpt, "1", &input, out, &["--path", path]);
+            assert_eq!(f.code, 0, "{}", f.stderr);
+        }
+        let e = rel_err(&read_tensor(&b, "attn_output").1, &read_tensor(&a, "attn_output").1);
+        assert!(e <= 1e-12, "{path}: stock layout vs GQLA layout {e:e}");
+    }
+}
+
+/// With no --kv-lora-rank or --rope-dim, a GQA source gets the paper's budget: the absorb cache
+/// is 28.125% of the source's, measured.
+#[test]
+fn default_budget_is_28_125_percent_of_the_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("c");
+    let r = convert(&root().join("fixtures/hf/llama/checkpoint"), &out, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let report = &meta(&out)["report"];
+    let (src, absorb) = (
+        report["source_cache_elements"].as_u64().unwrap(),
+        report["absorb_cache_elements"].as_u64().unwrap(),
+    );
+    assert_eq!(absorb * 32, src * 9, "absorb {absorb} of source {src}");
 }
 
 /// HF transformers itself loads converted checkpoints (through examples/hf_load_gqla.py) and
@@ -384,5 +463,96 @@ fn hf_transformers_runs_converted_checkpoints() {
             diff <= 1e-12,
             "{name}: HF logits of the converted model differ from the source's by {diff:e}"
         );
+    }
+}
+
+/// HF transformers loads `gqla convert` outputs with no patch (examples/hf_check_gqla.py):
+/// - the default GQLA output through its shipped modeling_gqla.py (`trust_remote_code=True`), on
+///   both decode paths, reproduces the source's logits, and cached decoding the full forward;
+/// - `--emit mla` through stock transformers: for an MLA source with G < H it equals the GQLA
+///   output; for a GQA source (with the fitted latent norm) its log-probs equal our reference's
+///   (`gqla snapshot`) on the probe ids.
+///
+/// Needs `GQLA_PYTHON` with torch and transformers 5.23; without one it says it skipped.
+#[test]
+fn hf_transformers_loads_outputs_unpatched() {
+    let python = std::env::var("GQLA_PYTHON").unwrap_or_else(|_| "python3".into());
+    let probe = std::process::Command::new(&python)
+        .args(["-c", "import torch, transformers; assert transformers.__version__ == '5.23.0'"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        crate::common::skipped(&format!(
+            "hf_transformers_loads_outputs_unpatched: {python} cannot import torch and transformers 5.23.0 (set GQLA_PYTHON)"
+        ));
+        return;
+    }
+    let check = |dir: &Path, load: &str, extra: &[&str]| -> Vec<serde_json::Value> {
+        let run = std::process::Command::new(&python)
+            .arg(root().join("examples/hf_check_gqla.py"))
+            .arg(dir)
+            .args(["--load", load])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{}: {}", dir.display(), String::from_utf8_lossy(&run.stderr));
+        String::from_utf8_lossy(&run.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, args) in [
+        ("llama", vec!["--no-truncation"]),
+        ("qwen2", vec!["--no-truncation"]),
+        ("deepseek_v3_moe", vec!["--groups", "4"]),
+    ] {
+        let fx = root().join("fixtures/hf").join(name).join("checkpoint");
+        let out = tmp.path().join(name);
+        let r = convert(&fx, &out, &[args.as_slice(), &["--dtype", "f64"]].concat());
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let lines = check(&out, "remote", &["--against", fx.to_str().unwrap()]);
+        assert_eq!(lines.len(), 2, "{name}: {lines:?}");
+        for l in &lines {
+            let (vs, cached) = (l["vs_against"].as_f64().unwrap(), l["cached_vs_full"].as_f64().unwrap());
+            assert!(vs <= 1e-12, "{name} {}: HF logits vs the source {vs:e}", l["path"]);
+            assert!(cached <= 1e-12, "{name} {}: cached decode vs full forward {cached:e}", l["path"]);
+        }
+    }
+
+    let fx = root().join("fixtures/hf/deepseek_v3/checkpoint");
+    let (gqla_out, mla_out) = (tmp.path().join("ds_gqla"), tmp.path().join("ds_mla"));
+    assert_eq!(convert(&fx, &gqla_out, &["--groups", "2", "--dtype", "f64"]).code, 0);
+    assert_eq!(
+        convert(&fx, &mla_out, &["--groups", "2", "--dtype", "f64", "--emit", "mla"]).code,
+        0
+    );
+    let stock = &check(&mla_out, "stock", &["--against", gqla_out.to_str().unwrap()])[0];
+    assert!(stock["vs_against"].as_f64().unwrap() <= 1e-12, "stock MLA layout vs GQLA: {stock}");
+    assert!(stock["cached_vs_full"].as_f64().unwrap() <= 1e-12, "{stock}");
+
+    let llama_mla = tmp.path().join("llama_mla");
+    let r = convert(
+        &root().join("fixtures/hf/llama/checkpoint"),
+        &llama_mla,
+        &["--emit", "mla", "--dtype", "f64"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let s = gqla(&["snapshot", llama_mla.to_str().unwrap()]);
+    assert_eq!(s.code, 0, "{}", s.stderr);
+    let snap = gqla_reference::snapshot::Snapshot::from_yaml(&s.stdout, Path::new("snapshot")).unwrap();
+    let ids: Vec<String> = snap.probe.token_ids.iter().map(u32::to_string).collect();
+    let stock = &check(&llama_mla, "stock", &["--ids", &ids.join(",")])[0];
+    let rows = stock["logprobs"].as_array().unwrap();
+    for next in &snap.next_tokens {
+        for c in &next.top {
+            let hf = rows[next.position][c.id as usize].as_f64().unwrap();
+            assert!(
+                (hf - c.logprob).abs() <= 1e-4,
+                "position {} token {}: stock HF {hf} vs our reference {}",
+                next.position,
+                c.id,
+                c.logprob
+            );
+        }
     }
 }

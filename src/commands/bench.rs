@@ -313,6 +313,7 @@ fn convert(
         },
         calibration_precision: Default::default(),
         budget: *budget,
+        emit: Default::default(),
     };
     let reset = reset_peak_rss();
     let start = Instant::now();

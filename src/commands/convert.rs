@@ -4,7 +4,7 @@ use super::CliError;
 use gqla_reference::hf::config::{AttentionConfig, StorageDtype};
 use gqla_reference::hf::ModelConfig;
 use gqla_reference::transgqla::checkpoint::{
-    convert_checkpoint, Calibration, CalibrationPrecision, CheckpointOptions, ConversionReport, LayerConversion, LayerRow,
+    convert_checkpoint, Calibration, CalibrationPrecision, CheckpointOptions, ConversionReport, Emit, LayerConversion, LayerRow,
 };
 use gqla_reference::transgqla::rorope::smallest_freqfold;
 use gqla_reference::transgqla::ConvertOptions;
@@ -25,12 +25,13 @@ pub struct Args {
     /// source a divisor of the query heads (required).
     #[arg(long)]
     groups: Option<usize>,
-    /// Latent rank d_c.
-    #[arg(long, default_value_t = 512, conflicts_with = "no_truncation")]
-    kv_lora_rank: usize,
-    /// Rope dims d_r kept on the shared key.
-    #[arg(long, default_value_t = 64, conflicts_with = "no_truncation")]
-    rope_dim: usize,
+    /// Latent rank d_c (GQA sources; default: the paper's budget, d_c + d_r = 28.125% of the
+    /// source's 2·KV·D cache elements, 512 for LLaMA-3-8B).
+    #[arg(long, conflicts_with = "no_truncation")]
+    kv_lora_rank: Option<usize>,
+    /// Rope dims d_r kept on the shared key (GQA sources; default: min(64, D/2)).
+    #[arg(long, conflicts_with = "no_truncation")]
+    rope_dim: Option<usize>,
     /// FreqFold: `auto` (the smallest valid fold, least approximation) or a number.
     #[arg(long, default_value = "auto", conflicts_with = "no_truncation")]
     freqfold: String,
@@ -60,6 +61,17 @@ pub struct Args {
     /// Output dtype (default: the source's).
     #[arg(long, value_enum)]
     dtype: Option<DtypeArg>,
+    /// Output layout: `gqla` (kv_b per group, exact, with modeling_gqla.py for HF's
+    /// trust_remote_code) or `mla` (stock DeepSeek-V3: kv_b repeated per head and a latent RMSNorm,
+    /// which unmodified transformers loads; the norm is approximate for GQA sources).
+    #[arg(long, value_enum, default_value_t = EmitArg::Gqla)]
+    emit: EmitArg,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum EmitArg {
+    Gqla,
+    Mla,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -80,10 +92,14 @@ pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<(), CliEr
     let layer = if a.no_truncation {
         ConvertOptions::exact()
     } else {
-        ConvertOptions {
-            rope_dim: Some(a.rope_dim),
-            kv_rank: Some(a.kv_lora_rank),
-            freqfold: freqfold(&a.freqfold, &config, a.rope_dim)?,
+        match budget_for(&config, a.rope_dim, a.kv_lora_rank)? {
+            Some((rope_dim, kv_rank)) => ConvertOptions {
+                rope_dim: Some(rope_dim),
+                kv_rank: Some(kv_rank),
+                freqfold: freqfold(&a.freqfold, &config, rope_dim)?,
+            },
+            // Per-group PCA keeps the MLA source's own d_c and d_r.
+            None => ConvertOptions::exact(),
         }
     };
     let calibration = match (&a.calib, &a.calib_text) {
@@ -128,6 +144,10 @@ pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<(), CliEr
         calibration,
         calibration_precision,
         budget: *budget,
+        emit: match a.emit {
+            EmitArg::Gqla => Emit::Gqla,
+            EmitArg::Mla => Emit::Mla,
+        },
     };
     let bar = ProgressBar::new(config.num_layers as u64);
     bar.set_style(ProgressStyle::with_template("converting {bar:30} {pos}/{len} layers {msg} [{elapsed}]").expect("valid template"));
@@ -143,6 +163,39 @@ pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<(), CliEr
     print!("{}", table(&report));
     eprintln!("wrote {}", a.output.display());
     Ok(())
+}
+
+/// d_r and d_c: the flags, else the paper's budget for a GQA source; both checked against the
+/// source's geometry here, so an error names the flag before any weight is read.
+fn budget_for(config: &ModelConfig, rope_dim: Option<usize>, kv_rank: Option<usize>) -> Result<Option<(usize, usize)>, CliError> {
+    let AttentionConfig::Gqa(c) = &config.attention else {
+        if rope_dim.is_some() || kv_rank.is_some() {
+            return Err(CliError::Usage(
+                "--rope-dim and --kv-lora-rank apply to GQA sources: an MLA source keeps its own d_c and d_r (per-group PCA changes only the groups)".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let (kv, d) = (c.dims.kv(), c.dims.d());
+    let (default_rope, default_rank) = gqla_reference::transgqla::paper_budget(kv, d);
+    let rope = rope_dim.unwrap_or(default_rope);
+    let named = |flag: &str, given: bool| if given { flag.to_string() } else { format!("{flag} (default)") };
+    if rope == 0 || !rope.is_multiple_of(2) || rope > kv * d {
+        return Err(CliError::Usage(format!(
+            "{} = {rope}: expected an even number in 2..={} (KV·D, KV = {kv}, D = {d})",
+            named("--rope-dim", rope_dim.is_some()),
+            kv * d
+        )));
+    }
+    let rank = kv_rank.unwrap_or((default_rank + default_rope).saturating_sub(rope));
+    let latent = 2 * kv * d - rope;
+    if rank == 0 || rank > latent {
+        return Err(CliError::Usage(format!(
+            "{} = {rank}: expected 1..={latent}, the no-rope keys and the values (2·KV·D − d_r, KV = {kv}, D = {d}, d_r = {rope})",
+            named("--kv-lora-rank", kv_rank.is_some())
+        )));
+    }
+    Ok(Some((rope, rank)))
 }
 
 /// `auto`: the smallest fold f (dividing D/2) for which d_r splits evenly over the runs.

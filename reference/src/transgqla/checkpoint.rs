@@ -52,6 +52,21 @@ pub struct CheckpointOptions {
     pub calibration_precision: CalibrationPrecision,
     /// The memory the conversion may plan to use.
     pub budget: Budget,
+    /// The output layout.
+    pub emit: Emit,
+}
+
+/// The layout a conversion writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Emit {
+    /// GQLA: kv_b_proj per group (`num_key_value_heads` = G), exact; HF transformers loads it
+    /// with the shipped `modeling_gqla.py` (`trust_remote_code`).
+    #[default]
+    Gqla,
+    /// The stock DeepSeek-V3 layout ([`super::stock_mla`]): kv_b_proj repeated per head, a latent
+    /// RMSNorm; unmodified transformers loads it. Approximate for GQA sources (the norm).
+    Mla,
 }
 
 /// The precision the calibration activations are computed in.
@@ -138,6 +153,9 @@ pub fn convert_checkpoint(
                 return Err(Error::Config(format!("--groups {g} must divide the number of query heads H={h}")));
             }
         }
+    }
+    if opt.emit == Emit::Mla {
+        check_stock_mla(config, opt)?;
     }
     let (sequences, tokens) = calibration_shape(&opt.calibration, config)?;
     opt.budget.check(&memory_needs(config, sequences, tokens))?;
@@ -362,6 +380,14 @@ fn convert_into(
                 (w, LayerConversion::GroupPca(r))
             }
         };
+        let latent = match opt.emit {
+            Emit::Gqla => latent,
+            Emit::Mla => {
+                let stock = super::stock_mla::to_stock_mla(&latent, &views, config.rms_norm_eps)?;
+                check_stock_rope(config, &stock)?;
+                stock
+            }
+        };
         h_cal = cal.outputs;
         let src_trace = layer.forward(h_src[0].view())?;
         let held_out_attention_rel_err = rel_err(&prefill(&latent, src_trace.attention_input.view())?.y, &src_trace.attention_output);
@@ -429,6 +455,11 @@ fn convert_into(
         &json!({ "metadata": {}, "weight_map": weight_map }),
     )?;
     write_json(&out.join("config.json"), &output_config(config, &latent, dtype, opt)?)?;
+    if opt.emit == Emit::Gqla && ships_remote_code(config) {
+        for (name, code) in REMOTE_CODE {
+            crate::files::write_file(&out.join(name), code.as_bytes())?;
+        }
+    }
     write_json(
         &out.join("gqla_meta.json"),
         &json!({
@@ -527,6 +558,67 @@ fn layer_tensors(
 
 /// The converted model's config.json: for an MLA source its own config with G groups; for a GQA
 /// source a DeepSeek-V3-layout config (all layers dense) with the explicit RoPE table.
+/// What the stock DeepSeek-V3 layout cannot express, refused before any work.
+fn check_stock_mla(config: &ModelConfig, opt: &CheckpointOptions) -> Result<()> {
+    let refuse = |why: String| {
+        Error::file(
+            &config.path,
+            format!("--emit mla: {why}; use the default GQLA output (--emit gqla)"),
+        )
+    };
+    if let AttentionConfig::Gqa(c) = &config.attention {
+        if opt.layer.rope_dim.is_none() {
+            return Err(refuse(format!(
+                "the exact conversion keeps RoPE on every kv head's pairs (d_r = KV·D = {}), but DeepSeek-V3's rope key has one frequency per pair; give --rope-dim",
+                c.dims.kv() * c.dims.d()
+            )));
+        }
+        if c.qkv_bias {
+            return Err(refuse("the source's q_proj has a bias, which DeepSeek-V3's q_proj lacks".into()));
+        }
+        if let Some(w) = c.sliding_window.iter().flatten().next() {
+            return Err(refuse(format!("the source has a sliding window ({w}), which DeepSeek-V3 lacks")));
+        }
+        if !matches!(c.rope.scaling, Ok(crate::rope::RopeScaling::Default)) {
+            return Err(refuse(format!(
+                "the source's RoPE scaling ({}) is not carried into the stock config yet (only the default RoPE is)",
+                match &c.rope.scaling {
+                    Ok(s) => format!("{s:?}"),
+                    Err(kind) => kind.clone(),
+                }
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The kept RoPE frequencies must be the ones a stock reader derives from `rope_theta` and
+/// `qk_rope_head_dim` (the DeepSeek layout has no frequency table): true when FreqFold keeps
+/// evenly spaced frequencies.
+fn check_stock_rope(config: &ModelConfig, w: &LatentWeights<f64>) -> Result<()> {
+    let AttentionConfig::Gqa(c) = &config.attention else {
+        return Ok(());
+    };
+    let stock = c.rope.build(&config.path, w.rope().style(), w.dims().d_r())?;
+    let same = stock.freqs().len() == w.rope().freqs().len()
+        && stock
+            .freqs()
+            .iter()
+            .zip(w.rope().freqs())
+            .all(|(a, b)| (a - b).abs() <= 1e-12 * a.abs());
+    if !same {
+        return Err(Error::file(
+            &config.path,
+            format!(
+                "--emit mla: the kept RoPE frequencies (first {:?}) are not the stock rope_theta^(-2j/{}), one per pair evenly spaced: this FreqFold keeps others; pick a --freqfold that is a multiple of D/d_r, or use --emit gqla",
+                &w.rope().freqs()[..w.rope().freqs().len().min(3)],
+                w.dims().d_r(),
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn output_config(src: &ModelConfig, w: &LatentWeights<f64>, dtype: StorageDtype, opt: &CheckpointOptions) -> Result<Value> {
     if let AttentionConfig::Latent(_) = &src.attention {
         let text = crate::files::read_to_string(&src.path, crate::files::Limit::CONFIG)?;
@@ -539,12 +631,13 @@ fn output_config(src: &ModelConfig, w: &LatentWeights<f64>, dtype: StorageDtype,
         v["gqla_source_model_type"] = json!(format!("{:?}", src.model_type));
         v["gqla_conversion"] = json!("group_pca");
         v["gqla_latent_rms_norm"] = json!(w.kv_norm().is_some());
+        add_remote_code(&mut v, opt.emit);
         return Ok(v);
     }
     let d = w.dims();
     let q_bias = matches!(w.query_projection(), QueryProjection::Direct(l) if l.bias.is_some());
     let (kv_a_bias, o_bias) = (w.kv_a().bias.is_some(), w.o_proj().bias.is_some());
-    Ok(json!({
+    let mut v = json!({
         "architectures": ["DeepseekV3ForCausalLM"],
         "model_type": "deepseek_v3",
         "hidden_size": src.hidden_size,
@@ -566,7 +659,7 @@ fn output_config(src: &ModelConfig, w: &LatentWeights<f64>, dtype: StorageDtype,
         "tie_word_embeddings": src.tie_word_embeddings,
         "attention_bias": kv_a_bias || o_bias,
         "dtype": dtype.hf_name(),
-        "gqla_latent_rms_norm": false,
+        "gqla_latent_rms_norm": w.kv_norm().is_some(),
         "gqla_rope_freqs": w.rope().freqs(),
         "gqla_q_bias": q_bias,
         "gqla_kv_a_bias": kv_a_bias,
@@ -575,8 +668,41 @@ fn output_config(src: &ModelConfig, w: &LatentWeights<f64>, dtype: StorageDtype,
         "gqla_conversion": "transgqla",
         "gqla_sliding_window": w.sliding_window(),
         "gqla_freqfold": opt.layer.freqfold,
-    }))
+    });
+    if opt.emit == Emit::Mla {
+        // A stock reader derives the same table from rope_theta (checked per layer).
+        v.as_object_mut().expect("an object").remove("gqla_rope_freqs");
+    }
+    add_remote_code(&mut v, opt.emit);
+    Ok(v)
 }
+
+/// HF's `trust_remote_code` entry points for the GQLA layout (the stock layout needs none). The
+/// shipped code extends DeepSeek-V3's modeling, so only DeepSeek-V3-type outputs get them (GQA
+/// sources, DeepSeek-V3 sources); DeepSeek-V2 and GLM sources load with examples/hf_load_gqla.py.
+fn add_remote_code(v: &mut Value, emit: Emit) {
+    if emit == Emit::Gqla && v["model_type"] == "deepseek_v3" {
+        v["auto_map"] = json!({
+            "AutoConfig": "configuration_gqla.GqlaConfig",
+            "AutoModelForCausalLM": "modeling_gqla.GqlaForCausalLM",
+        });
+        v["gqla_decode_path"] = json!("absorb");
+    }
+}
+
+/// Whether the GQLA output of `source` is DeepSeek-V3-type, and so ships [`REMOTE_CODE`].
+fn ships_remote_code(source: &ModelConfig) -> bool {
+    match &source.attention {
+        AttentionConfig::Gqa(_) => true,
+        AttentionConfig::Latent(_) => source.model_type == crate::hf::config::ModelType::DeepseekV3,
+    }
+}
+
+/// The modeling code a GQLA output ships for HF transformers (`trust_remote_code=True`).
+pub const REMOTE_CODE: [(&str, &str); 2] = [
+    ("configuration_gqla.py", include_str!("remote_code/configuration_gqla.py")),
+    ("modeling_gqla.py", include_str!("remote_code/modeling_gqla.py")),
+];
 
 fn options_json(opt: &CheckpointOptions, dtype: StorageDtype) -> Value {
     json!({
@@ -585,6 +711,7 @@ fn options_json(opt: &CheckpointOptions, dtype: StorageDtype) -> Value {
         "rope_dim": opt.layer.rope_dim,
         "freqfold": opt.layer.freqfold,
         "dtype": dtype.hf_name(),
+        "emit": opt.emit,
     })
 }
 

@@ -20,6 +20,7 @@
 //!
 //! [`pipeline::convert_layer`] runs T1–T6 and reports the energy each truncation keeps.
 //! [`group_pca`] converts MLA layers (G = H) to G < H by per-group PCA.
+//! [`stock_mla`] rewrites a converted layer in the stock DeepSeek-V3 layout (`--emit mla`).
 
 pub mod balance;
 pub mod checkpoint;
@@ -30,5 +31,25 @@ pub mod pca;
 pub mod pipeline;
 pub mod query;
 pub mod rorope;
+pub mod stock_mla;
 
 pub use pipeline::{convert_layer, ConvertOptions, LayerReport};
+
+/// The paper's cache budget for a GQA source of `kv` heads of dim `d`: (d_r, d_c) with
+/// d_r = min(64, d/2) and d_c + d_r = 28.125% of the source's 2·kv·d cache elements, rounded
+/// (LLaMA-3-8B: 64 and 512; SmolLM2-135M: 32 and 76).
+pub fn paper_budget(kv: usize, d: usize) -> (usize, usize) {
+    let rope = (d / 2).clamp(2, 64) & !1;
+    let total = (2 * kv * d * 9).div_ceil(32).max(rope + 1); // 28.125% = 9/32
+    (rope, total - rope)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn paper_budget_is_28_125_percent() {
+        assert_eq!(super::paper_budget(8, 128), (64, 512)); // LLaMA-3-8B: 576 / 2048
+        assert_eq!(super::paper_budget(3, 64), (32, 76)); // SmolLM2-135M: 108 / 384
+        assert_eq!(super::paper_budget(2, 8), (4, 5)); // ceil(9 / 32 · 32) = 9
+    }
+}

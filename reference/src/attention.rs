@@ -57,10 +57,13 @@ pub fn attend<T: Real>(
     assert_eq!(queries.nrows(), ranges.len(), "attend: one range per query row");
     assert_eq!(queries.ncols(), keys.ncols(), "attend: query and key dims differ");
     assert_eq!(keys.nrows(), values.nrows(), "attend: key and value counts differ");
+    // Rows contiguous: a matrix built by a transposed product or a concatenation may be
+    // column-major, and strided rows in every dot product cost several times over on a real model.
+    let (queries, keys, values) = (queries.as_standard_layout(), keys.as_standard_layout(), values.as_standard_layout());
     let mut out = Array2::zeros((queries.nrows(), values.ncols()));
     let mut lse = Array1::zeros(queries.nrows());
     for (r, range) in ranges.iter().enumerate() {
-        let (o, l) = attend_row(queries.row(r), keys, values, scale, *range);
+        let (o, l) = attend_row(queries.row(r), keys.view(), values.view(), scale, *range);
         out.row_mut(r).assign(&o);
         lse[r] = l;
     }

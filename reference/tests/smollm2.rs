@@ -124,6 +124,7 @@ fn exact_conversion_reproduces_the_logits() {
         calibration_precision: Default::default(),
         budget: gqla_reference::budget::Budget::new(None),
         emit: Default::default(),
+        calibration_flow: Default::default(),
     };
     let report = convert_checkpoint(&path, &out, &opt, &mut |_| {}).unwrap();
     let source = Checkpoint::open(&path).unwrap().logits(ids).unwrap();

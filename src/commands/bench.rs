@@ -314,6 +314,7 @@ fn convert(
         calibration_precision: Default::default(),
         budget: *budget,
         emit: Default::default(),
+        calibration_flow: Default::default(),
     };
     let reset = reset_peak_rss();
     let start = Instant::now();

@@ -4,7 +4,7 @@ use super::CliError;
 use gqla_reference::hf::config::{AttentionConfig, StorageDtype};
 use gqla_reference::hf::ModelConfig;
 use gqla_reference::transgqla::checkpoint::{
-    convert_checkpoint, Calibration, CalibrationPrecision, CheckpointOptions, ConversionReport, Emit, LayerConversion, LayerRow,
+    convert_checkpoint, Calibration, CalibrationFlow, CalibrationPrecision, CheckpointOptions, ConversionReport, Emit, LayerConversion, LayerRow,
 };
 use gqla_reference::transgqla::rorope::smallest_freqfold;
 use gqla_reference::transgqla::ConvertOptions;
@@ -66,6 +66,16 @@ pub struct Args {
     /// which unmodified transformers loads; the norm is approximate for GQA sources).
     #[arg(long, value_enum, default_value_t = EmitArg::Gqla)]
     emit: EmitArg,
+    /// The hidden states that calibrate each next layer: the source model's, or the converted
+    /// model's (earlier truncations compensated).
+    #[arg(long, value_enum, default_value_t = FlowArg::Source)]
+    calib_flow: FlowArg,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum FlowArg {
+    Source,
+    Converted,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -144,6 +154,10 @@ pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<(), CliEr
         calibration,
         calibration_precision,
         budget: *budget,
+        calibration_flow: match a.calib_flow {
+            FlowArg::Source => CalibrationFlow::Source,
+            FlowArg::Converted => CalibrationFlow::Converted,
+        },
         emit: match a.emit {
             EmitArg::Gqla => Emit::Gqla,
             EmitArg::Mla => Emit::Mla,

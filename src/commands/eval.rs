@@ -65,6 +65,7 @@ pub fn run(a: Args, budget: &Budget) -> Result<(), CliError> {
     }
     let window = a.window as usize;
     let w = window.min(ids.len());
+    let batch = (gqla_reference::eval::batches_of(window) * w).min(ids.len());
     let hidden = model.config.hidden_size;
     budget.check(&[
         Need::elements(
@@ -73,14 +74,15 @@ pub fn run(a: Args, budget: &Budget) -> Result<(), CliError> {
             8,
         ),
         Need::elements(
-            format!("activations of a {w}-token window × hidden_size {hidden}"),
-            &[16, w, hidden.max(model.config.intermediate_size)],
+            format!("activations of a batch of {batch} tokens × hidden_size {hidden} (2 models)"),
+            &[16, batch, hidden.max(model.config.intermediate_size)],
             4,
         ),
     ])?;
     let windows = ids.chunks(window).filter(|c| c.len() >= 2).count();
+    let batches = windows.div_ceil(gqla_reference::eval::batches_of(window));
     let models = 1 + source.is_some() as usize;
-    let bar = ProgressBar::new((windows * models * model.config.num_layers) as u64);
+    let bar = ProgressBar::new((batches * models * model.config.num_layers) as u64);
     bar.set_style(ProgressStyle::with_template("scoring {bar:30} {pos}/{len} layer passes [{elapsed}<{eta}]").expect("valid template"));
     let score = evaluate::<f32>(&model, source.as_ref(), &ids, window, &mut || bar.inc(1))?;
     bar.finish_and_clear();

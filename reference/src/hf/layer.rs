@@ -75,12 +75,41 @@ impl Checkpoint {
     /// [`Checkpoint::logits`] computed in precision `T` (weights rounded to it); `on_layer` is
     /// called after each layer.
     pub fn logits_in<T: crate::Real>(&self, ids: &[u32], on_layer: &mut dyn FnMut(usize)) -> Result<ndarray::Array2<f64>> {
-        let mut h = crate::model::embed_rows(&self.store, &self.config, ids)?.mapv(T::of);
+        let h = self.final_hidden_in::<T>(&[ids], on_layer)?;
+        Ok(self.head()?.cast::<T>().logits(h[0].view()).mapv(|v| v.f64()))
+    }
+
+    /// The hidden states entering the final norm, [len, hidden] per sequence of `sequences` (each
+    /// at positions 0..len), in precision `T`. Layer-outer: each layer is read and cast once for
+    /// all sequences, and the embedding rows are gathered in one read.
+    pub fn final_hidden_in<T: crate::Real>(
+        &self,
+        sequences: &[&[u32]],
+        on_layer: &mut dyn FnMut(usize),
+    ) -> Result<Vec<ndarray::Array2<T>>> {
+        let all: Vec<u32> = sequences.concat();
+        let embedded = crate::model::embed_rows(&self.store, &self.config, &all)?;
+        let mut start = 0;
+        let mut hs: Vec<ndarray::Array2<T>> = sequences
+            .iter()
+            .map(|s| {
+                let rows = start..start + s.len();
+                start = rows.end;
+                embedded.slice(ndarray::s![rows, ..]).mapv(T::of)
+            })
+            .collect();
+        drop(embedded);
         for i in 0..self.config.num_layers {
-            h = self.decoder_layer(i)?.cast::<T>().forward(h.view())?.output;
+            let layer = self.decoder_layer(i)?.cast::<T>();
+            let views: Vec<_> = hs.iter().map(|h| h.view()).collect();
+            hs = layer
+                .forward_sequences(&layer.attention, &views)?
+                .into_iter()
+                .map(|t| t.output)
+                .collect();
             on_layer(i);
         }
-        Ok(self.head()?.cast::<T>().logits(h.view()).mapv(|v| v.f64()))
+        Ok(hs)
     }
 
     fn check_layer(&self, layer: usize) -> Result<()> {

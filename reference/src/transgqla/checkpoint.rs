@@ -54,6 +54,20 @@ pub struct CheckpointOptions {
     pub budget: Budget,
     /// The output layout.
     pub emit: Emit,
+    /// Which hidden states calibrate the next layer.
+    pub calibration_flow: CalibrationFlow,
+}
+
+/// The hidden states that reach layer i + 1's calibration.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CalibrationFlow {
+    /// The source model's: every layer is fitted to the source's activations.
+    #[default]
+    Source,
+    /// The converted model's (layers 0..=i converted): each layer is fitted to the inputs it will
+    /// see in the converted model, so earlier truncations are compensated rather than compounded.
+    Converted,
 }
 
 /// The layout a conversion writes.
@@ -282,6 +296,24 @@ fn calibration_pass(layer: &DecoderLayer<f64>, h: &[Array2<f64>], precision: Cal
     }
 }
 
+/// The outputs of `layer` with its attention replaced by `attention`, in the chosen precision.
+fn calibration_outputs(
+    layer: &DecoderLayer<f64>,
+    attention: &Attention<f64>,
+    h: &[Array2<f64>],
+    precision: CalibrationPrecision,
+) -> Result<Vec<Array2<f64>>> {
+    fn pass<T: crate::real::Real>(layer: &DecoderLayer<T>, attention: &Attention<T>, h: &[Array2<f64>]) -> Result<Vec<Array2<f64>>> {
+        let cast: Vec<Array2<T>> = h.iter().map(|seq| seq.mapv(T::of)).collect();
+        let traces = layer.forward_sequences(attention, &cast.iter().map(|x| x.view()).collect::<Vec<_>>())?;
+        Ok(traces.into_iter().map(|t| t.output.mapv(|v| v.f64())).collect())
+    }
+    match precision {
+        CalibrationPrecision::F32 => pass(&layer.cast::<f32>(), &attention.cast::<f32>(), h),
+        CalibrationPrecision::F64 => pass(layer, attention, h),
+    }
+}
+
 /// Calibration and held-out sequences. A file with several sequences holds its last one out.
 fn calibration_ids(cal: &Calibration, config: &ModelConfig) -> Result<(Ids, Ids, bool)> {
     let vocab = u32::try_from(config.vocab_size).map_err(|_| {
@@ -388,7 +420,13 @@ fn convert_into(
                 stock
             }
         };
-        h_cal = cal.outputs;
+        h_cal = match opt.calibration_flow {
+            CalibrationFlow::Source => cal.outputs,
+            CalibrationFlow::Converted => {
+                let converted = Attention::Latent(latent.clone());
+                calibration_outputs(&layer, &converted, &h_cal, opt.calibration_precision)?
+            }
+        };
         let src_trace = layer.forward(h_src[0].view())?;
         let held_out_attention_rel_err = rel_err(&prefill(&latent, src_trace.attention_input.view())?.y, &src_trace.attention_output);
         meta.insert("gqla_layer".into(), i.to_string());
@@ -455,6 +493,7 @@ fn convert_into(
         &json!({ "metadata": {}, "weight_map": weight_map }),
     )?;
     write_json(&out.join("config.json"), &output_config(config, &latent, dtype, opt)?)?;
+    copy_tokenizer(ckpt, out)?;
     if opt.emit == Emit::Gqla && ships_remote_code(config) {
         for (name, code) in REMOTE_CODE {
             crate::files::write_file(&out.join(name), code.as_bytes())?;
@@ -690,6 +729,29 @@ fn add_remote_code(v: &mut Value, emit: Emit) {
     }
 }
 
+/// The source's tokenizer files beside the converted weights, so that the output is a whole model:
+/// copied from an HF directory, or for a GGUF file the tokenizer its metadata gives, as
+/// tokenizer.json (skipped when the file embeds none).
+fn copy_tokenizer(ckpt: &Checkpoint, out: &Path) -> Result<()> {
+    if let Some(g) = ckpt.store.gguf() {
+        if let Ok(tok) = g.tokenizer() {
+            let json = tok
+                .to_string(false)
+                .map_err(|e| Error::file(g.path(), format!("cannot serialize the embedded tokenizer: {e}")))?;
+            crate::files::write_file(&out.join("tokenizer.json"), json.as_bytes())?;
+        }
+        return Ok(());
+    }
+    let Some(dir) = ckpt.config.path.parent() else { return Ok(()) };
+    for name in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"] {
+        if let Some(src) = crate::hf::tensors::checkpoint_file(dir, name)? {
+            let bytes = crate::files::read_file(&src, crate::files::Limit::INDEX)?;
+            crate::files::write_file(&out.join(name), &bytes)?;
+        }
+    }
+    Ok(())
+}
+
 /// Whether the GQLA output of `source` is DeepSeek-V3-type, and so ships [`REMOTE_CODE`].
 fn ships_remote_code(source: &ModelConfig) -> bool {
     match &source.attention {
@@ -712,6 +774,7 @@ fn options_json(opt: &CheckpointOptions, dtype: StorageDtype) -> Value {
         "freqfold": opt.layer.freqfold,
         "dtype": dtype.hf_name(),
         "emit": opt.emit,
+        "calibration_flow": opt.calibration_flow,
     })
 }
 

@@ -50,6 +50,51 @@ fn exact_conversion_reproduces_hf(#[case] name: &str, #[case] args: &[&str]) {
     assert!(report["held_out_logits_rel_err"].as_f64().unwrap() <= 1e-9, "{report}");
     for layer in report["layers"].as_array().unwrap() {
         assert!(layer["held_out_attention_rel_err"].as_f64().unwrap() <= 1e-9, "{layer}");
+        // GQA sources: the rope-only stage is exact too; MLA sources have none.
+        match layer["held_out_rope_only_rel_err"].as_f64() {
+            Some(e) => assert!(e <= 1e-9, "{layer}"),
+            None => assert_eq!(layer["method"], "group_pca", "{layer}"),
+        }
+    }
+}
+
+/// The per-layer loss split: with the full kv rank, the whole held-out error is the rope
+/// truncation's (the rope-only stage and the output agree); with a smaller rank, the kv
+/// truncation changes it.
+#[test]
+fn loss_splits_into_rope_and_kv_truncation() {
+    let fx = root().join("fixtures/hf/llama/checkpoint");
+    let tmp = tempfile::tempdir().unwrap();
+    let layers = |rank: &str| -> Vec<(f64, f64)> {
+        let out = tmp.path().join(format!("r{rank}"));
+        let r = convert(&fx, &out, &["--rope-dim", "4", "--kv-lora-rank", rank, "--calib-precision", "f64"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(r.stdout.contains("rope-only err"), "{}", r.stdout);
+        meta(&out)["report"]["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                (
+                    l["held_out_rope_only_rel_err"].as_f64().unwrap(),
+                    l["held_out_attention_rel_err"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let full = layers("28");
+    for &(rope_only, total) in &full {
+        assert!(rope_only > 1e-3, "the rope truncation loses something: {rope_only:e}");
+        assert!(
+            (total - rope_only).abs() <= 1e-9 * rope_only,
+            "full rank: {total:e} vs {rope_only:e}"
+        );
+    }
+    // Errors of the two truncations need not add (on this fixture rank 4 lowers layer 1's), so
+    // only the rope stage's independence of the rank is asserted.
+    for ((r4, t4), (r28, t28)) in layers("4").into_iter().zip(full) {
+        assert!((r4 - r28).abs() <= 1e-12, "the rope stage does not depend on the rank");
+        assert!((t4 - t28).abs() > 1e-6, "rank 4 of 28 changes the output: {t4:e} vs {t28:e}");
     }
 }
 
@@ -422,6 +467,12 @@ fn default_budget_is_28_125_percent_of_the_cache() {
         report["absorb_cache_elements"].as_u64().unwrap(),
     );
     assert_eq!(absorb * 32, src * 9, "absorb {absorb} of source {src}");
+    let copied = |name: &str| std::fs::read(out.join(name)).unwrap();
+    let source = root().join("fixtures/hf/llama/checkpoint");
+    assert_eq!(
+        copied("generation_config.json"),
+        std::fs::read(source.join("generation_config.json")).unwrap()
+    );
 }
 
 /// HF transformers itself loads converted checkpoints (through examples/hf_load_gqla.py) and

@@ -125,6 +125,10 @@ fn smollm2_at_28_percent_of_the_cache_on_held_out_text() {
         "f32",
     ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        out.join("tokenizer.json").is_file(),
+        "the GGUF's tokenizer is written beside the weights"
+    );
     let r = gqla(&[
         "eval",
         "--checkpoint",

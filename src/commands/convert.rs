@@ -4,7 +4,8 @@ use super::CliError;
 use gqla_reference::hf::config::{AttentionConfig, StorageDtype};
 use gqla_reference::hf::ModelConfig;
 use gqla_reference::transgqla::checkpoint::{
-    convert_checkpoint, Calibration, CalibrationFlow, CalibrationPrecision, CheckpointOptions, ConversionReport, Emit, LayerConversion, LayerRow,
+    convert_checkpoint, Calibration, CalibrationFlow, CalibrationPrecision, CheckpointOptions, ConversionReport, Emit, LayerConversion,
+    LayerRow,
 };
 use gqla_reference::transgqla::rorope::smallest_freqfold;
 use gqla_reference::transgqla::ConvertOptions;
@@ -241,18 +242,19 @@ fn table(r: &ConversionReport) -> String {
                 if row.layer == 0 {
                     let _ = writeln!(
                         s,
-                        "{:>5} {:>8} {:>9} {:>13} {:>10} {:>13}",
-                        "layer", "freqfold", "rope kept", "alpha", "kv kept", "attn rel err"
+                        "{:>5} {:>8} {:>9} {:>13} {:>10} {:>13} {:>13}",
+                        "layer", "freqfold", "rope kept", "alpha", "kv kept", "rope-only err", "attn rel err"
                     );
                 }
                 let _ = writeln!(
                     s,
-                    "{:>5} {:>8} {:>8.4}% {:>13.6e} {:>9.4}% {:>13.4e}",
+                    "{:>5} {:>8} {:>8.4}% {:>13.6e} {:>9.4}% {:>13.4e} {:>13.4e}",
                     row.layer,
                     p.freqfold,
                     100.0 * p.rope_energy_kept,
                     p.alpha,
                     100.0 * p.kv_energy_kept,
+                    row.held_out_rope_only_rel_err.unwrap_or(f64::NAN),
                     row.held_out_attention_rel_err
                 );
             }
@@ -275,6 +277,12 @@ fn table(r: &ConversionReport) -> String {
                 );
             }
         }
+    }
+    if r.layers.iter().any(|l| l.held_out_rope_only_rel_err.is_some()) {
+        let _ = writeln!(
+            s,
+            "rope-only err: the held-out attention error with RoPE truncated at the full kv rank; attn rel err: with the kv truncation too (the two need not add)"
+        );
     }
     let _ = writeln!(
         s,

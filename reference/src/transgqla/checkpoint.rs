@@ -8,7 +8,7 @@
 //! looks finished.
 
 use super::group_pca::{group_pca, GroupPcaReport};
-use super::pipeline::{convert_layer, ConvertOptions, LayerReport};
+use super::pipeline::{convert_layer_with_rope_stage, ConvertOptions, LayerReport};
 use crate::budget::{Budget, Need};
 use crate::cache::{GroupCache, GroupCacheLayout, LatentCache};
 use crate::error::{Error, Result};
@@ -101,6 +101,10 @@ pub struct LayerRow {
     pub report: LayerConversion,
     /// ‖y_conv − y_src‖/‖y_src‖ of the attention output on held-out tokens (same inputs).
     pub held_out_attention_rel_err: f64,
+    /// The same for the layer with RoPE truncated but no kv truncation (TransGQLA's T3 stage):
+    /// what the rope truncation alone loses (the kv truncation's effect is the difference, which
+    /// can have either sign). None for MLA sources.
+    pub held_out_rope_only_rel_err: Option<f64>,
 }
 
 /// How a layer was converted, with its figures.
@@ -401,15 +405,15 @@ fn convert_into(
         let layer = ckpt.decoder_layer(i)?;
         let cal = calibration_pass(&layer, &h_cal, opt.calibration_precision)?;
         let views: Vec<ArrayView2<f64>> = cal.attention_inputs.iter().map(|x| x.view()).collect();
-        let (latent, report) = match &layer.attention {
+        let (latent, report, rope_stage) = match &layer.attention {
             Attention::Gqa(gqa) => {
-                let (w, r) = convert_layer(gqa, &views, opt.layer)?;
-                (w, LayerConversion::TransGqla(r))
+                let (w, r, partial) = convert_layer_with_rope_stage(gqa, &views, opt.layer)?;
+                (w, LayerConversion::TransGqla(r), Some(partial))
             }
             Attention::Latent(mla) => {
                 let stacked = ndarray::concatenate(ndarray::Axis(0), &views).expect("calibration rows share the hidden size");
                 let (w, r) = group_pca(mla, opt.groups.expect("checked at entry"), stacked.view())?;
-                (w, LayerConversion::GroupPca(r))
+                (w, LayerConversion::GroupPca(r), None)
             }
         };
         let latent = match opt.emit {
@@ -429,6 +433,9 @@ fn convert_into(
         };
         let src_trace = layer.forward(h_src[0].view())?;
         let held_out_attention_rel_err = rel_err(&prefill(&latent, src_trace.attention_input.view())?.y, &src_trace.attention_output);
+        let held_out_rope_only_rel_err = rope_stage
+            .map(|w| prefill(&w, src_trace.attention_input.view()).map(|o| rel_err(&o.y, &src_trace.attention_output)))
+            .transpose()?;
         meta.insert("gqla_layer".into(), i.to_string());
         let tensors = layer_tensors(i, &ckpt.store, config.dtype, &layer, &latent, dtype, &changed_by(&layer.attention))?;
         let shard = shard_name(i);
@@ -441,6 +448,7 @@ fn convert_into(
             layer: i,
             report,
             held_out_attention_rel_err,
+            held_out_rope_only_rel_err,
         };
         on_layer(&row);
         rows.push(row);
@@ -743,7 +751,12 @@ fn copy_tokenizer(ckpt: &Checkpoint, out: &Path) -> Result<()> {
         return Ok(());
     }
     let Some(dir) = ckpt.config.path.parent() else { return Ok(()) };
-    for name in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"] {
+    for name in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "generation_config.json",
+    ] {
         if let Some(src) = crate::hf::tensors::checkpoint_file(dir, name)? {
             let bytes = crate::files::read_file(&src, crate::files::Limit::INDEX)?;
             crate::files::write_file(&out.join(name), &bytes)?;

@@ -67,7 +67,7 @@ pub struct Stages {
 /// Convert one GQA layer, calibrated on the hidden states that reach it: one [L, hidden] array per
 /// calibration sequence, at positions 0..L. Keeps every stage, for checking each step.
 pub fn convert_stages(gqa: &GqaWeights<f64>, sequences: &[ArrayView2<f64>], opt: ConvertOptions) -> Result<(Stages, LayerReport)> {
-    let (output, report, stages) = run(gqa, sequences, opt, true)?;
+    let (output, report, stages, _) = run(gqa, sequences, opt, true)?;
     let s = stages.expect("kept");
     Ok((
         Stages {
@@ -88,7 +88,17 @@ pub fn convert_layer(
     sequences: &[ArrayView2<f64>],
     opt: ConvertOptions,
 ) -> Result<(LatentWeights<f64>, LayerReport)> {
-    run(gqa, sequences, opt, false).map(|(w, r, _)| (w, r))
+    run(gqa, sequences, opt, false).map(|(w, r, _, _)| (w, r))
+}
+
+/// [`convert_layer`], and the layer after partial RoPE alone (T3: RoPE truncated, no kv
+/// truncation yet), so that a loss can be split between the two truncations.
+pub fn convert_layer_with_rope_stage(
+    gqa: &GqaWeights<f64>,
+    sequences: &[ArrayView2<f64>],
+    opt: ConvertOptions,
+) -> Result<(LatentWeights<f64>, LayerReport, LatentWeights<f64>)> {
+    run(gqa, sequences, opt, false).map(|(w, r, _, partial)| (w, r, partial))
 }
 
 type Kept = (
@@ -104,7 +114,7 @@ fn run(
     sequences: &[ArrayView2<f64>],
     opt: ConvertOptions,
     keep: bool,
-) -> Result<(LatentWeights<f64>, LayerReport, Option<Kept>)> {
+) -> Result<(LatentWeights<f64>, LayerReport, Option<Kept>, LatentWeights<f64>)> {
     let (kv, d) = (gqa.dims().kv(), gqa.dims().d());
     if let Some(bad) = sequences.iter().find(|x| x.nrows() == 0 || x.ncols() != gqa.hidden()) {
         return Err(Error::ShapeMismatch {
@@ -148,6 +158,6 @@ fn run(
         alpha,
         kv_energy_kept,
     };
-    let kept = early.map(|(t1, t2)| (t1, t2, partial_w, balanced, pca));
-    Ok((output, report, kept))
+    let kept = early.map(|(t1, t2)| (t1, t2, partial_w.clone(), balanced, pca));
+    Ok((output, report, kept, partial_w))
 }

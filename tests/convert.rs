@@ -475,21 +475,30 @@ fn default_budget_is_28_125_percent_of_the_cache() {
     );
 }
 
+/// The Python that runs HF transformers 5.23 (`GQLA_PYTHON`, default `python3`), or None after
+/// saying that `test` skipped.
+fn hf_python(test: &str) -> Option<String> {
+    let python = std::env::var("GQLA_PYTHON").unwrap_or_else(|_| "python3".into());
+    let probe = std::process::Command::new(&python)
+        .args(["-c", "import torch, transformers; assert transformers.__version__ == '5.23.0'"])
+        .output();
+    if probe.is_ok_and(|o| o.status.success()) {
+        return Some(python);
+    }
+    crate::common::skipped(&format!(
+        "{test}: {python} cannot import torch and transformers 5.23.0 (set GQLA_PYTHON)"
+    ));
+    None
+}
+
 /// HF transformers itself loads converted checkpoints (through examples/hf_load_gqla.py) and
 /// reproduces the source model's logits. Needs a Python with torch and transformers 5.23:
 /// `GQLA_PYTHON` (default `python3`); without one the test says it skipped.
 #[test]
 fn hf_transformers_runs_converted_checkpoints() {
-    let python = std::env::var("GQLA_PYTHON").unwrap_or_else(|_| "python3".into());
-    let probe = std::process::Command::new(&python)
-        .args(["-c", "import torch, transformers; assert transformers.__version__ == '5.23.0'"])
-        .output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        crate::common::skipped(&format!(
-            "hf_transformers_runs_converted_checkpoints: {python} cannot import torch and transformers 5.23.0 (set GQLA_PYTHON)"
-        ));
+    let Some(python) = hf_python("hf_transformers_runs_converted_checkpoints") else {
         return;
-    }
+    };
     for (name, args) in [
         ("llama", vec!["--no-truncation"]),
         ("qwen2", vec!["--no-truncation"]),
@@ -527,16 +536,9 @@ fn hf_transformers_runs_converted_checkpoints() {
 /// Needs `GQLA_PYTHON` with torch and transformers 5.23; without one it says it skipped.
 #[test]
 fn hf_transformers_loads_outputs_unpatched() {
-    let python = std::env::var("GQLA_PYTHON").unwrap_or_else(|_| "python3".into());
-    let probe = std::process::Command::new(&python)
-        .args(["-c", "import torch, transformers; assert transformers.__version__ == '5.23.0'"])
-        .output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        crate::common::skipped(&format!(
-            "hf_transformers_loads_outputs_unpatched: {python} cannot import torch and transformers 5.23.0 (set GQLA_PYTHON)"
-        ));
+    let Some(python) = hf_python("hf_transformers_loads_outputs_unpatched") else {
         return;
-    }
+    };
     let check = |dir: &Path, load: &str, extra: &[&str]| -> Vec<serde_json::Value> {
         let run = std::process::Command::new(&python)
             .arg(root().join("examples/hf_check_gqla.py"))

@@ -67,8 +67,8 @@ pub struct Stages {
 /// Convert one GQA layer, calibrated on the hidden states that reach it: one [L, hidden] array per
 /// calibration sequence, at positions 0..L. Keeps every stage, for checking each step.
 pub fn convert_stages(gqa: &GqaWeights<f64>, sequences: &[ArrayView2<f64>], opt: ConvertOptions) -> Result<(Stages, LayerReport)> {
-    let (output, report, stages, _) = run(gqa, sequences, opt, true)?;
-    let s = stages.expect("kept");
+    let Converted { output, report, kept, .. } = run(gqa, sequences, opt, true)?;
+    let s = kept.expect("kept");
     Ok((
         Stages {
             latent_form: s.0,
@@ -88,7 +88,7 @@ pub fn convert_layer(
     sequences: &[ArrayView2<f64>],
     opt: ConvertOptions,
 ) -> Result<(LatentWeights<f64>, LayerReport)> {
-    run(gqa, sequences, opt, false).map(|(w, r, _, _)| (w, r))
+    run(gqa, sequences, opt, false).map(|c| (c.output, c.report))
 }
 
 /// [`convert_layer`], and the layer after partial RoPE alone (T3: RoPE truncated, no kv
@@ -98,7 +98,7 @@ pub fn convert_layer_with_rope_stage(
     sequences: &[ArrayView2<f64>],
     opt: ConvertOptions,
 ) -> Result<(LatentWeights<f64>, LayerReport, LatentWeights<f64>)> {
-    run(gqa, sequences, opt, false).map(|(w, r, _, partial)| (w, r, partial))
+    run(gqa, sequences, opt, false).map(|c| (c.output, c.report, c.rope_stage))
 }
 
 type Kept = (
@@ -109,12 +109,15 @@ type Kept = (
     LatentWeights<f64>,
 );
 
-fn run(
-    gqa: &GqaWeights<f64>,
-    sequences: &[ArrayView2<f64>],
-    opt: ConvertOptions,
-    keep: bool,
-) -> Result<(LatentWeights<f64>, LayerReport, Option<Kept>, LatentWeights<f64>)> {
+/// What [`run`] produces: the converted layer, its figures, the stages when kept, and T3.
+struct Converted {
+    output: LatentWeights<f64>,
+    report: LayerReport,
+    kept: Option<Kept>,
+    rope_stage: LatentWeights<f64>,
+}
+
+fn run(gqa: &GqaWeights<f64>, sequences: &[ArrayView2<f64>], opt: ConvertOptions, keep: bool) -> Result<Converted> {
     let (kv, d) = (gqa.dims().kv(), gqa.dims().d());
     if let Some(bad) = sequences.iter().find(|x| x.nrows() == 0 || x.ncols() != gqa.hidden()) {
         return Err(Error::ShapeMismatch {
@@ -159,5 +162,10 @@ fn run(
         kv_energy_kept,
     };
     let kept = early.map(|(t1, t2)| (t1, t2, partial_w.clone(), balanced, pca));
-    Ok((output, report, kept, partial_w))
+    Ok(Converted {
+        output,
+        report,
+        kept,
+        rope_stage: partial_w,
+    })
 }

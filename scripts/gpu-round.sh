@@ -5,7 +5,7 @@
 #   then device calls (each under 10 minutes, back to back so the machine stays warm), carrying
 #   target/gpu-round:
 #   bash scripts/gpu-round.sh remote [STAGES] # there: STAGES of tests,certify,sanitize,ptxas,ncu,bench,peer,external
-#   in this order (most needed first; a session has 30 device minutes): `remote tests,certify`,
+#   in this order (most needed first; a session has 15 device minutes): `remote tests,certify`,
 #   `remote bench,peer`, `remote sanitize,ptxas`, `remote external,ncu`.
 #
 # `pack` builds the `gqla` release binary and a nextest archive of the gqla-cuda tests, and copies

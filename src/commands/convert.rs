@@ -15,8 +15,9 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Source HF checkpoint directory: LLaMA, Qwen2 or Mistral (TransGQLA), or a DeepSeek-V2/V3
-    /// MLA checkpoint with dense layers (per-group PCA, needs --groups).
+    /// Source: an HF checkpoint directory or a GGUF file. LLaMA, Qwen2 or Mistral (TransGQLA), or
+    /// a DeepSeek-V2/V3 or GLM-4.7-Flash MLA checkpoint, dense or MoE (per-group PCA, needs
+    /// --groups).
     #[arg(long)]
     input: PathBuf,
     /// Output directory; must not exist. Written to a temporary directory and renamed when done.

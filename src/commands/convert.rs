@@ -68,9 +68,9 @@ pub struct Args {
     /// which unmodified transformers loads; the norm is approximate for GQA sources).
     #[arg(long, value_enum, default_value_t = EmitArg::Gqla)]
     emit: EmitArg,
-    /// The hidden states that calibrate each next layer: the source model's, or the converted
-    /// model's (earlier truncations compensated).
-    #[arg(long, value_enum, default_value_t = FlowArg::Source)]
+    /// The hidden states that calibrate each next layer: the source model's, the converted
+    /// model's, or the model with RoPE cut at the full kv rank (TransMLA's second pass).
+    #[arg(long, value_enum, default_value_t = FlowArg::RopeCut)]
     calib_flow: FlowArg,
 }
 
@@ -78,6 +78,7 @@ pub struct Args {
 enum FlowArg {
     Source,
     Converted,
+    RopeCut,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -159,6 +160,7 @@ pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<(), CliEr
         calibration_flow: match a.calib_flow {
             FlowArg::Source => CalibrationFlow::Source,
             FlowArg::Converted => CalibrationFlow::Converted,
+            FlowArg::RopeCut => CalibrationFlow::RopeCut,
         },
         emit: match a.emit {
             EmitArg::Gqla => Emit::Gqla,

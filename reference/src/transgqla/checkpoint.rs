@@ -63,11 +63,15 @@ pub struct CheckpointOptions {
 #[serde(rename_all = "snake_case")]
 pub enum CalibrationFlow {
     /// The source model's: every layer is fitted to the source's activations.
-    #[default]
     Source,
     /// The converted model's (layers 0..=i converted): each layer is fitted to the inputs it will
     /// see in the converted model, so earlier truncations are compensated rather than compounded.
     Converted,
+    /// The model with RoPE cut in layers 0..=i but the full kv rank (TransGQLA's T3 stage), as
+    /// TransMLA gathers its balance and PCA statistics. MLA sources: as `Converted`. The default:
+    /// the best measured (docs/results/2026-12-04-smollm2-sherlock.md).
+    #[default]
+    RopeCut,
 }
 
 /// The layout a conversion writes.
@@ -429,6 +433,10 @@ fn convert_into(
             CalibrationFlow::Converted => {
                 let converted = Attention::Latent(latent.clone());
                 calibration_outputs(&layer, &converted, &h_cal, opt.calibration_precision)?
+            }
+            CalibrationFlow::RopeCut => {
+                let cut = Attention::Latent(rope_stage.clone().unwrap_or_else(|| latent.clone()));
+                calibration_outputs(&layer, &cut, &h_cal, opt.calibration_precision)?
             }
         };
         let src_trace = layer.forward(h_src[0].view())?;

@@ -280,27 +280,16 @@ type Ids = Vec<Vec<u32>>;
 /// through both models in f64.
 const HELD_OUT_TOKENS: usize = 64;
 
-/// What the calibration sequences give at one layer.
-struct CalibrationPass {
-    /// The hidden states entering self-attention (f64, for the conversion's statistics).
-    attention_inputs: Vec<Array2<f64>>,
-    /// The layer outputs: the next layer's calibration inputs.
-    outputs: Vec<Array2<f64>>,
-}
-
-/// Run the calibration sequences through `layer` in the chosen precision.
-fn calibration_pass(layer: &DecoderLayer<f64>, h: &[Array2<f64>], precision: CalibrationPrecision) -> Result<CalibrationPass> {
-    fn pass<T: crate::real::Real>(layer: &DecoderLayer<T>, h: &[Array2<f64>]) -> Result<CalibrationPass> {
-        let cast: Vec<Array2<T>> = h.iter().map(|seq| seq.mapv(T::of)).collect();
-        let traces = layer.forward_sequences(&layer.attention, &cast.iter().map(|x| x.view()).collect::<Vec<_>>())?;
-        Ok(CalibrationPass {
-            attention_inputs: traces.iter().map(|t| t.attention_input.mapv(|v| v.f64())).collect(),
-            outputs: traces.into_iter().map(|t| t.output.mapv(|v| v.f64())).collect(),
-        })
+/// The hidden states entering self-attention, RMSNorm_in(h), for each calibration sequence, in
+/// the chosen precision (widened to f64 for the conversion's statistics). They do not depend on
+/// the attention, so the layer's forward runs once, after conversion, with the flow's attention.
+fn attention_inputs(layer: &DecoderLayer<f64>, h: &[Array2<f64>], precision: CalibrationPrecision) -> Vec<Array2<f64>> {
+    fn norm<T: crate::real::Real>(n: &crate::linear::RmsNorm<T>, h: &[Array2<f64>]) -> Vec<Array2<f64>> {
+        h.iter().map(|seq| n.forward(seq.mapv(T::of).view()).mapv(|v| v.f64())).collect()
     }
     match precision {
-        CalibrationPrecision::F32 => pass(&layer.cast::<f32>(), h),
-        CalibrationPrecision::F64 => pass(layer, h),
+        CalibrationPrecision::F32 => norm(&layer.input_norm.cast::<f32>(), h),
+        CalibrationPrecision::F64 => norm(&layer.input_norm, h),
     }
 }
 
@@ -407,8 +396,8 @@ fn convert_into(
     let mut converted_geometry = None;
     for i in 0..n_layers {
         let layer = ckpt.decoder_layer(i)?;
-        let cal = calibration_pass(&layer, &h_cal, opt.calibration_precision)?;
-        let views: Vec<ArrayView2<f64>> = cal.attention_inputs.iter().map(|x| x.view()).collect();
+        let inputs = attention_inputs(&layer, &h_cal, opt.calibration_precision);
+        let views: Vec<ArrayView2<f64>> = inputs.iter().map(|x| x.view()).collect();
         let (latent, report, rope_stage) = match &layer.attention {
             Attention::Gqa(gqa) => {
                 let (w, r, partial) = convert_layer_with_rope_stage(gqa, &views, opt.layer)?;
@@ -428,17 +417,12 @@ fn convert_into(
                 stock
             }
         };
-        h_cal = match opt.calibration_flow {
-            CalibrationFlow::Source => cal.outputs,
-            CalibrationFlow::Converted => {
-                let converted = Attention::Latent(latent.clone());
-                calibration_outputs(&layer, &converted, &h_cal, opt.calibration_precision)?
-            }
-            CalibrationFlow::RopeCut => {
-                let cut = Attention::Latent(rope_stage.clone().unwrap_or_else(|| latent.clone()));
-                calibration_outputs(&layer, &cut, &h_cal, opt.calibration_precision)?
-            }
+        let next = match opt.calibration_flow {
+            CalibrationFlow::Source => None,
+            CalibrationFlow::Converted => Some(Attention::Latent(latent.clone())),
+            CalibrationFlow::RopeCut => Some(Attention::Latent(rope_stage.clone().unwrap_or_else(|| latent.clone()))),
         };
+        h_cal = calibration_outputs(&layer, next.as_ref().unwrap_or(&layer.attention), &h_cal, opt.calibration_precision)?;
         let src_trace = layer.forward(h_src[0].view())?;
         let held_out_attention_rel_err = rel_err(&prefill(&latent, src_trace.attention_input.view())?.y, &src_trace.attention_output);
         let held_out_rope_only_rel_err = rope_stage
@@ -611,8 +595,6 @@ fn layer_tensors(
         .collect()
 }
 
-/// The converted model's config.json: for an MLA source its own config with G groups; for a GQA
-/// source a DeepSeek-V3-layout config (all layers dense) with the explicit RoPE table.
 /// What the stock DeepSeek-V3 layout cannot express, refused before any work.
 fn check_stock_mla(config: &ModelConfig, opt: &CheckpointOptions) -> Result<()> {
     let refuse = |why: String| {
@@ -674,6 +656,8 @@ fn check_stock_rope(config: &ModelConfig, w: &LatentWeights<f64>) -> Result<()> 
     Ok(())
 }
 
+/// The converted model's config.json: for an MLA source its own config with G groups; for a GQA
+/// source a DeepSeek-V3-layout config (all layers dense) with the explicit RoPE table.
 fn output_config(src: &ModelConfig, w: &LatentWeights<f64>, dtype: StorageDtype, opt: &CheckpointOptions) -> Result<Value> {
     if let AttentionConfig::Latent(_) = &src.attention {
         let text = crate::files::read_to_string(&src.path, crate::files::Limit::CONFIG)?;

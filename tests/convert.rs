@@ -194,6 +194,83 @@ fn llama_3_8b_geometry_absorb_cache_is_28_125_percent() {
     );
 }
 
+/// `--freqfold search` (the default) converts at 2, 4, … while the held-out KL falls and writes
+/// the best: its trials equal separate conversions at each fold, its tensors equal the chosen
+/// fold's conversion, and the losing candidate leaves nothing behind. `smallest` converts once.
+#[test]
+fn freqfold_search_writes_the_best_fold() {
+    let fx = root().join("fixtures/hf/llama/checkpoint");
+    let tmp = tempfile::tempdir().unwrap();
+    let base = [
+        "--rope-dim",
+        "4",
+        "--kv-lora-rank",
+        "8",
+        "--calib-precision",
+        "f64",
+        "--dtype",
+        "f64",
+    ];
+    let run = |name: &str, extra: &[&str]| {
+        let out = tmp.path().join(name);
+        let r = convert(&fx, &out, &[&base[..], extra].concat());
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        (out, meta(&tmp.path().join(name)), r.stdout)
+    };
+    let (searched, m, stdout) = run("searched", &[]);
+    let trials = m["report"]["freqfold_trials"].as_array().unwrap().clone();
+    assert!(trials.len() >= 2, "{trials:?}");
+    assert_eq!(m["options"]["freqfold_choice"], "search");
+    let kl = |t: &serde_json::Value| t["held_out_kl"].as_f64().unwrap();
+    let best = trials.iter().min_by(|a, b| kl(a).total_cmp(&kl(b))).unwrap()["freqfold"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(m["options"]["freqfold"].as_u64(), Some(best));
+    assert!(
+        stdout.contains(&format!("freqfold {best:>2}: held-out KL")) && stdout.contains("<- chosen"),
+        "{stdout}"
+    );
+    for (i, t) in trials.iter().enumerate() {
+        let f = t["freqfold"].as_u64().unwrap();
+        assert_eq!(f, 2 << i, "folds double from the smallest valid one: {trials:?}");
+        let (alone, m_alone, _) = run(&format!("fold{f}"), &["--freqfold", &f.to_string()]);
+        assert_eq!(m_alone["options"]["freqfold_choice"], "given");
+        assert_eq!(m_alone["report"]["freqfold_trials"], serde_json::json!([]));
+        let (a, b) = (kl(t), m_alone["report"]["held_out_kl"].as_f64().unwrap());
+        assert!(
+            (a - b).abs() <= 1e-12 * b.abs(),
+            "fold {f}: search scored {a}, a conversion at it {b}"
+        );
+        if f == best {
+            assert_eq!(m["report"]["held_out_kl"], m_alone["report"]["held_out_kl"]);
+            let index = |dir: &Path| -> serde_json::Value {
+                serde_json::from_str(&std::fs::read_to_string(dir.join("model.safetensors.index.json")).unwrap()).unwrap()
+            };
+            for (tensor, shard) in index(&searched)["weight_map"].as_object().unwrap() {
+                let read = |dir: &Path| read_tensor(&dir.join(shard.as_str().unwrap()), tensor).1;
+                assert_eq!(read(&searched), read(&alone), "{tensor}");
+            }
+        }
+    }
+    // Only the outputs themselves: no candidate's temporary directory is left.
+    let mut left: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    let mut want: Vec<String> = std::iter::once("searched".to_string())
+        .chain(trials.iter().map(|t| format!("fold{}", t["freqfold"])))
+        .collect();
+    want.sort();
+    assert_eq!(left, want);
+    let (_, m_small, stdout) = run("smallest", &["--freqfold", "smallest"]);
+    assert_eq!(
+        (m_small["options"]["freqfold"].as_u64(), &m_small["options"]["freqfold_choice"]),
+        (Some(2), &serde_json::json!("given"))
+    );
+    assert!(!stdout.contains("<- chosen"), "{stdout}");
+}
+
 /// Calibration from a token-id file is used (and not flagged weak).
 #[test]
 fn calibration_file_is_used() {
@@ -289,6 +366,20 @@ mod bad_input {
             &["--rope-dim", "4", "--kv-lora-rank", "10000"],
             &["--kv-lora-rank = 10000", "expected 1..=28"],
         );
+    }
+
+    #[test]
+    fn freqfold_not_a_fold() {
+        for bad in ["auto", "0", "two"] {
+            let tmp = tempfile::tempdir().unwrap();
+            let r = convert(&fixture("llama"), &tmp.path().join("out"), &["--freqfold", bad]);
+            assert_eq!(r.code, 2, "{bad}: {}", r.stderr);
+            assert!(
+                r.stderr.contains("--freqfold") && r.stderr.contains("`search`, `smallest` or a positive integer"),
+                "{bad}: {}",
+                r.stderr
+            );
+        }
     }
 
     #[test]
@@ -406,7 +497,7 @@ mod whole_model {
             let tmp = tempfile::tempdir().unwrap();
             let (src, out) = (tmp.path().join("src"), tmp.path().join("out"));
             write_random_llama(&src, hidden, kv * per, kv, 2 * half, 8, 16, layers, seed);
-            let opt = CheckpointOptions { groups: None, layer: ConvertOptions::exact(), dtype: Some(gqla_reference::hf::config::StorageDtype::F64), calibration: Calibration::Random { sequences: 2, tokens: 6, seed }, calibration_precision: Default::default(), budget: gqla_reference::budget::Budget::new(None), emit: Default::default(), calibration_flow: Default::default() };
+            let opt = CheckpointOptions { groups: None, layer: ConvertOptions::exact(), dtype: Some(gqla_reference::hf::config::StorageDtype::F64), calibration: Calibration::Random { sequences: 2, tokens: 6, seed }, calibration_precision: Default::default(), budget: gqla_reference::budget::Budget::new(None), emit: Default::default(), calibration_flow: Default::default(), freqfold_choice: Default::default() };
             let report = convert_checkpoint(&src, &out, &opt, &mut |_| {}).unwrap();
             prop_assert!(report.held_out_logits_rel_err <= 1e-9, "logits {:e}", report.held_out_logits_rel_err);
             prop_assert!(report.held_out_kl.abs() <= 1e-12, "KL {:e}", report.held_out_kl);

@@ -149,6 +149,8 @@ fn smollm2_at_28_percent_of_the_cache_on_held_out_text() {
         },
         "calibration_tokens": rep["calibration_tokens"],
         "converter_held_out_kl": rep["held_out_kl"],
+        "freqfold": meta["options"]["freqfold"],
+        "freqfold_trials": rep["freqfold_trials"],
         "heldout_text": {
             "tokens": eval["tokens"], "perplexity": eval["perplexity"], "source_perplexity": eval["source_perplexity"],
             "kl_from_source": eval["kl_from_source"], "top1_agreement": eval["top1_agreement"],

@@ -125,6 +125,7 @@ fn exact_conversion_reproduces_the_logits() {
         budget: gqla_reference::budget::Budget::new(None),
         emit: Default::default(),
         calibration_flow: Default::default(),
+        freqfold_choice: Default::default(),
     };
     let report = convert_checkpoint(&path, &out, &opt, &mut |_| {}).unwrap();
     let source = Checkpoint::open(&path).unwrap().logits(ids).unwrap();

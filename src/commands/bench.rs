@@ -2,7 +2,7 @@
 
 use super::CliError;
 use gqla_reference::hf::synthetic::{write_random_llama, LlamaGeometry};
-use gqla_reference::transgqla::checkpoint::{convert_checkpoint, Calibration, CheckpointOptions};
+use gqla_reference::transgqla::checkpoint::{convert_checkpoint, Calibration, CheckpointOptions, FoldChoice, Progress};
 use gqla_reference::transgqla::rorope::smallest_freqfold;
 use gqla_reference::transgqla::ConvertOptions;
 use std::time::Instant;
@@ -315,11 +315,17 @@ fn convert(
         budget: *budget,
         emit: Default::default(),
         calibration_flow: Default::default(),
+        // The fold is fixed: this measures one layer's conversion (a search adds RoPE-cut passes).
+        freqfold_choice: FoldChoice::Given,
     };
     let reset = reset_peak_rss();
     let start = Instant::now();
     let mut done = Vec::new();
-    let result = convert_checkpoint(&src, &out, &opt, &mut |_| done.push(start.elapsed().as_secs_f64()));
+    let result = convert_checkpoint(&src, &out, &opt, &mut |p| {
+        if let Progress::Layer(_) = p {
+            done.push(start.elapsed().as_secs_f64())
+        }
+    });
     let total = start.elapsed().as_secs_f64();
     let peak = peak_rss_mib();
     drop(tmp); // removes the source and the output

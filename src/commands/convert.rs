@@ -4,8 +4,8 @@ use super::CliError;
 use gqla_reference::hf::config::{AttentionConfig, StorageDtype};
 use gqla_reference::hf::ModelConfig;
 use gqla_reference::transgqla::checkpoint::{
-    convert_checkpoint, Calibration, CalibrationFlow, CalibrationPrecision, CheckpointOptions, ConversionReport, Emit, LayerConversion,
-    LayerRow,
+    convert_checkpoint, Calibration, CalibrationFlow, CalibrationPrecision, CheckpointOptions, ConversionReport, Emit, FoldChoice,
+    LayerConversion, Progress,
 };
 use gqla_reference::transgqla::rorope::smallest_freqfold;
 use gqla_reference::transgqla::ConvertOptions;
@@ -34,9 +34,11 @@ pub struct Args {
     /// Rope dims d_r kept on the shared key (GQA sources; default: min(64, D/2)).
     #[arg(long, conflicts_with = "no_truncation")]
     rope_dim: Option<usize>,
-    /// FreqFold: `auto` (the smallest valid fold, least approximation) or a number.
-    #[arg(long, default_value = "auto", conflicts_with = "no_truncation")]
-    freqfold: String,
+    /// FreqFold: `search` (convert at the smallest valid fold, then at double it while the
+    /// held-out KL falls, and keep the best, as TransMLA's `auto`), `smallest` (least
+    /// approximation, one conversion) or a number.
+    #[arg(long, default_value = "search", conflicts_with = "no_truncation")]
+    freqfold: FoldArg,
     /// Keep every RoPE frequency and the full kv rank with freqfold 1: the exact conversion.
     #[arg(long)]
     no_truncation: bool,
@@ -87,6 +89,28 @@ enum EmitArg {
     Mla,
 }
 
+/// `--freqfold`.
+#[derive(Clone, Copy, Debug)]
+enum FoldArg {
+    Search,
+    Smallest,
+    Fixed(usize),
+}
+
+impl std::str::FromStr for FoldArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "search" => Ok(Self::Search),
+            "smallest" => Ok(Self::Smallest),
+            _ => match s.parse() {
+                Ok(0) | Err(_) => Err(format!("expected `search`, `smallest` or a positive integer, got `{s}`")),
+                Ok(f) => Ok(Self::Fixed(f)),
+            },
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum PrecisionArg {
     F32,
@@ -109,11 +133,18 @@ pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<(), CliEr
             Some((rope_dim, kv_rank)) => ConvertOptions {
                 rope_dim: Some(rope_dim),
                 kv_rank: Some(kv_rank),
-                freqfold: freqfold(&a.freqfold, &config, rope_dim)?,
+                freqfold: match a.freqfold {
+                    FoldArg::Fixed(f) => f,
+                    FoldArg::Search | FoldArg::Smallest => smallest_fold(&config, rope_dim)?,
+                },
             },
             // Per-group PCA keeps the MLA source's own d_c and d_r.
             None => ConvertOptions::exact(),
         }
+    };
+    let freqfold_choice = match a.freqfold {
+        FoldArg::Search if !a.no_truncation => FoldChoice::Search,
+        _ => FoldChoice::Given,
     };
     let calibration = match (&a.calib, &a.calib_text) {
         (Some(p), _) => Calibration::File(p.clone()),
@@ -157,6 +188,7 @@ pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<(), CliEr
         calibration,
         calibration_precision,
         budget: *budget,
+        freqfold_choice,
         calibration_flow: match a.calib_flow {
             FlowArg::Source => CalibrationFlow::Source,
             FlowArg::Converted => CalibrationFlow::Converted,
@@ -167,14 +199,24 @@ pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<(), CliEr
             EmitArg::Mla => Emit::Mla,
         },
     };
-    let bar = ProgressBar::new(config.num_layers as u64);
-    bar.set_style(ProgressStyle::with_template("converting {bar:30} {pos}/{len} layers {msg} [{elapsed}]").expect("valid template"));
-    let report = convert_checkpoint(&a.input, &a.output, &opt, &mut |row: &LayerRow| {
-        bar.set_message(format!(
-            "(layer {}: attention rel err {:.2e})",
-            row.layer, row.held_out_attention_rel_err
-        ));
-        bar.inc(1);
+    let layers = config.num_layers as u64;
+    let bar = ProgressBar::new(layers);
+    let style = |what: &str| {
+        ProgressStyle::with_template(&format!("{what} {{bar:30}} {{pos}}/{{len}} layers {{msg}} [{{elapsed}}]")).expect("valid template")
+    };
+    bar.set_style(style("converting"));
+    let report = convert_checkpoint(&a.input, &a.output, &opt, &mut |p| match p {
+        Progress::Fold(f) => {
+            bar.set_style(style(&format!("freqfold {f}: converting")));
+            bar.reset();
+        }
+        Progress::Layer(row) => {
+            bar.set_message(format!(
+                "(layer {}: attention rel err {:.2e})",
+                row.layer, row.held_out_attention_rel_err
+            ));
+            bar.inc(1);
+        }
     });
     bar.finish_and_clear();
     let report = report?;
@@ -216,13 +258,8 @@ fn budget_for(config: &ModelConfig, rope_dim: Option<usize>, kv_rank: Option<usi
     Ok(Some((rope, rank)))
 }
 
-/// `auto`: the smallest fold f (dividing D/2) for which d_r splits evenly over the runs.
-fn freqfold(arg: &str, config: &ModelConfig, rope_dim: usize) -> Result<usize, CliError> {
-    if arg != "auto" {
-        return arg
-            .parse()
-            .map_err(|_| CliError::Usage(format!("--freqfold must be `auto` or a positive integer, got `{arg}`")));
-    }
+/// The smallest fold f (dividing D/2) for which d_r splits evenly over the runs.
+fn smallest_fold(config: &ModelConfig, rope_dim: usize) -> Result<usize, CliError> {
     let AttentionConfig::Gqa(c) = &config.attention else { return Ok(1) };
     let (half, kv) = (c.dims.d() / 2, c.dims.kv());
     let fold = rope_dim
@@ -239,6 +276,20 @@ fn freqfold(arg: &str, config: &ModelConfig, rope_dim: usize) -> Result<usize, C
 
 fn table(r: &ConversionReport) -> String {
     let mut s = String::new();
+    if let Some(best) = r.layers.iter().find_map(|l| match &l.report {
+        LayerConversion::TransGqla(p) => Some(p.freqfold),
+        LayerConversion::GroupPca(_) => None,
+    }) {
+        for t in &r.freqfold_trials {
+            let _ = writeln!(
+                s,
+                "freqfold {:>2}: held-out KL {:.6e}{}",
+                t.freqfold,
+                t.held_out_kl,
+                if t.freqfold == best { "  <- chosen" } else { "" }
+            );
+        }
+    }
     for row in &r.layers {
         match &row.report {
             LayerConversion::TransGqla(p) => {

@@ -7,8 +7,10 @@
 //! directory beside the target and renamed when complete, so an interrupted run leaves nothing that
 //! looks finished.
 
+use super::fold_search::{search_freqfold, FoldTrial};
 use super::group_pca::{group_pca, GroupPcaReport};
 use super::pipeline::{convert_layer_with_rope_stage, ConvertOptions, LayerReport};
+use super::rorope::fold_fits;
 use crate::budget::{Budget, Need};
 use crate::cache::{GroupCache, GroupCacheLayout, LatentCache};
 use crate::error::{Error, Result};
@@ -56,6 +58,30 @@ pub struct CheckpointOptions {
     pub emit: Emit,
     /// Which hidden states calibrate the next layer.
     pub calibration_flow: CalibrationFlow,
+    /// Whether `layer.freqfold` is used as given or is where the FreqFold search starts.
+    pub freqfold_choice: FoldChoice,
+}
+
+/// How the model's one FreqFold is chosen (GQA sources with truncated RoPE).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FoldChoice {
+    /// `layer.freqfold` as given.
+    Given,
+    /// [`search_freqfold`] from `layer.freqfold` upwards: the model is converted at each fold
+    /// tried, and the one with the lowest held-out KL is written.
+    /// The default: the best measured (docs/results/2026-12-04-smollm2-budgets.md).
+    #[default]
+    Search,
+}
+
+/// What a conversion reports while it runs.
+#[derive(Clone, Copy, Debug)]
+pub enum Progress<'a> {
+    /// The FreqFold search starts converting the model at this fold.
+    Fold(usize),
+    /// A layer has been converted and written.
+    Layer(&'a LayerRow),
 }
 
 /// The hidden states that reach layer i + 1's calibration.
@@ -140,15 +166,17 @@ pub struct ConversionReport {
     /// Calibration tokens (all sequences): fewer than d_c leaves the PCA's trailing directions
     /// undetermined by data.
     pub calibration_tokens: usize,
+    /// The folds the FreqFold search tried, in order (empty when the fold was given).
+    pub freqfold_trials: Vec<FoldTrial>,
 }
 
 /// Convert the GQA checkpoint in `input` to a GQLA checkpoint written to `output` (which must not
-/// exist). `on_layer` is called after each layer.
+/// exist). `on_progress` hears of each fold the search converts at, and of each layer converted.
 pub fn convert_checkpoint(
     input: &Path,
     output: &Path,
     opt: &CheckpointOptions,
-    on_layer: &mut dyn FnMut(&LayerRow),
+    on_progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<ConversionReport> {
     let ckpt = Checkpoint::open(input)?;
     let config = &ckpt.config;
@@ -181,9 +209,55 @@ pub fn convert_checkpoint(
     }
     let (sequences, tokens) = calibration_shape(&opt.calibration, config)?;
     opt.budget.check(&memory_needs(config, sequences, tokens))?;
-    let out = OutputDir::create(output, false)?;
-    let (cal_ids, held_ids, weak) = calibration_ids(&opt.calibration, config)?;
-    let report = convert_into(&ckpt, out.path(), opt, &cal_ids, &held_ids, weak, on_layer)?;
+    // Refused before any work if the target exists; a search's other candidates get their own.
+    let mut first_out = Some(OutputDir::create(output, false)?);
+    let ids = calibration_ids(&opt.calibration, config)?;
+    let source_sha256 = source_hash(&ckpt, &config.path)?;
+    let mut convert_at = |freqfold: usize, searching: bool| -> Result<(f64, (OutputDir, ConversionReport))> {
+        let out = match first_out.take() {
+            Some(out) => out,
+            None => OutputDir::create(output, false)?,
+        };
+        let mut at = opt.clone();
+        at.layer.freqfold = freqfold;
+        if searching {
+            on_progress(Progress::Fold(freqfold));
+        }
+        let report = convert_into(&ckpt, out.path(), &at, &ids, &source_sha256, &mut |row| {
+            on_progress(Progress::Layer(row))
+        })?;
+        Ok((report.held_out_kl, (out, report)))
+    };
+    let ((out, mut report), trials) = match (opt.freqfold_choice, &config.attention, opt.layer.rope_dim) {
+        (FoldChoice::Search, AttentionConfig::Gqa(c), Some(rope_dim)) => {
+            let (half, kv) = (c.dims.d() / 2, c.dims.kv());
+            let fits = |f: usize| rope_dim.is_multiple_of(2) && fold_fits(half, kv, f, rope_dim / 2);
+            search_freqfold(opt.layer.freqfold, fits, |f| convert_at(f, true))?
+        }
+        _ => (convert_at(opt.layer.freqfold, false)?.1, Vec::new()),
+    };
+    report.freqfold_trials = trials.clone();
+    let chosen = report.layers.iter().find_map(|l| match &l.report {
+        LayerConversion::TransGqla(r) => Some(r.freqfold),
+        LayerConversion::GroupPca(_) => None,
+    });
+    let mut at = opt.clone();
+    at.layer.freqfold = chosen.unwrap_or(opt.layer.freqfold);
+    // What was done: no search runs for MLA sources or without RoPE truncation.
+    if trials.is_empty() {
+        at.freqfold_choice = FoldChoice::Given;
+    }
+    let dtype = opt.dtype.unwrap_or(config.dtype);
+    write_json(
+        &out.path().join("gqla_meta.json"),
+        &json!({
+            "tool": format!("gqla {}", env!("CARGO_PKG_VERSION")),
+            "source": { "path": config.path.parent().map(|p| p.display().to_string()), "model_type": format!("{:?}", config.model_type), "sha256": source_sha256 },
+            "options": options_json(&at, dtype),
+            "calibration": calibration_json(&opt.calibration, &ids),
+            "report": report,
+        }),
+    )?;
     // Nothing computed from a source that changed while it was read is published.
     ckpt.store.unchanged()?;
     out.commit()?;
@@ -312,7 +386,16 @@ fn calibration_outputs(
 }
 
 /// Calibration and held-out sequences. A file with several sequences holds its last one out.
-fn calibration_ids(cal: &Calibration, config: &ModelConfig) -> Result<(Ids, Ids, bool)> {
+/// Token ids a conversion runs on.
+struct CalibrationIds {
+    calibration: Ids,
+    /// One sequence: the KL and error figures, and the FreqFold search's score.
+    held_out: Ids,
+    /// Random ids (a weaker calibration, reported as such).
+    weak: bool,
+}
+
+fn calibration_ids(cal: &Calibration, config: &ModelConfig) -> Result<CalibrationIds> {
     let vocab = u32::try_from(config.vocab_size).map_err(|_| {
         Error::file(
             &config.path,
@@ -333,7 +416,11 @@ fn calibration_ids(cal: &Calibration, config: &ModelConfig) -> Result<(Ids, Ids,
             } else {
                 random(1, ids[0].len().min(HELD_OUT_TOKENS), 0x5eed)
             };
-            Ok((ids, held, false))
+            Ok(CalibrationIds {
+                calibration: ids,
+                held_out: held,
+                weak: false,
+            })
         }
         Calibration::Text { text, sequences } => {
             if sequences.len() < 2 || sequences.iter().any(|s| s.is_empty()) {
@@ -347,17 +434,21 @@ fn calibration_ids(cal: &Calibration, config: &ModelConfig) -> Result<(Ids, Ids,
             }
             let mut ids = sequences.clone();
             let held = vec![ids.pop().expect("two or more")];
-            Ok((ids, held, false))
+            Ok(CalibrationIds {
+                calibration: ids,
+                held_out: held,
+                weak: false,
+            })
         }
         Calibration::Random { sequences, tokens, seed } => {
             if *sequences == 0 || *tokens == 0 {
                 return Err(Error::Config("random calibration needs at least one sequence of one token".into()));
             }
-            Ok((
-                random(*sequences, *tokens, *seed),
-                random(1, (*tokens).min(HELD_OUT_TOKENS), seed.wrapping_add(1)),
-                true,
-            ))
+            Ok(CalibrationIds {
+                calibration: random(*sequences, *tokens, *seed),
+                held_out: random(1, (*tokens).min(HELD_OUT_TOKENS), seed.wrapping_add(1)),
+                weak: true,
+            })
         }
     }
 }
@@ -366,31 +457,26 @@ fn convert_into(
     ckpt: &Checkpoint,
     out: &Path,
     opt: &CheckpointOptions,
-    cal_ids: &Ids,
-    held_ids: &Ids,
-    weak: bool,
+    ids: &CalibrationIds,
+    source_sha256: &str,
     on_layer: &mut dyn FnMut(&LayerRow),
 ) -> Result<ConversionReport> {
     let config = &ckpt.config;
     let dtype = opt.dtype.unwrap_or(config.dtype);
-    let source_sha256 = source_hash(ckpt, &config.path)?;
     let n_layers = config.num_layers;
     let shard_name = |k: usize| format!("model-{:05}-of-{:05}.safetensors", k + 1, n_layers + 1);
     let mut weight_map = BTreeMap::new();
     let mut meta = HashMap::from([
         ("format".to_string(), "pt".to_string()),
-        ("gqla_source_sha256".to_string(), source_sha256.clone()),
+        ("gqla_source_sha256".to_string(), source_sha256.to_string()),
         ("gqla_options".to_string(), options_json(opt, dtype).to_string()),
-        (
-            "gqla_calibration".to_string(),
-            calibration_json(&opt.calibration, cal_ids, held_ids, weak).to_string(),
-        ),
+        ("gqla_calibration".to_string(), calibration_json(&opt.calibration, ids).to_string()),
     ]);
     let embed_rows_of = |ids: &Ids| -> Result<Vec<Array2<f64>>> { ids.iter().map(|s| embed_rows(&ckpt.store, config, s)).collect() };
     // Calibration activations run in f32 by default: they only feed covariance estimates (the
     // conversion's exactness comes from orthogonality, not from them). Held-out checks stay in f64.
-    let mut h_cal = embed_rows_of(cal_ids)?;
-    let mut h_src = embed_rows_of(held_ids)?;
+    let mut h_cal = embed_rows_of(&ids.calibration)?;
+    let mut h_src = embed_rows_of(&ids.held_out)?;
     let mut h_conv = h_src.clone();
     let mut rows = Vec::with_capacity(n_layers);
     let mut converted_geometry = None;
@@ -485,8 +571,9 @@ fn convert_into(
         layers: rows,
         held_out_kl,
         held_out_logits_rel_err,
-        weak_calibration: weak,
-        calibration_tokens: cal_ids.iter().map(Vec::len).sum(),
+        weak_calibration: ids.weak,
+        calibration_tokens: ids.calibration.iter().map(Vec::len).sum(),
+        freqfold_trials: Vec::new(),
     };
     write_json(
         &out.join("model.safetensors.index.json"),
@@ -499,16 +586,6 @@ fn convert_into(
             crate::files::write_file(&out.join(name), code.as_bytes())?;
         }
     }
-    write_json(
-        &out.join("gqla_meta.json"),
-        &json!({
-            "tool": format!("gqla {}", env!("CARGO_PKG_VERSION")),
-            "source": { "path": config.path.parent().map(|p| p.display().to_string()), "model_type": format!("{:?}", config.model_type), "sha256": source_sha256 },
-            "options": options_json(opt, dtype),
-            "calibration": calibration_json(&opt.calibration, cal_ids, held_ids, weak),
-            "report": report,
-        }),
-    )?;
     Ok(report)
 }
 
@@ -777,13 +854,15 @@ fn options_json(opt: &CheckpointOptions, dtype: StorageDtype) -> Value {
         "kv_lora_rank": opt.layer.kv_rank,
         "rope_dim": opt.layer.rope_dim,
         "freqfold": opt.layer.freqfold,
+        "freqfold_choice": opt.freqfold_choice,
         "dtype": dtype.hf_name(),
         "emit": opt.emit,
         "calibration_flow": opt.calibration_flow,
     })
 }
 
-fn calibration_json(cal: &Calibration, cal_ids: &Ids, held: &Ids, weak: bool) -> Value {
+fn calibration_json(cal: &Calibration, ids: &CalibrationIds) -> Value {
+    let (cal_ids, held, weak) = (&ids.calibration, &ids.held_out, ids.weak);
     let source = match cal {
         Calibration::File(p) => json!({ "file": p.display().to_string() }),
         Calibration::Random { seed, .. } => json!({ "random_seed": seed }),

@@ -24,6 +24,7 @@
 
 pub mod balance;
 pub mod checkpoint;
+pub mod fold_search;
 pub mod group_pca;
 pub mod latent_form;
 pub mod partial_rope;

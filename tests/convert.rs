@@ -217,7 +217,14 @@ fn freqfold_search_writes_the_best_fold() {
         assert_eq!(r.code, 0, "{}", r.stderr);
         (out, meta(&tmp.path().join(name)), r.stdout)
     };
+    // Each shard's metadata records the same options as gqla_meta.json.
+    let shard_options = |dir: &Path| -> serde_json::Value {
+        let bytes = std::fs::read(dir.join("model-00001-of-00003.safetensors")).unwrap();
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        serde_json::from_str(&header.metadata().as_ref().unwrap()["gqla_options"]).unwrap()
+    };
     let (searched, m, stdout) = run("searched", &[]);
+    assert_eq!(shard_options(&searched), m["options"]);
     let trials = m["report"]["freqfold_trials"].as_array().unwrap().clone();
     assert!(trials.len() >= 2, "{trials:?}");
     assert_eq!(m["options"]["freqfold_choice"], "search");
@@ -235,6 +242,7 @@ fn freqfold_search_writes_the_best_fold() {
         assert_eq!(f, 2 << i, "folds double from the smallest valid one: {trials:?}");
         let (alone, m_alone, _) = run(&format!("fold{f}"), &["--freqfold", &f.to_string()]);
         assert_eq!(m_alone["options"]["freqfold_choice"], "given");
+        assert_eq!(shard_options(&alone), m_alone["options"]);
         assert_eq!(m_alone["report"]["freqfold_trials"], serde_json::json!([]));
         let (a, b) = (kl(t), m_alone["report"]["held_out_kl"].as_f64().unwrap());
         assert!(

@@ -106,6 +106,16 @@ fn attend_block<T: Real>(
     let (Some(lo), Some(hi)) = (seen().map(|r| r.start).min(), seen().map(|r| r.end).max()) else {
         return (out, lse); // no row sees a key: o = 0, LSE = −∞
     };
+    let seen_values = values.slice(s![lo..hi, ..]);
+    if seen_values.iter().any(|v| !v.is_finite()) {
+        // 0·NaN is NaN: a product over the block would spread a value to rows that never see it.
+        for (r, range) in ranges.iter().enumerate() {
+            let (o, l) = attend_row(q.row(r), keys, values, scale, *range);
+            out.row_mut(r).assign(&o);
+            lse[r] = l;
+        }
+        return (out, lse);
+    }
     let scores = q.dot(&keys.slice(s![lo..hi, ..]).t());
     let mut weights = Array2::<T>::zeros(scores.raw_dim());
     let mut denom = vec![T::zero(); b];
@@ -119,7 +129,7 @@ fn attend_block<T: Real>(
         }
         lse[r] = m + denom[r].ln();
     }
-    out.assign(&weights.dot(&values.slice(s![lo..hi, ..])));
+    out.assign(&weights.dot(&seen_values));
     for (mut o, &z) in out.rows_mut().into_iter().zip(&denom) {
         if z != T::zero() {
             o.mapv_inplace(|v| v / z);
@@ -148,6 +158,23 @@ mod tests {
         }
         assert_eq!((lse[n / 2], out.row(n / 2).iter().all(|&x| x == 0.0)), (f64::NEG_INFINITY, true));
         assert!(out.iter().all(|x| x.is_finite()) && out.iter().any(|&x| x != 0.0));
+    }
+
+    /// A non-finite value reaches exactly the rows that see it, as in the one-row definition.
+    #[test]
+    fn a_nan_value_reaches_only_the_rows_that_see_it() {
+        let mut rng = Sampler::new(3);
+        let n = 100;
+        let (q, k, mut v) = (rng.normal((n, 8), 1.0), rng.normal((n, 8), 1.0), rng.normal((n, 4), 1.0));
+        v[[40, 2]] = f64::NAN;
+        let mut ranges = causal_ranges(n, n, None);
+        ranges[10] = KeyRange { start: 5, end: 5 };
+        let (out, _) = attend(q.view(), k.view(), v.view(), 0.3, &ranges);
+        for r in 0..n {
+            let sees = ranges[r].start <= 40 && 40 < ranges[r].end;
+            assert_eq!(out.row(r).iter().any(|x| x.is_nan()), sees, "row {r}");
+        }
+        assert!(out.row(10).iter().all(|&x| x == 0.0));
     }
 
     /// Blocks of rows by matrix products equal the one-row definition to rounding: causal, with

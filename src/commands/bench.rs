@@ -315,7 +315,7 @@ fn convert(
         budget: *budget,
         emit: Default::default(),
         calibration_flow: Default::default(),
-        // The fold is fixed: this measures one layer's conversion (a search adds RoPE-cut passes).
+        // The fold is fixed: this measures one conversion (a search converts the model 2-3 times).
         freqfold_choice: FoldChoice::Given,
     };
     let reset = reset_peak_rss();

@@ -360,6 +360,18 @@ fn table(r: &ConversionReport) -> String {
     }
     if r.weak_calibration {
         let _ = writeln!(s, "NOTE: calibrated on random token ids (weaker than real text)");
+        if !r.freqfold_trials.is_empty() {
+            let _ = writeln!(
+                s,
+                "NOTE: the freqfold was chosen on random ids too; with --calib-text it is chosen on real text"
+            );
+        }
+    }
+    if r.freqfold_trials.len() > 1 {
+        let _ = writeln!(
+            s,
+            "(the held-out KL chose the freqfold, so it is optimistic: `gqla eval` on other text gives an unbiased figure)"
+        );
     }
     s
 }

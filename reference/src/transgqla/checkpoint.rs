@@ -153,7 +153,9 @@ pub enum LayerConversion {
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct ConversionReport {
     pub layers: Vec<LayerRow>,
-    /// Mean KL(source ‖ converted) of next-token distributions on held-out tokens, nats.
+    /// Mean KL(source ‖ converted) of next-token distributions on held-out tokens, nats. After a
+    /// FreqFold search this is the smallest of the trials on the same tokens, so it is
+    /// optimistic; `gqla eval` on other text gives an unbiased figure.
     pub held_out_kl: f64,
     /// Relative error of the converted logits on held-out tokens.
     pub held_out_logits_rel_err: f64,
@@ -220,6 +222,8 @@ pub fn convert_checkpoint(
         };
         let mut at = opt.clone();
         at.layer.freqfold = freqfold;
+        // What is done, in the shards' metadata as in gqla_meta.json.
+        at.freqfold_choice = if searching { FoldChoice::Search } else { FoldChoice::Given };
         if searching {
             on_progress(Progress::Fold(freqfold));
         }
@@ -385,7 +389,6 @@ fn calibration_outputs(
     }
 }
 
-/// Calibration and held-out sequences. A file with several sequences holds its last one out.
 /// Token ids a conversion runs on.
 struct CalibrationIds {
     calibration: Ids,
@@ -395,6 +398,7 @@ struct CalibrationIds {
     weak: bool,
 }
 
+/// Calibration and held-out sequences. A file with several sequences holds its last one out.
 fn calibration_ids(cal: &Calibration, config: &ModelConfig) -> Result<CalibrationIds> {
     let vocab = u32::try_from(config.vocab_size).map_err(|_| {
         Error::file(

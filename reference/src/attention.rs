@@ -170,8 +170,8 @@ mod tests {
         let mut ranges = causal_ranges(n, n, None);
         ranges[10] = KeyRange { start: 5, end: 5 };
         let (out, _) = attend(q.view(), k.view(), v.view(), 0.3, &ranges);
-        for r in 0..n {
-            let sees = ranges[r].start <= 40 && 40 < ranges[r].end;
+        for (r, range) in ranges.iter().enumerate() {
+            let sees = range.start <= 40 && 40 < range.end;
             assert_eq!(out.row(r).iter().any(|x| x.is_nan()), sees, "row {r}");
         }
         assert!(out.row(10).iter().all(|&x| x == 0.0));

@@ -142,9 +142,10 @@ pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<(), CliEr
             None => ConvertOptions::exact(),
         }
     };
+    // No search runs without RoPE truncation (the library records `given` then).
     let freqfold_choice = match a.freqfold {
-        FoldArg::Search if !a.no_truncation => FoldChoice::Search,
-        _ => FoldChoice::Given,
+        FoldArg::Search => FoldChoice::Search,
+        FoldArg::Smallest | FoldArg::Fixed(_) => FoldChoice::Given,
     };
     let calibration = match (&a.calib, &a.calib_text) {
         (Some(p), _) => Calibration::File(p.clone()),
@@ -199,8 +200,7 @@ pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<(), CliEr
             EmitArg::Mla => Emit::Mla,
         },
     };
-    let layers = config.num_layers as u64;
-    let bar = ProgressBar::new(layers);
+    let bar = ProgressBar::new(config.num_layers as u64);
     let style = |what: &str| {
         ProgressStyle::with_template(&format!("{what} {{bar:30}} {{pos}}/{{len}} layers {{msg}} [{{elapsed}}]")).expect("valid template")
     };

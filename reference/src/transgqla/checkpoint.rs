@@ -215,7 +215,10 @@ pub fn convert_checkpoint(
     let mut first_out = Some(OutputDir::create(output, false)?);
     let ids = calibration_ids(&opt.calibration, config)?;
     let source_sha256 = source_hash(&ckpt, &config.path)?;
-    let mut convert_at = |freqfold: usize, searching: bool| -> Result<(f64, (OutputDir, ConversionReport))> {
+    // Each candidate returns the options it ran with: gqla_meta.json records the winner's, as its
+    // shards do.
+    type Candidate = (OutputDir, ConversionReport, CheckpointOptions);
+    let mut convert_at = |freqfold: usize, searching: bool| -> Result<(f64, Candidate)> {
         let out = match first_out.take() {
             Some(out) => out,
             None => OutputDir::create(output, false)?,
@@ -230,9 +233,9 @@ pub fn convert_checkpoint(
         let report = convert_into(&ckpt, out.path(), &at, &ids, &source_sha256, &mut |row| {
             on_progress(Progress::Layer(row))
         })?;
-        Ok((report.held_out_kl, (out, report)))
+        Ok((report.held_out_kl, (out, report, at)))
     };
-    let ((out, mut report), trials) = match (opt.freqfold_choice, &config.attention, opt.layer.rope_dim) {
+    let ((out, mut report, at), trials) = match (opt.freqfold_choice, &config.attention, opt.layer.rope_dim) {
         (FoldChoice::Search, AttentionConfig::Gqa(c), Some(rope_dim)) => {
             let (half, kv) = (c.dims.d() / 2, c.dims.kv());
             let fits = |f: usize| rope_dim.is_multiple_of(2) && fold_fits(half, kv, f, rope_dim / 2);
@@ -240,17 +243,7 @@ pub fn convert_checkpoint(
         }
         _ => (convert_at(opt.layer.freqfold, false)?.1, Vec::new()),
     };
-    report.freqfold_trials = trials.clone();
-    let chosen = report.layers.iter().find_map(|l| match &l.report {
-        LayerConversion::TransGqla(r) => Some(r.freqfold),
-        LayerConversion::GroupPca(_) => None,
-    });
-    let mut at = opt.clone();
-    at.layer.freqfold = chosen.unwrap_or(opt.layer.freqfold);
-    // What was done: no search runs for MLA sources or without RoPE truncation.
-    if trials.is_empty() {
-        at.freqfold_choice = FoldChoice::Given;
-    }
+    report.freqfold_trials = trials;
     let dtype = opt.dtype.unwrap_or(config.dtype);
     write_json(
         &out.path().join("gqla_meta.json"),

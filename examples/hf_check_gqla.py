@@ -72,8 +72,12 @@ def main():
     a = p.parse_args()
     remote = a.load == "remote"
     model = load(a.converted, remote)
-    if remote and type(model).__name__ != "GqlaForCausalLM":
-        raise SystemExit(f"{a.converted}: expected GqlaForCausalLM from modeling_gqla.py, got {type(model).__name__}")
+    if remote:
+        with open(os.path.join(a.converted, "config.json")) as f:
+            want = json.load(f)["auto_map"]["AutoModelForCausalLM"].split(".")[-1]
+        got = type(model)
+        if got.__name__ != want or not got.__module__.endswith("modeling_gqla"):
+            raise SystemExit(f"{a.converted}: expected {want} from modeling_gqla.py (auto_map), got {got.__module__}.{got.__name__}")
     if not remote and type(model).__module__.split(".")[:2] != ["transformers", "models"]:
         raise SystemExit(f"{a.converted}: expected a stock transformers class, got {type(model)}")
     other = None

@@ -516,6 +516,38 @@ mod whole_model {
     }
 }
 
+/// Every family's GQLA output names, in auto_map, classes the shipped files define: DeepSeek-V3's
+/// for GQA sources, the source's own family for MLA ones. (That transformers runs them is
+/// `hf_transformers_loads_outputs_unpatched`, under GQLA_PYTHON.)
+#[rstest]
+#[case::llama("llama", &["--no-truncation"], "GqlaConfig", "GqlaForCausalLM", "deepseek_v3")]
+#[case::deepseek_v3("deepseek_v3", &["--groups", "2"], "GqlaConfig", "GqlaForCausalLM", "deepseek_v3")]
+#[case::deepseek_v2("deepseek_v2_yarn", &["--groups", "4"], "GqlaDeepseekV2Config", "GqlaDeepseekV2ForCausalLM", "deepseek_v2")]
+#[case::glm("glm4_moe_lite", &["--groups", "4"], "GqlaGlm4MoeLiteConfig", "GqlaGlm4MoeLiteForCausalLM", "glm4_moe_lite")]
+fn every_family_names_a_shipped_class(
+    #[case] fixture: &str,
+    #[case] args: &[&str],
+    #[case] config_class: &str,
+    #[case] model_class: &str,
+    #[case] model_type: &str,
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let r = convert(&root().join("fixtures/hf").join(fixture).join("checkpoint"), &out, args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["model_type"], model_type);
+    assert_eq!(config["gqla_decode_path"], "absorb");
+    for (key, file, class) in [
+        ("AutoConfig", "configuration_gqla", config_class),
+        ("AutoModelForCausalLM", "modeling_gqla", model_class),
+    ] {
+        assert_eq!(config["auto_map"][key], format!("{file}.{class}"));
+        let code = std::fs::read_to_string(out.join(format!("{file}.py"))).unwrap();
+        assert!(code.contains(&format!("\nclass {class}(")), "{file}.py defines no class {class}");
+    }
+}
+
 /// `--emit mla` of an MLA source with G < H is the GQLA conversion in another layout: our reader
 /// gives the same attention output from both on both paths. The stock output carries a latent
 /// norm and H kv heads and no remote code; the GQLA output ships modeling_gqla.py with auto_map.
@@ -627,7 +659,9 @@ fn hf_transformers_runs_converted_checkpoints() {
 
 /// HF transformers loads `gqla convert` outputs with no patch (examples/hf_check_gqla.py):
 /// - the default GQLA output through its shipped modeling_gqla.py (`trust_remote_code=True`), on
-///   both decode paths, reproduces the source's logits, and cached decoding the full forward;
+///   both decode paths, reproduces the source's logits, and cached decoding the full forward, for
+///   every family: GQA sources (LLaMA, Qwen2) and MLA ones (DeepSeek-V3, DeepSeek-V2 with YaRN and
+///   with its MoE, GLM-4.7-Flash);
 /// - `--emit mla` through stock transformers: for an MLA source with G < H it equals the GQLA
 ///   output; for a GQA source (with the fitted latent norm) its log-probs equal our reference's
 ///   (`gqla snapshot`) on the probe ids.
@@ -657,6 +691,9 @@ fn hf_transformers_loads_outputs_unpatched() {
         ("llama", vec!["--no-truncation"]),
         ("qwen2", vec!["--no-truncation"]),
         ("deepseek_v3_moe", vec!["--groups", "4"]),
+        ("deepseek_v2_yarn", vec!["--groups", "4"]),
+        ("deepseek_v2_moe", vec!["--groups", "4"]),
+        ("glm4_moe_lite", vec!["--groups", "4"]),
     ] {
         let fx = root().join("fixtures/hf").join(name).join("checkpoint");
         let out = tmp.path().join(name);

@@ -81,7 +81,8 @@ pub fn absorb_decode<T: Real>(w: &LatentWeights<T>, x_new: ArrayView2<T>, cache:
         });
     }
     let start = cache.len();
-    cache.append(w.latent(x_new).view(), w.rope_key(x_new, start).view());
+    let (c, k_r) = w.latent_and_rope_key(x_new, start);
+    cache.append(c.view(), k_r.view());
     let q_tilde = absorb_queries(w, &w.queries(x_new, start));
     let (o_latent, lse) = mqa_attend(&q_tilde, cache, T::of(w.scale()), w.sliding_window());
     let heads = up_project_values(w, &o_latent);

@@ -206,6 +206,11 @@ impl<T: Real> LatentWeights<T> {
         let r = g * (self.dims.d_n() + self.dims.d_v());
         self.kv_b.slice(s![r..r + self.dims.d_n(), ..])
     }
+    /// [W^{UK}_g; W^{UV}_g]: [d_n + d_v, d_c], group g's rows of `kv_b_proj`.
+    pub fn w_ukv(&self, g: usize) -> ArrayView2<'_, T> {
+        let per = self.dims.d_n() + self.dims.d_v();
+        self.kv_b.slice(s![g * per..(g + 1) * per, ..])
+    }
     /// W^{UV}_g: [d_v, d_c].
     pub fn w_uv(&self, g: usize) -> ArrayView2<'_, T> {
         let r = g * (self.dims.d_n() + self.dims.d_v()) + self.dims.d_n();
@@ -214,22 +219,27 @@ impl<T: Real> LatentWeights<T> {
 
     /// (L1) c_t = N(W^{DKV} x_t) for rows x [s, hidden]: returns [s, d_c].
     pub fn latent(&self, x: ArrayView2<T>) -> Array2<T> {
-        let kv = self.kv_a.forward(x);
-        let c = kv.slice(s![.., ..self.dims.d_c()]);
-        match &self.kv_norm {
-            Some(n) => n.forward(c),
-            None => c.to_owned(),
-        }
+        self.latent_and_rope_key(x, 0).0
     }
 
     /// (L2) k^R_t = RoPE(W^{KR} x_t, t) for rows at positions start.. : returns [s, d_r].
     pub fn rope_key(&self, x: ArrayView2<T>, start: usize) -> Array2<T> {
+        self.latent_and_rope_key(x, start).1
+    }
+
+    /// (L1) and (L2) from one product with `kv_a_proj_with_mqa`: ([s, d_c], [s, d_r]).
+    pub fn latent_and_rope_key(&self, x: ArrayView2<T>, start: usize) -> (Array2<T>, Array2<T>) {
         let kv = self.kv_a.forward(x);
+        let c = kv.slice(s![.., ..self.dims.d_c()]);
+        let c = match &self.kv_norm {
+            Some(n) => n.forward(c),
+            None => c.to_owned(),
+        };
         let mut k = kv.slice(s![.., self.dims.d_c()..]).to_owned();
         for (t, mut row) in k.axis_iter_mut(Axis(0)).enumerate() {
             self.rope.apply(row.view_mut(), start + t);
         }
-        k
+        (c, k)
     }
 
     /// (Q) per-head queries for rows at positions start.., RoPE applied to q^R.
@@ -257,21 +267,23 @@ impl<T: Real> LatentWeights<T> {
         self.o_proj.forward(flat.view())
     }
 
-    /// Replace the geometry after a crate-internal transform changed d_c (shapes are re-checked).
-    pub(crate) fn set_dims(&mut self, dims: LatentDims) {
-        let window = self.sliding_window;
-        *self = Self::new(
-            dims,
-            self.query.clone(),
-            self.kv_a.clone(),
-            self.kv_norm.clone(),
-            self.kv_b.clone(),
-            self.o_proj.clone(),
-            self.rope.clone(),
-            Some(self.scale),
-        )
-        .and_then(|w| w.with_sliding_window(window))
-        .expect("crate-internal transform keeps shapes consistent");
+    /// The same weights under a new geometry, after a crate-internal transform changed d_c
+    /// (shapes are re-checked).
+    pub(crate) fn with_dims(self, dims: LatentDims) -> Self {
+        let Self {
+            query,
+            kv_a,
+            kv_norm,
+            kv_b,
+            o_proj,
+            rope,
+            scale,
+            sliding_window,
+            ..
+        } = self;
+        Self::new(dims, query, kv_a, kv_norm, kv_b, o_proj, rope, Some(scale))
+            .and_then(|w| w.with_sliding_window(sliding_window))
+            .expect("crate-internal transform keeps shapes consistent")
     }
     pub(crate) fn set_scale(&mut self, scale: f64) {
         self.scale = scale;
@@ -306,7 +318,7 @@ impl<T: Real> LatentWeights<T> {
             query: self.query.rounded(r),
             kv_a: self.kv_a.rounded(r),
             kv_norm: self.kv_norm.as_ref().map(|n| n.rounded(r)),
-            kv_b: self.kv_b.mapv(|x| U::of(r.round(x.f64()))),
+            kv_b: crate::real::round_cast(&self.kv_b, r),
             o_proj: self.o_proj.rounded(r),
             rope: self.rope.clone(),
             scale: self.scale,

@@ -1,7 +1,27 @@
 //! Linear maps and RMSNorm with HF semantics.
 
-use crate::real::{InputRounding, Real};
+use crate::real::{round_cast, InputRounding, Real};
 use ndarray::{Array1, Array2, ArrayView2, Axis};
+
+/// X Wᵀ for X [n, k] and W [m, k]: returns [n, m] (faer's GEMM, multithreaded).
+pub fn matmul_t<T: Real>(x: ArrayView2<T>, w: ArrayView2<T>) -> Array2<T> {
+    let (n, k, m) = (x.nrows(), x.ncols(), w.nrows());
+    assert_eq!(k, w.ncols(), "matmul_t: inner dims");
+    let x = x.as_standard_layout();
+    let w = w.as_standard_layout();
+    let mut y = Array2::zeros((n, m));
+    if n > 0 && k > 0 && m > 0 {
+        T::gemm_nt(
+            x.as_slice().expect("standard layout"),
+            w.as_slice().expect("standard layout"),
+            y.as_slice_mut().expect("fresh"),
+            n,
+            k,
+            m,
+        );
+    }
+    y
+}
 
 /// y = W x + b, with W stored [out, in] as in HF checkpoints.
 #[derive(Clone, Debug, PartialEq)]
@@ -25,21 +45,8 @@ impl<T: Real> Linear<T> {
     }
     /// Y = X Wᵀ + b for rows X [n, in].
     pub fn forward(&self, x: ArrayView2<T>) -> Array2<T> {
-        let (n, k, m) = (x.nrows(), x.ncols(), self.out_dim());
-        assert_eq!(k, self.in_dim(), "Linear::forward: input width");
-        let x = x.as_standard_layout();
-        let w = self.weight.as_standard_layout();
-        let mut y = Array2::zeros((n, m));
-        if n > 0 && k > 0 && m > 0 {
-            T::gemm_nt(
-                x.as_slice().expect("standard layout"),
-                w.as_slice().expect("standard layout"),
-                y.as_slice_mut().expect("fresh"),
-                n,
-                k,
-                m,
-            );
-        }
+        assert_eq!(x.ncols(), self.in_dim(), "Linear::forward: input width");
+        let mut y = matmul_t(x, self.weight.view());
         if let Some(b) = &self.bias {
             y += b;
         }
@@ -57,10 +64,9 @@ impl<T: Real> Linear<T> {
     }
     /// The map in precision `U`, each parameter first rounded by `r`.
     pub fn rounded<U: Real>(&self, r: InputRounding) -> Linear<U> {
-        let f = |x: &T| U::of(r.round(x.f64()));
         Linear {
-            weight: self.weight.map(f),
-            bias: self.bias.as_ref().map(|b| b.map(f)),
+            weight: round_cast(&self.weight, r),
+            bias: self.bias.as_ref().map(|b| round_cast(b, r)),
         }
     }
 }

@@ -10,6 +10,7 @@ use crate::attention::{attend, causal_ranges};
 use crate::decode::DecodeOutput;
 use crate::error::{Error, Result};
 use crate::latent::LatentWeights;
+use crate::linear::matmul_t;
 use crate::real::Real;
 use ndarray::{concatenate, s, Array2, Array3, ArrayView2, Axis};
 
@@ -24,20 +25,22 @@ pub fn prefill<T: Real>(w: &LatentWeights<T>, x: ArrayView2<T>) -> Result<Decode
         });
     }
     let n = x.nrows();
-    let c = w.latent(x);
-    let k_r = w.rope_key(x, 0);
+    let (c, k_r) = w.latent_and_rope_key(x, 0);
     let q = w.queries(x, 0);
     let ranges = causal_ranges(n, n, w.sliding_window());
     let mut heads = Array3::zeros((n, d.h(), d.d_v()));
     let mut lse = Array2::zeros((n, d.h()));
-    for i in 0..d.h() {
-        let g = d.group_of(i);
-        let keys = concatenate(Axis(1), &[c.dot(&w.w_uk(g).t()).view(), k_r.view()]).expect("key concat");
-        let values = c.dot(&w.w_uv(g).t());
-        let qi = concatenate(Axis(1), &[q.nope.slice(s![.., i, ..]), q.rope.slice(s![.., i, ..])]).expect("query concat");
-        let (o, l) = attend(qi.view(), keys.view(), values.view(), T::of(w.scale()), &ranges);
-        heads.slice_mut(s![.., i, ..]).assign(&o);
-        lse.slice_mut(s![.., i]).assign(&l);
+    for g in 0..d.g() {
+        // [W^{UK}_g c_u | W^{UV}_g c_u] for every token, shared by the group's heads.
+        let kv = matmul_t(c.view(), w.w_ukv(g));
+        let keys = concatenate(Axis(1), &[kv.slice(s![.., ..d.d_n()]), k_r.view()]).expect("key concat");
+        let values = kv.slice(s![.., d.d_n()..]);
+        for i in (0..d.h()).filter(|&i| d.group_of(i) == g) {
+            let qi = concatenate(Axis(1), &[q.nope.slice(s![.., i, ..]), q.rope.slice(s![.., i, ..])]).expect("query concat");
+            let (o, l) = attend(qi.view(), keys.view(), values, T::of(w.scale()), &ranges);
+            heads.slice_mut(s![.., i, ..]).assign(&o);
+            lse.slice_mut(s![.., i]).assign(&l);
+        }
     }
     Ok(DecodeOutput {
         y: w.output(&heads),

@@ -552,6 +552,49 @@ pub fn write_tensors<'a>(
     crate::files::write_file(path, &bytes)
 }
 
+/// One safetensors file for [`ShardWriter`]: its path, named tensors and metadata.
+type Shard = (PathBuf, Vec<(String, RawTensor)>, Option<HashMap<String, String>>);
+
+/// Writes safetensors shards one at a time on a thread of its own, so that a conversion computes
+/// its next layer while the last one is serialised, written and synced (a LLaMA-3-8B layer in bf16
+/// is 436 MB, over a second of a layer's time). It holds at most one shard: [`ShardWriter::write`]
+/// waits until the thread has taken the previous one.
+pub struct ShardWriter<'scope> {
+    jobs: std::sync::mpsc::SyncSender<Shard>,
+    thread: std::thread::ScopedJoinHandle<'scope, Result<()>>,
+}
+
+impl<'scope> ShardWriter<'scope> {
+    pub fn spawn<'env>(scope: &'scope std::thread::Scope<'scope, 'env>) -> Self {
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Shard>(0);
+        let thread = scope.spawn(move || {
+            // Stops at the first failure; `finish` reports it.
+            for (path, tensors, metadata) in queue {
+                write_tensors(&path, tensors.iter().map(|(n, t)| (n.as_str(), t)), metadata)?;
+            }
+            Ok(())
+        });
+        Self { jobs, thread }
+    }
+
+    /// Hand a shard to the thread. An error here means the thread stopped on an earlier failure,
+    /// which [`ShardWriter::finish`] returns.
+    pub fn write(&self, path: PathBuf, tensors: Vec<(String, RawTensor)>, metadata: Option<HashMap<String, String>>) -> Result<()> {
+        self.jobs
+            .send((path.clone(), tensors, metadata))
+            .map_err(|_| Error::file(&path, "not written: the shard writer stopped on an earlier failure"))
+    }
+
+    /// Wait for every shard handed over to be written: the first failure, if any.
+    pub fn finish(self) -> Result<()> {
+        drop(self.jobs);
+        match self.thread.join() {
+            Ok(written) => written,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
 /// A safetensors file's bytes, deterministic: the crate writes `__metadata__` in hash-map order,
 /// so the header is rewritten with its keys sorted (same entries, so the same length, and the
 /// data offsets are unchanged).
@@ -596,5 +639,55 @@ mod determinism {
         assert!(files.windows(2).all(|w| w[0] == w[1]));
         let st = SafeTensors::deserialize(&files[0]).unwrap();
         assert_eq!(st.names().len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod shard_writer {
+    use super::*;
+
+    fn shard(values: &[f64]) -> Vec<(String, RawTensor)> {
+        vec![("w".to_string(), RawTensor::f64(vec![values.len()], values.iter().copied()))]
+    }
+
+    #[test]
+    fn writes_every_shard_in_full() {
+        let dir = tempfile::tempdir().unwrap();
+        std::thread::scope(|scope| {
+            let writer = ShardWriter::spawn(scope);
+            for k in 0..3 {
+                writer
+                    .write(dir.path().join(format!("{k}.safetensors")), shard(&[k as f64, 0.5]), None)
+                    .unwrap();
+            }
+            writer.finish().unwrap();
+        });
+        for k in 0..3 {
+            let bytes = std::fs::read(dir.path().join(format!("{k}.safetensors"))).unwrap();
+            assert_eq!(bytes, serialize_tensors([("w", &shard(&[k as f64, 0.5])[0].1)], None).unwrap());
+        }
+    }
+
+    #[test]
+    fn a_failed_write_is_reported_and_stops_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no-such-dir").join("0.safetensors");
+        let err = std::thread::scope(|scope| {
+            let writer = ShardWriter::spawn(scope);
+            writer.write(missing.clone(), shard(&[1.0]), None).unwrap();
+            // Once the thread has stopped, a hand-over fails; which one first fails is timing.
+            let later: Vec<bool> = (0..4)
+                .map(|k| {
+                    writer
+                        .write(dir.path().join(format!("{k}.safetensors")), shard(&[2.0]), None)
+                        .is_err()
+                })
+                .collect();
+            assert!(later.windows(2).all(|w| w[0] <= w[1]), "once refused, always refused: {later:?}");
+            writer.finish().unwrap_err()
+        });
+        assert!(err.to_string().contains("no-such-dir"), "{err}");
+        let written: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(written.is_empty(), "nothing after the failure: {written:?}");
     }
 }

@@ -16,12 +16,11 @@ use crate::cache::{GroupCache, GroupCacheLayout, LatentCache};
 use crate::error::{Error, Result};
 use crate::files::OutputDir;
 use crate::hf::config::{AttentionConfig, ModelConfig, StorageDtype};
-use crate::hf::tensors::{write_tensors, RawTensor};
+use crate::hf::tensors::{RawTensor, ShardWriter};
 use crate::hf::{Checkpoint, TensorStore};
 use crate::latent::{LatentWeights, QueryProjection};
 use crate::linear::Linear;
 use crate::model::{embed_rows, mean_kl, Attention, DecoderLayer, FeedForward, Mlp};
-use crate::prefill::prefill;
 use crate::real::rel_err;
 use ndarray::{Array2, ArrayView2, ArrayViewD};
 use rand::{Rng, SeedableRng};
@@ -284,7 +283,8 @@ fn calibration_shape(cal: &Calibration, config: &ModelConfig) -> Result<(usize, 
 }
 
 /// What a conversion allocates, estimated generously from the config and the calibration size:
-/// one decoder layer in f64 (source, its f32 cast and the converted copy), the calibration
+/// one decoder layer in f64 (5 copies: the source, its f32 cast, the converted layer's tensors,
+/// and the previous layer's shard being written, tensors and file bytes), the calibration
 /// activations (inputs, outputs and both models' hidden states), one sequence's projections and
 /// MLP activations, and the LM head with the held-out logits.
 pub fn memory_needs(config: &ModelConfig, sequences: usize, tokens: usize) -> Vec<Need> {
@@ -297,23 +297,23 @@ pub fn memory_needs(config: &ModelConfig, sequences: usize, tokens: usize) -> Ve
     let mlp = match &config.moe {
         Some(m) => Need::f64s(
             format!(
-                "{} experts of moe_intermediate_size {} (3 copies)",
+                "{} experts of moe_intermediate_size {} (5 copies)",
                 m.experts, m.moe_intermediate_size
             ),
-            &[3 * 3, m.experts + m.shared_experts, hidden, m.moe_intermediate_size],
+            &[5 * 3, m.experts + m.shared_experts, hidden, m.moe_intermediate_size],
         ),
         None => Need::f64s(
             format!(
-                "the MLP of intermediate_size {} × hidden_size {hidden} (3 copies)",
+                "the MLP of intermediate_size {} × hidden_size {hidden} (5 copies)",
                 config.intermediate_size
             ),
-            &[3 * 3, hidden, config.intermediate_size.max(1)],
+            &[5 * 3, hidden, config.intermediate_size.max(1)],
         ),
     };
     vec![
         Need::f64s(
-            format!("the attention weights of hidden_size {hidden} (3 copies)"),
-            &[3 * 4, hidden, attn_width],
+            format!("the attention weights of hidden_size {hidden} (5 copies)"),
+            &[5 * 4, hidden, attn_width],
         ),
         mlp,
         Need::f64s(
@@ -458,6 +458,25 @@ fn convert_into(
     source_sha256: &str,
     on_layer: &mut dyn FnMut(&LayerRow),
 ) -> Result<ConversionReport> {
+    std::thread::scope(|scope| {
+        let writer = ShardWriter::spawn(scope);
+        let report = convert_layers(ckpt, out, opt, ids, source_sha256, on_layer, &writer);
+        // A failed write is why a hand-over failed: report it first.
+        writer.finish()?;
+        report
+    })
+}
+
+/// The body of [`convert_into`]: shards go to `writer`, the small JSON files are written here.
+fn convert_layers(
+    ckpt: &Checkpoint,
+    out: &Path,
+    opt: &CheckpointOptions,
+    ids: &CalibrationIds,
+    source_sha256: &str,
+    on_layer: &mut dyn FnMut(&LayerRow),
+    writer: &ShardWriter,
+) -> Result<ConversionReport> {
     let config = &ckpt.config;
     let dtype = opt.dtype.unwrap_or(config.dtype);
     let n_layers = config.num_layers;
@@ -500,24 +519,31 @@ fn convert_into(
                 stock
             }
         };
-        let next = match opt.calibration_flow {
-            CalibrationFlow::Source => None,
-            CalibrationFlow::Converted => Some(Attention::Latent(latent.clone())),
-            CalibrationFlow::RopeCut => Some(Attention::Latent(rope_stage.clone().unwrap_or_else(|| latent.clone()))),
-        };
-        h_cal = calibration_outputs(&layer, next.as_ref().unwrap_or(&layer.attention), &h_cal, opt.calibration_precision)?;
-        let src_trace = layer.forward(h_src[0].view())?;
-        let held_out_attention_rel_err = rel_err(&prefill(&latent, src_trace.attention_input.view())?.y, &src_trace.attention_output);
-        let held_out_rope_only_rel_err = rope_stage
-            .map(|w| prefill(&w, src_trace.attention_input.view()).map(|o| rel_err(&o.y, &src_trace.attention_output)))
-            .transpose()?;
-        meta.insert("gqla_layer".into(), i.to_string());
-        let tensors = layer_tensors(i, &ckpt.store, config.dtype, &layer, &latent, dtype, &changed_by(&layer.attention))?;
-        let shard = shard_name(i);
-        write_tensors(&out.join(&shard), tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta.clone()))?;
-        weight_map.extend(tensors.into_iter().map(|(n, _)| (n, shard.clone())));
-        h_src[0] = src_trace.output;
         let converted = Attention::Latent(latent);
+        let rope_cut = rope_stage.map(Attention::Latent);
+        let next = match opt.calibration_flow {
+            CalibrationFlow::Source => &layer.attention,
+            CalibrationFlow::Converted => &converted,
+            CalibrationFlow::RopeCut => rope_cut.as_ref().unwrap_or(&converted),
+        };
+        h_cal = calibration_outputs(&layer, next, &h_cal, opt.calibration_precision)?;
+        let src_trace = layer.forward(h_src[0].view())?;
+        let held_out_err = |a: &Attention<f64>| {
+            a.prefill(src_trace.attention_input.view())
+                .map(|o| rel_err(&o.y, &src_trace.attention_output))
+        };
+        let held_out_attention_rel_err = held_out_err(&converted)?;
+        let held_out_rope_only_rel_err = rope_cut.as_ref().map(held_out_err).transpose()?;
+        drop(rope_cut);
+        let Attention::Latent(latent) = &converted else {
+            unreachable!("built as a latent layer above")
+        };
+        meta.insert("gqla_layer".into(), i.to_string());
+        let tensors = layer_tensors(i, &ckpt.store, config.dtype, &layer, latent, dtype, &changed_by(&layer.attention))?;
+        let shard = shard_name(i);
+        weight_map.extend(tensors.iter().map(|(n, _)| (n.clone(), shard.clone())));
+        writer.write(out.join(&shard), tensors, Some(meta.clone()))?;
+        h_src[0] = src_trace.output;
         h_conv[0] = layer.forward_with(&converted, h_conv[0].view())?.output;
         let row = LayerRow {
             layer: i,
@@ -558,8 +584,8 @@ fn convert_into(
         tail.push(copy_or("lm_head.weight", &|| Ok(encode(dtype, &head.lm_head.weight)))?);
     }
     debug_assert_eq!(head.lm_head.weight.dim(), (vocab, hidden));
-    write_tensors(&out.join(&shard), tail.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))?;
-    weight_map.extend(tail.into_iter().map(|(n, _)| (n, shard.clone())));
+    weight_map.extend(tail.iter().map(|(n, _)| (n.clone(), shard.clone())));
+    writer.write(out.join(&shard), tail, Some(meta))?;
     let latent = converted_geometry.ok_or_else(|| Error::file(&config.path, "the checkpoint has no layers"))?;
     let report = ConversionReport {
         source_cache_elements: measured_source_cache(config),
@@ -578,7 +604,7 @@ fn convert_into(
     )?;
     write_json(&out.join("config.json"), &output_config(config, &latent, dtype, opt)?)?;
     copy_tokenizer(ckpt, out)?;
-    if opt.emit == Emit::Gqla && ships_remote_code(config) {
+    if opt.emit == Emit::Gqla && remote_classes(config).is_some() {
         for (name, code) in REMOTE_CODE {
             crate::files::write_file(&out.join(name), code.as_bytes())?;
         }
@@ -744,7 +770,7 @@ fn output_config(src: &ModelConfig, w: &LatentWeights<f64>, dtype: StorageDtype,
         v["gqla_source_model_type"] = json!(format!("{:?}", src.model_type));
         v["gqla_conversion"] = json!("group_pca");
         v["gqla_latent_rms_norm"] = json!(w.kv_norm().is_some());
-        add_remote_code(&mut v, opt.emit);
+        add_remote_code(&mut v, src, opt.emit);
         return Ok(v);
     }
     let d = w.dims();
@@ -786,18 +812,23 @@ fn output_config(src: &ModelConfig, w: &LatentWeights<f64>, dtype: StorageDtype,
         // A stock reader derives the same table from rope_theta (checked per layer).
         v.as_object_mut().expect("an object").remove("gqla_rope_freqs");
     }
-    add_remote_code(&mut v, opt.emit);
+    add_remote_code(&mut v, src, opt.emit);
     Ok(v)
 }
 
 /// HF's `trust_remote_code` entry points for the GQLA layout (the stock layout needs none). The
 /// shipped code extends DeepSeek-V3's modeling, so only DeepSeek-V3-type outputs get them (GQA
 /// sources, DeepSeek-V3 sources); DeepSeek-V2 and GLM sources load with examples/hf_load_gqla.py.
-fn add_remote_code(v: &mut Value, emit: Emit) {
-    if emit == Emit::Gqla && v["model_type"] == "deepseek_v3" {
+/// Name the shipped GQLA classes for the output's family in `auto_map` (GQLA layout only: the
+/// stock layout needs no code of ours).
+fn add_remote_code(v: &mut Value, source: &ModelConfig, emit: Emit) {
+    if emit != Emit::Gqla {
+        return;
+    }
+    if let Some((config, model)) = remote_classes(source) {
         v["auto_map"] = json!({
-            "AutoConfig": "configuration_gqla.GqlaConfig",
-            "AutoModelForCausalLM": "modeling_gqla.GqlaForCausalLM",
+            "AutoConfig": format!("configuration_gqla.{config}"),
+            "AutoModelForCausalLM": format!("modeling_gqla.{model}"),
         });
         v["gqla_decode_path"] = json!("absorb");
     }
@@ -832,10 +863,15 @@ fn copy_tokenizer(ckpt: &Checkpoint, out: &Path) -> Result<()> {
 }
 
 /// Whether the GQLA output of `source` is DeepSeek-V3-type, and so ships [`REMOTE_CODE`].
-fn ships_remote_code(source: &ModelConfig) -> bool {
-    match &source.attention {
-        AttentionConfig::Gqa(_) => true,
-        AttentionConfig::Latent(_) => source.model_type == crate::hf::config::ModelType::DeepseekV3,
+/// The configuration and model classes of `modeling_gqla.py` for a conversion of `source`: its
+/// output is DeepSeek-V3-shaped for GQA sources, and in the source's own family for MLA ones.
+fn remote_classes(source: &ModelConfig) -> Option<(&'static str, &'static str)> {
+    use crate::hf::config::ModelType;
+    match (&source.attention, source.model_type) {
+        (AttentionConfig::Gqa(_), _) | (AttentionConfig::Latent(_), ModelType::DeepseekV3) => Some(("GqlaConfig", "GqlaForCausalLM")),
+        (AttentionConfig::Latent(_), ModelType::DeepseekV2) => Some(("GqlaDeepseekV2Config", "GqlaDeepseekV2ForCausalLM")),
+        (AttentionConfig::Latent(_), ModelType::Glm4MoeLite) => Some(("GqlaGlm4MoeLiteConfig", "GqlaGlm4MoeLiteForCausalLM")),
+        (AttentionConfig::Latent(_), ModelType::Llama | ModelType::Qwen2 | ModelType::Mistral) => None,
     }
 }
 

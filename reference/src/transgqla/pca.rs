@@ -54,6 +54,5 @@ pub fn joint_pca(w: &LatentWeights<f64>, rank: usize, c: &Array2<f64>) -> Result
         out.kv_a.bias = Some(concatenate(Axis(0), &[latent_b.view(), b.slice(s![d.d_c()..])]).expect("rows"));
     }
     out.kv_b = w.kv_b.dot(&r);
-    out.set_dims(LatentDims::new(d.h(), d.g(), rank, d.d_n(), d.d_r(), d.d_v())?);
-    Ok((out, kept))
+    Ok((out.with_dims(LatentDims::new(d.h(), d.g(), rank, d.d_n(), d.d_r(), d.d_v())?), kept))
 }

@@ -12,15 +12,23 @@ GQLA is MLA whose key/value up-projections W^UK_g, W^UV_g belong to G groups of 
 
 Both use the softmax scale 1/sqrt(qk_nope_head_dim + qk_rope_head_dim) (with YaRN's mscale).
 Softmax runs in at least float32, and in float64 for float64 models.
+
+The same attention is written over three MLA families, which differ only in how RoPE is applied:
+GqlaForCausalLM (DeepSeek-V3 layout: converted GQA models and DeepSeek-V3 sources),
+GqlaDeepseekV2ForCausalLM and GqlaGlm4MoeLiteForCausalLM. config.json's auto_map names the one.
 """
 import torch
 from torch import nn
-from transformers.models.deepseek_v3 import modeling_deepseek_v3 as ds
+from transformers.models.deepseek_v2 import modeling_deepseek_v2 as ds2
+from transformers.models.deepseek_v3 import modeling_deepseek_v3 as ds3
+from transformers.models.glm4_moe_lite import modeling_glm4_moe_lite as glm
 
-from .configuration_gqla import GqlaConfig
+from .configuration_gqla import GqlaConfig, GqlaDeepseekV2Config, GqlaGlm4MoeLiteConfig
 
 
-class GqlaAttention(ds.DeepseekV3Attention):
+class _GroupedLatentAttention:
+    """GQLA attention; the first base of a family's attention class, which supplies `_rope`."""
+
     def __init__(self, config, layer_idx):
         super().__init__(config, layer_idx)
         g, h = config.num_key_value_heads, config.num_attention_heads
@@ -52,11 +60,7 @@ class GqlaAttention(ds.DeepseekV3Attention):
         c, k_rot = torch.split(self.kv_a_proj_with_mqa(hidden_states), [d_c, d_r], dim=-1)
         c = self.kv_a_layernorm(c).view(b, 1, s, d_c)
         k_rot = k_rot.view(b, 1, s, d_r)
-        cos, sin = position_embeddings
-        if self.config.rope_interleave:
-            q_rot, k_rot = ds.apply_rotary_pos_emb_interleave(q_rot, k_rot, cos, sin)
-        else:
-            q_rot, k_rot = ds.apply_rotary_pos_emb(q_rot, k_rot, cos, sin)
+        q_rot, k_rot = self._rope(q_rot, k_rot, position_embeddings)
         w = self.kv_b_proj.weight.view(g, d_n + d_v, d_c)
         w_uk, w_uv = w[:, :d_n, :], w[:, d_n:, :]
         if self.decode_path == "absorb":
@@ -90,8 +94,33 @@ class GqlaAttention(ds.DeepseekV3Attention):
         return nn.functional.softmax(scores, dim=-1, dtype=torch.promote_types(dtype, torch.float32)).to(dtype)
 
 
-class GqlaForCausalLM(ds.DeepseekV3ForCausalLM):
-    config_class = GqlaConfig
+def _cos_sin_rope(module):
+    def rope(self, q_rot, k_rot, position_embeddings):
+        cos, sin = position_embeddings
+        if self.config.rope_interleave:
+            return module.apply_rotary_pos_emb_interleave(q_rot, k_rot, cos, sin)
+        return module.apply_rotary_pos_emb(q_rot, k_rot, cos, sin)
+
+    return rope
+
+
+class GqlaAttention(_GroupedLatentAttention, ds3.DeepseekV3Attention):
+    _rope = _cos_sin_rope(ds3)
+
+
+class GqlaGlm4MoeLiteAttention(_GroupedLatentAttention, glm.Glm4MoeLiteAttention):
+    _rope = _cos_sin_rope(glm)
+
+
+class GqlaDeepseekV2Attention(_GroupedLatentAttention, ds2.DeepseekV2Attention):
+    def _rope(self, q_rot, k_rot, freqs_cis):
+        # DeepSeek-V2 rotates interleaved pairs as complex numbers.
+        return ds2.apply_rotary_emb(q_rot, k_rot, freqs_cis.to(q_rot.device))
+
+
+class _GqlaCausalLM:
+    """The first base of a family's causal LM: its attention replaced by GQLA's."""
+
     # The attention is written out here (both paths): HF's fused kernels see neither.
     _supports_sdpa = False
     _supports_flash_attn = False
@@ -100,7 +129,7 @@ class GqlaForCausalLM(ds.DeepseekV3ForCausalLM):
     def __init__(self, config):
         super().__init__(config)
         for i, layer in enumerate(self.model.layers):
-            layer.self_attn = GqlaAttention(config, i)
+            layer.self_attn = self.gqla_attention(config, i)
         freqs = getattr(config, "gqla_rope_freqs", None)
         if freqs is not None:
             rotary = self.model.rotary_emb
@@ -117,3 +146,18 @@ class GqlaForCausalLM(ds.DeepseekV3ForCausalLM):
         self.config.gqla_decode_path = path
         for layer in self.model.layers:
             layer.self_attn.decode_path = path
+
+
+class GqlaForCausalLM(_GqlaCausalLM, ds3.DeepseekV3ForCausalLM):
+    config_class = GqlaConfig
+    gqla_attention = GqlaAttention
+
+
+class GqlaDeepseekV2ForCausalLM(_GqlaCausalLM, ds2.DeepseekV2ForCausalLM):
+    config_class = GqlaDeepseekV2Config
+    gqla_attention = GqlaDeepseekV2Attention
+
+
+class GqlaGlm4MoeLiteForCausalLM(_GqlaCausalLM, glm.Glm4MoeLiteForCausalLM):
+    config_class = GqlaGlm4MoeLiteConfig
+    gqla_attention = GqlaGlm4MoeLiteAttention

@@ -1,8 +1,10 @@
 //! `gqla`: the GQLA conformance suite's command-line program.
 //!
-//! Exit codes: 0 success (certify: conformant), 1 certify: not conformant, or snapshot --check: a
-//! regression, 2 error (bad input or configuration), with the cause on stderr; 130 and 143 after
-//! SIGINT and SIGTERM, once the temporary outputs in flight are removed.
+//! Exit codes: 0 success (certify: conformant); 1 certify: not conformant, or snapshot --check: a
+//! regression; 2 bad input or configuration, or a request this machine cannot serve (no GPU);
+//! 3 the run failed (I/O, a CUDA driver error, a benchmark's wrong output); 124 a GPU kernel hung
+//! (after the certificate or results are written); 130 and 143 after SIGINT and SIGTERM, once the
+//! temporary outputs in flight are removed. Errors print their cause on stderr.
 
 mod commands;
 
@@ -108,7 +110,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(2)
+            let code = e.exit_code();
+            if code == gqla_cuda::device::HUNG_EXIT_CODE as u8 {
+                // A context with a kernel that never ends cannot be torn down: leave at once.
+                std::process::exit(code.into());
+            }
+            ExitCode::from(code)
         }
     }
 }

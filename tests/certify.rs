@@ -156,6 +156,32 @@ fn refusals_are_clear() {
 }
 
 /// `--seeds N` re-runs the profile on N fresh seeds and says, per case, on how many it passed.
+/// A certificate that cannot be written is a failed run (exit 3), not bad input (2), and it says
+/// where and why.
+#[test]
+fn an_unwritable_certificate_exits_3() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let out = file.join("cert");
+    let filter = "gqla.cache.expand:g=8;dc=512;dn=128;dv=128;ctx=65,31;page=64;dtype=bf16;seed=";
+    let r = gqla(&[
+        "certify",
+        "--kernel",
+        "reference-f32",
+        "--filter",
+        filter,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 3, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("cannot write the certificate to") && r.stderr.contains("a-file"),
+        "{}",
+        r.stderr
+    );
+}
+
 #[test]
 fn seeds_mode_reports_per_case_pass_counts() {
     let tmp = tempfile::tempdir().unwrap();

@@ -248,9 +248,9 @@ impl Gpu {
             return Ok(None);
         }
         let n = 8192usize;
-        let blas = CudaBlas::new(self.stream.clone()).map_err(|e| CudaError::Driver {
+        let blas = CudaBlas::new(self.stream.clone()).map_err(|source| CudaError::Blas {
             what: "creating a cuBLAS handle".into(),
-            detail: format!("{e:?}"),
+            source,
         })?;
         let a = random(self, Dtype::Bf16, n * n, 2, 1.0)?;
         let b = random(self, Dtype::Bf16, n * n, 3, 1.0)?;
@@ -279,9 +279,9 @@ impl Gpu {
         };
         let ms = Runtime::time(self, 500.0, 20, &mut || {
             // SAFETY: the three n×n matrices are allocated above.
-            unsafe { blas.gemm(cfg, &a, &b, &mut c) }.map_err(|e| CudaError::Driver {
+            unsafe { blas.gemm(cfg, &a, &b, &mut c) }.map_err(|source| CudaError::Blas {
                 what: "running cuBLAS gemm".into(),
-                detail: format!("{e:?}"),
+                source,
             })
         })?
         .median_ms;

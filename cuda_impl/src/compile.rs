@@ -3,8 +3,6 @@
 use crate::CudaError;
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions, Ptx};
 use gqla_conformance::case::Dtype;
-use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
 
 /// The kernel source, embedded in the crate.
 pub const SOURCE: &str = include_str!("../kernels/decode.cu");
@@ -81,49 +79,6 @@ pub fn nvrtc_version() -> Result<String, CudaError> {
 /// Compile [`SOURCE`] to PTX for `arch` (e.g. `compute_90`). Needs NVRTC, not a GPU.
 pub fn compile(arch: &str) -> Result<Ptx, CudaError> {
     compile_source(SOURCE, arch)
-}
-
-/// Where [`compile_cached`] keeps PTX: `GQLA_PTX_CACHE` (a directory; `0` or empty: no cache),
-/// else `gqla-ptx-cache` in the temporary directory.
-pub fn default_ptx_cache() -> Option<PathBuf> {
-    match std::env::var_os("GQLA_PTX_CACHE") {
-        Some(v) if v.is_empty() || v == "0" => None,
-        Some(v) => Some(PathBuf::from(v)),
-        None => Some(std::env::temp_dir().join("gqla-ptx-cache")),
-    }
-}
-
-/// [`compile`] through an on-disk cache in `cache` (None: no cache): NVRTC takes about 20 s for
-/// this source, and every process that opens a GPU (each certificate, each sanitizer run) needs
-/// the module. An entry is keyed by the source, the options and NVRTC's version, written to a
-/// temporary file and renamed into place, and used only if it exports every kernel
-/// [`function_names`] lists; anything unreadable is compiled afresh. Returns the PTX and whether
-/// it came from the cache.
-pub fn compile_cached(arch: &str, cache: Option<&Path>) -> Result<(Ptx, bool), CudaError> {
-    let Some(dir) = cache else {
-        return compile(arch).map(|p| (p, false));
-    };
-    let file = ptx_cache_file(dir, arch)?;
-    let complete = |ptx: &str| function_names(arch).iter().all(|n| ptx.contains(&format!(".entry {n}(")));
-    if let Ok(src) = std::fs::read_to_string(&file) {
-        if complete(&src) {
-            return Ok((Ptx::from_src(src), true));
-        }
-    }
-    let ptx = compile(arch)?;
-    // A cache that cannot be written only costs the next process a compile.
-    let tmp = file.with_extension(format!("tmp{}", std::process::id()));
-    if std::fs::create_dir_all(dir).is_ok() && std::fs::write(&tmp, ptx.to_src()).is_ok() && std::fs::rename(&tmp, &file).is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    Ok((ptx, false))
-}
-
-/// The file [`compile_cached`] uses in `dir` for `arch`.
-pub fn ptx_cache_file(dir: &Path, arch: &str) -> Result<PathBuf, CudaError> {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (SOURCE, options(arch), nvrtc_version()?).hash(&mut h);
-    Ok(dir.join(format!("decode-{arch}-{:016x}.ptx", h.finish())))
 }
 
 /// Compile CUDA source `src` to PTX for `arch` with [`options`].

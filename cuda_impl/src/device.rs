@@ -1,6 +1,6 @@
 //! Finding a GPU without panicking, and loading the kernels onto it.
 
-use crate::compile::{compile_cached, function_names, nvrtc_version, options};
+use crate::compile::{function_names, nvrtc_version, options};
 use crate::{driver, CudaError};
 use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream};
@@ -52,7 +52,7 @@ fn driver_version() -> Result<String, CudaError> {
     if r != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
         return Err(CudaError::Driver {
             what: "reading the driver version".into(),
-            detail: format!("{r:?}"),
+            source: cudarc::driver::DriverError(r),
         });
     }
     Ok(format!("{}.{}", v / 1000, (v % 1000) / 10))
@@ -83,7 +83,22 @@ pub struct Gpu {
     shared_allowed: Mutex<HashMap<String, u32>>,
     /// The buffer written before each timed run to evict L2 (allocated at the first timing).
     flush: Mutex<Option<CudaSlice<u8>>>,
+    /// Set when a wait timed out: the device resources are then leaked on drop, not freed.
+    hung: std::sync::atomic::AtomicBool,
     pub info: GpuInfo,
+}
+
+impl Drop for Gpu {
+    /// After a hung kernel, freeing the flush buffer, the module or the context could block
+    /// behind it forever: they are leaked instead (the process is about to exit).
+    fn drop(&mut self) {
+        if self.hung.load(std::sync::atomic::Ordering::SeqCst) {
+            std::mem::forget(self.flush.get_mut().map(Option::take).unwrap_or_else(|e| e.into_inner().take()));
+            std::mem::forget(self.stream.clone());
+            std::mem::forget(self._module.clone());
+            std::mem::forget(self.ctx.clone());
+        }
+    }
 }
 
 /// The exit status of a process whose GPU work hung (as `timeout`'s).
@@ -96,7 +111,7 @@ impl Gpu {
         let ctx = context(ordinal)?;
         let cc = ctx.compute_capability().map_err(driver("reading the compute capability"))?;
         let arch = crate::compile::arch_for(cc);
-        let (ptx, _cached) = compile_cached(&arch, crate::compile::default_ptx_cache().as_deref())?;
+        let (ptx, _cache) = crate::ptx_cache::compile_cached(&arch, crate::ptx_cache::default_dir().as_deref())?;
         let module = ctx.load_module(ptx).map_err(driver("loading the compiled module"))?;
         let mut functions = HashMap::new();
         for name in function_names(&arch) {
@@ -128,6 +143,7 @@ impl Gpu {
             functions,
             shared_allowed: Mutex::new(HashMap::new()),
             flush: Mutex::new(None),
+            hung: std::sync::atomic::AtomicBool::new(false),
             info,
         })
     }
@@ -166,10 +182,11 @@ impl Gpu {
     }
 
     /// Wait for the work recorded in `event`, polling, for at most [`sync_timeout`]. Work that
-    /// outlasts it is taken for a hung kernel: the process prints what it was waiting for and exits
-    /// with [`HUNG_EXIT_CODE`] at once, since a context with a kernel that never ends cannot be
-    /// torn down (the destructors' driver calls could block on it), and a hang must not eat the
-    /// rest of a GPU lease. Errors of earlier launches (a fault) come back as errors.
+    /// outlasts it is taken for a hung kernel: [`CudaError::Hung`], and this GPU is marked so that
+    /// dropping it leaks its context instead of tearing it down (the destructors' driver calls
+    /// could block behind the kernel). The caller writes what it can and exits with
+    /// [`HUNG_EXIT_CODE`], so that a hang does not eat the rest of a GPU lease. Errors of earlier
+    /// launches (a fault) come back as errors.
     ///
     /// [`sync_timeout`]: crate::timing::sync_timeout
     pub(crate) fn wait(&self, event: &CudaEvent, what: &str) -> Result<(), CudaError> {
@@ -178,16 +195,21 @@ impl Gpu {
         let mut pause = Duration::from_micros(10);
         while !event.try_is_complete().map_err(driver(what))? {
             if start.elapsed() > limit {
-                eprintln!(
-                    "error: the GPU did not finish {what} within {:.0} s (GQLA_SYNC_TIMEOUT_S): a kernel is hung; exiting",
-                    limit.as_secs_f64()
-                );
-                std::process::exit(HUNG_EXIT_CODE);
+                self.hung.store(true, std::sync::atomic::Ordering::SeqCst);
+                return Err(CudaError::Hung {
+                    what: what.to_string(),
+                    seconds: limit.as_secs_f64(),
+                });
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(1));
         }
         Ok(())
+    }
+
+    /// Whether a wait on this GPU timed out (see [`Gpu::wait`]).
+    pub fn is_hung(&self) -> bool {
+        self.hung.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// An event recorded on the stream now.

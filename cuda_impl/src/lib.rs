@@ -3,6 +3,7 @@
 //! device as an error instead of panicking.
 //!
 //! - [`compile`]: the embedded `.cu` source and the NVRTC options (recorded in certificates).
+//! - [`ptx_cache`]: NVRTC's output kept on disk, where no other user can plant it.
 //! - [`device`]: probing and opening a GPU, compiling and loading the kernels.
 //! - [`runtime`]: what the launches need from where kernels run (memory, launches), for the GPU.
 //! - [`emu`]: the host emulator, the same kernel source compiled for the CPU with checked memory
@@ -20,6 +21,7 @@ pub mod device;
 pub mod emu;
 pub mod kernel;
 pub mod launch;
+pub mod ptx_cache;
 pub mod runtime;
 pub mod timing;
 
@@ -37,8 +39,25 @@ pub enum CudaError {
     NoNvrtc,
     #[error("no CUDA device: {0}")]
     NoDevice(String),
-    #[error("CUDA driver error while {what}: {detail}")]
-    Driver { what: String, detail: String },
+    #[error("CUDA driver error while {what}: {source}")]
+    Driver {
+        what: String,
+        #[source]
+        source: cudarc::driver::DriverError,
+    },
+    #[error("cuBLAS error while {what}: {source}")]
+    Blas {
+        what: String,
+        #[source]
+        source: cudarc::cublas::result::CublasError,
+    },
+    #[error("timing {what}: {why}")]
+    Timing { what: String, why: String },
+    /// Device work outlasted the wait limit: a kernel is taken to be hung. The [`Gpu`] it ran on
+    /// is not torn down when dropped (its driver calls could block behind the kernel); the
+    /// process should write what it can and exit, with [`device::HUNG_EXIT_CODE`].
+    #[error("the GPU did not finish {what} within {seconds:.0} s (GQLA_SYNC_TIMEOUT_S): a kernel is hung")]
+    Hung { what: String, seconds: f64 },
     #[error("NVRTC could not compile the kernels for {arch}:\n{log}")]
     Compile { arch: String, log: String },
     #[error("host emulation: {0}")]
@@ -50,8 +69,5 @@ pub enum CudaError {
 /// Wrap a driver error with what was being done.
 pub(crate) fn driver(what: impl Into<String>) -> impl FnOnce(cudarc::driver::DriverError) -> CudaError {
     let what = what.into();
-    move |e| CudaError::Driver {
-        what,
-        detail: format!("{e:?}"),
-    }
+    move |source| CudaError::Driver { what, source }
 }

@@ -192,6 +192,13 @@ impl Runtime for Gpu {
         self.info.environment()
     }
     fn bind(&self) -> Result<(), CudaError> {
+        // Nothing more runs behind a hung kernel: each further wait would only time out again.
+        if self.is_hung() {
+            return Err(CudaError::Hung {
+                what: "an earlier launch (no further work is started)".into(),
+                seconds: crate::timing::sync_timeout().as_secs_f64(),
+            });
+        }
         self.ctx.bind_to_thread().map_err(driver("binding the context to the thread"))
     }
     fn upload<T: Element>(&self, data: &[T]) -> Result<CudaSlice<T>, CudaError> {
@@ -272,9 +279,9 @@ impl Runtime for Gpu {
         runs(1)?; // warm-up
         let first = runs(1)?[0];
         let reps = ((budget_ms / first.max(1e-3)) as usize).clamp(5, max_reps.max(5));
-        Timing::from_samples(runs(reps)?).ok_or_else(|| CudaError::Driver {
-            what: "timing".into(),
-            detail: "the events gave no finite times".into(),
+        Timing::from_samples(runs(reps)?).ok_or_else(|| CudaError::Timing {
+            what: "a launch".into(),
+            why: "the events gave no finite times".into(),
         })
     }
     fn multiprocessors(&self) -> usize {

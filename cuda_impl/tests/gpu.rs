@@ -9,8 +9,9 @@
 use gqla_conformance::lattice::suite_cases;
 use gqla_conformance::runner::Prepared;
 use gqla_conformance::{Kernel, Status};
-use gqla_cuda::compile::{compile, compile_cached, function_names, nvrtc_present, ptx_cache_file};
+use gqla_cuda::compile::{compile, function_names, nvrtc_present};
 use gqla_cuda::launch;
+use gqla_cuda::ptx_cache::{compile_cached, entry_file, CacheUse};
 use gqla_cuda::{CudaError, CudaKernel};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,17 +41,25 @@ fn kernels_compile_to_ptx_for_sm90_and_sm80() {
     }
     // Through the PTX cache (a fresh one): each arch is compiled once, a damaged entry is
     // compiled afresh and replaced, and a second lookup is a hit with the same text.
-    let cache = std::env::temp_dir().join(format!("gqla-ptx-test-{}", std::process::id()));
-    std::fs::create_dir_all(&cache).unwrap();
-    let damaged = ptx_cache_file(&cache, "compute_80").unwrap();
+    // A planted entry (complete, but writable by others) is never used, and is replaced.
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("ptx");
+    std::fs::create_dir(&cache).unwrap();
+    let damaged = entry_file(&cache, "compute_80").unwrap();
     std::fs::write(&damaged, ".version 9.0\n.target sm_80\n").unwrap();
+    let planted = entry_file(&cache, "compute_90").unwrap();
+    std::fs::write(&planted, compile("compute_90").unwrap().to_src()).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o666)).unwrap();
+    }
     for arch in ["compute_90a", "compute_90", "compute_80"] {
-        let (ptx, hit) = compile_cached(arch, Some(&cache)).unwrap_or_else(|e| panic!("{e}"));
-        assert!(!hit, "{arch}: a fresh cache hit");
+        let (ptx, used) = compile_cached(arch, Some(&cache)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(used, CacheUse::Compiled, "{arch}: a fresh cache hit");
         let ptx = ptx.to_src();
-        let (again, hit) = compile_cached(arch, Some(&cache)).unwrap();
+        let (again, used) = compile_cached(arch, Some(&cache)).unwrap();
         assert!(
-            hit && again.to_src() == ptx,
+            used == CacheUse::Hit && again.to_src() == ptx,
             "{arch}: the second lookup was not a hit with the same PTX"
         );
         for name in function_names(arch) {
@@ -63,7 +72,6 @@ fn kernels_compile_to_ptx_for_sm90_and_sm80() {
             "{arch}: wrong target"
         );
     }
-    let _ = std::fs::remove_dir_all(&cache);
 }
 
 /// The ptxas to assemble with: `GQLA_PTXAS`, else `ptxas` on PATH.

@@ -176,7 +176,7 @@ fn decode(
         .iter()
         .map(|k| Variant::from_name(k).ok_or_else(|| CliError::Usage(format!("unknown kernel `{k}`: expected simt, mma or wgmma"))))
         .collect::<Result<Vec<_>, _>>()?;
-    let gpu = gqla_cuda::Gpu::open(0).map_err(|e| CliError::Usage(format!("the decode benchmark needs a GPU: {e}")))?;
+    let gpu = gqla_cuda::Gpu::open(0).map_err(CliError::cuda("the decode benchmark needs a GPU"))?;
     let (runnable, unavailable): (Vec<Variant>, Vec<Variant>) = wanted.into_iter().partition(|v| v.available(&gpu));
     for v in unavailable {
         eprintln!("note: this GPU cannot run the {} kernel: left out", v.name());
@@ -197,9 +197,10 @@ fn decode(
         info.compile_options.join(" "),
     );
     println!("{device}");
-    let ceilings = gpu.ceilings().map_err(|e| CliError::Usage(e.to_string()))?;
+    let ceilings = gpu.ceilings().map_err(CliError::cuda("measuring the copy and GEMM ceilings"))?;
     let mut rows = Vec::new();
-    gqla_cuda::bench::bench(&gpu, grid, &mut |r| {
+    // On an error (a hung kernel, a fault) the rows measured so far are still written.
+    let ran = gqla_cuda::bench::bench(&gpu, grid, &mut |r| {
         eprintln!(
             "{}: {:.1} us (p10–p90 {:.1}–{:.1}, {} runs), {:.0} GB/s, {:.2} TFLOP/s, check {:.1e}{}",
             r.label(),
@@ -214,7 +215,7 @@ fn decode(
         );
         rows.push(r);
     })
-    .map_err(|e| CliError::Usage(e.to_string()))?;
+    .map_err(CliError::cuda("the decode benchmark"));
     let text = format!("{device}\n\n{}", table(&rows, &ceilings));
     println!("{text}");
     if let Some(path) = out {
@@ -227,13 +228,14 @@ fn decode(
             (serde_json::to_string_pretty(&run).expect("runs serialize") + "\n").as_bytes(),
         )?;
     }
+    ran?;
     let failed: Vec<String> = rows
         .iter()
         .filter(|r| !r.checked())
         .map(|r| format!("{}: {:.2e}", r.label(), r.check_err))
         .collect();
     if !failed.is_empty() {
-        return Err(CliError::Usage(format!(
+        return Err(CliError::Failed(format!(
             "{} timed kernels gave wrong outputs (relative error above {:.0e} against the f64 reference):\n  {}",
             failed.len(),
             gqla_cuda::bench::CHECK_TOLERANCE,
@@ -291,7 +293,7 @@ fn convert(
         vocab,
         ..LlamaGeometry::llama3_8b(2)
     };
-    let tmp = tempfile::tempdir().map_err(|e| CliError::Usage(format!("cannot create a temporary directory: {e}")))?;
+    let tmp = tempfile::tempdir().map_err(CliError::io("cannot create a temporary directory"))?;
     let (src, out) = (tmp.path().join("src"), tmp.path().join("out"));
     let t = Instant::now();
     write_random_llama(&src, g, 1)?;

@@ -75,10 +75,39 @@ pub enum Outcome {
 struct Candidate {
     kernel: Arc<dyn Kernel>,
     with_mutants: bool,
+    /// The GPU the kernel runs on, if any: checked for a hung kernel once the certificate is out.
+    gpu: Option<Arc<CudaKernel>>,
 }
 
 fn candidate(kernel: Arc<dyn Kernel>, with_mutants: bool) -> Candidate {
-    Candidate { kernel, with_mutants }
+    Candidate {
+        kernel,
+        with_mutants,
+        gpu: None,
+    }
+}
+
+fn gpu_candidate(kernel: CudaKernel) -> Candidate {
+    let kernel = Arc::new(kernel);
+    Candidate {
+        kernel: kernel.clone(),
+        with_mutants: false,
+        gpu: Some(kernel),
+    }
+}
+
+/// After the certificates are written: a kernel that hung is an error of its own (exit 124).
+fn hung(candidates: &[Candidate]) -> Result<(), CliError> {
+    match candidates.iter().find(|c| c.gpu.as_ref().is_some_and(|k| k.gpu().is_hung())) {
+        Some(c) => Err(CliError::Cuda {
+            context: format!("certifying {} (the certificate lists the cases that ran)", c.kernel.identity().name),
+            source: gqla_cuda::CudaError::Hung {
+                what: "a case".into(),
+                seconds: gqla_cuda::timing::sync_timeout().as_secs_f64(),
+            },
+        }),
+        None => Ok(()),
+    }
 }
 
 fn builtin() -> Vec<Candidate> {
@@ -129,7 +158,7 @@ pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<Outcome, 
         "auto" => match CudaKernel::open(0) {
             Ok(k) => {
                 println!("CUDA device found: certifying the CUDA kernels ({})", k.gpu().info.name);
-                vec![candidate(Arc::new(k), false)]
+                vec![gpu_candidate(k)]
             }
             Err(why) => {
                 println!("no CUDA kernels to certify ({why}): certifying the built-in kernels");
@@ -139,10 +168,11 @@ pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<Outcome, 
         "builtin" => builtin(),
         k if k.starts_with("cuda") && !k.starts_with("cuda-emu") => {
             let variant = variant_of(k, "cuda").ok_or_else(|| unknown_kernel(k))?;
-            match CudaKernel::open(0) {
-                Ok(k) => vec![candidate(Arc::new(k.with_variant(variant)), false)],
-                Err(why) => return Err(CliError::Usage(format!("cannot certify the CUDA kernels: {why}"))),
-            }
+            vec![gpu_candidate(
+                CudaKernel::open(0)
+                    .map_err(CliError::cuda("cannot certify the CUDA kernels"))?
+                    .with_variant(variant),
+            )]
         }
         k if k.starts_with("cuda-emu") => {
             let variant = variant_of(k, "cuda-emu").ok_or_else(|| unknown_kernel(k))?;
@@ -189,6 +219,7 @@ pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<Outcome, 
         }
         all_conformant &= matches!(finish(report, &dir)?, Outcome::Conformant);
     }
+    hung(&candidates)?;
     Ok(if all_conformant { Outcome::Conformant } else { Outcome::Rejected })
 }
 
@@ -280,7 +311,7 @@ fn stability(candidates: &[Candidate], n: u32, a: &Args) -> Result<Outcome, CliE
             md.push_str(&format!("| `{id}` | {}/{}{note} |\n", v.passed, v.ran));
         }
         let dir = if candidates.len() > 1 { a.out.join(&name) } else { a.out.clone() };
-        std::fs::create_dir_all(&dir).map_err(|e| CliError::Usage(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir).map_err(CliError::io(format!("cannot create {}", dir.display())))?;
         gqla_reference::files::write_file(&dir.join("seeds.md"), md.as_bytes())?;
         println!(
             "kernel {name}: {} of {selected} cases passed on all {n} seeds",
@@ -291,6 +322,7 @@ fn stability(candidates: &[Candidate], n: u32, a: &Args) -> Result<Outcome, CliE
         }
         all &= unstable.is_empty() && selected > 0;
     }
+    hung(candidates)?;
     Ok(if all { Outcome::Conformant } else { Outcome::Rejected })
 }
 
@@ -396,7 +428,7 @@ fn external(pack: &Path, a: &Args) -> Result<Outcome, CliError> {
 fn finish(report: Report, out: &Path) -> Result<Outcome, CliError> {
     report
         .write(out)
-        .map_err(|e| CliError::Usage(format!("cannot write the certificate to {}: {e}", out.display())))?;
+        .map_err(CliError::io(format!("cannot write the certificate to {}", out.display())))?;
     let selected = report.results.iter().filter(|r| r.status.selected()).count();
     println!(
         "kernel {} — suite {SUITE_VERSION}, seed {}, {} cases, {selected} selected by its profile",

@@ -86,7 +86,7 @@ pub fn run(a: Args, budget: &Budget) -> Result<(), CliError> {
         DtypeArg::F32 => run_in::<f32>(&layer, &x, a.path, a.layout)?,
     };
     let meta = HashMap::from([
-        ("model_type".to_string(), format!("{:?}", config.model_type)),
+        ("model_type".to_string(), config.model_type.hf_name().to_string()),
         ("layer".to_string(), a.layer.to_string()),
         ("path".to_string(), path.to_string()),
         ("dtype".to_string(), format!("{:?}", a.dtype).to_lowercase()),

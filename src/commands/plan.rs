@@ -384,6 +384,6 @@ pub fn chart(s: &Scenario, path: &Path) -> Result<(), CliError> {
         }
         Ok(())
     };
-    draw().map_err(|e| CliError::Usage(format!("cannot draw the chart {}: {e}", path.display())))?;
+    draw().map_err(|e| CliError::Failed(format!("cannot draw the chart {}: {e}", path.display())))?;
     Ok(gqla_reference::files::write_file(path, svg.as_bytes())?)
 }

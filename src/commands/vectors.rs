@@ -48,7 +48,7 @@ pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<(), CliEr
         what: "the largest selected case's inputs".into(),
         bytes: largest.checked_mul(2),
     }])?;
-    let m = export(&cases, seed, &filter, &out).map_err(|e| CliError::Usage(e.to_string()))?;
+    let m = export(&cases, seed, &filter, &out)?;
     println!(
         "wrote {} cases (suite seed {seed}) to {}: manifest.json, definitions.json, NNNNN.inputs.safetensors. \
          Write NNNNN.outputs.safetensors and kernel.json (with the kernel's profile) into an outputs directory, then \

@@ -18,6 +18,29 @@ pub enum ModelType {
     Glm4MoeLite,
 }
 
+impl ModelType {
+    pub const ALL: [ModelType; 6] = [
+        ModelType::Llama,
+        ModelType::Qwen2,
+        ModelType::Mistral,
+        ModelType::DeepseekV2,
+        ModelType::DeepseekV3,
+        ModelType::Glm4MoeLite,
+    ];
+
+    /// The `model_type` of HF configs.
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            ModelType::Llama => "llama",
+            ModelType::Qwen2 => "qwen2",
+            ModelType::Mistral => "mistral",
+            ModelType::DeepseekV2 => "deepseek_v2",
+            ModelType::DeepseekV3 => "deepseek_v3",
+            ModelType::Glm4MoeLite => "glm4_moe_lite",
+        }
+    }
+}
+
 /// The checkpoint's storage dtype (`dtype` or `torch_dtype`), used for cache sizes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum StorageDtype {
@@ -244,19 +267,10 @@ impl ModelConfig {
 
     pub fn parse(path: &Path, v: &Value) -> Result<Self> {
         let j = Json { path, v };
-        let model_type = match j.str("model_type") {
-            Some("llama") => ModelType::Llama,
-            Some("qwen2") => ModelType::Qwen2,
-            Some("mistral") => ModelType::Mistral,
-            Some("deepseek_v2") => ModelType::DeepseekV2,
-            Some("deepseek_v3") => ModelType::DeepseekV3,
-            Some("glm4_moe_lite") => ModelType::Glm4MoeLite,
-            _ => {
-                return Err(j.err(
-                    "model_type",
-                    "one of llama, qwen2, mistral, deepseek_v2, deepseek_v3, glm4_moe_lite",
-                ))
-            }
+        let given = j.str("model_type");
+        let Some(model_type) = ModelType::ALL.into_iter().find(|t| given == Some(t.hf_name())) else {
+            let names: Vec<&str> = ModelType::ALL.iter().map(|t| t.hf_name()).collect();
+            return Err(j.err("model_type", &format!("one of {}", names.join(", "))));
         };
         let hidden_size = j.usize("hidden_size")?;
         let num_layers = j.usize("num_hidden_layers")?;

@@ -248,7 +248,7 @@ pub fn convert_checkpoint(
         &out.path().join("gqla_meta.json"),
         &json!({
             "tool": format!("gqla {}", env!("CARGO_PKG_VERSION")),
-            "source": { "path": config.path.parent().map(|p| p.display().to_string()), "model_type": format!("{:?}", config.model_type), "sha256": source_sha256 },
+            "source": { "path": config.path.parent().map(|p| p.display().to_string()), "model_type": config.model_type.hf_name(), "sha256": source_sha256 },
             "options": options_json(&at, dtype),
             "calibration": calibration_json(&opt.calibration, &ids),
             "report": report,
@@ -767,7 +767,7 @@ fn output_config(src: &ModelConfig, w: &LatentWeights<f64>, dtype: StorageDtype,
         if v.get("torch_dtype").is_some() {
             v["torch_dtype"] = json!(dtype.hf_name());
         }
-        v["gqla_source_model_type"] = json!(format!("{:?}", src.model_type));
+        v["gqla_source_model_type"] = json!(src.model_type.hf_name());
         v["gqla_conversion"] = json!("group_pca");
         v["gqla_latent_rms_norm"] = json!(w.kv_norm().is_some());
         add_remote_code(&mut v, src, opt.emit);
@@ -803,7 +803,7 @@ fn output_config(src: &ModelConfig, w: &LatentWeights<f64>, dtype: StorageDtype,
         "gqla_q_bias": q_bias,
         "gqla_kv_a_bias": kv_a_bias,
         "gqla_o_bias": o_bias,
-        "gqla_source_model_type": format!("{:?}", src.model_type),
+        "gqla_source_model_type": src.model_type.hf_name(),
         "gqla_conversion": "transgqla",
         "gqla_sliding_window": w.sliding_window(),
         "gqla_freqfold": opt.layer.freqfold,

@@ -9,7 +9,7 @@
 use gqla_conformance::lattice::suite_cases;
 use gqla_conformance::runner::Prepared;
 use gqla_conformance::{Kernel, Status};
-use gqla_cuda::compile::{compile, function_names, nvrtc_present};
+use gqla_cuda::compile::{function_names, nvrtc_present};
 use gqla_cuda::launch;
 use gqla_cuda::ptx_cache::{compile_cached, entry_file, CacheUse};
 use gqla_cuda::{CudaError, CudaKernel};
@@ -40,26 +40,15 @@ fn kernels_compile_to_ptx_for_sm90_and_sm80() {
         return;
     }
     // Through the PTX cache (a fresh one): each arch is compiled once, a damaged entry is
-    // compiled afresh and replaced, and a second lookup is a hit with the same text.
-    // A planted entry (complete, but writable by others) is never used, and is replaced.
-    let tmp = tempfile::tempdir().unwrap();
-    let cache = tmp.path().join("ptx");
-    std::fs::create_dir(&cache).unwrap();
-    let damaged = entry_file(&cache, "compute_80").unwrap();
-    std::fs::write(&damaged, ".version 9.0\n.target sm_80\n").unwrap();
-    let planted = entry_file(&cache, "compute_90").unwrap();
-    std::fs::write(&planted, compile("compute_90").unwrap().to_src()).unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o666)).unwrap();
-    }
-    for arch in ["compute_90a", "compute_90", "compute_80"] {
-        let (ptx, used) = compile_cached(arch, Some(&cache)).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(used, CacheUse::Compiled, "{arch}: a fresh cache hit");
-        let ptx = ptx.to_src();
-        let (again, used) = compile_cached(arch, Some(&cache)).unwrap();
+    // compiled afresh and replaced, a planted one (complete, but writable by others) is never
+    // used and is replaced, and a second lookup is a hit with the same text.
+    let c = compiled();
+    for (arch, ptx, used) in &c.ptx {
+        let arch = arch.as_str();
+        assert_eq!(*used, CacheUse::Compiled, "{arch}: a fresh cache hit");
+        let (again, used) = compile_cached(arch, Some(&c.cache)).unwrap();
         assert!(
-            used == CacheUse::Hit && again.to_src() == ptx,
+            used == CacheUse::Hit && &again.to_src() == ptx,
             "{arch}: the second lookup was not a hit with the same PTX"
         );
         for name in function_names(arch) {
@@ -72,6 +61,48 @@ fn kernels_compile_to_ptx_for_sm90_and_sm80() {
             "{arch}: wrong target"
         );
     }
+}
+
+/// Every architecture's PTX, compiled once per test process (the two PTX tests share it; NVRTC
+/// takes ~20 s an architecture), the three in parallel, through a fresh cache seeded with a
+/// damaged entry (sm_80) and a planted one (sm_90: every entry name, but writable by others).
+struct Compiled {
+    cache: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    /// (arch, PTX, what the cache did).
+    ptx: Vec<(String, String, CacheUse)>,
+}
+
+fn compiled() -> &'static Compiled {
+    static C: std::sync::OnceLock<Compiled> = std::sync::OnceLock::new();
+    C.get_or_init(|| {
+        // Under target/tmp: a static is never dropped, so the directory outlives the process.
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let cache = dir.path().join("ptx");
+        std::fs::create_dir(&cache).unwrap();
+        std::fs::write(entry_file(&cache, "compute_80").unwrap(), ".version 9.0\n.target sm_80\n").unwrap();
+        let planted = entry_file(&cache, "compute_90").unwrap();
+        let entries: String = function_names("compute_90").iter().map(|n| format!(".entry {n}(\n")).collect();
+        std::fs::write(&planted, format!(".version 9.0\n.target sm_90\n{entries}")).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o666)).unwrap();
+        }
+        let ptx = std::thread::scope(|s| {
+            let jobs: Vec<_> = ["compute_90a", "compute_90", "compute_80"]
+                .into_iter()
+                .map(|arch| {
+                    let cache = &cache;
+                    s.spawn(move || {
+                        let (ptx, used) = compile_cached(arch, Some(cache)).unwrap_or_else(|e| panic!("{e}"));
+                        (arch.to_string(), ptx.to_src(), used)
+                    })
+                })
+                .collect();
+            jobs.into_iter().map(|j| j.join().unwrap()).collect()
+        });
+        Compiled { cache, _dir: dir, ptx }
+    })
 }
 
 /// The ptxas to assemble with: `GQLA_PTXAS`, else `ptxas` on PATH.
@@ -95,13 +126,10 @@ fn kernels_assemble_for_sm90_and_sm80_without_spills() {
     };
     let dir = std::env::temp_dir().join(format!("gqla-ptxas-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for arch in ["90a", "90", "80"] {
+    for (compute, ptx, _) in &compiled().ptx {
+        let arch = &compute["compute_".len()..];
         let ptx_path = dir.join(format!("decode_{arch}.ptx"));
-        std::fs::write(
-            &ptx_path,
-            compile(&format!("compute_{arch}")).unwrap_or_else(|e| panic!("{e}")).to_src(),
-        )
-        .unwrap();
+        std::fs::write(&ptx_path, ptx).unwrap();
         let out = std::process::Command::new(&ptxas)
             .args([format!("-arch=sm_{arch}").as_str(), "-v", "-o"])
             .arg(dir.join(format!("decode_{arch}.cubin")))

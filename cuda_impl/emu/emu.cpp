@@ -622,8 +622,13 @@ void wgmma(int kind, int n, bool trans_b, float* d, uint64_t desc_a, uint64_t de
         const int row = row_lo + 8 * h;
         for (int k = 0; k < 16; ++k) av[h][k] = element(a_at(row, k));
     }
+    // Only the columns this thread's accumulators use (8j + 2 (lane % 4) and the next): each of B's
+    // elements is still read, and bounds-checked, by the threads that use it.
     for (int k = 0; k < 16; ++k)
-        for (int c = 0; c < n; ++c) bv[k][c] = element(b_at(k, c));
+        for (int c = 2 * (lane % 4); c + 1 < n; c += 8) {
+            bv[k][c] = element(b_at(k, c));
+            bv[k][c + 1] = element(b_at(k, c + 1));
+        }
     WgResult r;
     r.d = d;
     r.n = n / 2;

@@ -64,6 +64,25 @@ pub struct DeviceKernel<R: Runtime> {
 
 /// The CUDA kernels on a GPU (`gqla certify --kernel cuda`).
 pub type CudaKernel = DeviceKernel<Gpu>;
+
+/// A case's sequence lengths and block table, uploaded.
+struct DevicePaging<R: Runtime> {
+    seq_lens: R::Buf<i32>,
+    block_table: R::Buf<i32>,
+    max_pages: usize,
+    page: usize,
+}
+
+impl<R: Runtime> DevicePaging<R> {
+    fn view(&self) -> Paging<'_, R> {
+        Paging {
+            seq_lens: &self.seq_lens,
+            block_table: &self.block_table,
+            max_pages: self.max_pages,
+            page: self.page,
+        }
+    }
+}
 /// The same kernel source on the host emulator (`gqla certify --kernel cuda-emu`).
 pub type EmuKernel = DeviceKernel<Emulator>;
 
@@ -103,9 +122,9 @@ impl<R: Runtime> DeviceKernel<R> {
         }
     }
 
-    /// Block table and sequence lengths; a contiguous cache is one page of `capacity` per sequence.
-    #[allow(clippy::type_complexity)]
-    fn paging(&self, inp: &CaseInputs) -> Result<(R::Buf<i32>, R::Buf<i32>, usize, usize), CudaError> {
+    /// Block table and sequence lengths on the device; a contiguous cache is one page of
+    /// `capacity` per sequence.
+    fn paging(&self, inp: &CaseInputs) -> Result<DevicePaging<R>, CudaError> {
         let lens: Vec<i32> = inp.cache.seq_lens.iter().map(|&l| l as i32).collect();
         let (table, max_pages, page) = match &inp.cache.paging {
             inputs::Paging::Contiguous { capacity } => ((0..lens.len() as i32).collect(), 1, *capacity),
@@ -118,8 +137,12 @@ impl<R: Runtime> DeviceKernel<R> {
         };
         // Never an empty device buffer.
         let table = if table.is_empty() { vec![0] } else { table };
-        let lens_d = self.rt.upload(if lens.is_empty() { &[0][..] } else { &lens })?;
-        Ok((lens_d, self.rt.upload(&table)?, max_pages, page))
+        Ok(DevicePaging {
+            seq_lens: self.rt.upload(if lens.is_empty() { &[0][..] } else { &lens })?,
+            block_table: self.rt.upload(&table)?,
+            max_pages,
+            page,
+        })
     }
 
     fn component(&self, inp: &CaseInputs, name: TensorName) -> Result<R::Buf<u8>, CudaError> {
@@ -180,7 +203,7 @@ impl<R: Runtime> DeviceKernel<R> {
             },
             (Op::CacheExpand, _) => unreachable!("expand is not a decode"),
         };
-        let (lens, table, max_pages, page) = self.paging(inp)?;
+        let paging = self.paging(inp)?;
         let q = self.rt.upload(&to_bytes(d, &inp.q))?;
         let (n_out, n_lse) = (outputs.get(TensorName::Out).len(), outputs.get(TensorName::Lse).len());
         let mut out = guarded_output(&self.rt, d, n_out)?;
@@ -190,12 +213,7 @@ impl<R: Runtime> DeviceKernel<R> {
             dtype: d,
             q: &q,
             keys,
-            paging: Paging {
-                seq_lens: &lens,
-                block_table: &table,
-                max_pages,
-                page,
-            },
+            paging: paging.view(),
             batch: c.batch(),
             sq: c.sq,
             h: c.h,
@@ -238,7 +256,7 @@ impl<R: Runtime> DeviceKernel<R> {
         let d = c.dtype;
         let latent = self.component(inp, TensorName::Latent)?;
         let w = self.rt.upload(&to_bytes(d, &inp.w_ukv))?;
-        let (_lens, table, max_pages, page) = self.paging(inp)?;
+        let paging = self.paging(inp)?;
         let (mut tb, mut tt) = (Vec::new(), Vec::new());
         for b in 0..c.batch() {
             for t in 0..c.seq_len(b) {
@@ -261,7 +279,7 @@ impl<R: Runtime> DeviceKernel<R> {
                 positions: &tok_t,
                 count: n,
             },
-            (&table, max_pages, page),
+            &paging.view(),
             ExpandDims {
                 g: c.g,
                 dc: c.dc,

@@ -436,7 +436,9 @@ pub struct ExpandDims {
     pub dv: usize,
 }
 
-/// Launch the latent → group-cache expansion of the listed tokens (asynchronous).
+/// Launch the latent → group-cache expansion of the listed tokens (asynchronous), reading the
+/// latent through `paging`'s block table (its sequence lengths are not read: `tokens` lists the
+/// positions).
 #[allow(clippy::too_many_arguments)]
 pub fn expand_cache<R: Runtime>(
     rt: &R,
@@ -444,7 +446,7 @@ pub fn expand_cache<R: Runtime>(
     latent: &R::Buf<u8>,
     w_ukv: &R::Buf<u8>,
     tokens: &Tokens<R>,
-    block_table: (&R::Buf<i32>, usize, usize),
+    paging: &Paging<R>,
     dims: ExpandDims,
     k_out: &mut Guarded<R>,
     v_out: &mut Guarded<R>,
@@ -452,7 +454,7 @@ pub fn expand_cache<R: Runtime>(
     if tokens.count == 0 {
         return Ok(());
     }
-    let (table, max_pages, page) = block_table;
+    let (table, max_pages, page) = (paging.block_table, paging.max_pages, paging.page);
     let eb = elem_bytes(dtype) as u64;
     let spans = [
         rt.span(latent),

@@ -99,12 +99,18 @@ pub struct Work {
 }
 
 impl Geometry {
-    /// Cache elements per token on `path`.
+    /// Cache elements per token on `path`, measured on a reference cache allocated with this
+    /// geometry (the layout the kernels read: the rope key stored once on the GQA path).
     pub fn cache_elems(&self, path: Path) -> usize {
-        match path {
-            Path::Absorb => self.dc + self.dr,
-            Path::Gqa => self.g * self.dn + self.dr + self.g * self.dv,
-        }
+        use gqla_reference::cache::{GroupCache, GroupCacheLayout, LatentCache};
+        const TOKENS: usize = 4;
+        let footprint = match path {
+            Path::Absorb => LatentCache::<half::bf16>::filled(self.dc, self.dr, TOKENS).footprint(),
+            Path::Gqa => {
+                GroupCache::<half::bf16>::filled(GroupCacheLayout::RopeOnce, 0..self.g, self.dn, self.dr, self.dv, TOKENS).footprint()
+            }
+        };
+        footprint.expect("a cache of several tokens").elements_per_token
     }
     /// Query and output width per head on `path`.
     pub fn widths(&self, path: Path) -> (usize, usize) {

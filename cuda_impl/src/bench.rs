@@ -67,27 +67,8 @@ impl Geometry {
     }
 }
 
-/// Which decode path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Path {
-    /// MQA over the latent cache [c; k^R].
-    Absorb,
-    /// GQA over the per-group cache (rope key stored once).
-    Gqa,
-}
-
-impl Path {
-    pub const ALL: [Path; 2] = [Path::Absorb, Path::Gqa];
-    pub fn name(self) -> &'static str {
-        match self {
-            Path::Absorb => "absorb",
-            Path::Gqa => "gqa",
-        }
-    }
-    pub fn from_name(name: &str) -> Option<Path> {
-        Self::ALL.into_iter().find(|p| p.name() == name)
-    }
-}
+/// Which decode path: the reference's.
+pub use gqla_reference::decode::DecodePath as Path;
 
 /// One decode step's minimal traffic and arithmetic.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -597,7 +578,7 @@ pub fn bench<R: Runtime>(rt: &R, grid: &Grid, on_row: &mut dyn FnMut(Row)) -> Re
 /// context) once, at the time of its fastest tensor-core kernel (of any kernel when none ran),
 /// since a runtime serves each path with its best kernel.
 pub fn measured_run(device: &str, grid: &Grid, rows: &[Row], ceilings: &Ceilings) -> gqla_reference::plan::MeasuredRun {
-    use gqla_reference::plan::{DecodePath, MeasuredPoint, MeasuredRun};
+    use gqla_reference::plan::{MeasuredPoint, MeasuredRun};
     let any_tc = rows.iter().any(|r| r.variant.tensor_cores());
     let mut best: Vec<&Row> = Vec::new();
     for r in rows.iter().filter(|r| r.variant.tensor_cores() || !any_tc) {
@@ -619,10 +600,7 @@ pub fn measured_run(device: &str, grid: &Grid, rows: &[Row], ceilings: &Ceilings
                 d_r: geo.dr,
                 d_n: geo.dn,
                 d_v: geo.dv,
-                path: match r.path {
-                    Path::Absorb => DecodePath::Absorb,
-                    Path::Gqa => DecodePath::Gqa,
-                },
+                path: r.path,
                 sq: r.sq,
                 batch: r.batch,
                 context: r.context,

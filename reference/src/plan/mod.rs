@@ -41,24 +41,7 @@ pub enum CacheDtype {
     F32,
 }
 
-/// A decode path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DecodePath {
-    /// MQA over the latent cache (MLA's absorbed decode).
-    Absorb,
-    /// GQA over the per-group cache.
-    Gqa,
-}
-
-impl DecodePath {
-    pub fn name(self) -> &'static str {
-        match self {
-            DecodePath::Absorb => "absorb",
-            DecodePath::Gqa => "gqa",
-        }
-    }
-}
+pub use crate::decode::DecodePath;
 
 /// Which roof binds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -2,8 +2,8 @@
 //! the `gqla plan` command.
 
 use crate::common::{gqla, root};
+use gqla_cuda::plan::{gpu, mtp_gain, plan, Bound, CacheDtype, DecodePath, Scenario, GPUS};
 use gqla_reference::cache::GroupCacheLayout;
-use gqla_reference::plan::{gpu, mtp_gain, plan, Bound, CacheDtype, DecodePath, Scenario, GPUS};
 use gqla_reference::LatentDims;
 use proptest::prelude::*;
 
@@ -92,7 +92,7 @@ proptest! {
         prop_assert!(chosen <= p.absorb.time_s && chosen <= p.gqa.time_s);
         for (longer, bigger) in [(s.with(sq, batch, context + extra).unwrap(), s.with(sq, batch + extra, context).unwrap())] {
             for path in [DecodePath::Absorb, DecodePath::Gqa] {
-                let t = |x: &Scenario| gqla_reference::plan::predict(x, &g, path).unwrap().time_s;
+                let t = |x: &Scenario| gqla_cuda::plan::predict(x, &g, path).unwrap().time_s;
                 prop_assert!(t(&longer) >= t(&s), "{path:?}: context {context} -> {}", context + extra);
                 prop_assert!(t(&bigger) >= t(&s), "{path:?}: batch {batch} -> {}", batch + extra);
             }
@@ -171,7 +171,7 @@ fn plan_command_rejects_bad_input() {
 /// one point's two times makes exactly that point a miss.
 #[test]
 fn validation_counts_hits_and_misses() {
-    use gqla_reference::plan::{predict, MeasuredPoint, MeasuredRun};
+    use gqla_cuda::plan::{predict, MeasuredPoint, MeasuredRun};
     let g = gpu("h100").unwrap().with_measured(Some(790.0), Some(3000.0));
     let mut points = Vec::new();
     for sq in [1, 2] {
@@ -204,7 +204,7 @@ fn validation_counts_hits_and_misses() {
         bf16_tflops: Some(790.0),
         points,
     };
-    let v = gqla_reference::plan::validate(&run(points.clone())).unwrap();
+    let v = gqla_cuda::plan::validate(&run(points.clone())).unwrap();
     assert_eq!((v.hits, v.comparisons.len()), (8, 8));
     assert!(v.max_relative_error < 1e-12, "{}", v.max_relative_error);
     let (a, b) = (points[0].seconds, points[1].seconds);

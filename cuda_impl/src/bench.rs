@@ -577,8 +577,8 @@ pub fn bench<R: Runtime>(rt: &R, grid: &Grid, on_row: &mut dyn FnMut(Row)) -> Re
 /// The run in the planner's format, for `gqla plan --validate`: each (geometry, path, s_q, batch,
 /// context) once, at the time of its fastest tensor-core kernel (of any kernel when none ran),
 /// since a runtime serves each path with its best kernel.
-pub fn measured_run(device: &str, grid: &Grid, rows: &[Row], ceilings: &Ceilings) -> gqla_reference::plan::MeasuredRun {
-    use gqla_reference::plan::{MeasuredPoint, MeasuredRun};
+pub fn measured_run(device: &str, grid: &Grid, rows: &[Row], ceilings: &Ceilings) -> crate::plan::MeasuredRun {
+    use crate::plan::{MeasuredPoint, MeasuredRun};
     let any_tc = rows.iter().any(|r| r.variant.tensor_cores());
     let mut best: Vec<&Row> = Vec::new();
     for r in rows.iter().filter(|r| r.variant.tensor_cores() || !any_tc) {

@@ -12,6 +12,8 @@
 //!   grouped-attention kernel with split-KV and a combine step; `expand_cache`).
 //! - [`kernel`]: [`CudaKernel`] and [`EmuKernel`], the conformance harness's kernel trait.
 //! - [`bench`](mod@bench): the decode benchmark and the measured ceilings.
+//! - [`plan`]: which decode path a GPU should run (a roofline model over a datasheet table), and
+//!   its validation against a benchmark's measured run. It needs no GPU.
 //! - [`timing`]: how device work is timed (cold L2, median of event-timed runs) and how long a
 //!   wait may last before the kernels are called hung.
 
@@ -21,6 +23,7 @@ pub mod device;
 pub mod emu;
 pub mod kernel;
 pub mod launch;
+pub mod plan;
 pub mod ptx_cache;
 pub mod runtime;
 pub mod timing;

@@ -29,7 +29,6 @@ pub mod latent;
 pub mod linear;
 pub mod mla;
 pub mod model;
-pub mod plan;
 pub mod prefill;
 pub mod random;
 pub mod real;

@@ -13,11 +13,11 @@
 
 use crate::budget::{Budget, Need};
 use crate::cache::{GqaCache, GroupCache, GroupCacheLayout, LatentCache};
+use crate::decode::DecodePath;
 use crate::error::{Error, Result};
 use crate::hf::config::{AttentionConfig, StorageDtype};
 use crate::hf::{Checkpoint, ModelConfig};
 use crate::model::Attention;
-use crate::plan::DecodePath;
 use crate::random::Sampler;
 use crate::{absorb_decode, gqa_decode};
 use ndarray::{Array2, ArrayView2};

@@ -1,10 +1,10 @@
 //! `gqla plan`: which decode path a GPU should run, from a roofline model of both paths.
 
 use super::CliError;
+use gqla_cuda::plan::{gpu, mtp_gain, plan, validate, CacheDtype, Gpu, MeasuredRun, Plan, Prediction, Scenario, GPUS};
 use gqla_reference::cache::GroupCacheLayout;
 use gqla_reference::hf::config::AttentionConfig;
 use gqla_reference::hf::ModelConfig;
-use gqla_reference::plan::{gpu, mtp_gain, plan, validate, CacheDtype, Gpu, MeasuredRun, Plan, Prediction, Scenario, GPUS};
 use gqla_reference::LatentDims;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};

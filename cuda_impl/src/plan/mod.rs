@@ -4,7 +4,7 @@
 //! Per tensor-parallel rank, for batch B, s_q new tokens per sequence, context L (keys per
 //! sequence) and cache element size e:
 //! - cache bytes: B·L·(per-rank cache bytes per token), taken from allocated caches
-//!   ([`crate::tp::tp_footprint`]): the latent [c; k^R] on every rank (absorb), or the rank's
+//!   ([`gqla_reference::tp::tp_footprint`]): the latent [c; k^R] on every rank (absorb), or the rank's
 //!   groups plus k^R (GQA);
 //! - cache writes: the B·s_q new tokens' rows;
 //! - query/output: B·s_q·(H/T)·(d_k + d_v)·e, plus an f32 LSE per row;
@@ -24,10 +24,10 @@ mod validate;
 pub use gpus::{gpu, Gpu, GPUS};
 pub use validate::{validate, Comparison, MeasuredPoint, MeasuredRun, Validation};
 
-use crate::cache::GroupCacheLayout;
-use crate::config::LatentDims;
-use crate::error::{Error, Result};
-use crate::tp::tp_footprint;
+use gqla_reference::cache::GroupCacheLayout;
+use gqla_reference::config::LatentDims;
+use gqla_reference::error::{Error, Result};
+use gqla_reference::tp::tp_footprint;
 use serde::Serialize;
 
 /// A fixed cost per kernel launch, seconds (launch latency plus a tail of idle SMs).
@@ -41,7 +41,7 @@ pub enum CacheDtype {
     F32,
 }
 
-pub use crate::decode::DecodePath;
+pub use gqla_reference::decode::DecodePath;
 
 /// Which roof binds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

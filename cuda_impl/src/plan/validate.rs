@@ -3,9 +3,9 @@
 //! path that was actually faster, and how far off were its predicted times?
 
 use super::{plan, Bound, CacheDtype, DecodePath, Gpu, Scenario};
-use crate::cache::GroupCacheLayout;
-use crate::config::LatentDims;
-use crate::error::{Error, Result};
+use gqla_reference::cache::GroupCacheLayout;
+use gqla_reference::config::LatentDims;
+use gqla_reference::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 /// One timed decode step (the decode benchmark writes these).

@@ -2,8 +2,9 @@
 
 use super::CliError;
 use gqla_reference::budget::{Budget, Need};
+use gqla_reference::hf::load_layer;
 use gqla_reference::hf::tensors::write_f64;
-use gqla_reference::hf::{load_layer, Layer};
+use gqla_reference::model::Attention;
 use gqla_reference::{absorb_decode, gqa_decode, DecodeOutput, GroupCache, GroupCacheLayout, LatentCache, Real};
 use ndarray::{Array2, IxDyn};
 use std::collections::HashMap;
@@ -101,7 +102,7 @@ pub fn run(a: Args, budget: &Budget) -> Result<(), CliError> {
 }
 
 fn run_in<T: Real>(
-    layer: &Layer,
+    layer: &Attention<f64>,
     x: &Array2<f64>,
     path: Option<PathArg>,
     layout: LayoutArg,
@@ -109,7 +110,7 @@ fn run_in<T: Real>(
     let xt = x.mapv(T::of);
     let widen = |o: DecodeOutput<T>| (o.y.mapv(|v| v.f64()), o.lse.mapv(|v| v.f64()));
     Ok(match layer {
-        Layer::Gqa(w) => {
+        Attention::Gqa(w) => {
             if matches!(path, Some(PathArg::Absorb)) {
                 return Err(CliError::Usage(
                     "a GQA checkpoint has no absorb path (convert it to GQLA first); use --path gqa or omit --path".into(),
@@ -118,7 +119,7 @@ fn run_in<T: Real>(
             let (y, lse) = widen(w.cast::<T>().prefill(xt.view())?);
             (y, lse, "gqa")
         }
-        Layer::Latent(w) => {
+        Attention::Latent(w) => {
             let w = w.cast::<T>();
             let d = w.dims();
             match path.unwrap_or(PathArg::Absorb) {

@@ -11,14 +11,6 @@ use crate::rope::{Rope, RopeStyle};
 use ndarray::Array2;
 use std::path::Path;
 
-/// A loaded attention layer.
-#[derive(Clone, Debug)]
-#[allow(clippy::large_enum_variant)] // a handful of layers, each mostly heap-allocated weights
-pub enum Layer {
-    Gqa(GqaWeights<f64>),
-    Latent(LatentWeights<f64>),
-}
-
 struct Loader<'a> {
     store: &'a TensorStore,
     prefix: String,
@@ -43,7 +35,7 @@ impl Loader<'_> {
 }
 
 /// Load layer `layer`'s self-attention from the checkpoint in `dir`.
-pub fn load_layer(dir: &Path, layer: usize) -> Result<(ModelConfig, Layer)> {
+pub fn load_layer(dir: &Path, layer: usize) -> Result<(ModelConfig, Attention<f64>)> {
     let ckpt = Checkpoint::open(dir)?;
     let loaded = ckpt.attention(layer)?;
     Ok((ckpt.config, loaded))
@@ -123,24 +115,21 @@ impl Checkpoint {
     }
 
     /// Layer `layer`'s self-attention.
-    pub fn attention(&self, layer: usize) -> Result<Layer> {
+    pub fn attention(&self, layer: usize) -> Result<Attention<f64>> {
         self.check_layer(layer)?;
         let l = Loader {
             store: &self.store,
             prefix: format!("model.layers.{layer}.self_attn"),
         };
         Ok(match &self.config.attention {
-            AttentionConfig::Gqa(c) => Layer::Gqa(gqa(&l, c, &self.config, layer)?),
-            AttentionConfig::Latent(c) => Layer::Latent(latent(&l, c, &self.config)?),
+            AttentionConfig::Gqa(c) => Attention::Gqa(gqa(&l, c, &self.config, layer)?),
+            AttentionConfig::Latent(c) => Attention::Latent(latent(&l, c, &self.config)?),
         })
     }
 
     /// Layer `layer` whole: norms, attention and (dense) MLP.
     pub fn decoder_layer(&self, layer: usize) -> Result<DecoderLayer<f64>> {
-        let attention = match self.attention(layer)? {
-            Layer::Gqa(w) => Attention::Gqa(w),
-            Layer::Latent(w) => Attention::Latent(w),
-        };
+        let attention = self.attention(layer)?;
         let (hidden, inter, eps) = (self.config.hidden_size, self.config.intermediate_size, self.config.rms_norm_eps);
         let l = Loader {
             store: &self.store,

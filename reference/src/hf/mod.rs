@@ -12,5 +12,5 @@ pub mod tensors;
 pub mod tokenizer;
 
 pub use config::{AttentionConfig, ModelConfig, ModelType};
-pub use layer::{load_layer, Checkpoint, Layer};
+pub use layer::{load_layer, Checkpoint};
 pub use tensors::TensorStore;

@@ -178,7 +178,7 @@ fn validation_counts_hits_and_misses() {
         for batch in [1, 64] {
             for context in [1024, 65536] {
                 // The validator plans with hidden = H·d_v; so must the expected times.
-                let dims = deepseek_v3(sq, batch, context).dims;
+                let dims = *deepseek_v3(sq, batch, context).dims();
                 let s = Scenario::new(dims, 128 * 128, sq, batch, context, 1, CacheDtype::Bf16, GroupCacheLayout::RopeOnce).unwrap();
                 for path in [DecodePath::Absorb, DecodePath::Gqa] {
                     points.push(MeasuredPoint {

@@ -210,7 +210,7 @@ fn us(s: f64) -> String {
 
 /// The plan as text: geometry, both paths, the choice and the GQA+MTP gain.
 pub fn report(p: &Plan, gain: f64) -> String {
-    let (s, g, d) = (&p.scenario, &p.gpu, &p.scenario.dims);
+    let (s, g, d) = (&p.scenario, &p.gpu, p.scenario.dims());
     let mut t = String::new();
     let _ = writeln!(
         t,
@@ -221,7 +221,7 @@ pub fn report(p: &Plan, gain: f64) -> String {
         d.d_r(),
         d.d_n(),
         d.d_v(),
-        s.tp,
+        s.tp(),
         g.name,
         g.bf16_tflops,
         g.bandwidth_gbps,
@@ -231,7 +231,9 @@ pub fn report(p: &Plan, gain: f64) -> String {
     let _ = writeln!(
         t,
         "s_q={}, batch={}, context={} (one layer, one decode step, per rank)\n",
-        s.sq, s.batch, s.context
+        s.sq(),
+        s.batch(),
+        s.context()
     );
     let _ = writeln!(
         t,
@@ -248,12 +250,12 @@ pub fn report(p: &Plan, gain: f64) -> String {
         p.chosen.name(),
         other.time_s / p.chosen_prediction().time_s,
         other.path.name(),
-        s.sq
+        s.sq()
     );
     let _ = writeln!(
         t,
         "GQA+MTP (GQA path, s_q={}) over absorb at s_q=1, per generated token: {gain:.2}x",
-        s.sq.max(2)
+        s.sq().max(2)
     );
     t
 }
@@ -285,8 +287,8 @@ pub fn sweep(s: &Scenario, gpu: &Gpu) -> Result<String, CliError> {
         "{} (ridge {:.1} FLOP/B), batch {}, TP {}: per-token µs of each path, the choice, and the GQA+MTP gain over absorb at s_q=1\n",
         gpu.name,
         gpu.ridge(),
-        s.batch,
-        s.tp
+        s.batch(),
+        s.tp()
     );
     let _ = writeln!(
         t,
@@ -295,7 +297,7 @@ pub fn sweep(s: &Scenario, gpu: &Gpu) -> Result<String, CliError> {
     let _ = writeln!(t, "|---|---|---|---|---|---|---|");
     for sq in 1..=4 {
         for context in [1024, 4096, 16384, 65536, 131072] {
-            let x = s.with(sq, s.batch, context)?;
+            let x = s.with(sq, s.batch(), context)?;
             let p = plan(&x, gpu)?;
             let _ = writeln!(
                 t,
@@ -321,7 +323,7 @@ pub fn chart(s: &Scenario, path: &Path) -> Result<(), CliError> {
     let mut points = Vec::new();
     for g in &gpus {
         for sq in [1, 2] {
-            let p = plan(&s.with(sq, s.batch, s.context)?, g)?;
+            let p = plan(&s.with(sq, s.batch(), s.context())?, g)?;
             for x in [p.absorb, p.gqa] {
                 points.push((g.key, x.path.name(), sq, x.intensity, x.cost.flops() / x.time_s / 1e12));
             }
@@ -336,10 +338,10 @@ pub fn chart(s: &Scenario, path: &Path) -> Result<(), CliError> {
                 .caption(
                     format!(
                         "GQLA decode roofline: H={} G={}, batch {}, context {}",
-                        s.dims.h(),
-                        s.dims.g(),
-                        s.batch,
-                        s.context
+                        s.dims().h(),
+                        s.dims().g(),
+                        s.batch(),
+                        s.context()
                     ),
                     ("sans-serif", 20),
                 )

@@ -62,20 +62,47 @@ impl Bound {
 /// What is decoded: validated once, at construction.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Scenario {
-    pub dims: LatentDims,
+    dims: LatentDims,
     /// Model hidden size (the all-reduced output width).
-    pub hidden: usize,
-    pub sq: usize,
-    pub batch: usize,
-    pub context: usize,
-    pub tp: usize,
-    pub dtype: CacheDtype,
+    hidden: usize,
+    sq: usize,
+    batch: usize,
+    context: usize,
+    tp: usize,
+    dtype: CacheDtype,
     /// Layout of the GQA-path cache.
     #[serde(skip)]
-    pub layout: GroupCacheLayout,
+    layout: GroupCacheLayout,
 }
 
 impl Scenario {
+    pub fn dims(&self) -> &LatentDims {
+        &self.dims
+    }
+    /// Model hidden size (the all-reduced output width).
+    pub fn hidden(&self) -> usize {
+        self.hidden
+    }
+    pub fn sq(&self) -> usize {
+        self.sq
+    }
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+    pub fn context(&self) -> usize {
+        self.context
+    }
+    pub fn tp(&self) -> usize {
+        self.tp
+    }
+    pub fn dtype(&self) -> CacheDtype {
+        self.dtype
+    }
+    /// Layout of the GQA-path cache.
+    pub fn layout(&self) -> GroupCacheLayout {
+        self.layout
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         dims: LatentDims,

@@ -297,8 +297,14 @@ pub fn published_digests() -> HashMap<&'static str, &'static str> {
 
 /// Write the pack of `cases` (with their suite positions) into `dir`, which must not exist or be
 /// empty. The pack is built in a fresh temporary directory beside it and renamed into place, so
-/// a failure leaves nothing.
-pub fn export(cases: &[(usize, Case)], seed: u64, filters: &[String], dir: &Path) -> Result<Manifest, PackError> {
+/// a failure leaves nothing. `on_case` is called as each case starts (a progress bar).
+pub fn export(
+    cases: &[(usize, Case)],
+    seed: u64,
+    filters: &[String],
+    dir: &Path,
+    on_case: &mut dyn FnMut(&Case),
+) -> Result<Manifest, PackError> {
     let out = OutputDir::create(dir, true)?;
     let tmp = out.path();
     let definitions = serde_json::to_string_pretty(&crate::definition::all()).expect("definitions serialize") + "\n";
@@ -312,6 +318,7 @@ pub fn export(cases: &[(usize, Case)], seed: u64, filters: &[String], dir: &Path
         cases: Vec::new(),
     };
     for (index, case) in cases {
+        on_case(case);
         let inp = CaseInputs::generate(case);
         let tensors = input_tensors(&inp);
         let bytes = serialize_inputs(case, &tensors);

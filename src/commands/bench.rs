@@ -323,11 +323,15 @@ fn convert(
     let reset = reset_peak_rss();
     let start = Instant::now();
     let mut done = Vec::new();
+    let bar = indicatif::ProgressBar::new(g.layers as u64);
+    bar.set_style(indicatif::ProgressStyle::with_template("converting layer {pos}/{len} {elapsed}").expect("valid template"));
     let result = convert_checkpoint(&src, &out, &opt, &mut |p| {
         if let Progress::Layer(_) = p {
-            done.push(start.elapsed().as_secs_f64())
+            done.push(start.elapsed().as_secs_f64());
+            bar.inc(1);
         }
     });
+    bar.finish_and_clear();
     let total = start.elapsed().as_secs_f64();
     let peak = peak_rss_mib();
     drop(tmp); // removes the source and the output

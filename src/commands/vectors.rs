@@ -48,7 +48,14 @@ pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<(), CliEr
         what: "the largest selected case's inputs".into(),
         bytes: largest.checked_mul(2),
     }])?;
-    let m = export(&cases, seed, &filter, &out)?;
+    let bar = indicatif::ProgressBar::new(cases.len() as u64);
+    bar.set_style(indicatif::ProgressStyle::with_template("exporting {bar:30} {pos}/{len} {msg}").expect("valid template"));
+    let m = export(&cases, seed, &filter, &out, &mut |case| {
+        bar.set_message(case.op.name());
+        bar.inc(1);
+    });
+    bar.finish_and_clear();
+    let m = m?;
     println!(
         "wrote {} cases (suite seed {seed}) to {}: manifest.json, definitions.json, NNNNN.inputs.safetensors. \
          Write NNNNN.outputs.safetensors and kernel.json (with the kernel's profile) into an outputs directory, then \

@@ -254,7 +254,22 @@ impl Snapshot {
     /// Digest the checkpoint at `path` (an HF directory or a GGUF file) with `probe` (None: the
     /// default probe of seed 0).
     pub fn take(path: &Path, probe: Option<Probe>, budget: &Budget, on_step: OnStep) -> Result<Snapshot> {
-        Ok(measure(path, probe, path, Tolerances::default(), budget, on_step)?.snapshot)
+        let spec = probe.map_or(ProbeSpec::Seeded { seed: 0, token_ids: None }, ProbeSpec::Given);
+        Ok(measure(path, spec, path, Tolerances::default(), budget, on_step)?.snapshot)
+    }
+
+    /// [`Snapshot::take`] with the default probe of `seed` (its token ids drawn over the
+    /// checkpoint's vocabulary), or with `token_ids` in their place. The checkpoint is opened once.
+    pub fn take_seeded(path: &Path, seed: u64, token_ids: Option<Vec<u32>>, budget: &Budget, on_step: OnStep) -> Result<Snapshot> {
+        Ok(measure(
+            path,
+            ProbeSpec::Seeded { seed, token_ids },
+            path,
+            Tolerances::default(),
+            budget,
+            on_step,
+        )?
+        .snapshot)
     }
 
     /// Parse a snapshot from YAML text read from `origin`, with its probe and tolerances checked.
@@ -279,7 +294,14 @@ impl Snapshot {
     /// tolerances.
     pub fn check(&self, path: &Path, origin: &Path, budget: &Budget, on_step: OnStep) -> Result<CheckReport> {
         self.tolerances.validate(origin)?;
-        let now = measure(path, Some(self.probe.clone()), origin, self.tolerances.clone(), budget, on_step)?;
+        let now = measure(
+            path,
+            ProbeSpec::Given(self.probe.clone()),
+            origin,
+            self.tolerances.clone(),
+            budget,
+            on_step,
+        )?;
         Ok(compare(self, &now))
     }
 }
@@ -452,9 +474,16 @@ fn top_k(row: ndarray::ArrayView1<f64>, k: usize, decimals: u32) -> Vec<Candidat
 
 /// Compute the snapshot of `path` with `probe` (checked against the checkpoint; errors name
 /// `probe_origin`, the file the probe came from).
+/// The probe a measurement runs: one given whole, or the default of a seed, which needs the
+/// checkpoint's vocabulary.
+enum ProbeSpec {
+    Given(Probe),
+    Seeded { seed: u64, token_ids: Option<Vec<u32>> },
+}
+
 fn measure(
     path: &Path,
-    probe: Option<Probe>,
+    probe: ProbeSpec,
     probe_origin: &Path,
     tolerances: Tolerances,
     budget: &Budget,
@@ -462,7 +491,16 @@ fn measure(
 ) -> Result<Measured> {
     let ckpt = Checkpoint::open(path)?;
     let config = &ckpt.config;
-    let probe = probe.unwrap_or_else(|| Probe::new(0, config.vocab_size));
+    let probe = match probe {
+        ProbeSpec::Given(p) => p,
+        ProbeSpec::Seeded { seed, token_ids } => {
+            let mut p = Probe::new(seed, config.vocab_size);
+            if let Some(ids) = token_ids {
+                p.token_ids = ids;
+            }
+            p
+        }
+    };
     probe.validate(probe_origin, config.vocab_size)?;
     let tokens = probe.attention_tokens.max(probe.token_ids.len());
     let mut needs = crate::transgqla::checkpoint::memory_needs(config, 2, tokens);

@@ -2,8 +2,7 @@
 
 use super::CliError;
 use gqla_reference::budget::Budget;
-use gqla_reference::hf::Checkpoint;
-use gqla_reference::snapshot::{Probe, Snapshot, TensorPolicy};
+use gqla_reference::snapshot::{Snapshot, TensorPolicy};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 
@@ -65,18 +64,7 @@ pub fn run(a: Args, budget: &Budget) -> Result<Outcome, CliError> {
         println!("{report}");
         return Ok(if report.passed() { Outcome::Unchanged } else { Outcome::Regressed });
     }
-    let probe = match a.token_ids {
-        None if a.seed == 0 => None,
-        ids => {
-            let vocab = Checkpoint::open(&a.checkpoint)?.config.vocab_size;
-            let mut p = Probe::new(a.seed, vocab);
-            if let Some(ids) = ids {
-                p.token_ids = ids;
-            }
-            Some(p)
-        }
-    };
-    let mut snap = Snapshot::take(&a.checkpoint, probe, budget, &mut on_step)?;
+    let mut snap = Snapshot::take_seeded(&a.checkpoint, a.seed, a.token_ids, budget, &mut on_step)?;
     bar.finish_and_clear();
     snap.tolerances.tensors = match a.tensors {
         PolicyArg::MustMatch => TensorPolicy::MustMatch,

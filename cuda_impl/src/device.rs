@@ -196,10 +196,7 @@ impl Gpu {
         while !event.try_is_complete().map_err(driver(what))? {
             if start.elapsed() > limit {
                 self.hung.store(true, std::sync::atomic::Ordering::SeqCst);
-                return Err(CudaError::Hung {
-                    what: what.to_string(),
-                    seconds: limit.as_secs_f64(),
-                });
+                return Err(self.hung_error(what).expect("marked hung just now"));
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(1));
@@ -207,9 +204,13 @@ impl Gpu {
         Ok(())
     }
 
-    /// Whether a wait on this GPU timed out (see [`Gpu::wait`]).
-    pub fn is_hung(&self) -> bool {
-        self.hung.load(std::sync::atomic::Ordering::SeqCst)
+    /// [`CudaError::Hung`] for `what` once a wait on this GPU has timed out (see [`Gpu::wait`]);
+    /// None while it has not.
+    pub fn hung_error(&self, what: &str) -> Option<CudaError> {
+        self.hung.load(std::sync::atomic::Ordering::SeqCst).then(|| CudaError::Hung {
+            what: what.to_string(),
+            seconds: crate::timing::sync_timeout().as_secs_f64(),
+        })
     }
 
     /// An event recorded on the stream now.

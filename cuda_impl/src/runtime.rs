@@ -193,11 +193,8 @@ impl Runtime for Gpu {
     }
     fn bind(&self) -> Result<(), CudaError> {
         // Nothing more runs behind a hung kernel: each further wait would only time out again.
-        if self.is_hung() {
-            return Err(CudaError::Hung {
-                what: "an earlier launch (no further work is started)".into(),
-                seconds: crate::timing::sync_timeout().as_secs_f64(),
-            });
+        if let Some(hung) = self.hung_error("an earlier launch (no further work is started)") {
+            return Err(hung);
         }
         self.ctx.bind_to_thread().map_err(driver("binding the context to the thread"))
     }

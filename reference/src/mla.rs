@@ -30,8 +30,8 @@ pub fn mla_forward<T: Real>(w: &LatentWeights<T>, x: ArrayView2<T>) -> Result<De
     }
     let n = x.nrows();
     let q = w.queries(x, 0);
-    let k_pe = w.rope_key(x, 0);
-    let kv = w.latent(x).dot(&w.kv_b().t());
+    let (c, k_pe) = w.latent_and_rope_key(x, 0);
+    let kv = c.dot(&w.kv_b().t());
     let kv = kv.to_shape((n, d.h(), d.d_n() + d.d_v())).expect("kv reshape").into_owned();
     let scale = T::of(w.scale());
     let mut heads = Array3::zeros((n, d.h(), d.d_v()));

@@ -35,7 +35,8 @@ pub fn prefill<T: Real>(w: &LatentWeights<T>, x: ArrayView2<T>) -> Result<Decode
         let kv = matmul_t(c.view(), w.w_ukv(g));
         let keys = concatenate(Axis(1), &[kv.slice(s![.., ..d.d_n()]), k_r.view()]).expect("key concat");
         let values = kv.slice(s![.., d.d_n()..]);
-        for i in (0..d.h()).filter(|&i| d.group_of(i) == g) {
+        let per = d.heads_per_group();
+        for i in g * per..(g + 1) * per {
             let qi = concatenate(Axis(1), &[q.nope.slice(s![.., i, ..]), q.rope.slice(s![.., i, ..])]).expect("query concat");
             let (o, l) = attend(qi.view(), keys.view(), values, T::of(w.scale()), &ranges);
             heads.slice_mut(s![.., i, ..]).assign(&o);

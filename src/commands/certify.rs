@@ -98,16 +98,15 @@ fn gpu_candidate(kernel: CudaKernel) -> Candidate {
 
 /// After the certificates are written: a kernel that hung is an error of its own (exit 124).
 fn hung(candidates: &[Candidate]) -> Result<(), CliError> {
-    match candidates.iter().find(|c| c.gpu.as_ref().is_some_and(|k| k.gpu().is_hung())) {
-        Some(c) => Err(CliError::Cuda {
-            context: format!("certifying {} (the certificate lists the cases that ran)", c.kernel.identity().name),
-            source: gqla_cuda::CudaError::Hung {
-                what: "a case".into(),
-                seconds: gqla_cuda::timing::sync_timeout().as_secs_f64(),
-            },
-        }),
-        None => Ok(()),
+    for c in candidates {
+        if let Some(source) = c.gpu.as_ref().and_then(|k| k.gpu().hung_error("a case")) {
+            return Err(CliError::Cuda {
+                context: format!("certifying {} (the certificate lists the cases that ran)", c.kernel.identity().name),
+                source,
+            });
+        }
     }
+    Ok(())
 }
 
 fn builtin() -> Vec<Candidate> {

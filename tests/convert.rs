@@ -505,7 +505,7 @@ mod whole_model {
             let tmp = tempfile::tempdir().unwrap();
             let (src, out) = (tmp.path().join("src"), tmp.path().join("out"));
             write_random_llama(&src, hidden, kv * per, kv, 2 * half, 8, 16, layers, seed);
-            let opt = CheckpointOptions { groups: None, layer: ConvertOptions::exact(), dtype: Some(gqla_reference::hf::config::StorageDtype::F64), calibration: Calibration::Random { sequences: 2, tokens: 6, seed }, calibration_precision: Default::default(), budget: gqla_reference::budget::Budget::new(None), emit: Default::default(), calibration_flow: Default::default(), freqfold_choice: Default::default() };
+            let opt = CheckpointOptions { groups: None, layer: ConvertOptions::exact(), dtype: Some(gqla_reference::dtype::DType::F64), calibration: Calibration::Random { sequences: 2, tokens: 6, seed }, calibration_precision: Default::default(), budget: gqla_reference::budget::Budget::new(None), emit: Default::default(), calibration_flow: Default::default(), freqfold_choice: Default::default() };
             let report = convert_checkpoint(&src, &out, &opt, &mut |_| {}).unwrap();
             prop_assert!(report.held_out_logits_rel_err <= 1e-9, "logits {:e}", report.held_out_logits_rel_err);
             prop_assert!(report.held_out_kl.abs() <= 1e-12, "KL {:e}", report.held_out_kl);

@@ -2,7 +2,7 @@
 //! the `gqla plan` command.
 
 use crate::common::{gqla, root};
-use gqla_cuda::plan::{gpu, mtp_gain, plan, Bound, CacheDtype, DecodePath, Scenario, GPUS};
+use gqla_cuda::plan::{gpu, mtp_gain, plan, Bound, DType, DecodePath, Scenario, GPUS};
 use gqla_reference::cache::GroupCacheLayout;
 use gqla_reference::LatentDims;
 use proptest::prelude::*;
@@ -10,7 +10,7 @@ use proptest::prelude::*;
 /// DeepSeek-V3 attention converted to G = 8 groups.
 fn deepseek_v3(sq: usize, batch: usize, context: usize) -> Scenario {
     let dims = LatentDims::new(128, 8, 512, 128, 64, 128).unwrap();
-    Scenario::new(dims, 7168, sq, batch, context, 1, CacheDtype::Bf16, GroupCacheLayout::RopeOnce).unwrap()
+    Scenario::new(dims, 7168, sq, batch, context, 1, DType::Bf16, GroupCacheLayout::RopeOnce).unwrap()
 }
 
 #[derive(serde::Serialize)]
@@ -86,7 +86,7 @@ proptest! {
             LatentDims::new(128, 8, 512, 128, 64, 128).unwrap()
         };
         let g = GPUS[gpu_index];
-        let s = Scenario::new(dims, 4096, sq, batch, context, 1 << tp_pow, CacheDtype::Bf16, GroupCacheLayout::RopeOnce).unwrap();
+        let s = Scenario::new(dims, 4096, sq, batch, context, 1 << tp_pow, DType::Bf16, GroupCacheLayout::RopeOnce).unwrap();
         let p = plan(&s, &g).unwrap();
         let chosen = p.chosen_prediction().time_s;
         prop_assert!(chosen <= p.absorb.time_s && chosen <= p.gqa.time_s);
@@ -179,7 +179,7 @@ fn validation_counts_hits_and_misses() {
             for context in [1024, 65536] {
                 // The validator plans with hidden = H·d_v; so must the expected times.
                 let dims = *deepseek_v3(sq, batch, context).dims();
-                let s = Scenario::new(dims, 128 * 128, sq, batch, context, 1, CacheDtype::Bf16, GroupCacheLayout::RopeOnce).unwrap();
+                let s = Scenario::new(dims, 128 * 128, sq, batch, context, 1, DType::Bf16, GroupCacheLayout::RopeOnce).unwrap();
                 for path in [DecodePath::Absorb, DecodePath::Gqa] {
                     points.push(MeasuredPoint {
                         h: 128,

@@ -40,50 +40,7 @@ impl Op {
     }
 }
 
-/// Storage dtype of a case's inputs (and of its outputs).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Dtype {
-    F32,
-    Bf16,
-    F16,
-}
-
-impl Dtype {
-    /// The name; also the suffix of the CUDA kernels instantiated for this storage dtype.
-    pub fn name(self) -> &'static str {
-        match self {
-            Dtype::F32 => "f32",
-            Dtype::Bf16 => "bf16",
-            Dtype::F16 => "f16",
-        }
-    }
-    /// The checkpoint storage dtype with the same encoding (for safetensors bytes).
-    pub fn storage(self) -> gqla_reference::hf::config::StorageDtype {
-        use gqla_reference::hf::config::StorageDtype;
-        match self {
-            Dtype::F32 => StorageDtype::F32,
-            Dtype::Bf16 => StorageDtype::Bf16,
-            Dtype::F16 => StorageDtype::F16,
-        }
-    }
-    /// Round an f32 to this dtype (round to nearest even).
-    pub fn round(self, x: f32) -> f32 {
-        match self {
-            Dtype::F32 => x,
-            Dtype::Bf16 => half::bf16::from_f32(x).to_f32(),
-            Dtype::F16 => half::f16::from_f32(x).to_f32(),
-        }
-    }
-    /// Unit roundoff u = 2^-p.
-    pub fn unit_roundoff(self) -> f64 {
-        match self {
-            Dtype::F32 => f64::powi(2.0, -24),
-            Dtype::Bf16 => f64::powi(2.0, -8),
-            Dtype::F16 => f64::powi(2.0, -11),
-        }
-    }
-}
+pub use gqla_reference::DType;
 
 /// Where the GQA-path cache keeps the shared rope key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -148,7 +105,7 @@ pub struct Case {
     /// The answer must not depend on it; splits may outnumber a row's keys (empty splits).
     pub splits: Option<usize>,
     pub layout: RopeLayout,
-    pub dtype: Dtype,
+    pub dtype: DType,
     /// Softmax scale override; None = 1/sqrt(key dim of the definition).
     pub scale: Option<u32>,
     pub logits: Logits,
@@ -269,6 +226,7 @@ impl Case {
     pub fn validate(&self) -> Result<(), String> {
         let need = |cond: bool, what: &str| if cond { Ok(()) } else { Err(what.to_string()) };
         need(!self.ctx.is_empty(), "at least one sequence (ctx)")?;
+        need(self.dtype.is_kernel_storage(), "a storage dtype of f32, bf16 or f16")?;
         if let Some(p) = self.page {
             need(p > 0, "page size > 0")?;
         }
@@ -391,7 +349,7 @@ impl FromStr for Case {
             page: None,
             splits: None,
             layout: RopeLayout::Once,
-            dtype: Dtype::F32,
+            dtype: DType::F32,
             scale: None,
             logits: Logits::Normal,
             poison: Poison::Nan,
@@ -429,12 +387,11 @@ impl FromStr for Case {
                     }
                 }
                 "dtype" => {
-                    c.dtype = match v {
-                        "f32" => Dtype::F32,
-                        "bf16" => Dtype::Bf16,
-                        "f16" => Dtype::F16,
-                        _ => return Err(bad(format!("dtype must be f32, bf16 or f16, got `{v}`"))),
-                    }
+                    c.dtype = v
+                        .parse::<DType>()
+                        .ok()
+                        .filter(|d| d.is_kernel_storage() && d.name() == v)
+                        .ok_or_else(|| bad(format!("dtype must be f32, bf16 or f16, got `{v}`")))?
                 }
                 "scale" => {
                     c.scale = Some(
@@ -496,5 +453,23 @@ mod memory_tests {
             let est = case.memory_bytes();
             assert!(est >= real && est <= 4 * real + (1 << 16), "{case}: estimate {est}, real {real}");
         }
+    }
+
+    #[test]
+    fn a_case_stores_only_kernel_dtypes() {
+        let case = crate::lattice::suite_cases().remove(0);
+        let id = case.to_string();
+        assert!(id.contains(&format!("dtype={}", case.dtype)), "{id}");
+        for bad in ["f64", "float32", "f8"] {
+            let e = id
+                .replace(&format!("dtype={}", case.dtype), &format!("dtype={bad}"))
+                .parse::<super::Case>();
+            assert!(e.unwrap_err().to_string().contains("f32, bf16 or f16"), "{bad}");
+        }
+        let wide = super::Case {
+            dtype: super::DType::F64,
+            ..case
+        };
+        assert!(wide.validate().unwrap_err().contains("f32, bf16 or f16"));
     }
 }

@@ -154,7 +154,7 @@ impl CaseInputs {
         for (name, width) in components(case) {
             let data = match case.poison {
                 Poison::Nan => vec![f32::NAN; slots * width],
-                Poison::Garbage => (0..slots * width).map(|_| case.dtype.round(normal(&mut poison_rng))).collect(),
+                Poison::Garbage => (0..slots * width).map(|_| case.dtype.round_f32(normal(&mut poison_rng))).collect(),
             };
             cache.components.push(Component { name, width, data });
         }
@@ -165,7 +165,7 @@ impl CaseInputs {
                 for t in 0..l {
                     let s = cache.slot(b, t);
                     for v in &mut cache.components[ci].data[s * width..(s + 1) * width] {
-                        *v = dtype.round(normal(&mut rng));
+                        *v = dtype.round_f32(normal(&mut rng));
                     }
                 }
             }
@@ -186,12 +186,12 @@ impl CaseInputs {
         let q = if case.op == Op::CacheExpand {
             vec![]
         } else {
-            (0..n_q).map(|_| dtype.round(q_gain * normal(&mut rng))).collect()
+            (0..n_q).map(|_| dtype.round_f32(q_gain * normal(&mut rng))).collect()
         };
         let w_ukv = if case.op == Op::CacheExpand {
             let n = case.g * (case.dn + case.dv) * case.dc;
             let gain = 1.0 / (case.dc as f32).sqrt();
-            (0..n).map(|_| dtype.round(gain * normal(&mut rng))).collect()
+            (0..n).map(|_| dtype.round_f32(gain * normal(&mut rng))).collect()
         } else {
             vec![]
         };

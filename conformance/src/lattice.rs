@@ -15,7 +15,7 @@
 //! and its input digests). Any other suite seed S redraws every case from S, so that outputs
 //! learned from a published pack do not help.
 
-use crate::case::{Case, Dtype, Logits, Op, Poison, RopeLayout};
+use crate::case::{Case, DType, Logits, Op, Poison, RopeLayout};
 
 pub const SUITE_VERSION: &str = "0.3";
 
@@ -36,7 +36,7 @@ fn base(op: Op, sq: usize) -> Case {
         page: Some(64),
         splits: None,
         layout: RopeLayout::Once,
-        dtype: Dtype::Bf16,
+        dtype: DType::Bf16,
         scale: None,
         logits: Logits::Normal,
         poison: Poison::Nan,
@@ -67,7 +67,7 @@ type Variation = Box<dyn Fn(&mut Case)>;
 /// The variations around one base case.
 fn variations(op: Op, sq: usize) -> Vec<Variation> {
     let mut v: Vec<Variation> = vec![Box::new(|_| {})];
-    for dtype in [Dtype::F32, Dtype::F16] {
+    for dtype in [DType::F32, DType::F16] {
         v.push(Box::new(move |c| c.dtype = dtype));
     }
     let long: &[usize] = if sq == 2 { &[4096, 4097] } else { &[4097] };

@@ -13,7 +13,7 @@
 //! computes itself from the case id (and, for the published seed, to `mustpass/<version>.txt`);
 //! every file is read through [`crate::confined`].
 
-use crate::case::{Case, Dtype, Poison, RopeLayout};
+use crate::case::{Case, DType, Poison, RopeLayout};
 use crate::confined;
 use crate::definition::{case_axes, definition, eval_shape, DtypeRule, TensorKind, TensorName};
 use crate::inputs::{CaseInputs, Paging};
@@ -65,7 +65,7 @@ pub struct CaseParams {
     pub seq_lens: Vec<usize>,
     /// null: contiguous [B, capacity, width].
     pub page_size: Option<usize>,
-    pub dtype: Dtype,
+    pub dtype: DType,
     /// The requested split count (the `num_splits` input), if any.
     pub splits: Option<usize>,
     pub rope_layout: RopeLayout,
@@ -183,8 +183,8 @@ fn io(path: &Path, e: impl std::fmt::Display) -> PackError {
     }
 }
 
-fn floats(dtype: Dtype, shape: Vec<usize>, values: &[f32]) -> RawTensor {
-    RawTensor::encode(dtype.storage(), shape, values.iter().map(|v| *v as f64))
+fn floats(dtype: DType, shape: Vec<usize>, values: &[f32]) -> RawTensor {
+    RawTensor::encode(dtype, shape, values.iter().map(|v| *v as f64))
 }
 
 fn ints(shape: Vec<usize>, values: &[i32]) -> RawTensor {
@@ -233,7 +233,7 @@ fn input_tensors(inp: &CaseInputs) -> Vec<(String, RawTensor)> {
             let n: usize = shape.iter().product();
             let t = match spec.dtype {
                 DtypeRule::Case => floats(c.dtype, shape, floats_of),
-                DtypeRule::F32 => floats(Dtype::F32, shape, floats_of),
+                DtypeRule::F32 => floats(DType::F32, shape, floats_of),
                 DtypeRule::I32 => ints(shape, ints_of),
             };
             assert_eq!(
@@ -562,7 +562,7 @@ mod tests {
                 .into_iter()
                 .map(|t| {
                     let dtype = match t.dtype {
-                        DtypeRule::Case => dtype_name(case.dtype.storage().safetensors()),
+                        DtypeRule::Case => dtype_name(case.dtype.safetensors()),
                         DtypeRule::F32 => "f32".into(),
                         DtypeRule::I32 => "i32".into(),
                     };

@@ -28,7 +28,7 @@
 //! Shape axes (operations, dtypes, paging, s_q, rope layouts) select cases; conventions change
 //! how a selected case's outputs are judged, never whether the answer is right.
 
-use crate::case::{Case, Dtype, Op, RopeLayout};
+use crate::case::{Case, DType, Op, RopeLayout};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::fmt;
@@ -177,7 +177,7 @@ impl Scale {
 #[serde(deny_unknown_fields)]
 pub struct Profile {
     pub operations: BTreeSet<Op>,
-    pub dtypes: BTreeSet<Dtype>,
+    pub dtypes: BTreeSet<DType>,
     /// Contiguous caches ([B, capacity, width]).
     pub contiguous: bool,
     /// Paged caches ([num_pages, page, width] with a block table).
@@ -203,7 +203,7 @@ pub struct ProfileError {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Exclusion {
     Operation(Op),
-    Dtype(Dtype),
+    DType(DType),
     Contiguous,
     PageSize(usize),
     Sq(usize),
@@ -216,7 +216,7 @@ impl Exclusion {
     pub fn axis(&self) -> String {
         match self {
             Exclusion::Operation(op) => format!("operation {}", op.name()),
-            Exclusion::Dtype(d) => format!("dtype {}", d.name()),
+            Exclusion::DType(d) => format!("dtype {}", d.name()),
             Exclusion::Contiguous => "contiguous caches".into(),
             Exclusion::PageSize(p) => format!("page size {p}"),
             Exclusion::Sq(s) => format!("s_q = {s}"),
@@ -238,7 +238,7 @@ impl Profile {
     pub fn everything() -> Self {
         Profile {
             operations: Op::ALL.into_iter().collect(),
-            dtypes: [Dtype::F32, Dtype::Bf16, Dtype::F16].into_iter().collect(),
+            dtypes: [DType::F32, DType::Bf16, DType::F16].into_iter().collect(),
             contiguous: true,
             page_sizes: PageSizes::Named(PageSizesName::Any),
             s_q: SqRange { min: 1, max: 64 },
@@ -262,6 +262,9 @@ impl Profile {
                 why: why.to_string(),
             })
         };
+        if let Some(d) = self.dtypes.iter().find(|d| !d.is_kernel_storage()) {
+            return bad("dtypes", &format!("kernels store f32, bf16 or f16, not {d}"));
+        }
         if self.s_q.min == 0 || self.s_q.min > self.s_q.max {
             return bad("s_q", "needs 1 <= min <= max");
         }
@@ -303,7 +306,7 @@ impl Profile {
             return Some(Exclusion::Operation(case.op));
         }
         if !self.dtypes.contains(&case.dtype) {
-            return Some(Exclusion::Dtype(case.dtype));
+            return Some(Exclusion::DType(case.dtype));
         }
         match case.page {
             None if !self.contiguous => return Some(Exclusion::Contiguous),
@@ -426,6 +429,7 @@ mod tests {
             ("page_sizes", serde_json::json!([0]), "page_sizes"),
             ("scale", serde_json::json!({"fixed": -1.0}), "scale"),
             ("dtypes", serde_json::json!(["f8"]), "unknown variant `f8`"),
+            ("dtypes", serde_json::json!(["bf16", "f64"]), "not f64"),
             (
                 "lse",
                 serde_json::json!({"dtype": "f32", "base": "10", "empty_row": "neg_inf"}),

@@ -8,7 +8,7 @@
 //! t ≤ ctx_b + j (bottom-right causal); o = Σ_t softmax(scale · q·k_t) v_t; LSE in natural log;
 //! a row with no visible key gives o = 0 and LSE = −∞.
 
-use crate::case::{Case, Dtype, Op, RopeLayout};
+use crate::case::{Case, DType, Op, RopeLayout};
 use crate::definition::TensorName;
 use crate::inputs::CaseInputs;
 
@@ -16,7 +16,7 @@ use crate::inputs::CaseInputs;
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Precision {
     Exact,
-    Naive(Dtype),
+    Naive(DType),
 }
 
 /// Output tensors by name, as f64.
@@ -118,26 +118,26 @@ fn attend_exact(q: &[f32], keys: &ndarray::Array2<f64>, values: &ndarray::Array2
 
 /// The naive same-precision kernel: scores rounded to the dtype, probabilities rounded to it, f32
 /// accumulation, output rounded. Keys [n, width] and values [n, d_out], row-major.
-fn attend_naive(q: &[f32], keys: &[f32], values: &[f32], dout: usize, scale: f32, dtype: Dtype) -> (Vec<f64>, f64) {
+fn attend_naive(q: &[f32], keys: &[f32], values: &[f32], dout: usize, scale: f32, dtype: DType) -> (Vec<f64>, f64) {
     let width = q.len();
     if keys.is_empty() {
         return (vec![0.0; dout], f64::NEG_INFINITY);
     }
     let s: Vec<f32> = keys
         .chunks_exact(width)
-        .map(|k| dtype.round(q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>()) * scale)
+        .map(|k| dtype.round_f32(q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>()) * scale)
         .collect();
     let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let p: Vec<f32> = s.iter().map(|v| (v - m).exp()).collect();
     let z: f32 = p.iter().sum();
     let mut o = vec![0.0f32; dout];
     for (w, v) in p.iter().zip(values.chunks_exact(dout)) {
-        let w = dtype.round(*w);
+        let w = dtype.round_f32(*w);
         for (acc, x) in o.iter_mut().zip(v) {
             *acc += w * x;
         }
     }
-    (o.iter().map(|x| dtype.round(x / z) as f64).collect(), (m + z.ln()) as f64)
+    (o.iter().map(|x| dtype.round_f32(x / z) as f64).collect(), (m + z.ln()) as f64)
 }
 
 fn expand(inputs: &CaseInputs, precision: Precision) -> Tensors {
@@ -153,7 +153,7 @@ fn expand(inputs: &CaseInputs, precision: Precision) -> Tensors {
                     let w = &inputs.w_ukv[(g * per + r) * c.dc..(g * per + r + 1) * c.dc];
                     let y = match precision {
                         Precision::Exact => w.iter().zip(latent).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>(),
-                        Precision::Naive(dtype) => dtype.round(w.iter().zip(latent).map(|(a, b)| a * b).sum::<f32>()) as f64,
+                        Precision::Naive(dtype) => dtype.round_f32(w.iter().zip(latent).map(|(a, b)| a * b).sum::<f32>()) as f64,
                     };
                     if r < c.dn {
                         k.push(y);

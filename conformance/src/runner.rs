@@ -1,6 +1,6 @@
 //! Running a kernel over cases and judging each one as its profile declares.
 
-use crate::case::{Case, Dtype, Poison};
+use crate::case::{Case, DType, Poison};
 use crate::definition::TensorName;
 use crate::inputs::CaseInputs;
 use crate::kernel::{Kernel, KernelError, Outputs};
@@ -121,9 +121,9 @@ impl Prepared {
                 let (mut u, mut got, mut base) = (case.dtype.unit_roundoff(), raw.clone(), naive.to_vec());
                 if let Some(lse) = profile.lse.written().filter(|_| t.name == TensorName::Lse) {
                     if lse.dtype == LseDtype::F32 {
-                        u = Dtype::F32.unit_roundoff();
+                        u = DType::F32.unit_roundoff();
                     } else {
-                        base.iter_mut().for_each(|v| *v = case.dtype.round(*v as f32) as f64);
+                        base.iter_mut().for_each(|v| *v = case.dtype.round_f32(*v as f32) as f64);
                     }
                     if lse.base == LseBase::Two {
                         got.iter_mut().for_each(|v| *v *= std::f64::consts::LN_2);

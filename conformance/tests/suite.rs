@@ -1,7 +1,7 @@
 //! The suite certifies correct kernels on every case, rejects every mutant, and judges by the
 //! kernel's declaration.
 
-use gqla_conformance::case::{Case, Dtype, Op};
+use gqla_conformance::case::{Case, DType, Op};
 use gqla_conformance::definition::TensorName;
 use gqla_conformance::inputs::CaseInputs;
 use gqla_conformance::kernels::{Bug, FlashCpu, ReferenceF32};
@@ -278,7 +278,7 @@ impl Kernel for OtherConventions {
                     _ => 12345.0,
                 }
             } else {
-                c.dtype.round(*v / std::f32::consts::LN_2)
+                c.dtype.round_f32(*v / std::f32::consts::LN_2)
             };
         }
         let w = c.h * c.out_width();
@@ -341,7 +341,7 @@ fn profiles_select_cases_and_outputs() {
         }
         fn profile(&self) -> Profile {
             Profile {
-                dtypes: [Dtype::Bf16].into_iter().collect(),
+                dtypes: [DType::Bf16].into_iter().collect(),
                 scale: Scale::Fixed(1.0 / (576f32).sqrt()),
                 operations: [Op::DecodeAbsorb].into_iter().collect(),
                 lse: Lse::Named(NoLse::None),

@@ -8,11 +8,11 @@
 //! conformance lattice.
 
 use crate::device::Gpu;
-use crate::launch::{self, elem_bytes, Decode, Guarded, KeySource, Paging, Segment, Variant, Workspace};
+use crate::launch::{self, Decode, Guarded, KeySource, Paging, Segment, Variant, Workspace};
 use crate::runtime::Runtime;
 use crate::timing::Timing;
 use crate::{driver, CudaError};
-use gqla_conformance::case::Dtype;
+use gqla_conformance::case::DType;
 use gqla_reference::attention::{attend_row, causal_ranges};
 use ndarray::{s, Array1, Array2};
 use std::collections::hash_map::{Entry, HashMap};
@@ -100,8 +100,8 @@ impl Geometry {
             Path::Gqa => (self.dn + self.dr, self.dv),
         }
     }
-    pub fn work(&self, path: Path, dtype: Dtype, sq: usize, batch: usize, context: usize) -> Work {
-        let eb = elem_bytes(dtype) as f64;
+    pub fn work(&self, path: Path, dtype: DType, sq: usize, batch: usize, context: usize) -> Work {
+        let eb = dtype.size_in_bytes() as f64;
         let (dk, dv) = self.widths(path);
         let rows = (batch * sq * self.h) as f64;
         let bytes = (batch * context * self.cache_elems(path)) as f64 * eb + rows * (dk + dv) as f64 * eb + rows * 4.0;
@@ -179,7 +179,7 @@ pub struct Grid {
     pub contexts: Vec<usize>,
     /// Tokens per cache page (None: contiguous caches).
     pub page: Option<usize>,
-    pub dtype: Dtype,
+    pub dtype: DType,
     /// Attention kernels to time (each path's time for the planner is its fastest tensor-core
     /// kernel's).
     pub variants: Vec<Variant>,
@@ -196,15 +196,15 @@ impl Grid {
             batches: vec![1, 16, 64, 128],
             contexts: vec![1024, 4096, 16384, 65536],
             page: None,
-            dtype: Dtype::Bf16,
+            dtype: DType::Bf16,
             variants: vec![Variant::Mma, Variant::Wgmma],
         }
     }
 }
 
 /// A buffer of `n` elements of `dtype` holding pseudo-random values in amp·[-1, 1).
-pub fn random<R: Runtime>(rt: &R, dtype: Dtype, n: usize, seed: u32, amp: f32) -> Result<R::Buf<u8>, CudaError> {
-    let mut buf = rt.zeros::<u8>(n.max(1) * elem_bytes(dtype))?;
+pub fn random<R: Runtime>(rt: &R, dtype: DType, n: usize, seed: u32, amp: f32) -> Result<R::Buf<u8>, CudaError> {
+    let mut buf = rt.zeros::<u8>(n.max(1) * dtype.size_in_bytes())?;
     launch::fill_random(rt, &mut buf, dtype, n, seed, amp)?;
     Ok(buf)
 }
@@ -213,7 +213,7 @@ impl Gpu {
     /// The copy and matrix-product ceilings.
     pub fn ceilings(&self) -> Result<Ceilings, CudaError> {
         let bytes = 1usize << 31;
-        let src = random(self, Dtype::F32, bytes / 4, 1, 1.0)?;
+        let src = random(self, DType::F32, bytes / 4, 1, 1.0)?;
         let mut dst = unsafe { self.stream.alloc::<u8>(bytes) }.map_err(driver("allocating a buffer"))?;
         let ms = Runtime::time(self, 200.0, 50, &mut || {
             self.stream.memcpy_dtod(&src, &mut dst).map_err(driver("copying on the device"))
@@ -239,8 +239,8 @@ impl Gpu {
             what: "creating a cuBLAS handle".into(),
             source,
         })?;
-        let a = random(self, Dtype::Bf16, n * n, 2, 1.0)?;
-        let b = random(self, Dtype::Bf16, n * n, 3, 1.0)?;
+        let a = random(self, DType::Bf16, n * n, 2, 1.0)?;
+        let b = random(self, DType::Bf16, n * n, 3, 1.0)?;
         let mut c = unsafe { self.stream.alloc::<u8>(n * n * 2) }.map_err(driver("allocating a buffer"))?;
         // cuBLAS wants typed slices: view the byte buffers as bf16.
         let size = || CudaError::Unsupported("buffer size".into());
@@ -343,7 +343,7 @@ pub fn bench_point<R: Runtime>(
     rt: &R,
     geo: &Geometry,
     path: Path,
-    dtype: Dtype,
+    dtype: DType,
     (sqs, variants): (&[usize], &[Variant]),
     shape: Shape,
     on_row: &mut dyn FnMut(Row),
@@ -364,7 +364,7 @@ pub fn bench_point<R: Runtime>(
     let (dk, dv) = geo.widths(path);
     let sq_max = sqs.iter().copied().max().unwrap_or(1);
     let q = random(rt, dtype, batch * sq_max * geo.h * dk, 15, 1.0)?;
-    let mut out = rt.zeros::<u8>(batch * sq_max * geo.h * dv * elem_bytes(dtype))?;
+    let mut out = rt.zeros::<u8>(batch * sq_max * geo.h * dv * dtype.size_in_bytes())?;
     let mut lse = rt.zeros::<u8>(batch * sq_max * geo.h * 4)?;
     // The last sequence's keys and values per stream, in f64, fetched once for the spot checks.
     let mut host: Option<HostSeq> = None;
@@ -484,8 +484,8 @@ pub fn bench_point<R: Runtime>(
 }
 
 /// `len` elements of `dtype` from element `start` of `buf`, as f64.
-fn fetch<R: Runtime>(rt: &R, buf: &R::Buf<u8>, dtype: Dtype, start: usize, len: usize) -> Result<Vec<f64>, CudaError> {
-    let eb = elem_bytes(dtype);
+fn fetch<R: Runtime>(rt: &R, buf: &R::Buf<u8>, dtype: DType, start: usize, len: usize) -> Result<Vec<f64>, CudaError> {
+    let eb = dtype.size_in_bytes();
     let bytes = rt.download_range(buf, start * eb, len * eb)?;
     Ok(launch::from_bytes(dtype, &bytes).into_iter().map(f64::from).collect())
 }
@@ -512,7 +512,7 @@ type CacheBufs<'a, R> = (
 impl HostSeq {
     fn fetch<R: Runtime>(
         rt: &R,
-        dtype: Dtype,
+        dtype: DType,
         (key, rope, value): CacheBufs<R>,
         geo: &Geometry,
         path: Path,
@@ -680,7 +680,7 @@ mod tests {
             splits: 1,
             variant,
             timing: Timing::single(ms),
-            work: LLAMA3_8B.work(path, Dtype::Bf16, 1, 16, 4096),
+            work: LLAMA3_8B.work(path, DType::Bf16, 1, 16, 4096),
             check_err: 0.0,
         };
         let ceilings = Ceilings {
@@ -754,11 +754,11 @@ mod tests {
 
     #[test]
     fn work_counts() {
-        let w = LLAMA3_8B.work(Path::Absorb, Dtype::Bf16, 1, 1, 1024);
+        let w = LLAMA3_8B.work(Path::Absorb, DType::Bf16, 1, 1, 1024);
         let q_out = 32.0 * (576.0 + 512.0) * 2.0 + 32.0 * 4.0;
         assert_eq!(w.bytes, 1024.0 * 576.0 * 2.0 + q_out);
         assert_eq!(w.flops, 2.0 * 32.0 * 1024.0 * (576.0 + 512.0));
-        let g = DEEPSEEK_V3.work(Path::Gqa, Dtype::Bf16, 2, 4, 100);
+        let g = DEEPSEEK_V3.work(Path::Gqa, DType::Bf16, 2, 4, 100);
         assert_eq!(DEEPSEEK_V3.cache_elems(Path::Gqa), 8 * 128 + 64 + 8 * 128);
         assert_eq!(g.flops, 2.0 * (4 * 2 * 128) as f64 * 100.0 * (192.0 + 128.0));
     }

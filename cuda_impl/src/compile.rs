@@ -2,7 +2,7 @@
 
 use crate::CudaError;
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions, Ptx};
-use gqla_conformance::case::Dtype;
+use gqla_conformance::case::DType;
 
 /// The kernel source, embedded in the crate.
 pub const SOURCE: &str = include_str!("../kernels/decode.cu");
@@ -30,15 +30,15 @@ pub fn has_wgmma(arch: &str) -> bool {
 
 /// Every function name the module compiled for `arch` must export.
 pub fn function_names(arch: &str) -> Vec<String> {
-    let names = |families: &'static [&'static str], dtypes: &'static [Dtype]| {
+    let names = |families: &'static [&'static str], dtypes: &'static [DType]| {
         families
             .iter()
             .flat_map(move |f| dtypes.iter().map(move |d| format!("{f}_{}", d.name())))
     };
     let wgmma: &'static [&'static str] = if has_wgmma(arch) { &WGMMA_FAMILIES } else { &[] };
-    names(&FAMILIES, &[Dtype::F32, Dtype::Bf16, Dtype::F16])
-        .chain(names(&MMA_FAMILIES, &[Dtype::Bf16, Dtype::F16]))
-        .chain(names(wgmma, &[Dtype::Bf16, Dtype::F16]))
+    names(&FAMILIES, &[DType::F32, DType::Bf16, DType::F16])
+        .chain(names(&MMA_FAMILIES, &[DType::Bf16, DType::F16]))
+        .chain(names(wgmma, &[DType::Bf16, DType::F16]))
         .collect()
 }
 

@@ -5,10 +5,10 @@
 
 use crate::device::Gpu;
 use crate::emu::Emulator;
-use crate::launch::{self, elem_bytes, from_bytes, to_bytes, Decode, ExpandDims, Guarded, KeySource, Paging, Segment, Tokens, Variant};
+use crate::launch::{self, from_bytes, to_bytes, Decode, ExpandDims, Guarded, KeySource, Paging, Segment, Tokens, Variant};
 use crate::runtime::Runtime;
 use crate::CudaError;
-use gqla_conformance::case::{Dtype, Op, RopeLayout};
+use gqla_conformance::case::{DType, Op, RopeLayout};
 use gqla_conformance::definition::TensorName;
 use gqla_conformance::inputs::{self, CaseInputs};
 use gqla_conformance::kernel::{OutputTensor, MARGIN};
@@ -17,16 +17,17 @@ use gqla_conformance::{Kernel, KernelError, KernelIdentity, Outputs};
 use std::collections::BTreeMap;
 
 /// Canary element of a device output in each storage dtype (a NaN no arithmetic produces).
-fn canary_bytes(d: Dtype) -> Vec<u8> {
+fn canary_bytes(d: DType) -> Vec<u8> {
     match d {
-        Dtype::F32 => gqla_conformance::kernel::CANARY.to_le_bytes().to_vec(),
-        Dtype::Bf16 => 0x7fcau16.to_le_bytes().to_vec(),
-        Dtype::F16 => 0x7ecau16.to_le_bytes().to_vec(),
+        DType::F32 => gqla_conformance::kernel::CANARY.to_le_bytes().to_vec(),
+        DType::Bf16 => 0x7fcau16.to_le_bytes().to_vec(),
+        DType::F16 => 0x7ecau16.to_le_bytes().to_vec(),
+        DType::F64 => 0x7ff8_0000_7fca_7fcau64.to_le_bytes().to_vec(),
     }
 }
 
 /// An output buffer: canaries, then the tensor filled with NaN, then canaries.
-fn guarded_output<R: Runtime>(rt: &R, d: Dtype, n: usize) -> Result<R::Buf<u8>, CudaError> {
+fn guarded_output<R: Runtime>(rt: &R, d: DType, n: usize) -> Result<R::Buf<u8>, CudaError> {
     let canary = canary_bytes(d);
     let mut host = Vec::with_capacity((n + 2 * MARGIN) * canary.len());
     (0..MARGIN).for_each(|_| host.extend_from_slice(&canary));
@@ -37,9 +38,9 @@ fn guarded_output<R: Runtime>(rt: &R, d: Dtype, n: usize) -> Result<R::Buf<u8>, 
 
 /// Copy a device output into the harness's tensor; a disturbed device canary disturbs the
 /// harness's canary at the same place.
-fn collect<R: Runtime>(rt: &R, d: Dtype, buf: &R::Buf<u8>, out: &mut OutputTensor) -> Result<(), CudaError> {
+fn collect<R: Runtime>(rt: &R, d: DType, buf: &R::Buf<u8>, out: &mut OutputTensor) -> Result<(), CudaError> {
     let bytes = rt.download(buf)?;
-    let eb = elem_bytes(d);
+    let eb = d.size_in_bytes();
     let canary = canary_bytes(d);
     let n = out.len();
     let values = from_bytes(d, &bytes[MARGIN * eb..(MARGIN + n) * eb]);
@@ -151,7 +152,7 @@ impl<R: Runtime> DeviceKernel<R> {
 
     /// Copy back what the kernels may have written to a device input, so that the harness's
     /// digest sees a kernel that writes to its inputs.
-    fn write_back(&self, d: Dtype, buf: &R::Buf<u8>, host: &mut Vec<f32>) -> Result<(), CudaError> {
+    fn write_back(&self, d: DType, buf: &R::Buf<u8>, host: &mut Vec<f32>) -> Result<(), CudaError> {
         let bytes = self.rt.download(buf)?;
         if bytes != to_bytes(d, host) {
             *host = from_bytes(d, &bytes);
@@ -207,7 +208,7 @@ impl<R: Runtime> DeviceKernel<R> {
         let q = self.rt.upload(&to_bytes(d, &inp.q))?;
         let (n_out, n_lse) = (outputs.get(TensorName::Out).len(), outputs.get(TensorName::Lse).len());
         let mut out = guarded_output(&self.rt, d, n_out)?;
-        let mut lse = guarded_output(&self.rt, Dtype::F32, n_lse)?;
+        let mut lse = guarded_output(&self.rt, DType::F32, n_lse)?;
         let variant = self.variant.unwrap_or_else(|| Variant::choose(&self.rt, d));
         let mut call = Decode {
             dtype: d,
@@ -241,7 +242,7 @@ impl<R: Runtime> DeviceKernel<R> {
         self.rt.synchronize()?;
         collect(&self.rt, d, &out, outputs.get_mut(TensorName::Out))?;
         if outputs.has(TensorName::Lse) {
-            collect(&self.rt, Dtype::F32, &lse, outputs.get_mut(TensorName::Lse))?;
+            collect(&self.rt, DType::F32, &lse, outputs.get_mut(TensorName::Lse))?;
         }
         self.write_back(d, &q, &mut inp.q)?;
         for (buf, name) in comps.iter().zip(&names) {
@@ -326,7 +327,7 @@ impl<R: Runtime> Kernel for DeviceKernel<R> {
                 p.operations.clear();
             }
             if v.tensor_cores() {
-                p.dtypes.remove(&Dtype::F32);
+                p.dtypes.remove(&DType::F32);
             }
         }
         p

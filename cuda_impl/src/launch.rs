@@ -10,7 +10,7 @@
 
 use crate::runtime::{Args, AttnParams, ExpandParams, FillParams, Launch, ProbeParams, Runtime};
 use crate::CudaError;
-use gqla_conformance::case::Dtype;
+use gqla_conformance::case::DType;
 use gqla_reference::hf::tensors::{decode_floats, RawTensor};
 
 /// Threads per block of the attention kernel (`NT` in decode.cu).
@@ -66,8 +66,8 @@ pub enum Variant {
 
 impl Variant {
     /// The default: tensor cores for 16-bit storage where the device has them.
-    pub fn choose<R: Runtime>(rt: &R, dtype: Dtype) -> Self {
-        if dtype != Dtype::F32 && rt.has_mma() {
+    pub fn choose<R: Runtime>(rt: &R, dtype: DType) -> Self {
+        if matches!(dtype, DType::Bf16 | DType::F16) && rt.has_mma() {
             Variant::Mma
         } else {
             Variant::Simt
@@ -137,22 +137,14 @@ impl Variant {
     }
 }
 
-/// Bytes per element of a storage dtype.
-pub fn elem_bytes(d: Dtype) -> usize {
-    match d {
-        Dtype::F32 => 4,
-        Dtype::Bf16 | Dtype::F16 => 2,
-    }
-}
-
 /// Little-endian bytes of `values` in storage dtype `d` (round to nearest even).
-pub fn to_bytes(d: Dtype, values: &[f32]) -> Vec<u8> {
-    RawTensor::encode(d.storage(), vec![values.len()], values.iter().map(|v| *v as f64)).bytes
+pub fn to_bytes(d: DType, values: &[f32]) -> Vec<u8> {
+    RawTensor::encode(d, vec![values.len()], values.iter().map(|v| *v as f64)).bytes
 }
 
 /// The values of little-endian bytes in storage dtype `d`.
-pub fn from_bytes(d: Dtype, bytes: &[u8]) -> Vec<f32> {
-    let values = decode_floats(d.storage().safetensors(), bytes).expect("a float storage dtype");
+pub fn from_bytes(d: DType, bytes: &[u8]) -> Vec<f32> {
+    let values = decode_floats(d.safetensors(), bytes).expect("a float storage dtype");
     // Exact: every value came from an f32, bf16 or f16.
     values.into_iter().map(|v| v as f32).collect()
 }
@@ -201,7 +193,7 @@ pub struct Workspace<R: Runtime> {
 
 /// One decode call.
 pub struct Decode<'a, R: Runtime> {
-    pub dtype: Dtype,
+    pub dtype: DType,
     /// Queries [B, s_q, H, key width].
     pub q: &'a R::Buf<u8>,
     pub keys: KeySource<'a, R>,
@@ -308,7 +300,7 @@ impl<R: Runtime> Decode<'_, R> {
             return Err(CudaError::Unsupported(format!("value width {} > {DV_MAX}", k.dv)));
         }
         if self.variant.tensor_cores() {
-            if self.dtype == Dtype::F32 {
+            if self.dtype == DType::F32 {
                 return Err(CudaError::Unsupported(
                     "the tensor-core kernel takes bf16 or f16 storage, not f32".into(),
                 ));
@@ -348,7 +340,7 @@ pub fn workspace<R: Runtime>(rt: &R, rows: usize, dv: usize, splits: usize) -> R
 pub fn decode<R: Runtime>(rt: &R, d: &mut Decode<R>, workspace: Option<&mut Workspace<R>>) -> Result<(), CudaError> {
     d.check(rt)?;
     let stages = d.stages(rt);
-    let eb = elem_bytes(d.dtype) as u64;
+    let eb = d.dtype.size_in_bytes() as u64;
     let k = &d.keys;
     let rows = d.batch * d.sq * d.h;
     let mut spans = vec![
@@ -442,7 +434,7 @@ pub struct ExpandDims {
 #[allow(clippy::too_many_arguments)]
 pub fn expand_cache<R: Runtime>(
     rt: &R,
-    dtype: Dtype,
+    dtype: DType,
     latent: &R::Buf<u8>,
     w_ukv: &R::Buf<u8>,
     tokens: &Tokens<R>,
@@ -455,7 +447,7 @@ pub fn expand_cache<R: Runtime>(
         return Ok(());
     }
     let (table, max_pages, page) = (paging.block_table, paging.max_pages, paging.page);
-    let eb = elem_bytes(dtype) as u64;
+    let eb = dtype.size_in_bytes() as u64;
     let spans = [
         rt.span(latent),
         rt.span(w_ukv),
@@ -491,8 +483,8 @@ pub fn expand_cache<R: Runtime>(
 
 /// Fill the first `n` elements (of `dtype`) of `buf` with pseudo-random values in amp·[-1, 1)
 /// (`fill_*`; deterministic in `seed`).
-pub fn fill_random<R: Runtime>(rt: &R, buf: &mut R::Buf<u8>, dtype: Dtype, n: usize, seed: u32, amp: f32) -> Result<(), CudaError> {
-    if n * elem_bytes(dtype) > R::len(buf) {
+pub fn fill_random<R: Runtime>(rt: &R, buf: &mut R::Buf<u8>, dtype: DType, n: usize, seed: u32, amp: f32) -> Result<(), CudaError> {
+    if n * dtype.size_in_bytes() > R::len(buf) {
         return Err(CudaError::Unsupported(format!(
             "{n} elements of {} in a buffer of {} bytes",
             dtype.name(),
@@ -519,12 +511,12 @@ pub const MMA_PROBE_WAYS: usize = 4;
 
 /// `n` seeded random values in [-1, 1), rounded to `dtype` (a small LCG: a probe needs varied
 /// values, not statistical quality).
-fn probe_operand(dtype: Dtype, seed: u64, n: usize) -> Vec<f32> {
+fn probe_operand(dtype: DType, seed: u64, n: usize) -> Vec<f32> {
     let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
             state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            dtype.round(((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
+            dtype.round_f32(((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
         })
         .collect()
 }
@@ -540,7 +532,7 @@ fn plain_product(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, ldb: usize)
 fn run_probe<R: Runtime>(
     rt: &R,
     name: &str,
-    dtype: Dtype,
+    dtype: DType,
     a: &[f32],
     b: &[f32],
     d_len: usize,
@@ -562,8 +554,8 @@ fn run_probe<R: Runtime>(
 /// Run `mma_probe_<dtype>` on seeded random 16-bit operands A, B `[16][16]`: (the kernel's
 /// MMA_PROBE_WAYS products D `[16][16]`, one after the other; the f64 product of the same rounded
 /// operands). Checks the tensor-core fragment and ldmatrix layouts on their own.
-pub fn mma_probe<R: Runtime>(rt: &R, dtype: Dtype, seed: u64) -> Result<(Vec<f32>, Vec<f64>), CudaError> {
-    if dtype == Dtype::F32 {
+pub fn mma_probe<R: Runtime>(rt: &R, dtype: DType, seed: u64) -> Result<(Vec<f32>, Vec<f64>), CudaError> {
+    if dtype == DType::F32 {
         return Err(CudaError::Unsupported("mma_probe takes bf16 or f16".into()));
     }
     let a = probe_operand(dtype, seed, 256);
@@ -584,8 +576,8 @@ pub const WGMMA_PROBE_WAYS: [(usize, usize); 3] = [(64, 32), (64, 64), (64, 64)]
 /// Run `wgmma_probe_<dtype>` on seeded random A `[64][32]`, B `[32][64]`: (the kernel's products,
 /// the f64 products of the same rounded operands, both laid out as [`WGMMA_PROBE_WAYS`]). Checks
 /// the wgmma descriptors, core-matrix layouts and accumulator layout the wgmma kernel uses.
-pub fn wgmma_probe<R: Runtime>(rt: &R, dtype: Dtype, seed: u64) -> Result<(Vec<f32>, Vec<f64>), CudaError> {
-    if dtype == Dtype::F32 {
+pub fn wgmma_probe<R: Runtime>(rt: &R, dtype: DType, seed: u64) -> Result<(Vec<f32>, Vec<f64>), CudaError> {
+    if dtype == DType::F32 {
         return Err(CudaError::Unsupported("wgmma_probe takes bf16 or f16".into()));
     }
     if let Some(need) = Variant::Wgmma.missing(rt) {
@@ -713,11 +705,11 @@ mod tests {
     #[test]
     fn encode_decode_round_trip() {
         let x = [1.0f32, -2.5, 0.1, f32::NAN, f32::NEG_INFINITY];
-        for d in [Dtype::F32, Dtype::Bf16, Dtype::F16] {
+        for d in [DType::F32, DType::Bf16, DType::F16] {
             let y = from_bytes(d, &to_bytes(d, &x));
             for (a, b) in x.iter().zip(&y) {
                 assert!(
-                    d.round(*a).to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                    d.round_f32(*a).to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
                     "{d:?}: {a} -> {b}"
                 );
             }

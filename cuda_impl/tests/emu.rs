@@ -1,7 +1,7 @@
 //! The CUDA kernel source on the host emulator: the whole lattice must pass, and the emulator
 //! must catch what it claims to catch (stray accesses, divergent barriers) rather than run them.
 
-use gqla_conformance::case::{Case, Dtype, Op};
+use gqla_conformance::case::{Case, DType, Op};
 use gqla_conformance::lattice::suite_cases;
 use gqla_conformance::runner::{Prepared, Session};
 use gqla_conformance::{Kernel, Status};
@@ -65,7 +65,7 @@ fn emulated_kernels_pass_the_whole_lattice() {
         let short = (0..case.batch()).all(|b| case.seq_len(b) <= 135);
         if case.op != Op::CacheExpand && (case.sq > 1 || short) {
             let r = wgmma.run(&p);
-            let ok = if case.dtype == Dtype::F32 {
+            let ok = if case.dtype == DType::F32 {
                 !r.status.selected()
             } else {
                 r.status.passed()
@@ -86,8 +86,8 @@ fn each_variant_passes_or_declines() {
     assert_none_failed(lattice_failures(EmuKernel::emulated().with_variant(Variant::Simt), short, |_| true));
     assert_none_failed(lattice_failures(
         EmuKernel::emulated().with_variant(Variant::Mma),
-        |c| short(c) && (c.dtype == Dtype::F32 || c.splits.is_some()),
-        |c| c.dtype != Dtype::F32,
+        |c| short(c) && (c.dtype == DType::F32 || c.splits.is_some()),
+        |c| c.dtype != DType::F32,
     ));
 }
 
@@ -99,7 +99,7 @@ fn wgmma_probe_matches_the_plain_product() {
         threads: 1,
         ..Emulator::default()
     };
-    for dtype in [Dtype::Bf16, Dtype::F16] {
+    for dtype in [DType::Bf16, DType::F16] {
         let (got, want) = launch::wgmma_probe(&rt, dtype, 7).unwrap();
         let bad = launch::probe_mismatches(&got, &want, &launch::WGMMA_PROBE_WAYS);
         assert!(
@@ -119,7 +119,7 @@ fn mma_probe_matches_the_plain_product() {
         threads: 1,
         ..Emulator::default()
     };
-    for dtype in [Dtype::Bf16, Dtype::F16] {
+    for dtype in [DType::Bf16, DType::F16] {
         let (got, want) = gqla_cuda::launch::mma_probe(&rt, dtype, 7).unwrap();
         assert_eq!(got.len(), launch::MMA_PROBE_WAYS * want.len());
         let bad = launch::mma_probe_mismatches(&got, &want);
@@ -130,7 +130,7 @@ fn mma_probe_matches_the_plain_product() {
 /// Buffers of a small GQA decode (G = 2 streams, 4 heads, head width d, 100 keys, 2 sequences).
 struct Small {
     rt: Emulator,
-    dtype: Dtype,
+    dtype: DType,
     d: usize,
     q: Vec<u8>,
     k: Vec<u8>,
@@ -145,7 +145,7 @@ const T: usize = 100;
 const B: usize = 2;
 
 impl Small {
-    fn new(dtype: Dtype, d: usize) -> Self {
+    fn new(dtype: DType, d: usize) -> Self {
         let values = |n: usize, seed: u32| -> Vec<f32> {
             (0..n)
                 .map(|i| ((i as u32).wrapping_mul(2654435761) ^ seed) as f32 / u32::MAX as f32 - 0.5)
@@ -176,7 +176,7 @@ impl Small {
         let (rt, d) = (&self.rt, self.d);
         let (q, k, v) = (rt.upload(&self.q)?, rt.upload(&self.k)?, rt.upload(&self.v)?);
         let (lens, table) = (rt.upload(&self.lens)?, rt.upload(&self.table)?);
-        let mut out = rt.zeros::<u8>(B * H * d * launch::elem_bytes(self.dtype))?;
+        let mut out = rt.zeros::<u8>(B * H * d * self.dtype.size_in_bytes())?;
         let mut lse = rt.zeros::<u8>(B * H * 4)?;
         let mut ws = launch::workspace(rt, B * H, d, splits)?;
         let seg = |buf| Segment {
@@ -224,7 +224,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 /// kernel's chunked weights (more splits than one chunk) are checked too.
 #[test]
 fn split_counts_agree() {
-    let mut s = Small::new(Dtype::F32, 8);
+    let mut s = Small::new(DType::F32, 8);
     s.rt = Emulator {
         threads: 2,
         ..Emulator::checked(Schedule::Shuffled(3))
@@ -243,7 +243,7 @@ fn split_counts_agree() {
 #[test]
 fn variants_agree_on_odd_widths() {
     for d in [16, 12, 20] {
-        let s = Small::new(Dtype::Bf16, d);
+        let s = Small::new(DType::Bf16, d);
         let simt = s.run(Variant::Simt, T, 1).unwrap();
         for (splits, variant) in [1, 3].into_iter().flat_map(|s| [(s, Variant::Mma), (s, Variant::Wgmma)]) {
             let tc = s.run(variant, T, splits).unwrap();
@@ -265,7 +265,7 @@ fn variants_agree_on_odd_widths() {
 /// is reported).
 #[test]
 fn stage_counts_agree() {
-    let mut s = Small::new(Dtype::Bf16, 16);
+    let mut s = Small::new(DType::Bf16, 16);
     s.rt = Emulator {
         threads: 2,
         ..Emulator::checked(Schedule::Shuffled(5))
@@ -340,7 +340,7 @@ fn default_splits_fill_one_wave() {
             }
         };
         let call = Decode {
-            dtype: Dtype::Bf16,
+            dtype: DType::Bf16,
             q: &q,
             keys,
             paging: Paging {
@@ -370,7 +370,7 @@ fn default_splits_fill_one_wave() {
 /// cache. The emulator must refuse the access and say where, not read host memory.
 #[test]
 fn a_read_past_the_cache_is_reported() {
-    let mut s = Small::new(Dtype::F32, 8);
+    let mut s = Small::new(DType::F32, 8);
     // Pages of T keys, and sequence 1's page points at page 5 of a 2-page cache.
     s.table = vec![0, 5];
     let e = s.run(Variant::Simt, T, 1).unwrap_err().to_string();
@@ -568,7 +568,7 @@ fn benchmark_points_run_and_pass_their_spot_checks() {
                 &rt,
                 &tiny,
                 path,
-                Dtype::Bf16,
+                DType::Bf16,
                 (&[1, 2], &[Variant::Mma, Variant::Wgmma, Variant::Simt]),
                 shape,
                 &mut |r| rows.push(r),
@@ -710,7 +710,7 @@ fn kernels_pass_the_shared_memory_checks_in_any_thread_order() {
             |c| short(c) && parity.is_none_or(|p| c.seed % 2 == p),
             // A forced tensor-core kernel's profile leaves out f32 (expand included: a profile
             // declares dtypes for the kernel as a whole).
-            |c| !(tensor_cores && c.dtype == Dtype::F32),
+            |c| !(tensor_cores && c.dtype == DType::F32),
         );
         assert!(n >= 20, "{schedule:?}, {variant:?}: only {n} cases");
         assert!(

@@ -276,7 +276,7 @@ fn mma_probe_matches_the_plain_product_on_the_gpu() {
             return;
         }
     };
-    for dtype in [gqla_conformance::case::Dtype::Bf16, gqla_conformance::case::Dtype::F16] {
+    for dtype in [gqla_conformance::case::DType::Bf16, gqla_conformance::case::DType::F16] {
         let (got, want) = gqla_cuda::launch::mma_probe(kernel.gpu(), dtype, 7).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(got.len(), launch::MMA_PROBE_WAYS * want.len());
         let bad = launch::mma_probe_mismatches(&got, &want);
@@ -316,7 +316,7 @@ fn wgmma_probe_matches_the_plain_product_on_the_gpu() {
         skipped("wgmma_probe: the device is not sm_90 (no wgmma)");
         return;
     }
-    for dtype in [gqla_conformance::case::Dtype::Bf16, gqla_conformance::case::Dtype::F16] {
+    for dtype in [gqla_conformance::case::DType::Bf16, gqla_conformance::case::DType::F16] {
         let (got, want) = launch::wgmma_probe(kernel.gpu(), dtype, 7).unwrap_or_else(|e| panic!("{e}"));
         let bad = launch::probe_mismatches(&got, &want, &launch::WGMMA_PROBE_WAYS);
         assert!(
@@ -346,5 +346,5 @@ fn cuda_wgmma_kernel_passes_the_whole_lattice() {
             return;
         }
     };
-    assert_lattice_passes(&kernel, &cases, |c| c.dtype == gqla_conformance::case::Dtype::F32);
+    assert_lattice_passes(&kernel, &cases, |c| c.dtype == gqla_conformance::case::DType::F32);
 }

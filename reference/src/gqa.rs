@@ -10,9 +10,10 @@ use crate::attention::{attend, causal_ranges};
 use crate::cache::GqaCache;
 use crate::config::GqaDims;
 use crate::decode::DecodeOutput;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::linear::Linear;
-use crate::real::{InputRounding, Real};
+use crate::real::Real;
 use crate::rope::Rope;
 use ndarray::{s, Array2, Array3, ArrayView2, Axis};
 
@@ -160,10 +161,10 @@ impl<T: Real> GqaWeights<T> {
     }
 
     pub fn cast<U: Real>(&self) -> GqaWeights<U> {
-        self.rounded(InputRounding::None)
+        self.rounded(DType::F64)
     }
     /// The weights in precision `U`, every parameter first rounded by `r`.
-    pub fn rounded<U: Real>(&self, r: InputRounding) -> GqaWeights<U> {
+    pub fn rounded<U: Real>(&self, r: DType) -> GqaWeights<U> {
         GqaWeights {
             dims: self.dims,
             q: self.q.rounded(r),

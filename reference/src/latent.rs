@@ -12,9 +12,10 @@
 //! each group's d_n key rows first).
 
 use crate::config::LatentDims;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::linear::{Linear, RmsNorm};
-use crate::real::{InputRounding, Real};
+use crate::real::Real;
 use crate::rope::Rope;
 use ndarray::{s, Array2, Array3, ArrayView2, Axis};
 
@@ -57,7 +58,7 @@ impl<T: Real> QueryProjection<T> {
             },
         }
     }
-    pub fn rounded<U: Real>(&self, r: InputRounding) -> QueryProjection<U> {
+    pub fn rounded<U: Real>(&self, r: DType) -> QueryProjection<U> {
         match self {
             QueryProjection::Direct(w) => QueryProjection::Direct(w.rounded(r)),
             QueryProjection::LowRank { down, norm, up } => QueryProjection::LowRank {
@@ -307,11 +308,11 @@ impl<T: Real> LatentWeights<T> {
 
     /// The same weights in another precision.
     pub fn cast<U: Real>(&self) -> LatentWeights<U> {
-        self.rounded(InputRounding::None)
+        self.rounded(DType::F64)
     }
 
     /// The weights in precision `U`, every parameter first rounded by `r` (bf16/f16 checkpoints).
-    pub fn rounded<U: Real>(&self, r: InputRounding) -> LatentWeights<U> {
+    pub fn rounded<U: Real>(&self, r: DType) -> LatentWeights<U> {
         LatentWeights {
             dims: self.dims,
             hidden: self.hidden,

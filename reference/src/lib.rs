@@ -1,6 +1,7 @@
 #![doc = include_str!("../SPEC.md")]
 //!
 //! # Crate map
+//! - [`dtype`]: [`DType`], the one element type (storage, caches, rounding).
 //! - [`config`]: validated geometries ([`LatentDims`], [`GqaDims`]).
 //! - [`rope`], [`linear`], [`attention`]: the building blocks.
 //! - [`latent`]: MLA/GQLA weights and (L1), (L2), (Q), (O).
@@ -18,6 +19,7 @@ pub mod budget;
 pub mod cache;
 pub mod config;
 pub mod decode;
+pub mod dtype;
 pub mod eigen;
 pub mod error;
 pub mod eval;
@@ -42,11 +44,12 @@ pub use absorb_decode::absorb_decode;
 pub use cache::{Footprint, GqaCache, GroupCache, GroupCacheLayout, LatentCache};
 pub use config::{GqaDims, LatentDims};
 pub use decode::DecodeOutput;
+pub use dtype::DType;
 pub use error::{Error, Result};
 pub use gqa::GqaWeights;
 pub use gqa_decode::gqa_decode;
 pub use latent::{LatentWeights, QueryProjection};
 pub use mla::mla_forward;
 pub use prefill::prefill;
-pub use real::{InputRounding, Real};
+pub use real::Real;
 pub use rope::{Rope, RopeStyle};

@@ -1,6 +1,7 @@
 //! Linear maps and RMSNorm with HF semantics.
 
-use crate::real::{round_cast, InputRounding, Real};
+use crate::dtype::DType;
+use crate::real::{round_cast, Real};
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
 /// X Wᵀ for X [n, k] and W [m, k]: returns [n, m] (faer's GEMM, multithreaded).
@@ -60,10 +61,10 @@ impl<T: Real> Linear<T> {
         }
     }
     pub fn cast<U: Real>(&self) -> Linear<U> {
-        self.rounded(InputRounding::None)
+        self.rounded(DType::F64)
     }
     /// The map in precision `U`, each parameter first rounded by `r`.
-    pub fn rounded<U: Real>(&self, r: InputRounding) -> Linear<U> {
+    pub fn rounded<U: Real>(&self, r: DType) -> Linear<U> {
         Linear {
             weight: round_cast(&self.weight, r),
             bias: self.bias.as_ref().map(|b| round_cast(b, r)),
@@ -93,10 +94,10 @@ impl<T: Real> RmsNorm<T> {
         y
     }
     pub fn cast<U: Real>(&self) -> RmsNorm<U> {
-        self.rounded(InputRounding::None)
+        self.rounded(DType::F64)
     }
     /// The norm in precision `U`, its weight first rounded by `r`.
-    pub fn rounded<U: Real>(&self, r: InputRounding) -> RmsNorm<U> {
+    pub fn rounded<U: Real>(&self, r: DType) -> RmsNorm<U> {
         RmsNorm {
             weight: self.weight.map(|x| U::of(r.round(x.f64()))),
             eps: self.eps,

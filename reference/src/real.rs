@@ -5,6 +5,7 @@
 //! rounding the *inputs* to bf16/f16 and computing in f32, which is what a naive low-precision
 //! kernel with f32 accumulation does.
 
+use crate::dtype::DType;
 use ndarray::{Array, Dimension};
 use std::fmt::{Debug, Display};
 use std::iter::Sum;
@@ -75,40 +76,18 @@ impl Real for f32 {
     }
 }
 
-/// How inputs are rounded before the computation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum InputRounding {
-    /// Inputs are used as given.
-    None,
-    /// Every input element is rounded to the nearest bfloat16 (round-to-nearest-even).
-    Bf16,
-    /// Every input element is rounded to the nearest IEEE half.
-    F16,
-}
-
-impl InputRounding {
-    /// Round one value.
-    pub fn round(self, x: f64) -> f64 {
-        match self {
-            InputRounding::None => x,
-            InputRounding::Bf16 => half::bf16::from_f64(x).to_f64(),
-            InputRounding::F16 => half::f16::from_f64(x).to_f64(),
-        }
-    }
-}
-
-/// Cast an f64 array to `T`, rounding each element first.
-pub fn cast<T: Real, D: Dimension>(a: &Array<f64, D>, rounding: InputRounding) -> Array<T, D> {
+/// Cast an f64 array to `T`, rounding each element to `rounding` first (`DType::F64`: as given).
+pub fn cast<T: Real, D: Dimension>(a: &Array<f64, D>, rounding: DType) -> Array<T, D> {
     round_cast(a, rounding)
 }
 
 /// `a` with each element rounded by `r`, in precision `U`. Elementwise in parallel: a layer's
 /// weights are hundreds of millions of elements, cast for every calibration pass.
-pub fn round_cast<T: Real, U: Real, D: Dimension>(a: &Array<T, D>, r: InputRounding) -> Array<U, D> {
+pub fn round_cast<T: Real, U: Real, D: Dimension>(a: &Array<T, D>, r: DType) -> Array<U, D> {
     let zip = ndarray::Zip::from(a);
     match r {
         // A branch-free loop the compiler vectorises.
-        InputRounding::None => zip.par_map_collect(|&x| U::of(x.f64())),
+        DType::F64 => zip.par_map_collect(|&x| U::of(x.f64())),
         _ => zip.par_map_collect(|&x| U::of(r.round(x.f64()))),
     }
 }

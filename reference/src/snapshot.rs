@@ -14,8 +14,9 @@
 use crate::budget::{Budget, Need};
 use crate::cache::{GqaCache, GroupCache, GroupCacheLayout, LatentCache};
 use crate::decode::DecodePath;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::hf::config::{AttentionConfig, StorageDtype};
+use crate::hf::config::AttentionConfig;
 use crate::hf::{Checkpoint, ModelConfig};
 use crate::model::Attention;
 use crate::random::Sampler;
@@ -413,10 +414,10 @@ fn cache_sizes(config: &ModelConfig) -> Vec<CacheSize> {
         }
     }
     match config.dtype {
-        StorageDtype::Bf16 => measure::<half::bf16>(config),
-        StorageDtype::F16 => measure::<half::f16>(config),
-        StorageDtype::F32 => measure::<f32>(config),
-        StorageDtype::F64 => measure::<f64>(config),
+        DType::Bf16 => measure::<half::bf16>(config),
+        DType::F16 => measure::<half::f16>(config),
+        DType::F32 => measure::<f32>(config),
+        DType::F64 => measure::<f64>(config),
     }
 }
 

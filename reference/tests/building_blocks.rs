@@ -4,7 +4,7 @@ use approx::assert_relative_eq;
 use gqla_reference::attention::{attend, attend_row, causal_ranges, KeyRange};
 use gqla_reference::random::{hidden_states, latent_layer, LatentOptions};
 use gqla_reference::real::{cast, rel_err, widen};
-use gqla_reference::{prefill, InputRounding, LatentDims, Rope, RopeStyle};
+use gqla_reference::{prefill, DType, LatentDims, Rope, RopeStyle};
 use ndarray::{array, Array1, Array2};
 use rstest::rstest;
 
@@ -95,20 +95,20 @@ fn precision_variants_are_ordered() {
     let w = latent_layer(dims, LatentOptions::default(), 11).unwrap();
     let x = hidden_states(9, LatentOptions::default().hidden, 11);
     let exact = prefill(&w, x.view()).unwrap().y;
-    let run = |r: InputRounding| {
+    let run = |r: DType| {
         let w32 = w.rounded::<f32>(r);
         widen(&prefill(&w32, cast::<f32, _>(&x, r).view()).unwrap().y)
     };
     let (e32, ebf16, ef16) = (
-        rel_err(&run(InputRounding::None), &exact),
-        rel_err(&run(InputRounding::Bf16), &exact),
-        rel_err(&run(InputRounding::F16), &exact),
+        rel_err(&run(DType::F64), &exact),
+        rel_err(&run(DType::Bf16), &exact),
+        rel_err(&run(DType::F16), &exact),
     );
     assert!(e32 > 0.0 && e32 < 1e-5, "f32 error {e32:e}");
     assert!(ef16 > e32 && ef16 < 2e-2, "f16-input error {ef16:e}");
     assert!(ebf16 > ef16 && ebf16 < 1e-1, "bf16-input error {ebf16:e}");
-    assert_eq!(InputRounding::Bf16.round(1.0 + 1.0 / 512.0), 1.0);
-    assert_eq!(InputRounding::F16.round(1.0 + 1.0 / 512.0), 1.0 + 1.0 / 512.0);
+    assert_eq!(DType::Bf16.round(1.0 + 1.0 / 512.0), 1.0);
+    assert_eq!(DType::F16.round(1.0 + 1.0 / 512.0), 1.0 + 1.0 / 512.0);
 }
 
 mod moe_routing {

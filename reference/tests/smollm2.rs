@@ -115,7 +115,7 @@ fn exact_conversion_reproduces_the_logits() {
     let opt = CheckpointOptions {
         groups: None,
         layer: ConvertOptions::exact(),
-        dtype: Some(gqla_reference::hf::config::StorageDtype::F64),
+        dtype: Some(gqla_reference::dtype::DType::F64),
         calibration: Calibration::Random {
             sequences: 1,
             tokens: 32,

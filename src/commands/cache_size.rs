@@ -3,9 +3,10 @@
 
 use super::CliError;
 use gqla_reference::budget::{Budget, Need};
-use gqla_reference::hf::config::{AttentionConfig, StorageDtype};
+use gqla_reference::hf::config::AttentionConfig;
 use gqla_reference::hf::ModelConfig;
 use gqla_reference::tp::tp_footprint;
+use gqla_reference::DType;
 use gqla_reference::{Footprint, GqaCache, GroupCache, GroupCacheLayout, LatentCache, LatentDims};
 use std::fmt::Write;
 use std::path::PathBuf;
@@ -45,10 +46,10 @@ const TOKENS: usize = 16;
 pub fn run(a: Args, budget: &Budget) -> Result<(), CliError> {
     let config = ModelConfig::load(&a.config)?;
     let rows = match config.dtype {
-        StorageDtype::Bf16 => rows::<half::bf16>(&config, &a, budget)?,
-        StorageDtype::F16 => rows::<half::f16>(&config, &a, budget)?,
-        StorageDtype::F32 => rows::<f32>(&config, &a, budget)?,
-        StorageDtype::F64 => rows::<f64>(&config, &a, budget)?,
+        DType::Bf16 => rows::<half::bf16>(&config, &a, budget)?,
+        DType::F16 => rows::<half::f16>(&config, &a, budget)?,
+        DType::F32 => rows::<f32>(&config, &a, budget)?,
+        DType::F64 => rows::<f64>(&config, &a, budget)?,
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rows).expect("rows serialize"));
@@ -169,7 +170,7 @@ fn table(config: &ModelConfig, rows: &[Row]) -> String {
         config.model_type,
         config.num_layers,
         config.dtype,
-        config.dtype.bytes()
+        config.dtype.size_in_bytes()
     );
     let _ = writeln!(s, "{:<24} {:>10} {:>10} {:>11}  note", "cache", "elements", "bytes", "% of source");
     for r in rows {

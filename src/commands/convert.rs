@@ -1,7 +1,7 @@
 //! `gqla convert`: TransGQLA conversion of a GQA checkpoint into a GQLA checkpoint.
 
 use super::CliError;
-use gqla_reference::hf::config::{AttentionConfig, StorageDtype};
+use gqla_reference::hf::config::AttentionConfig;
 use gqla_reference::hf::ModelConfig;
 use gqla_reference::transgqla::checkpoint::{
     convert_checkpoint, Calibration, CalibrationFlow, CalibrationPrecision, CheckpointOptions, ConversionReport, Emit, FoldChoice,
@@ -9,6 +9,7 @@ use gqla_reference::transgqla::checkpoint::{
 };
 use gqla_reference::transgqla::rorope::smallest_freqfold;
 use gqla_reference::transgqla::ConvertOptions;
+use gqla_reference::DType;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::fmt::Write;
 use std::path::PathBuf;
@@ -63,8 +64,8 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
     calib_precision: PrecisionArg,
     /// Output dtype (default: the source's).
-    #[arg(long, value_enum)]
-    dtype: Option<DtypeArg>,
+    #[arg(long, value_parser = super::dtype_parser(&[DType::Bf16, DType::F32, DType::F64]))]
+    dtype: Option<DType>,
     /// Output layout: `gqla` (kv_b per group, exact, with modeling_gqla.py for HF's
     /// trust_remote_code) or `mla` (stock DeepSeek-V3: kv_b repeated per head and a latent RMSNorm,
     /// which unmodified transformers loads; the norm is approximate for GQA sources).
@@ -113,13 +114,6 @@ impl std::str::FromStr for FoldArg {
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum PrecisionArg {
-    F32,
-    F64,
-}
-
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum DtypeArg {
-    Bf16,
     F32,
     F64,
 }
@@ -173,11 +167,7 @@ pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<(), CliEr
             }
         }
     };
-    let dtype = a.dtype.map(|d| match d {
-        DtypeArg::Bf16 => StorageDtype::Bf16,
-        DtypeArg::F32 => StorageDtype::F32,
-        DtypeArg::F64 => StorageDtype::F64,
-    });
+    let dtype = a.dtype;
     let calibration_precision = match a.calib_precision {
         PrecisionArg::F32 => CalibrationPrecision::F32,
         PrecisionArg::F64 => CalibrationPrecision::F64,

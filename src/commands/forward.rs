@@ -5,7 +5,7 @@ use gqla_reference::budget::{Budget, Need};
 use gqla_reference::hf::load_layer;
 use gqla_reference::hf::tensors::write_f64;
 use gqla_reference::model::Attention;
-use gqla_reference::{absorb_decode, gqa_decode, DecodeOutput, GroupCache, GroupCacheLayout, LatentCache, Real};
+use gqla_reference::{absorb_decode, gqa_decode, DType, DecodeOutput, GroupCache, GroupCacheLayout, LatentCache, Real};
 use ndarray::{Array2, IxDyn};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -32,8 +32,8 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = LayoutArg::Once)]
     layout: LayoutArg,
     /// Arithmetic precision.
-    #[arg(long, value_enum, default_value_t = DtypeArg::F64)]
-    dtype: DtypeArg,
+    #[arg(long, value_parser = super::dtype_parser(&[DType::F64, DType::F32]), default_value_t = DType::F64)]
+    dtype: DType,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -46,12 +46,6 @@ enum PathArg {
 enum LayoutArg {
     Once,
     PerGroup,
-}
-
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum DtypeArg {
-    F64,
-    F32,
 }
 
 pub fn run(a: Args, budget: &Budget) -> Result<(), CliError> {
@@ -83,21 +77,22 @@ pub fn run(a: Args, budget: &Budget) -> Result<(), CliError> {
         cache,
     ])?;
     let (y, lse, path) = match a.dtype {
-        DtypeArg::F64 => run_in::<f64>(&layer, &x, a.path, a.layout)?,
-        DtypeArg::F32 => run_in::<f32>(&layer, &x, a.path, a.layout)?,
+        DType::F32 => run_in::<f32>(&layer, &x, a.path, a.layout)?,
+        // Only f64 and f32 pass the parser; f64 is the default.
+        _ => run_in::<f64>(&layer, &x, a.path, a.layout)?,
     };
     let meta = HashMap::from([
         ("model_type".to_string(), config.model_type.hf_name().to_string()),
         ("layer".to_string(), a.layer.to_string()),
         ("path".to_string(), path.to_string()),
-        ("dtype".to_string(), format!("{:?}", a.dtype).to_lowercase()),
+        ("dtype".to_string(), a.dtype.name().to_string()),
     ]);
     let (y, lse) = (
         y.into_dimensionality::<IxDyn>().expect("2-D"),
         lse.into_dimensionality::<IxDyn>().expect("2-D"),
     );
     write_f64(&a.output, &[("attn_output", &y), ("lse", &lse)], Some(meta))?;
-    eprintln!("wrote {} ({} tokens, path {path}, {:?})", a.output.display(), x.nrows(), a.dtype);
+    eprintln!("wrote {} ({} tokens, path {path}, {})", a.output.display(), x.nrows(), a.dtype);
     Ok(())
 }
 

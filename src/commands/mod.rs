@@ -10,6 +10,15 @@ pub mod plan;
 pub mod snapshot;
 pub mod vectors;
 
+use gqla_reference::DType;
+
+/// A clap parser for a `--dtype` that takes only `allowed` (so `--help` lists them).
+pub fn dtype_parser(allowed: &'static [DType]) -> impl clap::builder::TypedValueParser<Value = DType> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(allowed.iter().map(|d| d.name()))
+        .try_map(|name| name.parse::<DType>().map_err(|e| e.to_string()))
+}
+
 /// Errors the commands report, each with its exit code ([`CliError::exit_code`]).
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {

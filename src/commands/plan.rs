@@ -1,7 +1,7 @@
 //! `gqla plan`: which decode path a GPU should run, from a roofline model of both paths.
 
 use super::CliError;
-use gqla_cuda::plan::{gpu, mtp_gain, plan, validate, CacheDtype, Gpu, MeasuredRun, Plan, Prediction, Scenario, GPUS};
+use gqla_cuda::plan::{gpu, mtp_gain, plan, validate, DType, Gpu, MeasuredRun, Plan, Prediction, Scenario, GPUS};
 use gqla_reference::cache::GroupCacheLayout;
 use gqla_reference::hf::config::AttentionConfig;
 use gqla_reference::hf::ModelConfig;
@@ -116,7 +116,7 @@ pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<(), CliEr
     } else {
         GroupCacheLayout::RopeOnce
     };
-    let s = Scenario::new(dims, config.hidden_size, a.sq, a.batch, a.context, a.tp, CacheDtype::Bf16, layout)?;
+    let s = Scenario::new(dims, config.hidden_size, a.sq, a.batch, a.context, a.tp, DType::Bf16, layout)?;
     if let Some(path) = &a.chart {
         chart(&s, path)?;
         eprintln!("roofline chart written to {}", path.display());

@@ -4,11 +4,11 @@
 //! softmax and a natural-log LSE in f32, and rounds outputs to the case dtype with candle's own
 //! casts. It shares no arithmetic with the reference or the flash kernel.
 
-use crate::case::{Case, Dtype, Op, RopeLayout};
+use crate::case::{Case, DType, Op, RopeLayout};
 use crate::definition::TensorName;
 use crate::inputs::CaseInputs;
 use crate::kernel::{Kernel, KernelError, KernelIdentity, Outputs};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType as CandleDType, Device, Tensor, D};
 
 /// candle-core's version, read from Cargo.lock at build time.
 const CANDLE_VERSION: &str = env!("GQLA_CANDLE_VERSION");
@@ -17,17 +17,18 @@ pub struct CandleCpu;
 
 type Result<T> = candle_core::Result<T>;
 
-fn candle_dtype(d: Dtype) -> DType {
+fn candle_dtype(d: DType) -> CandleDType {
     match d {
-        Dtype::F32 => DType::F32,
-        Dtype::Bf16 => DType::BF16,
-        Dtype::F16 => DType::F16,
+        DType::F32 => CandleDType::F32,
+        DType::Bf16 => CandleDType::BF16,
+        DType::F16 => CandleDType::F16,
+        DType::F64 => CandleDType::F64,
     }
 }
 
 /// Round an f32 tensor to the storage dtype and back.
-fn round_to(t: &Tensor, d: Dtype) -> Result<Tensor> {
-    t.to_dtype(candle_dtype(d))?.to_dtype(DType::F32)
+fn round_to(t: &Tensor, d: DType) -> Result<Tensor> {
+    t.to_dtype(candle_dtype(d))?.to_dtype(CandleDType::F32)
 }
 
 /// The first `len` rows of sequence b of cache component `comp` ([slots, width]): [len, width].

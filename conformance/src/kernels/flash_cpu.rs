@@ -363,7 +363,7 @@ impl FlashCpu {
             }
         }
         for (dst, v) in out.get_mut(TensorName::Out).region_mut().iter_mut().zip(&o) {
-            *dst = c.dtype.round(*v);
+            *dst = c.dtype.round_f32(*v);
         }
         if out.has(TensorName::Lse) {
             out.get_mut(TensorName::Lse).region_mut().copy_from_slice(&lse);
@@ -390,7 +390,7 @@ impl FlashCpu {
                             r
                         };
                         let w = &inp.w_ukv[(g * per + row) * c.dc..(g * per + row + 1) * c.dc];
-                        let y = c.dtype.round(w.iter().zip(latent).map(|(a, b)| a * b).sum::<f32>());
+                        let y = c.dtype.round_f32(w.iter().zip(latent).map(|(a, b)| a * b).sum::<f32>());
                         if r < c.dn {
                             k.push(y)
                         } else {

@@ -1,6 +1,6 @@
 //! The reference computed in f32 on the case's inputs.
 
-use crate::case::Dtype;
+use crate::case::DType;
 use crate::definition::TensorName;
 use crate::inputs::CaseInputs;
 use crate::kernel::{Kernel, KernelError, KernelIdentity, Outputs};
@@ -21,12 +21,12 @@ impl Kernel for ReferenceF32 {
         Profile::everything()
     }
     fn run(&self, inputs: &mut CaseInputs, outputs: &mut Outputs) -> Result<(), KernelError> {
-        for (name, values) in compute(inputs, Precision::Naive(Dtype::F32)) {
+        for (name, values) in compute(inputs, Precision::Naive(DType::F32)) {
             let out = outputs.get_mut(name);
             // Outputs are stored in the case dtype, except the LSE, which is f32 by definition.
-            let dtype = if name == TensorName::Lse { Dtype::F32 } else { inputs.case.dtype };
+            let dtype = if name == TensorName::Lse { DType::F32 } else { inputs.case.dtype };
             for (dst, v) in out.region_mut().iter_mut().zip(values) {
-                *dst = dtype.round(v as f32);
+                *dst = dtype.round_f32(v as f32);
             }
         }
         Ok(())

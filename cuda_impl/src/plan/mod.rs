@@ -28,18 +28,11 @@ use gqla_reference::cache::GroupCacheLayout;
 use gqla_reference::config::LatentDims;
 use gqla_reference::error::{Error, Result};
 use gqla_reference::tp::tp_footprint;
+pub use gqla_reference::DType;
 use serde::Serialize;
 
 /// A fixed cost per kernel launch, seconds (launch latency plus a tail of idle SMs).
 pub const LAUNCH_OVERHEAD_S: f64 = 4e-6;
-
-/// Element type of the KV cache.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum CacheDtype {
-    Bf16,
-    F16,
-    F32,
-}
 
 pub use gqla_reference::decode::DecodePath;
 
@@ -69,7 +62,7 @@ pub struct Scenario {
     batch: usize,
     context: usize,
     tp: usize,
-    dtype: CacheDtype,
+    dtype: DType,
     /// Layout of the GQA-path cache.
     #[serde(skip)]
     layout: GroupCacheLayout,
@@ -95,7 +88,7 @@ impl Scenario {
     pub fn tp(&self) -> usize {
         self.tp
     }
-    pub fn dtype(&self) -> CacheDtype {
+    pub fn dtype(&self) -> DType {
         self.dtype
     }
     /// Layout of the GQA-path cache.
@@ -111,13 +104,16 @@ impl Scenario {
         batch: usize,
         context: usize,
         tp: usize,
-        dtype: CacheDtype,
+        dtype: DType,
         layout: GroupCacheLayout,
     ) -> Result<Self> {
         if sq == 0 || batch == 0 || context == 0 || hidden == 0 {
             return Err(Error::Config(format!(
                 "s_q, batch, context and hidden must be positive (got {sq}, {batch}, {context}, {hidden})"
             )));
+        }
+        if !dtype.is_kernel_storage() {
+            return Err(Error::Config(format!("GPU caches hold f32, bf16 or f16, not {dtype}")));
         }
         if tp == 0 || !dims.g().is_multiple_of(tp) {
             return Err(Error::Config(format!(
@@ -142,20 +138,14 @@ impl Scenario {
         Self::new(self.dims, self.hidden, sq, batch, context, self.tp, self.dtype, self.layout)
     }
 
-    pub fn elem_bytes(&self) -> usize {
-        match self.dtype {
-            CacheDtype::Bf16 | CacheDtype::F16 => 2,
-            CacheDtype::F32 => 4,
-        }
-    }
-
     /// Per-rank cache bytes per token on each path (absorb, GQA), from allocated caches.
     pub fn cache_bytes_per_token(&self) -> Result<(usize, usize)> {
         const TOKENS: usize = 4;
         let f = match self.dtype {
-            CacheDtype::Bf16 => tp_footprint::<half::bf16>(self.dims, self.tp, self.layout, TOKENS)?,
-            CacheDtype::F16 => tp_footprint::<half::f16>(self.dims, self.tp, self.layout, TOKENS)?,
-            CacheDtype::F32 => tp_footprint::<f32>(self.dims, self.tp, self.layout, TOKENS)?,
+            DType::Bf16 => tp_footprint::<half::bf16>(self.dims, self.tp, self.layout, TOKENS)?,
+            DType::F16 => tp_footprint::<half::f16>(self.dims, self.tp, self.layout, TOKENS)?,
+            DType::F32 => tp_footprint::<f32>(self.dims, self.tp, self.layout, TOKENS)?,
+            DType::F64 => tp_footprint::<f64>(self.dims, self.tp, self.layout, TOKENS)?,
         };
         Ok((f.absorb_per_rank.bytes_per_token, f.gqa_per_rank.bytes_per_token))
     }
@@ -188,7 +178,7 @@ impl Cost {
 /// The cost of one decode step on `path` (see the module docs for each term).
 pub fn cost(s: &Scenario, path: DecodePath) -> Result<Cost> {
     let d = &s.dims;
-    let e = s.elem_bytes() as f64;
+    let e = s.dtype.size_in_bytes() as f64;
     let (absorb_bpt, gqa_bpt) = s.cache_bytes_per_token()?;
     let (b, sq, l) = (s.batch as f64, s.sq as f64, s.context as f64);
     let heads = (d.h() / s.tp) as f64;

@@ -2,7 +2,7 @@
 //! both paths were timed, did the planner (with the ceilings measured in the same run) pick the
 //! path that was actually faster, and how far off were its predicted times?
 
-use super::{plan, Bound, CacheDtype, DecodePath, Gpu, Scenario};
+use super::{plan, Bound, DType, DecodePath, Gpu, Scenario};
 use gqla_reference::cache::GroupCacheLayout;
 use gqla_reference::config::LatentDims;
 use gqla_reference::error::{Error, Result};
@@ -147,7 +147,7 @@ pub fn validate(run: &MeasuredRun) -> Result<Validation> {
             a.batch,
             a.context,
             1,
-            CacheDtype::Bf16,
+            DType::Bf16,
             GroupCacheLayout::RopeOnce,
         )?;
         let p = plan(&s, &gpu)?;

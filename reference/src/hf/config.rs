@@ -41,33 +41,7 @@ impl ModelType {
     }
 }
 
-/// The checkpoint's storage dtype (`dtype` or `torch_dtype`), used for cache sizes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-pub enum StorageDtype {
-    F32,
-    Bf16,
-    F16,
-    F64,
-}
-
-impl StorageDtype {
-    /// The name HF configs use (`torch_dtype`/`dtype`).
-    pub fn hf_name(self) -> &'static str {
-        match self {
-            StorageDtype::F32 => "float32",
-            StorageDtype::Bf16 => "bfloat16",
-            StorageDtype::F16 => "float16",
-            StorageDtype::F64 => "float64",
-        }
-    }
-    pub fn bytes(self) -> usize {
-        match self {
-            StorageDtype::F32 => 4,
-            StorageDtype::Bf16 | StorageDtype::F16 => 2,
-            StorageDtype::F64 => 8,
-        }
-    }
-}
+use crate::dtype::DType;
 
 /// RoPE as the config describes it.
 #[derive(Clone, Debug, PartialEq)]
@@ -152,7 +126,7 @@ pub struct ModelConfig {
     pub model_type: ModelType,
     pub hidden_size: usize,
     pub num_layers: usize,
-    pub dtype: StorageDtype,
+    pub dtype: DType,
     pub attention: AttentionConfig,
     pub vocab_size: usize,
     pub intermediate_size: usize,
@@ -275,11 +249,8 @@ impl ModelConfig {
         let hidden_size = j.usize("hidden_size")?;
         let num_layers = j.usize("num_hidden_layers")?;
         let dtype = match j.str("dtype").or_else(|| j.str("torch_dtype")) {
-            None | Some("bfloat16") => StorageDtype::Bf16,
-            Some("float16") => StorageDtype::F16,
-            Some("float32") => StorageDtype::F32,
-            Some("float64") => StorageDtype::F64,
-            Some(_) => return Err(j.err("dtype", "bfloat16, float16, float32 or float64")),
+            None => DType::Bf16,
+            Some(name) => DType::from_hf_name(name).ok_or_else(|| j.err("dtype", "bfloat16, float16, float32 or float64"))?,
         };
         let rope = rope_config(&j)?;
         let h = j.usize("num_attention_heads")?;

@@ -1,7 +1,7 @@
 //! Random HF LLaMA checkpoints of any geometry, for tests and benchmarks.
 
-use super::config::StorageDtype;
 use super::tensors::{write_tensors, RawTensor};
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::random::Sampler;
 use std::path::Path;
@@ -42,7 +42,7 @@ pub fn write_random_llama(dir: &Path, g: LlamaGeometry, seed: u64) -> Result<()>
     let mut tensors: Vec<(String, RawTensor)> = Vec::new();
     let mut mat = |name: String, rows: usize, cols: usize, gain: f64| {
         let w = s.normal((rows, cols), gain / (cols as f64).sqrt());
-        tensors.push((name, RawTensor::encode(StorageDtype::Bf16, vec![rows, cols], w.iter().copied())));
+        tensors.push((name, RawTensor::encode(DType::Bf16, vec![rows, cols], w.iter().copied())));
     };
     mat("model.embed_tokens.weight".into(), g.vocab, g.hidden, (g.hidden as f64).sqrt());
     mat("lm_head.weight".into(), g.vocab, g.hidden, 1.0);
@@ -56,7 +56,7 @@ pub fn write_random_llama(dir: &Path, g: LlamaGeometry, seed: u64) -> Result<()>
         mat(format!("{p}.mlp.up_proj.weight"), g.intermediate, g.hidden, 1.0);
         mat(format!("{p}.mlp.down_proj.weight"), g.hidden, g.intermediate, 1.0);
     }
-    let ones = |n: usize| RawTensor::encode(StorageDtype::Bf16, vec![n], std::iter::repeat_n(1.0, n));
+    let ones = |n: usize| RawTensor::encode(DType::Bf16, vec![n], std::iter::repeat_n(1.0, n));
     tensors.push(("model.norm.weight".into(), ones(g.hidden)));
     for l in 0..g.layers {
         tensors.push((format!("model.layers.{l}.input_layernorm.weight"), ones(g.hidden)));

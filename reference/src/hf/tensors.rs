@@ -1,7 +1,7 @@
 //! A read-only view of a checkpoint's tensors across one or many safetensors files.
 
-use super::config::StorageDtype;
 use super::gguf::GgufModel;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::files::{self, Limit, TensorFile};
 use ndarray::{Array1, Array2, ArrayD, IxDyn};
@@ -488,26 +488,14 @@ pub struct RawTensor {
     pub bytes: Vec<u8>,
 }
 
-impl StorageDtype {
-    /// The safetensors dtype of this storage dtype.
-    pub fn safetensors(self) -> Dtype {
-        match self {
-            StorageDtype::Bf16 => Dtype::BF16,
-            StorageDtype::F16 => Dtype::F16,
-            StorageDtype::F32 => Dtype::F32,
-            StorageDtype::F64 => Dtype::F64,
-        }
-    }
-}
-
 impl RawTensor {
     /// An F64 tensor of `shape` holding `values` in row-major order.
     pub fn f64(shape: Vec<usize>, values: impl IntoIterator<Item = f64>) -> Self {
-        Self::encode(StorageDtype::F64, shape, values)
+        Self::encode(DType::F64, shape, values)
     }
 
     /// A tensor stored as `dtype` (rounding to nearest) holding `values`.
-    pub fn encode(dtype: StorageDtype, shape: Vec<usize>, values: impl IntoIterator<Item = f64>) -> Self {
+    pub fn encode(dtype: DType, shape: Vec<usize>, values: impl IntoIterator<Item = f64>) -> Self {
         fn pack<const N: usize>(values: impl Iterator<Item = f64>, f: impl Fn(f64) -> [u8; N]) -> Vec<u8> {
             let mut bytes = Vec::with_capacity(values.size_hint().0 * N);
             for v in values {
@@ -516,12 +504,13 @@ impl RawTensor {
             bytes
         }
         let values = values.into_iter();
-        let (dtype, bytes) = match dtype {
-            StorageDtype::Bf16 => (Dtype::BF16, pack(values, |v| half::bf16::from_f64(v).to_le_bytes())),
-            StorageDtype::F16 => (Dtype::F16, pack(values, |v| half::f16::from_f64(v).to_le_bytes())),
-            StorageDtype::F32 => (Dtype::F32, pack(values, |v| (v as f32).to_le_bytes())),
-            StorageDtype::F64 => (Dtype::F64, pack(values, f64::to_le_bytes)),
+        let bytes = match dtype {
+            DType::Bf16 => pack(values, |v| half::bf16::from_f64(v).to_le_bytes()),
+            DType::F16 => pack(values, |v| half::f16::from_f64(v).to_le_bytes()),
+            DType::F32 => pack(values, |v| (v as f32).to_le_bytes()),
+            DType::F64 => pack(values, f64::to_le_bytes),
         };
+        let dtype = dtype.safetensors();
         Self { dtype, shape, bytes }
     }
 }

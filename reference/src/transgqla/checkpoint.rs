@@ -13,9 +13,10 @@ use super::pipeline::{convert_layer_with_rope_stage, ConvertOptions, LayerReport
 use super::rorope::fold_fits;
 use crate::budget::{Budget, Need};
 use crate::cache::{GroupCache, GroupCacheLayout, LatentCache};
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::files::OutputDir;
-use crate::hf::config::{AttentionConfig, ModelConfig, StorageDtype};
+use crate::hf::config::{AttentionConfig, ModelConfig};
 use crate::hf::tensors::{RawTensor, ShardWriter};
 use crate::hf::{Checkpoint, TensorStore};
 use crate::latent::{LatentWeights, QueryProjection};
@@ -47,7 +48,7 @@ pub struct CheckpointOptions {
     pub groups: Option<usize>,
     pub layer: ConvertOptions,
     /// Output dtype (None: the source's).
-    pub dtype: Option<StorageDtype>,
+    pub dtype: Option<DType>,
     pub calibration: Calibration,
     /// Precision of the calibration forward pass (held-out checks always run in f64).
     pub calibration_precision: CalibrationPrecision,
@@ -612,7 +613,7 @@ fn convert_layers(
     Ok(report)
 }
 
-fn encode(dtype: StorageDtype, a: &Array2<f64>) -> RawTensor {
+fn encode(dtype: DType, a: &Array2<f64>) -> RawTensor {
     RawTensor::encode(dtype, a.shape().to_vec(), a.iter().copied())
 }
 
@@ -631,10 +632,10 @@ fn changed_by(source: &Attention<f64>) -> Vec<&'static str> {
 fn layer_tensors(
     i: usize,
     source: &TensorStore,
-    source_dtype: StorageDtype,
+    source_dtype: DType,
     layer: &DecoderLayer<f64>,
     w: &LatentWeights<f64>,
-    dtype: StorageDtype,
+    dtype: DType,
     changed: &[&str],
 ) -> Result<Vec<(String, RawTensor)>> {
     fn push_linear<'a>(params: &mut Vec<(String, ArrayViewD<'a, f64>)>, name: &str, l: &'a Linear<f64>) {
@@ -758,7 +759,7 @@ fn check_stock_rope(config: &ModelConfig, w: &LatentWeights<f64>) -> Result<()> 
 
 /// The converted model's config.json: for an MLA source its own config with G groups; for a GQA
 /// source a DeepSeek-V3-layout config (all layers dense) with the explicit RoPE table.
-fn output_config(src: &ModelConfig, w: &LatentWeights<f64>, dtype: StorageDtype, opt: &CheckpointOptions) -> Result<Value> {
+fn output_config(src: &ModelConfig, w: &LatentWeights<f64>, dtype: DType, opt: &CheckpointOptions) -> Result<Value> {
     if let AttentionConfig::Latent(_) = &src.attention {
         let text = crate::files::read_to_string(&src.path, crate::files::Limit::CONFIG)?;
         let mut v: Value = serde_json::from_str(&text).map_err(|e| Error::file(&src.path, format!("not valid JSON: {e}")))?;
@@ -881,7 +882,7 @@ pub const REMOTE_CODE: [(&str, &str); 2] = [
     ("modeling_gqla.py", include_str!("remote_code/modeling_gqla.py")),
 ];
 
-fn options_json(opt: &CheckpointOptions, dtype: StorageDtype) -> Value {
+fn options_json(opt: &CheckpointOptions, dtype: DType) -> Value {
     json!({
         "groups": opt.groups,
         "kv_lora_rank": opt.layer.kv_rank,

@@ -2,15 +2,14 @@
 //! the `gqla plan` command.
 
 use crate::common::{gqla, root};
-use gqla_cuda::plan::{gpu, mtp_gain, plan, Bound, DType, DecodePath, Scenario, GPUS};
-use gqla_reference::cache::GroupCacheLayout;
+use gqla_cuda::plan::{gpu, mtp_gain, plan, Bound, DecodePath, Deployment, Scenario, Step, GPUS};
 use gqla_reference::LatentDims;
 use proptest::prelude::*;
 
 /// DeepSeek-V3 attention converted to G = 8 groups.
 fn deepseek_v3(sq: usize, batch: usize, context: usize) -> Scenario {
     let dims = LatentDims::new(128, 8, 512, 128, 64, 128).unwrap();
-    Scenario::new(dims, 7168, sq, batch, context, 1, DType::Bf16, GroupCacheLayout::RopeOnce).unwrap()
+    Scenario::new(&dims, 7168, Step { sq, batch, context }, Deployment::single_bf16()).unwrap()
 }
 
 #[derive(serde::Serialize)]
@@ -86,11 +85,15 @@ proptest! {
             LatentDims::new(128, 8, 512, 128, 64, 128).unwrap()
         };
         let g = GPUS[gpu_index];
-        let s = Scenario::new(dims, 4096, sq, batch, context, 1 << tp_pow, DType::Bf16, GroupCacheLayout::RopeOnce).unwrap();
+        let deployment = Deployment { tp: 1 << tp_pow, ..Deployment::single_bf16() };
+        let s = Scenario::new(&dims, 4096, Step { sq, batch, context }, deployment).unwrap();
         let p = plan(&s, &g).unwrap();
         let chosen = p.chosen_prediction().time_s;
         prop_assert!(chosen <= p.absorb.time_s && chosen <= p.gqa.time_s);
-        for (longer, bigger) in [(s.with(sq, batch, context + extra).unwrap(), s.with(sq, batch + extra, context).unwrap())] {
+        for (longer, bigger) in [(
+            s.with_step(Step { sq, batch, context: context + extra }).unwrap(),
+            s.with_step(Step { sq, batch: batch + extra, context }).unwrap(),
+        )] {
             for path in [DecodePath::Absorb, DecodePath::Gqa] {
                 let t = |x: &Scenario| gqla_cuda::plan::predict(x, &g, path).unwrap().time_s;
                 prop_assert!(t(&longer) >= t(&s), "{path:?}: context {context} -> {}", context + extra);
@@ -179,7 +182,7 @@ fn validation_counts_hits_and_misses() {
             for context in [1024, 65536] {
                 // The validator plans with hidden = H·d_v; so must the expected times.
                 let dims = *deepseek_v3(sq, batch, context).dims();
-                let s = Scenario::new(dims, 128 * 128, sq, batch, context, 1, DType::Bf16, GroupCacheLayout::RopeOnce).unwrap();
+                let s = Scenario::new(&dims, 128 * 128, Step { sq, batch, context }, Deployment::single_bf16()).unwrap();
                 for path in [DecodePath::Absorb, DecodePath::Gqa] {
                     points.push(MeasuredPoint {
                         h: 128,

@@ -14,6 +14,7 @@ use crate::timing::Timing;
 use crate::{driver, CudaError};
 use gqla_conformance::case::DType;
 use gqla_reference::attention::{attend_row, causal_ranges};
+use gqla_reference::config::LatentDims;
 use ndarray::{s, Array1, Array2};
 use std::collections::hash_map::{Entry, HashMap};
 use std::fmt::Write;
@@ -23,47 +24,34 @@ use std::fmt::Write;
 /// address, mask or split merge gives errors of order 1.
 pub const CHECK_TOLERANCE: f64 = 2e-2;
 
-/// A model's attention geometry.
+/// A model's attention geometry, by name.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Geometry {
     pub name: &'static str,
-    pub h: usize,
-    pub g: usize,
-    pub dc: usize,
-    pub dr: usize,
-    pub dn: usize,
-    pub dv: usize,
+    pub dims: LatentDims,
 }
 
-/// LLaMA-3-8B converted to GQLA.
-pub const LLAMA3_8B: Geometry = Geometry {
-    name: "llama3-8b-gqla",
-    h: 32,
-    g: 8,
-    dc: 512,
-    dr: 64,
-    dn: 128,
-    dv: 128,
-};
-
-/// DeepSeek-V3 with 8 groups.
-pub const DEEPSEEK_V3: Geometry = Geometry {
-    name: "deepseek-v3-gqla",
-    h: 128,
-    g: 8,
-    dc: 512,
-    dr: 64,
-    dn: 128,
-    dv: 128,
-};
-
-/// The geometries the benchmark knows, by name.
-pub const GEOMETRIES: [Geometry; 2] = [LLAMA3_8B, DEEPSEEK_V3];
-
 impl Geometry {
-    /// One of [`GEOMETRIES`] by its name.
+    /// LLaMA-3-8B converted to GQLA.
+    pub fn llama3_8b() -> Self {
+        Self::of("llama3-8b-gqla", 32)
+    }
+    /// DeepSeek-V3 with 8 groups.
+    pub fn deepseek_v3() -> Self {
+        Self::of("deepseek-v3-gqla", 128)
+    }
+    /// `h` query heads over 8 groups, d_c 512, d_n = d_v = 128, d_r 64.
+    fn of(name: &'static str, h: usize) -> Self {
+        let dims = LatentDims::new(h, 8, 512, 128, 64, 128).expect("a valid built-in geometry");
+        Self { name, dims }
+    }
+    /// The geometries the benchmark knows.
+    pub fn all() -> Vec<Geometry> {
+        vec![Self::llama3_8b(), Self::deepseek_v3()]
+    }
+    /// One of [`Geometry::all`] by its name.
     pub fn by_name(name: &str) -> Option<Geometry> {
-        GEOMETRIES.into_iter().find(|g| g.name == name)
+        Self::all().into_iter().find(|g| g.name == name)
     }
 }
 
@@ -83,27 +71,24 @@ impl Geometry {
     /// Cache elements per token on `path`, measured on a reference cache allocated with this
     /// geometry (the layout the kernels read: the rope key stored once on the GQA path).
     pub fn cache_elems(&self, path: Path) -> usize {
-        use gqla_reference::cache::{GroupCache, GroupCacheLayout, LatentCache};
-        const TOKENS: usize = 4;
-        let footprint = match path {
-            Path::Absorb => LatentCache::<half::bf16>::filled(self.dc, self.dr, TOKENS).footprint(),
-            Path::Gqa => {
-                GroupCache::<half::bf16>::filled(GroupCacheLayout::RopeOnce, 0..self.g, self.dn, self.dr, self.dv, TOKENS).footprint()
-            }
-        };
-        footprint.expect("a cache of several tokens").elements_per_token
+        let sizes = gqla_reference::cache::CacheSizes::measure::<half::bf16>(&self.dims);
+        match path {
+            Path::Absorb => sizes.absorb,
+            Path::Gqa => sizes.gqa_rope_once,
+        }
+        .elements_per_token
     }
     /// Query and output width per head on `path`.
     pub fn widths(&self, path: Path) -> (usize, usize) {
         match path {
-            Path::Absorb => (self.dc + self.dr, self.dc),
-            Path::Gqa => (self.dn + self.dr, self.dv),
+            Path::Absorb => (self.dims.d_c() + self.dims.d_r(), self.dims.d_c()),
+            Path::Gqa => (self.dims.d_n() + self.dims.d_r(), self.dims.d_v()),
         }
     }
     pub fn work(&self, path: Path, dtype: DType, sq: usize, batch: usize, context: usize) -> Work {
         let eb = dtype.size_in_bytes() as f64;
         let (dk, dv) = self.widths(path);
-        let rows = (batch * sq * self.h) as f64;
+        let rows = (batch * sq * self.dims.h()) as f64;
         let bytes = (batch * context * self.cache_elems(path)) as f64 * eb + rows * (dk + dv) as f64 * eb + rows * 4.0;
         let flops = 2.0 * rows * context as f64 * (dk + dv) as f64;
         Work { bytes, flops }
@@ -190,7 +175,7 @@ impl Grid {
     /// {1k, 4k, 16k, 64k}, bf16.
     pub fn full() -> Self {
         Self {
-            geometries: GEOMETRIES.to_vec(),
+            geometries: Geometry::all(),
             paths: Path::ALL.to_vec(),
             sqs: vec![1, 2],
             batches: vec![1, 16, 64, 128],
@@ -352,20 +337,20 @@ pub fn bench_point<R: Runtime>(
     let pages = PageTable::new(shape);
     let slots = pages.slots;
     let (key, shared, value) = match path {
-        Path::Absorb => (random(rt, dtype, slots * (geo.dc + geo.dr), 11, 1.0)?, None, None),
+        Path::Absorb => (random(rt, dtype, slots * (geo.dims.d_c() + geo.dims.d_r()), 11, 1.0)?, None, None),
         Path::Gqa => (
-            random(rt, dtype, slots * geo.g * geo.dn, 12, 1.0)?,
-            Some(random(rt, dtype, slots * geo.dr, 13, 1.0)?),
-            Some(random(rt, dtype, slots * geo.g * geo.dv, 14, 1.0)?),
+            random(rt, dtype, slots * geo.dims.g() * geo.dims.d_n(), 12, 1.0)?,
+            Some(random(rt, dtype, slots * geo.dims.d_r(), 13, 1.0)?),
+            Some(random(rt, dtype, slots * geo.dims.g() * geo.dims.d_v(), 14, 1.0)?),
         ),
     };
     let lens = rt.upload(&vec![context as i32; batch])?;
     let table = rt.upload(&pages.table)?;
     let (dk, dv) = geo.widths(path);
     let sq_max = sqs.iter().copied().max().unwrap_or(1);
-    let q = random(rt, dtype, batch * sq_max * geo.h * dk, 15, 1.0)?;
-    let mut out = rt.zeros::<u8>(batch * sq_max * geo.h * dv * dtype.size_in_bytes())?;
-    let mut lse = rt.zeros::<u8>(batch * sq_max * geo.h * 4)?;
+    let q = random(rt, dtype, batch * sq_max * geo.dims.h() * dk, 15, 1.0)?;
+    let mut out = rt.zeros::<u8>(batch * sq_max * geo.dims.h() * dv * dtype.size_in_bytes())?;
+    let mut lse = rt.zeros::<u8>(batch * sq_max * geo.dims.h() * 4)?;
     // The last sequence's keys and values per stream, in f64, fetched once for the spot checks.
     let mut host: Option<HostSeq> = None;
     let mut streams: HashMap<usize, (Array2<f64>, Array2<f64>)> = HashMap::new();
@@ -374,39 +359,39 @@ pub fn bench_point<R: Runtime>(
             Path::Absorb => KeySource {
                 key: Segment {
                     buf: &key,
-                    row_stride: geo.dc + geo.dr,
+                    row_stride: geo.dims.d_c() + geo.dims.d_r(),
                     head_stride: 0,
-                    width: geo.dc + geo.dr,
+                    width: geo.dims.d_c() + geo.dims.d_r(),
                 },
                 shared_key: None,
                 value: None,
-                dv: geo.dc,
+                dv: geo.dims.d_c(),
                 streams: 1,
             },
             Path::Gqa => KeySource {
                 key: Segment {
                     buf: &key,
-                    row_stride: geo.g * geo.dn,
-                    head_stride: geo.dn,
-                    width: geo.dn,
+                    row_stride: geo.dims.g() * geo.dims.d_n(),
+                    head_stride: geo.dims.d_n(),
+                    width: geo.dims.d_n(),
                 },
                 shared_key: shared.as_ref().map(|s| Segment {
                     buf: s,
-                    row_stride: geo.dr,
+                    row_stride: geo.dims.d_r(),
                     head_stride: 0,
-                    width: geo.dr,
+                    width: geo.dims.d_r(),
                 }),
                 value: value.as_ref().map(|v| Segment {
                     buf: v,
-                    row_stride: geo.g * geo.dv,
-                    head_stride: geo.dv,
-                    width: geo.dv,
+                    row_stride: geo.dims.g() * geo.dims.d_v(),
+                    head_stride: geo.dims.d_v(),
+                    width: geo.dims.d_v(),
                 }),
-                dv: geo.dv,
-                streams: geo.g,
+                dv: geo.dims.d_v(),
+                streams: geo.dims.g(),
             },
         };
-        let scale = 1.0 / ((geo.dn + geo.dr) as f32).sqrt();
+        let scale = 1.0 / ((geo.dims.d_n() + geo.dims.d_r()) as f32).sqrt();
         let mut call = Decode {
             dtype,
             q: &q,
@@ -419,7 +404,7 @@ pub fn bench_point<R: Runtime>(
             },
             batch,
             sq,
-            h: geo.h,
+            h: geo.dims.h(),
             scale,
             num_splits: 1,
             variant,
@@ -429,14 +414,27 @@ pub fn bench_point<R: Runtime>(
         call.num_splits = call.default_splits(rt, context);
         let splits = call.num_splits;
         let mut ws: Option<Workspace<R>> = if splits > 1 {
-            Some(launch::workspace(rt, batch * sq * geo.h, dv, splits)?)
+            Some(launch::workspace(rt, batch * sq * geo.dims.h(), dv, splits)?)
         } else {
             None
         };
-        let timing = rt.time(300.0, 100, &mut || launch::decode(rt, &mut call, ws.as_mut()))?;
+        launch::check_addressing(
+            &vec![context as i32; batch],
+            &pages.table,
+            pages.max_pages,
+            pages.page,
+            call.cache_slots(),
+        )?;
+        // SAFETY: the addressing was checked above; the buffers outlive the timed runs, which
+        // `time` waits for.
+        let timing = rt.time(300.0, 100, &mut || unsafe { launch::decode(rt, &mut call, ws.as_mut()) })?;
         let mut check_err = 0.0f64;
-        for (j, head) in [(0, 0), (sq - 1, geo.h - 1)] {
-            let stream = if path == Path::Absorb { 0 } else { head / (geo.h / geo.g) };
+        for (j, head) in [(0, 0), (sq - 1, geo.dims.h() - 1)] {
+            let stream = if path == Path::Absorb {
+                0
+            } else {
+                head / (geo.dims.h() / geo.dims.g())
+            };
             if let Entry::Vacant(e) = streams.entry(stream) {
                 let seq = match &mut host {
                     Some(seq) => seq,
@@ -452,7 +450,7 @@ pub fn bench_point<R: Runtime>(
                 e.insert(seq.stream(geo, stream));
             }
             let (keys, values) = &streams[&stream];
-            let row = ((batch - 1) * sq + j) * geo.h + head;
+            let row = ((batch - 1) * sq + j) * geo.dims.h() + head;
             let qr = Array1::from(fetch(rt, &q, dtype, row * dk, dk)?);
             let want = attend_row(
                 qr.view(),
@@ -530,12 +528,12 @@ impl HostSeq {
         let missing = || CudaError::Unsupported("GQA cache without rope keys or values".into());
         Ok(match path {
             Path::Absorb => Self::Absorb {
-                latent: rows(key, geo.dc + geo.dr)?,
+                latent: rows(key, geo.dims.d_c() + geo.dims.d_r())?,
             },
             Path::Gqa => Self::Gqa {
-                key: rows(key, geo.g * geo.dn)?,
-                rope: rows(rope.ok_or_else(missing)?, geo.dr)?,
-                value: rows(value.ok_or_else(missing)?, geo.g * geo.dv)?,
+                key: rows(key, geo.dims.g() * geo.dims.d_n())?,
+                rope: rows(rope.ok_or_else(missing)?, geo.dims.d_r())?,
+                value: rows(value.ok_or_else(missing)?, geo.dims.g() * geo.dims.d_v())?,
             },
         })
     }
@@ -543,12 +541,14 @@ impl HostSeq {
     /// Keys [context, d_k] and values [context, d_v] of `stream`, as the reference reads them.
     fn stream(&self, geo: &Geometry, stream: usize) -> (Array2<f64>, Array2<f64>) {
         match self {
-            Self::Absorb { latent } => (latent.clone(), latent.slice(s![.., ..geo.dc]).to_owned()),
+            Self::Absorb { latent } => (latent.clone(), latent.slice(s![.., ..geo.dims.d_c()]).to_owned()),
             Self::Gqa { key, rope, value } => {
-                let k_nope = key.slice(s![.., stream * geo.dn..(stream + 1) * geo.dn]);
+                let k_nope = key.slice(s![.., stream * geo.dims.d_n()..(stream + 1) * geo.dims.d_n()]);
                 (
                     ndarray::concatenate![ndarray::Axis(1), k_nope, rope.view()],
-                    value.slice(s![.., stream * geo.dv..(stream + 1) * geo.dv]).to_owned(),
+                    value
+                        .slice(s![.., stream * geo.dims.d_v()..(stream + 1) * geo.dims.d_v()])
+                        .to_owned(),
                 )
             }
         }
@@ -594,12 +594,12 @@ pub fn measured_run(device: &str, grid: &Grid, rows: &[Row], ceilings: &Ceilings
         .filter_map(|r| {
             let geo = grid.geometries.iter().find(|g| g.name == r.geometry)?;
             Some(MeasuredPoint {
-                h: geo.h,
-                g: geo.g,
-                d_c: geo.dc,
-                d_r: geo.dr,
-                d_n: geo.dn,
-                d_v: geo.dv,
+                h: geo.dims.h(),
+                g: geo.dims.g(),
+                d_c: geo.dims.d_c(),
+                d_r: geo.dims.d_r(),
+                d_n: geo.dims.d_n(),
+                d_v: geo.dims.d_v(),
                 path: r.path,
                 sq: r.sq,
                 batch: r.batch,
@@ -671,7 +671,7 @@ mod tests {
     fn measured_run_takes_the_fastest_tensor_core_kernel() {
         let grid = Grid::full();
         let row = |path, variant, ms| Row {
-            geometry: LLAMA3_8B.name,
+            geometry: Geometry::llama3_8b().name,
             path,
             sq: 1,
             batch: 16,
@@ -680,7 +680,7 @@ mod tests {
             splits: 1,
             variant,
             timing: Timing::single(ms),
-            work: LLAMA3_8B.work(path, DType::Bf16, 1, 16, 4096),
+            work: Geometry::llama3_8b().work(path, DType::Bf16, 1, 16, 4096),
             check_err: 0.0,
         };
         let ceilings = Ceilings {
@@ -742,7 +742,7 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for g in GEOMETRIES {
+        for g in Geometry::all() {
             assert_eq!(Geometry::by_name(g.name), Some(g));
         }
         for p in Path::ALL {
@@ -754,12 +754,12 @@ mod tests {
 
     #[test]
     fn work_counts() {
-        let w = LLAMA3_8B.work(Path::Absorb, DType::Bf16, 1, 1, 1024);
+        let w = Geometry::llama3_8b().work(Path::Absorb, DType::Bf16, 1, 1, 1024);
         let q_out = 32.0 * (576.0 + 512.0) * 2.0 + 32.0 * 4.0;
         assert_eq!(w.bytes, 1024.0 * 576.0 * 2.0 + q_out);
         assert_eq!(w.flops, 2.0 * 32.0 * 1024.0 * (576.0 + 512.0));
-        let g = DEEPSEEK_V3.work(Path::Gqa, DType::Bf16, 2, 4, 100);
-        assert_eq!(DEEPSEEK_V3.cache_elems(Path::Gqa), 8 * 128 + 64 + 8 * 128);
+        let g = Geometry::deepseek_v3().work(Path::Gqa, DType::Bf16, 2, 4, 100);
+        assert_eq!(Geometry::deepseek_v3().cache_elems(Path::Gqa), 8 * 128 + 64 + 8 * 128);
         assert_eq!(g.flops, 2.0 * (4 * 2 * 128) as f64 * 100.0 * (192.0 + 128.0));
     }
 }

@@ -16,7 +16,7 @@
 //! `cp.async` is still writing, writes to bytes an unwaited `wgmma` reads, and `wgmma` operands
 //! written without `fence.proxy.async` (emu/emu.h has the list).
 
-use crate::runtime::{Args, Element, Launch, Runtime, Span};
+use crate::runtime::{Args, Bound, Element, Launch, Runtime, Span};
 use crate::timing::Timing;
 use crate::CudaError;
 use std::collections::BTreeMap;
@@ -93,6 +93,7 @@ pub struct EmuBuf<T>(Vec<T>);
 
 impl Runtime for Emulator {
     type Buf<T: Element> = EmuBuf<T>;
+    type Guard<'a> = ();
 
     fn kernel_name(&self) -> &'static str {
         "cuda-emu"
@@ -140,14 +141,18 @@ impl Runtime for Emulator {
     fn len<T: Element>(buf: &EmuBuf<T>) -> usize {
         buf.0.len()
     }
-    fn addr<T: Element>(&self, buf: &EmuBuf<T>) -> u64 {
-        buf.0.as_ptr() as u64
+    fn read<'a, T: Element>(&'a self, buf: &'a EmuBuf<T>) -> Bound<'a, Self> {
+        Bound::new(buf.0.as_ptr() as u64, std::mem::size_of_val(buf.0.as_slice()), ())
     }
-    fn addr_mut<T: Element>(&self, buf: &mut EmuBuf<T>) -> u64 {
-        buf.0.as_mut_ptr() as u64
+    fn write<'a, T: Element>(&'a self, buf: &'a mut EmuBuf<T>) -> Bound<'a, Self> {
+        let bytes = std::mem::size_of_val(buf.0.as_slice());
+        Bound::new(buf.0.as_mut_ptr() as u64, bytes, ())
     }
-    fn launch(&self, name: &str, launch: Launch, args: Args, spans: &[Span]) -> Result<(), CudaError> {
-        // SAFETY: each parameter struct is the one its kernels take (the structs the GPU gets).
+    unsafe fn launch(&self, name: &str, launch: Launch, args: Args, buffers: &[Bound<'_, Self>]) -> Result<(), CudaError> {
+        let spans: Vec<Span> = buffers.iter().map(|b| b.span).collect();
+        let spans = spans.as_slice();
+        // SAFETY: the caller's contract (the parameter struct is the kernel's); the emulator
+        // checks every access against the spans itself.
         unsafe {
             match args {
                 Args::Attn(p) => self.launch_with(name, launch, p, spans),

@@ -72,6 +72,9 @@ struct DevicePaging<R: Runtime> {
     block_table: R::Buf<i32>,
     max_pages: usize,
     page: usize,
+    /// The host copies the device buffers were uploaded from, to check the addressing.
+    host_lens: Vec<i32>,
+    host_table: Vec<i32>,
 }
 
 impl<R: Runtime> DevicePaging<R> {
@@ -143,6 +146,8 @@ impl<R: Runtime> DeviceKernel<R> {
             block_table: self.rt.upload(&table)?,
             max_pages,
             page,
+            host_lens: lens,
+            host_table: table,
         })
     }
 
@@ -238,7 +243,15 @@ impl<R: Runtime> DeviceKernel<R> {
         } else {
             None
         };
-        launch::decode(&self.rt, &mut call, ws.as_mut())?;
+        launch::check_addressing(
+            &paging.host_lens,
+            &paging.host_table,
+            paging.max_pages,
+            paging.page,
+            call.cache_slots(),
+        )?;
+        // SAFETY: the addressing was checked above; the buffers live past the synchronize.
+        unsafe { launch::decode(&self.rt, &mut call, ws.as_mut()) }?;
         self.rt.synchronize()?;
         collect(&self.rt, d, &out, outputs.get_mut(TensorName::Out))?;
         if outputs.has(TensorName::Lse) {
@@ -270,32 +283,43 @@ impl<R: Runtime> DeviceKernel<R> {
         let tok_t = self.rt.upload(if n == 0 { &[0][..] } else { &tt })?;
         let mut k = guarded_output(&self.rt, d, outputs.get(TensorName::K).len())?;
         let mut v = guarded_output(&self.rt, d, outputs.get(TensorName::V).len())?;
-        launch::expand_cache(
-            &self.rt,
-            d,
-            &latent,
-            &w,
-            &Tokens {
-                sequences: &tok_b,
-                positions: &tok_t,
-                count: n,
-            },
-            &paging.view(),
-            ExpandDims {
-                g: c.g,
-                dc: c.dc,
-                dn: c.dn,
-                dv: c.dv,
-            },
-            &mut Guarded {
-                buf: &mut k,
-                margin: MARGIN,
-            },
-            &mut Guarded {
-                buf: &mut v,
-                margin: MARGIN,
-            },
-        )?;
+        // Each row's length for the addressing check: its largest listed position + 1.
+        let mut reach = vec![0i32; c.batch()];
+        for (&b, &t) in tb.iter().zip(&tt) {
+            reach[b as usize] = reach[b as usize].max(t + 1);
+        }
+        let latent_slots = R::len(&latent) / (c.dc.max(1) * d.size_in_bytes());
+        launch::check_addressing(&reach, &paging.host_table, paging.max_pages, paging.page, latent_slots)?;
+        // SAFETY: every token is (row, position) of a row below the batch, and the addressing was
+        // checked above; the buffers live past the synchronize.
+        unsafe {
+            launch::expand_cache(
+                &self.rt,
+                d,
+                &latent,
+                &w,
+                &Tokens {
+                    sequences: &tok_b,
+                    positions: &tok_t,
+                    count: n,
+                },
+                &paging.view(),
+                ExpandDims {
+                    g: c.g,
+                    dc: c.dc,
+                    dn: c.dn,
+                    dv: c.dv,
+                },
+                &mut Guarded {
+                    buf: &mut k,
+                    margin: MARGIN,
+                },
+                &mut Guarded {
+                    buf: &mut v,
+                    margin: MARGIN,
+                },
+            )
+        }?;
         self.rt.synchronize()?;
         collect(&self.rt, d, &k, outputs.get_mut(TensorName::K))?;
         collect(&self.rt, d, &v, outputs.get_mut(TensorName::V))?;

@@ -158,6 +158,34 @@ pub struct Segment<'a, R: Runtime> {
     pub width: usize,
 }
 
+impl<R: Runtime> Segment<'_, R> {
+    /// Cache slots whose every element streams `0..streams` read (columns `0..width`) lies in the
+    /// buffer of `eb`-byte elements.
+    fn slots(&self, streams: usize, width: usize, eb: usize) -> usize {
+        let row = (streams.max(1) - 1) * self.head_stride + width;
+        let elements = R::len(self.buf) / eb;
+        match (elements.checked_sub(row), self.row_stride) {
+            (None, _) => 0,
+            (Some(_), 0) => usize::MAX,
+            (Some(rest), stride) => rest / stride + 1,
+        }
+    }
+}
+
+/// `what` needs `need` bytes and its buffer has `have`.
+fn too_small(what: &str, need: usize, have: usize) -> CudaError {
+    CudaError::Unsupported(format!("{what} needs {need} bytes, its buffer has {have}"))
+}
+
+/// Check that `buf` holds `need` bytes.
+fn holds<R: Runtime, T: crate::runtime::Element>(what: &str, buf: &R::Buf<T>, need: usize) -> Result<(), CudaError> {
+    let have = R::len(buf) * std::mem::size_of::<T>();
+    if need > have {
+        return Err(too_small(what, need, have));
+    }
+    Ok(())
+}
+
 /// Where the keys and values of a decode come from.
 pub struct KeySource<'a, R: Runtime> {
     /// Per-stream key part (absorb: the whole latent row).
@@ -290,8 +318,62 @@ impl<R: Runtime> Decode<'_, R> {
             }
         }
     }
+    /// Cache slots every key and value segment holds whole: the block table may name pages
+    /// `0..cache_slots() / page` (see [`decode`]'s safety section).
+    pub fn cache_slots(&self) -> usize {
+        let (k, eb) = (&self.keys, self.dtype.size_in_bytes());
+        let value_slots = match &k.value {
+            Some(v) => v.slots(k.streams, k.dv, eb),
+            None => usize::MAX, // a prefix of the key rows, checked with them
+        };
+        let shared_slots = k.shared_key.as_ref().map_or(usize::MAX, |x| x.slots(1, x.width, eb));
+        k.key.slots(k.streams, k.key.width, eb).min(value_slots).min(shared_slots)
+    }
+
+    /// Check every extent the host knows against the buffers: queries, outputs, lengths, the
+    /// block table, and at least one page of every cache segment.
+    fn check_extents(&self) -> Result<(), CudaError> {
+        let (k, eb) = (&self.keys, self.dtype.size_in_bytes());
+        let rows = self.batch * self.sq * self.h;
+        if self.batch == 0 {
+            return Ok(()); // nothing is launched
+        }
+        holds::<R, u8>("the queries", self.q, rows * self.key_width() * eb)?;
+        holds::<R, u8>("the output", self.out.buf, (rows * k.dv + 2 * self.out.margin) * eb)?;
+        holds::<R, u8>("the LSE", self.lse.buf, (rows + 2 * self.lse.margin) * 4)?;
+        holds::<R, i32>("the sequence lengths", self.paging.seq_lens, self.batch * 4)?;
+        holds::<R, i32>("the block table", self.paging.block_table, self.batch * self.paging.max_pages * 4)?;
+        if k.value.is_none() && k.dv > k.key.width {
+            return Err(CudaError::Unsupported(format!(
+                "values of width {} as a prefix of keys of width {}",
+                k.dv, k.key.width
+            )));
+        }
+        if self.paging.page == 0 || self.cache_slots() < self.paging.page {
+            return Err(CudaError::Unsupported(format!(
+                "a cache of {} whole slots cannot hold one page of {}",
+                self.cache_slots(),
+                self.paging.page
+            )));
+        }
+        let i32_fits = |v: usize| i32::try_from(v).is_ok();
+        if ![
+            self.paging.max_pages.saturating_mul(self.paging.page),
+            rows,
+            k.key.head_stride,
+            k.value.as_ref().map_or(0, |v| v.head_stride),
+        ]
+        .into_iter()
+        .all(i32_fits)
+        {
+            return Err(CudaError::Unsupported("sizes past the kernel's 32-bit indices".into()));
+        }
+        Ok(())
+    }
+
     /// Check what the kernel cannot do, before launching.
     pub fn check(&self, rt: &R) -> Result<(), CudaError> {
+        self.check_extents()?;
         let k = &self.keys;
         if k.streams == 0 || !self.h.is_multiple_of(k.streams) {
             return Err(CudaError::Unsupported(format!("{} heads over {} streams", self.h, k.streams)));
@@ -335,42 +417,83 @@ pub fn workspace<R: Runtime>(rt: &R, rows: usize, dv: usize, splits: usize) -> R
     })
 }
 
+/// Check, on the host copy it is uploaded from, the device-side addressing [`decode`] and
+/// [`expand_cache`] trust: each of the `seq_lens.len()` rows has a length in
+/// `0..=max_pages · page`, and each block-table entry its length reaches names a page of a cache
+/// of `slots` slots. (For an expansion, a row's length is its largest listed position + 1.)
+pub fn check_addressing(seq_lens: &[i32], block_table: &[i32], max_pages: usize, page: usize, slots: usize) -> Result<(), CudaError> {
+    let bad = |why: String| Err(CudaError::Unsupported(format!("cache addressing: {why}")));
+    if page == 0 || block_table.len() < seq_lens.len().saturating_mul(max_pages) {
+        return bad(format!(
+            "{} rows of {max_pages} pages of {page} slots need a block table of {} entries, not {}",
+            seq_lens.len(),
+            seq_lens.len().saturating_mul(max_pages),
+            block_table.len()
+        ));
+    }
+    let pages = slots / page;
+    for (b, &len) in seq_lens.iter().enumerate() {
+        let Some(len) = usize::try_from(len).ok().filter(|&l| l <= max_pages.saturating_mul(page)) else {
+            return bad(format!("row {b} has length {len}, outside 0..={max_pages}·{page}"));
+        };
+        for (p, &e) in block_table[b * max_pages..][..len.div_ceil(page)].iter().enumerate() {
+            if usize::try_from(e).map_or(true, |e| e >= pages) {
+                return bad(format!("row {b} page {p} is page {e}; the cache holds pages 0..{pages}"));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Launch a decode: the attention kernel, then (with several splits) the combine kernel.
-/// Asynchronous; `workspace` must fit B·s_q·H rows × num_splits when num_splits > 1.
-pub fn decode<R: Runtime>(rt: &R, d: &mut Decode<R>, workspace: Option<&mut Workspace<R>>) -> Result<(), CudaError> {
+/// Asynchronous; `workspace` must fit B·s_q·H rows × num_splits when num_splits > 1. Every extent
+/// the host knows is checked first ([`Decode::check`]); what lies in device memory is not.
+///
+/// # Safety
+/// The device-side addressing data must keep the kernel inside the buffers, and the buffers must
+/// stay untouched until the launch completes (the next synchronize or download):
+/// - each sequence length is at most `max_pages · page`;
+/// - each block-table entry the lengths reach (page p of row b, p < ⌈len_b / page⌉) is below
+///   [`Decode::cache_slots`]` / page`.
+pub unsafe fn decode<R: Runtime>(rt: &R, d: &mut Decode<R>, workspace: Option<&mut Workspace<R>>) -> Result<(), CudaError> {
     d.check(rt)?;
+    if d.batch == 0 {
+        return Ok(());
+    }
     let stages = d.stages(rt);
-    let eb = d.dtype.size_in_bytes() as u64;
-    let k = &d.keys;
+    let eb = d.dtype.size_in_bytes();
     let rows = d.batch * d.sq * d.h;
-    let mut spans = vec![
-        rt.span(d.q),
-        rt.span(k.key.buf),
-        rt.span(d.paging.seq_lens),
-        rt.span(d.paging.block_table),
-    ];
-    spans.extend(k.shared_key.iter().chain(&k.value).map(|s| rt.span(s.buf)));
+    let suffix = d.dtype.name();
+    let attn = Launch {
+        grid: (d.num_splits as u32, (d.keys.streams * d.row_tiles()) as u32, d.batch as u32),
+        threads: d.variant.threads() as u32,
+        shared_bytes: d.shared_bytes(stages) as u32,
+    };
+    let family = d.variant.family(d.narrow());
+    let k = &d.keys;
+    let (q, key) = (rt.read(d.q), rt.read(k.key.buf));
+    let (seq_lens, block_table) = (rt.read(d.paging.seq_lens), rt.read(d.paging.block_table));
+    let shared_key = k.shared_key.as_ref().map(|x| rt.read(x.buf));
+    let value = k.value.as_ref().map(|x| rt.read(x.buf));
     let (part_o, part_lse) = match (d.num_splits, workspace) {
-        (1, _) => (0, 0),
+        (1, _) => (None, None),
         (n, Some(w)) if R::len(&w.part_lse) >= rows * n && R::len(&w.part_o) >= rows * n * k.dv => {
-            spans.extend([rt.span(&w.part_o), rt.span(&w.part_lse)]);
-            (rt.addr_mut(&mut w.part_o), rt.addr_mut(&mut w.part_lse))
+            (Some(rt.write(&mut w.part_o)), Some(rt.write(&mut w.part_lse)))
         }
         _ => return Err(CudaError::Unsupported("split-KV without a large enough workspace".into())),
     };
-    spans.extend([rt.span(d.out.buf), rt.span(d.lse.buf)]);
-    let key_ptr = rt.addr(k.key.buf);
+    let (out, lse) = (rt.write(d.out.buf), rt.write(d.lse.buf));
     let p = AttnParams {
-        q: rt.addr(d.q),
-        ka: key_ptr,
-        kb: k.shared_key.as_ref().map_or(0, |x| rt.addr(x.buf)),
-        v: k.value.as_ref().map_or(key_ptr, |x| rt.addr(x.buf)),
-        seq_lens: rt.addr(d.paging.seq_lens),
-        block_table: rt.addr(d.paging.block_table),
-        out: rt.addr_mut(d.out.buf) + d.out.margin as u64 * eb,
-        lse: rt.addr_mut(d.lse.buf) + d.lse.margin as u64 * 4,
-        part_o,
-        part_lse,
+        q: q.addr,
+        ka: key.addr,
+        kb: shared_key.as_ref().map_or(0, |x| x.addr),
+        v: value.as_ref().map_or(key.addr, |x| x.addr),
+        seq_lens: seq_lens.addr,
+        block_table: block_table.addr,
+        out: out.offset(d.out.margin, eb),
+        lse: lse.offset(d.lse.margin, 4),
+        part_o: part_o.as_ref().map_or(0, |x| x.addr),
+        part_lse: part_lse.as_ref().map_or(0, |x| x.addr),
         ka_stride: k.key.row_stride as i64,
         kb_stride: k.shared_key.as_ref().map_or(0, |x| x.row_stride as i64),
         v_stride: k.value.as_ref().map_or(k.key.row_stride, |x| x.row_stride) as i64,
@@ -390,24 +513,19 @@ pub fn decode<R: Runtime>(rt: &R, d: &mut Decode<R>, workspace: Option<&mut Work
         stages: stages as i32,
         scale: d.scale,
     };
-    if d.batch == 0 {
-        return Ok(());
-    }
-    let suffix = d.dtype.name();
-    let attn = Launch {
-        grid: (d.num_splits as u32, (k.streams * d.row_tiles()) as u32, d.batch as u32),
-        threads: d.variant.threads() as u32,
-        shared_bytes: d.shared_bytes(stages) as u32,
-    };
-    let family = d.variant.family(d.narrow());
-    rt.launch(&format!("{family}_{suffix}"), attn, Args::Attn(&p), &spans)?;
+    let mut buffers = vec![q, key, seq_lens, block_table, out, lse];
+    buffers.extend(shared_key.into_iter().chain(value).chain(part_o).chain(part_lse));
+    // SAFETY: the parameters are AttnParams, every address is one of `buffers`, the host-known
+    // extents were checked above and the device-side ones are the caller's contract.
+    unsafe { rt.launch(&format!("{family}_{suffix}"), attn, Args::Attn(&p), &buffers) }?;
     if d.num_splits > 1 {
         let combine = Launch {
             grid: (rows as u32, 1, 1),
             threads: THREADS as u32,
             shared_bytes: COMBINE_SHARED_BYTES as u32,
         };
-        rt.launch(&format!("attn_combine_{suffix}"), combine, Args::Attn(&p), &spans)?;
+        // SAFETY: as above; the combine kernel reads the partials and writes the outputs.
+        unsafe { rt.launch(&format!("attn_combine_{suffix}"), combine, Args::Attn(&p), &buffers) }?;
     }
     Ok(())
 }
@@ -430,9 +548,17 @@ pub struct ExpandDims {
 
 /// Launch the latent → group-cache expansion of the listed tokens (asynchronous), reading the
 /// latent through `paging`'s block table (its sequence lengths are not read: `tokens` lists the
-/// positions).
+/// positions). Every extent the host knows is checked first; what lies in device memory is not.
+///
+/// # Safety
+/// The device-side addressing data must keep the kernel inside the buffers, and the buffers must
+/// stay untouched until the launch completes (the next synchronize or download):
+/// - each token's sequence is below the block table's rows (`len / max_pages`) and its position
+///   below `max_pages · page`;
+/// - each block-table entry a token reaches is below `latent slots / page`, where a latent slot
+///   is `dc` elements.
 #[allow(clippy::too_many_arguments)]
-pub fn expand_cache<R: Runtime>(
+pub unsafe fn expand_cache<R: Runtime>(
     rt: &R,
     dtype: DType,
     latent: &R::Buf<u8>,
@@ -446,39 +572,58 @@ pub fn expand_cache<R: Runtime>(
     if tokens.count == 0 {
         return Ok(());
     }
-    let (table, max_pages, page) = (paging.block_table, paging.max_pages, paging.page);
-    let eb = dtype.size_in_bytes() as u64;
-    let spans = [
-        rt.span(latent),
-        rt.span(w_ukv),
-        rt.span(tokens.sequences),
-        rt.span(tokens.positions),
-        rt.span(table),
-        rt.span(k_out.buf),
-        rt.span(v_out.buf),
-    ];
+    let (n, eb) = (tokens.count, dtype.size_in_bytes());
+    let ExpandDims { g, dc, dn, dv } = dims;
+    holds::<R, u8>("the latent cache", latent, paging.page.max(1) * dc * eb)?;
+    holds::<R, u8>("the up-projections", w_ukv, g * (dn + dv) * dc * eb)?;
+    holds::<R, i32>("the token sequences", tokens.sequences, n * 4)?;
+    holds::<R, i32>("the token positions", tokens.positions, n * 4)?;
+    holds::<R, i32>("the block table", paging.block_table, paging.max_pages * 4)?;
+    holds::<R, u8>("the expanded keys", k_out.buf, (n * g * dn + 2 * k_out.margin) * eb)?;
+    holds::<R, u8>("the expanded values", v_out.buf, (n * g * dv + 2 * v_out.margin) * eb)?;
+    if paging.page == 0
+        || [n, paging.max_pages.saturating_mul(paging.page), g * (dn + dv) * dc]
+            .into_iter()
+            .any(|v| i32::try_from(v).is_err())
+    {
+        return Err(CudaError::Unsupported(
+            "an empty page, or sizes past the kernel's 32-bit indices".into(),
+        ));
+    }
+    let (latent, w) = (rt.read(latent), rt.read(w_ukv));
+    let (tok_b, tok_t, table) = (rt.read(tokens.sequences), rt.read(tokens.positions), rt.read(paging.block_table));
+    let (k, v) = (rt.write(k_out.buf), rt.write(v_out.buf));
     let p = ExpandParams {
-        latent: rt.addr(latent),
-        w: rt.addr(w_ukv),
-        tok_b: rt.addr(tokens.sequences),
-        tok_t: rt.addr(tokens.positions),
-        block_table: rt.addr(table),
-        k_out: rt.addr_mut(k_out.buf) + k_out.margin as u64 * eb,
-        v_out: rt.addr_mut(v_out.buf) + v_out.margin as u64 * eb,
-        max_pages: max_pages as i32,
-        page: page as i32,
-        tokens: tokens.count as i32,
-        g: dims.g as i32,
-        dc: dims.dc as i32,
-        dn: dims.dn as i32,
-        dv: dims.dv as i32,
+        latent: latent.addr,
+        w: w.addr,
+        tok_b: tok_b.addr,
+        tok_t: tok_t.addr,
+        block_table: table.addr,
+        k_out: k.offset(k_out.margin, eb),
+        v_out: v.offset(v_out.margin, eb),
+        max_pages: paging.max_pages as i32,
+        page: paging.page as i32,
+        tokens: n as i32,
+        g: g as i32,
+        dc: dc as i32,
+        dn: dn as i32,
+        dv: dv as i32,
     };
     let launch = Launch {
-        grid: (tokens.count.div_ceil(EXPAND_TOKENS) as u32, 1, 1),
+        grid: (n.div_ceil(EXPAND_TOKENS) as u32, 1, 1),
         threads: THREADS as u32,
-        shared_bytes: (4 * EXPAND_TOKENS * dims.dc) as u32,
+        shared_bytes: (4 * EXPAND_TOKENS * dc) as u32,
     };
-    rt.launch(&format!("expand_{}", dtype.name()), launch, Args::Expand(&p), &spans)
+    // SAFETY: the parameters are ExpandParams, every address is one of the buffers, the
+    // host-known extents were checked above and the device-side ones are the caller's contract.
+    unsafe {
+        rt.launch(
+            &format!("expand_{}", dtype.name()),
+            launch,
+            Args::Expand(&p),
+            &[latent, w, tok_b, tok_t, table, k, v],
+        )
+    }
 }
 
 /// Fill the first `n` elements (of `dtype`) of `buf` with pseudo-random values in amp·[-1, 1)
@@ -491,9 +636,9 @@ pub fn fill_random<R: Runtime>(rt: &R, buf: &mut R::Buf<u8>, dtype: DType, n: us
             R::len(buf)
         )));
     }
-    let spans = [rt.span(buf)];
+    let buf = rt.write(buf);
     let p = FillParams {
-        p: rt.addr_mut(buf),
+        p: buf.addr,
         n: n as i64,
         seed,
         amp,
@@ -503,7 +648,9 @@ pub fn fill_random<R: Runtime>(rt: &R, buf: &mut R::Buf<u8>, dtype: DType, n: us
         threads: 256,
         shared_bytes: 0,
     };
-    rt.launch(&format!("fill_{}", dtype.name()), launch, Args::Fill(&p), &spans)
+    // SAFETY: the parameters are FillParams; the kernel writes elements 0..n of `buf`, which
+    // holds them (checked above).
+    unsafe { rt.launch(&format!("fill_{}", dtype.name()), launch, Args::Fill(&p), &[buf]) }
 }
 
 /// Ways `mma_probe_*` computes the same product (register fragments, then three ldmatrix forms).
@@ -540,13 +687,16 @@ fn run_probe<R: Runtime>(
 ) -> Result<Vec<f32>, CudaError> {
     let (ab, bb) = (rt.upload(&to_bytes(dtype, a))?, rt.upload(&to_bytes(dtype, b))?);
     let mut d = rt.zeros::<f32>(d_len)?;
-    let spans = [rt.span(&ab), rt.span(&bb), rt.span(&d)];
+    let buffers = [rt.read(&ab), rt.read(&bb), rt.write(&mut d)];
     let p = ProbeParams {
-        a: rt.addr(&ab),
-        b: rt.addr(&bb),
-        d: rt.addr_mut(&mut d),
+        a: buffers[0].addr,
+        b: buffers[1].addr,
+        d: buffers[2].addr,
     };
-    rt.launch(&format!("{name}_{}", dtype.name()), launch, Args::Probe(&p), &spans)?;
+    // SAFETY: the probes take ProbeParams and read the fixed-size operands and write the products
+    // the callers size `a`, `b` and `d_len` for.
+    unsafe { rt.launch(&format!("{name}_{}", dtype.name()), launch, Args::Probe(&p), &buffers) }?;
+    drop(buffers);
     rt.synchronize()?;
     rt.download(&d)
 }

@@ -10,7 +10,7 @@ use crate::device::Gpu;
 use crate::timing::Timing;
 use crate::{driver, CudaError};
 use cudarc::driver::sys::CUevent_flags;
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, SyncOnDrop, ValidAsZeroBits};
 use std::collections::BTreeMap;
 
 /// Element types of runtime buffers.
@@ -126,11 +126,40 @@ pub struct Span {
     pub bytes: usize,
 }
 
+/// A buffer bound for one launch: the address its kernel gets, the span it may touch, and the
+/// runtime's access guard. On the GPU the guard is cudarc's event record, which must be dropped
+/// only after the launch that uses the address is enqueued; so a `Bound` is passed to
+/// [`Runtime::launch`] and lives until it returns.
+pub struct Bound<'a, R: Runtime + ?Sized + 'a> {
+    pub addr: u64,
+    pub span: Span,
+    _guard: R::Guard<'a>,
+}
+
+impl<'a, R: Runtime + ?Sized + 'a> Bound<'a, R> {
+    /// `bytes` bytes at `addr`, held by `guard`.
+    pub fn new(addr: u64, bytes: usize, guard: R::Guard<'a>) -> Self {
+        Self {
+            addr,
+            span: Span { addr, bytes },
+            _guard: guard,
+        }
+    }
+    /// The address `elements` elements of `elem_bytes` bytes past the start.
+    pub fn offset(&self, elements: usize, elem_bytes: usize) -> u64 {
+        self.addr + (elements * elem_bytes) as u64
+    }
+}
+
 /// Memory and launches of one place the kernels run. Launches are asynchronous and ordered;
 /// [`Runtime::synchronize`] waits for them.
 pub trait Runtime: Send + Sync {
     /// A buffer of `T` in the runtime's memory.
     type Buf<T: Element>;
+    /// What keeps a bound buffer's access recorded until its launch is enqueued.
+    type Guard<'a>
+    where
+        Self: 'a;
 
     /// The name a certificate gives the kernels on this runtime (`cuda`, `cuda-emu`).
     fn kernel_name(&self) -> &'static str;
@@ -147,20 +176,25 @@ pub trait Runtime: Send + Sync {
     fn download_range<T: Element>(&self, buf: &Self::Buf<T>, start: usize, len: usize) -> Result<Vec<T>, CudaError>;
     fn zeros<T: Element>(&self, n: usize) -> Result<Self::Buf<T>, CudaError>;
     fn len<T: Element>(buf: &Self::Buf<T>) -> usize;
-    /// The address a kernel reads `buf` at.
-    fn addr<T: Element>(&self, buf: &Self::Buf<T>) -> u64;
-    /// The address a kernel writes `buf` at.
-    fn addr_mut<T: Element>(&self, buf: &mut Self::Buf<T>) -> u64;
-    /// The span of `buf` (the emulator checks every access against the launch's spans).
-    fn span<T: Element>(&self, buf: &Self::Buf<T>) -> Span {
-        Span {
-            addr: self.addr(buf),
-            bytes: Self::len(buf) * std::mem::size_of::<T>(),
-        }
-    }
+    /// `buf` bound for a launch that reads it.
+    fn read<'a, T: Element>(&'a self, buf: &'a Self::Buf<T>) -> Bound<'a, Self>;
+    /// `buf` bound for a launch that writes it.
+    fn write<'a, T: Element>(&'a self, buf: &'a mut Self::Buf<T>) -> Bound<'a, Self>;
 
-    /// Launch kernel `name` (e.g. `attn_bf16`); `spans` are the buffers its parameters point into.
-    fn launch(&self, name: &str, launch: Launch, args: Args, spans: &[Span]) -> Result<(), CudaError>;
+    /// Launch kernel `name` (e.g. `attn_bf16`) on `buffers`, the buffers its parameters point
+    /// into. Asynchronous on the GPU; the emulator runs it before returning.
+    ///
+    /// # Safety
+    /// - `args` is the parameter struct kernel `name` takes;
+    /// - every address in `args` points into one of `buffers`, and every access the kernel makes
+    ///   as the parameters direct it (strides, widths, counts, and the lengths, block-table
+    ///   entries and token lists it reads from device memory) stays within those buffers;
+    /// - the buffers are not freed or touched by the host until the launch completes (the next
+    ///   [`Runtime::synchronize`] or download on the same runtime).
+    ///
+    /// The emulator checks every access against `buffers` and fails the launch on the first one
+    /// outside them; the GPU checks nothing, and an access outside them is undefined behaviour.
+    unsafe fn launch(&self, name: &str, launch: Launch, args: Args, buffers: &[Bound<'_, Self>]) -> Result<(), CudaError>;
     fn synchronize(&self) -> Result<(), CudaError>;
     /// The time of one call of `f` (which enqueues work): after a warm-up, enough runs for about
     /// `budget_ms`, at least 5 and at most `max_reps`, each timed by its own CUDA events on a cold
@@ -181,6 +215,7 @@ pub trait Runtime: Send + Sync {
 
 impl Runtime for Gpu {
     type Buf<T: Element> = CudaSlice<T>;
+    type Guard<'a> = SyncOnDrop<'a>;
 
     fn kernel_name(&self) -> &'static str {
         "cuda"
@@ -222,13 +257,17 @@ impl Runtime for Gpu {
     fn len<T: Element>(buf: &CudaSlice<T>) -> usize {
         buf.len()
     }
-    fn addr<T: Element>(&self, buf: &CudaSlice<T>) -> u64 {
-        buf.device_ptr(&self.stream).0
+    fn read<'a, T: Element>(&'a self, buf: &'a CudaSlice<T>) -> Bound<'a, Self> {
+        let bytes = buf.len() * std::mem::size_of::<T>();
+        let (addr, guard) = buf.device_ptr(&self.stream);
+        Bound::new(addr, bytes, guard)
     }
-    fn addr_mut<T: Element>(&self, buf: &mut CudaSlice<T>) -> u64 {
-        buf.device_ptr_mut(&self.stream).0
+    fn write<'a, T: Element>(&'a self, buf: &'a mut CudaSlice<T>) -> Bound<'a, Self> {
+        let bytes = buf.len() * std::mem::size_of::<T>();
+        let (addr, guard) = buf.device_ptr_mut(&self.stream);
+        Bound::new(addr, bytes, guard)
     }
-    fn launch(&self, name: &str, launch: Launch, args: Args, _spans: &[Span]) -> Result<(), CudaError> {
+    unsafe fn launch(&self, name: &str, launch: Launch, args: Args, _buffers: &[Bound<'_, Self>]) -> Result<(), CudaError> {
         let f = self.function(name)?;
         if launch.shared_bytes > 0 {
             self.allow_shared(name, f, launch.shared_bytes)?;
@@ -245,8 +284,9 @@ impl Runtime for Gpu {
             Args::Probe(p) => b.arg(p),
             Args::Fill(p) => b.arg(p),
         };
-        // SAFETY: the parameters describe buffers that outlive the launch (the callers borrow them
-        // for the call, and every use is ordered on this one stream).
+        // SAFETY: the caller's contract: the parameters are the kernel's, point into `_buffers` and
+        // stay within them, and the buffers outlive the launch (every use is ordered on this one
+        // stream). The buffers' access guards drop after this returns, when it is enqueued.
         unsafe { b.launch(cfg) }.map_err(driver(format!("launching {name}")))?;
         Ok(())
     }

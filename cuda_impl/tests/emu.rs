@@ -7,7 +7,7 @@ use gqla_conformance::runner::{Prepared, Session};
 use gqla_conformance::{Kernel, Status};
 use gqla_cuda::emu::Schedule;
 use gqla_cuda::launch::{self, Decode, Guarded, KeySource, Paging, Segment, Variant};
-use gqla_cuda::runtime::{Args, AttnParams, Launch, Runtime, Span};
+use gqla_cuda::runtime::{Args, AttnParams, Launch, Runtime};
 use gqla_cuda::{CudaError, EmuKernel, Emulator};
 use std::sync::Arc;
 use std::time::Duration;
@@ -173,6 +173,15 @@ impl Small {
 
     /// The output and the tensor-core kernel's stage count.
     fn run_staged(&self, variant: Variant, page: usize, splits: usize) -> Result<(Vec<f32>, usize), CudaError> {
+        self.launch(variant, page, splits, true)
+    }
+
+    /// The same without the host's addressing check: the emulator checks every access itself.
+    fn run_emulated(&self, variant: Variant, page: usize, splits: usize) -> Result<(Vec<f32>, usize), CudaError> {
+        self.launch(variant, page, splits, false)
+    }
+
+    fn launch(&self, variant: Variant, page: usize, splits: usize, check_addressing: bool) -> Result<(Vec<f32>, usize), CudaError> {
         let (rt, d) = (&self.rt, self.d);
         let (q, k, v) = (rt.upload(&self.q)?, rt.upload(&self.k)?, rt.upload(&self.v)?);
         let (lens, table) = (rt.upload(&self.lens)?, rt.upload(&self.table)?);
@@ -211,7 +220,12 @@ impl Small {
             lse: Guarded { buf: &mut lse, margin: 0 },
         };
         let stages = call.stages(rt);
-        launch::decode(rt, &mut call, Some(&mut ws))?;
+        if check_addressing {
+            launch::check_addressing(&self.lens, &self.table, 1, page, call.cache_slots())?;
+        }
+        // SAFETY: the emulator checks every access against the buffers and fails the launch on one
+        // outside them, so any addressing is safe here; the buffers live past the download.
+        unsafe { launch::decode(rt, &mut call, Some(&mut ws)) }?;
         Ok((launch::from_bytes(self.dtype, &rt.download(&out)?), stages))
     }
 }
@@ -374,10 +388,49 @@ fn a_read_past_the_cache_is_reported() {
     // Pages of T keys, and sequence 1's page points at page 5 of a 2-page cache.
     s.table = vec![0, 5];
     let e = s.run(Variant::Simt, T, 1).unwrap_err().to_string();
+    assert!(e.contains("row 1 page 0 is page 5"), "the host check refuses it first: {e}");
+    let e = s.run_emulated(Variant::Simt, T, 1).unwrap_err().to_string();
     assert!(
         e.contains("out-of-bounds load") && e.contains("attn_f32") && e.contains("decode.cu:"),
         "{e}"
     );
+}
+
+/// A decode whose buffers are too small for its shape, or whose block table or lengths reach
+/// outside the cache, is refused before anything is launched.
+#[test]
+fn extents_and_addressing_are_checked_before_a_launch() {
+    let s = Small::new(DType::Bf16, 16);
+    assert!(s.run(Variant::Simt, T, 1).is_ok());
+    let short_q = Small {
+        q: s.q[..s.q.len() - 2].to_vec(),
+        ..Small::new(DType::Bf16, 16)
+    };
+    let e = short_q.run(Variant::Simt, T, 1).unwrap_err().to_string();
+    assert!(e.contains("the queries needs"), "{e}");
+    let short_v = Small {
+        v: s.v[..s.v.len() - 2].to_vec(),
+        ..Small::new(DType::Bf16, 16)
+    };
+    let e = short_v.run(Variant::Simt, T, 1).unwrap_err().to_string();
+    assert!(e.contains("row 1 page 0 is page 1; the cache holds pages 0..1"), "{e}");
+    let far_page = Small {
+        table: vec![0, 2],
+        ..Small::new(DType::Bf16, 16)
+    };
+    let e = far_page.run(Variant::Simt, T, 1).unwrap_err().to_string();
+    assert!(e.contains("row 1 page 0 is page 2"), "{e}");
+    let long_row = Small {
+        lens: vec![T as i32, T as i32 + 1],
+        ..Small::new(DType::Bf16, 16)
+    };
+    let e = long_row.run(Variant::Simt, T, 1).unwrap_err().to_string();
+    assert!(e.contains("row 1 has length 101"), "{e}");
+    let negative = Small {
+        table: vec![0, -1],
+        ..Small::new(DType::Bf16, 16)
+    };
+    assert!(negative.run(Variant::Simt, T, 1).unwrap_err().to_string().contains("page -1"));
 }
 
 /// Launches with a wrong shared-memory size or a pointer outside every buffer are errors.
@@ -404,12 +457,15 @@ fn a_pointer_outside_the_launch_buffers_is_reported() {
         threads: 128,
         shared_bytes: 4096,
     };
-    let e = rt
-        .launch("attn_f32", launch, Args::Attn(&p), &[rt.span(&lens)])
+    // SAFETY: deliberately not: the emulator checks every access and refuses this launch.
+    let e = unsafe { rt.launch("attn_f32", launch, Args::Attn(&p), &[rt.read(&lens)]) }
         .unwrap_err()
         .to_string();
     assert!(e.contains("in none of the launch's buffers"), "{e}");
-    let e = rt.launch("no_such_kernel", launch, Args::Attn(&p), &[]).unwrap_err().to_string();
+    // SAFETY: no kernel runs.
+    let e = unsafe { rt.launch("no_such_kernel", launch, Args::Attn(&p), &[]) }
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no kernel named no_such_kernel"), "{e}");
 }
 
@@ -435,11 +491,14 @@ fn selftest_with_shared(name: &str, threads: u32, n: usize, shared_bytes: u32) -
 fn selftest_on(rt: &Emulator, name: &str, threads: u32, n: usize, shared_bytes: u32) -> Result<Vec<f32>, CudaError> {
     let rt = Emulator { threads: 1, ..rt.clone() };
     let mut out = rt.upload(&vec![f32::NAN; n])?;
-    let span: Span = rt.span(&out);
-    let p = SelftestParams {
-        out: rt.addr_mut(&mut out),
-        n: n as i32,
-    };
+    let bound = rt.write(&mut out);
+    let (span, p) = (
+        bound.span,
+        SelftestParams {
+            out: bound.addr,
+            n: n as i32,
+        },
+    );
     let launch = Launch {
         grid: (1, 1, 1),
         threads,
@@ -549,12 +608,7 @@ fn benchmark_points_run_and_pass_their_spot_checks() {
     let rt = Emulator::checked(Schedule::Shuffled(21));
     let tiny = Geometry {
         name: "tiny",
-        h: 8,
-        g: 2,
-        dc: 32,
-        dr: 16,
-        dn: 16,
-        dv: 16,
+        dims: gqla_reference::LatentDims::new(8, 2, 32, 16, 16, 16).unwrap(),
     };
     let mut rows = Vec::new();
     for path in [Path::Absorb, Path::Gqa] {

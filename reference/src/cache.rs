@@ -8,6 +8,8 @@
 //!
 //! Caches are generic over the stored element so that sizes can be measured in bf16/f16 as well.
 
+use crate::config::{GqaDims, LatentDims};
+use crate::error::{Error, Result};
 use ndarray::{s, Array2, ArrayView2};
 use std::ops::Range;
 
@@ -85,7 +87,9 @@ pub struct LatentCache<E> {
 }
 
 impl<E: Copy + Default> LatentCache<E> {
-    pub fn new(d_c: usize, d_r: usize) -> Self {
+    /// An empty cache for the latent and rope widths of `dims`.
+    pub fn new(dims: &LatentDims) -> Self {
+        let (d_c, d_r) = (dims.d_c(), dims.d_r());
         Self {
             d_c,
             d_r,
@@ -93,12 +97,10 @@ impl<E: Copy + Default> LatentCache<E> {
         }
     }
     /// A cache of `tokens` default-valued rows.
-    pub fn filled(d_c: usize, d_r: usize, tokens: usize) -> Self {
-        Self {
-            d_c,
-            d_r,
-            rows: TokenBuffer::filled(d_c + d_r, tokens),
-        }
+    pub fn filled(dims: &LatentDims, tokens: usize) -> Self {
+        let mut c = Self::new(dims);
+        c.rows = TokenBuffer::filled(c.rows.width(), tokens);
+        c
     }
     pub fn d_c(&self) -> usize {
         self.d_c
@@ -168,7 +170,23 @@ pub struct GroupCache<E> {
 }
 
 impl<E: Copy + Default> GroupCache<E> {
-    pub fn new(layout: GroupCacheLayout, groups: Range<usize>, d_n: usize, d_r: usize, d_v: usize) -> Self {
+    /// An empty cache of every group of `dims`.
+    pub fn new(dims: &LatentDims, layout: GroupCacheLayout) -> Self {
+        Self::empty(dims, layout, 0..dims.g())
+    }
+    /// An empty cache of the groups `groups` of `dims` (one TP rank's): a non-empty range of
+    /// groups the geometry has.
+    pub fn for_groups(dims: &LatentDims, layout: GroupCacheLayout, groups: Range<usize>) -> Result<Self> {
+        if groups.is_empty() || groups.end > dims.g() {
+            return Err(Error::Config(format!(
+                "a group cache holds a non-empty range of the {} groups, not {groups:?}",
+                dims.g()
+            )));
+        }
+        Ok(Self::empty(dims, layout, groups))
+    }
+    fn empty(dims: &LatentDims, layout: GroupCacheLayout, groups: Range<usize>) -> Self {
+        let (d_n, d_r, d_v) = (dims.d_n(), dims.d_r(), dims.d_v());
         let n = groups.len();
         let (key_w, rope_w) = match layout {
             GroupCacheLayout::RopeOnce => (d_n, d_r),
@@ -185,13 +203,12 @@ impl<E: Copy + Default> GroupCache<E> {
             rope_key: TokenBuffer::new(rope_w),
         }
     }
-    /// A cache of `tokens` default-valued rows.
-    pub fn filled(layout: GroupCacheLayout, groups: Range<usize>, d_n: usize, d_r: usize, d_v: usize, tokens: usize) -> Self {
-        let mut c = Self::new(layout, groups, d_n, d_r, d_v);
-        c.keys = TokenBuffer::filled(c.keys.width(), tokens);
-        c.values = TokenBuffer::filled(c.values.width(), tokens);
-        c.rope_key = TokenBuffer::filled(c.rope_key.width(), tokens);
-        c
+    /// The same cache holding `tokens` default-valued rows (an empty cache's, for sizes).
+    pub fn filled(mut self, tokens: usize) -> Self {
+        self.keys = TokenBuffer::filled(self.keys.width(), tokens);
+        self.values = TokenBuffer::filled(self.values.width(), tokens);
+        self.rope_key = TokenBuffer::filled(self.rope_key.width(), tokens);
+        self
     }
     pub fn layout(&self) -> GroupCacheLayout {
         self.layout
@@ -290,7 +307,9 @@ pub struct GqaCache<E> {
 }
 
 impl<E: Copy + Default> GqaCache<E> {
-    pub fn new(kv: usize, d: usize) -> Self {
+    /// An empty cache of the KV heads of `dims`.
+    pub fn new(dims: &GqaDims) -> Self {
+        let (kv, d) = (dims.kv(), dims.d());
         Self {
             kv,
             d,
@@ -298,13 +317,12 @@ impl<E: Copy + Default> GqaCache<E> {
             values: TokenBuffer::new(kv * d),
         }
     }
-    pub fn filled(kv: usize, d: usize, tokens: usize) -> Self {
-        Self {
-            kv,
-            d,
-            keys: TokenBuffer::filled(kv * d, tokens),
-            values: TokenBuffer::filled(kv * d, tokens),
-        }
+    /// A cache of `tokens` default-valued rows.
+    pub fn filled(dims: &GqaDims, tokens: usize) -> Self {
+        let mut c = Self::new(dims);
+        c.keys = TokenBuffer::filled(c.keys.width(), tokens);
+        c.values = TokenBuffer::filled(c.values.width(), tokens);
+        c
     }
     pub fn len(&self) -> usize {
         self.keys.tokens()
@@ -334,4 +352,46 @@ impl<E: Copy + Default> GqaCache<E> {
     pub fn footprint(&self) -> Option<Footprint> {
         footprint(self.len(), &[&self.keys, &self.values])
     }
+}
+
+/// Tokens each measured cache holds: a few, so that per-token sizes are exact quotients.
+const MEASURED_TOKENS: usize = 4;
+
+/// Per-token sizes of the caches of one latent geometry, measured on caches of `E` allocated
+/// with a few tokens each (never computed from a formula).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct CacheSizes {
+    /// [`LatentCache`]: the MQA-absorb path.
+    pub absorb: Footprint,
+    /// [`GroupCache`] with the rope key once per token.
+    pub gqa_rope_once: Footprint,
+    /// [`GroupCache`] with the rope key in every group's key.
+    pub gqa_rope_per_group: Footprint,
+}
+
+impl CacheSizes {
+    /// Measure the three caches of `dims` in element type `E`.
+    pub fn measure<E: Copy + Default>(dims: &LatentDims) -> Self {
+        let fp = |f: Option<Footprint>| f.expect("measured caches hold tokens");
+        let group = |layout| fp(GroupCache::<E>::new(dims, layout).filled(MEASURED_TOKENS).footprint());
+        Self {
+            absorb: fp(LatentCache::<E>::filled(dims, MEASURED_TOKENS).footprint()),
+            gqa_rope_once: group(GroupCacheLayout::RopeOnce),
+            gqa_rope_per_group: group(GroupCacheLayout::RopePerGroup),
+        }
+    }
+    /// The GQA-path cache of `layout`.
+    pub fn gqa(&self, layout: GroupCacheLayout) -> Footprint {
+        match layout {
+            GroupCacheLayout::RopeOnce => self.gqa_rope_once,
+            GroupCacheLayout::RopePerGroup => self.gqa_rope_per_group,
+        }
+    }
+}
+
+/// The per-token size of a plain GQA cache of `dims` in `E`, measured on an allocated cache.
+pub fn measure_gqa_cache<E: Copy + Default>(dims: &GqaDims) -> Footprint {
+    GqaCache::<E>::filled(dims, MEASURED_TOKENS)
+        .footprint()
+        .expect("measured caches hold tokens")
 }

@@ -157,7 +157,7 @@ impl<T: Real> GqaWeights<T> {
 
     /// Causal prefill of x [T, hidden] at positions 0..T.
     pub fn prefill(&self, x: ArrayView2<T>) -> Result<DecodeOutput<T>> {
-        self.decode(x, &mut GqaCache::new(self.dims.kv(), self.dims.d()))
+        self.decode(x, &mut GqaCache::new(&self.dims))
     }
 
     pub fn cast<U: Real>(&self) -> GqaWeights<U> {

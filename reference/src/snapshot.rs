@@ -12,7 +12,7 @@
 //! and [`Tolerances::validate`] bound them before anything is computed.
 
 use crate::budget::{Budget, Need};
-use crate::cache::{GqaCache, GroupCache, GroupCacheLayout, LatentCache};
+use crate::cache::{measure_gqa_cache, CacheSizes, GroupCache, GroupCacheLayout, LatentCache};
 use crate::decode::DecodePath;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -365,8 +365,8 @@ fn layer_fingerprint(layer: usize, attention: &Attention<f64>, x: ArrayView2<f64
         },
         Attention::Latent(w) => {
             let d = w.dims();
-            let ya = absorb_decode(w, x, &mut LatentCache::new(d.d_c(), d.d_r()))?.y;
-            let mut cache = GroupCache::new(GroupCacheLayout::RopeOnce, 0..d.g(), d.d_n(), d.d_r(), d.d_v());
+            let ya = absorb_decode(w, x, &mut LatentCache::new(&d))?.y;
+            let mut cache = GroupCache::new(&d, GroupCacheLayout::RopeOnce);
             let yg = gqa_decode(w, x, &mut cache)?.y;
             LayerFingerprint {
                 layer,
@@ -381,34 +381,21 @@ fn layer_fingerprint(layer: usize, attention: &Attention<f64>, x: ArrayView2<f64
 /// Per-token caches of every path, measured from caches allocated in the storage dtype.
 fn cache_sizes(config: &ModelConfig) -> Vec<CacheSize> {
     fn measure<E: Copy + Default>(config: &ModelConfig) -> Vec<CacheSize> {
-        const TOKENS: usize = 4;
-        let row = |path, layout: &str, f: Option<crate::Footprint>| {
-            let f = f.expect("caches hold TOKENS > 0 tokens");
-            CacheSize {
-                path,
-                layout: layout.into(),
-                elements_per_token_per_layer: f.elements_per_token,
-                bytes_per_token_per_layer: f.bytes_per_token,
-                bytes_per_token: f.bytes_per_token * config.num_layers,
-            }
+        let row = |path, layout: &str, f: crate::Footprint| CacheSize {
+            path,
+            layout: layout.into(),
+            elements_per_token_per_layer: f.elements_per_token,
+            bytes_per_token_per_layer: f.bytes_per_token,
+            bytes_per_token: f.bytes_per_token * config.num_layers,
         };
         match &config.attention {
-            AttentionConfig::Gqa(c) => vec![row(
-                DecodePath::Gqa,
-                "k, v per kv head",
-                GqaCache::<E>::filled(c.dims.kv(), c.dims.d(), TOKENS).footprint(),
-            )],
+            AttentionConfig::Gqa(c) => vec![row(DecodePath::Gqa, "k, v per kv head", measure_gqa_cache::<E>(&c.dims))],
             AttentionConfig::Latent(c) => {
-                let d = c.dims;
-                let group = |layout| GroupCache::<E>::filled(layout, 0..d.g(), d.d_n(), d.d_r(), d.d_v(), TOKENS).footprint();
+                let sizes = CacheSizes::measure::<E>(&c.dims);
                 vec![
-                    row(
-                        DecodePath::Absorb,
-                        "latent c, rope key",
-                        LatentCache::<E>::filled(d.d_c(), d.d_r(), TOKENS).footprint(),
-                    ),
-                    row(DecodePath::Gqa, "k, v per group, rope key once", group(GroupCacheLayout::RopeOnce)),
-                    row(DecodePath::Gqa, "[k; rope key], v per group", group(GroupCacheLayout::RopePerGroup)),
+                    row(DecodePath::Absorb, "latent c, rope key", sizes.absorb),
+                    row(DecodePath::Gqa, "k, v per group, rope key once", sizes.gqa_rope_once),
+                    row(DecodePath::Gqa, "[k; rope key], v per group", sizes.gqa_rope_per_group),
                 ]
             }
         }

@@ -28,7 +28,7 @@ pub fn expand_rows<T: Real>(w: &LatentWeights<T>, c: ArrayView2<T>) -> (Array3<T
 /// (E) Expand a whole latent cache into a group cache of all of `w`'s groups.
 pub fn expand<T: Real>(w: &LatentWeights<T>, cache: &LatentCache<T>, layout: GroupCacheLayout) -> GroupCache<T> {
     let d = w.dims();
-    let mut out = GroupCache::new(layout, 0..d.g(), d.d_n(), d.d_r(), d.d_v());
+    let mut out = GroupCache::new(&d, layout);
     let (k, v) = expand_rows(w, cache.latent());
     out.append(k.view(), v.view(), cache.rope_key());
     out
@@ -93,7 +93,7 @@ pub fn compress<T: Real>(w: &LatentWeights<T>, cache: &GroupCache<T>) -> Result<
     let num = (&recon - &y).mapv(|x| x * x).sum().sqrt();
     let den = y.mapv(|x| x * x).sum().sqrt();
     let relative_residual = if den == 0.0 { num } else { num / den };
-    let mut latent = LatentCache::new(d.d_c(), d.d_r());
+    let mut latent = LatentCache::new(&d);
     latent.append(c.mapv(T::of).view(), cache.rope_keys().view());
     Ok((
         latent,

@@ -47,6 +47,8 @@ pub struct RankShard<T> {
 #[derive(Clone, Debug)]
 pub struct TpLayer<T> {
     pub ranks: Vec<RankShard<T>>,
+    /// The unsharded layer's geometry.
+    dims: LatentDims,
 }
 
 /// The TP-sharded decode result: per-rank partial outputs and their all-reduced sum.
@@ -71,17 +73,14 @@ impl<T: Real> TpLayer<T> {
                 })
             })
             .collect::<Result<_>>()?;
-        Ok(Self { ranks })
+        Ok(Self { ranks, dims: w.dims() })
     }
 
     /// Empty per-rank caches, each holding only its rank's groups.
-    pub fn new_caches(&self, layout: GroupCacheLayout) -> Vec<GroupCache<T>> {
+    pub fn new_caches(&self, layout: GroupCacheLayout) -> Result<Vec<GroupCache<T>>> {
         self.ranks
             .iter()
-            .map(|r| {
-                let d = r.weights.dims();
-                GroupCache::new(layout, r.groups.clone(), d.d_n(), d.d_r(), d.d_v())
-            })
+            .map(|r| GroupCache::for_groups(&self.dims, layout, r.groups.clone()))
             .collect()
     }
 
@@ -136,14 +135,13 @@ pub fn tp_footprint<E: Copy + Default>(dims: LatentDims, t: usize, layout: Group
     if tokens == 0 {
         return Err(Error::Config("footprints need at least one token".into()));
     }
-    let (d_n, d_r, d_v) = (dims.d_n(), dims.d_r(), dims.d_v());
     let ranks: Vec<GroupCache<E>> = (0..t)
-        .map(|r| GroupCache::filled(layout, rank_groups(dims.g(), t, r), d_n, d_r, d_v, tokens))
-        .collect();
-    let whole = GroupCache::<E>::filled(layout, 0..dims.g(), d_n, d_r, d_v, tokens);
+        .map(|r| GroupCache::for_groups(&dims, layout, rank_groups(dims.g(), t, r)).map(|c| c.filled(tokens)))
+        .collect::<Result<_>>()?;
+    let whole = GroupCache::<E>::new(&dims, layout).filled(tokens);
     let fp = |c: &GroupCache<E>| c.footprint().expect("tokens > 0");
     let rank_sum: usize = ranks.iter().map(|c| fp(c).bytes_per_token).sum();
-    let latents: Vec<LatentCache<E>> = (0..t).map(|_| LatentCache::filled(dims.d_c(), d_r, tokens)).collect();
+    let latents: Vec<LatentCache<E>> = (0..t).map(|_| LatentCache::filled(&dims, tokens)).collect();
     let one_latent = latents[0].footprint().expect("tokens > 0");
     let latent_sum: usize = latents.iter().map(|c| c.footprint().expect("tokens > 0").bytes_per_token).sum();
     Ok(TpFootprint {

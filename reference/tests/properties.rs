@@ -96,7 +96,7 @@ impl Case {
 
 /// Fill a latent cache with `x`'s rows on the absorb path, returning the cache.
 fn latent_cache<T: Real>(w: &LatentWeights<T>, x: &Array2<T>) -> LatentCache<T> {
-    let mut c = LatentCache::new(w.dims().d_c(), w.dims().d_r());
+    let mut c = LatentCache::new(&w.dims());
     if x.nrows() > 0 {
         absorb_decode(w, x.view(), &mut c).unwrap();
     }
@@ -236,7 +236,7 @@ proptest! {
         }
         for layout in LAYOUTS {
             let (_, whole) = decode_both(&w, &x, c.context, layout);
-            let mut caches = tp.new_caches(layout);
+            let mut caches = tp.new_caches(layout).unwrap();
             if c.context > 0 {
                 tp.gqa_decode(x.slice(s![..c.context, ..]), &mut caches).unwrap();
             }
@@ -374,11 +374,24 @@ fn random_layers_reach_logits_of_tens() {
 fn group_cache_sizes_are_measured_not_assumed() {
     // LLaMA-3-8B GQLA geometry: 576 (absorb), 2112 (canonical GQA path), 2560 (per-group rope).
     let dims = LatentDims::new(32, 8, 512, 128, 64, 128).unwrap();
-    let latent = LatentCache::<half::bf16>::filled(dims.d_c(), dims.d_r(), 3);
+    let latent = LatentCache::<half::bf16>::filled(&dims, 3);
     assert_eq!(latent.footprint().unwrap().elements_per_token, 576);
     assert_eq!(latent.footprint().unwrap().bytes_per_token, 1152);
-    let once = GroupCache::<half::bf16>::filled(GroupCacheLayout::RopeOnce, 0..8, 128, 64, 128, 3);
+    let once = GroupCache::<half::bf16>::new(&dims, GroupCacheLayout::RopeOnce).filled(3);
     assert_eq!(once.footprint().unwrap().elements_per_token, 2112);
-    let per = GroupCache::<half::bf16>::filled(GroupCacheLayout::RopePerGroup, 0..8, 128, 64, 128, 3);
+    let per = GroupCache::<half::bf16>::new(&dims, GroupCacheLayout::RopePerGroup).filled(3);
     assert_eq!(per.footprint().unwrap().elements_per_token, 2560);
+    // The shared measurement is the same allocation.
+    let sizes = gqla_reference::cache::CacheSizes::measure::<half::bf16>(&dims);
+    assert_eq!(
+        (sizes.absorb, sizes.gqa_rope_once, sizes.gqa_rope_per_group),
+        (latent.footprint().unwrap(), once.footprint().unwrap(), per.footprint().unwrap())
+    );
+    // A TP rank's cache holds a non-empty range of the groups the geometry has.
+    assert!(GroupCache::<f32>::for_groups(&dims, GroupCacheLayout::RopeOnce, 6..9).is_err());
+    assert!(GroupCache::<f32>::for_groups(&dims, GroupCacheLayout::RopeOnce, 3..3).is_err());
+    let rank = GroupCache::<f32>::for_groups(&dims, GroupCacheLayout::RopeOnce, 6..8)
+        .unwrap()
+        .filled(1);
+    assert_eq!(rank.footprint().unwrap().elements_per_token, 2 * 256 + 64);
 }

@@ -41,8 +41,8 @@ impl Source {
 fn both_paths(w: &LatentWeights<f64>, x: &Array2<f64>) -> [Array2<f64>; 3] {
     let d = w.dims();
     let (ctx, new) = (x.slice(s![..5, ..]), x.slice(s![5.., ..]));
-    let mut latent = LatentCache::new(d.d_c(), d.d_r());
-    let mut group = GroupCache::new(GroupCacheLayout::RopeOnce, 0..d.g(), d.d_n(), d.d_r(), d.d_v());
+    let mut latent = LatentCache::new(&d);
+    let mut group = GroupCache::new(&d, GroupCacheLayout::RopeOnce);
     let a0 = absorb_decode(w, ctx, &mut latent).unwrap().y;
     let a1 = absorb_decode(w, new, &mut latent).unwrap().y;
     let g0 = gqa_decode(w, ctx, &mut group).unwrap().y;

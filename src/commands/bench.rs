@@ -109,14 +109,14 @@ fn decode_grid(
     paths: &[String],
     (sqs, batches, contexts): (Vec<usize>, Vec<usize>, Vec<usize>),
 ) -> Result<gqla_cuda::bench::Grid, CliError> {
-    use gqla_cuda::bench::{Geometry, Grid, Path, GEOMETRIES};
+    use gqla_cuda::bench::{Geometry, Grid, Path};
     let mut grid = Grid::full();
     if quick {
         grid.batches = vec![1, 16];
         grid.contexts = vec![1024, 4096];
     }
     if !geometries.is_empty() {
-        let names: Vec<&str> = GEOMETRIES.iter().map(|g| g.name).collect();
+        let names: Vec<&str> = Geometry::all().iter().map(|g| g.name).collect();
         grid.geometries = geometries
             .iter()
             .map(|n| {

@@ -3,11 +3,12 @@
 
 use super::CliError;
 use gqla_reference::budget::{Budget, Need};
+use gqla_reference::cache::{measure_gqa_cache, CacheSizes};
 use gqla_reference::hf::config::AttentionConfig;
 use gqla_reference::hf::ModelConfig;
 use gqla_reference::tp::tp_footprint;
 use gqla_reference::DType;
-use gqla_reference::{Footprint, GqaCache, GroupCache, GroupCacheLayout, LatentCache, LatentDims};
+use gqla_reference::{Footprint, GroupCacheLayout, LatentDims};
 use std::fmt::Write;
 use std::path::PathBuf;
 
@@ -61,7 +62,6 @@ pub fn run(a: Args, budget: &Budget) -> Result<(), CliError> {
 
 /// The GQLA geometry reported for this config, and the source model's measured cache.
 fn geometry<E: Copy + Default>(config: &ModelConfig, a: &Args) -> Result<(LatentDims, Footprint, String), CliError> {
-    let fp = |f: Option<Footprint>| f.expect("caches hold TOKENS > 0 tokens");
     Ok(match &config.attention {
         AttentionConfig::Gqa(c) => {
             let (kv, d) = (c.dims.kv(), c.dims.d());
@@ -78,7 +78,7 @@ fn geometry<E: Copy + Default>(config: &ModelConfig, a: &Args) -> Result<(Latent
             let dims = LatentDims::new(c.dims.h(), kv, d_c, d, d_r, d)?;
             (
                 dims,
-                fp(GqaCache::<E>::filled(kv, d, TOKENS).footprint()),
+                measure_gqa_cache::<E>(&c.dims),
                 format!("GQA source: {} q heads, {kv} kv heads x {d}", c.dims.h()),
             )
         }
@@ -95,7 +95,7 @@ fn geometry<E: Copy + Default>(config: &ModelConfig, a: &Args) -> Result<(Latent
             let kind = if s.is_mla() { "MLA" } else { "GQLA" };
             (
                 dims,
-                fp(LatentCache::<E>::filled(s.d_c(), s.d_r(), TOKENS).footprint()),
+                CacheSizes::measure::<E>(&s).absorb,
                 format!("{kind} source: H={} G={} d_c={} d_r={}", s.h(), s.g(), s.d_c(), s.d_r()),
             )
         }
@@ -120,23 +120,19 @@ pub fn rows<E: Copy + Default>(config: &ModelConfig, a: &Args, budget: &Budget) 
         percent_of_source: pct(&f),
         note,
     };
-    let fp = |f: Option<Footprint>| f.expect("caches hold TOKENS > 0 tokens");
     let (g, d_n, d_r, d_v) = (dims.g(), dims.d_n(), dims.d_r(), dims.d_v());
+    let sizes = CacheSizes::measure::<E>(&dims);
     let mut out = vec![
         row("source", source, source_note),
-        row(
-            "absorb",
-            fp(LatentCache::<E>::filled(dims.d_c(), d_r, TOKENS).footprint()),
-            format!("[c; k^R], d_c={} d_r={d_r}", dims.d_c()),
-        ),
+        row("absorb", sizes.absorb, format!("[c; k^R], d_c={} d_r={d_r}", dims.d_c())),
         row(
             "gqa (rope once)",
-            fp(GroupCache::<E>::filled(GroupCacheLayout::RopeOnce, 0..g, d_n, d_r, d_v, TOKENS).footprint()),
+            sizes.gqa_rope_once,
             format!("G={g} x (d_n={d_n} + d_v={d_v}) + d_r"),
         ),
         row(
             "gqa (rope per group)",
-            fp(GroupCache::<E>::filled(GroupCacheLayout::RopePerGroup, 0..g, d_n, d_r, d_v, TOKENS).footprint()),
+            sizes.gqa_rope_per_group,
             format!("G={g} x (d_n + d_r + d_v)"),
         ),
     ];

@@ -119,7 +119,7 @@ fn run_in<T: Real>(
             let d = w.dims();
             match path.unwrap_or(PathArg::Absorb) {
                 PathArg::Absorb => {
-                    let (y, lse) = widen(absorb_decode(&w, xt.view(), &mut LatentCache::new(d.d_c(), d.d_r()))?);
+                    let (y, lse) = widen(absorb_decode(&w, xt.view(), &mut LatentCache::new(&d))?);
                     (y, lse, "absorb")
                 }
                 PathArg::Gqa => {
@@ -127,7 +127,7 @@ fn run_in<T: Real>(
                         LayoutArg::Once => GroupCacheLayout::RopeOnce,
                         LayoutArg::PerGroup => GroupCacheLayout::RopePerGroup,
                     };
-                    let mut cache = GroupCache::new(layout, 0..d.g(), d.d_n(), d.d_r(), d.d_v());
+                    let mut cache = GroupCache::new(&d, layout);
                     let (y, lse) = widen(gqa_decode(&w, xt.view(), &mut cache)?);
                     (y, lse, "gqa")
                 }

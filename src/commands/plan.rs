@@ -1,7 +1,7 @@
 //! `gqla plan`: which decode path a GPU should run, from a roofline model of both paths.
 
 use super::CliError;
-use gqla_cuda::plan::{gpu, mtp_gain, plan, validate, DType, Gpu, MeasuredRun, Plan, Prediction, Scenario, GPUS};
+use gqla_cuda::plan::{gpu, mtp_gain, plan, validate, DType, Deployment, Gpu, MeasuredRun, Plan, Prediction, Scenario, Step, GPUS};
 use gqla_reference::cache::GroupCacheLayout;
 use gqla_reference::hf::config::AttentionConfig;
 use gqla_reference::hf::ModelConfig;
@@ -116,7 +116,17 @@ pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<(), CliEr
     } else {
         GroupCacheLayout::RopeOnce
     };
-    let s = Scenario::new(dims, config.hidden_size, a.sq, a.batch, a.context, a.tp, DType::Bf16, layout)?;
+    let step = Step {
+        sq: a.sq,
+        batch: a.batch,
+        context: a.context,
+    };
+    let deployment = Deployment {
+        tp: a.tp,
+        dtype: DType::Bf16,
+        layout,
+    };
+    let s = Scenario::new(&dims, config.hidden_size, step, deployment)?;
     if let Some(path) = &a.chart {
         chart(&s, path)?;
         eprintln!("roofline chart written to {}", path.display());
@@ -129,7 +139,7 @@ pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<(), CliEr
     if a.json {
         println!("{}", serde_json::to_string_pretty(&p).expect("plans serialize"));
     } else {
-        print!("{}", report(&p, mtp_gain(&s.with(a.sq.max(2), a.batch, a.context)?, &gpu)?));
+        print!("{}", report(&p, mtp_gain(&s.with_step(Step { sq: a.sq.max(2), ..step })?, &gpu)?));
     }
     Ok(())
 }
@@ -297,7 +307,7 @@ pub fn sweep(s: &Scenario, gpu: &Gpu) -> Result<String, CliError> {
     let _ = writeln!(t, "|---|---|---|---|---|---|---|");
     for sq in 1..=4 {
         for context in [1024, 4096, 16384, 65536, 131072] {
-            let x = s.with(sq, s.batch(), context)?;
+            let x = s.with_step(Step { sq, context, ..s.step() })?;
             let p = plan(&x, gpu)?;
             let _ = writeln!(
                 t,
@@ -323,7 +333,7 @@ pub fn chart(s: &Scenario, path: &Path) -> Result<(), CliError> {
     let mut points = Vec::new();
     for g in &gpus {
         for sq in [1, 2] {
-            let p = plan(&s.with(sq, s.batch(), s.context())?, g)?;
+            let p = plan(&s.with_step(Step { sq, ..s.step() })?, g)?;
             for x in [p.absorb, p.gqa] {
                 points.push((g.key, x.path.name(), sq, x.intensity, x.cost.flops() / x.time_s / 1e12));
             }

@@ -52,6 +52,33 @@ impl Bound {
     }
 }
 
+/// One decode step: `sq` new tokens for each of `batch` sequences of `context` cached tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Step {
+    pub sq: usize,
+    pub batch: usize,
+    pub context: usize,
+}
+
+/// How the cache is deployed: TP degree, element type and the GQA-path cache's layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deployment {
+    pub tp: usize,
+    pub dtype: DType,
+    pub layout: GroupCacheLayout,
+}
+
+impl Deployment {
+    /// One rank, bf16, the rope key stored once.
+    pub fn single_bf16() -> Self {
+        Self {
+            tp: 1,
+            dtype: DType::Bf16,
+            layout: GroupCacheLayout::RopeOnce,
+        }
+    }
+}
+
 /// What is decoded: validated once, at construction.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Scenario {
@@ -96,17 +123,10 @@ impl Scenario {
         self.layout
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        dims: LatentDims,
-        hidden: usize,
-        sq: usize,
-        batch: usize,
-        context: usize,
-        tp: usize,
-        dtype: DType,
-        layout: GroupCacheLayout,
-    ) -> Result<Self> {
+    /// A scenario of `dims` with model width `hidden`, decoding `step` as `deployment` says.
+    pub fn new(dims: &LatentDims, hidden: usize, step: Step, deployment: Deployment) -> Result<Self> {
+        let Step { sq, batch, context } = step;
+        let Deployment { tp, dtype, layout } = deployment;
         if sq == 0 || batch == 0 || context == 0 || hidden == 0 {
             return Err(Error::Config(format!(
                 "s_q, batch, context and hidden must be positive (got {sq}, {batch}, {context}, {hidden})"
@@ -122,7 +142,7 @@ impl Scenario {
             )));
         }
         Ok(Self {
-            dims,
+            dims: *dims,
             hidden,
             sq,
             batch,
@@ -133,9 +153,26 @@ impl Scenario {
         })
     }
 
-    /// The same scenario with other s_q, batch or context.
-    pub fn with(&self, sq: usize, batch: usize, context: usize) -> Result<Self> {
-        Self::new(self.dims, self.hidden, sq, batch, context, self.tp, self.dtype, self.layout)
+    /// The decode step.
+    pub fn step(&self) -> Step {
+        Step {
+            sq: self.sq,
+            batch: self.batch,
+            context: self.context,
+        }
+    }
+    /// How the cache is deployed.
+    pub fn deployment(&self) -> Deployment {
+        Deployment {
+            tp: self.tp,
+            dtype: self.dtype,
+            layout: self.layout,
+        }
+    }
+
+    /// The same scenario decoding another step.
+    pub fn with_step(&self, step: Step) -> Result<Self> {
+        Self::new(&self.dims, self.hidden, step, self.deployment())
     }
 
     /// Per-rank cache bytes per token on each path (absorb, GQA), from allocated caches.
@@ -295,7 +332,7 @@ pub fn plan(s: &Scenario, gpu: &Gpu) -> Result<Plan> {
 /// The GQA+MTP gain: absorb decoding one token per step (s_q = 1) against the GQA path decoding
 /// `sq` tokens per step, per generated token.
 pub fn mtp_gain(s: &Scenario, gpu: &Gpu) -> Result<f64> {
-    let absorb_one = predict(&s.with(1, s.batch, s.context)?, gpu, DecodePath::Absorb)?;
+    let absorb_one = predict(&s.with_step(Step { sq: 1, ..s.step() })?, gpu, DecodePath::Absorb)?;
     let gqa = predict(s, gpu, DecodePath::Gqa)?;
     Ok(absorb_one.time_per_token_s / gqa.time_per_token_s)
 }

@@ -2,8 +2,7 @@
 //! both paths were timed, did the planner (with the ceilings measured in the same run) pick the
 //! path that was actually faster, and how far off were its predicted times?
 
-use super::{plan, Bound, DType, DecodePath, Gpu, Scenario};
-use gqla_reference::cache::GroupCacheLayout;
+use super::{plan, Bound, DecodePath, Deployment, Gpu, Scenario, Step};
 use gqla_reference::config::LatentDims;
 use gqla_reference::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -140,16 +139,12 @@ pub fn validate(run: &MeasuredRun) -> Result<Validation> {
             continue;
         };
         let dims = LatentDims::new(a.h, a.g, a.d_c, a.d_n, a.d_r, a.d_v)?;
-        let s = Scenario::new(
-            dims,
-            a.h * a.d_v,
-            a.sq,
-            a.batch,
-            a.context,
-            1,
-            DType::Bf16,
-            GroupCacheLayout::RopeOnce,
-        )?;
+        let step = Step {
+            sq: a.sq,
+            batch: a.batch,
+            context: a.context,
+        };
+        let s = Scenario::new(&dims, a.h * a.d_v, step, Deployment::single_bf16())?;
         let p = plan(&s, &gpu)?;
         let measured = [a.seconds, b.seconds];
         let predicted = [p.absorb.time_s, p.gqa.time_s];

@@ -12,7 +12,7 @@ use super::group_pca::{group_pca, GroupPcaReport};
 use super::pipeline::{convert_layer_with_rope_stage, ConvertOptions, LayerReport};
 use super::rorope::fold_fits;
 use crate::budget::{Budget, Need};
-use crate::cache::{GroupCache, GroupCacheLayout, LatentCache};
+use crate::cache::CacheSizes;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::files::OutputDir;
@@ -923,22 +923,17 @@ fn write_json(path: &Path, v: &Value) -> Result<()> {
 }
 
 fn measured_source_cache(config: &ModelConfig) -> usize {
-    let fp = match &config.attention {
-        AttentionConfig::Gqa(c) => crate::cache::GqaCache::<half::bf16>::filled(c.dims.kv(), c.dims.d(), 4).footprint(),
-        AttentionConfig::Latent(c) => LatentCache::<half::bf16>::filled(c.dims.d_c(), c.dims.d_r(), 4).footprint(),
-    };
-    fp.map_or(0, |f| f.elements_per_token)
+    match &config.attention {
+        AttentionConfig::Gqa(c) => crate::cache::measure_gqa_cache::<half::bf16>(&c.dims),
+        AttentionConfig::Latent(c) => CacheSizes::measure::<half::bf16>(&c.dims).absorb,
+    }
+    .elements_per_token
 }
 
 fn measured_latent_cache(w: &LatentWeights<f64>) -> usize {
-    LatentCache::<half::bf16>::filled(w.dims().d_c(), w.dims().d_r(), 4)
-        .footprint()
-        .map_or(0, |f| f.elements_per_token)
+    CacheSizes::measure::<half::bf16>(&w.dims()).absorb.elements_per_token
 }
 
 fn measured_group_cache(w: &LatentWeights<f64>) -> usize {
-    let d = w.dims();
-    GroupCache::<half::bf16>::filled(GroupCacheLayout::RopeOnce, 0..d.g(), d.d_n(), d.d_r(), d.d_v(), 4)
-        .footprint()
-        .map_or(0, |f| f.elements_per_token)
+    CacheSizes::measure::<half::bf16>(&w.dims()).gqa_rope_once.elements_per_token
 }

@@ -103,9 +103,9 @@ mod tests {
         let x = hidden_states(9, w.hidden(), 8);
         let stock = to_stock_mla(&w, &[x.view()], 1e-6).unwrap();
         assert_eq!(stock.dims().g(), 6);
-        let want = absorb_decode(&w, x.view(), &mut LatentCache::new(12, 4)).unwrap().y;
-        let absorb = absorb_decode(&stock, x.view(), &mut LatentCache::new(12, 4)).unwrap().y;
-        let mut cache = GroupCache::new(GroupCacheLayout::RopeOnce, 0..6, 6, 4, 5);
+        let want = absorb_decode(&w, x.view(), &mut LatentCache::new(&dims)).unwrap().y;
+        let absorb = absorb_decode(&stock, x.view(), &mut LatentCache::new(&dims)).unwrap().y;
+        let mut cache = GroupCache::new(&stock.dims(), GroupCacheLayout::RopeOnce);
         let gqa = gqa_decode(&stock, x.view(), &mut cache).unwrap().y;
         assert!(rel(&absorb, &want) <= 1e-12, "{:e}", rel(&absorb, &want));
         assert!(rel(&gqa, &want) <= 1e-12, "{:e}", rel(&gqa, &want));

@@ -185,16 +185,9 @@ fn validation_counts_hits_and_misses() {
                 let s = Scenario::new(&dims, 128 * 128, Step { sq, batch, context }, Deployment::single_bf16()).unwrap();
                 for path in [DecodePath::Absorb, DecodePath::Gqa] {
                     points.push(MeasuredPoint {
-                        h: 128,
-                        g: 8,
-                        d_c: 512,
-                        d_r: 64,
-                        d_n: 128,
-                        d_v: 128,
+                        dims,
                         path,
-                        sq,
-                        batch,
-                        context,
+                        step: Step { sq, batch, context },
                         seconds: predict(&s, &g, path).unwrap().time_s,
                     });
                 }
@@ -215,7 +208,7 @@ fn validation_counts_hits_and_misses() {
     points[1].seconds = a;
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("run.json");
-    std::fs::write(&file, serde_json::to_string(&run(points)).unwrap()).unwrap();
+    std::fs::write(&file, serde_json::to_string(&run(points.clone())).unwrap()).unwrap();
     let r = gqla(&["plan", "--validate", file.to_str().unwrap()]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("chosen on 7 of 8 points"), "{}", r.stdout);
@@ -231,4 +224,16 @@ fn validation_counts_hits_and_misses() {
     let r = gqla(&["plan", "--validate", file.to_str().unwrap()]);
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("not a measured run"), "{}", r.stderr);
+    // A point's geometry is validated as it is read: G must divide H.
+    let mut bad = serde_json::to_value(run(points)).unwrap();
+    assert_eq!(bad["points"][0]["g"], 8, "the geometry is flat in the JSON: {bad}");
+    bad["points"][0]["g"] = serde_json::json!(7);
+    std::fs::write(&file, bad.to_string()).unwrap();
+    let r = gqla(&["plan", "--validate", file.to_str().unwrap()]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("H=128 must be divisible by the number of groups G=7"),
+        "{}",
+        r.stderr
+    );
 }

@@ -42,24 +42,7 @@ impl Op {
 
 pub use gqla_reference::DType;
 
-/// Where the GQA-path cache keeps the shared rope key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RopeLayout {
-    /// k^R stored once per token (canonical).
-    Once,
-    /// k^R copied into every group's key (stock GQA kernels).
-    PerGroup,
-}
-
-impl RopeLayout {
-    pub fn name(self) -> &'static str {
-        match self {
-            RopeLayout::Once => "once",
-            RopeLayout::PerGroup => "per_group",
-        }
-    }
-}
+pub use gqla_reference::GroupCacheLayout;
 
 /// What fills the memory a correct kernel never reads (dead slots, page tails, unused pages).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -104,7 +87,7 @@ pub struct Case {
     /// KV splits the kernel is asked to use (flash-decoding); None = the kernel's own choice.
     /// The answer must not depend on it; splits may outnumber a row's keys (empty splits).
     pub splits: Option<usize>,
-    pub layout: RopeLayout,
+    pub layout: GroupCacheLayout,
     pub dtype: DType,
     /// Softmax scale override; None = 1/sqrt(key dim of the definition).
     pub scale: Option<u32>,
@@ -201,19 +184,19 @@ impl Case {
             Op::DecodeAbsorb => {
                 self.g = 0;
                 self.dv = self.dc;
-                self.layout = RopeLayout::Once;
+                self.layout = GroupCacheLayout::RopeOnce;
             }
             Op::DecodeGqa => self.dc = 0,
             Op::GqaDecode => {
                 self.dc = 0;
                 self.dr = 0;
-                self.layout = RopeLayout::Once;
+                self.layout = GroupCacheLayout::RopeOnce;
             }
             Op::CacheExpand => {
                 self.h = 0;
                 self.dr = 0;
                 self.sq = 1;
-                self.layout = RopeLayout::Once;
+                self.layout = GroupCacheLayout::RopeOnce;
                 self.scale = None;
                 self.logits = Logits::Normal;
                 self.splits = None;
@@ -348,7 +331,7 @@ impl FromStr for Case {
             ctx: vec![],
             page: None,
             splits: None,
-            layout: RopeLayout::Once,
+            layout: GroupCacheLayout::RopeOnce,
             dtype: DType::F32,
             scale: None,
             logits: Logits::Normal,
@@ -380,11 +363,7 @@ impl FromStr for Case {
                 "page" => c.page = if v == "none" { None } else { Some(num(v)?) },
                 "splits" => c.splits = Some(num(v)?),
                 "rope" => {
-                    c.layout = match v {
-                        "once" => RopeLayout::Once,
-                        "per_group" => RopeLayout::PerGroup,
-                        _ => return Err(bad(format!("rope must be once or per_group, got `{v}`"))),
-                    }
+                    c.layout = GroupCacheLayout::from_name(v).ok_or_else(|| bad(format!("rope must be once or per_group, got `{v}`")))?
                 }
                 "dtype" => {
                     c.dtype = v

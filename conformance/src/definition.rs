@@ -2,7 +2,7 @@
 //! reference. Exported as `definitions.json` with every vector pack and certificate, so that an
 //! author outside this process reads the contract from the same source the judge uses.
 
-use crate::case::{Case, Op, RopeLayout};
+use crate::case::{Case, GroupCacheLayout, Op};
 use serde::Serialize;
 
 /// Whether an axis is fixed when a kernel is built (a specialisation) or varies per call.
@@ -40,8 +40,8 @@ impl Presence {
     fn holds(self, case: &Case) -> bool {
         match self {
             Presence::Always => true,
-            Presence::RopeOnce => case.layout == RopeLayout::Once,
-            Presence::RopePerGroup => case.layout == RopeLayout::PerGroup,
+            Presence::RopeOnce => case.layout == GroupCacheLayout::RopeOnce,
+            Presence::RopePerGroup => case.layout == GroupCacheLayout::RopePerGroup,
             Presence::Paged => case.page.is_some(),
             Presence::SplitsRequested => case.splits.is_some(),
         }

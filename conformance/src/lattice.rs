@@ -15,7 +15,7 @@
 //! and its input digests). Any other suite seed S redraws every case from S, so that outputs
 //! learned from a published pack do not help.
 
-use crate::case::{Case, DType, Logits, Op, Poison, RopeLayout};
+use crate::case::{Case, DType, GroupCacheLayout, Logits, Op, Poison};
 
 pub const SUITE_VERSION: &str = "0.3";
 
@@ -35,7 +35,7 @@ fn base(op: Op, sq: usize) -> Case {
         ctx: vec![Some(65), Some(31)],
         page: Some(64),
         splits: None,
-        layout: RopeLayout::Once,
+        layout: GroupCacheLayout::RopeOnce,
         dtype: DType::Bf16,
         scale: None,
         logits: Logits::Normal,
@@ -118,9 +118,9 @@ fn variations(op: Op, sq: usize) -> Vec<Variation> {
             v.push(Box::new(|c| c.g = 1));
             v.push(Box::new(|c| c.g = c.h));
             if op == Op::DecodeGqa {
-                v.push(Box::new(|c| c.layout = RopeLayout::PerGroup));
+                v.push(Box::new(|c| c.layout = GroupCacheLayout::RopePerGroup));
                 v.push(Box::new(|c| {
-                    c.layout = RopeLayout::PerGroup;
+                    c.layout = GroupCacheLayout::RopePerGroup;
                     c.ctx = vec![Some(0), Some(65), None, Some(4097)];
                     c.page = Some(16);
                 }));

@@ -13,7 +13,7 @@
 //! computes itself from the case id (and, for the published seed, to `mustpass/<version>.txt`);
 //! every file is read through [`crate::confined`].
 
-use crate::case::{Case, DType, Poison, RopeLayout};
+use crate::case::{Case, DType, GroupCacheLayout, Poison};
 use crate::confined;
 use crate::definition::{case_axes, definition, eval_shape, DtypeRule, TensorKind, TensorName};
 use crate::inputs::{CaseInputs, Paging};
@@ -68,7 +68,7 @@ pub struct CaseParams {
     pub dtype: DType,
     /// The requested split count (the `num_splits` input), if any.
     pub splits: Option<usize>,
-    pub rope_layout: RopeLayout,
+    pub rope_layout: GroupCacheLayout,
     /// The `scale` input as stored: an f32, never rounded to the case dtype.
     pub scale: f32,
     pub poison: Poison,

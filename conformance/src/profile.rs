@@ -28,7 +28,7 @@
 //! Shape axes (operations, dtypes, paging, s_q, rope layouts) select cases; conventions change
 //! how a selected case's outputs are judged, never whether the answer is right.
 
-use crate::case::{Case, DType, Op, RopeLayout};
+use crate::case::{Case, DType, GroupCacheLayout, Op};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::fmt;
@@ -185,7 +185,7 @@ pub struct Profile {
     pub s_q: SqRange,
     pub split_counts: SplitCounts,
     /// gqla.decode.gqa only: where the rope key is stored.
-    pub rope_layouts: BTreeSet<RopeLayout>,
+    pub rope_layouts: BTreeSet<GroupCacheLayout>,
     pub scale: Scale,
     pub out_empty_row: EmptyOut,
     pub lse: Lse,
@@ -207,7 +207,7 @@ pub enum Exclusion {
     Contiguous,
     PageSize(usize),
     Sq(usize),
-    RopeLayout(RopeLayout),
+    GroupCacheLayout(GroupCacheLayout),
     Scale(u32),
 }
 
@@ -220,7 +220,7 @@ impl Exclusion {
             Exclusion::Contiguous => "contiguous caches".into(),
             Exclusion::PageSize(p) => format!("page size {p}"),
             Exclusion::Sq(s) => format!("s_q = {s}"),
-            Exclusion::RopeLayout(l) => format!("rope layout {}", l.name()),
+            Exclusion::GroupCacheLayout(l) => format!("rope layout {}", l.name()),
             Exclusion::Scale(bits) => format!("scale {}", f32::from_bits(*bits)),
         }
     }
@@ -243,7 +243,7 @@ impl Profile {
             page_sizes: PageSizes::Named(PageSizesName::Any),
             s_q: SqRange { min: 1, max: 64 },
             split_counts: SplitCounts::Honoured,
-            rope_layouts: [RopeLayout::Once, RopeLayout::PerGroup].into_iter().collect(),
+            rope_layouts: [GroupCacheLayout::RopeOnce, GroupCacheLayout::RopePerGroup].into_iter().collect(),
             scale: Scale::Input,
             out_empty_row: EmptyOut::Zero,
             lse: Lse::Written(LseConvention {
@@ -322,7 +322,7 @@ impl Profile {
             }
         }
         if case.op == Op::DecodeGqa && !self.rope_layouts.contains(&case.layout) {
-            return Some(Exclusion::RopeLayout(case.layout));
+            return Some(Exclusion::GroupCacheLayout(case.layout));
         }
         None
     }

@@ -8,7 +8,7 @@
 //! t ≤ ctx_b + j (bottom-right causal); o = Σ_t softmax(scale · q·k_t) v_t; LSE in natural log;
 //! a row with no visible key gives o = 0 and LSE = −∞.
 
-use crate::case::{Case, DType, Op, RopeLayout};
+use crate::case::{Case, DType, GroupCacheLayout, Op};
 use crate::definition::TensorName;
 use crate::inputs::CaseInputs;
 
@@ -38,11 +38,11 @@ fn group_rows(inputs: &CaseInputs, b: usize, g: usize) -> (Vec<f32>, Vec<f32>) {
             Op::DecodeGqa => {
                 values.extend_from_slice(&cache.row(TensorName::V, b, t)[g * c.dv..(g + 1) * c.dv]);
                 match c.layout {
-                    RopeLayout::Once => {
+                    GroupCacheLayout::RopeOnce => {
                         keys.extend_from_slice(&cache.row(TensorName::KNope, b, t)[g * c.dn..(g + 1) * c.dn]);
                         keys.extend_from_slice(cache.row(TensorName::KRope, b, t));
                     }
-                    RopeLayout::PerGroup => {
+                    GroupCacheLayout::RopePerGroup => {
                         keys.extend_from_slice(&cache.row(TensorName::K, b, t)[g * (c.dn + c.dr)..(g + 1) * (c.dn + c.dr)])
                     }
                 }

@@ -578,7 +578,7 @@ pub fn bench<R: Runtime>(rt: &R, grid: &Grid, on_row: &mut dyn FnMut(Row)) -> Re
 /// context) once, at the time of its fastest tensor-core kernel (of any kernel when none ran),
 /// since a runtime serves each path with its best kernel.
 pub fn measured_run(device: &str, grid: &Grid, rows: &[Row], ceilings: &Ceilings) -> crate::plan::MeasuredRun {
-    use crate::plan::{MeasuredPoint, MeasuredRun};
+    use crate::plan::{MeasuredPoint, MeasuredRun, Step};
     let any_tc = rows.iter().any(|r| r.variant.tensor_cores());
     let mut best: Vec<&Row> = Vec::new();
     for r in rows.iter().filter(|r| r.variant.tensor_cores() || !any_tc) {
@@ -594,16 +594,13 @@ pub fn measured_run(device: &str, grid: &Grid, rows: &[Row], ceilings: &Ceilings
         .filter_map(|r| {
             let geo = grid.geometries.iter().find(|g| g.name == r.geometry)?;
             Some(MeasuredPoint {
-                h: geo.dims.h(),
-                g: geo.dims.g(),
-                d_c: geo.dims.d_c(),
-                d_r: geo.dims.d_r(),
-                d_n: geo.dims.d_n(),
-                d_v: geo.dims.d_v(),
+                dims: geo.dims,
                 path: r.path,
-                sq: r.sq,
-                batch: r.batch,
-                context: r.context,
+                step: Step {
+                    sq: r.sq,
+                    batch: r.batch,
+                    context: r.context,
+                },
                 seconds: r.ms() * 1e-3,
             })
         })

@@ -8,7 +8,7 @@ use crate::emu::Emulator;
 use crate::launch::{self, from_bytes, to_bytes, Decode, ExpandDims, Guarded, KeySource, Paging, Segment, Tokens, Variant};
 use crate::runtime::Runtime;
 use crate::CudaError;
-use gqla_conformance::case::{DType, Op, RopeLayout};
+use gqla_conformance::case::{DType, GroupCacheLayout, Op};
 use gqla_conformance::definition::TensorName;
 use gqla_conformance::inputs::{self, CaseInputs};
 use gqla_conformance::kernel::{OutputTensor, MARGIN};
@@ -186,14 +186,14 @@ impl<R: Runtime> DeviceKernel<R> {
                 dv: c.dc,
                 streams: 1,
             },
-            (Op::DecodeGqa, RopeLayout::Once) => KeySource {
+            (Op::DecodeGqa, GroupCacheLayout::RopeOnce) => KeySource {
                 key: seg(TensorName::KNope, c.g * c.dn, c.dn, c.dn),
                 shared_key: Some(seg(TensorName::KRope, c.dr, 0, c.dr)),
                 value: Some(seg(TensorName::V, c.g * c.dv, c.dv, c.dv)),
                 dv: c.dv,
                 streams: c.g,
             },
-            (Op::DecodeGqa, RopeLayout::PerGroup) => KeySource {
+            (Op::DecodeGqa, GroupCacheLayout::RopePerGroup) => KeySource {
                 key: seg(TensorName::K, c.g * (c.dn + c.dr), c.dn + c.dr, c.dn + c.dr),
                 shared_key: None,
                 value: Some(seg(TensorName::V, c.g * c.dv, c.dv, c.dv)),

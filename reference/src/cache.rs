@@ -144,13 +144,29 @@ impl<E: Copy + Default> LatentCache<E> {
     }
 }
 
-/// Where the GQA-path cache keeps the shared rope key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+/// Where the GQA-path cache keeps the shared rope key. Named `once` and `per_group` in case ids,
+/// kernel declarations and command lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum GroupCacheLayout {
     /// Canonical: k^R_t stored once per token; G(d_n + d_v) + d_r per token.
+    #[serde(rename = "once")]
     RopeOnce,
     /// Stock-GQA-kernel layout: key [k_g; k^R] per group; G(d_n + d_r + d_v) per token.
+    #[serde(rename = "per_group")]
     RopePerGroup,
+}
+
+impl GroupCacheLayout {
+    pub const ALL: [GroupCacheLayout; 2] = [GroupCacheLayout::RopeOnce, GroupCacheLayout::RopePerGroup];
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupCacheLayout::RopeOnce => "once",
+            GroupCacheLayout::RopePerGroup => "per_group",
+        }
+    }
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|l| l.name() == name)
+    }
 }
 
 /// The GQA-path cache of the groups `groups` (all of them, or one TP rank's).

@@ -18,8 +18,10 @@ fn at_most(named: &[(&str, usize)], max: usize) -> Result<()> {
     }
 }
 
-/// Geometry of an MLA/GQLA attention layer. Private fields: only valid geometries exist.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+/// Geometry of an MLA/GQLA attention layer. Private fields: only valid geometries exist (also
+/// when read from JSON, which goes through [`LatentDims::new`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "RawLatentDims")]
 pub struct LatentDims {
     h: usize,
     g: usize,
@@ -27,6 +29,25 @@ pub struct LatentDims {
     d_n: usize,
     d_r: usize,
     d_v: usize,
+}
+
+/// The fields of a [`LatentDims`] as read, before validation.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLatentDims {
+    h: usize,
+    g: usize,
+    d_c: usize,
+    d_n: usize,
+    d_r: usize,
+    d_v: usize,
+}
+
+impl TryFrom<RawLatentDims> for LatentDims {
+    type Error = Error;
+    fn try_from(r: RawLatentDims) -> Result<Self> {
+        Self::new(r.h, r.g, r.d_c, r.d_n, r.d_r, r.d_v)
+    }
 }
 
 impl LatentDims {

@@ -2,6 +2,7 @@
 
 use super::CliError;
 use gqla_reference::budget::{Budget, Need};
+use gqla_reference::decode::DecodePath;
 use gqla_reference::hf::load_layer;
 use gqla_reference::hf::tensors::write_f64;
 use gqla_reference::model::Attention;
@@ -26,26 +27,21 @@ pub struct Args {
     #[arg(long)]
     output: PathBuf,
     /// Decode path for MLA/GQLA checkpoints (GQA checkpoints have one path).
-    #[arg(long, value_enum)]
-    path: Option<PathArg>,
+    #[arg(long, value_parser = super::named(&DecodePath::ALL, DecodePath::name))]
+    path: Option<DecodePath>,
     /// GQA-path cache layout: the rope key stored once, or copied into every group's key.
-    #[arg(long, value_enum, default_value_t = LayoutArg::Once)]
-    layout: LayoutArg,
+    #[arg(long, value_parser = layout_parser(), default_value = "once")]
+    layout: GroupCacheLayout,
     /// Arithmetic precision.
     #[arg(long, value_parser = super::dtype_parser(&[DType::F64, DType::F32]), default_value_t = DType::F64)]
     dtype: DType,
 }
 
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum PathArg {
-    Absorb,
-    Gqa,
-}
-
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum LayoutArg {
-    Once,
-    PerGroup,
+/// `once` or `per_group` (also `per-group`, the spelling of earlier releases).
+fn layout_parser() -> impl clap::builder::TypedValueParser<Value = GroupCacheLayout> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new([PossibleValue::new("once"), PossibleValue::new("per_group").alias("per-group")])
+        .try_map(|s| GroupCacheLayout::from_name(&s.replace('-', "_")).ok_or_else(|| format!("`{s}` is not a layout")))
 }
 
 pub fn run(a: Args, budget: &Budget) -> Result<(), CliError> {
@@ -99,14 +95,14 @@ pub fn run(a: Args, budget: &Budget) -> Result<(), CliError> {
 fn run_in<T: Real>(
     layer: &Attention<f64>,
     x: &Array2<f64>,
-    path: Option<PathArg>,
-    layout: LayoutArg,
+    path: Option<DecodePath>,
+    layout: GroupCacheLayout,
 ) -> Result<(Array2<f64>, Array2<f64>, &'static str), CliError> {
     let xt = x.mapv(T::of);
     let widen = |o: DecodeOutput<T>| (o.y.mapv(|v| v.f64()), o.lse.mapv(|v| v.f64()));
     Ok(match layer {
         Attention::Gqa(w) => {
-            if matches!(path, Some(PathArg::Absorb)) {
+            if matches!(path, Some(DecodePath::Absorb)) {
                 return Err(CliError::Usage(
                     "a GQA checkpoint has no absorb path (convert it to GQLA first); use --path gqa or omit --path".into(),
                 ));
@@ -117,16 +113,12 @@ fn run_in<T: Real>(
         Attention::Latent(w) => {
             let w = w.cast::<T>();
             let d = w.dims();
-            match path.unwrap_or(PathArg::Absorb) {
-                PathArg::Absorb => {
+            match path.unwrap_or(DecodePath::Absorb) {
+                DecodePath::Absorb => {
                     let (y, lse) = widen(absorb_decode(&w, xt.view(), &mut LatentCache::new(&d))?);
                     (y, lse, "absorb")
                 }
-                PathArg::Gqa => {
-                    let layout = match layout {
-                        LayoutArg::Once => GroupCacheLayout::RopeOnce,
-                        LayoutArg::PerGroup => GroupCacheLayout::RopePerGroup,
-                    };
+                DecodePath::Gqa => {
                     let mut cache = GroupCache::new(&d, layout);
                     let (y, lse) = widen(gqa_decode(&w, xt.view(), &mut cache)?);
                     (y, lse, "gqa")

@@ -12,11 +12,25 @@ pub mod vectors;
 
 use gqla_reference::DType;
 
-/// A clap parser for a `--dtype` that takes only `allowed` (so `--help` lists them).
-pub fn dtype_parser(allowed: &'static [DType]) -> impl clap::builder::TypedValueParser<Value = DType> {
+/// A clap parser for a value of `T` written by `name`, taking only `allowed` (so `--help` lists
+/// them): the reference's own enums, with no mirror enum per command.
+pub fn named<T: Copy + Send + Sync + 'static>(
+    allowed: &'static [T],
+    name: fn(T) -> &'static str,
+) -> impl clap::builder::TypedValueParser<Value = T> {
     use clap::builder::TypedValueParser;
-    clap::builder::PossibleValuesParser::new(allowed.iter().map(|d| d.name()))
-        .try_map(|name| name.parse::<DType>().map_err(|e| e.to_string()))
+    clap::builder::PossibleValuesParser::new(allowed.iter().map(|&v| name(v))).try_map(move |s| {
+        allowed
+            .iter()
+            .copied()
+            .find(|&v| name(v) == s)
+            .ok_or_else(|| format!("`{s}` is none of the possible values"))
+    })
+}
+
+/// A clap parser for a `--dtype` that takes only `allowed`.
+pub fn dtype_parser(allowed: &'static [DType]) -> impl clap::builder::TypedValueParser<Value = DType> {
+    named(allowed, DType::name)
 }
 
 /// Errors the commands report, each with its exit code ([`CliError::exit_code`]).

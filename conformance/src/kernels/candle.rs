@@ -4,7 +4,7 @@
 //! softmax and a natural-log LSE in f32, and rounds outputs to the case dtype with candle's own
 //! casts. It shares no arithmetic with the reference or the flash kernel.
 
-use crate::case::{Case, DType, Op, RopeLayout};
+use crate::case::{Case, DType, GroupCacheLayout, Op};
 use crate::definition::TensorName;
 use crate::inputs::CaseInputs;
 use crate::kernel::{Kernel, KernelError, KernelIdentity, Outputs};
@@ -67,11 +67,11 @@ fn group_kv(case: &Case, rows: &[Tensor], g: usize) -> Result<(Tensor, Tensor)> 
     match case.op {
         Op::DecodeAbsorb => Ok((rows[0].clone(), rows[0].narrow(1, 0, case.dc)?)),
         Op::DecodeGqa => match case.layout {
-            RopeLayout::Once => {
+            GroupCacheLayout::RopeOnce => {
                 let k = Tensor::cat(&[&rows[0].narrow(1, g * dn, dn)?, &rows[1]], 1)?;
                 Ok((k, rows[2].narrow(1, g * dv, dv)?))
             }
-            RopeLayout::PerGroup => Ok((rows[0].narrow(1, g * (dn + dr), dn + dr)?, rows[1].narrow(1, g * dv, dv)?)),
+            GroupCacheLayout::RopePerGroup => Ok((rows[0].narrow(1, g * (dn + dr), dn + dr)?, rows[1].narrow(1, g * dv, dv)?)),
         },
         Op::GqaDecode => Ok((rows[0].narrow(1, g * dn, dn)?, rows[1].narrow(1, g * dv, dv)?)),
         Op::CacheExpand => unreachable!("expand has no attention"),

@@ -2,7 +2,7 @@
 //! log-sum-exp merge — the structure of FlashMLA/FlashInfer decode kernels. [`Bug`] injects one
 //! known failure mode at a time; the suite must reject every mutant.
 
-use crate::case::{Op, RopeLayout};
+use crate::case::{GroupCacheLayout, Op};
 use crate::definition::TensorName;
 use crate::inputs::{CaseInputs, Paging};
 use crate::kernel::{Kernel, KernelError, KernelIdentity, Outputs};
@@ -186,13 +186,13 @@ impl FlashCpu {
                     cache.row(TensorName::K, b, t)[g * c.dn..(g + 1) * c.dn].to_vec()
                 } else {
                     match c.layout {
-                        RopeLayout::Once => {
+                        GroupCacheLayout::RopeOnce => {
                             let mut k = cache.row(TensorName::KNope, b, t)[g * c.dn..(g + 1) * c.dn].to_vec();
                             let rope = cache.row(TensorName::KRope, b, t);
                             k.extend(rope.iter().map(|v| if self.has(Bug::RopeTermDropped) { 0.0 } else { *v }));
                             k
                         }
-                        RopeLayout::PerGroup => {
+                        GroupCacheLayout::RopePerGroup => {
                             let row = &cache.row(TensorName::K, b, t)[g * (c.dn + c.dr)..(g + 1) * (c.dn + c.dr)];
                             if self.has(Bug::RopeLayoutSwapped) {
                                 row[c.dr..].iter().chain(&row[..c.dr]).copied().collect()

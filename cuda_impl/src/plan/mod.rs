@@ -53,7 +53,7 @@ impl Bound {
 }
 
 /// One decode step: `sq` new tokens for each of `batch` sequences of `context` cached tokens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Step {
     pub sq: usize,
     pub batch: usize,

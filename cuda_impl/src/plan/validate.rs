@@ -10,16 +10,13 @@ use serde::{Deserialize, Serialize};
 /// One timed decode step (the decode benchmark writes these).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MeasuredPoint {
-    pub h: usize,
-    pub g: usize,
-    pub d_c: usize,
-    pub d_r: usize,
-    pub d_n: usize,
-    pub d_v: usize,
+    /// The geometry (`h`, `g`, `d_c`, `d_n`, `d_r`, `d_v` in the JSON), validated when read.
+    #[serde(flatten)]
+    pub dims: LatentDims,
     pub path: DecodePath,
-    pub sq: usize,
-    pub batch: usize,
-    pub context: usize,
+    /// The decode step (`sq`, `batch`, `context` in the JSON).
+    #[serde(flatten)]
+    pub step: Step,
     pub seconds: f64,
 }
 
@@ -131,27 +128,26 @@ pub fn validate(run: &MeasuredRun) -> Result<Validation> {
     let mut comparisons = Vec::new();
     let mut errors = Vec::new();
     for a in run.points.iter().filter(|p| p.path == DecodePath::Absorb) {
-        let Some(b) = run.points.iter().find(|p| {
-            p.path == DecodePath::Gqa
-                && (p.h, p.g, p.d_c, p.d_r, p.d_n, p.d_v, p.sq, p.batch, p.context)
-                    == (a.h, a.g, a.d_c, a.d_r, a.d_n, a.d_v, a.sq, a.batch, a.context)
-        }) else {
+        let Some(b) = run
+            .points
+            .iter()
+            .find(|p| p.path == DecodePath::Gqa && (p.dims, p.step) == (a.dims, a.step))
+        else {
             continue;
         };
-        let dims = LatentDims::new(a.h, a.g, a.d_c, a.d_n, a.d_r, a.d_v)?;
-        let step = Step {
-            sq: a.sq,
-            batch: a.batch,
-            context: a.context,
-        };
-        let s = Scenario::new(&dims, a.h * a.d_v, step, Deployment::single_bf16())?;
+        let (dims, step) = (a.dims, a.step);
+        let s = Scenario::new(&dims, dims.h() * dims.d_v(), step, Deployment::single_bf16())?;
         let p = plan(&s, &gpu)?;
         let measured = [a.seconds, b.seconds];
         let predicted = [p.absorb.time_s, p.gqa.time_s];
         if measured.iter().any(|m| !(m.is_finite() && *m > 0.0)) {
             return Err(Error::Config(format!(
                 "measured time of H={} s_q={} batch={} context={} is {:?} s: expected positive, finite times",
-                a.h, a.sq, a.batch, a.context, measured
+                dims.h(),
+                step.sq,
+                step.batch,
+                step.context,
+                measured
             )));
         }
         for (m, q) in measured.iter().zip(&predicted) {
@@ -163,11 +159,11 @@ pub fn validate(run: &MeasuredRun) -> Result<Validation> {
             DecodePath::Absorb
         };
         comparisons.push(Comparison {
-            h: a.h,
-            g: a.g,
-            sq: a.sq,
-            batch: a.batch,
-            context: a.context,
+            h: dims.h(),
+            g: dims.g(),
+            sq: step.sq,
+            batch: step.batch,
+            context: step.context,
             measured_s: measured,
             predicted_s: predicted,
             bounds: [p.absorb.bound, p.gqa.bound],
@@ -247,16 +243,13 @@ mod tests {
     #[test]
     fn bad_measured_times_are_errors() {
         let point = |path, seconds| MeasuredPoint {
-            h: 128,
-            g: 8,
-            d_c: 512,
-            d_r: 64,
-            d_n: 128,
-            d_v: 128,
+            dims: LatentDims::new(128, 8, 512, 128, 64, 128).unwrap(),
             path,
-            sq: 1,
-            batch: 16,
-            context: 4096,
+            step: Step {
+                sq: 1,
+                batch: 16,
+                context: 4096,
+            },
             seconds,
         };
         for bad in [0.0, -1e-6, f64::NAN, f64::INFINITY] {

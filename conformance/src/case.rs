@@ -65,9 +65,10 @@ pub enum Logits {
     Large,
 }
 
-/// One test case. Which fields matter depends on `op` (see [`Case::validate`]).
+/// A case's fields as written, before validation: what an id or the lattice spells out. Which
+/// fields matter depends on `op`; [`CaseSpec::build`] checks them and makes the [`Case`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
-pub struct Case {
+pub struct CaseSpec {
     pub op: Op,
     /// Query heads.
     pub h: usize,
@@ -96,45 +97,248 @@ pub struct Case {
     pub seed: u64,
 }
 
-/// A malformed case id.
-#[derive(Debug, thiserror::Error, PartialEq)]
-#[error("bad case id `{id}`: {why}")]
-pub struct CaseIdError {
-    pub id: String,
-    pub why: String,
+/// The dimensions of a case, per operation: only those the operation has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Geometry {
+    /// MQA over [c; k^R] with value c; d_n sets the default softmax scale 1/sqrt(d_n + d_r).
+    DecodeAbsorb { h: usize, dc: usize, dn: usize, dr: usize },
+    /// GQA over the group cache: key [k_g; k^R], value v_g.
+    DecodeGqa {
+        h: usize,
+        g: usize,
+        dn: usize,
+        dr: usize,
+        dv: usize,
+        layout: GroupCacheLayout,
+    },
+    /// Latent to group cache.
+    CacheExpand { g: usize, dc: usize, dn: usize, dv: usize },
+    /// Plain GQA: `g` kv heads of key width `d` and value width `dv`.
+    GqaDecode { h: usize, g: usize, d: usize, dv: usize },
+}
+
+/// One test case: valid and canonical by construction (built only by [`CaseSpec::build`] or
+/// parsed from its id), so equal cases have equal ids.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Case {
+    geometry: Geometry,
+    /// New query tokens per sequence (1 for cache.expand).
+    sq: usize,
+    ctx: Vec<Option<usize>>,
+    page: Option<usize>,
+    splits: Option<usize>,
+    dtype: DType,
+    scale: Option<u32>,
+    logits: Logits,
+    poison: Poison,
+    seed: u64,
+}
+
+/// Serialized as its [`CaseSpec`] (every field, those the operation does not use reset).
+impl Serialize for Case {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.spec().serialize(serializer)
+    }
+}
+
+impl CaseSpec {
+    /// Check the fields and make the case, with every field its operation does not use reset.
+    pub fn build(self) -> Result<Case, String> {
+        let c = self.canonical();
+        c.validate()?;
+        let geometry = match c.op {
+            Op::DecodeAbsorb => Geometry::DecodeAbsorb {
+                h: c.h,
+                dc: c.dc,
+                dn: c.dn,
+                dr: c.dr,
+            },
+            Op::DecodeGqa => Geometry::DecodeGqa {
+                h: c.h,
+                g: c.g,
+                dn: c.dn,
+                dr: c.dr,
+                dv: c.dv,
+                layout: c.layout,
+            },
+            Op::CacheExpand => Geometry::CacheExpand {
+                g: c.g,
+                dc: c.dc,
+                dn: c.dn,
+                dv: c.dv,
+            },
+            Op::GqaDecode => Geometry::GqaDecode {
+                h: c.h,
+                g: c.g,
+                d: c.dn,
+                dv: c.dv,
+            },
+        };
+        Ok(Case {
+            geometry,
+            sq: c.sq,
+            ctx: c.ctx,
+            page: c.page,
+            splits: c.splits,
+            dtype: c.dtype,
+            scale: c.scale,
+            logits: c.logits,
+            poison: c.poison,
+            seed: c.seed,
+        })
+    }
 }
 
 impl Case {
+    /// The fields as a [`CaseSpec`], to derive another case (`spec()`, change, `build()`).
+    pub fn spec(&self) -> CaseSpec {
+        CaseSpec {
+            op: self.op(),
+            h: self.h(),
+            g: self.g(),
+            dc: self.dc(),
+            dn: self.dn(),
+            dr: self.dr(),
+            dv: self.dv(),
+            sq: self.sq,
+            ctx: self.ctx.clone(),
+            page: self.page,
+            splits: self.splits,
+            layout: self.layout(),
+            dtype: self.dtype,
+            scale: self.scale,
+            logits: self.logits,
+            poison: self.poison,
+            seed: self.seed,
+        }
+    }
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+    pub fn op(&self) -> Op {
+        match self.geometry {
+            Geometry::DecodeAbsorb { .. } => Op::DecodeAbsorb,
+            Geometry::DecodeGqa { .. } => Op::DecodeGqa,
+            Geometry::CacheExpand { .. } => Op::CacheExpand,
+            Geometry::GqaDecode { .. } => Op::GqaDecode,
+        }
+    }
+    /// Query heads (0 for cache.expand).
+    pub fn h(&self) -> usize {
+        match self.geometry {
+            Geometry::DecodeAbsorb { h, .. } | Geometry::DecodeGqa { h, .. } | Geometry::GqaDecode { h, .. } => h,
+            Geometry::CacheExpand { .. } => 0,
+        }
+    }
+    /// Groups (GQLA) or kv heads (GQA); 0 for the absorb path, which has one stream.
+    pub fn g(&self) -> usize {
+        match self.geometry {
+            Geometry::DecodeGqa { g, .. } | Geometry::CacheExpand { g, .. } | Geometry::GqaDecode { g, .. } => g,
+            Geometry::DecodeAbsorb { .. } => 0,
+        }
+    }
+    /// Latent width (0 where the operation has no latent).
+    pub fn dc(&self) -> usize {
+        match self.geometry {
+            Geometry::DecodeAbsorb { dc, .. } | Geometry::CacheExpand { dc, .. } => dc,
+            _ => 0,
+        }
+    }
+    /// No-rope key width (the key width of plain GQA).
+    pub fn dn(&self) -> usize {
+        match self.geometry {
+            Geometry::DecodeAbsorb { dn, .. } | Geometry::DecodeGqa { dn, .. } | Geometry::CacheExpand { dn, .. } => dn,
+            Geometry::GqaDecode { d, .. } => d,
+        }
+    }
+    /// Rope key width (0 where there is none).
+    pub fn dr(&self) -> usize {
+        match self.geometry {
+            Geometry::DecodeAbsorb { dr, .. } | Geometry::DecodeGqa { dr, .. } => dr,
+            _ => 0,
+        }
+    }
+    /// Value width (the latent width on the absorb path).
+    pub fn dv(&self) -> usize {
+        match self.geometry {
+            Geometry::DecodeAbsorb { dc, .. } => dc,
+            Geometry::DecodeGqa { dv, .. } | Geometry::CacheExpand { dv, .. } | Geometry::GqaDecode { dv, .. } => dv,
+        }
+    }
+    /// Where the GQA-path cache keeps the rope key (`RopeOnce` outside gqla.decode.gqa).
+    pub fn layout(&self) -> GroupCacheLayout {
+        match self.geometry {
+            Geometry::DecodeGqa { layout, .. } => layout,
+            _ => GroupCacheLayout::RopeOnce,
+        }
+    }
+    /// New query tokens per sequence (s_q).
+    pub fn sq(&self) -> usize {
+        self.sq
+    }
+    /// Per batch row: keys before the s_q new tokens, or None for a padding row.
+    pub fn ctx(&self) -> &[Option<usize>] {
+        &self.ctx
+    }
+    /// Page size; None = contiguous cache.
+    pub fn page(&self) -> Option<usize> {
+        self.page
+    }
+    /// KV splits the kernel is asked to use; None = the kernel's own choice.
+    pub fn splits(&self) -> Option<usize> {
+        self.splits
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    /// The softmax scale override as f32 bits; None = the default.
+    pub fn scale_override(&self) -> Option<u32> {
+        self.scale
+    }
+    pub fn logits(&self) -> Logits {
+        self.logits
+    }
+    pub fn poison(&self) -> Poison {
+        self.poison
+    }
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+    /// The same case drawn from another seed.
+    pub fn with_seed(&self, seed: u64) -> Case {
+        Case { seed, ..self.clone() }
+    }
+    /// The same case with another poison (a twin holds the same live data).
+    pub fn with_poison(&self, poison: Poison) -> Case {
+        Case { poison, ..self.clone() }
+    }
     /// The softmax scale, an explicit f32 kernel input (never rounded to the case dtype): the
     /// override (stored as f32 bits) or the model's default 1/sqrt(d_n + d_r) (GQA: 1/sqrt(d)).
     /// For the absorb path that is MLA's 1/sqrt(192), not 1/sqrt(d_c + d_r).
     pub fn scale(&self) -> f32 {
         match self.scale {
             Some(bits) => f32::from_bits(bits),
-            None => 1.0 / ((self.dn + self.dr) as f32).sqrt(),
+            None => 1.0 / ((self.dn() + self.dr()) as f32).sqrt(),
         }
     }
     /// The same case with NaN poison: the case a garbage-poison twin must agree with bitwise.
     pub fn nan_twin(&self) -> Option<Case> {
-        (self.poison == Poison::Garbage).then(|| Case {
-            poison: Poison::Nan,
-            ..self.clone()
-        })
+        (self.poison == Poison::Garbage).then(|| self.with_poison(Poison::Nan))
     }
     /// Width of the query (and key) vectors the kernel sees.
     pub fn q_width(&self) -> usize {
-        match self.op {
-            Op::DecodeAbsorb => self.dc + self.dr,
-            Op::DecodeGqa => self.dn + self.dr,
+        match self.op() {
+            Op::DecodeAbsorb => self.dc() + self.dr(),
+            Op::DecodeGqa => self.dn() + self.dr(),
             Op::CacheExpand => 0,
-            Op::GqaDecode => self.dn,
+            Op::GqaDecode => self.dn(),
         }
     }
     /// Width of each head's output.
     pub fn out_width(&self) -> usize {
-        match self.op {
-            Op::DecodeAbsorb => self.dc,
-            _ => self.dv,
+        match self.op() {
+            Op::DecodeAbsorb => self.dc(),
+            _ => self.dv(),
         }
     }
     pub fn batch(&self) -> usize {
@@ -144,7 +348,7 @@ impl Case {
     pub fn seq_len(&self, b: usize) -> usize {
         match self.ctx[b] {
             None => 0,
-            Some(c) if self.op == Op::CacheExpand => c,
+            Some(c) if self.op() == Op::CacheExpand => c,
             Some(c) => c + self.sq,
         }
     }
@@ -162,11 +366,11 @@ impl Case {
             }
         };
         let width: u128 = crate::definition::cache_components(self).iter().map(|(_, w)| *w as u128).sum();
-        let (g, dn, dv, dc) = (self.g as u128, self.dn as u128, self.dv as u128, self.dc as u128);
-        let (inputs, outputs) = match self.op {
+        let (g, dn, dv, dc) = (self.g() as u128, self.dn() as u128, self.dv() as u128, self.dc() as u128);
+        let (inputs, outputs) = match self.op() {
             Op::CacheExpand => (slots * width + g * (dn + dv) * dc, tokens * g * (dn + dv)),
             _ => {
-                let rows = b * self.sq as u128 * self.h as u128;
+                let rows = b * self.sq as u128 * self.h() as u128;
                 (rows * self.q_width() as u128 + slots * width, rows * (self.out_width() as u128 + 1))
             }
         };
@@ -176,10 +380,24 @@ impl Case {
     pub fn visible(&self, b: usize, j: usize) -> usize {
         self.ctx[b].map_or(0, |c| c + j + 1)
     }
+    /// Whether `prefix` selects this case: a prefix of its id, or `*`.
+    pub fn matches(&self, prefix: &str) -> bool {
+        prefix.is_empty() || prefix == "*" || self.to_string().starts_with(prefix)
+    }
+}
 
+/// A malformed case id.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("bad case id `{id}`: {why}")]
+pub struct CaseIdError {
+    pub id: String,
+    pub why: String,
+}
+
+impl CaseSpec {
     /// The case with every field its operation does not use reset, so that equal cases have equal
     /// ids.
-    pub fn canonical(mut self) -> Self {
+    fn canonical(mut self) -> Self {
         match self.op {
             Op::DecodeAbsorb => {
                 self.g = 0;
@@ -206,7 +424,7 @@ impl Case {
     }
 
     /// Check that the case describes something computable.
-    pub fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), String> {
         let need = |cond: bool, what: &str| if cond { Ok(()) } else { Err(what.to_string()) };
         need(!self.ctx.is_empty(), "at least one sequence (ctx)")?;
         need(self.dtype.is_kernel_storage(), "a storage dtype of f32, bf16 or f16")?;
@@ -259,14 +477,9 @@ impl Case {
         }
         Ok(())
     }
-
-    /// Whether `prefix` selects this case: a prefix of its id, or `*`.
-    pub fn matches(&self, prefix: &str) -> bool {
-        prefix.is_empty() || prefix == "*" || self.to_string().starts_with(prefix)
-    }
 }
 
-impl fmt::Display for Case {
+impl fmt::Display for CaseSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ctx: Vec<String> = self.ctx.iter().map(|c| c.map_or("pad".to_string(), |c| c.to_string())).collect();
         write!(f, "{}:", self.op.name())?;
@@ -310,6 +523,12 @@ impl fmt::Display for Case {
     }
 }
 
+impl fmt::Display for Case {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.spec(), f)
+    }
+}
+
 impl FromStr for Case {
     type Err = CaseIdError;
     fn from_str(id: &str) -> Result<Self, Self::Err> {
@@ -319,7 +538,7 @@ impl FromStr for Case {
             .into_iter()
             .find(|o| o.name() == op_name)
             .ok_or_else(|| bad(format!("unknown operation `{op_name}`")))?;
-        let mut c = Case {
+        let mut c = CaseSpec {
             op,
             h: 0,
             g: 0,
@@ -397,8 +616,7 @@ impl FromStr for Case {
                 _ => return Err(bad(format!("unknown key `{k}`"))),
             }
         }
-        let c = c.canonical();
-        c.validate().map_err(bad)?;
+        let c = c.build().map_err(bad)?;
         // One spelling per case: the id must be the canonical one, so that a manifest cannot list
         // the same case twice under two spellings.
         if c.to_string() != id {
@@ -445,10 +663,10 @@ mod memory_tests {
                 .parse::<super::Case>();
             assert!(e.unwrap_err().to_string().contains("f32, bf16 or f16"), "{bad}");
         }
-        let wide = super::Case {
+        let wide = super::CaseSpec {
             dtype: super::DType::F64,
-            ..case
+            ..case.spec()
         };
-        assert!(wide.validate().unwrap_err().contains("f32, bf16 or f16"));
+        assert!(wide.build().unwrap_err().contains("f32, bf16 or f16"));
     }
 }

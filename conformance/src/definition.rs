@@ -40,10 +40,10 @@ impl Presence {
     fn holds(self, case: &Case) -> bool {
         match self {
             Presence::Always => true,
-            Presence::RopeOnce => case.layout == GroupCacheLayout::RopeOnce,
-            Presence::RopePerGroup => case.layout == GroupCacheLayout::RopePerGroup,
-            Presence::Paged => case.page.is_some(),
-            Presence::SplitsRequested => case.splits.is_some(),
+            Presence::RopeOnce => case.layout() == GroupCacheLayout::RopeOnce,
+            Presence::RopePerGroup => case.layout() == GroupCacheLayout::RopePerGroup,
+            Presence::Paged => case.page().is_some(),
+            Presence::SplitsRequested => case.splits().is_some(),
         }
     }
 }
@@ -590,16 +590,16 @@ pub fn case_axes(case: &Case, capacity: usize, num_pages: usize, max_pages: usiz
     move |name| {
         Some(match name {
             "B" => case.batch(),
-            "s_q" => case.sq,
-            "H" => case.h,
-            "G" | "KV" => case.g,
-            "d_c" => case.dc,
-            "d_n" | "d" => case.dn,
-            "d_r" => case.dr,
-            "d_v" => case.dv,
+            "s_q" => case.sq(),
+            "H" => case.h(),
+            "G" | "KV" => case.g(),
+            "d_c" => case.dc(),
+            "d_n" | "d" => case.dn(),
+            "d_r" => case.dr(),
+            "d_v" => case.dv(),
             "capacity" => capacity,
             "num_pages" => num_pages,
-            "page" => case.page?,
+            "page" => case.page()?,
             "max_pages" => max_pages,
             "tokens" => (0..case.batch()).map(|b| case.seq_len(b)).sum(),
             _ => return None,
@@ -609,7 +609,7 @@ pub fn case_axes(case: &Case, capacity: usize, num_pages: usize, max_pages: usiz
 
 /// The cache tensors a case's inputs hold, with their row widths: the last dimension of their shape formula.
 pub fn cache_components(case: &Case) -> Vec<(TensorName, usize)> {
-    let def = definition(case.op);
+    let def = definition(case.op());
     let axes = case_axes(case, 1, 1, 1);
     def.inputs
         .iter()

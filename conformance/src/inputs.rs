@@ -112,10 +112,10 @@ fn normal(rng: &mut ChaCha8Rng) -> f32 {
 impl CaseInputs {
     /// Draw the inputs of `case` from its seed.
     pub fn generate(case: &Case) -> Self {
-        let mut rng = ChaCha8Rng::seed_from_u64(case.seed ^ 0x6751_4c41_5f43_4153);
+        let mut rng = ChaCha8Rng::seed_from_u64(case.seed() ^ 0x6751_4c41_5f43_4153);
         let lens = seq_lens(case);
         let batch = case.batch();
-        let paging = match case.page {
+        let paging = match case.page() {
             None => Paging::Contiguous {
                 capacity: lens.iter().copied().max().unwrap_or(0) + 3,
             },
@@ -150,15 +150,17 @@ impl CaseInputs {
         };
         let slots = cache.slots();
         // Poison from its own stream, so that a garbage twin's live data is its NaN twin's.
-        let mut poison_rng = ChaCha8Rng::seed_from_u64(case.seed ^ 0x504f_4953_4f4e_2121);
+        let mut poison_rng = ChaCha8Rng::seed_from_u64(case.seed() ^ 0x504f_4953_4f4e_2121);
         for (name, width) in components(case) {
-            let data = match case.poison {
+            let data = match case.poison() {
                 Poison::Nan => vec![f32::NAN; slots * width],
-                Poison::Garbage => (0..slots * width).map(|_| case.dtype.round_f32(normal(&mut poison_rng))).collect(),
+                Poison::Garbage => (0..slots * width)
+                    .map(|_| case.dtype().round_f32(normal(&mut poison_rng)))
+                    .collect(),
             };
             cache.components.push(Component { name, width, data });
         }
-        let dtype = case.dtype;
+        let dtype = case.dtype();
         for ci in 0..cache.components.len() {
             let width = cache.components[ci].width;
             for (b, &l) in lens.iter().enumerate() {
@@ -172,9 +174,9 @@ impl CaseInputs {
         }
         let scale = case.scale();
         let q_width = case.q_width();
-        let n_q = batch * case.sq * case.h * q_width;
+        let n_q = batch * case.sq() * case.h() * q_width;
         // Queries scaled so that scaled logits scale·q·k have the target standard deviation.
-        let target = match case.logits {
+        let target = match case.logits() {
             Logits::Normal => 3.0,
             Logits::Large => 300.0,
         };
@@ -183,14 +185,14 @@ impl CaseInputs {
         } else {
             0.0
         };
-        let q = if case.op == Op::CacheExpand {
+        let q = if case.op() == Op::CacheExpand {
             vec![]
         } else {
             (0..n_q).map(|_| dtype.round_f32(q_gain * normal(&mut rng))).collect()
         };
-        let w_ukv = if case.op == Op::CacheExpand {
-            let n = case.g * (case.dn + case.dv) * case.dc;
-            let gain = 1.0 / (case.dc as f32).sqrt();
+        let w_ukv = if case.op() == Op::CacheExpand {
+            let n = case.g() * (case.dn() + case.dv()) * case.dc();
+            let gain = 1.0 / (case.dc() as f32).sqrt();
             (0..n).map(|_| dtype.round_f32(gain * normal(&mut rng))).collect()
         } else {
             vec![]
@@ -252,7 +254,7 @@ impl CaseInputs {
     /// Query row of (b, j, i) (sequence, new token, head).
     pub fn q_row(&self, b: usize, j: usize, i: usize) -> &[f32] {
         let w = self.case.q_width();
-        let idx = ((b * self.case.sq + j) * self.case.h + i) * w;
+        let idx = ((b * self.case.sq() + j) * self.case.h() + i) * w;
         &self.q[idx..idx + w]
     }
 }

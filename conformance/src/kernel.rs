@@ -70,13 +70,13 @@ impl Outputs {
     /// [B, s_q, H] when the profile says the kernel writes one, for decode ops; `k` [tokens, G·d_n]
     /// and `v` [tokens, G·d_v] (sequences in order) for cache.expand.
     pub fn for_case(case: &Case, profile: &Profile) -> Self {
-        let (b, sq, h) = (case.batch(), case.sq, case.h);
-        let tensors = match case.op {
+        let (b, sq, h) = (case.batch(), case.sq(), case.h());
+        let tensors = match case.op() {
             Op::CacheExpand => {
                 let tokens: usize = (0..case.batch()).map(|b| case.seq_len(b)).sum();
                 vec![
-                    OutputTensor::new(TensorName::K, vec![tokens, case.g * case.dn]),
-                    OutputTensor::new(TensorName::V, vec![tokens, case.g * case.dv]),
+                    OutputTensor::new(TensorName::K, vec![tokens, case.g() * case.dn()]),
+                    OutputTensor::new(TensorName::V, vec![tokens, case.g() * case.dv()]),
                 ]
             }
             _ => {

@@ -15,15 +15,15 @@
 //! and its input digests). Any other suite seed S redraws every case from S, so that outputs
 //! learned from a published pack do not help.
 
-use crate::case::{Case, DType, GroupCacheLayout, Logits, Op, Poison};
+use crate::case::{Case, CaseSpec, DType, GroupCacheLayout, Logits, Op, Poison};
 
 pub const SUITE_VERSION: &str = "0.3";
 
 /// Rows (sequence, new token, head) with at least one visible key, per decode case.
 pub const MIN_LSE_ROWS: usize = 32;
 
-fn base(op: Op, sq: usize) -> Case {
-    let mut c = Case {
+fn base(op: Op, sq: usize) -> CaseSpec {
+    let mut c = CaseSpec {
         op,
         h: 16,
         g: 4,
@@ -58,11 +58,11 @@ fn base(op: Op, sq: usize) -> Case {
 /// Whether a case gets a `poison=garbage` twin: several sequences or a paged cache, where dead
 /// slots sit between live ones.
 fn has_twin(c: &Case) -> bool {
-    c.page.is_some_and(|p| p < 64) || c.ctx.iter().any(|x| x.is_none_or(|n| n == 0))
+    c.page().is_some_and(|p| p < 64) || c.ctx().iter().any(|x| x.is_none_or(|n| n == 0))
 }
 
 /// One variation: a change to a base case.
-type Variation = Box<dyn Fn(&mut Case)>;
+type Variation = Box<dyn Fn(&mut CaseSpec)>;
 
 /// The variations around one base case.
 fn variations(op: Op, sq: usize) -> Vec<Variation> {
@@ -103,7 +103,7 @@ fn variations(op: Op, sq: usize) -> Vec<Variation> {
     v.push(Box::new(|c| c.scale = Some(0.05f32.to_bits())));
     match op {
         Op::DecodeAbsorb => {
-            v.push(Box::new(|c| c.scale = Some((1.0 / (c.q_width() as f32).sqrt()).to_bits())));
+            v.push(Box::new(|c| c.scale = Some((1.0 / ((c.dc + c.dr) as f32).sqrt()).to_bits())));
             v.push(Box::new(|c| {
                 c.h = 3;
                 c.ctx = [65, 31, 17, 1, 64, 130, 5, 9, 33, 70, 2].map(Some).to_vec();
@@ -134,20 +134,16 @@ fn variations(op: Op, sq: usize) -> Vec<Variation> {
 /// Every case of the published suite (seed 0), in a stable order.
 pub fn suite_cases() -> Vec<Case> {
     let mut out: Vec<Case> = Vec::new();
-    let mut push = |c: Case| {
-        let mut c = c.canonical();
-        if let Err(e) = c.validate() {
-            panic!("the lattice generated an invalid case {c}: {e}");
-        }
-        let same = |o: &Case| Case { seed: 0, ..o.clone() } == Case { seed: 0, ..c.clone() };
-        if out.iter().any(same) {
+    let mut push = |spec: CaseSpec| {
+        let c = match spec.clone().build() {
+            Ok(c) => c,
+            Err(e) => panic!("the lattice generated an invalid case {spec}: {e}"),
+        };
+        if out.iter().any(|o| o.with_seed(0) == c.with_seed(0)) {
             return;
         }
-        c.seed = out.iter().filter(|o| o.poison == Poison::Nan).count() as u64 + 1;
-        let twin = has_twin(&c).then(|| Case {
-            poison: Poison::Garbage,
-            ..c.clone()
-        });
+        let c = c.with_seed(out.iter().filter(|o| o.poison() == Poison::Nan).count() as u64 + 1);
+        let twin = has_twin(&c).then(|| c.with_poison(Poison::Garbage));
         out.push(c);
         out.extend(twin);
     };
@@ -162,7 +158,7 @@ pub fn suite_cases() -> Vec<Case> {
         }
         if op.is_decode() {
             for sq in [3, 4] {
-                push(Case { sq, ..base(op, 2) });
+                push(CaseSpec { sq, ..base(op, 2) });
             }
             let mut c = base(op, 1);
             c.ctx[0] = Some(16384);
@@ -186,7 +182,7 @@ pub fn suite_cases_seeded(seed: u64) -> Vec<Case> {
     let mut cases = suite_cases();
     if seed != 0 {
         for c in &mut cases {
-            c.seed = mix(seed ^ mix(c.seed)).max(1);
+            *c = c.with_seed(mix(seed ^ mix(c.seed())).max(1));
         }
     }
     cases
@@ -203,12 +199,12 @@ mod tests {
 
     #[test]
     fn every_decode_case_has_enough_lse_rows() {
-        for c in suite_cases().into_iter().filter(|c| c.op.is_decode()) {
+        for c in suite_cases().into_iter().filter(|c| c.op().is_decode()) {
             let rows = (0..c.batch())
-                .flat_map(|b| (0..c.sq).map(move |j| (b, j)))
+                .flat_map(|b| (0..c.sq()).map(move |j| (b, j)))
                 .filter(|&(b, j)| c.visible(b, j) > 0)
                 .count()
-                * c.h;
+                * c.h();
             assert!(rows >= MIN_LSE_ROWS, "{c}: {rows} LSE rows");
         }
     }
@@ -216,7 +212,7 @@ mod tests {
     #[test]
     fn twins_follow_their_case_with_its_seed() {
         let cases = suite_cases();
-        let twins: Vec<usize> = (0..cases.len()).filter(|&i| cases[i].poison == Poison::Garbage).collect();
+        let twins: Vec<usize> = (0..cases.len()).filter(|&i| cases[i].poison() == Poison::Garbage).collect();
         assert!(twins.len() >= 20, "{} twins", twins.len());
         for i in twins {
             assert_eq!(cases[i].nan_twin().as_ref(), Some(&cases[i - 1]), "{}", cases[i]);
@@ -228,11 +224,11 @@ mod tests {
         let (a, b) = (suite_cases_seeded(0), suite_cases_seeded(7));
         assert_eq!(a.len(), b.len());
         for (x, y) in a.iter().zip(&b) {
-            assert_ne!(x.seed, y.seed, "{x}");
-            assert_eq!(Case { seed: 0, ..x.clone() }, Case { seed: 0, ..y.clone() });
+            assert_ne!(x.seed(), y.seed(), "{x}");
+            assert_eq!(x.with_seed(0), y.with_seed(0));
         }
-        for (i, c) in b.iter().enumerate().filter(|(_, c)| c.poison == Poison::Garbage) {
-            assert_eq!(c.seed, b[i - 1].seed);
+        for (i, c) in b.iter().enumerate().filter(|(_, c)| c.poison() == Poison::Garbage) {
+            assert_eq!(c.seed(), b[i - 1].seed());
         }
         assert_eq!(suite_cases_seeded(7), b, "a seed draws the same cases every time");
     }

@@ -79,22 +79,22 @@ pub struct CaseParams {
 impl CaseParams {
     pub fn of(case: &Case) -> Self {
         CaseParams {
-            operation: case.op.name().into(),
-            heads: case.h,
-            groups: case.g,
-            d_c: case.dc,
-            d_n: case.dn,
-            d_r: case.dr,
-            d_v: case.dv,
-            s_q: case.sq,
-            contexts: case.ctx.clone(),
+            operation: case.op().name().into(),
+            heads: case.h(),
+            groups: case.g(),
+            d_c: case.dc(),
+            d_n: case.dn(),
+            d_r: case.dr(),
+            d_v: case.dv(),
+            s_q: case.sq(),
+            contexts: case.ctx().to_vec(),
             seq_lens: (0..case.batch()).map(|b| case.seq_len(b)).collect(),
-            page_size: case.page,
-            dtype: case.dtype,
-            splits: case.splits,
-            rope_layout: case.layout,
+            page_size: case.page(),
+            dtype: case.dtype(),
+            splits: case.splits(),
+            rope_layout: case.layout(),
             scale: case.scale(),
-            poison: case.poison,
+            poison: case.poison(),
             twin_of: case.nan_twin().map(|c| c.to_string()),
         }
     }
@@ -209,10 +209,10 @@ fn input_tensors(inp: &CaseInputs) -> Vec<(String, RawTensor)> {
         } => (0, *num_pages, *max_pages, &block_table[..]),
     };
     let axes = case_axes(c, capacity, num_pages, max_pages);
-    let paged = c.page.is_some();
+    let paged = c.page().is_some();
     let lens: Vec<i32> = inp.cache.seq_lens.iter().map(|&l| l as i32).collect();
-    let splits: Vec<i32> = c.splits.iter().map(|&n| n as i32).collect();
-    definition(c.op)
+    let splits: Vec<i32> = c.splits().iter().map(|&n| n as i32).collect();
+    definition(c.op())
         .inputs_for(c)
         .into_iter()
         .map(|spec| {
@@ -232,7 +232,7 @@ fn input_tensors(inp: &CaseInputs) -> Vec<(String, RawTensor)> {
             };
             let n: usize = shape.iter().product();
             let t = match spec.dtype {
-                DtypeRule::Case => floats(c.dtype, shape, floats_of),
+                DtypeRule::Case => floats(c.dtype(), shape, floats_of),
                 DtypeRule::F32 => floats(DType::F32, shape, floats_of),
                 DtypeRule::I32 => ints(shape, ints_of),
             };
@@ -556,13 +556,13 @@ mod tests {
         let short = |c: &Case| (0..c.batch()).all(|b| c.seq_len(b) <= 200);
         let mut checked = 0;
         for case in crate::lattice::suite_cases().into_iter().filter(short) {
-            let def = definition(case.op);
+            let def = definition(case.op());
             let want: BTreeMap<&str, (String, usize)> = def
                 .inputs_for(&case)
                 .into_iter()
                 .map(|t| {
                     let dtype = match t.dtype {
-                        DtypeRule::Case => dtype_name(case.dtype.safetensors()),
+                        DtypeRule::Case => dtype_name(case.dtype().safetensors()),
                         DtypeRule::F32 => "f32".into(),
                         DtypeRule::I32 => "i32".into(),
                     };

@@ -302,27 +302,27 @@ impl Profile {
 
     /// The first axis that puts `case` outside this profile (None: the case is selected).
     pub fn excludes(&self, case: &Case) -> Option<Exclusion> {
-        if !self.operations.contains(&case.op) {
-            return Some(Exclusion::Operation(case.op));
+        if !self.operations.contains(&case.op()) {
+            return Some(Exclusion::Operation(case.op()));
         }
-        if !self.dtypes.contains(&case.dtype) {
-            return Some(Exclusion::DType(case.dtype));
+        if !self.dtypes.contains(&case.dtype()) {
+            return Some(Exclusion::DType(case.dtype()));
         }
-        match case.page {
+        match case.page() {
             None if !self.contiguous => return Some(Exclusion::Contiguous),
             Some(p) if !self.page_sizes.takes(p) => return Some(Exclusion::PageSize(p)),
             _ => {}
         }
-        if case.op.is_decode() {
-            if case.sq < self.s_q.min || case.sq > self.s_q.max {
-                return Some(Exclusion::Sq(case.sq));
+        if case.op().is_decode() {
+            if case.sq() < self.s_q.min || case.sq() > self.s_q.max {
+                return Some(Exclusion::Sq(case.sq()));
             }
             if !self.scale.takes(case.scale()) {
                 return Some(Exclusion::Scale(case.scale().to_bits()));
             }
         }
-        if case.op == Op::DecodeGqa && !self.rope_layouts.contains(&case.layout) {
-            return Some(Exclusion::GroupCacheLayout(case.layout));
+        if case.op() == Op::DecodeGqa && !self.rope_layouts.contains(&case.layout()) {
+            return Some(Exclusion::GroupCacheLayout(case.layout()));
         }
         None
     }

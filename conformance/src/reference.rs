@@ -29,27 +29,27 @@ fn group_rows(inputs: &CaseInputs, b: usize, g: usize) -> (Vec<f32>, Vec<f32>) {
     let cache = &inputs.cache;
     let (mut keys, mut values) = (Vec::new(), Vec::new());
     for t in 0..c.seq_len(b) {
-        match c.op {
+        match c.op() {
             Op::DecodeAbsorb => {
                 let row = cache.row(TensorName::Kv, b, t);
                 keys.extend_from_slice(row);
-                values.extend_from_slice(&row[..c.dc]);
+                values.extend_from_slice(&row[..c.dc()]);
             }
             Op::DecodeGqa => {
-                values.extend_from_slice(&cache.row(TensorName::V, b, t)[g * c.dv..(g + 1) * c.dv]);
-                match c.layout {
+                values.extend_from_slice(&cache.row(TensorName::V, b, t)[g * c.dv()..(g + 1) * c.dv()]);
+                match c.layout() {
                     GroupCacheLayout::RopeOnce => {
-                        keys.extend_from_slice(&cache.row(TensorName::KNope, b, t)[g * c.dn..(g + 1) * c.dn]);
+                        keys.extend_from_slice(&cache.row(TensorName::KNope, b, t)[g * c.dn()..(g + 1) * c.dn()]);
                         keys.extend_from_slice(cache.row(TensorName::KRope, b, t));
                     }
                     GroupCacheLayout::RopePerGroup => {
-                        keys.extend_from_slice(&cache.row(TensorName::K, b, t)[g * (c.dn + c.dr)..(g + 1) * (c.dn + c.dr)])
+                        keys.extend_from_slice(&cache.row(TensorName::K, b, t)[g * (c.dn() + c.dr())..(g + 1) * (c.dn() + c.dr())])
                     }
                 }
             }
             Op::GqaDecode => {
-                keys.extend_from_slice(&cache.row(TensorName::K, b, t)[g * c.dn..(g + 1) * c.dn]);
-                values.extend_from_slice(&cache.row(TensorName::V, b, t)[g * c.dv..(g + 1) * c.dv]);
+                keys.extend_from_slice(&cache.row(TensorName::K, b, t)[g * c.dn()..(g + 1) * c.dn()]);
+                values.extend_from_slice(&cache.row(TensorName::V, b, t)[g * c.dv()..(g + 1) * c.dv()]);
             }
             Op::CacheExpand => unreachable!("no attention in cache.expand"),
         }
@@ -60,7 +60,7 @@ fn group_rows(inputs: &CaseInputs, b: usize, g: usize) -> (Vec<f32>, Vec<f32>) {
 /// The reference outputs of a case (the suite's conventions: an empty row gives out = 0 and
 /// LSE = −∞, natural log, f32).
 pub fn compute(inputs: &CaseInputs, precision: Precision) -> Tensors {
-    match inputs.case.op {
+    match inputs.case.op() {
         Op::CacheExpand => expand(inputs, precision),
         _ => decode(inputs, precision),
     }
@@ -68,12 +68,12 @@ pub fn compute(inputs: &CaseInputs, precision: Precision) -> Tensors {
 
 fn decode(inputs: &CaseInputs, precision: Precision) -> Tensors {
     let c: &Case = &inputs.case;
-    let (batch, sq, h, dout) = (c.batch(), c.sq, c.h, c.out_width());
+    let (batch, sq, h, dout) = (c.batch(), c.sq(), c.h(), c.out_width());
     let width = c.q_width();
     // Heads per key stream: all of them for the absorb path (one latent stream), H/G otherwise.
-    let (streams, per) = match c.op {
+    let (streams, per) = match c.op() {
         Op::DecodeAbsorb => (1, h),
-        _ => (c.g, h / c.g),
+        _ => (c.g(), h / c.g()),
     };
     let mut out = vec![0.0; batch * sq * h * dout];
     let mut lse = vec![0.0; batch * sq * h];
@@ -142,20 +142,20 @@ fn attend_naive(q: &[f32], keys: &[f32], values: &[f32], dout: usize, scale: f32
 
 fn expand(inputs: &CaseInputs, precision: Precision) -> Tensors {
     let c = &inputs.case;
-    let per = c.dn + c.dv;
+    let per = c.dn() + c.dv();
     let mut k = Vec::new();
     let mut v = Vec::new();
     for b in 0..c.batch() {
         for t in 0..c.seq_len(b) {
             let latent = inputs.cache.row(TensorName::Latent, b, t);
-            for g in 0..c.g {
+            for g in 0..c.g() {
                 for r in 0..per {
-                    let w = &inputs.w_ukv[(g * per + r) * c.dc..(g * per + r + 1) * c.dc];
+                    let w = &inputs.w_ukv[(g * per + r) * c.dc()..(g * per + r + 1) * c.dc()];
                     let y = match precision {
                         Precision::Exact => w.iter().zip(latent).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>(),
                         Precision::Naive(dtype) => dtype.round_f32(w.iter().zip(latent).map(|(a, b)| a * b).sum::<f32>()) as f64,
                     };
-                    if r < c.dn {
+                    if r < c.dn() {
                         k.push(y);
                     } else {
                         v.push(y);

@@ -50,7 +50,7 @@ impl Prepared {
 
     pub fn from_inputs(inputs: CaseInputs) -> Self {
         let truth = compute(&inputs, Precision::Exact);
-        let naive = compute(&inputs, Precision::Naive(inputs.case.dtype));
+        let naive = compute(&inputs, Precision::Naive(inputs.case.dtype()));
         Self {
             inputs: Arc::new(inputs),
             truth,
@@ -66,13 +66,13 @@ impl Prepared {
     /// positions the empty-row conventions govern.
     fn empty_rows(&self) -> Vec<usize> {
         let c = self.case();
-        if !c.op.is_decode() {
+        if !c.op().is_decode() {
             return vec![];
         }
         (0..c.batch())
-            .flat_map(|b| (0..c.sq).map(move |j| (b, j)))
+            .flat_map(|b| (0..c.sq()).map(move |j| (b, j)))
             .filter(|&(b, j)| c.visible(b, j) == 0)
-            .map(|(b, j)| b * c.sq + j)
+            .map(|(b, j)| b * c.sq() + j)
             .collect()
     }
 
@@ -107,9 +107,9 @@ impl Prepared {
                 let (truth, naive) = (reference(&self.truth, t.name), reference(&self.naive, t.name));
                 // Row width of this tensor in elements: the empty-row conventions cover whole rows.
                 let (per_row, special) = match t.name {
-                    TensorName::Out => (case.h * case.out_width(), Special::Out(profile.out_empty_row)),
+                    TensorName::Out => (case.h() * case.out_width(), Special::Out(profile.out_empty_row)),
                     TensorName::Lse => (
-                        case.h,
+                        case.h(),
                         Special::Lse(profile.lse.written().expect("lse is expected only when declared").empty_row),
                     ),
                     _ => (0, Special::None),
@@ -118,12 +118,12 @@ impl Prepared {
                 for &r in &empty_rows {
                     empty[r * per_row..(r + 1) * per_row].fill(true);
                 }
-                let (mut u, mut got, mut base) = (case.dtype.unit_roundoff(), raw.clone(), naive.to_vec());
+                let (mut u, mut got, mut base) = (case.dtype().unit_roundoff(), raw.clone(), naive.to_vec());
                 if let Some(lse) = profile.lse.written().filter(|_| t.name == TensorName::Lse) {
                     if lse.dtype == LseDtype::F32 {
                         u = DType::F32.unit_roundoff();
                     } else {
-                        base.iter_mut().for_each(|v| *v = case.dtype.round_f32(*v as f32) as f64);
+                        base.iter_mut().for_each(|v| *v = case.dtype().round_f32(*v as f32) as f64);
                     }
                     if lse.base == LseBase::Two {
                         got.iter_mut().for_each(|v| *v *= std::f64::consts::LN_2);
@@ -287,7 +287,7 @@ pub struct Twins {
 impl Twins {
     /// Record a judged case; a passing twin is held against its NaN-poison case.
     pub fn pair(&mut self, case: &Case, mut result: CaseResult, outputs: Option<Outputs>) -> CaseResult {
-        match (case.poison, outputs) {
+        match (case.poison(), outputs) {
             (Poison::Nan, Some(out)) if result.status.passed() => self.last = Some((case.clone(), out)),
             (Poison::Garbage, Some(out)) if result.status.passed() => {
                 if let Some((_, primary)) = self.last.as_ref().filter(|(c, _)| Some(c) == case.nan_twin().as_ref()) {

@@ -150,7 +150,7 @@ fn first_rejections(seed: u64, cases: impl Fn(&Case) -> bool) -> Vec<(Bug, Optio
 /// fresh seed exposes it; every other mutant is rejected on the published suite too.
 #[test]
 fn only_a_fresh_seed_exposes_learned_outputs() {
-    let published = first_rejections(0, |c| c.op == Op::DecodeGqa && (0..c.batch()).all(|b| c.seq_len(b) <= 135));
+    let published = first_rejections(0, |c| c.op() == Op::DecodeGqa && (0..c.batch()).all(|b| c.seq_len(b) <= 135));
     let survived: Vec<Bug> = published.iter().filter(|(_, r)| r.is_none()).map(|(b, _)| *b).collect();
     assert!(survived.contains(&Bug::LookupTable), "{published:?}");
 }
@@ -228,7 +228,7 @@ impl Kernel for Bf16Logits {
         Profile::everything()
     }
     fn run(&self, inputs: &mut CaseInputs, outputs: &mut Outputs) -> Result<(), KernelError> {
-        let naive = gqla_conformance::reference::compute(inputs, gqla_conformance::reference::Precision::Naive(inputs.case.dtype));
+        let naive = gqla_conformance::reference::compute(inputs, gqla_conformance::reference::Precision::Naive(inputs.case.dtype()));
         for (name, values) in naive {
             if outputs.has(name) {
                 for (d, v) in outputs.get_mut(name).region_mut().iter_mut().zip(values) {
@@ -270,7 +270,7 @@ impl Kernel for OtherConventions {
         FlashCpu::correct(3).run(inputs, outputs)?;
         let c = &inputs.case;
         for (i, v) in outputs.get_mut(TensorName::Lse).region_mut().iter_mut().enumerate() {
-            let (b, j) = (i / (c.sq * c.h), (i / c.h) % c.sq);
+            let (b, j) = (i / (c.sq() * c.h()), (i / c.h()) % c.sq());
             *v = if c.visible(b, j) == 0 {
                 match self.empty_lse {
                     EmptyLse::PosInf => f32::INFINITY,
@@ -278,13 +278,13 @@ impl Kernel for OtherConventions {
                     _ => 12345.0,
                 }
             } else {
-                c.dtype.round_f32(*v / std::f32::consts::LN_2)
+                c.dtype().round_f32(*v / std::f32::consts::LN_2)
             };
         }
-        let w = c.h * c.out_width();
+        let w = c.h() * c.out_width();
         let out = outputs.get_mut(TensorName::Out).region_mut();
-        for r in 0..c.batch() * c.sq {
-            if c.visible(r / c.sq, r % c.sq) == 0 && self.empty_out == EmptyOut::Nan {
+        for r in 0..c.batch() * c.sq() {
+            if c.visible(r / c.sq(), r % c.sq()) == 0 && self.empty_out == EmptyOut::Nan {
                 out[r * w..(r + 1) * w].fill(f32::NAN);
             }
         }
@@ -296,7 +296,7 @@ impl Kernel for OtherConventions {
 fn conventions_are_judged_as_declared() {
     let padded = suite_cases()
         .into_iter()
-        .find(|c| c.op == Op::DecodeAbsorb && c.ctx.contains(&None))
+        .find(|c| c.op() == Op::DecodeAbsorb && c.ctx().contains(&None))
         .unwrap();
     let p = Prepared::new(&padded);
     for (empty_lse, empty_out) in [

@@ -152,7 +152,7 @@ impl<R: Runtime> DeviceKernel<R> {
     }
 
     fn component(&self, inp: &CaseInputs, name: TensorName) -> Result<R::Buf<u8>, CudaError> {
-        self.rt.upload(&to_bytes(inp.case.dtype, &inp.cache.component(name).data))
+        self.rt.upload(&to_bytes(inp.case.dtype(), &inp.cache.component(name).data))
     }
 
     /// Copy back what the kernels may have written to a device input, so that the harness's
@@ -167,7 +167,7 @@ impl<R: Runtime> DeviceKernel<R> {
 
     fn decode(&self, inp: &mut CaseInputs, outputs: &mut Outputs) -> Result<(), CudaError> {
         let c = &inp.case;
-        let d = c.dtype;
+        let d = c.dtype();
         let names: Vec<TensorName> = inputs::components(c).iter().map(|(n, _)| *n).collect();
         let comps: Vec<R::Buf<u8>> = names.iter().map(|&n| self.component(inp, n)).collect::<Result<_, _>>()?;
         // Cache components by the names the operation's definition gives them.
@@ -178,34 +178,34 @@ impl<R: Runtime> DeviceKernel<R> {
             head_stride,
             width,
         };
-        let keys = match (c.op, c.layout) {
+        let keys = match (c.op(), c.layout()) {
             (Op::DecodeAbsorb, _) => KeySource {
-                key: seg(TensorName::Kv, c.dc + c.dr, 0, c.dc + c.dr),
+                key: seg(TensorName::Kv, c.dc() + c.dr(), 0, c.dc() + c.dr()),
                 shared_key: None,
                 value: None,
-                dv: c.dc,
+                dv: c.dc(),
                 streams: 1,
             },
             (Op::DecodeGqa, GroupCacheLayout::RopeOnce) => KeySource {
-                key: seg(TensorName::KNope, c.g * c.dn, c.dn, c.dn),
-                shared_key: Some(seg(TensorName::KRope, c.dr, 0, c.dr)),
-                value: Some(seg(TensorName::V, c.g * c.dv, c.dv, c.dv)),
-                dv: c.dv,
-                streams: c.g,
+                key: seg(TensorName::KNope, c.g() * c.dn(), c.dn(), c.dn()),
+                shared_key: Some(seg(TensorName::KRope, c.dr(), 0, c.dr())),
+                value: Some(seg(TensorName::V, c.g() * c.dv(), c.dv(), c.dv())),
+                dv: c.dv(),
+                streams: c.g(),
             },
             (Op::DecodeGqa, GroupCacheLayout::RopePerGroup) => KeySource {
-                key: seg(TensorName::K, c.g * (c.dn + c.dr), c.dn + c.dr, c.dn + c.dr),
+                key: seg(TensorName::K, c.g() * (c.dn() + c.dr()), c.dn() + c.dr(), c.dn() + c.dr()),
                 shared_key: None,
-                value: Some(seg(TensorName::V, c.g * c.dv, c.dv, c.dv)),
-                dv: c.dv,
-                streams: c.g,
+                value: Some(seg(TensorName::V, c.g() * c.dv(), c.dv(), c.dv())),
+                dv: c.dv(),
+                streams: c.g(),
             },
             (Op::GqaDecode, _) => KeySource {
-                key: seg(TensorName::K, c.g * c.dn, c.dn, c.dn),
+                key: seg(TensorName::K, c.g() * c.dn(), c.dn(), c.dn()),
                 shared_key: None,
-                value: Some(seg(TensorName::V, c.g * c.dv, c.dv, c.dv)),
-                dv: c.dv,
-                streams: c.g,
+                value: Some(seg(TensorName::V, c.g() * c.dv(), c.dv(), c.dv())),
+                dv: c.dv(),
+                streams: c.g(),
             },
             (Op::CacheExpand, _) => unreachable!("expand is not a decode"),
         };
@@ -221,8 +221,8 @@ impl<R: Runtime> DeviceKernel<R> {
             keys,
             paging: paging.view(),
             batch: c.batch(),
-            sq: c.sq,
-            h: c.h,
+            sq: c.sq(),
+            h: c.h(),
             scale: inp.scale,
             num_splits: 1,
             variant,
@@ -237,9 +237,14 @@ impl<R: Runtime> DeviceKernel<R> {
         };
         // The case's split count, or the device's default for this shape.
         let longest = inp.cache.seq_lens.iter().copied().max().unwrap_or(0);
-        call.num_splits = c.splits.unwrap_or_else(|| call.default_splits(&self.rt, longest));
+        call.num_splits = c.splits().unwrap_or_else(|| call.default_splits(&self.rt, longest));
         let mut ws = if call.num_splits > 1 {
-            Some(launch::workspace(&self.rt, c.batch() * c.sq * c.h, call.keys.dv, call.num_splits)?)
+            Some(launch::workspace(
+                &self.rt,
+                c.batch() * c.sq() * c.h(),
+                call.keys.dv,
+                call.num_splits,
+            )?)
         } else {
             None
         };
@@ -267,7 +272,7 @@ impl<R: Runtime> DeviceKernel<R> {
 
     fn expand(&self, inp: &mut CaseInputs, outputs: &mut Outputs) -> Result<(), CudaError> {
         let c = &inp.case;
-        let d = c.dtype;
+        let d = c.dtype();
         let latent = self.component(inp, TensorName::Latent)?;
         let w = self.rt.upload(&to_bytes(d, &inp.w_ukv))?;
         let paging = self.paging(inp)?;
@@ -288,7 +293,7 @@ impl<R: Runtime> DeviceKernel<R> {
         for (&b, &t) in tb.iter().zip(&tt) {
             reach[b as usize] = reach[b as usize].max(t + 1);
         }
-        let latent_slots = R::len(&latent) / (c.dc.max(1) * d.size_in_bytes());
+        let latent_slots = R::len(&latent) / (c.dc().max(1) * d.size_in_bytes());
         launch::check_addressing(&reach, &paging.host_table, paging.max_pages, paging.page, latent_slots)?;
         // SAFETY: every token is (row, position) of a row below the batch, and the addressing was
         // checked above; the buffers live past the synchronize.
@@ -305,10 +310,10 @@ impl<R: Runtime> DeviceKernel<R> {
                 },
                 &paging.view(),
                 ExpandDims {
-                    g: c.g,
-                    dc: c.dc,
-                    dn: c.dn,
-                    dv: c.dv,
+                    g: c.g(),
+                    dc: c.dc(),
+                    dn: c.dn(),
+                    dv: c.dv(),
                 },
                 &mut Guarded {
                     buf: &mut k,
@@ -357,7 +362,7 @@ impl<R: Runtime> Kernel for DeviceKernel<R> {
         p
     }
     fn run(&self, inputs: &mut CaseInputs, outputs: &mut Outputs) -> Result<(), KernelError> {
-        let r = self.rt.bind().and_then(|()| match inputs.case.op {
+        let r = self.rt.bind().and_then(|()| match inputs.case.op() {
             Op::CacheExpand => self.expand(inputs, outputs),
             _ => self.decode(inputs, outputs),
         });

@@ -63,9 +63,9 @@ fn emulated_kernels_pass_the_whole_lattice() {
             failures.push(format!("cuda-emu: {}: {:?}", r.id, r.status));
         }
         let short = (0..case.batch()).all(|b| case.seq_len(b) <= 135);
-        if case.op != Op::CacheExpand && (case.sq > 1 || short) {
+        if case.op() != Op::CacheExpand && (case.sq() > 1 || short) {
             let r = wgmma.run(&p);
-            let ok = if case.dtype == DType::F32 {
+            let ok = if case.dtype() == DType::F32 {
                 !r.status.selected()
             } else {
                 r.status.passed()
@@ -82,12 +82,12 @@ fn emulated_kernels_pass_the_whole_lattice() {
 /// tensor-core kernel on f32 storage is NOT_SUPPORTED, never a wrong answer.
 #[test]
 fn each_variant_passes_or_declines() {
-    let short = |c: &Case| c.op != Op::CacheExpand && (0..c.batch()).all(|b| c.seq_len(b) <= 130);
+    let short = |c: &Case| c.op() != Op::CacheExpand && (0..c.batch()).all(|b| c.seq_len(b) <= 130);
     assert_none_failed(lattice_failures(EmuKernel::emulated().with_variant(Variant::Simt), short, |_| true));
     assert_none_failed(lattice_failures(
         EmuKernel::emulated().with_variant(Variant::Mma),
-        |c| short(c) && (c.dtype == DType::F32 || c.splits.is_some()),
-        |c| c.dtype != DType::F32,
+        |c| short(c) && (c.dtype() == DType::F32 || c.splits().is_some()),
+        |c| c.dtype() != DType::F32,
     ));
 }
 
@@ -761,10 +761,10 @@ fn kernels_pass_the_shared_memory_checks_in_any_thread_order() {
         let tensor_cores = variant != Variant::Simt;
         let (n, failures) = lattice_failures(
             kernel,
-            |c| short(c) && parity.is_none_or(|p| c.seed % 2 == p),
+            |c| short(c) && parity.is_none_or(|p| c.seed() % 2 == p),
             // A forced tensor-core kernel's profile leaves out f32 (expand included: a profile
             // declares dtypes for the kernel as a whole).
-            |c| !(tensor_cores && c.dtype == DType::F32),
+            |c| !(tensor_cores && c.dtype() == DType::F32),
         );
         assert!(n >= 20, "{schedule:?}, {variant:?}: only {n} cases");
         assert!(

@@ -346,5 +346,5 @@ fn cuda_wgmma_kernel_passes_the_whole_lattice() {
             return;
         }
     };
-    assert_lattice_passes(&kernel, &cases, |c| c.dtype == gqla_conformance::case::DType::F32);
+    assert_lattice_passes(&kernel, &cases, |c| c.dtype() == gqla_conformance::case::DType::F32);
 }

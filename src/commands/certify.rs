@@ -246,7 +246,7 @@ fn run_suite(candidates: &[Candidate], seed: u64, a: &Args, keep: bool) -> (Vec<
     let mut prepared = Vec::new();
     let mut results = vec![Vec::with_capacity(cases.len()); candidates.len()];
     for case in &cases {
-        bar.set_message(format!("{} seed {seed}", case.op.name()));
+        bar.set_message(format!("{} seed {seed}", case.op().name()));
         let p = Prepared::new(case);
         for (s, r) in sessions.iter_mut().zip(&mut results) {
             r.push(s.run(&p));

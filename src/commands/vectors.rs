@@ -51,7 +51,7 @@ pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<(), CliEr
     let bar = indicatif::ProgressBar::new(cases.len() as u64);
     bar.set_style(indicatif::ProgressStyle::with_template("exporting {bar:30} {pos}/{len} {msg}").expect("valid template"));
     let m = export(&cases, seed, &filter, &out, &mut |case| {
-        bar.set_message(case.op.name());
+        bar.set_message(case.op().name());
         bar.inc(1);
     });
     bar.finish_and_clear();

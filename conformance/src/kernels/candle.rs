@@ -63,10 +63,10 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, visible: &[usize]) -> 
 
 /// Keys and values of group g (all heads for the absorb path) from the gathered cache rows.
 fn group_kv(case: &Case, rows: &[Tensor], g: usize) -> Result<(Tensor, Tensor)> {
-    let (dn, dr, dv) = (case.dn, case.dr, case.dv);
-    match case.op {
-        Op::DecodeAbsorb => Ok((rows[0].clone(), rows[0].narrow(1, 0, case.dc)?)),
-        Op::DecodeGqa => match case.layout {
+    let (dn, dr, dv) = (case.dn(), case.dr(), case.dv());
+    match case.op() {
+        Op::DecodeAbsorb => Ok((rows[0].clone(), rows[0].narrow(1, 0, case.dc())?)),
+        Op::DecodeGqa => match case.layout() {
             GroupCacheLayout::RopeOnce => {
                 let k = Tensor::cat(&[&rows[0].narrow(1, g * dn, dn)?, &rows[1]], 1)?;
                 Ok((k, rows[2].narrow(1, g * dv, dv)?))
@@ -80,9 +80,9 @@ fn group_kv(case: &Case, rows: &[Tensor], g: usize) -> Result<(Tensor, Tensor)> 
 
 fn decode(inp: &CaseInputs, outputs: &mut Outputs) -> Result<()> {
     let c = &inp.case;
-    let (sq, h, w, dout) = (c.sq, c.h, c.q_width(), c.out_width());
+    let (sq, h, w, dout) = (c.sq(), c.h(), c.q_width(), c.out_width());
     // Query heads sharing one key/value stream: all of them on the absorb path (MQA).
-    let (streams, per) = if c.op == Op::DecodeAbsorb { (1, h) } else { (c.g, h / c.g) };
+    let (streams, per) = if c.op() == Op::DecodeAbsorb { (1, h) } else { (c.g(), h / c.g()) };
     let names: Vec<TensorName> = inp.cache.components.iter().map(|x| x.name).collect();
     let comps: Vec<Tensor> = names.iter().map(|&n| component(inp, n)).collect::<Result<_>>()?;
     let q = Tensor::from_slice(&inp.q, (c.batch(), sq, h, w), &Device::Cpu)?;
@@ -105,7 +105,7 @@ fn decode(inp: &CaseInputs, outputs: &mut Outputs) -> Result<()> {
             outs.push(o.reshape((sq, per, dout))?);
             lses.push(l.reshape((sq, per))?);
         }
-        let o = round_to(&Tensor::cat(&outs, 1)?, c.dtype)?.flatten_all()?.to_vec1::<f32>()?;
+        let o = round_to(&Tensor::cat(&outs, 1)?, c.dtype())?.flatten_all()?.to_vec1::<f32>()?;
         let l = Tensor::cat(&lses, 1)?.flatten_all()?.to_vec1::<f32>()?;
         outputs.get_mut(TensorName::Out).region_mut()[b * row_out..(b + 1) * row_out].copy_from_slice(&o);
         outputs.get_mut(TensorName::Lse).region_mut()[b * sq * h..(b + 1) * sq * h].copy_from_slice(&l);
@@ -116,18 +116,20 @@ fn decode(inp: &CaseInputs, outputs: &mut Outputs) -> Result<()> {
 fn expand(inp: &CaseInputs, outputs: &mut Outputs) -> Result<()> {
     let c = &inp.case;
     let latent = component(inp, TensorName::Latent)?;
-    let w = Tensor::from_slice(&inp.w_ukv, (c.g * (c.dn + c.dv), c.dc), &Device::Cpu)?;
+    let w = Tensor::from_slice(&inp.w_ukv, (c.g() * (c.dn() + c.dv()), c.dc()), &Device::Cpu)?;
     let (mut k_at, mut v_at) = (0, 0);
     for b in 0..c.batch() {
         let len = c.seq_len(b);
         if len == 0 {
             continue;
         }
-        let y = gather(inp, &latent, b, len)?.matmul(&w.t()?)?.reshape((len, c.g, c.dn + c.dv))?;
-        let k = round_to(&y.narrow(2, 0, c.dn)?.contiguous()?, c.dtype)?
+        let y = gather(inp, &latent, b, len)?
+            .matmul(&w.t()?)?
+            .reshape((len, c.g(), c.dn() + c.dv()))?;
+        let k = round_to(&y.narrow(2, 0, c.dn())?.contiguous()?, c.dtype())?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        let v = round_to(&y.narrow(2, c.dn, c.dv)?.contiguous()?, c.dtype)?
+        let v = round_to(&y.narrow(2, c.dn(), c.dv())?.contiguous()?, c.dtype())?
             .flatten_all()?
             .to_vec1::<f32>()?;
         outputs.get_mut(TensorName::K).region_mut()[k_at..k_at + k.len()].copy_from_slice(&k);
@@ -152,7 +154,7 @@ impl Kernel for CandleCpu {
         crate::profile::Profile::everything()
     }
     fn run(&self, inputs: &mut CaseInputs, outputs: &mut Outputs) -> std::result::Result<(), KernelError> {
-        let r = match inputs.case.op {
+        let r = match inputs.case.op() {
             Op::CacheExpand => expand(inputs, outputs),
             _ => decode(inputs, outputs),
         };

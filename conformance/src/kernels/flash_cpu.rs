@@ -168,38 +168,38 @@ impl FlashCpu {
     fn key_value(&self, inp: &CaseInputs, b: usize, t: usize, i: usize) -> (Vec<f32>, Vec<f32>) {
         let c = &inp.case;
         let cache = &inp.cache;
-        match c.op {
+        match c.op() {
             Op::DecodeAbsorb => {
                 let row = cache.row(TensorName::Kv, b, t);
                 let mut k = row.to_vec();
                 if self.has(Bug::RopeTermDropped) {
-                    k[c.dc..].iter_mut().for_each(|v| *v = 0.0);
+                    k[c.dc()..].iter_mut().for_each(|v| *v = 0.0);
                 }
-                (k, row[..c.dc].to_vec())
+                (k, row[..c.dc()].to_vec())
             }
             Op::DecodeGqa | Op::GqaDecode => {
-                let per = c.h / c.g;
-                let g = if self.has(Bug::GroupMapping) { i % c.g } else { i / per };
-                let gv = if self.has(Bug::ValueFromWrongGroup) { (g + 1) % c.g } else { g };
-                let v = cache.row(TensorName::V, b, t)[gv * c.dv..(gv + 1) * c.dv].to_vec();
-                let k = if c.op == Op::GqaDecode {
-                    cache.row(TensorName::K, b, t)[g * c.dn..(g + 1) * c.dn].to_vec()
+                let per = c.h() / c.g();
+                let g = if self.has(Bug::GroupMapping) { i % c.g() } else { i / per };
+                let gv = if self.has(Bug::ValueFromWrongGroup) { (g + 1) % c.g() } else { g };
+                let v = cache.row(TensorName::V, b, t)[gv * c.dv()..(gv + 1) * c.dv()].to_vec();
+                let k = if c.op() == Op::GqaDecode {
+                    cache.row(TensorName::K, b, t)[g * c.dn()..(g + 1) * c.dn()].to_vec()
                 } else {
-                    match c.layout {
+                    match c.layout() {
                         GroupCacheLayout::RopeOnce => {
-                            let mut k = cache.row(TensorName::KNope, b, t)[g * c.dn..(g + 1) * c.dn].to_vec();
+                            let mut k = cache.row(TensorName::KNope, b, t)[g * c.dn()..(g + 1) * c.dn()].to_vec();
                             let rope = cache.row(TensorName::KRope, b, t);
                             k.extend(rope.iter().map(|v| if self.has(Bug::RopeTermDropped) { 0.0 } else { *v }));
                             k
                         }
                         GroupCacheLayout::RopePerGroup => {
-                            let row = &cache.row(TensorName::K, b, t)[g * (c.dn + c.dr)..(g + 1) * (c.dn + c.dr)];
+                            let row = &cache.row(TensorName::K, b, t)[g * (c.dn() + c.dr())..(g + 1) * (c.dn() + c.dr())];
                             if self.has(Bug::RopeLayoutSwapped) {
-                                row[c.dr..].iter().chain(&row[..c.dr]).copied().collect()
+                                row[c.dr()..].iter().chain(&row[..c.dr()]).copied().collect()
                             } else {
                                 let mut k = row.to_vec();
                                 if self.has(Bug::RopeTermDropped) {
-                                    k[c.dn..].iter_mut().for_each(|v| *v = 0.0);
+                                    k[c.dn()..].iter_mut().for_each(|v| *v = 0.0);
                                 }
                                 k
                             }
@@ -252,7 +252,7 @@ impl FlashCpu {
 
     fn decode(&self, inp: &CaseInputs, out: &mut Outputs) -> Result<(), KernelError> {
         let c = &inp.case;
-        let (batch, sq, h, dout) = (c.batch(), c.sq, c.h, c.out_width());
+        let (batch, sq, h, dout) = (c.batch(), c.sq(), c.h(), c.out_width());
         let scale = if self.has(Bug::ScaleFromKeyWidth) {
             1.0 / (c.q_width() as f32).sqrt()
         } else {
@@ -265,7 +265,7 @@ impl FlashCpu {
         let mut o = vec![0.0f32; batch * sq * h * dout];
         let mut lse = vec![0.0f32; batch * sq * h];
         for b in 0..batch {
-            if self.has(Bug::PanicOnEmptySequence) && c.seq_len(b) <= c.sq {
+            if self.has(Bug::PanicOnEmptySequence) && c.seq_len(b) <= c.sq() {
                 panic!("sequence {b} is empty");
             }
             for j in 0..sq {
@@ -295,7 +295,7 @@ impl FlashCpu {
                     _ => end,
                 };
                 // The requested split count, even when it leaves splits empty (short rows).
-                let splits = c.splits.unwrap_or(self.splits).max(1);
+                let splits = c.splits().unwrap_or(self.splits).max(1);
                 let bounds: Vec<usize> = (0..=splits).map(|s| s * end / splits).collect();
                 for i in 0..h {
                     let row = QueryRow {
@@ -363,7 +363,7 @@ impl FlashCpu {
             }
         }
         for (dst, v) in out.get_mut(TensorName::Out).region_mut().iter_mut().zip(&o) {
-            *dst = c.dtype.round_f32(*v);
+            *dst = c.dtype().round_f32(*v);
         }
         if out.has(TensorName::Lse) {
             out.get_mut(TensorName::Lse).region_mut().copy_from_slice(&lse);
@@ -377,21 +377,21 @@ impl FlashCpu {
 
     fn expand(&self, inp: &CaseInputs, out: &mut Outputs) -> Result<(), KernelError> {
         let c = &inp.case;
-        let per = c.dn + c.dv;
+        let per = c.dn() + c.dv();
         let (mut k, mut v) = (Vec::new(), Vec::new());
         for b in 0..c.batch() {
             for t in 0..c.seq_len(b) {
                 let latent = inp.cache.row(TensorName::Latent, b, t);
-                for g in 0..c.g {
+                for g in 0..c.g() {
                     for r in 0..per {
-                        let row = if self.has(Bug::ExpandValueOffset) && r >= c.dn {
-                            r - c.dn
+                        let row = if self.has(Bug::ExpandValueOffset) && r >= c.dn() {
+                            r - c.dn()
                         } else {
                             r
                         };
-                        let w = &inp.w_ukv[(g * per + row) * c.dc..(g * per + row + 1) * c.dc];
-                        let y = c.dtype.round_f32(w.iter().zip(latent).map(|(a, b)| a * b).sum::<f32>());
-                        if r < c.dn {
+                        let w = &inp.w_ukv[(g * per + row) * c.dc()..(g * per + row + 1) * c.dc()];
+                        let y = c.dtype().round_f32(w.iter().zip(latent).map(|(a, b)| a * b).sum::<f32>());
+                        if r < c.dn() {
                             k.push(y)
                         } else {
                             v.push(y)
@@ -438,7 +438,7 @@ impl Kernel for FlashCpu {
                 return Ok(());
             }
         }
-        match inputs.case.op {
+        match inputs.case.op() {
             Op::CacheExpand => self.expand(inputs, outputs)?,
             _ => self.decode(inputs, outputs)?,
         }

@@ -24,7 +24,7 @@ impl Kernel for ReferenceF32 {
         for (name, values) in compute(inputs, Precision::Naive(DType::F32)) {
             let out = outputs.get_mut(name);
             // Outputs are stored in the case dtype, except the LSE, which is f32 by definition.
-            let dtype = if name == TensorName::Lse { DType::F32 } else { inputs.case.dtype };
+            let dtype = if name == TensorName::Lse { DType::F32 } else { inputs.case.dtype() };
             for (dst, v) in out.region_mut().iter_mut().zip(values) {
                 *dst = dtype.round_f32(v as f32);
             }

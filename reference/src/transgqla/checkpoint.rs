@@ -18,12 +18,15 @@ use crate::error::{Error, Result};
 use crate::files::OutputDir;
 use crate::hf::config::{AttentionConfig, ModelConfig};
 use crate::hf::tensors::{RawTensor, ShardWriter};
+use crate::hf::writer::{
+    check_stock_mla, check_stock_rope, copy_tokenizer, encode, layer_tensors, output_config, remote_classes, write_json,
+};
+pub use crate::hf::writer::{Emit, REMOTE_CODE};
 use crate::hf::{Checkpoint, TensorStore};
-use crate::latent::{LatentWeights, QueryProjection};
-use crate::linear::Linear;
-use crate::model::{embed_rows, mean_kl, Attention, DecoderLayer, FeedForward, Mlp};
+use crate::latent::LatentWeights;
+use crate::model::{embed_rows, mean_kl, Attention, DecoderLayer};
 use crate::real::rel_err;
-use ndarray::{Array2, ArrayView2, ArrayViewD};
+use ndarray::{Array2, ArrayView2};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -98,19 +101,6 @@ pub enum CalibrationFlow {
     /// the best measured (docs/results/2026-12-04-smollm2-sherlock.md).
     #[default]
     RopeCut,
-}
-
-/// The layout a conversion writes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Emit {
-    /// GQLA: kv_b_proj per group (`num_key_value_heads` = G), exact; HF transformers loads it
-    /// with the shipped `modeling_gqla.py` (`trust_remote_code`).
-    #[default]
-    Gqla,
-    /// The stock DeepSeek-V3 layout ([`super::stock_mla`]): kv_b_proj repeated per head, a latent
-    /// RMSNorm; unmodified transformers loads it. Approximate for GQA sources (the norm).
-    Mla,
 }
 
 /// The precision the calibration activations are computed in.
@@ -207,7 +197,7 @@ pub fn convert_checkpoint(
         }
     }
     if opt.emit == Emit::Mla {
-        check_stock_mla(config, opt)?;
+        check_stock_mla(config, opt.layer.rope_dim)?;
     }
     let (sequences, tokens) = calibration_shape(&opt.calibration, config)?;
     opt.budget.check(&memory_needs(config, sequences, tokens))?;
@@ -603,7 +593,10 @@ fn convert_layers(
         &out.join("model.safetensors.index.json"),
         &json!({ "metadata": {}, "weight_map": weight_map }),
     )?;
-    write_json(&out.join("config.json"), &output_config(config, &latent, dtype, opt)?)?;
+    write_json(
+        &out.join("config.json"),
+        &output_config(config, &latent, dtype, opt.emit, opt.layer.freqfold)?,
+    )?;
     copy_tokenizer(ckpt, out)?;
     if opt.emit == Emit::Gqla && remote_classes(config).is_some() {
         for (name, code) in REMOTE_CODE {
@@ -611,10 +604,6 @@ fn convert_layers(
         }
     }
     Ok(report)
-}
-
-fn encode(dtype: DType, a: &Array2<f64>) -> RawTensor {
-    RawTensor::encode(dtype, a.shape().to_vec(), a.iter().copied())
 }
 
 /// The tensor names (after `model.layers.N.`) a conversion of `source` rewrites; every other
@@ -625,262 +614,6 @@ fn changed_by(source: &Attention<f64>) -> Vec<&'static str> {
         Attention::Latent(_) => vec!["self_attn.q_proj", "self_attn.q_b_proj", "self_attn.kv_b_proj", "self_attn.o_proj"],
     }
 }
-
-/// The DeepSeek-V3-layout tensors of layer `i` with its attention converted to `w`. Tensors not in
-/// `changed` are copied byte for byte from the source when the output dtype is the stored one.
-#[allow(clippy::too_many_arguments)]
-fn layer_tensors(
-    i: usize,
-    source: &TensorStore,
-    source_dtype: DType,
-    layer: &DecoderLayer<f64>,
-    w: &LatentWeights<f64>,
-    dtype: DType,
-    changed: &[&str],
-) -> Result<Vec<(String, RawTensor)>> {
-    fn push_linear<'a>(params: &mut Vec<(String, ArrayViewD<'a, f64>)>, name: &str, l: &'a Linear<f64>) {
-        params.push((format!("{name}.weight"), l.weight.view().into_dyn()));
-        if let Some(b) = &l.bias {
-            params.push((format!("{name}.bias"), b.view().into_dyn()));
-        }
-    }
-    let mut params: Vec<(String, ArrayViewD<f64>)> = Vec::new();
-    match w.query_projection() {
-        QueryProjection::Direct(q) => push_linear(&mut params, "self_attn.q_proj", q),
-        QueryProjection::LowRank { down, norm, up } => {
-            push_linear(&mut params, "self_attn.q_a_proj", down);
-            params.push(("self_attn.q_a_layernorm.weight".into(), norm.weight.view().into_dyn()));
-            push_linear(&mut params, "self_attn.q_b_proj", up);
-        }
-    }
-    push_linear(&mut params, "self_attn.kv_a_proj_with_mqa", w.kv_a());
-    if let Some(n) = w.kv_norm() {
-        params.push(("self_attn.kv_a_layernorm.weight".into(), n.weight.view().into_dyn()));
-    }
-    params.push(("self_attn.kv_b_proj.weight".into(), w.kv_b().into_dyn()));
-    push_linear(&mut params, "self_attn.o_proj", w.o_proj());
-    fn push_mlp<'a>(params: &mut Vec<(String, ArrayViewD<'a, f64>)>, prefix: &str, m: &'a Mlp<f64>) {
-        for (name, l) in [("gate_proj", &m.gate), ("up_proj", &m.up), ("down_proj", &m.down)] {
-            params.push((format!("{prefix}.{name}.weight"), l.weight.view().into_dyn()));
-        }
-    }
-    match &layer.mlp {
-        FeedForward::Dense(m) => push_mlp(&mut params, "mlp", m),
-        FeedForward::Moe(moe) => {
-            params.push(("mlp.gate.weight".into(), moe.router.view().into_dyn()));
-            if let Some(b) = &moe.selection_bias {
-                params.push(("mlp.gate.e_score_correction_bias".into(), b.view().into_dyn()));
-            }
-            for (e, m) in moe.experts.iter().enumerate() {
-                push_mlp(&mut params, &format!("mlp.experts.{e}"), m);
-            }
-            if let Some(m) = &moe.shared {
-                push_mlp(&mut params, "mlp.shared_experts", m);
-            }
-        }
-    }
-    params.push(("input_layernorm.weight".into(), layer.input_norm.weight.view().into_dyn()));
-    params.push(("post_attention_layernorm.weight".into(), layer.post_norm.weight.view().into_dyn()));
-    params
-        .into_iter()
-        .map(|(name, a)| {
-            let full = format!("model.layers.{i}.{name}");
-            let unchanged = !changed.iter().any(|c| name.starts_with(&format!("{c}.")));
-            // Unchanged tensors keep their stored bytes when stored in the output dtype, or when stored
-            // in a dtype of their own (e.g. an f32 router bias in a bf16 model).
-            let keep = |t: &RawTensor| t.shape == a.shape() && (t.dtype == dtype.safetensors() || t.dtype != source_dtype.safetensors());
-            let copied = if unchanged { source.raw(&full)?.filter(keep) } else { None };
-            let tensor = copied.unwrap_or_else(|| RawTensor::encode(dtype, a.shape().to_vec(), a.iter().copied()));
-            Ok((full, tensor))
-        })
-        .collect()
-}
-
-/// What the stock DeepSeek-V3 layout cannot express, refused before any work.
-fn check_stock_mla(config: &ModelConfig, opt: &CheckpointOptions) -> Result<()> {
-    let refuse = |why: String| {
-        Error::file(
-            &config.path,
-            format!("--emit mla: {why}; use the default GQLA output (--emit gqla)"),
-        )
-    };
-    if let AttentionConfig::Gqa(c) = &config.attention {
-        if opt.layer.rope_dim.is_none() {
-            return Err(refuse(format!(
-                "the exact conversion keeps RoPE on every kv head's pairs (d_r = KV·D = {}), but DeepSeek-V3's rope key has one frequency per pair; give --rope-dim",
-                c.dims.kv() * c.dims.d()
-            )));
-        }
-        if c.qkv_bias {
-            return Err(refuse("the source's q_proj has a bias, which DeepSeek-V3's q_proj lacks".into()));
-        }
-        if let Some(w) = c.sliding_window.iter().flatten().next() {
-            return Err(refuse(format!("the source has a sliding window ({w}), which DeepSeek-V3 lacks")));
-        }
-        if !matches!(c.rope.scaling, Ok(crate::rope::RopeScaling::Default)) {
-            return Err(refuse(format!(
-                "the source's RoPE scaling ({}) is not carried into the stock config yet (only the default RoPE is)",
-                match &c.rope.scaling {
-                    Ok(s) => format!("{s:?}"),
-                    Err(kind) => kind.clone(),
-                }
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// The kept RoPE frequencies must be the ones a stock reader derives from `rope_theta` and
-/// `qk_rope_head_dim` (the DeepSeek layout has no frequency table): true when FreqFold keeps
-/// evenly spaced frequencies.
-fn check_stock_rope(config: &ModelConfig, w: &LatentWeights<f64>) -> Result<()> {
-    let AttentionConfig::Gqa(c) = &config.attention else {
-        return Ok(());
-    };
-    let stock = c.rope.build(&config.path, w.rope().style(), w.dims().d_r())?;
-    let same = stock.freqs().len() == w.rope().freqs().len()
-        && stock
-            .freqs()
-            .iter()
-            .zip(w.rope().freqs())
-            .all(|(a, b)| (a - b).abs() <= 1e-12 * a.abs());
-    if !same {
-        return Err(Error::file(
-            &config.path,
-            format!(
-                "--emit mla: the kept RoPE frequencies (first {:?}) are not the stock rope_theta^(-2j/{}), one per pair evenly spaced: this FreqFold keeps others; pick a --freqfold that is a multiple of D/d_r, or use --emit gqla",
-                &w.rope().freqs()[..w.rope().freqs().len().min(3)],
-                w.dims().d_r(),
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// The converted model's config.json: for an MLA source its own config with G groups; for a GQA
-/// source a DeepSeek-V3-layout config (all layers dense) with the explicit RoPE table.
-fn output_config(src: &ModelConfig, w: &LatentWeights<f64>, dtype: DType, opt: &CheckpointOptions) -> Result<Value> {
-    if let AttentionConfig::Latent(_) = &src.attention {
-        let text = crate::files::read_to_string(&src.path, crate::files::Limit::CONFIG)?;
-        let mut v: Value = serde_json::from_str(&text).map_err(|e| Error::file(&src.path, format!("not valid JSON: {e}")))?;
-        v["num_key_value_heads"] = json!(w.dims().g());
-        v["dtype"] = json!(dtype.hf_name());
-        if v.get("torch_dtype").is_some() {
-            v["torch_dtype"] = json!(dtype.hf_name());
-        }
-        v["gqla_source_model_type"] = json!(src.model_type.hf_name());
-        v["gqla_conversion"] = json!("group_pca");
-        v["gqla_latent_rms_norm"] = json!(w.kv_norm().is_some());
-        add_remote_code(&mut v, src, opt.emit);
-        return Ok(v);
-    }
-    let d = w.dims();
-    let q_bias = matches!(w.query_projection(), QueryProjection::Direct(l) if l.bias.is_some());
-    let (kv_a_bias, o_bias) = (w.kv_a().bias.is_some(), w.o_proj().bias.is_some());
-    let mut v = json!({
-        "architectures": ["DeepseekV3ForCausalLM"],
-        "model_type": "deepseek_v3",
-        "hidden_size": src.hidden_size,
-        "intermediate_size": src.intermediate_size,
-        "num_hidden_layers": src.num_layers,
-        "num_attention_heads": d.h(),
-        "num_key_value_heads": d.g(),
-        "kv_lora_rank": d.d_c(),
-        "q_lora_rank": null,
-        "qk_nope_head_dim": d.d_n(),
-        "qk_rope_head_dim": d.d_r(),
-        "v_head_dim": d.d_v(),
-        "rope_interleave": true,
-        "rope_theta": match &src.attention { AttentionConfig::Gqa(c) => c.rope.theta, AttentionConfig::Latent(c) => c.rope.theta },
-        "first_k_dense_replace": src.num_layers,
-        "hidden_act": "silu",
-        "rms_norm_eps": src.rms_norm_eps,
-        "vocab_size": src.vocab_size,
-        "tie_word_embeddings": src.tie_word_embeddings,
-        "attention_bias": kv_a_bias || o_bias,
-        "dtype": dtype.hf_name(),
-        "gqla_latent_rms_norm": w.kv_norm().is_some(),
-        "gqla_rope_freqs": w.rope().freqs(),
-        "gqla_q_bias": q_bias,
-        "gqla_kv_a_bias": kv_a_bias,
-        "gqla_o_bias": o_bias,
-        "gqla_source_model_type": src.model_type.hf_name(),
-        "gqla_conversion": "transgqla",
-        "gqla_sliding_window": w.sliding_window(),
-        "gqla_freqfold": opt.layer.freqfold,
-    });
-    if opt.emit == Emit::Mla {
-        // A stock reader derives the same table from rope_theta (checked per layer).
-        v.as_object_mut().expect("an object").remove("gqla_rope_freqs");
-    }
-    add_remote_code(&mut v, src, opt.emit);
-    Ok(v)
-}
-
-/// HF's `trust_remote_code` entry points for the GQLA layout (the stock layout needs none). The
-/// shipped code extends DeepSeek-V3's modeling, so only DeepSeek-V3-type outputs get them (GQA
-/// sources, DeepSeek-V3 sources); DeepSeek-V2 and GLM sources load with examples/hf_load_gqla.py.
-/// Name the shipped GQLA classes for the output's family in `auto_map` (GQLA layout only: the
-/// stock layout needs no code of ours).
-fn add_remote_code(v: &mut Value, source: &ModelConfig, emit: Emit) {
-    if emit != Emit::Gqla {
-        return;
-    }
-    if let Some((config, model)) = remote_classes(source) {
-        v["auto_map"] = json!({
-            "AutoConfig": format!("configuration_gqla.{config}"),
-            "AutoModelForCausalLM": format!("modeling_gqla.{model}"),
-        });
-        v["gqla_decode_path"] = json!("absorb");
-    }
-}
-
-/// The source's tokenizer files beside the converted weights, so that the output is a whole model:
-/// copied from an HF directory, or for a GGUF file the tokenizer its metadata gives, as
-/// tokenizer.json (skipped when the file embeds none).
-fn copy_tokenizer(ckpt: &Checkpoint, out: &Path) -> Result<()> {
-    if let Some(g) = ckpt.store.gguf() {
-        if let Ok(tok) = g.tokenizer() {
-            let json = tok
-                .to_string(false)
-                .map_err(|e| Error::file(g.path(), format!("cannot serialize the embedded tokenizer: {e}")))?;
-            crate::files::write_file(&out.join("tokenizer.json"), json.as_bytes())?;
-        }
-        return Ok(());
-    }
-    let Some(dir) = ckpt.config.path.parent() else { return Ok(()) };
-    for name in [
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-        "generation_config.json",
-    ] {
-        if let Some(src) = crate::hf::tensors::checkpoint_file(dir, name)? {
-            let bytes = crate::files::read_file(&src, crate::files::Limit::INDEX)?;
-            crate::files::write_file(&out.join(name), &bytes)?;
-        }
-    }
-    Ok(())
-}
-
-/// Whether the GQLA output of `source` is DeepSeek-V3-type, and so ships [`REMOTE_CODE`].
-/// The configuration and model classes of `modeling_gqla.py` for a conversion of `source`: its
-/// output is DeepSeek-V3-shaped for GQA sources, and in the source's own family for MLA ones.
-fn remote_classes(source: &ModelConfig) -> Option<(&'static str, &'static str)> {
-    use crate::hf::config::ModelType;
-    match (&source.attention, source.model_type) {
-        (AttentionConfig::Gqa(_), _) | (AttentionConfig::Latent(_), ModelType::DeepseekV3) => Some(("GqlaConfig", "GqlaForCausalLM")),
-        (AttentionConfig::Latent(_), ModelType::DeepseekV2) => Some(("GqlaDeepseekV2Config", "GqlaDeepseekV2ForCausalLM")),
-        (AttentionConfig::Latent(_), ModelType::Glm4MoeLite) => Some(("GqlaGlm4MoeLiteConfig", "GqlaGlm4MoeLiteForCausalLM")),
-        (AttentionConfig::Latent(_), ModelType::Llama | ModelType::Qwen2 | ModelType::Mistral) => None,
-    }
-}
-
-/// The modeling code a GQLA output ships for HF transformers (`trust_remote_code=True`).
-pub const REMOTE_CODE: [(&str, &str); 2] = [
-    ("configuration_gqla.py", include_str!("remote_code/configuration_gqla.py")),
-    ("modeling_gqla.py", include_str!("remote_code/modeling_gqla.py")),
-];
 
 fn options_json(opt: &CheckpointOptions, dtype: DType) -> Value {
     json!({
@@ -915,11 +648,6 @@ fn source_hash(ckpt: &Checkpoint, config_path: &Path) -> Result<String> {
         std::io::copy(&mut f, &mut h).map_err(|e| Error::file(&p, format!("cannot read for hashing: {e}")))?;
     }
     Ok(format!("{:x}", h.finalize()))
-}
-
-fn write_json(path: &Path, v: &Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(v).expect("JSON values serialize") + "\n";
-    crate::files::write_file(path, text.as_bytes())
 }
 
 fn measured_source_cache(config: &ModelConfig) -> usize {

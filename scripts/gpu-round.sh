@@ -97,8 +97,13 @@ remote() {
     fi
     if [[ $stages == *ptxas* ]]; then
         # Registers, shared memory and spills per kernel: the same source through nvcc's ptxas.
+        # The kernel parts in build.rs's order, as NVRTC gets them.
+        for part in $(sed -n '/^const PARTS/,/^];/p' cuda_impl/build.rs | grep -o '"[a-z_]*\.cuh*"' | tr -d '"'); do
+            printf '#line 1 "kernels/%s"\n' "$part"
+            cat "cuda_impl/kernels/$part"
+        done > /tmp/gqla_kernels.cu
         limited 90 "$out/ptxas.log" nvcc -gencode=arch=compute_90a,code=sm_90a -std=c++17 -Xptxas -v \
-            -c cuda_impl/kernels/decode.cu -o /tmp/decode.o || status=1
+            -c /tmp/gqla_kernels.cu -o /tmp/decode.o || status=1
     fi
     if [[ $stages == *sanitize* ]]; then
         local args=()

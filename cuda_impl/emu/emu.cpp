@@ -851,7 +851,7 @@ static void work(Launch* l) {
 }  // namespace gqla_emu
 
 // The kernel source itself, compiled for the host, and the emulator's test kernels.
-#include "../kernels/decode.cu"
+#include "gqla_kernels.cu"  // kernels/*, assembled by build.rs
 #include "selftest.cu"
 
 namespace {

@@ -1,4 +1,4 @@
-// Host emulation of the CUDA subset decode.cu uses, so the very same kernel source runs on a CPU
+// Host emulation of the CUDA subset the kernels (kernels/) use, so the very same kernel source runs on a CPU
 // (crate gqla-cuda, module `emu`). Every CUDA thread is a fiber; the fibers of one block run
 // interleaved on one OS thread, switching only at __syncthreads and warp collectives, which is
 // where CUDA's own ordering guarantees are. Blocks are spread over OS threads.
@@ -174,7 +174,7 @@ inline int max(int a, int b) { return a > b ? a : b; }
 inline long long min(long long a, long long b) { return a < b ? a : b; }
 inline long long max(long long a, long long b) { return a > b ? a : b; }
 
-// Checked global memory access (decode.cu's ld/st), reported at the caller's file and line.
+// Checked global memory access (the kernels' ld/st), reported at the caller's file and line.
 template <typename T>
 inline T ld(const T* p, long long i, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
     return gqla_emu::check_access(p, i, sizeof(T), false, file, line) ? p[i] : T();

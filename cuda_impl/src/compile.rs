@@ -4,8 +4,8 @@ use crate::CudaError;
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions, Ptx};
 use gqla_conformance::case::DType;
 
-/// The kernel source, embedded in the crate.
-pub const SOURCE: &str = include_str!("../kernels/decode.cu");
+/// The kernel source, embedded in the crate: the files of kernels/, assembled by build.rs.
+pub const SOURCE: &str = include_str!(concat!(env!("OUT_DIR"), "/gqla_kernels.cu"));
 
 /// Kernel families; the loaded functions are `<family>_<dtype name>` for every storage dtype.
 pub const FAMILIES: [&str; 4] = ["attn", "attn_combine", "expand", "fill"];

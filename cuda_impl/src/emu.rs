@@ -1,4 +1,4 @@
-//! The host emulator: decode.cu compiled by the system C++ compiler against a small shim of the
+//! The host emulator: the kernels (kernels/, assembled by build.rs) compiled by the system C++ compiler against a small shim of the
 //! CUDA runtime (`cuda_impl/emu/`), so the very kernels the GPU runs are run and certified on a
 //! CPU, in CI, with no GPU.
 //!
@@ -112,7 +112,7 @@ impl Runtime for Emulator {
     }
     fn environment(&self) -> BTreeMap<String, String> {
         [
-            ("device", "host emulation of decode.cu".to_string()),
+            ("device", "host emulation of the CUDA kernels".to_string()),
             ("emulated_multiprocessors", MULTIPROCESSORS.to_string()),
             ("emulator_threads", self.threads.to_string()),
         ]

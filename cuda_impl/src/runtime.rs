@@ -19,7 +19,7 @@ impl Element for u8 {}
 impl Element for i32 {}
 impl Element for f32 {}
 
-/// Parameters of the attention kernels (`AttnParams` in decode.cu, field for field).
+/// Parameters of the attention kernels (`AttnParams` in kernels/common.cuh, field for field).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AttnParams {
@@ -55,7 +55,7 @@ pub struct AttnParams {
 // SAFETY: plain old data with the layout of the CUDA struct.
 unsafe impl DeviceRepr for AttnParams {}
 
-/// Parameters of the expand kernel (`ExpandParams` in decode.cu).
+/// Parameters of the expand kernel (`ExpandParams` in kernels/common.cuh).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ExpandParams {
@@ -77,7 +77,7 @@ pub struct ExpandParams {
 // SAFETY: as above.
 unsafe impl DeviceRepr for ExpandParams {}
 
-/// Parameters of `mma_probe_*` (`ProbeParams` in decode.cu): one m16n8k16 product of row-major
+/// Parameters of `mma_probe_*` (`ProbeParams` in kernels/probes.cu): one m16n8k16 product of row-major
 /// `a [16][16]` and `b [16][8]` (16-bit floats) into `d [16][8]` (f32).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -89,7 +89,7 @@ pub struct ProbeParams {
 // SAFETY: as above.
 unsafe impl DeviceRepr for ProbeParams {}
 
-/// Parameters of `fill_*` (`FillParams` in decode.cu): `n` pseudo-random elements
+/// Parameters of `fill_*` (`FillParams` in kernels/fill.cu): `n` pseudo-random elements
 /// amp·[-1, 1) at `p`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]

@@ -391,7 +391,7 @@ fn a_read_past_the_cache_is_reported() {
     assert!(e.contains("row 1 page 0 is page 5"), "the host check refuses it first: {e}");
     let e = s.run_emulated(Variant::Simt, T, 1).unwrap_err().to_string();
     assert!(
-        e.contains("out-of-bounds load") && e.contains("attn_f32") && e.contains("decode.cu:"),
+        e.contains("out-of-bounds load") && e.contains("attn_f32") && e.contains("common.cuh:"),
         "{e}"
     );
 }

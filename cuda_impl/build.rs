@@ -33,6 +33,9 @@ fn main() {
     println!("cargo:rerun-if-changed=emu/emu.cpp");
     println!("cargo:rerun-if-changed=emu/emu.h");
     println!("cargo:rerun-if-changed=emu/selftest.cu");
+    for part in ["state", "shared_check", "sync", "tensor_core", "scheduler"] {
+        println!("cargo:rerun-if-changed=emu/{part}.inc");
+    }
     let assembled = assemble_kernels();
     cc::Build::new()
         .cpp(true)

@@ -1,190 +1,314 @@
 #!/usr/bin/env bash
-# The whole GPU round for the CUDA kernels (issue 5).
+# The GPU round: the most evidence one device call can return.
 #
-#   scripts/gpu-round.sh pack                 # here: build release binaries, pack what travels
-#   then device calls (each under 10 minutes, back to back so the machine stays warm), carrying
-#   target/gpu-round:
-#   bash scripts/gpu-round.sh remote [STAGES] # there: STAGES of tests,certify,sanitize,ptxas,ncu,bench,peer,external
-#   in this order (most needed first; a session has 15 device minutes): `remote tests,certify`,
-#   `remote bench,peer`, `remote sanitize,ptxas`, `remote external,ncu`.
+#   scripts/gpu-round.sh pack                  # here: the release `gqla` (and test archive) to carry
+#   bash scripts/gpu-round.sh remote all       # on the device: every stage below, at most 9 minutes
+#   bash scripts/gpu-round.sh remote probes,certify   # some stages (also: tests, ptxas, ncu, external)
+#   scripts/gpu-round.sh dry-run               # here: the same stages on the emulator, scaled down
 #
-# `pack` builds the `gqla` release binary and a nextest archive of the gqla-cuda tests, and copies
-# cargo-nextest beside them (the GPU machine has no Rust toolchain). `remote` writes everything
-# under $OUT/round/ and packs it as $OUT/round.tgz (the device tool returns at most 8 files), with
-# $OUT/summary.md beside it. Every step runs under a time limit cut from what is left of the call
-# (GQLA_ROUND_BUDGET_S, 570 s unless set, of the device tool's 600), so a hung kernel costs one
-# step, not the round: its log ends with "timed out", and the summary and archive are still written.
+# The stages of `all`, most needed first, each under its own time limit (seconds) and never past
+# the round's budget (GQLA_ROUND_BUDGET_S, 540 unless set; the device tool allows 600 a call):
+#   probes    30   gqla probe: the mma.sync and wgmma layouts, one product each
+#   certify  220   gqla certify --kernel cuda-mma, then cuda-wgmma, on the must-pass list
+#   sanitize 120   compute-sanitizer: memcheck on three cases, racecheck on one
+#   bench    100   gqla bench decode: LLaMA-3-8B and DeepSeek-V3 geometry, batch 64, contexts 4k and
+#                  32k, s_q 1 and 2, against the copy and GEMM ceilings of the same run
+#   peer      50   PyTorch SDPA at the same points (scripts/sdpa_peer.py)
+#   validate  15   gqla plan --validate on the benchmark's measured run
+# A stage that runs out of time is cut (its log says so) and the round goes on. $OUT receives at
+# most 8 files: summary.md (written first, and again after every stage, so a cut-off call still
+# returns it), bench-decode.md, bench-decode.json, sdpa-peer.md, plan-validation.md, and
+# round.tgz with every log and certificate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pack_dir=target/gpu-round
 
-# Representative cases for compute-sanitizer: every op and layout, paged and contiguous, split
-# KV with empty splits, padding rows, and each dtype, at small contexts.
-sanitize_filters=(
-    "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=2;ctx=65,31;page=64;dtype=bf16;seed="
+# compute-sanitizer's cases (case-id prefixes; cuda_impl/tests/gpu.rs checks that each selects a
+# lattice case). memcheck: split KV with empty splits and padding rows on the absorb path, the
+# per-group rope layout paged over a long row, and the cache expansion. racecheck: the tensor-core
+# kernel's shared tiles on a paged GQA case.
+memcheck_cases=(
     "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=2;ctx=0,17,pad,1,130;page=64;dtype=bf16;splits=16"
-    "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=once;sq=2;ctx=65,130,3;page=none"
     "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=per_group;sq=2;ctx=0,65,pad,4097;page=16"
-    "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=once;sq=2;ctx=65,31;page=64;dtype=f32"
-    "gqa.decode:h=32;g=8;d=128;dv=128;sq=2;ctx=65,130,3;page=1;"
-    "gqa.decode:h=32;g=8;d=128;dv=128;sq=2;ctx=65,31;page=64;dtype=f16"
     "gqla.cache.expand:g=8;dc=512;dn=128;dv=128;ctx=65,130,3;page=16"
 )
+racecheck_case="gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=once;sq=2;ctx=65,130,3;page=16"
+
+all_stages=probes,certify,sanitize,bench,peer,validate
+round_start=$SECONDS
+round_budget=${GQLA_ROUND_BUDGET_S:-540}
 
 pack() {
     mkdir -p "$pack_dir"
     cargo build --release --bin gqla
-    cargo nextest archive --release -p gqla-cuda --archive-file "$pack_dir/cuda-tests.tar.zst"
     cp target/release/gqla "$pack_dir/gqla"
-    cp "$(command -v cargo-nextest)" "$pack_dir/cargo-nextest"
-    strip "$pack_dir/gqla" "$pack_dir/cargo-nextest" 2>/dev/null || true
+    strip "$pack_dir/gqla" 2>/dev/null || true
+    # The device tests (stage `tests`, outside `all`), when cargo-nextest is installed.
+    if command -v cargo-nextest >/dev/null; then
+        cargo nextest archive --release -p gqla-cuda --archive-file "$pack_dir/cuda-tests.tar.zst"
+        cp "$(command -v cargo-nextest)" "$pack_dir/cargo-nextest"
+        strip "$pack_dir/cargo-nextest" 2>/dev/null || true
+    fi
     du -sh "$pack_dir"/*
-    echo "carry: $pack_dir (64 MiB at most in all)"
+    local total
+    total=$(du -sm "$pack_dir" | cut -f1)
+    echo "carry: $pack_dir, $total MiB (the device tool carries 64 MiB at most)"
+    ((total < 64)) || { echo "the carry is over 64 MiB" >&2; exit 1; }
 }
 
-round_start=$SECONDS
-round_budget=${GQLA_ROUND_BUDGET_S:-570}
-
-# limited CAP LOG CMD...: run CMD with its output appended to LOG, for at most CAP seconds and never
-# past the round's budget (20 s are kept for the summary). timeout signals the whole process group,
-# so a sanitizer's target goes too.
+# limited CAP LOG CMD...: run CMD with its output appended to LOG, for at most CAP seconds and
+# never past the round's budget (15 s are kept for the summary and archive). timeout signals the
+# whole process group, so a sanitizer's target goes too.
 limited() {
     local cap=$1 log=$2
     shift 2
-    local left=$((round_budget - (SECONDS - round_start) - 20))
+    local left=$((round_budget - (SECONDS - round_start) - 15))
     ((left < cap)) && cap=$left
-    if ((cap < 10)); then
+    if ((cap < 5)); then
         echo "skipped: no time left in this call" >>"$log"
         return 1
     fi
     local rc=0
-    timeout --kill-after=10 "$cap" "$@" >>"$log" 2>&1 || rc=$?
+    timeout --kill-after=5 "$cap" "$@" >>"$log" 2>&1 || rc=$?
     if ((rc == 124 || rc == 137)); then echo "timed out after $cap s" >>"$log"; fi
     return $rc
 }
 
-remote() {
-    local stages="${1:-tests,certify,sanitize,ptxas,ncu,bench,peer,external}"
-    local out="${OUT:?OUT is set by the device tool}/round"
-    mkdir -p "$out"
-    # NVRTC 13 and cuBLAS come from the machine's PyTorch wheels.
+# stage NAME LIMIT: the limit a stage's commands share; then `finish NAME` records how it went.
+declare -A stage_limit=([probes]=30 [certify]=220 [sanitize]=120 [bench]=100 [peer]=50 [validate]=15
+    [tests]=240 [ptxas]=90 [ncu]=150 [external]=300)
+stage_rows=()
+stage_t0=0
+stage_ok=1
+stage_skipped=""
+begin() {
+    stage_t0=$SECONDS
+    stage_ok=1
+    stage_skipped=""
+    echo "== $1 (limit ${stage_limit[$1]} s)" >&2
+}
+# The time left of the running stage's limit, for its next command.
+left_of() { echo $((stage_limit[$1] - (SECONDS - stage_t0))); }
+run_in() { # run_in STAGE LOG CMD...: one command of a stage, within what is left of its limit
+    local stage=$1 log=$2
+    shift 2
+    limited "$(left_of "$stage")" "$log" "$@" || stage_ok=0
+}
+finish() {
+    local took=$((SECONDS - stage_t0)) verdict=ok
+    ((stage_ok)) || verdict=FAILED
+    [ -n "$stage_skipped" ] && verdict="skipped: $stage_skipped"
+    stage_rows+=("| $1 | ${stage_limit[$1]} | $took | $verdict |")
+    ((stage_ok)) || status=1
+    write_summary
+}
+
+summary_parts() { # the sections of summary.md, from what the stages left in $round
+    echo "# GPU round ($mode) $(date -u +%Y-%m-%dT%H:%MZ)"
+    echo
+    cat "$round/device.txt" 2>/dev/null || true
+    echo
+    echo "| stage | limit (s) | took (s) | result |"
+    echo "|---|---|---|---|"
+    printf '%s\n' "${stage_rows[@]}"
+    echo
+    echo "Round: $((SECONDS - round_start)) s of a budget of $round_budget s."
+    local f
+    for f in probes.log certify-mma.log certify-wgmma.log; do
+        [ -f "$round/$f" ] && { echo; echo "## ${f%.log}"; echo '```'; tail -12 "$round/$f"; echo '```'; }
+    done
+    for f in "$round"/sanitize-*.log; do
+        [ -f "$f" ] && echo "- $(basename "$f" .log): $( (grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|CONFORMANT|timed out|skipped|no host' "$f" || tail -1 "$f") | tail -1)"
+    done
+    [ -f "$OUT/bench-decode.md" ] && { echo; cat "$OUT/bench-decode.md"; }
+    [ -f "$OUT/sdpa-peer.md" ] && { echo; cat "$OUT/sdpa-peer.md"; }
+    [ -f "$OUT/plan-validation.md" ] && { echo; cat "$OUT/plan-validation.md"; }
+    for f in "$round"/*.log; do
+        [ -f "$f" ] && grep -qE "timed out|skipped: no time" "$f" && echo "- $(basename "$f"): $(tail -1 "$f")"
+    done
+    true
+}
+write_summary() { summary_parts >"$OUT/summary.md.tmp" 2>&1 && mv "$OUT/summary.md.tmp" "$OUT/summary.md"; }
+
+# The stages, on the device (mode remote) or on the host emulator (mode dry-run).
+run_stages() {
+    local stages=$1
+    [ "$stages" = all ] && stages=$all_stages
+    local gqla=$gqla_bin
+    local s
+    for s in ${stages//,/ }; do
+        [ -n "${stage_limit[$s]:-}" ] || { echo "unknown stage $s (stages: $all_stages, tests, ptxas, ncu, external)" >&2; exit 2; }
+    done
+    if [[ ,$stages, == *,probes,* ]]; then
+        begin probes
+        if [ "$mode" = remote ]; then run_in probes "$round/probes.log" "$gqla" probe
+        else run_in probes "$round/probes.log" "$gqla" probe --emulator; fi
+        finish probes
+    fi
+    if [[ ,$stages, == *,certify,* ]]; then
+        begin certify
+        local k
+        for k in mma wgmma; do
+            if [ "$mode" = remote ]; then
+                # The must-pass list: every lattice case (each kernel declines what it cannot take).
+                run_in certify "$round/certify-$k.log" "$gqla" certify --kernel "cuda-$k" --out "$round/certificate-$k"
+            else
+                # Scaled down: the sanitizer cases, on the emulator.
+                local args=()
+                for f in "${memcheck_cases[@]}" "$racecheck_case"; do args+=(--filter "$f"); done
+                run_in certify "$round/certify-$k.log" "$gqla" certify --kernel "cuda-emu-$k" "${args[@]}" --out "$round/certificate-$k"
+            fi
+        done
+        finish certify
+    fi
+    if [[ ,$stages, == *,sanitize,* ]]; then
+        begin sanitize
+        local args=()
+        for f in "${memcheck_cases[@]}"; do args+=(--filter "$f"); done
+        if [ "$mode" = remote ]; then
+            run_in sanitize "$round/sanitize-memcheck.log" compute-sanitizer --tool memcheck --error-exitcode 9 \
+                "$gqla" certify --kernel cuda-mma "${args[@]}" --out /tmp/sanitize-memcheck
+            run_in sanitize "$round/sanitize-racecheck.log" compute-sanitizer --tool racecheck --error-exitcode 9 \
+                "$gqla" certify --kernel cuda-mma --filter "$racecheck_case" --out /tmp/sanitize-racecheck
+        else
+            # The emulator checks every global access against the launch's buffers itself.
+            run_in sanitize "$round/sanitize-memcheck.log" "$gqla" certify --kernel cuda-emu "${args[@]}" --out /tmp/sanitize-memcheck
+            echo "racecheck: no host analogue here (the emulator's shared-memory checks run in CI's emu tests)" \
+                >>"$round/sanitize-racecheck.log"
+        fi
+        finish sanitize
+    fi
+    if [[ ,$stages, == *,bench,* ]]; then
+        begin bench
+        if [ "$mode" = remote ]; then
+            run_in bench "$round/bench.log" "$gqla" bench decode --geometry llama3-8b-gqla,deepseek-v3-gqla \
+                --batch 64 --context 4096,32768 --sq 1,2 --out "$OUT/bench-decode.md" --json "$OUT/bench-decode.json"
+        else
+            # The benchmark's code path on a tiny geometry (timing, spot checks, paging).
+            run_in bench "$round/bench.log" cargo test --release -q -p gqla-cuda --test emu -- \
+                benchmark_points_run_and_pass_their_spot_checks
+        fi
+        finish bench
+    fi
+    if [[ ,$stages, == *,peer,* ]]; then
+        begin peer
+        if [ "$mode" = remote ]; then
+            run_in peer "$OUT/sdpa-peer.md" python3 scripts/sdpa_peer.py \
+                --geometry llama3-8b-gqla,deepseek-v3-gqla --batch 64 --context 4096,32768 --sq 1,2
+        elif "${GQLA_PYTHON:-python3}" -c "import torch" 2>/dev/null; then
+            run_in peer "$OUT/sdpa-peer.md" "${GQLA_PYTHON:-python3}" scripts/sdpa_peer.py --device cpu \
+                --geometry tiny --batch 2 --context 256 --sq 1,2
+        else
+            stage_skipped="${GQLA_PYTHON:-python3} cannot import torch (set GQLA_PYTHON)"
+        fi
+        finish peer
+    fi
+    if [[ ,$stages, == *,validate,* ]]; then
+        begin validate
+        if [ -f "$OUT/bench-decode.json" ]; then
+            run_in validate "$OUT/plan-validation.md" "$gqla" plan --validate "$OUT/bench-decode.json"
+        else
+            stage_skipped="no measured run (the bench stage writes it on a GPU)"
+            [ "$mode" = remote ] && stage_ok=0
+        fi
+        finish validate
+    fi
+    # Stages outside `all`, for a second call.
+    if [[ ,$stages, == *,tests,* ]]; then
+        begin tests
+        run_in tests "$round/tests.log" "$pack_dir/cargo-nextest" nextest run --archive-file "$pack_dir/cuda-tests.tar.zst" \
+            --workspace-remap . --no-capture -E 'binary(gpu)'
+        finish tests
+    fi
+    if [[ ,$stages, == *,ptxas,* ]]; then
+        begin ptxas
+        # Registers, shared memory and spills per kernel: the kernel parts in build.rs's order.
+        for part in $(sed -n '/^const PARTS/,/^];/p' cuda_impl/build.rs | grep -o '"[a-z_]*\.cuh*"' | tr -d '"'); do
+            printf '#line 1 "kernels/%s"\n' "$part"
+            cat "cuda_impl/kernels/$part"
+        done >/tmp/gqla_kernels.cu
+        run_in ptxas "$round/ptxas.log" nvcc -gencode=arch=compute_90a,code=sm_90a -std=c++17 -Xptxas -v \
+            -c /tmp/gqla_kernels.cu -o /tmp/gqla_kernels.o
+        finish ptxas
+    fi
+    if [[ ,$stages, == *,ncu,* ]]; then
+        begin ncu
+        local k
+        for k in mma wgmma; do
+            run_in ncu "$round/ncu.log" ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis \
+                --section ComputeWorkloadAnalysis --section Occupancy --section WarpStateStats \
+                --kernel-name regex:'^attn_((w?mma_(narrow_)?)|combine_)?bf16$' --launch-count 2 \
+                "$gqla" bench decode --kernels "$k" --geometry deepseek-v3-gqla --path absorb --sq 2 --batch 64 --context 4096
+        done
+        finish ncu
+    fi
+    if [[ ,$stages, == *,external,* ]]; then
+        begin external
+        # A third-party kernel through a vector pack: PyTorch's SDPA on the GPU.
+        rm -rf /tmp/sdpa-pack /tmp/sdpa-outputs
+        run_in external "$round/external.log" "$gqla" vectors export --out /tmp/sdpa-pack --filter gqla.decode.gqa --filter gqa.decode
+        ((stage_ok)) && run_in external "$round/external.log" python3 examples/certify_sdpa.py /tmp/sdpa-pack /tmp/sdpa-outputs \
+            --device cuda --native
+        ((stage_ok)) && run_in external "$round/external.log" "$gqla" certify --kernel external:/tmp/sdpa-pack \
+            --outputs /tmp/sdpa-outputs --out "$round/certificate-sdpa"
+        finish external
+    fi
+}
+
+# Everything a stage needs on the device: NVRTC and cuBLAS from the machine's PyTorch wheels, the
+# PTX cache shared by the round's processes (NVRTC takes ~20 s a process).
+device_env() {
     local nv
     nv="$(python3 -c 'import nvidia; print(list(nvidia.__path__)[0])' 2>/dev/null || true)"
     if [ -n "$nv" ]; then
         for d in "$nv"/*/lib; do LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"; done
     fi
     [ -d /usr/local/cuda/lib64 ] && LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}:/usr/local/cuda/lib64"
-    # Compiled PTX is cached across the processes of the round (NVRTC takes ~20 s per process).
-    export LD_LIBRARY_PATH INSTA_WORKSPACE_ROOT="$PWD" GQLA_PTX_CACHE="${GQLA_PTX_CACHE:-/tmp/gqla-ptx-cache}"
-    local gqla="$pack_dir/gqla"
+    export LD_LIBRARY_PATH INSTA_WORKSPACE_ROOT="$PWD" GQLA_PTX_CACHE="${GQLA_PTX_CACHE:-/tmp/gqla-ptx-cache}" PYTHONUNBUFFERED=1
     {
-        echo "# GPU round $(date -u +%Y-%m-%dT%H:%MZ)"
         timeout 20 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
         timeout 20 nvcc --version | tail -1
-    } >"$out/device.txt" 2>&1 || true
-    local status=0
-    if [[ $stages == *tests* ]]; then
-        # The device tests only: the emulator's tests run in CI and would spend device time here.
-        limited 240 "$out/tests.log" "$pack_dir/cargo-nextest" nextest run --archive-file "$pack_dir/cuda-tests.tar.zst" \
-            --workspace-remap . --no-capture -E 'binary(gpu)' || status=1
-    fi
-    if [[ $stages == *certify* ]]; then
-        limited 150 "$out/certify.log" "$gqla" certify --kernel cuda --out "$out/certificate" || status=1
-        # The SIMT kernel on 16-bit storage too (the default runs tensor cores there).
-        limited 150 "$out/certify-simt.log" "$gqla" certify --kernel cuda-simt --out "$out/certificate-simt" || status=1
-        # The Hopper wgmma kernel (sm_90 only; it declines f32 cases).
-        limited 150 "$out/certify-wgmma.log" "$gqla" certify --kernel cuda-wgmma --out "$out/certificate-wgmma" || status=1
-    fi
-    if [[ $stages == *ptxas* ]]; then
-        # Registers, shared memory and spills per kernel: the same source through nvcc's ptxas.
-        # The kernel parts in build.rs's order, as NVRTC gets them.
-        for part in $(sed -n '/^const PARTS/,/^];/p' cuda_impl/build.rs | grep -o '"[a-z_]*\.cuh*"' | tr -d '"'); do
-            printf '#line 1 "kernels/%s"\n' "$part"
-            cat "cuda_impl/kernels/$part"
-        done > /tmp/gqla_kernels.cu
-        limited 90 "$out/ptxas.log" nvcc -gencode=arch=compute_90a,code=sm_90a -std=c++17 -Xptxas -v \
-            -c /tmp/gqla_kernels.cu -o /tmp/decode.o || status=1
-    fi
-    if [[ $stages == *sanitize* ]]; then
-        local args=()
-        for f in "${sanitize_filters[@]}"; do args+=(--filter "$f"); done
-        for kernel in cuda cuda-wgmma; do
-            for tool in memcheck racecheck initcheck; do
-                limited 90 "$out/sanitize-$kernel-$tool.log" compute-sanitizer --tool "$tool" --error-exitcode 9 \
-                    "$gqla" certify --kernel "$kernel" "${args[@]}" --out "/tmp/sanitize-$kernel-$tool" || status=1
-            done
-        done
-    fi
-    if [[ $stages == *ncu* ]]; then
-        # Hardware counters (throughputs, tensor pipes, occupancy, stall reasons) of each
-        # tensor-core kernel at the issue's targets: the compute-bound absorb point and the
-        # memory-bound points of both paths. The first two matching launches are the warm-up
-        # attention launch and its combine (or a second attention launch when there is no split).
-        local point kernel
-        for point in "deepseek-v3-gqla absorb 2" "llama3-8b-gqla gqa 1" "llama3-8b-gqla absorb 1"; do
-            read -r geo path sq <<<"$point"
-            for kernel in mma wgmma; do
-                echo "## $geo $path s_q=$sq batch=64 context=4096, kernel $kernel" >>"$out/ncu.log"
-                limited 75 "$out/ncu.log" ncu --clock-control none --section SpeedOfLight \
-                    --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section Occupancy \
-                    --section WarpStateStats --section LaunchStats \
-                    --kernel-name regex:'^attn_((w?mma_(narrow_)?)|combine_)?bf16$' --launch-count 2 \
-                    "$gqla" bench decode --kernels "$kernel" --geometry "$geo" --path "$path" --sq "$sq" \
-                    --batch 64 --context 4096 || status=1
-            done
-        done
-    fi
-    if [[ $stages == *bench* ]]; then
-        limited 420 "$out/bench.log" "$gqla" bench decode --out "$out/bench-decode.md" --json "$out/bench-decode.json" || status=1
-        limited 30 "$out/plan-validation.md" "$gqla" plan --validate "$out/bench-decode.json" || status=1
-        # Paged caches (64-token pages, shuffled) beside contiguous ones at two contexts.
-        limited 90 "$out/bench-paged.log" "$gqla" bench decode --page 64 --batch 64 --context 4096,65536 \
-            --out "$out/bench-decode-paged.md" || status=1
-    fi
-    if [[ $stages == *peer* ]]; then
-        PYTHONUNBUFFERED=1 limited 300 "$out/sdpa-peer.md" python3 scripts/sdpa_peer.py || status=1
-    fi
-    if [[ $stages == *external* ]]; then
-        # A third-party kernel certified through a vector pack: PyTorch's SDPA on the GPU, in
-        # the cases' own dtypes (examples/certify_sdpa.py).
-        local pack=/tmp/sdpa-pack outputs=/tmp/sdpa-outputs
-        rm -rf "$pack" "$outputs"
-        local log="$out/external.log"
-        {
-            limited 60 "$log" "$gqla" vectors export --out "$pack" --filter gqla.decode.gqa --filter gqa.decode &&
-                limited 240 "$log" python3 examples/certify_sdpa.py "$pack" "$outputs" --device cuda --native &&
-                limited 120 "$log" "$gqla" certify --kernel "external:$pack" --outputs "$outputs" --out "$out/certificate-sdpa"
-        } || status=1
-    fi
-    {
-        cat "$out/device.txt"
-        [ -f "$out/tests.log" ] && grep -E "Summary|PASS|FAIL|skipped" "$out/tests.log" | tail -20
-        [ -f "$out/certify.log" ] && tail -15 "$out/certify.log"
-        [ -f "$out/certify-simt.log" ] && tail -8 "$out/certify-simt.log"
-        [ -f "$out/certify-wgmma.log" ] && tail -8 "$out/certify-wgmma.log"
-        for kernel in cuda cuda-wgmma; do
-            for tool in memcheck racecheck initcheck; do
-                local log="$out/sanitize-$kernel-$tool.log"
-                [ -f "$log" ] && echo "$kernel $tool: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1)"
-            done
-        done
-        [ -f "$out/ptxas.log" ] && grep -E "Compiling entry|registers|spill" "$out/ptxas.log"
-        [ -f "$out/bench-decode.md" ] && cat "$out/bench-decode.md"
-        [ -f "$out/bench-decode-paged.md" ] && cat "$out/bench-decode-paged.md"
-        [ -f "$out/sdpa-peer.md" ] && cat "$out/sdpa-peer.md"
-        [ -f "$out/plan-validation.md" ] && cat "$out/plan-validation.md"
-        [ -f "$out/external.log" ] && tail -6 "$out/external.log"
-    } >"$OUT/summary.md" 2>&1 || true
-    tar czf "$OUT/round.tgz" -C "$OUT" round
-    cat "$OUT/summary.md"
-    return $status
+    } >"$round/device.txt" 2>&1 || true
 }
 
-case "${1:-}" in
+status=0
+mode=${1:-}
+case "$mode" in
     pack) pack ;;
-    remote) remote "${2:-}" ;;
+    remote)
+        OUT="${OUT:?OUT is set by the device tool}"
+        round="$OUT/round"
+        mkdir -p "$round"
+        gqla_bin="$pack_dir/gqla"
+        device_env
+        write_summary
+        run_stages "${2:-all}"
+        write_summary
+        tar czf "$OUT/round.tgz" -C "$OUT" round && rm -rf "$round"
+        cat "$OUT/summary.md"
+        exit $status
+        ;;
+    dry-run)
+        export OUT="${OUT:-target/gpu-round-dry-run}"
+        rm -rf "$OUT"
+        round="$OUT/round"
+        mkdir -p "$round"
+        # Built before the clock starts: the stages time what a device call would run.
+        cargo build --release --bin gqla
+        cargo test --release -q -p gqla-cuda --test emu --no-run
+        gqla_bin=target/release/gqla
+        round_start=$SECONDS
+        echo "host: $(nproc) cores, $(uname -m), the CUDA kernels on the host emulator (no GPU)" >"$round/device.txt"
+        write_summary
+        run_stages "${2:-all}"
+        write_summary
+        tar czf "$OUT/round.tgz" -C "$OUT" round && rm -rf "$round"
+        cat "$OUT/summary.md"
+        echo "files in $OUT: $(find "$OUT" -type f | wc -l) (at most 8)"
+        exit $status
+        ;;
     *)
-        echo "usage: $0 pack | remote [tests,certify,sanitize,ptxas,ncu,bench,peer,external]" >&2
+        echo "usage: $0 pack | remote [all|STAGES] | dry-run [all|STAGES]   (STAGES: $all_stages, tests, ptxas, ncu, external)" >&2
         exit 2
         ;;
 esac

@@ -7,13 +7,38 @@ The rope key is already joined to each group's key here (the per-group layout), 
 that reads G·d_r more bytes per token than the rope-once layout, and the table counts the bytes
 SDPA actually reads. No causal mask: for s_q = 2 the bottom-right mask hides one key of one row,
 and a mask would send SDPA to a slower backend.
+
+    python3 scripts/sdpa_peer.py                                   # the benchmark's full grid
+    python3 scripts/sdpa_peer.py --batch 64 --context 4096,32768   # some of its points
+    python3 scripts/sdpa_peer.py --device cpu --batch 2 --context 256 --geometry tiny  # a dry run
 """
+import argparse
 import math
+import time
 
 import torch
 import torch.nn.functional as F
 
-GEOMETRIES = {"llama3-8b-gqla": (32, 8, 128, 64, 128), "deepseek-v3-gqla": (128, 8, 128, 64, 128)}
+GEOMETRIES = {
+    "llama3-8b-gqla": (32, 8, 128, 64, 128),
+    "deepseek-v3-gqla": (128, 8, 128, 64, 128),
+    # The emulator benchmark test's geometry, for dry runs on a CPU.
+    "tiny": (8, 2, 16, 16, 16),
+}
+
+
+def time_ms_cpu(fn, budget_ms=300.0, max_reps=100):
+    """The same statistics on a CPU, by wall clock (no L2 flush): for dry runs only."""
+    fn()
+    samples = []
+    start = time.perf_counter()
+    while len(samples) < 5 or (len(samples) < max_reps and (time.perf_counter() - start) * 1e3 < budget_ms):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    samples.sort()
+    n = len(samples)
+    return samples[n // 2], samples[max(0, math.ceil(0.1 * n) - 1)], samples[max(0, math.ceil(0.9 * n) - 1)]
 
 
 def time_ms(fn, budget_ms=300.0, max_reps=100):
@@ -42,26 +67,45 @@ def time_ms(fn, budget_ms=300.0, max_reps=100):
     return median, rank(0.1), rank(0.9)
 
 
+def ints(text):
+    return [int(x) for x in text.split(",")]
+
+
 def main():
-    dev = torch.device("cuda")
-    print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}\n")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--geometry", default="llama3-8b-gqla,deepseek-v3-gqla", help="comma-separated: " + ", ".join(GEOMETRIES))
+    ap.add_argument("--batch", type=ints, default=[1, 16, 64, 128])
+    ap.add_argument("--context", type=ints, default=[1024, 4096, 16384, 65536])
+    ap.add_argument("--sq", type=ints, default=[1, 2])
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    a = ap.parse_args()
+    names = a.geometry.split(",")
+    unknown = [n for n in names if n not in GEOMETRIES]
+    if unknown:
+        ap.error(f"unknown geometry {unknown}: expected some of {', '.join(GEOMETRIES)}")
+    dev = torch.device(a.device)
+    timer = time_ms if a.device == "cuda" else time_ms_cpu
+    where = torch.cuda.get_device_name() if a.device == "cuda" else "the CPU (wall clock, dry run)"
+    print(f"torch {torch.__version__} on {where}\n")
     print("Times: median of event-timed runs on a cold L2 (p10–p90 beside it), as `gqla bench decode`.\n")
     print("| geometry | path | s_q | batch | context | time (µs) | p10–p90 (µs) | GB/s | TFLOP/s |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for name, (h, g, dn, dr, dv) in GEOMETRIES.items():
-        for batch in (1, 16, 64, 128):
-            for ctx in (1024, 4096, 16384, 65536):
+    for name in names:
+        h, g, dn, dr, dv = GEOMETRIES[name]
+        for batch in a.batch:
+            for ctx in a.context:
                 k = torch.randn(batch, g, ctx, dn + dr, device=dev, dtype=torch.bfloat16)
                 v = torch.randn(batch, g, ctx, dv, device=dev, dtype=torch.bfloat16)
-                for sq in (1, 2):
+                for sq in a.sq:
                     q = torch.randn(batch, h, sq, dn + dr, device=dev, dtype=torch.bfloat16)
                     scale = (dn + dr) ** -0.5
-                    ms, p10, p90 = time_ms(lambda: F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=True))
+                    ms, p10, p90 = timer(lambda: F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=True))
                     nbytes = 2 * (k.numel() + v.numel() + q.numel() + batch * h * sq * dv)
                     flops = 2 * batch * h * sq * ctx * (dn + dr + dv)
                     print(f"| {name} | sdpa | {sq} | {batch} | {ctx} | {ms * 1e3:.1f} | {p10 * 1e3:.1f}–{p90 * 1e3:.1f} | {nbytes / ms / 1e6:.0f} | {flops / ms / 1e9:.2f} |")
                 del k, v
-                torch.cuda.empty_cache()
+                if a.device == "cuda":
+                    torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

@@ -43,6 +43,9 @@ enum Command {
     Bench(commands::bench::Args),
     /// Which decode path a GPU should run: a roofline model of both paths.
     Plan(commands::plan::Args),
+    /// Check the tensor-core layouts on the device: the mma.sync and wgmma probes, each one product
+    /// against the f64 product.
+    Probe(commands::probe::Args),
     /// A regression digest of a checkpoint (YAML); with --check, compare against one.
     Snapshot(commands::snapshot::Args),
     /// Per-token KV-cache sizes of a model on each GQLA path, measured from allocated caches.
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
         Command::Forward(a) => commands::forward::run(a, &budget),
         Command::CacheSize(a) => commands::cache_size::run(a, &budget),
         Command::Plan(a) => commands::plan::run(a, &budget),
+        Command::Probe(a) => commands::probe::run(a),
         Command::Convert(a) => commands::convert::run(a, &budget),
         Command::Eval(a) => commands::eval::run(a, &budget),
         Command::Bench(a) => commands::bench::run(a, &budget),

@@ -655,3 +655,20 @@ fn decode_benchmark_rejects_bad_grid_filters() {
         assert!(r.stderr.contains(want), "{args:?}: {}", r.stderr);
     }
 }
+
+/// `gqla probe --emulator` runs every tensor-core probe on the host emulator and passes; without
+/// `--emulator` on a machine with no GPU it exits 2 and says what is missing.
+#[test]
+fn probes_run_on_the_emulator() {
+    let r = gqla(&["probe", "--emulator"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    for name in ["mma_probe_bf16", "mma_probe_f16", "wgmma_probe_bf16", "wgmma_probe_f16"] {
+        assert!(r.stdout.contains(&format!("{name}: pass")), "{}", r.stdout);
+    }
+    let r = gqla(&["probe"]);
+    match r.code {
+        0 => assert!(r.stdout.contains("mma_probe_bf16: pass"), "{}", r.stdout),
+        2 => assert!(r.stderr.contains("the probes need a GPU"), "{}", r.stderr),
+        code => panic!("exit {code}: {}{}", r.stdout, r.stderr),
+    }
+}

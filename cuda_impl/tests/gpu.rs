@@ -284,19 +284,20 @@ fn mma_probe_matches_the_plain_product_on_the_gpu() {
     }
 }
 
-/// Every compute-sanitizer filter of scripts/gpu-round.sh selects at least one lattice case.
+/// Every compute-sanitizer case of scripts/gpu-round.sh (three for memcheck, one for racecheck)
+/// selects at least one lattice case.
 #[test]
 fn sanitizer_subset_selects_lattice_cases() {
     let script = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/gpu-round.sh")).unwrap();
-    let block = script.split("sanitize_filters=(").nth(1).unwrap().split("\n)").next().unwrap();
-    let filters: Vec<&str> = block
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix('"')?.strip_suffix('"'))
-        .collect();
-    assert!(filters.len() >= 6, "{filters:?}");
+    let quoted = |l: &str| -> Option<String> { Some(l.trim().strip_prefix('"')?.strip_suffix('"')?.to_string()) };
+    let block = script.split("memcheck_cases=(").nth(1).unwrap().split("\n)").next().unwrap();
+    let memcheck: Vec<String> = block.lines().filter_map(quoted).collect();
+    assert_eq!(memcheck.len(), 3, "{memcheck:?}");
+    let race_line = script.lines().find_map(|l| l.strip_prefix("racecheck_case=")).unwrap();
+    let racecheck = quoted(race_line).unwrap();
     let ids: Vec<String> = suite_cases().iter().map(|c| c.to_string()).collect();
-    for f in filters {
-        assert!(ids.iter().any(|id| id.starts_with(f)), "no lattice case starts with `{f}`");
+    for f in memcheck.iter().chain([&racecheck]) {
+        assert!(ids.iter().any(|id| id.starts_with(f.as_str())), "no lattice case starts with `{f}`");
     }
 }
 

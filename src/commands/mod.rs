@@ -7,6 +7,7 @@ pub mod convert;
 pub mod eval;
 pub mod forward;
 pub mod plan;
+pub mod probe;
 pub mod snapshot;
 pub mod vectors;
 

@@ -604,14 +604,14 @@ fn wgmma_fence_and_wait_are_enforced() {
 /// shuffled: 300 keys are 10 tiles, so every pipeline buffer is refilled several times.
 #[test]
 fn benchmark_points_run_and_pass_their_spot_checks() {
-    use gqla_cuda::bench::{bench_point, Geometry, Path, Shape};
+    use gqla_cuda::bench::{bench_point, DecodePath, Geometry, Shape};
     let rt = Emulator::checked(Schedule::Shuffled(21));
     let tiny = Geometry {
         name: "tiny",
         dims: gqla_reference::LatentDims::new(8, 2, 32, 16, 16, 16).unwrap(),
     };
     let mut rows = Vec::new();
-    for path in [Path::Absorb, Path::Gqa] {
+    for path in [DecodePath::Absorb, DecodePath::Gqa] {
         for page in [None, Some(16)] {
             let shape = Shape {
                 batch: 2,

@@ -67,9 +67,9 @@ pub fn gqa_decode<T: Real>(w: &LatentWeights<T>, x_new: ArrayView2<T>, cache: &m
         });
     }
     let start = cache.len();
-    let c = w.latent(x_new);
+    let (c, rope_key) = w.latent_and_rope_key(x_new, start);
     let (k, v) = expand_rows(w, c.view());
-    cache.append(k.view(), v.view(), w.rope_key(x_new, start).view());
+    cache.append(k.view(), v.view(), rope_key.view());
     let (heads, lse) = gqa_attend(
         &w.queries(x_new, start),
         cache,

@@ -220,27 +220,37 @@ impl<T: Real> LatentWeights<T> {
 
     /// (L1) c_t = N(W^{DKV} x_t) for rows x [s, hidden]: returns [s, d_c].
     pub fn latent(&self, x: ArrayView2<T>) -> Array2<T> {
-        self.latent_and_rope_key(x, 0).0
+        self.normed_latent(self.kv_a.forward_rows(x, 0..self.dims.d_c()).view())
     }
 
     /// (L2) k^R_t = RoPE(W^{KR} x_t, t) for rows at positions start.. : returns [s, d_r].
     pub fn rope_key(&self, x: ArrayView2<T>, start: usize) -> Array2<T> {
-        self.latent_and_rope_key(x, start).1
+        let d_c = self.dims.d_c();
+        self.rotated_key(self.kv_a.forward_rows(x, d_c..d_c + self.dims.d_r()), start)
     }
 
     /// (L1) and (L2) from one product with `kv_a_proj_with_mqa`: ([s, d_c], [s, d_r]).
     pub fn latent_and_rope_key(&self, x: ArrayView2<T>, start: usize) -> (Array2<T>, Array2<T>) {
         let kv = self.kv_a.forward(x);
-        let c = kv.slice(s![.., ..self.dims.d_c()]);
-        let c = match &self.kv_norm {
+        let d_c = self.dims.d_c();
+        let c = self.normed_latent(kv.slice(s![.., ..d_c]));
+        (c, self.rotated_key(kv.slice(s![.., d_c..]).to_owned(), start))
+    }
+
+    /// N of (L1) on W^{DKV} x rows.
+    fn normed_latent(&self, c: ArrayView2<T>) -> Array2<T> {
+        match &self.kv_norm {
             Some(n) => n.forward(c),
             None => c.to_owned(),
-        };
-        let mut k = kv.slice(s![.., self.dims.d_c()..]).to_owned();
+        }
+    }
+
+    /// RoPE of (L2) on W^{KR} x rows at positions start..
+    fn rotated_key(&self, mut k: Array2<T>, start: usize) -> Array2<T> {
         for (t, mut row) in k.axis_iter_mut(Axis(0)).enumerate() {
             self.rope.apply(row.view_mut(), start + t);
         }
-        (c, k)
+        k
     }
 
     /// (Q) per-head queries for rows at positions start.., RoPE applied to q^R.

@@ -53,6 +53,16 @@ impl<T: Real> Linear<T> {
         }
         y
     }
+    /// Output columns `rows` of [`Linear::forward`] (Y[:, rows] = X W[rows]ᵀ + b[rows]), with no
+    /// copy of the weight.
+    pub fn forward_rows(&self, x: ArrayView2<T>, rows: std::ops::Range<usize>) -> Array2<T> {
+        assert_eq!(x.ncols(), self.in_dim(), "Linear::forward_rows: input width");
+        let mut y = matmul_t(x, self.weight.slice(ndarray::s![rows.clone(), ..]));
+        if let Some(b) = &self.bias {
+            y += &b.slice(ndarray::s![rows]);
+        }
+        y
+    }
     /// The map restricted to output rows `rows` (a contiguous slice: a TP column shard).
     pub fn rows(&self, rows: std::ops::Range<usize>) -> Self {
         Self {

@@ -166,3 +166,21 @@ mod moe_routing {
         assert!((normalised[0].1 - 2.0 * (1.0 - 1e-20 / sigmoid(0.5))).abs() < 1e-12);
     }
 }
+
+/// (L1) and (L2) computed alone, from their own rows of `kv_a_proj_with_mqa`, equal the two
+/// halves of the one-product form (with a bias and the latent RMSNorm).
+#[test]
+fn latent_and_rope_key_alone_match_the_joint_product() {
+    let dims = LatentDims::new(8, 4, 24, 8, 6, 8).unwrap();
+    let opts = LatentOptions {
+        kv_norm: true,
+        bias: true,
+        ..LatentOptions::default()
+    };
+    let w = latent_layer(dims, opts, 5).unwrap();
+    let x = hidden_states(7, opts.hidden, 6);
+    let (c, k) = w.latent_and_rope_key(x.view(), 3);
+    assert!(rel_err(&w.latent(x.view()), &c) <= 1e-14);
+    assert!(rel_err(&w.rope_key(x.view(), 3), &k) <= 1e-14);
+    assert!(rel_err(&w.rope_key(x.view(), 0), &k) > 1e-3, "the positions matter");
+}

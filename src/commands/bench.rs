@@ -109,7 +109,7 @@ fn decode_grid(
     paths: &[String],
     (sqs, batches, contexts): (Vec<usize>, Vec<usize>, Vec<usize>),
 ) -> Result<gqla_cuda::bench::Grid, CliError> {
-    use gqla_cuda::bench::{Geometry, Grid, Path};
+    use gqla_cuda::bench::{DecodePath, Geometry, Grid};
     let mut grid = Grid::full();
     if quick {
         grid.batches = vec![1, 16];
@@ -127,7 +127,7 @@ fn decode_grid(
     if !paths.is_empty() {
         grid.paths = paths
             .iter()
-            .map(|n| Path::from_name(n).ok_or_else(|| CliError::Usage(format!("unknown path `{n}`: expected absorb or gqa"))))
+            .map(|n| DecodePath::from_name(n).ok_or_else(|| CliError::Usage(format!("unknown path `{n}`: expected absorb or gqa"))))
             .collect::<Result<_, _>>()?;
     }
     for (name, given, field) in [
@@ -149,7 +149,7 @@ fn decode_grid(
         let widest = grid
             .geometries
             .iter()
-            .flat_map(|g| Path::ALL.map(|p| g.cache_elems(p)))
+            .flat_map(|g| DecodePath::ALL.map(|p| g.cache_elems(p)))
             .max()
             .unwrap_or(0);
         let bytes = batch.checked_mul(context).and_then(|n| n.checked_mul(2 * widest));

@@ -2,6 +2,7 @@
 
 use gqla_conformance::case::DType;
 use gqla_reference::config::LatentDims;
+use gqla_reference::decode::DecodePath;
 
 /// A model's attention geometry, by name.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -34,8 +35,6 @@ impl Geometry {
     }
 }
 
-/// Which decode path: the reference's.
-pub use gqla_reference::decode::DecodePath as Path;
 
 /// One decode step's minimal traffic and arithmetic.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -49,22 +48,22 @@ pub struct Work {
 impl Geometry {
     /// Cache elements per token on `path`, measured on a reference cache allocated with this
     /// geometry (the layout the kernels read: the rope key stored once on the GQA path).
-    pub fn cache_elems(&self, path: Path) -> usize {
+    pub fn cache_elems(&self, path: DecodePath) -> usize {
         let sizes = gqla_reference::cache::CacheSizes::measure::<half::bf16>(&self.dims);
         match path {
-            Path::Absorb => sizes.absorb,
-            Path::Gqa => sizes.gqa_rope_once,
+            DecodePath::Absorb => sizes.absorb,
+            DecodePath::Gqa => sizes.gqa_rope_once,
         }
         .elements_per_token
     }
     /// Query and output width per head on `path`.
-    pub fn widths(&self, path: Path) -> (usize, usize) {
+    pub fn widths(&self, path: DecodePath) -> (usize, usize) {
         match path {
-            Path::Absorb => (self.dims.d_c() + self.dims.d_r(), self.dims.d_c()),
-            Path::Gqa => (self.dims.d_n() + self.dims.d_r(), self.dims.d_v()),
+            DecodePath::Absorb => (self.dims.d_c() + self.dims.d_r(), self.dims.d_c()),
+            DecodePath::Gqa => (self.dims.d_n() + self.dims.d_r(), self.dims.d_v()),
         }
     }
-    pub fn work(&self, path: Path, dtype: DType, sq: usize, batch: usize, context: usize) -> Work {
+    pub fn work(&self, path: DecodePath, dtype: DType, sq: usize, batch: usize, context: usize) -> Work {
         let eb = dtype.size_in_bytes() as f64;
         let (dk, dv) = self.widths(path);
         let rows = (batch * sq * self.dims.h()) as f64;

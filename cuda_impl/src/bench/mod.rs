@@ -17,7 +17,8 @@ mod point;
 mod report;
 
 pub use ceilings::Ceilings;
-pub use geometry::{Geometry, Path, Work};
+pub use geometry::{Geometry, Work};
+pub use gqla_reference::decode::DecodePath;
 pub use point::{bench_point, random, PageTable, Shape};
 pub use report::{measured_run, table, Row};
 
@@ -35,7 +36,7 @@ pub const CHECK_TOLERANCE: f64 = 2e-2;
 #[derive(Clone, Debug, PartialEq)]
 pub struct Grid {
     pub geometries: Vec<Geometry>,
-    pub paths: Vec<Path>,
+    pub paths: Vec<DecodePath>,
     pub sqs: Vec<usize>,
     pub batches: Vec<usize>,
     pub contexts: Vec<usize>,
@@ -53,7 +54,7 @@ impl Grid {
     pub fn full() -> Self {
         Self {
             geometries: Geometry::all(),
-            paths: Path::ALL.to_vec(),
+            paths: DecodePath::ALL.to_vec(),
             sqs: vec![1, 2],
             batches: vec![1, 16, 64, 128],
             contexts: vec![1024, 4096, 16384, 65536],
@@ -111,11 +112,11 @@ mod tests {
             bf16_tflops: Some(700.0),
         };
         let rows = [
-            row(Path::Absorb, Variant::Mma, 0.30),
-            row(Path::Absorb, Variant::Wgmma, 0.20),
-            row(Path::Absorb, Variant::Simt, 0.10),
-            row(Path::Gqa, Variant::Mma, 0.25),
-            row(Path::Gqa, Variant::Wgmma, 0.40),
+            row(DecodePath::Absorb, Variant::Mma, 0.30),
+            row(DecodePath::Absorb, Variant::Wgmma, 0.20),
+            row(DecodePath::Absorb, Variant::Simt, 0.10),
+            row(DecodePath::Gqa, Variant::Mma, 0.25),
+            row(DecodePath::Gqa, Variant::Wgmma, 0.40),
         ];
         let run = measured_run("test", &grid, &rows, &ceilings);
         let secs: Vec<f64> = run.points.iter().map(|p| p.seconds * 1e3).collect();
@@ -168,21 +169,21 @@ mod tests {
         for g in Geometry::all() {
             assert_eq!(Geometry::by_name(g.name), Some(g));
         }
-        for p in Path::ALL {
-            assert_eq!(Path::from_name(p.name()), Some(p));
+        for p in DecodePath::ALL {
+            assert_eq!(DecodePath::from_name(p.name()), Some(p));
         }
         assert_eq!(Geometry::by_name("llama"), None);
-        assert_eq!(Path::from_name("mla"), None);
+        assert_eq!(DecodePath::from_name("mla"), None);
     }
 
     #[test]
     fn work_counts() {
-        let w = Geometry::llama3_8b().work(Path::Absorb, DType::Bf16, 1, 1, 1024);
+        let w = Geometry::llama3_8b().work(DecodePath::Absorb, DType::Bf16, 1, 1, 1024);
         let q_out = 32.0 * (576.0 + 512.0) * 2.0 + 32.0 * 4.0;
         assert_eq!(w.bytes, 1024.0 * 576.0 * 2.0 + q_out);
         assert_eq!(w.flops, 2.0 * 32.0 * 1024.0 * (576.0 + 512.0));
-        let g = Geometry::deepseek_v3().work(Path::Gqa, DType::Bf16, 2, 4, 100);
-        assert_eq!(Geometry::deepseek_v3().cache_elems(Path::Gqa), 8 * 128 + 64 + 8 * 128);
+        let g = Geometry::deepseek_v3().work(DecodePath::Gqa, DType::Bf16, 2, 4, 100);
+        assert_eq!(Geometry::deepseek_v3().cache_elems(DecodePath::Gqa), 8 * 128 + 64 + 8 * 128);
         assert_eq!(g.flops, 2.0 * (4 * 2 * 128) as f64 * 100.0 * (192.0 + 128.0));
     }
 }

@@ -83,7 +83,7 @@ impl PageTable {
 pub fn bench_point<R: Runtime>(
     rt: &R,
     geo: &Geometry,
-    path: Path,
+    path: DecodePath,
     dtype: DType,
     (sqs, variants): (&[usize], &[Variant]),
     shape: Shape,
@@ -93,8 +93,8 @@ pub fn bench_point<R: Runtime>(
     let pages = PageTable::new(shape);
     let slots = pages.slots;
     let (key, shared, value) = match path {
-        Path::Absorb => (random(rt, dtype, slots * (geo.dims.d_c() + geo.dims.d_r()), 11, 1.0)?, None, None),
-        Path::Gqa => (
+        DecodePath::Absorb => (random(rt, dtype, slots * (geo.dims.d_c() + geo.dims.d_r()), 11, 1.0)?, None, None),
+        DecodePath::Gqa => (
             random(rt, dtype, slots * geo.dims.g() * geo.dims.d_n(), 12, 1.0)?,
             Some(random(rt, dtype, slots * geo.dims.d_r(), 13, 1.0)?),
             Some(random(rt, dtype, slots * geo.dims.g() * geo.dims.d_v(), 14, 1.0)?),
@@ -112,7 +112,7 @@ pub fn bench_point<R: Runtime>(
     let mut streams: HashMap<usize, (Array2<f64>, Array2<f64>)> = HashMap::new();
     for (&sq, &variant) in sqs.iter().flat_map(|s| variants.iter().map(move |v| (s, v))) {
         let keys = match path {
-            Path::Absorb => KeySource {
+            DecodePath::Absorb => KeySource {
                 key: Segment {
                     buf: &key,
                     row_stride: geo.dims.d_c() + geo.dims.d_r(),
@@ -124,7 +124,7 @@ pub fn bench_point<R: Runtime>(
                 dv: geo.dims.d_c(),
                 streams: 1,
             },
-            Path::Gqa => KeySource {
+            DecodePath::Gqa => KeySource {
                 key: Segment {
                     buf: &key,
                     row_stride: geo.dims.g() * geo.dims.d_n(),
@@ -186,7 +186,7 @@ pub fn bench_point<R: Runtime>(
         let timing = rt.time(300.0, 100, &mut || unsafe { launch::decode(rt, &mut call, ws.as_mut()) })?;
         let mut check_err = 0.0f64;
         for (j, head) in [(0, 0), (sq - 1, geo.dims.h() - 1)] {
-            let stream = if path == Path::Absorb {
+            let stream = if path == DecodePath::Absorb {
                 0
             } else {
                 head / (geo.dims.h() / geo.dims.g())
@@ -269,7 +269,7 @@ impl HostSeq {
         dtype: DType,
         (key, rope, value): CacheBufs<R>,
         geo: &Geometry,
-        path: Path,
+        path: DecodePath,
         runs: &[(usize, usize)],
     ) -> Result<Self, CudaError> {
         // The sequence's tokens in order, gathered page by page ([`PageTable::runs`]).
@@ -283,10 +283,10 @@ impl HostSeq {
         };
         let missing = || CudaError::Unsupported("GQA cache without rope keys or values".into());
         Ok(match path {
-            Path::Absorb => Self::Absorb {
+            DecodePath::Absorb => Self::Absorb {
                 latent: rows(key, geo.dims.d_c() + geo.dims.d_r())?,
             },
-            Path::Gqa => Self::Gqa {
+            DecodePath::Gqa => Self::Gqa {
                 key: rows(key, geo.dims.g() * geo.dims.d_n())?,
                 rope: rows(rope.ok_or_else(missing)?, geo.dims.d_r())?,
                 value: rows(value.ok_or_else(missing)?, geo.dims.g() * geo.dims.d_v())?,

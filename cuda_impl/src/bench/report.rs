@@ -10,7 +10,7 @@ use std::fmt::Write;
 #[derive(Clone, Debug, PartialEq)]
 pub struct Row {
     pub geometry: &'static str,
-    pub path: Path,
+    pub path: DecodePath,
     pub sq: usize,
     pub batch: usize,
     pub context: usize,

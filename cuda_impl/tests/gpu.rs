@@ -126,16 +126,30 @@ fn kernels_assemble_for_sm90_and_sm80_without_spills() {
     };
     let dir = std::env::temp_dir().join(format!("gqla-ptxas-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for (compute, ptx, _) in &compiled().ptx {
-        let arch = &compute["compute_".len()..];
-        let ptx_path = dir.join(format!("decode_{arch}.ptx"));
-        std::fs::write(&ptx_path, ptx).unwrap();
-        let out = std::process::Command::new(&ptxas)
-            .args([format!("-arch=sm_{arch}").as_str(), "-v", "-o"])
-            .arg(dir.join(format!("decode_{arch}.cubin")))
-            .arg(&ptx_path)
-            .output()
-            .unwrap_or_else(|e| panic!("running {}: {e}", ptxas.display()));
+    // The three assemblies run at once (ptxas is single-threaded), then are checked in order.
+    let assembled: Vec<(&str, std::process::Output)> = std::thread::scope(|s| {
+        let jobs: Vec<_> = compiled()
+            .ptx
+            .iter()
+            .map(|(compute, ptx, _)| {
+                let (dir, ptxas) = (&dir, &ptxas);
+                s.spawn(move || {
+                    let arch = &compute["compute_".len()..];
+                    let ptx_path = dir.join(format!("decode_{arch}.ptx"));
+                    std::fs::write(&ptx_path, ptx).unwrap();
+                    let out = std::process::Command::new(ptxas)
+                        .args([format!("-arch=sm_{arch}").as_str(), "-v", "-o"])
+                        .arg(dir.join(format!("decode_{arch}.cubin")))
+                        .arg(&ptx_path)
+                        .output()
+                        .unwrap_or_else(|e| panic!("running {}: {e}", ptxas.display()));
+                    (arch, out)
+                })
+            })
+            .collect();
+        jobs.into_iter().map(|j| j.join().unwrap()).collect()
+    });
+    for (arch, out) in assembled {
         let log = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "ptxas sm_{arch} failed:\n{log}");
         // ptxas warnings and performance advisories (e.g. wgmma serialised by the compiler) do

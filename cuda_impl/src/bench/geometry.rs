@@ -35,7 +35,6 @@ impl Geometry {
     }
 }
 
-
 /// One decode step's minimal traffic and arithmetic.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Work {

@@ -46,17 +46,12 @@ impl<T: Real> Linear<T> {
     }
     /// Y = X Wᵀ + b for rows X [n, in].
     pub fn forward(&self, x: ArrayView2<T>) -> Array2<T> {
-        assert_eq!(x.ncols(), self.in_dim(), "Linear::forward: input width");
-        let mut y = matmul_t(x, self.weight.view());
-        if let Some(b) = &self.bias {
-            y += b;
-        }
-        y
+        self.forward_rows(x, 0..self.out_dim())
     }
     /// Output columns `rows` of [`Linear::forward`] (Y[:, rows] = X W[rows]ᵀ + b[rows]), with no
     /// copy of the weight.
     pub fn forward_rows(&self, x: ArrayView2<T>, rows: std::ops::Range<usize>) -> Array2<T> {
-        assert_eq!(x.ncols(), self.in_dim(), "Linear::forward_rows: input width");
+        assert_eq!(x.ncols(), self.in_dim(), "Linear::forward: input width");
         let mut y = matmul_t(x, self.weight.slice(ndarray::s![rows.clone(), ..]));
         if let Some(b) = &self.bias {
             y += &b.slice(ndarray::s![rows]);

@@ -5,7 +5,7 @@
 
 use crate::device::Gpu;
 use crate::emu::Emulator;
-use crate::launch::{self, from_bytes, to_bytes, Decode, ExpandDims, Guarded, KeySource, Paging, Segment, Tokens, Variant};
+use crate::launch::{self, from_bytes, Decode, ExpandDims, Guarded, KeySource, Paging, Segment, Tokens, Variant};
 use crate::runtime::Runtime;
 use crate::CudaError;
 use gqla_conformance::case::{DType, GroupCacheLayout, Op};
@@ -14,6 +14,7 @@ use gqla_conformance::inputs::{self, CaseInputs};
 use gqla_conformance::kernel::{OutputTensor, MARGIN};
 use gqla_conformance::profile::Profile;
 use gqla_conformance::{Kernel, KernelError, KernelIdentity, Outputs};
+use gqla_reference::hf::tensors::encode_f32;
 use std::collections::BTreeMap;
 
 /// Canary element of a device output in each storage dtype (a NaN no arithmetic produces).
@@ -31,7 +32,7 @@ fn guarded_output<R: Runtime>(rt: &R, d: DType, n: usize) -> Result<R::Buf<u8>, 
     let canary = canary_bytes(d);
     let mut host = Vec::with_capacity((n + 2 * MARGIN) * canary.len());
     (0..MARGIN).for_each(|_| host.extend_from_slice(&canary));
-    host.extend(to_bytes(d, &vec![f32::NAN; n]));
+    host.extend(encode_f32(d, &vec![f32::NAN; n]));
     (0..MARGIN).for_each(|_| host.extend_from_slice(&canary));
     rt.upload(&host)
 }
@@ -152,14 +153,14 @@ impl<R: Runtime> DeviceKernel<R> {
     }
 
     fn component(&self, inp: &CaseInputs, name: TensorName) -> Result<R::Buf<u8>, CudaError> {
-        self.rt.upload(&to_bytes(inp.case.dtype(), &inp.cache.component(name).data))
+        self.rt.upload(&encode_f32(inp.case.dtype(), &inp.cache.component(name).data))
     }
 
     /// Copy back what the kernels may have written to a device input, so that the harness's
     /// digest sees a kernel that writes to its inputs.
     fn write_back(&self, d: DType, buf: &R::Buf<u8>, host: &mut Vec<f32>) -> Result<(), CudaError> {
         let bytes = self.rt.download(buf)?;
-        if bytes != to_bytes(d, host) {
+        if bytes != encode_f32(d, host) {
             *host = from_bytes(d, &bytes);
         }
         Ok(())
@@ -210,7 +211,7 @@ impl<R: Runtime> DeviceKernel<R> {
             (Op::CacheExpand, _) => unreachable!("expand is not a decode"),
         };
         let paging = self.paging(inp)?;
-        let q = self.rt.upload(&to_bytes(d, &inp.q))?;
+        let q = self.rt.upload(&encode_f32(d, &inp.q))?;
         let (n_out, n_lse) = (outputs.get(TensorName::Out).len(), outputs.get(TensorName::Lse).len());
         let mut out = guarded_output(&self.rt, d, n_out)?;
         let mut lse = guarded_output(&self.rt, DType::F32, n_lse)?;
@@ -274,7 +275,7 @@ impl<R: Runtime> DeviceKernel<R> {
         let c = &inp.case;
         let d = c.dtype();
         let latent = self.component(inp, TensorName::Latent)?;
-        let w = self.rt.upload(&to_bytes(d, &inp.w_ukv))?;
+        let w = self.rt.upload(&encode_f32(d, &inp.w_ukv))?;
         let paging = self.paging(inp)?;
         let (mut tb, mut tt) = (Vec::new(), Vec::new());
         for b in 0..c.batch() {

@@ -9,6 +9,7 @@ use gqla_cuda::emu::Schedule;
 use gqla_cuda::launch::{self, Decode, Guarded, KeySource, Paging, Segment, Variant};
 use gqla_cuda::runtime::{Args, AttnParams, Launch, Runtime};
 use gqla_cuda::{CudaError, EmuKernel, Emulator};
+use gqla_reference::hf::tensors::encode_f32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -158,9 +159,9 @@ impl Small {
             },
             dtype,
             d,
-            q: launch::to_bytes(dtype, &values(B * H * d, 1)),
-            k: launch::to_bytes(dtype, &values(B * T * G * d, 2)),
-            v: launch::to_bytes(dtype, &values(B * T * G * d, 3)),
+            q: encode_f32(dtype, &values(B * H * d, 1)),
+            k: encode_f32(dtype, &values(B * T * G * d, 2)),
+            v: encode_f32(dtype, &values(B * T * G * d, 3)),
             lens: vec![T as i32; B],
             table: (0..B as i32).collect(),
         }

@@ -22,7 +22,7 @@ pub use probe::{mma_probe, mma_probe_mismatches, probe_mismatches, wgmma_probe, 
 use crate::runtime::Runtime;
 use crate::CudaError;
 use gqla_conformance::case::DType;
-use gqla_reference::hf::tensors::{decode_floats, RawTensor};
+use gqla_reference::hf::tensors::decode_floats;
 
 /// Threads per block of the attention kernel (`NT` in kernels/common.cuh).
 pub const THREADS: usize = 128;
@@ -148,20 +148,6 @@ impl Variant {
     }
 }
 
-/// Little-endian bytes of `values` in storage dtype `d` (round to nearest even).
-pub fn to_bytes(d: DType, values: &[f32]) -> Vec<u8> {
-    // From f32 directly (rounding an f32 or its exact f64 widening gives the same value; the
-    // f32 conversions are the faster ones, and every case input goes through here).
-    let mut out = Vec::with_capacity(values.len() * d.size_in_bytes());
-    match d {
-        DType::Bf16 => values.iter().for_each(|v| out.extend(half::bf16::from_f32(*v).to_le_bytes())),
-        DType::F16 => values.iter().for_each(|v| out.extend(half::f16::from_f32(*v).to_le_bytes())),
-        DType::F32 => values.iter().for_each(|v| out.extend(v.to_le_bytes())),
-        DType::F64 => return RawTensor::encode(d, vec![values.len()], values.iter().map(|v| *v as f64)).bytes,
-    }
-    out
-}
-
 /// The values of little-endian bytes in storage dtype `d`.
 pub fn from_bytes(d: DType, bytes: &[u8]) -> Vec<f32> {
     let values = decode_floats(d.safetensors(), bytes).expect("a float storage dtype");
@@ -207,31 +193,6 @@ mod tests {
         ] {
             let line = format!("#define {name} {value}");
             assert!(crate::compile::SOURCE.contains(&line), "the kernel source lacks `{line}`");
-        }
-    }
-
-    /// The fast f32 encoding is the reference encoder's, bit for bit, including ties, NaN and
-    /// values past the 16-bit ranges.
-    #[test]
-    fn to_bytes_matches_the_reference_encoding() {
-        let mut values: Vec<f32> = (0..4096)
-            .map(|i| ((i as f32) * 0.731).sin() * 1e3f32.powf((i % 7) as f32 - 3.0))
-            .collect();
-        values.extend([
-            1.0 + 1.0 / 256.0,
-            1.0 + 3.0 / 256.0,
-            65520.0,
-            -1e30,
-            f32::INFINITY,
-            1e-40,
-            0.0,
-            -0.0,
-            f32::NAN,
-            -f32::NAN,
-        ]);
-        for d in DType::ALL {
-            let want = RawTensor::encode(d, vec![values.len()], values.iter().map(|v| *v as f64)).bytes;
-            assert_eq!(to_bytes(d, &values), want, "{d}");
         }
     }
 
@@ -281,7 +242,7 @@ mod tests {
     fn encode_decode_round_trip() {
         let x = [1.0f32, -2.5, 0.1, f32::NAN, f32::NEG_INFINITY];
         for d in [DType::F32, DType::Bf16, DType::F16] {
-            let y = from_bytes(d, &to_bytes(d, &x));
+            let y = from_bytes(d, &gqla_reference::hf::tensors::encode_f32(d, &x));
             for (a, b) in x.iter().zip(&y) {
                 assert!(
                     d.round_f32(*a).to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),

@@ -4,6 +4,7 @@ use super::*;
 use crate::runtime::{Args, Launch, ProbeParams};
 use crate::CudaError;
 use gqla_conformance::case::DType;
+use gqla_reference::hf::tensors::encode_f32;
 
 /// Ways `mma_probe_*` computes the same product (register fragments, then three ldmatrix forms).
 pub const MMA_PROBE_WAYS: usize = 4;
@@ -37,7 +38,7 @@ fn run_probe<R: Runtime>(
     d_len: usize,
     launch: Launch,
 ) -> Result<Vec<f32>, CudaError> {
-    let (ab, bb) = (rt.upload(&to_bytes(dtype, a))?, rt.upload(&to_bytes(dtype, b))?);
+    let (ab, bb) = (rt.upload(&encode_f32(dtype, a))?, rt.upload(&encode_f32(dtype, b))?);
     let mut d = rt.zeros::<f32>(d_len)?;
     let buffers = [rt.read(&ab), rt.read(&bb), rt.write(&mut d)];
     let p = ProbeParams {

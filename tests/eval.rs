@@ -1,5 +1,5 @@
 //! `gqla eval`: perplexity, KL and top-1 agreement, on the tiny LLaMA fixture with a word-level
-//! tokenizer (the SmolLM2 tests in reference/tests/smollm2.rs cover a real tokenizer and model).
+//! tokenizer (the SmolLM2 tests in reference/tests/reference/smollm2.rs cover a real tokenizer and model).
 
 use crate::common::{gqla, root};
 use std::path::Path;

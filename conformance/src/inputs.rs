@@ -10,7 +10,6 @@ use crate::case::{Case, Logits, Op, Poison};
 use crate::definition::TensorName;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sha2::{Digest, Sha256};
 
 /// Block-table entries past a sequence's last page: far out of range, so an over-read faults or
 /// reads poison rather than a neighbour's data.
@@ -222,33 +221,6 @@ impl CaseInputs {
                 .iter()
                 .zip(&other.cache.components)
                 .all(|(a, b)| a.name == b.name && a.width == b.width && floats(&a.data, &b.data))
-    }
-
-    /// SHA-256 of every input value (bit patterns) and index, in a fixed order.
-    pub fn digest(&self) -> [u8; 32] {
-        let mut h = Sha256::new();
-        let floats = |h: &mut Sha256, v: &[f32]| {
-            h.update((v.len() as u64).to_le_bytes());
-            for x in v {
-                h.update(x.to_bits().to_le_bytes());
-            }
-        };
-        floats(&mut h, &self.q);
-        h.update(self.scale.to_bits().to_le_bytes());
-        for c in &self.cache.components {
-            h.update(c.name.as_str().as_bytes());
-            floats(&mut h, &c.data);
-        }
-        for l in &self.cache.seq_lens {
-            h.update((*l as u64).to_le_bytes());
-        }
-        if let Paging::Paged { block_table, .. } = &self.cache.paging {
-            for id in block_table {
-                h.update(id.to_le_bytes());
-            }
-        }
-        floats(&mut h, &self.w_ukv);
-        h.finalize().into()
     }
 
     /// Query row of (b, j, i) (sequence, new token, head).

@@ -80,40 +80,60 @@ fn decode(inputs: &CaseInputs, precision: Precision) -> Tensors {
     for b in 0..batch {
         for g in 0..streams {
             let (keys, values) = group_rows(inputs, b, g);
-            let n = keys.len() / width.max(1);
-            let exact = (precision == Precision::Exact).then(|| {
-                (
-                    ndarray::Array2::from_shape_fn((n, width), |(t, d)| keys[t * width + d] as f64),
-                    ndarray::Array2::from_shape_fn((n, dout), |(t, d)| values[t * dout + d] as f64),
-                )
-            });
-            for j in 0..sq {
-                let visible = c.visible(b, j);
-                for i in g * per..(g + 1) * per {
-                    let q = inputs.q_row(b, j, i);
-                    let (o, l) = match (precision, &exact) {
-                        (Precision::Exact, Some((k, v))) => attend_exact(q, k, v, inputs.scale as f64, visible),
-                        (Precision::Naive(dtype), _) => {
-                            attend_naive(q, &keys[..visible * width], &values[..visible * dout], dout, inputs.scale, dtype)
-                        }
-                        (Precision::Exact, None) => unreachable!("matrices built for the exact reference"),
-                    };
-                    let row = (b * sq + j) * h + i;
-                    out[row * dout..(row + 1) * dout].copy_from_slice(&o);
-                    lse[row] = l;
-                }
+            let heads = g * per..(g + 1) * per;
+            // Every query row of the group in this sequence, (j, i) in order.
+            let rows: Vec<(usize, usize)> = (0..sq).flat_map(|j| heads.clone().map(move |i| (j, i))).collect();
+            let results: Vec<(Vec<f64>, f64)> = match precision {
+                Precision::Exact => attend_exact(inputs, b, &rows, &keys, &values, width, dout),
+                Precision::Naive(dtype) => rows
+                    .iter()
+                    .map(|&(j, i)| {
+                        let visible = c.visible(b, j);
+                        let q = inputs.q_row(b, j, i);
+                        attend_naive(q, &keys[..visible * width], &values[..visible * dout], dout, inputs.scale, dtype)
+                    })
+                    .collect(),
+            };
+            for (&(j, i), (o, l)) in rows.iter().zip(results) {
+                let row = (b * sq + j) * h + i;
+                out[row * dout..(row + 1) * dout].copy_from_slice(&o);
+                lse[row] = l;
             }
         }
     }
     vec![(TensorName::Out, out), (TensorName::Lse, lse)]
 }
 
-/// The truth: the reference crate's attention (SPEC.md §2) in f64, over the first `visible` keys.
-fn attend_exact(q: &[f32], keys: &ndarray::Array2<f64>, values: &ndarray::Array2<f64>, scale: f64, visible: usize) -> (Vec<f64>, f64) {
-    use gqla_reference::attention::{attend_row, KeyRange};
-    let q = ndarray::Array1::from_iter(q.iter().map(|v| *v as f64));
-    let (o, lse) = attend_row(q.view(), keys.view(), values.view(), scale, KeyRange { start: 0, end: visible });
-    (o.to_vec(), lse)
+/// The truth: the reference crate's attention (SPEC.md §2) in f64, each query row (j, i) of
+/// sequence b over the first `visible(b, j)` keys. Keys [n, width] and values [n, d_out],
+/// row-major. All rows of a group go through one blocked call (matrix products, equal to the
+/// one-row definition to rounding).
+fn attend_exact(
+    inputs: &CaseInputs,
+    b: usize,
+    rows: &[(usize, usize)],
+    keys: &[f32],
+    values: &[f32],
+    width: usize,
+    dout: usize,
+) -> Vec<(Vec<f64>, f64)> {
+    use gqla_reference::attention::{attend, KeyRange};
+    let n = keys.len() / width.max(1);
+    let k = ndarray::Array2::from_shape_fn((n, width), |(t, d)| keys[t * width + d] as f64);
+    let v = ndarray::Array2::from_shape_fn((n, dout), |(t, d)| values[t * dout + d] as f64);
+    let q = ndarray::Array2::from_shape_fn((rows.len(), width), |(r, d)| {
+        let (j, i) = rows[r];
+        inputs.q_row(b, j, i)[d] as f64
+    });
+    let ranges: Vec<KeyRange> = rows
+        .iter()
+        .map(|&(j, _)| KeyRange {
+            start: 0,
+            end: inputs.case.visible(b, j),
+        })
+        .collect();
+    let (o, lse) = attend(q.view(), k.view(), v.view(), inputs.scale as f64, &ranges);
+    o.outer_iter().zip(lse).map(|(row, l)| (row.to_vec(), l)).collect()
 }
 
 /// The naive same-precision kernel: scores rounded to the dtype, probabilities rounded to it, f32
@@ -140,29 +160,79 @@ fn attend_naive(q: &[f32], keys: &[f32], values: &[f32], dout: usize, scale: f32
     (o.iter().map(|x| dtype.round_f32(x / z) as f64).collect(), (m + z.ln()) as f64)
 }
 
+/// cache.expand: for each token's latent c_t and group g, [k_g; v_g] = W^UKV_g c_t (row r < d_n
+/// of W^UKV_g makes k, the rest v).
 fn expand(inputs: &CaseInputs, precision: Precision) -> Tensors {
     let c = &inputs.case;
-    let per = c.dn() + c.dv();
-    let mut k = Vec::new();
-    let mut v = Vec::new();
-    for b in 0..c.batch() {
-        for t in 0..c.seq_len(b) {
-            let latent = inputs.cache.row(TensorName::Latent, b, t);
-            for g in 0..c.g() {
-                for r in 0..per {
-                    let w = &inputs.w_ukv[(g * per + r) * c.dc()..(g * per + r + 1) * c.dc()];
-                    let y = match precision {
-                        Precision::Exact => w.iter().zip(latent).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>(),
-                        Precision::Naive(dtype) => dtype.round_f32(w.iter().zip(latent).map(|(a, b)| a * b).sum::<f32>()) as f64,
-                    };
-                    if r < c.dn() {
-                        k.push(y);
-                    } else {
-                        v.push(y);
-                    }
+    let (per, dc) = (c.dn() + c.dv(), c.dc());
+    let latents: Vec<&[f32]> = (0..c.batch())
+        .flat_map(|b| (0..c.seq_len(b)).map(move |t| (b, t)))
+        .map(|(b, t)| inputs.cache.row(TensorName::Latent, b, t))
+        .collect();
+    let w = |row: usize| &inputs.w_ukv[row * dc..(row + 1) * dc];
+    // Y[token, g·per + r] = W^UKV row (g·per + r) · c_token.
+    let y: Vec<f64> = match precision {
+        // f64 products of f32 inputs, as one matrix product (exact to f64 rounding).
+        Precision::Exact => {
+            let l = ndarray::Array2::from_shape_fn((latents.len(), dc), |(t, d)| latents[t][d] as f64);
+            let wt = ndarray::Array2::from_shape_fn((dc, c.g() * per), |(d, r)| w(r)[d] as f64);
+            l.dot(&wt).into_iter().collect()
+        }
+        // The naive kernel: one f32 dot product per output, summed in order, rounded to the dtype.
+        Precision::Naive(dtype) => {
+            let rows: Vec<&[f32]> = (0..c.g() * per).map(w).collect();
+            let blocks: Vec<Interleaved> = rows.chunks(DOT_LANES).map(|b| Interleaved::new(b, dc)).collect();
+            let mut y = Vec::with_capacity(latents.len() * rows.len());
+            for latent in &latents {
+                for block in &blocks {
+                    y.extend(block.dots(latent).iter().take(block.rows).map(|s| dtype.round_f32(*s) as f64));
                 }
             }
+            y
+        }
+    };
+    let (mut k, mut v) = (Vec::new(), Vec::new());
+    for (r, y) in y.into_iter().enumerate() {
+        if r % per < c.dn() {
+            k.push(y);
+        } else {
+            v.push(y);
         }
     }
     vec![(TensorName::K, k), (TensorName::V, v)]
+}
+
+/// Rows one [`Interleaved`] block holds.
+const DOT_LANES: usize = 8;
+
+/// Up to [`DOT_LANES`] matrix rows stored element-interleaved (`w[d·LANES + j]` = row j, element
+/// d), so that their dot products with one vector advance together.
+struct Interleaved {
+    w: Vec<f32>,
+    rows: usize,
+}
+
+impl Interleaved {
+    fn new(rows: &[&[f32]], width: usize) -> Self {
+        let mut w = vec![0.0; width * DOT_LANES];
+        for (j, row) in rows.iter().enumerate() {
+            for (d, x) in row.iter().enumerate() {
+                w[d * DOT_LANES + j] = *x;
+            }
+        }
+        Self { w, rows: rows.len() }
+    }
+
+    /// Each row · x, summed in order from −0.0 exactly as `iter().map(|(a, b)| a * b).sum::<f32>()`
+    /// does (no reassociation, no fused multiply-add): the lanes only hide the addition latency,
+    /// the bits are the sequential sum's. Lanes past `rows` hold zeros.
+    fn dots(&self, x: &[f32]) -> [f32; DOT_LANES] {
+        let mut acc = [-0.0f32; DOT_LANES];
+        for (w, &xd) in self.w.chunks_exact(DOT_LANES).zip(x) {
+            for j in 0..DOT_LANES {
+                acc[j] += w[j] * xd;
+            }
+        }
+        acc
+    }
 }

@@ -76,6 +76,7 @@ impl DType {
 
     /// `x` rounded to the nearest value of this dtype, for dtypes no wider than f32 (f64 keeps
     /// `x`, which is already exact in it).
+    #[inline] // called per element by the references and input generation, across crates
     pub fn round_f32(self, x: f32) -> f32 {
         match self {
             DType::F32 | DType::F64 => x,

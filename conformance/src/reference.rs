@@ -236,3 +236,67 @@ impl Interleaved {
         acc
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The interleaved dot products are the sequential sums bit for bit: full and partial blocks,
+    /// widths that are not a multiple of anything, values of very different magnitudes (where a
+    /// reordered sum would round differently), and all-negative-zero products.
+    #[test]
+    fn interleaved_dots_are_the_in_order_sums() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for (rows, width) in [(8, 512), (5, 77), (1, 3), (8, 1)] {
+            let w: Vec<Vec<f32>> = (0..rows)
+                .map(|_| {
+                    (0..width)
+                        .map(|_| rng.random_range(-1.0f32..1.0) * 10f32.powi(rng.random_range(-6..6)))
+                        .collect()
+                })
+                .collect();
+            let x: Vec<f32> = (0..width)
+                .map(|_| rng.random_range(-1.0f32..1.0) * 10f32.powi(rng.random_range(-6..6)))
+                .collect();
+            let refs: Vec<&[f32]> = w.iter().map(|r| r.as_slice()).collect();
+            let got = Interleaved::new(&refs, width).dots(&x);
+            for (j, row) in w.iter().enumerate() {
+                let want = row.iter().zip(&x).map(|(a, b)| a * b).sum::<f32>();
+                assert_eq!(got[j].to_bits(), want.to_bits(), "rows {rows}, width {width}, row {j}");
+            }
+        }
+        let zeros = vec![-0.0f32; 4];
+        let got = Interleaved::new(&[&zeros], 4).dots(&[1.0; 4]);
+        assert_eq!(got[0].to_bits(), zeros.iter().map(|a| a * 1.0).sum::<f32>().to_bits());
+    }
+
+    /// The exact expand (one matrix product) is the definition, each output a dot product of
+    /// W^UKV's row with the token's latent, to f64 rounding; the naive one is it rounded to bf16.
+    #[test]
+    fn expand_is_the_per_output_dot_product() {
+        let case: Case = "gqla.cache.expand:g=2;dc=40;dn=8;dv=4;ctx=9,5;page=4;dtype=bf16;seed=3"
+            .parse()
+            .unwrap();
+        let inputs = CaseInputs::generate(&case);
+        let (exact, naive) = (compute(&inputs, Precision::Exact), compute(&inputs, Precision::Naive(DType::Bf16)));
+        let per = case.dn() + case.dv();
+        let (mut k, mut v) = (0, 0);
+        for b in 0..case.batch() {
+            for t in 0..case.seq_len(b) {
+                let latent = inputs.cache.row(TensorName::Latent, b, t);
+                for r in 0..case.g() * per {
+                    let w = &inputs.w_ukv[r * case.dc()..(r + 1) * case.dc()];
+                    let want: f64 = w.iter().zip(latent).map(|(a, b)| *a as f64 * *b as f64).sum();
+                    let (name, i) = if r % per < case.dn() { (0, &mut k) } else { (1, &mut v) };
+                    let got = exact[name].1[*i];
+                    assert!((got - want).abs() <= 1e-14 * want.abs().max(1.0), "{got} vs {want}");
+                    let rounded = DType::Bf16.round_f32(w.iter().zip(latent).map(|(a, b)| a * b).sum::<f32>()) as f64;
+                    assert_eq!(naive[name].1[*i].to_bits(), rounded.to_bits());
+                    *i += 1;
+                }
+            }
+        }
+        assert_eq!((k, v), (exact[0].1.len(), exact[1].1.len()));
+    }
+}

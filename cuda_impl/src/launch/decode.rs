@@ -192,10 +192,10 @@ impl<R: Runtime> Decode<'_, R> {
                 k.dv, k.key.width
             )));
         }
-        if self.paging.page == 0 || self.cache_slots() < self.paging.page {
+        let slots = self.cache_slots();
+        if self.paging.page == 0 || slots < self.paging.page {
             return Err(CudaError::Unsupported(format!(
-                "a cache of {} whole slots cannot hold one page of {}",
-                self.cache_slots(),
+                "a cache of {slots} whole slots cannot hold one page of {}",
                 self.paging.page
             )));
         }

@@ -220,9 +220,16 @@ pub fn convert_checkpoint(
         if searching {
             on_progress(Progress::Fold(freqfold));
         }
-        let report = convert_into(&ckpt, out.path(), &at, &ids, &source_sha256, &mut |row| {
-            on_progress(Progress::Layer(row))
-        })?;
+        let report = convert_into(
+            Conversion {
+                ckpt: &ckpt,
+                out: out.path(),
+                opt: &at,
+                ids: &ids,
+                source_sha256: &source_sha256,
+            },
+            &mut |row| on_progress(Progress::Layer(row)),
+        )?;
         Ok((report.held_out_kl, (out, report, at)))
     };
     let ((out, mut report, at), trials) = match (opt.freqfold_choice, &config.attention, opt.layer.rope_dim) {
@@ -441,17 +448,21 @@ fn calibration_ids(cal: &Calibration, config: &ModelConfig) -> Result<Calibratio
     }
 }
 
-fn convert_into(
-    ckpt: &Checkpoint,
-    out: &Path,
-    opt: &CheckpointOptions,
-    ids: &CalibrationIds,
-    source_sha256: &str,
-    on_layer: &mut dyn FnMut(&LayerRow),
-) -> Result<ConversionReport> {
+/// What one conversion reads and where it writes: the same for the layers and the tail.
+#[derive(Clone, Copy)]
+struct Conversion<'a> {
+    ckpt: &'a Checkpoint,
+    out: &'a Path,
+    opt: &'a CheckpointOptions,
+    ids: &'a CalibrationIds,
+    source_sha256: &'a str,
+}
+
+/// Convert every layer, then the tail, into `job.out`; the shards are written on a thread of their own.
+fn convert_into(job: Conversion, on_layer: &mut dyn FnMut(&LayerRow)) -> Result<ConversionReport> {
     std::thread::scope(|scope| {
         let writer = ShardWriter::spawn(scope);
-        let report = convert_layers(ckpt, out, opt, ids, source_sha256, on_layer, &writer);
+        let report = convert_layers(job, on_layer, &writer);
         // A failed write is why a hand-over failed: report it first.
         writer.finish()?;
         report
@@ -459,15 +470,14 @@ fn convert_into(
 }
 
 /// The body of [`convert_into`]: shards go to `writer`, the small JSON files are written here.
-fn convert_layers(
-    ckpt: &Checkpoint,
-    out: &Path,
-    opt: &CheckpointOptions,
-    ids: &CalibrationIds,
-    source_sha256: &str,
-    on_layer: &mut dyn FnMut(&LayerRow),
-    writer: &ShardWriter,
-) -> Result<ConversionReport> {
+fn convert_layers(job: Conversion, on_layer: &mut dyn FnMut(&LayerRow), writer: &ShardWriter) -> Result<ConversionReport> {
+    let Conversion {
+        ckpt,
+        out,
+        opt,
+        ids,
+        source_sha256,
+    } = job;
     let config = &ckpt.config;
     let dtype = opt.dtype.unwrap_or(config.dtype);
     let n_layers = config.num_layers;

@@ -67,7 +67,8 @@ const Entry ENTRY_TABLE[] = {ENTRIES(f32) ENTRIES(bf16) ENTRIES(f16) MMA_ENTRIES
                                              SELFTEST(selftest_wgmma_ok) SELFTEST(selftest_wgmma_without_proxy_fence)
                                                  SELFTEST(selftest_wgmma_operand_overwritten) SELFTEST(selftest_shared_store_race)
                                                      SELFTEST(selftest_ldmatrix_race) SELFTEST(selftest_cp_async_overwrite)
-                                                         SELFTEST(selftest_missing_barrier) SELFTEST(selftest_cp_async_outside_shared)};
+                                                         SELFTEST(selftest_missing_barrier) SELFTEST(selftest_cp_async_outside_shared)
+                                                             SELFTEST(selftest_wgmma_outside_shared)};
 
 void write_error(char* out, size_t cap, const std::string& msg) {
     if (cap == 0) return;

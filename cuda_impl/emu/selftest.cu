@@ -78,6 +78,21 @@ extern "C" __global__ void selftest_wgmma_without_proxy_fence(SelftestParams p) 
 // An operand stored to while the wgmma that reads it is not yet waited for.
 extern "C" __global__ void selftest_wgmma_operand_overwritten(SelftestParams p) { selftest_wgmma_once(p, true, true, true, true); }
 
+// A wgmma whose B operand (8 x 16 at byte 2048) lies past the block's shared memory when the
+// launch gives it only A's 2048 bytes.
+extern "C" __global__ void selftest_wgmma_outside_shared(SelftestParams p) {
+    GQLA_DYNAMIC_SHARED(u16, sm);
+    for (int i = threadIdx.x; i < 64 * 16; i += blockDim.x) sm[i] = 0;
+    fence_proxy_async();
+    __syncthreads();
+    float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    wgmma_fence();
+    wgmma<1, 8, false>(d, desc_k_major(sm, 16, 0), desc_k_major(sm + 64 * 16, 16, 0));
+    wgmma_commit();
+    wgmma_wait<0, 4>(d);
+    if (threadIdx.x == 0) st(p.out, 0, d[0]);
+}
+
 // Threads 0 and 32 (two warps) store to one shared word, with a __syncthreads between the two
 // stores when p.n > 1.
 extern "C" __global__ void selftest_shared_store_race(SelftestParams p) {

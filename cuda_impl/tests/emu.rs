@@ -561,6 +561,22 @@ fn ldmatrix_outside_shared_memory_is_reported() {
     );
 }
 
+/// A wgmma operand must lie in the block's shared memory: one element past it is reported (read
+/// once per operation, by its first thread), and the same wgmma with room for B runs (on B's
+/// uninitialised shared memory, so its value is not checked).
+#[test]
+fn wgmma_operand_outside_shared_memory_is_reported() {
+    let e = selftest_with_shared("selftest_wgmma_outside_shared", 128, 1, 2048)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("selftest_wgmma_outside_shared")
+            && e.contains("wgmma operand element at shared address 0x800, outside the block's 2048 bytes"),
+        "{e}"
+    );
+    assert!(selftest_with_shared("selftest_wgmma_outside_shared", 128, 1, 2304).is_ok());
+}
+
 /// cp.async destinations must be 16 aligned bytes of the block's shared memory (the emulator
 /// allocates 16 bytes beyond what the launch asks for: a copy there is still refused).
 #[test]

@@ -52,6 +52,71 @@ enum Command {
     CacheSize(commands::cache_size::Args),
 }
 
+/// The system allocator, except that an allocation it refuses ends the command with exit 2 and a
+/// message instead of an abort (SIGABRT, exit 134). Commands check their planned memory against
+/// the budget before allocating; this catches what no plan foresaw (a cgroup or `ulimit -v`
+/// tighter than the plan's margin, another process taking memory meanwhile).
+struct ExitWhenRefused;
+
+// SAFETY: every call is passed to `System` unchanged; only a null result is acted on, and
+// `refused` never returns.
+unsafe impl std::alloc::GlobalAlloc for ExitWhenRefused {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let p = unsafe { std::alloc::System.alloc(layout) };
+        if p.is_null() {
+            refused(layout.size());
+        }
+        p
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let p = unsafe { std::alloc::System.alloc_zeroed(layout) };
+        if p.is_null() {
+            refused(layout.size());
+        }
+        p
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { std::alloc::System.realloc(ptr, layout, new_size) };
+        if p.is_null() {
+            refused(new_size);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: ExitWhenRefused = ExitWhenRefused;
+
+/// An allocation of `bytes` was refused: remove the temporary outputs in flight, say so, exit 2.
+/// Formatting an integer allocates nothing; removing a temporary file allocates little, and a
+/// refused allocation is almost always a large one.
+fn refused(bytes: usize) -> ! {
+    static ONCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if ONCE.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        // Refused again while reporting (or on another thread): say the least, allocating nothing.
+        const MSG: &[u8] = b"error: out of memory: an allocation was refused\n";
+        // SAFETY: write(2) of a static buffer; _exit ends the process at once.
+        unsafe {
+            libc::write(2, MSG.as_ptr().cast(), MSG.len());
+            libc::_exit(2)
+        }
+    }
+    let _held = gqla_reference::files::temps::remove_all();
+    let limits = gqla_reference::budget::MemoryLimit::detect();
+    let tightest = limits.iter().min_by_key(|l| l.bytes);
+    eprintln!(
+        "error: out of memory: an allocation of {bytes} bytes was refused{}; nothing was written (lower the input's \
+         sizes, or free memory)",
+        tightest.map_or(String::new(), |l| format!(" ({} bytes left under {})", l.bytes, l.what))
+    );
+    // SAFETY: _exit ends the process at once; no destructor or atexit handler runs (they could
+    // allocate again).
+    unsafe { libc::_exit(2) }
+}
+
 /// Serve large allocations from the heap and keep what is freed, so that the next one reuses it.
 ///
 /// A conversion allocates and frees buffers of hundreds of MB for every layer (one LLaMA-3-8B

@@ -90,6 +90,101 @@ fn eval_scores_a_model_and_compares_it_with_its_source() {
     assert!(r.code == 2 && r.stderr.contains("tokenizer"), "{}", r.stderr);
 }
 
+/// `ck` with its vocabulary cut to its first `vocab` tokens: embeddings, LM head and config.
+fn with_vocab(from: &Path, to: &Path, vocab: usize) {
+    std::fs::create_dir(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let name = e.file_name().into_string().unwrap();
+        if !name.ends_with(".safetensors") {
+            std::fs::copy(e.path(), to.join(&name)).unwrap();
+            continue;
+        }
+        let bytes = std::fs::read(e.path()).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, t)| {
+                if n == "model.embed_tokens.weight" || n == "lm_head.weight" {
+                    let row = t.data().len() / t.shape()[0];
+                    let view =
+                        safetensors::tensor::TensorView::new(t.dtype(), vec![vocab, t.shape()[1]], &t.data()[..vocab * row]).unwrap();
+                    (n, view)
+                } else {
+                    (n, t)
+                }
+            })
+            .collect();
+        std::fs::write(to.join(&name), safetensors::serialize(views, None).unwrap()).unwrap();
+    }
+    let cfg = to.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    v["vocab_size"] = vocab.into();
+    std::fs::write(&cfg, v.to_string()).unwrap();
+}
+
+/// KL and top-1 agreement mean nothing across vocabularies: a source of another vocabulary size,
+/// or whose tokenizer numbers the same tokens differently, is refused (it once scored, exit 0).
+#[test]
+fn eval_refuses_a_source_with_another_vocabulary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let llama = root().join("fixtures/hf/llama/checkpoint");
+    let (ck, small, shuffled) = (tmp.path().join("ck"), tmp.path().join("small"), tmp.path().join("shuffled"));
+    with_vocab(&llama, &ck, 64);
+    with_vocab(&llama, &small, 48);
+    with_vocab(&llama, &shuffled, 64);
+    tokenizer_json(&ck, 64);
+    let text = tmp.path().join("t.txt");
+    std::fs::write(&text, (0..40).map(|i| format!("w{}", (i * 7) % 40)).collect::<Vec<_>>().join(" ")).unwrap();
+    let eval = |model: &Path, source: &Path| {
+        gqla(&[
+            "eval",
+            "--checkpoint",
+            model.to_str().unwrap(),
+            "--text",
+            text.to_str().unwrap(),
+            "--against",
+            source.to_str().unwrap(),
+            "--tokenizer",
+            ck.join("tokenizer.json").to_str().unwrap(),
+        ])
+    };
+    let r = eval(&ck, &small);
+    assert!(
+        r.code == 2 && r.stderr.contains("vocab_size 48") && r.stderr.contains("vocab_size 64"),
+        "{}",
+        r.stderr
+    );
+    // The same size, the tokens renumbered.
+    let words: serde_json::Map<String, serde_json::Value> = (0..64).map(|i| (format!("w{i}"), ((i + 1) % 64).into())).collect();
+    let t = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": words, "unk_token": "w0"}
+    });
+    std::fs::write(shuffled.join("tokenizer.json"), t.to_string()).unwrap();
+    let r = eval(&ck, &shuffled);
+    assert!(
+        r.code == 2 && r.stderr.contains("\"w63\" to id 0") && r.stderr.contains("id 63"),
+        "{}",
+        r.stderr
+    );
+    tokenizer_json(&shuffled, 64);
+    let r = eval(&ck, &shuffled);
+    assert_eq!(r.code, 0, "the same vocabulary: {}", r.stderr);
+    // --max-tokens 0 once meant "no limit"; now at least 2.
+    let r = gqla(&[
+        "eval",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--text",
+        text.to_str().unwrap(),
+        "--max-tokens",
+        "0",
+    ]);
+    assert!(r.code == 2 && r.stderr.contains("--max-tokens"), "{}", r.stderr);
+}
+
 /// SmolLM2-135M-Instruct converted at 28.125% of the cache (d_c 76 + d_r 32 of 384 elements per
 /// token), calibrated on fixtures/text/calibration.txt, scored on fixtures/text/heldout.txt (text
 /// the conversion never saw): the figures are pinned, four significant digits. Calibration runs

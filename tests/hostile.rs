@@ -526,19 +526,153 @@ fn identical_inputs_give_byte_identical_outputs() {
     }
 }
 
-/// A GGUF header with one metadata entry, `general.architecture` = `arch`, and no tensors.
-fn gguf_header(arch: &str) -> Vec<u8> {
+/// A GGUF metadata value.
+enum Meta {
+    U32(u32),
+    U64(u64),
+    Str(&'static str),
+}
+
+/// A GGUF file (version 3) as llama.cpp lays one out: the metadata, then F32 tensors of the given
+/// HF shapes ([rows, cols]; stored innermost first), their data aligned to 32 bytes and filled
+/// with small seeded values.
+fn gguf_file(meta: &[(&str, Meta)], tensors: &[(&str, &[usize])]) -> Vec<u8> {
+    let string = |b: &mut Vec<u8>, s: &str| {
+        b.extend((s.len() as u64).to_le_bytes());
+        b.extend(s.as_bytes());
+    };
     let mut b = b"GGUF".to_vec();
     b.extend(3u32.to_le_bytes()); // version
-    b.extend(0u64.to_le_bytes()); // tensors
-    b.extend(1u64.to_le_bytes()); // metadata entries
-    let key = b"general.architecture";
-    b.extend((key.len() as u64).to_le_bytes());
-    b.extend(key);
-    b.extend(8u32.to_le_bytes()); // string
-    b.extend((arch.len() as u64).to_le_bytes());
-    b.extend(arch.as_bytes());
+    b.extend((tensors.len() as u64).to_le_bytes());
+    b.extend((meta.len() as u64).to_le_bytes());
+    for (key, value) in meta {
+        string(&mut b, key);
+        match value {
+            Meta::U32(v) => {
+                b.extend(4u32.to_le_bytes());
+                b.extend(v.to_le_bytes());
+            }
+            Meta::U64(v) => {
+                b.extend(10u32.to_le_bytes());
+                b.extend(v.to_le_bytes());
+            }
+            Meta::Str(v) => {
+                b.extend(8u32.to_le_bytes());
+                string(&mut b, v);
+            }
+        }
+    }
+    let mut offset = 0u64;
+    for (name, shape) in tensors {
+        string(&mut b, name);
+        b.extend((shape.len() as u32).to_le_bytes());
+        for d in shape.iter().rev() {
+            b.extend((*d as u64).to_le_bytes());
+        }
+        b.extend(0u32.to_le_bytes()); // F32
+        b.extend(offset.to_le_bytes());
+        offset += (shape.iter().product::<usize>() * 4).next_multiple_of(32) as u64;
+    }
+    b.resize(b.len().next_multiple_of(32), 0);
+    let mut x = 0x2545_f491u32;
+    for (_, shape) in tensors {
+        let n = shape.iter().product::<usize>();
+        for _ in 0..n {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            b.extend((((x % 2001) as f32 / 1000.0 - 1.0) * 0.1).to_le_bytes());
+        }
+        b.resize(b.len().next_multiple_of(32), 0);
+    }
     b
+}
+
+/// A GGUF header with one metadata entry, `general.architecture` = `arch`, and no tensors.
+fn gguf_header(arch: &'static str) -> Vec<u8> {
+    gguf_file(&[("general.architecture", Meta::Str(arch))], &[])
+}
+
+/// The LLaMA fixture's geometry (hidden 32, 4 heads, 2 KV heads, 2 layers, vocab 64) as llama.cpp
+/// metadata, with `block_count` given.
+fn llama_meta(block_count: u64) -> Vec<(&'static str, Meta)> {
+    vec![
+        ("general.architecture", Meta::Str("llama")),
+        ("llama.embedding_length", Meta::U32(32)),
+        ("llama.block_count", Meta::U64(block_count)),
+        ("llama.attention.head_count", Meta::U32(4)),
+        ("llama.attention.head_count_kv", Meta::U32(2)),
+        ("llama.feed_forward_length", Meta::U32(48)),
+        ("llama.vocab_size", Meta::U32(64)),
+    ]
+}
+
+/// The LLaMA fixture's tensors under llama.cpp's names, layer by layer (layer 0 first).
+fn llama_tensors() -> Vec<(String, Vec<usize>)> {
+    let mut t = Vec::new();
+    for i in 0..2 {
+        for (name, shape) in [
+            ("attn_norm.weight", vec![32]),
+            ("attn_q.weight", vec![32, 32]),
+            ("attn_k.weight", vec![16, 32]),
+            ("attn_v.weight", vec![16, 32]),
+            ("attn_output.weight", vec![32, 32]),
+            ("ffn_norm.weight", vec![32]),
+            ("ffn_gate.weight", vec![48, 32]),
+            ("ffn_up.weight", vec![48, 32]),
+            ("ffn_down.weight", vec![32, 48]),
+        ] {
+            t.push((format!("blk.{i}.{name}"), shape));
+        }
+    }
+    t.push(("output_norm.weight".into(), vec![32]));
+    t.push(("token_embd.weight".into(), vec![64, 32]));
+    t.push(("output.weight".into(), vec![64, 32]));
+    t
+}
+
+#[test]
+fn gguf_metadata_has_the_ceilings_of_hf_config_keys_and_truncation_is_refused_at_open() {
+    let s = Scratch::new();
+    let tensors = llama_tensors();
+    let refs: Vec<(&str, &[usize])> = tensors.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
+    let fwd = |m: &'static str| -> Vec<&'static str> {
+        vec![
+            "forward",
+            "--checkpoint",
+            m,
+            "--layer",
+            "0",
+            "--input",
+            "x.safetensors",
+            "--output",
+            "y.safetensors",
+        ]
+    };
+    // The whole file is a working model: forward runs on it.
+    let whole = gguf_file(&llama_meta(2), &refs);
+    std::fs::write(s.path().join("whole.gguf"), &whole).unwrap();
+    let o = run(s.path(), &fwd("whole.gguf"));
+    assert_eq!(o.code, Some(0), "a whole GGUF file: {}", o.stderr);
+    std::fs::remove_file(s.path().join("y.safetensors")).unwrap();
+    // 2^40 layers (HF's config refuses the same value) once made convert and forward loop.
+    std::fs::write(s.path().join("layers.gguf"), gguf_file(&llama_meta(1 << 40), &refs)).unwrap();
+    for args in [fwd("layers.gguf"), convert("layers.gguf", "out", &[])] {
+        s.refused(&args, &["layers.gguf", "llama.block_count", "num_hidden_layers", "1099511627776"]);
+    }
+    let mut heads = llama_meta(2);
+    heads[3].1 = Meta::U64(u64::MAX);
+    std::fs::write(s.path().join("heads.gguf"), gguf_file(&heads, &refs)).unwrap();
+    s.refused(&fwd("heads.gguf"), &["heads.gguf", "llama.attention.head_count"]);
+    let mut vocab = llama_meta(2);
+    vocab[6].1 = Meta::U64(1 << 32);
+    std::fs::write(s.path().join("vocab.gguf"), gguf_file(&vocab, &refs)).unwrap();
+    s.refused(&fwd("vocab.gguf"), &["vocab.gguf", "llama.vocab_size"]);
+    // Cut inside layer 1's data: layer 0 is whole, and forward on it was once accepted.
+    let cut = whole.len() - (64 * 32 * 4) * 2 - 32 * 4 - 100;
+    std::fs::write(s.path().join("cut.gguf"), &whole[..cut]).unwrap();
+    s.refused(&fwd("cut.gguf"), &["cut.gguf", "past the end of the file", "truncated"]);
+    s.refused(&convert("cut.gguf", "out", &[]), &["cut.gguf", "past the end of the file"]);
 }
 
 #[test]
@@ -565,4 +699,165 @@ fn bad_gguf_files_exit_2_naming_the_file() {
     s.refused(&fwd("empty.gguf"), &["empty.gguf", "llama.embedding_length"]);
     s.refused(&convert("gpt2.gguf", "out", &[]), &["gpt2.gguf", "architecture"]);
     s.refused(&["eval", "--checkpoint", "cut.gguf", "--text", "x.safetensors"], &["cut.gguf"]);
+}
+
+/// The smallest case of the suite, for probes that only need certify to get going.
+const ONE_CASE: &str = "gqla.cache.expand";
+
+#[test]
+fn certify_refuses_contradictory_flags_and_unusable_outputs_before_running() {
+    let s = Scratch::new();
+    let certify = |extra: &[&'static str]| -> Vec<&'static str> {
+        [&["certify", "--kernel", "reference-f32", "--filter", ONE_CASE][..], extra].concat()
+    };
+    s.refused(
+        &certify(&["--seed", "3", "--seeds", "2", "--out", "cert"]),
+        &["--seed", "--seeds", "cannot be used with"],
+    );
+    std::fs::write(s.path().join("afile"), b"x").unwrap();
+    // Each is refused at once (exit 2, nothing run), not after the suite (exit 3).
+    for (out, needle) in [("afile", "not a directory"), ("afile/cert", "afile is a file")] {
+        let start = Instant::now();
+        s.refused(&certify(&["--out", out]), &[out, needle]);
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{out}: refused only after {:?}",
+            start.elapsed()
+        );
+    }
+    // A pack and the kernel's outputs are inputs: no certificate inside them.
+    let o = run(
+        s.path(),
+        &["vectors", "export", "--filter", ONE_CASE, "--seed", "5", "--out", "pack"],
+    );
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    std::fs::create_dir(s.path().join("outs")).unwrap();
+    for (out, input) in [("pack/cert", "pack"), ("outs/cert", "outs")] {
+        s.refused(
+            &["certify", "--kernel", "external:pack", "--outputs", "outs", "--out", out],
+            &[out, "lies inside the input", input],
+        );
+    }
+    // A read-only directory (root writes anywhere: the probe only means something for others).
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        use std::os::unix::fs::PermissionsExt;
+        let ro = s.path().join("ro");
+        std::fs::create_dir(&ro).unwrap();
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+        s.refused(&certify(&["--out", "ro/cert"]), &["ro/cert", "cannot write output here"]);
+    }
+}
+
+#[test]
+fn profile_errors_name_the_field_and_the_allowed_values() {
+    let s = Scratch::new();
+    let o = run(
+        s.path(),
+        &["vectors", "export", "--filter", ONE_CASE, "--seed", "5", "--out", "pack"],
+    );
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let good: serde_json::Value = serde_json::from_str(
+        r#"{"operations": ["gqla.cache.expand"], "dtypes": ["f32"], "contiguous": true, "page_sizes": "any",
+            "s_q": {"min": 1, "max": 1}, "split_counts": "ignored", "rope_layouts": ["once"], "scale": "input",
+            "out_empty_row": "zero", "lse": "none"}"#,
+    )
+    .unwrap();
+    for (field, value, needles) in [
+        ("lse", serde_json::json!("nonee"), &["`lse`", "\"none\" or {"][..]),
+        (
+            "lse",
+            serde_json::json!({"dtype": "f32", "base": "10", "empty_row": "neg_inf"}),
+            &["`lse.base`", "`e` or `2`"],
+        ),
+        (
+            "page_sizes",
+            serde_json::json!("all"),
+            &["`page_sizes`", "\"any\", \"none\" or a list"],
+        ),
+        (
+            "operations",
+            serde_json::json!(["gqla.decode"]),
+            &["`operations[0]`", "gqla.decode.absorb"],
+        ),
+    ] {
+        let mut v = good.clone();
+        v[field] = value;
+        std::fs::write(s.path().join("profile.json"), v.to_string()).unwrap();
+        let mut want = vec!["profile.json"];
+        want.extend_from_slice(needles);
+        s.refused(
+            &["certify", "--kernel", "external:pack", "--profile", "profile.json", "--out", "cert"],
+            &want,
+        );
+        // The same profile inside kernel.json names the same field, under `profile`.
+        std::fs::create_dir_all(s.path().join("outs")).unwrap();
+        let info = serde_json::json!({"name": "k", "version": "1", "description": "d", "environment": {}, "profile": v});
+        std::fs::write(s.path().join("outs/kernel.json"), info.to_string()).unwrap();
+        let mut want = vec!["kernel.json".to_string()];
+        want.push(needles[0].replacen('`', "`profile.", 1));
+        want.extend(needles[1..].iter().map(|n| n.to_string()));
+        let want: Vec<&str> = want.iter().map(String::as_str).collect();
+        s.refused(
+            &["certify", "--kernel", "external:pack", "--outputs", "outs", "--out", "cert"],
+            &want,
+        );
+    }
+}
+
+/// Run `gqla args` in `dir` under `ulimit -v kib`.
+fn run_limited(dir: &Path, kib: u64, args: &[&str]) -> Outcome {
+    let mut cmd = vec![
+        format!("ulimit -v {kib} && exec \"$0\" \"$@\""),
+        env!("CARGO_BIN_EXE_gqla").to_string(),
+    ];
+    cmd.extend(args.iter().map(|a| a.to_string()));
+    let child = Command::new("sh")
+        .arg("-c")
+        .args(&cmd)
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run sh");
+    finish(child, args)
+}
+
+#[test]
+fn an_address_space_limit_is_part_of_the_budget_and_a_refused_allocation_exits_2() {
+    let s = Scratch::new();
+    // The whole suite's inputs and references (certify keeps them for the mutation catalogue) do
+    // not fit in 1 GiB of address space: refused before anything is allocated, naming the limit.
+    let o = run_limited(
+        s.path(),
+        1 << 20,
+        &["certify", "--kernel", "flash-cpu", "--seed", "1", "--out", "cert"],
+    );
+    assert_eq!(o.code, Some(2), "{:?}/{:?}: {}", o.code, o.signal, o.stderr);
+    assert!(
+        o.stderr.contains("RLIMIT_AS") && o.stderr.contains("selected cases"),
+        "{}",
+        o.stderr
+    );
+    assert!(!s.path().join("cert").exists());
+    // With the plan overridden (--max-memory), the allocation the plan would have refused fails:
+    // exit 2 and a message, not SIGABRT.
+    let o = run_limited(
+        s.path(),
+        1 << 20,
+        &[
+            "certify",
+            "--kernel",
+            "flash-cpu",
+            "--seed",
+            "1",
+            "--max-memory",
+            "1T",
+            "--out",
+            "cert",
+        ],
+    );
+    assert_eq!(o.code, Some(2), "{:?}/{:?}: {}", o.code, o.signal, o.stderr);
+    assert!(o.stderr.contains("out of memory") && o.stderr.contains("RLIMIT_AS"), "{}", o.stderr);
+    assert!(!o.stderr.contains("panicked") && !s.path().join("cert").exists(), "{}", o.stderr);
 }

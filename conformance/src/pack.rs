@@ -354,7 +354,8 @@ pub fn read_kernel_info(dir: &Path) -> Result<Option<KernelInfo>, PackError> {
         return Ok(None);
     };
     let path = dir.join(KERNEL_INFO);
-    let info: KernelInfo = serde_json::from_slice(&bytes).map_err(|e| invalid(&path, format!("malformed: {e}")))?;
+    let info: KernelInfo = crate::profile::parse_json(&mut serde_json::Deserializer::from_slice(&bytes), "")
+        .map_err(|e| invalid(&path, format!("malformed: at `{}`: {}", e.field, e.why)))?;
     if let Some(p) = &info.profile {
         p.validate().map_err(|e| invalid(&path, e.to_string()))?;
     }

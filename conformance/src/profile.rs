@@ -34,7 +34,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 /// Which page sizes a kernel takes.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum PageSizes {
     /// `"any"`, or `"none"` (contiguous caches only).
@@ -130,7 +130,7 @@ pub struct LseConvention {
 }
 
 /// Whether the kernel writes an LSE, and how.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Lse {
     /// `"none"`: `out` only; the LSE is not certified.
@@ -142,6 +142,55 @@ pub enum Lse {
 #[serde(rename_all = "lowercase")]
 pub enum NoLse {
     None,
+}
+
+// `PageSizes` and `Lse` take a name or a structure. serde's untagged enums would answer a typo
+// with "data did not match any variant": these say which forms are allowed, and let the
+// structure's own errors (an unknown `base`, a missing `dtype`) through.
+
+impl<'de> Deserialize<'de> for PageSizes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = PageSizes;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(r#""any", "none" or a list of page sizes such as [16, 64]"#)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PageSizes, E> {
+                match v {
+                    "any" => Ok(PageSizes::Named(PageSizesName::Any)),
+                    "none" => Ok(PageSizes::Named(PageSizesName::None)),
+                    other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
+                }
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<PageSizes, A::Error> {
+                BTreeSet::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(PageSizes::List)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Lse {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Lse;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(r#""none" or {"dtype": "f32"|"storage", "base": "e"|"2", "empty_row": ...}"#)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Lse, E> {
+                match v {
+                    "none" => Ok(Lse::Named(NoLse::None)),
+                    other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Lse, A::Error> {
+                LseConvention::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Lse::Written)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl Lse {
@@ -195,8 +244,39 @@ pub struct Profile {
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("profile field `{field}`: {why}")]
 pub struct ProfileError {
-    pub field: &'static str,
+    /// Where in the profile, e.g. `lse.base` or `operations[2]`.
+    pub field: String,
     pub why: String,
+}
+
+/// Deserialize a `T` from JSON, an error naming where it arose (`prefix` + its path, such as
+/// `lse.base`) with serde's own account of what was expected.
+pub fn parse_json<'de, T: Deserialize<'de>>(
+    de: &mut serde_json::Deserializer<impl serde_json::de::Read<'de>>,
+    prefix: &str,
+) -> Result<T, ProfileError> {
+    let value: T = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = match (prefix, path.as_str()) {
+            ("", ".") => "(the profile)".to_string(),
+            (p, ".") => p.to_string(),
+            ("", path) => path.to_string(),
+            (p, path) => format!("{p}.{path}"),
+        };
+        ProfileError {
+            field,
+            why: e.into_inner().to_string(),
+        }
+    })?;
+    de.end().map_err(|e| ProfileError {
+        field: if prefix.is_empty() {
+            "(the profile)".to_string()
+        } else {
+            prefix.to_string()
+        },
+        why: e.to_string(),
+    })?;
+    Ok(value)
 }
 
 /// Why a case is outside a profile: one axis the profile leaves out.
@@ -256,9 +336,9 @@ impl Profile {
 
     /// Check the declaration once, at construction (deserialization does not).
     pub fn validate(&self) -> Result<(), ProfileError> {
-        let bad = |field, why: &str| {
+        let bad = |field: &str, why: &str| {
             Err(ProfileError {
-                field,
+                field: field.to_string(),
                 why: why.to_string(),
             })
         };
@@ -292,10 +372,7 @@ impl Profile {
 
     /// Parse and validate a profile from JSON text.
     pub fn from_json(text: &str) -> Result<Self, ProfileError> {
-        let p: Profile = serde_json::from_str(text).map_err(|e| ProfileError {
-            field: "(json)",
-            why: e.to_string(),
-        })?;
+        let p: Profile = parse_json(&mut serde_json::Deserializer::from_str(text), "")?;
         p.validate()?;
         Ok(p)
     }
@@ -433,7 +510,37 @@ mod tests {
             (
                 "lse",
                 serde_json::json!({"dtype": "f32", "base": "10", "empty_row": "neg_inf"}),
-                "did not match",
+                "field `lse.base`: unknown variant `10`, expected `e` or `2`",
+            ),
+            (
+                "lse",
+                serde_json::json!("nope"),
+                "field `lse`: invalid value: string \"nope\", expected \"none\" or {",
+            ),
+            (
+                "lse",
+                serde_json::json!({"dtype": "f32", "base": "e", "empty_row": "-inf"}),
+                "field `lse.empty_row`: unknown variant `-inf`, expected one of `neg_inf`, `pos_inf`, `finite`, `unspecified`",
+            ),
+            (
+                "lse",
+                serde_json::json!({"dtype": "f32", "base": "e"}),
+                "field `lse`: missing field `empty_row`",
+            ),
+            (
+                "page_sizes",
+                serde_json::json!("all"),
+                "field `page_sizes`: invalid value: string \"all\", expected \"any\", \"none\"",
+            ),
+            (
+                "page_sizes",
+                serde_json::json!([16, -1]),
+                "field `page_sizes[1]`: invalid value: integer `-1`",
+            ),
+            (
+                "operations",
+                serde_json::json!(["gqla.decode.gqa", "mla"]),
+                "field `operations[1]`: unknown variant `mla`",
             ),
         ] {
             let mut v = base.clone();

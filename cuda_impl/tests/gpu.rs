@@ -232,12 +232,27 @@ fn compile_errors_carry_the_log() {
     }
 }
 
-/// Opening the GPU never panics: here it either works or names why not.
+/// Opening the GPU never panics. With a device, the kernel names it and declares a valid profile;
+/// without one, the error is one of the "this machine cannot serve it" kinds (exit 2 in the CLI,
+/// never a driver failure), says what is missing, and opening again gives the same answer.
 #[test]
 fn opening_without_a_device_is_an_error_not_a_panic() {
     match CudaKernel::open(0) {
-        Ok(k) => eprintln!("CUDA device found: {}", k.identity().description),
-        Err(e) => skipped(&format!("no CUDA device ({e})")),
+        Ok(k) => {
+            let id = k.identity();
+            assert!(id.description.contains(&k.gpu().info.name), "{}", id.description);
+            k.profile().validate().expect("the CUDA kernel's profile is valid");
+            assert!(CudaKernel::open(99).is_err(), "there is no GPU 99");
+        }
+        Err(e) => {
+            assert!(
+                matches!(e, CudaError::NoDriver | CudaError::NoNvrtc | CudaError::NoDevice(_)),
+                "opening without a usable GPU must say which part is missing, not fail: {e:?}"
+            );
+            let again = CudaKernel::open(0).err().expect("still no device");
+            assert_eq!(std::mem::discriminant(&again), std::mem::discriminant(&e), "{again} vs {e}");
+            assert!(e.to_string().starts_with("no "), "{e}");
+        }
     }
 }
 

@@ -1,7 +1,9 @@
 //! Memory budgets. A command adds up what it will allocate, from the sizes its inputs declare and
 //! with checked arithmetic, before it allocates anything, and refuses (exit 2) what does not fit,
-//! naming the amount and the input that drives it. The limit defaults to the memory the system
-//! reports available (`MemAvailable`); `--max-memory` overrides it.
+//! naming the amount and the input that drives it. The limit defaults to the smallest of what
+//! the system reports available (`MemAvailable`), the address space left under `RLIMIT_AS`
+//! (`ulimit -v`) and the memory left under the process's cgroup limits (`memory.max`, a
+//! container's); `--max-memory` overrides it.
 
 use crate::config::LatentDims;
 use crate::error::{Error, Result};
@@ -38,27 +40,41 @@ impl Need {
     }
 }
 
-/// The most memory a command may plan to use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The most memory a command may plan to use, and where that limit comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Budget {
     limit: u64,
-    explicit: bool,
+    source: String,
 }
 
 impl Budget {
-    /// `max_memory` bytes, or what the system reports available.
+    /// `max_memory` bytes, or the tightest of the system's limits ([`MemoryLimit::detect`]).
     pub fn new(max_memory: Option<u64>) -> Self {
         match max_memory {
-            Some(limit) => Budget { limit, explicit: true },
-            None => Budget {
-                limit: available_memory().unwrap_or(u64::MAX),
-                explicit: false,
+            Some(limit) => Budget {
+                limit,
+                source: "--max-memory".into(),
+            },
+            None => match MemoryLimit::detect().into_iter().min_by_key(|l| l.bytes) {
+                Some(l) => Budget {
+                    limit: l.bytes,
+                    source: format!("{} (raise or lower it with --max-memory)", l.what),
+                },
+                None => Budget {
+                    limit: u64::MAX,
+                    source: "no known limit".into(),
+                },
             },
         }
     }
 
     pub fn limit(&self) -> u64 {
         self.limit
+    }
+
+    /// Where the limit comes from (`--max-memory`, `MemAvailable`, `RLIMIT_AS`, a cgroup).
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// Refuse `needs` if together they exceed the limit, naming the largest.
@@ -72,15 +88,11 @@ impl Budget {
             .max_by_key(|n| n.bytes.unwrap_or(u128::MAX))
             .expect("a refused plan has at least one need");
         let amount = |b: Option<u128>| b.map_or("more than 2^128 bytes".to_string(), human);
-        let source = if self.explicit {
-            "--max-memory"
-        } else {
-            "the memory available (MemAvailable; raise or lower it with --max-memory)"
-        };
         Err(Error::Budget(format!(
-            "this would need {} in all, over the {} limit of {source}; the largest part is {} for {}",
+            "this would need {} in all, over the {} limit of {}; the largest part is {} for {}",
             amount(total),
             human(self.limit as u128),
+            self.source,
             amount(largest.bytes),
             largest.what
         )))
@@ -103,12 +115,106 @@ pub fn human(bytes: u128) -> String {
     }
 }
 
-/// `MemAvailable` from /proc/meminfo, in bytes.
-fn available_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
+/// One limit on what this process can still allocate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryLimit {
+    /// Bytes that can still be allocated under it.
+    pub bytes: u64,
+    /// What it is, for messages: "the memory available (MemAvailable)", ...
+    pub what: String,
+}
+
+impl MemoryLimit {
+    /// Every limit this process runs under that can be read: `MemAvailable`, the address space
+    /// left under `RLIMIT_AS` (its limit less the process's current `VmSize`), and for each
+    /// cgroup (v2, the process's and its ancestors'; or v1) with a `memory.max` its limit less
+    /// its current use.
+    pub fn detect() -> Vec<MemoryLimit> {
+        let mut limits = Vec::new();
+        if let Some(bytes) = meminfo_kib("/proc/meminfo", "MemAvailable:").and_then(|k| k.checked_mul(1024)) {
+            limits.push(MemoryLimit {
+                bytes,
+                what: "the memory available (MemAvailable)".into(),
+            });
+        }
+        if let Some(l) = address_space_left() {
+            limits.push(l);
+        }
+        limits.extend(cgroup_limits());
+        limits
+    }
+}
+
+/// A `Key:  N kB` line of a /proc file, in KiB.
+fn meminfo_kib(file: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `RLIMIT_AS` less the address space already mapped (None: unlimited or unreadable).
+fn address_space_left() -> Option<MemoryLimit> {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut r) } != 0 || r.rlim_cur == libc::RLIM_INFINITY {
+        return None;
+    }
+    let limit: u64 = r.rlim_cur;
+    let used = meminfo_kib("/proc/self/status", "VmSize:").map_or(0, |k| k.saturating_mul(1024));
+    Some(MemoryLimit {
+        bytes: limit.saturating_sub(used),
+        what: format!(
+            "the address space left under RLIMIT_AS (ulimit -v: {} limit, {} mapped)",
+            human(limit as u128),
+            human(used as u128)
+        ),
+    })
+}
+
+/// The memory left under each cgroup limit of this process.
+fn cgroup_limits() -> Vec<MemoryLimit> {
+    let read_u64 = |p: &std::path::Path| -> Option<u64> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
+    let Ok(membership) = std::fs::read_to_string("/proc/self/cgroup") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for line in membership.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        // v2 (one unified hierarchy, no controller list): the cgroup and every ancestor may limit.
+        // v1: the memory controller's own hierarchy.
+        let (root, max_file, current_file) = if controllers.is_empty() {
+            ("/sys/fs/cgroup", "memory.max", "memory.current")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            ("/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes")
+        } else {
+            continue;
+        };
+        let mut dir = std::path::PathBuf::from(root).join(path.trim_start_matches('/'));
+        loop {
+            if let Some(max) = read_u64(&dir.join(max_file)) {
+                // v1 writes "no limit" as a page-rounded i64::MAX.
+                if max < (1u64 << 62) {
+                    let current = read_u64(&dir.join(current_file)).unwrap_or(0);
+                    out.push(MemoryLimit {
+                        bytes: max.saturating_sub(current),
+                        what: format!(
+                            "the memory left in cgroup {} ({max_file} {}, {} in use)",
+                            dir.display(),
+                            human(max as u128),
+                            human(current as u128)
+                        ),
+                    });
+                }
+            }
+            if dir.as_os_str().len() <= root.len() || !dir.pop() {
+                break;
+            }
+        }
+    }
+    out
 }
 
 /// Parse a size: bytes, or a number with a K, M, G or T suffix (binary units; `iB` optional).

@@ -314,7 +314,7 @@ fn convert(
             seed: 0,
         },
         calibration_precision: Default::default(),
-        budget: *budget,
+        budget: budget.clone(),
         emit: Default::default(),
         calibration_flow: Default::default(),
         // The fold is fixed: this measures one conversion (a search converts the model 2-3 times).

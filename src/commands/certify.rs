@@ -44,7 +44,7 @@ pub struct Args {
     #[arg(long)]
     seed: Option<u64>,
     /// Stability mode: certify on N fresh seeds and report, per case, on how many it passed.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "seed")]
     seeds: Option<u32>,
     /// external:DIR only: the directory holding the kernel's NNNNN.outputs.safetensors and
     /// kernel.json (default: the pack itself).
@@ -143,6 +143,8 @@ pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<Outcome, 
     if let Some(rest) = a.kernel.strip_prefix("external:") {
         return external(Path::new(rest), &a);
     }
+    // Before anything runs: a certificate that cannot be written is known now, not after the suite.
+    gqla_reference::files::write::check_output_dir(&a.out)?;
     for (given, flag) in [(a.outputs.is_some(), "--outputs"), (a.profile.is_some(), "--profile")] {
         if given {
             return Err(CliError::Usage(format!(
@@ -345,6 +347,9 @@ fn external(pack: &Path, a: &Args) -> Result<Outcome, CliError> {
         )));
     }
     let outputs = outputs_dir(pack, a.outputs.as_deref());
+    // The kernel's outputs are an input too: the certificate lands outside them and the pack.
+    gqla_reference::files::write::note_input_dir(&outputs);
+    gqla_reference::files::write::check_output_dir(&a.out)?;
     let info = read_kernel_info(&outputs).map_err(bad)?;
     let profile = match (&a.profile, info.as_ref().and_then(|i| i.profile.clone())) {
         (Some(path), _) => {

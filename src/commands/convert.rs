@@ -178,7 +178,7 @@ pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<(), CliEr
         dtype,
         calibration,
         calibration_precision,
-        budget: *budget,
+        budget: budget.clone(),
         freqfold_choice,
         calibration_flow: match a.calib_flow {
             FlowArg::Source => CalibrationFlow::Source,

@@ -6,7 +6,7 @@ use gqla_reference::budget::{Budget, Need};
 use gqla_reference::eval::{evaluate, TextScore};
 use gqla_reference::hf::{tokenizer, Checkpoint};
 use indicatif::{ProgressBar, ProgressStyle};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -26,9 +26,9 @@ pub struct Args {
     /// Tokens per window: the text is cut into windows, each scored from position 0.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(2..=65536))]
     window: u64,
-    /// Score at most this many tokens of the text (0: all).
-    #[arg(long, default_value_t = 0)]
-    max_tokens: usize,
+    /// Score at most this many tokens of the text (at least 2; default: all of it).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(2..))]
+    max_tokens: Option<u64>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -37,6 +37,9 @@ pub struct Args {
 pub fn run(a: Args, budget: &Budget) -> Result<(), CliError> {
     let model = Checkpoint::open(&a.checkpoint)?;
     let source = a.against.as_deref().map(Checkpoint::open).transpose()?;
+    if let (Some(src), Some(path)) = (&source, &a.against) {
+        same_vocabulary(&a.checkpoint, &model, path, src)?;
+    }
     let tok = match tokenizer::load(&a.checkpoint, a.tokenizer.as_deref()) {
         Ok(t) => t,
         Err(e) => match &a.against {
@@ -46,8 +49,8 @@ pub fn run(a: Args, budget: &Budget) -> Result<(), CliError> {
     };
     let text = gqla_reference::files::read_to_string(&a.text, gqla_reference::files::Limit::INDEX)?;
     let mut ids = tokenizer::encode(&tok, &text, &a.text)?;
-    if a.max_tokens > 0 {
-        ids.truncate(a.max_tokens);
+    if let Some(n) = a.max_tokens {
+        ids.truncate(usize::try_from(n).unwrap_or(usize::MAX));
     }
     if ids.len() < 2 {
         return Err(CliError::Usage(format!(
@@ -90,6 +93,31 @@ pub fn run(a: Args, budget: &Budget) -> Result<(), CliError> {
         println!("{}", serde_json::to_string_pretty(&score).expect("scores serialize"));
     } else {
         print!("{}", table(&a, &score));
+    }
+    Ok(())
+}
+
+/// KL and top-1 agreement compare distributions over the same tokens: refuse a source with
+/// another vocabulary (its size, or, where both models carry a tokenizer, its tokens).
+fn same_vocabulary(model_path: &Path, model: &Checkpoint, source_path: &Path, source: &Checkpoint) -> Result<(), CliError> {
+    let (m, s) = (model.config.vocab_size, source.config.vocab_size);
+    if m != s {
+        return Err(CliError::Usage(format!(
+            "--against {}: vocab_size {s}, but {} has vocab_size {m}: KL and top-1 agreement need the same vocabulary",
+            source_path.display(),
+            model_path.display()
+        )));
+    }
+    if let (Ok(tm), Ok(ts)) = (tokenizer::load(model_path, None), tokenizer::load(source_path, None)) {
+        let (vm, vs) = (tm.get_vocab(true), ts.get_vocab(true));
+        if let Some((token, id)) = vs.iter().filter(|(t, id)| vm.get(*t) != Some(id)).min_by_key(|(_, id)| **id) {
+            return Err(CliError::Usage(format!(
+                "--against {}: its tokenizer maps {token:?} to id {id}, {}'s to {}: KL and top-1 agreement need the same vocabulary",
+                source_path.display(),
+                model_path.display(),
+                vm.get(token).map_or("nothing".to_string(), |i| format!("id {i}"))
+            )));
+        }
     }
     Ok(())
 }

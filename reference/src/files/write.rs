@@ -84,6 +84,56 @@ pub fn check_output(path: &Path) -> Result<()> {
     }
 }
 
+/// Check, before any work, that `dir` can become an output directory: it is a directory or can
+/// be created as one (no file in the way, at it or above it), it lies outside every input noted
+/// so far, and a file can be created in it (or in its nearest existing ancestor). The probe file
+/// is created exclusively and removed at once; nothing else is created.
+pub fn check_output_dir(dir: &Path) -> Result<()> {
+    let mut existing = dir;
+    loop {
+        match std::fs::metadata(existing) {
+            Ok(m) if m.is_dir() => break,
+            Ok(_) if existing == dir => return Err(Error::file(dir, "exists and is not a directory: choose a directory for the output")),
+            Ok(_) => {
+                return Err(Error::file(
+                    dir,
+                    format!("cannot be created: {} is a file, not a directory", existing.display()),
+                ))
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+                existing = match existing.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p,
+                    _ => Path::new("."),
+                };
+            }
+            Err(e) => {
+                return Err(Error::file(
+                    dir,
+                    format!("cannot be used as an output directory: {}: {e}", existing.display()),
+                ))
+            }
+        }
+    }
+    // Inside an input? The nearest existing ancestor resolved, plus the part still to create.
+    if let (Ok(real), Ok(rest)) = (existing.canonicalize(), dir.strip_prefix(existing)) {
+        let i = inputs();
+        if let Some((_, input)) = i.dirs.iter().find(|(r, _)| real.join(rest).starts_with(r)) {
+            return Err(Error::file(
+                dir,
+                format!(
+                    "lies inside the input {}, which it would change; choose a path outside it",
+                    input.display()
+                ),
+            ));
+        }
+    }
+    tempfile::Builder::new()
+        .prefix(".gqla-write-probe.")
+        .tempfile_in(existing)
+        .map(drop)
+        .map_err(|e| Error::file(dir, format!("cannot write output here ({}): {e}", existing.display())))
+}
+
 /// The directory and file name of an output path.
 fn split(path: &Path) -> Result<(&Path, String)> {
     let name = path
@@ -162,7 +212,7 @@ impl OutputDir {
                     return Err(Error::file(target, "is not empty; choose a new or empty directory"));
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
                 if std::fs::symlink_metadata(target).is_ok() {
                     return Err(Error::file(target, "is a dangling symlink; choose a new directory"));
                 }

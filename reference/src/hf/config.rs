@@ -160,7 +160,7 @@ impl ModelConfig {
 /// The values an integer config key may take. Ceilings lie far above any released model (the
 /// largest have ~10^5 hidden units, 10^6 vocabulary entries and a few hundred layers) and far
 /// below what would overflow a size computation.
-fn key_range(key: &str) -> (u64, u64) {
+pub(crate) fn key_range(key: &str) -> (u64, u64) {
     match key {
         "num_hidden_layers" | "num_attention_heads" | "num_key_value_heads" | "n_routed_experts" | "num_experts_per_tok" => (1, 1 << 12),
         "vocab_size" => (1, 1 << 24),

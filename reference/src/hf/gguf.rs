@@ -69,10 +69,22 @@ impl GgufModel {
                 format!("GGUF architecture `{arch}` is not supported (expected llama: LLaMA, SmolLM, Mistral-style models)"),
             ));
         }
-        let int = |key: &str| -> Result<usize> {
-            let v = content.metadata.get(key).ok_or_else(|| bad(key, "an integer (missing)"))?;
-            integer(v).ok_or_else(|| bad(key, &format!("an integer, got {v:?}")))
+        // Each integer has the range of the HF config key it becomes (`hf_key`): a GGUF file
+        // gets no more room than a config.json (2^40 layers would loop for hours).
+        let ranged = |key: &str, hf_key: &str, v: &Value| -> Result<usize> {
+            let (lo, hi) = super::config::key_range(hf_key);
+            match integer(v) {
+                Some(x) if (lo..=hi).contains(&(x as u64)) => Ok(x),
+                Some(x) => Err(bad(key, &format!("an integer in {lo}..={hi} (as HF's `{hf_key}`), got {x}"))),
+                None => Err(bad(key, &format!("an integer, got {v:?}"))),
+            }
         };
+        let int = |key: &str, hf_key: &str| -> Result<usize> {
+            let v = content.metadata.get(key).ok_or_else(|| bad(key, "an integer (missing)"))?;
+            ranged(key, hf_key, v)
+        };
+        let opt_int =
+            |key: &str, hf_key: &str| -> Result<Option<usize>> { content.metadata.get(key).map(|v| ranged(key, hf_key, v)).transpose() };
         let real = |key: &str, default: f64| -> Result<f64> {
             match content.metadata.get(key) {
                 None => Ok(default),
@@ -80,23 +92,17 @@ impl GgufModel {
             }
         };
         let p = |k: &str| format!("{arch}.{k}");
-        let hidden = int(&p("embedding_length"))?;
-        let layers = int(&p("block_count"))?;
-        let heads = int(&p("attention.head_count"))?;
-        let kv_heads = match content.metadata.get(&p("attention.head_count_kv")) {
-            Some(v) => integer(v).ok_or_else(|| bad(&p("attention.head_count_kv"), "an integer"))?,
-            None => heads,
-        };
-        if heads == 0 || kv_heads == 0 || hidden % heads != 0 {
+        let hidden = int(&p("embedding_length"), "hidden_size")?;
+        let layers = int(&p("block_count"), "num_hidden_layers")?;
+        let heads = int(&p("attention.head_count"), "num_attention_heads")?;
+        let kv_heads = opt_int(&p("attention.head_count_kv"), "num_key_value_heads")?.unwrap_or(heads);
+        if !hidden.is_multiple_of(heads) {
             return Err(bad(
                 &p("attention.head_count"),
                 &format!("a positive divisor of embedding_length {hidden}"),
             ));
         }
-        let head_dim = match content.metadata.get(&p("attention.key_length")) {
-            Some(v) => integer(v).ok_or_else(|| bad(&p("attention.key_length"), "an integer"))?,
-            None => hidden / heads,
-        };
+        let head_dim = opt_int(&p("attention.key_length"), "head_dim")?.unwrap_or(hidden / heads);
         if let Some(Value::String(kind)) = content.metadata.get(&p("rope.scaling.type")) {
             if kind != "none" {
                 return Err(Error::file(
@@ -105,26 +111,29 @@ impl GgufModel {
                 ));
             }
         }
-        let vocab = match content.metadata.get(&p("vocab_size")) {
-            Some(v) => integer(v).ok_or_else(|| bad(&p("vocab_size"), "an integer"))?,
+        let vocab = match opt_int(&p("vocab_size"), "vocab_size")? {
+            Some(v) => v,
             None => match content.metadata.get("tokenizer.ggml.tokens") {
-                Some(Value::Array(tokens)) => tokens.len(),
+                Some(Value::Array(tokens)) => ranged("tokenizer.ggml.tokens", "vocab_size", &Value::U64(tokens.len() as u64))?,
                 _ => return Err(bad("tokenizer.ggml.tokens", "the token list (or llama.vocab_size)")),
             },
         };
+        let intermediate = int(&p("feed_forward_length"), "intermediate_size")?;
+        let context = opt_int(&p("context_length"), "max_position_embeddings")?.unwrap_or(2048);
+        check_tensor_extents(path, &content, meta.len())?;
         let tied = !content.tensor_infos.contains_key("output.weight");
         let config = json!({
             "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",
             "hidden_size": hidden,
-            "intermediate_size": int(&p("feed_forward_length"))?,
+            "intermediate_size": intermediate,
             "num_hidden_layers": layers,
             "num_attention_heads": heads,
             "num_key_value_heads": kv_heads,
             "head_dim": head_dim,
             "rms_norm_eps": real(&p("attention.layer_norm_rms_epsilon"), 1e-5)?,
             "rope_theta": real(&p("rope.freq_base"), 10000.0)?,
-            "max_position_embeddings": int(&p("context_length")).unwrap_or(2048),
+            "max_position_embeddings": context,
             "vocab_size": vocab,
             "tie_word_embeddings": tied,
             "attention_bias": false,
@@ -320,6 +329,31 @@ impl GgufModel {
         }
         Ok(())
     }
+}
+
+/// Refuse a file shorter than its tensors: every tensor's data must lie inside the file, so a
+/// truncated download is caught when it is opened, not when (or whether) a tensor is read.
+fn check_tensor_extents(path: &Path, content: &Content, file_len: u64) -> Result<()> {
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    for name in names {
+        let info = &content.tensor_infos[name];
+        let (elems, block) = (info.shape.elem_count() as u128, info.ggml_dtype.block_size().max(1) as u128);
+        let len = elems.div_ceil(block) * info.ggml_dtype.type_size() as u128;
+        let end = content.tensor_data_offset as u128 + info.offset as u128 + len;
+        if end > file_len as u128 {
+            return Err(Error::file(
+                path,
+                format!(
+                    "tensor `{name}` ({:?}, shape {:?}) ends at byte {end}, past the end of the file ({file_len} bytes): \
+                     truncated?",
+                    info.ggml_dtype,
+                    info.shape.dims()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn integer(v: &Value) -> Option<usize> {

@@ -609,17 +609,7 @@ fn default_budget_is_28_125_percent_of_the_cache() {
 /// The Python that runs HF transformers 5.23 (`GQLA_PYTHON`, default `python3`), or None after
 /// saying that `test` skipped.
 fn hf_python(test: &str) -> Option<String> {
-    let python = std::env::var("GQLA_PYTHON").unwrap_or_else(|_| "python3".into());
-    let probe = std::process::Command::new(&python)
-        .args(["-c", "import torch, transformers; assert transformers.__version__ == '5.23.0'"])
-        .output();
-    if probe.is_ok_and(|o| o.status.success()) {
-        return Some(python);
-    }
-    crate::common::skipped(&format!(
-        "{test}: {python} cannot import torch and transformers 5.23.0 (set GQLA_PYTHON)"
-    ));
-    None
+    crate::common::python(test, "import torch, transformers; assert transformers.__version__ == '5.23.0'")
 }
 
 /// HF transformers itself loads converted checkpoints (through examples/hf_load_gqla.py) and

@@ -192,11 +192,9 @@ fn eval_refuses_a_source_with_another_vocabulary() {
 /// SKIPPED.
 #[test]
 fn smollm2_at_28_percent_of_the_cache_on_held_out_text() {
-    let gguf = root().join("target/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !gguf.is_file() {
-        println!("SKIPPED: no {} (`.ci/run` downloads it)", gguf.display());
+    let Some(gguf) = crate::common::smollm2_gguf("smollm2_at_28_percent_of_the_cache_on_held_out_text") else {
         return;
-    }
+    };
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("smol-28");
     let (g, o) = (gguf.to_str().unwrap(), out.to_str().unwrap());

@@ -252,11 +252,9 @@ fn library_digest_in_an_insta_snapshot() {
 /// Without the GGUF (`.ci/run` fetches it) this prints SKIPPED.
 #[test]
 fn smollm2_gguf_snapshot_checks_clean() {
-    let gguf = root().join("target/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !gguf.is_file() {
-        crate::common::skipped(&format!("no {} (`.ci/run` downloads it)", gguf.display()));
+    let Some(gguf) = crate::common::smollm2_gguf("smollm2_gguf_snapshot_checks_clean") else {
         return;
-    }
+    };
     let tmp = tempfile::tempdir().unwrap();
     let f = tmp.path().join("smol.yaml");
     let (g, s) = (gguf.to_str().unwrap(), f.to_str().unwrap());

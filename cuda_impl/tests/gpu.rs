@@ -218,6 +218,7 @@ fn blocks_by_registers(registers: usize, threads: usize) -> usize {
 #[test]
 fn compile_errors_carry_the_log() {
     if !nvrtc_present() {
+        assert!(!nvrtc_required(), "GQLA_REQUIRE_NVRTC=1 but libnvrtc.so.13 cannot be loaded");
         skipped("compile_errors_carry_the_log: NVRTC not found");
         return;
     }

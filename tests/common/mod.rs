@@ -139,8 +139,66 @@ pub fn forward(checkpoint: &Path, layer: &str, input: &Path, output: &Path, extr
 }
 
 /// Report a skipped check on the terminal: written straight to stderr, so that libtest's output
-/// capture (which only sees `eprintln!`) cannot hide it.
+/// capture (which only sees `eprintln!`) cannot hide it. For what no CI machine has (a GPU).
 pub fn skipped(message: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "SKIPPED {message}");
+}
+
+/// What a test needs from outside the repository that CI installs: there, a skip is a failure.
+#[derive(Clone, Copy, Debug)]
+pub enum Needs {
+    /// The SmolLM2-135M GGUF file (`.ci/run` fetches it; CI sets `GQLA_REQUIRE_SMOLLM2=1`).
+    SmolLm2,
+    /// A Python with the packages the examples import (`.ci/run` installs them into target/py
+    /// and sets `GQLA_PYTHON` and `GQLA_REQUIRE_PYTHON=1`).
+    Python,
+}
+
+impl Needs {
+    fn variable(self) -> &'static str {
+        match self {
+            Needs::SmolLm2 => "GQLA_REQUIRE_SMOLLM2",
+            Needs::Python => "GQLA_REQUIRE_PYTHON",
+        }
+    }
+}
+
+/// Skip for want of `needs`: SKIPPED on the terminal, or a failure where it is required.
+pub fn skip(needs: Needs, message: &str) {
+    let var = needs.variable();
+    assert!(
+        std::env::var(var).map_or(true, |v| v != "1"),
+        "{message}; {var}=1 makes this a failure, not a skip"
+    );
+    skipped(message);
+}
+
+/// The SmolLM2-135M-Instruct GGUF file where `.ci/run` puts it, or None after [`skip`].
+pub fn smollm2_gguf(test: &str) -> Option<PathBuf> {
+    let gguf = root().join("target/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if gguf.is_file() {
+        return Some(gguf);
+    }
+    skip(Needs::SmolLm2, &format!("{test}: no {} (`.ci/run` downloads it)", gguf.display()));
+    None
+}
+
+/// The Python that runs the examples (`GQLA_PYTHON`, default `python3`) if it can run `probe`,
+/// or None after [`skip`].
+pub fn python(test: &str, probe: &str) -> Option<String> {
+    let python = std::env::var("GQLA_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ran = Command::new(&python).args(["-c", probe]).output();
+    if ran.as_ref().is_ok_and(|o| o.status.success()) {
+        return Some(python);
+    }
+    let why = ran.map_or_else(
+        |e| e.to_string(),
+        |o| String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("").to_string(),
+    );
+    skip(
+        Needs::Python,
+        &format!("{test}: {python} cannot run `{probe}` ({why}; set GQLA_PYTHON)"),
+    );
+    None
 }

@@ -22,7 +22,7 @@ struct Cli {
     command: Command,
     /// The most memory a command may plan to use (e.g. 8G, 512M; default: the memory available).
     /// A command that would need more exits 2 before allocating, naming what drives the need.
-    #[arg(long, global = true, value_parser = gqla_reference::budget::parse_size)]
+    #[arg(long, global = true, value_parser = gqla_model::budget::parse_size)]
     max_memory: Option<u64>,
 }
 
@@ -104,8 +104,8 @@ fn refused(bytes: usize) -> ! {
             libc::_exit(2)
         }
     }
-    let _held = gqla_reference::files::temps::remove_all();
-    let limits = gqla_reference::budget::MemoryLimit::detect();
+    let _held = gqla_files::temps::remove_all();
+    let limits = gqla_model::budget::MemoryLimit::detect();
     let tightest = limits.iter().min_by_key(|l| l.bytes);
     eprintln!(
         "error: out of memory: an allocation of {bytes} bytes was refused{}; nothing was written (lower the input's \
@@ -143,7 +143,7 @@ fn exit_cleanly_on_signals() {
     };
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
-            let _held = gqla_reference::files::temps::remove_all();
+            let _held = gqla_files::temps::remove_all();
             eprintln!("interrupted: no output was written");
             std::process::exit(128 + sig);
         }
@@ -154,7 +154,7 @@ fn main() -> ExitCode {
     keep_freed_memory();
     exit_cleanly_on_signals();
     let cli = Cli::parse();
-    let budget = gqla_reference::budget::Budget::new(cli.max_memory);
+    let budget = gqla_model::budget::Budget::new(cli.max_memory);
     let result = match cli.command {
         Command::Forward(a) => commands::forward::run(a, &budget),
         Command::CacheSize(a) => commands::cache_size::run(a, &budget),

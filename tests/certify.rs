@@ -262,7 +262,7 @@ mod packs {
                 })
                 .collect();
             let path = outputs.join(c["outputs"].as_str().unwrap());
-            gqla_reference::hf::tensors::write_tensors(&path, tensors.iter().map(|(n, t)| (n.as_str(), t)), None).unwrap();
+            gqla_files::tensors::write_tensors(&path, tensors.iter().map(|(n, t)| (n.as_str(), t)), None).unwrap();
         }
     }
 

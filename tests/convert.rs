@@ -290,7 +290,7 @@ fn calibration_file_is_used() {
         shape: vec![3, 10],
         bytes: (0..30i64).map(|i| (i * 7) % 64).flat_map(|i| i.to_le_bytes()).collect(),
     };
-    gqla_reference::hf::tensors::write_tensors(&ids, [("input_ids", &t)], None).unwrap();
+    gqla_files::tensors::write_tensors(&ids, [("input_ids", &t)], None).unwrap();
     let out = tmp.path().join("c");
     let r = convert(
         &fx,
@@ -468,7 +468,7 @@ mod bad_input {
             shape: vec![4],
             bytes: [1i64, 2, 999, 3].iter().flat_map(|i| i.to_le_bytes()).collect(),
         };
-        gqla_reference::hf::tensors::write_tensors(&ids, [("input_ids", &t)], None).unwrap();
+        gqla_files::tensors::write_tensors(&ids, [("input_ids", &t)], None).unwrap();
         rejected(
             &fixture("llama"),
             &["--no-truncation", "--calib", ids.to_str().unwrap()],
@@ -487,8 +487,8 @@ mod bad_input {
 
 mod whole_model {
     use super::*;
-    use gqla_reference::transgqla::checkpoint::{convert_checkpoint, Calibration, CheckpointOptions};
-    use gqla_reference::transgqla::ConvertOptions;
+    use gqla_model::transgqla::checkpoint::{convert_checkpoint, Calibration, CheckpointOptions};
+    use gqla_model::transgqla::{Method, Truncation};
     use proptest::prelude::*;
 
     proptest! {
@@ -505,7 +505,7 @@ mod whole_model {
             let tmp = tempfile::tempdir().unwrap();
             let (src, out) = (tmp.path().join("src"), tmp.path().join("out"));
             write_random_llama(&src, hidden, kv * per, kv, 2 * half, 8, 16, layers, seed);
-            let opt = CheckpointOptions { groups: None, layer: ConvertOptions::exact(), dtype: Some(gqla_reference::dtype::DType::F64), calibration: Calibration::Random { sequences: 2, tokens: 6, seed }, calibration_precision: Default::default(), budget: gqla_reference::budget::Budget::new(None), emit: Default::default(), calibration_flow: Default::default(), freqfold_choice: Default::default() };
+            let opt = CheckpointOptions { method: Method::TransGqla(Truncation::Exact), dtype: Some(gqla_reference::dtype::DType::F64), calibration: Calibration::Random { sequences: 2, tokens: 6, seed }, calibration_precision: Default::default(), budget: gqla_model::budget::Budget::new(None), emit: Default::default(), calibration_flow: Default::default() };
             let report = convert_checkpoint(&src, &out, &opt, &mut |_| {}).unwrap();
             prop_assert!(report.held_out_logits_rel_err <= 1e-9, "logits {:e}", report.held_out_logits_rel_err);
             prop_assert!(report.held_out_kl.abs() <= 1e-12, "KL {:e}", report.held_out_kl);
@@ -718,7 +718,7 @@ fn hf_transformers_loads_outputs_unpatched() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     let s = gqla(&["snapshot", llama_mla.to_str().unwrap()]);
     assert_eq!(s.code, 0, "{}", s.stderr);
-    let snap = gqla_reference::snapshot::Snapshot::from_yaml(&s.stdout, Path::new("snapshot")).unwrap();
+    let snap = gqla_model::snapshot::Snapshot::from_yaml(&s.stdout, Path::new("snapshot")).unwrap();
     let ids: Vec<String> = snap.probe.token_ids.iter().map(u32::to_string).collect();
     let stock = &check(&llama_mla, "stock", &["--ids", &ids.join(",")])[0];
     let rows = stock["logprobs"].as_array().unwrap();

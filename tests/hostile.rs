@@ -172,6 +172,21 @@ fn forward<'a>(input: &'a str, output: &'a str) -> Vec<&'a str> {
     [&FORWARD[..], &["--input", input, "--output", output]].concat()
 }
 
+/// `forward` of layer 0 on `checkpoint` (a directory or GGUF file) with the scratch input.
+fn forward_from(checkpoint: &str) -> Vec<&str> {
+    vec![
+        "forward",
+        "--checkpoint",
+        checkpoint,
+        "--layer",
+        "0",
+        "--input",
+        "x.safetensors",
+        "--output",
+        "y.safetensors",
+    ]
+}
+
 fn convert<'a>(input: &'a str, output: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     [
         &[
@@ -636,19 +651,7 @@ fn gguf_metadata_has_the_ceilings_of_hf_config_keys_and_truncation_is_refused_at
     let s = Scratch::new();
     let tensors = llama_tensors();
     let refs: Vec<(&str, &[usize])> = tensors.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
-    let fwd = |m: &'static str| -> Vec<&'static str> {
-        vec![
-            "forward",
-            "--checkpoint",
-            m,
-            "--layer",
-            "0",
-            "--input",
-            "x.safetensors",
-            "--output",
-            "y.safetensors",
-        ]
-    };
+    let fwd = forward_from;
     // The whole file is a working model: forward runs on it.
     let whole = gguf_file(&llama_meta(2), &refs);
     std::fs::write(s.path().join("whole.gguf"), &whole).unwrap();
@@ -681,19 +684,7 @@ fn bad_gguf_files_exit_2_naming_the_file() {
     std::fs::write(s.path().join("gpt2.gguf"), gguf_header("gpt2")).unwrap();
     std::fs::write(s.path().join("cut.gguf"), &gguf_header("llama")[..30]).unwrap();
     std::fs::write(s.path().join("empty.gguf"), gguf_header("llama")).unwrap();
-    let fwd = |m: &'static str| -> Vec<&'static str> {
-        vec![
-            "forward",
-            "--checkpoint",
-            m,
-            "--layer",
-            "0",
-            "--input",
-            "x.safetensors",
-            "--output",
-            "y.safetensors",
-        ]
-    };
+    let fwd = forward_from;
     s.refused(&fwd("gpt2.gguf"), &["gpt2.gguf", "architecture `gpt2` is not supported"]);
     s.refused(&fwd("cut.gguf"), &["cut.gguf", "not a GGUF file we can read"]);
     s.refused(&fwd("empty.gguf"), &["empty.gguf", "llama.embedding_length"]);

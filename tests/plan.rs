@@ -3,12 +3,12 @@
 
 use crate::common::{gqla, root};
 use gqla_cuda::plan::{gpu, mtp_gain, plan, Bound, DecodePath, Deployment, Scenario, Step, GPUS};
-use gqla_reference::LatentDims;
+use gqla_reference::{LatentDims, LatentShape};
 use proptest::prelude::*;
 
 /// DeepSeek-V3 attention converted to G = 8 groups.
 fn deepseek_v3(sq: usize, batch: usize, context: usize) -> Scenario {
-    let dims = LatentDims::new(128, 8, 512, 128, 64, 128).unwrap();
+    let dims = LatentDims::new(LatentShape::DEEPSEEK_V3_G8).unwrap();
     Scenario::new(&dims, 7168, Step { sq, batch, context }, Deployment::single_bf16()).unwrap()
 }
 
@@ -80,9 +80,9 @@ proptest! {
         extra in 1usize..5000,
     ) {
         let dims = if llama {
-            LatentDims::new(32, 8, 512, 128, 64, 128).unwrap()
+            LatentDims::new(LatentShape { h: 32, ..LatentShape::DEEPSEEK_V3_G8 }).unwrap()
         } else {
-            LatentDims::new(128, 8, 512, 128, 64, 128).unwrap()
+            LatentDims::new(LatentShape::DEEPSEEK_V3_G8).unwrap()
         };
         let g = GPUS[gpu_index];
         let deployment = Deployment { tp: 1 << tp_pow, ..Deployment::single_bf16() };

@@ -3,8 +3,8 @@
 //! files refused with exit 2, and the library digest in a user's own insta test.
 
 use crate::common::{gqla, read_all, root, write_all, Run};
-use gqla_reference::budget::Budget;
-use gqla_reference::snapshot::Snapshot;
+use gqla_model::budget::Budget;
+use gqla_model::snapshot::Snapshot;
 use std::path::{Path, PathBuf};
 
 fn snapshot(args: &[&str]) -> Run {

@@ -1,10 +1,10 @@
 //! Reading files a kernel author hands us (manifests, kernel.json, outputs) as hostile input,
-//! through the reference crate's one reader ([`gqla_reference::files`]): confined to one
+//! through the reference crate's one reader ([`gqla_files`]): confined to one
 //! directory (no `..`, no absolute paths, no symlink leading out), regular files only (a FIFO
 //! would hang the reader, a device would never end), and a size limit checked before reading and
 //! enforced while reading.
 
-use gqla_reference::files::{self, Limit};
+use gqla_files::{self as files, Limit};
 use std::path::Path;
 
 /// A file that may not be read, and why.
@@ -51,7 +51,7 @@ pub fn read_regular(path: &Path, limit: u64) -> Result<Vec<u8>, ConfinedError> {
 mod tests {
     use super::*;
 
-    /// The reader's own tests (gqla_reference::files::read) cover FIFOs, devices and limits;
+    /// The reader's own tests (gqla_files::read) cover FIFOs, devices and limits;
     /// here: its refusals arrive as confined errors naming the path as given.
     #[test]
     fn refusals_name_the_path_inside_the_pack() {

@@ -93,17 +93,24 @@ impl Outputs {
     pub fn has(&self, name: TensorName) -> bool {
         self.tensors.iter().any(|t| t.name == name)
     }
-    pub fn get(&self, name: TensorName) -> &OutputTensor {
-        self.tensors
-            .iter()
-            .find(|t| t.name == name)
-            .unwrap_or_else(|| panic!("no output `{name}`"))
+    /// Output `name`; an error if the case (under this profile) has none: a kernel that writes
+    /// an LSE its profile does not declare gets RUNTIME_ERROR, not a panic.
+    pub fn get(&self, name: TensorName) -> Result<&OutputTensor, MissingOutput> {
+        self.tensors.iter().find(|t| t.name == name).ok_or(MissingOutput(name))
     }
-    pub fn get_mut(&mut self, name: TensorName) -> &mut OutputTensor {
-        self.tensors
-            .iter_mut()
-            .find(|t| t.name == name)
-            .unwrap_or_else(|| panic!("no output `{name}`"))
+    pub fn get_mut(&mut self, name: TensorName) -> Result<&mut OutputTensor, MissingOutput> {
+        self.tensors.iter_mut().find(|t| t.name == name).ok_or(MissingOutput(name))
+    }
+}
+
+/// An output tensor the case does not have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("this case has no output `{0}` (an LSE is an output only when the profile declares one)")]
+pub struct MissingOutput(pub TensorName);
+
+impl From<MissingOutput> for KernelError {
+    fn from(e: MissingOutput) -> Self {
+        KernelError::Runtime(e.to_string())
     }
 }
 

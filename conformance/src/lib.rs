@@ -7,7 +7,10 @@
 //! - [`kernel`]: the [`Kernel`] trait and canary-guarded outputs; [`profile`]: what a kernel
 //!   declares it supports, and the conventions it follows.
 //! - [`reference`](mod@reference), [`tolerance`], [`verdict`]: how outputs are judged.
-//! - [`runner`], [`report`]: running a kernel and writing certificates.
+//! - [`selection`]: which cases a run takes (id prefixes over the suite drawn from a seed).
+//! - [`kernel_spec`]: what `--kernel` names, parsed once.
+//! - [`runner`], [`report`]: running a kernel and writing certificates; [`stability`]: verdicts
+//!   over several seeds; [`mutation`]: the mutation catalogue's verdict on the suite.
 //! - [`kernels`]: built-in kernels and the mutation catalogue.
 //! - [`pack`]: vector packs for kernels outside this process (PyTorch, Triton, CUDA C++), read
 //!   through [`confined`] as hostile input.
@@ -17,13 +20,17 @@ pub mod confined;
 pub mod definition;
 pub mod inputs;
 pub mod kernel;
+pub mod kernel_spec;
 pub mod kernels;
 pub mod lattice;
+pub mod mutation;
 pub mod pack;
 pub mod profile;
 pub mod reference;
 pub mod report;
 pub mod runner;
+pub mod selection;
+pub mod stability;
 pub mod tolerance;
 pub mod verdict;
 
@@ -31,4 +38,5 @@ pub use case::Case;
 pub use kernel::{Kernel, KernelError, KernelIdentity, Outputs};
 pub use lattice::SUITE_VERSION;
 pub use profile::Profile;
+pub use selection::Selection;
 pub use verdict::Status;

@@ -22,8 +22,8 @@ use crate::lattice::{suite_cases_seeded, SUITE_VERSION};
 use crate::profile::Profile;
 use crate::runner::{CaseResult, Prepared, Twins};
 use crate::verdict::Status;
-use gqla_reference::files::OutputDir;
-use gqla_reference::hf::tensors::{decode_floats, RawTensor};
+use gqla_files::tensors::{decode_floats, RawTensor};
+use gqla_files::OutputDir;
 use safetensors::{Dtype as StDtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -366,7 +366,7 @@ pub fn read_kernel_info(dir: &Path) -> Result<Option<KernelInfo>, PackError> {
 /// the manifest's seed), canonical, listed once, at its suite position and with its file names.
 pub fn read_manifest(dir: &Path) -> Result<Manifest, PackError> {
     // A pack is an input: no output of this process may land inside it.
-    gqla_reference::files::write::note_input_dir(dir);
+    gqla_files::write::note_input_dir(dir);
     let path = dir.join(MANIFEST);
     let bytes = confined::read(dir, MANIFEST, MANIFEST_LIMIT)?;
     let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| invalid(&path, format!("malformed manifest: {e}")))?;
@@ -563,7 +563,7 @@ mod tests {
                 .into_iter()
                 .map(|t| {
                     let dtype = match t.dtype {
-                        DtypeRule::Case => dtype_name(case.dtype().safetensors()),
+                        DtypeRule::Case => dtype_name(gqla_files::tensors::safetensors_dtype(case.dtype())),
                         DtypeRule::F32 => "f32".into(),
                         DtypeRule::I32 => "i32".into(),
                     };

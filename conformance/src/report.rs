@@ -398,7 +398,7 @@ impl Report {
         std::fs::create_dir_all(dir)?;
         let json = serde_json::to_string_pretty(self).expect("report serializes") + "\n";
         for (name, text) in [("report.json", json), ("report.md", self.markdown()), ("junit.xml", self.junit())] {
-            gqla_reference::files::write_file(&dir.join(name), text.as_bytes()).map_err(|e| std::io::Error::other(e.to_string()))?;
+            gqla_files::write_file(&dir.join(name), text.as_bytes()).map_err(|e| std::io::Error::other(e.to_string()))?;
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! Running a kernel over cases and judging each one as its profile declares.
 
-use crate::case::{Case, DType, Poison};
+use crate::case::{Case, DType, Op, Poison};
 use crate::definition::TensorName;
 use crate::inputs::CaseInputs;
 use crate::kernel::{Kernel, KernelError, Outputs};
@@ -60,6 +60,31 @@ impl Prepared {
 
     pub fn case(&self) -> &Case {
         &self.inputs.case
+    }
+
+    /// An upper estimate of the bytes one case takes while it is judged: its inputs twice (the
+    /// harness's copy and the kernel's), the outputs with their margins, and both references
+    /// in f64. Computed from the id alone, before anything is allocated.
+    pub fn estimate_bytes(case: &Case) -> u128 {
+        let lens: Vec<u128> = (0..case.batch()).map(|b| case.seq_len(b) as u128).collect();
+        let (b, tokens) = (lens.len() as u128, lens.iter().sum::<u128>());
+        let slots = match case.page() {
+            None => b * (lens.iter().copied().max().unwrap_or(0) + 3),
+            Some(p) => {
+                let p = p as u128;
+                (3 * lens.iter().map(|l| l.div_ceil(p)).sum::<u128>() + 2) * p
+            }
+        };
+        let width: u128 = crate::definition::cache_components(case).iter().map(|(_, w)| *w as u128).sum();
+        let (g, dn, dv, dc) = (case.g() as u128, case.dn() as u128, case.dv() as u128, case.dc() as u128);
+        let (inputs, outputs) = match case.op() {
+            Op::CacheExpand => (slots * width + g * (dn + dv) * dc, tokens * g * (dn + dv)),
+            _ => {
+                let rows = b * case.sq() as u128 * case.h() as u128;
+                (rows * case.q_width() as u128 + slots * width, rows * (case.out_width() as u128 + 1))
+            }
+        };
+        2 * 4 * inputs + (4 + 2 * 8) * outputs + 4 * 2 * crate::kernel::MARGIN as u128
     }
 
     /// Flat indices of the rows with no visible key, as (row of [B, s_q], heads) pairs: the
@@ -329,5 +354,33 @@ impl Session {
     pub fn run(&mut self, p: &Prepared) -> CaseResult {
         let (result, outputs) = p.run(&self.kernel, &self.profile, self.timeout);
         self.twins.pair(p.case(), result, outputs)
+    }
+}
+
+#[cfg(test)]
+mod memory_tests {
+    use super::Prepared;
+    use crate::inputs::CaseInputs;
+    use crate::kernel::Outputs;
+    use crate::profile::Profile;
+
+    /// The estimate bounds what a case really allocates, and is not wildly above it.
+    #[test]
+    fn memory_estimates_bound_the_real_allocations() {
+        for case in crate::lattice::suite_cases()
+            .into_iter()
+            .filter(|c| (0..c.batch()).all(|b| c.seq_len(b) <= 200))
+        {
+            let inp = CaseInputs::generate(&case);
+            let floats = inp.q.len() + inp.w_ukv.len() + inp.cache.components.iter().map(|c| c.data.len()).sum::<usize>();
+            let outs: usize = Outputs::for_case(&case, &Profile::everything())
+                .tensors
+                .iter()
+                .map(|t| t.len())
+                .sum();
+            let real = (2 * 4 * floats + (4 + 2 * 8) * outs) as u128;
+            let est = Prepared::estimate_bytes(&case);
+            assert!(est >= real && est <= 4 * real + (1 << 16), "{case}: estimate {est}, real {real}");
+        }
     }
 }

@@ -231,7 +231,7 @@ impl Kernel for Bf16Logits {
         let naive = gqla_conformance::reference::compute(inputs, gqla_conformance::reference::Precision::Naive(inputs.case.dtype()));
         for (name, values) in naive {
             if outputs.has(name) {
-                for (d, v) in outputs.get_mut(name).region_mut().iter_mut().zip(values) {
+                for (d, v) in outputs.get_mut(name)?.region_mut().iter_mut().zip(values) {
                     *d = v as f32;
                 }
             }
@@ -269,7 +269,7 @@ impl Kernel for OtherConventions {
     fn run(&self, inputs: &mut CaseInputs, outputs: &mut Outputs) -> Result<(), KernelError> {
         FlashCpu::correct(3).run(inputs, outputs)?;
         let c = &inputs.case;
-        for (i, v) in outputs.get_mut(TensorName::Lse).region_mut().iter_mut().enumerate() {
+        for (i, v) in outputs.get_mut(TensorName::Lse)?.region_mut().iter_mut().enumerate() {
             let (b, j) = (i / (c.sq() * c.h()), (i / c.h()) % c.sq());
             *v = if c.visible(b, j) == 0 {
                 match self.empty_lse {
@@ -282,7 +282,7 @@ impl Kernel for OtherConventions {
             };
         }
         let w = c.h() * c.out_width();
-        let out = outputs.get_mut(TensorName::Out).region_mut();
+        let out = outputs.get_mut(TensorName::Out)?.region_mut();
         for r in 0..c.batch() * c.sq() {
             if c.visible(r / c.sq(), r % c.sq()) == 0 && self.empty_out == EmptyOut::Nan {
                 out[r * w..(r + 1) * w].fill(f32::NAN);
@@ -353,9 +353,9 @@ fn profiles_select_cases_and_outputs() {
             let mut full = Outputs::for_case(&inputs.case, &Profile::everything());
             FlashCpu::correct(3).run(inputs, &mut full)?;
             outputs
-                .get_mut(TensorName::Out)
+                .get_mut(TensorName::Out)?
                 .region_mut()
-                .copy_from_slice(full.get(TensorName::Out).region());
+                .copy_from_slice(full.get(TensorName::Out)?.region());
             Ok(())
         }
     }

@@ -7,14 +7,93 @@ use gqla_conformance::case::DType;
 /// The kernel source, embedded in the crate: the files of kernels/, assembled by build.rs.
 pub const SOURCE: &str = include_str!(concat!(env!("OUT_DIR"), "/gqla_kernels.cu"));
 
-/// Kernel families; the loaded functions are `<family>_<dtype name>` for every storage dtype.
-pub const FAMILIES: [&str; 4] = ["attn", "attn_combine", "expand", "fill"];
+/// A kernel family of the module: its functions are `<family>_<dtype name>`, one per storage
+/// dtype it is compiled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// SIMT split-KV attention (every storage dtype).
+    Attn,
+    /// The split-KV merge.
+    AttnCombine,
+    /// cache.expand: the latent through W^UK, W^UV.
+    Expand,
+    /// Fill a buffer (canaries, poison).
+    Fill,
+    /// mma.sync tensor-core attention, and its narrow-value form.
+    AttnMma,
+    AttnMmaNarrow,
+    /// One mma.sync product against the f64 product (the layout probe).
+    MmaProbe,
+    /// Hopper wgmma attention, and its narrow-value form (sm_90a only).
+    AttnWgmma,
+    AttnWgmmaNarrow,
+    /// One wgmma product (the layout probe, sm_90a only).
+    WgmmaProbe,
+}
 
-/// Tensor-core kernel families, for 16-bit storage only (`<family>_bf16`, `<family>_f16`).
-pub const MMA_FAMILIES: [&str; 3] = ["attn_mma", "attn_mma_narrow", "mma_probe"];
+impl Family {
+    pub const ALL: [Family; 10] = [
+        Family::Attn,
+        Family::AttnCombine,
+        Family::Expand,
+        Family::Fill,
+        Family::AttnMma,
+        Family::AttnMmaNarrow,
+        Family::MmaProbe,
+        Family::AttnWgmma,
+        Family::AttnWgmmaNarrow,
+        Family::WgmmaProbe,
+    ];
 
-/// Hopper wgmma kernel families, for 16-bit storage, compiled for sm_90a only.
-pub const WGMMA_FAMILIES: [&str; 3] = ["attn_wgmma", "attn_wgmma_narrow", "wgmma_probe"];
+    /// The name the kernel source gives the family.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Attn => "attn",
+            Family::AttnCombine => "attn_combine",
+            Family::Expand => "expand",
+            Family::Fill => "fill",
+            Family::AttnMma => "attn_mma",
+            Family::AttnMmaNarrow => "attn_mma_narrow",
+            Family::MmaProbe => "mma_probe",
+            Family::AttnWgmma => "attn_wgmma",
+            Family::AttnWgmmaNarrow => "attn_wgmma_narrow",
+            Family::WgmmaProbe => "wgmma_probe",
+        }
+    }
+
+    /// The storage dtypes it is compiled for: tensor-core families take 16-bit storage only.
+    pub fn dtypes(self) -> &'static [DType] {
+        match self {
+            Family::Attn | Family::AttnCombine | Family::Expand | Family::Fill => &[DType::F32, DType::Bf16, DType::F16],
+            _ => &[DType::Bf16, DType::F16],
+        }
+    }
+
+    /// Whether it is compiled only for sm_90a.
+    pub fn needs_wgmma(self) -> bool {
+        matches!(self, Family::AttnWgmma | Family::AttnWgmmaNarrow | Family::WgmmaProbe)
+    }
+}
+
+/// One function of the module: a family instantiated for a storage dtype.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Entry {
+    pub family: Family,
+    pub dtype: DType,
+}
+
+impl Entry {
+    pub fn new(family: Family, dtype: DType) -> Self {
+        Entry { family, dtype }
+    }
+}
+
+/// The function's name in the module: `<family>_<dtype>`, e.g. `attn_mma_bf16`.
+impl std::fmt::Display for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}_{}", self.family.name(), self.dtype.name())
+    }
+}
 
 /// The architecture NVRTC compiles for on a device of compute capability `cc`: the
 /// architecture-specific `compute_90a` on Hopper (wgmma), else `compute_<major><minor>`.
@@ -28,18 +107,18 @@ pub fn has_wgmma(arch: &str) -> bool {
     arch.ends_with("_90a")
 }
 
-/// Every function name the module compiled for `arch` must export.
-pub fn function_names(arch: &str) -> Vec<String> {
-    let names = |families: &'static [&'static str], dtypes: &'static [DType]| {
-        families
-            .iter()
-            .flat_map(move |f| dtypes.iter().map(move |d| format!("{f}_{}", d.name())))
-    };
-    let wgmma: &'static [&'static str] = if has_wgmma(arch) { &WGMMA_FAMILIES } else { &[] };
-    names(&FAMILIES, &[DType::F32, DType::Bf16, DType::F16])
-        .chain(names(&MMA_FAMILIES, &[DType::Bf16, DType::F16]))
-        .chain(names(wgmma, &[DType::Bf16, DType::F16]))
+/// Every function the module compiled for `arch` must export.
+pub fn entries(arch: &str) -> Vec<Entry> {
+    Family::ALL
+        .into_iter()
+        .filter(|f| has_wgmma(arch) || !f.needs_wgmma())
+        .flat_map(|f| f.dtypes().iter().map(move |&d| Entry::new(f, d)))
         .collect()
+}
+
+/// The names of [`entries`].
+pub fn function_names(arch: &str) -> Vec<String> {
+    entries(arch).iter().map(Entry::to_string).collect()
 }
 
 /// NVRTC options for a virtual architecture such as `compute_90`: IEEE division and square root,

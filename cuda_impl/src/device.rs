@@ -1,6 +1,6 @@
 //! Finding a GPU without panicking, and loading the kernels onto it.
 
-use crate::compile::{function_names, nvrtc_version, options};
+use crate::compile::{entries, nvrtc_version, options, Entry};
 use crate::{driver, CudaError};
 use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream};
@@ -77,10 +77,10 @@ pub struct Gpu {
     pub(crate) ctx: Arc<CudaContext>,
     pub(crate) stream: Arc<CudaStream>,
     _module: Arc<CudaModule>,
-    functions: HashMap<String, CudaFunction>,
+    functions: HashMap<Entry, CudaFunction>,
     /// Dynamic shared memory each kernel has been allowed so far (the driver call is made only
     /// when a launch needs more, not on every launch of a timed loop).
-    shared_allowed: Mutex<HashMap<String, u32>>,
+    shared_allowed: Mutex<HashMap<Entry, u32>>,
     /// The buffer written before each timed run to evict L2 (allocated at the first timing).
     flush: Mutex<Option<CudaSlice<u8>>>,
     /// Set when a wait timed out: the device resources are then leaked on drop, not freed.
@@ -114,9 +114,11 @@ impl Gpu {
         let (ptx, _cache) = crate::ptx_cache::compile_cached(&arch, crate::ptx_cache::default_dir().as_deref())?;
         let module = ctx.load_module(ptx).map_err(driver("loading the compiled module"))?;
         let mut functions = HashMap::new();
-        for name in function_names(&arch) {
-            let f = module.load_function(&name).map_err(driver(format!("loading kernel {name}")))?;
-            functions.insert(name, f);
+        for entry in entries(&arch) {
+            let f = module
+                .load_function(&entry.to_string())
+                .map_err(driver(format!("loading kernel {entry}")))?;
+            functions.insert(entry, f);
         }
         let attr = |a| ctx.attribute(a).map_err(driver("reading a device attribute"));
         let info = GpuInfo {
@@ -148,10 +150,10 @@ impl Gpu {
         })
     }
 
-    /// Allow kernel `name` `bytes` of dynamic shared memory (above 48 KB needs an opt-in).
-    pub(crate) fn allow_shared(&self, name: &str, f: &CudaFunction, bytes: u32) -> Result<(), CudaError> {
+    /// Allow kernel `entry` `bytes` of dynamic shared memory (above 48 KB needs an opt-in).
+    pub(crate) fn allow_shared(&self, entry: Entry, f: &CudaFunction, bytes: u32) -> Result<(), CudaError> {
         let mut allowed = self.shared_allowed.lock().unwrap_or_else(|e| e.into_inner());
-        if allowed.get(name).is_some_and(|&a| a >= bytes) {
+        if allowed.get(&entry).is_some_and(|&a| a >= bytes) {
             return Ok(());
         }
         use cudarc::driver::sys::CUfunction_attribute::{
@@ -166,15 +168,16 @@ impl Gpu {
             f.set_attribute(CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100)
                 .map_err(driver("preferring the shared-memory carveout"))?;
         }
-        allowed.insert(name.to_string(), bytes);
+        allowed.insert(entry, bytes);
         Ok(())
     }
 
-    /// A loaded kernel by its full name (e.g. `attn_bf16`).
-    pub(crate) fn function(&self, name: &str) -> Result<&CudaFunction, CudaError> {
+    /// A loaded kernel (e.g. `attn_bf16`); an error for one the architecture lacks (wgmma off
+    /// sm_90a).
+    pub(crate) fn function(&self, entry: Entry) -> Result<&CudaFunction, CudaError> {
         self.functions
-            .get(name)
-            .ok_or_else(|| CudaError::Unsupported(format!("no kernel named {name} in the module")))
+            .get(&entry)
+            .ok_or_else(|| CudaError::Unsupported(format!("no kernel named {entry} in the module for {}", self.info.arch)))
     }
 
     pub fn stream(&self) -> &Arc<CudaStream> {

@@ -16,6 +16,7 @@
 //! `cp.async` is still writing, writes to bytes an unwaited `wgmma` reads, and `wgmma` operands
 //! written without `fence.proxy.async` (emu/emu.h has the list).
 
+use crate::compile::Entry;
 use crate::runtime::{Args, Bound, Element, Launch, Runtime, Span};
 use crate::timing::Timing;
 use crate::CudaError;
@@ -148,7 +149,8 @@ impl Runtime for Emulator {
         let bytes = std::mem::size_of_val(buf.0.as_slice());
         Bound::new(buf.0.as_mut_ptr() as u64, bytes, ())
     }
-    unsafe fn launch(&self, name: &str, launch: Launch, args: Args, buffers: &[Bound<'_, Self>]) -> Result<(), CudaError> {
+    unsafe fn launch(&self, entry: Entry, launch: Launch, args: Args, buffers: &[Bound<'_, Self>]) -> Result<(), CudaError> {
+        let name = &entry.to_string();
         let spans: Vec<Span> = buffers.iter().map(|b| b.span).collect();
         let spans = spans.as_slice();
         // SAFETY: the caller's contract (the parameter struct is the kernel's); the emulator

@@ -5,7 +5,7 @@
 
 use crate::device::Gpu;
 use crate::emu::Emulator;
-use crate::launch::{self, from_bytes, Decode, ExpandDims, Guarded, KeySource, Paging, Segment, Tokens, Variant};
+use crate::launch::{self, from_bytes, BlockTable, Decode, ExpandDims, Guarded, KeySource, Segment, Tokens, Variant};
 use crate::runtime::Runtime;
 use crate::CudaError;
 use gqla_conformance::case::{DType, GroupCacheLayout, Op};
@@ -14,7 +14,7 @@ use gqla_conformance::inputs::{self, CaseInputs};
 use gqla_conformance::kernel::{OutputTensor, MARGIN};
 use gqla_conformance::profile::Profile;
 use gqla_conformance::{Kernel, KernelError, KernelIdentity, Outputs};
-use gqla_reference::hf::tensors::encode_f32;
+use gqla_files::tensors::encode_f32;
 use std::collections::BTreeMap;
 
 /// Canary element of a device output in each storage dtype (a NaN no arithmetic produces).
@@ -79,8 +79,8 @@ struct DevicePaging<R: Runtime> {
 }
 
 impl<R: Runtime> DevicePaging<R> {
-    fn view(&self) -> Paging<'_, R> {
-        Paging {
+    fn view(&self) -> BlockTable<'_, R> {
+        BlockTable {
             seq_lens: &self.seq_lens,
             block_table: &self.block_table,
             max_pages: self.max_pages,
@@ -212,7 +212,7 @@ impl<R: Runtime> DeviceKernel<R> {
         };
         let paging = self.paging(inp)?;
         let q = self.rt.upload(&encode_f32(d, &inp.q))?;
-        let (n_out, n_lse) = (outputs.get(TensorName::Out).len(), outputs.get(TensorName::Lse).len());
+        let (n_out, n_lse) = (outputs.get(TensorName::Out)?.len(), outputs.get(TensorName::Lse)?.len());
         let mut out = guarded_output(&self.rt, d, n_out)?;
         let mut lse = guarded_output(&self.rt, DType::F32, n_lse)?;
         let variant = self.variant.unwrap_or_else(|| Variant::choose(&self.rt, d));
@@ -259,9 +259,9 @@ impl<R: Runtime> DeviceKernel<R> {
         // SAFETY: the addressing was checked above; the buffers live past the synchronize.
         unsafe { launch::decode(&self.rt, &mut call, ws.as_mut()) }?;
         self.rt.synchronize()?;
-        collect(&self.rt, d, &out, outputs.get_mut(TensorName::Out))?;
+        collect(&self.rt, d, &out, outputs.get_mut(TensorName::Out)?)?;
         if outputs.has(TensorName::Lse) {
-            collect(&self.rt, DType::F32, &lse, outputs.get_mut(TensorName::Lse))?;
+            collect(&self.rt, DType::F32, &lse, outputs.get_mut(TensorName::Lse)?)?;
         }
         self.write_back(d, &q, &mut inp.q)?;
         for (buf, name) in comps.iter().zip(&names) {
@@ -287,8 +287,8 @@ impl<R: Runtime> DeviceKernel<R> {
         let n = tb.len();
         let tok_b = self.rt.upload(if n == 0 { &[0][..] } else { &tb })?;
         let tok_t = self.rt.upload(if n == 0 { &[0][..] } else { &tt })?;
-        let mut k = guarded_output(&self.rt, d, outputs.get(TensorName::K).len())?;
-        let mut v = guarded_output(&self.rt, d, outputs.get(TensorName::V).len())?;
+        let mut k = guarded_output(&self.rt, d, outputs.get(TensorName::K)?.len())?;
+        let mut v = guarded_output(&self.rt, d, outputs.get(TensorName::V)?.len())?;
         // Each row's length for the addressing check: its largest listed position + 1.
         let mut reach = vec![0i32; c.batch()];
         for (&b, &t) in tb.iter().zip(&tt) {
@@ -327,8 +327,8 @@ impl<R: Runtime> DeviceKernel<R> {
             )
         }?;
         self.rt.synchronize()?;
-        collect(&self.rt, d, &k, outputs.get_mut(TensorName::K))?;
-        collect(&self.rt, d, &v, outputs.get_mut(TensorName::V))?;
+        collect(&self.rt, d, &k, outputs.get_mut(TensorName::K)?)?;
+        collect(&self.rt, d, &v, outputs.get_mut(TensorName::V)?)?;
         self.write_back(d, &latent, &mut inp.cache.components[0].data)?;
         self.write_back(d, &w, &mut inp.w_ukv)
     }

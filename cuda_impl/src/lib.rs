@@ -67,6 +67,9 @@ pub enum CudaError {
     Emulator(String),
     #[error("not supported by the CUDA kernels: {0}")]
     Unsupported(String),
+    /// The harness gave no buffer for an output the kernel writes.
+    #[error(transparent)]
+    MissingOutput(#[from] gqla_conformance::kernel::MissingOutput),
 }
 
 /// Wrap a driver error with what was being done.

@@ -6,6 +6,7 @@
 //!
 //! [`Emulator`]: crate::emu::Emulator
 
+use crate::compile::Entry;
 use crate::device::Gpu;
 use crate::timing::Timing;
 use crate::{driver, CudaError};
@@ -194,7 +195,7 @@ pub trait Runtime: Send + Sync {
     ///
     /// The emulator checks every access against `buffers` and fails the launch on the first one
     /// outside them; the GPU checks nothing, and an access outside them is undefined behaviour.
-    unsafe fn launch(&self, name: &str, launch: Launch, args: Args, buffers: &[Bound<'_, Self>]) -> Result<(), CudaError>;
+    unsafe fn launch(&self, entry: Entry, launch: Launch, args: Args, buffers: &[Bound<'_, Self>]) -> Result<(), CudaError>;
     fn synchronize(&self) -> Result<(), CudaError>;
     /// The time of one call of `f` (which enqueues work): after a warm-up, enough runs for about
     /// `budget_ms`, at least 5 and at most `max_reps`, each timed by its own CUDA events on a cold
@@ -267,10 +268,10 @@ impl Runtime for Gpu {
         let (addr, guard) = buf.device_ptr_mut(&self.stream);
         Bound::new(addr, bytes, guard)
     }
-    unsafe fn launch(&self, name: &str, launch: Launch, args: Args, _buffers: &[Bound<'_, Self>]) -> Result<(), CudaError> {
-        let f = self.function(name)?;
+    unsafe fn launch(&self, entry: Entry, launch: Launch, args: Args, _buffers: &[Bound<'_, Self>]) -> Result<(), CudaError> {
+        let f = self.function(entry)?;
         if launch.shared_bytes > 0 {
-            self.allow_shared(name, f, launch.shared_bytes)?;
+            self.allow_shared(entry, f, launch.shared_bytes)?;
         }
         let cfg = LaunchConfig {
             grid_dim: launch.grid,
@@ -287,7 +288,7 @@ impl Runtime for Gpu {
         // SAFETY: the caller's contract: the parameters are the kernel's, point into `_buffers` and
         // stay within them, and the buffers outlive the launch (every use is ordered on this one
         // stream). The buffers' access guards drop after this returns, when it is enqueued.
-        unsafe { b.launch(cfg) }.map_err(driver(format!("launching {name}")))?;
+        unsafe { b.launch(cfg) }.map_err(driver(format!("launching {entry}")))?;
         Ok(())
     }
     fn synchronize(&self) -> Result<(), CudaError> {

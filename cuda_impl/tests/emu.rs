@@ -6,10 +6,10 @@ use gqla_conformance::lattice::suite_cases;
 use gqla_conformance::runner::{Prepared, Session};
 use gqla_conformance::{Kernel, Status};
 use gqla_cuda::emu::Schedule;
-use gqla_cuda::launch::{self, Decode, Guarded, KeySource, Paging, Segment, Variant};
+use gqla_cuda::launch::{self, BlockTable, Decode, Guarded, KeySource, Segment, Variant};
 use gqla_cuda::runtime::{Args, AttnParams, Launch, Runtime};
 use gqla_cuda::{CudaError, EmuKernel, Emulator};
-use gqla_reference::hf::tensors::encode_f32;
+use gqla_files::tensors::encode_f32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -205,7 +205,7 @@ impl Small {
                 dv: d,
                 streams: G,
             },
-            paging: Paging {
+            paging: BlockTable {
                 seq_lens: &lens,
                 block_table: &table,
                 max_pages: 1,
@@ -358,7 +358,7 @@ fn default_splits_fill_one_wave() {
             dtype: DType::Bf16,
             q: &q,
             keys,
-            paging: Paging {
+            paging: BlockTable {
                 seq_lens: &lens,
                 block_table: &table,
                 max_pages: 1,
@@ -459,12 +459,14 @@ fn a_pointer_outside_the_launch_buffers_is_reported() {
         shared_bytes: 4096,
     };
     // SAFETY: deliberately not: the emulator checks every access and refuses this launch.
-    let e = unsafe { rt.launch("attn_f32", launch, Args::Attn(&p), &[rt.read(&lens)]) }
+    let attn_f32 = gqla_cuda::compile::Entry::new(gqla_cuda::compile::Family::Attn, gqla_conformance::case::DType::F32);
+    let e = unsafe { rt.launch(attn_f32, launch, Args::Attn(&p), &[rt.read(&lens)]) }
         .unwrap_err()
         .to_string();
     assert!(e.contains("in none of the launch's buffers"), "{e}");
-    // SAFETY: no kernel runs.
-    let e = unsafe { rt.launch("no_such_kernel", launch, Args::Attn(&p), &[]) }
+    // SAFETY: no kernel runs. (A typed entry point cannot name a missing kernel; the emulator's
+    // name lookup, below the entry points, still refuses one.)
+    let e = unsafe { rt.launch_with("no_such_kernel", launch, &p, &[]) }
         .unwrap_err()
         .to_string();
     assert!(e.contains("no kernel named no_such_kernel"), "{e}");
@@ -621,11 +623,19 @@ fn wgmma_fence_and_wait_are_enforced() {
 /// shuffled: 300 keys are 10 tiles, so every pipeline buffer is refilled several times.
 #[test]
 fn benchmark_points_run_and_pass_their_spot_checks() {
-    use gqla_cuda::bench::{bench_point, DecodePath, Geometry, Shape};
+    use gqla_cuda::bench::{bench_point, DecodePath, ModelGeometry, Shape};
     let rt = Emulator::checked(Schedule::Shuffled(21));
-    let tiny = Geometry {
+    let tiny = ModelGeometry {
         name: "tiny",
-        dims: gqla_reference::LatentDims::new(8, 2, 32, 16, 16, 16).unwrap(),
+        dims: gqla_reference::LatentDims::new(gqla_reference::LatentShape {
+            h: 8,
+            g: 2,
+            d_c: 32,
+            d_n: 16,
+            d_r: 16,
+            d_v: 16,
+        })
+        .unwrap(),
     };
     let mut rows = Vec::new();
     for path in [DecodePath::Absorb, DecodePath::Gqa] {

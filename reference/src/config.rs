@@ -10,10 +10,41 @@ pub const MAX_HEADS: usize = 1 << 12;
 /// The widest a head dimension or latent rank may be.
 pub const MAX_DIM: usize = 1 << 16;
 
+/// Why numbers do not make a valid geometry: a caller (a converter choosing G, a planner
+/// sweeping d_c) can match on the kind and the value named.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum GeometryError {
+    #[error("{name} must be positive, got 0")]
+    NotPositive { name: &'static str },
+    /// No size computed from a geometry may overflow.
+    #[error("{name}={value} is above the largest supported, {max}")]
+    AboveCeiling { name: &'static str, value: usize, max: usize },
+    /// Query heads split evenly over groups (GQLA) or kv heads (GQA).
+    #[error("the number of query heads H={h} must be divisible by the number of {per} {name}={by}")]
+    HeadsNotDivisible {
+        h: usize,
+        /// "groups" or "kv heads".
+        per: &'static str,
+        /// "G" or "KV".
+        name: &'static str,
+        by: usize,
+    },
+    /// RoPE rotates pairs of dimensions.
+    #[error("{name}={value} must be even (RoPE rotates pairs)")]
+    Odd { name: &'static str, value: usize },
+}
+
+fn positive(named: &[(&'static str, usize)]) -> std::result::Result<(), GeometryError> {
+    match named.iter().find(|(_, v)| *v == 0) {
+        Some(&(name, _)) => Err(GeometryError::NotPositive { name }),
+        None => Ok(()),
+    }
+}
+
 /// Refuse a value above its ceiling: no size computed from a geometry can overflow.
-fn at_most(named: &[(&str, usize)], max: usize) -> Result<()> {
+fn at_most(named: &[(&'static str, usize)], max: usize) -> std::result::Result<(), GeometryError> {
     match named.iter().find(|(_, v)| *v > max) {
-        Some((name, v)) => Err(Error::Config(format!("{name}={v} is above the largest supported, {max}"))),
+        Some(&(name, value)) => Err(GeometryError::AboveCeiling { name, value, max }),
         None => Ok(()),
     }
 }
@@ -21,7 +52,7 @@ fn at_most(named: &[(&str, usize)], max: usize) -> Result<()> {
 /// Geometry of an MLA/GQLA attention layer. Private fields: only valid geometries exist (also
 /// when read from JSON, which goes through [`LatentDims::new`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(try_from = "RawLatentDims")]
+#[serde(try_from = "LatentShape")]
 pub struct LatentDims {
     h: usize,
     g: usize,
@@ -31,43 +62,87 @@ pub struct LatentDims {
     d_v: usize,
 }
 
-/// The fields of a [`LatentDims`] as read, before validation.
-#[derive(serde::Deserialize)]
+/// The six numbers of a latent geometry, named and not yet validated: what
+/// [`LatentDims::new`] takes, what a config or JSON spells out, and what [`LatentDims::shape`]
+/// gives back for deriving a neighbouring geometry (`LatentShape { g: 1, ..dims.shape() }`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawLatentDims {
-    h: usize,
-    g: usize,
-    d_c: usize,
-    d_n: usize,
-    d_r: usize,
-    d_v: usize,
+pub struct LatentShape {
+    /// Query heads H.
+    pub h: usize,
+    /// Groups G (G = H is MLA).
+    pub g: usize,
+    /// Latent rank d_c.
+    pub d_c: usize,
+    /// No-rope key dim d_n.
+    pub d_n: usize,
+    /// Rope dim d_r.
+    pub d_r: usize,
+    /// Value dim d_v.
+    pub d_v: usize,
 }
 
-impl TryFrom<RawLatentDims> for LatentDims {
+impl LatentShape {
+    /// DeepSeek-V3's attention (d_c 512, d_n 128, d_r 64, d_v 128, 128 heads) as GQLA with 8 groups:
+    /// the paper's main decode geometry.
+    pub const DEEPSEEK_V3_G8: LatentShape = LatentShape {
+        h: 128,
+        g: 8,
+        d_c: 512,
+        d_n: 128,
+        d_r: 64,
+        d_v: 128,
+    };
+}
+
+impl LatentShape {
+    /// The geometry TransGQLA gives a GQA layer: G = KV groups, d_n = d_v = D (the source's head
+    /// dim), a latent of rank `d_c` and `d_r` rope dims.
+    pub fn from_gqa(gqa: GqaDims, d_c: usize, d_r: usize) -> LatentShape {
+        LatentShape {
+            h: gqa.h(),
+            g: gqa.kv(),
+            d_c,
+            d_n: gqa.d(),
+            d_r,
+            d_v: gqa.d(),
+        }
+    }
+}
+
+impl TryFrom<LatentShape> for LatentDims {
     type Error = Error;
-    fn try_from(r: RawLatentDims) -> Result<Self> {
-        Self::new(r.h, r.g, r.d_c, r.d_n, r.d_r, r.d_v)
+    fn try_from(s: LatentShape) -> Result<Self> {
+        Self::new(s)
     }
 }
 
 impl LatentDims {
     /// Validates H, G, d_c, d_n, d_r, d_v: all positive, G | H, d_r even (RoPE acts on pairs).
-    pub fn new(h: usize, g: usize, d_c: usize, d_n: usize, d_r: usize, d_v: usize) -> Result<Self> {
+    pub fn new(shape: LatentShape) -> Result<Self> {
+        let LatentShape { h, g, d_c, d_n, d_r, d_v } = shape;
         let named = [("H", h), ("G", g), ("d_c", d_c), ("d_n", d_n), ("d_r", d_r), ("d_v", d_v)];
-        if let Some((name, _)) = named.iter().find(|(_, v)| *v == 0) {
-            return Err(Error::Config(format!("{name} must be positive, got 0")));
-        }
+        positive(&named)?;
         at_most(&named[..2], MAX_HEADS)?;
         at_most(&named[2..], MAX_DIM)?;
         if !h.is_multiple_of(g) {
-            return Err(Error::Config(format!(
-                "the number of query heads H={h} must be divisible by the number of groups G={g}"
-            )));
+            return Err(GeometryError::HeadsNotDivisible {
+                h,
+                per: "groups",
+                name: "G",
+                by: g,
+            }
+            .into());
         }
         if !d_r.is_multiple_of(2) {
-            return Err(Error::Config(format!("the rope dim d_r={d_r} must be even")));
+            return Err(GeometryError::Odd { name: "d_r", value: d_r }.into());
         }
         Ok(Self { h, g, d_c, d_n, d_r, d_v })
+    }
+    /// The six numbers, named.
+    pub fn shape(&self) -> LatentShape {
+        let LatentDims { h, g, d_c, d_n, d_r, d_v } = *self;
+        LatentShape { h, g, d_c, d_n, d_r, d_v }
     }
     pub fn h(&self) -> usize {
         self.h
@@ -124,18 +199,24 @@ pub struct GqaDims {
 impl GqaDims {
     /// Validates H, KV, D: positive, KV | H, D even.
     pub fn new(h: usize, kv: usize, d: usize) -> Result<Self> {
-        if h == 0 || kv == 0 || d == 0 {
-            return Err(Error::Config(format!("H={h}, KV={kv}, head_dim={d} must all be positive")));
-        }
+        positive(&[("H", h), ("KV", kv), ("head_dim", d)])?;
         at_most(&[("H", h), ("KV", kv)], MAX_HEADS)?;
         at_most(&[("head_dim", d)], MAX_DIM)?;
         if !h.is_multiple_of(kv) {
-            return Err(Error::Config(format!(
-                "the number of query heads H={h} must be divisible by the number of kv heads KV={kv}"
-            )));
+            return Err(GeometryError::HeadsNotDivisible {
+                h,
+                per: "kv heads",
+                name: "KV",
+                by: kv,
+            }
+            .into());
         }
         if !d.is_multiple_of(2) {
-            return Err(Error::Config(format!("head_dim={d} must be even for RoPE")));
+            return Err(GeometryError::Odd {
+                name: "head_dim",
+                value: d,
+            }
+            .into());
         }
         Ok(Self { h, kv, d })
     }
@@ -153,5 +234,42 @@ impl GqaDims {
     }
     pub fn kv_of(&self, head: usize) -> usize {
         head / self.heads_per_kv()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Callers match the kind of refusal, not its text.
+    #[test]
+    fn each_refusal_is_its_own_variant() {
+        let base = LatentShape::DEEPSEEK_V3_G8;
+        let refused = |shape: LatentShape| match LatentDims::new(shape) {
+            Err(Error::Geometry(g)) => g,
+            other => panic!("{shape:?}: {other:?}"),
+        };
+        assert_eq!(refused(LatentShape { d_c: 0, ..base }), GeometryError::NotPositive { name: "d_c" });
+        assert_eq!(
+            refused(LatentShape { d_c: MAX_DIM + 1, ..base }),
+            GeometryError::AboveCeiling {
+                name: "d_c",
+                value: MAX_DIM + 1,
+                max: MAX_DIM
+            }
+        );
+        assert!(matches!(
+            refused(LatentShape { g: 7, ..base }),
+            GeometryError::HeadsNotDivisible { h: 128, by: 7, .. }
+        ));
+        assert_eq!(
+            refused(LatentShape { d_r: 63, ..base }),
+            GeometryError::Odd { name: "d_r", value: 63 }
+        );
+        assert!(matches!(
+            GqaDims::new(32, 5, 128),
+            Err(Error::Geometry(GeometryError::HeadsNotDivisible { by: 5, .. }))
+        ));
+        assert_eq!(LatentDims::new(base).unwrap().shape(), base);
     }
 }

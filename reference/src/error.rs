@@ -5,6 +5,9 @@ use std::path::PathBuf;
 /// Errors from building configs, loading checkpoints and running the reference.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Numbers that do not make a valid layer geometry.
+    #[error("invalid config: {0}")]
+    Geometry(#[from] crate::config::GeometryError),
     /// A configuration that cannot describe a valid layer.
     #[error("invalid config: {0}")]
     Config(String),
@@ -53,7 +56,7 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub(crate) fn file(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+    pub fn file(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         Error::File {
             path: path.into(),
             message: message.into(),

@@ -11,7 +11,7 @@
 //! `W^{UK}_g`, `W^{UV}_g` are the row blocks of `kv_b_proj` ([G(d_n + d_v), d_c], group-major,
 //! each group's d_n key rows first).
 
-use crate::config::LatentDims;
+use crate::config::{LatentDims, LatentShape};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::linear::{Linear, RmsNorm};
@@ -278,9 +278,9 @@ impl<T: Real> LatentWeights<T> {
         self.o_proj.forward(flat.view())
     }
 
-    /// The same weights under a new geometry, after a crate-internal transform changed d_c
-    /// (shapes are re-checked).
-    pub(crate) fn with_dims(self, dims: LatentDims) -> Self {
+    /// The same weights under a new geometry, after a transform changed d_c (a truncating PCA):
+    /// the shapes are checked again, as [`LatentWeights::new`] checks them.
+    pub fn with_dims(self, dims: LatentDims) -> Result<Self> {
         let Self {
             query,
             kv_a,
@@ -292,12 +292,79 @@ impl<T: Real> LatentWeights<T> {
             sliding_window,
             ..
         } = self;
-        Self::new(dims, query, kv_a, kv_norm, kv_b, o_proj, rope, Some(scale))
-            .and_then(|w| w.with_sliding_window(sliding_window))
-            .expect("crate-internal transform keeps shapes consistent")
+        Self::new(dims, query, kv_a, kv_norm, kv_b, o_proj, rope, Some(scale))?.with_sliding_window(sliding_window)
     }
-    pub(crate) fn set_scale(&mut self, scale: f64) {
+    /// The latent's coordinates rescaled, c_j ← c_j / s_j, and the up-projections' columns by s_j:
+    /// W^UKV c is unchanged, so this is the same layer (TransGQLA's balancing, T4). Refused under
+    /// a latent RMSNorm, which does not commute with the rescaling.
+    pub fn rescale_latent(&self, s: &[T]) -> Result<Self> {
+        let d_c = self.dims.d_c();
+        self.linear_latent("rescale_latent", s.len(), d_c)?;
+        let mut out = self.clone();
+        for (j, &sj) in s.iter().enumerate() {
+            out.kv_a.weight.row_mut(j).mapv_inplace(|v| v / sj);
+            if let Some(b) = out.kv_a.bias.as_mut() {
+                b[j] /= sj;
+            }
+            out.kv_b.column_mut(j).mapv_inplace(|v| v * sj);
+        }
+        Ok(out)
+    }
+    /// The latent projected onto the orthonormal columns of `r` [d_c, d_c']: c ← rᵀ c and
+    /// W^UKV ← W^UKV r, with d_c' = r's columns. The same layer for latents in r's span, a
+    /// truncating PCA otherwise (TransGQLA's joint PCA, T5). Refused under a latent RMSNorm.
+    pub fn project_latent(&self, r: ArrayView2<T>) -> Result<Self> {
+        let d = self.dims;
+        self.linear_latent("project_latent", r.nrows(), d.d_c())?;
+        let mut out = self.clone();
+        let latent_rows = r.t().dot(&self.kv_a.weight.slice(s![..d.d_c(), ..]));
+        out.kv_a.weight =
+            ndarray::concatenate(Axis(0), &[latent_rows.view(), self.kv_a.weight.slice(s![d.d_c().., ..])]).expect("the same columns");
+        if let Some(b) = &self.kv_a.bias {
+            let latent_b = r.t().dot(&b.slice(s![..d.d_c()]));
+            out.kv_a.bias = Some(ndarray::concatenate(Axis(0), &[latent_b.view(), b.slice(s![d.d_c()..])]).expect("one axis"));
+        }
+        out.kv_b = self.kv_b.dot(&r);
+        out.with_dims(LatentDims::new(LatentShape {
+            d_c: r.ncols(),
+            ..d.shape()
+        })?)
+    }
+    /// A latent transform needs `len` = d_c coordinates and no latent RMSNorm.
+    fn linear_latent(&self, what: &str, len: usize, d_c: usize) -> Result<()> {
+        if len != d_c {
+            return Err(Error::ShapeMismatch {
+                what: format!("{what}: the latent's coordinates"),
+                expected: vec![d_c],
+                got: vec![len],
+            });
+        }
+        if self.kv_norm.is_some() {
+            return Err(Error::Config(format!(
+                "{what}: the latent RMSNorm is not linear; transform before it is fitted"
+            )));
+        }
+        Ok(())
+    }
+    /// Multiply the queries by `s` (q ← s·q): the weight and bias of the query projection's
+    /// last linear map are scaled.
+    pub fn scale_queries(&mut self, s: T) {
+        let up = match &mut self.query {
+            QueryProjection::Direct(l) => l,
+            QueryProjection::LowRank { up, .. } => up,
+        };
+        up.weight.mapv_inplace(|v| v * s);
+        if let Some(b) = up.bias.as_mut() {
+            b.mapv_inplace(|v| v * s);
+        }
+    }
+    /// The same weights with softmax scale `scale` (positive and finite, as in [`LatentWeights::new`]).
+    pub fn with_scale(mut self, scale: f64) -> Result<Self> {
+        if !(scale.is_finite() && scale > 0.0) {
+            return Err(Error::Config(format!("softmax scale must be positive and finite, got {scale}")));
+        }
         self.scale = scale;
+        Ok(self)
     }
 
     /// Repeat each group's up-projection H/G times: the equivalent MLA layer (G = H).
@@ -345,7 +412,11 @@ impl<T: Real> LatentWeights<T> {
         let hpg = d.heads_per_group();
         let heads = groups.start * hpg..groups.end * hpg;
         let per = d.d_n() + d.d_v();
-        let dims = LatentDims::new(heads.len(), groups.len(), d.d_c(), d.d_n(), d.d_r(), d.d_v())?;
+        let dims = LatentDims::new(LatentShape {
+            h: heads.len(),
+            g: groups.len(),
+            ..d.shape()
+        })?;
         let o_w = self
             .o_proj
             .weight

@@ -1,48 +1,45 @@
 #![doc = include_str!("../SPEC.md")]
 //!
 //! # Crate map
+//! The ground truth alone: the equations, their caches and seeded random layers (ndarray, half,
+//! faer, rayon, rand, serde, thiserror). Checkpoints, TransGQLA, snapshots and eval live in
+//! `gqla-model`; the one reader and writer of files in `gqla-files`.
+//!
 //! - [`dtype`]: [`DType`], the one element type (storage, caches, rounding).
+//! - [`real`]: [`Real`], the scalar the reference runs in (f64, or f32 for the naive reference).
 //! - [`config`]: validated geometries ([`LatentDims`], [`GqaDims`]).
 //! - [`rope`], [`linear`], [`attention`]: the building blocks.
 //! - [`latent`]: MLA/GQLA weights and (L1), (L2), (Q), (O).
-//! - [`cache`]: [`LatentCache`], [`GroupCache`], [`GqaCache`].
+//! - [`cache`]: [`LatentCache`], [`GroupCache`], [`GqaCache`], and cache sizes measured from them.
+//! - [`decode`]: [`DecodeOutput`] and the two decode paths' names.
 //! - [`absorb_decode`](fn@absorb_decode) (§3), [`gqa_decode`](fn@gqa_decode) (§4), [`prefill`](fn@prefill) (§2 directly), [`mla`] (§9, HF form).
 //! - [`gqa`]: GQA/MHA/MQA layers (§9).
 //! - [`switch`] (§7), [`tp`] (§8).
-//! - [`hf`]: loading HF checkpoints (config.json + safetensors).
 //! - [`random`]: seeded random layers for tests and case generation.
-//! - [`snapshot`]: regression digests of checkpoints ([`snapshot::Snapshot`]).
+//! - [`error`]: [`Error`], which names what was expected and what was found.
 
 pub mod absorb_decode;
 pub mod attention;
-pub mod budget;
 pub mod cache;
 pub mod config;
 pub mod decode;
 pub mod dtype;
-pub mod eigen;
 pub mod error;
-pub mod eval;
-pub mod files;
 pub mod gqa;
 pub mod gqa_decode;
-pub mod hf;
 pub mod latent;
 pub mod linear;
 pub mod mla;
-pub mod model;
 pub mod prefill;
 pub mod random;
 pub mod real;
 pub mod rope;
-pub mod snapshot;
 pub mod switch;
 pub mod tp;
-pub mod transgqla;
 
 pub use absorb_decode::absorb_decode;
 pub use cache::{Footprint, GqaCache, GroupCache, GroupCacheLayout, LatentCache};
-pub use config::{GqaDims, LatentDims};
+pub use config::{GqaDims, LatentDims, LatentShape};
 pub use decode::DecodeOutput;
 pub use dtype::DType;
 pub use error::{Error, Result};

@@ -1,10 +1,10 @@
 //! `gqla bench`: benchmarks that print a table (never timed tests).
 
 use super::CliError;
-use gqla_reference::hf::synthetic::{write_random_llama, LlamaGeometry};
-use gqla_reference::transgqla::checkpoint::{convert_checkpoint, Calibration, CheckpointOptions, FoldChoice, Progress};
-use gqla_reference::transgqla::rorope::smallest_freqfold;
-use gqla_reference::transgqla::ConvertOptions;
+use gqla_model::hf::synthetic::{write_random_llama, LlamaGeometry};
+use gqla_model::transgqla::checkpoint::{convert_checkpoint, Calibration, CheckpointOptions, Progress};
+use gqla_model::transgqla::rorope::smallest_freqfold;
+use gqla_model::transgqla::{Fold, Method, Truncation};
 use std::time::Instant;
 
 #[derive(clap::Args)]
@@ -70,7 +70,7 @@ enum Which {
     },
 }
 
-pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<(), CliError> {
+pub fn run(a: Args, budget: &gqla_model::budget::Budget) -> Result<(), CliError> {
     match a.which {
         Which::Convert {
             kv_lora_rank,
@@ -109,18 +109,19 @@ fn decode_grid(
     paths: &[String],
     (sqs, batches, contexts): (Vec<usize>, Vec<usize>, Vec<usize>),
 ) -> Result<gqla_cuda::bench::Grid, CliError> {
-    use gqla_cuda::bench::{DecodePath, Geometry, Grid};
+    use gqla_cuda::bench::{DecodePath, Grid, ModelGeometry};
     let mut grid = Grid::full();
     if quick {
         grid.batches = vec![1, 16];
         grid.contexts = vec![1024, 4096];
     }
     if !geometries.is_empty() {
-        let names: Vec<&str> = Geometry::all().iter().map(|g| g.name).collect();
+        let names: Vec<&str> = ModelGeometry::all().iter().map(|g| g.name).collect();
         grid.geometries = geometries
             .iter()
             .map(|n| {
-                Geometry::by_name(n).ok_or_else(|| CliError::Usage(format!("unknown geometry `{n}`: expected one of {}", names.join(", "))))
+                ModelGeometry::by_name(n)
+                    .ok_or_else(|| CliError::Usage(format!("unknown geometry `{n}`: expected one of {}", names.join(", "))))
             })
             .collect::<Result<_, _>>()?;
     }
@@ -171,7 +172,7 @@ fn decode(
 ) -> Result<(), CliError> {
     use gqla_cuda::bench::{measured_run, table};
     use gqla_cuda::launch::Variant;
-    use gqla_reference::files::write_file;
+    use gqla_files::write_file;
     let wanted = kernels
         .iter()
         .map(|k| Variant::from_name(k).ok_or_else(|| CliError::Usage(format!("unknown kernel `{k}`: expected simt, mma or wgmma"))))
@@ -269,7 +270,7 @@ fn convert(
     calib_sequences: usize,
     calib_tokens: usize,
     vocab: usize,
-    budget: &gqla_reference::budget::Budget,
+    budget: &gqla_model::budget::Budget,
 ) -> Result<(), CliError> {
     // Refused before the source checkpoint is written.
     for (flag, v) in [
@@ -300,13 +301,14 @@ fn convert(
     let write_s = t.elapsed().as_secs_f64();
     let freqfold = smallest_freqfold(g.head_dim / 2, g.kv_heads, rope_dim / 2)
         .ok_or_else(|| CliError::Usage(format!("--rope-dim {rope_dim} fits no freqfold")))?;
+    // The fold is fixed: this measures one conversion (a search converts the model 2-3 times).
+    let method = Method::TransGqla(Truncation::To {
+        rope_dim,
+        kv_rank: kv_lora_rank,
+        fold: Fold::Given(freqfold),
+    });
     let opt = CheckpointOptions {
-        groups: None,
-        layer: ConvertOptions {
-            rope_dim: Some(rope_dim),
-            kv_rank: Some(kv_lora_rank),
-            freqfold,
-        },
+        method,
         dtype: None,
         calibration: Calibration::Random {
             sequences: calib_sequences,
@@ -317,8 +319,6 @@ fn convert(
         budget: budget.clone(),
         emit: Default::default(),
         calibration_flow: Default::default(),
-        // The fold is fixed: this measures one conversion (a search converts the model 2-3 times).
-        freqfold_choice: FoldChoice::Given,
     };
     let reset = reset_peak_rss();
     let start = Instant::now();

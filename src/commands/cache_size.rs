@@ -2,13 +2,13 @@
 //! allocated with the checkpoint's storage dtype.
 
 use super::CliError;
-use gqla_reference::budget::{Budget, Need};
+use gqla_model::budget::{Budget, Need};
+use gqla_model::hf::config::AttentionConfig;
+use gqla_model::hf::ModelConfig;
 use gqla_reference::cache::{measure_gqa_cache, CacheSizes};
-use gqla_reference::hf::config::AttentionConfig;
-use gqla_reference::hf::ModelConfig;
 use gqla_reference::tp::tp_footprint;
 use gqla_reference::DType;
-use gqla_reference::{Footprint, GroupCacheLayout, LatentDims};
+use gqla_reference::{Footprint, GroupCacheLayout, LatentDims, LatentShape};
 use std::fmt::Write;
 use std::path::PathBuf;
 
@@ -75,7 +75,7 @@ fn geometry<E: Copy + Default>(config: &ModelConfig, a: &Args) -> Result<(Latent
                     2 * kv * d
                 )));
             }
-            let dims = LatentDims::new(c.dims.h(), kv, d_c, d, d_r, d)?;
+            let dims = LatentDims::new(LatentShape::from_gqa(c.dims, d_c, d_r))?;
             (
                 dims,
                 measure_gqa_cache::<E>(&c.dims),
@@ -84,14 +84,14 @@ fn geometry<E: Copy + Default>(config: &ModelConfig, a: &Args) -> Result<(Latent
         }
         AttentionConfig::Latent(c) => {
             let s = c.dims;
-            let dims = LatentDims::new(
-                s.h(),
-                s.g(),
-                a.kv_lora_rank.unwrap_or(s.d_c()),
-                s.d_n(),
-                a.rope_dim.unwrap_or(s.d_r()),
-                s.d_v(),
-            )?;
+            let dims = LatentDims::new(LatentShape {
+                h: s.h(),
+                g: s.g(),
+                d_c: a.kv_lora_rank.unwrap_or(s.d_c()),
+                d_n: s.d_n(),
+                d_r: a.rope_dim.unwrap_or(s.d_r()),
+                d_v: s.d_v(),
+            })?;
             let kind = if s.is_mla() { "MLA" } else { "GQLA" };
             (
                 dims,

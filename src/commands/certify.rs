@@ -4,17 +4,20 @@
 use super::CliError;
 use gqla_conformance::case::Case;
 use gqla_conformance::confined;
-use gqla_conformance::kernels::{Bug, CandleCpu, FlashCpu, ReferenceF32};
-use gqla_conformance::lattice::{suite_cases_seeded, SUITE_VERSION};
+use gqla_conformance::kernel_spec::{CudaBackend, KernelSpec};
+use gqla_conformance::kernels::{CandleCpu, FlashCpu, ReferenceF32};
+use gqla_conformance::lattice::SUITE_VERSION;
+use gqla_conformance::mutation::mutation_summary;
 use gqla_conformance::pack::{judge, outputs_dir, read_kernel_info, read_manifest, Judging};
-use gqla_conformance::report::{plain, Environment, MutationSummary, Report};
+use gqla_conformance::report::{plain, Environment, Report};
 use gqla_conformance::runner::{CaseResult, Prepared, Session};
-use gqla_conformance::{Kernel, KernelIdentity, Profile};
-use gqla_cuda::launch::Variant;
+use gqla_conformance::selection::fresh_seed;
+use gqla_conformance::stability::Stability;
+use gqla_conformance::{Kernel, KernelIdentity, Profile, Selection};
 use gqla_cuda::{CudaKernel, EmuKernel};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,14 +31,14 @@ pub struct Args {
     /// mma.sync, or Hopper wgmma on sm_90), `cuda-emu` and `cuda-emu-{simt,mma,wgmma}` (the CUDA
     /// kernel source on the host emulator, with checked memory accesses and barriers), or
     /// `external:DIR` (a vector pack; the kernel's outputs and kernel.json in `--outputs`).
-    #[arg(long, default_value = "auto")]
-    kernel: String,
+    #[arg(long, default_value = "auto", value_parser = |s: &str| s.parse::<KernelSpec>().map_err(|e| e.to_string()))]
+    kernel: KernelSpec,
     /// Only cases whose id starts with this prefix (e.g. `gqla.decode.gqa`); repeat for several.
-    #[arg(long)]
-    filter: Vec<String>,
+    #[arg(long = "filter", value_name = "PREFIX")]
+    filters: Vec<String>,
     /// Where report.json, report.md and junit.xml go.
     #[arg(long, default_value = "certificate")]
-    out: PathBuf,
+    out: std::path::PathBuf,
     /// Per-case time limit in seconds (in-process kernels).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400), default_value_t = 300)]
     timeout: u64,
@@ -49,20 +52,10 @@ pub struct Args {
     /// external:DIR only: the directory holding the kernel's NNNNN.outputs.safetensors and
     /// kernel.json (default: the pack itself).
     #[arg(long)]
-    outputs: Option<PathBuf>,
+    outputs: Option<std::path::PathBuf>,
     /// external:DIR only: the kernel's profile (JSON), instead of the one in kernel.json.
     #[arg(long)]
-    profile: Option<PathBuf>,
-}
-
-/// Whether case `id` is selected by the prefixes (all cases when there are none).
-fn selected(prefixes: &[String], id: &str) -> bool {
-    prefixes.is_empty() || prefixes.iter().any(|p| p == "*" || id.starts_with(p.as_str()))
-}
-
-/// The prefixes as the report records them.
-fn filter_text(prefixes: &[String]) -> String {
-    prefixes.join(" | ")
+    profile: Option<std::path::PathBuf>,
 }
 
 /// Exit status of a certification: 0 conformant, 1 rejected (or nothing certified).
@@ -118,33 +111,53 @@ fn builtin() -> Vec<Candidate> {
     ]
 }
 
-fn unknown_kernel(name: &str) -> CliError {
-    CliError::Usage(format!(
-        "unknown kernel `{name}`: expected auto, builtin, reference-f32, flash-cpu, candle, cuda, cuda-simt, cuda-mma, \
-         cuda-wgmma, cuda-emu, cuda-emu-simt, cuda-emu-mma, cuda-emu-wgmma or external:DIR"
-    ))
+/// The in-process kernels `spec` names (the CUDA ones opened on GPU 0 or the emulator).
+fn in_process(spec: &KernelSpec) -> Result<Vec<Candidate>, CliError> {
+    Ok(match spec {
+        KernelSpec::Auto => match CudaKernel::open(0) {
+            Ok(k) => {
+                println!("CUDA device found: certifying the CUDA kernels ({})", k.gpu().info.name);
+                vec![gpu_candidate(k)]
+            }
+            Err(why) => {
+                println!("no CUDA kernels to certify ({why}): certifying the built-in kernels");
+                builtin()
+            }
+        },
+        KernelSpec::Builtin => builtin(),
+        KernelSpec::Cuda {
+            backend: CudaBackend::Device,
+            variant,
+        } => vec![gpu_candidate(
+            CudaKernel::open(0)
+                .map_err(CliError::cuda("cannot certify the CUDA kernels"))?
+                .with_variant(variant.map(Into::into)),
+        )],
+        KernelSpec::Cuda {
+            backend: CudaBackend::Emulator,
+            variant,
+        } => vec![candidate(
+            Arc::new(EmuKernel::emulated().with_variant(variant.map(Into::into))),
+            false,
+        )],
+        KernelSpec::FlashCpu => vec![candidate(Arc::new(FlashCpu::correct(3)), true)],
+        KernelSpec::ReferenceF32 => vec![candidate(Arc::new(ReferenceF32), false)],
+        KernelSpec::Candle => vec![candidate(Arc::new(CandleCpu), false)],
+        KernelSpec::External(dir) => {
+            return Err(CliError::Usage(format!(
+                "external:{} is judged from its outputs, not run in this process",
+                dir.display()
+            )))
+        }
+    })
 }
 
-/// The attention kernel a CUDA kernel name asks for: `base` alone is the default choice per dtype
-/// (None inside), `base-simt`, `base-mma`, `base-wgmma` force one; anything else is None.
-fn variant_of(name: &str, base: &str) -> Option<Option<Variant>> {
-    match name.strip_prefix(base)? {
-        "" => Some(None),
-        rest => Some(Some(Variant::from_name(rest.strip_prefix('-')?)?)),
-    }
-}
-
-/// A fresh suite seed (never 0, the published one), small enough to retype.
-fn fresh_seed() -> u64 {
-    rand::random::<u32>().max(1) as u64
-}
-
-pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<Outcome, CliError> {
-    if let Some(rest) = a.kernel.strip_prefix("external:") {
-        return external(Path::new(rest), &a);
+pub fn run(a: Args, budget: &gqla_model::budget::Budget) -> Result<Outcome, CliError> {
+    if let KernelSpec::External(pack) = &a.kernel {
+        return external(pack, &a);
     }
     // Before anything runs: a certificate that cannot be written is known now, not after the suite.
-    gqla_reference::files::write::check_output_dir(&a.out)?;
+    gqla_files::write::check_output_dir(&a.out)?;
     for (given, flag) in [(a.outputs.is_some(), "--outputs"), (a.profile.is_some(), "--profile")] {
         if given {
             return Err(CliError::Usage(format!(
@@ -155,53 +168,21 @@ pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<Outcome, 
     if a.seeds == Some(0) {
         return Err(CliError::Usage("--seeds needs at least 1".into()));
     }
-    let candidates = match a.kernel.as_str() {
-        "auto" => match CudaKernel::open(0) {
-            Ok(k) => {
-                println!("CUDA device found: certifying the CUDA kernels ({})", k.gpu().info.name);
-                vec![gpu_candidate(k)]
-            }
-            Err(why) => {
-                println!("no CUDA kernels to certify ({why}): certifying the built-in kernels");
-                builtin()
-            }
-        },
-        "builtin" => builtin(),
-        k if k.starts_with("cuda") && !k.starts_with("cuda-emu") => {
-            let variant = variant_of(k, "cuda").ok_or_else(|| unknown_kernel(k))?;
-            vec![gpu_candidate(
-                CudaKernel::open(0)
-                    .map_err(CliError::cuda("cannot certify the CUDA kernels"))?
-                    .with_variant(variant),
-            )]
-        }
-        k if k.starts_with("cuda-emu") => {
-            let variant = variant_of(k, "cuda-emu").ok_or_else(|| unknown_kernel(k))?;
-            vec![candidate(Arc::new(EmuKernel::emulated().with_variant(variant)), false)]
-        }
-        "flash-cpu" => vec![candidate(Arc::new(FlashCpu::correct(3)), true)],
-        "reference-f32" => vec![candidate(Arc::new(ReferenceF32), false)],
-        "candle" => vec![candidate(Arc::new(CandleCpu), false)],
-        other => return Err(unknown_kernel(other)),
-    };
-    let chosen: Vec<Case> = suite_cases_seeded(0)
-        .into_iter()
-        .filter(|c| selected(&a.filter, &c.to_string()))
-        .collect();
-    if chosen.is_empty() {
-        return Err(CliError::Usage(format!("no case id starts with `{}`", filter_text(&a.filter))));
-    }
+    let candidates = in_process(&a.kernel)?;
+    let selection = Selection::new(a.filters.clone());
+    let chosen = selection.cases(0).map_err(|e| CliError::Usage(e.to_string()))?;
     // Every selected case's inputs and references stay in memory for the mutation catalogue.
-    budget.check(&[gqla_reference::budget::Need {
+    budget.check(&[gqla_model::budget::Need {
         what: format!("the inputs and references of the {} selected cases", chosen.len()),
-        bytes: chosen.iter().try_fold(0u128, |acc, c| acc.checked_add(c.memory_bytes())),
+        bytes: chosen.iter().try_fold(0u128, |acc, c| acc.checked_add(Prepared::estimate_bytes(c))),
     }])?;
     quiet_kernel_panics();
     if let Some(n) = a.seeds {
-        return stability(&candidates, n, &a);
+        return stability(&candidates, n, &selection, &a);
     }
     let seed = a.seed.unwrap_or_else(fresh_seed);
-    let (results, prepared) = run_suite(&candidates, seed, &a, true);
+    let (cases, results, prepared) = run_suite(&candidates, seed, &selection, &a, true)?;
+    drop(cases);
     let several = candidates.len() > 1;
     let mut all_conformant = true;
     for (c, results) in candidates.iter().zip(results) {
@@ -210,7 +191,7 @@ pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<Outcome, 
         let mut report = Report::new(
             identity,
             Environment::detect(c.kernel.environment()),
-            &filter_text(&a.filter),
+            &selection.to_string(),
             seed,
             c.kernel.profile(),
             results,
@@ -236,11 +217,15 @@ fn quiet_kernel_panics() {
 
 /// Every candidate on the suite drawn from `seed`; references computed once per case and shared
 /// by every kernel (and, when `keep`, kept for the mutation catalogue).
-fn run_suite(candidates: &[Candidate], seed: u64, a: &Args, keep: bool) -> (Vec<Vec<CaseResult>>, Vec<Prepared>) {
-    let cases: Vec<Case> = suite_cases_seeded(seed)
-        .into_iter()
-        .filter(|c| selected(&a.filter, &c.to_string()))
-        .collect();
+#[allow(clippy::type_complexity)]
+fn run_suite(
+    candidates: &[Candidate],
+    seed: u64,
+    selection: &Selection,
+    a: &Args,
+    keep: bool,
+) -> Result<(Vec<Case>, Vec<Vec<CaseResult>>, Vec<Prepared>), CliError> {
+    let cases = selection.cases(seed).map_err(|e| CliError::Usage(e.to_string()))?;
     let timeout = Duration::from_secs(a.timeout);
     let bar = ProgressBar::new((cases.len() * candidates.len()) as u64);
     bar.set_style(ProgressStyle::with_template("certifying {bar:30} {pos}/{len} {msg}").expect("valid template"));
@@ -259,69 +244,32 @@ fn run_suite(candidates: &[Candidate], seed: u64, a: &Args, keep: bool) -> (Vec<
         }
     }
     bar.finish_and_clear();
-    (results, prepared)
-}
-
-/// One case across seeds: how many passed, how many ran, the first failure.
-#[derive(Clone, Default)]
-struct Tally {
-    passed: u32,
-    ran: u32,
-    first_failure: Option<String>,
+    Ok((cases, results, prepared))
 }
 
 /// `--seeds N`: the profile on N fresh seeds; per case (its id without the seed), how many passed.
-fn stability(candidates: &[Candidate], n: u32, a: &Args) -> Result<Outcome, CliError> {
-    let seeds: Vec<u64> = (0..n).map(|_| fresh_seed()).collect();
-    // Per kernel: case (seedless id) → its tally.
-    let mut tally: Vec<BTreeMap<String, Tally>> = vec![BTreeMap::new(); candidates.len()];
-    for (i, &seed) in seeds.iter().enumerate() {
+fn stability(candidates: &[Candidate], n: u32, selection: &Selection, a: &Args) -> Result<Outcome, CliError> {
+    let mut tallies = vec![Stability::default(); candidates.len()];
+    for i in 0..n {
+        let seed = fresh_seed();
         println!("seed {seed} ({} of {n})", i + 1);
-        let (results, _) = run_suite(candidates, seed, a, false);
-        for (t, rs) in tally.iter_mut().zip(results) {
-            for r in rs {
-                let key = r.id.rsplit_once(";seed=").map_or(r.id.clone(), |(k, _)| k.to_string());
-                let e = t.entry(key).or_default();
-                if r.status.selected() {
-                    e.ran += 1;
-                    e.passed += r.status.passed() as u32;
-                    if r.status.failed() && e.first_failure.is_none() {
-                        e.first_failure = Some(format!("seed {seed}: {}: {}", r.status.name(), plain(&r.status.cause())));
-                    }
-                }
-            }
+        let (cases, results, _) = run_suite(candidates, seed, selection, a, false)?;
+        for (t, rs) in tallies.iter_mut().zip(&results) {
+            t.record(seed, &cases, rs);
         }
     }
     let mut all = true;
-    for (c, t) in candidates.iter().zip(&tally) {
+    for (c, t) in candidates.iter().zip(&tallies) {
         let name = c.kernel.identity().name;
-        let unstable: Vec<(&String, &Tally)> = t.iter().filter(|(_, v)| v.passed != v.ran).collect();
-        let selected = t.values().filter(|v| v.ran > 0).count();
-        let mut md = format!(
-            "# Seed stability: {}\n\n- suite {SUITE_VERSION}, {n} fresh seeds: {}\n- {selected} cases selected by the profile; {} passed on every seed\n\n| case | passed |\n|---|---|\n",
-            gqla_conformance::report::md_escape(&name),
-            seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "),
-            selected - unstable.len()
-        );
-        for (id, v) in t.iter().filter(|(_, v)| v.ran > 0) {
-            let note = v
-                .first_failure
-                .as_deref()
-                .map(|w| format!(" ({})", gqla_conformance::report::md_escape(w)))
-                .unwrap_or_default();
-            md.push_str(&format!("| `{id}` | {}/{}{note} |\n", v.passed, v.ran));
-        }
         let dir = if candidates.len() > 1 { a.out.join(&name) } else { a.out.clone() };
         std::fs::create_dir_all(&dir).map_err(CliError::io(format!("cannot create {}", dir.display())))?;
-        gqla_reference::files::write_file(&dir.join("seeds.md"), md.as_bytes())?;
-        println!(
-            "kernel {name}: {} of {selected} cases passed on all {n} seeds",
-            selected - unstable.len()
-        );
-        for (id, v) in &unstable {
+        gqla_files::write_file(&dir.join("seeds.md"), t.markdown(&name).as_bytes())?;
+        let (selected, unstable) = (t.selected().count(), t.unstable().count());
+        println!("kernel {name}: {} of {selected} cases passed on all {n} seeds", selected - unstable);
+        for (id, v) in t.unstable() {
             println!("  {}/{}  {id}  {}", v.passed, v.ran, v.first_failure.as_deref().unwrap_or(""));
         }
-        all &= unstable.is_empty() && selected > 0;
+        all &= t.stable();
     }
     hung(candidates)?;
     Ok(if all { Outcome::Conformant } else { Outcome::Rejected })
@@ -348,8 +296,8 @@ fn external(pack: &Path, a: &Args) -> Result<Outcome, CliError> {
     }
     let outputs = outputs_dir(pack, a.outputs.as_deref());
     // The kernel's outputs are an input too: the certificate lands outside them and the pack.
-    gqla_reference::files::write::note_input_dir(&outputs);
-    gqla_reference::files::write::check_output_dir(&a.out)?;
+    gqla_files::write::note_input_dir(&outputs);
+    gqla_files::write::check_output_dir(&a.out)?;
     let info = read_kernel_info(&outputs).map_err(bad)?;
     let profile = match (&a.profile, info.as_ref().and_then(|i| i.profile.clone())) {
         (Some(path), _) => {
@@ -367,18 +315,12 @@ fn external(pack: &Path, a: &Args) -> Result<Outcome, CliError> {
         }
     };
     // Without --filter, the filters the pack was exported with (the certificate states them).
-    let filters = if a.filter.is_empty() {
+    let selection = Selection::new(if a.filters.is_empty() {
         manifest.filters.clone()
     } else {
-        a.filter.clone()
-    };
-    let cases: Vec<Case> = suite_cases_seeded(manifest.seed)
-        .into_iter()
-        .filter(|c| selected(&filters, &c.to_string()))
-        .collect();
-    if cases.is_empty() {
-        return Err(CliError::Usage(format!("no case id starts with `{}`", filter_text(&filters))));
-    }
+        a.filters.clone()
+    });
+    let cases = selection.cases(manifest.seed).map_err(|e| CliError::Usage(e.to_string()))?;
     let bar = ProgressBar::new(cases.len() as u64);
     bar.set_style(ProgressStyle::with_template("judging {bar:30} {pos}/{len}").expect("valid template"));
     let judging = Judging {
@@ -418,7 +360,7 @@ fn external(pack: &Path, a: &Args) -> Result<Outcome, CliError> {
         Report::new(
             identity,
             Environment::detect(kernel_env),
-            &filter_text(&filters),
+            &selection.to_string(),
             manifest.seed,
             profile,
             results,
@@ -465,21 +407,4 @@ fn finish(report: Report, out: &Path) -> Result<Outcome, CliError> {
     } else {
         Outcome::Rejected
     })
-}
-
-/// Run every mutant until a case rejects it.
-fn mutation_summary(prepared: &[Prepared], timeout: Duration) -> MutationSummary {
-    let mut results = BTreeMap::new();
-    for bug in Bug::ALL {
-        let mut session = Session::new(Arc::new(FlashCpu::mutant(3, bug)), timeout);
-        let first = prepared.iter().map(|p| session.run(p)).find(|r| !r.status.passed());
-        results.insert(format!("{bug:?}"), first.map(|r| (r.id, r.status.name().to_string())));
-    }
-    let killed = results.values().filter(|r| r.is_some()).count();
-    MutationSummary {
-        mutants: results.len(),
-        killed,
-        kill_rate: killed as f64 / results.len() as f64,
-        results,
-    }
 }

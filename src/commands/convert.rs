@@ -1,14 +1,12 @@
 //! `gqla convert`: TransGQLA conversion of a GQA checkpoint into a GQLA checkpoint.
 
 use super::CliError;
-use gqla_reference::hf::config::AttentionConfig;
-use gqla_reference::hf::ModelConfig;
-use gqla_reference::transgqla::checkpoint::{
-    convert_checkpoint, Calibration, CalibrationFlow, CalibrationPrecision, CheckpointOptions, ConversionReport, Emit, FoldChoice,
-    LayerConversion, Progress,
+use gqla_model::hf::ModelConfig;
+use gqla_model::transgqla::checkpoint::{
+    convert_checkpoint, Calibration, CalibrationFlow, CalibrationPrecision, CheckpointOptions, ConversionReport, Emit, LayerConversion,
+    Progress,
 };
-use gqla_reference::transgqla::rorope::smallest_freqfold;
-use gqla_reference::transgqla::ConvertOptions;
+use gqla_model::transgqla::{FoldRequest, Method, MethodError, Request};
 use gqla_reference::DType;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::fmt::Write;
@@ -118,38 +116,29 @@ enum PrecisionArg {
     F64,
 }
 
-pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<(), CliError> {
+pub fn run(a: Args, budget: &gqla_model::budget::Budget) -> Result<(), CliError> {
     let config = ModelConfig::load(&a.input)?;
-    let layer = if a.no_truncation {
-        ConvertOptions::exact()
-    } else {
-        match budget_for(&config, a.rope_dim, a.kv_lora_rank)? {
-            Some((rope_dim, kv_rank)) => ConvertOptions {
-                rope_dim: Some(rope_dim),
-                kv_rank: Some(kv_rank),
-                freqfold: match a.freqfold {
-                    FoldArg::Fixed(f) => f,
-                    FoldArg::Search | FoldArg::Smallest => smallest_fold(&config, rope_dim)?,
-                },
-            },
-            // Per-group PCA keeps the MLA source's own d_c and d_r.
-            None => ConvertOptions::exact(),
-        }
+    let request = Request {
+        groups: a.groups,
+        rope_dim: a.rope_dim,
+        kv_rank: a.kv_lora_rank,
+        fold: match a.freqfold {
+            FoldArg::Search => FoldRequest::Search,
+            FoldArg::Smallest => FoldRequest::Smallest,
+            FoldArg::Fixed(f) => FoldRequest::Given(f),
+        },
+        exact: a.no_truncation,
     };
-    // No search runs without RoPE truncation (the library records `given` then).
-    let freqfold_choice = match a.freqfold {
-        FoldArg::Search => FoldChoice::Search,
-        FoldArg::Smallest | FoldArg::Fixed(_) => FoldChoice::Given,
-    };
+    let method = Method::for_source(&config, &request).map_err(|e| flag_error(e, &config))?;
     let calibration = match (&a.calib, &a.calib_text) {
         (Some(p), _) => Calibration::File(p.clone()),
         (None, Some(text)) => {
             if a.calib_tokens == 0 {
                 return Err(CliError::Usage("--calib-tokens must be positive".into()));
             }
-            let tok = gqla_reference::hf::tokenizer::load(&a.input, None)?;
-            let body = gqla_reference::files::read_to_string(text, gqla_reference::files::Limit::INDEX)?;
-            let ids = gqla_reference::hf::tokenizer::encode(&tok, &body, text)?;
+            let tok = gqla_model::hf::tokenizer::load(&a.input, None)?;
+            let body = gqla_files::read_to_string(text, gqla_files::Limit::INDEX)?;
+            let ids = gqla_model::hf::tokenizer::encode(&tok, &body, text)?;
             Calibration::Text {
                 text: text.clone(),
                 sequences: ids.chunks(a.calib_tokens).map(<[u32]>::to_vec).collect(),
@@ -173,13 +162,11 @@ pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<(), CliEr
         PrecisionArg::F64 => CalibrationPrecision::F64,
     };
     let opt = CheckpointOptions {
-        groups: a.groups,
-        layer,
+        method,
         dtype,
         calibration,
         calibration_precision,
         budget: budget.clone(),
-        freqfold_choice,
         calibration_flow: match a.calib_flow {
             FlowArg::Source => CalibrationFlow::Source,
             FlowArg::Converted => CalibrationFlow::Converted,
@@ -215,52 +202,32 @@ pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<(), CliEr
     Ok(())
 }
 
-/// d_r and d_c: the flags, else the paper's budget for a GQA source; both checked against the
-/// source's geometry here, so an error names the flag before any weight is read.
-fn budget_for(config: &ModelConfig, rope_dim: Option<usize>, kv_rank: Option<usize>) -> Result<Option<(usize, usize)>, CliError> {
-    let AttentionConfig::Gqa(c) = &config.attention else {
-        if rope_dim.is_some() || kv_rank.is_some() {
-            return Err(CliError::Usage(
-                "--rope-dim and --kv-lora-rank apply to GQA sources: an MLA source keeps its own d_c and d_r (per-group PCA changes only the groups)".into(),
-            ));
+/// A request the source refused, in the flags' words (`(default)` where the paper's budget gave
+/// the value).
+fn flag_error(e: MethodError, config: &ModelConfig) -> CliError {
+    let named = |flag: &str, defaulted: bool| if defaulted { format!("{flag} (default)") } else { flag.to_string() };
+    CliError::Usage(match e {
+        MethodError::GqaGroups { kv, given } => {
+            format!("GQA → GQLA keeps one group per kv head: --groups must be {kv} (num_key_value_heads), got {given}")
         }
-        return Ok(None);
-    };
-    let (kv, d) = (c.dims.kv(), c.dims.d());
-    let (default_rope, default_rank) = gqla_reference::transgqla::paper_budget(kv, d);
-    let rope = rope_dim.unwrap_or(default_rope);
-    let named = |flag: &str, given: bool| if given { flag.to_string() } else { format!("{flag} (default)") };
-    if rope == 0 || !rope.is_multiple_of(2) || rope > kv * d {
-        return Err(CliError::Usage(format!(
-            "{} = {rope}: expected an even number in 2..={} (KV·D, KV = {kv}, D = {d})",
-            named("--rope-dim", rope_dim.is_some()),
-            kv * d
-        )));
-    }
-    let rank = kv_rank.unwrap_or((default_rank + default_rope).saturating_sub(rope));
-    let latent = 2 * kv * d - rope;
-    if rank == 0 || rank > latent {
-        return Err(CliError::Usage(format!(
-            "{} = {rank}: expected 1..={latent}, the no-rope keys and the values (2·KV·D − d_r, KV = {kv}, D = {d}, d_r = {rope})",
-            named("--kv-lora-rank", kv_rank.is_some())
-        )));
-    }
-    Ok(Some((rope, rank)))
-}
-
-/// The smallest fold f (dividing D/2) for which d_r splits evenly over the runs.
-fn smallest_fold(config: &ModelConfig, rope_dim: usize) -> Result<usize, CliError> {
-    let AttentionConfig::Gqa(c) = &config.attention else { return Ok(1) };
-    let (half, kv) = (c.dims.d() / 2, c.dims.kv());
-    let fold = rope_dim
-        .is_multiple_of(2)
-        .then(|| smallest_freqfold(half, kv, rope_dim / 2))
-        .flatten();
-    fold.ok_or_else(|| {
-        CliError::Usage(format!(
-            "no freqfold makes --rope-dim {rope_dim} valid for head dim {} and {kv} kv heads",
-            c.dims.d()
-        ))
+        MethodError::GroupsRequired { heads } => format!("MLA → GQLA needs --groups G (a divisor of the {heads} query heads)"),
+        MethodError::GroupsNotDividing { groups, heads } => format!("--groups {groups} must divide the number of query heads H={heads}"),
+        MethodError::AlreadyGqla { .. } => format!("{}: {e}", config.path.display()),
+        MethodError::TruncatingMla => {
+            "--rope-dim and --kv-lora-rank apply to GQA sources: an MLA source keeps its own d_c and d_r (per-group PCA changes only the groups)".into()
+        }
+        MethodError::RopeDim { rope_dim, max, kv, d, defaulted } => format!(
+            "{} = {rope_dim}: expected an even number in 2..={max} (KV·D, KV = {kv}, D = {d})",
+            named("--rope-dim", defaulted)
+        ),
+        MethodError::KvRank { kv_rank, max, kv, d, rope_dim, defaulted } => format!(
+            "{} = {kv_rank}: expected 1..={max}, the no-rope keys and the values (2·KV·D − d_r, KV = {kv}, D = {d}, d_r = {rope_dim})",
+            named("--kv-lora-rank", defaulted)
+        ),
+        MethodError::NoFold { rope_dim, d, kv } => format!("no freqfold makes --rope-dim {rope_dim} valid for head dim {d} and {kv} kv heads"),
+        MethodError::FoldDoesNotFit { fold, rope_dim, d, kv } => {
+            format!("--freqfold {fold} does not fit --rope-dim {rope_dim} for head dim {d} and {kv} kv heads")
+        }
     })
 }
 

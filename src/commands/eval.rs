@@ -2,9 +2,9 @@
 //! and top-1 agreement of the next-token distributions.
 
 use super::CliError;
-use gqla_reference::budget::{Budget, Need};
-use gqla_reference::eval::{evaluate, TextScore};
-use gqla_reference::hf::{tokenizer, Checkpoint};
+use gqla_model::budget::{Budget, Need};
+use gqla_model::eval::{evaluate, TextScore};
+use gqla_model::hf::{tokenizer, Checkpoint};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 
@@ -47,7 +47,7 @@ pub fn run(a: Args, budget: &Budget) -> Result<(), CliError> {
             _ => return Err(e.into()),
         },
     };
-    let text = gqla_reference::files::read_to_string(&a.text, gqla_reference::files::Limit::INDEX)?;
+    let text = gqla_files::read_to_string(&a.text, gqla_files::Limit::INDEX)?;
     let mut ids = tokenizer::encode(&tok, &text, &a.text)?;
     if let Some(n) = a.max_tokens {
         ids.truncate(usize::try_from(n).unwrap_or(usize::MAX));
@@ -68,7 +68,7 @@ pub fn run(a: Args, budget: &Budget) -> Result<(), CliError> {
     }
     let window = a.window as usize;
     let w = window.min(ids.len());
-    let batch = (gqla_reference::eval::batches_of(window) * w).min(ids.len());
+    let batch = (gqla_model::eval::batches_of(window) * w).min(ids.len());
     let hidden = model.config.hidden_size;
     budget.check(&[
         Need::elements(
@@ -83,7 +83,7 @@ pub fn run(a: Args, budget: &Budget) -> Result<(), CliError> {
         ),
     ])?;
     let windows = ids.chunks(window).filter(|c| c.len() >= 2).count();
-    let batches = windows.div_ceil(gqla_reference::eval::batches_of(window));
+    let batches = windows.div_ceil(gqla_model::eval::batches_of(window));
     let models = 1 + source.is_some() as usize;
     let bar = ProgressBar::new((batches * models * model.config.num_layers) as u64);
     bar.set_style(ProgressStyle::with_template("scoring {bar:30} {pos}/{len} layer passes [{elapsed}<{eta}]").expect("valid template"));

@@ -1,11 +1,11 @@
 //! `gqla forward`: one layer's self-attention output from an HF checkpoint.
 
 use super::CliError;
-use gqla_reference::budget::{Budget, Need};
+use gqla_files::tensors::write_f64;
+use gqla_model::budget::{Budget, Need};
+use gqla_model::hf::load_layer;
+use gqla_model::transformer::Attention;
 use gqla_reference::decode::DecodePath;
-use gqla_reference::hf::load_layer;
-use gqla_reference::hf::tensors::write_f64;
-use gqla_reference::model::Attention;
 use gqla_reference::{absorb_decode, gqa_decode, DType, DecodeOutput, GroupCache, GroupCacheLayout, LatentCache, Real};
 use ndarray::{Array2, IxDyn};
 use std::collections::HashMap;
@@ -46,7 +46,7 @@ fn layout_parser() -> impl clap::builder::TypedValueParser<Value = GroupCacheLay
 
 pub fn run(a: Args, budget: &Budget) -> Result<(), CliError> {
     let (config, layer) = load_layer(&a.checkpoint, a.layer)?;
-    let store = gqla_reference::hf::TensorStore::open(&a.input)?;
+    let store = gqla_model::hf::TensorStore::open(&a.input)?;
     let (name, x) = store.get_any2("hidden_states")?;
     if x.ncols() != config.hidden_size || x.nrows() == 0 {
         return Err(gqla_reference::Error::Shape {
@@ -59,10 +59,10 @@ pub fn run(a: Args, budget: &Budget) -> Result<(), CliError> {
     }
     let t = x.nrows();
     let cache = match &config.attention {
-        gqla_reference::hf::config::AttentionConfig::Gqa(c) => {
+        gqla_model::hf::config::AttentionConfig::Gqa(c) => {
             Need::f64s(format!("the K/V caches of {t} tokens"), &[t, 2, c.dims.kv(), c.dims.d()])
         }
-        gqla_reference::hf::config::AttentionConfig::Latent(c) => Need::caches(&c.dims, t, 8),
+        gqla_model::hf::config::AttentionConfig::Latent(c) => Need::caches(&c.dims, t, 8),
     };
     // Attention runs row by row: the caches and the per-token activations dominate.
     budget.check(&[

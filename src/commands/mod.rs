@@ -84,7 +84,7 @@ impl CliError {
             CliError::Cuda { source, .. } => match source {
                 C::Hung { .. } => gqla_cuda::device::HUNG_EXIT_CODE as u8,
                 C::NoDriver | C::NoNvrtc | C::NoDevice(_) | C::Unsupported(_) => 2,
-                C::Driver { .. } | C::Blas { .. } | C::Timing { .. } | C::Compile { .. } | C::Emulator(_) => 3,
+                C::Driver { .. } | C::Blas { .. } | C::Timing { .. } | C::Compile { .. } | C::Emulator(_) | C::MissingOutput(_) => 3,
             },
             CliError::Io { .. } | CliError::Failed(_) => 3,
         }

@@ -1,11 +1,11 @@
 //! `gqla plan`: which decode path a GPU should run, from a roofline model of both paths.
 
 use super::CliError;
-use gqla_cuda::plan::{gpu, mtp_gain, plan, validate, DType, Deployment, Gpu, MeasuredRun, Plan, Prediction, Scenario, Step, GPUS};
+use gqla_cuda::plan::{gpu, mtp_gain, plan, validate, DType, Deployment, GpuSpec, MeasuredRun, Plan, Prediction, Scenario, Step, GPUS};
+use gqla_model::hf::config::AttentionConfig;
+use gqla_model::hf::ModelConfig;
 use gqla_reference::cache::GroupCacheLayout;
-use gqla_reference::hf::config::AttentionConfig;
-use gqla_reference::hf::ModelConfig;
-use gqla_reference::LatentDims;
+use gqla_reference::{LatentDims, LatentShape};
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
@@ -72,31 +72,31 @@ fn dims(config: &ModelConfig, a: &Args) -> Result<LatentDims, CliError> {
     let d = match &config.attention {
         AttentionConfig::Gqa(c) => {
             let (h, kv, d) = (c.dims.h(), c.dims.kv(), c.dims.d());
-            LatentDims::new(
+            LatentDims::new(LatentShape {
                 h,
-                a.groups.unwrap_or(kv),
-                a.kv_lora_rank.unwrap_or(512),
-                d,
-                a.rope_dim.unwrap_or(64),
-                d,
-            )?
+                g: a.groups.unwrap_or(kv),
+                d_c: a.kv_lora_rank.unwrap_or(512),
+                d_n: d,
+                d_r: a.rope_dim.unwrap_or(64),
+                d_v: d,
+            })?
         }
         AttentionConfig::Latent(c) => {
             let s = c.dims;
-            LatentDims::new(
-                s.h(),
-                a.groups.unwrap_or(s.g()),
-                a.kv_lora_rank.unwrap_or(s.d_c()),
-                s.d_n(),
-                a.rope_dim.unwrap_or(s.d_r()),
-                s.d_v(),
-            )?
+            LatentDims::new(LatentShape {
+                h: s.h(),
+                g: a.groups.unwrap_or(s.g()),
+                d_c: a.kv_lora_rank.unwrap_or(s.d_c()),
+                d_n: s.d_n(),
+                d_r: a.rope_dim.unwrap_or(s.d_r()),
+                d_v: s.d_v(),
+            })?
         }
     };
     Ok(d)
 }
 
-pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<(), CliError> {
+pub fn run(a: Args, budget: &gqla_model::budget::Budget) -> Result<(), CliError> {
     if let Some(path) = &a.validate {
         return validation(path, a.json);
     }
@@ -106,7 +106,7 @@ pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<(), CliEr
     let config = ModelConfig::load(config_path)?;
     let dims = dims(&config, &a)?;
     // The plan measures cache bytes from caches it allocates (a few tokens on each path).
-    budget.check(&[gqla_reference::budget::Need::caches(&dims, 4, 4)])?;
+    budget.check(&[gqla_model::budget::Need::caches(&dims, 4, 4)])?;
     let known: Vec<&str> = GPUS.iter().map(|g| g.key).collect();
     let gpu = gpu(gpu_key)
         .ok_or_else(|| CliError::Usage(format!("unknown GPU `{gpu_key}`: expected one of {}", known.join(", "))))?
@@ -146,7 +146,7 @@ pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<(), CliEr
 
 /// `--validate`: how often the planner picks the measured-faster path, and its time errors.
 fn validation(path: &Path, json: bool) -> Result<(), CliError> {
-    let text = gqla_reference::files::read_to_string(path, gqla_reference::files::Limit::CONFIG)?;
+    let text = gqla_files::read_to_string(path, gqla_files::Limit::CONFIG)?;
     let run: MeasuredRun =
         serde_json::from_str(&text).map_err(|e| CliError::Usage(format!("{}: not a measured run: {e}", path.display())))?;
     let v = validate(&run)?;
@@ -290,7 +290,7 @@ fn row(x: &Prediction, ridge: f64) -> String {
 }
 
 /// The crossover table over s_q and context.
-pub fn sweep(s: &Scenario, gpu: &Gpu) -> Result<String, CliError> {
+pub fn sweep(s: &Scenario, gpu: &GpuSpec) -> Result<String, CliError> {
     let mut t = String::new();
     let _ = writeln!(
         t,
@@ -329,7 +329,7 @@ pub fn sweep(s: &Scenario, gpu: &Gpu) -> Result<String, CliError> {
 /// predicted attained rate.
 pub fn chart(s: &Scenario, path: &Path) -> Result<(), CliError> {
     use plotters::prelude::*;
-    let gpus: Vec<Gpu> = ["h100", "h200", "h20"].iter().filter_map(|k| gpu(k)).collect();
+    let gpus: Vec<GpuSpec> = ["h100", "h200", "h20"].iter().filter_map(|k| gpu(k)).collect();
     let mut points = Vec::new();
     for g in &gpus {
         for sq in [1, 2] {
@@ -397,5 +397,5 @@ pub fn chart(s: &Scenario, path: &Path) -> Result<(), CliError> {
         Ok(())
     };
     draw().map_err(|e| CliError::Failed(format!("cannot draw the chart {}: {e}", path.display())))?;
-    Ok(gqla_reference::files::write_file(path, svg.as_bytes())?)
+    Ok(gqla_files::write_file(path, svg.as_bytes())?)
 }

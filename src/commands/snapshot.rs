@@ -1,8 +1,8 @@
 //! `gqla snapshot`: a regression digest of a checkpoint as YAML, and `--check` against one.
 
 use super::CliError;
-use gqla_reference::budget::Budget;
-use gqla_reference::snapshot::{Snapshot, TensorPolicy};
+use gqla_model::budget::Budget;
+use gqla_model::snapshot::{Snapshot, TensorPolicy};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 
@@ -56,7 +56,7 @@ pub fn run(a: Args, budget: &Budget) -> Result<Outcome, CliError> {
         bar.set_position(done as u64);
     };
     if let Some(file) = &a.check {
-        let text = gqla_reference::files::read_to_string(file, gqla_reference::files::Limit::INDEX)?;
+        let text = gqla_files::read_to_string(file, gqla_files::Limit::INDEX)?;
         let stored = Snapshot::from_yaml(&text, file)?;
         let report = stored.check(&a.checkpoint, file, budget, &mut on_step)?;
         bar.finish_and_clear();
@@ -73,7 +73,7 @@ pub fn run(a: Args, budget: &Budget) -> Result<Outcome, CliError> {
     let yaml = snap.to_yaml();
     match &a.output {
         Some(path) => {
-            gqla_reference::files::write_file(path, yaml.as_bytes())?;
+            gqla_files::write_file(path, yaml.as_bytes())?;
             eprintln!("wrote {}", path.display());
         }
         None => print!("{yaml}"),

@@ -1,8 +1,6 @@
 //! `gqla vectors export`: write a vector pack for kernels outside this process.
 
 use super::CliError;
-use gqla_conformance::case::Case;
-use gqla_conformance::lattice::suite_cases_seeded;
 use gqla_conformance::pack::export;
 use std::path::PathBuf;
 
@@ -30,21 +28,19 @@ enum Which {
     },
 }
 
-pub fn run(a: Args, budget: &gqla_reference::budget::Budget) -> Result<(), CliError> {
+pub fn run(a: Args, budget: &gqla_model::budget::Budget) -> Result<(), CliError> {
     let Which::Export { out, filter, seed } = a.which;
-    let seed = seed.unwrap_or_else(|| rand::random::<u32>().max(1) as u64);
-    let selected = |c: &Case| filter.is_empty() || filter.iter().any(|p| c.matches(p));
-    let cases: Vec<(usize, Case)> = suite_cases_seeded(seed)
-        .into_iter()
-        .enumerate()
-        .filter(|(_, c)| selected(c))
-        .collect();
-    if cases.is_empty() {
-        return Err(CliError::Usage(format!("no case id starts with `{}`", filter.join(" | "))));
-    }
+    let seed = seed.unwrap_or_else(gqla_conformance::selection::fresh_seed);
+    let cases = gqla_conformance::Selection::new(filter.clone())
+        .indexed_cases(seed)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
     // One case at a time: its inputs, and the file they are serialised into.
-    let largest = cases.iter().map(|(_, c)| c.memory_bytes()).max().unwrap_or(0);
-    budget.check(&[gqla_reference::budget::Need {
+    let largest = cases
+        .iter()
+        .map(|(_, c)| gqla_conformance::runner::Prepared::estimate_bytes(c))
+        .max()
+        .unwrap_or(0);
+    budget.check(&[gqla_model::budget::Need {
         what: "the largest selected case's inputs".into(),
         bytes: largest.checked_mul(2),
     }])?;

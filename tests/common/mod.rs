@@ -64,7 +64,7 @@ pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
     (num / den).sqrt()
 }
 
-pub use gqla_reference::hf::tensors::RawTensor;
+pub use gqla_files::tensors::RawTensor;
 
 /// All tensors of a safetensors file, by name.
 pub fn read_all(path: &Path) -> std::collections::BTreeMap<String, RawTensor> {
@@ -91,7 +91,7 @@ pub fn write_all(path: &Path, tensors: &std::collections::BTreeMap<String, RawTe
     std::fs::write(path, bytes).unwrap();
 }
 
-/// Write a random bf16 LLaMA checkpoint to `dir` (see `gqla_reference::hf::synthetic`).
+/// Write a random bf16 LLaMA checkpoint to `dir` (see `gqla_model::hf::synthetic`).
 #[allow(clippy::too_many_arguments)]
 pub fn write_random_llama(
     dir: &Path,
@@ -104,7 +104,7 @@ pub fn write_random_llama(
     layers: usize,
     seed: u64,
 ) {
-    use gqla_reference::hf::synthetic::{write_random_llama, LlamaGeometry};
+    use gqla_model::hf::synthetic::{write_random_llama, LlamaGeometry};
     write_random_llama(
         dir,
         LlamaGeometry {

@@ -78,6 +78,14 @@ fn group_kv(case: &Case, rows: &[Tensor], g: usize) -> Result<(Tensor, Tensor)> 
     }
 }
 
+/// Output `name`'s elements (an error, not a panic, if the case has no such output).
+fn region(outputs: &mut Outputs, name: TensorName) -> Result<&mut [f32]> {
+    Ok(outputs
+        .get_mut(name)
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?
+        .region_mut())
+}
+
 fn decode(inp: &CaseInputs, outputs: &mut Outputs) -> Result<()> {
     let c = &inp.case;
     let (sq, h, w, dout) = (c.sq(), c.h(), c.q_width(), c.out_width());
@@ -90,8 +98,8 @@ fn decode(inp: &CaseInputs, outputs: &mut Outputs) -> Result<()> {
     for b in 0..c.batch() {
         let len = c.seq_len(b);
         if len == 0 {
-            outputs.get_mut(TensorName::Out).region_mut()[b * row_out..(b + 1) * row_out].fill(0.0);
-            outputs.get_mut(TensorName::Lse).region_mut()[b * sq * h..(b + 1) * sq * h].fill(f32::NEG_INFINITY);
+            region(outputs, TensorName::Out)?[b * row_out..(b + 1) * row_out].fill(0.0);
+            region(outputs, TensorName::Lse)?[b * sq * h..(b + 1) * sq * h].fill(f32::NEG_INFINITY);
             continue;
         }
         let rows: Vec<Tensor> = comps.iter().map(|t| gather(inp, t, b, len)).collect::<Result<_>>()?;
@@ -107,8 +115,8 @@ fn decode(inp: &CaseInputs, outputs: &mut Outputs) -> Result<()> {
         }
         let o = round_to(&Tensor::cat(&outs, 1)?, c.dtype())?.flatten_all()?.to_vec1::<f32>()?;
         let l = Tensor::cat(&lses, 1)?.flatten_all()?.to_vec1::<f32>()?;
-        outputs.get_mut(TensorName::Out).region_mut()[b * row_out..(b + 1) * row_out].copy_from_slice(&o);
-        outputs.get_mut(TensorName::Lse).region_mut()[b * sq * h..(b + 1) * sq * h].copy_from_slice(&l);
+        region(outputs, TensorName::Out)?[b * row_out..(b + 1) * row_out].copy_from_slice(&o);
+        region(outputs, TensorName::Lse)?[b * sq * h..(b + 1) * sq * h].copy_from_slice(&l);
     }
     Ok(())
 }
@@ -132,8 +140,8 @@ fn expand(inp: &CaseInputs, outputs: &mut Outputs) -> Result<()> {
         let v = round_to(&y.narrow(2, c.dn(), c.dv())?.contiguous()?, c.dtype())?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        outputs.get_mut(TensorName::K).region_mut()[k_at..k_at + k.len()].copy_from_slice(&k);
-        outputs.get_mut(TensorName::V).region_mut()[v_at..v_at + v.len()].copy_from_slice(&v);
+        region(outputs, TensorName::K)?[k_at..k_at + k.len()].copy_from_slice(&k);
+        region(outputs, TensorName::V)?[v_at..v_at + v.len()].copy_from_slice(&v);
         (k_at, v_at) = (k_at + k.len(), v_at + v.len());
     }
     Ok(())

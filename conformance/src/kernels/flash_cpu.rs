@@ -360,14 +360,14 @@ impl FlashCpu {
                 }
             }
         }
-        for (dst, v) in out.get_mut(TensorName::Out).region_mut().iter_mut().zip(&o) {
+        for (dst, v) in out.get_mut(TensorName::Out)?.region_mut().iter_mut().zip(&o) {
             *dst = c.dtype().round_f32(*v);
         }
         if out.has(TensorName::Lse) {
-            out.get_mut(TensorName::Lse).region_mut().copy_from_slice(&lse);
+            out.get_mut(TensorName::Lse)?.region_mut().copy_from_slice(&lse);
         }
         if self.has(Bug::OutOfBoundsWrite) {
-            let (buf, offset) = out.get_mut(TensorName::Lse).with_margins_mut();
+            let (buf, offset) = out.get_mut(TensorName::Lse)?.with_margins_mut();
             buf[offset + lse.len()] = 0.0;
         }
         Ok(())
@@ -398,8 +398,8 @@ impl FlashCpu {
                 }
             }
         }
-        out.get_mut(TensorName::K).region_mut().copy_from_slice(&k);
-        out.get_mut(TensorName::V).region_mut().copy_from_slice(&v);
+        out.get_mut(TensorName::K)?.region_mut().copy_from_slice(&k);
+        out.get_mut(TensorName::V)?.region_mut().copy_from_slice(&v);
         Ok(())
     }
 }

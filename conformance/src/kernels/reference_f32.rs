@@ -22,7 +22,7 @@ impl Kernel for ReferenceF32 {
     }
     fn run(&self, inputs: &mut CaseInputs, outputs: &mut Outputs) -> Result<(), KernelError> {
         for (name, values) in compute(inputs, Precision::Naive(DType::F32)) {
-            let out = outputs.get_mut(name);
+            let out = outputs.get_mut(name)?;
             // Outputs are stored in the case dtype, except the LSE, which is f32 by definition.
             let dtype = if name == TensorName::Lse { DType::F32 } else { inputs.case.dtype() };
             for (dst, v) in out.region_mut().iter_mut().zip(values) {

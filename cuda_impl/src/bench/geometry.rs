@@ -1,17 +1,17 @@
 //! The benchmark's geometries and the minimal traffic and arithmetic of one decode step.
 
 use gqla_conformance::case::DType;
-use gqla_reference::config::LatentDims;
+use gqla_reference::config::{LatentDims, LatentShape};
 use gqla_reference::decode::DecodePath;
 
 /// A model's attention geometry, by name.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Geometry {
+pub struct ModelGeometry {
     pub name: &'static str,
     pub dims: LatentDims,
 }
 
-impl Geometry {
+impl ModelGeometry {
     /// LLaMA-3-8B converted to GQLA.
     pub fn llama3_8b() -> Self {
         Self::of("llama3-8b-gqla", 32)
@@ -22,15 +22,19 @@ impl Geometry {
     }
     /// `h` query heads over 8 groups, d_c 512, d_n = d_v = 128, d_r 64.
     fn of(name: &'static str, h: usize) -> Self {
-        let dims = LatentDims::new(h, 8, 512, 128, 64, 128).expect("a valid built-in geometry");
+        let dims = LatentDims::new(LatentShape {
+            h,
+            ..LatentShape::DEEPSEEK_V3_G8
+        })
+        .expect("a valid built-in geometry");
         Self { name, dims }
     }
     /// The geometries the benchmark knows.
-    pub fn all() -> Vec<Geometry> {
+    pub fn all() -> Vec<ModelGeometry> {
         vec![Self::llama3_8b(), Self::deepseek_v3()]
     }
-    /// One of [`Geometry::all`] by its name.
-    pub fn by_name(name: &str) -> Option<Geometry> {
+    /// One of [`ModelGeometry::all`] by its name.
+    pub fn by_name(name: &str) -> Option<ModelGeometry> {
         Self::all().into_iter().find(|g| g.name == name)
     }
 }
@@ -44,7 +48,7 @@ pub struct Work {
     pub flops: f64,
 }
 
-impl Geometry {
+impl ModelGeometry {
     /// Cache elements per token on `path`, measured on a reference cache allocated with this
     /// geometry (the layout the kernels read: the rope key stored once on the GQA path).
     pub fn cache_elems(&self, path: DecodePath) -> usize {

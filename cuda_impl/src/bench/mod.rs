@@ -17,7 +17,7 @@ mod point;
 mod report;
 
 pub use ceilings::Ceilings;
-pub use geometry::{Geometry, Work};
+pub use geometry::{ModelGeometry, Work};
 pub use gqla_reference::decode::DecodePath;
 pub use point::{bench_point, random, PageTable, Shape};
 pub use report::{measured_run, table, Row};
@@ -35,7 +35,7 @@ pub const CHECK_TOLERANCE: f64 = 2e-2;
 /// The grid to time.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Grid {
-    pub geometries: Vec<Geometry>,
+    pub geometries: Vec<ModelGeometry>,
     pub paths: Vec<DecodePath>,
     pub sqs: Vec<usize>,
     pub batches: Vec<usize>,
@@ -53,7 +53,7 @@ impl Grid {
     /// {1k, 4k, 16k, 64k}, bf16.
     pub fn full() -> Self {
         Self {
-            geometries: Geometry::all(),
+            geometries: ModelGeometry::all(),
             paths: DecodePath::ALL.to_vec(),
             sqs: vec![1, 2],
             batches: vec![1, 16, 64, 128],
@@ -95,7 +95,7 @@ mod tests {
     fn measured_run_takes_the_fastest_tensor_core_kernel() {
         let grid = Grid::full();
         let row = |path, variant, ms| Row {
-            geometry: Geometry::llama3_8b().name,
+            geometry: ModelGeometry::llama3_8b().name,
             path,
             sq: 1,
             batch: 16,
@@ -104,7 +104,7 @@ mod tests {
             splits: 1,
             variant,
             timing: Timing::single(ms),
-            work: Geometry::llama3_8b().work(path, DType::Bf16, 1, 16, 4096),
+            work: ModelGeometry::llama3_8b().work(path, DType::Bf16, 1, 16, 4096),
             check_err: 0.0,
         };
         let ceilings = Ceilings {
@@ -166,24 +166,24 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for g in Geometry::all() {
-            assert_eq!(Geometry::by_name(g.name), Some(g));
+        for g in ModelGeometry::all() {
+            assert_eq!(ModelGeometry::by_name(g.name), Some(g));
         }
         for p in DecodePath::ALL {
             assert_eq!(DecodePath::from_name(p.name()), Some(p));
         }
-        assert_eq!(Geometry::by_name("llama"), None);
+        assert_eq!(ModelGeometry::by_name("llama"), None);
         assert_eq!(DecodePath::from_name("mla"), None);
     }
 
     #[test]
     fn work_counts() {
-        let w = Geometry::llama3_8b().work(DecodePath::Absorb, DType::Bf16, 1, 1, 1024);
+        let w = ModelGeometry::llama3_8b().work(DecodePath::Absorb, DType::Bf16, 1, 1, 1024);
         let q_out = 32.0 * (576.0 + 512.0) * 2.0 + 32.0 * 4.0;
         assert_eq!(w.bytes, 1024.0 * 576.0 * 2.0 + q_out);
         assert_eq!(w.flops, 2.0 * 32.0 * 1024.0 * (576.0 + 512.0));
-        let g = Geometry::deepseek_v3().work(DecodePath::Gqa, DType::Bf16, 2, 4, 100);
-        assert_eq!(Geometry::deepseek_v3().cache_elems(DecodePath::Gqa), 8 * 128 + 64 + 8 * 128);
+        let g = ModelGeometry::deepseek_v3().work(DecodePath::Gqa, DType::Bf16, 2, 4, 100);
+        assert_eq!(ModelGeometry::deepseek_v3().cache_elems(DecodePath::Gqa), 8 * 128 + 64 + 8 * 128);
         assert_eq!(g.flops, 2.0 * (4 * 2 * 128) as f64 * 100.0 * (192.0 + 128.0));
     }
 }

@@ -2,7 +2,7 @@
 //! output spot-checked against the f64 reference.
 
 use super::*;
-use crate::launch::{self, Decode, Guarded, KeySource, Paging, Segment, Variant, Workspace};
+use crate::launch::{self, BlockTable, Decode, Guarded, KeySource, Segment, Variant, Workspace};
 use crate::runtime::Runtime;
 use crate::CudaError;
 use gqla_conformance::case::DType;
@@ -82,7 +82,7 @@ impl PageTable {
 /// batch, context and paging.
 pub fn bench_point<R: Runtime>(
     rt: &R,
-    geo: &Geometry,
+    geo: &ModelGeometry,
     path: DecodePath,
     dtype: DType,
     (sqs, variants): (&[usize], &[Variant]),
@@ -152,7 +152,7 @@ pub fn bench_point<R: Runtime>(
             dtype,
             q: &q,
             keys,
-            paging: Paging {
+            paging: BlockTable {
                 seq_lens: &lens,
                 block_table: &table,
                 max_pages: pages.max_pages,
@@ -268,7 +268,7 @@ impl HostSeq {
         rt: &R,
         dtype: DType,
         (key, rope, value): CacheBufs<R>,
-        geo: &Geometry,
+        geo: &ModelGeometry,
         path: DecodePath,
         runs: &[(usize, usize)],
     ) -> Result<Self, CudaError> {
@@ -295,7 +295,7 @@ impl HostSeq {
     }
 
     /// Keys [context, d_k] and values [context, d_v] of `stream`, as the reference reads them.
-    fn stream(&self, geo: &Geometry, stream: usize) -> (Array2<f64>, Array2<f64>) {
+    fn stream(&self, geo: &ModelGeometry, stream: usize) -> (Array2<f64>, Array2<f64>) {
         match self {
             Self::Absorb { latent } => (latent.clone(), latent.slice(s![.., ..geo.dims.d_c()]).to_owned()),
             Self::Gqa { key, rope, value } => {

@@ -43,7 +43,7 @@ pub struct KeySource<'a, R: Runtime> {
 }
 
 /// Block-table addressing of the cache slots (a contiguous cache is one page per sequence).
-pub struct Paging<'a, R: Runtime> {
+pub struct BlockTable<'a, R: Runtime> {
     pub seq_lens: &'a R::Buf<i32>,
     pub block_table: &'a R::Buf<i32>,
     pub max_pages: usize,
@@ -68,7 +68,7 @@ pub struct Decode<'a, R: Runtime> {
     /// Queries [B, s_q, H, key width].
     pub q: &'a R::Buf<u8>,
     pub keys: KeySource<'a, R>,
-    pub paging: Paging<'a, R>,
+    pub paging: BlockTable<'a, R>,
     pub batch: usize,
     pub sq: usize,
     pub h: usize,
@@ -306,7 +306,6 @@ pub unsafe fn decode<R: Runtime>(rt: &R, d: &mut Decode<R>, workspace: Option<&m
     let stages = d.stages(rt);
     let eb = d.dtype.size_in_bytes();
     let rows = d.batch * d.sq * d.h;
-    let suffix = d.dtype.name();
     let attn = Launch {
         grid: (d.num_splits as u32, (d.keys.streams * d.row_tiles()) as u32, d.batch as u32),
         threads: d.variant.threads() as u32,
@@ -360,7 +359,7 @@ pub unsafe fn decode<R: Runtime>(rt: &R, d: &mut Decode<R>, workspace: Option<&m
     buffers.extend(shared_key.into_iter().chain(value).chain(part_o).chain(part_lse));
     // SAFETY: the parameters are AttnParams, every address is one of `buffers`, the host-known
     // extents were checked above and the device-side ones are the caller's contract.
-    unsafe { rt.launch(&format!("{family}_{suffix}"), attn, Args::Attn(&p), &buffers) }?;
+    unsafe { rt.launch(Entry::new(family, d.dtype), attn, Args::Attn(&p), &buffers) }?;
     if d.num_splits > 1 {
         let combine = Launch {
             grid: (rows as u32, 1, 1),
@@ -368,7 +367,7 @@ pub unsafe fn decode<R: Runtime>(rt: &R, d: &mut Decode<R>, workspace: Option<&m
             shared_bytes: COMBINE_SHARED_BYTES as u32,
         };
         // SAFETY: as above; the combine kernel reads the partials and writes the outputs.
-        unsafe { rt.launch(&format!("attn_combine_{suffix}"), combine, Args::Attn(&p), &buffers) }?;
+        unsafe { rt.launch(Entry::new(Family::AttnCombine, d.dtype), combine, Args::Attn(&p), &buffers) }?;
     }
     Ok(())
 }

@@ -39,7 +39,7 @@ pub unsafe fn expand_cache<R: Runtime>(
     latent: &R::Buf<u8>,
     w_ukv: &R::Buf<u8>,
     tokens: &Tokens<R>,
-    paging: &Paging<R>,
+    paging: &BlockTable<R>,
     dims: ExpandDims,
     k_out: &mut Guarded<R>,
     v_out: &mut Guarded<R>,
@@ -93,7 +93,7 @@ pub unsafe fn expand_cache<R: Runtime>(
     // host-known extents were checked above and the device-side ones are the caller's contract.
     unsafe {
         rt.launch(
-            &format!("expand_{}", dtype.name()),
+            crate::compile::Entry::new(crate::compile::Family::Expand, dtype),
             launch,
             Args::Expand(&p),
             &[latent, w, tok_b, tok_t, table, k, v],

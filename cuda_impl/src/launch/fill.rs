@@ -29,5 +29,12 @@ pub fn fill_random<R: Runtime>(rt: &R, buf: &mut R::Buf<u8>, dtype: DType, n: us
     };
     // SAFETY: the parameters are FillParams; the kernel writes elements 0..n of `buf`, which
     // holds them (checked above).
-    unsafe { rt.launch(&format!("fill_{}", dtype.name()), launch, Args::Fill(&p), &[buf]) }
+    unsafe {
+        rt.launch(
+            crate::compile::Entry::new(crate::compile::Family::Fill, dtype),
+            launch,
+            Args::Fill(&p),
+            &[buf],
+        )
+    }
 }

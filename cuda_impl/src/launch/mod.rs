@@ -14,15 +14,16 @@ mod expand;
 mod fill;
 mod probe;
 
-pub use decode::{check_addressing, decode, workspace, Decode, Guarded, KeySource, Paging, Segment, Workspace};
+pub use decode::{check_addressing, decode, workspace, BlockTable, Decode, Guarded, KeySource, Segment, Workspace};
 pub use expand::{expand_cache, ExpandDims, Tokens};
 pub use fill::fill_random;
 pub use probe::{mma_probe, mma_probe_mismatches, probe_mismatches, wgmma_probe, MMA_PROBE_WAYS, WGMMA_PROBE_WAYS};
 
+use crate::compile::{Entry, Family};
 use crate::runtime::Runtime;
 use crate::CudaError;
 use gqla_conformance::case::DType;
-use gqla_reference::hf::tensors::decode_floats;
+use gqla_files::tensors::decode_floats;
 
 /// Threads per block of the attention kernel (`NT` in kernels/common.cuh).
 pub const THREADS: usize = 128;
@@ -73,6 +74,18 @@ pub enum Variant {
     /// `attn_wgmma_<dtype>`: Hopper warpgroup MMA (wgmma.mma_async, operands in shared memory by
     /// descriptor), 16-bit storage, compute capability 9.0 (sm_90a) only. Same tiles as `Mma`.
     Wgmma,
+}
+
+/// The attention kernel a `--kernel cuda-<name>` spec forces.
+impl From<gqla_conformance::kernel_spec::CudaVariant> for Variant {
+    fn from(v: gqla_conformance::kernel_spec::CudaVariant) -> Self {
+        use gqla_conformance::kernel_spec::CudaVariant as V;
+        match v {
+            V::Simt => Variant::Simt,
+            V::Mma => Variant::Mma,
+            V::Wgmma => Variant::Wgmma,
+        }
+    }
 }
 
 impl Variant {
@@ -137,20 +150,20 @@ impl Variant {
         }
     }
     /// The kernel family, e.g. `attn_wgmma_narrow` (narrow: values up to [`MMA_NARROW_DV`] wide).
-    fn family(self, narrow: bool) -> &'static str {
+    fn family(self, narrow: bool) -> Family {
         match (self, narrow) {
-            (Variant::Simt, _) => "attn",
-            (Variant::Mma, true) => "attn_mma_narrow",
-            (Variant::Mma, false) => "attn_mma",
-            (Variant::Wgmma, true) => "attn_wgmma_narrow",
-            (Variant::Wgmma, false) => "attn_wgmma",
+            (Variant::Simt, _) => Family::Attn,
+            (Variant::Mma, true) => Family::AttnMmaNarrow,
+            (Variant::Mma, false) => Family::AttnMma,
+            (Variant::Wgmma, true) => Family::AttnWgmmaNarrow,
+            (Variant::Wgmma, false) => Family::AttnWgmma,
         }
     }
 }
 
 /// The values of little-endian bytes in storage dtype `d`.
 pub fn from_bytes(d: DType, bytes: &[u8]) -> Vec<f32> {
-    let values = decode_floats(d.safetensors(), bytes).expect("a float storage dtype");
+    let values = decode_floats(gqla_files::tensors::safetensors_dtype(d), bytes).expect("a float storage dtype");
     // Exact: every value came from an f32, bf16 or f16.
     values.into_iter().map(|v| v as f32).collect()
 }
@@ -242,7 +255,7 @@ mod tests {
     fn encode_decode_round_trip() {
         let x = [1.0f32, -2.5, 0.1, f32::NAN, f32::NEG_INFINITY];
         for d in [DType::F32, DType::Bf16, DType::F16] {
-            let y = from_bytes(d, &gqla_reference::hf::tensors::encode_f32(d, &x));
+            let y = from_bytes(d, &gqla_files::tensors::encode_f32(d, &x));
             for (a, b) in x.iter().zip(&y) {
                 assert!(
                     d.round_f32(*a).to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),

@@ -1,10 +1,11 @@
 //! The tensor-core layout probes: one product each, against the f64 product.
 
 use super::*;
+use crate::compile::{Entry, Family};
 use crate::runtime::{Args, Launch, ProbeParams};
 use crate::CudaError;
 use gqla_conformance::case::DType;
-use gqla_reference::hf::tensors::encode_f32;
+use gqla_files::tensors::encode_f32;
 
 /// Ways `mma_probe_*` computes the same product (register fragments, then three ldmatrix forms).
 pub const MMA_PROBE_WAYS: usize = 4;
@@ -28,10 +29,10 @@ fn plain_product(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, ldb: usize)
         .collect()
 }
 
-/// Run probe kernel `name` (one block of `threads`) on operands `a`, `b` with `d_len` f32 outputs.
+/// Run probe kernel `family` (one block of `threads`) on operands `a`, `b` with `d_len` f32 outputs.
 fn run_probe<R: Runtime>(
     rt: &R,
-    name: &str,
+    family: Family,
     dtype: DType,
     a: &[f32],
     b: &[f32],
@@ -48,7 +49,7 @@ fn run_probe<R: Runtime>(
     };
     // SAFETY: the probes take ProbeParams and read the fixed-size operands and write the products
     // the callers size `a`, `b` and `d_len` for.
-    unsafe { rt.launch(&format!("{name}_{}", dtype.name()), launch, Args::Probe(&p), &buffers) }?;
+    unsafe { rt.launch(Entry::new(family, dtype), launch, Args::Probe(&p), &buffers) }?;
     drop(buffers);
     rt.synchronize()?;
     rt.download(&d)
@@ -68,7 +69,7 @@ pub fn mma_probe<R: Runtime>(rt: &R, dtype: DType, seed: u64) -> Result<(Vec<f32
         threads: 32,
         shared_bytes: 3 * 256 * 2,
     };
-    let got = run_probe(rt, "mma_probe", dtype, &a, &b, MMA_PROBE_WAYS * 256, launch)?;
+    let got = run_probe(rt, Family::MmaProbe, dtype, &a, &b, MMA_PROBE_WAYS * 256, launch)?;
     Ok((got, plain_product(&a, &b, 16, 16, 16, 16)))
 }
 
@@ -97,7 +98,7 @@ pub fn wgmma_probe<R: Runtime>(rt: &R, dtype: DType, seed: u64) -> Result<(Vec<f
         threads: 128,
         shared_bytes: (64 * 32 + 32 * 32 + 32 * 64) * 2,
     };
-    let got = run_probe(rt, "wgmma_probe", dtype, &a, &b, want.len(), launch)?;
+    let got = run_probe(rt, Family::WgmmaProbe, dtype, &a, &b, want.len(), launch)?;
     Ok((got, want))
 }
 

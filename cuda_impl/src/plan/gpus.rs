@@ -4,7 +4,7 @@
 
 /// One GPU's ceilings.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
-pub struct Gpu {
+pub struct GpuSpec {
     /// The name `--gpu` takes.
     pub key: &'static str,
     pub name: &'static str,
@@ -18,7 +18,7 @@ pub struct Gpu {
     pub source: &'static str,
 }
 
-impl Gpu {
+impl GpuSpec {
     /// Arithmetic intensity (FLOP/byte) at which the two roofs meet.
     pub fn ridge(&self) -> f64 {
         self.bf16_tflops * 1e12 / (self.bandwidth_gbps * 1e9)
@@ -38,8 +38,8 @@ impl Gpu {
 }
 
 /// The table.
-pub const GPUS: [Gpu; 8] = [
-    Gpu {
+pub const GPUS: [GpuSpec; 8] = [
+    GpuSpec {
         key: "h100",
         name: "H100 SXM5 80GB",
         bf16_tflops: 989.0,
@@ -47,7 +47,7 @@ pub const GPUS: [Gpu; 8] = [
         link_gbps: 900.0,
         source: "NVIDIA H100 datasheet",
     },
-    Gpu {
+    GpuSpec {
         key: "h800",
         name: "H800 SXM5 80GB",
         bf16_tflops: 989.0,
@@ -55,7 +55,7 @@ pub const GPUS: [Gpu; 8] = [
         link_gbps: 400.0,
         source: "NVIDIA H800 datasheet (H100 compute, NVLink cut to 400 GB/s)",
     },
-    Gpu {
+    GpuSpec {
         key: "h20",
         name: "H20 96GB",
         bf16_tflops: 148.0,
@@ -63,7 +63,7 @@ pub const GPUS: [Gpu; 8] = [
         link_gbps: 900.0,
         source: "NVIDIA H20 datasheet",
     },
-    Gpu {
+    GpuSpec {
         key: "h200",
         name: "H200 SXM 141GB",
         bf16_tflops: 989.0,
@@ -71,7 +71,7 @@ pub const GPUS: [Gpu; 8] = [
         link_gbps: 900.0,
         source: "NVIDIA H200 datasheet",
     },
-    Gpu {
+    GpuSpec {
         key: "a100",
         name: "A100 SXM4 80GB",
         bf16_tflops: 312.0,
@@ -79,7 +79,7 @@ pub const GPUS: [Gpu; 8] = [
         link_gbps: 600.0,
         source: "NVIDIA A100 datasheet",
     },
-    Gpu {
+    GpuSpec {
         key: "l40s",
         name: "L40S 48GB",
         bf16_tflops: 362.0,
@@ -87,7 +87,7 @@ pub const GPUS: [Gpu; 8] = [
         link_gbps: 64.0,
         source: "NVIDIA L40S datasheet (PCIe Gen4 x16, no NVLink)",
     },
-    Gpu {
+    GpuSpec {
         key: "b200",
         name: "B200 180GB (HGX)",
         bf16_tflops: 2250.0,
@@ -95,7 +95,7 @@ pub const GPUS: [Gpu; 8] = [
         link_gbps: 1800.0,
         source: "NVIDIA Blackwell datasheet",
     },
-    Gpu {
+    GpuSpec {
         key: "rtx4090",
         name: "GeForce RTX 4090 24GB",
         bf16_tflops: 165.2,
@@ -106,6 +106,6 @@ pub const GPUS: [Gpu; 8] = [
 ];
 
 /// The GPU `key` names (case-insensitive).
-pub fn gpu(key: &str) -> Option<Gpu> {
+pub fn gpu(key: &str) -> Option<GpuSpec> {
     GPUS.iter().copied().find(|g| g.key.eq_ignore_ascii_case(key))
 }

@@ -21,7 +21,7 @@
 mod gpus;
 mod validate;
 
-pub use gpus::{gpu, Gpu, GPUS};
+pub use gpus::{gpu, GpuSpec, GPUS};
 pub use validate::{validate, Comparison, MeasuredPoint, MeasuredRun, Validation};
 
 use gqla_reference::cache::GroupCacheLayout;
@@ -265,7 +265,7 @@ pub struct Prediction {
 }
 
 /// Predict `path` on `gpu`.
-pub fn predict(s: &Scenario, gpu: &Gpu, path: DecodePath) -> Result<Prediction> {
+pub fn predict(s: &Scenario, gpu: &GpuSpec, path: DecodePath) -> Result<Prediction> {
     let c = cost(s, path)?;
     let memory_s = c.bytes() / (gpu.bandwidth_gbps * 1e9);
     let compute_s = c.flops() / (gpu.bf16_tflops * 1e12);
@@ -289,7 +289,7 @@ pub fn predict(s: &Scenario, gpu: &Gpu, path: DecodePath) -> Result<Prediction> 
 /// Both paths' predictions and the choice.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Plan {
-    pub gpu: Gpu,
+    pub gpu: GpuSpec,
     pub scenario: Scenario,
     pub ridge: f64,
     pub absorb: Prediction,
@@ -312,7 +312,7 @@ impl Plan {
 }
 
 /// Plan one scenario.
-pub fn plan(s: &Scenario, gpu: &Gpu) -> Result<Plan> {
+pub fn plan(s: &Scenario, gpu: &GpuSpec) -> Result<Plan> {
     let absorb = predict(s, gpu, DecodePath::Absorb)?;
     let gqa = predict(s, gpu, DecodePath::Gqa)?;
     Ok(Plan {
@@ -331,7 +331,7 @@ pub fn plan(s: &Scenario, gpu: &Gpu) -> Result<Plan> {
 
 /// The GQA+MTP gain: absorb decoding one token per step (s_q = 1) against the GQA path decoding
 /// `sq` tokens per step, per generated token.
-pub fn mtp_gain(s: &Scenario, gpu: &Gpu) -> Result<f64> {
+pub fn mtp_gain(s: &Scenario, gpu: &GpuSpec) -> Result<f64> {
     let absorb_one = predict(&s.with_step(Step { sq: 1, ..s.step() })?, gpu, DecodePath::Absorb)?;
     let gqa = predict(s, gpu, DecodePath::Gqa)?;
     Ok(absorb_one.time_per_token_s / gqa.time_per_token_s)

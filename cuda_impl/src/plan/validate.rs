@@ -2,7 +2,7 @@
 //! both paths were timed, did the planner (with the ceilings measured in the same run) pick the
 //! path that was actually faster, and how far off were its predicted times?
 
-use super::{plan, Bound, DecodePath, Deployment, Gpu, Scenario, Step};
+use super::{plan, Bound, DecodePath, Deployment, GpuSpec, Scenario, Step};
 use gqla_reference::config::LatentDims;
 use gqla_reference::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -117,7 +117,7 @@ pub fn validate(run: &MeasuredRun) -> Result<Validation> {
     let tflops = run
         .bf16_tflops
         .ok_or_else(|| Error::Config("the measured run has no bf16 matrix ceiling (cuBLAS was not available)".into()))?;
-    let gpu = Gpu {
+    let gpu = GpuSpec {
         key: "measured",
         name: "measured device",
         bf16_tflops: tflops,
@@ -243,7 +243,7 @@ mod tests {
     #[test]
     fn bad_measured_times_are_errors() {
         let point = |path, seconds| MeasuredPoint {
-            dims: LatentDims::new(128, 8, 512, 128, 64, 128).unwrap(),
+            dims: LatentDims::new(gqla_reference::LatentShape::DEEPSEEK_V3_G8).unwrap(),
             path,
             step: Step {
                 sq: 1,

@@ -4,7 +4,7 @@ use approx::assert_relative_eq;
 use gqla_reference::attention::{attend, attend_row, causal_ranges, KeyRange};
 use gqla_reference::random::{hidden_states, latent_layer, LatentOptions};
 use gqla_reference::real::{cast, rel_err, widen};
-use gqla_reference::{prefill, DType, LatentDims, Rope, RopeStyle};
+use gqla_reference::{prefill, DType, LatentDims, LatentShape, Rope, RopeStyle};
 use ndarray::{array, Array1, Array2};
 use rstest::rstest;
 
@@ -91,7 +91,15 @@ fn causal_ranges_are_bottom_right_aligned() {
 /// differ from f64 by amounts ordered like their precisions.
 #[test]
 fn precision_variants_are_ordered() {
-    let dims = LatentDims::new(4, 2, 16, 8, 4, 8).unwrap();
+    let dims = LatentDims::new(LatentShape {
+        h: 4,
+        g: 2,
+        d_c: 16,
+        d_n: 8,
+        d_r: 4,
+        d_v: 8,
+    })
+    .unwrap();
     let w = latent_layer(dims, LatentOptions::default(), 11).unwrap();
     let x = hidden_states(9, LatentOptions::default().hidden, 11);
     let exact = prefill(&w, x.view()).unwrap().y;
@@ -111,67 +119,19 @@ fn precision_variants_are_ordered() {
     assert_eq!(DType::F16.round(1.0 + 1.0 / 512.0), 1.0 + 1.0 / 512.0);
 }
 
-mod moe_routing {
-    use gqla_reference::linear::Linear;
-    use gqla_reference::model::{GroupScore, Mlp, Moe, Routing, Scoring};
-    use ndarray::{array, Array1, Array2};
-
-    /// A 4-expert MoE in 2 groups whose router is the identity: the logits are the input.
-    fn moe(scoring: Scoring, group_score: GroupScore, bias: Option<Array1<f64>>, norm: bool) -> Moe<f64> {
-        let expert = |k: f64| Mlp {
-            gate: Linear::new(Array2::eye(4) * k, None),
-            up: Linear::new(Array2::eye(4), None),
-            down: Linear::new(Array2::eye(4), None),
-        };
-        Moe {
-            router: Array2::eye(4),
-            selection_bias: bias,
-            routing: Routing {
-                scoring,
-                group_score,
-                top_k: 1,
-                n_group: 2,
-                topk_group: 1,
-                norm_topk_prob: norm,
-                routed_scaling_factor: 2.0,
-            },
-            experts: (0..4).map(|e| expert(e as f64 + 1.0)).collect(),
-            shared: None,
-        }
-    }
-
-    /// Group A = experts {0, 1} with sigmoid scores {0.953, 0.007}; group B = {2, 3} with
-    /// {0.881, 0.870}. Group max picks A, group sum-of-top-2 picks B (1.751 vs 0.959).
-    #[test]
-    fn group_score_decides_the_group() {
-        let u = array![3.0, -5.0, 2.0, 1.9];
-        let pick = |g| moe(Scoring::Sigmoid, g, None, false).route(u.view())[0].0;
-        assert_eq!(pick(GroupScore::Max), 0);
-        assert_eq!(pick(GroupScore::SumTop2), 2);
-        assert_eq!(pick(GroupScore::None), 0);
-    }
-
-    /// The selection bias changes the choice but not the weight, which is the unbiased score,
-    /// normalised when asked and scaled by routed_scaling_factor.
-    #[test]
-    fn selection_bias_selects_but_does_not_weigh() {
-        let u = array![0.5, -9.0, 0.4, -9.0];
-        let sigmoid = |z: f64| 1.0 / (1.0 + (-z).exp());
-        let plain = moe(Scoring::Sigmoid, GroupScore::SumTop2, None, false).route(u.view());
-        assert_eq!(plain[0].0, 0);
-        let biased = moe(Scoring::Sigmoid, GroupScore::SumTop2, Some(array![0.0, 0.0, 0.5, 0.0]), false).route(u.view());
-        assert_eq!(biased[0].0, 2);
-        assert!((biased[0].1 - 2.0 * sigmoid(0.4)).abs() < 1e-15);
-        let normalised = moe(Scoring::Sigmoid, GroupScore::SumTop2, None, true).route(u.view());
-        assert!((normalised[0].1 - 2.0 * (1.0 - 1e-20 / sigmoid(0.5))).abs() < 1e-12);
-    }
-}
-
 /// (L1) and (L2) computed alone, from their own rows of `kv_a_proj_with_mqa`, equal the two
 /// halves of the one-product form (with a bias and the latent RMSNorm).
 #[test]
 fn latent_and_rope_key_alone_match_the_joint_product() {
-    let dims = LatentDims::new(8, 4, 24, 8, 6, 8).unwrap();
+    let dims = LatentDims::new(LatentShape {
+        h: 8,
+        g: 4,
+        d_c: 24,
+        d_n: 8,
+        d_r: 6,
+        d_v: 8,
+    })
+    .unwrap();
     let opts = LatentOptions {
         kv_norm: true,
         bias: true,

@@ -11,7 +11,7 @@ use gqla_reference::real::{rel_err, widen};
 use gqla_reference::switch::{compress, expand};
 use gqla_reference::tp::TpLayer;
 use gqla_reference::{
-    mla_forward, prefill, DecodeOutput, GroupCache, GroupCacheLayout, LatentCache, LatentDims, LatentWeights, Real, RopeStyle,
+    mla_forward, prefill, DecodeOutput, GroupCache, GroupCacheLayout, LatentCache, LatentDims, LatentShape, LatentWeights, Real, RopeStyle,
 };
 use ndarray::{s, Array2, Axis};
 use proptest::prelude::*;
@@ -52,7 +52,15 @@ fn case() -> impl Strategy<Value = Case> {
     )
         .prop_map(
             |((g, hpg, d_n, r2, d_v), (d_c, hidden, q_lora, kv_norm, bias, interleaved), (context, s_q, tp_pow, window, seed))| {
-                let dims = LatentDims::new(g * hpg, g, d_c, d_n, 2 * r2, d_v).unwrap();
+                let dims = LatentDims::new(LatentShape {
+                    h: g * hpg,
+                    g,
+                    d_c,
+                    d_n,
+                    d_r: 2 * r2,
+                    d_v,
+                })
+                .unwrap();
                 // The largest power of two dividing G, capped by 2^tp_pow.
                 let tp = (0..=tp_pow).map(|p| 1usize << p).filter(|t| g % t == 0).max().unwrap();
                 let rope_style = if interleaved {
@@ -355,7 +363,15 @@ fn permute(w: &LatentWeights<f64>, head_of: &dyn Fn(usize) -> usize, group_of: &
 /// magnitude tens, where a missing max-subtraction or a scale error shows.
 #[test]
 fn random_layers_reach_logits_of_tens() {
-    let dims = LatentDims::new(8, 2, 16, 8, 4, 8).unwrap();
+    let dims = LatentDims::new(LatentShape {
+        h: 8,
+        g: 2,
+        d_c: 16,
+        d_n: 8,
+        d_r: 4,
+        d_v: 8,
+    })
+    .unwrap();
     let mut maxima: Vec<f64> = (0..16u64)
         .map(|seed| {
             let w = latent_layer(dims, LatentOptions::default(), seed).unwrap();
@@ -373,7 +389,11 @@ fn random_layers_reach_logits_of_tens() {
 #[test]
 fn group_cache_sizes_are_measured_not_assumed() {
     // LLaMA-3-8B GQLA geometry: 576 (absorb), 2112 (canonical GQA path), 2560 (per-group rope).
-    let dims = LatentDims::new(32, 8, 512, 128, 64, 128).unwrap();
+    let dims = LatentDims::new(LatentShape {
+        h: 32,
+        ..LatentShape::DEEPSEEK_V3_G8
+    })
+    .unwrap();
     let latent = LatentCache::<half::bf16>::filled(&dims, 3);
     assert_eq!(latent.footprint().unwrap().elements_per_token, 576);
     assert_eq!(latent.footprint().unwrap().bytes_per_token, 1152);

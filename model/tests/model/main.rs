@@ -1,0 +1,7 @@
+//! The model crate's integration tests, as one test binary: real and fixture checkpoints (HF and
+//! GGUF), TransGQLA, and SmolLM2-135M.
+mod gguf;
+mod hf_model;
+mod moe_routing;
+mod smollm2;
+mod transgqla;

@@ -36,8 +36,55 @@ impl Op {
     }
     /// Whether the operation is an attention decode (outputs `out` and `lse`).
     pub fn is_decode(self) -> bool {
-        self != Op::CacheExpand
+        matches!(self.kind(), OpKind::Decode(_))
     }
+    /// The operation by kind: a function that can only decode takes a [`DecodeOp`] and matches
+    /// nothing else.
+    pub fn kind(self) -> OpKind {
+        match self {
+            Op::DecodeAbsorb => OpKind::Decode(DecodeOp::Absorb),
+            Op::DecodeGqa => OpKind::Decode(DecodeOp::Gqa),
+            Op::GqaDecode => OpKind::Decode(DecodeOp::PlainGqa),
+            Op::CacheExpand => OpKind::Cache(CacheOp::Expand),
+        }
+    }
+}
+
+/// The kinds of operation: attention decodes (dense today, sparse next), cache operations
+/// (expand today, the FP8 quantizer next). Selection (a sparse indexer's scores and top-k) will be
+/// a third.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OpKind {
+    Decode(DecodeOp),
+    Cache(CacheOp),
+}
+
+/// The attention decodes: each outputs `out` [B, s_q, H, d_out] and `lse` [B, s_q, H].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DecodeOp {
+    /// `gqla.decode.absorb`: MQA over [c; k^R] with value c (one key stream for every head).
+    Absorb,
+    /// `gqla.decode.gqa`: GQA over the per-group cache, key [k_g; k^R], value v_g.
+    Gqa,
+    /// `gqa.decode`: plain GQA.
+    PlainGqa,
+}
+
+impl DecodeOp {
+    pub fn op(self) -> Op {
+        match self {
+            DecodeOp::Absorb => Op::DecodeAbsorb,
+            DecodeOp::Gqa => Op::DecodeGqa,
+            DecodeOp::PlainGqa => Op::GqaDecode,
+        }
+    }
+}
+
+/// The operations on caches (no attention, no LSE).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CacheOp {
+    /// `gqla.cache.expand`: the latent cache to the group cache, [k_g; v_g] = [W^UK_g; W^UV_g] c.
+    Expand,
 }
 
 pub use gqla_reference::DType;

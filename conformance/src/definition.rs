@@ -2,7 +2,7 @@
 //! reference. Exported as `definitions.json` with every vector pack and certificate, so that an
 //! author outside this process reads the contract from the same source the judge uses.
 
-use crate::case::{Case, GroupCacheLayout, Op};
+use crate::case::{CacheOp, Case, DecodeOp, GroupCacheLayout, Op, OpKind};
 use serde::Serialize;
 
 /// Whether an axis is fixed when a kernel is built (a specialisation) or varies per call.
@@ -268,7 +268,7 @@ const DECODE_DTYPE_RULES: [&str; 3] = [
     "seq_lens, block_table, num_splits are i32",
 ];
 
-fn decode_io(op: Op) -> (Vec<Axis>, Vec<TensorSpec>, &'static str) {
+fn decode_io(op: DecodeOp) -> (Vec<Axis>, Vec<TensorSpec>, &'static str) {
     let common = |mut axes: Vec<Axis>| {
         axes.extend([
             axis("s_q", Variable, "new query tokens per sequence"),
@@ -277,7 +277,7 @@ fn decode_io(op: Op) -> (Vec<Axis>, Vec<TensorSpec>, &'static str) {
         axes
     };
     match op {
-        Op::DecodeAbsorb => (
+        DecodeOp::Absorb => (
             common(vec![
                 axis("d_c", Fixed, "latent width (the value width)"),
                 axis("d_r", Fixed, "decoupled RoPE key width"),
@@ -302,7 +302,7 @@ fn decode_io(op: Op) -> (Vec<Axis>, Vec<TensorSpec>, &'static str) {
             ],
             "[B, s_q, H, d_c]",
         ),
-        Op::DecodeGqa => (
+        DecodeOp::Gqa => (
             common(vec![
                 axis("G", Fixed, "groups; head i reads group i / (H/G)"),
                 axis("d_n", Fixed, "per-group key width"),
@@ -360,7 +360,7 @@ fn decode_io(op: Op) -> (Vec<Axis>, Vec<TensorSpec>, &'static str) {
             ],
             "[B, s_q, H, d_v]",
         ),
-        Op::GqaDecode => (
+        DecodeOp::PlainGqa => (
             common(vec![
                 axis("KV", Fixed, "kv heads; head i reads kv head i / (H/KV)"),
                 axis("d", Fixed, "key width"),
@@ -387,7 +387,6 @@ fn decode_io(op: Op) -> (Vec<Axis>, Vec<TensorSpec>, &'static str) {
             ],
             "[B, s_q, H, d_v]",
         ),
-        Op::CacheExpand => unreachable!("not a decode"),
     }
 }
 
@@ -415,64 +414,75 @@ fn indexing() -> Vec<TensorSpec> {
 }
 
 /// The definition of `op`.
+/// The definition of `op`.
 pub fn definition(op: Op) -> Definition {
-    if op == Op::CacheExpand {
-        let mut axes = vec![
-            axis("G", Fixed, "groups"),
-            axis("d_c", Fixed, "latent width"),
-            axis("d_n", Fixed, "per-group key width"),
-            axis("d_v", Fixed, "per-group value width"),
-            axis("tokens", Variable, "sum of seq_lens"),
-        ];
-        axes.extend(BATCH_AXES.into_iter().filter(|a| a.name != "num_splits"));
-        let mut inputs = vec![
-            tensor(
-                TensorName::Latent,
-                TensorKind::Dense,
-                "[B, capacity, d_c] | [num_pages, page, d_c]",
-                DtypeRule::Case,
-                "latent cache rows c",
-            )
-            .cache(),
-            tensor(
-                TensorName::WUkv,
-                TensorKind::Dense,
-                "[G·(d_n + d_v), d_c]",
-                DtypeRule::Case,
-                "[W_UK_g; W_UV_g] per group, group-major, keys first",
-            ),
-        ];
-        inputs.extend(indexing());
-        return Definition {
-            name: op.name(),
-            version: "1",
-            axes,
-            inputs,
-            outputs: vec![
-                tensor(
-                    TensorName::K,
-                    TensorKind::Output,
-                    "[tokens, G·d_n]",
-                    DtypeRule::Case,
-                    "k_g = W_UK_g c for every cached token, sequences in order",
-                ),
-                tensor(
-                    TensorName::V,
-                    TensorKind::Output,
-                    "[tokens, G·d_v]",
-                    DtypeRule::Case,
-                    "v_g = W_UV_g c",
-                ),
-            ],
-            dtype_rules: vec!["inputs and outputs share the case dtype; accumulate in at least f32"],
-            conventions: vec![
-                "k_g = W_UK_g c, v_g = W_UV_g c for every cached token (SPEC.md eq. E)",
-                "tokens of sequence 0 first, then sequence 1, ...; padding rows contribute none",
-            ],
-            reference: "gqla_conformance::reference::compute (f64 matrix-vector products)",
-            id_grammar: ID_GRAMMAR,
-        };
+    match op.kind() {
+        OpKind::Cache(CacheOp::Expand) => expand_definition(),
+        OpKind::Decode(d) => decode_definition(d),
     }
+}
+
+/// `gqla.cache.expand`.
+fn expand_definition() -> Definition {
+    let mut axes = vec![
+        axis("G", Fixed, "groups"),
+        axis("d_c", Fixed, "latent width"),
+        axis("d_n", Fixed, "per-group key width"),
+        axis("d_v", Fixed, "per-group value width"),
+        axis("tokens", Variable, "sum of seq_lens"),
+    ];
+    axes.extend(BATCH_AXES.into_iter().filter(|a| a.name != "num_splits"));
+    let mut inputs = vec![
+        tensor(
+            TensorName::Latent,
+            TensorKind::Dense,
+            "[B, capacity, d_c] | [num_pages, page, d_c]",
+            DtypeRule::Case,
+            "latent cache rows c",
+        )
+        .cache(),
+        tensor(
+            TensorName::WUkv,
+            TensorKind::Dense,
+            "[G·(d_n + d_v), d_c]",
+            DtypeRule::Case,
+            "[W_UK_g; W_UV_g] per group, group-major, keys first",
+        ),
+    ];
+    inputs.extend(indexing());
+    Definition {
+        name: Op::CacheExpand.name(),
+        version: "1",
+        axes,
+        inputs,
+        outputs: vec![
+            tensor(
+                TensorName::K,
+                TensorKind::Output,
+                "[tokens, G·d_n]",
+                DtypeRule::Case,
+                "k_g = W_UK_g c for every cached token, sequences in order",
+            ),
+            tensor(
+                TensorName::V,
+                TensorKind::Output,
+                "[tokens, G·d_v]",
+                DtypeRule::Case,
+                "v_g = W_UV_g c",
+            ),
+        ],
+        dtype_rules: vec!["inputs and outputs share the case dtype; accumulate in at least f32"],
+        conventions: vec![
+            "k_g = W_UK_g c, v_g = W_UV_g c for every cached token (SPEC.md eq. E)",
+            "tokens of sequence 0 first, then sequence 1, ...; padding rows contribute none",
+        ],
+        reference: "gqla_conformance::reference::compute (f64 matrix-vector products)",
+        id_grammar: ID_GRAMMAR,
+    }
+}
+
+/// An attention decode.
+fn decode_definition(op: DecodeOp) -> Definition {
     let (mut axes, mut inputs, out_shape) = decode_io(op);
     axes.extend(BATCH_AXES);
     inputs.extend(indexing());
@@ -488,7 +498,7 @@ pub fn definition(op: Op) -> Definition {
         .when(Presence::SplitsRequested),
     );
     Definition {
-        name: op.name(),
+        name: op.op().name(),
         version: "1",
         axes,
         inputs,

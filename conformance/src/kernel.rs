@@ -11,24 +11,70 @@ use crate::inputs::CaseInputs;
 use crate::profile::Profile;
 use serde::Serialize;
 
-/// The canary bit pattern (a quiet NaN with a payload no arithmetic produces).
+/// The f32 canary bit pattern (a quiet NaN with a payload no arithmetic produces).
 pub const CANARY: u32 = 0x7fc0_ca7e;
 /// Canary elements before and after every output tensor.
 pub const MARGIN: usize = 64;
 
-/// One output tensor inside its canary-guarded buffer.
-#[derive(Clone, Debug)]
-pub struct OutputTensor {
-    pub name: TensorName,
-    pub shape: Vec<usize>,
-    buf: Vec<f32>,
+/// An element type an output tensor holds, with its discipline: the margins hold [`CANARY`]s a
+/// kernel must leave alone, and the tensor starts [`UNWRITTEN`], a value no correct kernel writes,
+/// so an element the kernel skipped is never mistaken for one it wrote.
+///
+/// [`CANARY`]: Element::CANARY
+/// [`UNWRITTEN`]: Element::UNWRITTEN
+pub trait Element: Copy + std::fmt::Debug + Send + Sync + 'static {
+    /// The name the tensor table gives the type.
+    const NAME: &'static str;
+    const CANARY: Self;
+    const UNWRITTEN: Self;
+    /// Bitwise equality (NaN payloads included).
+    fn same_bits(self, other: Self) -> bool;
 }
 
-impl OutputTensor {
+impl Element for f32 {
+    const NAME: &'static str = "f32";
+    const CANARY: f32 = f32::from_bits(CANARY);
+    /// NaN: the judge turns an unwritten element into a NONFINITE_MISMATCH.
+    const UNWRITTEN: f32 = f32::NAN;
+    fn same_bits(self, other: f32) -> bool {
+        self.to_bits() == other.to_bits()
+    }
+}
+
+/// Index outputs (a sparse indexer's top-k positions): indices are never negative.
+impl Element for i32 {
+    const NAME: &'static str = "i32";
+    const CANARY: i32 = 0x7ca7_ca7e;
+    const UNWRITTEN: i32 = i32::MIN + 0x0bad;
+    fn same_bits(self, other: i32) -> bool {
+        self == other
+    }
+}
+
+/// Packed byte outputs (an FP8 e4m3 cache writer): 0x7f and 0xff are e4m3's NaNs, which a correct
+/// quantizer of finite values never writes.
+impl Element for u8 {
+    const NAME: &'static str = "u8";
+    const CANARY: u8 = 0xff;
+    const UNWRITTEN: u8 = 0x7f;
+    fn same_bits(self, other: u8) -> bool {
+        self == other
+    }
+}
+
+/// One output tensor of elements `T` inside its canary-guarded buffer.
+#[derive(Clone, Debug)]
+pub struct OutputTensor<T: Element = f32> {
+    pub name: TensorName,
+    pub shape: Vec<usize>,
+    buf: Vec<T>,
+}
+
+impl<T: Element> OutputTensor<T> {
     pub fn new(name: TensorName, shape: Vec<usize>) -> Self {
         let n: usize = shape.iter().product();
-        let mut buf = vec![f32::from_bits(CANARY); n + 2 * MARGIN];
-        buf[MARGIN..MARGIN + n].fill(f32::NAN);
+        let mut buf = vec![T::CANARY; n + 2 * MARGIN];
+        buf[MARGIN..MARGIN + n].fill(T::UNWRITTEN);
         Self { name, shape, buf }
     }
     pub fn len(&self) -> usize {
@@ -37,16 +83,16 @@ impl OutputTensor {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    pub fn region(&self) -> &[f32] {
+    pub fn region(&self) -> &[T] {
         &self.buf[MARGIN..self.buf.len() - MARGIN]
     }
-    pub fn region_mut(&mut self) -> &mut [f32] {
+    pub fn region_mut(&mut self) -> &mut [T] {
         let end = self.buf.len() - MARGIN;
         &mut self.buf[MARGIN..end]
     }
     /// The whole buffer and the offset of the tensor in it: for kernels that copy a device buffer
     /// (with margins) back, so that their out-of-bounds writes come back too.
-    pub fn with_margins_mut(&mut self) -> (&mut [f32], usize) {
+    pub fn with_margins_mut(&mut self) -> (&mut [T], usize) {
         (&mut self.buf, MARGIN)
     }
     /// Whether every canary is untouched (compared bitwise).
@@ -55,14 +101,22 @@ impl OutputTensor {
         self.buf[..MARGIN]
             .iter()
             .chain(&self.buf[n - MARGIN..])
-            .all(|v| v.to_bits() == CANARY)
+            .all(|v| v.same_bits(T::CANARY))
+    }
+    /// Elements still holding [`Element::UNWRITTEN`].
+    pub fn unwritten(&self) -> usize {
+        self.region().iter().filter(|v| v.same_bits(T::UNWRITTEN)).count()
     }
 }
 
-/// All output tensors of a case.
+/// All output tensors of a case, by element type (from the tensor table's dtype rules): floats
+/// (`out`, `lse`, `k`, `v`; stored in the case dtype or f32), 32-bit indices and bytes. No
+/// operation outputs indices or bytes yet; the sparse indexer and the FP8 cache writer will.
 #[derive(Clone, Debug)]
 pub struct Outputs {
-    pub tensors: Vec<OutputTensor>,
+    pub tensors: Vec<OutputTensor<f32>>,
+    pub indices: Vec<OutputTensor<i32>>,
+    pub bytes: Vec<OutputTensor<u8>>,
 }
 
 impl Outputs {
@@ -87,11 +141,32 @@ impl Outputs {
                 t
             }
         };
-        Self { tensors }
+        Self {
+            tensors,
+            indices: Vec::new(),
+            bytes: Vec::new(),
+        }
     }
     /// Whether a tensor called `name` is expected.
     pub fn has(&self, name: TensorName) -> bool {
         self.tensors.iter().any(|t| t.name == name)
+            || self.indices.iter().any(|t| t.name == name)
+            || self.bytes.iter().any(|t| t.name == name)
+    }
+    /// The outputs whose canaries a kernel disturbed, whatever their element type.
+    pub fn broken_canaries(&self) -> Vec<TensorName> {
+        let floats = self.tensors.iter().filter(|t| !t.canaries_intact()).map(|t| t.name);
+        let indices = self.indices.iter().filter(|t| !t.canaries_intact()).map(|t| t.name);
+        let bytes = self.bytes.iter().filter(|t| !t.canaries_intact()).map(|t| t.name);
+        floats.chain(indices).chain(bytes).collect()
+    }
+    /// Index output `name`.
+    pub fn indices_mut(&mut self, name: TensorName) -> Result<&mut OutputTensor<i32>, MissingOutput> {
+        self.indices.iter_mut().find(|t| t.name == name).ok_or(MissingOutput(name))
+    }
+    /// Byte output `name`.
+    pub fn bytes_mut(&mut self, name: TensorName) -> Result<&mut OutputTensor<u8>, MissingOutput> {
+        self.bytes.iter_mut().find(|t| t.name == name).ok_or(MissingOutput(name))
     }
     /// Output `name`; an error if the case (under this profile) has none: a kernel that writes
     /// an LSE its profile does not declare gets RUNTIME_ERROR, not a panic.
@@ -155,4 +230,42 @@ pub trait Kernel: Send + Sync {
     /// as a C or CUDA kernel's pointers are; the harness compares them with the originals after
     /// the call, and a kernel that writes to them gets INPUT_MUTATED.
     fn run(&self, inputs: &mut CaseInputs, outputs: &mut Outputs) -> Result<(), KernelError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each element type starts unwritten inside intact canaries; a write past either end, of any
+    /// value but the canary itself, is seen.
+    fn discipline<T: Element>(value: T) {
+        let mut t = OutputTensor::<T>::new(TensorName::Out, vec![2, 3]);
+        assert_eq!((t.len(), t.unwritten()), (6, 6), "{}", T::NAME);
+        assert!(t.canaries_intact());
+        t.region_mut()[0] = value;
+        assert_eq!(t.unwritten(), 5);
+        let (buf, at) = t.with_margins_mut();
+        buf[at + 6] = value;
+        assert!(!t.canaries_intact(), "{}: a write just past the end", T::NAME);
+        let mut t = OutputTensor::<T>::new(TensorName::Out, vec![4]);
+        let (buf, at) = t.with_margins_mut();
+        buf[at - 1] = value;
+        assert!(!t.canaries_intact(), "{}: a write just before the start", T::NAME);
+        assert!(!T::CANARY.same_bits(T::UNWRITTEN), "{}", T::NAME);
+    }
+
+    #[test]
+    fn every_element_type_keeps_the_canary_and_unwritten_discipline() {
+        discipline::<f32>(0.5);
+        discipline::<i32>(7);
+        discipline::<u8>(0x38); // e4m3 1.0
+        assert!(f32::UNWRITTEN.is_nan() && f32::CANARY.is_nan());
+        let mut o = Outputs::for_case(&crate::lattice::suite_cases().remove(0), &Profile::everything());
+        o.bytes.push(OutputTensor::new(TensorName::K, vec![8]));
+        assert!(o.broken_canaries().is_empty() && o.has(TensorName::K));
+        let (buf, at) = o.bytes_mut(TensorName::K).unwrap().with_margins_mut();
+        buf[at + 8] = 0;
+        assert_eq!(o.broken_canaries(), vec![TensorName::K]);
+        assert!(o.indices_mut(TensorName::K).is_err());
+    }
 }

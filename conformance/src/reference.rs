@@ -8,7 +8,7 @@
 //! t ≤ ctx_b + j (bottom-right causal); o = Σ_t softmax(scale · q·k_t) v_t; LSE in natural log;
 //! a row with no visible key gives o = 0 and LSE = −∞.
 
-use crate::case::{Case, DType, GroupCacheLayout, Op};
+use crate::case::{CacheOp, Case, DType, DecodeOp, GroupCacheLayout, OpKind};
 use crate::definition::TensorName;
 use crate::inputs::CaseInputs;
 
@@ -24,18 +24,18 @@ pub type Tensors = Vec<(TensorName, Vec<f64>)>;
 
 /// The keys and values group `g` (absorb: the one latent stream) sees in sequence b, one row per
 /// cached token: keys [n, key width] and values [n, d_out], row-major.
-fn group_rows(inputs: &CaseInputs, b: usize, g: usize) -> (Vec<f32>, Vec<f32>) {
+fn group_rows(op: DecodeOp, inputs: &CaseInputs, b: usize, g: usize) -> (Vec<f32>, Vec<f32>) {
     let c = &inputs.case;
     let cache = &inputs.cache;
     let (mut keys, mut values) = (Vec::new(), Vec::new());
     for t in 0..c.seq_len(b) {
-        match c.op() {
-            Op::DecodeAbsorb => {
+        match op {
+            DecodeOp::Absorb => {
                 let row = cache.row(TensorName::Kv, b, t);
                 keys.extend_from_slice(row);
                 values.extend_from_slice(&row[..c.dc()]);
             }
-            Op::DecodeGqa => {
+            DecodeOp::Gqa => {
                 values.extend_from_slice(&cache.row(TensorName::V, b, t)[g * c.dv()..(g + 1) * c.dv()]);
                 match c.layout() {
                     GroupCacheLayout::RopeOnce => {
@@ -47,11 +47,10 @@ fn group_rows(inputs: &CaseInputs, b: usize, g: usize) -> (Vec<f32>, Vec<f32>) {
                     }
                 }
             }
-            Op::GqaDecode => {
+            DecodeOp::PlainGqa => {
                 keys.extend_from_slice(&cache.row(TensorName::K, b, t)[g * c.dn()..(g + 1) * c.dn()]);
                 values.extend_from_slice(&cache.row(TensorName::V, b, t)[g * c.dv()..(g + 1) * c.dv()]);
             }
-            Op::CacheExpand => unreachable!("no attention in cache.expand"),
         }
     }
     (keys, values)
@@ -60,26 +59,26 @@ fn group_rows(inputs: &CaseInputs, b: usize, g: usize) -> (Vec<f32>, Vec<f32>) {
 /// The reference outputs of a case (the suite's conventions: an empty row gives out = 0 and
 /// LSE = −∞, natural log, f32).
 pub fn compute(inputs: &CaseInputs, precision: Precision) -> Tensors {
-    match inputs.case.op() {
-        Op::CacheExpand => expand(inputs, precision),
-        _ => decode(inputs, precision),
+    match inputs.case.op().kind() {
+        OpKind::Cache(CacheOp::Expand) => expand(inputs, precision),
+        OpKind::Decode(op) => decode(op, inputs, precision),
     }
 }
 
-fn decode(inputs: &CaseInputs, precision: Precision) -> Tensors {
+fn decode(op: DecodeOp, inputs: &CaseInputs, precision: Precision) -> Tensors {
     let c: &Case = &inputs.case;
     let (batch, sq, h, dout) = (c.batch(), c.sq(), c.h(), c.out_width());
     let width = c.q_width();
     // Heads per key stream: all of them for the absorb path (one latent stream), H/G otherwise.
-    let (streams, per) = match c.op() {
-        Op::DecodeAbsorb => (1, h),
-        _ => (c.g(), h / c.g()),
+    let (streams, per) = match op {
+        DecodeOp::Absorb => (1, h),
+        DecodeOp::Gqa | DecodeOp::PlainGqa => (c.g(), h / c.g()),
     };
     let mut out = vec![0.0; batch * sq * h * dout];
     let mut lse = vec![0.0; batch * sq * h];
     for b in 0..batch {
         for g in 0..streams {
-            let (keys, values) = group_rows(inputs, b, g);
+            let (keys, values) = group_rows(op, inputs, b, g);
             let heads = g * per..(g + 1) * per;
             // Every query row of the group in this sequence, (j, i) in order.
             let rows: Vec<(usize, usize)> = (0..sq).flat_map(|j| heads.clone().map(move |i| (j, i))).collect();

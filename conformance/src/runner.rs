@@ -105,9 +105,14 @@ impl Prepared {
     pub fn judge(&self, outputs: &Outputs, profile: &Profile) -> Status {
         let case = self.case();
         let expected = Outputs::for_case(case, profile);
-        if outputs.tensors.len() != expected.tensors.len() {
+        let counts = |o: &Outputs| (o.tensors.len(), o.indices.len(), o.bytes.len());
+        if counts(outputs) != counts(&expected) {
             return Status::ShapeOrDtypeMismatch {
-                detail: format!("{} output tensors, expected {}", outputs.tensors.len(), expected.tensors.len()),
+                detail: format!(
+                    "(float, index, byte) output tensors {:?}, expected {:?}",
+                    counts(outputs),
+                    counts(&expected)
+                ),
             };
         }
         for (t, e) in outputs.tensors.iter().zip(&expected.tensors) {
@@ -117,12 +122,7 @@ impl Prepared {
                 };
             }
         }
-        let broken: Vec<String> = outputs
-            .tensors
-            .iter()
-            .filter(|t| !t.canaries_intact())
-            .map(|t| t.name.to_string())
-            .collect();
+        let broken: Vec<String> = outputs.broken_canaries().iter().map(|n| n.to_string()).collect();
         let empty_rows = self.empty_rows();
         let checks = outputs
             .tensors

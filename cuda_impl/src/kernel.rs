@@ -8,7 +8,7 @@ use crate::emu::Emulator;
 use crate::launch::{self, from_bytes, BlockTable, Decode, ExpandDims, Guarded, KeySource, Segment, Tokens, Variant};
 use crate::runtime::Runtime;
 use crate::CudaError;
-use gqla_conformance::case::{DType, GroupCacheLayout, Op};
+use gqla_conformance::case::{CacheOp, DType, DecodeOp, GroupCacheLayout, OpKind};
 use gqla_conformance::definition::TensorName;
 use gqla_conformance::inputs::{self, CaseInputs};
 use gqla_conformance::kernel::{OutputTensor, MARGIN};
@@ -166,7 +166,7 @@ impl<R: Runtime> DeviceKernel<R> {
         Ok(())
     }
 
-    fn decode(&self, inp: &mut CaseInputs, outputs: &mut Outputs) -> Result<(), CudaError> {
+    fn decode(&self, op: DecodeOp, inp: &mut CaseInputs, outputs: &mut Outputs) -> Result<(), CudaError> {
         let c = &inp.case;
         let d = c.dtype();
         let names: Vec<TensorName> = inputs::components(c).iter().map(|(n, _)| *n).collect();
@@ -179,36 +179,35 @@ impl<R: Runtime> DeviceKernel<R> {
             head_stride,
             width,
         };
-        let keys = match (c.op(), c.layout()) {
-            (Op::DecodeAbsorb, _) => KeySource {
+        let keys = match (op, c.layout()) {
+            (DecodeOp::Absorb, _) => KeySource {
                 key: seg(TensorName::Kv, c.dc() + c.dr(), 0, c.dc() + c.dr()),
                 shared_key: None,
                 value: None,
                 dv: c.dc(),
                 streams: 1,
             },
-            (Op::DecodeGqa, GroupCacheLayout::RopeOnce) => KeySource {
+            (DecodeOp::Gqa, GroupCacheLayout::RopeOnce) => KeySource {
                 key: seg(TensorName::KNope, c.g() * c.dn(), c.dn(), c.dn()),
                 shared_key: Some(seg(TensorName::KRope, c.dr(), 0, c.dr())),
                 value: Some(seg(TensorName::V, c.g() * c.dv(), c.dv(), c.dv())),
                 dv: c.dv(),
                 streams: c.g(),
             },
-            (Op::DecodeGqa, GroupCacheLayout::RopePerGroup) => KeySource {
+            (DecodeOp::Gqa, GroupCacheLayout::RopePerGroup) => KeySource {
                 key: seg(TensorName::K, c.g() * (c.dn() + c.dr()), c.dn() + c.dr(), c.dn() + c.dr()),
                 shared_key: None,
                 value: Some(seg(TensorName::V, c.g() * c.dv(), c.dv(), c.dv())),
                 dv: c.dv(),
                 streams: c.g(),
             },
-            (Op::GqaDecode, _) => KeySource {
+            (DecodeOp::PlainGqa, _) => KeySource {
                 key: seg(TensorName::K, c.g() * c.dn(), c.dn(), c.dn()),
                 shared_key: None,
                 value: Some(seg(TensorName::V, c.g() * c.dv(), c.dv(), c.dv())),
                 dv: c.dv(),
                 streams: c.g(),
             },
-            (Op::CacheExpand, _) => unreachable!("expand is not a decode"),
         };
         let paging = self.paging(inp)?;
         let q = self.rt.upload(&encode_f32(d, &inp.q))?;
@@ -363,9 +362,9 @@ impl<R: Runtime> Kernel for DeviceKernel<R> {
         p
     }
     fn run(&self, inputs: &mut CaseInputs, outputs: &mut Outputs) -> Result<(), KernelError> {
-        let r = self.rt.bind().and_then(|()| match inputs.case.op() {
-            Op::CacheExpand => self.expand(inputs, outputs),
-            _ => self.decode(inputs, outputs),
+        let r = self.rt.bind().and_then(|()| match inputs.case.op().kind() {
+            OpKind::Cache(CacheOp::Expand) => self.expand(inputs, outputs),
+            OpKind::Decode(op) => self.decode(op, inputs, outputs),
         });
         r.map_err(|e| match e {
             CudaError::Unsupported(why) => KernelError::Declined(why),

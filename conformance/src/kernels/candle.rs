@@ -4,7 +4,7 @@
 //! softmax and a natural-log LSE in f32, and rounds outputs to the case dtype with candle's own
 //! casts. It shares no arithmetic with the reference or the flash kernel.
 
-use crate::case::{Case, DType, GroupCacheLayout, Op};
+use crate::case::{CacheOp, Case, DType, DecodeOp, GroupCacheLayout, OpKind};
 use crate::definition::TensorName;
 use crate::inputs::CaseInputs;
 use crate::kernel::{Kernel, KernelError, KernelIdentity, Outputs};
@@ -62,19 +62,18 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, visible: &[usize]) -> 
 }
 
 /// Keys and values of group g (all heads for the absorb path) from the gathered cache rows.
-fn group_kv(case: &Case, rows: &[Tensor], g: usize) -> Result<(Tensor, Tensor)> {
+fn group_kv(op: DecodeOp, case: &Case, rows: &[Tensor], g: usize) -> Result<(Tensor, Tensor)> {
     let (dn, dr, dv) = (case.dn(), case.dr(), case.dv());
-    match case.op() {
-        Op::DecodeAbsorb => Ok((rows[0].clone(), rows[0].narrow(1, 0, case.dc())?)),
-        Op::DecodeGqa => match case.layout() {
+    match op {
+        DecodeOp::Absorb => Ok((rows[0].clone(), rows[0].narrow(1, 0, case.dc())?)),
+        DecodeOp::Gqa => match case.layout() {
             GroupCacheLayout::RopeOnce => {
                 let k = Tensor::cat(&[&rows[0].narrow(1, g * dn, dn)?, &rows[1]], 1)?;
                 Ok((k, rows[2].narrow(1, g * dv, dv)?))
             }
             GroupCacheLayout::RopePerGroup => Ok((rows[0].narrow(1, g * (dn + dr), dn + dr)?, rows[1].narrow(1, g * dv, dv)?)),
         },
-        Op::GqaDecode => Ok((rows[0].narrow(1, g * dn, dn)?, rows[1].narrow(1, g * dv, dv)?)),
-        Op::CacheExpand => unreachable!("expand has no attention"),
+        DecodeOp::PlainGqa => Ok((rows[0].narrow(1, g * dn, dn)?, rows[1].narrow(1, g * dv, dv)?)),
     }
 }
 
@@ -86,11 +85,11 @@ fn region(outputs: &mut Outputs, name: TensorName) -> Result<&mut [f32]> {
         .region_mut())
 }
 
-fn decode(inp: &CaseInputs, outputs: &mut Outputs) -> Result<()> {
+fn decode(op: DecodeOp, inp: &CaseInputs, outputs: &mut Outputs) -> Result<()> {
     let c = &inp.case;
     let (sq, h, w, dout) = (c.sq(), c.h(), c.q_width(), c.out_width());
     // Query heads sharing one key/value stream: all of them on the absorb path (MQA).
-    let (streams, per) = if c.op() == Op::DecodeAbsorb { (1, h) } else { (c.g(), h / c.g()) };
+    let (streams, per) = if op == DecodeOp::Absorb { (1, h) } else { (c.g(), h / c.g()) };
     let names: Vec<TensorName> = inp.cache.components.iter().map(|x| x.name).collect();
     let comps: Vec<Tensor> = names.iter().map(|&n| component(inp, n)).collect::<Result<_>>()?;
     let q = Tensor::from_slice(&inp.q, (c.batch(), sq, h, w), &Device::Cpu)?;
@@ -107,7 +106,7 @@ fn decode(inp: &CaseInputs, outputs: &mut Outputs) -> Result<()> {
         let (mut outs, mut lses) = (Vec::new(), Vec::new());
         for g in 0..streams {
             let qg = qb.narrow(1, g * per, per)?.contiguous()?.reshape((sq * per, w))?;
-            let (k, v) = group_kv(c, &rows, g)?;
+            let (k, v) = group_kv(op, c, &rows, g)?;
             let visible: Vec<usize> = (0..sq * per).map(|r| c.visible(b, r / per)).collect();
             let (o, l) = attend(&qg, &k.contiguous()?, &v.contiguous()?, inp.scale as f64, &visible)?;
             outs.push(o.reshape((sq, per, dout))?);
@@ -162,9 +161,9 @@ impl Kernel for CandleCpu {
         crate::profile::Profile::everything()
     }
     fn run(&self, inputs: &mut CaseInputs, outputs: &mut Outputs) -> std::result::Result<(), KernelError> {
-        let r = match inputs.case.op() {
-            Op::CacheExpand => expand(inputs, outputs),
-            _ => decode(inputs, outputs),
+        let r = match inputs.case.op().kind() {
+            OpKind::Cache(CacheOp::Expand) => expand(inputs, outputs),
+            OpKind::Decode(op) => decode(op, inputs, outputs),
         };
         r.map_err(|e| KernelError::Runtime(format!("candle: {e}")))
     }

@@ -2,7 +2,7 @@
 //! log-sum-exp merge — the structure of FlashMLA/FlashInfer decode kernels. [`Bug`] injects one
 //! known failure mode at a time; the suite must reject every mutant.
 
-use crate::case::{GroupCacheLayout, Op};
+use crate::case::{CacheOp, DecodeOp, GroupCacheLayout, OpKind};
 use crate::definition::TensorName;
 use crate::inputs::{CaseInputs, Paging};
 use crate::kernel::{Kernel, KernelError, KernelIdentity, Outputs};
@@ -141,6 +141,7 @@ impl FlashCpu {
 
 /// The query being processed: sequence b, head i.
 struct QueryRow<'a> {
+    op: DecodeOp,
     b: usize,
     i: usize,
     q: &'a [f32],
@@ -163,11 +164,11 @@ fn normalise_each(parts: &mut [Partial]) {
 }
 
 impl FlashCpu {
-    fn key_value(&self, inp: &CaseInputs, b: usize, t: usize, i: usize) -> (Vec<f32>, Vec<f32>) {
+    fn key_value(&self, op: DecodeOp, inp: &CaseInputs, b: usize, t: usize, i: usize) -> (Vec<f32>, Vec<f32>) {
         let c = &inp.case;
         let cache = &inp.cache;
-        match c.op() {
-            Op::DecodeAbsorb => {
+        match op {
+            DecodeOp::Absorb => {
                 let row = cache.row(TensorName::Kv, b, t);
                 let mut k = row.to_vec();
                 if self.has(Bug::RopeTermDropped) {
@@ -175,12 +176,12 @@ impl FlashCpu {
                 }
                 (k, row[..c.dc()].to_vec())
             }
-            Op::DecodeGqa | Op::GqaDecode => {
+            DecodeOp::Gqa | DecodeOp::PlainGqa => {
                 let per = c.h() / c.g();
                 let g = if self.has(Bug::GroupMapping) { i % c.g() } else { i / per };
                 let gv = if self.has(Bug::ValueFromWrongGroup) { (g + 1) % c.g() } else { g };
                 let v = cache.row(TensorName::V, b, t)[gv * c.dv()..(gv + 1) * c.dv()].to_vec();
-                let k = if c.op() == Op::GqaDecode {
+                let k = if op == DecodeOp::PlainGqa {
                     cache.row(TensorName::K, b, t)[g * c.dn()..(g + 1) * c.dn()].to_vec()
                 } else {
                     match c.layout() {
@@ -206,7 +207,6 @@ impl FlashCpu {
                 };
                 (k, v)
             }
-            Op::CacheExpand => unreachable!(),
         }
     }
 
@@ -221,7 +221,7 @@ impl FlashCpu {
         };
         let len = inp.case.seq_len(b);
         for t in keys {
-            let (k, v) = self.key_value(inp, b, t, i);
+            let (k, v) = self.key_value(row.op, inp, b, t, i);
             if self.has(Bug::MaskByNan) && t >= len && k.iter().chain(&v).any(|x| x.is_nan()) {
                 continue;
             }
@@ -248,7 +248,7 @@ impl FlashCpu {
         p
     }
 
-    fn decode(&self, inp: &CaseInputs, out: &mut Outputs) -> Result<(), KernelError> {
+    fn decode(&self, op: DecodeOp, inp: &CaseInputs, out: &mut Outputs) -> Result<(), KernelError> {
         let c = &inp.case;
         let (batch, sq, h, dout) = (c.batch(), c.sq(), c.h(), c.out_width());
         let scale = if self.has(Bug::ScaleFromKeyWidth) {
@@ -297,6 +297,7 @@ impl FlashCpu {
                 let bounds: Vec<usize> = (0..=splits).map(|s| s * end / splits).collect();
                 for i in 0..h {
                     let row = QueryRow {
+                        op,
                         b,
                         i,
                         q: inp.q_row(b, j, i),
@@ -436,9 +437,9 @@ impl Kernel for FlashCpu {
                 return Ok(());
             }
         }
-        match inputs.case.op() {
-            Op::CacheExpand => self.expand(inputs, outputs)?,
-            _ => self.decode(inputs, outputs)?,
+        match inputs.case.op().kind() {
+            OpKind::Cache(CacheOp::Expand) => self.expand(inputs, outputs)?,
+            OpKind::Decode(op) => self.decode(op, inputs, outputs)?,
         }
         if self.has(Bug::WritesInputs) {
             if let Some(c) = inputs.cache.components.first_mut() {

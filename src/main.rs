@@ -154,7 +154,7 @@ fn main() -> ExitCode {
     keep_freed_memory();
     exit_cleanly_on_signals();
     let cli = Cli::parse();
-    let budget = gqla_model::budget::Budget::new(cli.max_memory);
+    let budget = gqla_model::budget::Budget::new(cli.max_memory).overridden_by("--max-memory");
     let result = match cli.command {
         Command::Forward(a) => commands::forward::run(a, &budget),
         Command::CacheSize(a) => commands::cache_size::run(a, &budget),

@@ -412,18 +412,18 @@ mod bad_input {
     /// What the stock DeepSeek-V3 layout cannot express is refused before any work, naming why.
     #[test]
     fn emit_mla_refusals() {
-        rejected(&fixture("qwen2"), &["--emit", "mla"], &["--emit mla", "q_proj has a bias"]);
-        rejected(&fixture("mistral"), &["--emit", "mla"], &["--emit mla", "sliding window"]);
-        rejected(&fixture("llama31_rope"), &["--emit", "mla"], &["--emit mla", "RoPE scaling"]);
+        rejected(&fixture("qwen2"), &["--emit", "mla"], &["(emit mla)", "q_proj has a bias"]);
+        rejected(&fixture("mistral"), &["--emit", "mla"], &["(emit mla)", "sliding window"]);
+        rejected(&fixture("llama31_rope"), &["--emit", "mla"], &["(emit mla)", "RoPE scaling"]);
         rejected(
             &fixture("llama"),
             &["--emit", "mla", "--no-truncation"],
-            &["--emit mla", "give --rope-dim"],
+            &["(emit mla)", "give a rope dim"],
         );
         rejected(
             &fixture("llama"),
             &["--emit", "mla", "--rope-dim", "6", "--kv-lora-rank", "8", "--freqfold", "4"],
-            &["--emit mla", "not the stock rope_theta"],
+            &["(emit mla)", "not the stock rope_theta"],
         );
     }
 

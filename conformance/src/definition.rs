@@ -3,6 +3,8 @@
 //! author outside this process reads the contract from the same source the judge uses.
 
 use crate::case::{CacheOp, Case, DecodeOp, GroupCacheLayout, Op, OpKind};
+use crate::shape::AxisName::*;
+use crate::shape::{CacheLayout, CaseAxes, Dim, Shape};
 use serde::Serialize;
 
 /// Whether an axis is fixed when a kernel is built (a specialisation) or varies per call.
@@ -151,8 +153,9 @@ const CACHE_POISON: &str = "NaN (finite random values in a poison=garbage twin) 
 pub struct TensorSpec {
     pub name: TensorName,
     pub kind: TensorKind,
-    /// Shape in axis names; caches give the contiguous form, `|`, then the paged form.
-    pub shape: &'static str,
+    /// Shape in named axes (definitions.json spells it as a formula: caches give the contiguous
+    /// form, `|`, then the paged form).
+    pub shape: Shape,
     pub dtype: DtypeRule,
     pub meaning: &'static str,
     pub present: Presence,
@@ -171,19 +174,9 @@ impl TensorSpec {
             ..self
         }
     }
-    /// The tensor's rank (of its contiguous form).
+    /// The tensor's rank.
     pub fn rank(&self) -> usize {
-        let shape = self
-            .shape
-            .split('|')
-            .next()
-            .unwrap_or("")
-            .trim_matches(|c| c == '[' || c == ']' || c == ' ');
-        if shape.is_empty() {
-            0
-        } else {
-            shape.split(',').count()
-        }
+        self.shape.rank()
     }
 }
 
@@ -221,7 +214,7 @@ const fn axis(name: &'static str, role: AxisRole, meaning: &'static str) -> Axis
     Axis { name, role, meaning }
 }
 
-const fn tensor(name: TensorName, kind: TensorKind, shape: &'static str, dtype: DtypeRule, meaning: &'static str) -> TensorSpec {
+const fn tensor(name: TensorName, kind: TensorKind, shape: Shape, dtype: DtypeRule, meaning: &'static str) -> TensorSpec {
     TensorSpec {
         name,
         kind,
@@ -268,7 +261,7 @@ const DECODE_DTYPE_RULES: [&str; 3] = [
     "seq_lens, block_table, num_splits are i32",
 ];
 
-fn decode_io(op: DecodeOp) -> (Vec<Axis>, Vec<TensorSpec>, &'static str) {
+fn decode_io(op: DecodeOp) -> (Vec<Axis>, Vec<TensorSpec>, Shape) {
     let common = |mut axes: Vec<Axis>| {
         axes.extend([
             axis("s_q", Variable, "new query tokens per sequence"),
@@ -287,20 +280,20 @@ fn decode_io(op: DecodeOp) -> (Vec<Axis>, Vec<TensorSpec>, &'static str) {
                 tensor(
                     TensorName::Q,
                     TensorKind::Dense,
-                    "[B, s_q, H, d_c + d_r]",
+                    Shape::Dims(&[Dim::Of(B), Dim::Of(Sq), Dim::Of(H), Dim::Sum(Dc, Dr)]),
                     DtypeRule::Case,
                     "absorbed queries [W_UK^T q^N; q^R]",
                 ),
                 tensor(
                     TensorName::Kv,
                     TensorKind::Dense,
-                    "[B, capacity, d_c + d_r] | [num_pages, page, d_c + d_r]",
+                    Shape::Cache(Dim::Sum(Dc, Dr)),
                     DtypeRule::Case,
                     "cache rows [c; k^R]; the value is the first d_c columns",
                 )
                 .cache(),
             ],
-            "[B, s_q, H, d_c]",
+            Shape::Dims(&[Dim::Of(B), Dim::Of(Sq), Dim::Of(H), Dim::Of(Dc)]),
         ),
         DecodeOp::Gqa => (
             common(vec![
@@ -318,14 +311,14 @@ fn decode_io(op: DecodeOp) -> (Vec<Axis>, Vec<TensorSpec>, &'static str) {
                 tensor(
                     TensorName::Q,
                     TensorKind::Dense,
-                    "[B, s_q, H, d_n + d_r]",
+                    Shape::Dims(&[Dim::Of(B), Dim::Of(Sq), Dim::Of(H), Dim::Sum(Dn, Dr)]),
                     DtypeRule::Case,
                     "queries [q^N; q^R]",
                 ),
                 tensor(
                     TensorName::KNope,
                     TensorKind::Dense,
-                    "[B, capacity, G·d_n] | [num_pages, page, G·d_n]",
+                    Shape::Cache(Dim::Product(G, Dn)),
                     DtypeRule::Case,
                     "rope=once: per-group keys W_UK_g c",
                 )
@@ -334,7 +327,7 @@ fn decode_io(op: DecodeOp) -> (Vec<Axis>, Vec<TensorSpec>, &'static str) {
                 tensor(
                     TensorName::KRope,
                     TensorKind::Dense,
-                    "[B, capacity, d_r] | [num_pages, page, d_r]",
+                    Shape::Cache(Dim::Of(Dr)),
                     DtypeRule::Case,
                     "rope=once: the shared RoPE key",
                 )
@@ -343,7 +336,7 @@ fn decode_io(op: DecodeOp) -> (Vec<Axis>, Vec<TensorSpec>, &'static str) {
                 tensor(
                     TensorName::K,
                     TensorKind::Dense,
-                    "[B, capacity, G·(d_n + d_r)] | [num_pages, page, G·(d_n + d_r)]",
+                    Shape::Cache(Dim::ProductOfSum(G, Dn, Dr)),
                     DtypeRule::Case,
                     "rope=per_group: [k_g; k^R] per group",
                 )
@@ -352,13 +345,13 @@ fn decode_io(op: DecodeOp) -> (Vec<Axis>, Vec<TensorSpec>, &'static str) {
                 tensor(
                     TensorName::V,
                     TensorKind::Dense,
-                    "[B, capacity, G·d_v] | [num_pages, page, G·d_v]",
+                    Shape::Cache(Dim::Product(G, Dv)),
                     DtypeRule::Case,
                     "per-group values W_UV_g c",
                 )
                 .cache(),
             ],
-            "[B, s_q, H, d_v]",
+            Shape::Dims(&[Dim::Of(B), Dim::Of(Sq), Dim::Of(H), Dim::Of(Dv)]),
         ),
         DecodeOp::PlainGqa => (
             common(vec![
@@ -367,11 +360,17 @@ fn decode_io(op: DecodeOp) -> (Vec<Axis>, Vec<TensorSpec>, &'static str) {
                 axis("d_v", Fixed, "value width"),
             ]),
             vec![
-                tensor(TensorName::Q, TensorKind::Dense, "[B, s_q, H, d]", DtypeRule::Case, "queries"),
+                tensor(
+                    TensorName::Q,
+                    TensorKind::Dense,
+                    Shape::Dims(&[Dim::Of(B), Dim::Of(Sq), Dim::Of(H), Dim::Of(D)]),
+                    DtypeRule::Case,
+                    "queries",
+                ),
                 tensor(
                     TensorName::K,
                     TensorKind::Dense,
-                    "[B, capacity, KV·d] | [num_pages, page, KV·d]",
+                    Shape::Cache(Dim::Product(Kv, D)),
                     DtypeRule::Case,
                     "keys",
                 )
@@ -379,13 +378,13 @@ fn decode_io(op: DecodeOp) -> (Vec<Axis>, Vec<TensorSpec>, &'static str) {
                 tensor(
                     TensorName::V,
                     TensorKind::Dense,
-                    "[B, capacity, KV·d_v] | [num_pages, page, KV·d_v]",
+                    Shape::Cache(Dim::Product(Kv, Dv)),
                     DtypeRule::Case,
                     "values",
                 )
                 .cache(),
             ],
-            "[B, s_q, H, d_v]",
+            Shape::Dims(&[Dim::Of(B), Dim::Of(Sq), Dim::Of(H), Dim::Of(Dv)]),
         ),
     }
 }
@@ -395,7 +394,7 @@ fn indexing() -> Vec<TensorSpec> {
         tensor(
             TensorName::SeqLens,
             TensorKind::Index,
-            "[B]",
+            Shape::Dims(&[Dim::Of(B)]),
             DtypeRule::I32,
             "keys held by each sequence",
         ),
@@ -404,7 +403,7 @@ fn indexing() -> Vec<TensorSpec> {
             ..tensor(
                 TensorName::BlockTable,
                 TensorKind::Index,
-                "[B, max_pages]",
+                Shape::Dims(&[Dim::Of(B), Dim::Of(MaxPages)]),
                 DtypeRule::I32,
                 "page ids of each sequence",
             )
@@ -436,7 +435,7 @@ fn expand_definition() -> Definition {
         tensor(
             TensorName::Latent,
             TensorKind::Dense,
-            "[B, capacity, d_c] | [num_pages, page, d_c]",
+            Shape::Cache(Dim::Of(Dc)),
             DtypeRule::Case,
             "latent cache rows c",
         )
@@ -444,7 +443,7 @@ fn expand_definition() -> Definition {
         tensor(
             TensorName::WUkv,
             TensorKind::Dense,
-            "[G·(d_n + d_v), d_c]",
+            Shape::Dims(&[Dim::ProductOfSum(G, Dn, Dv), Dim::Of(Dc)]),
             DtypeRule::Case,
             "[W_UK_g; W_UV_g] per group, group-major, keys first",
         ),
@@ -459,14 +458,14 @@ fn expand_definition() -> Definition {
             tensor(
                 TensorName::K,
                 TensorKind::Output,
-                "[tokens, G·d_n]",
+                Shape::Dims(&[Dim::Of(Tokens), Dim::Product(G, Dn)]),
                 DtypeRule::Case,
                 "k_g = W_UK_g c for every cached token, sequences in order",
             ),
             tensor(
                 TensorName::V,
                 TensorKind::Output,
-                "[tokens, G·d_v]",
+                Shape::Dims(&[Dim::Of(Tokens), Dim::Product(G, Dv)]),
                 DtypeRule::Case,
                 "v_g = W_UV_g c",
             ),
@@ -486,12 +485,18 @@ fn decode_definition(op: DecodeOp) -> Definition {
     let (mut axes, mut inputs, out_shape) = decode_io(op);
     axes.extend(BATCH_AXES);
     inputs.extend(indexing());
-    inputs.push(tensor(TensorName::Scale, TensorKind::Scalar, "[]", DtypeRule::F32, "softmax scale"));
+    inputs.push(tensor(
+        TensorName::Scale,
+        TensorKind::Scalar,
+        Shape::Dims(&[]),
+        DtypeRule::F32,
+        "softmax scale",
+    ));
     inputs.push(
         tensor(
             TensorName::NumSplits,
             TensorKind::Index,
-            "[]",
+            Shape::Dims(&[]),
             DtypeRule::I32,
             "the requested split count",
         )
@@ -513,7 +518,7 @@ fn decode_definition(op: DecodeOp) -> Definition {
             tensor(
                 TensorName::Lse,
                 TensorKind::Output,
-                "[B, s_q, H]",
+                Shape::Dims(&[Dim::Of(B), Dim::Of(Sq), Dim::Of(H)]),
                 DtypeRule::F32,
                 "natural-log log-sum-exp of the scaled scores",
             ),
@@ -530,128 +535,16 @@ pub fn all() -> Vec<Definition> {
     Op::ALL.into_iter().map(definition).collect()
 }
 
-/// A shape formula evaluated for one case: `[B, capacity, G·(d_n + d_r)]` with the axes' values.
-/// Caches give two forms, contiguous `|` paged; `paged` picks one.
-pub fn eval_shape(shape: &str, axes: &dyn Fn(&str) -> Option<usize>, paged: bool) -> Result<Vec<usize>, String> {
-    let forms: Vec<&str> = shape.split('|').map(str::trim).collect();
-    let form = if paged && forms.len() > 1 { forms[1] } else { forms[0] };
-    let inner = form
-        .strip_prefix('[')
-        .and_then(|f| f.strip_suffix(']'))
-        .ok_or_else(|| format!("`{form}` is not [dims]"))?;
-    if inner.trim().is_empty() {
-        return Ok(vec![]);
-    }
-    inner.split(',').map(|d| eval_dim(d.trim(), axes)).collect()
-}
-
-/// One dimension: sums of products (`·`) of axis names, numbers and parenthesised sums.
-fn eval_dim(expr: &str, axes: &dyn Fn(&str) -> Option<usize>) -> Result<usize, String> {
-    fn sum(t: &[String], i: &mut usize, axes: &dyn Fn(&str) -> Option<usize>) -> Result<usize, String> {
-        let mut v = product(t, i, axes)?;
-        while t.get(*i).is_some_and(|s| s == "+") {
-            *i += 1;
-            v += product(t, i, axes)?;
-        }
-        Ok(v)
-    }
-    fn product(t: &[String], i: &mut usize, axes: &dyn Fn(&str) -> Option<usize>) -> Result<usize, String> {
-        let mut v = atom(t, i, axes)?;
-        while t.get(*i).is_some_and(|s| s == "·") {
-            *i += 1;
-            v *= atom(t, i, axes)?;
-        }
-        Ok(v)
-    }
-    fn atom(t: &[String], i: &mut usize, axes: &dyn Fn(&str) -> Option<usize>) -> Result<usize, String> {
-        let tok = t.get(*i).ok_or("a dimension ends early")?.clone();
-        *i += 1;
-        if tok == "(" {
-            let v = sum(t, i, axes)?;
-            if t.get(*i).map(String::as_str) != Some(")") {
-                return Err("unbalanced parenthesis".into());
-            }
-            *i += 1;
-            return Ok(v);
-        }
-        tok.parse().ok().or_else(|| axes(&tok)).ok_or(format!("unknown axis `{tok}`"))
-    }
-    let mut tokens: Vec<String> = Vec::new();
-    for c in expr.chars() {
-        match c {
-            '(' | ')' | '+' | '·' => tokens.push(c.to_string()),
-            ' ' => {}
-            c if tokens.last().is_some_and(|t| t.chars().all(|x| x.is_alphanumeric() || x == '_')) && (c.is_alphanumeric() || c == '_') => {
-                tokens.last_mut().expect("checked").push(c)
-            }
-            c => tokens.push(c.to_string()),
-        }
-    }
-    let mut i = 0;
-    let v = sum(&tokens, &mut i, axes)?;
-    if i != tokens.len() {
-        return Err(format!("`{expr}`: unexpected `{}`", tokens[i]));
-    }
-    Ok(v)
-}
-
-/// The value of each named axis for a case (the fixed ones, and the batch ones its inputs set).
-pub fn case_axes(case: &Case, capacity: usize, num_pages: usize, max_pages: usize) -> impl Fn(&str) -> Option<usize> + '_ {
-    move |name| {
-        Some(match name {
-            "B" => case.batch(),
-            "s_q" => case.sq(),
-            "H" => case.h(),
-            "G" | "KV" => case.g(),
-            "d_c" => case.dc(),
-            "d_n" | "d" => case.dn(),
-            "d_r" => case.dr(),
-            "d_v" => case.dv(),
-            "capacity" => capacity,
-            "num_pages" => num_pages,
-            "page" => case.page()?,
-            "max_pages" => max_pages,
-            "tokens" => (0..case.batch()).map(|b| case.seq_len(b)).sum(),
-            _ => return None,
-        })
-    }
-}
-
 /// The cache tensors a case's inputs hold, with their row widths: the last dimension of their shape formula.
 pub fn cache_components(case: &Case) -> Vec<(TensorName, usize)> {
     let def = definition(case.op());
-    let axes = case_axes(case, 1, 1, 1);
+    let axes = CaseAxes {
+        case,
+        layout: CacheLayout::Contiguous { capacity: 1 },
+    };
     def.inputs
         .iter()
         .filter(|t| t.present.holds(case) && t.kind == TensorKind::Cache)
-        .map(|t| {
-            let shape = eval_shape(t.shape, &axes, false).expect("the definitions' formulas evaluate");
-            (t.name, *shape.last().expect("a cache has a row width"))
-        })
+        .filter_map(|t| Some((t.name, t.shape.cache_width(&axes)?)))
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shape_formulas_evaluate() {
-        let axes = |n: &str| match n {
-            "B" => Some(2),
-            "G" => Some(4),
-            "d_n" => Some(128),
-            "d_r" => Some(64),
-            "page" => Some(16),
-            "num_pages" => Some(9),
-            "capacity" => Some(70),
-            _ => None,
-        };
-        let f = "[B, capacity, G·(d_n + d_r)] | [num_pages, page, G·(d_n + d_r)]";
-        assert_eq!(eval_shape(f, &axes, false).unwrap(), [2, 70, 768]);
-        assert_eq!(eval_shape(f, &axes, true).unwrap(), [9, 16, 768]);
-        assert_eq!(eval_shape("[]", &axes, false).unwrap(), Vec::<usize>::new());
-        assert!(eval_shape("[B, X]", &axes, false).unwrap_err().contains("unknown axis `X`"));
-        assert!(eval_shape("[G·(d_n]", &axes, false).is_err());
-    }
 }

@@ -2,7 +2,7 @@
 //! decode kernel against the reference.
 //!
 //! - [`case`]: cases and their query-like ids; [`lattice`]: the versioned case list.
-//! - [`definition`]: the operations and their conventions.
+//! - [`definition`]: the operations and their conventions; [`shape`]: tensor shapes from named axes.
 //! - [`inputs`]: seeded inputs with paged caches and poisoned memory.
 //! - [`kernel`]: the [`Kernel`] trait and canary-guarded outputs; [`profile`]: what a kernel
 //!   declares it supports, and the conventions it follows.
@@ -30,6 +30,7 @@ pub mod reference;
 pub mod report;
 pub mod runner;
 pub mod selection;
+pub mod shape;
 pub mod stability;
 pub mod tolerance;
 pub mod verdict;

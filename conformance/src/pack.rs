@@ -15,12 +15,13 @@
 
 use crate::case::{Case, DType, GroupCacheLayout, Poison};
 use crate::confined;
-use crate::definition::{case_axes, definition, eval_shape, DtypeRule, TensorKind, TensorName};
+use crate::definition::{definition, DtypeRule, TensorKind, TensorName};
 use crate::inputs::{CaseInputs, Paging};
 use crate::kernel::Outputs;
 use crate::lattice::{suite_cases_seeded, SUITE_VERSION};
 use crate::profile::Profile;
 use crate::runner::{CaseResult, Prepared, Twins};
+use crate::shape::{CacheLayout, CaseAxes};
 use crate::verdict::Status;
 use gqla_files::tensors::{decode_floats, RawTensor};
 use gqla_files::OutputDir;
@@ -199,24 +200,30 @@ fn ints(shape: Vec<usize>, values: &[i32]) -> RawTensor {
 /// each with the shape its formula gives and the dtype its rule names.
 fn input_tensors(inp: &CaseInputs) -> Vec<(String, RawTensor)> {
     let c = &inp.case;
-    let (capacity, num_pages, max_pages, table) = match &inp.cache.paging {
-        Paging::Contiguous { capacity } => (*capacity, 0, 0, &[][..]),
+    let (layout, table) = match &inp.cache.paging {
+        Paging::Contiguous { capacity } => (CacheLayout::Contiguous { capacity: *capacity }, &[][..]),
         Paging::Paged {
+            page,
             num_pages,
             max_pages,
             block_table,
-            ..
-        } => (0, *num_pages, *max_pages, &block_table[..]),
+        } => (
+            CacheLayout::Paged {
+                num_pages: *num_pages,
+                page: *page,
+                max_pages: *max_pages,
+            },
+            &block_table[..],
+        ),
     };
-    let axes = case_axes(c, capacity, num_pages, max_pages);
-    let paged = c.page().is_some();
+    let axes = CaseAxes { case: c, layout };
     let lens: Vec<i32> = inp.cache.seq_lens.iter().map(|&l| l as i32).collect();
     let splits: Vec<i32> = c.splits().iter().map(|&n| n as i32).collect();
     definition(c.op())
         .inputs_for(c)
         .into_iter()
         .map(|spec| {
-            let shape = eval_shape(spec.shape, &axes, paged).expect("the definitions' formulas evaluate");
+            let shape = spec.shape.eval(&axes);
             let floats_of: &[f32] = match (spec.kind, spec.name) {
                 (TensorKind::Cache, cache) => &inp.cache.component(cache).data,
                 (_, TensorName::Q) => &inp.q,
@@ -241,7 +248,7 @@ fn input_tensors(inp: &CaseInputs) -> Vec<(String, RawTensor)> {
                 n * t.dtype.bitsize() / 8,
                 "{c}: input `{}` holds other than its shape formula `{}` says",
                 spec.name,
-                spec.shape
+                spec.shape.formula()
             );
             (spec.name.to_string(), t)
         })

@@ -53,12 +53,12 @@ impl Budget {
         match max_memory {
             Some(limit) => Budget {
                 limit,
-                source: "--max-memory".into(),
+                source: "the explicit limit".into(),
             },
             None => match MemoryLimit::detect().into_iter().min_by_key(|l| l.bytes) {
                 Some(l) => Budget {
                     limit: l.bytes,
-                    source: format!("{} (raise or lower it with --max-memory)", l.what),
+                    source: format!("{} (an explicit limit raises or lowers it)", l.what),
                 },
                 None => Budget {
                     limit: u64::MAX,
@@ -66,6 +66,16 @@ impl Budget {
                 },
             },
         }
+    }
+
+    /// The same budget, its messages naming the caller's way to set the limit (a CLI flag).
+    pub fn overridden_by(mut self, how: &str) -> Self {
+        self.source = match self.source.strip_suffix(" (an explicit limit raises or lowers it)") {
+            Some(detected) => format!("{detected} (raise or lower it with {how})"),
+            None if self.source == "the explicit limit" => how.to_string(),
+            None => self.source,
+        };
+        self
     }
 
     pub fn limit(&self) -> u64 {
@@ -245,7 +255,7 @@ mod tests {
 
     #[test]
     fn a_plan_over_the_limit_names_its_largest_part() {
-        let b = Budget::new(Some(1 << 30));
+        let b = Budget::new(Some(1 << 30)).overridden_by("--max-memory");
         b.check(&[Need::f64s("a", &[1024, 1024])]).unwrap();
         let e = b
             .check(&[

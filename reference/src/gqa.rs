@@ -17,6 +17,19 @@ use crate::real::Real;
 use crate::rope::Rope;
 use ndarray::{s, Array2, Array3, ArrayView2, Axis};
 
+/// A GQA layer's four projections, by name (their shapes are checked by [`GqaWeights::new`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GqaProjections<T> {
+    /// q_proj [H·D, hidden].
+    pub q: Linear<T>,
+    /// k_proj [KV·D, hidden].
+    pub k: Linear<T>,
+    /// v_proj [KV·D, hidden].
+    pub v: Linear<T>,
+    /// o_proj [hidden, H·D].
+    pub o: Linear<T>,
+}
+
 /// Weights of one GQA attention layer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GqaWeights<T> {
@@ -32,17 +45,14 @@ pub struct GqaWeights<T> {
 
 impl<T: Real> GqaWeights<T> {
     /// Checks every shape once; `scale` None means 1/sqrt(D).
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         dims: GqaDims,
-        q: Linear<T>,
-        k: Linear<T>,
-        v: Linear<T>,
-        o: Linear<T>,
+        projections: GqaProjections<T>,
         rope: Rope,
         sliding_window: Option<usize>,
         scale: Option<f64>,
     ) -> Result<Self> {
+        let GqaProjections { q, k, v, o } = projections;
         let hidden = q.in_dim();
         let (h, kv, dd) = (dims.h(), dims.kv(), dims.d());
         for (what, expected, got) in [

@@ -43,7 +43,7 @@ pub use config::{GqaDims, LatentDims, LatentShape};
 pub use decode::DecodeOutput;
 pub use dtype::DType;
 pub use error::{Error, Result};
-pub use gqa::GqaWeights;
+pub use gqa::{GqaProjections, GqaWeights};
 pub use gqa_decode::gqa_decode;
 pub use latent::{LatentWeights, QueryProjection};
 pub use mla::mla_forward;

@@ -6,7 +6,7 @@
 
 use crate::config::{GqaDims, LatentDims};
 use crate::error::Result;
-use crate::gqa::GqaWeights;
+use crate::gqa::{GqaProjections, GqaWeights};
 use crate::latent::{LatentWeights, QueryProjection};
 use crate::linear::{Linear, RmsNorm};
 use crate::rope::{Rope, RopeStyle};
@@ -96,7 +96,13 @@ pub fn gqa_layer(dims: GqaDims, hidden: usize, qkv_bias: bool, logit_std: f64, s
     let k = s.linear(kv * d, hidden, 1.0, qkv_bias);
     let v = s.linear(kv * d, hidden, 1.0, qkv_bias);
     let o = s.linear(hidden, h * d, 1.0, false);
-    GqaWeights::new(dims, q, k, v, o, Rope::standard(RopeStyle::RotateHalf, d, 10000.0)?, None, None)
+    GqaWeights::new(
+        dims,
+        GqaProjections { q, k, v, o },
+        Rope::standard(RopeStyle::RotateHalf, d, 10000.0)?,
+        None,
+        None,
+    )
 }
 
 /// Random hidden states [n, hidden] with unit-variance entries.

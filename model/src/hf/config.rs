@@ -1,5 +1,6 @@
 //! HF `config.json` → validated model configuration.
 
+use super::gqla_keys::GqlaKeys;
 use gqla_reference::config::{GqaDims, LatentDims, LatentShape};
 use gqla_reference::error::{Error, Result};
 use gqla_reference::rope::{yarn_mscale, Rope, RopeScaling, RopeStyle};
@@ -298,6 +299,7 @@ impl ModelConfig {
                 .map_err(cfg_err)?;
                 let q_lora_rank = j.opt_usize("q_lora_rank")?;
                 let attention_bias = j.bool_or("attention_bias", false)?;
+                let keys = GqlaKeys::read(path, v)?;
                 let interleaved_rope = match model_type {
                     ModelType::DeepseekV2 => true,
                     _ => j.bool_or("rope_interleave", true)?,
@@ -305,15 +307,15 @@ impl ModelConfig {
                 LatentConfig {
                     dims,
                     q_lora_rank,
-                    q_bias: j.bool_or("gqla_q_bias", attention_bias && q_lora_rank.is_some())?,
-                    kv_a_bias: j.bool_or("gqla_kv_a_bias", attention_bias)?,
-                    o_bias: j.bool_or("gqla_o_bias", attention_bias)?,
+                    q_bias: keys.gqla_q_bias.unwrap_or(attention_bias && q_lora_rank.is_some()),
+                    kv_a_bias: keys.gqla_kv_a_bias.unwrap_or(attention_bias),
+                    o_bias: keys.gqla_o_bias.unwrap_or(attention_bias),
                     interleaved_rope,
                     rope,
                     rms_norm_eps: j.epsilon("rms_norm_eps", 1e-6)?,
-                    latent_norm: j.bool_or("gqla_latent_rms_norm", true)?,
-                    rope_freqs: rope_freqs(&j, dims.d_r())?,
-                    sliding_window: j.opt_usize("gqla_sliding_window")?,
+                    latent_norm: keys.gqla_latent_rms_norm.unwrap_or(true),
+                    rope_freqs: rope_freqs(&j, keys.gqla_rope_freqs, dims.d_r())?,
+                    sliding_window: gqla_sliding_window(&j, keys.gqla_sliding_window.flatten())?,
                 }
                 .into()
             }
@@ -503,21 +505,24 @@ fn moe_config(j: &Json, model_type: ModelType, layers: usize) -> Result<Option<M
 }
 
 /// `gqla_rope_freqs`: d_r/2 finite positive frequencies, when present.
-fn rope_freqs(j: &Json, d_r: usize) -> Result<Option<Vec<f64>>> {
-    let Some(v) = j.v.get("gqla_rope_freqs").filter(|v| !v.is_null()) else {
+fn rope_freqs(j: &Json, freqs: Option<Vec<f64>>, d_r: usize) -> Result<Option<Vec<f64>>> {
+    let Some(freqs) = freqs else {
         return Ok(None);
     };
-    let expected = format!("an array of {} positive frequencies (d_r/2)", d_r / 2);
-    let list = v.as_array().ok_or_else(|| j.err("gqla_rope_freqs", &expected))?;
-    let freqs: Vec<f64> = list
-        .iter()
-        .filter_map(Value::as_f64)
-        .filter(|f| f.is_finite() && *f > 0.0)
-        .collect();
-    if freqs.len() != d_r / 2 || list.len() != d_r / 2 {
-        return Err(j.err("gqla_rope_freqs", &expected));
+    if freqs.len() != d_r / 2 || !freqs.iter().all(|f| f.is_finite() && *f > 0.0) {
+        return Err(j.err("gqla_rope_freqs", &format!("an array of {} positive frequencies (d_r/2)", d_r / 2)));
     }
     Ok(Some(freqs))
+}
+
+/// `gqla_sliding_window`, within the ceiling every window key has.
+fn gqla_sliding_window(j: &Json, window: Option<u64>) -> Result<Option<usize>> {
+    let (lo, hi) = key_range("gqla_sliding_window");
+    match window {
+        None => Ok(None),
+        Some(w) if (lo..=hi).contains(&w) => Ok(Some(w as usize)),
+        Some(_) => Err(j.err("gqla_sliding_window", &format!("an integer in {lo}..={hi}"))),
+    }
 }
 
 /// Per-layer sliding windows: `layer_types` when given, else Mistral's `sliding_window`, else

@@ -279,7 +279,7 @@ impl GgufModel {
             Some(Value::String(kind)) => {
                 return Err(Error::file(
                     &self.path,
-                    format!("GGUF tokenizer `{kind}` is not supported (expected gpt2, a byte-level BPE); pass --tokenizer tokenizer.json"),
+                    format!("GGUF tokenizer `{kind}` is not supported (expected gpt2, a byte-level BPE); give a tokenizer.json explicitly"),
                 ))
             }
             _ => return Err(bad("tokenizer.ggml.model", "a tokenizer kind")),

@@ -5,7 +5,7 @@ use super::names::{self, MlpPath, MlpProj, Module};
 use super::tensors::TensorStore;
 use crate::transformer::{Attention, DecoderLayer, FeedForward, LmHead, Mlp, Moe};
 use gqla_reference::error::{Error, Result};
-use gqla_reference::gqa::GqaWeights;
+use gqla_reference::gqa::{GqaProjections, GqaWeights};
 use gqla_reference::latent::{LatentWeights, QueryProjection};
 use gqla_reference::linear::{Linear, RmsNorm};
 use gqla_reference::rope::{Rope, RopeStyle};
@@ -218,7 +218,7 @@ fn gqa(l: &Loader, c: &GqaConfig, config: &ModelConfig, layer: usize) -> Result<
     let k = l.module(Module::KProj, kv * d, hidden, c.qkv_bias)?;
     let v = l.module(Module::VProj, kv * d, hidden, c.qkv_bias)?;
     let o = l.module(Module::OProj, hidden, h * d, c.o_bias)?;
-    GqaWeights::new(c.dims, q, k, v, o, rope, c.sliding_window[layer], None)
+    GqaWeights::new(c.dims, GqaProjections { q, k, v, o }, rope, c.sliding_window[layer], None)
 }
 
 fn latent(l: &Loader, c: &LatentConfig, config: &ModelConfig) -> Result<LatentWeights<f64>> {

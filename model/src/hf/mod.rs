@@ -4,12 +4,13 @@
 //! - [`config`]: which model a config describes, validated once ([`ModelConfig`]).
 //! - [`tensors`]: a [`TensorStore`] over one or many safetensors files, with shape/dtype/NaN checks;
 //!   shards written by [`tensors::ShardWriter`].
-//! - [`names`]: HF's tensor names, spelled once.
+//! - [`names`]: HF's tensor names, spelled once; [`gqla_keys`]: the `gqla_*` config keys, typed.
 //! - [`layer`]: one layer's attention weights as reference types.
 //! - [`writer`]: a converted checkpoint's tensor names, config.json, tokenizer and modeling code.
 
 pub mod config;
 pub mod gguf;
+pub mod gqla_keys;
 pub mod layer;
 pub mod names;
 pub mod synthetic;

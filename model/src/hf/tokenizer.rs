@@ -16,13 +16,13 @@ pub fn load(checkpoint: &Path, explicit: Option<&Path>) -> Result<tokenizers::To
     if checkpoint.is_dir() {
         return match super::tensors::checkpoint_file(checkpoint, "tokenizer.json")? {
             Some(p) => from_json(&p),
-            None => Err(Error::file(checkpoint, "no tokenizer.json here; pass --tokenizer FILE")),
+            None => Err(Error::file(checkpoint, "no tokenizer.json here; give one explicitly")),
         };
     }
     if super::gguf::is_gguf(checkpoint) {
         return super::gguf::GgufModel::open(checkpoint)?.tokenizer();
     }
-    Err(Error::file(checkpoint, "no tokenizer found; pass --tokenizer FILE"))
+    Err(Error::file(checkpoint, "no tokenizer found; give a tokenizer.json explicitly"))
 }
 
 /// Token ids of `text` (no special tokens added).

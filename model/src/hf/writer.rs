@@ -4,6 +4,7 @@
 //! [`crate::hf::tensors`]; the conversion that drives both is [`crate::transgqla::checkpoint`].
 
 use crate::hf::config::{AttentionConfig, ModelConfig};
+use crate::hf::gqla_keys::{Conversion, DecodePathKey, GqlaKeys};
 use crate::hf::names::{self, Module};
 use crate::hf::names::{MlpPath, MlpProj};
 use crate::hf::{Checkpoint, TensorStore};
@@ -111,13 +112,13 @@ pub(crate) fn check_stock_mla(config: &ModelConfig, rope_dim: Option<usize>) -> 
     let refuse = |why: String| {
         Error::file(
             &config.path,
-            format!("--emit mla: {why}; use the default GQLA output (--emit gqla)"),
+            format!("the stock DeepSeek-V3 layout (emit mla): {why}; the GQLA layout (emit gqla) keeps it exactly"),
         )
     };
     if let AttentionConfig::Gqa(c) = &config.attention {
         if rope_dim.is_none() {
             return Err(refuse(format!(
-                "the exact conversion keeps RoPE on every kv head's pairs (d_r = KV·D = {}), but DeepSeek-V3's rope key has one frequency per pair; give --rope-dim",
+                "the exact conversion keeps RoPE on every kv head's pairs (d_r = KV·D = {}), but DeepSeek-V3's rope key has one frequency per pair; give a rope dim d_r",
                 c.dims.kv() * c.dims.d()
             )));
         }
@@ -158,7 +159,7 @@ pub(crate) fn check_stock_rope(config: &ModelConfig, w: &LatentWeights<f64>) -> 
         return Err(Error::file(
             &config.path,
             format!(
-                "--emit mla: the kept RoPE frequencies (first {:?}) are not the stock rope_theta^(-2j/{}), one per pair evenly spaced: this FreqFold keeps others; pick a --freqfold that is a multiple of D/d_r, or use --emit gqla",
+                "the stock DeepSeek-V3 layout (emit mla): the kept RoPE frequencies (first {:?}) are not the stock rope_theta^(-2j/{}), one per pair evenly spaced: this FreqFold keeps others; pick a FreqFold that is a multiple of D/d_r, or the GQLA layout (emit gqla)",
                 &w.rope().freqs()[..w.rope().freqs().len().min(3)],
                 w.dims().d_r(),
             ),
@@ -178,9 +179,13 @@ pub(crate) fn output_config(src: &ModelConfig, w: &LatentWeights<f64>, dtype: DT
         if v.get("torch_dtype").is_some() {
             v["torch_dtype"] = json!(dtype.hf_name());
         }
-        v["gqla_source_model_type"] = json!(src.model_type.hf_name());
-        v["gqla_conversion"] = json!("group_pca");
-        v["gqla_latent_rms_norm"] = json!(w.kv_norm().is_some());
+        GqlaKeys {
+            gqla_source_model_type: Some(src.model_type.hf_name().into()),
+            gqla_conversion: Some(Conversion::GroupPca),
+            gqla_latent_rms_norm: Some(w.kv_norm().is_some()),
+            ..GqlaKeys::default()
+        }
+        .write_into(&mut v);
         add_remote_code(&mut v, src, emit);
         return Ok(v);
     }
@@ -209,20 +214,21 @@ pub(crate) fn output_config(src: &ModelConfig, w: &LatentWeights<f64>, dtype: DT
         "tie_word_embeddings": src.tie_word_embeddings,
         "attention_bias": kv_a_bias || o_bias,
         "dtype": dtype.hf_name(),
-        "gqla_latent_rms_norm": w.kv_norm().is_some(),
-        "gqla_rope_freqs": w.rope().freqs(),
-        "gqla_q_bias": q_bias,
-        "gqla_kv_a_bias": kv_a_bias,
-        "gqla_o_bias": o_bias,
-        "gqla_source_model_type": src.model_type.hf_name(),
-        "gqla_conversion": "transgqla",
-        "gqla_sliding_window": w.sliding_window(),
-        "gqla_freqfold": freqfold,
     });
-    if emit == Emit::Mla {
-        // A stock reader derives the same table from rope_theta (checked per layer).
-        v.as_object_mut().expect("an object").remove("gqla_rope_freqs");
+    GqlaKeys {
+        gqla_latent_rms_norm: Some(w.kv_norm().is_some()),
+        // The stock layout's reader derives the same table from rope_theta (checked per layer).
+        gqla_rope_freqs: (emit != Emit::Mla).then(|| w.rope().freqs().to_vec()),
+        gqla_q_bias: Some(q_bias),
+        gqla_kv_a_bias: Some(kv_a_bias),
+        gqla_o_bias: Some(o_bias),
+        gqla_source_model_type: Some(src.model_type.hf_name().into()),
+        gqla_conversion: Some(Conversion::Transgqla),
+        gqla_sliding_window: Some(w.sliding_window().map(|n| n as u64)),
+        gqla_freqfold: Some(freqfold),
+        gqla_decode_path: None,
     }
+    .write_into(&mut v);
     add_remote_code(&mut v, src, emit);
     Ok(v)
 }
@@ -241,7 +247,11 @@ fn add_remote_code(v: &mut Value, source: &ModelConfig, emit: Emit) {
             "AutoConfig": format!("configuration_gqla.{config}"),
             "AutoModelForCausalLM": format!("modeling_gqla.{model}"),
         });
-        v["gqla_decode_path"] = json!("absorb");
+        GqlaKeys {
+            gqla_decode_path: Some(DecodePathKey::Absorb),
+            ..GqlaKeys::default()
+        }
+        .write_into(v);
     }
 }
 

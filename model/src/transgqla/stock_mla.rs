@@ -80,7 +80,7 @@ fn mean_latent_rms(w: &LatentWeights<f64>, inputs: &[ArrayView2<f64>], eps: f64)
     let s = sum / n.max(1) as f64;
     if n == 0 || !(s.is_finite() && s > 0.0) {
         return Err(Error::Config(format!(
-            "--emit mla: the latent RMSNorm weight needs calibration latents of positive finite RMS, got {s} over {n} tokens"
+            "the stock DeepSeek-V3 layout (emit mla): the latent RMSNorm weight needs calibration latents of positive finite RMS, got {s} over {n} tokens"
         )));
     }
     Ok(s)

@@ -3,36 +3,13 @@
 //! Notation (SPEC.md): H query heads, G groups (G divides H), d_c latent rank, d_n no-rope key dim,
 //! d_r rope dim, d_v value dim. A [`LatentDims`] with G = H is MLA.
 
+pub use crate::error::GeometryError;
 use crate::error::{Error, Result};
 
 /// The most heads (query heads, groups, kv heads) a geometry may have.
 pub const MAX_HEADS: usize = 1 << 12;
 /// The widest a head dimension or latent rank may be.
 pub const MAX_DIM: usize = 1 << 16;
-
-/// Why numbers do not make a valid geometry: a caller (a converter choosing G, a planner
-/// sweeping d_c) can match on the kind and the value named.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum GeometryError {
-    #[error("{name} must be positive, got 0")]
-    NotPositive { name: &'static str },
-    /// No size computed from a geometry may overflow.
-    #[error("{name}={value} is above the largest supported, {max}")]
-    AboveCeiling { name: &'static str, value: usize, max: usize },
-    /// Query heads split evenly over groups (GQLA) or kv heads (GQA).
-    #[error("the number of query heads H={h} must be divisible by the number of {per} {name}={by}")]
-    HeadsNotDivisible {
-        h: usize,
-        /// "groups" or "kv heads".
-        per: &'static str,
-        /// "G" or "KV".
-        name: &'static str,
-        by: usize,
-    },
-    /// RoPE rotates pairs of dimensions.
-    #[error("{name}={value} must be even (RoPE rotates pairs)")]
-    Odd { name: &'static str, value: usize },
-}
 
 fn positive(named: &[(&'static str, usize)]) -> std::result::Result<(), GeometryError> {
     match named.iter().find(|(_, v)| *v == 0) {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 pub enum Error {
     /// Numbers that do not make a valid layer geometry.
     #[error("invalid config: {0}")]
-    Geometry(#[from] crate::config::GeometryError),
+    Geometry(#[from] GeometryError),
     /// A configuration that cannot describe a valid layer.
     #[error("invalid config: {0}")]
     Config(String),
@@ -51,6 +51,30 @@ pub enum Error {
         expected: Vec<usize>,
         got: Vec<usize>,
     },
+}
+
+/// Why numbers do not make a valid geometry: a caller (a converter choosing G, a planner
+/// sweeping d_c) can match on the kind and the value named.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum GeometryError {
+    #[error("{name} must be positive, got 0")]
+    NotPositive { name: &'static str },
+    /// No size computed from a geometry may overflow.
+    #[error("{name}={value} is above the largest supported, {max}")]
+    AboveCeiling { name: &'static str, value: usize, max: usize },
+    /// Query heads split evenly over groups (GQLA) or kv heads (GQA).
+    #[error("the number of query heads H={h} must be divisible by the number of {per} {name}={by}")]
+    HeadsNotDivisible {
+        h: usize,
+        /// "groups" or "kv heads".
+        per: &'static str,
+        /// "G" or "KV".
+        name: &'static str,
+        by: usize,
+    },
+    /// RoPE rotates pairs of dimensions.
+    #[error("{name}={value} must be even (RoPE rotates pairs)")]
+    Odd { name: &'static str, value: usize },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -73,7 +73,7 @@ impl GgufModel {
         // Each integer has the range of the HF config key it becomes (`hf_key`): a GGUF file
         // gets no more room than a config.json (2^40 layers would loop for hours).
         let ranged = |key: &str, hf_key: &str, v: &Value| -> Result<usize> {
-            let (lo, hi) = super::config::key_range(hf_key);
+            let (lo, hi) = super::key_ranges::key_range(hf_key);
             match integer(v) {
                 Some(x) if (lo..=hi).contains(&(x as u64)) => Ok(x),
                 Some(x) => Err(bad(key, &format!("an integer in {lo}..={hi} (as HF's `{hf_key}`), got {x}"))),

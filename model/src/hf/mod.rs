@@ -11,6 +11,7 @@
 pub mod config;
 pub mod gguf;
 pub mod gqla_keys;
+pub mod key_ranges;
 pub mod layer;
 pub mod names;
 pub mod synthetic;

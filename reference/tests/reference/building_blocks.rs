@@ -91,15 +91,7 @@ fn causal_ranges_are_bottom_right_aligned() {
 /// differ from f64 by amounts ordered like their precisions.
 #[test]
 fn precision_variants_are_ordered() {
-    let dims = LatentDims::new(LatentShape {
-        h: 4,
-        g: 2,
-        d_c: 16,
-        d_n: 8,
-        d_r: 4,
-        d_v: 8,
-    })
-    .unwrap();
+    let dims = LatentDims::new(LatentShape { h: 4, ..crate::SMALL }).unwrap();
     let w = latent_layer(dims, LatentOptions::default(), 11).unwrap();
     let x = hidden_states(9, LatentOptions::default().hidden, 11);
     let exact = prefill(&w, x.view()).unwrap().y;

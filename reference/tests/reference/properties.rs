@@ -363,15 +363,7 @@ fn permute(w: &LatentWeights<f64>, head_of: &dyn Fn(usize) -> usize, group_of: &
 /// magnitude tens, where a missing max-subtraction or a scale error shows.
 #[test]
 fn random_layers_reach_logits_of_tens() {
-    let dims = LatentDims::new(LatentShape {
-        h: 8,
-        g: 2,
-        d_c: 16,
-        d_n: 8,
-        d_r: 4,
-        d_v: 8,
-    })
-    .unwrap();
+    let dims = LatentDims::new(crate::SMALL).unwrap();
     let mut maxima: Vec<f64> = (0..16u64)
         .map(|seed| {
             let w = latent_layer(dims, LatentOptions::default(), seed).unwrap();

@@ -95,19 +95,31 @@ pub struct LatentWeights<T> {
     sliding_window: Option<usize>,
 }
 
+/// An MLA/GQLA layer's projections, by name (their shapes are checked by [`LatentWeights::new`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LatentProjections<T> {
+    /// (Q): the query projection [H·(d_n + d_r), hidden], direct or low-rank.
+    pub query: QueryProjection<T>,
+    /// (L1), (L2): kv_a_proj_with_mqa [d_c + d_r, hidden], the latent then the rope key.
+    pub kv_a: Linear<T>,
+    /// The latent's RMSNorm (kv_a_layernorm [d_c]), if any.
+    pub kv_norm: Option<RmsNorm<T>>,
+    /// [W^UK_g; W^UV_g] per group: kv_b_proj [G·(d_n + d_v), d_c].
+    pub kv_b: Array2<T>,
+    /// (O): o_proj [hidden, H·d_v].
+    pub o_proj: Linear<T>,
+}
+
 impl<T: Real> LatentWeights<T> {
     /// Checks every shape against `dims` once; `scale` None means 1/sqrt(d_n + d_r).
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        dims: LatentDims,
-        query: QueryProjection<T>,
-        kv_a: Linear<T>,
-        kv_norm: Option<RmsNorm<T>>,
-        kv_b: Array2<T>,
-        o_proj: Linear<T>,
-        rope: Rope,
-        scale: Option<f64>,
-    ) -> Result<Self> {
+    pub fn new(dims: LatentDims, projections: LatentProjections<T>, rope: Rope, scale: Option<f64>) -> Result<Self> {
+        let LatentProjections {
+            query,
+            kv_a,
+            kv_norm,
+            kv_b,
+            o_proj,
+        } = projections;
         let hidden = kv_a.in_dim();
         let (h, g) = (dims.h(), dims.g());
         let check = |what: &str, expected: Vec<usize>, got: Vec<usize>| -> Result<()> {
@@ -292,7 +304,14 @@ impl<T: Real> LatentWeights<T> {
             sliding_window,
             ..
         } = self;
-        Self::new(dims, query, kv_a, kv_norm, kv_b, o_proj, rope, Some(scale))?.with_sliding_window(sliding_window)
+        let projections = LatentProjections {
+            query,
+            kv_a,
+            kv_norm,
+            kv_b,
+            o_proj,
+        };
+        Self::new(dims, projections, rope, Some(scale))?.with_sliding_window(sliding_window)
     }
     /// The latent's coordinates rescaled, c_j ← c_j / s_j, and the up-projections' columns by s_j:
     /// W^UKV c is unchanged, so this is the same layer (TransGQLA's balancing, T4). Refused under

@@ -45,7 +45,7 @@ pub use dtype::DType;
 pub use error::{Error, Result};
 pub use gqa::{GqaProjections, GqaWeights};
 pub use gqa_decode::gqa_decode;
-pub use latent::{LatentWeights, QueryProjection};
+pub use latent::{LatentProjections, LatentWeights, QueryProjection};
 pub use mla::mla_forward;
 pub use prefill::prefill;
 pub use real::Real;

@@ -7,7 +7,7 @@
 use crate::config::{GqaDims, LatentDims};
 use crate::error::Result;
 use crate::gqa::{GqaProjections, GqaWeights};
-use crate::latent::{LatentWeights, QueryProjection};
+use crate::latent::{LatentProjections, LatentWeights, QueryProjection};
 use crate::linear::{Linear, RmsNorm};
 use crate::rope::{Rope, RopeStyle};
 use ndarray::{Array1, Array2};
@@ -85,7 +85,14 @@ pub fn latent_layer(dims: LatentDims, opt: LatentOptions, seed: u64) -> Result<L
     let kv_b = s.normal((dims.g() * (dims.d_n() + dims.d_v()), dims.d_c()), 1.0 / (dims.d_c() as f64).sqrt());
     let o_proj = s.linear(opt.hidden, dims.h() * dims.d_v(), 1.0, opt.bias);
     let rope = Rope::standard(opt.rope_style, dims.d_r(), 10000.0)?;
-    LatentWeights::new(dims, query, kv_a, kv_norm, kv_b, o_proj, rope, None)
+    let projections = LatentProjections {
+        query,
+        kv_a,
+        kv_norm,
+        kv_b,
+        o_proj,
+    };
+    LatentWeights::new(dims, projections, rope, None)
 }
 
 /// A random GQA layer in f64 (LLaMA semantics, rotate-half RoPE).

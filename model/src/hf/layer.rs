@@ -6,7 +6,7 @@ use super::tensors::TensorStore;
 use crate::transformer::{Attention, DecoderLayer, FeedForward, LmHead, Mlp, Moe};
 use gqla_reference::error::{Error, Result};
 use gqla_reference::gqa::{GqaProjections, GqaWeights};
-use gqla_reference::latent::{LatentWeights, QueryProjection};
+use gqla_reference::latent::{LatentProjections, LatentWeights, QueryProjection};
 use gqla_reference::linear::{Linear, RmsNorm};
 use gqla_reference::rope::{Rope, RopeStyle};
 use ndarray::Array2;
@@ -251,5 +251,12 @@ fn latent(l: &Loader, c: &LatentConfig, config: &ModelConfig) -> Result<LatentWe
     let kv_b = l.module(Module::KvBProj, d.g() * (d.d_n() + d.d_v()), d.d_c(), false)?.weight;
     let o = l.module(Module::OProj, hidden, d.h() * d.d_v(), c.o_bias)?;
     let scale = d.default_scale() * c.rope.deepseek_softmax_factor();
-    LatentWeights::new(d, query, kv_a, kv_norm, kv_b, o, rope, Some(scale))?.with_sliding_window(c.sliding_window)
+    let projections = LatentProjections {
+        query,
+        kv_a,
+        kv_norm,
+        kv_b,
+        o_proj: o,
+    };
+    LatentWeights::new(d, projections, rope, Some(scale))?.with_sliding_window(c.sliding_window)
 }

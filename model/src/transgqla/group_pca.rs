@@ -14,7 +14,7 @@
 use crate::eigen::symmetric_eigen_desc;
 use gqla_reference::config::{LatentDims, LatentShape};
 use gqla_reference::error::{Error, Result};
-use gqla_reference::latent::{LatentWeights, QueryProjection};
+use gqla_reference::latent::{LatentProjections, LatentWeights, QueryProjection};
 use ndarray::{concatenate, s, Array2, ArrayView2, Axis};
 
 /// Energy kept by the per-group PCAs of one layer (means over groups).
@@ -89,16 +89,14 @@ pub fn group_pca(w: &LatentWeights<f64>, groups: usize, x: ArrayView2<f64>) -> R
             o.weight.slice_mut(cols).assign(&mixed);
         }
     }
-    let out = LatentWeights::new(
-        dims,
+    let projections = LatentProjections {
         query,
-        w.kv_a().clone(),
-        w.kv_norm().cloned(),
+        kv_a: w.kv_a().clone(),
+        kv_norm: w.kv_norm().cloned(),
         kv_b,
-        o,
-        w.rope().clone(),
-        Some(w.scale()),
-    )?;
+        o_proj: o,
+    };
+    let out = LatentWeights::new(dims, projections, w.rope().clone(), Some(w.scale()))?;
     Ok((
         out,
         GroupPcaReport {

@@ -11,7 +11,7 @@
 use gqla_reference::config::{LatentDims, LatentShape};
 use gqla_reference::error::{Error, Result};
 use gqla_reference::gqa::GqaWeights;
-use gqla_reference::latent::{LatentWeights, QueryProjection};
+use gqla_reference::latent::{LatentProjections, LatentWeights, QueryProjection};
 use gqla_reference::linear::Linear;
 use gqla_reference::rope::{Rope, RopeStyle};
 use ndarray::{concatenate, s, Array1, Array2, Axis};
@@ -134,6 +134,12 @@ pub fn latent_form(gqa: &GqaWeights<f64>, map: &KeyMap) -> Result<LatentWeights<
     let query = QueryProjection::Direct(Linear::new(q_w, bq.map(|_| q_b)));
     let rope = Rope::new(RopeStyle::Interleaved, map.kept.iter().map(|&m| map.freqs[m]).collect())?;
     let dims = LatentDims::new(LatentShape::from_gqa(gd, d_c, d_r))?;
-    LatentWeights::new(dims, query, kv_a, None, kv_b, gqa.o_proj().clone(), rope, Some(gqa.scale()))
-        .and_then(|w| w.with_sliding_window(gqa.sliding_window()))
+    let projections = LatentProjections {
+        query,
+        kv_a,
+        kv_norm: None,
+        kv_b,
+        o_proj: gqa.o_proj().clone(),
+    };
+    LatentWeights::new(dims, projections, rope, Some(gqa.scale())).and_then(|w| w.with_sliding_window(gqa.sliding_window()))
 }

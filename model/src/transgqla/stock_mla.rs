@@ -10,7 +10,7 @@
 //!   rms(c_t) (TransMLA inserts its norm the same way). The held-out KL measures what it costs.
 
 use gqla_reference::error::{Error, Result};
-use gqla_reference::latent::LatentWeights;
+use gqla_reference::latent::{LatentProjections, LatentWeights};
 use gqla_reference::linear::{Linear, RmsNorm};
 use gqla_reference::{LatentDims, LatentShape};
 use ndarray::{Array1, Array2, ArrayView2};
@@ -52,17 +52,14 @@ pub fn to_stock_mla(w: &LatentWeights<f64>, calibration_inputs: &[ArrayView2<f64
         d_r: d.d_r(),
         d_v: d.d_v(),
     })?;
-    LatentWeights::new(
-        dims,
-        w.query_projection().clone(),
+    let projections = LatentProjections {
+        query: w.query_projection().clone(),
         kv_a,
-        Some(norm),
-        repeated,
-        o,
-        w.rope().clone(),
-        Some(w.scale()),
-    )?
-    .with_sliding_window(w.sliding_window())
+        kv_norm: Some(norm),
+        kv_b: repeated,
+        o_proj: o,
+    };
+    LatentWeights::new(dims, projections, w.rope().clone(), Some(w.scale()))?.with_sliding_window(w.sliding_window())
 }
 
 /// mean_t sqrt(mean_i c_t,i² + eps) over every calibration token's latent c_t = (W^DKV x_t)[:d_c].

@@ -11,7 +11,8 @@ use gqla_reference::real::{rel_err, widen};
 use gqla_reference::switch::{compress, expand};
 use gqla_reference::tp::TpLayer;
 use gqla_reference::{
-    mla_forward, prefill, DecodeOutput, GroupCache, GroupCacheLayout, LatentCache, LatentDims, LatentShape, LatentWeights, Real, RopeStyle,
+    mla_forward, prefill, DecodeOutput, GroupCache, GroupCacheLayout, LatentCache, LatentDims, LatentProjections, LatentShape,
+    LatentWeights, Real, RopeStyle,
 };
 use ndarray::{s, Array2, Axis};
 use proptest::prelude::*;
@@ -344,19 +345,17 @@ fn permute(w: &LatentWeights<f64>, head_of: &dyn Fn(usize) -> usize, group_of: &
     let kv_b = w.kv_b().select(Axis(0), &rows_of(d.d_n() + d.d_v(), groups));
     let o = w.o_proj();
     let o_proj = Linear::new(o.weight.select(Axis(1), &rows_of(d.d_v(), heads)), o.bias.clone());
-    LatentWeights::new(
-        d,
+    let projections = LatentProjections {
         query,
-        w.kv_a().clone(),
-        w.kv_norm().cloned(),
+        kv_a: w.kv_a().clone(),
+        kv_norm: w.kv_norm().cloned(),
         kv_b,
         o_proj,
-        w.rope().clone(),
-        Some(w.scale()),
-    )
-    .unwrap()
-    .with_sliding_window(w.sliding_window())
-    .unwrap()
+    };
+    LatentWeights::new(d, projections, w.rope().clone(), Some(w.scale()))
+        .unwrap()
+        .with_sliding_window(w.sliding_window())
+        .unwrap()
 }
 
 /// The random layers the properties draw put the softmax in its realistic regime: scaled logits of

@@ -248,5 +248,10 @@ mod tests {
             Err(Error::Geometry(GeometryError::HeadsNotDivisible { by: 5, .. }))
         ));
         assert_eq!(LatentDims::new(base).unwrap().shape(), base);
+        let dims = LatentDims::new(base).unwrap();
+        assert!(matches!(
+            crate::tp::tp_footprint::<f32>(dims, 3, crate::cache::GroupCacheLayout::RopeOnce, 1),
+            Err(Error::Geometry(GeometryError::TpDegree { degree: 3, groups: 8 }))
+        ));
     }
 }

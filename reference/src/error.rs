@@ -72,6 +72,9 @@ pub enum GeometryError {
         name: &'static str,
         by: usize,
     },
+    /// Tensor parallelism splits the groups evenly over the ranks (no group data duplicated).
+    #[error("TP degree {degree} must divide the number of groups G={groups}")]
+    TpDegree { degree: usize, groups: usize },
     /// RoPE rotates pairs of dimensions.
     #[error("{name}={value} must be even (RoPE rotates pairs)")]
     Odd { name: &'static str, value: usize },

@@ -10,7 +10,7 @@
 use crate::cache::{Footprint, GroupCache, GroupCacheLayout, LatentCache};
 use crate::config::LatentDims;
 use crate::decode::DecodeOutput;
-use crate::error::{Error, Result};
+use crate::error::{Error, GeometryError, Result};
 use crate::gqa_decode::gqa_decode;
 use crate::latent::LatentWeights;
 use crate::real::Real;
@@ -25,10 +25,11 @@ pub fn rank_groups(g: usize, t: usize, r: usize) -> Range<usize> {
 
 fn check_degree(dims: LatentDims, t: usize) -> Result<()> {
     if t == 0 || !dims.g().is_multiple_of(t) {
-        return Err(Error::Config(format!(
-            "TP degree T={t} must divide the number of groups G={}",
-            dims.g()
-        )));
+        return Err(GeometryError::TpDegree {
+            degree: t,
+            groups: dims.g(),
+        }
+        .into());
     }
     Ok(())
 }

@@ -136,10 +136,11 @@ impl Scenario {
             return Err(Error::Config(format!("GPU caches hold f32, bf16 or f16, not {dtype}")));
         }
         if tp == 0 || !dims.g().is_multiple_of(tp) {
-            return Err(Error::Config(format!(
-                "TP degree {tp} must divide the number of groups G={}",
-                dims.g()
-            )));
+            return Err(gqla_reference::error::GeometryError::TpDegree {
+                degree: tp,
+                groups: dims.g(),
+            }
+            .into());
         }
         Ok(Self {
             dims: *dims,

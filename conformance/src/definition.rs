@@ -261,6 +261,28 @@ const DECODE_DTYPE_RULES: [&str; 3] = [
     "seq_lens, block_table, num_splits are i32",
 ];
 
+/// The derived widths the tensors share, each declared once.
+mod widths {
+    use crate::shape::AxisName::*;
+    use crate::shape::Dim;
+    /// A latent row [c; k^R], and the absorbed query that meets it.
+    pub const LATENT_ROW: Dim = Dim::Sum(Dc, Dr);
+    /// A group's key [k_g; k^R].
+    pub const GROUP_KEY: Dim = Dim::Sum(Dn, Dr);
+    /// Every group's no-rope keys, and the keys cache.expand writes.
+    pub const GROUP_KEYS: Dim = Dim::Product(G, Dn);
+    /// Every group's [k_g; k^R] (the per-group rope layout).
+    pub const GROUP_KEYS_WITH_ROPE: Dim = Dim::ProductOfSum(G, Dn, Dr);
+    /// Every group's values, and the values cache.expand writes.
+    pub const GROUP_VALUES: Dim = Dim::Product(G, Dv);
+    /// [W^UK_g; W^UV_g] rows over every group.
+    pub const UP_PROJECTION_ROWS: Dim = Dim::ProductOfSum(G, Dn, Dv);
+    /// Plain GQA's keys and values over every kv head.
+    pub const KV_KEYS: Dim = Dim::Product(Kv, D);
+    pub const KV_VALUES: Dim = Dim::Product(Kv, Dv);
+}
+use widths::*;
+
 fn decode_io(op: DecodeOp) -> (Vec<Axis>, Vec<TensorSpec>, Shape) {
     let common = |mut axes: Vec<Axis>| {
         axes.extend([
@@ -280,14 +302,14 @@ fn decode_io(op: DecodeOp) -> (Vec<Axis>, Vec<TensorSpec>, Shape) {
                 tensor(
                     TensorName::Q,
                     TensorKind::Dense,
-                    Shape::Dims(&[Dim::Of(B), Dim::Of(Sq), Dim::Of(H), Dim::Sum(Dc, Dr)]),
+                    Shape::Dims(&[Dim::Of(B), Dim::Of(Sq), Dim::Of(H), LATENT_ROW]),
                     DtypeRule::Case,
                     "absorbed queries [W_UK^T q^N; q^R]",
                 ),
                 tensor(
                     TensorName::Kv,
                     TensorKind::Dense,
-                    Shape::Cache(Dim::Sum(Dc, Dr)),
+                    Shape::Cache(LATENT_ROW),
                     DtypeRule::Case,
                     "cache rows [c; k^R]; the value is the first d_c columns",
                 )
@@ -311,14 +333,14 @@ fn decode_io(op: DecodeOp) -> (Vec<Axis>, Vec<TensorSpec>, Shape) {
                 tensor(
                     TensorName::Q,
                     TensorKind::Dense,
-                    Shape::Dims(&[Dim::Of(B), Dim::Of(Sq), Dim::Of(H), Dim::Sum(Dn, Dr)]),
+                    Shape::Dims(&[Dim::Of(B), Dim::Of(Sq), Dim::Of(H), GROUP_KEY]),
                     DtypeRule::Case,
                     "queries [q^N; q^R]",
                 ),
                 tensor(
                     TensorName::KNope,
                     TensorKind::Dense,
-                    Shape::Cache(Dim::Product(G, Dn)),
+                    Shape::Cache(GROUP_KEYS),
                     DtypeRule::Case,
                     "rope=once: per-group keys W_UK_g c",
                 )
@@ -336,7 +358,7 @@ fn decode_io(op: DecodeOp) -> (Vec<Axis>, Vec<TensorSpec>, Shape) {
                 tensor(
                     TensorName::K,
                     TensorKind::Dense,
-                    Shape::Cache(Dim::ProductOfSum(G, Dn, Dr)),
+                    Shape::Cache(GROUP_KEYS_WITH_ROPE),
                     DtypeRule::Case,
                     "rope=per_group: [k_g; k^R] per group",
                 )
@@ -345,7 +367,7 @@ fn decode_io(op: DecodeOp) -> (Vec<Axis>, Vec<TensorSpec>, Shape) {
                 tensor(
                     TensorName::V,
                     TensorKind::Dense,
-                    Shape::Cache(Dim::Product(G, Dv)),
+                    Shape::Cache(GROUP_VALUES),
                     DtypeRule::Case,
                     "per-group values W_UV_g c",
                 )
@@ -367,22 +389,8 @@ fn decode_io(op: DecodeOp) -> (Vec<Axis>, Vec<TensorSpec>, Shape) {
                     DtypeRule::Case,
                     "queries",
                 ),
-                tensor(
-                    TensorName::K,
-                    TensorKind::Dense,
-                    Shape::Cache(Dim::Product(Kv, D)),
-                    DtypeRule::Case,
-                    "keys",
-                )
-                .cache(),
-                tensor(
-                    TensorName::V,
-                    TensorKind::Dense,
-                    Shape::Cache(Dim::Product(Kv, Dv)),
-                    DtypeRule::Case,
-                    "values",
-                )
-                .cache(),
+                tensor(TensorName::K, TensorKind::Dense, Shape::Cache(KV_KEYS), DtypeRule::Case, "keys").cache(),
+                tensor(TensorName::V, TensorKind::Dense, Shape::Cache(KV_VALUES), DtypeRule::Case, "values").cache(),
             ],
             Shape::Dims(&[Dim::Of(B), Dim::Of(Sq), Dim::Of(H), Dim::Of(Dv)]),
         ),
@@ -443,7 +451,7 @@ fn expand_definition() -> Definition {
         tensor(
             TensorName::WUkv,
             TensorKind::Dense,
-            Shape::Dims(&[Dim::ProductOfSum(G, Dn, Dv), Dim::Of(Dc)]),
+            Shape::Dims(&[UP_PROJECTION_ROWS, Dim::Of(Dc)]),
             DtypeRule::Case,
             "[W_UK_g; W_UV_g] per group, group-major, keys first",
         ),
@@ -458,14 +466,14 @@ fn expand_definition() -> Definition {
             tensor(
                 TensorName::K,
                 TensorKind::Output,
-                Shape::Dims(&[Dim::Of(Tokens), Dim::Product(G, Dn)]),
+                Shape::Dims(&[Dim::Of(Tokens), GROUP_KEYS]),
                 DtypeRule::Case,
                 "k_g = W_UK_g c for every cached token, sequences in order",
             ),
             tensor(
                 TensorName::V,
                 TensorKind::Output,
-                Shape::Dims(&[Dim::Of(Tokens), Dim::Product(G, Dv)]),
+                Shape::Dims(&[Dim::Of(Tokens), GROUP_VALUES]),
                 DtypeRule::Case,
                 "v_g = W_UV_g c",
             ),

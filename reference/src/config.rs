@@ -248,6 +248,13 @@ mod tests {
             Err(Error::Geometry(GeometryError::HeadsNotDivisible { by: 5, .. }))
         ));
         assert_eq!(LatentDims::new(base).unwrap().shape(), base);
+        assert!(matches!(
+            crate::rope::Rope::standard(crate::rope::RopeStyle::RotateHalf, 7, 1e4),
+            Err(Error::Geometry(GeometryError::Odd {
+                name: "RoPE dim",
+                value: 7
+            }))
+        ));
         let dims = LatentDims::new(base).unwrap();
         assert!(matches!(
             crate::tp::tp_footprint::<f32>(dims, 3, crate::cache::GroupCacheLayout::RopeOnce, 1),

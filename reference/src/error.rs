@@ -72,6 +72,9 @@ pub enum GeometryError {
         name: &'static str,
         by: usize,
     },
+    /// MLA's HF form needs one group per query head (G = H).
+    #[error("MLA needs one group per head, got H={heads} G={groups}")]
+    NotMla { heads: usize, groups: usize },
     /// Tensor parallelism splits the groups evenly over the ranks (no group data duplicated).
     #[error("TP degree {degree} must divide the number of groups G={groups}")]
     TpDegree { degree: usize, groups: usize },

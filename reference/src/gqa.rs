@@ -11,7 +11,7 @@ use crate::cache::GqaCache;
 use crate::config::GqaDims;
 use crate::decode::DecodeOutput;
 use crate::dtype::DType;
-use crate::error::{Error, Result};
+use crate::error::{Error, GeometryError, Result};
 use crate::linear::Linear;
 use crate::real::Real;
 use crate::rope::Rope;
@@ -71,7 +71,7 @@ impl<T: Real> GqaWeights<T> {
             }
         }
         if sliding_window == Some(0) {
-            return Err(Error::Config("sliding_window must be positive".into()));
+            return Err(GeometryError::NotPositive { name: "sliding_window" }.into());
         }
         Ok(Self {
             dims,

@@ -13,7 +13,7 @@
 
 use crate::config::{LatentDims, LatentShape};
 use crate::dtype::DType;
-use crate::error::{Error, Result};
+use crate::error::{Error, GeometryError, Result};
 use crate::linear::{Linear, RmsNorm};
 use crate::real::Real;
 use crate::rope::Rope;
@@ -190,7 +190,7 @@ impl<T: Real> LatentWeights<T> {
     /// The same layer with a sliding attention window (query t sees keys t − w < u ≤ t).
     pub fn with_sliding_window(mut self, window: Option<usize>) -> Result<Self> {
         if window == Some(0) {
-            return Err(Error::Config("sliding_window must be positive".into()));
+            return Err(GeometryError::NotPositive { name: "sliding_window" }.into());
         }
         self.sliding_window = window;
         Ok(self)

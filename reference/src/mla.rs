@@ -10,7 +10,7 @@
 //! Scores are formed as whole matrices and the mask as −∞, the way the HF eager path does.
 
 use crate::decode::DecodeOutput;
-use crate::error::{Error, Result};
+use crate::error::{Error, GeometryError, Result};
 use crate::latent::LatentWeights;
 use crate::real::Real;
 use ndarray::{concatenate, s, Array2, Array3, ArrayView2, Axis};
@@ -19,7 +19,11 @@ use ndarray::{concatenate, s, Array2, Array3, ArrayView2, Axis};
 pub fn mla_forward<T: Real>(w: &LatentWeights<T>, x: ArrayView2<T>) -> Result<DecodeOutput<T>> {
     let d = w.dims();
     if !d.is_mla() {
-        return Err(Error::Config(format!("MLA needs one group per head, got H={} G={}", d.h(), d.g())));
+        return Err(GeometryError::NotMla {
+            heads: d.h(),
+            groups: d.g(),
+        }
+        .into());
     }
     if x.ncols() != w.hidden() {
         return Err(Error::ShapeMismatch {

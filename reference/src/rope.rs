@@ -8,7 +8,7 @@
 //! (2l, 2l+1). HF's DeepSeek-V3 code de-interleaves after rotating; scores are the same either way,
 //! and this reference keeps the interleaved layout in the cache.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, GeometryError, Result};
 use crate::real::Real;
 
 /// Which coordinates form a RoPE pair.
@@ -48,8 +48,15 @@ impl Rope {
 
     /// The standard table θ_l = base^(−2l/d), l = 0..d/2.
     pub fn standard(style: RopeStyle, dim: usize, base: f64) -> Result<Self> {
-        if dim == 0 || !dim.is_multiple_of(2) {
-            return Err(Error::Config(format!("RoPE dim {dim} must be positive and even")));
+        if dim == 0 {
+            return Err(GeometryError::NotPositive { name: "RoPE dim" }.into());
+        }
+        if !dim.is_multiple_of(2) {
+            return Err(GeometryError::Odd {
+                name: "RoPE dim",
+                value: dim,
+            }
+            .into());
         }
         let freqs = (0..dim / 2).map(|l| base.powf(-(2.0 * l as f64) / dim as f64)).collect();
         Self::new(style, freqs)

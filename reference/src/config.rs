@@ -255,6 +255,16 @@ mod tests {
                 value: 7
             }))
         ));
+        let small = LatentShape {
+            h: 4,
+            g: 2,
+            d_c: 8,
+            d_n: 4,
+            d_r: 4,
+            d_v: 4,
+        };
+        let w = crate::random::latent_layer(LatentDims::new(small).unwrap(), Default::default(), 1).unwrap();
+        assert!(matches!(w.with_scale(f64::NAN), Err(Error::SoftmaxScale { .. })));
         let dims = LatentDims::new(base).unwrap();
         assert!(matches!(
             crate::tp::tp_footprint::<f32>(dims, 3, crate::cache::GroupCacheLayout::RopeOnce, 1),

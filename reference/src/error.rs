@@ -41,6 +41,15 @@ pub enum Error {
         count: usize,
         first: usize,
     },
+    /// A softmax scale that is not a positive finite number.
+    #[error("softmax scale must be positive and finite, got {scale}")]
+    SoftmaxScale { scale: f64 },
+    /// A fit (TransGQLA's rotations and PCA, a latent norm) was given no calibration data.
+    #[error("no calibration data: {what}")]
+    NoCalibration { what: String },
+    /// A matrix decomposition did not converge.
+    #[error("{what} failed: {why}")]
+    Decomposition { what: &'static str, why: String },
     /// A command would allocate more than its memory budget allows.
     #[error("not enough memory: {0}")]
     Budget(String),

@@ -159,7 +159,7 @@ impl<T: Real> LatentWeights<T> {
         check("RoPE dim = d_r", vec![dims.d_r()], vec![rope.dim()])?;
         let scale = scale.unwrap_or_else(|| dims.default_scale());
         if !(scale.is_finite() && scale > 0.0) {
-            return Err(Error::Config(format!("softmax scale must be positive and finite, got {scale}")));
+            return Err(Error::SoftmaxScale { scale });
         }
         Ok(Self {
             dims,
@@ -380,7 +380,7 @@ impl<T: Real> LatentWeights<T> {
     /// The same weights with softmax scale `scale` (positive and finite, as in [`LatentWeights::new`]).
     pub fn with_scale(mut self, scale: f64) -> Result<Self> {
         if !(scale.is_finite() && scale > 0.0) {
-            return Err(Error::Config(format!("softmax scale must be positive and finite, got {scale}")));
+            return Err(Error::SoftmaxScale { scale });
         }
         self.scale = scale;
         Ok(self)

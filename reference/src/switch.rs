@@ -61,9 +61,10 @@ pub fn compress<T: Real>(w: &LatentWeights<T>, cache: &GroupCache<T>) -> Result<
         )));
     }
     let a = faer::Mat::<f64>::from_fn(rows, d.d_c(), |i, j| w.kv_b()[[i, j]].f64());
-    let sv = a
-        .singular_values()
-        .map_err(|e| Error::Config(format!("SVD of kv_b_proj failed: {e:?}")))?;
+    let sv = a.singular_values().map_err(|e| Error::Decomposition {
+        what: "the SVD of kv_b_proj",
+        why: format!("{e:?}"),
+    })?;
     let (smax, smin) = (
         sv.iter().copied().fold(0.0, f64::max),
         sv.iter().copied().fold(f64::INFINITY, f64::min),

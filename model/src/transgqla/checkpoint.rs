@@ -429,7 +429,9 @@ fn calibration_ids(cal: &Calibration, config: &ModelConfig) -> Result<Calibratio
         }
         Calibration::Random { sequences, tokens, seed } => {
             if *sequences == 0 || *tokens == 0 {
-                return Err(Error::Config("random calibration needs at least one sequence of one token".into()));
+                return Err(Error::NoCalibration {
+                    what: format!("random calibration of {sequences} sequence(s) of {tokens} token(s); it needs at least one of one"),
+                });
             }
             Ok(CalibrationIds {
                 calibration: random(*sequences, *tokens, *seed),

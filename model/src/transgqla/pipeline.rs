@@ -126,7 +126,9 @@ fn run(gqa: &GqaWeights<f64>, sequences: &[ArrayView2<f64>], opt: ConvertOptions
             got: bad.shape().to_vec(),
         });
     }
-    let stacked = concatenate(Axis(0), sequences).map_err(|_| Error::Config("no calibration sequences".into()))?;
+    let stacked = concatenate(Axis(0), sequences).map_err(|_| Error::NoCalibration {
+        what: "no sequences to fit the layer on".into(),
+    })?;
     let x = stacked.view();
     let full_pairs = kv * d / 2;
     let rope_dim = opt.rope_dim.unwrap_or(2 * full_pairs);

@@ -49,8 +49,10 @@ pub fn rorope(gqa: &GqaWeights<f64>, sequences: &[ArrayView2<f64>], freqfold: us
     }
     let n = kv * freqfold;
     let per_sequence: Vec<Array2<f64>> = sequences.iter().map(|x| unroped_keys(gqa, *x)).collect();
-    let keys = ndarray::concatenate(Axis(0), &per_sequence.iter().map(|k| k.view()).collect::<Vec<_>>())
-        .map_err(|_| Error::Config("no calibration sequences".into()))?;
+    let keys =
+        ndarray::concatenate(Axis(0), &per_sequence.iter().map(|k| k.view()).collect::<Vec<_>>()).map_err(|_| Error::NoCalibration {
+            what: "no sequences for RoRoPE's key PCA".into(),
+        })?;
     let mut rotation = Array2::zeros((kv * d, kv * d));
     let mut energy = vec![0.0; kv * d / 2];
     for r in 0..n_freq / freqfold {

@@ -181,8 +181,7 @@ pub fn run(a: Args, budget: &gqla_model::budget::Budget) -> Result<Outcome, CliE
         return stability(&candidates, n, &selection, &a);
     }
     let seed = a.seed.unwrap_or_else(fresh_seed);
-    let (cases, results, prepared) = run_suite(&candidates, seed, &selection, &a, true)?;
-    drop(cases);
+    let (_, results, prepared) = run_suite(&candidates, seed, &selection, &a, true)?;
     let several = candidates.len() > 1;
     let mut all_conformant = true;
     for (c, results) in candidates.iter().zip(results) {

@@ -37,14 +37,18 @@ pub struct Args {
 pub fn run(a: Args, budget: &Budget) -> Result<(), CliError> {
     let model = Checkpoint::open(&a.checkpoint)?;
     let source = a.against.as_deref().map(Checkpoint::open).transpose()?;
+    // The model's and the source's own tokenizers, each read once: the vocabulary check compares
+    // them, and the text is encoded with --tokenizer, else the model's, else the source's.
+    let own = (a.tokenizer.is_none() || a.against.is_some()).then(|| tokenizer::load(&a.checkpoint, None));
+    let source_own = a.against.as_deref().map(|p| tokenizer::load(p, None));
     if let (Some(src), Some(path)) = (&source, &a.against) {
-        same_vocabulary(&a.checkpoint, &model, path, src)?;
+        same_vocabulary(&a.checkpoint, &model, loaded(&own), path, src, loaded(&source_own))?;
     }
-    let tok = match tokenizer::load(&a.checkpoint, a.tokenizer.as_deref()) {
-        Ok(t) => t,
-        Err(e) => match &a.against {
-            Some(src) if a.tokenizer.is_none() => tokenizer::load(src, None).map_err(|_| e)?,
-            _ => return Err(e.into()),
+    let tok = match &a.tokenizer {
+        Some(explicit) => tokenizer::load(&a.checkpoint, Some(explicit))?,
+        None => match (own.unwrap_or_else(|| tokenizer::load(&a.checkpoint, None)), source_own) {
+            (Ok(t), _) | (Err(_), Some(Ok(t))) => t,
+            (Err(e), _) => return Err(e.into()),
         },
     };
     let text = gqla_files::read_to_string(&a.text, gqla_files::Limit::INDEX)?;
@@ -97,9 +101,21 @@ pub fn run(a: Args, budget: &Budget) -> Result<(), CliError> {
     Ok(())
 }
 
+/// A tokenizer that was looked for and found.
+fn loaded(t: &Option<gqla_reference::Result<tokenizer::Tokenizer>>) -> Option<&tokenizer::Tokenizer> {
+    t.as_ref().and_then(|r| r.as_ref().ok())
+}
+
 /// KL and top-1 agreement compare distributions over the same tokens: refuse a source with
 /// another vocabulary (its size, or, where both models carry a tokenizer, its tokens).
-fn same_vocabulary(model_path: &Path, model: &Checkpoint, source_path: &Path, source: &Checkpoint) -> Result<(), CliError> {
+fn same_vocabulary(
+    model_path: &Path,
+    model: &Checkpoint,
+    model_tokenizer: Option<&tokenizer::Tokenizer>,
+    source_path: &Path,
+    source: &Checkpoint,
+    source_tokenizer: Option<&tokenizer::Tokenizer>,
+) -> Result<(), CliError> {
     let (m, s) = (model.config.vocab_size, source.config.vocab_size);
     if m != s {
         return Err(CliError::Usage(format!(
@@ -108,7 +124,7 @@ fn same_vocabulary(model_path: &Path, model: &Checkpoint, source_path: &Path, so
             model_path.display()
         )));
     }
-    if let (Ok(tm), Ok(ts)) = (tokenizer::load(model_path, None), tokenizer::load(source_path, None)) {
+    if let (Some(tm), Some(ts)) = (model_tokenizer, source_tokenizer) {
         let (vm, vs) = (tm.get_vocab(true), ts.get_vocab(true));
         if let Some((token, id)) = vs.iter().filter(|(t, id)| vm.get(*t) != Some(id)).min_by_key(|(_, id)| **id) {
             return Err(CliError::Usage(format!(

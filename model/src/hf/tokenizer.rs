@@ -1,8 +1,9 @@
-//! The tokenizer of a checkpoint: `--tokenizer FILE` (a `tokenizer.json`), the checkpoint
-//! directory's `tokenizer.json`, or the one a GGUF file embeds.
+//! The tokenizer of a checkpoint: an explicit `tokenizer.json`, the checkpoint directory's
+//! `tokenizer.json`, or the one a GGUF file embeds.
 
 use gqla_reference::error::{Error, Result};
 use std::path::Path;
+pub use tokenizers::Tokenizer;
 
 /// Load the tokenizer for `checkpoint` (explicit file first).
 pub fn load(checkpoint: &Path, explicit: Option<&Path>) -> Result<tokenizers::Tokenizer> {

@@ -9,7 +9,7 @@
 //! Caches are generic over the stored element so that sizes can be measured in bf16/f16 as well.
 
 use crate::config::{GqaDims, LatentDims};
-use crate::error::{Error, Result};
+use crate::error::{GeometryError, Result};
 use ndarray::{s, Array2, ArrayView2};
 use std::ops::Range;
 
@@ -194,10 +194,12 @@ impl<E: Copy + Default> GroupCache<E> {
     /// groups the geometry has.
     pub fn for_groups(dims: &LatentDims, layout: GroupCacheLayout, groups: Range<usize>) -> Result<Self> {
         if groups.is_empty() || groups.end > dims.g() {
-            return Err(Error::Config(format!(
-                "a group cache holds a non-empty range of the {} groups, not {groups:?}",
-                dims.g()
-            )));
+            return Err(GeometryError::GroupRange {
+                start: groups.start,
+                end: groups.end,
+                groups: dims.g(),
+            }
+            .into());
         }
         Ok(Self::empty(dims, layout, groups))
     }

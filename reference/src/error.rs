@@ -8,9 +8,44 @@ pub enum Error {
     /// Numbers that do not make a valid layer geometry.
     #[error("invalid config: {0}")]
     Geometry(#[from] GeometryError),
-    /// A configuration that cannot describe a valid layer.
-    #[error("invalid config: {0}")]
-    Config(String),
+    /// A parameter outside the range its use allows (a TransGQLA rank, a FreqFold, a RoPE width).
+    #[error("{name}={value} is out of range: expected {expected}")]
+    OutOfRange {
+        name: &'static str,
+        value: usize,
+        expected: String,
+    },
+    /// A number that is NaN, infinite or of the wrong sign where the equations need otherwise.
+    #[error("{what} is {value}, expected {expected}")]
+    Value { what: String, value: f64, expected: &'static str },
+    /// A matrix that does not determine a least-squares solution: fewer rows than columns, or
+    /// columns that are (numerically) dependent.
+    #[error("{what} [{rows}×{cols}] is rank deficient (σ_min/σ_max = {sigma_ratio:e}); a least-squares fit needs rows ≥ cols and full column rank")]
+    RankDeficient {
+        what: &'static str,
+        rows: usize,
+        cols: usize,
+        sigma_ratio: f64,
+    },
+    /// A linear transform of the latent after its RMSNorm was fitted (the norm is not linear).
+    #[error("{what}: the latent RMSNorm is not linear; transform before it is fitted")]
+    NonLinearLatent { what: String },
+    /// TransGQLA's RoRoPE needs HF LLaMA/Qwen2/Mistral RoPE.
+    #[error("TransGQLA expects rotate-half RoPE without an attention factor (HF LLaMA/Qwen2/Mistral), got {style:?} with attention factor {attention_factor}")]
+    UnsupportedRope {
+        style: crate::rope::RopeStyle,
+        attention_factor: f64,
+    },
+    /// A cache element type the operation does not store.
+    #[error("{what} hold {expected}, not {dtype}")]
+    UnsupportedDtype {
+        what: &'static str,
+        dtype: crate::dtype::DType,
+        expected: &'static str,
+    },
+    /// A measured run (a benchmark's output) lacks what a comparison needs.
+    #[error("the measured run has no {missing}")]
+    IncompleteRun { missing: &'static str },
     /// A file could not be read or parsed.
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
@@ -87,6 +122,9 @@ pub enum GeometryError {
     /// Tensor parallelism splits the groups evenly over the ranks (no group data duplicated).
     #[error("TP degree {degree} must divide the number of groups G={groups}")]
     TpDegree { degree: usize, groups: usize },
+    /// A cache of one TP rank's groups: a non-empty range inside 0..G.
+    #[error("a group cache holds a non-empty range of the {groups} groups, not {start}..{end}")]
+    GroupRange { start: usize, end: usize, groups: usize },
     /// RoPE rotates pairs of dimensions.
     #[error("{name}={value} must be even (RoPE rotates pairs)")]
     Odd { name: &'static str, value: usize },

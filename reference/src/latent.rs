@@ -359,9 +359,7 @@ impl<T: Real> LatentWeights<T> {
             });
         }
         if self.kv_norm.is_some() {
-            return Err(Error::Config(format!(
-                "{what}: the latent RMSNorm is not linear; transform before it is fitted"
-            )));
+            return Err(Error::NonLinearLatent { what: what.to_string() });
         }
         Ok(())
     }

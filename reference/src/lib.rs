@@ -2,7 +2,8 @@
 //!
 //! # Crate map
 //! The ground truth alone: the equations, their caches and seeded random layers (ndarray, half,
-//! faer, rayon, rand, serde, thiserror). Checkpoints, TransGQLA, snapshots and eval live in
+//! rayon, rand, serde, thiserror; the optional `faer` feature runs layer GEMMs on faer, about
+//! 1.3× faster). Checkpoints, TransGQLA, snapshots and eval live in
 //! `gqla-model`; the one reader and writer of files in `gqla-files`.
 //!
 //! - [`dtype`]: [`DType`], the one element type (storage, caches, rounding).
@@ -14,7 +15,8 @@
 //! - [`decode`]: [`DecodeOutput`] and the two decode paths' names.
 //! - [`absorb_decode`](fn@absorb_decode) (§3), [`gqa_decode`](fn@gqa_decode) (§4), [`prefill`](fn@prefill) (§2 directly), [`mla`] (§9, HF form).
 //! - [`gqa`]: GQA/MHA/MQA layers (§9).
-//! - [`switch`] (§7), [`tp`] (§8).
+//! - [`switch`] (§7, expansion; compression needs a QR solver and is `gqla_model::compress`),
+//!   [`tp`] (§8).
 //! - [`random`]: seeded random layers for tests and case generation.
 //! - [`error`]: [`Error`], which names what was expected and what was found.
 

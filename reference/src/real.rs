@@ -6,7 +6,7 @@
 //! kernel with f32 accumulation does.
 
 use crate::dtype::DType;
-use ndarray::{Array, Dimension};
+use ndarray::{Array, Array2, ArrayView2, Dimension};
 use std::fmt::{Debug, Display};
 use std::iter::Sum;
 
@@ -31,48 +31,37 @@ pub trait Real:
     const NAME: &'static str;
     fn of(x: f64) -> Self;
     fn f64(self) -> f64;
-    /// Y = X Wᵀ for row-major X [n, k] and W [m, k], written to row-major Y [n, m] (faer's GEMM,
-    /// multithreaded).
-    fn gemm_nt(x: &[Self], w: &[Self], y: &mut [Self], n: usize, k: usize, m: usize);
-}
-
-fn faer_gemm_nt<T: faer::traits::ComplexField + Copy + num_traits::Zero + num_traits::One>(
-    x: &[T],
-    w: &[T],
-    y: &mut [T],
-    n: usize,
-    k: usize,
-    m: usize,
-) {
-    let xm = faer::MatRef::from_row_major_slice(x, n, k);
-    let wt = faer::MatRef::from_column_major_slice(w, k, m);
-    let ym = faer::MatMut::from_row_major_slice_mut(y, n, m);
-    faer::linalg::matmul::matmul(ym, faer::Accum::Replace, xm, wt, T::one(), faer::Par::rayon(0));
+    /// X Wᵀ for X [n, k] and W [m, k] (see [`crate::linear::matmul_t`]).
+    fn matmul_t(x: ArrayView2<Self>, w: ArrayView2<Self>) -> Array2<Self> {
+        crate::linear::ndarray_matmul_t(x, w)
+    }
 }
 
 impl Real for f64 {
     const NAME: &'static str = "f64";
+    #[cfg(feature = "faer")]
+    fn matmul_t(x: ArrayView2<Self>, w: ArrayView2<Self>) -> Array2<Self> {
+        crate::linear::faer_matmul_t(x, w)
+    }
     fn of(x: f64) -> Self {
         x
     }
     fn f64(self) -> f64 {
         self
     }
-    fn gemm_nt(x: &[Self], w: &[Self], y: &mut [Self], n: usize, k: usize, m: usize) {
-        faer_gemm_nt(x, w, y, n, k, m)
-    }
 }
 
 impl Real for f32 {
     const NAME: &'static str = "f32";
+    #[cfg(feature = "faer")]
+    fn matmul_t(x: ArrayView2<Self>, w: ArrayView2<Self>) -> Array2<Self> {
+        crate::linear::faer_matmul_t(x, w)
+    }
     fn of(x: f64) -> Self {
         x as f32
     }
     fn f64(self) -> f64 {
         self as f64
-    }
-    fn gemm_nt(x: &[Self], w: &[Self], y: &mut [Self], n: usize, k: usize, m: usize) {
-        faer_gemm_nt(x, w, y, n, k, m)
     }
 }
 

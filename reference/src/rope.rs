@@ -34,10 +34,17 @@ impl Rope {
     /// An explicit frequency table, one θ_l per coordinate pair.
     pub fn new(style: RopeStyle, freqs: Vec<f64>) -> Result<Self> {
         if freqs.is_empty() {
-            return Err(Error::Config("RoPE needs at least one frequency".into()));
+            return Err(GeometryError::NotPositive {
+                name: "the number of RoPE frequencies",
+            }
+            .into());
         }
         if let Some(f) = freqs.iter().find(|f| !f.is_finite()) {
-            return Err(Error::Config(format!("RoPE frequency {f} is not finite")));
+            return Err(Error::Value {
+                what: "a RoPE frequency".into(),
+                value: *f,
+                expected: "finite",
+            });
         }
         Ok(Self {
             style,

@@ -134,7 +134,7 @@ pub struct TpFootprint {
 pub fn tp_footprint<E: Copy + Default>(dims: LatentDims, t: usize, layout: GroupCacheLayout, tokens: usize) -> Result<TpFootprint> {
     check_degree(dims, t)?;
     if tokens == 0 {
-        return Err(Error::Config("footprints need at least one token".into()));
+        return Err(GeometryError::NotPositive { name: "tokens" }.into());
     }
     let ranks: Vec<GroupCache<E>> = (0..t)
         .map(|r| GroupCache::for_groups(&dims, layout, rank_groups(dims.g(), t, r)).map(|c| c.filled(tokens)))

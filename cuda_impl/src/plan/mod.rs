@@ -127,13 +127,17 @@ impl Scenario {
     pub fn new(dims: &LatentDims, hidden: usize, step: Step, deployment: Deployment) -> Result<Self> {
         let Step { sq, batch, context } = step;
         let Deployment { tp, dtype, layout } = deployment;
-        if sq == 0 || batch == 0 || context == 0 || hidden == 0 {
-            return Err(Error::Config(format!(
-                "s_q, batch, context and hidden must be positive (got {sq}, {batch}, {context}, {hidden})"
-            )));
+        for (name, v) in [("s_q", sq), ("batch", batch), ("context", context), ("hidden", hidden)] {
+            if v == 0 {
+                return Err(gqla_reference::error::GeometryError::NotPositive { name }.into());
+            }
         }
         if !dtype.is_kernel_storage() {
-            return Err(Error::Config(format!("GPU caches hold f32, bf16 or f16, not {dtype}")));
+            return Err(Error::UnsupportedDtype {
+                what: "GPU caches",
+                dtype,
+                expected: "f32, bf16 or f16",
+            });
         }
         if tp == 0 || !dims.g().is_multiple_of(tp) {
             return Err(gqla_reference::error::GeometryError::TpDegree {

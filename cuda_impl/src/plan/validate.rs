@@ -114,9 +114,9 @@ pub struct Validation {
 
 /// Compare the planner with a measured run (TP = 1, bf16 cache with the rope key stored once).
 pub fn validate(run: &MeasuredRun) -> Result<Validation> {
-    let tflops = run
-        .bf16_tflops
-        .ok_or_else(|| Error::Config("the measured run has no bf16 matrix ceiling (cuBLAS was not available)".into()))?;
+    let tflops = run.bf16_tflops.ok_or(Error::IncompleteRun {
+        missing: "bf16 matrix ceiling (cuBLAS was not available)",
+    })?;
     let gpu = GpuSpec {
         key: "measured",
         name: "measured device",
@@ -140,15 +140,18 @@ pub fn validate(run: &MeasuredRun) -> Result<Validation> {
         let p = plan(&s, &gpu)?;
         let measured = [a.seconds, b.seconds];
         let predicted = [p.absorb.time_s, p.gqa.time_s];
-        if measured.iter().any(|m| !(m.is_finite() && *m > 0.0)) {
-            return Err(Error::Config(format!(
-                "measured time of H={} s_q={} batch={} context={} is {:?} s: expected positive, finite times",
-                dims.h(),
-                step.sq,
-                step.batch,
-                step.context,
-                measured
-            )));
+        if let Some(bad) = measured.iter().find(|m| !(m.is_finite() && **m > 0.0)) {
+            return Err(Error::Value {
+                what: format!(
+                    "a measured time (s) of H={} s_q={} batch={} context={}",
+                    dims.h(),
+                    step.sq,
+                    step.batch,
+                    step.context
+                ),
+                value: *bad,
+                expected: "positive and finite",
+            });
         }
         for (m, q) in measured.iter().zip(&predicted) {
             errors.push((q - m).abs() / m);
@@ -174,7 +177,9 @@ pub fn validate(run: &MeasuredRun) -> Result<Validation> {
         });
     }
     if comparisons.is_empty() {
-        return Err(Error::Config("the measured run has no grid point with both paths timed".into()));
+        return Err(Error::IncompleteRun {
+            missing: "grid point with both paths timed",
+        });
     }
     errors.sort_by(f64::total_cmp);
     let hits = comparisons.iter().filter(|c| c.hit()).count();
@@ -259,8 +264,10 @@ mod tests {
                 bf16_tflops: Some(790.0),
                 points: vec![point(DecodePath::Absorb, 1e-4), point(DecodePath::Gqa, bad)],
             };
-            let e = validate(&run).unwrap_err().to_string();
-            assert!(e.contains("expected positive, finite times"), "{bad}: {e}");
+            match validate(&run) {
+                Err(Error::Value { value, .. }) => assert!(value.to_bits() == bad.to_bits(), "{bad}: {value}"),
+                r => panic!("{bad}: expected Error::Value, got {:?}", r.err()),
+            }
         }
     }
 }

@@ -242,9 +242,9 @@ impl ModelConfig {
         let rope = rope_config(&j)?;
         let h = j.usize("num_attention_heads")?;
         let cfg_err = |e: Error| match e {
-            Error::Config(m) => Error::file(path, m),
-            Error::Geometry(g) => Error::file(path, g.to_string()),
-            e => e,
+            e
+            @ (Error::File { .. } | Error::MissingTensor { .. } | Error::Shape { .. } | Error::Dtype { .. } | Error::NonFinite { .. }) => e,
+            e => Error::file(path, e.to_string()),
         };
         let attention = match model_type {
             ModelType::Llama | ModelType::Qwen2 | ModelType::Mistral => {

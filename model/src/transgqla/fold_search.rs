@@ -92,7 +92,7 @@ mod tests {
             |_| true,
             |f| {
                 if f == 4 {
-                    Err(gqla_reference::error::Error::Config("boom".into()))
+                    Err(gqla_reference::error::Error::IncompleteRun { missing: "boom" })
                 } else {
                     Ok((1.0 / f as f64, ()))
                 }

@@ -13,7 +13,7 @@
 
 use crate::eigen::symmetric_eigen_desc;
 use gqla_reference::config::{LatentDims, LatentShape};
-use gqla_reference::error::{Error, Result};
+use gqla_reference::error::{GeometryError, Result};
 use gqla_reference::latent::{LatentProjections, LatentWeights, QueryProjection};
 use ndarray::{concatenate, s, Array2, ArrayView2, Axis};
 
@@ -38,11 +38,11 @@ fn top_directions(z: &Array2<f64>, k: usize) -> Result<(Array2<f64>, f64)> {
 pub fn group_pca(w: &LatentWeights<f64>, groups: usize, x: ArrayView2<f64>) -> Result<(LatentWeights<f64>, GroupPcaReport)> {
     let d = w.dims();
     if !d.is_mla() {
-        return Err(Error::Config(format!(
-            "per-group PCA takes an MLA layer (G = H), got H={} G={}",
-            d.h(),
-            d.g()
-        )));
+        return Err(GeometryError::NotMla {
+            heads: d.h(),
+            groups: d.g(),
+        }
+        .into());
     }
     let dims = LatentDims::new(LatentShape {
         h: d.h(),

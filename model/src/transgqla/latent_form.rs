@@ -73,12 +73,17 @@ pub fn latent_form(gqa: &GqaWeights<f64>, map: &KeyMap) -> Result<LatentWeights<
     let gd = gqa.dims();
     let (h, kv, d) = (gd.h(), gd.kv(), gd.d());
     if gqa.rope().style() != RopeStyle::RotateHalf || gqa.rope().attention_factor() != 1.0 {
-        return Err(Error::Config(
-            "TransGQLA expects rotate-half RoPE without an attention factor (HF LLaMA/Qwen2/Mistral)".into(),
-        ));
+        return Err(Error::UnsupportedRope {
+            style: gqa.rope().style(),
+            attention_factor: gqa.rope().attention_factor(),
+        });
     }
     if map.kept.is_empty() {
-        return Err(Error::Config("at least one RoPE pair must be kept".into()));
+        return Err(Error::OutOfRange {
+            name: "d_r",
+            value: 0,
+            expected: "at least one kept RoPE pair".into(),
+        });
     }
     // Rows of M Π: maps head-major key coordinates to the kept rope pairs and to the dropped ones.
     let pi = pair_permutation(kv, d);

@@ -39,10 +39,11 @@ pub fn principal_directions(c: &Array2<f64>, rank: usize) -> Result<(Array2<f64>
 pub fn joint_pca(w: &LatentWeights<f64>, rank: usize, c: &Array2<f64>) -> Result<(LatentWeights<f64>, f64)> {
     let d = w.dims();
     if rank == 0 || rank > d.d_c() {
-        return Err(Error::Config(format!(
-            "kv rank {rank} must be between 1 and the full latent dim {}",
-            d.d_c()
-        )));
+        return Err(Error::OutOfRange {
+            name: "kv_rank",
+            value: rank,
+            expected: format!("between 1 and the full latent dim {}", d.d_c()),
+        });
     }
     let (r, kept) = principal_directions(c, rank)?;
     Ok((w.project_latent(r.view())?, kept))

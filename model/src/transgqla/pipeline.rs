@@ -133,10 +133,11 @@ fn run(gqa: &GqaWeights<f64>, sequences: &[ArrayView2<f64>], opt: ConvertOptions
     let full_pairs = kv * d / 2;
     let rope_dim = opt.rope_dim.unwrap_or(2 * full_pairs);
     if !rope_dim.is_multiple_of(2) || rope_dim > 2 * full_pairs {
-        return Err(Error::Config(format!(
-            "rope dim d_r = {rope_dim} must be even and at most KV·D = {}",
-            2 * full_pairs
-        )));
+        return Err(Error::OutOfRange {
+            name: "d_r",
+            value: rope_dim,
+            expected: format!("even and at most KV·D = {}", 2 * full_pairs),
+        });
     }
     let rr = rorope(gqa, sequences, opt.freqfold)?;
     let early = if keep {

@@ -43,9 +43,11 @@ pub fn rorope(gqa: &GqaWeights<f64>, sequences: &[ArrayView2<f64>], freqfold: us
     let (kv, d) = (gqa.dims().kv(), gqa.dims().d());
     let n_freq = d / 2;
     if freqfold == 0 || !n_freq.is_multiple_of(freqfold) {
-        return Err(Error::Config(format!(
-            "freqfold {freqfold} must divide the number of RoPE frequencies D/2 = {n_freq}"
-        )));
+        return Err(Error::OutOfRange {
+            name: "freqfold",
+            value: freqfold,
+            expected: format!("a divisor of the number of RoPE frequencies D/2 = {n_freq}"),
+        });
     }
     let n = kv * freqfold;
     let per_sequence: Vec<Array2<f64>> = sequences.iter().map(|x| unroped_keys(gqa, *x)).collect();
@@ -104,12 +106,15 @@ impl RoRope {
         let (f, kv) = (self.freqfold, self.kv);
         let (runs, n) = (self.theta.len() / f, kv * f);
         if !fold_fits(self.theta.len(), kv, f, rope_pairs) {
-            return Err(Error::Config(format!(
-                "d_r = {} must be a positive multiple of 2·(D/2)/freqfold = {} and at most KV·D = {} (KV = {kv}, freqfold = {f})",
-                2 * rope_pairs,
-                2 * runs,
-                kv * self.theta.len() * 2
-            )));
+            return Err(Error::OutOfRange {
+                name: "d_r",
+                value: 2 * rope_pairs,
+                expected: format!(
+                    "a positive multiple of 2·(D/2)/freqfold = {} and at most KV·D = {} (KV = {kv}, freqfold = {f})",
+                    2 * runs,
+                    kv * self.theta.len() * 2
+                ),
+            });
         }
         let k = rope_pairs / runs;
         let mut freqs = vec![0.0; self.energy.len()];

@@ -75,10 +75,17 @@ fn mean_latent_rms(w: &LatentWeights<f64>, inputs: &[ArrayView2<f64>], eps: f64)
         }
     }
     let s = sum / n.max(1) as f64;
-    if n == 0 || !(s.is_finite() && s > 0.0) {
-        return Err(Error::Config(format!(
-            "the stock DeepSeek-V3 layout (emit mla): the latent RMSNorm weight needs calibration latents of positive finite RMS, got {s} over {n} tokens"
-        )));
+    if n == 0 {
+        return Err(Error::NoCalibration {
+            what: "the stock DeepSeek-V3 layout (emit mla) fits the latent RMSNorm weight on calibration latents".into(),
+        });
+    }
+    if !(s.is_finite() && s > 0.0) {
+        return Err(Error::Value {
+            what: format!("the stock DeepSeek-V3 layout (emit mla): the calibration latents' mean RMS over {n} tokens"),
+            value: s,
+            expected: "positive and finite",
+        });
     }
     Ok(s)
 }

@@ -148,44 +148,25 @@ fn rope_energy_grows_with_rope_dim() {
 
 #[test]
 fn invalid_options_are_errors() {
+    use gqla_reference::error::Error;
     let gqa = gqa_layer(GqaDims::new(4, 2, 8).unwrap(), 16, false, 4.0, 1).unwrap();
     let cal = hidden_states(16, 16, 2);
-    for (opt, needle) in [
-        (
-            ConvertOptions {
-                rope_dim: Some(6),
-                kv_rank: None,
-                freqfold: 1,
-            },
-            "multiple",
-        ),
-        (
-            ConvertOptions {
-                rope_dim: Some(4),
-                kv_rank: None,
-                freqfold: 3,
-            },
-            "freqfold 3",
-        ),
-        (
-            ConvertOptions {
-                rope_dim: Some(34),
-                kv_rank: None,
-                freqfold: 1,
-            },
-            "at most",
-        ),
-        (
-            ConvertOptions {
-                rope_dim: Some(8),
-                kv_rank: Some(10_000),
-                freqfold: 1,
-            },
-            "kv rank",
-        ),
+    let opt = |rope_dim, kv_rank, freqfold| ConvertOptions {
+        rope_dim,
+        kv_rank,
+        freqfold,
+    };
+    // Each misfit names the parameter and the value, so a caller sweeping them can match on it.
+    for (o, param, value) in [
+        (opt(Some(6), None, 1), "d_r", 6),
+        (opt(Some(4), None, 3), "freqfold", 3),
+        (opt(Some(34), None, 1), "d_r", 34),
+        (opt(Some(8), Some(10_000), 1), "kv_rank", 10_000),
     ] {
-        let e = convert_stages(&gqa, &[cal.view()], opt).unwrap_err().to_string();
-        assert!(e.contains(needle), "{opt:?}: {e}");
+        match convert_stages(&gqa, &[cal.view()], o) {
+            Err(Error::OutOfRange { name, value: v, .. }) => assert_eq!((name, v), (param, value), "{o:?}"),
+            r => panic!("{o:?}: expected OutOfRange {param}={value}, got {:?}", r.err()),
+        }
     }
 }
 

@@ -39,6 +39,15 @@ fn rope_pairs_follow_the_layout() {
     );
     assert_relative_eq!(half.freqs()[1], 10000f64.powf(-0.25), epsilon = 1e-15);
     assert!(Rope::standard(RopeStyle::RotateHalf, 7, 10000.0).is_err());
+    use gqla_reference::error::{Error, GeometryError};
+    assert!(matches!(
+        Rope::new(RopeStyle::RotateHalf, vec![]),
+        Err(Error::Geometry(GeometryError::NotPositive { .. }))
+    ));
+    assert!(matches!(
+        Rope::new(RopeStyle::RotateHalf, vec![1.0, f64::NAN]),
+        Err(Error::Value { value, .. }) if value.is_nan()
+    ));
 }
 
 /// Scores depend only on relative position: q(t)·k(u) is a function of t − u.

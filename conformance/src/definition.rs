@@ -4,15 +4,17 @@
 
 use crate::case::{CacheOp, Case, DecodeOp, GroupCacheLayout, Op, OpKind};
 use crate::shape::AxisName::*;
-use crate::shape::{CacheLayout, CaseAxes, Dim, Shape};
+use crate::shape::{AxisName, CacheLayout, CaseAxes, Dim, Shape};
 use serde::Serialize;
 
-/// Whether an axis is fixed when a kernel is built (a specialisation) or varies per call.
+/// Whether an axis is fixed when a kernel is built (a specialisation), varies per call, or is
+/// derived from other axes by a formula.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AxisRole {
     Fixed,
     Variable,
+    Derived,
 }
 
 /// One named axis of a definition.
@@ -21,6 +23,9 @@ pub struct Axis {
     pub name: &'static str,
     pub role: AxisRole,
     pub meaning: &'static str,
+    /// A derived axis's formula in other axes (`d_c + d_r`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub formula: Option<String>,
 }
 
 /// When a tensor is part of a case.
@@ -153,8 +158,8 @@ const CACHE_POISON: &str = "NaN (finite random values in a poison=garbage twin) 
 pub struct TensorSpec {
     pub name: TensorName,
     pub kind: TensorKind,
-    /// Shape in named axes (definitions.json spells it as a formula: caches give the contiguous
-    /// form, `|`, then the paged form).
+    /// Shape in named axes (definitions.json lists the names; a cache, its contiguous and its
+    /// paged list).
     pub shape: Shape,
     pub dtype: DtypeRule,
     pub meaning: &'static str,
@@ -210,8 +215,34 @@ const ID_GRAMMAR: &str = "OP:KEYS;sq=S;ctx=C1,C2,...;page=P|none;dtype=f32|bf16|
      (gqla.cache.expand), h=H;g=KV;d=D;dv=DV (gqa.decode); a context Ci is the keys before the s_q new tokens, \
      or `pad` for a padding row; only the canonical spelling is accepted";
 
-const fn axis(name: &'static str, role: AxisRole, meaning: &'static str) -> Axis {
-    Axis { name, role, meaning }
+/// A dimension axis of the table.
+const fn axis(name: AxisName, role: AxisRole, meaning: &'static str) -> Axis {
+    param(name.name(), role, meaning)
+}
+
+/// An axis that is a choice rather than a dimension (the GQA path's rope layout, the split count).
+const fn param(name: &'static str, role: AxisRole, meaning: &'static str) -> Axis {
+    Axis {
+        name,
+        role,
+        meaning,
+        formula: None,
+    }
+}
+
+/// The axes table: `axes`, then every derived axis the tensors use, once each, in order of use.
+fn with_derived(mut axes: Vec<Axis>, tensors: &[&TensorSpec]) -> Vec<Axis> {
+    for d in tensors.iter().flat_map(|t| t.shape.derived()) {
+        if !axes.iter().any(|a| a.name == d.name) {
+            axes.push(Axis {
+                name: d.name,
+                role: AxisRole::Derived,
+                meaning: d.meaning,
+                formula: Some(d.formula.spelled()),
+            });
+        }
+    }
+    axes
 }
 
 const fn tensor(name: TensorName, kind: TensorKind, shape: Shape, dtype: DtypeRule, meaning: &'static str) -> TensorSpec {
@@ -228,16 +259,17 @@ const fn tensor(name: TensorName, kind: TensorKind, shape: Shape, dtype: DtypeRu
 
 use AxisRole::{Fixed, Variable};
 
-const BATCH_AXES: [Axis; 5] = [
-    axis("B", Variable, "sequences in the batch (padding rows hold no keys)"),
+const BATCH_AXES: [Axis; 6] = [
+    axis(B, Variable, "sequences in the batch (padding rows hold no keys)"),
     axis(
-        "slots",
+        Capacity,
         Variable,
-        "cache rows, stored as [B, capacity, width] contiguous or [num_pages, page, width] paged (capacity: the longest sequence + 3)",
+        "rows per sequence of a contiguous cache [B, capacity, width]: the longest sequence + 3",
     ),
-    axis("page", Fixed, "page size of a paged cache (absent: contiguous)"),
-    axis("max_pages", Variable, "block-table columns"),
-    axis(
+    axis(NumPages, Variable, "pages in the pool of a paged cache [num_pages, page, width]"),
+    axis(Page, Fixed, "page size of a paged cache (absent: contiguous)"),
+    axis(MaxPages, Variable, "block-table columns"),
+    param(
         "num_splits",
         Variable,
         "requested KV splits (absent: the kernel's choice); never changes the answer",
@@ -261,42 +293,56 @@ const DECODE_DTYPE_RULES: [&str; 3] = [
     "seq_lens, block_table, num_splits are i32",
 ];
 
-/// The derived widths the tensors share, each declared once.
+/// The derived widths the tensors share, each declared once: definitions.json lists them in the
+/// axes table with their formulas.
 mod widths {
     use crate::shape::AxisName::*;
-    use crate::shape::Dim;
-    /// A latent row [c; k^R], and the absorbed query that meets it.
-    pub const LATENT_ROW: Dim = Dim::Sum(Dc, Dr);
-    /// A group's key [k_g; k^R].
-    pub const GROUP_KEY: Dim = Dim::Sum(Dn, Dr);
-    /// Every group's no-rope keys, and the keys cache.expand writes.
-    pub const GROUP_KEYS: Dim = Dim::Product(G, Dn);
-    /// Every group's [k_g; k^R] (the per-group rope layout).
-    pub const GROUP_KEYS_WITH_ROPE: Dim = Dim::ProductOfSum(G, Dn, Dr);
-    /// Every group's values, and the values cache.expand writes.
-    pub const GROUP_VALUES: Dim = Dim::Product(G, Dv);
-    /// [W^UK_g; W^UV_g] rows over every group.
-    pub const UP_PROJECTION_ROWS: Dim = Dim::ProductOfSum(G, Dn, Dv);
-    /// Plain GQA's keys and values over every kv head.
-    pub const KV_KEYS: Dim = Dim::Product(Kv, D);
-    pub const KV_VALUES: Dim = Dim::Product(Kv, Dv);
+    use crate::shape::{Derived, Dim, Formula};
+    const fn derived(name: &'static str, formula: Formula, meaning: &'static str) -> Derived {
+        Derived { name, formula, meaning }
+    }
+    pub const LATENT_ROW: Dim = Dim::Derived(&derived(
+        "latent_row",
+        Formula::Sum(Dc, Dr),
+        "a latent row [c; k^R], and the absorbed query that meets it",
+    ));
+    pub const GROUP_KEY: Dim = Dim::Derived(&derived("group_key", Formula::Sum(Dn, Dr), "a group's key [k_g; k^R]"));
+    pub const GROUP_KEYS: Dim = Dim::Derived(&derived(
+        "group_keys",
+        Formula::Product(G, Dn),
+        "every group's no-rope keys [k_0 ... k_{G-1}]",
+    ));
+    pub const GROUP_KEYS_WITH_ROPE: Dim = Dim::Derived(&derived(
+        "group_keys_with_rope",
+        Formula::ProductOfSum(G, Dn, Dr),
+        "every group's [k_g; k^R] (the per-group rope layout)",
+    ));
+    pub const GROUP_VALUES: Dim = Dim::Derived(&derived(
+        "group_values",
+        Formula::Product(G, Dv),
+        "every group's values [v_0 ... v_{G-1}]",
+    ));
+    pub const UP_PROJECTION_ROWS: Dim = Dim::Derived(&derived(
+        "up_projection_rows",
+        Formula::ProductOfSum(G, Dn, Dv),
+        "[W_UK_g; W_UV_g] rows over every group",
+    ));
+    pub const KV_KEYS: Dim = Dim::Derived(&derived("kv_keys", Formula::Product(Kv, D), "every kv head's keys"));
+    pub const KV_VALUES: Dim = Dim::Derived(&derived("kv_values", Formula::Product(Kv, Dv), "every kv head's values"));
 }
 use widths::*;
 
 fn decode_io(op: DecodeOp) -> (Vec<Axis>, Vec<TensorSpec>, Shape) {
     let common = |mut axes: Vec<Axis>| {
-        axes.extend([
-            axis("s_q", Variable, "new query tokens per sequence"),
-            axis("H", Fixed, "query heads"),
-        ]);
+        axes.extend([axis(Sq, Variable, "new query tokens per sequence"), axis(H, Fixed, "query heads")]);
         axes
     };
     match op {
         DecodeOp::Absorb => (
             common(vec![
-                axis("d_c", Fixed, "latent width (the value width)"),
-                axis("d_r", Fixed, "decoupled RoPE key width"),
-                axis("d_n", Fixed, "no-rope head width: only sets the model's default scale"),
+                axis(Dc, Fixed, "latent width (the value width)"),
+                axis(Dr, Fixed, "decoupled RoPE key width"),
+                axis(Dn, Fixed, "no-rope head width: only sets the model's default scale"),
             ]),
             vec![
                 tensor(
@@ -319,11 +365,11 @@ fn decode_io(op: DecodeOp) -> (Vec<Axis>, Vec<TensorSpec>, Shape) {
         ),
         DecodeOp::Gqa => (
             common(vec![
-                axis("G", Fixed, "groups; head i reads group i / (H/G)"),
-                axis("d_n", Fixed, "per-group key width"),
-                axis("d_r", Fixed, "shared RoPE key width"),
-                axis("d_v", Fixed, "per-group value width"),
-                axis(
+                axis(G, Fixed, "groups; head i reads group i / (H/G)"),
+                axis(Dn, Fixed, "per-group key width"),
+                axis(Dr, Fixed, "shared RoPE key width"),
+                axis(Dv, Fixed, "per-group value width"),
+                param(
                     "rope",
                     Fixed,
                     "once: k^R stored once per token; per_group: folded into each group's key",
@@ -377,9 +423,9 @@ fn decode_io(op: DecodeOp) -> (Vec<Axis>, Vec<TensorSpec>, Shape) {
         ),
         DecodeOp::PlainGqa => (
             common(vec![
-                axis("KV", Fixed, "kv heads; head i reads kv head i / (H/KV)"),
-                axis("d", Fixed, "key width"),
-                axis("d_v", Fixed, "value width"),
+                axis(Kv, Fixed, "kv heads; head i reads kv head i / (H/KV)"),
+                axis(D, Fixed, "key width"),
+                axis(Dv, Fixed, "value width"),
             ]),
             vec![
                 tensor(
@@ -421,7 +467,6 @@ fn indexing() -> Vec<TensorSpec> {
 }
 
 /// The definition of `op`.
-/// The definition of `op`.
 pub fn definition(op: Op) -> Definition {
     match op.kind() {
         OpKind::Cache(CacheOp::Expand) => expand_definition(),
@@ -432,11 +477,11 @@ pub fn definition(op: Op) -> Definition {
 /// `gqla.cache.expand`.
 fn expand_definition() -> Definition {
     let mut axes = vec![
-        axis("G", Fixed, "groups"),
-        axis("d_c", Fixed, "latent width"),
-        axis("d_n", Fixed, "per-group key width"),
-        axis("d_v", Fixed, "per-group value width"),
-        axis("tokens", Variable, "sum of seq_lens"),
+        axis(G, Fixed, "groups"),
+        axis(Dc, Fixed, "latent width"),
+        axis(Dn, Fixed, "per-group key width"),
+        axis(Dv, Fixed, "per-group value width"),
+        axis(Tokens, Variable, "sum of seq_lens"),
     ];
     axes.extend(BATCH_AXES.into_iter().filter(|a| a.name != "num_splits"));
     let mut inputs = vec![
@@ -457,27 +502,28 @@ fn expand_definition() -> Definition {
         ),
     ];
     inputs.extend(indexing());
+    let outputs = vec![
+        tensor(
+            TensorName::K,
+            TensorKind::Output,
+            Shape::Dims(&[Dim::Of(Tokens), GROUP_KEYS]),
+            DtypeRule::Case,
+            "k_g = W_UK_g c for every cached token, sequences in order",
+        ),
+        tensor(
+            TensorName::V,
+            TensorKind::Output,
+            Shape::Dims(&[Dim::Of(Tokens), GROUP_VALUES]),
+            DtypeRule::Case,
+            "v_g = W_UV_g c",
+        ),
+    ];
     Definition {
         name: Op::CacheExpand.name(),
         version: "1",
-        axes,
+        axes: with_derived(axes, &inputs.iter().chain(&outputs).collect::<Vec<_>>()),
         inputs,
-        outputs: vec![
-            tensor(
-                TensorName::K,
-                TensorKind::Output,
-                Shape::Dims(&[Dim::Of(Tokens), GROUP_KEYS]),
-                DtypeRule::Case,
-                "k_g = W_UK_g c for every cached token, sequences in order",
-            ),
-            tensor(
-                TensorName::V,
-                TensorKind::Output,
-                Shape::Dims(&[Dim::Of(Tokens), GROUP_VALUES]),
-                DtypeRule::Case,
-                "v_g = W_UV_g c",
-            ),
-        ],
+        outputs,
         dtype_rules: vec!["inputs and outputs share the case dtype; accumulate in at least f32"],
         conventions: vec![
             "k_g = W_UK_g c, v_g = W_UV_g c for every cached token (SPEC.md eq. E)",
@@ -510,27 +556,28 @@ fn decode_definition(op: DecodeOp) -> Definition {
         )
         .when(Presence::SplitsRequested),
     );
+    let outputs = vec![
+        tensor(
+            TensorName::Out,
+            TensorKind::Output,
+            out_shape,
+            DtypeRule::Case,
+            "attention output per query head",
+        ),
+        tensor(
+            TensorName::Lse,
+            TensorKind::Output,
+            Shape::Dims(&[Dim::Of(B), Dim::Of(Sq), Dim::Of(H)]),
+            DtypeRule::F32,
+            "natural-log log-sum-exp of the scaled scores",
+        ),
+    ];
     Definition {
         name: op.op().name(),
         version: "1",
-        axes,
+        axes: with_derived(axes, &inputs.iter().chain(&outputs).collect::<Vec<_>>()),
         inputs,
-        outputs: vec![
-            tensor(
-                TensorName::Out,
-                TensorKind::Output,
-                out_shape,
-                DtypeRule::Case,
-                "attention output per query head",
-            ),
-            tensor(
-                TensorName::Lse,
-                TensorKind::Output,
-                Shape::Dims(&[Dim::Of(B), Dim::Of(Sq), Dim::Of(H)]),
-                DtypeRule::F32,
-                "natural-log log-sum-exp of the scaled scores",
-            ),
-        ],
+        outputs,
         dtype_rules: DECODE_DTYPE_RULES.to_vec(),
         conventions: DECODE_CONVENTIONS.to_vec(),
         reference: "gqla_reference::attention::attend_row in f64 (SPEC.md eqs. S, P, O), via gqla_conformance::reference::compute",
@@ -555,4 +602,41 @@ pub fn cache_components(case: &Case) -> Vec<(TensorName, usize)> {
         .filter(|t| t.present.holds(case) && t.kind == TensorKind::Cache)
         .filter_map(|t| Some((t.name, t.shape.cache_width(&axes)?)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The axes table is closed: every name a tensor's shape uses, in either cache layout, is an
+    /// axis of its definition, and every derived axis's formula names only axes of the table.
+    #[test]
+    fn every_shape_names_axes_of_its_table() {
+        for def in all() {
+            let declared: Vec<&str> = def.axes.iter().map(|a| a.name).collect();
+            let mut unique = declared.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(unique.len(), declared.len(), "{}: an axis is listed twice", def.name);
+            for t in def.inputs.iter().chain(&def.outputs) {
+                for name in t.shape.names() {
+                    assert!(declared.contains(&name), "{}: `{}` uses undeclared axis `{name}`", def.name, t.name);
+                }
+            }
+            for a in def.axes.iter().filter(|a| a.role == AxisRole::Derived) {
+                let formula = a.formula.as_deref().expect("a derived axis has a formula");
+                let operands = formula.split(|c: char| "+·() ".contains(c)).filter(|s| !s.is_empty());
+                for name in operands {
+                    assert!(declared.contains(&name), "{}: `{}` = {formula} names `{name}`", def.name, a.name);
+                }
+            }
+        }
+        let json = serde_json::to_value(definition(Op::DecodeAbsorb)).unwrap();
+        assert_eq!(json["inputs"][0]["shape"], serde_json::json!(["B", "s_q", "H", "latent_row"]));
+        let latent_row = json["axes"].as_array().unwrap().iter().find(|a| a["name"] == "latent_row").unwrap();
+        assert_eq!(
+            (latent_row["role"].as_str(), latent_row["formula"].as_str()),
+            (Some("derived"), Some("d_c + d_r"))
+        );
+    }
 }

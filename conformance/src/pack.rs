@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// The pack format this tool writes and reads.
-pub const FORMAT: &str = "gqla-pack/2";
+pub const FORMAT: &str = "gqla-pack/3";
 /// The definitions file of a pack.
 pub const DEFINITIONS: &str = "definitions.json";
 /// The manifest of a pack.
@@ -197,7 +197,7 @@ fn ints(shape: Vec<usize>, values: &[i32]) -> RawTensor {
 }
 
 /// The input tensors of a case, as the pack stores them: the tensors its definition lists for it,
-/// each with the shape its formula gives and the dtype its rule names.
+/// each with the shape its axes give and the dtype its rule names.
 fn input_tensors(inp: &CaseInputs) -> Vec<(String, RawTensor)> {
     let c = &inp.case;
     let (layout, table) = match &inp.cache.paging {
@@ -246,7 +246,7 @@ fn input_tensors(inp: &CaseInputs) -> Vec<(String, RawTensor)> {
             assert_eq!(
                 t.bytes.len(),
                 n * t.dtype.bitsize() / 8,
-                "{c}: input `{}` holds other than its shape formula `{}` says",
+                "{c}: input `{}` holds other than its shape `{}` says",
                 spec.name,
                 spec.shape.formula()
             );

@@ -1,7 +1,8 @@
-//! Tensor shapes from named axes: each definition's tensors list their dimensions as axes (or a
-//! width derived from axes, spelled once here), evaluated for a case without parsing anything.
-//! definitions.json spells them back as formulas (`[B, capacity, d_c + d_r] | [num_pages, page,
-//! d_c + d_r]`).
+//! Tensor shapes from named axes: each definition's tensors list their dimensions as axes, or as
+//! derived axes (a width computed from axes, declared once with its formula), evaluated for a case
+//! without parsing anything. definitions.json lists them the same way: a tensor's shape is a list
+//! of axis names (`["B", "s_q", "H", "latent_row"]`; a cache gives its contiguous and its paged
+//! list) and each derived axis is an entry of the axes table with its formula.
 
 use crate::case::Case;
 use serde::{Serialize, Serializer};
@@ -33,10 +34,16 @@ pub enum AxisName {
     MaxPages,
     /// Cached tokens over the batch (the sum of seq_lens).
     Tokens,
+    /// Rows per sequence of a contiguous cache.
+    Capacity,
+    /// Pages in a paged cache's pool.
+    NumPages,
+    /// Rows per page.
+    Page,
 }
 
 impl AxisName {
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
             AxisName::B => "B",
             AxisName::Sq => "s_q",
@@ -50,14 +57,16 @@ impl AxisName {
             AxisName::Dv => "d_v",
             AxisName::MaxPages => "max_pages",
             AxisName::Tokens => "tokens",
+            AxisName::Capacity => "capacity",
+            AxisName::NumPages => "num_pages",
+            AxisName::Page => "page",
         }
     }
 }
 
-/// One dimension: an axis, or a width derived from axes.
+/// How a derived axis is computed from axes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dim {
-    Of(AxisName),
+pub enum Formula {
     /// a + b
     Sum(AxisName, AxisName),
     /// a·b
@@ -66,26 +75,58 @@ pub enum Dim {
     ProductOfSum(AxisName, AxisName, AxisName),
 }
 
-impl Dim {
-    /// The formula definitions.json shows.
-    pub fn formula(self) -> String {
+impl Formula {
+    /// As definitions.json spells it.
+    pub fn spelled(self) -> String {
         match self {
-            Dim::Of(a) => a.name().into(),
-            Dim::Sum(a, b) => format!("{} + {}", a.name(), b.name()),
-            Dim::Product(a, b) => format!("{}·{}", a.name(), b.name()),
-            Dim::ProductOfSum(a, b, c) => format!("{}·({} + {})", a.name(), b.name(), c.name()),
+            Formula::Sum(a, b) => format!("{} + {}", a.name(), b.name()),
+            Formula::Product(a, b) => format!("{}·{}", a.name(), b.name()),
+            Formula::ProductOfSum(a, b, c) => format!("{}·({} + {})", a.name(), b.name(), c.name()),
         }
     }
     pub fn value(self, axes: &CaseAxes) -> usize {
         let v = |a| axes.get(a);
         match self {
-            Dim::Of(a) => v(a),
-            Dim::Sum(a, b) => v(a) + v(b),
-            Dim::Product(a, b) => v(a) * v(b),
-            Dim::ProductOfSum(a, b, c) => v(a) * (v(b) + v(c)),
+            Formula::Sum(a, b) => v(a) + v(b),
+            Formula::Product(a, b) => v(a) * v(b),
+            Formula::ProductOfSum(a, b, c) => v(a) * (v(b) + v(c)),
         }
     }
 }
+
+/// A named width derived from axes (the latent row d_c + d_r, every group's keys G·d_n, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Derived {
+    pub name: &'static str,
+    pub formula: Formula,
+    pub meaning: &'static str,
+}
+
+/// One dimension: an axis, or a derived axis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dim {
+    Of(AxisName),
+    Derived(&'static Derived),
+}
+
+impl Dim {
+    /// The axis name definitions.json lists.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dim::Of(a) => a.name(),
+            Dim::Derived(d) => d.name,
+        }
+    }
+    pub fn value(self, axes: &CaseAxes) -> usize {
+        match self {
+            Dim::Of(a) => axes.get(a),
+            Dim::Derived(d) => d.formula.value(axes),
+        }
+    }
+}
+
+const CONTIGUOUS_ROWS: [Dim; 2] = [Dim::Of(AxisName::B), Dim::Of(AxisName::Capacity)];
+const PAGED_ROWS: [Dim; 2] = [Dim::Of(AxisName::NumPages), Dim::Of(AxisName::Page)];
 
 /// A tensor's shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,15 +139,23 @@ pub enum Shape {
 }
 
 impl Shape {
-    /// The formula definitions.json shows: the contiguous form, then `|` and the paged one for a
-    /// cache.
-    pub fn formula(&self) -> String {
+    /// The dimensions for a cache layout (`paged`: the paged form of a cache; ignored otherwise).
+    pub fn dims(&self, paged: bool) -> Vec<Dim> {
         match self {
-            Shape::Dims(dims) => format!("[{}]", dims.iter().map(|d| d.formula()).collect::<Vec<_>>().join(", ")),
+            Shape::Dims(dims) => dims.to_vec(),
             Shape::Cache(w) => {
-                let w = w.formula();
-                format!("[B, capacity, {w}] | [num_pages, page, {w}]")
+                let rows = if paged { PAGED_ROWS } else { CONTIGUOUS_ROWS };
+                vec![rows[0], rows[1], *w]
             }
+        }
+    }
+    /// The shape in axis names, for messages: the contiguous form, then `|` and the paged one for
+    /// a cache.
+    pub fn formula(&self) -> String {
+        let names = |paged| format!("[{}]", self.dims(paged).iter().map(|d| d.name()).collect::<Vec<_>>().join(", "));
+        match self {
+            Shape::Dims(_) => names(false),
+            Shape::Cache(_) => format!("{} | {}", names(false), names(true)),
         }
     }
     /// The tensor's rank.
@@ -116,18 +165,25 @@ impl Shape {
             Shape::Cache(_) => 3,
         }
     }
+    /// The derived axes the shape uses.
+    pub fn derived(&self) -> impl Iterator<Item = &'static Derived> {
+        self.dims(false).into_iter().filter_map(|d| match d {
+            Dim::Derived(d) => Some(d),
+            Dim::Of(_) => None,
+        })
+    }
+    /// Every axis name the shape uses, in either layout.
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut names: Vec<_> = self.dims(false).iter().map(|d| d.name()).collect();
+        if matches!(self, Shape::Cache(_)) {
+            names.extend(PAGED_ROWS.iter().map(|d| d.name()));
+        }
+        names
+    }
     /// The shape for a case, as its inputs lay the cache out.
     pub fn eval(&self, axes: &CaseAxes) -> Vec<usize> {
-        match self {
-            Shape::Dims(dims) => dims.iter().map(|d| d.value(axes)).collect(),
-            Shape::Cache(w) => {
-                let width = w.value(axes);
-                match axes.layout {
-                    CacheLayout::Contiguous { capacity } => vec![axes.case.batch(), capacity, width],
-                    CacheLayout::Paged { num_pages, page, .. } => vec![num_pages, page, width],
-                }
-            }
-        }
+        let paged = matches!(axes.layout, CacheLayout::Paged { .. });
+        self.dims(paged).iter().map(|d| d.value(axes)).collect()
     }
     /// A cache's row width.
     pub fn cache_width(&self, axes: &CaseAxes) -> Option<usize> {
@@ -138,9 +194,20 @@ impl Shape {
     }
 }
 
+/// definitions.json: a list of axis names; a cache, `{"contiguous": [...], "paged": [...]}`.
 impl Serialize for Shape {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.formula())
+        let names = |paged| self.dims(paged).iter().map(|d| d.name()).collect::<Vec<_>>();
+        match self {
+            Shape::Dims(_) => names(false).serialize(s),
+            Shape::Cache(_) => {
+                use serde::ser::SerializeMap;
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("contiguous", &names(false))?;
+                m.serialize_entry("paged", &names(true))?;
+                m.end()
+            }
+        }
     }
 }
 
@@ -175,6 +242,18 @@ impl CaseAxes<'_> {
                 CacheLayout::Contiguous { .. } => 0,
             },
             AxisName::Tokens => (0..c.batch()).map(|b| c.seq_len(b)).sum(),
+            AxisName::Capacity => match self.layout {
+                CacheLayout::Contiguous { capacity } => capacity,
+                CacheLayout::Paged { .. } => 0,
+            },
+            AxisName::NumPages => match self.layout {
+                CacheLayout::Paged { num_pages, .. } => num_pages,
+                CacheLayout::Contiguous { .. } => 0,
+            },
+            AxisName::Page => match self.layout {
+                CacheLayout::Paged { page, .. } => page,
+                CacheLayout::Contiguous { .. } => 0,
+            },
         }
     }
 }
@@ -202,11 +281,24 @@ mod tests {
                 max_pages: 5,
             },
         };
-        let k = Shape::Cache(Dim::ProductOfSum(G, Dn, Dr));
-        assert_eq!(k.formula(), "[B, capacity, G·(d_n + d_r)] | [num_pages, page, G·(d_n + d_r)]");
+        const KEYS: Derived = Derived {
+            name: "group_keys_with_rope",
+            formula: Formula::ProductOfSum(G, Dn, Dr),
+            meaning: "",
+        };
+        let k = Shape::Cache(Dim::Derived(&KEYS));
+        assert_eq!(
+            k.formula(),
+            "[B, capacity, group_keys_with_rope] | [num_pages, page, group_keys_with_rope]"
+        );
+        assert_eq!(KEYS.formula.spelled(), "G·(d_n + d_r)");
         let width = case.g() * (case.dn() + case.dr());
         assert_eq!(k.eval(&contiguous), [case.batch(), 70, width]);
         assert_eq!(k.eval(&paged), [9, 16, width]);
+        assert_eq!(
+            serde_json::to_value(k).unwrap(),
+            serde_json::json!({"contiguous": ["B", "capacity", "group_keys_with_rope"], "paged": ["num_pages", "page", "group_keys_with_rope"]})
+        );
         assert_eq!(Shape::Dims(&[]).formula(), "[]");
         assert_eq!(Shape::Dims(&[]).eval(&paged), Vec::<usize>::new());
         let table = Shape::Dims(&[Dim::Of(B), Dim::Of(MaxPages)]);
@@ -214,6 +306,8 @@ mod tests {
             (table.formula().as_str(), table.eval(&paged)),
             ("[B, max_pages]", vec![case.batch(), 5])
         );
-        assert_eq!(Shape::Dims(&[Dim::Sum(Dc, Dr), Dim::Product(Kv, D)]).formula(), "[d_c + d_r, KV·d]");
+        assert_eq!(serde_json::to_value(table).unwrap(), serde_json::json!(["B", "max_pages"]));
+        assert_eq!(Formula::Sum(Dc, Dr).spelled(), "d_c + d_r");
+        assert_eq!(Formula::Product(Kv, D).spelled(), "KV·d");
     }
 }

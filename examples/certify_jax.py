@@ -16,8 +16,9 @@ with `return_residual=True` for the LSE.
 The profile is what JAX does, read from jax/_src/nn/functions.py:
 - the LSE (the residual) is cast to the key dtype: `lse.dtype = storage`, natural log;
 - a row with no visible key softmaxes logits all set to -0.7 * f32 max, so its output averages
-  the values it was given and its LSE is that sentinel, or -inf once cast to f16: both empty-row
-  conventions are declared `unspecified`;
+  the values it was given (`out_empty_row` is `unspecified`) and its LSE is that sentinel,
+  about -2.38e38, in f32 and bf16, and -inf once cast to f16 (past f16's range): the LSE's
+  empty-row convention is declared per dtype;
 - no KV split: requested split counts are `ignored`.
 """
 import argparse
@@ -30,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors.flax import load_file, save_file
 
+F32_MAX = float(np.finfo(np.float32).max)
+
 PROFILE = {
     "operations": ["gqla.decode.absorb", "gqla.decode.gqa", "gqa.decode"],
     "dtypes": ["f32", "bf16", "f16"],
@@ -40,7 +43,11 @@ PROFILE = {
     "rope_layouts": ["once", "per_group"],
     "scale": "input",
     "out_empty_row": "unspecified",
-    "lse": {"dtype": "storage", "base": "e", "empty_row": "unspecified"},
+    "lse": {
+        "dtype": "storage",
+        "base": "e",
+        "empty_row": {"f32": {"finite": -0.7 * F32_MAX}, "bf16": {"finite": -0.7 * F32_MAX}, "f16": "neg_inf"},
+    },
 }
 
 

@@ -512,7 +512,9 @@ fn identical_inputs_give_byte_identical_outputs() {
                 &format!("{out}-cert"),
             ],
         );
-        assert_eq!(o.code, Some(0), "{}{}", o.stdout, o.stderr);
+        // One case: every case passes, the coverage core is not met (PARTIAL, exit 1).
+        assert_eq!(o.code, Some(1), "{}{}", o.stdout, o.stderr);
+        assert!(o.stdout.contains("PARTIAL — reference-f32"), "{}", o.stdout);
     }
     let (a, b) = (snapshot(&p.join("a")), snapshot(&p.join("b")));
     assert!(!a.is_empty() && a == b, "convert differs between runs");

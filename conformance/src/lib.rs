@@ -6,7 +6,8 @@
 //! - [`inputs`]: seeded inputs with paged caches and poisoned memory.
 //! - [`kernel`]: the [`Kernel`] trait and canary-guarded outputs; [`profile`]: what a kernel
 //!   declares it supports, and the conventions it follows.
-//! - [`reference`](mod@reference), [`tolerance`], [`verdict`]: how outputs are judged.
+//! - [`reference`](mod@reference), [`tolerance`], [`verdict`]: how outputs are judged;
+//!   [`coverage`]: the core a profile's cases must exercise to be CONFORMANT (else PARTIAL).
 //! - [`selection`]: which cases a run takes (id prefixes over the suite drawn from a seed).
 //! - [`kernel_spec`]: what `--kernel` names, parsed once.
 //! - [`runner`], [`report`]: running a kernel and writing certificates; [`stability`]: verdicts
@@ -17,6 +18,7 @@
 
 pub mod case;
 pub mod confined;
+pub mod coverage;
 pub mod definition;
 pub mod inputs;
 pub mod kernel;

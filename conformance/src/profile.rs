@@ -30,7 +30,7 @@
 
 use crate::case::{Case, DType, GroupCacheLayout, Op};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 /// Which page sizes a kernel takes.
@@ -120,17 +120,85 @@ pub enum EmptyOut {
     Unspecified,
 }
 
+/// A convention that may differ by dtype: one value for every dtype, or a map from each declared
+/// dtype to its value (`{"f32": {"finite": -2.38e38}, "bf16": ..., "f16": "neg_inf"}`), for a
+/// framework whose masking value overflows to −∞ in the narrower dtype.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ByDtype<T> {
+    All(T),
+    Each(BTreeMap<DType, T>),
+}
+
+impl<T: Copy> ByDtype<T> {
+    /// The value for `dtype` (None: a map that does not name it, which validation refuses for a
+    /// declared dtype).
+    pub fn get(&self, dtype: DType) -> Option<T> {
+        match self {
+            ByDtype::All(v) => Some(*v),
+            ByDtype::Each(m) => m.get(&dtype).copied(),
+        }
+    }
+    /// Every value given.
+    fn values(&self) -> Vec<T> {
+        match self {
+            ByDtype::All(v) => vec![*v],
+            ByDtype::Each(m) => m.values().copied().collect(),
+        }
+    }
+    /// In words, with `name` for one value.
+    fn describe(&self, name: impl Fn(T) -> String) -> String {
+        match self {
+            ByDtype::All(v) => name(*v),
+            ByDtype::Each(m) => m
+                .iter()
+                .map(|(d, v)| format!("{}: {}", d.name(), name(*v)))
+                .collect::<Vec<_>>()
+                .join("; "),
+        }
+    }
+}
+
+impl<T: Serialize> Serialize for ByDtype<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ByDtype::All(v) => v.serialize(s),
+            ByDtype::Each(m) => m.serialize(s),
+        }
+    }
+}
+
+/// A map whose keys are all dtype names is per dtype; anything else (a name, `{"finite": v}`) is
+/// one value for every dtype.
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for ByDtype<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let v = serde_json::Value::deserialize(d)?;
+        let dtype_of = |k: &str| serde_json::from_value::<DType>(serde_json::Value::String(k.into())).ok();
+        match &v {
+            serde_json::Value::Object(m) if !m.is_empty() && m.keys().all(|k| dtype_of(k).is_some()) => {
+                let mut each = BTreeMap::new();
+                for (k, x) in m {
+                    let value = serde_json::from_value(x.clone()).map_err(|e| D::Error::custom(format!("{k}: {e}")))?;
+                    each.insert(dtype_of(k).expect("checked"), value);
+                }
+                Ok(ByDtype::Each(each))
+            }
+            _ => serde_json::from_value(v).map(ByDtype::All).map_err(D::Error::custom),
+        }
+    }
+}
+
 /// The LSE a decode kernel writes.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LseConvention {
     pub dtype: LseDtype,
     pub base: LseBase,
-    pub empty_row: EmptyLse,
+    pub empty_row: ByDtype<EmptyLse>,
 }
 
 /// Whether the kernel writes an LSE, and how.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Lse {
     /// `"none"`: `out` only; the LSE is not certified.
@@ -221,23 +289,53 @@ impl Scale {
     }
 }
 
-/// A kernel's declaration. Every field is required: nothing is assumed for a kernel.
+/// A kernel's declaration. What it supports (`operations`, `dtypes`) and the conventions that
+/// decide how its outputs are judged (`out_empty_row`, `lse`) are required; the rest have the
+/// default most kernels would write, given in [`Profile::DEFAULTS`]. At least one cache layout
+/// (`contiguous` or `page_sizes`) must be declared, and `rope_layouts` when `gqla.decode.gqa` is.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
     pub operations: BTreeSet<Op>,
     pub dtypes: BTreeSet<DType>,
     /// Contiguous caches ([B, capacity, width]).
+    #[serde(default)]
     pub contiguous: bool,
     /// Paged caches ([num_pages, page, width] with a block table).
+    #[serde(default = "PageSizes::none")]
     pub page_sizes: PageSizes,
+    #[serde(default = "SqRange::one")]
     pub s_q: SqRange,
+    #[serde(default = "SplitCounts::ignored")]
     pub split_counts: SplitCounts,
     /// gqla.decode.gqa only: where the rope key is stored.
+    #[serde(default)]
     pub rope_layouts: BTreeSet<GroupCacheLayout>,
+    #[serde(default = "Scale::input")]
     pub scale: Scale,
-    pub out_empty_row: EmptyOut,
+    pub out_empty_row: ByDtype<EmptyOut>,
     pub lse: Lse,
+}
+
+impl PageSizes {
+    fn none() -> Self {
+        PageSizes::Named(PageSizesName::None)
+    }
+}
+impl SqRange {
+    fn one() -> Self {
+        SqRange { min: 1, max: 1 }
+    }
+}
+impl SplitCounts {
+    fn ignored() -> Self {
+        SplitCounts::Ignored
+    }
+}
+impl Scale {
+    fn input() -> Self {
+        Scale::Input
+    }
 }
 
 /// A profile that makes no sense.
@@ -263,10 +361,12 @@ pub fn parse_json<'de, T: Deserialize<'de>>(
             ("", path) => path.to_string(),
             (p, path) => format!("{p}.{path}"),
         };
-        ProfileError {
-            field,
-            why: e.into_inner().to_string(),
-        }
+        let why = e.into_inner().to_string();
+        let why = match missing_field_forms(&why) {
+            Some((name, forms)) => format!("{why}; `{name}` takes {forms}"),
+            None => why,
+        };
+        ProfileError { field, why }
     })?;
     de.end().map_err(|e| ProfileError {
         field: if prefix.is_empty() {
@@ -277,6 +377,27 @@ pub fn parse_json<'de, T: Deserialize<'de>>(
         why: e.to_string(),
     })?;
     Ok(value)
+}
+
+/// What a required field takes, for serde's "missing field `x`" (which names no allowed value).
+fn missing_field_forms(why: &str) -> Option<(&str, String)> {
+    let field = why.strip_prefix("missing field `")?.split('`').next()?;
+    let per_dtype = ", or a map from each declared dtype to one";
+    let forms = match field {
+        "operations" => format!(
+            "a list of {}",
+            Op::ALL.iter().map(|o| format!("\"{}\"", o.name())).collect::<Vec<_>>().join(", ")
+        ),
+        "dtypes" => r#"a list of "f32", "bf16", "f16""#.into(),
+        "out_empty_row" => format!(r#""zero", "nan" or "unspecified"{per_dtype}"#),
+        "lse" => r#""none" or {"dtype": "f32"|"storage", "base": "e"|"2", "empty_row": ...}"#.into(),
+        "dtype" => r#""f32" or "storage""#.into(),
+        "base" => r#""e" or "2""#.into(),
+        "empty_row" => format!(r#""neg_inf", "pos_inf", {{"finite": v}} or "unspecified"{per_dtype}"#),
+        "min" | "max" => "a positive integer".into(),
+        _ => return None,
+    };
+    Some((field, forms))
 }
 
 /// Why a case is outside a profile: one axis the profile leaves out.
@@ -313,6 +434,17 @@ impl fmt::Display for Exclusion {
 }
 
 impl Profile {
+    /// The fields a profile may leave out, and what they then are (the README's Profiles table
+    /// shows the same; a test holds them to the deserializer).
+    pub const DEFAULTS: [(&'static str, &'static str); 6] = [
+        ("contiguous", "false"),
+        ("page_sizes", "\"none\""),
+        ("s_q", "{\"min\": 1, \"max\": 1} (plain decode)"),
+        ("split_counts", "\"ignored\""),
+        ("rope_layouts", "[] (required when gqla.decode.gqa is declared)"),
+        ("scale", "\"input\""),
+    ];
+
     /// Every case of the suite, with the suite's own conventions (out = 0, LSE = −∞ in f32 and
     /// base e for an empty row; split counts honoured; the scale an input).
     pub fn everything() -> Self {
@@ -325,11 +457,11 @@ impl Profile {
             split_counts: SplitCounts::Honoured,
             rope_layouts: [GroupCacheLayout::RopeOnce, GroupCacheLayout::RopePerGroup].into_iter().collect(),
             scale: Scale::Input,
-            out_empty_row: EmptyOut::Zero,
+            out_empty_row: ByDtype::All(EmptyOut::Zero),
             lse: Lse::Written(LseConvention {
                 dtype: LseDtype::F32,
                 base: LseBase::E,
-                empty_row: EmptyLse::NegInf,
+                empty_row: ByDtype::All(EmptyLse::NegInf),
             }),
         }
     }
@@ -358,13 +490,46 @@ impl Profile {
                 return bad("scale", "a fixed scale must be finite and positive");
             }
         }
-        if let Some(LseConvention {
-            empty_row: EmptyLse::Finite(v),
-            ..
-        }) = self.lse.written()
-        {
-            if !v.is_finite() {
+        if !self.contiguous && matches!(self.page_sizes, PageSizes::Named(PageSizesName::None)) {
+            return bad(
+                "contiguous",
+                "no cache layout is declared: set \"contiguous\": true, \"page_sizes\": \"any\" or a list such as [16, 64], or both",
+            );
+        }
+        if self.operations.contains(&Op::DecodeGqa) && self.rope_layouts.is_empty() {
+            return bad(
+                "rope_layouts",
+                "gqla.decode.gqa is declared: list the rope layouts it takes, [\"once\"], [\"per_group\"] or both",
+            );
+        }
+        self.check_by_dtype("out_empty_row", &self.out_empty_row)?;
+        if let Some(c) = self.lse.written() {
+            self.check_by_dtype("lse.empty_row", &c.empty_row)?;
+            if c.empty_row
+                .values()
+                .iter()
+                .any(|v| matches!(v, EmptyLse::Finite(f) if !f.is_finite()))
+            {
                 return bad("lse.empty_row", "a finite sentinel must be finite (use neg_inf or pos_inf)");
+            }
+        }
+        Ok(())
+    }
+
+    /// A per-dtype convention names exactly the declared dtypes.
+    fn check_by_dtype<T>(&self, field: &str, v: &ByDtype<T>) -> Result<(), ProfileError> {
+        if let ByDtype::Each(m) = v {
+            let named: BTreeSet<DType> = m.keys().copied().collect();
+            if named != self.dtypes {
+                let list = |s: &BTreeSet<DType>| s.iter().map(|d| d.name()).collect::<Vec<_>>().join(", ");
+                return Err(ProfileError {
+                    field: field.to_string(),
+                    why: format!(
+                        "a per-dtype map names {}, but `dtypes` declares {}: name each declared dtype once",
+                        list(&named),
+                        list(&self.dtypes)
+                    ),
+                });
             }
         }
         Ok(())
@@ -424,12 +589,12 @@ impl Profile {
                     LseBase::E => "e",
                     LseBase::Two => "2",
                 },
-                match c.empty_row {
+                c.empty_row.describe(|v| match v {
                     EmptyLse::NegInf => "-inf".to_string(),
                     EmptyLse::PosInf => "+inf".to_string(),
                     EmptyLse::Finite(v) => format!("{v:e}"),
                     EmptyLse::Unspecified => "unspecified".to_string(),
-                }
+                })
             ),
         };
         vec![
@@ -456,12 +621,14 @@ impl Profile {
             ),
             (
                 "out of an empty row".into(),
-                match self.out_empty_row {
-                    EmptyOut::Zero => "0",
-                    EmptyOut::Nan => "NaN",
-                    EmptyOut::Unspecified => "unspecified",
-                }
-                .into(),
+                self.out_empty_row.describe(|v| {
+                    match v {
+                        EmptyOut::Zero => "0",
+                        EmptyOut::Nan => "NaN",
+                        EmptyOut::Unspecified => "unspecified",
+                    }
+                    .into()
+                }),
             ),
             ("lse".into(), lse),
         ]
@@ -489,12 +656,75 @@ mod tests {
         }"#;
         let p = Profile::from_json(text).unwrap();
         assert_eq!(p.scale, Scale::Fixed(0.125));
-        assert_eq!(p.lse.written().unwrap().empty_row, EmptyLse::Finite(-2.38e38));
+        assert_eq!(p.lse.written().unwrap().empty_row, ByDtype::All(EmptyLse::Finite(-2.38e38)));
         let no_lse = text.replace(
             r#"{"dtype": "storage", "base": "2", "empty_row": {"finite": -2.38e38}}"#,
             r#""none""#,
         );
         assert!(Profile::from_json(&no_lse).unwrap().lse.written().is_none());
+    }
+
+    /// Left-out fields take the documented defaults; the ones that decide how outputs are judged
+    /// are required, and their errors say what they take.
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let minimal = r#"{"operations": ["gqla.decode.absorb"], "dtypes": ["bf16"], "page_sizes": [64],
+            "out_empty_row": "zero", "lse": "none"}"#;
+        let p = Profile::from_json(minimal).unwrap();
+        let json = serde_json::to_value(&p).unwrap();
+        for (field, default) in Profile::DEFAULTS {
+            let doc: serde_json::Value = serde_json::from_str(default.split(" (").next().unwrap()).unwrap();
+            if field != "page_sizes" {
+                assert_eq!(json[field], doc, "{field}");
+            }
+        }
+        let contiguous_only = minimal.replace(r#""page_sizes": [64],"#, r#""contiguous": true,"#);
+        let json = serde_json::to_value(Profile::from_json(&contiguous_only).unwrap()).unwrap();
+        assert_eq!(json["page_sizes"], serde_json::json!("none"));
+        assert_eq!(
+            (p.contiguous, p.s_q, p.split_counts, p.scale, p.rope_layouts.len()),
+            (false, SqRange { min: 1, max: 1 }, SplitCounts::Ignored, Scale::Input, 0)
+        );
+        // No layout at all, or gqla.decode.gqa without its rope layouts: refused, naming the field.
+        let no_layout = minimal.replace(r#""page_sizes": [64],"#, "");
+        assert_eq!(Profile::from_json(&no_layout).unwrap_err().field, "contiguous");
+        let gqa = minimal.replace("gqla.decode.absorb", "gqla.decode.gqa");
+        assert_eq!(Profile::from_json(&gqa).unwrap_err().field, "rope_layouts");
+        assert!(Profile::from_json(&gqa.replace(r#""lse""#, r#""rope_layouts": ["once"], "lse""#)).is_ok());
+        let e = Profile::from_json(&minimal.replace(r#""lse": "none""#, r#""s_q": {"min": 1, "max": 2}"#)).unwrap_err();
+        assert!(
+            e.why.contains("missing field `lse`") && e.why.contains("`lse` takes \"none\" or {"),
+            "{e}"
+        );
+        let e = Profile::from_json(&minimal.replace(r#""operations": ["gqla.decode.absorb"], "#, "")).unwrap_err();
+        assert!(e.why.contains("\"gqla.decode.absorb\", \"gqla.decode.gqa\""), "{e}");
+    }
+
+    /// Empty-row conventions per dtype: a map naming each declared dtype once.
+    #[test]
+    fn empty_row_conventions_may_differ_by_dtype() {
+        let text = r#"{"operations": ["gqla.decode.absorb"], "dtypes": ["f32", "bf16", "f16"], "contiguous": true,
+            "out_empty_row": {"f32": "unspecified", "bf16": "unspecified", "f16": "nan"},
+            "lse": {"dtype": "f32", "base": "e",
+                    "empty_row": {"f32": {"finite": -2.38e38}, "bf16": {"finite": -2.38e38}, "f16": "neg_inf"}}}"#;
+        let p = Profile::from_json(text).unwrap();
+        let lse = &p.lse.written().unwrap().empty_row;
+        assert_eq!(
+            (lse.get(DType::Bf16), lse.get(DType::F16)),
+            (Some(EmptyLse::Finite(-2.38e38)), Some(EmptyLse::NegInf))
+        );
+        assert_eq!(p.out_empty_row.get(DType::F16), Some(EmptyOut::Nan));
+        assert_eq!(Profile::from_json(&serde_json::to_string(&p).unwrap()).unwrap(), p);
+        // A map that leaves out a declared dtype, or names another, is refused.
+        let missing = text.replace(r#", "f16": "neg_inf""#, "");
+        let e = Profile::from_json(&missing).unwrap_err();
+        assert_eq!(e.field, "lse.empty_row", "{e}");
+        assert!(e.why.contains("names bf16, f32") || e.why.contains("names f32, bf16"), "{e}");
+        let bad = text.replace(r#""f16": "nan""#, r#""f16": "nope""#);
+        let e = Profile::from_json(&bad).unwrap_err();
+        assert!(e.field == "out_empty_row" && e.why.contains("f16: unknown variant `nope`"), "{e}");
+        let inf = text.replace(r#""bf16": {"finite": -2.38e38}"#, r#""bf16": {"finite": 1e39}"#);
+        assert!(Profile::from_json(&inf).is_err());
     }
 
     #[test]

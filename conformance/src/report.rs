@@ -2,6 +2,7 @@
 //! systems), each written atomically.
 
 use crate::case::{Case, Op};
+use crate::coverage;
 use crate::definition::{definition, Definition};
 use crate::kernel::KernelIdentity;
 use crate::lattice::SUITE_VERSION;
@@ -61,14 +62,65 @@ pub struct OpCoverage {
     pub passed: usize,
     /// Axes the profile leaves out, with how many cases each removes.
     pub left_out: Vec<(String, usize)>,
+    /// Axes of the operation's coverage core ([`crate::coverage`]) that no selected case
+    /// exercises (empty: the core is met, or the profile does not declare the operation).
+    pub missing: Vec<String>,
+}
+
+/// Who chose the suite seed, which decides what a certificate may claim: only a seed this certify
+/// run drew itself is a fresh draw that no outputs could have been prepared for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeedOrigin {
+    /// Seed 0: the published suite, whose outputs could have been learned from a published pack.
+    Published,
+    /// Drawn by this certify run from the operating system's randomness.
+    DrawnByThisRun,
+    /// Given to this certify run (`--seed S`): whoever ran it chose it.
+    GivenToThisRun,
+    /// A vector pack's seed, chosen by whoever exported the pack: the kernel's author may have
+    /// held its outputs before.
+    ChosenByExporter,
+}
+
+impl SeedOrigin {
+    /// An in-process run's seed: `given` when the command line named it.
+    pub fn of_run(seed: u64, given: bool) -> Self {
+        match (seed, given) {
+            (0, _) => SeedOrigin::Published,
+            (_, true) => SeedOrigin::GivenToThisRun,
+            (_, false) => SeedOrigin::DrawnByThisRun,
+        }
+    }
+    /// A pack's seed.
+    pub fn of_pack(seed: u64) -> Self {
+        if seed == 0 {
+            SeedOrigin::Published
+        } else {
+            SeedOrigin::ChosenByExporter
+        }
+    }
+    /// The certificate's words.
+    pub fn text(self) -> &'static str {
+        match self {
+            SeedOrigin::Published => "the published suite: outputs could have been learned from a published pack",
+            SeedOrigin::DrawnByThisRun => "fresh draw by this certify run: no outputs could have been prepared for it",
+            SeedOrigin::GivenToThisRun => "given to this certify run with --seed: whoever ran it chose it",
+            SeedOrigin::ChosenByExporter => "chosen by whoever exported the pack: outputs could have been prepared for it before this run",
+        }
+    }
 }
 
 /// The certificate's verdict.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Verdict {
-    /// Every case the profile selects passed, and it selects at least one.
+    /// Every case the profile selects passed, and they meet the coverage core of every declared
+    /// operation.
     Conformant,
+    /// Every selected case passed, but they leave part of an operation's coverage core
+    /// unexercised: what passed is certified, the missing axes are named.
+    Partial,
     /// Some selected case did not pass.
     NotConformant,
     /// The profile selects no case: nothing is certified.
@@ -79,6 +131,7 @@ impl Verdict {
     pub fn text(self) -> &'static str {
         match self {
             Verdict::Conformant => "CONFORMANT",
+            Verdict::Partial => "PARTIAL",
             Verdict::NotConformant => "NOT CONFORMANT",
             Verdict::NothingCertified => "NOTHING CERTIFIED",
         }
@@ -95,6 +148,8 @@ pub struct Report {
     /// The suite seed the cases were drawn from (0: the published suite, whose outputs a kernel
     /// could have learned from a published pack).
     pub seed: u64,
+    /// Who chose it.
+    pub seed_origin: SeedOrigin,
     /// What the kernel declared; every case was judged by it.
     pub profile: Profile,
     pub coverage: Vec<OpCoverage>,
@@ -166,7 +221,7 @@ impl Report {
         kernel: KernelIdentity,
         environment: Environment,
         filter: &str,
-        seed: u64,
+        (seed, seed_origin): (u64, SeedOrigin),
         profile: Profile,
         results: Vec<CaseResult>,
     ) -> Self {
@@ -187,12 +242,23 @@ impl Report {
                         *left_out.entry(why.axis()).or_insert(0) += 1;
                     }
                 }
+                let selected: Vec<Case> = of_op
+                    .iter()
+                    .filter(|r| r.status.selected())
+                    .filter_map(|r| r.id.parse::<Case>().ok())
+                    .collect();
+                let missing = if profile.operations.contains(&op) {
+                    coverage::missing(op, &profile, &selected).iter().map(|a| a.to_string()).collect()
+                } else {
+                    Vec::new()
+                };
                 Some(OpCoverage {
                     operation: op.name().into(),
                     cases: of_op.len(),
                     must_pass: of_op.iter().filter(|r| r.status.selected()).count(),
                     passed: of_op.iter().filter(|r| r.status.passed()).count(),
                     left_out: left_out.into_iter().collect(),
+                    missing,
                 })
             })
             .collect();
@@ -201,6 +267,8 @@ impl Report {
             Verdict::NothingCertified
         } else if results.iter().any(|r| r.status.failed()) {
             Verdict::NotConformant
+        } else if coverage.iter().any(|c| !c.missing.is_empty()) {
+            Verdict::Partial
         } else {
             Verdict::Conformant
         };
@@ -215,6 +283,7 @@ impl Report {
             environment,
             filter: filter.into(),
             seed,
+            seed_origin,
             profile,
             coverage,
             results,
@@ -226,20 +295,32 @@ impl Report {
         }
     }
 
-    /// The one-line verdict: what is certified, on how many must-pass cases of each operation.
+    /// The one-line verdict: what is certified, on how many must-pass cases of each operation,
+    /// and for PARTIAL the core axes no selected case exercises.
     pub fn verdict_line(&self) -> String {
         let per_op: Vec<String> = self
             .coverage
             .iter()
             .map(|c| format!("{} {}/{}", c.operation, c.passed, c.must_pass))
             .collect();
+        let missing: Vec<String> = self
+            .coverage
+            .iter()
+            .filter(|c| !c.missing.is_empty())
+            .map(|c| format!("{}: {}", c.operation, c.missing.join(", ")))
+            .collect();
         format!(
-            "{} — {} (suite {}, seed {}; passed/must-pass: {})",
+            "{} — {} (suite {}, seed {}; passed/must-pass: {}){}",
             self.verdict.text(),
             plain(&self.kernel.name),
             self.suite_version,
             self.seed,
-            per_op.join(", ")
+            per_op.join(", "),
+            if missing.is_empty() {
+                String::new()
+            } else {
+                format!("; core not covered: {}", missing.join("; "))
+            }
         )
     }
 
@@ -249,16 +330,7 @@ impl Report {
         let _ = writeln!(s, "# GQLA conformance certificate\n");
         let _ = writeln!(s, "- verdict: **{}**", self.verdict.text());
         let _ = writeln!(s, "- suite version: {}", self.suite_version);
-        let _ = writeln!(
-            s,
-            "- seed: {}{}",
-            self.seed,
-            if self.seed == 0 {
-                " (the published suite: outputs could have been learned from a published pack)"
-            } else {
-                " (fresh draw)"
-            }
-        );
+        let _ = writeln!(s, "- seed: {} ({})", self.seed, self.seed_origin.text());
         let _ = writeln!(
             s,
             "- kernel: {} {} ({})",
@@ -294,19 +366,24 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "\n## Coverage\n\n| operation | cases | must pass | passed | left out by the profile |\n|---|---|---|---|---|"
+            "\n## Coverage\n\n| operation | cases | must pass | passed | left out by the profile | core not covered |\n|---|---|---|---|---|---|"
         );
         for c in &self.coverage {
             let left: Vec<String> = c.left_out.iter().map(|(a, n)| format!("{} ({n})", e(a))).collect();
             let note = if c.must_pass == 0 { " (nothing certified)" } else { "" };
             let _ = writeln!(
                 s,
-                "| {}{note} | {} | {} | {} | {} |",
+                "| {}{note} | {} | {} | {} | {} | {} |",
                 e(&c.operation),
                 c.cases,
                 c.must_pass,
                 c.passed,
-                if left.is_empty() { "-".to_string() } else { left.join(", ") }
+                if left.is_empty() { "-".to_string() } else { left.join(", ") },
+                if c.missing.is_empty() {
+                    "-".to_string()
+                } else {
+                    e(&c.missing.join(", "))
+                }
             );
         }
         let _ = writeln!(s, "\n| status | cases |\n|---|---|");
@@ -354,6 +431,7 @@ impl Report {
             ("verdict_line".to_string(), self.verdict_line()),
             ("suite_version".to_string(), self.suite_version.clone()),
             ("seed".to_string(), self.seed.to_string()),
+            ("seed_origin".to_string(), self.seed_origin.text().to_string()),
         ];
         props.extend(self.profile.describe().into_iter().map(|(k, v)| (format!("profile.{k}"), v)));
         for c in &self.coverage {
@@ -361,6 +439,9 @@ impl Report {
                 format!("coverage.{}", c.operation),
                 format!("{} of {} must pass, {} passed", c.must_pass, c.cases, c.passed),
             ));
+            if !c.missing.is_empty() {
+                props.push((format!("core_not_covered.{}", c.operation), c.missing.join(", ")));
+            }
         }
         for (k, v) in props {
             let _ = writeln!(s, "    <property name=\"{}\" value=\"{}\"/>", x(&k), x(&v));
@@ -407,6 +488,104 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lattice::suite_cases;
+    use crate::profile::Scale;
+
+    /// A report of `cases` judged by `profile`, each selected case passing.
+    fn passing(cases: &[Case], profile: Profile) -> Report {
+        let results = cases
+            .iter()
+            .map(|c| CaseResult {
+                id: c.to_string(),
+                status: match profile.excludes(c) {
+                    Some(why) => Status::NotSupported { reason: why.to_string() },
+                    None => Status::Pass { checks: vec![] },
+                },
+                seconds: 0.0,
+            })
+            .collect();
+        let kernel = KernelIdentity {
+            name: "k".into(),
+            version: "1".into(),
+            description: String::new(),
+        };
+        Report::new(
+            kernel,
+            Environment::detect(BTreeMap::new()),
+            "",
+            (9, SeedOrigin::of_run(9, false)),
+            profile,
+            results,
+        )
+    }
+
+    /// Graded verdicts: the whole suite passing is CONFORMANT; a profile narrowed to a fixed
+    /// scale passes its two cases but is PARTIAL, naming what it leaves unexercised; one failure
+    /// is NOT CONFORMANT whatever the coverage; selecting nothing certifies nothing.
+    #[test]
+    fn verdicts_are_graded_by_the_coverage_core() {
+        let cases = suite_cases();
+        let full = passing(&cases, Profile::everything());
+        assert_eq!(full.verdict, Verdict::Conformant, "{}", full.verdict_line());
+        assert!(full.coverage.iter().all(|c| c.missing.is_empty()));
+        assert!(!full.verdict_line().contains("core not covered"));
+
+        let fixed = Profile {
+            scale: Scale::Fixed(0.05),
+            ..Profile::everything()
+        };
+        let narrow = passing(&cases, fixed.clone());
+        assert_eq!(narrow.verdict, Verdict::Partial, "{}", narrow.verdict_line());
+        let gqa = narrow.coverage.iter().find(|c| c.operation == "gqa.decode").unwrap();
+        assert!(gqa.passed >= 1 && gqa.missing.contains(&"a padding row".to_string()), "{gqa:?}");
+        assert!(narrow.verdict_line().starts_with("PARTIAL — k (suite"), "{}", narrow.verdict_line());
+        assert!(
+            narrow.verdict_line().contains("core not covered: gqla.decode.absorb: "),
+            "{}",
+            narrow.verdict_line()
+        );
+        // cache.expand takes no scale: its core is met even under the fixed scale.
+        let expand = narrow.coverage.iter().find(|c| c.operation == "gqla.cache.expand").unwrap();
+        assert!(expand.missing.is_empty(), "{expand:?}");
+        assert!(narrow.markdown().contains("- verdict: **PARTIAL**"));
+        assert!(narrow.junit().contains("name=\"core_not_covered.gqa.decode\""));
+        // An operation the profile does not declare demands nothing.
+        let absorb_only = Profile {
+            operations: [Op::DecodeAbsorb].into_iter().collect(),
+            ..Profile::everything()
+        };
+        assert_eq!(passing(&cases, absorb_only).verdict, Verdict::Conformant);
+
+        let mut failed = passing(&cases, Profile::everything());
+        failed.results[0].status = Status::RuntimeError { message: "x".into() };
+        let failed = Report::new(
+            failed.kernel,
+            failed.environment,
+            "",
+            (9, failed.seed_origin),
+            failed.profile,
+            failed.results,
+        );
+        assert_eq!(failed.verdict, Verdict::NotConformant);
+        let nothing = Profile {
+            operations: Default::default(),
+            ..Profile::everything()
+        };
+        assert_eq!(passing(&cases, nothing).verdict, Verdict::NothingCertified);
+    }
+
+    #[test]
+    fn seed_origins_say_who_chose_the_seed() {
+        assert_eq!(SeedOrigin::of_run(0, true), SeedOrigin::Published);
+        assert_eq!(SeedOrigin::of_run(5, true), SeedOrigin::GivenToThisRun);
+        assert_eq!(SeedOrigin::of_run(5, false), SeedOrigin::DrawnByThisRun);
+        assert_eq!(SeedOrigin::of_pack(5), SeedOrigin::ChosenByExporter);
+        assert_eq!(SeedOrigin::of_pack(0), SeedOrigin::Published);
+        // Only this run's own draw is called fresh.
+        for o in [SeedOrigin::Published, SeedOrigin::GivenToThisRun, SeedOrigin::ChosenByExporter] {
+            assert!(!o.text().contains("fresh"), "{o:?}");
+        }
+    }
 
     #[test]
     fn hostile_text_cannot_forge_markdown_or_break_xml() {

@@ -132,10 +132,22 @@ impl Prepared {
                 let (truth, naive) = (reference(&self.truth, t.name), reference(&self.naive, t.name));
                 // Row width of this tensor in elements: the empty-row conventions cover whole rows.
                 let (per_row, special) = match t.name {
-                    TensorName::Out => (case.h() * case.out_width(), Special::Out(profile.out_empty_row)),
+                    // A validated profile names every declared dtype; otherwise the suite's own convention.
+                    TensorName::Out => (
+                        case.h() * case.out_width(),
+                        Special::Out(profile.out_empty_row.get(case.dtype()).unwrap_or(EmptyOut::Zero)),
+                    ),
                     TensorName::Lse => (
                         case.h(),
-                        Special::Lse(profile.lse.written().expect("lse is expected only when declared").empty_row),
+                        Special::Lse(
+                            profile
+                                .lse
+                                .written()
+                                .expect("lse is expected only when declared")
+                                .empty_row
+                                .get(case.dtype())
+                                .unwrap_or(EmptyLse::NegInf),
+                        ),
                     ),
                     _ => (0, Special::None),
                 };

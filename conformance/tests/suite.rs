@@ -7,7 +7,7 @@ use gqla_conformance::inputs::CaseInputs;
 use gqla_conformance::kernels::{Bug, FlashCpu, ReferenceF32};
 use gqla_conformance::lattice::{must_pass, suite_cases, suite_cases_seeded, SUITE_VERSION};
 use gqla_conformance::pack::{inputs_file, sha256_hex};
-use gqla_conformance::profile::{EmptyLse, EmptyOut, Lse, LseBase, LseConvention, LseDtype, NoLse, Profile, Scale};
+use gqla_conformance::profile::{ByDtype, EmptyLse, EmptyOut, Lse, LseBase, LseConvention, LseDtype, NoLse, Profile, Scale};
 use gqla_conformance::runner::{Prepared, Session};
 use gqla_conformance::{Kernel, KernelError, KernelIdentity, Outputs};
 use std::sync::{Arc, OnceLock};
@@ -243,7 +243,7 @@ impl Kernel for Bf16Logits {
 /// A kernel that follows other conventions: LSE in base 2 and the storage dtype, +inf and NaN for
 /// empty rows. Judged by its declaration it passes; judged by the suite's own it fails.
 struct OtherConventions {
-    empty_lse: EmptyLse,
+    empty_lse: ByDtype<EmptyLse>,
     empty_out: EmptyOut,
 }
 
@@ -257,11 +257,11 @@ impl Kernel for OtherConventions {
     }
     fn profile(&self) -> Profile {
         Profile {
-            out_empty_row: self.empty_out,
+            out_empty_row: ByDtype::All(self.empty_out),
             lse: Lse::Written(LseConvention {
                 dtype: LseDtype::Storage,
                 base: LseBase::Two,
-                empty_row: self.empty_lse,
+                empty_row: self.empty_lse.clone(),
             }),
             ..Profile::everything()
         }
@@ -272,7 +272,7 @@ impl Kernel for OtherConventions {
         for (i, v) in outputs.get_mut(TensorName::Lse)?.region_mut().iter_mut().enumerate() {
             let (b, j) = (i / (c.sq() * c.h()), (i / c.h()) % c.sq());
             *v = if c.visible(b, j) == 0 {
-                match self.empty_lse {
+                match self.empty_lse.get(c.dtype()).unwrap() {
                     EmptyLse::PosInf => f32::INFINITY,
                     EmptyLse::Finite(s) => s,
                     _ => 12345.0,
@@ -304,7 +304,10 @@ fn conventions_are_judged_as_declared() {
         (EmptyLse::Finite(-2.38e38), EmptyOut::Zero),
         (EmptyLse::Unspecified, EmptyOut::Unspecified),
     ] {
-        let k: Arc<dyn Kernel> = Arc::new(OtherConventions { empty_lse, empty_out });
+        let k: Arc<dyn Kernel> = Arc::new(OtherConventions {
+            empty_lse: ByDtype::All(empty_lse),
+            empty_out,
+        });
         let declared = k.profile();
         let (r, _) = p.run(&k, &declared, TIMEOUT);
         assert!(r.status.passed(), "{empty_lse:?}/{empty_out:?}: {}", r.status.cause());
@@ -314,13 +317,13 @@ fn conventions_are_judged_as_declared() {
     }
     // A declared sentinel must be there.
     let k: Arc<dyn Kernel> = Arc::new(OtherConventions {
-        empty_lse: EmptyLse::Finite(-2.38e38),
+        empty_lse: ByDtype::All(EmptyLse::Finite(-2.38e38)),
         empty_out: EmptyOut::Zero,
     });
     let mut other = k.profile();
     other.lse = Lse::Written(LseConvention {
-        empty_row: EmptyLse::Finite(-1e30),
-        ..*other.lse.written().unwrap()
+        empty_row: ByDtype::All(EmptyLse::Finite(-1e30)),
+        ..other.lse.written().unwrap().clone()
     });
     let (r, _) = p.run(&k, &other, TIMEOUT);
     assert_eq!(r.status.name(), "NONFINITE_MISMATCH", "{}", r.status.cause());

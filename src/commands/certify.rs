@@ -9,7 +9,7 @@ use gqla_conformance::kernels::{CandleCpu, FlashCpu, ReferenceF32};
 use gqla_conformance::lattice::SUITE_VERSION;
 use gqla_conformance::mutation::mutation_summary;
 use gqla_conformance::pack::{judge, outputs_dir, read_kernel_info, read_manifest, Judging};
-use gqla_conformance::report::{plain, Environment, Report};
+use gqla_conformance::report::{plain, Environment, Report, SeedOrigin};
 use gqla_conformance::runner::{CaseResult, Prepared, Session};
 use gqla_conformance::selection::fresh_seed;
 use gqla_conformance::stability::Stability;
@@ -58,7 +58,10 @@ pub struct Args {
     profile: Option<std::path::PathBuf>,
 }
 
-/// Exit status of a certification: 0 conformant, 1 rejected (or nothing certified).
+/// Exit status of a certification: 0 conformant, 1 otherwise: NOT CONFORMANT, NOTHING CERTIFIED,
+/// and PARTIAL. PARTIAL exits 1 because a CI gate reads only the status: a run whose cases leave
+/// part of the coverage core unexercised (a narrowed profile, a filter) must not turn it green.
+/// What did pass is still certified, and the verdict line names what is missing.
 pub enum Outcome {
     Conformant,
     Rejected,
@@ -191,7 +194,7 @@ pub fn run(a: Args, budget: &gqla_model::budget::Budget) -> Result<Outcome, CliE
             identity,
             Environment::detect(c.kernel.environment()),
             &selection.to_string(),
-            seed,
+            (seed, SeedOrigin::of_run(seed, a.seed.is_some())),
             c.kernel.profile(),
             results,
         );
@@ -360,7 +363,7 @@ fn external(pack: &Path, a: &Args) -> Result<Outcome, CliError> {
             identity,
             Environment::detect(kernel_env),
             &selection.to_string(),
-            manifest.seed,
+            (manifest.seed, SeedOrigin::of_pack(manifest.seed)),
             profile,
             results,
         ),

@@ -1,0 +1,167 @@
+//! The coverage core: what the cases a profile selects must exercise, per operation, before a
+//! certificate may call the kernel CONFORMANT for that operation. Every selected case passing
+//! proves nothing about the axes no selected case touches: a profile narrowed to one case (a
+//! fixed scale, a filter) would otherwise be CONFORMANT on one geometry with no padding row.
+//! Below the core the verdict is PARTIAL, and the certificate names what is missing.
+//!
+//! The core, per operation, relative to what the profile declares (an axis the kernel does not
+//! declare is never demanded of it):
+//!
+//! | axis | decode operations | gqla.cache.expand | met by a selected case with |
+//! |---|---|---|---|
+//! | each declared dtype | yes | yes | that dtype |
+//! | contiguous caches, where declared | yes | yes | no page size |
+//! | paged caches, where page sizes are declared | yes | yes | a declared page size |
+//! | s_q = 1, where declared | yes | - | s_q = 1 |
+//! | s_q > 1, where declared | yes | - | s_q ≥ 2 |
+//! | a padding row | yes | yes | a sequence with no keys (`pad` or context 0) |
+//! | a long context | yes | yes | a context of at least [`LONG_CONTEXT`] keys |
+//! | large logits | yes | - | `logits=large` (scaled logits of magnitude hundreds) |
+//! | requested split counts, where honoured | yes | - | a `splits=N` case |
+
+use crate::case::{Case, DType, Logits, Op, OpKind};
+use crate::profile::{PageSizes, PageSizesName, Profile, SplitCounts};
+use serde::Serialize;
+use std::fmt;
+
+/// The shortest context that counts as long: past the 4096-key windows and tiles kernels
+/// specialise on, where split-KV and multi-block paths engage.
+pub const LONG_CONTEXT: usize = 4096;
+
+/// One axis of the core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CoreAxis {
+    Dtype(DType),
+    Contiguous,
+    Paged,
+    SingleToken,
+    MultiToken,
+    PaddingRow,
+    LongContext,
+    LargeLogits,
+    Splits,
+}
+
+impl CoreAxis {
+    /// Whether `case` exercises this axis.
+    pub fn met_by(self, case: &Case) -> bool {
+        match self {
+            CoreAxis::Dtype(d) => case.dtype() == d,
+            CoreAxis::Contiguous => case.page().is_none(),
+            CoreAxis::Paged => case.page().is_some(),
+            CoreAxis::SingleToken => case.sq() == 1,
+            CoreAxis::MultiToken => case.sq() > 1,
+            CoreAxis::PaddingRow => case.ctx().iter().any(|c| c.is_none_or(|n| n == 0)),
+            CoreAxis::LongContext => case.ctx().iter().flatten().any(|&n| n >= LONG_CONTEXT),
+            CoreAxis::LargeLogits => case.logits() == Logits::Large,
+            CoreAxis::Splits => case.splits().is_some(),
+        }
+    }
+}
+
+impl fmt::Display for CoreAxis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CoreAxis::Dtype(d) => write!(f, "dtype {}", d.name()),
+            CoreAxis::Contiguous => f.write_str("contiguous caches"),
+            CoreAxis::Paged => f.write_str("paged caches"),
+            CoreAxis::SingleToken => f.write_str("s_q = 1"),
+            CoreAxis::MultiToken => f.write_str("s_q > 1"),
+            CoreAxis::PaddingRow => f.write_str("a padding row"),
+            CoreAxis::LongContext => write!(f, "a context of {LONG_CONTEXT}+ keys"),
+            CoreAxis::LargeLogits => f.write_str("large logits"),
+            CoreAxis::Splits => f.write_str("requested split counts"),
+        }
+    }
+}
+
+/// The core `profile` must cover for `op`: what it declares, plus what every kernel of the
+/// operation meets (padding rows, a long context, large logits).
+pub fn core(op: Op, profile: &Profile) -> Vec<CoreAxis> {
+    let mut axes: Vec<CoreAxis> = profile.dtypes.iter().map(|&d| CoreAxis::Dtype(d)).collect();
+    if profile.contiguous {
+        axes.push(CoreAxis::Contiguous);
+    }
+    if !matches!(profile.page_sizes, PageSizes::Named(PageSizesName::None)) {
+        axes.push(CoreAxis::Paged);
+    }
+    match op.kind() {
+        OpKind::Decode(_) => {
+            if profile.s_q.min == 1 {
+                axes.push(CoreAxis::SingleToken);
+            }
+            if profile.s_q.max > 1 {
+                axes.push(CoreAxis::MultiToken);
+            }
+            axes.extend([CoreAxis::PaddingRow, CoreAxis::LongContext, CoreAxis::LargeLogits]);
+            if profile.split_counts == SplitCounts::Honoured {
+                axes.push(CoreAxis::Splits);
+            }
+        }
+        OpKind::Cache(_) => axes.extend([CoreAxis::PaddingRow, CoreAxis::LongContext]),
+    }
+    axes
+}
+
+/// The axes of `op`'s core that no case of `selected` exercises.
+pub fn missing<'a>(op: Op, profile: &Profile, selected: impl IntoIterator<Item = &'a Case> + Clone) -> Vec<CoreAxis> {
+    core(op, profile)
+        .into_iter()
+        .filter(|axis| !selected.clone().into_iter().any(|c| c.op() == op && axis.met_by(c)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lattice::suite_cases;
+
+    /// The lattice meets the whole core of the widest profile, for every operation: a kernel that
+    /// declares everything and passes everything is CONFORMANT, never PARTIAL.
+    #[test]
+    fn the_lattice_meets_the_core_of_every_operation() {
+        let everything = Profile::everything();
+        let cases = suite_cases();
+        for op in Op::ALL {
+            assert_eq!(missing(op, &everything, &cases), vec![], "{}", op.name());
+        }
+    }
+
+    /// The thresholds are the table's: each axis is met by exactly the cases it names.
+    #[test]
+    fn each_axis_is_met_by_the_cases_it_names() {
+        let cases = suite_cases();
+        let find = |f: &dyn Fn(&Case) -> bool| cases.iter().find(|c| f(c)).expect("the lattice has one").clone();
+        let long = find(&|c| c.ctx().iter().flatten().any(|&n| n == 4097));
+        assert!(CoreAxis::LongContext.met_by(&long));
+        let short = find(&|c| c.op().is_decode() && c.ctx().iter().all(|n| n.is_some_and(|n| (1..LONG_CONTEXT).contains(&n))));
+        assert!(!CoreAxis::LongContext.met_by(&short) && !CoreAxis::PaddingRow.met_by(&short));
+        let pad = find(&|c| c.ctx().contains(&None));
+        assert!(CoreAxis::PaddingRow.met_by(&pad));
+        let large = find(&|c| c.logits() == Logits::Large);
+        assert!(CoreAxis::LargeLogits.met_by(&large) && !CoreAxis::LargeLogits.met_by(&short));
+    }
+
+    /// A profile narrowed to one case misses most of the core; what it does not declare is never
+    /// demanded.
+    #[test]
+    fn a_narrow_selection_misses_the_core_and_undeclared_axes_are_not_demanded() {
+        let cases = suite_cases();
+        let one: Vec<Case> = cases.iter().filter(|c| c.op() == Op::GqaDecode).take(1).cloned().collect();
+        let everything = Profile::everything();
+        let miss = missing(Op::GqaDecode, &everything, &one);
+        assert!(
+            miss.contains(&CoreAxis::PaddingRow) && miss.contains(&CoreAxis::Dtype(DType::F16)),
+            "{miss:?}"
+        );
+        let narrow = Profile {
+            dtypes: [DType::Bf16].into_iter().collect(),
+            page_sizes: PageSizes::Named(PageSizesName::None),
+            split_counts: SplitCounts::Ignored,
+            ..everything
+        };
+        let core = core(Op::GqaDecode, &narrow);
+        assert!(!core.contains(&CoreAxis::Dtype(DType::F16)) && !core.contains(&CoreAxis::Paged) && !core.contains(&CoreAxis::Splits));
+    }
+}

@@ -351,6 +351,125 @@ mod packs {
         assert!(md.contains("not written (not certified)"), "{md}");
     }
 
+    /// `vectors export --seeds N` writes a set of packs, and `certify --seeds N` judges them in one
+    /// run: per case, on how many seeds it passed; each seed gets its certificate.
+    #[test]
+    fn a_set_of_packs_is_judged_for_stability() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (set, outs, cert) = (tmp.path().join("set"), tmp.path().join("outs"), tmp.path().join("cert"));
+        let r = gqla(&[
+            "vectors",
+            "export",
+            "--out",
+            set.to_str().unwrap(),
+            "--seeds",
+            "2",
+            "--filter",
+            BASE,
+        ]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let mut members: Vec<String> = std::fs::read_dir(&set)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        members.sort();
+        assert_eq!(members.len(), 2, "{members:?}");
+        for m in &members {
+            assert!(m.starts_with("seed-"), "{m}");
+            write_outputs(&set.join(m), &outs.join(m), true);
+            kernel_json(&outs.join(m), "k", &Profile::everything());
+        }
+        let (r, _) = certify(&set, &outs, &cert, &["--seeds", "2"]);
+        assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+        assert!(r.stdout.contains("kernel k: 1 of 1 cases passed on all 2 seeds"), "{}", r.stdout);
+        let md = std::fs::read_to_string(cert.join("seeds.md")).unwrap();
+        assert!(
+            md.contains("| 2/2 |") && md.contains("2 seeds (chosen by whoever exported the packs)"),
+            "{md}"
+        );
+        for m in &members {
+            let rep = report(&cert.join(m));
+            assert_eq!(
+                (rep["seed_origin"].as_str(), rep["summary"]["PASS"].as_u64()),
+                (Some("chosen_by_exporter"), Some(1))
+            );
+        }
+        // A wrong count, or a single pack, is refused.
+        let (r, _) = certify(&set, &outs, &tmp.path().join("c2"), &["--seeds", "3"]);
+        assert!(r.code == 2 && r.stderr.contains("holds 2 packs"), "{}", r.stderr);
+        let one = set.join(&members[0]);
+        let (r, _) = certify(&one, &outs.join(&members[0]), &tmp.path().join("c3"), &["--seeds", "1"]);
+        assert!(r.code == 2 && r.stderr.contains("a single pack"), "{}", r.stderr);
+    }
+
+    /// A fixed-scale kernel gets a pack drawn for its profile: every selected case at its scale
+    /// (the manifest says so, in bits too), judged in full; the pack serves no other profile, and
+    /// a pack of the suite's cases as they are does not serve it.
+    #[test]
+    fn a_pack_drawn_for_a_fixed_scale_profile() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (pack, outs, cert) = (tmp.path().join("pack"), tmp.path().join("outs"), tmp.path().join("cert"));
+        let fixed = Profile {
+            scale: gqla_conformance::profile::Scale::Fixed(1.0 / 24.0),
+            ..Profile::everything()
+        };
+        let pfile = tmp.path().join("fixed.json");
+        std::fs::write(&pfile, serde_json::to_string(&fixed).unwrap()).unwrap();
+        let r = gqla(&[
+            "vectors",
+            "export",
+            "--out",
+            pack.to_str().unwrap(),
+            "--seed",
+            SEED,
+            "--filter",
+            BASE,
+            "--filter",
+            PAGED,
+            "--profile",
+            pfile.to_str().unwrap(),
+        ]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(pack.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(
+            m["profile"]["scale"]["fixed"].as_f64().map(|v| v as f32),
+            Some(1.0f32 / 24.0),
+            "{m}"
+        );
+        let cases = m["cases"].as_array().unwrap();
+        assert_eq!(cases.len(), 3, "every selected case, none filtered out by the scale: {m}");
+        for c in cases {
+            assert_eq!(
+                c["params"]["scale_f32_bits"].as_u64(),
+                Some((1.0f32 / 24.0).to_bits() as u64),
+                "{c}"
+            );
+            assert!(c["id"].as_str().unwrap().contains(";scale=0.041666668;"), "{c}");
+        }
+        write_outputs(&pack, &outs, true);
+        kernel_json(&outs, "fixed-scale", &fixed);
+        let (r, rep) = certify(&pack, &outs, &cert, &[]);
+        assert_eq!(
+            (r.code, rep["summary"].clone()),
+            (1, serde_json::json!({"PASS": 3})),
+            "{}",
+            r.stdout
+        );
+        assert_eq!(rep["verdict"], "PARTIAL", "filtered to 3 cases: {}", r.stdout);
+        // Another profile: refused up front.
+        kernel_json(&outs, "input-scale", &Profile::everything());
+        let (r, _) = certify(&pack, &outs, &tmp.path().join("cert2"), &[]);
+        assert_eq!(r.code, 2, "{}", r.stdout);
+        assert!(r.stderr.contains("drawn for another profile"), "{}", r.stderr);
+        // The suite's own cases do not serve a fixed-scale kernel: it is told how to get its pack.
+        let (plain_pack, plain_outs) = (tmp.path().join("plain"), tmp.path().join("plain-outs"));
+        assert_eq!(export(&plain_pack, &[BASE]).code, 0);
+        kernel_json(&plain_outs, "fixed-scale", &fixed);
+        let (r, _) = certify(&plain_pack, &plain_outs, &tmp.path().join("cert3"), &[]);
+        assert_eq!(r.code, 2, "{}", r.stdout);
+        assert!(r.stderr.contains("vectors export --profile"), "{}", r.stderr);
+    }
+
     /// Outputs are judged per case: missing, wrong shape, truncated; and a pack without a
     /// declaration is refused.
     #[test]

@@ -355,6 +355,17 @@ impl Case {
     pub fn with_seed(&self, seed: u64) -> Case {
         Case { seed, ..self.clone() }
     }
+    /// The same case with softmax scale `scale` (the suite's own case when that is its scale
+    /// already, so that a fixed-scale profile keeps the suite's id where it can).
+    pub fn with_scale(&self, scale: f32) -> Case {
+        if scale.to_bits() == self.scale().to_bits() {
+            return self.clone();
+        }
+        Case {
+            scale: Some(scale.to_bits()),
+            ..self.clone()
+        }
+    }
     /// The same case with another poison (a twin holds the same live data).
     pub fn with_poison(&self, poison: Poison) -> Case {
         Case { poison, ..self.clone() }

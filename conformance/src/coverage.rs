@@ -128,6 +128,28 @@ mod tests {
         }
     }
 
+    /// A fixed-scale profile has every decode case drawn at its scale: nothing is left out, and
+    /// the core is met (before, it selected the two cases whose scale matched).
+    #[test]
+    fn a_fixed_scale_profile_is_judged_on_the_whole_lattice() {
+        let fixed = Profile {
+            scale: crate::profile::Scale::Fixed(1.0 / 24.0),
+            ..Profile::everything()
+        };
+        let drawn: Vec<Case> = suite_cases().iter().map(|c| fixed.draw(c)).collect();
+        assert!(drawn.iter().all(|c| fixed.excludes(c).is_none()));
+        assert!(drawn.iter().filter(|c| c.op().is_decode()).all(|c| c.scale() == 1.0 / 24.0));
+        for op in Op::ALL {
+            assert_eq!(missing(op, &fixed, &drawn), vec![], "{}", op.name());
+        }
+        // A case already at that scale keeps the suite's id.
+        let at = suite_cases()
+            .into_iter()
+            .find(|c| c.op() == Op::DecodeAbsorb && c.scale() == 1.0 / 24.0)
+            .unwrap();
+        assert_eq!(fixed.draw(&at), at);
+    }
+
     /// The thresholds are the table's: each axis is met by exactly the cases it names.
     #[test]
     fn each_axis_is_met_by_the_cases_it_names() {

@@ -72,6 +72,8 @@ pub struct CaseParams {
     pub rope_layout: GroupCacheLayout,
     /// The `scale` input as stored: an f32, never rounded to the case dtype.
     pub scale: f32,
+    /// The same f32 as its bits, for an adapter that must not compare decimals.
+    pub scale_f32_bits: u32,
     pub poison: Poison,
     /// For a `poison=garbage` twin: the case whose outputs it must equal bitwise.
     pub twin_of: Option<String>,
@@ -95,6 +97,7 @@ impl CaseParams {
             splits: case.splits(),
             rope_layout: case.layout(),
             scale: case.scale(),
+            scale_f32_bits: case.scale().to_bits(),
             poison: case.poison(),
             twin_of: case.nan_twin().map(|c| c.to_string()),
         }
@@ -137,6 +140,10 @@ pub struct Manifest {
     pub seed: u64,
     /// The filters the pack was exported with (empty: every case).
     pub filters: Vec<String>,
+    /// The profile the pack was drawn for (`vectors export --profile`): exactly the cases it
+    /// selects, drawn as it declares (a fixed scale set as the `scale` input); only a kernel with
+    /// this profile is certified from it. null: the suite's cases as they are.
+    pub profile: Option<Profile>,
     pub definitions: String,
     pub cases: Vec<PackCase>,
 }
@@ -309,6 +316,7 @@ pub fn export(
     cases: &[(usize, Case)],
     seed: u64,
     filters: &[String],
+    profile: Option<&Profile>,
     dir: &Path,
     on_case: &mut dyn FnMut(&Case),
 ) -> Result<Manifest, PackError> {
@@ -321,6 +329,7 @@ pub fn export(
         suite_version: SUITE_VERSION.into(),
         seed,
         filters: filters.to_vec(),
+        profile: profile.cloned(),
         definitions: DEFINITIONS.into(),
         cases: Vec::new(),
     };
@@ -353,6 +362,48 @@ pub fn export(
     std::fs::write(tmp.join(MANIFEST), json).map_err(|e| io(dir, e))?;
     out.commit()?;
     Ok(manifest)
+}
+
+/// The directory name of the pack drawn from `seed` in a set of packs.
+pub fn set_member(seed: u64) -> String {
+    format!("seed-{seed}")
+}
+
+/// The packs of a set (`vectors export --seeds N`): the directories `seed-S` of `dir`, by seed.
+/// Anything else named `seed-*` (a file, a link, a name that is no seed) refuses the set.
+pub fn pack_set(dir: &Path) -> Result<Vec<(u64, PathBuf)>, PackError> {
+    gqla_files::write::note_input_dir(dir);
+    if dir.join(MANIFEST).exists() {
+        return Err(invalid(
+            dir,
+            "a single pack (it has a manifest.json), not a set of packs: --seeds N takes the directory `vectors export --seeds N` wrote",
+        ));
+    }
+    let mut packs = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
+        let entry = entry.map_err(|e| io(dir, e))?;
+        let name = entry.file_name();
+        let Some(seed) = name.to_str().and_then(|n| n.strip_prefix("seed-")) else {
+            continue;
+        };
+        let path = entry.path();
+        let seed: u64 = seed
+            .parse()
+            .map_err(|_| invalid(&path, "a set's packs are named seed-S, S a suite seed"))?;
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| io(&path, e))?;
+        if !meta.is_dir() {
+            return Err(invalid(&path, "not a directory (a set's packs are directories, never links)"));
+        }
+        packs.push((seed, path));
+    }
+    if packs.is_empty() {
+        return Err(invalid(
+            dir,
+            "no pack: a set holds directories seed-S written by `vectors export --seeds N`",
+        ));
+    }
+    packs.sort();
+    Ok(packs)
 }
 
 /// Read the author's `kernel.json` from `dir`, if there is one.
@@ -389,10 +440,15 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, PackError> {
             format!("suite version {} (this tool certifies {SUITE_VERSION})", m.suite_version),
         ));
     }
+    if let Some(p) = &m.profile {
+        p.validate()
+            .map_err(|e| invalid(&path, format!("the profile the pack was drawn for: {e}")))?;
+    }
+    let drawn = |c: &Case| m.profile.as_ref().map_or_else(|| c.clone(), |p| p.draw(c));
     let suite: HashMap<String, usize> = suite_cases_seeded(m.seed)
         .iter()
         .enumerate()
-        .map(|(i, c)| (c.to_string(), i))
+        .map(|(i, c)| (drawn(c).to_string(), i))
         .collect();
     let mut seen = HashSet::new();
     for (i, pc) in m.cases.iter().enumerate() {

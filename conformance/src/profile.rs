@@ -276,17 +276,9 @@ impl Lse {
 pub enum Scale {
     /// The case's `scale` input is used.
     Input,
-    /// The kernel always uses this value: only cases whose scale is this f32 are selected.
+    /// The kernel always uses this value: every decode case is drawn at this f32 scale (see
+    /// [`Profile::draw`]), so the kernel is judged on the whole lattice.
     Fixed(f32),
-}
-
-impl Scale {
-    fn takes(&self, case_scale: f32) -> bool {
-        match self {
-            Scale::Input => true,
-            Scale::Fixed(s) => *s == case_scale,
-        }
-    }
 }
 
 /// A kernel's declaration. What it supports (`operations`, `dtypes`) and the conventions that
@@ -409,7 +401,6 @@ pub enum Exclusion {
     PageSize(usize),
     Sq(usize),
     GroupCacheLayout(GroupCacheLayout),
-    Scale(u32),
 }
 
 impl Exclusion {
@@ -422,7 +413,6 @@ impl Exclusion {
             Exclusion::PageSize(p) => format!("page size {p}"),
             Exclusion::Sq(s) => format!("s_q = {s}"),
             Exclusion::GroupCacheLayout(l) => format!("rope layout {}", l.name()),
-            Exclusion::Scale(bits) => format!("scale {}", f32::from_bits(*bits)),
         }
     }
 }
@@ -542,6 +532,15 @@ impl Profile {
         Ok(p)
     }
 
+    /// `case` as this profile draws it: a convention that is an input value rather than a
+    /// capability (a fixed softmax scale) sets that input, instead of leaving the case out.
+    pub fn draw(&self, case: &Case) -> Case {
+        match self.scale {
+            Scale::Fixed(s) if case.op().is_decode() => case.with_scale(s),
+            _ => case.clone(),
+        }
+    }
+
     /// The first axis that puts `case` outside this profile (None: the case is selected).
     pub fn excludes(&self, case: &Case) -> Option<Exclusion> {
         if !self.operations.contains(&case.op()) {
@@ -558,9 +557,6 @@ impl Profile {
         if case.op().is_decode() {
             if case.sq() < self.s_q.min || case.sq() > self.s_q.max {
                 return Some(Exclusion::Sq(case.sq()));
-            }
-            if !self.scale.takes(case.scale()) {
-                return Some(Exclusion::Scale(case.scale().to_bits()));
             }
         }
         if case.op() == Op::DecodeGqa && !self.rope_layouts.contains(&case.layout()) {

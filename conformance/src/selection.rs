@@ -2,6 +2,7 @@
 
 use crate::case::Case;
 use crate::lattice::suite_cases_seeded;
+use crate::profile::Profile;
 use std::fmt;
 
 /// Case-id prefixes; a case is selected when its id starts with one of them. No prefix (or `*`)
@@ -46,6 +47,21 @@ impl Selection {
             .into_iter()
             .enumerate()
             .filter(|(_, c)| self.selects(c))
+            .collect();
+        if cases.is_empty() {
+            return Err(NothingSelected(self.clone()));
+        }
+        Ok(cases)
+    }
+
+    /// The selected cases as `profile` draws them (a fixed scale set as an input), each with its
+    /// index in the suite; with `only_supported`, without the cases the profile leaves out.
+    pub fn drawn_for(&self, seed: u64, profile: &Profile, only_supported: bool) -> Result<Vec<(usize, Case)>, NothingSelected> {
+        let cases: Vec<(usize, Case)> = self
+            .indexed_cases(seed)?
+            .into_iter()
+            .map(|(i, c)| (i, profile.draw(&c)))
+            .filter(|(_, c)| !only_supported || profile.excludes(c).is_none())
             .collect();
         if cases.is_empty() {
             return Err(NothingSelected(self.clone()));

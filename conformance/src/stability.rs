@@ -59,12 +59,12 @@ impl Stability {
         self.selected().next().is_some() && self.unstable().next().is_none()
     }
 
-    /// `seeds.md`: the seeds, and per selected case its passes.
-    pub fn markdown(&self, kernel: &str) -> String {
+    /// `seeds.md`: the seeds (`origin`: who chose them), and per selected case its passes.
+    pub fn markdown(&self, kernel: &str, origin: &str) -> String {
         let selected = self.selected().count();
         let unstable = self.unstable().count();
         let mut md = format!(
-            "# Seed stability: {}\n\n- suite {SUITE_VERSION}, {} fresh seeds: {}\n- {selected} cases selected by the profile; {} passed on every seed\n\n| case | passed |\n|---|---|\n",
+            "# Seed stability: {}\n\n- suite {SUITE_VERSION}, {} seeds ({origin}): {}\n- {selected} cases selected by the profile; {} passed on every seed\n\n| case | passed |\n|---|---|\n",
             md_escape(kernel),
             self.seeds.len(),
             self.seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "),
@@ -120,6 +120,6 @@ mod tests {
             .unwrap()
             .starts_with("seed 12: RUNTIME_ERROR"));
         assert!(!s.stable());
-        assert!(s.markdown("k").contains("| 1/2 (seed 12"), "{}", s.markdown("k"));
+        assert!(s.markdown("k", "o").contains("| 1/2 (seed 12"), "{}", s.markdown("k", "o"));
     }
 }

@@ -367,6 +367,8 @@ fn profiles_select_cases_and_outputs() {
     let (mut selected, mut passed) = (0, 0);
     let mut shown = 0;
     for c in suite_cases() {
+        // The fixed scale is drawn as the `scale` input, as certify does.
+        let c = session.profile.draw(&c);
         let excluded = session.profile.excludes(&c).is_some();
         // Excluded cases are never run; three go through the session (the others would only
         // cost their reference).
@@ -378,13 +380,19 @@ fn profiles_select_cases_and_outputs() {
         if r.status.selected() {
             selected += 1;
             passed += r.status.passed() as usize;
+            assert_eq!(c.scale(), 1.0 / (576f32).sqrt(), "{c}");
         } else {
             assert!(r.status.cause().contains("is not in the declared profile"), "{}", r.status.cause());
         }
     }
+    let absorb_bf16 = suite_cases()
+        .iter()
+        .filter(|c| c.op() == Op::DecodeAbsorb && c.dtype() == DType::Bf16)
+        .count();
+    assert!(absorb_bf16 > 40, "{absorb_bf16}");
     assert_eq!(
         (selected, passed),
-        (2, 2),
-        "only the absorb cases at 1/sqrt(576) in bf16 (s_q 1 and 2)"
+        (absorb_bf16, absorb_bf16),
+        "every absorb case in bf16, each drawn at 1/sqrt(576) (before: the 2 cases at that scale)"
     );
 }

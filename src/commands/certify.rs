@@ -3,7 +3,6 @@
 
 use super::CliError;
 use gqla_conformance::case::Case;
-use gqla_conformance::confined;
 use gqla_conformance::kernel_spec::{CudaBackend, KernelSpec};
 use gqla_conformance::kernels::{CandleCpu, FlashCpu, ReferenceF32};
 use gqla_conformance::lattice::SUITE_VERSION;
@@ -46,7 +45,9 @@ pub struct Args {
     /// recorded in the certificate. A pack's seed is its manifest's.
     #[arg(long)]
     seed: Option<u64>,
-    /// Stability mode: certify on N fresh seeds and report, per case, on how many it passed.
+    /// Stability mode: certify on N fresh seeds and report, per case, on how many it passed. With
+    /// external:DIR, DIR is a set of N packs (`vectors export --seeds N`), one outputs directory
+    /// per pack in `--outputs`.
     #[arg(long, conflicts_with = "seed")]
     seeds: Option<u32>,
     /// external:DIR only: the directory holding the kernel's NNNNN.outputs.safetensors and
@@ -232,13 +233,16 @@ fn run_suite(
     let bar = ProgressBar::new((cases.len() * candidates.len()) as u64);
     bar.set_style(ProgressStyle::with_template("certifying {bar:30} {pos}/{len} {msg}").expect("valid template"));
     let mut sessions: Vec<Session> = candidates.iter().map(|c| Session::new(c.kernel.clone(), timeout)).collect();
+    let profiles: Vec<Profile> = candidates.iter().map(|c| c.kernel.profile()).collect();
     let mut prepared = Vec::new();
     let mut results = vec![Vec::with_capacity(cases.len()); candidates.len()];
     for case in &cases {
         bar.set_message(format!("{} seed {seed}", case.op().name()));
         let p = Prepared::new(case);
-        for (s, r) in sessions.iter_mut().zip(&mut results) {
-            r.push(s.run(&p));
+        for ((s, r), profile) in sessions.iter_mut().zip(&mut results).zip(&profiles) {
+            // A kernel whose profile draws the case otherwise (a fixed scale) runs it as drawn.
+            let drawn = profile.draw(case);
+            r.push(if drawn == *case { s.run(&p) } else { s.run(&Prepared::new(&drawn)) });
             bar.inc(1);
         }
         if keep {
@@ -265,7 +269,10 @@ fn stability(candidates: &[Candidate], n: u32, selection: &Selection, a: &Args) 
         let name = c.kernel.identity().name;
         let dir = if candidates.len() > 1 { a.out.join(&name) } else { a.out.clone() };
         std::fs::create_dir_all(&dir).map_err(CliError::io(format!("cannot create {}", dir.display())))?;
-        gqla_files::write_file(&dir.join("seeds.md"), t.markdown(&name).as_bytes())?;
+        gqla_files::write_file(
+            &dir.join("seeds.md"),
+            t.markdown(&name, "fresh draws by this certify run").as_bytes(),
+        )?;
         let (selected, unstable) = (t.selected().count(), t.unstable().count());
         println!("kernel {name}: {} of {selected} cases passed on all {n} seeds", selected - unstable);
         for (id, v) in t.unstable() {
@@ -283,11 +290,58 @@ fn bad(e: impl std::fmt::Display) -> CliError {
 
 /// Certify the outputs a kernel wrote for a vector pack.
 fn external(pack: &Path, a: &Args) -> Result<Outcome, CliError> {
-    if a.seeds.is_some() {
-        return Err(CliError::Usage(
-            "--seeds runs in-process kernels; for a pack, export one pack per seed (`vectors export --seed S`)".into(),
-        ));
+    if let Some(n) = a.seeds {
+        return external_seeds(pack, n, a);
     }
+    gqla_files::write::check_output_dir(&a.out)?;
+    let outputs = outputs_dir(pack, a.outputs.as_deref());
+    finish(judge_pack(pack, &outputs, a)?.0, &a.out)
+}
+
+/// `--seeds N` with a set of packs (`vectors export --seeds N`): DIR holds N packs `seed-S`, and
+/// the outputs directory one outputs directory per pack, of the same name. Each pack gets its
+/// certificate in `OUT/seed-S`; seeds.md tallies per case on how many seeds it passed.
+fn external_seeds(set: &Path, n: u32, a: &Args) -> Result<Outcome, CliError> {
+    gqla_files::write::check_output_dir(&a.out)?;
+    let packs = gqla_conformance::pack::pack_set(set).map_err(bad)?;
+    if packs.len() != n as usize {
+        return Err(CliError::Usage(format!(
+            "--seeds {n}: {} holds {} packs (seed-S directories), not {n}",
+            set.display(),
+            packs.len()
+        )));
+    }
+    let outputs = outputs_dir(set, a.outputs.as_deref());
+    let mut tally = Stability::default();
+    let mut name = String::new();
+    for (seed, dir) in &packs {
+        let sub = dir.file_name().expect("a pack directory has a name");
+        let (report, cases) = judge_pack(dir, &outputs.join(sub), a)?;
+        println!("seed {seed}: {}", report.verdict_line());
+        tally.record(*seed, &cases, &report.results);
+        name = report.kernel.name.clone();
+        report
+            .write(&a.out.join(sub))
+            .map_err(CliError::io(format!("cannot write the certificate to {}", a.out.display())))?;
+    }
+    gqla_files::write_file(
+        &a.out.join("seeds.md"),
+        tally.markdown(&name, "chosen by whoever exported the packs").as_bytes(),
+    )?;
+    let (selected, unstable) = (tally.selected().count(), tally.unstable().count());
+    println!(
+        "kernel {}: {} of {selected} cases passed on all {n} seeds",
+        plain(&name),
+        selected - unstable
+    );
+    for (id, v) in tally.unstable() {
+        println!("  {}/{}  {id}  {}", v.passed, v.ran, v.first_failure.as_deref().unwrap_or(""));
+    }
+    Ok(if tally.stable() { Outcome::Conformant } else { Outcome::Rejected })
+}
+
+/// Judge the outputs in `outputs` of one pack: the certificate's report, and the cases judged.
+fn judge_pack(pack: &Path, outputs: &Path, a: &Args) -> Result<(Report, Vec<Case>), CliError> {
     let manifest = read_manifest(pack).map_err(bad)?;
     if let Some(s) = a.seed.filter(|s| *s != manifest.seed) {
         return Err(CliError::Usage(format!(
@@ -296,17 +350,12 @@ fn external(pack: &Path, a: &Args) -> Result<Outcome, CliError> {
             manifest.seed
         )));
     }
-    let outputs = outputs_dir(pack, a.outputs.as_deref());
     // The kernel's outputs are an input too: the certificate lands outside them and the pack.
-    gqla_files::write::note_input_dir(&outputs);
+    gqla_files::write::note_input_dir(outputs);
     gqla_files::write::check_output_dir(&a.out)?;
-    let info = read_kernel_info(&outputs).map_err(bad)?;
+    let info = read_kernel_info(outputs).map_err(bad)?;
     let profile = match (&a.profile, info.as_ref().and_then(|i| i.profile.clone())) {
-        (Some(path), _) => {
-            let bytes = confined::read_regular(path, 1 << 20).map_err(bad)?;
-            let text = String::from_utf8(bytes).map_err(|_| CliError::Usage(format!("{}: not UTF-8 text", path.display())))?;
-            Profile::from_json(&text).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?
-        }
+        (Some(path), _) => super::vectors::read_profile(path)?,
         (None, Some(p)) => p,
         (None, None) => {
             return Err(CliError::Usage(format!(
@@ -322,15 +371,46 @@ fn external(pack: &Path, a: &Args) -> Result<Outcome, CliError> {
     } else {
         a.filters.clone()
     });
-    let cases = selection.cases(manifest.seed).map_err(|e| CliError::Usage(e.to_string()))?;
+    let cases: Vec<Case> = selection
+        .drawn_for(manifest.seed, &profile, false)
+        .map_err(|e| CliError::Usage(e.to_string()))?
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect();
+    // The pack must hold the cases as this profile draws them.
+    let manifest_path = pack.join(gqla_conformance::pack::MANIFEST);
+    match &manifest.profile {
+        Some(drawn_for) if *drawn_for != profile => {
+            return Err(CliError::Usage(format!(
+                "{}: the pack was drawn for another profile (its `profile`), not the kernel's: certify with that profile, \
+                 or export a pack for this one with `gqla vectors export --profile FILE`",
+                manifest_path.display()
+            )))
+        }
+        None => {
+            let base = selection.cases(manifest.seed).map_err(|e| CliError::Usage(e.to_string()))?;
+            if let Some((c, _)) = cases.iter().zip(&base).find(|(drawn, suite)| drawn != suite) {
+                return Err(CliError::Usage(format!(
+                    "{}: the kernel's profile draws its cases otherwise (`{c}`: {}), and this pack holds the suite's cases \
+                     as they are: export a pack for the profile with `gqla vectors export --profile FILE`",
+                    manifest_path.display(),
+                    match profile.scale {
+                        gqla_conformance::profile::Scale::Fixed(s) => format!("the scale fixed at {s}"),
+                        gqla_conformance::profile::Scale::Input => "a convention drawn as an input".to_string(),
+                    }
+                )));
+            }
+        }
+        Some(_) => {}
+    }
     let bar = ProgressBar::new(cases.len() as u64);
     bar.set_style(ProgressStyle::with_template("judging {bar:30} {pos}/{len}").expect("valid template"));
     let judging = Judging {
         pack,
-        outputs: &outputs,
+        outputs,
         manifest: &manifest,
         profile: &profile,
-        cases,
+        cases: cases.clone(),
     };
     let results = judge(&judging, |_| bar.inc(1)).map_err(bad);
     bar.finish_and_clear();
@@ -358,17 +438,15 @@ fn external(pack: &Path, a: &Args) -> Result<Outcome, CliError> {
             BTreeMap::new(),
         ),
     };
-    finish(
-        Report::new(
-            identity,
-            Environment::detect(kernel_env),
-            &selection.to_string(),
-            (manifest.seed, SeedOrigin::of_pack(manifest.seed)),
-            profile,
-            results,
-        ),
-        &a.out,
-    )
+    let report = Report::new(
+        identity,
+        Environment::detect(kernel_env),
+        &selection.to_string(),
+        (manifest.seed, SeedOrigin::of_pack(manifest.seed)),
+        profile,
+        results,
+    );
+    Ok((report, cases))
 }
 
 /// Write the certificate, print the summary with every failure's cause, and say whether it is

@@ -25,15 +25,84 @@ enum Which {
         /// published pack do not help.
         #[arg(long)]
         seed: Option<u64>,
+        /// A set of N packs, each from its own fresh seed, in DIR/seed-S, for
+        /// `certify --kernel external:DIR --seeds N` (per-case stability across seeds).
+        #[arg(long, conflicts_with = "seed", value_parser = clap::value_parser!(u32).range(1..=1000))]
+        seeds: Option<u32>,
+        /// Draw the pack for this kernel profile (JSON): exactly the cases it selects, drawn as it
+        /// declares (a fixed scale set as the `scale` input); the manifest records the profile,
+        /// and certify judges only a kernel that declares it.
+        #[arg(long)]
+        profile: Option<PathBuf>,
     },
 }
 
 pub fn run(a: Args, budget: &gqla_model::budget::Budget) -> Result<(), CliError> {
-    let Which::Export { out, filter, seed } = a.which;
+    let Which::Export {
+        out,
+        filter,
+        seed,
+        seeds,
+        profile,
+    } = a.which;
+    let profile = profile.map(|path| read_profile(&path)).transpose()?;
+    if let Some(n) = seeds {
+        return export_set(&out, n, &filter, profile.as_ref(), budget);
+    }
     let seed = seed.unwrap_or_else(gqla_conformance::selection::fresh_seed);
-    let cases = gqla_conformance::Selection::new(filter.clone())
-        .indexed_cases(seed)
-        .map_err(|e| CliError::Usage(e.to_string()))?;
+    export_one(&out, seed, &filter, profile.as_ref(), budget)?;
+    Ok(())
+}
+
+/// N packs from N distinct fresh seeds, built in a temporary directory beside `out` and renamed
+/// into place whole.
+fn export_set(
+    out: &std::path::Path,
+    n: u32,
+    filter: &[String],
+    profile: Option<&gqla_conformance::Profile>,
+    budget: &gqla_model::budget::Budget,
+) -> Result<(), CliError> {
+    let dir = gqla_files::write::OutputDir::create(out, true)?;
+    let mut seeds = std::collections::BTreeSet::new();
+    while seeds.len() < n as usize {
+        seeds.insert(gqla_conformance::selection::fresh_seed());
+    }
+    for &seed in &seeds {
+        export_one(
+            &dir.path().join(gqla_conformance::pack::set_member(seed)),
+            seed,
+            filter,
+            profile,
+            budget,
+        )?;
+    }
+    dir.commit()?;
+    println!(
+        "wrote {n} packs to {}: seed-S for S in {}. Write each pack's outputs into OUTS/seed-S, then \
+         `gqla certify --kernel external:{} --outputs OUTS --seeds {n}`",
+        out.display(),
+        seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "),
+        out.display()
+    );
+    Ok(())
+}
+
+fn export_one(
+    out: &std::path::Path,
+    seed: u64,
+    filter: &[String],
+    profile: Option<&gqla_conformance::Profile>,
+    budget: &gqla_model::budget::Budget,
+) -> Result<(), CliError> {
+    let out = out.to_path_buf();
+    let filter = filter.to_vec();
+    let selection = gqla_conformance::Selection::new(filter.clone());
+    let cases = match profile {
+        Some(p) => selection.drawn_for(seed, p, true),
+        None => selection.indexed_cases(seed),
+    }
+    .map_err(|e| CliError::Usage(e.to_string()))?;
     // One case at a time: its inputs, and the file they are serialised into.
     let largest = cases
         .iter()
@@ -46,7 +115,7 @@ pub fn run(a: Args, budget: &gqla_model::budget::Budget) -> Result<(), CliError>
     }])?;
     let bar = indicatif::ProgressBar::new(cases.len() as u64);
     bar.set_style(indicatif::ProgressStyle::with_template("exporting {bar:30} {pos}/{len} {msg}").expect("valid template"));
-    let m = export(&cases, seed, &filter, &out, &mut |case| {
+    let m = export(&cases, seed, &filter, profile, &out, &mut |case| {
         bar.set_message(case.op().name());
         bar.inc(1);
     });
@@ -61,4 +130,11 @@ pub fn run(a: Args, budget: &gqla_model::budget::Budget) -> Result<(), CliError>
         out.display()
     );
     Ok(())
+}
+
+/// A profile file: JSON, validated, errors naming the file and the field.
+pub fn read_profile(path: &std::path::Path) -> Result<gqla_conformance::Profile, CliError> {
+    let bytes = gqla_conformance::confined::read_regular(path, 1 << 20).map_err(|e| CliError::Usage(e.to_string()))?;
+    let text = String::from_utf8(bytes).map_err(|_| CliError::Usage(format!("{}: not UTF-8 text", path.display())))?;
+    gqla_conformance::Profile::from_json(&text).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))
 }

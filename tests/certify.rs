@@ -33,7 +33,7 @@ fn builtin_certificates_on_a_subset() {
     // One case passes everywhere, but it is one geometry in one dtype with no padding row: the
     // coverage core is not met, so the verdict is PARTIAL (exit 1) and says what is missing.
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
-    assert!(verdict(&r).starts_with("PARTIAL — cuda-emu (suite 0.3, seed 11;"), "{}", r.stdout);
+    assert!(verdict(&r).starts_with("PARTIAL — cuda-emu (suite 0.4, seed 11;"), "{}", r.stdout);
     assert!(
         verdict(&r).contains("core not covered: gqla.decode.absorb: dtype f32, dtype f16, contiguous caches, s_q = 1, a padding row"),
         "{}",
@@ -225,14 +225,14 @@ fn seeds_mode_reports_per_case_pass_counts() {
         out.to_str().unwrap(),
     ]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    // The mixed batch, its split-KV variant, and their garbage-poison twins.
+    // The mixed batch in bf16, f32 and f16, its split-KV variant, and their garbage-poison twins.
     assert!(
-        r.stdout.contains("kernel reference-f32: 4 of 4 cases passed on all 3 seeds"),
+        r.stdout.contains("kernel reference-f32: 8 of 8 cases passed on all 3 seeds"),
         "{}",
         r.stdout
     );
     let md = std::fs::read_to_string(out.join("seeds.md")).unwrap();
-    assert_eq!(md.matches("| 3/3 |").count(), 4, "{md}");
+    assert_eq!(md.matches("| 3/3 |").count(), 8, "{md}");
 }
 
 mod packs {
@@ -349,6 +349,31 @@ mod packs {
         // The out-only profile judged against outputs that lack the LSE: the LSE is not certified.
         let md = std::fs::read_to_string(tmp.path().join("cert-out-only/report.md")).unwrap();
         assert!(md.contains("not written (not certified)"), "{md}");
+    }
+
+    /// A twin's outputs cannot be its base's file: the twin's values are mirrored, so its truth is
+    /// the base's `out` negated, and a copy (or a link) of the base's outputs fails on its own
+    /// numbers (1 - cos = 2), while the honest outputs pass.
+    #[test]
+    fn a_copied_twin_fails() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (pack, outs) = (tmp.path().join("pack"), tmp.path().join("outs"));
+        assert_eq!(export(&pack, &[PAGED]).code, 0);
+        write_outputs(&pack, &outs, true);
+        kernel_json(&outs, "k", &Profile::everything());
+        let (r, rep) = certify(&pack, &outs, &tmp.path().join("honest"), &[]);
+        assert_eq!(rep["summary"], serde_json::json!({"PASS": 2}), "{}", r.stdout);
+        let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(pack.join("manifest.json")).unwrap()).unwrap();
+        let (base, twin) = (
+            m["cases"][0]["outputs"].as_str().unwrap(),
+            m["cases"][1]["outputs"].as_str().unwrap(),
+        );
+        assert_eq!(m["cases"][1]["params"]["twin_of"], m["cases"][0]["id"]);
+        std::fs::copy(outs.join(base), outs.join(twin)).unwrap();
+        let (r, rep) = certify(&pack, &outs, &tmp.path().join("copied"), &[]);
+        assert_eq!(r.code, 1, "{}", r.stdout);
+        assert_eq!(rep["results"][1]["status"], "NUMERICAL_MISMATCH", "{rep}");
+        assert!(rep["results"][1]["checks"][0]["one_minus_cos"].as_f64().unwrap() > 1.9, "{rep}");
     }
 
     /// `vectors export --seeds N` writes a set of packs, and `certify --seeds N` judges them in one
@@ -561,7 +586,7 @@ mod packs {
         };
         forge(
             &|m| m["cases"][0]["id"] = "gqa.decode:h=1;g=1;d=1;dv=1;sq=1;ctx=1;page=none;dtype=f32;seed=1".into(),
-            "is not a case of suite 0.3 with seed 5",
+            "is not a case of suite 0.4 with seed 5",
         );
         forge(
             &|m| {
@@ -574,7 +599,7 @@ mod packs {
         forge(&|m| m["cases"][0]["outputs"] = "/etc/passwd".into(), "expected index");
         forge(&|m| m["cases"][0]["inputs_sha256"] = "00".repeat(32).into(), "inputs_sha256");
         forge(&|m| m["suite_version"] = "0.2".into(), "suite version 0.2");
-        forge(&|m| m["seed"] = 6.into(), "is not a case of suite 0.3 with seed 6");
+        forge(&|m| m["seed"] = 6.into(), "is not a case of suite 0.4 with seed 6");
         std::fs::write(pack.join("manifest.json"), &manifest_text).unwrap();
         // Tampered inputs.
         let inputs = pack.join(manifest["cases"][0]["inputs"].as_str().unwrap());

@@ -282,7 +282,7 @@ const DECODE_CONVENTIONS: [&str; 8] = [
     "lse is the natural-log log-sum-exp of the scaled scores, in f32 (a kernel's profile may declare base 2, the storage dtype, or no lse)",
     "a row with no visible key (seq_lens[b] = 0) returns out = 0 and lse = -inf (a kernel's profile may declare out NaN or unspecified, lse +inf, a finite sentinel or unspecified)",
     "cache rows are addressed through the block table when paged: slot = block_table[b][t / page] * page + t % page; memory outside the sequences is poisoned with NaN and block-table entries past a sequence's pages are invalid",
-    "a case with poison=garbage holds finite random values where its twin (the same id without poison=garbage) holds NaN; its outputs must equal the twin's bitwise",
+    "a case with poison=garbage holds finite random values where its twin (the same id without poison=garbage) holds NaN, and its values mirrored: v negated (gqla.decode.absorb: the first d_c columns of the cache rows and of q); its lse must equal the twin's bitwise and its out the twin's negated (bit for bit, a zero of either sign)",
     "num_splits, when given, is how many KV chunks a split-KV kernel should use; more splits than keys leaves some empty, and the answer must not change",
     "inputs are read-only: a kernel that writes to them is INPUT_MUTATED",
 ];
@@ -528,6 +528,7 @@ fn expand_definition() -> Definition {
         conventions: vec![
             "k_g = W_UK_g c, v_g = W_UV_g c for every cached token (SPEC.md eq. E)",
             "tokens of sequence 0 first, then sequence 1, ...; padding rows contribute none",
+            "a case with poison=garbage holds finite random values where its twin (the same id without poison=garbage) holds NaN, and its latent rows negated: its k and v must be the twin's negated (bit for bit, a zero of either sign)",
         ],
         reference: "gqla_conformance::reference::compute (f64 matrix-vector products)",
         id_grammar: ID_GRAMMAR,

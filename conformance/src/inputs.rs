@@ -97,6 +97,36 @@ pub fn components(case: &Case) -> Vec<(TensorName, usize)> {
     crate::definition::cache_components(case)
 }
 
+/// What a `poison=garbage` twin negates besides its poison, and so which of its outputs come out
+/// negated: values enter attention (and cache.expand) linearly, so negating them negates those
+/// outputs exactly (round-to-nearest is symmetric) while the scores, and the LSE, stay bit for
+/// bit. A copy of the NaN twin's output file then fails; an honest kernel passes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mirror {
+    /// The cache component whose live rows are negated, and which of its columns.
+    pub cache: (TensorName, std::ops::Range<usize>),
+    /// The columns of each query vector negated with them (the absorb path, whose value c is
+    /// also its no-rope key: q^N·c keeps its products, (−q)(−c) = qc exactly).
+    pub query_columns: std::ops::Range<usize>,
+    /// The outputs that come out negated; every other output stays bitwise the same.
+    pub outputs: &'static [TensorName],
+}
+
+impl Mirror {
+    pub fn of(case: &Case) -> Self {
+        let (cache, query_columns, outputs): (_, _, &'static [TensorName]) = match case.op() {
+            Op::DecodeAbsorb => ((TensorName::Kv, 0..case.dc()), 0..case.dc(), &[TensorName::Out]),
+            Op::DecodeGqa | Op::GqaDecode => ((TensorName::V, 0..case.g() * case.dv()), 0..0, &[TensorName::Out]),
+            Op::CacheExpand => ((TensorName::Latent, 0..case.dc()), 0..0, &[TensorName::K, TensorName::V]),
+        };
+        Mirror {
+            cache,
+            query_columns,
+            outputs,
+        }
+    }
+}
+
 /// Keys each batch row holds.
 fn seq_lens(case: &Case) -> Vec<usize> {
     (0..case.batch()).map(|b| case.seq_len(b)).collect()
@@ -189,6 +219,30 @@ impl CaseInputs {
         } else {
             (0..n_q).map(|_| dtype.round_f32(q_gain * normal(&mut rng))).collect()
         };
+        let mut q = q;
+        if case.poison() == Poison::Garbage {
+            let m = Mirror::of(case);
+            let (name, cols) = &m.cache;
+            let ci = cache
+                .components
+                .iter()
+                .position(|c| c.name == *name)
+                .expect("the mirrored component is a cache component");
+            let width = cache.components[ci].width;
+            for (b, &l) in lens.iter().enumerate() {
+                for t in 0..l {
+                    let s = cache.slot(b, t);
+                    cache.components[ci].data[s * width..(s + 1) * width][cols.clone()]
+                        .iter_mut()
+                        .for_each(|v| *v = -*v);
+                }
+            }
+            if q_width > 0 {
+                for row in q.chunks_mut(q_width) {
+                    row[m.query_columns.clone()].iter_mut().for_each(|v| *v = -*v);
+                }
+            }
+        }
         let w_ukv = if case.op() == Op::CacheExpand {
             let n = case.g() * (case.dn() + case.dv()) * case.dc();
             let gain = 1.0 / (case.dc() as f32).sqrt();

@@ -7,8 +7,10 @@
 //! both rope layouts; an explicit scale, and for the absorb path 1/sqrt(key width) (FlashMLA's
 //! test convention); requested KV split counts {1, 7, 64} and more splits than keys. Every case
 //! gets poisoned memory and output canaries (see [`crate::inputs`]); every case with several
-//! sequences or a paged cache has a `poison=garbage` twin right after it, whose outputs must be
-//! bitwise its own. Every decode case has at least [`MIN_LSE_ROWS`] rows with a finite LSE, so
+//! sequences or a paged cache has a `poison=garbage` twin right after it, with its values
+//! mirrored ([`crate::inputs::Mirror`]), whose outputs must be its own bit for bit, the mirrored
+//! ones negated. Suite 0.4: mirrored twins (a copied output file no longer passes) and padding
+//! rows in every dtype. Every decode case has at least [`MIN_LSE_ROWS`] rows with a finite LSE, so
 //! that the RMS bounds of [`crate::tolerance`] are stable across seeds.
 //!
 //! Seeds: seed 0 is the published suite (case seeds 1, 2, … in lattice order: the must-pass list
@@ -17,7 +19,7 @@
 
 use crate::case::{Case, CaseSpec, DType, GroupCacheLayout, Logits, Op, Poison};
 
-pub const SUITE_VERSION: &str = "0.3";
+pub const SUITE_VERSION: &str = "0.4";
 
 /// Rows (sequence, new token, head) with at least one visible key, per decode case.
 pub const MIN_LSE_ROWS: usize = 32;
@@ -69,6 +71,14 @@ fn variations(op: Op, sq: usize) -> Vec<Variation> {
     let mut v: Vec<Variation> = vec![Box::new(|_| {})];
     for dtype in [DType::F32, DType::F16] {
         v.push(Box::new(move |c| c.dtype = dtype));
+    }
+    // Padding rows in every dtype (bf16's come below): a profile may declare its empty-row
+    // conventions per dtype, and each is judged.
+    for dtype in [DType::F32, DType::F16] {
+        v.push(Box::new(move |c| {
+            c.dtype = dtype;
+            c.ctx = vec![Some(0), Some(17), None, Some(1), Some(130)];
+        }));
     }
     let long: &[usize] = if sq == 2 { &[4096, 4097] } else { &[4097] };
     for &ctx in [1, 17, 63, 64, 65].iter().chain(long) {

@@ -41,7 +41,7 @@ pub const MANIFEST: &str = "manifest.json";
 /// The file in which the author's script names its kernel and declares its profile.
 pub const KERNEL_INFO: &str = "kernel.json";
 /// The must-pass list with the published inputs' digests.
-pub const MUSTPASS: &str = include_str!("../mustpass/0.3.txt");
+pub const MUSTPASS: &str = include_str!("../mustpass/0.4.txt");
 
 const MANIFEST_LIMIT: u64 = 64 << 20;
 const KERNEL_INFO_LIMIT: u64 = 1 << 20;

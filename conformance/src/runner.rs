@@ -292,20 +292,27 @@ enum Special {
 }
 
 /// The first element where two runs' outputs differ bitwise, in words (None: identical).
-pub fn first_difference(twin: &Outputs, primary: &Outputs) -> Option<String> {
+pub fn first_difference(twin: &Outputs, primary: &Outputs, mirrored: &[TensorName]) -> Option<String> {
     for (a, b) in twin.tensors.iter().zip(&primary.tensors) {
-        let differ = a
-            .region()
-            .iter()
-            .zip(b.region())
-            .filter(|(x, y)| x.to_bits() != y.to_bits())
-            .count();
-        if let Some(i) = a.region().iter().zip(b.region()).position(|(x, y)| x.to_bits() != y.to_bits()) {
+        let negated = mirrored.contains(&a.name);
+        // Mirrored: the negation, bit for bit, except that a zero may carry either sign and a
+        // NaN any payload (a kernel writes a literal 0 or NaN for an empty row).
+        let same = |x: f32, y: f32| {
+            if !negated {
+                x.to_bits() == y.to_bits()
+            } else {
+                (x.is_nan() && y.is_nan()) || (x == 0.0 && y == 0.0) || x.to_bits() == (-y).to_bits()
+            }
+        };
+        let differ = a.region().iter().zip(b.region()).filter(|(x, y)| !same(**x, **y)).count();
+        if let Some(i) = a.region().iter().zip(b.region()).position(|(x, y)| !same(*x, *y)) {
             return Some(format!(
-                "`{}` differs from the NaN-poisoned run at {differ} element(s), first at flat index {i} ({} against {}): \
-                 the output depends on memory a correct kernel never reads",
+                "`{}` differs from the NaN-poisoned run{} at {differ} element(s), first at flat index {i} ({} against {}{}): \
+                 the output depends on memory a correct kernel never reads, or was not computed from this case's inputs",
                 a.name,
+                if negated { " negated (its values are mirrored)" } else { "" },
                 a.region()[i],
+                if negated { "-" } else { "" },
                 b.region()[i]
             ));
         }
@@ -314,7 +321,8 @@ pub fn first_difference(twin: &Outputs, primary: &Outputs) -> Option<String> {
 }
 
 /// Pairs each `poison=garbage` twin with the NaN-poison case just before it in lattice order:
-/// the twin must pass and equal that case's outputs bitwise.
+/// the twin must pass and equal that case's outputs bitwise, its mirrored outputs negated
+/// ([`crate::inputs::Mirror`]).
 #[derive(Default)]
 pub struct Twins {
     /// The last passing NaN-poison case and its outputs.
@@ -328,7 +336,7 @@ impl Twins {
             (Poison::Nan, Some(out)) if result.status.passed() => self.last = Some((case.clone(), out)),
             (Poison::Garbage, Some(out)) if result.status.passed() => {
                 if let Some((_, primary)) = self.last.as_ref().filter(|(c, _)| Some(c) == case.nan_twin().as_ref()) {
-                    if let Some(detail) = first_difference(&out, primary) {
+                    if let Some(detail) = first_difference(&out, primary, crate::inputs::Mirror::of(case).outputs) {
                         result.status = Status::PoisonDependent { detail };
                     }
                 }
@@ -393,6 +401,40 @@ mod memory_tests {
             let real = (2 * 4 * floats + (4 + 2 * 8) * outs) as u128;
             let est = Prepared::estimate_bytes(&case);
             assert!(est >= real && est <= 4 * real + (1 << 16), "{case}: estimate {est}, real {real}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod twin_tests {
+    use super::first_difference;
+    use crate::case::{Op, Poison};
+    use crate::inputs::{CaseInputs, Mirror};
+    use crate::kernel::{Kernel, Outputs};
+    use crate::kernels::ReferenceF32;
+    use crate::lattice::suite_cases;
+    use crate::profile::Profile;
+
+    /// Every operation's twin: the honest outputs are the base's with the mirrored ones negated,
+    /// bit for bit; the base's own outputs, copied, are not.
+    #[test]
+    fn mirrored_twins_match_their_base_negated_and_a_copy_does_not() {
+        for op in Op::ALL {
+            let twin = suite_cases()
+                .into_iter()
+                .find(|c| c.op() == op && c.poison() == Poison::Garbage)
+                .unwrap();
+            let base = twin.nan_twin().unwrap();
+            let run = |c| {
+                let mut out = Outputs::for_case(c, &Profile::everything());
+                ReferenceF32.run(&mut CaseInputs::generate(c), &mut out).unwrap();
+                out
+            };
+            let (b, t) = (run(&base), run(&twin));
+            let mirrored = Mirror::of(&twin).outputs;
+            assert_eq!(first_difference(&t, &b, mirrored), None, "{twin}");
+            let copied = first_difference(&b, &b, mirrored).expect("a copy differs");
+            assert!(copied.contains("negated (its values are mirrored)"), "{copied}");
         }
     }
 }

@@ -7,7 +7,8 @@
 //! - [`kernel`]: the [`Kernel`] trait and canary-guarded outputs; [`profile`]: what a kernel
 //!   declares it supports, and the conventions it follows.
 //! - [`reference`](mod@reference), [`tolerance`], [`verdict`]: how outputs are judged;
-//!   [`coverage`]: the core a profile's cases must exercise to be CONFORMANT (else PARTIAL).
+//!   [`coverage`]: the core a profile's cases must exercise to be CONFORMANT (else PARTIAL);
+//!   [`precision`]: the RMS error over its bound, pooled per (operation, output, dtype).
 //! - [`selection`]: which cases a run takes (id prefixes over the suite drawn from a seed).
 //! - [`kernel_spec`]: what `--kernel` names, parsed once.
 //! - [`runner`], [`report`]: running a kernel and writing certificates; [`stability`]: verdicts
@@ -27,6 +28,7 @@ pub mod kernels;
 pub mod lattice;
 pub mod mutation;
 pub mod pack;
+pub mod precision;
 pub mod profile;
 pub mod reference;
 pub mod report;

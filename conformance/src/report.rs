@@ -153,6 +153,8 @@ pub struct Report {
     /// What the kernel declared; every case was judged by it.
     pub profile: Profile,
     pub coverage: Vec<OpCoverage>,
+    /// Per (operation, output, dtype): the kernel's RMS error over its bound, pooled.
+    pub precision: Vec<crate::precision::Family>,
     pub results: Vec<CaseResult>,
     /// Count per status name.
     pub summary: BTreeMap<String, usize>,
@@ -277,6 +279,7 @@ impl Report {
             .filter_map(|c| Op::ALL.into_iter().find(|op| op.name() == c.operation))
             .map(definition)
             .collect();
+        let precision = crate::precision::families(&results);
         Self {
             suite_version: SUITE_VERSION.into(),
             kernel,
@@ -286,6 +289,7 @@ impl Report {
             seed_origin,
             profile,
             coverage,
+            precision,
             results,
             summary,
             verdict,
@@ -386,6 +390,26 @@ impl Report {
                 }
             );
         }
+        if !self.precision.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n## Precision against the naive reference\n\nPer family, the geometric mean over its cases of the RMS error over the case's RMS bound (twins left out), with its 95% interval.\n\n| operation | output | dtype | cases | ratio | 95% interval |\n|---|---|---|---|---|---|"
+            );
+            for f in &self.precision {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {:.3} | {:.3}–{:.3}{} |",
+                    f.operation,
+                    f.tensor,
+                    f.dtype.name(),
+                    f.cases,
+                    f.ratio,
+                    f.low,
+                    f.high,
+                    if f.borderline() { " (holds 1)" } else { "" }
+                );
+            }
+        }
         let _ = writeln!(s, "\n| status | cases |\n|---|---|");
         for (k, v) in &self.summary {
             let _ = writeln!(s, "| {k} | {v} |");
@@ -442,6 +466,12 @@ impl Report {
             if !c.missing.is_empty() {
                 props.push((format!("core_not_covered.{}", c.operation), c.missing.join(", ")));
             }
+        }
+        for f in &self.precision {
+            props.push((
+                format!("precision.{}.{}.{}", f.operation, f.tensor, f.dtype.name()),
+                format!("{:.4} ({:.4}-{:.4}, {} cases)", f.ratio, f.low, f.high, f.cases),
+            ));
         }
         for (k, v) in props {
             let _ = writeln!(s, "    <property name=\"{}\" value=\"{}\"/>", x(&k), x(&v));

@@ -50,7 +50,14 @@ pub fn run(a: Args, budget: &gqla_model::budget::Budget) -> Result<(), CliError>
         return export_set(&out, n, &filter, profile.as_ref(), budget);
     }
     let seed = seed.unwrap_or_else(gqla_conformance::selection::fresh_seed);
-    export_one(&out, seed, &filter, profile.as_ref(), budget)?;
+    let written = export_one(&out, seed, &filter, profile.as_ref(), budget)?;
+    println!(
+        "wrote {written} cases (suite seed {seed}) to {}: manifest.json, definitions.json, NNNNN.inputs.safetensors. \
+         Write NNNNN.outputs.safetensors and kernel.json (with the kernel's profile) into an outputs directory, then \
+         `gqla certify --kernel external:{} --outputs DIR`",
+        out.display(),
+        out.display()
+    );
     Ok(())
 }
 
@@ -88,16 +95,15 @@ fn export_set(
     Ok(())
 }
 
+/// One pack from `seed` into `out`; returns how many cases it holds.
 fn export_one(
     out: &std::path::Path,
     seed: u64,
     filter: &[String],
     profile: Option<&gqla_conformance::Profile>,
     budget: &gqla_model::budget::Budget,
-) -> Result<(), CliError> {
-    let out = out.to_path_buf();
-    let filter = filter.to_vec();
-    let selection = gqla_conformance::Selection::new(filter.clone());
+) -> Result<usize, CliError> {
+    let selection = gqla_conformance::Selection::new(filter.to_vec());
     let cases = match profile {
         Some(p) => selection.drawn_for(seed, p, true),
         None => selection.indexed_cases(seed),
@@ -115,21 +121,12 @@ fn export_one(
     }])?;
     let bar = indicatif::ProgressBar::new(cases.len() as u64);
     bar.set_style(indicatif::ProgressStyle::with_template("exporting {bar:30} {pos}/{len} {msg}").expect("valid template"));
-    let m = export(&cases, seed, &filter, profile, &out, &mut |case| {
+    let m = export(&cases, seed, filter, profile, out, &mut |case| {
         bar.set_message(case.op().name());
         bar.inc(1);
     });
     bar.finish_and_clear();
-    let m = m?;
-    println!(
-        "wrote {} cases (suite seed {seed}) to {}: manifest.json, definitions.json, NNNNN.inputs.safetensors. \
-         Write NNNNN.outputs.safetensors and kernel.json (with the kernel's profile) into an outputs directory, then \
-         `gqla certify --kernel external:{} --outputs DIR`",
-        m.cases.len(),
-        out.display(),
-        out.display()
-    );
-    Ok(())
+    Ok(m?.cases.len())
 }
 
 /// A profile file: JSON, validated, errors naming the file and the field.

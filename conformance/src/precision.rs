@@ -48,6 +48,23 @@ pub struct Family {
     pub high: f64,
 }
 
+/// One line: `gqa.decode lse bf16: 0.068x of the RMS bound (95%: 0.050-0.091, 44 cases)`.
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} {}: {:.3}x of the RMS bound (95%: {:.3}-{:.3}, {} cases)",
+            self.operation,
+            self.tensor,
+            self.dtype.name(),
+            self.ratio,
+            self.low,
+            self.high,
+            self.cases
+        )
+    }
+}
+
 impl Family {
     /// Whether the interval holds 1: the pooled figures cannot tell the kernel from the bound.
     pub fn borderline(&self) -> bool {

@@ -468,10 +468,7 @@ impl Report {
             }
         }
         for f in &self.precision {
-            props.push((
-                format!("precision.{}.{}.{}", f.operation, f.tensor, f.dtype.name()),
-                format!("{:.4} ({:.4}-{:.4}, {} cases)", f.ratio, f.low, f.high, f.cases),
-            ));
+            props.push((format!("precision.{}.{}.{}", f.operation, f.tensor, f.dtype.name()), f.to_string()));
         }
         for (k, v) in props {
             let _ = writeln!(s, "    <property name=\"{}\" value=\"{}\"/>", x(&k), x(&v));

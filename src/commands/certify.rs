@@ -467,17 +467,7 @@ fn finish(report: Report, out: &Path) -> Result<Outcome, CliError> {
     }
     // Families whose pooled RMS error may reach the bound (the certificate lists every family).
     for f in report.precision.iter().filter(|f| f.high > 1.0) {
-        println!(
-            "  precision {} {} {}: {:.2}x of the RMS bound (95%: {:.2}-{:.2}, {} cases){}",
-            f.operation,
-            f.tensor,
-            f.dtype.name(),
-            f.ratio,
-            f.low,
-            f.high,
-            f.cases,
-            if f.borderline() { ", borderline" } else { "" }
-        );
+        println!("  precision {f}{}", if f.borderline() { ", borderline" } else { "" });
     }
     for c in &report.coverage {
         for (axis, n) in &c.left_out {

@@ -190,13 +190,20 @@ impl CaseInputs {
             cache.components.push(Component { name, width, data });
         }
         let dtype = case.dtype();
+        // A garbage twin draws the same live values, its mirrored ones negated (see `Mirror`).
+        let mirror = (case.poison() == Poison::Garbage).then(|| Mirror::of(case));
         for ci in 0..cache.components.len() {
             let width = cache.components[ci].width;
+            let negated = mirror
+                .as_ref()
+                .filter(|m| m.cache.0 == cache.components[ci].name)
+                .map_or(0..0, |m| m.cache.1.clone());
             for (b, &l) in lens.iter().enumerate() {
                 for t in 0..l {
                     let s = cache.slot(b, t);
-                    for v in &mut cache.components[ci].data[s * width..(s + 1) * width] {
-                        *v = dtype.round_f32(normal(&mut rng));
+                    for (j, v) in cache.components[ci].data[s * width..(s + 1) * width].iter_mut().enumerate() {
+                        let x = dtype.round_f32(normal(&mut rng));
+                        *v = if negated.contains(&j) { -x } else { x };
                     }
                 }
             }
@@ -214,35 +221,21 @@ impl CaseInputs {
         } else {
             0.0
         };
+        let negated = mirror.map_or(0..0, |m| m.query_columns);
         let q = if case.op() == Op::CacheExpand {
             vec![]
         } else {
-            (0..n_q).map(|_| dtype.round_f32(q_gain * normal(&mut rng))).collect()
+            (0..n_q)
+                .map(|i| {
+                    let x = dtype.round_f32(q_gain * normal(&mut rng));
+                    if negated.contains(&(i % q_width)) {
+                        -x
+                    } else {
+                        x
+                    }
+                })
+                .collect()
         };
-        let mut q = q;
-        if case.poison() == Poison::Garbage {
-            let m = Mirror::of(case);
-            let (name, cols) = &m.cache;
-            let ci = cache
-                .components
-                .iter()
-                .position(|c| c.name == *name)
-                .expect("the mirrored component is a cache component");
-            let width = cache.components[ci].width;
-            for (b, &l) in lens.iter().enumerate() {
-                for t in 0..l {
-                    let s = cache.slot(b, t);
-                    cache.components[ci].data[s * width..(s + 1) * width][cols.clone()]
-                        .iter_mut()
-                        .for_each(|v| *v = -*v);
-                }
-            }
-            if q_width > 0 {
-                for row in q.chunks_mut(q_width) {
-                    row[m.query_columns.clone()].iter_mut().for_each(|v| *v = -*v);
-                }
-            }
-        }
         let w_ukv = if case.op() == Op::CacheExpand {
             let n = case.g() * (case.dn() + case.dv()) * case.dc();
             let gain = 1.0 / (case.dc() as f32).sqrt();

@@ -72,15 +72,15 @@ impl Family {
     }
 }
 
-/// The families of `results` (cases whose checks were computed: passed or numerically judged).
-pub fn families(results: &[CaseResult]) -> Vec<Family> {
+/// The families of judged results, each with its case (those whose checks were computed: passed
+/// or numerically judged).
+pub fn families<'a>(judged: impl IntoIterator<Item = (&'a CaseResult, &'a Case)>) -> Vec<Family> {
     let mut logs: BTreeMap<(usize, TensorName, DType), Vec<f64>> = BTreeMap::new();
-    for r in results {
+    for (r, case) in judged {
         let checks = match &r.status {
             Status::Pass { checks } | Status::NumericalMismatch { checks } | Status::NonfiniteMismatch { checks } => checks,
             _ => continue,
         };
-        let Ok(case) = r.id.parse::<Case>() else { continue };
         if case.poison() == Poison::Garbage {
             continue;
         }
@@ -156,7 +156,7 @@ mod tests {
                 seconds: 0.0,
             })
             .collect();
-        let f = families(&results);
+        let f = families(results.iter().zip(&cases));
         let bf16_out = f.iter().find(|f| f.tensor == TensorName::Out && f.dtype == DType::Bf16).unwrap();
         let pooled = cases
             .iter()

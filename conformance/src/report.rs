@@ -231,34 +231,41 @@ impl Report {
         for r in &results {
             *summary.entry(r.status.name().to_string()).or_insert(0) += 1;
         }
+        // Each result's case, parsed once (an id is the suite's own spelling; None only for a
+        // result that is not a suite case).
+        let judged: Vec<(&CaseResult, Option<Case>)> = results.iter().map(|r| (r, r.id.parse::<Case>().ok())).collect();
         let coverage: Vec<OpCoverage> = Op::ALL
             .into_iter()
             .filter_map(|op| {
-                let of_op: Vec<&CaseResult> = results.iter().filter(|r| r.id.split(':').next() == Some(op.name())).collect();
+                let of_op: Vec<&(&CaseResult, Option<Case>)> =
+                    judged.iter().filter(|(r, _)| r.id.split(':').next() == Some(op.name())).collect();
                 if of_op.is_empty() {
                     return None;
                 }
                 let mut left_out: BTreeMap<String, usize> = BTreeMap::new();
-                for r in &of_op {
-                    if let Some(why) = r.id.parse::<Case>().ok().and_then(|c| profile.excludes(&c)) {
+                for (_, c) in &of_op {
+                    if let Some(why) = c.as_ref().and_then(|c| profile.excludes(c)) {
                         *left_out.entry(why.axis()).or_insert(0) += 1;
                     }
                 }
-                let selected: Vec<Case> = of_op
+                let selected: Vec<&Case> = of_op
                     .iter()
-                    .filter(|r| r.status.selected())
-                    .filter_map(|r| r.id.parse::<Case>().ok())
+                    .filter(|(r, _)| r.status.selected())
+                    .filter_map(|(_, c)| c.as_ref())
                     .collect();
                 let missing = if profile.operations.contains(&op) {
-                    coverage::missing(op, &profile, &selected).iter().map(|a| a.to_string()).collect()
+                    coverage::missing(op, &profile, selected.iter().copied())
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect()
                 } else {
                     Vec::new()
                 };
                 Some(OpCoverage {
                     operation: op.name().into(),
                     cases: of_op.len(),
-                    must_pass: of_op.iter().filter(|r| r.status.selected()).count(),
-                    passed: of_op.iter().filter(|r| r.status.passed()).count(),
+                    must_pass: of_op.iter().filter(|(r, _)| r.status.selected()).count(),
+                    passed: of_op.iter().filter(|(r, _)| r.status.passed()).count(),
                     left_out: left_out.into_iter().collect(),
                     missing,
                 })
@@ -279,7 +286,7 @@ impl Report {
             .filter_map(|c| Op::ALL.into_iter().find(|op| op.name() == c.operation))
             .map(definition)
             .collect();
-        let precision = crate::precision::families(&results);
+        let precision = crate::precision::families(judged.iter().filter_map(|(r, c)| Some((*r, c.as_ref()?))));
         Self {
             suite_version: SUITE_VERSION.into(),
             kernel,

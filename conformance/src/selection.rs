@@ -54,14 +54,14 @@ impl Selection {
         Ok(cases)
     }
 
-    /// The selected cases as `profile` draws them (a fixed scale set as an input), each with its
-    /// index in the suite; with `only_supported`, without the cases the profile leaves out.
-    pub fn drawn_for(&self, seed: u64, profile: &Profile, only_supported: bool) -> Result<Vec<(usize, Case)>, NothingSelected> {
+    /// The selected cases `profile` supports, as it draws them (a fixed scale set as an input),
+    /// each with its index in the suite: what a pack drawn for the profile holds.
+    pub fn drawn_for(&self, seed: u64, profile: &Profile) -> Result<Vec<(usize, Case)>, NothingSelected> {
         let cases: Vec<(usize, Case)> = self
             .indexed_cases(seed)?
             .into_iter()
             .map(|(i, c)| (i, profile.draw(&c)))
-            .filter(|(_, c)| !only_supported || profile.excludes(c).is_none())
+            .filter(|(_, c)| profile.excludes(c).is_none())
             .collect();
         if cases.is_empty() {
             return Err(NothingSelected(self.clone()));

@@ -293,7 +293,6 @@ fn external(pack: &Path, a: &Args) -> Result<Outcome, CliError> {
     if let Some(n) = a.seeds {
         return external_seeds(pack, n, a);
     }
-    gqla_files::write::check_output_dir(&a.out)?;
     let outputs = outputs_dir(pack, a.outputs.as_deref());
     finish(judge_pack(pack, &outputs, a)?.0, &a.out)
 }
@@ -302,7 +301,6 @@ fn external(pack: &Path, a: &Args) -> Result<Outcome, CliError> {
 /// the outputs directory one outputs directory per pack, of the same name. Each pack gets its
 /// certificate in `OUT/seed-S`; seeds.md tallies per case on how many seeds it passed.
 fn external_seeds(set: &Path, n: u32, a: &Args) -> Result<Outcome, CliError> {
-    gqla_files::write::check_output_dir(&a.out)?;
     let packs = gqla_conformance::pack::pack_set(set).map_err(bad)?;
     if packs.len() != n as usize {
         return Err(CliError::Usage(format!(
@@ -355,7 +353,7 @@ fn judge_pack(pack: &Path, outputs: &Path, a: &Args) -> Result<(Report, Vec<Case
     gqla_files::write::check_output_dir(&a.out)?;
     let info = read_kernel_info(outputs).map_err(bad)?;
     let profile = match (&a.profile, info.as_ref().and_then(|i| i.profile.clone())) {
-        (Some(path), _) => super::vectors::read_profile(path)?,
+        (Some(path), _) => super::read_profile(path)?,
         (None, Some(p)) => p,
         (None, None) => {
             return Err(CliError::Usage(format!(
@@ -371,12 +369,8 @@ fn judge_pack(pack: &Path, outputs: &Path, a: &Args) -> Result<(Report, Vec<Case
     } else {
         a.filters.clone()
     });
-    let cases: Vec<Case> = selection
-        .drawn_for(manifest.seed, &profile, false)
-        .map_err(|e| CliError::Usage(e.to_string()))?
-        .into_iter()
-        .map(|(_, c)| c)
-        .collect();
+    let suite = selection.cases(manifest.seed).map_err(|e| CliError::Usage(e.to_string()))?;
+    let cases: Vec<Case> = suite.iter().map(|c| profile.draw(c)).collect();
     // The pack must hold the cases as this profile draws them.
     let manifest_path = pack.join(gqla_conformance::pack::MANIFEST);
     match &manifest.profile {
@@ -388,16 +382,15 @@ fn judge_pack(pack: &Path, outputs: &Path, a: &Args) -> Result<(Report, Vec<Case
             )))
         }
         None => {
-            let base = selection.cases(manifest.seed).map_err(|e| CliError::Usage(e.to_string()))?;
-            if let Some((c, _)) = cases.iter().zip(&base).find(|(drawn, suite)| drawn != suite) {
+            if let Some(c) = cases
+                .iter()
+                .zip(&suite)
+                .find_map(|(drawn, as_is)| (drawn != as_is).then_some(drawn))
+            {
                 return Err(CliError::Usage(format!(
-                    "{}: the kernel's profile draws its cases otherwise (`{c}`: {}), and this pack holds the suite's cases \
-                     as they are: export a pack for the profile with `gqla vectors export --profile FILE`",
+                    "{}: the kernel's profile draws its cases otherwise (`{c}`, at the scale it fixes), and this pack \
+                     holds the suite's cases as they are: export a pack for the profile with `gqla vectors export --profile FILE`",
                     manifest_path.display(),
-                    match profile.scale {
-                        gqla_conformance::profile::Scale::Fixed(s) => format!("the scale fixed at {s}"),
-                        gqla_conformance::profile::Scale::Input => "a convention drawn as an input".to_string(),
-                    }
                 )));
             }
         }

@@ -91,6 +91,13 @@ impl CliError {
     }
 }
 
+/// A profile file: JSON, validated, errors naming the file and the field.
+pub fn read_profile(path: &std::path::Path) -> Result<gqla_conformance::Profile, CliError> {
+    let bytes = gqla_conformance::confined::read_regular(path, 1 << 20).map_err(|e| CliError::Usage(e.to_string()))?;
+    let text = String::from_utf8(bytes).map_err(|_| CliError::Usage(format!("{}: not UTF-8 text", path.display())))?;
+    gqla_conformance::Profile::from_json(&text).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::CliError;

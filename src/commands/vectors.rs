@@ -45,7 +45,7 @@ pub fn run(a: Args, budget: &gqla_model::budget::Budget) -> Result<(), CliError>
         seeds,
         profile,
     } = a.which;
-    let profile = profile.map(|path| read_profile(&path)).transpose()?;
+    let profile = profile.map(|path| super::read_profile(&path)).transpose()?;
     if let Some(n) = seeds {
         return export_set(&out, n, &filter, profile.as_ref(), budget);
     }
@@ -105,7 +105,7 @@ fn export_one(
 ) -> Result<usize, CliError> {
     let selection = gqla_conformance::Selection::new(filter.to_vec());
     let cases = match profile {
-        Some(p) => selection.drawn_for(seed, p, true),
+        Some(p) => selection.drawn_for(seed, p),
         None => selection.indexed_cases(seed),
     }
     .map_err(|e| CliError::Usage(e.to_string()))?;
@@ -127,11 +127,4 @@ fn export_one(
     });
     bar.finish_and_clear();
     Ok(m?.cases.len())
-}
-
-/// A profile file: JSON, validated, errors naming the file and the field.
-pub fn read_profile(path: &std::path::Path) -> Result<gqla_conformance::Profile, CliError> {
-    let bytes = gqla_conformance::confined::read_regular(path, 1 << 20).map_err(|e| CliError::Usage(e.to_string()))?;
-    let text = String::from_utf8(bytes).map_err(|_| CliError::Usage(format!("{}: not UTF-8 text", path.display())))?;
-    gqla_conformance::Profile::from_json(&text).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))
 }

@@ -121,7 +121,7 @@ pub enum Verdict {
     /// Every selected case passed, but they leave part of an operation's coverage core
     /// unexercised: what passed is certified, the missing axes are named.
     Partial,
-    /// Some selected case did not pass.
+    /// Some selected case did not pass, or a precision family is IMPRECISE.
     NotConformant,
     /// The profile selects no case: nothing is certified.
     NothingCertified,
@@ -153,9 +153,13 @@ pub struct Report {
     /// What the kernel declared; every case was judged by it.
     pub profile: Profile,
     pub coverage: Vec<OpCoverage>,
-    /// Per (operation, output, dtype): the kernel's RMS error over its bound, pooled.
+    /// Per (operation, output, dtype): the kernel's RMS error over its bound, pooled over
+    /// `results` and `precision_draws`, and the family's judgement ([`crate::precision`]).
     pub precision: Vec<crate::precision::Family>,
     pub results: Vec<CaseResult>,
+    /// The cases of BORDERLINE families run again on further draws (in-process kernels only),
+    /// each also judged per case.
+    pub precision_draws: Vec<CaseResult>,
     /// Count per status name.
     pub summary: BTreeMap<String, usize>,
     pub verdict: Verdict,
@@ -271,23 +275,13 @@ impl Report {
                 })
             })
             .collect();
-        let selected = results.iter().filter(|r| r.status.selected()).count();
-        let verdict = if selected == 0 {
-            Verdict::NothingCertified
-        } else if results.iter().any(|r| r.status.failed()) {
-            Verdict::NotConformant
-        } else if coverage.iter().any(|c| !c.missing.is_empty()) {
-            Verdict::Partial
-        } else {
-            Verdict::Conformant
-        };
         let definitions = coverage
             .iter()
             .filter_map(|c| Op::ALL.into_iter().find(|op| op.name() == c.operation))
             .map(definition)
             .collect();
         let precision = crate::precision::families(judged.iter().filter_map(|(r, c)| Some((*r, c.as_ref()?))));
-        Self {
+        let mut report = Self {
             suite_version: SUITE_VERSION.into(),
             kernel,
             environment,
@@ -298,12 +292,41 @@ impl Report {
             coverage,
             precision,
             results,
+            precision_draws: Vec::new(),
             summary,
-            verdict,
-            conformant: verdict == Verdict::Conformant,
+            verdict: Verdict::NothingCertified,
+            conformant: false,
             mutation: None,
             definitions,
-        }
+        };
+        report.decide();
+        report
+    }
+
+    /// The report with the further draws [`crate::precision::settle`] ran: the families pooled
+    /// over every draw, and the verdict decided again.
+    pub fn with_precision_draws(mut self, draws: Vec<CaseResult>) -> Self {
+        let pooled: Vec<CaseResult> = self.results.iter().chain(&draws).cloned().collect();
+        self.precision = crate::precision::families_of(&pooled);
+        self.precision_draws = draws;
+        self.decide();
+        self
+    }
+
+    /// The verdict from the results, the precision families and the coverage.
+    fn decide(&mut self) {
+        let selected = self.results.iter().filter(|r| r.status.selected()).count();
+        let failed = self.results.iter().chain(&self.precision_draws).any(|r| r.status.failed());
+        self.verdict = if selected == 0 {
+            Verdict::NothingCertified
+        } else if failed || self.precision.iter().any(|f| f.imprecise()) {
+            Verdict::NotConformant
+        } else if self.coverage.iter().any(|c| !c.missing.is_empty()) {
+            Verdict::Partial
+        } else {
+            Verdict::Conformant
+        };
+        self.conformant = self.verdict == Verdict::Conformant;
     }
 
     /// The one-line verdict: what is certified, on how many must-pass cases of each operation,
@@ -320,19 +343,31 @@ impl Report {
             .filter(|c| !c.missing.is_empty())
             .map(|c| format!("{}: {}", c.operation, c.missing.join(", ")))
             .collect();
-        format!(
-            "{} — {} (suite {}, seed {}; passed/must-pass: {}){}",
+        let family = |f: &crate::precision::Family| format!("{} {} {} {:.2}x", f.operation, f.tensor, f.dtype.name(), f.ratio);
+        let imprecise: Vec<String> = self.precision.iter().filter(|f| f.imprecise()).map(family).collect();
+        let borderline: Vec<String> = self.precision.iter().filter(|f| f.borderline).map(family).collect();
+        let draws_failed = self.precision_draws.iter().filter(|r| r.status.failed()).count();
+        let mut line = format!(
+            "{} — {} (suite {}, seed {}; passed/must-pass: {})",
             self.verdict.text(),
             plain(&self.kernel.name),
             self.suite_version,
             self.seed,
             per_op.join(", "),
-            if missing.is_empty() {
-                String::new()
-            } else {
-                format!("; core not covered: {}", missing.join("; "))
-            }
-        )
+        );
+        if draws_failed > 0 {
+            line += &format!("; {draws_failed} case(s) failed on further precision draws");
+        }
+        if !imprecise.is_empty() {
+            line += &format!("; imprecise (RMS error over its bound): {}", imprecise.join(", "));
+        }
+        if !borderline.is_empty() {
+            line += &format!("; BORDERLINE, decided by the point estimate: {}", borderline.join(", "));
+        }
+        if !missing.is_empty() {
+            line += &format!("; core not covered: {}", missing.join("; "));
+        }
+        line
     }
 
     pub fn markdown(&self) -> String {
@@ -400,20 +435,33 @@ impl Report {
         if !self.precision.is_empty() {
             let _ = writeln!(
                 s,
-                "\n## Precision against the naive reference\n\nPer family, the geometric mean over its cases of the RMS error over the case's RMS bound (twins left out), with its 95% interval.\n\n| operation | output | dtype | cases | ratio | 95% interval |\n|---|---|---|---|---|---|"
+                "\n## Precision against the naive reference\n\nPer family, the geometric mean over its cases of the RMS error over the case's RMS bound (twins left out), with its interval (99.9% below {} cases, 95% from there). PRECISE when the interval lies below 1, IMPRECISE above; while it holds 1 an in-process kernel's family is drawn again, up to {} cases, and a family still BORDERLINE is decided by its ratio (conformance/src/precision.rs states the rule and its error rates).\n\n| operation | output | dtype | cases | draws | ratio | interval | judgement |\n|---|---|---|---|---|---|---|---|",
+                crate::precision::MIN_CASES,
+                crate::precision::MAX_CASES
             );
             for f in &self.precision {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {} | {:.3} | {:.3}–{:.3}{} |",
+                    "| {} | {} | {} | {} | {} | {:.3} | {:.3}–{:.3} ({}%) | {}{} |",
                     f.operation,
                     f.tensor,
                     f.dtype.name(),
                     f.cases,
+                    f.draws,
                     f.ratio,
                     f.low,
                     f.high,
-                    if f.borderline() { " (holds 1)" } else { "" }
+                    f.confidence * 100.0,
+                    f.judgement.text(),
+                    if f.borderline { " (BORDERLINE)" } else { "" }
+                );
+            }
+            if !self.precision_draws.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "\n{} further case(s) ran on new draws for BORDERLINE families; {} of them failed a per-case check.",
+                    self.precision_draws.len(),
+                    self.precision_draws.iter().filter(|r| r.status.failed()).count()
                 );
             }
         }
@@ -434,7 +482,12 @@ impl Report {
                 }
             }
         }
-        let not_passed: Vec<&CaseResult> = self.results.iter().filter(|r| !r.status.passed()).collect();
+        let not_passed: Vec<&CaseResult> = self
+            .results
+            .iter()
+            .chain(self.precision_draws.iter().filter(|r| r.status.failed()))
+            .filter(|r| !r.status.passed())
+            .collect();
         if !not_passed.is_empty() {
             let _ = writeln!(s, "\n## Cases that did not pass\n\n| case | status | cause |\n|---|---|---|");
             for r in not_passed {
@@ -446,15 +499,16 @@ impl Report {
 
     pub fn junit(&self) -> String {
         let x = xml_escape;
-        let failures = self.results.iter().filter(|r| r.status.failed()).count();
-        let skipped = self.results.iter().filter(|r| !r.status.selected()).count();
-        let time: f64 = self.results.iter().map(|r| r.seconds).sum();
+        let cases: Vec<&CaseResult> = self.results.iter().chain(&self.precision_draws).collect();
+        let failures = cases.iter().filter(|r| r.status.failed()).count() + self.precision.iter().filter(|f| f.imprecise()).count();
+        let skipped = cases.iter().filter(|r| !r.status.selected()).count();
+        let time: f64 = cases.iter().map(|r| r.seconds).sum();
         let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
         let _ = writeln!(
             s,
             "<testsuite name=\"gqla-conformance {}\" tests=\"{}\" failures=\"{failures}\" skipped=\"{skipped}\" time=\"{time:.3}\">",
             x(&self.kernel.name),
-            self.results.len()
+            cases.len() + self.precision.len()
         );
         s.push_str("  <properties>\n");
         let mut props = vec![
@@ -481,7 +535,20 @@ impl Report {
             let _ = writeln!(s, "    <property name=\"{}\" value=\"{}\"/>", x(&k), x(&v));
         }
         s.push_str("  </properties>\n");
-        for r in &self.results {
+        // Each family is a test of its own: IMPRECISE fails it.
+        for f in &self.precision {
+            let _ = write!(
+                s,
+                "  <testcase classname=\"precision\" name=\"{}\"",
+                x(&format!("precision.{}.{}.{}", f.operation, f.tensor, f.dtype.name()))
+            );
+            if f.imprecise() {
+                let _ = writeln!(s, "><failure type=\"IMPRECISE\" message=\"{}\"/></testcase>", x(&f.to_string()));
+            } else {
+                s.push_str("/>\n");
+            }
+        }
+        for r in cases {
             let _ = write!(
                 s,
                 "  <testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\"",

@@ -3,6 +3,7 @@
 //! of the kernel or of the suite.
 
 use crate::case::Case;
+use crate::precision::Family;
 use crate::report::{md_escape, plain};
 use crate::runner::CaseResult;
 use crate::SUITE_VERSION;
@@ -16,11 +17,26 @@ pub struct Tally {
     pub first_failure: Option<String>,
 }
 
-/// Per case shape, its tally over the seeds recorded so far.
+/// One precision family across seeds: on how many it was PRECISE, and its ratios.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FamilyTally {
+    pub seeds: u32,
+    pub precise: u32,
+    /// Seeds on which it ended BORDERLINE (decided by its point estimate).
+    pub borderline: u32,
+    pub min_ratio: f64,
+    pub max_ratio: f64,
+}
+
+/// Per case shape, its tally over the seeds recorded so far; per precision family, its
+/// judgements.
 #[derive(Clone, Debug, Default)]
 pub struct Stability {
     seeds: Vec<u64>,
     cases: BTreeMap<String, Tally>,
+    families: BTreeMap<String, FamilyTally>,
+    /// The families pooled over every seed (pack sets, which cannot be drawn again).
+    pooled: Vec<Family>,
 }
 
 impl Stability {
@@ -40,6 +56,61 @@ impl Stability {
         }
     }
 
+    /// Record the further draws of one seed's BORDERLINE families: each a run of its case shape.
+    pub fn record_draws(&mut self, seed: u64, draws: &[CaseResult]) {
+        for r in draws {
+            if let Ok(case) = r.id.parse::<Case>() {
+                let t = self.cases.entry(case.shape_id()).or_default();
+                t.ran += 1;
+                t.passed += r.status.passed() as u32;
+                if r.status.failed() && t.first_failure.is_none() {
+                    t.first_failure = Some(format!("seed {seed}, further draw: {}: {}", r.status.name(), plain(&r.status.cause())));
+                }
+            }
+        }
+    }
+
+    /// Record one seed's precision families.
+    pub fn record_families(&mut self, _seed: u64, families: &[Family]) {
+        for f in families {
+            let t = self
+                .families
+                .entry(format!("{} {} {}", f.operation, f.tensor, f.dtype.name()))
+                .or_insert(FamilyTally {
+                    min_ratio: f64::INFINITY,
+                    ..FamilyTally::default()
+                });
+            t.seeds += 1;
+            t.precise += !f.imprecise() as u32;
+            t.borderline += f.borderline as u32;
+            t.min_ratio = t.min_ratio.min(f.ratio);
+            t.max_ratio = t.max_ratio.max(f.ratio);
+        }
+    }
+
+    /// The families pooled over every seed: they, not each seed's, decide precision.
+    pub fn set_pooled(&mut self, families: Vec<Family>) {
+        self.pooled = families;
+    }
+
+    pub fn families(&self) -> impl Iterator<Item = (&str, &FamilyTally)> {
+        self.families.iter().map(|(k, t)| (k.as_str(), t))
+    }
+
+    pub fn pooled(&self) -> &[Family] {
+        &self.pooled
+    }
+
+    /// Precision holds: pooled families (when set) are not IMPRECISE; otherwise every family
+    /// was PRECISE on every seed.
+    fn precise(&self) -> bool {
+        if self.pooled.is_empty() {
+            self.families.values().all(|t| t.precise == t.seeds)
+        } else {
+            self.pooled.iter().all(|f| !f.imprecise())
+        }
+    }
+
     pub fn seeds(&self) -> &[u64] {
         &self.seeds
     }
@@ -54,9 +125,10 @@ impl Stability {
         self.selected().filter(|(_, t)| t.passed != t.ran)
     }
 
-    /// Stable means: something was selected, and every selected case passed on every seed.
+    /// Stable means: something was selected, every selected case passed on every seed (further
+    /// precision draws included), and precision held ([`Self::precise`]).
     pub fn stable(&self) -> bool {
-        self.selected().next().is_some() && self.unstable().next().is_none()
+        self.selected().next().is_some() && self.unstable().next().is_none() && self.precise()
     }
 
     /// `seeds.md`: the seeds (`origin`: who chose them), and per selected case its passes.
@@ -64,7 +136,7 @@ impl Stability {
         let selected = self.selected().count();
         let unstable = self.unstable().count();
         let mut md = format!(
-            "# Seed stability: {}\n\n- suite {SUITE_VERSION}, {} seeds ({origin}): {}\n- {selected} cases selected by the profile; {} passed on every seed\n\n| case | passed |\n|---|---|\n",
+            "# Seed stability: {}\n\n- suite {SUITE_VERSION}, {} seeds ({origin}): {}\n- {selected} cases selected by the profile; {} passed on every seed (runs include further precision draws)\n\n| case | passed |\n|---|---|\n",
             md_escape(kernel),
             self.seeds.len(),
             self.seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "),
@@ -77,6 +149,21 @@ impl Stability {
                 .map(|w| format!(" ({})", md_escape(w)))
                 .unwrap_or_default();
             md.push_str(&format!("| `{id}` | {}/{}{note} |\n", t.passed, t.ran));
+        }
+        if !self.families.is_empty() {
+            md.push_str("\n## Precision families\n\nPer (operation, output, dtype): on how many seeds it was PRECISE (RMS error within its bound, [conformance/src/precision.rs]), ended BORDERLINE, and its ratio's range.\n\n| family | precise | borderline | ratio |\n|---|---|---|---|\n");
+            for (k, t) in &self.families {
+                md.push_str(&format!(
+                    "| {k} | {}/{} | {} | {:.3}–{:.3} |\n",
+                    t.precise, t.seeds, t.borderline, t.min_ratio, t.max_ratio
+                ));
+            }
+        }
+        if !self.pooled.is_empty() {
+            md.push_str("\n## Pooled over the seeds (this decides precision)\n\n");
+            for f in &self.pooled {
+                md.push_str(&format!("- {}\n", md_escape(&f.to_string())));
+            }
         }
         md
     }

@@ -3,40 +3,50 @@
 //! For each output tensor, with `truth` the f64 reference, `naive` the naive same-precision
 //! reference (see [`crate::reference`]), u the unit roundoff of the tensor's dtype, N the number
 //! of judged elements, and errors e = x − truth taken over the positions where the truth is
-//! finite:
+//! finite, the case's **RMS bound** is
+//!
+//!   b = K_RMS · rms(e_naive) + FLOOR_RMS · u · rms(truth).
+//!
+//! The rule answers two questions separately.
+//!
+//! **Is the kernel correct on this case?** Judged per case, with bounds that catch bugs with
+//! margin and that a kernel as precise as the RMS bound allows passes on every seed:
 //! 1. Special values sit exactly where the definition, as the kernel's profile declares it, puts
 //!    them (NaN, +∞, −∞, or a declared finite sentinel), and nowhere else. NaN never passes
 //!    unless the declaration says the output is NaN there.
-//! 2. rms(e_kernel) ≤ K_RMS · rms(e_naive) + FLOOR_RMS · u · rms(truth)
-//! 3. max |e_kernel| ≤ K_MAX · max(max |e_naive|, rms(e_naive) · √(2 ln 2N)) + FLOOR_MAX · u · max |truth|
-//! 4. 1 − cos(kernel, truth) ≤ K_COS · (1 − cos(naive, truth)) + u²
+//! 2. max |e_kernel| ≤ K_MAX · max(max |e_naive|, b · √(2 ln 2N)) + FLOOR_MAX · u · max |truth|:
+//!    K_MAX times the largest error that N draws of an error at the RMS bound are expected to
+//!    reach. One wrong element among many correct ones fails it.
+//! 3. 1 − cos(kernel, truth) ≤ ½ (K_COS · b / rms(truth))² + u²: an error orthogonal to the truth
+//!    (1 − cos ≈ ½ ‖e⊥‖² / ‖truth‖²) of at most K_COS times the RMS bound. A wrong head, group,
+//!    key or page fails it.
 //!
-//! Why this rule is stable across seeds: a bound taken from the naive reference's largest error
-//! over a handful of values (an LSE of 4–8 rows) is itself a random variable, and a kernel whose
-//! error merely equals the naive one's crossed 3× that sample maximum on some seeds. The RMS over
-//! every element is the statistic that separates "systematically worse than naive" from
-//! "as good": with N ≥ 32 elements on each side, the ratio of two RMS errors of equal scale
-//! exceeds 2 with probability about 1e-4 (an F(32, 32) tail), while a kernel 5× worse than naive
-//! fails every time. The max bound still catches a few wrong elements among many correct ones,
-//! but it is never below the maximum that N draws of the naive error's scale are expected to
-//! reach (√(2 ln 2N) standard deviations), so a small naive sample maximum cannot make it
-//! flaky. The lattice gives every decode case at least 32 LSE rows for the same reason
-//! ([`crate::lattice`] tests it).
+//! **Is the kernel as precise as a naive same-precision implementation?** rms(e_kernel) ≤ b,
+//! judged on the geometric mean of rms(e_kernel) / b over every case of an (operation, output,
+//! dtype) family, with its confidence interval and a rule for the undecided ([`crate::precision`],
+//! which states the rule and its error rates). One case's ratio of two RMS errors rests on as
+//! few as 32 LSE values; a kernel whose true ratio is near the bound passes it on some seeds and
+//! fails it on others (issue 31: a serving engine's decode at 1.2–2.6× the naive LSE error was
+//! rejected on 12 of 20 seeds). Pooled over a family, and drawn again while undecided, the ratio
+//! is decided the same way on every seed unless the kernel sits within a few percent of the
+//! bound.
 //!
 //! Why these constants: a correct kernel differs from the naive one mainly in summation order
 //! (tiling, split-KV, fused exp), which changes the rounding error by a small factor;
 //! FlashAttention accepts 2–3× its naive same-precision error, and its Hopper tests bound the
-//! mean at 1.5×. We take K_RMS = 2, K_MAX = 3, K_COS = 10. The floors cover the rounding of the
-//! output itself (FlashAttention-3 uses two output ulps), and leave an f32 case with a near-exact
-//! naive reference room for a different but correct order of operations. No bound looks at the
-//! kernel's own output.
+//! mean at 1.5×. We take K_RMS = 2 for precision. The per-case bounds sit above what a kernel at
+//! the RMS bound reaches: K_MAX = 2 over its expected maximum (a Gaussian error at 1.1× the bound
+//! exceeds it with probability below 1e-5 per case of 32 values), K_COS = 3 over its RMS. The
+//! floors cover the rounding of the output itself (FlashAttention-3 uses two output ulps), and
+//! leave an f32 case with a near-exact naive reference room for a different but correct order of
+//! operations. No bound looks at the kernel's own output.
 
 use crate::definition::TensorName;
 use serde::Serialize;
 
 pub const K_RMS: f64 = 2.0;
-pub const K_MAX: f64 = 3.0;
-pub const K_COS: f64 = 10.0;
+pub const K_MAX: f64 = 2.0;
+pub const K_COS: f64 = 3.0;
 pub const FLOOR_RMS: f64 = 2.0;
 pub const FLOOR_MAX: f64 = 4.0;
 
@@ -59,6 +69,7 @@ pub struct TensorCheck {
     pub judged: usize,
     /// Elements the declaration leaves unspecified (not judged).
     pub unspecified: usize,
+    /// The RMS error and bound b: judged per family ([`crate::precision`]), not per case.
     pub rms_err: f64,
     pub rms_bound: f64,
     pub max_abs_err: f64,
@@ -76,15 +87,13 @@ impl TensorCheck {
     pub fn specials_ok(&self) -> bool {
         self.special_mismatches == 0
     }
+    /// The per-case numerical bounds (max error, cosine) hold. The RMS bound is a family's.
     pub fn numerics_ok(&self) -> bool {
-        self.rms_err <= self.rms_bound && self.max_abs_err <= self.max_abs_bound && self.one_minus_cos <= self.one_minus_cos_bound
+        self.max_abs_err <= self.max_abs_bound && self.one_minus_cos <= self.one_minus_cos_bound
     }
-    /// Which bound failed, in words (empty when all hold).
+    /// Which per-case bound failed, in words (empty when all hold).
     pub fn failures(&self) -> Vec<String> {
         let mut f = Vec::new();
-        if self.rms_err > self.rms_bound {
-            f.push(format!("rms error {:.3e} > bound {:.3e}", self.rms_err, self.rms_bound));
-        }
         if self.max_abs_err > self.max_abs_bound {
             f.push(format!("max |error| {:.3e} > bound {:.3e}", self.max_abs_err, self.max_abs_bound));
         }
@@ -160,7 +169,7 @@ pub fn check(tensor: TensorName, kernel: &[f64], truth: &[f64], naive: &[f64], u
     });
     let count = first.is_some() as usize + mismatches.count();
     let (k_rms, k_max, k_cos, _) = stats(kernel, truth);
-    let (n_rms, n_max, n_cos, n) = stats(naive, truth);
+    let (n_rms, n_max, _, n) = stats(naive, truth);
     let finite: Vec<f64> = truth.iter().copied().filter(|t| t.is_finite()).map(f64::abs).collect();
     let t_max = finite.iter().copied().fold(0.0, f64::max);
     let t_rms = if finite.is_empty() {
@@ -168,17 +177,19 @@ pub fn check(tensor: TensorName, kernel: &[f64], truth: &[f64], naive: &[f64], u
     } else {
         (finite.iter().map(|t| t * t).sum::<f64>() / finite.len() as f64).sqrt()
     };
-    let expected_max = n_rms * (2.0 * ((2 * n.max(1)) as f64).ln()).sqrt();
+    let rms_bound = K_RMS * n_rms + FLOOR_RMS * u * t_rms;
+    let expected_max = rms_bound * (2.0 * ((2 * n.max(1)) as f64).ln()).sqrt();
+    let orthogonal = if t_rms > 0.0 { K_COS * rms_bound / t_rms } else { 0.0 };
     TensorCheck {
         tensor,
         judged: kernel.len(),
         unspecified,
         rms_err: k_rms,
-        rms_bound: K_RMS * n_rms + FLOOR_RMS * u * t_rms,
+        rms_bound,
         max_abs_err: k_max,
         max_abs_bound: K_MAX * n_max.max(expected_max) + FLOOR_MAX * u * t_max,
         one_minus_cos: k_cos,
-        one_minus_cos_bound: K_COS * n_cos + u * u,
+        one_minus_cos_bound: 0.5 * orthogonal * orthogonal + u * u,
         max_rel_err: if t_max > 0.0 { k_max / t_max } else { k_max },
         special_mismatches: count,
         first_special_mismatch: first,
@@ -189,19 +200,23 @@ pub fn check(tensor: TensorName, kernel: &[f64], truth: &[f64], naive: &[f64], u
 mod tests {
     use super::*;
 
+    /// An error of the naive one's scale is within every bound; 5x the naive error passes the
+    /// per-case bounds (precision is a family's question) but is over its RMS bound; 20x fails
+    /// the cosine bound on the case itself.
     #[test]
-    fn equal_error_scale_passes_and_five_times_fails() {
-        // Truth, a naive error of scale s, a kernel of the same scale (other signs) and one 5x.
+    fn per_case_bounds_catch_gross_errors_and_leave_precision_to_the_family() {
         let n = 64;
         let truth: Vec<f64> = (0..n).map(|i| 1.0 + (i as f64).sin()).collect();
         let naive: Vec<f64> = truth.iter().enumerate().map(|(i, t)| t + 1e-3 * ((i * 7) as f64).cos()).collect();
-        let same: Vec<f64> = truth.iter().enumerate().map(|(i, t)| t + 1e-3 * ((i * 11) as f64).sin()).collect();
-        let worse: Vec<f64> = truth.iter().enumerate().map(|(i, t)| t + 5e-3 * ((i * 11) as f64).sin()).collect();
+        let scaled = |k: f64| -> Vec<f64> { truth.iter().enumerate().map(|(i, t)| t + k * 1e-3 * ((i * 11) as f64).sin()).collect() };
         // f32's roundoff: the floors are negligible, the multiples of the naive error decide.
         let u = f64::powi(2.0, -24);
-        assert!(check(TensorName::Out, &same, &truth, &naive, u, 0).numerics_ok());
-        let c = check(TensorName::Out, &worse, &truth, &naive, u, 0);
-        assert!(!c.numerics_ok() && c.failures().iter().any(|f| f.starts_with("rms error")), "{c:?}");
+        let same = check(TensorName::Out, &scaled(1.0), &truth, &naive, u, 0);
+        assert!(same.numerics_ok() && same.rms_err <= same.rms_bound, "{same:?}");
+        let worse = check(TensorName::Out, &scaled(5.0), &truth, &naive, u, 0);
+        assert!(worse.numerics_ok() && worse.rms_err > worse.rms_bound, "{worse:?}");
+        let gross = check(TensorName::Out, &scaled(20.0), &truth, &naive, u, 0);
+        assert!(gross.failures().iter().any(|f| f.starts_with("1 - cos")), "{gross:?}");
     }
 
     #[test]
@@ -211,7 +226,7 @@ mod tests {
         let naive: Vec<f64> = truth.iter().enumerate().map(|(i, t)| t + 1e-3 * ((i * 7) as f64).cos()).collect();
         let mut kernel = naive.clone();
         kernel[500] += 0.05;
-        let c = check(TensorName::Out, &kernel, &truth, &naive, f64::powi(2.0, -8), 0);
+        let c = check(TensorName::Out, &kernel, &truth, &naive, f64::powi(2.0, -24), 0);
         assert!(c.failures().iter().any(|f| f.starts_with("max |error|")), "{c:?}");
     }
 

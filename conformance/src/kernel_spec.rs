@@ -2,6 +2,7 @@
 //! kernels (on a GPU or on the host emulator, one attention kernel forced or the default choice
 //! per dtype), or a vector pack's outputs.
 
+use crate::kernels::synthetic::Target;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -55,13 +56,18 @@ pub enum KernelSpec {
     },
     /// A vector pack: the outputs a kernel outside this process wrote for it.
     External(PathBuf),
+    /// Synthetic kernels that test the tolerance rule ([`crate::kernels::Synthetic`]): one
+    /// (`synthetic-out-0.9`: its target and its ratio to the bound in hundredths), or None for
+    /// all four of the acceptance runs (out and lse at 0.9 and 1.1).
+    Synthetic(Option<(Target, u32)>),
 }
 
 /// A `--kernel` value that names no kernel.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
     "unknown kernel `{0}`: expected auto, builtin, reference-f32, flash-cpu, candle, cuda, cuda-simt, cuda-mma, \
-     cuda-wgmma, cuda-emu, cuda-emu-simt, cuda-emu-mma, cuda-emu-wgmma or external:DIR"
+     cuda-wgmma, cuda-emu, cuda-emu-simt, cuda-emu-mma, cuda-emu-wgmma, synthetic, synthetic-out-RATIO, synthetic-lse-RATIO \
+     (RATIO in hundredths, e.g. 0.9) or external:DIR"
 )]
 pub struct UnknownKernel(pub String);
 
@@ -83,6 +89,17 @@ impl FromStr for KernelSpec {
         ];
         if let Some((_, k)) = named.into_iter().find(|(n, _)| *n == s) {
             return Ok(k);
+        }
+        if s == "synthetic" {
+            return Ok(KernelSpec::Synthetic(None));
+        }
+        if let Some(rest) = s.strip_prefix("synthetic-") {
+            let one = Target::ALL.into_iter().find_map(|t| {
+                let ratio: f64 = rest.strip_prefix(t.name())?.strip_prefix('-')?.parse().ok()?;
+                let hundredths = (ratio * 100.0).round();
+                ((0.01..=100.0).contains(&ratio) && (ratio * 100.0 - hundredths).abs() < 1e-9).then_some((t, hundredths as u32))
+            });
+            return one.map(|o| KernelSpec::Synthetic(Some(o))).ok_or_else(|| UnknownKernel(s.into()));
         }
         for (base, backend) in [("cuda-emu", CudaBackend::Emulator), ("cuda", CudaBackend::Device)] {
             let variant = match s.strip_prefix(base) {
@@ -118,6 +135,8 @@ impl fmt::Display for KernelSpec {
                 }
             }
             KernelSpec::External(dir) => write!(f, "external:{}", dir.display()),
+            KernelSpec::Synthetic(None) => f.write_str("synthetic"),
+            KernelSpec::Synthetic(Some((t, hundredths))) => write!(f, "synthetic-{}-{}", t.name(), *hundredths as f64 / 100.0),
         }
     }
 }
@@ -143,6 +162,10 @@ mod tests {
             "cuda-emu-mma",
             "cuda-emu-wgmma",
             "external:some/pack",
+            "synthetic",
+            "synthetic-out-0.9",
+            "synthetic-lse-1.1",
+            "synthetic-lse-2",
         ] {
             let k: KernelSpec = name.parse().unwrap();
             assert_eq!(k.to_string(), name);
@@ -164,6 +187,12 @@ mod tests {
             "external:",
             "Builtin",
             "flash-cpu2",
+            "synthetic-",
+            "synthetic-out",
+            "synthetic-out-0",
+            "synthetic-out-0.905",
+            "synthetic-out-nan",
+            "synthetic-k-0.9",
         ] {
             let e = bad.parse::<KernelSpec>().unwrap_err();
             assert!(e.to_string().starts_with(&format!("unknown kernel `{bad}`")), "{e}");

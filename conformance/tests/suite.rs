@@ -146,7 +146,7 @@ fn expected(bug: Bug) -> &'static [&'static str] {
         ReadPastContext | NanLeakFromPoison | EmptyRowNan | NoMaxSubtraction | EmptySplitNan | StaleOutput => &["NONFINITE_MISMATCH"],
         CausalOffByOne | DropLastPartialPage | TopLeftAlignment | LookupTable => &["NUMERICAL_MISMATCH", "NONFINITE_MISMATCH"],
         MaskByNan => &["NUMERICAL_MISMATCH", "POISON_DEPENDENT"],
-        _ => &["NUMERICAL_MISMATCH", "IMPRECISE"],
+        _ => &["NUMERICAL_MISMATCH"],
     }
 }
 

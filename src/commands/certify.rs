@@ -4,7 +4,8 @@
 use super::CliError;
 use gqla_conformance::case::Case;
 use gqla_conformance::kernel_spec::{CudaBackend, KernelSpec};
-use gqla_conformance::kernels::{CandleCpu, FlashCpu, ReferenceF32};
+use gqla_conformance::kernels::synthetic::{Target, RATIOS};
+use gqla_conformance::kernels::{CandleCpu, FlashCpu, ReferenceF32, Synthetic};
 use gqla_conformance::lattice::SUITE_VERSION;
 use gqla_conformance::mutation::mutation_summary;
 use gqla_conformance::precision::{families_of, settle};
@@ -30,7 +31,9 @@ pub struct Args {
     /// every dtype), `cuda-mma`, `cuda-wgmma` (GPU 0, one attention kernel for every case it takes:
     /// mma.sync, or Hopper wgmma on sm_90), `cuda-emu` and `cuda-emu-{simt,mma,wgmma}` (the CUDA
     /// kernel source on the host emulator, with checked memory accesses and barriers), or
-    /// `external:DIR` (a vector pack; the kernel's outputs and kernel.json in `--outputs`).
+    /// `external:DIR` (a vector pack; the kernel's outputs and kernel.json in `--outputs`), or
+    /// `synthetic` (the truth plus an independent error of 0.9x and 1.1x the RMS bound on out
+    /// and on lse, four kernels that test the tolerance rule; one: `synthetic-lse-1.1`).
     #[arg(long, default_value = "auto", value_parser = |s: &str| s.parse::<KernelSpec>().map_err(|e| e.to_string()))]
     kernel: KernelSpec,
     /// Only cases whose id starts with this prefix (e.g. `gqla.decode.gqa`); repeat for several.
@@ -148,6 +151,16 @@ fn in_process(spec: &KernelSpec) -> Result<Vec<Candidate>, CliError> {
         KernelSpec::FlashCpu => vec![candidate(Arc::new(FlashCpu::correct(3)), true)],
         KernelSpec::ReferenceF32 => vec![candidate(Arc::new(ReferenceF32), false)],
         KernelSpec::Candle => vec![candidate(Arc::new(CandleCpu), false)],
+        KernelSpec::Synthetic(one) => {
+            let chosen: Vec<(Target, f64)> = match one {
+                Some((t, hundredths)) => vec![(*t, *hundredths as f64 / 100.0)],
+                None => Target::ALL.into_iter().flat_map(|t| RATIOS.map(|r| (t, r))).collect(),
+            };
+            chosen
+                .into_iter()
+                .map(|(target, ratio)| candidate(Arc::new(Synthetic { target, ratio }), false))
+                .collect()
+        }
         KernelSpec::External(dir) => {
             return Err(CliError::Usage(format!(
                 "external:{} is judged from its outputs, not run in this process",

@@ -1,13 +1,16 @@
 //! Synthetic kernels that test the tolerance rule itself: each returns the f64 truth plus an
 //! error drawn from its own random stream, independent of the naive reference's, whose RMS is a
-//! chosen multiple of the case's expected RMS bound (floors included). At 0.9× a correct rule
+//! chosen multiple of the case's RMS bound (floors included). At 0.9× a correct rule
 //! calls them CONFORMANT on every seed, at 1.1× NOT CONFORMANT on every seed; every per-case
 //! check (specials, max error, cosine) passes at both, so only the precision families decide.
 //!
-//! The expected bound is measured, not assumed: b / rms(truth) = K_RMS · rms(e_naive) /
-//! rms(truth) + FLOOR_RMS · u on an independent draw of the same case (another seed), times this
-//! case's rms(truth); so the noise of the judged case's own naive error enters the verdict as it
-//! does for a real kernel.
+//! The bound is the case's own, b = K_RMS · rms(e_naive) + FLOOR_RMS · u · rms(truth), from the
+//! naive reference on the same inputs; the error's values are drawn from the kernel's own stream,
+//! independent of the naive reference's errors. (Scaling to an independent draw's bound instead
+//! was tried: with large logits in bf16 the naive error varies 3-4x from draw to draw, so such a
+//! kernel's error does not track its case, and the per-case bounds rightly reject it; a real
+//! kernel's rounding tracks its case as the naive one's does.) What varies from case to case is
+//! then the drawn error's own RMS, about 1/sqrt(2N) relative.
 
 use crate::case::{Case, DType, Op, Poison};
 use crate::definition::TensorName;
@@ -86,21 +89,11 @@ impl Synthetic {
         }
     }
 
-    /// The expected RMS bound of `tensor` on cases like `case` relative to rms(truth), measured
-    /// on an independent draw: K_RMS · rms(e_naive) / rms(truth) + FLOOR_RMS · u. (Relative,
-    /// because the outputs' scale varies from draw to draw, with large logits most.)
-    fn expected_relative_bound(case: &Case, tensor: TensorName) -> f64 {
-        // The NaN-poison base of a twin: a twin's bound is its base's.
-        let other = case
-            .with_poison(Poison::Nan)
-            .with_seed(crate::lattice::mix(case.seed() ^ 0x0005_1e70_ca11_b8a7).max(1));
-        let inputs = CaseInputs::generate(&other);
-        let (truth, naive) = (compute(&inputs, Precision::Exact), compute(&inputs, Precision::Naive(case.dtype())));
-        let (t, n) = (values(&truth, tensor), values(&naive, tensor));
-        let n_rms = rms_where_finite(n.iter().zip(t).map(|(n, t)| (n - t, *t)));
-        let t_rms = rms_where_finite(t.iter().map(|t| (*t, *t)));
-        let relative = if t_rms > 0.0 { n_rms / t_rms } else { 0.0 };
-        K_RMS * relative + FLOOR_RMS * Self::dtype(case, tensor).unit_roundoff()
+    /// The case's RMS bound on an output, as the judge computes it (over the finite truth).
+    fn bound(truth: &[f64], naive: &[f64], dtype: DType) -> f64 {
+        let n_rms = rms_where_finite(naive.iter().zip(truth).map(|(n, t)| (n - t, *t)));
+        let t_rms = rms_where_finite(truth.iter().map(|t| (*t, *t)));
+        K_RMS * n_rms + FLOOR_RMS * dtype.unit_roundoff() * t_rms
     }
 }
 
@@ -124,6 +117,7 @@ impl Kernel for Synthetic {
     fn run(&self, inputs: &mut CaseInputs, outputs: &mut Outputs) -> Result<(), KernelError> {
         let case = inputs.case.clone();
         let truth = compute(inputs, Precision::Exact);
+        let naive = compute(inputs, Precision::Naive(case.dtype()));
         let mirrored = Mirror::of(&case).outputs;
         for (name, t) in &truth {
             let dtype = Self::dtype(&case, *name);
@@ -138,8 +132,7 @@ impl Kernel for Synthetic {
             // Error-bearing positions: finite and nonzero (an empty row's exact 0 stays 0).
             let live = t.iter().filter(|v| v.is_finite() && **v != 0.0).count();
             let finite = t.iter().filter(|v| v.is_finite()).count();
-            let t_rms = rms_where_finite(t.iter().map(|v| (*v, *v)));
-            let target = self.ratio * Self::expected_relative_bound(&case, *name) * t_rms;
+            let target = self.ratio * Self::bound(t, values(&naive, *name), dtype);
             // The output's own rounding adds to the drawn error; take it out of the draw's share.
             let rounding = rms_where_finite(t.iter().map(|v| (dtype.round_f32(*v as f32) as f64 - v, *v)));
             let share = if live == 0 { 0.0 } else { finite as f64 / live as f64 };

@@ -6,28 +6,8 @@
 //! precise as a naive implementation" from "systematically worse". Twins are left out: they
 //! repeat their base.
 //!
-//! **The rule.** A family is PRECISE when its interval lies below 1 and IMPRECISE (the
-//! certificate is NOT CONFORMANT) when it lies above. The interval is Student's t on the mean of
-//! ln r: 99.9% while fewer than [`MIN_CASES`] cases are pooled (a handful of cases says little
-//! about their spread), 95% from then on. While the interval holds 1 the family is BORDERLINE:
-//! an in-process kernel runs the family's cases again on further draws ([`settle`]) until the
-//! interval leaves 1 or [`MAX_CASES`] cases are pooled; a pack kernel has the draws its packs
-//! hold (`certify --seeds N` pools them). A family still BORDERLINE at the end is decided by its
-//! point estimate (ratio ≤ 1: precise) and the certificate says BORDERLINE with its figures.
-//!
-//! **Its error rates**, measured by `the_rule_decides_near_the_bound` on the rule itself with
-//! normal ln r of spread σ per case (the synthetic kernels' LSE families have σ ≈ 0.2–0.25;
-//! built-in kernels' families lie far below the bound, at 0.001–0.5, and are decided at once):
-//!
-//! | true ratio | σ = 0.25, 4 cases a draw | σ = 0.25, 45 a draw | σ = 0.4, 4 a draw |
-//! |---|---|---|---|
-//! | 0.9 or 1.1: wrong verdict | < 5e-4 | < 1e-4 | < 2e-3 |
-//! | 0.9 or 1.1: BORDERLINE at the end | < 1e-4 | < 1e-4 | < 2% |
-//! | 0.95 or 1.05: wrong verdict | < 1% | < 0.2% | < 4% |
-//! | 0.95 or 1.05: BORDERLINE at the end | < 8% | < 8% | < 40% |
-//! | 1.0 | either verdict, about half each: the bound is the bound | | |
-//!
-//! Cases needed on average at 0.9 and 1.1: about 40 (σ = 0.25), 70 (σ = 0.4).
+//! The rule that decides a family, and its error rates, are stated in [`crate::tolerance`];
+//! `the_rule_decides_near_the_bound` below measures them.
 
 use crate::case::{Case, DType, Op, Poison};
 use crate::definition::TensorName;
@@ -255,20 +235,7 @@ mod tests {
     use rand_distr::{Distribution, Normal};
 
     fn check(tensor: TensorName, rms_err: f64, rms_bound: f64) -> TensorCheck {
-        TensorCheck {
-            tensor,
-            judged: 32,
-            unspecified: 0,
-            rms_err,
-            rms_bound,
-            max_abs_err: 0.0,
-            max_abs_bound: 1.0,
-            one_minus_cos: 0.0,
-            one_minus_cos_bound: 1.0,
-            max_rel_err: 0.0,
-            special_mismatches: 0,
-            first_special_mismatch: None,
-        }
+        TensorCheck::with_rms(tensor, rms_err, rms_bound)
     }
 
     /// Ratios pool per (operation, output, dtype) as a geometric mean, twins left out; a family

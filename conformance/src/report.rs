@@ -619,6 +619,11 @@ mod tests {
         )
     }
 
+    /// The report judged again from its (edited) results.
+    fn rejudged(r: Report) -> Report {
+        Report::new(r.kernel, r.environment, "", (r.seed, r.seed_origin), r.profile, r.results)
+    }
+
     /// Graded verdicts: the whole suite passing is CONFORMANT; a profile narrowed to a fixed
     /// scale passes its two cases but is PARTIAL, naming what it leaves unexercised; one failure
     /// is NOT CONFORMANT whatever the coverage; selecting nothing certifies nothing.
@@ -662,20 +667,60 @@ mod tests {
 
         let mut failed = passing(&cases, Profile::everything());
         failed.results[0].status = Status::RuntimeError { message: "x".into() };
-        let failed = Report::new(
-            failed.kernel,
-            failed.environment,
-            "",
-            (9, failed.seed_origin),
-            failed.profile,
-            failed.results,
-        );
+        let failed = rejudged(failed);
         assert_eq!(failed.verdict, Verdict::NotConformant);
         let nothing = Profile {
             operations: Default::default(),
             ..Profile::everything()
         };
         assert_eq!(passing(&cases, nothing).verdict, Verdict::NothingCertified);
+    }
+
+    /// Precision decides with the cases: a family over its bound makes the certificate NOT
+    /// CONFORMANT though every case passed, junit.xml fails that family's test, and a case that
+    /// fails on a further draw fails the certificate too.
+    #[test]
+    fn an_imprecise_family_or_a_failed_further_draw_is_not_conformant() {
+        use crate::definition::TensorName;
+        use crate::tolerance::TensorCheck;
+        let cases: Vec<Case> = suite_cases().into_iter().filter(|c| c.op() == Op::GqaDecode).collect();
+        let profile = Profile {
+            operations: [Op::GqaDecode].into_iter().collect(),
+            ..Profile::everything()
+        };
+        let check = |tensor, rms_err: f64| TensorCheck::with_rms(tensor, rms_err, 1.0);
+        // Every case passes its per-case checks; lse sits at 1.5x its RMS bound, out at 0.5x.
+        let mut report = passing(&cases, profile);
+        for r in &mut report.results {
+            r.status = Status::Pass {
+                checks: vec![check(TensorName::Out, 0.5), check(TensorName::Lse, 1.5)],
+            };
+        }
+        let report = rejudged(report);
+        assert_eq!(report.verdict, Verdict::NotConformant, "{}", report.verdict_line());
+        assert!(report.verdict_line().contains("; imprecise (RMS error over its bound): gqa.decode lse f32 1.50x, gqa.decode lse bf16 1.50x"), "{}", report.verdict_line());
+        assert!(report.precision.iter().all(|f| f.imprecise() == (f.tensor == TensorName::Lse)));
+        let junit = report.junit();
+        assert!(junit.contains("name=\"precision.gqa.decode.lse.bf16\"><failure type=\"IMPRECISE\""), "{junit}");
+        assert!(junit.contains("name=\"precision.gqa.decode.out.bf16\"/>"), "{junit}");
+        assert!(report.markdown().contains("| gqa.decode | lse | bf16 |"));
+
+        // Precise everywhere, but one further draw failed.
+        let mut fine = passing(&cases, Profile::everything());
+        for r in &mut fine.results {
+            r.status = Status::Pass {
+                checks: vec![check(TensorName::Out, 0.5), check(TensorName::Lse, 0.5)],
+            };
+        }
+        let fine = rejudged(fine);
+        assert_eq!(fine.verdict, Verdict::Conformant, "{}", fine.verdict_line());
+        let mut failed_draw = fine.results[0].clone();
+        failed_draw.id = cases[0].with_seed(12345).to_string();
+        failed_draw.status = Status::RuntimeError { message: "boom".into() };
+        let drawn = fine.with_precision_draws(vec![failed_draw]);
+        assert_eq!(drawn.verdict, Verdict::NotConformant);
+        assert!(drawn.verdict_line().contains("1 case(s) failed on further precision draws"), "{}", drawn.verdict_line());
+        assert!(drawn.markdown().contains("seed=12345` | RUNTIME_ERROR"), "{}", drawn.markdown());
     }
 
     #[test]

@@ -17,6 +17,17 @@ pub struct Tally {
     pub first_failure: Option<String>,
 }
 
+impl Tally {
+    /// One more run of the case; `when` names it in the first failure.
+    fn add(&mut self, r: &CaseResult, when: &str) {
+        self.ran += 1;
+        self.passed += r.status.passed() as u32;
+        if r.status.failed() && self.first_failure.is_none() {
+            self.first_failure = Some(format!("{when}: {}: {}", r.status.name(), plain(&r.status.cause())));
+        }
+    }
+}
+
 /// One precision family across seeds: on how many it was PRECISE, and its ratios.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct FamilyTally {
@@ -45,13 +56,8 @@ impl Stability {
         assert_eq!(cases.len(), results.len(), "one result per case");
         self.seeds.push(seed);
         for (case, r) in cases.iter().zip(results) {
-            let t = self.cases.entry(case.shape_id()).or_default();
             if r.status.selected() {
-                t.ran += 1;
-                t.passed += r.status.passed() as u32;
-                if r.status.failed() && t.first_failure.is_none() {
-                    t.first_failure = Some(format!("seed {seed}: {}: {}", r.status.name(), plain(&r.status.cause())));
-                }
+                self.cases.entry(case.shape_id()).or_default().add(r, &format!("seed {seed}"));
             }
         }
     }
@@ -60,12 +66,7 @@ impl Stability {
     pub fn record_draws(&mut self, seed: u64, draws: &[CaseResult]) {
         for r in draws {
             if let Ok(case) = r.id.parse::<Case>() {
-                let t = self.cases.entry(case.shape_id()).or_default();
-                t.ran += 1;
-                t.passed += r.status.passed() as u32;
-                if r.status.failed() && t.first_failure.is_none() {
-                    t.first_failure = Some(format!("seed {seed}, further draw: {}: {}", r.status.name(), plain(&r.status.cause())));
-                }
+                self.cases.entry(case.shape_id()).or_default().add(r, &format!("seed {seed}, further draw"));
             }
         }
     }
@@ -208,5 +209,48 @@ mod tests {
             .starts_with("seed 12: RUNTIME_ERROR"));
         assert!(!s.stable());
         assert!(s.markdown("k", "o").contains("| 1/2 (seed 12"), "{}", s.markdown("k", "o"));
+    }
+
+    /// A family IMPRECISE on one seed makes the run unstable; for pack sets the families pooled
+    /// over every seed decide instead.
+    #[test]
+    fn precision_families_count_per_seed_unless_pooled() {
+        let cases: Vec<Case> = suite_cases_seeded(11).into_iter().take(1).collect();
+        let pass = [CaseResult {
+            id: cases[0].to_string(),
+            status: Status::Pass { checks: Vec::new() },
+            seconds: 0.0,
+        }];
+        let family = |ratio: f64, imprecise: bool| Family {
+            operation: "gqa.decode".into(),
+            tensor: crate::definition::TensorName::Lse,
+            dtype: crate::case::DType::Bf16,
+            cases: 40,
+            draws: 1,
+            ratio,
+            low: ratio * 0.99,
+            high: ratio * 1.01,
+            confidence: 0.95,
+            judgement: if imprecise {
+                crate::precision::Judgement::Imprecise
+            } else {
+                crate::precision::Judgement::Precise
+            },
+            borderline: false,
+        };
+        let mut s = Stability::default();
+        s.record(11, &cases, &pass);
+        s.record_families(11, &[family(0.5, false)]);
+        assert!(s.stable());
+        s.record(12, &cases, &pass);
+        s.record_families(12, &[family(1.2, true)]);
+        assert!(!s.stable());
+        let (key, t) = s.families().next().unwrap();
+        assert_eq!((key, t.precise, t.seeds, t.min_ratio, t.max_ratio), ("gqa.decode lse bf16", 1, 2, 0.5, 1.2));
+        assert!(s.markdown("k", "o").contains("| gqa.decode lse bf16 | 1/2 | 0 | 0.500–1.200 |"), "{}", s.markdown("k", "o"));
+        s.set_pooled(vec![family(0.9, false)]);
+        assert!(s.stable(), "the pooled family decides");
+        s.set_pooled(vec![family(1.1, true)]);
+        assert!(!s.stable());
     }
 }

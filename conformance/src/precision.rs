@@ -35,8 +35,8 @@ const T_975: [f64; 30] = [
 /// Student's t, two-sided 99.9% (the 0.9995 quantile), for 1..=31 degrees of freedom (the
 /// interval below [`MIN_CASES`] cases). (Standard table values.)
 const T_9995: [f64; 31] = [
-    636.62, 31.599, 12.924, 8.610, 6.869, 5.959, 5.408, 5.041, 4.781, 4.587, 4.437, 4.318, 4.221, 4.140, 4.073, 4.015, 3.965, 3.922,
-    3.883, 3.850, 3.819, 3.792, 3.768, 3.745, 3.725, 3.707, 3.690, 3.674, 3.659, 3.646, 3.633,
+    636.62, 31.599, 12.924, 8.610, 6.869, 5.959, 5.408, 5.041, 4.781, 4.587, 4.437, 4.318, 4.221, 4.140, 4.073, 4.015, 3.965, 3.922, 3.883,
+    3.850, 3.819, 3.792, 3.768, 3.745, 3.725, 3.707, 3.690, 3.674, 3.659, 3.646, 3.633,
 ];
 
 /// The half-width multiplier of the interval on `n` pooled values (n − 1 degrees of freedom).
@@ -96,7 +96,11 @@ impl std::fmt::Display for Family {
             self.draws,
             if self.draws == 1 { "" } else { "s" },
             self.judgement.text(),
-            if self.borderline { " (BORDERLINE: decided by the point estimate)" } else { "" }
+            if self.borderline {
+                " (BORDERLINE: decided by the point estimate)"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -161,7 +165,13 @@ fn judged_checks(r: &CaseResult) -> Option<&[crate::tolerance::TensorCheck]> {
 /// or numerically judged). Draws are counted as the distinct case seeds of a family's first case
 /// shape.
 pub fn families<'a>(judged: impl IntoIterator<Item = (&'a CaseResult, &'a Case)>) -> Vec<Family> {
-    let mut logs: BTreeMap<(usize, TensorName, DType), (Vec<f64>, BTreeMap<String, BTreeSet<u64>>)> = BTreeMap::new();
+    /// A family's log ratios, and per case shape the seeds it was drawn from.
+    #[derive(Default)]
+    struct Pool {
+        logs: Vec<f64>,
+        seeds: BTreeMap<String, BTreeSet<u64>>,
+    }
+    let mut pools: BTreeMap<(usize, TensorName, DType), Pool> = BTreeMap::new();
     for (r, case) in judged {
         let Some(checks) = judged_checks(r) else { continue };
         if case.poison() == Poison::Garbage {
@@ -170,15 +180,16 @@ pub fn families<'a>(judged: impl IntoIterator<Item = (&'a CaseResult, &'a Case)>
         let op = Op::ALL.iter().position(|o| *o == case.op()).expect("a suite operation");
         for c in checks.iter().filter(|c| c.rms_bound > 0.0 && c.judged > 0) {
             let ratio = (c.rms_err / c.rms_bound).max(RATIO_FLOOR);
-            let (l, seeds) = logs.entry((op, c.tensor, case.dtype())).or_default();
-            l.push(ratio.ln());
-            seeds.entry(case.shape_id()).or_default().insert(case.seed());
+            let pool = pools.entry((op, c.tensor, case.dtype())).or_default();
+            pool.logs.push(ratio.ln());
+            pool.seeds.entry(case.shape_id()).or_default().insert(case.seed());
         }
     }
-    logs.into_iter()
-        .map(|((op, tensor, dtype), (l, seeds))| {
-            let draws = seeds.values().map(BTreeSet::len).max().unwrap_or(1);
-            Family::decide(Op::ALL[op].name(), tensor, dtype, &l, draws)
+    pools
+        .into_iter()
+        .map(|((op, tensor, dtype), pool)| {
+            let draws = pool.seeds.values().map(BTreeSet::len).max().unwrap_or(1);
+            Family::decide(Op::ALL[op].name(), tensor, dtype, &pool.logs, draws)
         })
         .collect()
 }

@@ -554,10 +554,8 @@ impl Profile {
             Some(p) if !self.page_sizes.takes(p) => return Some(Exclusion::PageSize(p)),
             _ => {}
         }
-        if case.op().is_decode() {
-            if case.sq() < self.s_q.min || case.sq() > self.s_q.max {
-                return Some(Exclusion::Sq(case.sq()));
-            }
+        if case.op().is_decode() && (case.sq() < self.s_q.min || case.sq() > self.s_q.max) {
+            return Some(Exclusion::Sq(case.sq()));
         }
         if case.op() == Op::DecodeGqa && !self.rope_layouts.contains(&case.layout()) {
             return Some(Exclusion::GroupCacheLayout(case.layout()));

@@ -698,10 +698,19 @@ mod tests {
         }
         let report = rejudged(report);
         assert_eq!(report.verdict, Verdict::NotConformant, "{}", report.verdict_line());
-        assert!(report.verdict_line().contains("; imprecise (RMS error over its bound): gqa.decode lse f32 1.50x, gqa.decode lse bf16 1.50x"), "{}", report.verdict_line());
+        assert!(
+            report
+                .verdict_line()
+                .contains("; imprecise (RMS error over its bound): gqa.decode lse f32 1.50x, gqa.decode lse bf16 1.50x"),
+            "{}",
+            report.verdict_line()
+        );
         assert!(report.precision.iter().all(|f| f.imprecise() == (f.tensor == TensorName::Lse)));
         let junit = report.junit();
-        assert!(junit.contains("name=\"precision.gqa.decode.lse.bf16\"><failure type=\"IMPRECISE\""), "{junit}");
+        assert!(
+            junit.contains("name=\"precision.gqa.decode.lse.bf16\"><failure type=\"IMPRECISE\""),
+            "{junit}"
+        );
         assert!(junit.contains("name=\"precision.gqa.decode.out.bf16\"/>"), "{junit}");
         assert!(report.markdown().contains("| gqa.decode | lse | bf16 |"));
 
@@ -719,7 +728,11 @@ mod tests {
         failed_draw.status = Status::RuntimeError { message: "boom".into() };
         let drawn = fine.with_precision_draws(vec![failed_draw]);
         assert_eq!(drawn.verdict, Verdict::NotConformant);
-        assert!(drawn.verdict_line().contains("1 case(s) failed on further precision draws"), "{}", drawn.verdict_line());
+        assert!(
+            drawn.verdict_line().contains("1 case(s) failed on further precision draws"),
+            "{}",
+            drawn.verdict_line()
+        );
         assert!(drawn.markdown().contains("seed=12345` | RUNTIME_ERROR"), "{}", drawn.markdown());
     }
 

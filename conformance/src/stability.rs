@@ -66,7 +66,10 @@ impl Stability {
     pub fn record_draws(&mut self, seed: u64, draws: &[CaseResult]) {
         for r in draws {
             if let Ok(case) = r.id.parse::<Case>() {
-                self.cases.entry(case.shape_id()).or_default().add(r, &format!("seed {seed}, further draw"));
+                self.cases
+                    .entry(case.shape_id())
+                    .or_default()
+                    .add(r, &format!("seed {seed}, further draw"));
             }
         }
     }
@@ -246,8 +249,15 @@ mod tests {
         s.record_families(12, &[family(1.2, true)]);
         assert!(!s.stable());
         let (key, t) = s.families().next().unwrap();
-        assert_eq!((key, t.precise, t.seeds, t.min_ratio, t.max_ratio), ("gqa.decode lse bf16", 1, 2, 0.5, 1.2));
-        assert!(s.markdown("k", "o").contains("| gqa.decode lse bf16 | 1/2 | 0 | 0.500–1.200 |"), "{}", s.markdown("k", "o"));
+        assert_eq!(
+            (key, t.precise, t.seeds, t.min_ratio, t.max_ratio),
+            ("gqa.decode lse bf16", 1, 2, 0.5, 1.2)
+        );
+        assert!(
+            s.markdown("k", "o").contains("| gqa.decode lse bf16 | 1/2 | 0 | 0.500–1.200 |"),
+            "{}",
+            s.markdown("k", "o")
+        );
         s.set_pooled(vec![family(0.9, false)]);
         assert!(s.stable(), "the pooled family decides");
         s.set_pooled(vec![family(1.1, true)]);

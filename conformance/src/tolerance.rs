@@ -255,7 +255,13 @@ mod tests {
         let n = 64;
         let truth: Vec<f64> = (0..n).map(|i| 1.0 + (i as f64).sin()).collect();
         let naive: Vec<f64> = truth.iter().enumerate().map(|(i, t)| t + 1e-3 * ((i * 7) as f64).cos()).collect();
-        let scaled = |k: f64| -> Vec<f64> { truth.iter().enumerate().map(|(i, t)| t + k * 1e-3 * ((i * 11) as f64).sin()).collect() };
+        let scaled = |k: f64| -> Vec<f64> {
+            truth
+                .iter()
+                .enumerate()
+                .map(|(i, t)| t + k * 1e-3 * ((i * 11) as f64).sin())
+                .collect()
+        };
         // f32's roundoff: the floors are negligible, the multiples of the naive error decide.
         let u = f64::powi(2.0, -24);
         let same = check(TensorName::Out, &scaled(1.0), &truth, &naive, u, 0);

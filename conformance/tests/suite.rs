@@ -6,10 +6,10 @@ use gqla_conformance::definition::TensorName;
 use gqla_conformance::inputs::CaseInputs;
 use gqla_conformance::kernels::{Bug, FlashCpu, ReferenceF32};
 use gqla_conformance::lattice::{must_pass, suite_cases, suite_cases_seeded, SUITE_VERSION};
-use gqla_conformance::pack::{inputs_file, sha256_hex};
-use gqla_conformance::profile::{ByDtype, EmptyLse, EmptyOut, Lse, LseBase, LseConvention, LseDtype, NoLse, Profile, Scale};
 use gqla_conformance::mutation::first_rejection;
+use gqla_conformance::pack::{inputs_file, sha256_hex};
 use gqla_conformance::precision::{families_of, settle};
+use gqla_conformance::profile::{ByDtype, EmptyLse, EmptyOut, Lse, LseBase, LseConvention, LseDtype, NoLse, Profile, Scale};
 use gqla_conformance::runner::{CaseResult, Prepared, Session};
 use gqla_conformance::{Kernel, KernelError, KernelIdentity, Outputs};
 use std::sync::{Arc, OnceLock};
@@ -109,7 +109,12 @@ fn precision_failures(session: &mut Session, results: &[CaseResult]) -> Vec<Stri
         .map(|r| format!("{name} on further draw {}: {}", r.id, r.status.cause()))
         .collect();
     let pooled: Vec<CaseResult> = results.iter().chain(&draws).cloned().collect();
-    failures.extend(families_of(&pooled).into_iter().filter(|f| f.imprecise()).map(|f| format!("{name}: {f}")));
+    failures.extend(
+        families_of(&pooled)
+            .into_iter()
+            .filter(|f| f.imprecise())
+            .map(|f| format!("{name}: {f}")),
+    );
     failures
 }
 

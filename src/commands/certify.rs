@@ -8,8 +8,8 @@ use gqla_conformance::kernels::synthetic::{Target, RATIOS};
 use gqla_conformance::kernels::{CandleCpu, FlashCpu, ReferenceF32, Synthetic};
 use gqla_conformance::lattice::SUITE_VERSION;
 use gqla_conformance::mutation::mutation_summary;
-use gqla_conformance::precision::{families_of, settle};
 use gqla_conformance::pack::{judge, outputs_dir, read_kernel_info, read_manifest, Judging};
+use gqla_conformance::precision::{families_of, settle};
 use gqla_conformance::report::{plain, Environment, Report, SeedOrigin};
 use gqla_conformance::runner::{CaseResult, Prepared, Session};
 use gqla_conformance::selection::fresh_seed;
@@ -321,7 +321,10 @@ fn stability(candidates: &[Candidate], n: u32, selection: &Selection, a: &Args) 
 /// The precision families that were not PRECISE on every seed, and those pooled over the seeds.
 fn print_families(t: &Stability) {
     for (key, f) in t.families().filter(|(_, f)| f.precise != f.seeds) {
-        println!("  precision {key}: PRECISE on {}/{} seeds, ratio {:.3}-{:.3}", f.precise, f.seeds, f.min_ratio, f.max_ratio);
+        println!(
+            "  precision {key}: PRECISE on {}/{} seeds, ratio {:.3}-{:.3}",
+            f.precise, f.seeds, f.min_ratio, f.max_ratio
+        );
     }
     for f in t.pooled() {
         println!("  pooled over the seeds: {f}");
@@ -513,7 +516,10 @@ fn finish(report: Report, out: &Path) -> Result<Outcome, CliError> {
         println!("  precision {f}");
     }
     if !report.precision_draws.is_empty() {
-        println!("  {} further case(s) on new draws for BORDERLINE precision families", report.precision_draws.len());
+        println!(
+            "  {} further case(s) on new draws for BORDERLINE precision families",
+            report.precision_draws.len()
+        );
     }
     for c in &report.coverage {
         for (axis, n) in &c.left_out {

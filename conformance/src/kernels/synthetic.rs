@@ -141,7 +141,11 @@ impl Kernel for Synthetic {
             // output's twin carries the error negated, as it carries the value.
             let tag = Op::ALL.iter().position(|o| *o == case.op()).unwrap_or(0) as u64 * 64 + *name as u64;
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(crate::lattice::mix(case.seed() ^ crate::lattice::mix(tag)));
-            let sign = if case.poison() == Poison::Garbage && mirrored.contains(name) { -1.0 } else { 1.0 };
+            let sign = if case.poison() == Poison::Garbage && mirrored.contains(name) {
+                -1.0
+            } else {
+                1.0
+            };
             for (d, v) in dst.iter_mut().zip(t) {
                 let g: f64 = StandardNormal.sample(&mut rng);
                 *d = if v.is_finite() && *v != 0.0 {

@@ -209,7 +209,7 @@ fn redraw_seed(seed: u64, round: usize) -> u64 {
 /// More draws for an in-process kernel: while some family of `results` is BORDERLINE with fewer
 /// than [`MAX_CASES`] cases, run its (operation, dtype)'s judged cases again, each from a new
 /// seed, on `session`. Returns the further results (each also judged per case: a failure there
-/// is a failure of the certificate). `progress` is called before each case.
+/// is a failure of the certificate, and ends the drawing). `progress` is called before each case.
 pub fn settle(session: &mut Session, results: &[CaseResult], mut progress: impl FnMut(&Case)) -> Vec<CaseResult> {
     let base: Vec<Case> = results
         .iter()
@@ -232,6 +232,10 @@ pub fn settle(session: &mut Session, results: &[CaseResult], mut progress: impl 
             let again = case.with_seed(redraw_seed(case.seed(), round));
             progress(&again);
             extra.push(session.run(&Prepared::new(&again)));
+        }
+        // A case that fails on a further draw fails the certificate: drawing on decides nothing.
+        if extra.iter().any(|r| r.status.failed()) {
+            break;
         }
     }
     extra

@@ -72,7 +72,10 @@ fn builtin_certificates_on_a_subset() {
         let families = report["precision"].as_array().unwrap().len();
         let draws = report["precision_draws"].as_array().unwrap().len();
         assert!(families >= 1, "{report}");
-        assert_eq!(doc.root_element().attribute("tests"), Some((1 + draws + families).to_string().as_str()));
+        assert_eq!(
+            doc.root_element().attribute("tests"),
+            Some((1 + draws + families).to_string().as_str())
+        );
         let core = doc
             .descendants()
             .find(|n| n.attribute("name") == Some("core_not_covered.gqla.decode.absorb"))

@@ -18,6 +18,7 @@
 //!   through [`confined`] as hostile input.
 
 pub mod case;
+pub mod certify;
 pub mod confined;
 pub mod coverage;
 pub mod definition;

@@ -3,18 +3,19 @@
 
 use super::CliError;
 use gqla_conformance::case::Case;
+use gqla_conformance::certify::{run_cases, RunInfo};
 use gqla_conformance::kernel_spec::{CudaBackend, KernelSpec};
 use gqla_conformance::kernels::synthetic::{Target, RATIOS};
 use gqla_conformance::kernels::{CandleCpu, FlashCpu, ReferenceF32, Synthetic};
 use gqla_conformance::lattice::SUITE_VERSION;
 use gqla_conformance::mutation::mutation_summary;
 use gqla_conformance::pack::{judge, outputs_dir, read_kernel_info, read_manifest, Judging};
-use gqla_conformance::precision::{families_of, settle};
+use gqla_conformance::precision::families_of;
 use gqla_conformance::report::{plain, Environment, Report, SeedOrigin};
-use gqla_conformance::runner::{CaseResult, Prepared, Session};
+use gqla_conformance::runner::{CaseResult, Prepared};
 use gqla_conformance::selection::fresh_seed;
 use gqla_conformance::stability::Stability;
-use gqla_conformance::{Kernel, KernelIdentity, Profile, Selection};
+use gqla_conformance::{Kernel, KernelIdentity, Selection};
 use gqla_cuda::{CudaKernel, EmuKernel};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
@@ -205,16 +206,13 @@ pub fn run(a: Args, budget: &gqla_model::budget::Budget) -> Result<Outcome, CliE
     for (c, results) in candidates.iter().zip(results) {
         let identity = c.kernel.identity();
         let dir = if several { a.out.join(&identity.name) } else { a.out.clone() };
-        let draws = precision_draws(c, &results, &a);
-        let mut report = Report::new(
-            identity,
-            Environment::detect(c.kernel.environment()),
-            &selection.to_string(),
-            (seed, SeedOrigin::of_run(seed, a.seed.is_some())),
-            c.kernel.profile(),
-            results,
-        )
-        .with_precision_draws(draws);
+        let run = RunInfo {
+            filter: &selection.to_string(),
+            seed,
+            origin: SeedOrigin::of_run(seed, a.seed.is_some()),
+            timeout: Duration::from_secs(a.timeout),
+        };
+        let mut report = certified(c, results, &run);
         if c.with_mutants {
             report.mutation = Some(mutation_summary(&prepared, Duration::from_secs(a.timeout)));
         }
@@ -224,17 +222,17 @@ pub fn run(a: Args, budget: &gqla_model::budget::Budget) -> Result<Outcome, CliE
     Ok(if all_conformant { Outcome::Conformant } else { Outcome::Rejected })
 }
 
-/// The further draws of a candidate's BORDERLINE precision families ([`settle`]).
-fn precision_draws(c: &Candidate, results: &[CaseResult], a: &Args) -> Vec<CaseResult> {
+/// A candidate's certificate of `results` ([`gqla_conformance::certify::report`]: its BORDERLINE
+/// precision families drawn again, with a spinner while they are).
+fn certified(c: &Candidate, results: Vec<CaseResult>, run: &RunInfo) -> Report {
     let bar = ProgressBar::new_spinner();
     bar.set_style(ProgressStyle::with_template("precision draws {pos} {msg}").expect("valid template"));
-    let mut session = Session::new(c.kernel.clone(), Duration::from_secs(a.timeout));
-    let draws = settle(&mut session, results, |case| {
+    let report = gqla_conformance::certify::report(&c.kernel, results, run, |case| {
         bar.set_message(format!("{} {}", c.kernel.identity().name, case.op().name()));
         bar.inc(1);
     });
     bar.finish_and_clear();
-    draws
+    report
 }
 
 /// A kernel's panic is reported as RUNTIME_ERROR in the certificate; keep it off the terminal.
@@ -258,26 +256,13 @@ fn run_suite(
     keep: bool,
 ) -> Result<(Vec<Case>, Vec<Vec<CaseResult>>, Vec<Prepared>), CliError> {
     let cases = selection.cases(seed).map_err(|e| CliError::Usage(e.to_string()))?;
-    let timeout = Duration::from_secs(a.timeout);
     let bar = ProgressBar::new((cases.len() * candidates.len()) as u64);
     bar.set_style(ProgressStyle::with_template("certifying {bar:30} {pos}/{len} {msg}").expect("valid template"));
-    let mut sessions: Vec<Session> = candidates.iter().map(|c| Session::new(c.kernel.clone(), timeout)).collect();
-    let profiles: Vec<Profile> = candidates.iter().map(|c| c.kernel.profile()).collect();
-    let mut prepared = Vec::new();
-    let mut results = vec![Vec::with_capacity(cases.len()); candidates.len()];
-    for case in &cases {
+    let kernels: Vec<Arc<dyn Kernel>> = candidates.iter().map(|c| c.kernel.clone()).collect();
+    let (results, prepared) = run_cases(&kernels, &cases, Duration::from_secs(a.timeout), keep, |case| {
         bar.set_message(format!("{} seed {seed}", case.op().name()));
-        let p = Prepared::new(case);
-        for ((s, r), profile) in sessions.iter_mut().zip(&mut results).zip(&profiles) {
-            // A kernel whose profile draws the case otherwise (a fixed scale) runs it as drawn.
-            let drawn = profile.draw(case);
-            r.push(if drawn == *case { s.run(&p) } else { s.run(&Prepared::new(&drawn)) });
-            bar.inc(1);
-        }
-        if keep {
-            prepared.push(p);
-        }
-    }
+        bar.inc(1);
+    });
     bar.finish_and_clear();
     Ok((cases, results, prepared))
 }
@@ -289,12 +274,17 @@ fn stability(candidates: &[Candidate], n: u32, selection: &Selection, a: &Args) 
         let seed = fresh_seed();
         println!("seed {seed} ({} of {n})", i + 1);
         let (cases, results, _) = run_suite(candidates, seed, selection, a, false)?;
-        for ((t, rs), c) in tallies.iter_mut().zip(&results).zip(candidates) {
-            t.record(seed, &cases, rs);
-            let draws = precision_draws(c, rs, a);
-            t.record_draws(seed, &draws);
-            let pooled: Vec<CaseResult> = rs.iter().chain(&draws).cloned().collect();
-            t.record_families(seed, &families_of(&pooled));
+        let run = RunInfo {
+            filter: &selection.to_string(),
+            seed,
+            origin: SeedOrigin::DrawnByThisRun,
+            timeout: Duration::from_secs(a.timeout),
+        };
+        for ((t, rs), c) in tallies.iter_mut().zip(results).zip(candidates) {
+            t.record(seed, &cases, &rs);
+            let report = certified(c, rs, &run);
+            t.record_draws(seed, &report.precision_draws);
+            t.record_families(seed, &report.precision);
         }
     }
     let mut all = true;

@@ -17,4 +17,5 @@ mod eval;
 mod hostile;
 mod parity;
 mod plan;
+mod python_package;
 mod snapshot;

@@ -176,6 +176,47 @@ impl Outputs {
     pub fn get_mut(&mut self, name: TensorName) -> Result<&mut OutputTensor, MissingOutput> {
         self.tensors.iter_mut().find(|t| t.name == name).ok_or(MissingOutput(name))
     }
+
+    /// Fill every output from a kernel's own tensors, looked up by name (from a pack's file or a
+    /// Python kernel's arrays; `source` names where in the status): each must be there, with the
+    /// output's shape and a float dtype. Anything else is the case's SHAPE_OR_DTYPE_MISMATCH.
+    pub fn fill<'a>(
+        &mut self,
+        source: &str,
+        mut tensor: impl FnMut(&str) -> Option<TensorBytes<'a>>,
+    ) -> Result<(), crate::verdict::Status> {
+        for t in self.tensors.iter_mut() {
+            let mismatch = |detail: String| crate::verdict::Status::ShapeOrDtypeMismatch {
+                detail: format!("{source}: tensor `{}` {detail}", t.name),
+            };
+            let Some(given) = tensor(t.name.as_str()) else {
+                return Err(mismatch(format!("missing (expected shape {:?})", t.shape)));
+            };
+            if given.shape != t.shape {
+                return Err(mismatch(format!("has shape {:?}, expected {:?}", given.shape, t.shape)));
+            }
+            let Some(values) = gqla_files::tensors::decode_floats(given.dtype, given.data) else {
+                return Err(mismatch(format!("has dtype {:?}, expected a float dtype", given.dtype)));
+            };
+            if values.len() != t.len() {
+                return Err(mismatch(format!(
+                    "holds {} values, its shape {:?} {}",
+                    values.len(),
+                    t.shape,
+                    t.len()
+                )));
+            }
+            t.region_mut().iter_mut().zip(&values).for_each(|(d, v)| *d = *v as f32);
+        }
+        Ok(())
+    }
+}
+
+/// A kernel's output tensor as little-endian bytes of a safetensors dtype.
+pub struct TensorBytes<'a> {
+    pub shape: Vec<usize>,
+    pub dtype: safetensors::Dtype,
+    pub data: &'a [u8],
 }
 
 /// An output tensor the case does not have.
@@ -205,13 +246,19 @@ pub enum KernelError {
     Declined(String),
     /// The kernel failed at run time.
     Runtime(String),
+    /// The kernel wrote to input memory it was handed (a kernel outside Rust, whose inputs the
+    /// harness hashed before and after the call).
+    InputsWritten(String),
+    /// The kernel's outputs are not the tensors the case expects (a kernel outside Rust, whose
+    /// outputs the harness copies in).
+    BadOutputs(String),
 }
 
 impl std::fmt::Display for KernelError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             KernelError::Declined(why) => write!(f, "declined at run time a case its profile selects: {why}"),
-            KernelError::Runtime(why) => f.write_str(why),
+            KernelError::Runtime(why) | KernelError::InputsWritten(why) | KernelError::BadOutputs(why) => f.write_str(why),
         }
     }
 }

@@ -23,7 +23,7 @@ use crate::profile::Profile;
 use crate::runner::{CaseResult, Prepared, Twins};
 use crate::shape::{CacheLayout, CaseAxes};
 use crate::verdict::Status;
-use gqla_files::tensors::{decode_floats, RawTensor};
+use gqla_files::tensors::RawTensor;
 use gqla_files::OutputDir;
 use safetensors::{Dtype as StDtype, SafeTensors};
 use serde::{Deserialize, Serialize};
@@ -205,7 +205,7 @@ fn ints(shape: Vec<usize>, values: &[i32]) -> RawTensor {
 
 /// The input tensors of a case, as the pack stores them: the tensors its definition lists for it,
 /// each with the shape its axes give and the dtype its rule names.
-fn input_tensors(inp: &CaseInputs) -> Vec<(String, RawTensor)> {
+pub fn input_tensors(inp: &CaseInputs) -> Vec<(String, RawTensor)> {
     let c = &inp.case;
     let (layout, table) = match &inp.cache.paging {
         Paging::Contiguous { capacity } => (CacheLayout::Contiguous { capacity: *capacity }, &[][..]),
@@ -544,20 +544,17 @@ fn read_outputs(j: &Judging, pc: &PackCase, case: &Case) -> Result<Result<Output
             }))
         }
     };
-    for t in outputs.tensors.iter_mut() {
-        let mismatch = |detail: String| Status::ShapeOrDtypeMismatch {
-            detail: format!("{shown}: tensor `{}` {detail}", t.name),
-        };
-        let Ok(view) = st.tensor(t.name.as_str()) else {
-            return Ok(Err(mismatch(format!("missing (expected shape {:?})", t.shape))));
-        };
-        if view.shape() != t.shape.as_slice() {
-            return Ok(Err(mismatch(format!("has shape {:?}, expected {:?}", view.shape(), t.shape))));
-        }
-        let Some(values) = decode_floats(view.dtype(), view.data()) else {
-            return Ok(Err(mismatch(format!("has dtype {:?}, expected a float dtype", view.dtype()))));
-        };
-        t.region_mut().iter_mut().zip(&values).for_each(|(d, v)| *d = *v as f32);
+    let source = shown.to_string();
+    let filled = outputs.fill(&source, |name| {
+        let view = st.tensor(name).ok()?;
+        Some(crate::kernel::TensorBytes {
+            shape: view.shape().to_vec(),
+            dtype: view.dtype(),
+            data: view.data(),
+        })
+    });
+    if let Err(status) = filled {
+        return Ok(Err(status));
     }
     Ok(Ok(outputs))
 }

@@ -272,6 +272,8 @@ impl Prepared {
                 },
                 None,
             ),
+            Ok((Ok(Err(KernelError::InputsWritten(detail))), _, _)) => result(Status::InputMutated { detail }, None),
+            Ok((Ok(Err(KernelError::BadOutputs(detail))), _, _)) => result(Status::ShapeOrDtypeMismatch { detail }, None),
             Ok((Ok(Err(e @ (KernelError::Declined(_) | KernelError::Runtime(_)))), _, _)) => {
                 result(Status::RuntimeError { message: e.to_string() }, None)
             }

@@ -31,7 +31,7 @@ SUITE_VERSION: str = _native.SUITE_VERSION
 # The parameters a case exposes, straight from the suite.
 _PARAMETERS = (
     "id", "op", "dtype", "batch", "heads", "groups", "d_c", "d_n", "d_r", "d_v", "s_q",
-    "seq_lens", "page_size", "scale", "scale_bits", "splits", "poison", "seed",
+    "seq_lens", "page_size", "scale", "scale_bits", "splits", "poison", "seed", "rope_layout",
 )
 
 
@@ -88,6 +88,12 @@ class Case:
                 for name, dtype, shape, data in tensors
             }
         return self._inputs
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Every parameter as a vector pack's manifest lists it: an adapter written for packs
+        reads the same dict."""
+        return json.loads(self._native.params_json())
 
     @property
     def output_shapes(self) -> dict[str, tuple[int, ...]]:

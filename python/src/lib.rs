@@ -158,6 +158,18 @@ impl PyCase {
     fn seed(&self) -> u64 {
         self.case.seed()
     }
+    /// The GQA path's cache layout: "once" (one rope key beside the groups') or "per_group".
+    #[getter]
+    fn rope_layout(&self) -> String {
+        serde_json::to_value(self.case.layout())
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .expect("a layout serializes as its name")
+    }
+    /// Every parameter as a vector pack's manifest lists it (`params`), as JSON text.
+    fn params_json(&self) -> String {
+        serde_json::to_string(&gqla_conformance::pack::CaseParams::of(&self.case)).expect("parameters serialize")
+    }
 
     /// The input tensors, as the tensor table (definitions.json) lists them: a list of
     /// (name, dtype, shape, bytearray) with little-endian values.

@@ -70,6 +70,7 @@ def test_cases_are_data():
     assert np.float32(c.scale) == c.inputs["scale"][()] and np.float32(c.scale).view(np.uint32) == c.scale_bits
     assert c.inputs["q"].shape == (c.batch, c.s_q, c.heads, c.d_n)
     assert list(c.inputs["seq_lens"]) == c.seq_lens
+    assert c.params["operation"] == "gqa.decode" and c.params["seq_lens"] == c.seq_lens, c.params
     ref = c.reference()
     for name, shape in c.output_shapes.items():
         assert ref.truth[name].shape == shape and ref.naive[name].shape == shape
@@ -86,6 +87,14 @@ def test_cases_are_data():
         assert "the profile selects none of the" in str(e), e
     else:
         raise AssertionError("an empty selection was accepted")
+
+
+def test_layouts_and_poison_read_as_the_profile_writes_them():
+    profile = dict(PROFILE, operations=["gqla.decode.gqa"], rope_layouts=["once", "per_group"])
+    cases = gqla.cases(profile, ops=["gqla.decode.gqa"])
+    assert {c.rope_layout for c in cases} == {"once", "per_group"}
+    assert {c.poison for c in cases} == {"nan", "garbage"}
+    assert all(c.params["rope_layout"] == c.rope_layout for c in cases)
 
 
 def test_a_numpy_kernel_is_conformant():

@@ -266,17 +266,20 @@ impl PyKernel {
             profile: self.profile.clone(),
             inputs: Some(Arc::new(inputs.clone())),
         };
-        // The arrays the kernel is handed, kept to compare after the call.
-        let handed: Vec<(String, &'static str, Vec<usize>, Vec<u8>, Bound<'_, PyByteArray>)> = input_tensors(inputs)
+        // The arrays the kernel is handed, with their bytes, to compare after the call.
+        let handed: Vec<Handed<'_>> = input_tensors(inputs)
             .into_iter()
-            .map(|(name, t)| {
-                let array = PyByteArray::new(py, &t.bytes);
-                (name, dtype_name(t.dtype), t.shape, t.bytes, array)
+            .map(|(name, t)| Handed {
+                array: PyByteArray::new(py, &t.bytes),
+                name,
+                dtype: dtype_name(t.dtype),
+                shape: t.shape,
+                original: t.bytes,
             })
             .collect();
         let tensors = PyList::new(
             py,
-            handed.iter().map(|(n, d, shape, _, a)| (n.as_str(), *d, shape.clone(), a.clone())),
+            handed.iter().map(|h| (h.name.as_str(), h.dtype, h.shape.clone(), h.array.clone())),
         )
         .map_err(runtime)?;
         let returned = self
@@ -284,12 +287,10 @@ impl PyKernel {
             .call1(py, (Bound::new(py, case).map_err(runtime)?, tensors))
             .map_err(|e| raised(py, e))?;
         // SAFETY of reading: the bytearrays are ours and no other thread runs Python here.
-        if let Some((name, ..)) = handed
-            .iter()
-            .find(|(.., original, array)| unsafe { array.as_bytes() } != original.as_slice())
-        {
+        if let Some(h) = handed.iter().find(|h| unsafe { h.array.as_bytes() } != h.original.as_slice()) {
             return Err(KernelError::InputsWritten(format!(
-                "the kernel wrote to its input `{name}` (its bytes differ from the ones it was handed)"
+                "the kernel wrote to its input `{}` (its bytes differ from the ones it was handed)",
+                h.name
             )));
         }
         // The package's adapter hands back the tensors, or why the kernel's return value is none.
@@ -310,6 +311,15 @@ impl PyKernel {
             })
             .map_err(|status| KernelError::BadOutputs(status.cause()))
     }
+}
+
+/// One input tensor as handed to a Python kernel.
+struct Handed<'py> {
+    name: String,
+    dtype: &'static str,
+    shape: Vec<usize>,
+    original: Vec<u8>,
+    array: Bound<'py, PyByteArray>,
 }
 
 fn runtime(e: impl std::fmt::Display) -> KernelError {

@@ -253,26 +253,31 @@ mod tests {
         TensorCheck::with_rms(tensor, rms_err, rms_bound)
     }
 
+    /// Each case passed, with the checks `checks(position, case)` gives.
+    fn passed(cases: &[Case], checks: impl Fn(usize, &Case) -> Vec<TensorCheck>) -> Vec<CaseResult> {
+        cases
+            .iter()
+            .enumerate()
+            .map(|(i, c)| CaseResult {
+                id: c.to_string(),
+                status: Status::Pass { checks: checks(i, c) },
+                seconds: 0.0,
+            })
+            .collect()
+    }
+
     /// Ratios pool per (operation, output, dtype) as a geometric mean, twins left out; a family
     /// whose interval holds 1 is BORDERLINE and decided by its point estimate.
     #[test]
     fn families_pool_the_log_ratios() {
         let cases: Vec<Case> = suite_cases().into_iter().filter(|c| c.op() == Op::GqaDecode).collect();
-        let results: Vec<CaseResult> = cases
-            .iter()
-            .enumerate()
-            .map(|(i, c)| CaseResult {
-                id: c.to_string(),
-                // Alternating 0.5x and 0.8x of the bound on out, exactly the bound on lse.
-                status: Status::Pass {
-                    checks: vec![
-                        check(TensorName::Out, if i % 2 == 0 { 0.5 } else { 0.8 }, 1.0),
-                        check(TensorName::Lse, 2.0, 2.0),
-                    ],
-                },
-                seconds: 0.0,
-            })
-            .collect();
+        // Alternating 0.5x and 0.8x of the bound on out, exactly the bound on lse.
+        let results = passed(&cases, |i, _| {
+            vec![
+                check(TensorName::Out, if i % 2 == 0 { 0.5 } else { 0.8 }, 1.0),
+                check(TensorName::Lse, 2.0, 2.0),
+            ]
+        });
         let f = families(results.iter().zip(&cases));
         let bf16_out = f.iter().find(|f| f.tensor == TensorName::Out && f.dtype == DType::Bf16).unwrap();
         let pooled = cases
@@ -365,26 +370,15 @@ mod tests {
             .into_iter()
             .filter(|c| c.op() == Op::GqaDecode && c.dtype() != DType::Bf16 && short(c))
             .collect();
-        let results: Vec<CaseResult> = cases
-            .iter()
-            .enumerate()
-            .map(|(i, c)| CaseResult {
-                id: c.to_string(),
-                // f32: clearly below the bound; f16: alternating about 1, undecided.
-                status: Status::Pass {
-                    checks: vec![check(
-                        TensorName::Out,
-                        match c.dtype() {
-                            DType::F16 if i % 2 == 0 => 0.7,
-                            DType::F16 => 1.4,
-                            _ => 0.3,
-                        },
-                        1.0,
-                    )],
-                },
-                seconds: 0.0,
-            })
-            .collect();
+        // f32: clearly below the bound; f16: alternating about 1, undecided.
+        let results = passed(&cases, |i, c| {
+            let ratio = match c.dtype() {
+                DType::F16 if i % 2 == 0 => 0.7,
+                DType::F16 => 1.4,
+                _ => 0.3,
+            };
+            vec![check(TensorName::Out, ratio, 1.0)]
+        });
         let open = families_of(&results);
         assert!(open.iter().any(|f| f.dtype == DType::F16 && f.borderline), "{open:?}");
         assert!(open.iter().all(|f| f.dtype != DType::F32 || !f.borderline), "{open:?}");

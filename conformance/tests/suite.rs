@@ -427,18 +427,28 @@ fn profiles_select_cases_and_outputs() {
 }
 
 /// The tolerance rule's acceptance on a few seeds (`gqla certify --kernel synthetic --seeds 20`
-/// runs the whole suite, see docs/results): a kernel whose error is 0.9x its expected RMS bound
-/// is CONFORMANT, one at 1.1x is rejected by every family it targets and by nothing else, and
-/// no family is left BORDERLINE. Here on the cases of up to 135 keys.
+/// runs the whole suite, see docs/results): a kernel whose error is 0.9x its RMS bound is
+/// CONFORMANT, one at 1.1x is rejected by every family it targets and by nothing else, and no
+/// family is left BORDERLINE. Here on the cases of up to 135 keys, each of the four kernels on
+/// two of the test seeds (`GQLA_TEST_SEEDS=20`: every kernel on every seed).
 #[test]
 fn synthetic_kernels_are_decided_on_either_side_of_the_bound() {
     use gqla_conformance::kernels::synthetic::{Synthetic, Target, RATIOS};
     let short = |c: &Case| (0..c.batch()).all(|b| c.seq_len(b) <= 135);
+    let all: Vec<Synthetic> = Target::ALL
+        .into_iter()
+        .flat_map(|target| RATIOS.map(|ratio| Synthetic { target, ratio }))
+        .collect();
+    let seeds = test_seeds();
     let mut wrong = Vec::new();
-    for seed in 1..=test_seeds() {
-        let kernels: Vec<Synthetic> = Target::ALL
-            .into_iter()
-            .flat_map(|target| RATIOS.map(|ratio| Synthetic { target, ratio }))
+    for seed in 1..=seeds {
+        // Every kernel on two seeds of the default three: seed s runs those whose position,
+        // counted from s, is not the third of each three.
+        let kernels: Vec<Synthetic> = all
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| seeds > 3 || (*i as u64 + seed) % 3 != 0)
+            .map(|(_, k)| *k)
             .collect();
         let mut sessions: Vec<Session> = kernels.iter().map(|k| Session::new(Arc::new(*k), TIMEOUT)).collect();
         let mut results: Vec<Vec<CaseResult>> = vec![Vec::new(); kernels.len()];

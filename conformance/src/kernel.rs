@@ -198,7 +198,7 @@ impl Outputs {
             let Some(values) = gqla_files::tensors::decode_floats(given.dtype, given.data) else {
                 return Err(mismatch(format!("has dtype {:?}, expected a float dtype", given.dtype)));
             };
-            if values.len() != t.len() {
+            if given.data.len() != t.len() * given.dtype.bitsize() / 8 || values.len() != t.len() {
                 return Err(mismatch(format!(
                     "holds {} values, its shape {:?} {}",
                     values.len(),

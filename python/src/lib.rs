@@ -300,6 +300,11 @@ impl PyKernel {
         let returned: Vec<(String, String, Vec<usize>, Vec<u8>)> = returned
             .extract(py)
             .map_err(|e| KernelError::BadOutputs(format!("the kernel's outputs are not tensors: {e}")))?;
+        if let Some((name, dtype, ..)) = returned.iter().find(|(_, dtype, ..)| float_dtype(dtype).is_none()) {
+            return Err(KernelError::BadOutputs(format!(
+                "the kernel's outputs: tensor `{name}` has dtype {dtype}, expected a float dtype"
+            )));
+        }
         outputs
             .fill("the kernel's outputs", |name| {
                 let (_, dtype, shape, data) = returned.iter().find(|(n, ..)| n == name)?;
@@ -345,6 +350,9 @@ impl Kernel for PyKernel {
     }
 }
 
+/// Set while a certification runs in this process.
+static CERTIFYING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Certify a Python kernel: `kernel(case, tensors)` on every case of the selection, as the
 /// profile declares; the certificate (report.json, report.md, junit.xml) written to `out` when
 /// given. Returns report.json's text and the verdict line.
@@ -368,11 +376,23 @@ fn certify(
     let selection = selection(ops, filters)?;
     let chosen = seed.unwrap_or_else(fresh_seed);
     let cases = selection.cases(chosen).map_err(|e| PyValueError::new_err(e.to_string()))?;
-    if !(timeout.is_finite() && timeout > 0.0) {
-        return Err(PyValueError::new_err(format!(
-            "timeout {timeout}: expected a positive number of seconds"
-        )));
+    let timeout = Duration::try_from_secs_f64(timeout)
+        .ok()
+        .filter(|t| !t.is_zero())
+        .ok_or_else(|| PyValueError::new_err(format!("timeout {timeout}: expected a positive number of seconds")))?;
+    // A kernel that certifies from inside a certification would nest runs on ever more threads.
+    if CERTIFYING.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return Err(PyRuntimeError::new_err(
+            "gqla.certify called while a certification runs (from inside a kernel?)",
+        ));
     }
+    struct Done;
+    impl Drop for Done {
+        fn drop(&mut self) {
+            CERTIFYING.store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let _done = Done;
     let kernel: Arc<dyn Kernel> = Arc::new(PyKernel {
         call: kernel,
         identity: KernelIdentity {
@@ -386,7 +406,7 @@ fn certify(
         filter: &selection.to_string(),
         seed: chosen,
         origin: SeedOrigin::of_run(chosen, seed.is_some()),
-        timeout: Duration::from_secs_f64(timeout),
+        timeout,
     };
     let report = py.detach(|| {
         let (mut results, _) = run_cases(std::slice::from_ref(&kernel), &cases, run.timeout, false, |_| {});

@@ -131,7 +131,7 @@ def test_each_failure_is_a_verdict_not_a_crash():
         return {"out": o["out"].astype(np.int64), "lse": o["lse"]}
 
     status, r = status_of(ints)
-    assert status == "SHAPE_OR_DTYPE_MISMATCH" and "expected a float dtype" in r["detail"], r
+    assert status == "SHAPE_OR_DTYPE_MISMATCH" and "has dtype int64, expected a float dtype" in r["detail"], r
 
     status, r = status_of(lambda case: "not arrays")
     assert status == "SHAPE_OR_DTYPE_MISMATCH", r
@@ -143,6 +143,12 @@ def test_each_failure_is_a_verdict_not_a_crash():
 
     status, r = status_of(writes)
     assert status == "INPUT_MUTATED" and "`k`" in r["detail"], r
+
+    def nested(case):
+        return gqla.certify(numpy_gqa_decode, PROFILE, filters=ONE, seed=3)
+
+    status, r = status_of(nested)
+    assert status == "RUNTIME_ERROR" and "called while a certification runs" in r["message"], r
 
     def nan_rows(case):
         o = numpy_gqa_decode(case)

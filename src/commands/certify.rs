@@ -281,7 +281,10 @@ fn stability(candidates: &[Candidate], n: u32, selection: &Selection, a: &Args) 
             timeout: Duration::from_secs(a.timeout),
         };
         for ((t, rs), c) in tallies.iter_mut().zip(results).zip(candidates) {
-            t.record(seed, &cases, &rs);
+            // Tallied by the cases as the kernel's profile draws them (its further draws' ids).
+            let profile = c.kernel.profile();
+            let drawn: Vec<Case> = cases.iter().map(|x| profile.draw(x)).collect();
+            t.record(seed, &drawn, &rs);
             let report = certified(c, rs, &run);
             t.record_draws(seed, &report.precision_draws);
             t.record_families(seed, &report.precision);

@@ -17,10 +17,12 @@ use crate::case::{Case, DType, GroupCacheLayout, Poison};
 use crate::confined;
 use crate::definition::{definition, DtypeRule, TensorKind, TensorName};
 use crate::inputs::{CaseInputs, Paging};
-use crate::kernel::Outputs;
+use crate::kernel::{KernelIdentity, Outputs};
 use crate::lattice::{suite_cases_seeded, SUITE_VERSION};
 use crate::profile::Profile;
 use crate::runner::{CaseResult, Prepared, Twins};
+use crate::report::{Environment, Report, SeedOrigin};
+use crate::selection::Selection;
 use crate::shape::{CacheLayout, CaseAxes};
 use crate::verdict::Status;
 use gqla_files::tensors::RawTensor;
@@ -599,6 +601,125 @@ pub fn judge(j: &Judging, mut on_case: impl FnMut(&CaseResult)) -> Result<Vec<Ca
         results.push(r);
     }
     Ok(results)
+}
+
+/// A certification of the outputs a kernel wrote for a pack.
+pub struct PackRun<'a> {
+    pub pack: &'a Path,
+    pub outputs: &'a Path,
+    /// The declaration to judge by; None: the one in the outputs' kernel.json.
+    pub profile: Option<Profile>,
+    /// Id prefixes; empty: the filters the pack was exported with.
+    pub filters: &'a [String],
+    /// The seed the certifier expects the pack to be drawn from.
+    pub seed: Option<u64>,
+}
+
+/// Judge the outputs of one pack (`gqla certify --kernel external:DIR`, `gqla.certify_pack`):
+/// the certificate's report, and the cases judged. `on_count` gets the number of cases before
+/// any is judged, `on_case` each result. A pack drawn from another seed or for another profile,
+/// a missing declaration or tampered inputs refuse the whole run.
+pub fn certify_pack(
+    run: &PackRun,
+    on_count: impl FnOnce(usize),
+    on_case: impl FnMut(&CaseResult),
+) -> Result<(Report, Vec<Case>), PackError> {
+    let (pack, outputs) = (run.pack, run.outputs);
+    let manifest = read_manifest(pack)?;
+    let manifest_path = pack.join(MANIFEST);
+    if let Some(s) = run.seed.filter(|s| *s != manifest.seed) {
+        return Err(invalid(
+            &manifest_path,
+            format!("the pack was drawn from seed {}, not the seed {s} asked for", manifest.seed),
+        ));
+    }
+    let info = read_kernel_info(outputs)?;
+    let profile = match (&run.profile, info.as_ref().and_then(|i| i.profile.clone())) {
+        (Some(p), _) => p.clone(),
+        (None, Some(p)) => p,
+        (None, None) => {
+            return Err(invalid(
+                &outputs.join(KERNEL_INFO),
+                "no profile: a pack kernel declares what it supports and which conventions it follows, in kernel.json \
+                 (\"profile\") or with --profile FILE, before anything is judged (see README, \"Profiles\")",
+            ))
+        }
+    };
+    // Without filters, the ones the pack was exported with (the certificate states them).
+    let selection = Selection::new(if run.filters.is_empty() {
+        manifest.filters.clone()
+    } else {
+        run.filters.to_vec()
+    });
+    let suite = selection.cases(manifest.seed).map_err(|e| invalid(&manifest_path, e.to_string()))?;
+    let cases: Vec<Case> = suite.iter().map(|c| profile.draw(c)).collect();
+    // The pack must hold the cases as this profile draws them.
+    match &manifest.profile {
+        Some(drawn_for) if *drawn_for != profile => {
+            return Err(invalid(
+                &manifest_path,
+                "the pack was drawn for another profile (its `profile`), not the kernel's: certify with that profile, \
+                 or export a pack for this one with `gqla vectors export --profile FILE`",
+            ))
+        }
+        None => {
+            if let Some(c) = cases
+                .iter()
+                .zip(&suite)
+                .find_map(|(drawn, as_is)| (drawn != as_is).then_some(drawn))
+            {
+                return Err(invalid(
+                    &manifest_path,
+                    format!(
+                        "the kernel's profile draws its cases otherwise (`{c}`, at the scale it fixes), and this pack \
+                         holds the suite's cases as they are: export a pack for the profile with `gqla vectors export --profile FILE`"
+                    ),
+                ));
+            }
+        }
+        Some(_) => {}
+    }
+    on_count(cases.len());
+    let judging = Judging {
+        pack,
+        outputs,
+        manifest: &manifest,
+        profile: &profile,
+        cases: cases.clone(),
+    };
+    let results = judge(&judging, on_case)?;
+    let (identity, kernel_env) = match info {
+        Some(k) => (
+            KernelIdentity {
+                name: k.name,
+                version: k.version,
+                description: format!(
+                    "{} (outputs read from {}, pack {})",
+                    k.description,
+                    outputs.display(),
+                    pack.display()
+                ),
+            },
+            k.environment,
+        ),
+        None => (
+            KernelIdentity {
+                name: format!("external:{}", outputs.display()),
+                version: "-".into(),
+                description: format!("outputs read from {} (no kernel.json)", outputs.display()),
+            },
+            BTreeMap::new(),
+        ),
+    };
+    let report = Report::new(
+        identity,
+        Environment::detect(kernel_env),
+        &selection.to_string(),
+        (manifest.seed, SeedOrigin::of_pack(manifest.seed)),
+        profile,
+        results,
+    );
+    Ok((report, cases))
 }
 
 /// The default outputs directory: the pack itself.

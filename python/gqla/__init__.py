@@ -24,7 +24,10 @@ import numpy as np
 
 from . import _native
 
-__all__ = ["Case", "Certificate", "Reference", "SUITE_VERSION", "cases", "certify"]
+__all__ = [
+    "Case", "Certificate", "Dense", "Reference", "SUITE_VERSION", "Stability", "cases", "certify",
+    "certify_pack", "export_pack", "run_pack", "stability",
+]
 
 SUITE_VERSION: str = _native.SUITE_VERSION
 
@@ -35,12 +38,33 @@ _PARAMETERS = (
 )
 
 
-def _numpy_dtype(name: str) -> np.dtype:
-    if name == "bf16":
+def _bfloat16() -> np.dtype | None:
+    try:
         import ml_dtypes
+    except ImportError:
+        return None
+    return np.dtype(ml_dtypes.bfloat16)
 
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype({"f32": np.float32, "f16": np.float16, "f64": np.float64, "i32": np.int32}[name])
+
+def _array(data, dtype: str, shape) -> np.ndarray:
+    """Little-endian bytes as a numpy array: bf16 as ml_dtypes.bfloat16, or, without ml_dtypes,
+    as float32 holding the same values exactly."""
+    if dtype == "bf16":
+        bf16 = _bfloat16()
+        if bf16 is None:
+            bits = np.frombuffer(data, dtype="<u2").astype(np.uint32) << 16
+            return bits.view(np.float32).reshape(shape)
+        return np.frombuffer(data, dtype=bf16).reshape(shape)
+    kind = {"f32": "<f4", "f16": "<f2", "f64": "<f8", "i32": "<i4"}[dtype]
+    return np.frombuffer(data, dtype=kind).reshape(shape)
+
+
+def torch_tensor(a: np.ndarray, device: str | None = None):
+    """A numpy array as a torch tensor, without a copy on the CPU (bf16 through an int16 view)."""
+    import torch
+
+    t = torch.from_numpy(a.view(np.int16)).view(torch.bfloat16) if a.dtype.name == "bfloat16" else torch.from_numpy(a)
+    return t.to(device) if device else t
 
 
 def _profile_json(profile: Mapping[str, Any] | str | os.PathLike) -> str:
@@ -60,6 +84,49 @@ class Reference:
 
     truth: dict[str, np.ndarray]
     naive: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Dense:
+    """A decode case as dense attention (numpy, in the case dtype): ``q`` [B, s_q, H, W];
+    ``k`` [B, N, K, W] and ``v`` [B, N, K, d_v] for K KV heads (the groups; 1 on the absorb path,
+    whose keys are the cache rows [c; k^R] and values their first d_c columns), zero past each
+    sequence's length; ``mask`` [B, 1, s_q, N], True where a query row sees the key; query head h
+    reads KV head h // (H / K). ``out`` must come back as [B, s_q, H, d_v]."""
+
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    mask: np.ndarray
+    scale: float
+
+
+def _dense(case: "Case") -> Dense:
+    op, g, lens = case.op, case.groups, case.seq_lens
+    if op not in ("gqla.decode.absorb", "gqla.decode.gqa", "gqa.decode"):
+        raise ValueError(f"{case.id}: dense() is for the decode operations")
+    q = case.inputs["q"]
+    kv_heads = 1 if op == "gqla.decode.absorb" else g
+    dv = case.d_c if op == "gqla.decode.absorb" else case.d_v
+    n_max = max(max(lens), 1)
+    k = np.zeros((len(lens), n_max, kv_heads, q.shape[-1]), q.dtype)
+    v = np.zeros((len(lens), n_max, kv_heads, dv), q.dtype)
+    for b, n in enumerate(lens):
+        if n == 0:
+            continue
+        if op == "gqla.decode.absorb":
+            rows = case.rows("kv", b)
+            k[b, :n, 0], v[b, :n, 0] = rows, rows[:, :dv]
+            continue
+        v[b, :n] = case.rows("v", b).reshape(n, g, dv)
+        if op == "gqa.decode" or case.rope_layout == "per_group":
+            k[b, :n] = case.rows("k", b).reshape(n, g, -1)
+        else:
+            k[b, :n, :, : case.d_n] = case.rows("k_nope", b).reshape(n, g, case.d_n)
+            k[b, :n, :, case.d_n :] = case.rows("k_rope", b)[:, None, :]
+    visible = np.asarray(case.visible).reshape(len(lens), 1, case.s_q, 1)
+    mask = np.arange(n_max)[None, None, None, :] < visible
+    return Dense(q, k, v, mask, case.scale)
 
 
 class Case:
@@ -83,10 +150,7 @@ class Case:
         floating-point ones in the case dtype (bf16 as ml_dtypes.bfloat16), indices as int32."""
         if self._inputs is None:
             tensors = self._tensors if self._tensors is not None else self._native.input_tensors()
-            self._inputs = {
-                name: np.frombuffer(data, dtype=_numpy_dtype(dtype)).reshape(shape)
-                for name, dtype, shape, data in tensors
-            }
+            self._inputs = {name: _array(data, dtype, shape) for name, dtype, shape, data in tensors}
         return self._inputs
 
     @property
@@ -103,16 +167,34 @@ class Case:
     def torch(self, device: str | None = None) -> dict[str, Any]:
         """The inputs as torch tensors: through DLPack without a copy on the CPU (bf16 through
         an int16 view), then moved to `device` if given."""
-        import torch
+        return {name: torch_tensor(a, device) for name, a in self.inputs.items()}
 
-        out = {}
-        for name, a in self.inputs.items():
-            if a.dtype.name == "bfloat16":
-                t = torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
-            else:
-                t = torch.from_numpy(a)
-            out[name] = t.to(device) if device else t
-        return out
+    def jax(self) -> dict[str, Any]:
+        """The inputs as JAX arrays (through DLPack where numpy can export the dtype)."""
+        import jax.numpy as jnp
+
+        return {name: jnp.asarray(a) for name, a in self.inputs.items()}
+
+    @property
+    def visible(self) -> list[list[int]]:
+        """Per sequence and query row, how many keys it sees: its sequence's first ones
+        (bottom-right causal); 0 for a padding row."""
+        return self._native.visible()
+
+    def rows(self, name: str, b: int) -> np.ndarray:
+        """Cache tensor `name`'s live rows of sequence `b`, [seq_lens[b], width]: gathered through
+        the block table when the cache is paged."""
+        t, n = self.inputs[name], self.seq_lens[b]
+        cache = t.reshape(t.shape[0], -1, t.shape[-1])
+        if self.page_size is None:
+            return cache[b, :n]
+        pages = self.inputs["block_table"][b, : -(-n // self.page_size)]
+        return cache[pages].reshape(-1, cache.shape[-1])[:n]
+
+    def dense(self) -> "Dense":
+        """A decode case as plain dense attention, the form most libraries take: every query head
+        attends to keys and values of its KV head, padded to the longest sequence, under a mask."""
+        return _dense(self)
 
     def reference(self) -> Reference:
         """The exact and the naive same-precision results on this case's inputs."""
@@ -140,9 +222,8 @@ def _to_numpy(x: Any) -> np.ndarray:
 
         x = x.detach().to("cpu")
         if x.dtype == torch.bfloat16:
-            import ml_dtypes
-
-            return x.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+            bf16 = _bfloat16()
+            return x.float().numpy() if bf16 is None else x.view(torch.int16).numpy().view(bf16)
         return x.numpy()
     return np.asarray(x)
 
@@ -199,6 +280,13 @@ class Certificate:
         lines = [self.verdict_line]
         for r in self.failures:
             lines.append(f"  {r['status']} {r['id']}: {_cause(r)}")
+        for f in self.report.get("precision", []):
+            if f["judgement"] != "PRECISE" or f["borderline"]:
+                lines.append(
+                    f"  precision {f['operation']} {f['tensor']} {f['dtype']}: {f['judgement']}, RMS error "
+                    f"{f['ratio']:.3f} of its bound ({f['confidence']:.1%} interval {f['low']:.3f}-{f['high']:.3f}, "
+                    f"{f['cases']} cases + {f['draws']} further draws)"
+                )
         return "\n".join(lines)
 
 
@@ -213,6 +301,40 @@ def _cause(r: Mapping[str, Any]) -> str:
         f"{c['special_mismatches']} special-value mismatches"
         for c in checks
     )
+
+
+class _Adapter:
+    """What the suite calls: the kernel on a :class:`Case`, its return value as tensors. The
+    kernel's exception is kept (the pytest plugin re-raises it with its traceback)."""
+
+    def __init__(self, kernel: Callable[[Case], Any]):
+        self.kernel = kernel
+        self.error: BaseException | None = None
+
+    def __call__(self, native, tensors):
+        case = Case(native, tensors)
+        try:
+            returned = self.kernel(case)
+        except BaseException as e:
+            self.error = e
+            raise
+        return _returned_tensors(case, returned)
+
+
+def _run(kernel, profile, ops, filters, seed, name, version, description, timeout, adapter=None):
+    adapter = adapter or _Adapter(kernel)
+    run = _native.Run(
+        adapter, _profile_json(profile), name or getattr(kernel, "__name__", "python-kernel"),
+        list(ops), list(filters), seed, version, description, timeout,
+    )
+    return run, adapter
+
+
+def _certify_run(run, out) -> Certificate:
+    for i in range(len(run.cases())):
+        run.call(i)
+    text, line = run.finish(None if out is None else os.fspath(out))
+    return Certificate(json.loads(text), line)
 
 
 def certify(
@@ -230,22 +352,133 @@ def certify(
     """Certify `kernel` on the cases of `ops` (and id prefixes `filters`) as `profile` declares,
     on a fresh seed unless `seed` is given; the certificate files go to `out` when given. A kernel
     that raises gets RUNTIME_ERROR with the exception's last line; one that writes to its inputs,
-    INPUT_MUTATED; one that returns other shapes or non-float arrays, SHAPE_OR_DTYPE_MISMATCH."""
+    INPUT_MUTATED; one that returns other shapes or non-float arrays, SHAPE_OR_DTYPE_MISMATCH; one
+    that takes longer than `timeout` seconds, TIMEOUT (and no later case runs)."""
+    run, _ = _run(kernel, profile, ops, filters, seed, name, version, description, timeout)
+    return _certify_run(run, out)
 
-    def adapter(native, tensors):
-        case = Case(native, tensors)
-        return _returned_tensors(case, kernel(case))
 
-    text, line = _native.certify(
-        adapter,
-        _profile_json(profile),
-        name or getattr(kernel, "__name__", "python-kernel"),
-        list(ops),
+@dataclass(frozen=True)
+class Stability:
+    """Certifications on several fresh seeds (`gqla certify --seeds N`): ``stable`` when every
+    case and precision family held on every seed; ``markdown`` is seeds.md."""
+
+    stable: bool
+    seeds: list[int]
+    certificates: list[Certificate]
+    selected: int
+    unstable: list[tuple[str, int, int, str | None]]
+    families: list[tuple[str, int, int, float, float]]
+    markdown: str
+
+    def summary(self) -> str:
+        n = len(self.seeds)
+        lines = [f"{self.selected - len(self.unstable)} of {self.selected} cases passed on all {n} seeds"]
+        lines += [f"  {p}/{r}  {shape}  {why or ''}" for shape, p, r, why in self.unstable]
+        lines += [
+            f"  precision {key}: PRECISE on {p}/{s} seeds, ratio {lo:.3f}-{hi:.3f}"
+            for key, p, s, lo, hi in self.families
+        ]
+        return "\n".join(lines)
+
+
+def stability(
+    kernel: Callable[[Case], Any],
+    profile,
+    seeds: int,
+    ops: Iterable[str] = (),
+    filters: Iterable[str] = (),
+    name: str | None = None,
+    out: str | os.PathLike | None = None,
+    version: str = "",
+    description: str = "",
+    timeout: float = 600.0,
+) -> Stability:
+    """Certify `kernel` on `seeds` fresh seeds; per case, on how many it passed. With `out`, each
+    seed's certificate goes to out/seed-S and the tally to out/seeds.md."""
+    if seeds < 1:
+        raise ValueError(f"seeds {seeds}: expected at least 1")
+    tally, certificates = _native.Stability(), []
+    for _ in range(seeds):
+        run, _ = _run(kernel, profile, ops, filters, None, name, version, description, timeout)
+        dest = None if out is None else os.path.join(os.fspath(out), f"seed-{run.seed}")
+        certificates.append(_certify_run(run, dest))
+        tally.record(run)
+    kernel_name = name or getattr(kernel, "__name__", "python-kernel")
+    markdown = tally.markdown(kernel_name, "fresh draws by this certification")
+    if out is not None:
+        _write_text(os.path.join(os.fspath(out), "seeds.md"), markdown)
+    selected, unstable, families = tally.tally()
+    return Stability(tally.stable, tally.seeds, certificates, selected, unstable, families, markdown)
+
+
+def _write_text(path: str, text: str) -> None:
+    """Write a file whole: to a temporary name beside it, then renamed."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def export_pack(dir, profile=None, ops: Iterable[str] = (), filters: Iterable[str] = (), seed: int = 0) -> int:
+    """Write a vector pack (`gqla vectors export`) of the cases `ops` and `filters` select, drawn
+    for `profile` when given, into `dir` (absent or empty); returns how many cases it holds."""
+    p = None if profile is None else _profile_json(profile)
+    return _native.export_pack(os.fspath(dir), p, list(ops), list(filters), seed)
+
+
+def run_pack(
+    kernel: Callable[[Case], Any],
+    pack,
+    outputs=None,
+    profile=None,
+    name: str | None = None,
+    version: str = "",
+    description: str = "",
+    environment: Mapping[str, str] | None = None,
+) -> int:
+    """Run a Python kernel over a vector pack, as a pack kernel in any language does: its outputs
+    for every case its profile selects, and kernel.json with the profile, written into `outputs`
+    (default: the pack), for `gqla certify --kernel external:PACK --outputs OUTPUTS` or
+    :func:`certify_pack` (on this machine or another). Returns how many cases ran."""
+    outputs = os.fspath(outputs if outputs is not None else pack)
+    if profile is None:
+        raise ValueError("run_pack needs the kernel's profile (kernel.json declares it)")
+    text = _profile_json(profile)
+    _, listed = _native.pack_cases(os.fspath(pack), text)
+    os.makedirs(outputs, exist_ok=True)
+    ran = 0
+    for native, file, excluded in listed:
+        if excluded is not None:
+            continue
+        case = Case(native)
+        tensors = _returned_tensors(case, kernel(case))
+        if isinstance(tensors, str):
+            raise ValueError(f"{case.id}: {tensors}")
+        _native.write_outputs(os.path.join(outputs, file), tensors)
+        ran += 1
+    info = {
+        "name": name or getattr(kernel, "__name__", "python-kernel"),
+        "version": version,
+        "description": description,
+        "environment": dict(environment or {}),
+        "profile": json.loads(text),
+    }
+    _write_text(os.path.join(outputs, "kernel.json"), json.dumps(info, indent=2) + "\n")
+    return ran
+
+
+def certify_pack(pack, outputs=None, profile=None, filters: Iterable[str] = (), seed: int | None = None, out=None) -> Certificate:
+    """Certify the outputs written for a vector pack (`gqla certify --kernel external:PACK`),
+    judged by `profile` when given, else by the outputs' kernel.json; the certificate files go to
+    `out` when given. A pack drawn for another profile or seed, or with changed inputs, is a
+    ValueError."""
+    text, line = _native.certify_pack(
+        os.fspath(pack),
+        None if outputs is None else os.fspath(outputs),
+        None if profile is None else _profile_json(profile),
         list(filters),
         seed,
         None if out is None else os.fspath(out),
-        version,
-        description,
-        timeout,
     )
     return Certificate(json.loads(text), line)

@@ -9,7 +9,7 @@ use gqla_conformance::kernels::synthetic::{Target, RATIOS};
 use gqla_conformance::kernels::{CandleCpu, FlashCpu, ReferenceF32, Synthetic};
 use gqla_conformance::lattice::SUITE_VERSION;
 use gqla_conformance::mutation::mutation_summary;
-use gqla_conformance::pack::{judge, outputs_dir, read_kernel_info, read_manifest, Judging};
+use gqla_conformance::pack::{certify_pack, outputs_dir, PackRun};
 use gqla_conformance::precision::families_of;
 use gqla_conformance::report::{plain, Environment, Report, SeedOrigin};
 use gqla_conformance::runner::{CaseResult, Prepared};
@@ -386,106 +386,22 @@ fn external_seeds(set: &Path, n: u32, a: &Args) -> Result<Outcome, CliError> {
 
 /// Judge the outputs in `outputs` of one pack: the certificate's report, and the cases judged.
 fn judge_pack(pack: &Path, outputs: &Path, a: &Args) -> Result<(Report, Vec<Case>), CliError> {
-    let manifest = read_manifest(pack).map_err(bad)?;
-    if let Some(s) = a.seed.filter(|s| *s != manifest.seed) {
-        return Err(CliError::Usage(format!(
-            "--seed {s}: the pack {} was drawn from seed {}",
-            pack.display(),
-            manifest.seed
-        )));
-    }
     // The kernel's outputs are an input too: the certificate lands outside them and the pack.
     gqla_files::write::note_input_dir(outputs);
     gqla_files::write::check_output_dir(&a.out)?;
-    let info = read_kernel_info(outputs).map_err(bad)?;
-    let profile = match (&a.profile, info.as_ref().and_then(|i| i.profile.clone())) {
-        (Some(path), _) => super::read_profile(path)?,
-        (None, Some(p)) => p,
-        (None, None) => {
-            return Err(CliError::Usage(format!(
-                "{}: no profile: a pack kernel declares what it supports and which conventions it follows, in kernel.json \
-                 (\"profile\") or with --profile FILE, before anything is judged (see README, \"Profiles\")",
-                outputs.join(gqla_conformance::pack::KERNEL_INFO).display()
-            )))
-        }
-    };
-    // Without --filter, the filters the pack was exported with (the certificate states them).
-    let selection = Selection::new(if a.filters.is_empty() {
-        manifest.filters.clone()
-    } else {
-        a.filters.clone()
-    });
-    let suite = selection.cases(manifest.seed).map_err(|e| CliError::Usage(e.to_string()))?;
-    let cases: Vec<Case> = suite.iter().map(|c| profile.draw(c)).collect();
-    // The pack must hold the cases as this profile draws them.
-    let manifest_path = pack.join(gqla_conformance::pack::MANIFEST);
-    match &manifest.profile {
-        Some(drawn_for) if *drawn_for != profile => {
-            return Err(CliError::Usage(format!(
-                "{}: the pack was drawn for another profile (its `profile`), not the kernel's: certify with that profile, \
-                 or export a pack for this one with `gqla vectors export --profile FILE`",
-                manifest_path.display()
-            )))
-        }
-        None => {
-            if let Some(c) = cases
-                .iter()
-                .zip(&suite)
-                .find_map(|(drawn, as_is)| (drawn != as_is).then_some(drawn))
-            {
-                return Err(CliError::Usage(format!(
-                    "{}: the kernel's profile draws its cases otherwise (`{c}`, at the scale it fixes), and this pack \
-                     holds the suite's cases as they are: export a pack for the profile with `gqla vectors export --profile FILE`",
-                    manifest_path.display(),
-                )));
-            }
-        }
-        Some(_) => {}
-    }
-    let bar = ProgressBar::new(cases.len() as u64);
-    bar.set_style(ProgressStyle::with_template("judging {bar:30} {pos}/{len}").expect("valid template"));
-    let judging = Judging {
+    let profile = a.profile.as_deref().map(super::read_profile).transpose()?;
+    let run = PackRun {
         pack,
         outputs,
-        manifest: &manifest,
-        profile: &profile,
-        cases: cases.clone(),
-    };
-    let results = judge(&judging, |_| bar.inc(1)).map_err(bad);
-    bar.finish_and_clear();
-    let results = results?;
-    let (identity, kernel_env) = match info {
-        Some(k) => (
-            KernelIdentity {
-                name: k.name,
-                version: k.version,
-                description: format!(
-                    "{} (outputs read from {}, pack {})",
-                    k.description,
-                    outputs.display(),
-                    pack.display()
-                ),
-            },
-            k.environment,
-        ),
-        None => (
-            KernelIdentity {
-                name: format!("external:{}", outputs.display()),
-                version: "-".into(),
-                description: format!("outputs read from {} (no kernel.json)", outputs.display()),
-            },
-            BTreeMap::new(),
-        ),
-    };
-    let report = Report::new(
-        identity,
-        Environment::detect(kernel_env),
-        &selection.to_string(),
-        (manifest.seed, SeedOrigin::of_pack(manifest.seed)),
         profile,
-        results,
-    );
-    Ok((report, cases))
+        filters: &a.filters,
+        seed: a.seed,
+    };
+    let bar = ProgressBar::new(0);
+    bar.set_style(ProgressStyle::with_template("judging {bar:30} {pos}/{len}").expect("valid template"));
+    let judged = certify_pack(&run, |n| bar.set_length(n as u64), |_| bar.inc(1)).map_err(bad);
+    bar.finish_and_clear();
+    judged
 }
 
 /// Write the certificate, print the summary with every failure's cause, and say whether it is

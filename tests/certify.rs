@@ -687,71 +687,37 @@ mod packs {
         );
         assert_eq!(m["cases"][2]["params"]["twin_of"], m["cases"][1]["id"], "{m}");
     }
-
-    /// examples/certify_sdpa.py certifies PyTorch's SDPA (out only, as declared) in f32 and in
-    /// the case dtype (--native). Needs a Python with torch (`GQLA_PYTHON`, default python3);
-    /// without one the test says it skipped.
-    #[test]
-    fn pytorch_sdpa_example_is_conformant() {
-        let Some(python) = crate::common::python("pytorch_sdpa_example_is_conformant", "import torch, safetensors") else {
-            return;
-        };
-        let tmp = tempfile::tempdir().unwrap();
-        let pack = tmp.path().join("pack");
-        let core: Vec<&str> = super::EXAMPLE_CORE
-            .iter()
-            .copied()
-            .filter(|f| !f.starts_with("gqla.decode.absorb"))
-            .collect();
-        assert_eq!(export(&pack, &core).code, 0);
-        for mode in [None, Some("--native")] {
-            let outs = tmp.path().join(format!("outs{}", mode.unwrap_or("")));
-            let run = std::process::Command::new(&python)
-                .arg(crate::common::root().join("examples/certify_sdpa.py"))
-                .arg(&pack)
-                .arg(&outs)
-                .args(mode)
-                .output()
-                .unwrap();
-            assert!(run.status.success(), "{mode:?}: {}", String::from_utf8_lossy(&run.stderr));
-            let (r, rep) = certify(&pack, &outs, &tmp.path().join("cert"), &[]);
-            assert_eq!(r.code, 0, "{mode:?}: {}", r.stdout);
-            assert_eq!(rep["verdict"], "CONFORMANT");
-        }
-    }
 }
 
-/// Certify a real kernel's adapter script from examples/ through a pack of the cases `filters`
-/// select (suite seed `seed`): export, run the script with `GQLA_PYTHON` (default python3),
-/// certify. None (after printing SKIPPED) when that Python cannot run `probe`.
-fn certify_example(script: &str, probe: &str, filters: &[&str], seed: &str) -> Option<(Run, serde_json::Value)> {
+/// Certify a real kernel with its script in examples/ (in process, through the `gqla` package
+/// this build produced) on the cases `filters` select from suite seed `seed`: the script's exit
+/// status, stdout and certificate. None (after printing SKIPPED) when the Python the examples use
+/// (`GQLA_PYTHON`, default python3) cannot run `probe`.
+fn certify_example(script: &str, probe: &str, filters: &[&str], seed: &str, extra: &[&str]) -> Option<(Run, serde_json::Value)> {
     let python = crate::common::python(script, probe)?;
+    let package = crate::python_package::assembled();
     let tmp = tempfile::tempdir().unwrap();
-    let (pack, outs, cert) = (tmp.path().join("pack"), tmp.path().join("outs"), tmp.path().join("cert"));
-    let mut args = vec!["vectors", "export", "--out", pack.to_str().unwrap(), "--seed", seed];
+    let cert = tmp.path().join("cert");
+    let mut args = vec!["--seed", seed, "--out", cert.to_str().unwrap()];
     for f in filters {
         args.extend(["--filter", f]);
     }
-    let r = gqla(&args);
-    assert_eq!(r.code, 0, "{}", r.stderr);
     let run = std::process::Command::new(&python)
         .env("TRITON_INTERPRET", "1")
+        .env("PYTHONPATH", package.path())
+        .env("PYTHONDONTWRITEBYTECODE", "1")
         .args(["-W", "ignore"])
         .arg(crate::common::root().join("examples").join(script))
-        .args([&pack, &outs])
+        .args(&args)
+        .args(extra)
         .output()
         .unwrap();
-    assert!(run.status.success(), "{script}: {}", String::from_utf8_lossy(&run.stderr));
-    let kernel = format!("external:{}", pack.display());
-    let r = gqla(&[
-        "certify",
-        "--kernel",
-        &kernel,
-        "--outputs",
-        outs.to_str().unwrap(),
-        "--out",
-        cert.to_str().unwrap(),
-    ]);
+    let r = Run {
+        code: run.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&run.stdout).into(),
+        stderr: String::from_utf8_lossy(&run.stderr).into(),
+    };
+    assert!(cert.join("report.json").is_file(), "{script}: no certificate\n{}\n{}", r.stdout, r.stderr);
     let rep = report(&cert);
     Some((r, rep))
 }
@@ -804,30 +770,76 @@ fn example_core_meets_the_coverage_core() {
     }
 }
 
-/// A real, independently written kernel through a pack: `jax.nn.dot_product_attention` on the
-/// CPU (examples/certify_jax.py), with its honest profile, on the decode core of a fresh seed
-/// (every decode case: docs/results/2026-11-30-jax-dot-product-attention.md).
+/// A real, independently written kernel: `jax.nn.dot_product_attention` on the CPU
+/// (examples/certify_jax.py, in process through the `gqla` package), with its honest profile, on
+/// the decode core of a seed (every decode case: docs/results/2026-12-07-examples-on-the-package.md).
 #[test]
 fn jax_example_is_conformant() {
-    let Some((r, rep)) = certify_example("certify_jax.py", "import jax, safetensors.flax", &EXAMPLE_CORE, "21") else {
+    let Some((r, rep)) = certify_example("certify_jax.py", "import jax, ml_dtypes", &EXAMPLE_CORE, "21", &[]) else {
         return;
     };
-    assert_eq!((r.code, rep["verdict"].as_str()), (0, Some("CONFORMANT")), "{}", r.stdout);
+    assert_eq!((r.code, rep["verdict"].as_str()), (0, Some("CONFORMANT")), "{}\n{}", r.stdout, r.stderr);
     assert_eq!(rep["profile"]["lse"]["dtype"], "storage");
+    assert_eq!(rep["kernel"]["name"], "jax-dot-product-attention");
     // Every case selected is a decode case inside JAX's profile: all must pass.
     let cases = rep["results"].as_array().map_or(0, |c| c.len() as u64);
     assert!(cases >= 30, "the core selects {cases} cases: {}", r.stdout);
     assert_eq!(must_pass_total(&rep), cases, "{}", r.stdout);
 }
 
-/// A second real kernel through a pack: SGLang's Triton decode attention under the Triton
-/// interpreter (examples/certify_sglang_triton.py), with its honest profile (s_q = 1, no LSE,
-/// NaN for an empty row, split counts honoured), on short s_q = 1 cases of every decode
-/// operation (the interpreter takes seconds per case; docs/results has the whole suite). So few
-/// cases leave the coverage core unmet: every case passes, and the verdict is PARTIAL.
+/// PyTorch's SDPA (examples/certify_sdpa.py; out only, as declared) in f32 and in the case
+/// dtype (--native), on the decode core.
+#[test]
+fn pytorch_sdpa_example_is_conformant() {
+    for mode in [&[][..], &["--native"][..]] {
+        let Some((r, rep)) = certify_example("certify_sdpa.py", "import torch", &EXAMPLE_CORE, "22", mode) else {
+            return;
+        };
+        assert_eq!((r.code, rep["verdict"].as_str()), (0, Some("CONFORMANT")), "{mode:?}: {}\n{}", r.stdout, r.stderr);
+        assert_eq!(must_pass_total(&rep), rep["results"].as_array().unwrap().len() as u64);
+    }
+}
+
+/// The same script as a pack kernel: it runs over a pack the command line exported (as on a
+/// machine without the command line) and the command line certifies what it wrote.
+#[test]
+fn a_python_kernel_certifies_through_a_pack() {
+    let Some(python) = crate::common::python("a_python_kernel_certifies_through_a_pack", "import torch") else {
+        return;
+    };
+    let package = crate::python_package::assembled();
+    let tmp = tempfile::tempdir().unwrap();
+    let (pack, outs, cert) = (tmp.path().join("pack"), tmp.path().join("outs"), tmp.path().join("cert"));
+    let core: Vec<&str> = EXAMPLE_CORE.iter().copied().filter(|f| f.starts_with("gqa.decode:")).collect();
+    let mut args = vec!["vectors", "export", "--out", pack.to_str().unwrap(), "--seed", "23"];
+    for f in &core {
+        args.extend(["--filter", f]);
+    }
+    let r = gqla(&args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let run = std::process::Command::new(&python)
+        .env("PYTHONPATH", package.path())
+        .arg(crate::common::root().join("examples/certify_sdpa.py"))
+        .args(["--pack", pack.to_str().unwrap(), "--outputs", outs.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let kernel = format!("external:{}", pack.display());
+    let r = gqla(&["certify", "--kernel", &kernel, "--outputs", outs.to_str().unwrap(), "--out", cert.to_str().unwrap()]);
+    let rep = report(&cert);
+    assert_eq!((r.code, rep["verdict"].as_str()), (0, Some("CONFORMANT")), "{}", r.stdout);
+    assert_eq!(rep["kernel"]["name"], "torch-sdpa-f32");
+    assert_eq!(rep["seed_origin"], "chosen_by_exporter");
+}
+
+/// A second real kernel: SGLang's Triton decode attention under the Triton interpreter
+/// (examples/certify_sglang_triton.py), with its honest profile (s_q = 1, no LSE, NaN for an
+/// empty row, split counts honoured), on short s_q = 1 cases of every decode operation (the
+/// interpreter takes seconds per case; docs/results has every s_q = 1 case). So few cases leave
+/// the coverage core unmet: every case passes, and the verdict is PARTIAL (exit 1).
 #[test]
 fn sglang_triton_example_passes_its_cases() {
-    let probe = "import os; os.environ['TRITON_INTERPRET'] = '1'; import torch, triton, safetensors; \
+    let probe = "import os; os.environ['TRITON_INTERPRET'] = '1'; import torch, triton; \
                  from sglang.kernels.ops.attention.decode_attention import decode_attention_fwd";
     let filters = [
         "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=1;ctx=65,31;page=64;dtype=bf16;seed=",
@@ -838,13 +850,13 @@ fn sglang_triton_example_passes_its_cases() {
         "gqa.decode:h=32;g=8;d=128;dv=128;sq=1;ctx=pad,5,0",
         "gqa.decode:h=32;g=8;d=128;dv=128;sq=1;ctx=65,31;page=64;dtype=f16;",
     ];
-    let Some((r, rep)) = certify_example("certify_sglang_triton.py", probe, &filters, "33") else {
+    let Some((r, rep)) = certify_example("certify_sglang_triton.py", probe, &filters, "33", &[]) else {
         return;
     };
-    assert_eq!((r.code, rep["verdict"].as_str()), (1, Some("PARTIAL")), "{}", r.stdout);
+    assert_eq!((r.code, rep["verdict"].as_str()), (1, Some("PARTIAL")), "{}\n{}", r.stdout, r.stderr);
     assert_eq!(must_pass_total(&rep), 10, "{}", r.stdout);
     assert_eq!(rep["summary"], serde_json::json!({"PASS": 10}), "{}", r.stdout);
-    assert!(verdict(&r).contains("a context of 4096+ keys"), "{}", r.stdout);
+    assert!(r.stdout.contains("a context of 4096+ keys"), "{}", r.stdout);
 }
 
 /// The decode benchmark needs a GPU: without one it says so and exits 2 (never a panic).

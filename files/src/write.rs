@@ -45,6 +45,14 @@ pub fn note_input_dir(dir: &Path) {
     }
 }
 
+/// Forget every input noted so far: for a long-lived process (the Python package) whose next
+/// operation has other inputs and may write where the last one read.
+pub fn forget_inputs() {
+    let mut i = inputs();
+    i.files.clear();
+    i.dirs.clear();
+}
+
 /// Refuse an output path that is an input of this process, or that lies inside an input
 /// directory (a file added to a checkpoint changes it: a new `model.safetensors.index.json`
 /// would take precedence over its weights).

@@ -15,8 +15,11 @@ arrays in the order of ``case.output_shapes``, as numpy, torch or JAX arrays of 
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import sys
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -26,10 +29,26 @@ from . import _native
 
 __all__ = [
     "Case", "Certificate", "Dense", "Reference", "SUITE_VERSION", "Stability", "cases", "certify",
-    "certify_pack", "export_pack", "run_pack", "stability",
+    "certify_pack", "export_pack", "main", "run_pack", "stability", "torch_tensor",
 ]
 
 SUITE_VERSION: str = _native.SUITE_VERSION
+
+# A kernel call that timed out goes on in its own thread; the interpreter must not finalize under
+# it (its thread would unwind through the native module). At exit, wait for it a while; if it
+# still runs, leave without finalizing, with a failing status.
+_EXIT_WAIT = 60.0
+
+
+@atexit.register
+def _wait_for_kernels() -> None:
+    deadline = time.monotonic() + _EXIT_WAIT
+    while _native.in_flight() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _native.in_flight():
+        sys.stderr.write(f"gqla: a kernel call that timed out still runs after {_EXIT_WAIT:.0f} s; exiting now (status 1)\n")
+        sys.stderr.flush()
+        os._exit(1)
 
 # The parameters a case exposes, straight from the suite.
 _PARAMETERS = (
@@ -101,32 +120,35 @@ class Dense:
     scale: float
 
 
-def _dense(case: "Case") -> Dense:
-    op, g, lens = case.op, case.groups, case.seq_lens
+def _slot_kv(case: "Case") -> tuple[np.ndarray, np.ndarray]:
+    x, op, g = case.inputs, case.op, case.groups
     if op not in ("gqla.decode.absorb", "gqla.decode.gqa", "gqa.decode"):
-        raise ValueError(f"{case.id}: dense() is for the decode operations")
-    q = case.inputs["q"]
-    kv_heads = 1 if op == "gqla.decode.absorb" else g
-    dv = case.d_c if op == "gqla.decode.absorb" else case.d_v
+        raise ValueError(f"{case.id}: keys and values are for the decode operations")
+    flat = lambda name: x[name].reshape(-1, x[name].shape[-1])  # noqa: E731
+    if op == "gqla.decode.absorb":
+        kv = flat("kv")[:, None, :]
+        return kv, kv[..., : case.d_c]
+    v = flat("v").reshape(-1, g, case.d_v)
+    if op == "gqa.decode" or case.rope_layout == "per_group":
+        return flat("k").reshape(-1, g, x["k"].shape[-1] // g), v
+    nope = flat("k_nope").reshape(-1, g, case.d_n)
+    rope = np.broadcast_to(flat("k_rope")[:, None, :], (nope.shape[0], g, case.d_r))
+    return np.concatenate([nope, rope], axis=-1), v
+
+
+def _dense(case: "Case") -> Dense:
+    k, v = case.slot_kv()
+    indptr, indices = case.kv_slots()
+    lens, q = case.seq_lens, case.inputs["q"]
     n_max = max(max(lens), 1)
-    k = np.zeros((len(lens), n_max, kv_heads, q.shape[-1]), q.dtype)
-    v = np.zeros((len(lens), n_max, kv_heads, dv), q.dtype)
+    dk = np.zeros((len(lens), n_max) + k.shape[1:], k.dtype)
+    dv = np.zeros((len(lens), n_max) + v.shape[1:], v.dtype)
     for b, n in enumerate(lens):
-        if n == 0:
-            continue
-        if op == "gqla.decode.absorb":
-            rows = case.rows("kv", b)
-            k[b, :n, 0], v[b, :n, 0] = rows, rows[:, :dv]
-            continue
-        v[b, :n] = case.rows("v", b).reshape(n, g, dv)
-        if op == "gqa.decode" or case.rope_layout == "per_group":
-            k[b, :n] = case.rows("k", b).reshape(n, g, -1)
-        else:
-            k[b, :n, :, : case.d_n] = case.rows("k_nope", b).reshape(n, g, case.d_n)
-            k[b, :n, :, case.d_n :] = case.rows("k_rope", b)[:, None, :]
+        rows = indices[indptr[b] : indptr[b + 1]]
+        dk[b, :n], dv[b, :n] = k[rows], v[rows]
     visible = np.asarray(case.visible).reshape(len(lens), 1, case.s_q, 1)
     mask = np.arange(n_max)[None, None, None, :] < visible
-    return Dense(q, k, v, mask, case.scale)
+    return Dense(q, dk, dv, mask, case.scale)
 
 
 class Case:
@@ -181,15 +203,29 @@ class Case:
         (bottom-right causal); 0 for a padding row."""
         return self._native.visible()
 
-    def rows(self, name: str, b: int) -> np.ndarray:
-        """Cache tensor `name`'s live rows of sequence `b`, [seq_lens[b], width]: gathered through
-        the block table when the cache is paged."""
-        t, n = self.inputs[name], self.seq_lens[b]
-        cache = t.reshape(t.shape[0], -1, t.shape[-1])
-        if self.page_size is None:
-            return cache[b, :n]
-        pages = self.inputs["block_table"][b, : -(-n // self.page_size)]
-        return cache[pages].reshape(-1, cache.shape[-1])[:n]
+    def kv_slots(self) -> tuple[np.ndarray, np.ndarray]:
+        """Where each sequence's cached tokens are, in the CSR form token-level kernels take
+        (SGLang, FlashInfer): sequence b's tokens, in order, are slots
+        ``indices[indptr[b]:indptr[b + 1]]`` of the cache viewed as [slots, width] (its first
+        two axes flattened); through the block table when the cache is paged. int32 arrays."""
+        lens, indptr, indices = self.seq_lens, [0], []
+        first = next(n for n in ("kv", "k", "k_nope") if n in self.inputs)
+        capacity = self.inputs[first].shape[1]  # contiguous [B, capacity, w]; paged [pages, page, w]
+        for b, n in enumerate(lens):
+            tok = np.arange(n)
+            if self.page_size is None:
+                indices.append(b * capacity + tok)
+            else:
+                table = self.inputs["block_table"][b]
+                indices.append(table[tok // self.page_size].astype(np.int64) * self.page_size + tok % self.page_size)
+            indptr.append(indptr[-1] + n)
+        return np.asarray(indptr, np.int32), np.concatenate(indices).astype(np.int32)
+
+    def slot_kv(self) -> tuple[np.ndarray, np.ndarray]:
+        """A decode case's cache as keys [slots, K, W] and values [slots, K, d_v] of its K KV
+        heads, every slot (those no sequence uses hold poison): the groups' [k_g; k^R] on the
+        GQA path; on the absorb path one head, [c; k^R] as the key and c (a view) as the value."""
+        return _slot_kv(self)
 
     def dense(self) -> "Dense":
         """A decode case as plain dense attention, the form most libraries take: every query head
@@ -282,9 +318,10 @@ class Certificate:
             lines.append(f"  {r['status']} {r['id']}: {_cause(r)}")
         for f in self.report.get("precision", []):
             if f["judgement"] != "PRECISE" or f["borderline"]:
+                num = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731 (an interval of one case is null)
                 lines.append(
                     f"  precision {f['operation']} {f['tensor']} {f['dtype']}: {f['judgement']}, RMS error "
-                    f"{f['ratio']:.3f} of its bound ({f['confidence']:.1%} interval {f['low']:.3f}-{f['high']:.3f}, "
+                    f"{num(f['ratio'])} of its bound ({f['confidence']:.1%} interval {num(f['low'])}-{num(f['high'])}, "
                     f"{f['cases']} cases + {f['draws']} further draws)"
                 )
         return "\n".join(lines)
@@ -321,11 +358,11 @@ class _Adapter:
         return _returned_tensors(case, returned)
 
 
-def _run(kernel, profile, ops, filters, seed, name, version, description, timeout, adapter=None):
-    adapter = adapter or _Adapter(kernel)
+def _run(kernel, profile, ops, filters, seed, name, version, description, timeout, environment=None):
+    adapter = _Adapter(kernel)
     run = _native.Run(
         adapter, _profile_json(profile), name or getattr(kernel, "__name__", "python-kernel"),
-        list(ops), list(filters), seed, version, description, timeout,
+        list(ops), list(filters), seed, version, description, timeout, dict(environment or {}),
     )
     return run, adapter
 
@@ -348,13 +385,14 @@ def certify(
     version: str = "",
     description: str = "",
     timeout: float = 600.0,
+    environment: Mapping[str, str] | None = None,
 ) -> Certificate:
     """Certify `kernel` on the cases of `ops` (and id prefixes `filters`) as `profile` declares,
     on a fresh seed unless `seed` is given; the certificate files go to `out` when given. A kernel
     that raises gets RUNTIME_ERROR with the exception's last line; one that writes to its inputs,
     INPUT_MUTATED; one that returns other shapes or non-float arrays, SHAPE_OR_DTYPE_MISMATCH; one
     that takes longer than `timeout` seconds, TIMEOUT (and no later case runs)."""
-    run, _ = _run(kernel, profile, ops, filters, seed, name, version, description, timeout)
+    run, _ = _run(kernel, profile, ops, filters, seed, name, version, description, timeout, environment)
     return _certify_run(run, out)
 
 
@@ -393,6 +431,7 @@ def stability(
     version: str = "",
     description: str = "",
     timeout: float = 600.0,
+    environment: Mapping[str, str] | None = None,
 ) -> Stability:
     """Certify `kernel` on `seeds` fresh seeds; per case, on how many it passed. With `out`, each
     seed's certificate goes to out/seed-S and the tally to out/seeds.md."""
@@ -400,7 +439,7 @@ def stability(
         raise ValueError(f"seeds {seeds}: expected at least 1")
     tally, certificates = _native.Stability(), []
     for _ in range(seeds):
-        run, _ = _run(kernel, profile, ops, filters, None, name, version, description, timeout)
+        run, _ = _run(kernel, profile, ops, filters, None, name, version, description, timeout, environment)
         dest = None if out is None else os.path.join(os.fspath(out), f"seed-{run.seed}")
         certificates.append(_certify_run(run, dest))
         tally.record(run)
@@ -482,3 +521,54 @@ def certify_pack(pack, outputs=None, profile=None, filters: Iterable[str] = (), 
         None if out is None else os.fspath(out),
     )
     return Certificate(json.loads(text), line)
+
+
+def main(
+    kernel: Callable[[Case], Any],
+    profile,
+    name: str,
+    version: str = "",
+    description: str = "",
+    environment: Mapping[str, str] | None = None,
+    argv: Sequence[str] | None = None,
+) -> int:
+    """A kernel script's command line, so that certifying a kernel is one call::
+
+        python my_kernel.py [--seed S | --seeds N] [--op OP] [--filter PREFIX] [--out DIR]
+        python my_kernel.py --pack PACK [--outputs DIR]     # run over a vector pack instead
+
+    Prints the verdict (and each failure) and returns the exit status: 0 when CONFORMANT (or
+    stable on every seed, or the pack's outputs written), 1 otherwise, 2 for bad arguments or
+    input."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog=name, description=f"Certify {name} against the GQLA conformance suite.")
+    ap.add_argument("--seed", type=int, help="draw the cases from suite seed S (default: a fresh one)")
+    ap.add_argument("--seeds", type=int, help="certify on N fresh seeds and tally per case (stability)")
+    ap.add_argument("--op", action="append", default=[], help="an operation (default: the profile's)")
+    ap.add_argument("--filter", action="append", default=[], help="only case ids with this prefix")
+    ap.add_argument("--out", help="write the certificate files here")
+    ap.add_argument("--timeout", type=float, default=600.0, help="a case's time limit in seconds")
+    ap.add_argument("--pack", help="run over this vector pack, writing outputs and kernel.json")
+    ap.add_argument("--outputs", help="with --pack: where the outputs go (default: the pack)")
+    a = ap.parse_args(argv)
+    if a.seed is not None and a.seeds is not None:
+        ap.error("--seed and --seeds conflict")
+    text = _profile_json(profile)
+    ops = a.op or json.loads(text).get("operations") or []
+    try:
+        if a.pack:
+            n = run_pack(kernel, a.pack, a.outputs, text, name, version, description, environment)
+            print(f"{name}: wrote outputs for {n} cases of {a.pack}")
+            return 0
+        if a.seeds is not None:
+            s = stability(kernel, text, a.seeds, ops, a.filter, name, a.out, version, description, a.timeout, environment)
+            print(s.summary())
+            return 0 if s.stable else 1
+        cert = certify(kernel, text, ops, a.filter, a.seed, name, a.out, version, description, a.timeout, environment)
+    except (OSError, ValueError) as e:
+        print(f"{name}: {e}", file=sys.stderr)
+        return 2
+    print(cert.summary())
+    return 0 if cert.conformant else 1

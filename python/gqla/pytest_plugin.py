@@ -47,7 +47,7 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     config.addinivalue_line(
         "markers",
-        "gqla(profile=None, ops=None, name=None, version='', description=''): the kernel's declaration "
+        "gqla(profile=None, ops=None, name=None, version='', description='', environment=None): the kernel's declaration "
         "(profile: a dict, JSON text or a path; ops: the operations, default the profile's)",
     )
     config._gqla_verdicts = []
@@ -84,7 +84,7 @@ def pytest_generate_tests(metafunc):
         name = kw.get("name") or metafunc.function.__name__
         run, adapter = gqla._run(
             None, text, ops, config.getoption("gqla_filter"), config.getoption("gqla_seed"), name,
-            kw.get("version", ""), kw.get("description", ""), config.getoption("gqla_timeout"),
+            kw.get("version", ""), kw.get("description", ""), config.getoption("gqla_timeout"), kw.get("environment"),
         )
     except (OSError, ValueError) as e:
         raise pytest.UsageError(f"{where}: {e}") from None

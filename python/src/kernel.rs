@@ -8,14 +8,21 @@ use gqla_conformance::pack::input_tensors;
 use gqla_conformance::Profile;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyList};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// A Python callable as a kernel: called with the case, it returns its output tensors as a list
 /// of (name, dtype, shape, bytes-like).
+/// Kernel calls under way: one that timed out goes on in its thread, and the interpreter must not
+/// finalize under it (the package waits for them at exit).
+pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
 pub struct PyKernel {
     pub call: Py<PyAny>,
     pub identity: KernelIdentity,
     pub profile: Arc<Profile>,
+    /// Library versions and device, copied into the certificate.
+    pub environment: std::collections::BTreeMap<String, String>,
 }
 
 impl PyKernel {
@@ -104,8 +111,14 @@ impl Kernel for PyKernel {
     fn profile(&self) -> Profile {
         (*self.profile).clone()
     }
+    fn environment(&self) -> std::collections::BTreeMap<String, String> {
+        self.environment.clone()
+    }
     fn run(&self, inputs: &mut CaseInputs, outputs: &mut Outputs) -> Result<(), KernelError> {
-        Python::attach(|py| self.call(py, inputs, outputs))
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        let r = Python::attach(|py| self.call(py, inputs, outputs));
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+        r
     }
 }
 

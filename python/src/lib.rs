@@ -20,7 +20,8 @@ fn parse_profile(json: &str) -> PyResult<Profile> {
     Profile::from_json(json).map_err(|e| PyValueError::new_err(format!("profile: {e}")))
 }
 
-/// The selection of `ops` (operation names, each matched exactly) and id prefixes `filters`.
+/// The cases of `ops` (operation names, each matched exactly; none: every operation) whose ids
+/// start with one of `filters` (none: every case).
 fn selection(ops: Vec<String>, filters: Vec<String>) -> PyResult<Selection> {
     let known: Vec<&str> = gqla_conformance::case::Op::ALL.iter().map(|o| o.name()).collect();
     if let Some(bad) = ops.iter().find(|o| !known.contains(&o.as_str())) {
@@ -29,7 +30,41 @@ fn selection(ops: Vec<String>, filters: Vec<String>) -> PyResult<Selection> {
             known.join(", ")
         )));
     }
-    Ok(Selection::new(ops.into_iter().map(|o| format!("{o}:")).chain(filters)))
+    let prefixes: Vec<String> = ops.iter().map(|o| format!("{o}:")).collect();
+    if filters.is_empty() {
+        return Ok(Selection::new(prefixes));
+    }
+    // Filters narrow the operations (a selection is the union of its prefixes): a filter inside
+    // an operation stays, one wider than an operation becomes that operation.
+    let mut kept: Vec<String> = Vec::new();
+    for f in filters {
+        let narrowed: Vec<String> = if prefixes.is_empty() {
+            vec![f.clone()]
+        } else {
+            prefixes
+                .iter()
+                .filter_map(|p| {
+                    if f.starts_with(p.as_str()) {
+                        Some(f.clone())
+                    } else {
+                        p.starts_with(f.as_str()).then(|| p.clone())
+                    }
+                })
+                .collect()
+        };
+        if narrowed.is_empty() {
+            return Err(PyValueError::new_err(format!(
+                "filter `{f}` selects none of the operations {}",
+                ops.join(", ")
+            )));
+        }
+        for n in narrowed {
+            if !kept.contains(&n) {
+                kept.push(n);
+            }
+        }
+    }
+    Ok(Selection::new(kept))
 }
 
 /// The cases `profile` selects among `ops` and `filters`, drawn from `seed` as it declares them.
@@ -51,6 +86,12 @@ fn cases(profile: &str, ops: Vec<String>, filters: Vec<String>, seed: u64) -> Py
         .collect())
 }
 
+/// How many kernel calls are under way (a call that timed out runs on in its thread).
+#[pyfunction]
+fn in_flight() -> usize {
+    kernel::IN_FLIGHT.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// The storage dtypes the suite draws cases in.
 #[pyfunction]
 fn dtypes() -> Vec<&'static str> {
@@ -64,6 +105,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<run::PyStability>()?;
     m.add_function(wrap_pyfunction!(cases, m)?)?;
     m.add_function(wrap_pyfunction!(dtypes, m)?)?;
+    m.add_function(wrap_pyfunction!(in_flight, m)?)?;
     m.add_function(wrap_pyfunction!(pack::export_pack, m)?)?;
     m.add_function(wrap_pyfunction!(pack::certify_pack, m)?)?;
     m.add_function(wrap_pyfunction!(pack::write_outputs, m)?)?;

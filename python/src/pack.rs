@@ -103,7 +103,10 @@ pub fn certify_pack(
     if let Some(dir) = &out {
         gqla_files::write::note_input_dir(&pack);
         gqla_files::write::note_input_dir(&outputs);
-        gqla_files::write::check_output_dir(dir).map_err(refused)?;
+        if let Err(e) = gqla_files::write::check_output_dir(dir) {
+            gqla_files::write::forget_inputs();
+            return Err(refused(e));
+        }
     }
     let run = PackRun {
         pack: &pack,
@@ -112,12 +115,17 @@ pub fn certify_pack(
         filters: &filters,
         seed,
     };
-    let (report, _) = py.detach(|| certify(&run, |_| {}, |_| {})).map_err(refused)?;
-    if let Some(dir) = out {
-        report
-            .write(&dir)
-            .map_err(|e| PyOSError::new_err(format!("cannot write the certificate to {}: {e}", dir.display())))?;
-    }
+    let done = py.detach(|| certify(&run, |_| {}, |_| {})).map_err(refused).and_then(|(report, _)| {
+        if let Some(dir) = &out {
+            report
+                .write(dir)
+                .map_err(|e| PyOSError::new_err(format!("cannot write the certificate to {}: {e}", dir.display())))?;
+        }
+        Ok(report)
+    });
+    // The pack and its outputs were this call's inputs, not the next one's.
+    gqla_files::write::forget_inputs();
+    let report = done?;
     let text = serde_json::to_string(&report).expect("reports serialize");
     Ok((text, report.verdict_line()))
 }

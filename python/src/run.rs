@@ -18,7 +18,7 @@ use gqla_conformance::verdict::Status;
 use gqla_conformance::Profile;
 use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -133,7 +133,7 @@ impl PyRun {
     /// A certification of `kernel(case, tensors)` (the package's adapter) on the cases of `ops`
     /// and id prefixes `filters` that `profile` selects, drawn from `seed` (a fresh one if None).
     #[new]
-    #[pyo3(signature = (kernel, profile, name, ops=Vec::new(), filters=Vec::new(), seed=None, version=String::new(), description=String::new(), timeout=600.0))]
+    #[pyo3(signature = (kernel, profile, name, ops=Vec::new(), filters=Vec::new(), seed=None, version=String::new(), description=String::new(), timeout=600.0, environment=BTreeMap::new()))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         kernel: Py<PyAny>,
@@ -145,6 +145,7 @@ impl PyRun {
         version: String,
         description: String,
         timeout: f64,
+        environment: BTreeMap<String, String>,
     ) -> PyResult<Self> {
         let profile = Arc::new(parse_profile(profile)?);
         let selection = selection(ops, filters)?;
@@ -167,6 +168,7 @@ impl PyRun {
                 description,
             },
             profile: profile.clone(),
+            environment,
         });
         Ok(Self {
             kernel,

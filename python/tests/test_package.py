@@ -1,7 +1,7 @@
-"""The `gqla` package as a kernel author uses it: cases and references as data, a numpy kernel
-certified in process, and each way a kernel can go wrong reaching the certificate as its own
-status. Runs under pytest, or as a script (`python test_package.py`, what the workspace's tests
-do with the Python the examples use)."""
+"""The `gqla` package as a kernel author uses it: cases and references as data, numpy kernels
+certified in process, each way a kernel can go wrong reaching the certificate as its own status,
+stability over seeds, and packs. Runs under pytest (tests/python_package.rs runs it with the
+Python the examples use), or as a script."""
 
 import json
 import os
@@ -193,6 +193,171 @@ def test_bad_profiles_and_operations_are_errors():
         assert "unknown operation `gqa.prefill`" in str(e), e
     else:
         raise AssertionError("an unknown operation was accepted")
+
+
+# Cases that meet every decode operation's coverage core (tests/certify.rs's EXAMPLE_CORE).
+CORE = [
+    "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=1;ctx=65,31;page=64;dtype=",
+    "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=2;ctx=0,17,pad,1,130;page=64;dtype=bf16;",
+    "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=2;ctx=65,130,3;page=1;",
+    "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=1;ctx=65,130,3;page=none;",
+    "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=2;ctx=4097,31;page=64;dtype=bf16;splits=7;",
+    "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=once;sq=1;ctx=65,31;page=64;dtype=",
+    "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=once;sq=2;ctx=0,17,pad,1,130;page=64;dtype=bf16;",
+    "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=once;sq=2;ctx=65,130,3;page=1;",
+    "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=once;sq=1;ctx=65,130,3;page=none;",
+    "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=once;sq=2;ctx=4097,31;page=64;dtype=bf16;splits=7;",
+    "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=per_group;sq=1;ctx=0,65,pad,4097;",
+    "gqla.decode.gqa:h=9;g=3;dn=128;dr=64;dv=128;rope=once;sq=2;",
+    "gqa.decode:h=32;g=8;d=128;dv=128;sq=1;ctx=65,31;page=64;dtype=",
+    "gqa.decode:h=32;g=8;d=128;dv=128;sq=2;ctx=0,17,pad,1,130;page=64;dtype=bf16;",
+    "gqa.decode:h=32;g=8;d=128;dv=128;sq=2;ctx=65,130,3;page=",
+    "gqa.decode:h=32;g=8;d=128;dv=128;sq=2;ctx=4097,31;page=64;dtype=bf16;splits=7;",
+    "gqa.decode:h=9;g=3;d=128;dv=128;sq=1;",
+]
+DECODE = dict(
+    PROFILE,
+    operations=["gqla.decode.absorb", "gqla.decode.gqa", "gqa.decode"],
+    rope_layouts=["once", "per_group"],
+    s_q={"min": 1, "max": 64},
+)
+
+
+def numpy_dense(case):
+    """Dense attention in numpy on `case.dense()`: any decode operation in a dozen lines."""
+    d = case.dense()
+    q, k, v = (np.asarray(x, np.float32) for x in (d.q, d.k, d.v))
+    b, s, h, w = q.shape
+    kv = k.shape[2]
+    scores = np.einsum("bskhw,bnkw->bkhsn", q.reshape(b, s, kv, h // kv, w), k) * np.float32(d.scale)
+    scores = np.where(d.mask[:, :, None], scores, -np.inf)
+    m = scores.max(-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0)
+    p = np.exp(scores - m)
+    total = p.sum(-1, keepdims=True)
+    o = np.einsum("bkhsn,bnkv->bkhsv", p, v) / np.where(total > 0, total, 1)
+    with np.errstate(divide="ignore"):  # an empty row's LSE is -inf
+        lse = (m + np.log(total))[..., 0]
+    out = o.transpose(0, 3, 1, 2, 4).reshape(b, s, h, -1)
+    return {"out": out.astype(case.inputs["q"].dtype), "lse": lse.transpose(0, 3, 1, 2).reshape(b, s, h)}
+
+
+def test_the_dense_view_certifies_every_decode_operation():
+    cert = gqla.certify(numpy_dense, DECODE, filters=CORE, seed=12)
+    assert cert.conformant, cert.summary()
+    ops = {c["operation"]: c["must_pass"] for c in cert.report["coverage"]}
+    assert all(ops[o] > 0 for o in DECODE["operations"]), ops
+    # The token slots are the block table's, and the dense keys are the slots' keys.
+    case = next(c for c in gqla.cases(DECODE, filters=CORE, seed=12) if c.page_size and c.op == "gqla.decode.gqa")
+    indptr, indices = case.kv_slots()
+    assert list(np.diff(indptr)) == case.seq_lens
+    k, _ = case.slot_kv()
+    d = case.dense()
+    b = int(np.argmax(case.seq_lens))
+    n = case.seq_lens[b]
+    assert np.array_equal(np.asarray(d.k[b, :n], np.float32), np.asarray(k[indices[indptr[b] : indptr[b + 1]]], np.float32))
+    assert d.mask[b, 0, -1].sum() == case.visible[b][-1] == n
+
+
+def test_filters_narrow_the_operations():
+    cases = gqla.cases(PROFILE, ops=["gqa.decode"], filters=ONE)
+    assert len(cases) == 1 and cases[0].id.startswith(ONE[0]), [c.id for c in cases]
+    # A filter wider than an operation is that operation; one outside every operation is an error.
+    assert len(gqla.cases(PROFILE, ops=["gqa.decode"], filters=["gqa"])) == len(gqla.cases(PROFILE, ops=["gqa.decode"]))
+    try:
+        gqla.cases(DECODE, ops=["gqa.decode"], filters=["gqla.decode.absorb:"])
+    except ValueError as e:
+        assert "selects none of the operations gqa.decode" in str(e), e
+    else:
+        raise AssertionError("a filter outside the operations was accepted")
+
+
+def test_stability_over_fresh_seeds():
+    with tempfile.TemporaryDirectory() as out:
+        s = gqla.stability(numpy_gqa_decode, PROFILE, seeds=2, filters=ONE, out=out)
+        assert s.stable and len(set(s.seeds)) == 2 and s.selected == 1, s.summary()
+        assert os.path.exists(os.path.join(out, "seeds.md"))
+        assert all(os.path.exists(os.path.join(out, f"seed-{seed}", "report.json")) for seed in s.seeds)
+    calls = []
+
+    def fails_later(case):  # right on the first seed's cases, wrong after
+        calls.append(1)
+        o = numpy_gqa_decode(case)
+        if len(calls) > 2:
+            o["out"] = o["out"] * 2
+        return o
+
+    s = gqla.stability(fails_later, PROFILE, seeds=2, filters=ONE)
+    # It passed on the first seed only (each seed may add further precision draws of it).
+    assert not s.stable and len(s.unstable) == 1 and 1 <= s.unstable[0][1] < s.unstable[0][2], s.summary()
+    assert "0 of 1 cases passed on all 2 seeds" in s.summary(), s.summary()
+
+
+def test_twins_are_compared_whatever_the_order():
+    def reads_poison(case):
+        o = numpy_gqa_decode(case)
+        if case.poison == "garbage":  # a last-bit change: within every bound, but not the base's bits
+            o["lse"] = np.where(np.isfinite(o["lse"]), np.nextafter(o["lse"], np.float32(np.inf)), o["lse"])
+        return o
+
+    run, _ = gqla._run(reads_poison, PROFILE, ["gqa.decode"], [], 3, "twin", "", "", 60.0)
+    cases = [c for c, _ in run.cases()]
+    twin = next(i for i, c in enumerate(cases) if c.poison == "garbage")
+    base = next(i for i, c in enumerate(cases) if c.id == cases[twin].id.replace(";poison=garbage", ""))
+    first = json.loads(run.call(twin))
+    assert first["status"] == "PASS", first  # its base has not run yet
+    assert json.loads(run.call(base))["status"] == "PASS"
+    text, _ = run.finish()
+    results = {r["id"]: r for r in json.loads(text)["results"]}
+    assert results[cases[twin].id]["status"] == "POISON_DEPENDENT", results[cases[twin].id]
+
+
+def test_a_timeout_stops_the_run():
+    import time
+
+    def hangs(case):
+        time.sleep(3)
+        return numpy_gqa_decode(case)
+
+    cert = gqla.certify(hangs, PROFILE, filters=CORE[-5:-3], seed=3, timeout=0.5)
+    statuses = [r["status"] for r in cert.report["results"] if r["status"] != "NOT_SUPPORTED"]
+    assert statuses[0] == "TIMEOUT" and len(statuses) > 1, statuses
+    assert all(s == "RUNTIME_ERROR" for s in statuses[1:]), statuses
+    assert "timed out before it" in cert.failures[1]["message"], cert.failures[1]
+
+
+def test_packs_from_python():
+    profile = dict(PROFILE, dtypes=["f32", "bf16"])
+    gqa_core = [f for f in CORE if f.startswith("gqa.decode:")]
+    with tempfile.TemporaryDirectory() as tmp:
+        pack, outs = os.path.join(tmp, "pack"), os.path.join(tmp, "outs")
+        n = gqla.export_pack(pack, profile=profile, filters=gqa_core, seed=11)
+        assert n == len(gqla.cases(profile, filters=gqa_core, seed=11)), n
+        ran = gqla.run_pack(numpy_gqa_decode, pack, outs, profile, name="numpy-gqa", version="1")
+        assert ran == n
+        cert = gqla.certify_pack(pack, outs, out=os.path.join(tmp, "cert"))
+        assert cert.conformant, cert.summary()
+        assert cert.report["seed_origin"] == "chosen_by_exporter" and cert.report["kernel"]["name"] == "numpy-gqa"
+        # Outputs changed after the run are judged as they are.
+        manifest = json.load(open(os.path.join(pack, "manifest.json")))
+        first = manifest["cases"][0]
+        zeros = [(t["name"], "f32", t["shape"], bytes(4 * int(np.prod(t["shape"])))) for t in first["output_tensors"]]
+        gqla._native.write_outputs(os.path.join(outs, first["outputs"]), zeros)
+        cert = gqla.certify_pack(pack, outs)
+        assert not cert.conformant and cert.failures[0]["id"] == first["id"], cert.summary()
+        # A pack drawn for another profile is refused, naming the manifest.
+        try:
+            gqla.certify_pack(pack, outs, profile=dict(profile, dtypes=["f32"]))
+        except ValueError as e:
+            assert "manifest.json: the pack was drawn for another profile" in str(e), e
+        else:
+            raise AssertionError("a pack for another profile was certified")
+        try:
+            gqla.run_pack(numpy_gqa_decode, pack, outs, dict(profile, dtypes=["f32"]))
+        except ValueError as e:
+            assert "drawn for another profile" in str(e), e
+        else:
+            raise AssertionError("a pack for another profile was run")
 
 
 if __name__ == "__main__":

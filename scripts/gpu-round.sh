@@ -43,6 +43,12 @@ pack() {
     cargo build --release --bin gqla
     cp target/release/gqla "$pack_dir/gqla"
     strip "$pack_dir/gqla" 2>/dev/null || true
+    # The gqla Python package (stage `external`: a Python kernel certified in process there).
+    cargo build --release -p gqla-python
+    rm -rf "$pack_dir/py" && mkdir -p "$pack_dir/py/gqla"
+    cp python/gqla/*.py "$pack_dir/py/gqla/"
+    cp target/release/lib_native.so "$pack_dir/py/gqla/_native.abi3.so"
+    strip "$pack_dir/py/gqla/_native.abi3.so" 2>/dev/null || true
     # The device tests (stage `tests`, outside `all`), when cargo-nextest is installed.
     if command -v cargo-nextest >/dev/null; then
         cargo nextest archive --release -p gqla-cuda --archive-file "$pack_dir/cuda-tests.tar.zst"
@@ -256,13 +262,10 @@ run_stages() {
     fi
     if [[ ,$stages, == *,external,* ]]; then
         begin external
-        # A third-party kernel through a vector pack: PyTorch's SDPA on the GPU.
-        rm -rf /tmp/sdpa-pack /tmp/sdpa-outputs
-        run_in external "$round/external.log" "$gqla" vectors export --out /tmp/sdpa-pack --filter gqla.decode.gqa --filter gqa.decode
-        ((stage_ok)) && run_in external "$round/external.log" python3 examples/certify_sdpa.py /tmp/sdpa-pack /tmp/sdpa-outputs \
-            --device cuda --native
-        ((stage_ok)) && certify_in external "$round/external.log" "$gqla" certify --kernel external:/tmp/sdpa-pack \
-            --outputs /tmp/sdpa-outputs --out "$round/certificate-sdpa"
+        # A third-party kernel certified in process with the gqla package: PyTorch's SDPA on the
+        # GPU, in the case dtype, on every decode case.
+        certify_in external "$round/external.log" env PYTHONPATH="$py_dir" "$python_bin" examples/certify_sdpa.py \
+            --device "$external_device" --native --out "$round/certificate-sdpa"
         finish external
     fi
 }
@@ -292,6 +295,7 @@ case "$mode" in
         round="$OUT/round"
         mkdir -p "$round"
         gqla_bin="$pack_dir/gqla"
+        py_dir="$pack_dir/py" python_bin=python3 external_device=cuda
         device_env
         write_summary
         run_stages "${2:-all}"
@@ -309,6 +313,15 @@ case "$mode" in
         cargo build --release --bin gqla
         cargo test --release -q -p gqla-cuda --test emu --no-run
         gqla_bin=target/release/gqla
+        if [[ ,${2:-all}, == *,external,* ]]; then
+            cargo build --release -p gqla-python
+            py_dir=target/gpu-round-dry-run-py
+            rm -rf "$py_dir"
+            mkdir -p "$py_dir/gqla"
+            cp python/gqla/*.py "$py_dir/gqla/"
+            cp target/release/lib_native.so "$py_dir/gqla/_native.abi3.so"
+        fi
+        python_bin="${GQLA_PYTHON:-python3}" external_device=cpu
         round_start=$SECONDS
         echo "host: $(nproc) cores, $(uname -m), the CUDA kernels on the host emulator (no GPU)" >"$round/device.txt"
         write_summary

@@ -220,19 +220,20 @@ impl PyRun {
             return Ok(json(r));
         }
         let _running = Running::enter()?;
-        let not_run = self.timed_out.as_ref().filter(|_| self.profile.excludes(&case).is_none()).map(|id| CaseResult {
+        let done = |status| CaseResult {
             id: case.to_string(),
-            status: Status::RuntimeError {
-                message: format!("not run: case `{id}` timed out before it, and its call may still hold the interpreter"),
-            },
+            status,
             seconds: 0.0,
-        });
-        let (result, outputs) = match not_run {
-            Some(r) => (r, None),
-            None => {
-                let (kernel, profile, timeout) = (self.kernel.clone(), (*self.profile).clone(), self.timeout);
-                py.detach(|| Prepared::new(&case).run(&kernel, &profile, timeout))
-            }
+        };
+        let (result, outputs) = if let Some(why) = self.profile.excludes(&case) {
+            // Decided by the declaration: no inputs drawn, no reference computed.
+            (done(Status::NotSupported { reason: why.to_string() }), None)
+        } else if let Some(id) = &self.timed_out {
+            let message = format!("not run: case `{id}` timed out before it, and its call may still hold the interpreter");
+            (done(Status::RuntimeError { message }), None)
+        } else {
+            let (kernel, profile, timeout) = (self.kernel.clone(), (*self.profile).clone(), self.timeout);
+            py.detach(|| Prepared::new(&case).run(&kernel, &profile, timeout))
         };
         if matches!(result.status, Status::Timeout { .. }) {
             self.timed_out = Some(case.to_string());

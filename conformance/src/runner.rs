@@ -16,6 +16,13 @@ use std::time::{Duration, Instant};
 /// The name of the threads kernels run on (a panic hook can recognise them).
 pub const KERNEL_THREAD: &str = "gqla-kernel";
 
+/// How often a polled run asks whether it was interrupted.
+pub const POLL: Duration = Duration::from_millis(100);
+
+/// A polled run that was interrupted while the kernel ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interrupted;
+
 /// A declared finite sentinel must match to this relative difference (a bf16 ulp).
 const SENTINEL_REL: f64 = 1.0 / 128.0;
 
@@ -214,17 +221,31 @@ impl Prepared {
     /// The kernel gets its own copy of the inputs, compared bitwise with the originals after the
     /// call.
     pub fn run(&self, kernel: &Arc<dyn Kernel>, profile: &Profile, timeout: Duration) -> (CaseResult, Option<Outputs>) {
+        self.run_polled(kernel, profile, timeout, || false)
+            .expect("a run that is never interrupted completes")
+    }
+
+    /// [`Self::run`], asking `interrupted` every [`POLL`] while the kernel runs: when it says
+    /// yes, the wait ends (the kernel's thread is left to finish, as after a timeout) with
+    /// [`Interrupted`].
+    pub fn run_polled(
+        &self,
+        kernel: &Arc<dyn Kernel>,
+        profile: &Profile,
+        timeout: Duration,
+        mut interrupted: impl FnMut() -> bool,
+    ) -> Result<(CaseResult, Option<Outputs>), Interrupted> {
         let start = Instant::now();
         let id = self.case().to_string();
         let result = |status, outputs| {
-            (
+            Ok((
                 CaseResult {
                     id: id.clone(),
                     status,
                     seconds: start.elapsed().as_secs_f64(),
                 },
                 outputs,
-            )
+            ))
         };
         if let Some(why) = profile.excludes(self.case()) {
             return result(Status::NotSupported { reason: why.to_string() }, None);
@@ -246,7 +267,18 @@ impl Prepared {
                 None,
             );
         }
-        match rx.recv_timeout(timeout) {
+        let received = loop {
+            let left = timeout.saturating_sub(start.elapsed());
+            match rx.recv_timeout(left.min(POLL)) {
+                Err(mpsc::RecvTimeoutError::Timeout) if !left.is_zero() && left > POLL => {
+                    if interrupted() {
+                        return Err(Interrupted);
+                    }
+                }
+                r => break r,
+            }
+        };
+        match received {
             Err(_) => result(
                 Status::Timeout {
                     seconds: timeout.as_secs_f64(),

@@ -192,10 +192,18 @@ class Case:
         return {name: torch_tensor(a, device) for name, a in self.inputs.items()}
 
     def jax(self) -> dict[str, Any]:
-        """The inputs as JAX arrays (through DLPack where numpy can export the dtype)."""
+        """The inputs as JAX arrays: through DLPack without a copy where numpy can export the
+        dtype and JAX accepts the buffer, copied otherwise (bf16, which numpy's DLPack lacks)."""
+        import jax
         import jax.numpy as jnp
 
-        return {name: jnp.asarray(a) for name, a in self.inputs.items()}
+        def convert(a):
+            try:
+                return jax.dlpack.from_dlpack(a)
+            except Exception:  # noqa: BLE001 - any refusal means a copy
+                return jnp.asarray(a)
+
+        return {name: convert(a) for name, a in self.inputs.items()}
 
     @property
     def visible(self) -> list[list[int]]:

@@ -58,7 +58,16 @@ pub fn pack_cases(pack: PathBuf, profile: &str) -> PyResult<(u64, Vec<(PyCase, S
         .cases
         .into_iter()
         .map(|pc| {
-            let case = pc.id.parse().map_err(|e| refused(format!("{}: case `{}`: {e}", pack.display(), pc.id)))?;
+            let case: gqla_conformance::Case =
+                pc.id.parse().map_err(|e| refused(format!("{}: case `{}`: {e}", pack.display(), pc.id)))?;
+            if manifest.profile.is_none() && profile.draw(&case) != case {
+                return Err(refused(format!(
+                    "{}: the kernel's profile draws `{}` otherwise (at the scale it fixes): export a pack for the profile \
+                     (gqla.export_pack(dir, profile=...))",
+                    pack.display(),
+                    pc.id
+                )));
+            }
             let excluded = profile.excludes(&case).map(|w| w.to_string());
             Ok((PyCase::new(case, profile.clone()), pc.outputs, excluded))
         })

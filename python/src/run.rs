@@ -11,12 +11,12 @@ use gqla_conformance::certify::{report, RunInfo};
 use gqla_conformance::inputs::Mirror;
 use gqla_conformance::kernel::{Kernel, KernelIdentity, Outputs};
 use gqla_conformance::report::{Report, SeedOrigin};
-use gqla_conformance::runner::{first_difference, CaseResult, Prepared};
+use gqla_conformance::runner::{first_difference, CaseResult, Interrupted, Prepared};
 use gqla_conformance::selection::fresh_seed;
 use gqla_conformance::stability::Stability;
 use gqla_conformance::verdict::Status;
 use gqla_conformance::Profile;
-use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyIndexError, PyKeyboardInterrupt, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -67,8 +67,9 @@ pub struct PyRun {
     /// Outputs of passing cases whose twin (or base) has not been judged yet: twins are compared
     /// with their base whatever order the cases run in.
     held: HashMap<usize, Outputs>,
-    /// The case that timed out: its call may still hold the interpreter, so no later case runs.
-    timed_out: Option<String>,
+    /// The case that timed out (or was interrupted): its call may still hold the interpreter, so
+    /// no later case runs.
+    stopped: Option<String>,
     report: Option<Report>,
 }
 
@@ -180,7 +181,7 @@ impl PyRun {
             results: vec![None; cases.len()],
             cases,
             held: HashMap::new(),
-            timed_out: None,
+            stopped: None,
             report: None,
         })
     }
@@ -228,15 +229,30 @@ impl PyRun {
         let (result, outputs) = if let Some(why) = self.profile.excludes(&case) {
             // Decided by the declaration: no inputs drawn, no reference computed.
             (done(Status::NotSupported { reason: why.to_string() }), None)
-        } else if let Some(id) = &self.timed_out {
-            let message = format!("not run: case `{id}` timed out before it, and its call may still hold the interpreter");
+        } else if let Some(why) = &self.stopped {
+            let message = format!("not run: {why} before it, and its call may still hold the interpreter");
             (done(Status::RuntimeError { message }), None)
         } else {
             let (kernel, profile, timeout) = (self.kernel.clone(), (*self.profile).clone(), self.timeout);
-            py.detach(|| Prepared::new(&case).run(&kernel, &profile, timeout))
+            // Ctrl-C while the kernel runs: Python's handler raises in this (the main) thread,
+            // which the wait asks every POLL.
+            let mut signalled: Option<PyErr> = None;
+            let ran = py.detach(|| {
+                Prepared::new(&case).run_polled(&kernel, &profile, timeout, || {
+                    Python::attach(|py| py.check_signals()).map_err(|e| signalled = Some(e)).is_err()
+                })
+            });
+            match ran {
+                Ok(done) => done,
+                Err(Interrupted) => {
+                    // Its call goes on in its thread: no later case may run beside it.
+                    self.stopped = Some(format!("case `{case}` was interrupted"));
+                    return Err(signalled.unwrap_or_else(|| PyKeyboardInterrupt::new_err("")));
+                }
+            }
         };
         if matches!(result.status, Status::Timeout { .. }) {
-            self.timed_out = Some(case.to_string());
+            self.stopped = Some(format!("case `{case}` timed out"));
         }
         self.results[index] = Some(result);
         self.pair(index, outputs);

@@ -176,6 +176,18 @@ def test_outputs_in_order_and_from_torch():
     assert not cert.failures, cert.summary()
 
 
+def test_inputs_as_jax_arrays():
+    try:
+        import jax.numpy as jnp
+    except ImportError:
+        return
+    for case in gqla.cases(PROFILE, filters=["gqa.decode:h=32;g=8;d=128;dv=128;sq=1;ctx=65,31;page=64;dtype="], seed=4)[:3]:
+        j = case.jax()
+        for name, a in case.inputs.items():
+            assert j[name].shape == a.shape and j[name].dtype == a.dtype, (name, j[name].dtype, a.dtype)
+            assert np.asarray(j[name]).tobytes() == a.tobytes(), name
+
+
 def test_bad_profiles_and_operations_are_errors():
     for bad, words in [
         (dict(PROFILE, dtypes=["f8"]), "dtypes"),
@@ -324,6 +336,28 @@ def test_a_timeout_stops_the_run():
     assert statuses[0] == "TIMEOUT" and len(statuses) > 1, statuses
     assert all(s == "RUNTIME_ERROR" for s in statuses[1:]), statuses
     assert "timed out before it" in cert.failures[1]["message"], cert.failures[1]
+
+
+def test_ctrl_c_stops_a_run_while_the_kernel_runs():
+    import signal
+    import threading
+    import time
+
+    def slow(case):
+        time.sleep(2)
+        return numpy_gqa_decode(case)
+
+    threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    start = time.monotonic()
+    try:
+        gqla.certify(slow, PROFILE, filters=ONE, seed=3, timeout=30)
+    except KeyboardInterrupt:
+        took = time.monotonic() - start
+    else:
+        raise AssertionError("the interrupt was lost")
+    assert took < 1.5, took  # not after the kernel's 2 s
+    while gqla._native.in_flight():  # its call goes on in its thread; let it end
+        time.sleep(0.05)
 
 
 def test_packs_from_python():

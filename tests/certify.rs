@@ -717,7 +717,12 @@ fn certify_example(script: &str, probe: &str, filters: &[&str], seed: &str, extr
         stdout: String::from_utf8_lossy(&run.stdout).into(),
         stderr: String::from_utf8_lossy(&run.stderr).into(),
     };
-    assert!(cert.join("report.json").is_file(), "{script}: no certificate\n{}\n{}", r.stdout, r.stderr);
+    assert!(
+        cert.join("report.json").is_file(),
+        "{script}: no certificate\n{}\n{}",
+        r.stdout,
+        r.stderr
+    );
     let rep = report(&cert);
     Some((r, rep))
 }
@@ -778,7 +783,13 @@ fn jax_example_is_conformant() {
     let Some((r, rep)) = certify_example("certify_jax.py", "import jax, ml_dtypes", &EXAMPLE_CORE, "21", &[]) else {
         return;
     };
-    assert_eq!((r.code, rep["verdict"].as_str()), (0, Some("CONFORMANT")), "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(
+        (r.code, rep["verdict"].as_str()),
+        (0, Some("CONFORMANT")),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
     assert_eq!(rep["profile"]["lse"]["dtype"], "storage");
     assert_eq!(rep["kernel"]["name"], "jax-dot-product-attention");
     // Every case selected is a decode case inside JAX's profile: all must pass.
@@ -795,7 +806,13 @@ fn pytorch_sdpa_example_is_conformant() {
         let Some((r, rep)) = certify_example("certify_sdpa.py", "import torch", &EXAMPLE_CORE, "22", mode) else {
             return;
         };
-        assert_eq!((r.code, rep["verdict"].as_str()), (0, Some("CONFORMANT")), "{mode:?}: {}\n{}", r.stdout, r.stderr);
+        assert_eq!(
+            (r.code, rep["verdict"].as_str()),
+            (0, Some("CONFORMANT")),
+            "{mode:?}: {}\n{}",
+            r.stdout,
+            r.stderr
+        );
         assert_eq!(must_pass_total(&rep), rep["results"].as_array().unwrap().len() as u64);
     }
 }
@@ -825,7 +842,15 @@ fn a_python_kernel_certifies_through_a_pack() {
         .unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let kernel = format!("external:{}", pack.display());
-    let r = gqla(&["certify", "--kernel", &kernel, "--outputs", outs.to_str().unwrap(), "--out", cert.to_str().unwrap()]);
+    let r = gqla(&[
+        "certify",
+        "--kernel",
+        &kernel,
+        "--outputs",
+        outs.to_str().unwrap(),
+        "--out",
+        cert.to_str().unwrap(),
+    ]);
     let rep = report(&cert);
     assert_eq!((r.code, rep["verdict"].as_str()), (0, Some("CONFORMANT")), "{}", r.stdout);
     assert_eq!(rep["kernel"]["name"], "torch-sdpa-f32");
@@ -853,7 +878,13 @@ fn sglang_triton_example_passes_its_cases() {
     let Some((r, rep)) = certify_example("certify_sglang_triton.py", probe, &filters, "33", &[]) else {
         return;
     };
-    assert_eq!((r.code, rep["verdict"].as_str()), (1, Some("PARTIAL")), "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(
+        (r.code, rep["verdict"].as_str()),
+        (1, Some("PARTIAL")),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
     assert_eq!(must_pass_total(&rep), 10, "{}", r.stdout);
     assert_eq!(rep["summary"], serde_json::json!({"PASS": 10}), "{}", r.stdout);
     assert!(r.stdout.contains("a context of 4096+ keys"), "{}", r.stdout);

@@ -44,7 +44,15 @@ fn python_package_tests_pass() {
     let dir = assembled();
     let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/tests");
     let run = Command::new(&python)
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error::pytest.PytestUnraisableExceptionWarning"])
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-W",
+            "error::pytest.PytestUnraisableExceptionWarning",
+        ])
         .args(["test_package.py", "test_plugin.py"])
         .current_dir(&tests)
         .env("PYTHONPATH", dir.path())

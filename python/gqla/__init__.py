@@ -492,7 +492,7 @@ def run_pack(
     if profile is None:
         raise ValueError("run_pack needs the kernel's profile (kernel.json declares it)")
     text = _profile_json(profile)
-    _, listed = _native.pack_cases(os.fspath(pack), text)
+    listed = _native.pack_cases(os.fspath(pack), text)
     os.makedirs(outputs, exist_ok=True)
     ran = 0
     for native, file, excluded in listed:

@@ -216,4 +216,3 @@ impl PyCase {
         format!("<gqla case {}>", self.case)
     }
 }
-

@@ -121,4 +121,3 @@ impl Kernel for PyKernel {
         r
     }
 }
-

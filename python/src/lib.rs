@@ -80,10 +80,7 @@ fn cases(profile: &str, ops: Vec<String>, filters: Vec<String>, seed: u64) -> Py
             all.len()
         ))
     })?;
-    Ok(drawn
-        .into_iter()
-        .map(|(_, case)| PyCase::new(case, profile.clone()))
-        .collect())
+    Ok(drawn.into_iter().map(|(_, case)| PyCase::new(case, profile.clone())).collect())
 }
 
 /// How many kernel calls are under way (a call that timed out runs on in its thread).

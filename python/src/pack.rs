@@ -41,10 +41,13 @@ pub fn export_pack(
     Ok(manifest.cases.len())
 }
 
+/// A case of a pack, the name of its outputs file, and why the profile excludes it.
+type PackEntry = (PyCase, String, Option<String>);
+
 /// A pack's cases for a kernel with `profile` (the pack's own when it was drawn for one): each
 /// case with the name of its outputs file and why the profile excludes it (None: run it).
 #[pyfunction]
-pub fn pack_cases(pack: PathBuf, profile: &str) -> PyResult<(u64, Vec<(PyCase, String, Option<String>)>)> {
+pub fn pack_cases(pack: PathBuf, profile: &str) -> PyResult<Vec<PackEntry>> {
     let manifest = read_manifest(&pack).map_err(refused)?;
     let kernel = parse_profile(profile)?;
     if manifest.profile.as_ref().is_some_and(|p| *p != kernel) {
@@ -54,12 +57,14 @@ pub fn pack_cases(pack: PathBuf, profile: &str) -> PyResult<(u64, Vec<(PyCase, S
         )));
     }
     let profile = Arc::new(kernel);
-    let cases = manifest
+    manifest
         .cases
         .into_iter()
         .map(|pc| {
-            let case: gqla_conformance::Case =
-                pc.id.parse().map_err(|e| refused(format!("{}: case `{}`: {e}", pack.display(), pc.id)))?;
+            let case: gqla_conformance::Case = pc
+                .id
+                .parse()
+                .map_err(|e| refused(format!("{}: case `{}`: {e}", pack.display(), pc.id)))?;
             if manifest.profile.is_none() && profile.draw(&case) != case {
                 return Err(refused(format!(
                     "{}: the kernel's profile draws `{}` otherwise (at the scale it fixes): export a pack for the profile \
@@ -71,8 +76,7 @@ pub fn pack_cases(pack: PathBuf, profile: &str) -> PyResult<(u64, Vec<(PyCase, S
             let excluded = profile.excludes(&case).map(|w| w.to_string());
             Ok((PyCase::new(case, profile.clone()), pc.outputs, excluded))
         })
-        .collect::<PyResult<_>>()?;
-    Ok((manifest.seed, cases))
+        .collect()
 }
 
 /// Write a case's outputs, (name, dtype, shape, little-endian bytes) each, as the safetensors
@@ -82,10 +86,9 @@ pub fn write_outputs(path: PathBuf, tensors: Vec<(String, String, Vec<usize>, Ve
     let views = tensors
         .iter()
         .map(|(name, dtype, shape, data)| {
-            let dtype = float_dtype(dtype)
-                .ok_or_else(|| refused(format!("output `{name}` has dtype {dtype}, expected a float dtype")))?;
-            let view = safetensors::tensor::TensorView::new(dtype, shape.clone(), data)
-                .map_err(|e| refused(format!("output `{name}`: {e}")))?;
+            let dtype = float_dtype(dtype).ok_or_else(|| refused(format!("output `{name}` has dtype {dtype}, expected a float dtype")))?;
+            let view =
+                safetensors::tensor::TensorView::new(dtype, shape.clone(), data).map_err(|e| refused(format!("output `{name}`: {e}")))?;
             Ok((name.as_str(), view))
         })
         .collect::<PyResult<Vec<_>>>()?;
@@ -124,14 +127,17 @@ pub fn certify_pack(
         filters: &filters,
         seed,
     };
-    let done = py.detach(|| certify(&run, |_| {}, |_| {})).map_err(refused).and_then(|(report, _)| {
-        if let Some(dir) = &out {
-            report
-                .write(dir)
-                .map_err(|e| PyOSError::new_err(format!("cannot write the certificate to {}: {e}", dir.display())))?;
-        }
-        Ok(report)
-    });
+    let done = py
+        .detach(|| certify(&run, |_| {}, |_| {}))
+        .map_err(refused)
+        .and_then(|(report, _)| {
+            if let Some(dir) = &out {
+                report
+                    .write(dir)
+                    .map_err(|e| PyOSError::new_err(format!("cannot write the certificate to {}: {e}", dir.display())))?;
+            }
+            Ok(report)
+        });
     // The pack and its outputs were this call's inputs, not the next one's.
     gqla_files::write::forget_inputs();
     let report = done?;

@@ -737,37 +737,23 @@ fn must_pass_total(report: &serde_json::Value) -> u64 {
         .sum()
 }
 
-/// The decode cases the examples' real kernels run in CI, per operation: every dtype (with large
-/// logits and a non-default scale), s_q = 2 rows with empty and padded sequences (and their poison
-/// twins), a contiguous cache, one-token pages, a split count, the per-group rope layout: every
-/// decode operation's coverage core (a test holds it). Their full runs (every decode case) are
-/// committed results (docs/results/2026-11-30-*).
-const EXAMPLE_CORE: [&str; 17] = [
-    "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=1;ctx=65,31;page=64;dtype=",
-    "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=2;ctx=0,17,pad,1,130;page=64;dtype=bf16;",
-    "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=2;ctx=65,130,3;page=1;",
-    "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=1;ctx=65,130,3;page=none;",
-    "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=2;ctx=4097,31;page=64;dtype=bf16;splits=7;",
-    "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=once;sq=1;ctx=65,31;page=64;dtype=",
-    "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=once;sq=2;ctx=0,17,pad,1,130;page=64;dtype=bf16;",
-    "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=once;sq=2;ctx=65,130,3;page=1;",
-    "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=once;sq=1;ctx=65,130,3;page=none;",
-    "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=once;sq=2;ctx=4097,31;page=64;dtype=bf16;splits=7;",
-    "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=per_group;sq=1;ctx=0,65,pad,4097;",
-    "gqla.decode.gqa:h=9;g=3;dn=128;dr=64;dv=128;rope=once;sq=2;",
-    "gqa.decode:h=32;g=8;d=128;dv=128;sq=1;ctx=65,31;page=64;dtype=",
-    "gqa.decode:h=32;g=8;d=128;dv=128;sq=2;ctx=0,17,pad,1,130;page=64;dtype=bf16;",
-    "gqa.decode:h=32;g=8;d=128;dv=128;sq=2;ctx=65,130,3;page=",
-    "gqa.decode:h=32;g=8;d=128;dv=128;sq=2;ctx=4097,31;page=64;dtype=bf16;splits=7;",
-    "gqa.decode:h=9;g=3;d=128;dv=128;sq=1;",
-];
+/// The decode cases the examples' real kernels (and the gqla package's tests) run in CI
+/// (tests/example-core.txt): every decode operation's coverage core (a test holds it). Their full
+/// runs (every decode case) are committed results
+/// (docs/results/2026-12-07-examples-on-the-package.md).
+fn example_core() -> Vec<&'static str> {
+    include_str!("example-core.txt")
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect()
+}
 
 /// The examples' CI selection meets the coverage core of every decode operation for the widest
 /// profile, so an example that passes it is CONFORMANT, not PARTIAL.
 #[test]
 fn example_core_meets_the_coverage_core() {
     use gqla_conformance::case::Op;
-    let cases = gqla_conformance::selection::Selection::new(EXAMPLE_CORE).cases(21).unwrap();
+    let cases = gqla_conformance::selection::Selection::new(example_core()).cases(21).unwrap();
     let everything = gqla_conformance::profile::Profile::everything();
     for op in [Op::DecodeAbsorb, Op::DecodeGqa, Op::GqaDecode] {
         let missing = gqla_conformance::coverage::missing(op, &everything, &cases);
@@ -780,7 +766,7 @@ fn example_core_meets_the_coverage_core() {
 /// the decode core of a seed (every decode case: docs/results/2026-12-07-examples-on-the-package.md).
 #[test]
 fn jax_example_is_conformant() {
-    let Some((r, rep)) = certify_example("certify_jax.py", "import jax, ml_dtypes", &EXAMPLE_CORE, "21", &[]) else {
+    let Some((r, rep)) = certify_example("certify_jax.py", "import jax, ml_dtypes", &example_core(), "21", &[]) else {
         return;
     };
     assert_eq!(
@@ -803,7 +789,7 @@ fn jax_example_is_conformant() {
 #[test]
 fn pytorch_sdpa_example_is_conformant() {
     for mode in [&[][..], &["--native"][..]] {
-        let Some((r, rep)) = certify_example("certify_sdpa.py", "import torch", &EXAMPLE_CORE, "22", mode) else {
+        let Some((r, rep)) = certify_example("certify_sdpa.py", "import torch", &example_core(), "22", mode) else {
             return;
         };
         assert_eq!(
@@ -827,7 +813,7 @@ fn a_python_kernel_certifies_through_a_pack() {
     let package = crate::python_package::assembled();
     let tmp = tempfile::tempdir().unwrap();
     let (pack, outs, cert) = (tmp.path().join("pack"), tmp.path().join("outs"), tmp.path().join("cert"));
-    let core: Vec<&str> = EXAMPLE_CORE.iter().copied().filter(|f| f.starts_with("gqa.decode:")).collect();
+    let core: Vec<&str> = example_core().into_iter().filter(|f| f.starts_with("gqa.decode:")).collect();
     let mut args = vec!["vectors", "export", "--out", pack.to_str().unwrap(), "--seed", "23"];
     for f in &core {
         args.extend(["--filter", f]);

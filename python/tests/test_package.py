@@ -207,26 +207,9 @@ def test_bad_profiles_and_operations_are_errors():
         raise AssertionError("an unknown operation was accepted")
 
 
-# Cases that meet every decode operation's coverage core (tests/certify.rs's EXAMPLE_CORE).
-CORE = [
-    "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=1;ctx=65,31;page=64;dtype=",
-    "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=2;ctx=0,17,pad,1,130;page=64;dtype=bf16;",
-    "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=2;ctx=65,130,3;page=1;",
-    "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=1;ctx=65,130,3;page=none;",
-    "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=2;ctx=4097,31;page=64;dtype=bf16;splits=7;",
-    "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=once;sq=1;ctx=65,31;page=64;dtype=",
-    "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=once;sq=2;ctx=0,17,pad,1,130;page=64;dtype=bf16;",
-    "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=once;sq=2;ctx=65,130,3;page=1;",
-    "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=once;sq=1;ctx=65,130,3;page=none;",
-    "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=once;sq=2;ctx=4097,31;page=64;dtype=bf16;splits=7;",
-    "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=per_group;sq=1;ctx=0,65,pad,4097;",
-    "gqla.decode.gqa:h=9;g=3;dn=128;dr=64;dv=128;rope=once;sq=2;",
-    "gqa.decode:h=32;g=8;d=128;dv=128;sq=1;ctx=65,31;page=64;dtype=",
-    "gqa.decode:h=32;g=8;d=128;dv=128;sq=2;ctx=0,17,pad,1,130;page=64;dtype=bf16;",
-    "gqa.decode:h=32;g=8;d=128;dv=128;sq=2;ctx=65,130,3;page=",
-    "gqa.decode:h=32;g=8;d=128;dv=128;sq=2;ctx=4097,31;page=64;dtype=bf16;splits=7;",
-    "gqa.decode:h=9;g=3;d=128;dv=128;sq=1;",
-]
+# Cases that meet every decode operation's coverage core (shared with tests/certify.rs).
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "example-core.txt")) as f:
+    CORE = [line.strip() for line in f if line.strip() and not line.startswith("#")]
 DECODE = dict(
     PROFILE,
     operations=["gqla.decode.absorb", "gqla.decode.gqa", "gqa.decode"],

@@ -385,7 +385,8 @@ fn external_seeds(set: &Path, n: u32, a: &Args) -> Result<Outcome, CliError> {
 
 /// Judge the outputs in `outputs` of one pack: the certificate's report, and the cases judged.
 fn judge_pack(pack: &Path, outputs: &Path, a: &Args) -> Result<(Report, Vec<Case>), CliError> {
-    // The kernel's outputs are an input too: the certificate lands outside them and the pack.
+    // The pack and the kernel's outputs are inputs: the certificate lands outside both.
+    gqla_files::write::note_input_dir(pack);
     gqla_files::write::note_input_dir(outputs);
     gqla_files::write::check_output_dir(&a.out)?;
     let profile = a.profile.as_deref().map(super::read_profile).transpose()?;

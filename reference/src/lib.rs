@@ -13,6 +13,7 @@
 //! - [`latent`]: MLA/GQLA weights and (L1), (L2), (Q), (O).
 //! - [`cache`]: [`LatentCache`], [`GroupCache`], [`GqaCache`], and cache sizes measured from them.
 //! - [`decode`]: [`DecodeOutput`] and the two decode paths' names.
+//! - [`fp8`]: FP8 element types, scale rules and cache records (tiled, per-tensor), exactly.
 //! - [`absorb_decode`](fn@absorb_decode) (§3), [`gqa_decode`](fn@gqa_decode) (§4), [`prefill`](fn@prefill) (§2 directly), [`mla`] (§9, HF form).
 //! - [`gqa`]: GQA/MHA/MQA layers (§9).
 //! - [`switch`] (§7, expansion; compression needs a QR solver and is `gqla_model::compress`),
@@ -27,6 +28,7 @@ pub mod config;
 pub mod decode;
 pub mod dtype;
 pub mod error;
+pub mod fp8;
 pub mod gqa;
 pub mod gqa_decode;
 pub mod latent;

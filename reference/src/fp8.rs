@@ -126,7 +126,7 @@ impl TiledRecord {
 
     /// A record format; the tile must divide d_c.
     pub fn new(d_c: usize, tile: usize, d_r: usize, fp8: Fp8, rule: ScaleRule) -> Result<Self> {
-        if d_c == 0 || tile == 0 || d_c % tile != 0 {
+        if d_c == 0 || tile == 0 || !d_c.is_multiple_of(tile) {
             return Err(Error::OutOfRange {
                 name: "tile",
                 value: tile,

@@ -134,6 +134,7 @@ mod tests {
         let w = hidden_states(29, 53, 2);
         let naive = Array2::from_shape_fn((37, 29), |(i, j)| (0..53).map(|l| x[[i, l]] * w[[j, l]]).sum::<f64>());
         let wt = w.t().to_owned();
+        #[cfg_attr(not(feature = "faer"), allow(unused_mut))]
         let mut got = vec![
             ("default", matmul_t(x.view(), w.view())),
             ("ndarray", ndarray_matmul_t(x.view(), wt.t())),

@@ -29,7 +29,7 @@ from . import _native
 
 __all__ = [
     "Case", "Certificate", "Dense", "Reference", "SUITE_VERSION", "Stability", "cases", "certify",
-    "certify_pack", "export_pack", "main", "run_pack", "stability", "torch_tensor",
+    "PackRunError", "certify_pack", "export_pack", "main", "run_pack", "stability", "torch_tensor",
 ]
 
 SUITE_VERSION: str = _native.SUITE_VERSION
@@ -84,6 +84,16 @@ def torch_tensor(a: np.ndarray, device: str | None = None):
 
     t = torch.from_numpy(a.view(np.int16)).view(torch.bfloat16) if a.dtype.name == "bfloat16" else torch.from_numpy(a)
     return t.to(device) if device else t
+
+
+def _names(values: Iterable[str] | str, what: str) -> list[str]:
+    """A list of names; one name alone is a list of one (a string is not split into letters)."""
+    if isinstance(values, str):
+        return [values]
+    names = list(values)
+    if not all(isinstance(v, str) for v in names):
+        raise TypeError(f"{what}: expected strings, got {names!r}")
+    return names
 
 
 def _profile_json(profile: Mapping[str, Any] | str | os.PathLike) -> str:
@@ -255,7 +265,7 @@ class Case:
 def cases(profile, ops: Iterable[str] = (), filters: Iterable[str] = (), seed: int = 0) -> list[Case]:
     """The cases `profile` selects among operations `ops` and id prefixes `filters`, drawn from
     suite seed `seed` (0: the published suite) as the profile declares them."""
-    return [Case(c) for c in _native.cases(_profile_json(profile), list(ops), list(filters), seed)]
+    return [Case(c) for c in _native.cases(_profile_json(profile), _names(ops, "ops"), _names(filters, "filters"), seed)]
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -285,12 +295,19 @@ def _returned_tensors(case: Case, returned: Any) -> list[tuple] | str:
         items = [(names[0], returned)] if len(names) == 1 else None
         if items is None:
             return f"the kernel returned a {type(returned).__name__}, expected a dict of {', '.join(names)}"
+    expected = case.output_shapes
+    unexpected = [str(n) for n, _ in items if n not in expected]
+    if unexpected:
+        return f"the kernel returned outputs {', '.join(unexpected)}, expected only {', '.join(expected)}"
     tensors = []
     for name, value in items:
         try:
             a = _to_numpy(value)
         except Exception as e:  # noqa: BLE001 - any failure to read it is the kernel's
             return f"output `{name}`: not an array ({type(value).__name__}: {e})"
+        # Checked before any copy: a wrong (say broadcast, huge) array is refused as it is.
+        if tuple(a.shape) != tuple(expected[name]):
+            return f"output `{name}` has shape {list(a.shape)}, expected {list(expected[name])}"
         if a.dtype.byteorder == ">":
             a = a.astype(a.dtype.newbyteorder("<"))
         tensors.append((str(name), a.dtype.name, list(a.shape), np.ascontiguousarray(a).tobytes()))
@@ -336,6 +353,8 @@ class Certificate:
 
 
 def _cause(r: Mapping[str, Any]) -> str:
+    if r.get("status") == "TIMEOUT":
+        return f"no result within the time limit ({r.get('seconds', 0):.3g} s)"
     for key in ("message", "detail", "reason"):
         if key in r:
             return str(r[key])
@@ -370,7 +389,7 @@ def _run(kernel, profile, ops, filters, seed, name, version, description, timeou
     adapter = _Adapter(kernel)
     run = _native.Run(
         adapter, _profile_json(profile), name or getattr(kernel, "__name__", "python-kernel"),
-        list(ops), list(filters), seed, version, description, timeout, dict(environment or {}),
+        _names(ops, "ops"), _names(filters, "filters"), seed, version, description, timeout, dict(environment or {}),
     )
     return run, adapter
 
@@ -471,7 +490,7 @@ def export_pack(dir, profile=None, ops: Iterable[str] = (), filters: Iterable[st
     """Write a vector pack (`gqla vectors export`) of the cases `ops` and `filters` select, drawn
     for `profile` when given, into `dir` (absent or empty); returns how many cases it holds."""
     p = None if profile is None else _profile_json(profile)
-    return _native.export_pack(os.fspath(dir), p, list(ops), list(filters), seed)
+    return _native.export_pack(os.fspath(dir), p, _names(ops, "ops"), _names(filters, "filters"), seed)
 
 
 def run_pack(
@@ -487,21 +506,30 @@ def run_pack(
     """Run a Python kernel over a vector pack, as a pack kernel in any language does: its outputs
     for every case its profile selects, and kernel.json with the profile, written into `outputs`
     (default: the pack), for `gqla certify --kernel external:PACK --outputs OUTPUTS` or
-    :func:`certify_pack` (on this machine or another). Returns how many cases ran."""
+    :func:`certify_pack` (on this machine or another). Returns how many cases ran; a case whose
+    kernel call raises is left without outputs, and :class:`PackRunError` says which after the
+    rest ran. As with a pack kernel in any language, nothing here times the kernel or audits its
+    inputs: certify in process for that."""
     outputs = os.fspath(outputs if outputs is not None else pack)
     if profile is None:
         raise ValueError("run_pack needs the kernel's profile (kernel.json declares it)")
     text = _profile_json(profile)
     listed = _native.pack_cases(os.fspath(pack), text)
     os.makedirs(outputs, exist_ok=True)
-    ran = 0
+    ran, failed = 0, []
     for native, file, excluded in listed:
         if excluded is not None:
             continue
         case = Case(native)
-        tensors = _returned_tensors(case, kernel(case))
+        try:
+            tensors = _returned_tensors(case, kernel(case))
+        except Exception as e:  # noqa: BLE001 - the kernel's failure is this case's
+            tensors = f"{type(e).__name__}: {e}"
         if isinstance(tensors, str):
-            raise ValueError(f"{case.id}: {tensors}")
+            # No outputs file: certifying the pack says RUNTIME_ERROR for this case.
+            failed.append(case.id)
+            sys.stderr.write(f"gqla.run_pack: {case.id}: {tensors}; no outputs written\n")
+            continue
         _native.write_outputs(os.path.join(outputs, file), tensors)
         ran += 1
     info = {
@@ -512,7 +540,18 @@ def run_pack(
         "profile": json.loads(text),
     }
     _write_text(os.path.join(outputs, "kernel.json"), json.dumps(info, indent=2) + "\n")
+    if failed:
+        raise PackRunError(ran, failed)
     return ran
+
+
+class PackRunError(RuntimeError):
+    """Some cases of a pack had no outputs (the kernel raised or returned no tensors); the
+    others, and kernel.json, were written."""
+
+    def __init__(self, ran: int, failed: list[str]):
+        super().__init__(f"{len(failed)} case(s) without outputs (first: {failed[0]}); {ran} written")
+        self.ran, self.failed = ran, failed
 
 
 def certify_pack(pack, outputs=None, profile=None, filters: Iterable[str] = (), seed: int | None = None, out=None) -> Certificate:
@@ -524,7 +563,7 @@ def certify_pack(pack, outputs=None, profile=None, filters: Iterable[str] = (), 
         os.fspath(pack),
         None if outputs is None else os.fspath(outputs),
         None if profile is None else _profile_json(profile),
-        list(filters),
+        _names(filters, "filters"),
         seed,
         None if out is None else os.fspath(out),
     )
@@ -563,9 +602,9 @@ def main(
     a = ap.parse_args(argv)
     if a.seed is not None and a.seeds is not None:
         ap.error("--seed and --seeds conflict")
-    text = _profile_json(profile)
-    ops = a.op or json.loads(text).get("operations") or []
     try:
+        text = _profile_json(profile)
+        ops = a.op or json.loads(text).get("operations") or []
         if a.pack:
             n = run_pack(kernel, a.pack, a.outputs, text, name, version, description, environment)
             print(f"{name}: wrote outputs for {n} cases of {a.pack}")
@@ -575,8 +614,11 @@ def main(
             print(s.summary())
             return 0 if s.stable else 1
         cert = certify(kernel, text, ops, a.filter, a.seed, name, a.out, version, description, a.timeout, environment)
-    except (OSError, ValueError) as e:
+    except PackRunError as e:
         print(f"{name}: {e}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError, TypeError, OverflowError, RuntimeError, AttributeError) as e:
+        print(f"{name}: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     print(cert.summary())
     return 0 if cert.conformant else 1

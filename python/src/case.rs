@@ -195,6 +195,12 @@ impl PyCase {
     /// little-endian f64; the truth is exact (f64), naive the same-precision reference the
     /// tolerance compares a kernel's error with.
     fn reference<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        // The answers are for debugging a kernel, not for a kernel to return.
+        if crate::kernel::IN_FLIGHT.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "case.reference() is refused while a kernel is being certified: the references are for debugging, not for kernels to return",
+            ));
+        }
         let inputs = self.drawn_inputs();
         let dtype = self.case.dtype();
         let (truth, naive) = py.detach(|| (compute(&inputs, Precision::Exact), compute(&inputs, Precision::Naive(dtype))));

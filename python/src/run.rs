@@ -48,6 +48,29 @@ impl Drop for Running {
     }
 }
 
+/// How long a timed-out kernel may keep the interpreter before the process gives up on it.
+const HELD_LIMIT: Duration = Duration::from_secs(60);
+
+/// After a TIMEOUT this thread must take the interpreter back to report it; a kernel that holds
+/// it (a C extension that never releases it) would hang the process. A thread that needs no
+/// interpreter watches: past [`HELD_LIMIT`] it says so and exits with status 124.
+fn watchdog(case: String, back: Arc<AtomicBool>) {
+    let _ = std::thread::Builder::new().name("gqla-watchdog".into()).spawn(move || {
+        let start = std::time::Instant::now();
+        while start.elapsed() < HELD_LIMIT {
+            if back.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!(
+            "gqla: case `{case}` timed out and its kernel has held the Python interpreter for {} s since: exiting (status 124) without a certificate",
+            HELD_LIMIT.as_secs()
+        );
+        std::process::exit(124);
+    });
+}
+
 fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("results serialize")
 }
@@ -237,11 +260,17 @@ impl PyRun {
             // Ctrl-C while the kernel runs: Python's handler raises in this (the main) thread,
             // which the wait asks every POLL.
             let mut signalled: Option<PyErr> = None;
+            let back = Arc::new(AtomicBool::new(false));
             let ran = py.detach(|| {
-                Prepared::new(&case).run_polled(&kernel, &profile, timeout, || {
+                let ran = Prepared::new(&case).run_polled(&kernel, &profile, timeout, || {
                     Python::attach(|py| py.check_signals()).map_err(|e| signalled = Some(e)).is_err()
-                })
+                });
+                if matches!(&ran, Ok((r, _)) if matches!(r.status, Status::Timeout { .. })) {
+                    watchdog(case.to_string(), back.clone());
+                }
+                ran
             });
+            back.store(true, Ordering::SeqCst);
             match ran {
                 Ok(done) => done,
                 Err(Interrupted) => {

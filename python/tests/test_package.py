@@ -159,6 +159,24 @@ def test_each_failure_is_a_verdict_not_a_crash():
     assert status == "NONFINITE_MISMATCH"
 
 
+def test_cheats_and_careless_outputs_are_refused():
+    # The references are for debugging: a kernel that asks for them gets RUNTIME_ERROR.
+    status, r = status_of(lambda case: {k: v.astype(np.float32) for k, v in case.reference().truth.items()})
+    assert status == "RUNTIME_ERROR" and "case.reference() is refused" in r["message"], r
+    # A huge broadcast output is refused by its shape before anything is copied.
+    def huge(case):
+        o = numpy_gqa_decode(case)
+        return {"out": np.broadcast_to(np.float32(0), (2**40,)), "lse": o["lse"]}
+
+    status, r = status_of(huge)
+    assert status == "SHAPE_OR_DTYPE_MISMATCH" and "[1099511627776]" in r["detail"], r
+    # An output the definition does not have is refused, not ignored.
+    status, r = status_of(lambda case: dict(numpy_gqa_decode(case), extra=np.zeros(3, np.float32)))
+    assert status == "SHAPE_OR_DTYPE_MISMATCH" and "extra" in r["detail"], r
+    # One name is a list of one, not its letters.
+    assert len(gqla.cases(PROFILE, ops="gqa.decode", filters=ONE[0])) == 1
+
+
 def test_outputs_in_order_and_from_torch():
     cert = gqla.certify(lambda c: tuple(numpy_gqa_decode(c).values()), PROFILE, filters=ONE, seed=4)
     assert cert.verdict == "PARTIAL" and not cert.failures, cert.summary()
@@ -319,6 +337,7 @@ def test_a_timeout_stops_the_run():
     assert statuses[0] == "TIMEOUT" and len(statuses) > 1, statuses
     assert all(s == "RUNTIME_ERROR" for s in statuses[1:]), statuses
     assert "timed out before it" in cert.failures[1]["message"], cert.failures[1]
+    assert "no result within the time limit" in cert.summary(), cert.summary()
 
 
 def test_ctrl_c_stops_a_run_while_the_kernel_runs():
@@ -369,6 +388,23 @@ def test_packs_from_python():
             assert "manifest.json: the pack was drawn for another profile" in str(e), e
         else:
             raise AssertionError("a pack for another profile was certified")
+        # A kernel that raises on some cases: the others are written, and the error names them.
+        partial = os.path.join(tmp, "partial")
+
+        def fails_on_f32(case):
+            if case.dtype == "f32":
+                raise ValueError("no f32 kernel")
+            return numpy_gqa_decode(case)
+
+        try:
+            gqla.run_pack(fails_on_f32, pack, partial, profile)
+        except gqla.PackRunError as e:
+            failed = e.failed
+            assert failed and all("dtype=f32" in c for c in failed) and e.ran == n - len(failed), e
+        else:
+            raise AssertionError("a kernel that raised was not reported")
+        cert = gqla.certify_pack(pack, partial)
+        assert {r["status"] for r in cert.failures} == {"RUNTIME_ERROR"} and len(cert.failures) == len(failed)
         try:
             gqla.run_pack(numpy_gqa_decode, pack, outs, dict(profile, dtypes=["f32"]))
         except ValueError as e:

@@ -47,6 +47,14 @@ MODULE = textwrap.dedent(
             o["lse"] = np.where(np.isfinite(o["lse"]), up, o["lse"])  # an ulp, well inside the bound
         return o
 
+    @pytest.mark.parametrize("wrong", [False, True])
+    def test_variants(gqla_case, wrong):
+        o = numpy_gqa_decode(gqla_case)
+        return {k: np.zeros_like(v) for k, v in o.items()} if wrong else o
+
+    def test_interrupts(gqla_case):
+        raise KeyboardInterrupt("from the kernel")
+
     def test_unrelated():
         assert True
     """
@@ -123,6 +131,16 @@ def test_each_case_is_an_item_judged_by_the_suite():
         }, poison
         assert "POISON_DEPENDENT" in poison["test_poison_reader[certificate]"], poison
         assert cases["test_unrelated"] is None
+        # A parametrized kernel is one kernel per variant: the wrong one fails alone.
+        right = {n: f for n, f in cases.items() if n.startswith("test_variants[") and n.endswith("-False]")}
+        wrong = {n: f for n, f in cases.items() if n.startswith("test_variants[") and n.endswith("-True]")}
+        assert len(right) == len(wrong) == len(selected) + 1, (right, wrong)
+        assert not any(right.values()) and all(wrong.values()), (right, wrong)
+        assert "NOT CONFORMANT" in wrong["test_variants[certificate-True]"]
+        # A KeyboardInterrupt from a kernel fails its items; the session goes on.
+        interrupts = {n: f for n, f in cases.items() if n.startswith("test_interrupts[")}
+        assert len(interrupts) == len(selected) + 1 and all(interrupts.values()), interrupts
+        assert all("KeyboardInterrupt: from the kernel" in f for f in interrupts.values()), interrupts
         assert "gqla certificates" in r.stdout and "CONFORMANT — test_numpy" in r.stdout, r.stdout
 
 

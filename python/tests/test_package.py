@@ -362,6 +362,26 @@ def test_ctrl_c_stops_a_run_while_the_kernel_runs():
         time.sleep(0.05)
 
 
+def test_a_kernel_that_holds_the_interpreter_ends_the_process():
+    import subprocess
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import ctypes, gqla
+        from test_package import PROFILE, ONE, numpy_gqa_decode
+        def holds(case):
+            ctypes.PyDLL(None).sleep(30)  # libc's sleep, the GIL held
+            return numpy_gqa_decode(case)
+        gqla.certify(holds, PROFILE, filters=ONE, seed=3, timeout=0.5)
+        """
+    )
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, GQLA_HELD_LIMIT_S="2", PYTHONPATH=os.pathsep.join([os.environ.get("PYTHONPATH", ""), here]))
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=25)
+    assert r.returncode == 124 and "has held the Python interpreter for 2 s" in r.stderr, (r.returncode, r.stderr)
+
+
 def test_packs_from_python():
     profile = dict(PROFILE, dtypes=["f32", "bf16"])
     gqa_core = [f for f in CORE if f.startswith("gqa.decode:")]

@@ -213,6 +213,92 @@ impl TiledRecord {
     }
 }
 
+/// Where a byte of a tiled record lies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordField {
+    /// Latent value `index` (of tile `index / tile`).
+    Latent { index: usize },
+    /// Byte `byte` (0..4) of tile `tile`'s f32 scale.
+    Scale { tile: usize, byte: usize },
+    /// Byte `byte` (0..2) of RoPE-key value `index`.
+    Rope { index: usize, byte: usize },
+}
+
+/// The first byte where a written record differs from the reference writer's.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecordMismatch {
+    pub offset: usize,
+    pub field: RecordField,
+    pub got: u8,
+    pub want: u8,
+}
+
+/// How far above a power of two FlashMLA's f32 `log2` may round a tile's amax/max down to it
+/// (measured: one f32 ulp, docs/results/2026-12-07-fp8-casts-and-scales.md); 2^-20 leaves room
+/// for other `log2f`s.
+pub const POW2_SLACK: f64 = 1.0 / (1u64 << 20) as f64;
+
+impl TiledRecord {
+    /// What lies at byte `offset` of a record.
+    pub fn field(&self, offset: usize) -> RecordField {
+        if offset < self.scales_offset() {
+            RecordField::Latent { index: offset }
+        } else if offset < self.rope_offset() {
+            let o = offset - self.scales_offset();
+            RecordField::Scale { tile: o / 4, byte: o % 4 }
+        } else {
+            let o = offset - self.rope_offset();
+            RecordField::Rope { index: o / 2, byte: o % 2 }
+        }
+    }
+
+    /// Judge a record a writer produced for the token (`c`, `k_rope`) against the reference
+    /// writer, bit for bit. One allowance, for power-of-two scales only: a tile whose amax/max v
+    /// lies within [`POW2_SLACK`] above a power of two p may be written at scale p (where the
+    /// exact rule gives 2p), as FlashMLA's f32 `log2().ceil()` does; its bytes are then judged
+    /// against the reference's write at p. Returns the tiles written so.
+    pub fn check(&self, c: &[f32], k_rope: &[bf16], written: &[u8]) -> std::result::Result<Vec<usize>, RecordMismatch> {
+        let mut want = vec![0u8; self.bytes()];
+        self.write(c, k_rope, &mut want);
+        assert_eq!(written.len(), want.len(), "record shape");
+        let mismatch = |offset: usize, want: u8| RecordMismatch {
+            offset,
+            field: self.field(offset),
+            got: written[offset],
+            want,
+        };
+        let mut halved = Vec::new();
+        for (t, tile) in c.chunks(self.tile).enumerate() {
+            let latent = t * self.tile..(t + 1) * self.tile;
+            let scale = self.scales_offset() + 4 * t..self.scales_offset() + 4 * t + 4;
+            let same = |r: std::ops::Range<usize>, w: &[u8]| r.clone().find(|&i| written[i] != w[i - r.start]);
+            let exact_latent: Vec<u8> = want[latent.clone()].to_vec();
+            let exact_scale: Vec<u8> = want[scale.clone()].to_vec();
+            let exact = same(scale.clone(), &exact_scale).or_else(|| same(latent.clone(), &exact_latent));
+            let Some(first) = exact else { continue };
+            // The allowance: the same tile written at half the exact rule's scale.
+            let s = self.scale(&want, t);
+            let amax = tile.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let v = ((amax / self.fp8.max()).max(POW2_FLOOR)) as f64;
+            let half = s / 2.0;
+            if self.rule == ScaleRule::Pow2 && v <= half as f64 * (1.0 + POW2_SLACK) {
+                let alt_scale = half.to_le_bytes();
+                let alt_latent: Vec<u8> = tile.iter().map(|x| self.fp8.encode(x / half)).collect();
+                if same(scale.clone(), &alt_scale).is_none() && same(latent.clone(), &alt_latent).is_none() {
+                    halved.push(t);
+                    continue;
+                }
+            }
+            return Err(mismatch(first, want[first]));
+        }
+        let rope = self.rope_offset()..self.bytes();
+        if let Some(i) = rope.clone().find(|&i| written[i] != want[i]) {
+            return Err(mismatch(i, want[i]));
+        }
+        Ok(halved)
+    }
+}
+
 /// Per-tensor FP8 (vLLM `kv_cache_dtype=fp8`, FlashInfer's trtllm MLA decode): every value of a
 /// layer's cache in FP8 against one f32 scale, written as clamp(x / scale, ±max) and cast.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -435,6 +521,54 @@ mod tests {
             }
             assert_eq!(rope_back, rope.iter().map(|v| v.to_f64()).collect::<Vec<_>>());
         }
+    }
+
+    /// The writer's judge: the reference's own record passes; FlashMLA's log2f rounding (a tile
+    /// one ulp above 448·2^k written at 2^k) passes as a halved tile; a flipped byte, a scale a
+    /// quarter of the rule's, and the same rounding under arbitrary scales fail, naming the field.
+    #[test]
+    fn written_records_are_judged_bit_for_bit_with_the_log2_allowance() {
+        let fmt = TiledRecord::DS_MLA_656;
+        let mut c: Vec<f32> = (0..512).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        // Tile 1's amax one f32 ulp above 448·2^-3: the exact rule gives 2^-2, log2f gives 2^-3.
+        let edge = f32::from_bits((448.0f32 * 0.125).to_bits() + 1);
+        c[128..256].iter_mut().for_each(|x| *x = x.clamp(-50.0, 50.0));
+        c[130] = edge;
+        let rope: Vec<bf16> = (0..64).map(|i| bf16::from_f32(i as f32 / 9.0 - 3.0)).collect();
+        let mut exact = vec![0u8; fmt.bytes()];
+        fmt.write(&c, &rope, &mut exact);
+        assert_eq!(fmt.scale(&exact, 1), 0.25);
+        assert_eq!(fmt.check(&c, &rope, &exact), Ok(vec![]));
+        // FlashMLA's rounding: tile 1 at 2^-3, its bytes cast at that scale.
+        let mut flashmla = exact.clone();
+        flashmla[512 + 4..512 + 8].copy_from_slice(&0.125f32.to_le_bytes());
+        for i in 128..256 {
+            flashmla[i] = fmt.fp8().encode(c[i] / 0.125);
+        }
+        assert_ne!(flashmla, exact);
+        assert_eq!(fmt.check(&c, &rope, &flashmla), Ok(vec![1]));
+        // A flipped latent byte, a RoPE byte, a scale of 2^-4.
+        for (offset, field) in [
+            (7, RecordField::Latent { index: 7 }),
+            (600, RecordField::Rope { index: 36, byte: 0 }),
+        ] {
+            let mut bad = exact.clone();
+            bad[offset] ^= 1;
+            let m = fmt.check(&c, &rope, &bad).unwrap_err();
+            assert_eq!((m.offset, m.field), (offset, field));
+        }
+        let mut quarter = flashmla.clone();
+        quarter[512 + 4..512 + 8].copy_from_slice(&0.0625f32.to_le_bytes());
+        let m = fmt.check(&c, &rope, &quarter).unwrap_err();
+        assert!(matches!(m.field, RecordField::Scale { tile: 1, .. }), "{m:?}");
+        // Arbitrary scales have no allowance.
+        let amax = TiledRecord::new(512, 128, 64, Fp8::E4m3fn, ScaleRule::Amax).unwrap();
+        let mut written = vec![0u8; amax.bytes()];
+        amax.write(&c, &rope, &mut written);
+        assert_eq!(amax.check(&c, &rope, &written), Ok(vec![]));
+        let halved = amax.scale(&written, 1) / 2.0;
+        written[512 + 4..512 + 8].copy_from_slice(&halved.to_le_bytes());
+        assert!(amax.check(&c, &rope, &written).is_err());
     }
 
     #[test]

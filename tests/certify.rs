@@ -689,6 +689,18 @@ mod packs {
     }
 }
 
+/// `python examples/SCRIPT` with the `gqla` package at `package` (and Triton's interpreter, for
+/// the SGLang kernel).
+fn example_command(python: &str, package: &std::path::Path, script: &str) -> std::process::Command {
+    let mut c = std::process::Command::new(python);
+    c.env("TRITON_INTERPRET", "1")
+        .env("PYTHONPATH", package)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .args(["-W", "ignore"])
+        .arg(crate::common::root().join("examples").join(script));
+    c
+}
+
 /// Certify a real kernel with its script in examples/ (in process, through the `gqla` package
 /// this build produced) on the cases `filters` select from suite seed `seed`: the script's exit
 /// status, stdout and certificate. None (after printing SKIPPED) when the Python the examples use
@@ -702,12 +714,7 @@ fn certify_example(script: &str, probe: &str, filters: &[&str], seed: &str, extr
     for f in filters {
         args.extend(["--filter", f]);
     }
-    let run = std::process::Command::new(&python)
-        .env("TRITON_INTERPRET", "1")
-        .env("PYTHONPATH", package.path())
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .args(["-W", "ignore"])
-        .arg(crate::common::root().join("examples").join(script))
+    let run = example_command(&python, package.path(), script)
         .args(&args)
         .args(extra)
         .output()
@@ -820,9 +827,7 @@ fn a_python_kernel_certifies_through_a_pack() {
     }
     let r = gqla(&args);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let run = std::process::Command::new(&python)
-        .env("PYTHONPATH", package.path())
-        .arg(crate::common::root().join("examples/certify_sdpa.py"))
+    let run = example_command(&python, package.path(), "certify_sdpa.py")
         .args(["--pack", pack.to_str().unwrap(), "--outputs", outs.to_str().unwrap()])
         .output()
         .unwrap();

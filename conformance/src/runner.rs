@@ -270,7 +270,7 @@ impl Prepared {
         let received = loop {
             let left = timeout.saturating_sub(start.elapsed());
             match rx.recv_timeout(left.min(POLL)) {
-                Err(mpsc::RecvTimeoutError::Timeout) if !left.is_zero() && left > POLL => {
+                Err(mpsc::RecvTimeoutError::Timeout) if left > POLL => {
                     if interrupted() {
                         return Err(Interrupted);
                     }

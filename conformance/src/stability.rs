@@ -135,6 +135,36 @@ impl Stability {
         self.selected().next().is_some() && self.unstable().next().is_none() && self.precise()
     }
 
+    /// The terminal's summary: how many cases passed on every seed, each that did not with its
+    /// first failure, the families not PRECISE on every seed and the pooled ones; a line each.
+    pub fn summary(&self, kernel: &str) -> String {
+        let (selected, unstable) = (self.selected().count(), self.unstable().count());
+        let mut lines = vec![format!(
+            "kernel {}: {} of {selected} cases passed on all {} seeds",
+            crate::report::plain(kernel),
+            selected - unstable,
+            self.seeds.len()
+        )];
+        for (id, v) in self.unstable() {
+            lines.push(format!(
+                "  {}/{}  {id}  {}",
+                v.passed,
+                v.ran,
+                v.first_failure.as_deref().unwrap_or("")
+            ));
+        }
+        for (key, f) in self.families().filter(|(_, f)| f.precise != f.seeds) {
+            lines.push(format!(
+                "  precision {key}: PRECISE on {}/{} seeds, ratio {:.3}-{:.3}",
+                f.precise, f.seeds, f.min_ratio, f.max_ratio
+            ));
+        }
+        for f in self.pooled() {
+            lines.push(format!("  pooled over the seeds: {f}"));
+        }
+        lines.join("\n")
+    }
+
     /// `seeds.md`: the seeds (`origin`: who chose them), and per selected case its passes.
     pub fn markdown(&self, kernel: &str, origin: &str) -> String {
         let selected = self.selected().count();

@@ -385,17 +385,24 @@ class _Adapter:
         return _returned_tensors(case, returned)
 
 
+def _kernel_name(kernel, name: str | None) -> str:
+    """The certificate's name for a kernel: `name`, else the callable's own."""
+    return name or getattr(kernel, "__name__", "python-kernel")
+
+
 def _run(kernel, profile, ops, filters, seed, name, version, description, timeout, environment=None):
     adapter = _Adapter(kernel)
     run = _native.Run(
-        adapter, _profile_json(profile), name or getattr(kernel, "__name__", "python-kernel"),
+        adapter, _profile_json(profile), _kernel_name(kernel, name),
         _names(ops, "ops"), _names(filters, "filters"), seed, version, description, timeout, dict(environment or {}),
     )
     return run, adapter
 
 
 def _certify_run(run, out) -> Certificate:
-    for i in range(len(run.cases())):
+    """Every case of `run` not run yet (a case excluded by the profile calls no kernel), then its
+    certificate, written to `out` when given."""
+    for i in range(len(run)):
         run.call(i)
     text, line = run.finish(None if out is None else os.fspath(out))
     return Certificate(json.loads(text), line)
@@ -435,16 +442,12 @@ class Stability:
     unstable: list[tuple[str, int, int, str | None]]
     families: list[tuple[str, int, int, float, float]]
     markdown: str
+    summary_text: str
 
     def summary(self) -> str:
-        n = len(self.seeds)
-        lines = [f"{self.selected - len(self.unstable)} of {self.selected} cases passed on all {n} seeds"]
-        lines += [f"  {p}/{r}  {shape}  {why or ''}" for shape, p, r, why in self.unstable]
-        lines += [
-            f"  precision {key}: PRECISE on {p}/{s} seeds, ratio {lo:.3f}-{hi:.3f}"
-            for key, p, s, lo, hi in self.families
-        ]
-        return "\n".join(lines)
+        """What `gqla certify --seeds N` prints: passes on every seed, each unstable case, the
+        families not PRECISE on every seed."""
+        return self.summary_text
 
 
 def stability(
@@ -470,12 +473,14 @@ def stability(
         dest = None if out is None else os.path.join(os.fspath(out), f"seed-{run.seed}")
         certificates.append(_certify_run(run, dest))
         tally.record(run)
-    kernel_name = name or getattr(kernel, "__name__", "python-kernel")
+    kernel_name = _kernel_name(kernel, name)
     markdown = tally.markdown(kernel_name, "fresh draws by this certification")
     if out is not None:
         _write_text(os.path.join(os.fspath(out), "seeds.md"), markdown)
     selected, unstable, families = tally.tally()
-    return Stability(tally.stable, tally.seeds, certificates, selected, unstable, families, markdown)
+    return Stability(
+        tally.stable, tally.seeds, certificates, selected, unstable, families, markdown, tally.summary(kernel_name)
+    )
 
 
 def _write_text(path: str, text: str) -> None:
@@ -533,7 +538,7 @@ def run_pack(
         _native.write_outputs(os.path.join(outputs, file), tensors)
         ran += 1
     info = {
-        "name": name or getattr(kernel, "__name__", "python-kernel"),
+        "name": _kernel_name(kernel, name),
         "version": version,
         "description": description,
         "environment": dict(environment or {}),

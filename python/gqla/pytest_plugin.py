@@ -165,16 +165,13 @@ def _case(run, adapter, index):
 
 
 def _certificate(run, label, config):
-    for i, (_, excluded) in enumerate(run.cases()):
-        if excluded is None:
-            run.call(i)
     out = config.getoption("gqla_out")
     dest = None if out is None else os.path.join(out, "".join(c if c.isalnum() or c in "-_.[]" else "_" for c in label))
     try:
-        text, line = run.finish(dest)
+        cert = gqla._certify_run(run, dest)
     except (OSError, RuntimeError) as e:
         pytest.fail(f"gqla: {e}", pytrace=False)
-    cert = gqla.Certificate(json.loads(text), line)
+    line = cert.verdict_line
     config._gqla_verdicts.append(f"{line} [seed {run.seed}: --gqla-seed {run.seed} draws the same cases]")
     if not cert.conformant:
         pytest.fail(f"{cert.summary()}\nseed {run.seed} ({run.origin}): rerun with --gqla-seed {run.seed}", pytrace=False)

@@ -11,12 +11,12 @@ use pyo3::types::{PyByteArray, PyList};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// A Python callable as a kernel: called with the case, it returns its output tensors as a list
-/// of (name, dtype, shape, bytes-like).
 /// Kernel calls under way: one that timed out goes on in its thread, and the interpreter must not
 /// finalize under it (the package waits for them at exit).
 pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
+/// A Python callable as a kernel: called with the case, it returns its output tensors as a list
+/// of (name, dtype, shape, bytes-like).
 pub struct PyKernel {
     pub call: Py<PyAny>,
     pub identity: KernelIdentity,

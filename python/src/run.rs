@@ -224,6 +224,11 @@ impl PyRun {
         self.seed
     }
 
+    /// How many cases the run has (excluded ones included).
+    fn __len__(&self) -> usize {
+        self.cases.len()
+    }
+
     /// Who chose the seed, in the certificate's words.
     #[getter]
     fn origin(&self) -> &'static str {
@@ -353,6 +358,11 @@ impl PyStability {
     #[getter]
     fn seeds(&self) -> Vec<u64> {
         self.inner.seeds().to_vec()
+    }
+
+    /// The summary `gqla certify --seeds N` prints, for `kernel`.
+    fn summary(&self, kernel: &str) -> String {
+        self.inner.summary(kernel)
     }
 
     /// (selected case shapes, [(shape, passed, ran, first failure)] for those that failed on

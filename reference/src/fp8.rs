@@ -74,12 +74,22 @@ pub const POW2_FLOOR: f32 = 1e-4;
 /// f32. Taken here as the smallest power of two ≥ that f32 value, from its bits: exact where a
 /// `log2f` may round a value just above a power of two down to it.
 pub fn pow2_scale(amax: f32, fp8: Fp8) -> f32 {
-    let v = (amax / fp8.max()).max(POW2_FLOOR);
-    let bits = v.to_bits();
+    let bits = quotient(amax, fp8).to_bits();
     let exponent = ((bits >> 23) & 0xff) as i32 - 127;
     // Normal and positive (the floor keeps it so); a mantissa past the leading one rounds up.
     let k = if bits & 0x7f_ffff == 0 { exponent } else { exponent + 1 };
     2f32.powi(k)
+}
+
+/// A tile's amax over the format's max, floored at [`POW2_FLOOR`], in f32: the value its scale
+/// covers (exactly, or rounded up to a power of two).
+fn quotient(amax: f32, fp8: Fp8) -> f32 {
+    (amax / fp8.max()).max(POW2_FLOOR)
+}
+
+/// The largest magnitude of a tile.
+fn amax(tile: &[f32]) -> f32 {
+    tile.iter().fold(0f32, |m, x| m.max(x.abs()))
 }
 
 /// How a writer chooses a tile's scale.
@@ -97,7 +107,7 @@ impl ScaleRule {
     pub fn scale(self, amax: f32, fp8: Fp8) -> f32 {
         match self {
             ScaleRule::Pow2 => pow2_scale(amax, fp8),
-            ScaleRule::Amax => (amax / fp8.max()).max(POW2_FLOOR),
+            ScaleRule::Amax => quotient(amax, fp8),
         }
     }
 }
@@ -176,8 +186,7 @@ impl TiledRecord {
             "record shape"
         );
         for (t, tile) in c.chunks(self.tile).enumerate() {
-            let amax = tile.iter().fold(0f32, |m, x| m.max(x.abs()));
-            let s = self.rule.scale(amax, self.fp8);
+            let s = self.rule.scale(amax(tile), self.fp8);
             let at = self.scales_offset() + 4 * t;
             record[at..at + 4].copy_from_slice(&s.to_le_bytes());
             for (i, x) in tile.iter().enumerate() {
@@ -267,24 +276,22 @@ impl TiledRecord {
             got: written[offset],
             want,
         };
+        // The first byte in `range` where the record differs from `expected` (that range's bytes).
+        let first_difference =
+            |range: std::ops::Range<usize>, expected: &[u8]| range.clone().find(|&i| written[i] != expected[i - range.start]);
         let mut halved = Vec::new();
         for (t, tile) in c.chunks(self.tile).enumerate() {
             let latent = t * self.tile..(t + 1) * self.tile;
             let scale = self.scales_offset() + 4 * t..self.scales_offset() + 4 * t + 4;
-            let same = |r: std::ops::Range<usize>, w: &[u8]| r.clone().find(|&i| written[i] != w[i - r.start]);
-            let exact_latent: Vec<u8> = want[latent.clone()].to_vec();
-            let exact_scale: Vec<u8> = want[scale.clone()].to_vec();
-            let exact = same(scale.clone(), &exact_scale).or_else(|| same(latent.clone(), &exact_latent));
-            let Some(first) = exact else { continue };
+            let differs =
+                first_difference(scale.clone(), &want[scale.clone()]).or_else(|| first_difference(latent.clone(), &want[latent.clone()]));
+            let Some(first) = differs else { continue };
             // The allowance: the same tile written at half the exact rule's scale.
-            let s = self.scale(&want, t);
-            let amax = tile.iter().fold(0f32, |m, x| m.max(x.abs()));
-            let v = ((amax / self.fp8.max()).max(POW2_FLOOR)) as f64;
-            let half = s / 2.0;
-            if self.rule == ScaleRule::Pow2 && v <= half as f64 * (1.0 + POW2_SLACK) {
-                let alt_scale = half.to_le_bytes();
+            let half = self.scale(&want, t) / 2.0;
+            if self.rule == ScaleRule::Pow2 && quotient(amax(tile), self.fp8) as f64 <= half as f64 * (1.0 + POW2_SLACK) {
                 let alt_latent: Vec<u8> = tile.iter().map(|x| self.fp8.encode(x / half)).collect();
-                if same(scale.clone(), &alt_scale).is_none() && same(latent.clone(), &alt_latent).is_none() {
+                if first_difference(scale.clone(), &half.to_le_bytes()).is_none() && first_difference(latent.clone(), &alt_latent).is_none()
+                {
                     halved.push(t);
                     continue;
                 }

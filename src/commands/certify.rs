@@ -298,29 +298,11 @@ fn stability(candidates: &[Candidate], n: u32, selection: &Selection, a: &Args) 
             &dir.join("seeds.md"),
             t.markdown(&name, "fresh draws by this certify run").as_bytes(),
         )?;
-        let (selected, unstable) = (t.selected().count(), t.unstable().count());
-        println!("kernel {name}: {} of {selected} cases passed on all {n} seeds", selected - unstable);
-        for (id, v) in t.unstable() {
-            println!("  {}/{}  {id}  {}", v.passed, v.ran, v.first_failure.as_deref().unwrap_or(""));
-        }
-        print_families(t);
+        println!("{}", t.summary(&name));
         all &= t.stable();
     }
     hung(candidates)?;
     Ok(if all { Outcome::Conformant } else { Outcome::Rejected })
-}
-
-/// The precision families that were not PRECISE on every seed, and those pooled over the seeds.
-fn print_families(t: &Stability) {
-    for (key, f) in t.families().filter(|(_, f)| f.precise != f.seeds) {
-        println!(
-            "  precision {key}: PRECISE on {}/{} seeds, ratio {:.3}-{:.3}",
-            f.precise, f.seeds, f.min_ratio, f.max_ratio
-        );
-    }
-    for f in t.pooled() {
-        println!("  pooled over the seeds: {f}");
-    }
 }
 
 fn bad(e: impl std::fmt::Display) -> CliError {
@@ -370,16 +352,7 @@ fn external_seeds(set: &Path, n: u32, a: &Args) -> Result<Outcome, CliError> {
         &a.out.join("seeds.md"),
         tally.markdown(&name, "chosen by whoever exported the packs").as_bytes(),
     )?;
-    let (selected, unstable) = (tally.selected().count(), tally.unstable().count());
-    println!(
-        "kernel {}: {} of {selected} cases passed on all {n} seeds",
-        plain(&name),
-        selected - unstable
-    );
-    for (id, v) in tally.unstable() {
-        println!("  {}/{}  {id}  {}", v.passed, v.ran, v.first_failure.as_deref().unwrap_or(""));
-    }
-    print_families(&tally);
+    println!("{}", tally.summary(&name));
     Ok(if tally.stable() { Outcome::Conformant } else { Outcome::Rejected })
 }
 

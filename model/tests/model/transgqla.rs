@@ -111,14 +111,18 @@ proptest! {
         let full = st.balanced.dims().d_c();
         let c_full = st.balanced.latent(cal.view());
         let total: f64 = c_full.iter().map(|v| v * v).sum();
-        let mut last_kept = 0.0;
+        let (mut last_kept, mut last_reported) = (0.0, 0.0);
         for rank in 1..=full {
             let (trunc, report) = convert_stages(&gqa, &[cal.view()], opt(Some(rank))).unwrap();
             let kept: f64 = trunc.pca.latent(cal.view()).iter().map(|v| v * v).sum::<f64>() / total;
-            prop_assert!((kept - report.kv_energy_kept).abs() <= 1e-9, "reported energy {} vs measured {kept}", report.kv_energy_kept);
+            let reported = report.kv_energy_kept;
+            prop_assert!((kept - reported).abs() <= 1e-9, "reported energy {reported} vs measured {kept}");
             // The calibration reconstruction error is 1 − kept: it must not grow with the rank.
-            prop_assert!(kept >= last_kept - 1e-12, "rank {rank}: energy kept {kept} < {last_kept} at rank {}", rank - 1);
-            last_kept = kept;
+            // Judged on the reported energy (partial sums of the eigenvalues, monotone up to
+            // rounding); the measured one follows it within the 1e-9 above. Measured past the
+            // calibration's rank, the PCA's null directions can add 3e-11 (proptest found it).
+            prop_assert!(reported >= last_reported - 1e-12, "rank {rank}: energy kept {reported} < {last_reported} at rank {}", rank - 1);
+            (last_kept, last_reported) = (kept, reported);
         }
         prop_assert!(last_kept >= 1.0 - 1e-12, "full rank leaves error {}", 1.0 - last_kept);
         let partial = prefill(&st.partial_rope, cal.view()).unwrap().y;

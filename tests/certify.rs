@@ -33,7 +33,7 @@ fn builtin_certificates_on_a_subset() {
     // One case passes everywhere, but it is one geometry in one dtype with no padding row: the
     // coverage core is not met, so the verdict is PARTIAL (exit 1) and says what is missing.
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
-    assert!(verdict(&r).starts_with("PARTIAL — cuda-emu (suite 0.4, seed 11;"), "{}", r.stdout);
+    assert!(verdict(&r).starts_with("PARTIAL — cuda-emu (suite 0.5, seed 11;"), "{}", r.stdout);
     assert!(
         verdict(&r).contains("core not covered: gqla.decode.absorb: dtype f32, dtype f16, contiguous caches, s_q = 1, a padding row"),
         "{}",
@@ -601,7 +601,7 @@ mod packs {
         };
         forge(
             &|m| m["cases"][0]["id"] = "gqa.decode:h=1;g=1;d=1;dv=1;sq=1;ctx=1;page=none;dtype=f32;seed=1".into(),
-            "is not a case of suite 0.4 with seed 5",
+            "is not a case of suite 0.5 with seed 5",
         );
         forge(
             &|m| {
@@ -614,7 +614,7 @@ mod packs {
         forge(&|m| m["cases"][0]["outputs"] = "/etc/passwd".into(), "expected index");
         forge(&|m| m["cases"][0]["inputs_sha256"] = "00".repeat(32).into(), "inputs_sha256");
         forge(&|m| m["suite_version"] = "0.2".into(), "suite version 0.2");
-        forge(&|m| m["seed"] = 6.into(), "is not a case of suite 0.4 with seed 6");
+        forge(&|m| m["seed"] = 6.into(), "is not a case of suite 0.5 with seed 6");
         std::fs::write(pack.join("manifest.json"), &manifest_text).unwrap();
         // Tampered inputs.
         let inputs = pack.join(manifest["cases"][0]["inputs"].as_str().unwrap());

@@ -91,6 +91,95 @@ pub use gqla_reference::DType;
 
 pub use gqla_reference::GroupCacheLayout;
 
+pub use gqla_reference::fp8::ScaleRule;
+
+/// How a decode's KV cache is stored (`kv=` in ids; absent for [`KvFormat::Native`], so that the
+/// ids of native cases never changed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KvFormat {
+    /// In the case dtype, like the queries.
+    Native,
+    /// FP8 tiled records (`gqla_reference::fp8::TiledRecord`): per token, d_c e4m3fn latent
+    /// values, one f32 scale per `tile` of them, then the RoPE key in bf16, unquantized.
+    /// FlashMLA's `ds_mla_656` is d_c = 512, tile = 128, d_r = 64, `scales` pow2.
+    Tiled { tile: usize, scales: ScaleRule },
+}
+
+impl KvFormat {
+    /// The format's family, as profiles name it.
+    pub fn kind(self) -> KvFormatKind {
+        match self {
+            KvFormat::Native => KvFormatKind::Native,
+            KvFormat::Tiled { .. } => KvFormatKind::Tiled,
+        }
+    }
+}
+
+/// The cache formats by family, as profiles and coverage name them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KvFormatKind {
+    Native,
+    Tiled,
+}
+
+impl KvFormatKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            KvFormatKind::Native => "native",
+            KvFormatKind::Tiled => "tiled",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for KvFormat {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Tiled {
+            tile: usize,
+            scales: String,
+            fp8: String,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "snake_case", deny_unknown_fields)]
+        enum Repr {
+            Native,
+            Tiled(Tiled),
+        }
+        match Repr::deserialize(d)? {
+            Repr::Native => Ok(KvFormat::Native),
+            Repr::Tiled(t) => {
+                if t.fp8 != "e4m3fn" {
+                    return Err(D::Error::custom(format!("tiled records are e4m3fn, not `{}`", t.fp8)));
+                }
+                let scales = ScaleRule::from_name(&t.scales)
+                    .ok_or_else(|| D::Error::custom(format!("scales must be pow2 or amax, not `{}`", t.scales)))?;
+                Ok(KvFormat::Tiled { tile: t.tile, scales })
+            }
+        }
+    }
+}
+
+/// `"native"`, or `{"tiled": {"tile": 128, "scales": "pow2", "fp8": "e4m3fn"}}`.
+impl Serialize for KvFormat {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            KvFormat::Native => s.serialize_str("native"),
+            KvFormat::Tiled { tile, scales } => {
+                use serde::ser::SerializeMap;
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry(
+                    "tiled",
+                    &serde_json::json!({"tile": tile, "scales": scales.name(), "fp8": "e4m3fn"}),
+                )?;
+                m.end()
+            }
+        }
+    }
+}
+
 /// What fills the memory a correct kernel never reads (dead slots, page tails, unused pages).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -137,6 +226,8 @@ pub struct CaseSpec {
     pub splits: Option<usize>,
     pub layout: GroupCacheLayout,
     pub dtype: DType,
+    /// How the cache is stored (the queries and outputs are in `dtype`).
+    pub kv: KvFormat,
     /// Softmax scale override; None = 1/sqrt(key dim of the definition).
     pub scale: Option<u32>,
     pub logits: Logits,
@@ -175,6 +266,7 @@ pub struct Case {
     page: Option<usize>,
     splits: Option<usize>,
     dtype: DType,
+    kv: KvFormat,
     scale: Option<u32>,
     logits: Logits,
     poison: Poison,
@@ -228,6 +320,7 @@ impl CaseSpec {
             page: c.page,
             splits: c.splits,
             dtype: c.dtype,
+            kv: c.kv,
             scale: c.scale,
             logits: c.logits,
             poison: c.poison,
@@ -253,6 +346,7 @@ impl Case {
             splits: self.splits,
             layout: self.layout(),
             dtype: self.dtype,
+            kv: self.kv,
             scale: self.scale,
             logits: self.logits,
             poison: self.poison,
@@ -335,8 +429,23 @@ impl Case {
     pub fn splits(&self) -> Option<usize> {
         self.splits
     }
+    /// The dtype of the queries and outputs, and of the cache when it is [`KvFormat::Native`].
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+    /// How the cache is stored.
+    pub fn kv(&self) -> KvFormat {
+        self.kv
+    }
+    /// The FP8 record of a tiled cache (None: the cache holds values of the case dtype).
+    pub fn tiled_record(&self) -> Option<gqla_reference::fp8::TiledRecord> {
+        match self.kv {
+            KvFormat::Native => None,
+            KvFormat::Tiled { tile, scales } => Some(
+                gqla_reference::fp8::TiledRecord::new(self.dc(), tile, self.dr(), gqla_reference::fp8::Fp8::E4m3fn, scales)
+                    .expect("validated at construction"),
+            ),
+        }
     }
     /// The softmax scale override as f32 bits; None = the default.
     pub fn scale_override(&self) -> Option<u32> {
@@ -508,6 +617,11 @@ impl CaseSpec {
             tokens.saturating_mul(4).saturating_mul(width) <= 1 << 31,
             "cache of at most 2^31 elements per component",
         )?;
+        if let KvFormat::Tiled { tile, .. } = self.kv {
+            need(self.op == Op::DecodeAbsorb, "an FP8 tiled cache (kv=tiled) on gqla.decode.absorb")?;
+            need(self.dtype == DType::Bf16, "dtype=bf16 with kv=tiled (bf16 queries and outputs)")?;
+            need(tile > 0 && self.dc.is_multiple_of(tile), "a tile that divides dc")?;
+        }
         match self.op {
             Op::DecodeAbsorb => need(self.h > 0 && self.dc > 0 && self.dn > 0 && self.sq > 0, "h, dc, dn, sq > 0")?,
             Op::DecodeGqa => {
@@ -560,6 +674,9 @@ impl CaseSpec {
             None => write!(f, ";page=none")?,
         }
         write!(f, ";dtype={}", self.dtype.name())?;
+        if let KvFormat::Tiled { tile, scales } = self.kv {
+            write!(f, ";kv=tiled;tile={tile};scales={}", scales.name())?;
+        }
         if let Some(s) = self.splits {
             write!(f, ";splits={s}")?;
         }
@@ -605,11 +722,14 @@ impl FromStr for Case {
             splits: None,
             layout: GroupCacheLayout::RopeOnce,
             dtype: DType::F32,
+            kv: KvFormat::Native,
             scale: None,
             logits: Logits::Normal,
             poison: Poison::Nan,
             seed: 0,
         };
+        // kv=tiled's parameters, gathered and checked once every key is read.
+        let (mut tiled, mut tile, mut scales) = (false, None, None);
         let mut seen: Vec<&str> = Vec::new();
         for kv in params.split(';') {
             let (k, v) = kv.split_once('=').ok_or_else(|| bad(format!("`{kv}` is not key=value")))?;
@@ -665,10 +785,24 @@ impl FromStr for Case {
                         _ => return Err(bad(format!("poison must be nan or garbage, got `{v}`"))),
                     }
                 }
+                "kv" => match v {
+                    "tiled" => tiled = true,
+                    _ => return Err(bad(format!("kv must be tiled (absent: the case dtype), got `{v}`"))),
+                },
+                "tile" => tile = Some(num(v)?),
+                "scales" => {
+                    scales = Some(ScaleRule::from_name(v).ok_or_else(|| bad(format!("scales must be pow2 or amax, got `{v}`")))?)
+                }
                 "seed" => c.seed = v.parse().map_err(|_| bad(format!("seed needs a number, got `{v}`")))?,
                 _ => return Err(bad(format!("unknown key `{k}`"))),
             }
         }
+        c.kv = match (tiled, tile, scales) {
+            (false, None, None) => KvFormat::Native,
+            (true, Some(tile), Some(scales)) => KvFormat::Tiled { tile, scales },
+            (true, _, _) => return Err(bad("kv=tiled needs tile=N and scales=pow2|amax".into())),
+            (false, _, _) => return Err(bad("tile and scales belong to kv=tiled".into())),
+        };
         let c = c.build().map_err(bad)?;
         // One spelling per case: the id must be the canonical one, so that a manifest cannot list
         // the same case twice under two spellings.
@@ -697,5 +831,47 @@ mod tests {
             ..case.spec()
         };
         assert!(wide.build().unwrap_err().contains("f32, bf16 or f16"));
+    }
+
+    /// `kv=tiled` ids: they round-trip, name every parameter, and refuse what the format cannot
+    /// hold (another op, dtype or tile), or parameters without the format.
+    #[test]
+    fn tiled_cache_ids_round_trip_and_refuse_what_the_format_cannot_hold() {
+        let id = "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=1;ctx=65,31;page=64;dtype=bf16;kv=tiled;tile=128;scales=pow2;seed=3";
+        let case: super::Case = id.parse().unwrap();
+        assert_eq!(case.to_string(), id);
+        assert_eq!(
+            case.kv(),
+            super::KvFormat::Tiled {
+                tile: 128,
+                scales: super::ScaleRule::Pow2
+            }
+        );
+        assert_eq!(case.tiled_record().unwrap(), gqla_reference::fp8::TiledRecord::DS_MLA_656);
+        assert_eq!(case.shape_id(), id.trim_end_matches(";seed=3"));
+        for (bad, why) in [
+            (id.replace("dtype=bf16", "dtype=f32"), "dtype=bf16 with kv=tiled"),
+            (id.replace("tile=128", "tile=96"), "a tile that divides dc"),
+            (id.replace("tile=128", "tile=0"), "a tile that divides dc"),
+            (id.replace("kv=tiled;", ""), "belong to kv=tiled"),
+            (id.replace("tile=128;", ""), "needs tile=N and scales"),
+            (id.replace("scales=pow2", "scales=e8m0"), "scales must be pow2 or amax"),
+            (id.replace("kv=tiled", "kv=fp8"), "kv must be tiled"),
+            (id.replace(";kv=tiled;tile=128;scales=pow2", "").replace("dtype=bf16", "kv=tiled;tile=128;scales=pow2;dtype=bf16"), "canonical"),
+            (
+                "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=once;sq=1;ctx=65;page=64;dtype=bf16;kv=tiled;tile=128;scales=pow2;seed=1".into(),
+                "on gqla.decode.absorb",
+            ),
+        ] {
+            let e = bad.parse::<super::Case>().unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        // Serialized with its parameters, and read back from a manifest's parameters.
+        let json = serde_json::to_value(case.kv()).unwrap();
+        assert_eq!(json, serde_json::json!({"tiled": {"tile": 128, "scales": "pow2", "fp8": "e4m3fn"}}));
+        assert_eq!(serde_json::from_value::<super::KvFormat>(json).unwrap(), case.kv());
+        assert_eq!(serde_json::from_value::<super::KvFormat>("native".into()).unwrap(), super::KvFormat::Native);
+        let fnuz = serde_json::json!({"tiled": {"tile": 128, "scales": "pow2", "fp8": "e4m3fnuz"}});
+        assert!(serde_json::from_value::<super::KvFormat>(fnuz).is_err());
     }
 }

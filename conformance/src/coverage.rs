@@ -18,8 +18,11 @@
 //! | a long context | yes | yes | a context of at least [`LONG_CONTEXT`] keys |
 //! | large logits | yes | - | `logits=large` (scaled logits of magnitude hundreds) |
 //! | requested split counts, where honoured | yes | - | a `splits=N` case |
+//! | each declared FP8 cache format | gqla.decode.absorb | - | a case in that format (`kv=tiled`) |
+//! | arbitrary FP8 scales, where read | gqla.decode.absorb | - | `kv=tiled;scales=amax` |
 
-use crate::case::{Case, DType, Logits, Op, OpKind};
+use crate::case::{Case, DType, KvFormat, KvFormatKind, Logits, Op, OpKind, ScaleRule};
+use crate::profile::ScaleRead;
 use crate::profile::{PageSizes, PageSizesName, Profile, SplitCounts};
 use serde::Serialize;
 use std::fmt;
@@ -41,6 +44,10 @@ pub enum CoreAxis {
     LongContext,
     LargeLogits,
     Splits,
+    /// A cache in this (FP8) format.
+    Kv(KvFormatKind),
+    /// A tiled cache whose scales are not powers of two.
+    ArbitraryScales,
 }
 
 impl CoreAxis {
@@ -56,6 +63,14 @@ impl CoreAxis {
             CoreAxis::LongContext => case.ctx().iter().flatten().any(|&n| n >= LONG_CONTEXT),
             CoreAxis::LargeLogits => case.logits() == Logits::Large,
             CoreAxis::Splits => case.splits().is_some(),
+            CoreAxis::Kv(k) => case.kv().kind() == k,
+            CoreAxis::ArbitraryScales => matches!(
+                case.kv(),
+                KvFormat::Tiled {
+                    scales: ScaleRule::Amax,
+                    ..
+                }
+            ),
         }
     }
 }
@@ -72,6 +87,8 @@ impl fmt::Display for CoreAxis {
             CoreAxis::LongContext => write!(f, "a context of {LONG_CONTEXT}+ keys"),
             CoreAxis::LargeLogits => f.write_str("large logits"),
             CoreAxis::Splits => f.write_str("requested split counts"),
+            CoreAxis::Kv(k) => write!(f, "a {} FP8 cache", k.name()),
+            CoreAxis::ArbitraryScales => f.write_str("FP8 scales that are not powers of two"),
         }
     }
 }
@@ -97,6 +114,12 @@ pub fn core(op: Op, profile: &Profile) -> Vec<CoreAxis> {
             axes.extend([CoreAxis::PaddingRow, CoreAxis::LongContext, CoreAxis::LargeLogits]);
             if profile.split_counts == SplitCounts::Honoured {
                 axes.push(CoreAxis::Splits);
+            }
+            if let Some(fp8) = profile.fp8.as_ref().filter(|_| op == Op::DecodeAbsorb) {
+                axes.extend(fp8.formats.iter().map(|&k| CoreAxis::Kv(k)));
+                if fp8.scale_read != ScaleRead::Pow2 {
+                    axes.push(CoreAxis::ArbitraryScales);
+                }
             }
         }
         OpKind::Cache(_) => axes.extend([CoreAxis::PaddingRow, CoreAxis::LongContext]),
@@ -185,5 +208,25 @@ mod tests {
         };
         let core = core(Op::GqaDecode, &narrow);
         assert!(!core.contains(&CoreAxis::Dtype(DType::F16)) && !core.contains(&CoreAxis::Paged) && !core.contains(&CoreAxis::Splits));
+    }
+
+    /// FP8 caches: the core of a kernel that reads tiled records with arbitrary scales demands a
+    /// tiled case and an amax-scaled one; a power-of-two reader is not asked for the latter, and a
+    /// kernel that reads no FP8 for neither.
+    #[test]
+    fn fp8_formats_are_in_the_core_only_where_declared() {
+        let everything = Profile::everything();
+        let absorb = core(Op::DecodeAbsorb, &everything);
+        assert!(absorb.contains(&CoreAxis::Kv(KvFormatKind::Tiled)) && absorb.contains(&CoreAxis::ArbitraryScales));
+        assert!(!core(Op::DecodeGqa, &everything).contains(&CoreAxis::Kv(KvFormatKind::Tiled)));
+        let mut pow2 = everything.clone();
+        pow2.fp8.as_mut().unwrap().scale_read = ScaleRead::Pow2;
+        let core_pow2 = core(Op::DecodeAbsorb, &pow2);
+        assert!(core_pow2.contains(&CoreAxis::Kv(KvFormatKind::Tiled)) && !core_pow2.contains(&CoreAxis::ArbitraryScales));
+        let none = core(Op::DecodeAbsorb, &everything.clone().without_fp8());
+        assert!(!none.iter().any(|a| matches!(a, CoreAxis::Kv(_) | CoreAxis::ArbitraryScales)));
+        let native: Vec<Case> = suite_cases().into_iter().filter(|c| c.kv() == KvFormat::Native).collect();
+        let miss = missing(Op::DecodeAbsorb, &everything, &native);
+        assert_eq!(miss, vec![CoreAxis::Kv(KvFormatKind::Tiled), CoreAxis::ArbitraryScales]);
     }
 }

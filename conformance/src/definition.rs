@@ -2,7 +2,7 @@
 //! reference. Exported as `definitions.json` with every vector pack and certificate, so that an
 //! author outside this process reads the contract from the same source the judge uses.
 
-use crate::case::{CacheOp, Case, DecodeOp, GroupCacheLayout, Op, OpKind};
+use crate::case::{CacheOp, Case, DecodeOp, GroupCacheLayout, KvFormat, Op, OpKind};
 use crate::shape::AxisName::*;
 use crate::shape::{AxisName, CacheLayout, CaseAxes, Dim, Shape};
 use serde::Serialize;
@@ -41,6 +41,10 @@ pub enum Presence {
     Paged,
     /// Only when the case requests a split count.
     SplitsRequested,
+    /// The cache in the case dtype (no `kv=` in the id).
+    KvNative,
+    /// The cache in FP8 tiled records (`kv=tiled`).
+    KvTiled,
 }
 
 impl Presence {
@@ -51,6 +55,8 @@ impl Presence {
             Presence::RopePerGroup => case.layout() == GroupCacheLayout::RopePerGroup,
             Presence::Paged => case.page().is_some(),
             Presence::SplitsRequested => case.splits().is_some(),
+            Presence::KvNative => case.kv() == KvFormat::Native,
+            Presence::KvTiled => matches!(case.kv(), KvFormat::Tiled { .. }),
         }
     }
 }
@@ -147,11 +153,18 @@ pub enum DtypeRule {
     Case,
     F32,
     I32,
+    /// Raw bytes (an FP8 cache record, laid out as its convention says).
+    U8,
 }
 
 /// What a cache tensor holds where a correct kernel never reads.
 const CACHE_POISON: &str = "NaN (finite random values in a poison=garbage twin) in every slot past seq_lens[b], \
      the tail of each sequence's last page and every page no sequence uses (page 0 among them)";
+
+/// What a tiled FP8 record holds where a correct kernel never reads.
+const TILED_POISON: &str = "in every slot past seq_lens[b], the tail of each sequence's last page and every page no sequence uses \
+     (page 0 among them): e4m3fn NaN (0x7f) latent bytes, NaN scales and bf16 NaN RoPE values (a poison=garbage twin: \
+     finite values quantized like live ones)";
 
 /// One input or output tensor.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -287,6 +300,14 @@ const DECODE_CONVENTIONS: [&str; 8] = [
     "inputs are read-only: a kernel that writes to them is INPUT_MUTATED",
 ];
 
+/// gqla.decode.absorb with `kv=tiled` (FlashMLA's ds_mla_656 layout, any tile that divides d_c).
+const TILED_CONVENTIONS: [&str; 4] = [
+    "kv=tiled (gqla.decode.absorb, dtype=bf16): the cache is u8 records of tiled_record bytes per token, the token stride exactly tiled_record bytes; q and out stay bf16",
+    "kv=tiled: the dequantised cache c_i = e4m3fn(byte_i) × s_(i / tile) and k^R (bf16) are the cache values; the reference decodes them exactly (SPEC.md F1), so a kernel is judged on its attention, not on the quantisation it was handed",
+    "kv=tiled;scales=pow2: every scale is a power of two, 2^ceil(log2(max(amax / 448, 1e-4))) (FlashMLA's quantizer); scales=amax: max(amax / 448, 1e-4) in f32, any value, which a reader multiplies as declared in its profile (fp8.scale_read)",
+    "kv=tiled;poison=garbage: the twin's records hold the NaN twin's latent values negated (sign bits flipped, scales equal) and its q's first d_c columns negated",
+];
+
 const DECODE_DTYPE_RULES: [&str; 3] = [
     "q, cache tensors and out share the case dtype (f32, bf16 or f16); accumulate in at least f32; a pack's out may be any float dtype",
     "lse is f32 whatever the case dtype, unless the kernel's profile declares the storage dtype; scale is f32",
@@ -329,6 +350,11 @@ mod widths {
     ));
     pub const KV_KEYS: Dim = Dim::Derived(&derived("kv_keys", Formula::Product(Kv, D), "every kv head's keys"));
     pub const KV_VALUES: Dim = Dim::Derived(&derived("kv_values", Formula::Product(Kv, Dv), "every kv head's values"));
+    pub const TILED_RECORD: Dim = Dim::Derived(&derived(
+        "tiled_record",
+        Formula::TiledRecord { dc: Dc, tile: Tile, dr: Dr },
+        "bytes of one token's FP8 tiled record (656 for DeepSeek-V3.2's ds_mla_656)",
+    ));
 }
 use widths::*;
 
@@ -343,6 +369,7 @@ fn decode_io(op: DecodeOp) -> (Vec<Axis>, Vec<TensorSpec>, Shape) {
                 axis(Dc, Fixed, "latent width (the value width)"),
                 axis(Dr, Fixed, "decoupled RoPE key width"),
                 axis(Dn, Fixed, "no-rope head width: only sets the model's default scale"),
+                axis(Tile, Fixed, "kv=tiled: latent values per f32 scale (a divisor of d_c)"),
             ]),
             vec![
                 tensor(
@@ -359,7 +386,22 @@ fn decode_io(op: DecodeOp) -> (Vec<Axis>, Vec<TensorSpec>, Shape) {
                     DtypeRule::Case,
                     "cache rows [c; k^R]; the value is the first d_c columns",
                 )
-                .cache(),
+                .cache()
+                .when(Presence::KvNative),
+                TensorSpec {
+                    poison: TILED_POISON,
+                    ..tensor(
+                        TensorName::Kv,
+                        TensorKind::Dense,
+                        Shape::Cache(TILED_RECORD),
+                        DtypeRule::U8,
+                        "kv=tiled: per token the FP8 record of [c; k^R]: bytes [0, d_c) e4m3fn c_i / s_(i / tile); \
+                         bytes [d_c, d_c + 4·d_c/tile) one little-endian f32 scale s per tile; then d_r little-endian bf16 \
+                         k^R values, unquantized. Dequantise c_i = e4m3fn(byte_i) × s_(i / tile)",
+                    )
+                    .cache()
+                    .when(Presence::KvTiled)
+                },
             ],
             Shape::Dims(&[Dim::Of(B), Dim::Of(Sq), Dim::Of(H), Dim::Of(Dc)]),
         ),
@@ -580,7 +622,10 @@ fn decode_definition(op: DecodeOp) -> Definition {
         inputs,
         outputs,
         dtype_rules: DECODE_DTYPE_RULES.to_vec(),
-        conventions: DECODE_CONVENTIONS.to_vec(),
+        conventions: match op {
+            DecodeOp::Absorb => DECODE_CONVENTIONS.iter().chain(&TILED_CONVENTIONS).copied().collect(),
+            _ => DECODE_CONVENTIONS.to_vec(),
+        },
         reference: "gqla_reference::attention::attend_row in f64 (SPEC.md eqs. S, P, O), via gqla_conformance::reference::compute",
         id_grammar: ID_GRAMMAR,
     }
@@ -626,7 +671,9 @@ mod tests {
             }
             for a in def.axes.iter().filter(|a| a.role == AxisRole::Derived) {
                 let formula = a.formula.as_deref().expect("a derived axis has a formula");
-                let operands = formula.split(|c: char| "+·() ".contains(c)).filter(|s| !s.is_empty());
+                let operands = formula
+                    .split(|c: char| "+·()/ ".contains(c))
+                    .filter(|s| !s.is_empty() && !s.chars().all(|c| c.is_ascii_digit()));
                 for name in operands {
                     assert!(declared.contains(&name), "{}: `{}` = {formula} names `{name}`", def.name, a.name);
                 }

@@ -8,6 +8,10 @@
 
 use crate::case::{Case, Logits, Op, Poison};
 use crate::definition::TensorName;
+use gqla_reference::fp8::TiledRecord;
+use half::bf16;
+use std::borrow::Cow;
+use std::ops::Range;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -29,12 +33,55 @@ pub enum Paging {
     },
 }
 
-/// One cache component (e.g. the latent rows, or the values), one row of `width` per slot.
+/// One cache component (e.g. the latent rows, or the values), one row of `width` elements of its
+/// storage per slot (values, or a record's bytes).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Component {
     pub name: TensorName,
     pub width: usize,
-    pub data: Vec<f32>,
+    pub storage: Storage,
+}
+
+/// How a cache component stores its rows.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Storage {
+    /// Values of the case dtype, held as f32 (exactly).
+    Values(Vec<f32>),
+    /// One FP8 tiled record per slot, `record.bytes()` bytes each (`kv=tiled`).
+    Tiled { record: TiledRecord, bytes: Vec<u8> },
+}
+
+impl Component {
+    /// The values of a component stored in the case dtype (None: FP8 records).
+    pub fn values(&self) -> Option<&[f32]> {
+        match &self.storage {
+            Storage::Values(v) => Some(v),
+            Storage::Tiled { .. } => None,
+        }
+    }
+    pub fn values_mut(&mut self) -> Option<&mut Vec<f32>> {
+        match &mut self.storage {
+            Storage::Values(v) => Some(v),
+            Storage::Tiled { .. } => None,
+        }
+    }
+    /// The bytes of a component stored as FP8 records, with their format (None: values).
+    pub fn records(&self) -> Option<(&TiledRecord, &[u8])> {
+        match &self.storage {
+            Storage::Tiled { record, bytes } => Some((record, bytes)),
+            Storage::Values(_) => None,
+        }
+    }
+    /// Elements stored (values or bytes).
+    pub fn len(&self) -> usize {
+        match &self.storage {
+            Storage::Values(v) => v.len(),
+            Storage::Tiled { bytes, .. } => bytes.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// A KV cache of one or more components sharing the same slots.
@@ -64,11 +111,48 @@ impl KvCache {
             .find(|c| c.name == name)
             .unwrap_or_else(|| panic!("no cache component `{name}`"))
     }
-    /// Row of component `name` for token t of sequence b.
+    /// Row of component `name` for token t of sequence b, of a component stored as values (a
+    /// kernel that reads FP8 records reads them with [`KvCache::record`]).
     pub fn row(&self, name: TensorName, b: usize, t: usize) -> &[f32] {
         let c = self.component(name);
         let s = self.slot(b, t);
-        &c.data[s * c.width..(s + 1) * c.width]
+        let values = c
+            .values()
+            .unwrap_or_else(|| panic!("cache component `{name}` holds FP8 records, not values"));
+        &values[s * c.width..(s + 1) * c.width]
+    }
+    /// The FP8 record of component `name` for token t of sequence b, with its format (None: the
+    /// component holds values).
+    pub fn record(&self, name: TensorName, b: usize, t: usize) -> Option<(&TiledRecord, &[u8])> {
+        let c = self.component(name);
+        let s = self.slot(b, t);
+        c.records().map(|(r, bytes)| (r, &bytes[s * c.width..(s + 1) * c.width]))
+    }
+    /// Columns `cols` of row (b, t) of component `name`, exactly, in f64: a record dequantised
+    /// (SPEC.md F1), values as they are. The reference's only way into the cache.
+    pub fn exact_values(&self, name: TensorName, b: usize, t: usize, cols: Range<usize>) -> Vec<f64> {
+        match self.record(name, b, t) {
+            None => self.row(name, b, t)[cols].iter().map(|&x| x as f64).collect(),
+            Some((r, bytes)) => {
+                let mut row = vec![0.0; r.d_c() + r.d_r()];
+                let (c, k_rope) = row.split_at_mut(r.d_c());
+                r.read(bytes, c, k_rope);
+                row[cols].to_vec()
+            }
+        }
+    }
+    /// Columns `cols` of row (b, t) of component `name` as a kernel that dequantises in f32 reads
+    /// them: each FP8 value times its f32 scale, rounded to f32 (exact for power-of-two scales).
+    pub fn f32_values(&self, name: TensorName, b: usize, t: usize, cols: Range<usize>) -> Cow<'_, [f32]> {
+        match self.record(name, b, t) {
+            None => Cow::Borrowed(&self.row(name, b, t)[cols]),
+            Some((r, bytes)) => {
+                let mut row = vec![0.0; r.d_c() + r.d_r()];
+                let (c, k_rope) = row.split_at_mut(r.d_c());
+                r.read_f32(bytes, c, k_rope);
+                Cow::Owned(row[cols].to_vec())
+            }
+        }
     }
     /// Total slots per component.
     pub fn slots(&self) -> usize {
@@ -127,6 +211,13 @@ impl Mirror {
     }
 }
 
+/// Quantize one drawn row [c; k^R] (bf16 values) into its tiled record.
+fn write_record(record: &TiledRecord, row: &[f32], bytes: &mut [u8]) {
+    let (c, k_rope) = row.split_at(record.d_c());
+    let k_rope: Vec<bf16> = k_rope.iter().map(|&x| bf16::from_f32(x)).collect();
+    record.write(c, &k_rope, bytes);
+}
+
 /// Keys each batch row holds.
 fn seq_lens(case: &Case) -> Vec<usize> {
     (0..case.batch()).map(|b| case.seq_len(b)).collect()
@@ -180,30 +271,58 @@ impl CaseInputs {
         let slots = cache.slots();
         // Poison from its own stream, so that a garbage twin's live data is its NaN twin's.
         let mut poison_rng = ChaCha8Rng::seed_from_u64(case.seed() ^ 0x504f_4953_4f4e_2121);
-        for (name, width) in components(case) {
-            let data = match case.poison() {
-                Poison::Nan => vec![f32::NAN; slots * width],
-                Poison::Garbage => (0..slots * width)
-                    .map(|_| case.dtype().round_f32(normal(&mut poison_rng)))
-                    .collect(),
-            };
-            cache.components.push(Component { name, width, data });
-        }
         let dtype = case.dtype();
+        let record = case.tiled_record();
+        for (name, width) in components(case) {
+            let storage = match (record, case.poison()) {
+                (None, Poison::Nan) => Storage::Values(vec![f32::NAN; slots * width]),
+                (None, Poison::Garbage) => Storage::Values(
+                    (0..slots * width)
+                        .map(|_| dtype.round_f32(normal(&mut poison_rng)))
+                        .collect(),
+                ),
+                (Some(record), Poison::Nan) => {
+                    let mut bytes = vec![0; slots * width];
+                    bytes.chunks_exact_mut(width).for_each(|r| record.poison(r));
+                    Storage::Tiled { record, bytes }
+                }
+                (Some(record), Poison::Garbage) => {
+                    let mut bytes = vec![0; slots * width];
+                    let mut row = vec![0.0; record.d_c() + record.d_r()];
+                    for r in bytes.chunks_exact_mut(width) {
+                        row.iter_mut().for_each(|v| *v = dtype.round_f32(normal(&mut poison_rng)));
+                        write_record(&record, &row, r);
+                    }
+                    Storage::Tiled { record, bytes }
+                }
+            };
+            cache.components.push(Component { name, width, storage });
+        }
         // A garbage twin draws the same live values, its mirrored ones negated (see `Mirror`).
         let mirror = (case.poison() == Poison::Garbage).then(|| Mirror::of(case));
         for ci in 0..cache.components.len() {
-            let width = cache.components[ci].width;
             let negated = mirror
                 .as_ref()
                 .filter(|m| m.cache.0 == cache.components[ci].name)
                 .map_or(0..0, |m| m.cache.1.clone());
+            // The values of a row, as drawn: a record quantizes them.
+            let values = match &cache.components[ci].storage {
+                Storage::Values(_) => cache.components[ci].width,
+                Storage::Tiled { record, .. } => record.d_c() + record.d_r(),
+            };
+            let mut row = vec![0.0f32; values];
             for (b, &l) in lens.iter().enumerate() {
                 for t in 0..l {
-                    let s = cache.slot(b, t);
-                    for (j, v) in cache.components[ci].data[s * width..(s + 1) * width].iter_mut().enumerate() {
+                    for (j, v) in row.iter_mut().enumerate() {
                         let x = dtype.round_f32(normal(&mut rng));
                         *v = if negated.contains(&j) { -x } else { x };
+                    }
+                    let s = cache.slot(b, t);
+                    let component = &mut cache.components[ci];
+                    let width = component.width;
+                    match &mut component.storage {
+                        Storage::Values(data) => data[s * width..(s + 1) * width].copy_from_slice(&row),
+                        Storage::Tiled { record, bytes } => write_record(record, &row, &mut bytes[s * width..(s + 1) * width]),
                     }
                 }
             }
@@ -273,7 +392,15 @@ impl CaseInputs {
                 .components
                 .iter()
                 .zip(&other.cache.components)
-                .all(|(a, b)| a.name == b.name && a.width == b.width && floats(&a.data, &b.data))
+                .all(|(a, b)| {
+                    a.name == b.name
+                        && a.width == b.width
+                        && match (&a.storage, &b.storage) {
+                            (Storage::Values(x), Storage::Values(y)) => floats(x, y),
+                            (Storage::Tiled { record: r, bytes: x }, Storage::Tiled { record: s, bytes: y }) => r == s && x == y,
+                            _ => false,
+                        }
+                })
     }
 
     /// Query row of (b, j, i) (sequence, new token, head).
@@ -281,5 +408,94 @@ impl CaseInputs {
         let w = self.case.q_width();
         let idx = ((b * self.case.sq() + j) * self.case.h() + i) * w;
         &self.q[idx..idx + w]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gqla_reference::fp8::{Fp8, RecordField};
+
+    const TILED: &str = "gqla.decode.absorb:h=16;dc=256;dn=64;dr=32;sq=1;ctx=65,130,3;page=16;dtype=bf16;kv=tiled;tile=64;scales=pow2";
+
+    /// A tiled cache holds, in every live slot, the record the reference writer makes of values
+    /// drawn like a native case's (bf16), every tile's scale a power of two covering its amax;
+    /// every other slot is NaN in every field.
+    #[test]
+    fn tiled_caches_hold_written_records_and_nan_elsewhere() {
+        let case: Case = format!("{TILED};seed=5").parse().unwrap();
+        let inp = CaseInputs::generate(&case);
+        let kv = inp.cache.component(TensorName::Kv);
+        let (record, bytes) = kv.records().expect("a tiled cache holds records");
+        assert_eq!((kv.width, record.bytes()), (256 + 4 * 4 + 2 * 32, 336));
+        assert_eq!(bytes.len(), inp.cache.slots() * kv.width);
+        let mut live = vec![false; inp.cache.slots()];
+        for b in 0..case.batch() {
+            for t in 0..case.seq_len(b) {
+                live[inp.cache.slot(b, t)] = true;
+                let (_, r) = inp.cache.record(TensorName::Kv, b, t).unwrap();
+                let row = inp.cache.exact_values(TensorName::Kv, b, t, 0..288);
+                assert!(row.iter().all(|x| x.is_finite()) && row[..256].iter().any(|&x| x != 0.0));
+                for tile in 0..4 {
+                    let s = record.scale(r, tile);
+                    assert!(s > 0.0 && s.to_bits() & 0x7f_ffff == 0, "scale {s} is a power of two");
+                    let amax = row[tile * 64..(tile + 1) * 64].iter().fold(0f64, |m, x| m.max(x.abs()));
+                    assert!(amax <= 448.0 * s as f64 && amax > 224.0 * s as f64 * 0.9, "amax {amax} at scale {s}");
+                }
+                // The RoPE key is stored unquantized: the f32 reader gives the exact values.
+                let f32_row = inp.cache.f32_values(TensorName::Kv, b, t, 0..288);
+                assert!(f32_row.iter().zip(&row).all(|(a, b)| *a as f64 == *b), "pow2 scales read exactly in f32");
+            }
+        }
+        for (s, _) in live.iter().enumerate().filter(|(_, l)| !**l) {
+            let r = &bytes[s * kv.width..(s + 1) * kv.width];
+            for (offset, &byte) in r.iter().enumerate() {
+                let nan = match record.field(offset) {
+                    RecordField::Latent { index } => Fp8::E4m3fn.decode(r[index]).is_nan(),
+                    RecordField::Scale { tile, .. } => record.scale(r, tile).is_nan(),
+                    RecordField::Rope { index, .. } => {
+                        let at = record.rope_offset() + 2 * index;
+                        half::bf16::from_bits(u16::from_le_bytes([r[at], r[at + 1]])).is_nan()
+                    }
+                };
+                assert!(nan, "slot {s}, byte {offset} ({byte:#x}) is not poison");
+            }
+        }
+    }
+
+    /// The garbage twin of a tiled case: finite records in the dead slots, and in the live ones
+    /// its NaN twin's records with every latent byte's sign flipped (the same scales and RoPE
+    /// bytes): the values negated exactly, as `Mirror` says.
+    #[test]
+    fn a_tiled_garbage_twin_mirrors_the_latent_by_sign_bits() {
+        let twin: Case = format!("{TILED};poison=garbage;seed=5").parse().unwrap();
+        let (a, b) = (CaseInputs::generate(&twin.nan_twin().unwrap()), CaseInputs::generate(&twin));
+        let (record, _) = a.cache.component(TensorName::Kv).records().unwrap();
+        let mut flipped = 0;
+        for s in 0..twin.batch() {
+            for t in 0..twin.seq_len(s) {
+                let (_, x) = a.cache.record(TensorName::Kv, s, t).unwrap();
+                let (_, y) = b.cache.record(TensorName::Kv, s, t).unwrap();
+                for i in 0..record.bytes() {
+                    if i < record.d_c() {
+                        assert_eq!(x[i] ^ 0x80, y[i], "latent byte {i} of ({s}, {t})");
+                        flipped += 1;
+                    } else {
+                        assert_eq!(x[i], y[i], "byte {i} of ({s}, {t}) is not mirrored");
+                    }
+                }
+            }
+        }
+        assert!(flipped > 0);
+        let (_, bytes) = b.cache.component(TensorName::Kv).records().unwrap();
+        let mut dead = 0;
+        for r in bytes.chunks_exact(record.bytes()) {
+            let mut c = vec![0.0; record.d_c()];
+            let mut k = vec![0.0; record.d_r()];
+            record.read(r, &mut c, &mut k);
+            assert!(c.iter().chain(&k).all(|x| x.is_finite()), "garbage records are finite");
+            dead += 1;
+        }
+        assert_eq!(dead, b.cache.slots());
     }
 }

@@ -17,9 +17,9 @@
 //! and its input digests). Any other suite seed S redraws every case from S, so that outputs
 //! learned from a published pack do not help.
 
-use crate::case::{Case, CaseSpec, DType, GroupCacheLayout, Logits, Op, Poison};
+use crate::case::{Case, CaseSpec, DType, GroupCacheLayout, KvFormat, Logits, Op, Poison, ScaleRule};
 
-pub const SUITE_VERSION: &str = "0.4";
+pub const SUITE_VERSION: &str = "0.5";
 
 /// Rows (sequence, new token, head) with at least one visible key, per decode case.
 pub const MIN_LSE_ROWS: usize = 32;
@@ -39,6 +39,7 @@ fn base(op: Op, sq: usize) -> CaseSpec {
         splits: None,
         layout: GroupCacheLayout::RopeOnce,
         dtype: DType::Bf16,
+        kv: KvFormat::Native,
         scale: None,
         logits: Logits::Normal,
         poison: Poison::Nan,
@@ -175,7 +176,64 @@ pub fn suite_cases() -> Vec<Case> {
             push(c);
         }
     }
+    // Suite 0.5: FP8 tiled caches, last so that every earlier case keeps its seed.
+    for f in fp8_variations() {
+        let mut c = base(Op::DecodeAbsorb, 1);
+        c.kv = DS_MLA_656;
+        f(&mut c);
+        push(c);
+    }
     out
+}
+
+/// FlashMLA's `ds_mla_656` on the base geometry (d_c = 512, d_r = 64): 128-wide tiles, power-of-two
+/// scales.
+const DS_MLA_656: KvFormat = KvFormat::Tiled {
+    tile: 128,
+    scales: ScaleRule::Pow2,
+};
+
+/// The FP8 tiled cache's variations around the absorb base case with `ds_mla_656`: s_q = 2, a
+/// paged batch with padding and empty rows, a long context split, large logits, arbitrary
+/// (amax/max) scales, and a converted checkpoint's geometry with 64-wide tiles.
+fn fp8_variations() -> Vec<Variation> {
+    vec![
+        Box::new(|_| {}),
+        Box::new(|c| c.sq = 2),
+        Box::new(|c| {
+            c.ctx = vec![Some(0), Some(17), None, Some(1), Some(130)];
+            c.page = Some(16);
+        }),
+        Box::new(|c| {
+            c.ctx[0] = Some(4097);
+            c.splits = Some(7);
+        }),
+        Box::new(|c| c.logits = Logits::Large),
+        Box::new(|c| {
+            c.kv = KvFormat::Tiled {
+                tile: 128,
+                scales: ScaleRule::Amax,
+            }
+        }),
+        Box::new(|c| {
+            c.kv = KvFormat::Tiled {
+                tile: 128,
+                scales: ScaleRule::Amax,
+            };
+            c.ctx = vec![Some(0), Some(17), None, Some(1), Some(130)];
+            c.page = Some(16);
+            c.sq = 2;
+        }),
+        Box::new(|c| {
+            (c.dc, c.dn, c.dr) = (256, 64, 32);
+            c.kv = KvFormat::Tiled {
+                tile: 64,
+                scales: ScaleRule::Pow2,
+            };
+            c.ctx = vec![Some(65), Some(130), Some(3)];
+            c.page = Some(1);
+        }),
+    ]
 }
 
 /// SplitMix64's output function: a well-mixed 64-bit hash.

@@ -13,7 +13,7 @@
 //! computes itself from the case id (and, for the published seed, to `mustpass/<version>.txt`);
 //! every file is read through [`crate::confined`].
 
-use crate::case::{Case, DType, GroupCacheLayout, Poison};
+use crate::case::{Case, DType, GroupCacheLayout, KvFormat, Poison};
 use crate::confined;
 use crate::definition::{definition, DtypeRule, TensorKind, TensorName};
 use crate::inputs::{CaseInputs, Paging};
@@ -43,7 +43,7 @@ pub const MANIFEST: &str = "manifest.json";
 /// The file in which the author's script names its kernel and declares its profile.
 pub const KERNEL_INFO: &str = "kernel.json";
 /// The must-pass list with the published inputs' digests.
-pub const MUSTPASS: &str = include_str!("../mustpass/0.4.txt");
+pub const MUSTPASS: &str = include_str!("../mustpass/0.5.txt");
 
 const MANIFEST_LIMIT: u64 = 64 << 20;
 const KERNEL_INFO_LIMIT: u64 = 1 << 20;
@@ -79,6 +79,9 @@ pub struct CaseParams {
     pub poison: Poison,
     /// For a `poison=garbage` twin: the case whose outputs it must equal bitwise.
     pub twin_of: Option<String>,
+    /// How the cache is stored: `"native"` (the case dtype), or `{"tiled": {"tile", "scales",
+    /// "fp8"}}` for FP8 records (the `kv` tensor is then u8).
+    pub kv_cache: KvFormat,
 }
 
 impl CaseParams {
@@ -101,6 +104,7 @@ impl CaseParams {
             scale: case.scale(),
             scale_f32_bits: case.scale().to_bits(),
             poison: case.poison(),
+            kv_cache: case.kv(),
             twin_of: case.nan_twin().map(|c| c.to_string()),
         }
     }
@@ -234,7 +238,7 @@ pub fn input_tensors(inp: &CaseInputs) -> Vec<(String, RawTensor)> {
         .map(|spec| {
             let shape = spec.shape.eval(&axes);
             let floats_of: &[f32] = match (spec.kind, spec.name) {
-                (TensorKind::Cache, cache) => &inp.cache.component(cache).data,
+                (TensorKind::Cache, cache) => inp.cache.component(cache).values().unwrap_or(&[]),
                 (_, TensorName::Q) => &inp.q,
                 (_, TensorName::Scale) => std::slice::from_ref(&inp.scale),
                 (_, TensorName::WUkv) => &inp.w_ukv,
@@ -251,6 +255,11 @@ pub fn input_tensors(inp: &CaseInputs) -> Vec<(String, RawTensor)> {
                 DtypeRule::Case => floats(c.dtype(), shape, floats_of),
                 DtypeRule::F32 => floats(DType::F32, shape, floats_of),
                 DtypeRule::I32 => ints(shape, ints_of),
+                DtypeRule::U8 => RawTensor {
+                    dtype: StDtype::U8,
+                    shape,
+                    bytes: inp.cache.component(spec.name).records().map_or(vec![], |(_, b)| b.to_vec()),
+                },
             };
             assert_eq!(
                 t.bytes.len(),
@@ -747,6 +756,7 @@ mod tests {
                         DtypeRule::Case => dtype_name(gqla_files::tensors::safetensors_dtype(case.dtype())),
                         DtypeRule::F32 => "f32".into(),
                         DtypeRule::I32 => "i32".into(),
+                        DtypeRule::U8 => "u8".into(),
                     };
                     (t.name.as_str(), (dtype, t.rank()))
                 })

@@ -28,7 +28,7 @@
 //! Shape axes (operations, dtypes, paging, s_q, rope layouts) select cases; conventions change
 //! how a selected case's outputs are judged, never whether the answer is right.
 
-use crate::case::{Case, DType, GroupCacheLayout, Op};
+use crate::case::{Case, DType, GroupCacheLayout, KvFormat, KvFormatKind, Op, ScaleRule};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -307,6 +307,48 @@ pub struct Profile {
     pub scale: Scale,
     pub out_empty_row: ByDtype<EmptyOut>,
     pub lse: Lse,
+    /// The FP8 caches the kernel reads (absent: none, and every FP8 case is NOT_SUPPORTED).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fp8: Option<Fp8Caches>,
+}
+
+/// How a kernel reads a stored FP8 scale before it multiplies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleRead {
+    /// Powers of two only (FlashMLA SM100's E8M0 scales, FlashInfer's `pow2_fp32`, which rebuilds
+    /// 2^floor(log2 s)): a cache written with arbitrary scales is outside the profile.
+    Pow2,
+    /// Any f32 scale, multiplied in f32.
+    ArbitraryF32,
+}
+
+impl ScaleRead {
+    /// Whether a reader of this kind reads a cache whose scales were written by `rule`.
+    pub fn reads(self, rule: ScaleRule) -> bool {
+        match self {
+            ScaleRead::Pow2 => rule == ScaleRule::Pow2,
+            ScaleRead::ArbitraryF32 => true,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            ScaleRead::Pow2 => "pow2",
+            ScaleRead::ArbitraryF32 => "arbitrary_f32",
+        }
+    }
+}
+
+/// The FP8 caches a kernel reads: `{"formats": ["tiled"], "tiles": [128], "scale_read": "pow2"}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fp8Caches {
+    /// The cache formats (`tiled`: FlashMLA's record, `ds_mla_656` with tile 128).
+    pub formats: BTreeSet<KvFormatKind>,
+    /// Tile sizes a tiled reader takes (absent: any divisor of d_c).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tiles: Option<BTreeSet<usize>>,
+    pub scale_read: ScaleRead,
 }
 
 impl PageSizes {
@@ -401,6 +443,9 @@ pub enum Exclusion {
     PageSize(usize),
     Sq(usize),
     GroupCacheLayout(GroupCacheLayout),
+    KvFormat(KvFormatKind),
+    Tile(usize),
+    Scales(ScaleRule),
 }
 
 impl Exclusion {
@@ -413,6 +458,9 @@ impl Exclusion {
             Exclusion::PageSize(p) => format!("page size {p}"),
             Exclusion::Sq(s) => format!("s_q = {s}"),
             Exclusion::GroupCacheLayout(l) => format!("rope layout {}", l.name()),
+            Exclusion::KvFormat(k) => format!("cache format {}", k.name()),
+            Exclusion::Tile(t) => format!("FP8 tile size {t}"),
+            Exclusion::Scales(r) => format!("FP8 scales written {} (fp8.scale_read)", r.name()),
         }
     }
 }
@@ -453,7 +501,17 @@ impl Profile {
                 base: LseBase::E,
                 empty_row: ByDtype::All(EmptyLse::NegInf),
             }),
+            fp8: Some(Fp8Caches {
+                formats: [KvFormatKind::Tiled].into_iter().collect(),
+                tiles: None,
+                scale_read: ScaleRead::ArbitraryF32,
+            }),
         }
+    }
+
+    /// The same declaration without FP8 caches (a kernel that reads only the case dtype).
+    pub fn without_fp8(self) -> Self {
+        Profile { fp8: None, ..self }
     }
 
     /// Check the declaration once, at construction (deserialization does not).
@@ -491,6 +549,17 @@ impl Profile {
                 "rope_layouts",
                 "gqla.decode.gqa is declared: list the rope layouts it takes, [\"once\"], [\"per_group\"] or both",
             );
+        }
+        if let Some(fp8) = &self.fp8 {
+            if fp8.formats.is_empty() || fp8.formats.contains(&KvFormatKind::Native) {
+                return bad("fp8.formats", "list the FP8 cache formats read: [\"tiled\"]");
+            }
+            if fp8.tiles.as_ref().is_some_and(|t| t.is_empty() || t.contains(&0)) {
+                return bad("fp8.tiles", "a list needs positive tile sizes (leave it out for any)");
+            }
+            if !self.operations.contains(&Op::DecodeAbsorb) || !self.dtypes.contains(&DType::Bf16) {
+                return bad("fp8", "tiled FP8 caches are read by gqla.decode.absorb in bf16: declare both");
+            }
         }
         self.check_by_dtype("out_empty_row", &self.out_empty_row)?;
         if let Some(c) = self.lse.written() {
@@ -560,6 +629,17 @@ impl Profile {
         if case.op() == Op::DecodeGqa && !self.rope_layouts.contains(&case.layout()) {
             return Some(Exclusion::GroupCacheLayout(case.layout()));
         }
+        if let KvFormat::Tiled { tile, scales } = case.kv() {
+            let Some(fp8) = self.fp8.as_ref().filter(|f| f.formats.contains(&KvFormatKind::Tiled)) else {
+                return Some(Exclusion::KvFormat(KvFormatKind::Tiled));
+            };
+            if fp8.tiles.as_ref().is_some_and(|t| !t.contains(&tile)) {
+                return Some(Exclusion::Tile(tile));
+            }
+            if !fp8.scale_read.reads(scales) {
+                return Some(Exclusion::Scales(scales));
+            }
+        }
         None
     }
 
@@ -625,6 +705,20 @@ impl Profile {
                 }),
             ),
             ("lse".into(), lse),
+            (
+                "FP8 caches".into(),
+                match &self.fp8 {
+                    None => "none".to_string(),
+                    Some(f) => format!(
+                        "{}; tiles {}; scales read {}",
+                        list(f.formats.iter().map(|k| k.name()).collect()),
+                        f.tiles
+                            .as_ref()
+                            .map_or("any".to_string(), |t| t.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")),
+                        f.scale_read.name()
+                    ),
+                },
+            ),
         ]
     }
 }

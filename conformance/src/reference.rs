@@ -11,6 +11,7 @@
 use crate::case::{CacheOp, Case, DType, DecodeOp, GroupCacheLayout, OpKind};
 use crate::definition::TensorName;
 use crate::inputs::CaseInputs;
+use std::ops::Range;
 
 /// How a reference computes.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -23,33 +24,41 @@ pub enum Precision {
 pub type Tensors = Vec<(TensorName, Vec<f64>)>;
 
 /// The keys and values group `g` (absorb: the one latent stream) sees in sequence b, one row per
-/// cached token: keys [n, key width] and values [n, d_out], row-major.
-fn group_rows(op: DecodeOp, inputs: &CaseInputs, b: usize, g: usize) -> (Vec<f32>, Vec<f32>) {
+/// cached token: keys [n, key width] and values [n, d_out], row-major. `read(name, t, cols)` is
+/// columns `cols` of row t of cache component `name` as this reference reads them (exactly, or as
+/// a naive f32 kernel does).
+fn group_rows<T: Copy, R: AsRef<[T]>>(
+    op: DecodeOp,
+    inputs: &CaseInputs,
+    b: usize,
+    g: usize,
+    read: impl Fn(TensorName, usize, Range<usize>) -> R,
+) -> (Vec<T>, Vec<T>) {
     let c = &inputs.case;
-    let cache = &inputs.cache;
     let (mut keys, mut values) = (Vec::new(), Vec::new());
     for t in 0..c.seq_len(b) {
         match op {
             DecodeOp::Absorb => {
-                let row = cache.row(TensorName::Kv, b, t);
-                keys.extend_from_slice(row);
-                values.extend_from_slice(&row[..c.dc()]);
+                let row = read(TensorName::Kv, t, 0..c.dc() + c.dr());
+                keys.extend_from_slice(row.as_ref());
+                values.extend_from_slice(&row.as_ref()[..c.dc()]);
             }
             DecodeOp::Gqa => {
-                values.extend_from_slice(&cache.row(TensorName::V, b, t)[g * c.dv()..(g + 1) * c.dv()]);
+                values.extend_from_slice(read(TensorName::V, t, g * c.dv()..(g + 1) * c.dv()).as_ref());
                 match c.layout() {
                     GroupCacheLayout::RopeOnce => {
-                        keys.extend_from_slice(&cache.row(TensorName::KNope, b, t)[g * c.dn()..(g + 1) * c.dn()]);
-                        keys.extend_from_slice(cache.row(TensorName::KRope, b, t));
+                        keys.extend_from_slice(read(TensorName::KNope, t, g * c.dn()..(g + 1) * c.dn()).as_ref());
+                        keys.extend_from_slice(read(TensorName::KRope, t, 0..c.dr()).as_ref());
                     }
                     GroupCacheLayout::RopePerGroup => {
-                        keys.extend_from_slice(&cache.row(TensorName::K, b, t)[g * (c.dn() + c.dr())..(g + 1) * (c.dn() + c.dr())])
+                        let w = c.dn() + c.dr();
+                        keys.extend_from_slice(read(TensorName::K, t, g * w..(g + 1) * w).as_ref())
                     }
                 }
             }
             DecodeOp::PlainGqa => {
-                keys.extend_from_slice(&cache.row(TensorName::K, b, t)[g * c.dn()..(g + 1) * c.dn()]);
-                values.extend_from_slice(&cache.row(TensorName::V, b, t)[g * c.dv()..(g + 1) * c.dv()]);
+                keys.extend_from_slice(read(TensorName::K, t, g * c.dn()..(g + 1) * c.dn()).as_ref());
+                values.extend_from_slice(read(TensorName::V, t, g * c.dv()..(g + 1) * c.dv()).as_ref());
             }
         }
     }
@@ -78,20 +87,24 @@ fn decode(op: DecodeOp, inputs: &CaseInputs, precision: Precision) -> Tensors {
     let mut lse = vec![0.0; batch * sq * h];
     for b in 0..batch {
         for g in 0..streams {
-            let (keys, values) = group_rows(op, inputs, b, g);
             let heads = g * per..(g + 1) * per;
             // Every query row of the group in this sequence, (j, i) in order.
             let rows: Vec<(usize, usize)> = (0..sq).flat_map(|j| heads.clone().map(move |i| (j, i))).collect();
             let results: Vec<(Vec<f64>, f64)> = match precision {
-                Precision::Exact => attend_exact(inputs, b, &rows, &keys, &values, width, dout),
-                Precision::Naive(dtype) => rows
-                    .iter()
-                    .map(|&(j, i)| {
-                        let visible = c.visible(b, j);
-                        let q = inputs.q_row(b, j, i);
-                        attend_naive(q, &keys[..visible * width], &values[..visible * dout], dout, inputs.scale, dtype)
-                    })
-                    .collect(),
+                Precision::Exact => {
+                    let (keys, values) = group_rows(op, inputs, b, g, |name, t, cols| inputs.cache.exact_values(name, b, t, cols));
+                    attend_exact(inputs, b, &rows, &keys, &values, width, dout)
+                }
+                Precision::Naive(dtype) => {
+                    let (keys, values) = group_rows(op, inputs, b, g, |name, t, cols| inputs.cache.f32_values(name, b, t, cols));
+                    rows.iter()
+                        .map(|&(j, i)| {
+                            let visible = c.visible(b, j);
+                            let q = inputs.q_row(b, j, i);
+                            attend_naive(q, &keys[..visible * width], &values[..visible * dout], dout, inputs.scale, dtype)
+                        })
+                        .collect()
+                }
             };
             for (&(j, i), (o, l)) in rows.iter().zip(results) {
                 let row = (b * sq + j) * h + i;
@@ -111,15 +124,15 @@ fn attend_exact(
     inputs: &CaseInputs,
     b: usize,
     rows: &[(usize, usize)],
-    keys: &[f32],
-    values: &[f32],
+    keys: &[f64],
+    values: &[f64],
     width: usize,
     dout: usize,
 ) -> Vec<(Vec<f64>, f64)> {
     use gqla_reference::attention::{attend, KeyRange};
     let n = keys.len() / width.max(1);
-    let k = ndarray::Array2::from_shape_fn((n, width), |(t, d)| keys[t * width + d] as f64);
-    let v = ndarray::Array2::from_shape_fn((n, dout), |(t, d)| values[t * dout + d] as f64);
+    let k = ndarray::ArrayView2::from_shape((n, width), keys).expect("keys are [n, width]");
+    let v = ndarray::ArrayView2::from_shape((n, dout), values).expect("values are [n, d_out]");
     let q = ndarray::Array2::from_shape_fn((rows.len(), width), |(r, d)| {
         let (j, i) = rows[r];
         inputs.q_row(b, j, i)[d] as f64
@@ -131,7 +144,7 @@ fn attend_exact(
             end: inputs.case.visible(b, j),
         })
         .collect();
-    let (o, lse) = attend(q.view(), k.view(), v.view(), inputs.scale as f64, &ranges);
+    let (o, lse) = attend(q.view(), k, v, inputs.scale as f64, &ranges);
     o.outer_iter().zip(lse).map(|(row, l)| (row.to_vec(), l)).collect()
 }
 
@@ -297,5 +310,40 @@ mod tests {
             }
         }
         assert_eq!((k, v), (exact[0].1.len(), exact[1].1.len()));
+    }
+
+    /// A tiled FP8 case decodes the values its records hold: its exact reference is, bit for bit,
+    /// the reference of the same case with a native f32 cache holding those values (exact in f32
+    /// for power-of-two scales), so the decode equations are the native ones.
+    #[test]
+    fn a_tiled_cache_decodes_its_dequantised_values() {
+        use crate::inputs::Storage;
+        let id = "gqla.decode.absorb:h=16;dc=256;dn=64;dr=32;sq=2;ctx=0,40,pad,9;page=16;dtype=bf16;kv=tiled;tile=64;scales=pow2;seed=8";
+        let tiled = CaseInputs::generate(&id.parse().unwrap());
+        let mut native = tiled.clone();
+        let kv = &mut native.cache.components[0];
+        let (record, bytes) = kv.records().map(|(r, b)| (*r, b.to_vec())).unwrap();
+        let mut values = vec![0f32; bytes.len() / record.bytes() * (record.d_c() + record.d_r())];
+        for (row, r) in values.chunks_exact_mut(record.d_c() + record.d_r()).zip(bytes.chunks_exact(record.bytes())) {
+            let (c, k) = row.split_at_mut(record.d_c());
+            record.read_f32(r, c, k);
+        }
+        kv.width = record.d_c() + record.d_r();
+        kv.storage = Storage::Values(values);
+        for precision in [Precision::Exact, Precision::Naive(DType::Bf16)] {
+            let (a, b) = (compute(&tiled, precision), compute(&native, precision));
+            for ((name, x), (_, y)) in a.iter().zip(&b) {
+                assert!(x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()), "{name} ({precision:?})");
+                assert!(x.iter().any(|v| v.is_finite() && *v != 0.0), "{name}");
+            }
+        }
+        // With arbitrary scales the f32 reading rounds, so the exact reference reads in f64.
+        let amax = CaseInputs::generate(&id.replace("scales=pow2", "scales=amax").parse().unwrap());
+        let (exact, naive) = (
+            amax.cache.exact_values(TensorName::Kv, 1, 0, 0..256),
+            amax.cache.f32_values(TensorName::Kv, 1, 0, 0..256),
+        );
+        assert!(exact.iter().zip(naive.iter()).any(|(e, n)| *e != *n as f64), "f32 products round");
+        assert!(exact.iter().zip(naive.iter()).all(|(e, n)| (e - *n as f64).abs() <= e.abs() * f32::EPSILON as f64));
     }
 }

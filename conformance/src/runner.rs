@@ -426,7 +426,7 @@ mod memory_tests {
             .filter(|c| (0..c.batch()).all(|b| c.seq_len(b) <= 200))
         {
             let inp = CaseInputs::generate(&case);
-            let floats = inp.q.len() + inp.w_ukv.len() + inp.cache.components.iter().map(|c| c.data.len()).sum::<usize>();
+            let floats = inp.q.len() + inp.w_ukv.len() + inp.cache.components.iter().map(|c| c.len()).sum::<usize>();
             let outs: usize = Outputs::for_case(&case, &Profile::everything())
                 .tensors
                 .iter()

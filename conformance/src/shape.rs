@@ -40,6 +40,8 @@ pub enum AxisName {
     NumPages,
     /// Rows per page.
     Page,
+    /// Latent values per scale of an FP8 tiled cache record.
+    Tile,
 }
 
 impl AxisName {
@@ -60,6 +62,7 @@ impl AxisName {
             AxisName::Capacity => "capacity",
             AxisName::NumPages => "num_pages",
             AxisName::Page => "page",
+            AxisName::Tile => "tile",
         }
     }
 }
@@ -73,6 +76,9 @@ pub enum Formula {
     Product(AxisName, AxisName),
     /// a·(b + c)
     ProductOfSum(AxisName, AxisName, AxisName),
+    /// The bytes of an FP8 tiled record: d_c FP8 values, 4 per f32 scale of each tile, 2 per bf16
+    /// RoPE value.
+    TiledRecord { dc: AxisName, tile: AxisName, dr: AxisName },
 }
 
 impl Formula {
@@ -82,6 +88,9 @@ impl Formula {
             Formula::Sum(a, b) => format!("{} + {}", a.name(), b.name()),
             Formula::Product(a, b) => format!("{}·{}", a.name(), b.name()),
             Formula::ProductOfSum(a, b, c) => format!("{}·({} + {})", a.name(), b.name(), c.name()),
+            Formula::TiledRecord { dc, tile, dr } => {
+                format!("{dc} + 4·({dc} / {tile}) + 2·{dr}", dc = dc.name(), tile = tile.name(), dr = dr.name())
+            }
         }
     }
     pub fn value(self, axes: &CaseAxes) -> usize {
@@ -90,6 +99,7 @@ impl Formula {
             Formula::Sum(a, b) => v(a) + v(b),
             Formula::Product(a, b) => v(a) * v(b),
             Formula::ProductOfSum(a, b, c) => v(a) * (v(b) + v(c)),
+            Formula::TiledRecord { dc, tile, dr } => v(dc) + 4 * v(dc).checked_div(v(tile)).unwrap_or(0) + 2 * v(dr),
         }
     }
 }
@@ -253,6 +263,10 @@ impl CaseAxes<'_> {
             AxisName::Page => match self.layout {
                 CacheLayout::Paged { page, .. } => page,
                 CacheLayout::Contiguous { .. } => 0,
+            },
+            AxisName::Tile => match c.kv() {
+                crate::case::KvFormat::Tiled { tile, .. } => tile,
+                crate::case::KvFormat::Native => 0,
             },
         }
     }

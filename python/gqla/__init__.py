@@ -74,7 +74,7 @@ def _array(data, dtype: str, shape) -> np.ndarray:
             bits = np.frombuffer(data, dtype="<u2").astype(np.uint32) << 16
             return bits.view(np.float32).reshape(shape)
         return np.frombuffer(data, dtype=bf16).reshape(shape)
-    kind = {"f32": "<f4", "f16": "<f2", "f64": "<f8", "i32": "<i4"}[dtype]
+    kind = {"f32": "<f4", "f16": "<f2", "f64": "<f8", "i32": "<i4", "u8": "u1"}[dtype]
     return np.frombuffer(data, dtype=kind).reshape(shape)
 
 

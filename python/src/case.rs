@@ -18,6 +18,7 @@ pub fn dtype_name(d: safetensors::Dtype) -> &'static str {
         safetensors::Dtype::F32 => "f32",
         safetensors::Dtype::F64 => "f64",
         safetensors::Dtype::I32 => "i32",
+        safetensors::Dtype::U8 => "u8",
         _ => "other",
     }
 }

@@ -93,7 +93,7 @@ fn amax(tile: &[f32]) -> f32 {
 }
 
 /// How a writer chooses a tile's scale.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ScaleRule {
     /// A power of two: [`pow2_scale`] (FlashMLA's quantizer; E8M0-representable).
     Pow2,
@@ -103,6 +103,17 @@ pub enum ScaleRule {
 }
 
 impl ScaleRule {
+    pub const ALL: [ScaleRule; 2] = [ScaleRule::Pow2, ScaleRule::Amax];
+    /// As case ids and profiles spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ScaleRule::Pow2 => "pow2",
+            ScaleRule::Amax => "amax",
+        }
+    }
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.name() == name)
+    }
     /// The scale of a tile whose largest magnitude is `amax`.
     pub fn scale(self, amax: f32, fp8: Fp8) -> f32 {
         match self {
@@ -218,6 +229,49 @@ impl TiledRecord {
         for (i, v) in k_rope.iter_mut().enumerate() {
             let at = self.rope_offset() + 2 * i;
             *v = bf16::from_bits(u16::from_le_bytes([record[at], record[at + 1]])).to_f64();
+        }
+    }
+}
+
+impl TiledRecord {
+    /// Dequantize one record as a kernel that multiplies in f32 does: c_i = f32(fp8_i) × s in
+    /// f32, rounded once (exact when s is a power of two, as every e4m3 value times 2^k within
+    /// f32's range is an f32).
+    pub fn read_f32(&self, record: &[u8], c: &mut [f32], k_rope: &mut [f32]) {
+        assert_eq!(
+            (c.len(), k_rope.len(), record.len()),
+            (self.d_c, self.d_r, self.bytes()),
+            "record shape"
+        );
+        for (t, tile) in c.chunks_mut(self.tile).enumerate() {
+            let s = self.scale(record, t);
+            for (i, v) in tile.iter_mut().enumerate() {
+                *v = self.fp8.decode(record[t * self.tile + i]) as f32 * s;
+            }
+        }
+        for (i, v) in k_rope.iter_mut().enumerate() {
+            let at = self.rope_offset() + 2 * i;
+            *v = bf16::from_bits(u16::from_le_bytes([record[at], record[at + 1]])).to_f32();
+        }
+    }
+
+    /// Fill a record a correct reader never reads with NaN in every field: the FP8 NaN code for
+    /// each latent value, NaN scales, bf16 NaN RoPE values (all-ones bytes would be finite
+    /// scales).
+    pub fn poison(&self, record: &mut [u8]) {
+        assert_eq!(record.len(), self.bytes(), "record shape");
+        let nan = match self.fp8 {
+            Fp8::E4m3fn => 0x7f,
+            Fp8::E4m3fnuz => 0x80,
+        };
+        record[..self.d_c].fill(nan);
+        for t in 0..self.tiles() {
+            let at = self.scales_offset() + 4 * t;
+            record[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+        }
+        for i in 0..self.d_r {
+            let at = self.rope_offset() + 2 * i;
+            record[at..at + 2].copy_from_slice(&bf16::NAN.to_bits().to_le_bytes());
         }
     }
 }

@@ -37,10 +37,22 @@ fn gather(inp: &CaseInputs, comp: &Tensor, b: usize, len: usize) -> Result<Tenso
     comp.index_select(&Tensor::from_vec(slots, len, &Device::Cpu)?, 0)
 }
 
-/// A cache component as a [slots, width] tensor.
+/// A cache component as a [slots, width] tensor; FP8 records dequantised first (each value times
+/// its tile's scale in f32, as `fp8.to(float32) * scale` does in a framework).
 fn component(inp: &CaseInputs, name: TensorName) -> Result<Tensor> {
     let c = inp.cache.component(name);
-    Tensor::from_slice(&c.data, (inp.cache.slots(), c.width), &Device::Cpu)
+    match c.records() {
+        None => Tensor::from_slice(c.values().unwrap_or(&[]), (inp.cache.slots(), c.width), &Device::Cpu),
+        Some((record, bytes)) => {
+            let width = record.d_c() + record.d_r();
+            let mut values = vec![0.0f32; inp.cache.slots() * width];
+            for (row, bytes) in values.chunks_exact_mut(width).zip(bytes.chunks_exact(c.width)) {
+                let (latent, k_rope) = row.split_at_mut(record.d_c());
+                record.read_f32(bytes, latent, k_rope);
+            }
+            Tensor::from_vec(values, (inp.cache.slots(), width), &Device::Cpu)
+        }
+    }
 }
 
 /// softmax(scale·q kᵀ + mask) v and the LSE for query rows q [r, w] over keys k [L, w] and values

@@ -8,6 +8,7 @@ use crate::inputs::{CaseInputs, Paging};
 use crate::kernel::{Kernel, KernelError, KernelIdentity, Outputs};
 use crate::pack::{inputs_file, sha256_hex};
 use crate::profile::Profile;
+use gqla_reference::fp8::{Fp8, TiledRecord};
 use std::collections::HashSet;
 use std::sync::{Mutex, OnceLock};
 
@@ -147,6 +148,25 @@ struct QueryRow<'a> {
     q: &'a [f32],
 }
 
+/// A tiled FP8 record dequantised on load, as a GPU kernel does: each e4m3fn byte through a
+/// 256-entry table, times its tile's f32 scale in f32; the RoPE key widened from bf16.
+fn dequantize(record: &TiledRecord, bytes: &[u8]) -> Vec<f32> {
+    static E4M3FN: OnceLock<[f32; 256]> = OnceLock::new();
+    let table = E4M3FN.get_or_init(|| std::array::from_fn(|b| Fp8::E4m3fn.decode(b as u8) as f32));
+    assert_eq!(record.fp8(), Fp8::E4m3fn, "tiled records are e4m3fn");
+    let mut row = Vec::with_capacity(record.d_c() + record.d_r());
+    for t in 0..record.tiles() {
+        let s = record.scale(bytes, t);
+        row.extend(bytes[t * record.tile()..(t + 1) * record.tile()].iter().map(|&q| table[q as usize] * s));
+    }
+    row.extend(
+        bytes[record.rope_offset()..record.bytes()]
+            .chunks_exact(2)
+            .map(|h| half::bf16::from_bits(u16::from_le_bytes([h[0], h[1]])).to_f32()),
+    );
+    row
+}
+
 /// One chunk's online-softmax state.
 struct Partial {
     m: f32,
@@ -169,7 +189,10 @@ impl FlashCpu {
         let cache = &inp.cache;
         match op {
             DecodeOp::Absorb => {
-                let row = cache.row(TensorName::Kv, b, t);
+                let row = match cache.record(TensorName::Kv, b, t) {
+                    None => std::borrow::Cow::Borrowed(cache.row(TensorName::Kv, b, t)),
+                    Some((record, bytes)) => std::borrow::Cow::Owned(dequantize(record, bytes)),
+                };
                 let mut k = row.to_vec();
                 if self.has(Bug::RopeTermDropped) {
                     k[c.dc()..].iter_mut().for_each(|v| *v = 0.0);
@@ -442,8 +465,8 @@ impl Kernel for FlashCpu {
             OpKind::Decode(op) => self.decode(op, inputs, outputs)?,
         }
         if self.has(Bug::WritesInputs) {
-            if let Some(c) = inputs.cache.components.first_mut() {
-                c.data.iter_mut().filter(|x| x.is_nan()).for_each(|x| *x = 0.0);
+            if let Some(values) = inputs.cache.components.first_mut().and_then(|c| c.values_mut()) {
+                values.iter_mut().filter(|x| x.is_nan()).for_each(|x| *x = 0.0);
             }
             inputs.q.iter_mut().take(1).for_each(|x| *x += 1.0);
         }

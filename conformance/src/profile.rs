@@ -557,9 +557,6 @@ impl Profile {
             if fp8.tiles.as_ref().is_some_and(|t| t.is_empty() || t.contains(&0)) {
                 return bad("fp8.tiles", "a list needs positive tile sizes (leave it out for any)");
             }
-            if !self.operations.contains(&Op::DecodeAbsorb) || !self.dtypes.contains(&DType::Bf16) {
-                return bad("fp8", "tiled FP8 caches are read by gqla.decode.absorb in bf16: declare both");
-            }
         }
         self.check_by_dtype("out_empty_row", &self.out_empty_row)?;
         if let Some(c) = self.lse.written() {
@@ -878,5 +875,49 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("unknown field `lse_base`"));
+    }
+
+    /// The `fp8` entry: absent, every FP8 case is NOT_SUPPORTED by declaration; a tile list and a
+    /// power-of-two reader narrow it; nonsense is refused naming the field.
+    #[test]
+    fn fp8_caches_are_selected_as_declared() {
+        use crate::case::KvFormat;
+        let tiled = |tile: usize, scales: ScaleRule| -> Case {
+            format!(
+                "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=1;ctx=65;page=64;dtype=bf16;kv=tiled;tile={tile};scales={};seed=1",
+                scales.name()
+            )
+            .parse()
+            .unwrap()
+        };
+        let native: Case = "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=1;ctx=65;page=64;dtype=bf16;seed=1".parse().unwrap();
+        assert_eq!(native.kv(), KvFormat::Native);
+        let base = r#"{"operations": ["gqla.decode.absorb"], "dtypes": ["bf16"], "page_sizes": "any",
+            "out_empty_row": "zero", "lse": "none""#;
+        let p = Profile::from_json(&format!("{base}}}")).unwrap();
+        assert_eq!(p.excludes(&tiled(128, ScaleRule::Pow2)), Some(Exclusion::KvFormat(KvFormatKind::Tiled)));
+        assert_eq!(p.excludes(&native), None);
+        let p = Profile::from_json(&format!(r#"{base}, "fp8": {{"formats": ["tiled"], "tiles": [128], "scale_read": "pow2"}}}}"#)).unwrap();
+        assert_eq!(p.excludes(&tiled(128, ScaleRule::Pow2)), None);
+        assert_eq!(p.excludes(&tiled(64, ScaleRule::Pow2)), Some(Exclusion::Tile(64)));
+        assert_eq!(p.excludes(&tiled(128, ScaleRule::Amax)), Some(Exclusion::Scales(ScaleRule::Amax)));
+        assert!(Exclusion::Scales(ScaleRule::Amax).to_string().contains("fp8.scale_read"));
+        let p = Profile::from_json(&format!(r#"{base}, "fp8": {{"formats": ["tiled"], "scale_read": "arbitrary_f32"}}}}"#)).unwrap();
+        assert_eq!((p.excludes(&tiled(64, ScaleRule::Amax)), p.excludes(&native)), (None, None));
+        assert!(p.describe().iter().any(|(k, v)| k == "FP8 caches" && v == "tiled; tiles any; scales read arbitrary_f32"));
+        for (fp8, field) in [
+            (r#"{"formats": [], "scale_read": "pow2"}"#, "fp8.formats"),
+            (r#"{"formats": ["native"], "scale_read": "pow2"}"#, "fp8.formats"),
+            (r#"{"formats": ["tiled"], "tiles": [0], "scale_read": "pow2"}"#, "fp8.tiles"),
+            (r#"{"formats": ["tiled"], "scale_read": "e8m0"}"#, "fp8.scale_read"),
+            (r#"{"formats": ["tiled"]}"#, "fp8"),
+            (r#"{"formats": ["tiled"], "scale_read": "pow2", "flavour": "e4m3fn"}"#, "fp8.flavour"),
+        ] {
+            let e = Profile::from_json(&format!(r#"{base}, "fp8": {fp8}}}"#)).unwrap_err();
+            assert_eq!(e.field, field, "{fp8}: {e}");
+        }
+        // Tiled cases are bf16: a profile of f32 alone selects none of them, whatever it reads.
+        let f32_only = format!(r#"{base}, "fp8": {{"formats": ["tiled"], "scale_read": "pow2"}}}}"#).replace(r#"["bf16"]"#, r#"["f32"]"#);
+        assert_eq!(Profile::from_json(&f32_only).unwrap().excludes(&tiled(128, ScaleRule::Pow2)), Some(Exclusion::DType(DType::Bf16)));
     }
 }

@@ -1,7 +1,7 @@
 //! The CUDA kernel source on the host emulator: the whole lattice must pass, and the emulator
 //! must catch what it claims to catch (stray accesses, divergent barriers) rather than run them.
 
-use gqla_conformance::case::{Case, DType, Op};
+use gqla_conformance::case::{Case, DType, KvFormat, Op};
 use gqla_conformance::lattice::suite_cases;
 use gqla_conformance::runner::{Prepared, Session};
 use gqla_conformance::{Kernel, Status};
@@ -17,7 +17,12 @@ use std::time::Duration;
 /// whether a case must pass (true) or be NOT_SUPPORTED (false).
 fn lattice_failures(kernel: EmuKernel, select: impl Fn(&Case) -> bool, expected: impl Fn(&Case) -> bool) -> (usize, Vec<String>) {
     let kernel = Arc::new(kernel) as Arc<dyn Kernel>;
-    let cases: Vec<Case> = suite_cases().into_iter().filter(|c| select(c)).collect();
+    // The CUDA kernels read no FP8 cache yet: those cases are NOT_SUPPORTED by declaration, as
+    // emulated_kernels_pass_the_whole_lattice checks.
+    let cases: Vec<Case> = suite_cases()
+        .into_iter()
+        .filter(|c| select(c) && c.kv() == KvFormat::Native)
+        .collect();
     let mut failures = Vec::new();
     let mut session = Session::new(kernel, Duration::from_secs(300));
     for case in &cases {
@@ -60,6 +65,12 @@ fn emulated_kernels_pass_the_whole_lattice() {
         let p = Prepared::new(&case);
         n += 1;
         let r = default.run(&p);
+        if case.kv() != KvFormat::Native {
+            if r.status.selected() {
+                failures.push(format!("cuda-emu reads no FP8 cache, yet selected {}: {:?}", r.id, r.status));
+            }
+            continue;
+        }
         if !r.status.passed() {
             failures.push(format!("cuda-emu: {}: {:?}", r.id, r.status));
         }

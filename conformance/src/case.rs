@@ -790,9 +790,7 @@ impl FromStr for Case {
                     _ => return Err(bad(format!("kv must be tiled (absent: the case dtype), got `{v}`"))),
                 },
                 "tile" => tile = Some(num(v)?),
-                "scales" => {
-                    scales = Some(ScaleRule::from_name(v).ok_or_else(|| bad(format!("scales must be pow2 or amax, got `{v}`")))?)
-                }
+                "scales" => scales = Some(ScaleRule::from_name(v).ok_or_else(|| bad(format!("scales must be pow2 or amax, got `{v}`")))?),
                 "seed" => c.seed = v.parse().map_err(|_| bad(format!("seed needs a number, got `{v}`")))?,
                 _ => return Err(bad(format!("unknown key `{k}`"))),
             }
@@ -870,7 +868,10 @@ mod tests {
         let json = serde_json::to_value(case.kv()).unwrap();
         assert_eq!(json, serde_json::json!({"tiled": {"tile": 128, "scales": "pow2", "fp8": "e4m3fn"}}));
         assert_eq!(serde_json::from_value::<super::KvFormat>(json).unwrap(), case.kv());
-        assert_eq!(serde_json::from_value::<super::KvFormat>("native".into()).unwrap(), super::KvFormat::Native);
+        assert_eq!(
+            serde_json::from_value::<super::KvFormat>("native".into()).unwrap(),
+            super::KvFormat::Native
+        );
         let fnuz = serde_json::json!({"tiled": {"tile": 128, "scales": "pow2", "fp8": "e4m3fnuz"}});
         assert!(serde_json::from_value::<super::KvFormat>(fnuz).is_err());
     }

@@ -301,11 +301,12 @@ const DECODE_CONVENTIONS: [&str; 8] = [
 ];
 
 /// gqla.decode.absorb with `kv=tiled` (FlashMLA's ds_mla_656 layout, any tile that divides d_c).
-const TILED_CONVENTIONS: [&str; 4] = [
+const TILED_CONVENTIONS: [&str; 5] = [
     "kv=tiled (gqla.decode.absorb, dtype=bf16): the cache is u8 records of tiled_record bytes per token, the token stride exactly tiled_record bytes; q and out stay bf16",
     "kv=tiled: the dequantised cache c_i = e4m3fn(byte_i) × s_(i / tile) and k^R (bf16) are the cache values; the reference decodes them exactly (SPEC.md F1), so a kernel is judged on its attention, not on the quantisation it was handed",
     "kv=tiled;scales=pow2: every scale is a power of two, 2^ceil(log2(max(amax / 448, 1e-4))) (FlashMLA's quantizer); scales=amax: max(amax / 448, 1e-4) in f32, any value, which a reader multiplies as declared in its profile (fp8.scale_read)",
     "kv=tiled;poison=garbage: the twin's records hold the NaN twin's latent values negated (sign bits flipped, scales equal) and its q's first d_c columns negated",
+    "kv=tiled: the latent of tile t is drawn at magnitude 1/4 (even t) or 2 (odd t), so neighbouring tiles have different scales",
 ];
 
 const DECODE_DTYPE_RULES: [&str; 3] = [
@@ -352,7 +353,11 @@ mod widths {
     pub const KV_VALUES: Dim = Dim::Derived(&derived("kv_values", Formula::Product(Kv, Dv), "every kv head's values"));
     pub const TILED_RECORD: Dim = Dim::Derived(&derived(
         "tiled_record",
-        Formula::TiledRecord { dc: Dc, tile: Tile, dr: Dr },
+        Formula::TiledRecord {
+            dc: Dc,
+            tile: Tile,
+            dr: Dr,
+        },
         "bytes of one token's FP8 tiled record (656 for DeepSeek-V3.2's ds_mla_656)",
     ));
 }

@@ -8,12 +8,13 @@
 
 use crate::case::{Case, Logits, Op, Poison};
 use crate::definition::TensorName;
+use crate::profile::ScaleRead;
 use gqla_reference::fp8::TiledRecord;
 use half::bf16;
-use std::borrow::Cow;
-use std::ops::Range;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::borrow::Cow;
+use std::ops::Range;
 
 /// Block-table entries past a sequence's last page: far out of range, so an over-read faults or
 /// reads poison rather than a neighbour's data.
@@ -141,15 +142,19 @@ impl KvCache {
             }
         }
     }
-    /// Columns `cols` of row (b, t) of component `name` as a kernel that dequantises in f32 reads
-    /// them: each FP8 value times its f32 scale, rounded to f32 (exact for power-of-two scales).
-    pub fn f32_values(&self, name: TensorName, b: usize, t: usize, cols: Range<usize>) -> Cow<'_, [f32]> {
+    /// Columns `cols` of row (b, t) of component `name` as a kernel that dequantises as `read`
+    /// declares reads them: each FP8 value times its f32 scale, rounded to f32 (exact for
+    /// power-of-two scales), or times its bf16-rounded scale, rounded to bf16.
+    pub fn f32_values(&self, name: TensorName, b: usize, t: usize, cols: Range<usize>, read: ScaleRead) -> Cow<'_, [f32]> {
         match self.record(name, b, t) {
             None => Cow::Borrowed(&self.row(name, b, t)[cols]),
             Some((r, bytes)) => {
                 let mut row = vec![0.0; r.d_c() + r.d_r()];
                 let (c, k_rope) = row.split_at_mut(r.d_c());
-                r.read_f32(bytes, c, k_rope);
+                match read {
+                    ScaleRead::Pow2 | ScaleRead::ArbitraryF32 => r.read_f32(bytes, c, k_rope),
+                    ScaleRead::ArbitraryBf16 => r.read_bf16_scales(bytes, c, k_rope),
+                }
                 Cow::Owned(row[cols].to_vec())
             }
         }
@@ -208,6 +213,17 @@ impl Mirror {
             query_columns,
             outputs,
         }
+    }
+}
+
+/// The magnitude tile t of a tiled cache's latent is drawn at: 1/4 for even tiles, 2 for odd
+/// ones. Neighbouring tiles then get scales 8× apart (a kernel that takes a neighbour's scale is
+/// far off), as a real latent's channels differ in magnitude.
+pub fn tile_gain(t: usize) -> f32 {
+    if t % 2 == 0 {
+        0.25
+    } else {
+        2.0
     }
 }
 
@@ -276,11 +292,7 @@ impl CaseInputs {
         for (name, width) in components(case) {
             let storage = match (record, case.poison()) {
                 (None, Poison::Nan) => Storage::Values(vec![f32::NAN; slots * width]),
-                (None, Poison::Garbage) => Storage::Values(
-                    (0..slots * width)
-                        .map(|_| dtype.round_f32(normal(&mut poison_rng)))
-                        .collect(),
-                ),
+                (None, Poison::Garbage) => Storage::Values((0..slots * width).map(|_| dtype.round_f32(normal(&mut poison_rng))).collect()),
                 (Some(record), Poison::Nan) => {
                     let mut bytes = vec![0; slots * width];
                     bytes.chunks_exact_mut(width).for_each(|r| record.poison(r));
@@ -305,16 +317,20 @@ impl CaseInputs {
                 .as_ref()
                 .filter(|m| m.cache.0 == cache.components[ci].name)
                 .map_or(0..0, |m| m.cache.1.clone());
-            // The values of a row, as drawn: a record quantizes them.
-            let values = match &cache.components[ci].storage {
-                Storage::Values(_) => cache.components[ci].width,
-                Storage::Tiled { record, .. } => record.d_c() + record.d_r(),
+            // The values of a row, as drawn, with their gains: a record quantizes them, its
+            // tiles drawn at alternating magnitudes (see `tile_gain`).
+            let gains: Vec<f32> = match &cache.components[ci].storage {
+                Storage::Values(_) => vec![1.0; cache.components[ci].width],
+                Storage::Tiled { record, .. } => (0..record.d_c())
+                    .map(|j| tile_gain(j / record.tile()))
+                    .chain(std::iter::repeat_n(1.0, record.d_r()))
+                    .collect(),
             };
-            let mut row = vec![0.0f32; values];
+            let mut row = vec![0.0f32; gains.len()];
             for (b, &l) in lens.iter().enumerate() {
                 for t in 0..l {
                     for (j, v) in row.iter_mut().enumerate() {
-                        let x = dtype.round_f32(normal(&mut rng));
+                        let x = dtype.round_f32(gains[j] * normal(&mut rng));
                         *v = if negated.contains(&j) { -x } else { x };
                     }
                     let s = cache.slot(b, t);
@@ -387,20 +403,15 @@ impl CaseInputs {
             && self.cache.paging == other.cache.paging
             && self.cache.seq_lens == other.cache.seq_lens
             && self.cache.components.len() == other.cache.components.len()
-            && self
-                .cache
-                .components
-                .iter()
-                .zip(&other.cache.components)
-                .all(|(a, b)| {
-                    a.name == b.name
-                        && a.width == b.width
-                        && match (&a.storage, &b.storage) {
-                            (Storage::Values(x), Storage::Values(y)) => floats(x, y),
-                            (Storage::Tiled { record: r, bytes: x }, Storage::Tiled { record: s, bytes: y }) => r == s && x == y,
-                            _ => false,
-                        }
-                })
+            && self.cache.components.iter().zip(&other.cache.components).all(|(a, b)| {
+                a.name == b.name
+                    && a.width == b.width
+                    && match (&a.storage, &b.storage) {
+                        (Storage::Values(x), Storage::Values(y)) => floats(x, y),
+                        (Storage::Tiled { record: r, bytes: x }, Storage::Tiled { record: s, bytes: y }) => r == s && x == y,
+                        _ => false,
+                    }
+            })
     }
 
     /// Query row of (b, j, i) (sequence, new token, head).
@@ -440,11 +451,17 @@ mod tests {
                     let s = record.scale(r, tile);
                     assert!(s > 0.0 && s.to_bits() & 0x7f_ffff == 0, "scale {s} is a power of two");
                     let amax = row[tile * 64..(tile + 1) * 64].iter().fold(0f64, |m, x| m.max(x.abs()));
-                    assert!(amax <= 448.0 * s as f64 && amax > 224.0 * s as f64 * 0.9, "amax {amax} at scale {s}");
+                    assert!(
+                        amax <= 448.0 * s as f64 && amax > 224.0 * s as f64 * 0.9,
+                        "amax {amax} at scale {s}"
+                    );
                 }
                 // The RoPE key is stored unquantized: the f32 reader gives the exact values.
-                let f32_row = inp.cache.f32_values(TensorName::Kv, b, t, 0..288);
-                assert!(f32_row.iter().zip(&row).all(|(a, b)| *a as f64 == *b), "pow2 scales read exactly in f32");
+                let f32_row = inp.cache.f32_values(TensorName::Kv, b, t, 0..288, ScaleRead::ArbitraryF32);
+                assert!(
+                    f32_row.iter().zip(&row).all(|(a, b)| *a as f64 == *b),
+                    "pow2 scales read exactly in f32"
+                );
             }
         }
         for (s, _) in live.iter().enumerate().filter(|(_, l)| !**l) {

@@ -321,6 +321,9 @@ pub enum ScaleRead {
     Pow2,
     /// Any f32 scale, multiplied in f32.
     ArbitraryF32,
+    /// Any scale, rounded to bf16 and multiplied in bf16 (FlashMLA's SM90 decode): the naive
+    /// reference reads the cache the same way.
+    ArbitraryBf16,
 }
 
 impl ScaleRead {
@@ -328,13 +331,14 @@ impl ScaleRead {
     pub fn reads(self, rule: ScaleRule) -> bool {
         match self {
             ScaleRead::Pow2 => rule == ScaleRule::Pow2,
-            ScaleRead::ArbitraryF32 => true,
+            ScaleRead::ArbitraryF32 | ScaleRead::ArbitraryBf16 => true,
         }
     }
     pub fn name(self) -> &'static str {
         match self {
             ScaleRead::Pow2 => "pow2",
             ScaleRead::ArbitraryF32 => "arbitrary_f32",
+            ScaleRead::ArbitraryBf16 => "arbitrary_bf16",
         }
     }
 }
@@ -474,13 +478,14 @@ impl fmt::Display for Exclusion {
 impl Profile {
     /// The fields a profile may leave out, and what they then are (the README's Profiles table
     /// shows the same; a test holds them to the deserializer).
-    pub const DEFAULTS: [(&'static str, &'static str); 6] = [
+    pub const DEFAULTS: [(&'static str, &'static str); 7] = [
         ("contiguous", "false"),
         ("page_sizes", "\"none\""),
         ("s_q", "{\"min\": 1, \"max\": 1} (plain decode)"),
         ("split_counts", "\"ignored\""),
         ("rope_layouts", "[] (required when gqla.decode.gqa is declared)"),
         ("scale", "\"input\""),
+        ("fp8", "null (absent: no FP8 cache is read)"),
     ];
 
     /// Every case of the suite, with the suite's own conventions (out = 0, LSE = −∞ in f32 and
@@ -709,9 +714,11 @@ impl Profile {
                     Some(f) => format!(
                         "{}; tiles {}; scales read {}",
                         list(f.formats.iter().map(|k| k.name()).collect()),
-                        f.tiles
-                            .as_ref()
-                            .map_or("any".to_string(), |t| t.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")),
+                        f.tiles.as_ref().map_or("any".to_string(), |t| t
+                            .iter()
+                            .map(|t| t.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")),
                         f.scale_read.name()
                     ),
                 },
@@ -890,34 +897,60 @@ mod tests {
             .parse()
             .unwrap()
         };
-        let native: Case = "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=1;ctx=65;page=64;dtype=bf16;seed=1".parse().unwrap();
+        let native: Case = "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=1;ctx=65;page=64;dtype=bf16;seed=1"
+            .parse()
+            .unwrap();
         assert_eq!(native.kv(), KvFormat::Native);
         let base = r#"{"operations": ["gqla.decode.absorb"], "dtypes": ["bf16"], "page_sizes": "any",
             "out_empty_row": "zero", "lse": "none""#;
         let p = Profile::from_json(&format!("{base}}}")).unwrap();
-        assert_eq!(p.excludes(&tiled(128, ScaleRule::Pow2)), Some(Exclusion::KvFormat(KvFormatKind::Tiled)));
+        assert_eq!(
+            p.excludes(&tiled(128, ScaleRule::Pow2)),
+            Some(Exclusion::KvFormat(KvFormatKind::Tiled))
+        );
         assert_eq!(p.excludes(&native), None);
-        let p = Profile::from_json(&format!(r#"{base}, "fp8": {{"formats": ["tiled"], "tiles": [128], "scale_read": "pow2"}}}}"#)).unwrap();
+        let p = Profile::from_json(&format!(
+            r#"{base}, "fp8": {{"formats": ["tiled"], "tiles": [128], "scale_read": "pow2"}}}}"#
+        ))
+        .unwrap();
         assert_eq!(p.excludes(&tiled(128, ScaleRule::Pow2)), None);
         assert_eq!(p.excludes(&tiled(64, ScaleRule::Pow2)), Some(Exclusion::Tile(64)));
         assert_eq!(p.excludes(&tiled(128, ScaleRule::Amax)), Some(Exclusion::Scales(ScaleRule::Amax)));
         assert!(Exclusion::Scales(ScaleRule::Amax).to_string().contains("fp8.scale_read"));
-        let p = Profile::from_json(&format!(r#"{base}, "fp8": {{"formats": ["tiled"], "scale_read": "arbitrary_f32"}}}}"#)).unwrap();
+        let p = Profile::from_json(&format!(
+            r#"{base}, "fp8": {{"formats": ["tiled"], "scale_read": "arbitrary_f32"}}}}"#
+        ))
+        .unwrap();
         assert_eq!((p.excludes(&tiled(64, ScaleRule::Amax)), p.excludes(&native)), (None, None));
-        assert!(p.describe().iter().any(|(k, v)| k == "FP8 caches" && v == "tiled; tiles any; scales read arbitrary_f32"));
+        assert!(p
+            .describe()
+            .iter()
+            .any(|(k, v)| k == "FP8 caches" && v == "tiled; tiles any; scales read arbitrary_f32"));
+        let p = Profile::from_json(&format!(
+            r#"{base}, "fp8": {{"formats": ["tiled"], "scale_read": "arbitrary_bf16"}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(p.excludes(&tiled(128, ScaleRule::Amax)), None);
         for (fp8, field) in [
             (r#"{"formats": [], "scale_read": "pow2"}"#, "fp8.formats"),
             (r#"{"formats": ["native"], "scale_read": "pow2"}"#, "fp8.formats"),
             (r#"{"formats": ["tiled"], "tiles": [0], "scale_read": "pow2"}"#, "fp8.tiles"),
             (r#"{"formats": ["tiled"], "scale_read": "e8m0"}"#, "fp8.scale_read"),
+            (r#"{"formats": ["tiled"], "scale_read": "bf16"}"#, "fp8.scale_read"),
             (r#"{"formats": ["tiled"]}"#, "fp8"),
-            (r#"{"formats": ["tiled"], "scale_read": "pow2", "flavour": "e4m3fn"}"#, "fp8.flavour"),
+            (
+                r#"{"formats": ["tiled"], "scale_read": "pow2", "flavour": "e4m3fn"}"#,
+                "fp8.flavour",
+            ),
         ] {
             let e = Profile::from_json(&format!(r#"{base}, "fp8": {fp8}}}"#)).unwrap_err();
             assert_eq!(e.field, field, "{fp8}: {e}");
         }
         // Tiled cases are bf16: a profile of f32 alone selects none of them, whatever it reads.
         let f32_only = format!(r#"{base}, "fp8": {{"formats": ["tiled"], "scale_read": "pow2"}}}}"#).replace(r#"["bf16"]"#, r#"["f32"]"#);
-        assert_eq!(Profile::from_json(&f32_only).unwrap().excludes(&tiled(128, ScaleRule::Pow2)), Some(Exclusion::DType(DType::Bf16)));
+        assert_eq!(
+            Profile::from_json(&f32_only).unwrap().excludes(&tiled(128, ScaleRule::Pow2)),
+            Some(Exclusion::DType(DType::Bf16))
+        );
     }
 }

@@ -11,13 +11,18 @@
 use crate::case::{CacheOp, Case, DType, DecodeOp, GroupCacheLayout, OpKind};
 use crate::definition::TensorName;
 use crate::inputs::CaseInputs;
+use crate::profile::ScaleRead;
 use std::ops::Range;
 
 /// How a reference computes.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Precision {
     Exact,
+    /// The naive kernel in this dtype; an FP8 cache read with f32 scales.
     Naive(DType),
+    /// The naive kernel in this dtype, reading an FP8 cache's scales as a kernel's profile
+    /// declares (`fp8.scale_read`).
+    NaiveReading(DType, ScaleRead),
 }
 
 /// Output tensors by name, as f64.
@@ -95,8 +100,12 @@ fn decode(op: DecodeOp, inputs: &CaseInputs, precision: Precision) -> Tensors {
                     let (keys, values) = group_rows(op, inputs, b, g, |name, t, cols| inputs.cache.exact_values(name, b, t, cols));
                     attend_exact(inputs, b, &rows, &keys, &values, width, dout)
                 }
-                Precision::Naive(dtype) => {
-                    let (keys, values) = group_rows(op, inputs, b, g, |name, t, cols| inputs.cache.f32_values(name, b, t, cols));
+                Precision::Naive(dtype) | Precision::NaiveReading(dtype, _) => {
+                    let read = match precision {
+                        Precision::NaiveReading(_, read) => read,
+                        _ => ScaleRead::ArbitraryF32,
+                    };
+                    let (keys, values) = group_rows(op, inputs, b, g, |name, t, cols| inputs.cache.f32_values(name, b, t, cols, read));
                     rows.iter()
                         .map(|&(j, i)| {
                             let visible = c.visible(b, j);
@@ -191,7 +200,7 @@ fn expand(inputs: &CaseInputs, precision: Precision) -> Tensors {
             l.dot(&wt).into_iter().collect()
         }
         // The naive kernel: one f32 dot product per output, summed in order, rounded to the dtype.
-        Precision::Naive(dtype) => {
+        Precision::Naive(dtype) | Precision::NaiveReading(dtype, _) => {
             let rows: Vec<&[f32]> = (0..c.g() * per).map(w).collect();
             let blocks: Vec<Interleaved> = rows.chunks(DOT_LANES).map(|b| Interleaved::new(b, dc)).collect();
             let mut y = Vec::with_capacity(latents.len() * rows.len());
@@ -324,7 +333,10 @@ mod tests {
         let kv = &mut native.cache.components[0];
         let (record, bytes) = kv.records().map(|(r, b)| (*r, b.to_vec())).unwrap();
         let mut values = vec![0f32; bytes.len() / record.bytes() * (record.d_c() + record.d_r())];
-        for (row, r) in values.chunks_exact_mut(record.d_c() + record.d_r()).zip(bytes.chunks_exact(record.bytes())) {
+        for (row, r) in values
+            .chunks_exact_mut(record.d_c() + record.d_r())
+            .zip(bytes.chunks_exact(record.bytes()))
+        {
             let (c, k) = row.split_at_mut(record.d_c());
             record.read_f32(r, c, k);
         }
@@ -341,9 +353,32 @@ mod tests {
         let amax = CaseInputs::generate(&id.replace("scales=pow2", "scales=amax").parse().unwrap());
         let (exact, naive) = (
             amax.cache.exact_values(TensorName::Kv, 1, 0, 0..256),
-            amax.cache.f32_values(TensorName::Kv, 1, 0, 0..256),
+            amax.cache.f32_values(TensorName::Kv, 1, 0, 0..256, ScaleRead::ArbitraryF32),
         );
         assert!(exact.iter().zip(naive.iter()).any(|(e, n)| *e != *n as f64), "f32 products round");
-        assert!(exact.iter().zip(naive.iter()).all(|(e, n)| (e - *n as f64).abs() <= e.abs() * f32::EPSILON as f64));
+        assert!(exact
+            .iter()
+            .zip(naive.iter())
+            .all(|(e, n)| (e - *n as f64).abs() <= e.abs() * f32::EPSILON as f64));
+    }
+
+    /// A reader that rounds scales to bf16 (FlashMLA SM90) gets a naive reference that reads the
+    /// same way: different from the f32 reader's where scales are arbitrary, the same where they
+    /// are powers of two.
+    #[test]
+    fn the_naive_reference_reads_scales_as_declared() {
+        let id = "gqla.decode.absorb:h=16;dc=256;dn=64;dr=32;sq=1;ctx=40,9;page=16;dtype=bf16;kv=tiled;tile=64;scales=amax;seed=4";
+        let naive = |id: &str, precision| compute(&CaseInputs::generate(&id.parse().unwrap()), precision);
+        let (f32_scales, bf16_scales) = (
+            naive(id, Precision::Naive(DType::Bf16)),
+            naive(id, Precision::NaiveReading(DType::Bf16, ScaleRead::ArbitraryBf16)),
+        );
+        assert_ne!(f32_scales, bf16_scales);
+        assert_eq!(naive(id, Precision::NaiveReading(DType::Bf16, ScaleRead::ArbitraryF32)), f32_scales);
+        let pow2 = id.replace("scales=amax", "scales=pow2");
+        assert_eq!(
+            naive(&pow2, Precision::Naive(DType::Bf16)),
+            naive(&pow2, Precision::NaiveReading(DType::Bf16, ScaleRead::ArbitraryBf16))
+        );
     }
 }

@@ -1,10 +1,10 @@
 //! Running a kernel over cases and judging each one as its profile declares.
 
-use crate::case::{Case, DType, Op, Poison};
+use crate::case::{Case, DType, KvFormat, Op, Poison, ScaleRule};
 use crate::definition::TensorName;
 use crate::inputs::CaseInputs;
 use crate::kernel::{Kernel, KernelError, Outputs};
-use crate::profile::{EmptyLse, EmptyOut, LseBase, LseDtype, Profile};
+use crate::profile::{EmptyLse, EmptyOut, LseBase, LseDtype, Profile, ScaleRead};
 use crate::reference::{compute, Precision, Tensors};
 use crate::tolerance::{check, SpecialMismatch};
 use crate::verdict::Status;
@@ -40,6 +40,9 @@ pub struct Prepared {
     pub inputs: Arc<CaseInputs>,
     truth: Tensors,
     naive: Tensors,
+    /// The naive reference reading FP8 scales in bf16 (`fp8.scale_read: arbitrary_bf16`), for a
+    /// cache whose scales are not powers of two; computed when a kernel declares it.
+    naive_bf16_scales: std::sync::OnceLock<Tensors>,
 }
 
 fn reference(tensors: &Tensors, name: TensorName) -> &[f64] {
@@ -62,6 +65,27 @@ impl Prepared {
             inputs: Arc::new(inputs),
             truth,
             naive,
+            naive_bf16_scales: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The naive reference for a kernel of `profile`: its FP8 scales read as declared (they
+    /// differ only for a tiled cache with arbitrary scales).
+    fn naive_for(&self, profile: &Profile) -> &Tensors {
+        let bf16_reader = profile.fp8.as_ref().is_some_and(|f| f.scale_read == ScaleRead::ArbitraryBf16);
+        let arbitrary = matches!(
+            self.case().kv(),
+            KvFormat::Tiled {
+                scales: ScaleRule::Amax,
+                ..
+            }
+        );
+        if bf16_reader && arbitrary {
+            let dtype = self.case().dtype();
+            self.naive_bf16_scales
+                .get_or_init(|| compute(&self.inputs, Precision::NaiveReading(dtype, ScaleRead::ArbitraryBf16)))
+        } else {
+            &self.naive
         }
     }
 
@@ -136,7 +160,7 @@ impl Prepared {
             .iter()
             .map(|t| {
                 let raw: Vec<f64> = t.region().iter().map(|v| *v as f64).collect();
-                let (truth, naive) = (reference(&self.truth, t.name), reference(&self.naive, t.name));
+                let (truth, naive) = (reference(&self.truth, t.name), reference(self.naive_for(profile), t.name));
                 // Row width of this tensor in elements: the empty-row conventions cover whole rows.
                 let (per_row, special) = match t.name {
                     // A validated profile names every declared dtype; otherwise the suite's own convention.

@@ -89,7 +89,12 @@ impl Formula {
             Formula::Product(a, b) => format!("{}·{}", a.name(), b.name()),
             Formula::ProductOfSum(a, b, c) => format!("{}·({} + {})", a.name(), b.name(), c.name()),
             Formula::TiledRecord { dc, tile, dr } => {
-                format!("{dc} + 4·({dc} / {tile}) + 2·{dr}", dc = dc.name(), tile = tile.name(), dr = dr.name())
+                format!(
+                    "{dc} + 4·({dc} / {tile}) + 2·{dr}",
+                    dc = dc.name(),
+                    tile = tile.name(),
+                    dr = dr.name()
+                )
             }
         }
     }

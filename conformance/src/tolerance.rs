@@ -7,6 +7,10 @@
 //!
 //!   b = K_RMS · rms(e_naive) + FLOOR_RMS · u · rms(truth).
 //!
+//! On an FP8 cache (`kv=tiled`) the truth and the naive reference both decode the dequantised
+//! cache (SPEC.md F4): the quantisation error the kernel was handed is in neither error, so a
+//! kernel is judged on its attention alone, at the query dtype's u.
+//!
 //! The rule answers two questions separately.
 //!
 //! **Is the kernel correct on this case?** Judged per case, with bounds that catch bugs with

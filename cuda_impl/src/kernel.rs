@@ -153,9 +153,11 @@ impl<R: Runtime> DeviceKernel<R> {
     }
 
     fn component(&self, inp: &CaseInputs, name: TensorName) -> Result<R::Buf<u8>, CudaError> {
-        let values = inp.cache.component(name).values().ok_or_else(|| {
-            CudaError::Unsupported(format!("cache component `{name}` in FP8 records"))
-        })?;
+        let values = inp
+            .cache
+            .component(name)
+            .values()
+            .ok_or_else(|| CudaError::Unsupported(format!("cache component `{name}` in FP8 records")))?;
         self.rt.upload(&encode_f32(inp.case.dtype(), values))
     }
 

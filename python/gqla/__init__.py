@@ -29,7 +29,8 @@ from . import _native
 
 __all__ = [
     "Case", "Certificate", "Dense", "Reference", "SUITE_VERSION", "Stability", "cases", "certify",
-    "PackRunError", "certify_pack", "export_pack", "main", "run_pack", "stability", "torch_tensor",
+    "PackRunError", "certify_pack", "export_pack", "main", "run_pack", "stability", "tiled_values",
+    "torch_tensor",
 ]
 
 SUITE_VERSION: str = _native.SUITE_VERSION
@@ -130,13 +131,40 @@ class Dense:
     scale: float
 
 
+def _e4m3fn_values() -> np.ndarray:
+    """The value of every e4m3fn byte (bias 7, no infinities, NaN at S.1111.111), as float32."""
+    b = np.arange(256)
+    sign = np.where(b & 0x80, -1.0, 1.0)
+    exp, man = (b >> 3) & 0xF, b & 0x7
+    value = np.where(exp == 0, man / 8.0 * 2.0**-6, (1 + man / 8.0) * 2.0 ** (exp - 7.0))
+    return np.where((b & 0x7F) == 0x7F, np.nan, sign * value).astype(np.float32)
+
+
+def tiled_values(case: "Case") -> np.ndarray:
+    """A `kv=tiled` case's cache records [..., record bytes] dequantised as a kernel that
+    multiplies in f32 does: [..., d_c + d_r] float32, each e4m3fn latent value times its tile's
+    f32 scale, then the bf16 RoPE key (records nothing reads hold NaN)."""
+    fmt = case.params["kv_cache"]
+    if not isinstance(fmt, dict) or "tiled" not in fmt:
+        raise ValueError(f"{case.id}: the cache holds values of the case dtype, not FP8 records")
+    tile, d_c, d_r = fmt["tiled"]["tile"], case.d_c, case.d_r
+    records = case.inputs["kv"]
+    flat = records.reshape(-1, records.shape[-1])
+    scales = flat[:, d_c : d_c + 4 * (d_c // tile)].copy().view("<f4")
+    latent = _e4m3fn_values()[flat[:, :d_c]] * np.repeat(scales, tile, axis=1)
+    bits = flat[:, d_c + 4 * (d_c // tile) :].copy().view("<u2").astype(np.uint32) << 16
+    out = np.concatenate([latent, bits.view(np.float32)], axis=1)
+    return out.reshape(records.shape[:-1] + (d_c + d_r,))
+
+
 def _slot_kv(case: "Case") -> tuple[np.ndarray, np.ndarray]:
     x, op, g = case.inputs, case.op, case.groups
     if op not in ("gqla.decode.absorb", "gqla.decode.gqa", "gqa.decode"):
         raise ValueError(f"{case.id}: keys and values are for the decode operations")
     flat = lambda name: x[name].reshape(-1, x[name].shape[-1])  # noqa: E731
     if op == "gqla.decode.absorb":
-        kv = flat("kv")[:, None, :]
+        rows = x["kv"] if case.params["kv_cache"] == "native" else tiled_values(case)
+        kv = rows.reshape(-1, rows.shape[-1])[:, None, :]
         return kv, kv[..., : case.d_c]
     v = flat("v").reshape(-1, g, case.d_v)
     if op == "gqa.decode" or case.rope_layout == "per_group":
@@ -242,7 +270,8 @@ class Case:
     def slot_kv(self) -> tuple[np.ndarray, np.ndarray]:
         """A decode case's cache as keys [slots, K, W] and values [slots, K, d_v] of its K KV
         heads, every slot (those no sequence uses hold poison): the groups' [k_g; k^R] on the
-        GQA path; on the absorb path one head, [c; k^R] as the key and c (a view) as the value."""
+        GQA path; on the absorb path one head, [c; k^R] as the key and c (a view) as the value
+        (a `kv=tiled` cache dequantised first, as `tiled_values` does)."""
         return _slot_kv(self)
 
     def dense(self) -> "Dense":

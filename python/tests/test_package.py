@@ -272,6 +272,47 @@ def test_the_dense_view_certifies_every_decode_operation():
     assert d.mask[b, 0, -1].sum() == case.visible[b][-1] == n
 
 
+# The FP8 tiled cases (suite 0.5): every one, with a profile that reads tiled records.
+TILED = ["gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=1;ctx=65,31;page=64;dtype=bf16;kv=tiled"]
+FP8 = dict(DECODE, operations=["gqla.decode.absorb"], fp8={"formats": ["tiled"], "scale_read": "arbitrary_f32"})
+
+
+def test_fp8_tiled_caches_reach_a_kernel_as_bytes_and_certify():
+    # Without an `fp8` entry, no tiled case is selected.
+    assert not [c for c in gqla.cases(dict(DECODE, operations=["gqla.decode.absorb"])) if "kv=tiled" in c.id]
+    cases = [c for c in gqla.cases(FP8, ops=["gqla.decode.absorb"], seed=5) if "kv=tiled" in c.id]
+    assert len(cases) >= 8, [c.id for c in cases]
+    case = cases[0]
+    kv = case.inputs["kv"]
+    assert kv.dtype == np.uint8 and kv.shape[-1] == 656, (kv.dtype, kv.shape)
+    assert case.params["kv_cache"] == {"tiled": {"tile": 128, "scales": "pow2", "fp8": "e4m3fn"}}
+    # The dequantised rows: finite where a sequence holds a key, powers of two times e4m3fn values.
+    values = gqla.tiled_values(case)
+    k, _ = case.slot_kv()
+    indptr, indices = case.kv_slots()
+    live = k[indices, 0]
+    assert live.shape[-1] == 576 and np.isfinite(live).all(), live.shape
+    assert np.array_equal(values.reshape(-1, 576)[indices], live)
+    cert = gqla.certify(numpy_dense, FP8, ops=["gqla.decode.absorb"], filters=[c.id.split(";seed=")[0] for c in cases], seed=5)
+    statuses = {r["status"] for r in cert.report["results"]}
+    assert statuses == {"PASS"}, cert.summary()
+    # A kernel that forgets the scales is caught on every tiled case.
+    def no_scales(case):
+        saved = case.params["kv_cache"]["tiled"]
+        rec = case.inputs["kv"]
+        d_c, tiles = case.d_c, case.d_c // saved["tile"]
+        ones = np.ones(tiles, "<f4").view(np.uint8)
+        forged = rec.copy()
+        forged[..., d_c : d_c + 4 * tiles] = ones
+        case.inputs["kv"] = forged
+        try:
+            return numpy_dense(case)
+        finally:
+            case.inputs["kv"] = rec
+    cert = gqla.certify(no_scales, FP8, filters=TILED, seed=5)
+    assert all(r["status"] != "PASS" for r in cert.report["results"]), cert.summary()
+
+
 def test_filters_narrow_the_operations():
     cases = gqla.cases(PROFILE, ops=["gqa.decode"], filters=ONE)
     assert len(cases) == 1 and cases[0].id.startswith(ONE[0]), [c.id for c in cases]

@@ -255,6 +255,18 @@ impl TiledRecord {
         }
     }
 
+    /// Dequantize one record as FlashMLA's SM90 kernel does: the FP8 value (exact in bf16) times
+    /// the scale rounded to bf16, the product rounded to bf16. Exact for power-of-two scales.
+    pub fn read_bf16_scales(&self, record: &[u8], c: &mut [f32], k_rope: &mut [f32]) {
+        self.read_f32(record, c, k_rope);
+        for (t, tile) in c.chunks_mut(self.tile).enumerate() {
+            let s = bf16::from_f32(self.scale(record, t)).to_f32();
+            for (i, v) in tile.iter_mut().enumerate() {
+                *v = bf16::from_f32(self.fp8.decode(record[t * self.tile + i]) as f32 * s).to_f32();
+            }
+        }
+    }
+
     /// Fill a record a correct reader never reads with NaN in every field: the FP8 NaN code for
     /// each latent value, NaN scales, bf16 NaN RoPE values (all-ones bytes would be finite
     /// scales).
@@ -400,6 +412,7 @@ impl PerTensor {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use rand::{Rng, SeedableRng};
 
     /// The value of a code from the format's definition: sign, 4 exponent bits (bias 7 or 8),
     /// 3 mantissa bits, subnormals at the lowest exponent; the NaN codes as None.
@@ -642,6 +655,30 @@ mod tests {
         assert!((pt.read(pt.write(x)) - x as f64).abs() <= 0.5 * 0.37 * (1.0 + 1e-6));
         for bad in [0.0f32, -1.0, f32::NAN, f32::INFINITY] {
             assert!(PerTensor::new(Fp8::E4m3fnuz, bad).is_err(), "{bad}");
+        }
+    }
+
+    /// The bf16-scale reader (FlashMLA SM90): fp8 × bf16(s) rounded to bf16, which is the f32
+    /// reader's value wherever s is a power of two.
+    #[test]
+    fn the_bf16_scale_reader_rounds_the_scale_and_the_product() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        for rule in [ScaleRule::Pow2, ScaleRule::Amax] {
+            let r = TiledRecord::new(64, 16, 8, Fp8::E4m3fn, rule).unwrap();
+            let c: Vec<f32> = (0..64).map(|i| rng.random_range(-3.0f32..3.0) * (1 + i / 16) as f32).collect();
+            let k: Vec<bf16> = (0..8).map(|_| bf16::from_f32(rng.random_range(-1.0f32..1.0))).collect();
+            let mut rec = vec![0u8; r.bytes()];
+            r.write(&c, &k, &mut rec);
+            let (mut a, mut ka, mut b, mut kb) = (vec![0f32; 64], vec![0f32; 8], vec![0f32; 64], vec![0f32; 8]);
+            r.read_f32(&rec, &mut a, &mut ka);
+            r.read_bf16_scales(&rec, &mut b, &mut kb);
+            assert_eq!(ka, kb);
+            for i in 0..64 {
+                let s = bf16::from_f32(r.scale(&rec, i / 16)).to_f32();
+                let want = bf16::from_f32(Fp8::E4m3fn.decode(rec[i]) as f32 * s).to_f32();
+                assert_eq!(b[i].to_bits(), want.to_bits(), "{rule:?} {i}");
+            }
+            assert_eq!(a == b, rule == ScaleRule::Pow2, "{rule:?}");
         }
     }
 }

@@ -72,10 +72,21 @@ pub enum Bug {
     /// Gaming: computes each output shape once, then leaves the output buffer untouched for later
     /// cases of the same shape (as if it still held the previous case's answer).
     StaleOutput,
+    /// FP8 tiled cache: the latent read without its scale (x = fp8).
+    Fp8ScaleIgnored,
+    /// FP8 tiled cache: each scale truncated to the power of two below it, 2^floor(log2 s), as a
+    /// reader that only takes E8M0 scales does with an arbitrary-scale cache.
+    Fp8ScaleTruncatedToPow2,
+    /// FP8 tiled cache: the RoPE key's bytes read as FP8 under the last tile's scale, as if the
+    /// whole record were quantized.
+    Fp8RopeReadAsFp8,
+    /// FP8 tiled cache: the last value of each tile scaled by the next tile's scale (a scale
+    /// index off by one at the tile boundary).
+    Fp8ScaleIndexOffByOne,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 26] = [
+    pub const ALL: [Bug; 30] = [
         Bug::ScaleFromKeyWidth,
         Bug::RopeTermDropped,
         Bug::GroupMapping,
@@ -102,7 +113,20 @@ impl Bug {
         Bug::LookupTable,
         Bug::WritesInputs,
         Bug::StaleOutput,
+        Bug::Fp8ScaleIgnored,
+        Bug::Fp8ScaleTruncatedToPow2,
+        Bug::Fp8RopeReadAsFp8,
+        Bug::Fp8ScaleIndexOffByOne,
     ];
+
+    /// Whether the bug lies in reading an FP8 cache, so that only FP8 cases can show it (the
+    /// mutation catalogue runs it on those alone: elsewhere it is the correct kernel).
+    pub fn reads_fp8(self) -> bool {
+        matches!(
+            self,
+            Bug::Fp8ScaleIgnored | Bug::Fp8ScaleTruncatedToPow2 | Bug::Fp8RopeReadAsFp8 | Bug::Fp8ScaleIndexOffByOne
+        )
+    }
 }
 
 /// The kernel; `bug: None` is the correct one.
@@ -148,23 +172,54 @@ struct QueryRow<'a> {
     q: &'a [f32],
 }
 
-/// A tiled FP8 record dequantised on load, as a GPU kernel does: each e4m3fn byte through a
-/// 256-entry table, times its tile's f32 scale in f32; the RoPE key widened from bf16.
-fn dequantize(record: &TiledRecord, bytes: &[u8]) -> Vec<f32> {
+/// The e4m3fn values of every byte (NaN for 0x7f and 0xff).
+fn e4m3fn_table() -> &'static [f32; 256] {
     static E4M3FN: OnceLock<[f32; 256]> = OnceLock::new();
-    let table = E4M3FN.get_or_init(|| std::array::from_fn(|b| Fp8::E4m3fn.decode(b as u8) as f32));
-    assert_eq!(record.fp8(), Fp8::E4m3fn, "tiled records are e4m3fn");
-    let mut row = Vec::with_capacity(record.d_c() + record.d_r());
-    for t in 0..record.tiles() {
-        let s = record.scale(bytes, t);
-        row.extend(bytes[t * record.tile()..(t + 1) * record.tile()].iter().map(|&q| table[q as usize] * s));
+    E4M3FN.get_or_init(|| std::array::from_fn(|b| Fp8::E4m3fn.decode(b as u8) as f32))
+}
+
+impl FlashCpu {
+    /// A tiled FP8 record dequantised on load, as a GPU kernel does: each e4m3fn byte through a
+    /// 256-entry table, times its tile's f32 scale in f32; the RoPE key widened from bf16.
+    fn dequantize(&self, record: &TiledRecord, bytes: &[u8]) -> Vec<f32> {
+        let table = e4m3fn_table();
+        assert_eq!(record.fp8(), Fp8::E4m3fn, "tiled records are e4m3fn");
+        let tiles = record.tiles();
+        let scale = |t: usize| {
+            let s = record.scale(bytes, t);
+            if self.has(Bug::Fp8ScaleIgnored) {
+                1.0
+            } else if self.has(Bug::Fp8ScaleTruncatedToPow2) {
+                f32::from_bits(s.to_bits() & 0xff80_0000)
+            } else {
+                s
+            }
+        };
+        let mut row = Vec::with_capacity(record.d_c() + record.d_r());
+        for t in 0..tiles {
+            let s = scale(t);
+            row.extend(
+                bytes[t * record.tile()..(t + 1) * record.tile()]
+                    .iter()
+                    .map(|&q| table[q as usize] * s),
+            );
+            if self.has(Bug::Fp8ScaleIndexOffByOne) && t + 1 < tiles {
+                let last = (t + 1) * record.tile() - 1;
+                row[last] = table[bytes[last] as usize] * scale(t + 1);
+            }
+        }
+        let rope = &bytes[record.rope_offset()..record.bytes()];
+        if self.has(Bug::Fp8RopeReadAsFp8) {
+            let s = scale(tiles - 1);
+            row.extend(rope[..record.d_r()].iter().map(|&q| table[q as usize] * s));
+        } else {
+            row.extend(
+                rope.chunks_exact(2)
+                    .map(|h| half::bf16::from_bits(u16::from_le_bytes([h[0], h[1]])).to_f32()),
+            );
+        }
+        row
     }
-    row.extend(
-        bytes[record.rope_offset()..record.bytes()]
-            .chunks_exact(2)
-            .map(|h| half::bf16::from_bits(u16::from_le_bytes([h[0], h[1]])).to_f32()),
-    );
-    row
 }
 
 /// One chunk's online-softmax state.
@@ -191,7 +246,7 @@ impl FlashCpu {
             DecodeOp::Absorb => {
                 let row = match cache.record(TensorName::Kv, b, t) {
                     None => std::borrow::Cow::Borrowed(cache.row(TensorName::Kv, b, t)),
-                    Some((record, bytes)) => std::borrow::Cow::Owned(dequantize(record, bytes)),
+                    Some((record, bytes)) => std::borrow::Cow::Owned(self.dequantize(record, bytes)),
                 };
                 let mut k = row.to_vec();
                 if self.has(Bug::RopeTermDropped) {

@@ -4,7 +4,8 @@
 
 use crate::case::{float_dtype, PyCase};
 use crate::{parse_profile, selection};
-use gqla_conformance::pack::{certify_pack as certify, export, read_manifest, PackRun};
+use gqla_conformance::inputs::CaseInputs;
+use gqla_conformance::pack::{certify_pack as certify, export, inputs_file, read_manifest, sha256_hex, PackRun};
 use gqla_conformance::Profile;
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
@@ -74,6 +75,22 @@ pub fn pack_cases(pack: PathBuf, profile: &str) -> PyResult<Vec<PackEntry>> {
                 )));
             }
             let excluded = profile.excludes(&case).map(|w| w.to_string());
+            // The kernel runs on inputs this package draws from the id: they must be the ones the
+            // pack holds (a package of another build draws others, and its outputs would be
+            // judged against the pack's).
+            if excluded.is_none() {
+                let drawn = sha256_hex(&inputs_file(&CaseInputs::generate(&case)));
+                if drawn != pc.inputs_sha256 {
+                    return Err(refused(format!(
+                        "{}: case `{}`: this gqla package (suite {}) draws inputs with SHA-256 {drawn}, but the pack \
+                         lists {}: the pack was exported by another build; export it again with this one",
+                        pack.display(),
+                        pc.id,
+                        gqla_conformance::lattice::SUITE_VERSION,
+                        pc.inputs_sha256
+                    )));
+                }
+            }
             Ok((PyCase::new(case, profile.clone()), pc.outputs, excluded))
         })
         .collect()

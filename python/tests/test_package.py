@@ -472,6 +472,17 @@ def test_packs_from_python():
             assert "drawn for another profile" in str(e), e
         else:
             raise AssertionError("a pack for another profile was run")
+        # A pack whose inputs this package would not draw (another build exported it) is refused
+        # before the kernel runs on other inputs than the pack's.
+        forged = dict(manifest)
+        forged["cases"] = [dict(c, inputs_sha256="0" * 64) if i == 0 else c for i, c in enumerate(manifest["cases"])]
+        json.dump(forged, open(os.path.join(pack, "manifest.json"), "w"))
+        try:
+            gqla.run_pack(numpy_gqa_decode, pack, os.path.join(tmp, "other"), profile)
+        except ValueError as e:
+            assert "draws inputs with SHA-256" in str(e) and "another build" in str(e), e
+        else:
+            raise AssertionError("a pack of another build was run")
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ pub use gqla_reference::DType;
 
 pub use gqla_reference::GroupCacheLayout;
 
-pub use gqla_reference::fp8::ScaleRule;
+pub use gqla_reference::fp8::{Fp8, ScaleRule};
 
 /// How a decode's KV cache is stored (`kv=` in ids; absent for [`KvFormat::Native`], so that the
 /// ids of native cases never changed).
@@ -103,6 +103,10 @@ pub enum KvFormat {
     /// values, one f32 scale per `tile` of them, then the RoPE key in bf16, unquantized.
     /// FlashMLA's `ds_mla_656` is d_c = 512, tile = 128, d_r = 64, `scales` pow2.
     Tiled { tile: usize, scales: ScaleRule },
+    /// Per-tensor FP8 (vLLM `kv_cache_dtype=fp8`, FlashInfer's trtllm MLA): every cache value in
+    /// `fp8` against one f32 scale, `k_scale` for keys (the absorb path's whole row [c; k^R])
+    /// and `v_scale` for the GQA path's values (0 on the absorb path); scales as f32 bits.
+    PerTensor { fp8: Fp8, k_scale: u32, v_scale: u32 },
 }
 
 impl KvFormat {
@@ -111,6 +115,14 @@ impl KvFormat {
         match self {
             KvFormat::Native => KvFormatKind::Native,
             KvFormat::Tiled { .. } => KvFormatKind::Tiled,
+            KvFormat::PerTensor { .. } => KvFormatKind::PerTensor,
+        }
+    }
+    /// A per-tensor cache's flavour and scales (k, v) as f32.
+    pub fn per_tensor(self) -> Option<(Fp8, f32, f32)> {
+        match self {
+            KvFormat::PerTensor { fp8, k_scale, v_scale } => Some((fp8, f32::from_bits(k_scale), f32::from_bits(v_scale))),
+            _ => None,
         }
     }
 }
@@ -121,6 +133,7 @@ impl KvFormat {
 pub enum KvFormatKind {
     Native,
     Tiled,
+    PerTensor,
 }
 
 impl KvFormatKind {
@@ -128,6 +141,7 @@ impl KvFormatKind {
         match self {
             KvFormatKind::Native => "native",
             KvFormatKind::Tiled => "tiled",
+            KvFormatKind::PerTensor => "per_tensor",
         }
     }
 }
@@ -143,13 +157,27 @@ impl<'de> Deserialize<'de> for KvFormat {
             fp8: String,
         }
         #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct PerTensor {
+            fp8: Fp8,
+            k_scale: f32,
+            #[serde(default)]
+            v_scale: Option<f32>,
+        }
+        #[derive(Deserialize)]
         #[serde(rename_all = "snake_case", deny_unknown_fields)]
         enum Repr {
             Native,
             Tiled(Tiled),
+            PerTensor(PerTensor),
         }
         match Repr::deserialize(d)? {
             Repr::Native => Ok(KvFormat::Native),
+            Repr::PerTensor(p) => Ok(KvFormat::PerTensor {
+                fp8: p.fp8,
+                k_scale: p.k_scale.to_bits(),
+                v_scale: p.v_scale.map_or(0, f32::to_bits),
+            }),
             Repr::Tiled(t) => {
                 if t.fp8 != "e4m3fn" {
                     return Err(D::Error::custom(format!("tiled records are e4m3fn, not `{}`", t.fp8)));
@@ -174,6 +202,16 @@ impl Serialize for KvFormat {
                     "tiled",
                     &serde_json::json!({"tile": tile, "scales": scales.name(), "fp8": "e4m3fn"}),
                 )?;
+                m.end()
+            }
+            KvFormat::PerTensor { fp8, k_scale, v_scale } => {
+                use serde::ser::SerializeMap;
+                let mut fields = serde_json::json!({"fp8": fp8.name(), "k_scale": f32::from_bits(*k_scale)});
+                if *v_scale != 0 {
+                    fields["v_scale"] = serde_json::json!(f32::from_bits(*v_scale));
+                }
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("per_tensor", &fields)?;
                 m.end()
             }
         }
@@ -445,6 +483,7 @@ impl Case {
                 gqla_reference::fp8::TiledRecord::new(self.dc(), tile, self.dr(), gqla_reference::fp8::Fp8::E4m3fn, scales)
                     .expect("validated at construction"),
             ),
+            KvFormat::PerTensor { .. } => None,
         }
     }
     /// The softmax scale override as f32 bits; None = the default.
@@ -622,6 +661,19 @@ impl CaseSpec {
             need(self.dtype == DType::Bf16, "dtype=bf16 with kv=tiled (bf16 queries and outputs)")?;
             need(tile > 0 && self.dc.is_multiple_of(tile), "a tile that divides dc")?;
         }
+        if let KvFormat::PerTensor { k_scale, v_scale, .. } = self.kv {
+            need(
+                matches!(self.op, Op::DecodeAbsorb | Op::DecodeGqa),
+                "a per-tensor FP8 cache (kv=fp8) on gqla.decode.absorb or gqla.decode.gqa",
+            )?;
+            need(self.dtype == DType::Bf16, "dtype=bf16 with kv=fp8 (bf16 queries and outputs)")?;
+            let positive = |bits: u32| f32::from_bits(bits).is_finite() && f32::from_bits(bits) > 0.0;
+            need(positive(k_scale), "a finite positive kscale")?;
+            match self.op {
+                Op::DecodeAbsorb => need(v_scale == 0, "no vscale on gqla.decode.absorb (its values are the keys' latent)")?,
+                _ => need(positive(v_scale), "a finite positive vscale")?,
+            }
+        }
         match self.op {
             Op::DecodeAbsorb => need(self.h > 0 && self.dc > 0 && self.dn > 0 && self.sq > 0, "h, dc, dn, sq > 0")?,
             Op::DecodeGqa => {
@@ -674,8 +726,15 @@ impl CaseSpec {
             None => write!(f, ";page=none")?,
         }
         write!(f, ";dtype={}", self.dtype.name())?;
-        if let KvFormat::Tiled { tile, scales } = self.kv {
-            write!(f, ";kv=tiled;tile={tile};scales={}", scales.name())?;
+        match self.kv {
+            KvFormat::Native => {}
+            KvFormat::Tiled { tile, scales } => write!(f, ";kv=tiled;tile={tile};scales={}", scales.name())?,
+            KvFormat::PerTensor { fp8, k_scale, v_scale } => {
+                write!(f, ";kv=fp8;fp8={};kscale={}", fp8.name(), f32::from_bits(k_scale))?;
+                if v_scale != 0 {
+                    write!(f, ";vscale={}", f32::from_bits(v_scale))?;
+                }
+            }
         }
         if let Some(s) = self.splits {
             write!(f, ";splits={s}")?;
@@ -728,8 +787,9 @@ impl FromStr for Case {
             poison: Poison::Nan,
             seed: 0,
         };
-        // kv=tiled's parameters, gathered and checked once every key is read.
-        let (mut tiled, mut tile, mut scales) = (false, None, None);
+        // kv='s parameters, gathered and checked once every key is read.
+        let (mut format, mut tile, mut scales) = (None, None, None);
+        let (mut fp8, mut k_scale, mut v_scale) = (None, None, None);
         let mut seen: Vec<&str> = Vec::new();
         for kv in params.split(';') {
             let (k, v) = kv.split_once('=').ok_or_else(|| bad(format!("`{kv}` is not key=value")))?;
@@ -786,20 +846,41 @@ impl FromStr for Case {
                     }
                 }
                 "kv" => match v {
-                    "tiled" => tiled = true,
-                    _ => return Err(bad(format!("kv must be tiled (absent: the case dtype), got `{v}`"))),
+                    "tiled" | "fp8" => format = Some(v),
+                    _ => return Err(bad(format!("kv must be tiled or fp8 (absent: the case dtype), got `{v}`"))),
                 },
+                "fp8" => fp8 = Some(Fp8::from_name(v).ok_or_else(|| bad(format!("fp8 must be e4m3fn or e4m3fnuz, got `{v}`")))?),
+                "kscale" | "vscale" => {
+                    let x = v.parse::<f32>().map_err(|_| bad(format!("`{k}` needs a number, got `{v}`")))?;
+                    *(if k == "kscale" { &mut k_scale } else { &mut v_scale }) = Some(x.to_bits());
+                }
                 "tile" => tile = Some(num(v)?),
                 "scales" => scales = Some(ScaleRule::from_name(v).ok_or_else(|| bad(format!("scales must be pow2 or amax, got `{v}`")))?),
                 "seed" => c.seed = v.parse().map_err(|_| bad(format!("seed needs a number, got `{v}`")))?,
                 _ => return Err(bad(format!("unknown key `{k}`"))),
             }
         }
-        c.kv = match (tiled, tile, scales) {
-            (false, None, None) => KvFormat::Native,
-            (true, Some(tile), Some(scales)) => KvFormat::Tiled { tile, scales },
-            (true, _, _) => return Err(bad("kv=tiled needs tile=N and scales=pow2|amax".into())),
-            (false, _, _) => return Err(bad("tile and scales belong to kv=tiled".into())),
+        let tiled_keys = tile.is_some() || scales.is_some();
+        let fp8_keys = fp8.is_some() || k_scale.is_some() || v_scale.is_some();
+        c.kv = match format {
+            None if !tiled_keys && !fp8_keys => KvFormat::Native,
+            Some("tiled") if !fp8_keys => match (tile, scales) {
+                (Some(tile), Some(scales)) => KvFormat::Tiled { tile, scales },
+                _ => return Err(bad("kv=tiled needs tile=N and scales=pow2|amax".into())),
+            },
+            Some("fp8") if !tiled_keys => match (fp8, k_scale) {
+                (Some(fp8), Some(k_scale)) => KvFormat::PerTensor {
+                    fp8,
+                    k_scale,
+                    v_scale: v_scale.unwrap_or(0),
+                },
+                _ => return Err(bad("kv=fp8 needs fp8=e4m3fn|e4m3fnuz and kscale=S (and vscale=S on gqla.decode.gqa)".into())),
+            },
+            _ => {
+                return Err(bad(
+                    "tile and scales belong to kv=tiled; fp8, kscale and vscale to kv=fp8".into(),
+                ))
+            }
         };
         let c = c.build().map_err(bad)?;
         // One spelling per case: the id must be the canonical one, so that a manifest cannot list
@@ -854,7 +935,8 @@ mod tests {
             (id.replace("kv=tiled;", ""), "belong to kv=tiled"),
             (id.replace("tile=128;", ""), "needs tile=N and scales"),
             (id.replace("scales=pow2", "scales=e8m0"), "scales must be pow2 or amax"),
-            (id.replace("kv=tiled", "kv=fp8"), "kv must be tiled"),
+            (id.replace("kv=tiled", "kv=fp16"), "kv must be tiled or fp8"),
+            (id.replace("kv=tiled", "kv=fp8"), "belong to kv=tiled"),
             (id.replace(";kv=tiled;tile=128;scales=pow2", "").replace("dtype=bf16", "kv=tiled;tile=128;scales=pow2;dtype=bf16"), "canonical"),
             (
                 "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=once;sq=1;ctx=65;page=64;dtype=bf16;kv=tiled;tile=128;scales=pow2;seed=1".into(),
@@ -874,5 +956,40 @@ mod tests {
         );
         let fnuz = serde_json::json!({"tiled": {"tile": 128, "scales": "pow2", "fp8": "e4m3fnuz"}});
         assert!(serde_json::from_value::<super::KvFormat>(fnuz).is_err());
+    }
+
+    /// `kv=fp8` ids: per-tensor scales as f32 (written as Rust prints them, read back to the same
+    /// bits), the flavour named, vscale only on the GQA path; nonsense refused.
+    #[test]
+    fn per_tensor_cache_ids_round_trip_and_refuse_nonsense() {
+        let gqa = "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=once;sq=1;ctx=65,31;page=64;dtype=bf16;kv=fp8;fp8=e4m3fnuz;kscale=0.37;vscale=3.1;seed=2";
+        let case: super::Case = gqa.parse().unwrap();
+        assert_eq!(case.to_string(), gqa);
+        assert_eq!(case.kv().per_tensor(), Some((super::Fp8::E4m3fnuz, 0.37, 3.1)));
+        let json = serde_json::to_value(case.kv()).unwrap();
+        assert_eq!(json["per_tensor"]["fp8"], "e4m3fnuz");
+        assert_eq!(serde_json::from_value::<super::KvFormat>(json).unwrap(), case.kv());
+        let absorb = "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=1;ctx=65;page=64;dtype=bf16;kv=fp8;fp8=e4m3fn;kscale=0.005;seed=2";
+        let a: super::Case = absorb.parse().unwrap();
+        assert_eq!(serde_json::to_value(a.kv()).unwrap(), serde_json::json!({"per_tensor": {"fp8": "e4m3fn", "k_scale": 0.005f32}}));
+        for (bad, why) in [
+            (gqa.replace(";vscale=3.1", ""), "a finite positive vscale"),
+            (gqa.replace("kscale=0.37", "kscale=0"), "a finite positive kscale"),
+            (gqa.replace("kscale=0.37", "kscale=-1"), "a finite positive kscale"),
+            (gqa.replace("kscale=0.37", "kscale=NaN"), "a finite positive kscale"),
+            (gqa.replace("kscale=0.37", "kscale=inf"), "a finite positive kscale"),
+            (gqa.replace("e4m3fnuz", "e5m2"), "fp8 must be e4m3fn or e4m3fnuz"),
+            (gqa.replace(";fp8=e4m3fnuz", ""), "kv=fp8 needs fp8="),
+            (gqa.replace("dtype=bf16", "dtype=f16"), "dtype=bf16 with kv=fp8"),
+            (gqa.replace(";kv=fp8", ""), "vscale to kv=fp8"),
+            (absorb.replace("seed=2", "vscale=1;seed=2"), "no vscale on gqla.decode.absorb"),
+            (
+                "gqa.decode:h=32;g=8;d=128;dv=128;sq=1;ctx=65;page=64;dtype=bf16;kv=fp8;fp8=e4m3fn;kscale=1;vscale=1;seed=1".into(),
+                "on gqla.decode.absorb or gqla.decode.gqa",
+            ),
+        ] {
+            let e = bad.parse::<super::Case>().unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 }

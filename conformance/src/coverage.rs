@@ -20,8 +20,9 @@
 //! | requested split counts, where honoured | yes | - | a `splits=N` case |
 //! | each declared FP8 cache format | gqla.decode.absorb | - | a case in that format (`kv=tiled`) |
 //! | arbitrary FP8 scales, where read | gqla.decode.absorb | - | `kv=tiled;scales=amax` |
+//! | per-tensor FP8, each declared flavour | gqla.decode.absorb, gqla.decode.gqa | - | `kv=fp8;fp8=F` |
 
-use crate::case::{Case, DType, KvFormat, KvFormatKind, Logits, Op, OpKind, ScaleRule};
+use crate::case::{Case, DType, Fp8, KvFormat, KvFormatKind, Logits, Op, OpKind, ScaleRule};
 use crate::profile::ScaleRead;
 use crate::profile::{PageSizes, PageSizesName, Profile, SplitCounts};
 use serde::Serialize;
@@ -48,6 +49,8 @@ pub enum CoreAxis {
     Kv(KvFormatKind),
     /// A tiled cache whose scales are not powers of two.
     ArbitraryScales,
+    /// A per-tensor FP8 cache of this element type.
+    Flavour(Fp8),
 }
 
 impl CoreAxis {
@@ -64,6 +67,7 @@ impl CoreAxis {
             CoreAxis::LargeLogits => case.logits() == Logits::Large,
             CoreAxis::Splits => case.splits().is_some(),
             CoreAxis::Kv(k) => case.kv().kind() == k,
+            CoreAxis::Flavour(f) => case.kv().per_tensor().is_some_and(|(g, _, _)| g == f),
             CoreAxis::ArbitraryScales => matches!(
                 case.kv(),
                 KvFormat::Tiled {
@@ -89,6 +93,7 @@ impl fmt::Display for CoreAxis {
             CoreAxis::Splits => f.write_str("requested split counts"),
             CoreAxis::Kv(k) => write!(f, "a {} FP8 cache", k.name()),
             CoreAxis::ArbitraryScales => f.write_str("FP8 scales that are not powers of two"),
+            CoreAxis::Flavour(fp8) => write!(f, "a per-tensor {} cache", fp8.name()),
         }
     }
 }
@@ -115,10 +120,19 @@ pub fn core(op: Op, profile: &Profile) -> Vec<CoreAxis> {
             if profile.split_counts == SplitCounts::Honoured {
                 axes.push(CoreAxis::Splits);
             }
-            if let Some(fp8) = profile.fp8.as_ref().filter(|_| op == Op::DecodeAbsorb) {
-                axes.extend(fp8.formats.iter().map(|&k| CoreAxis::Kv(k)));
-                if fp8.scale_read != ScaleRead::Pow2 {
-                    axes.push(CoreAxis::ArbitraryScales);
+            if let Some(fp8) = &profile.fp8 {
+                let per_tensor = fp8.formats.contains(&KvFormatKind::PerTensor);
+                if op == Op::DecodeAbsorb {
+                    axes.extend(fp8.formats.iter().map(|&k| CoreAxis::Kv(k)));
+                    if fp8.formats.contains(&KvFormatKind::Tiled) && fp8.scale_read != ScaleRead::Pow2 {
+                        axes.push(CoreAxis::ArbitraryScales);
+                    }
+                }
+                if op == Op::DecodeGqa && per_tensor {
+                    axes.push(CoreAxis::Kv(KvFormatKind::PerTensor));
+                }
+                if matches!(op, Op::DecodeAbsorb | Op::DecodeGqa) && per_tensor {
+                    axes.extend(fp8.flavours.iter().map(|&f| CoreAxis::Flavour(f)));
                 }
             }
         }
@@ -227,6 +241,17 @@ mod tests {
         assert!(!none.iter().any(|a| matches!(a, CoreAxis::Kv(_) | CoreAxis::ArbitraryScales)));
         let native: Vec<Case> = suite_cases().into_iter().filter(|c| c.kv() == KvFormat::Native).collect();
         let miss = missing(Op::DecodeAbsorb, &everything, &native);
-        assert_eq!(miss, vec![CoreAxis::Kv(KvFormatKind::Tiled), CoreAxis::ArbitraryScales]);
+        assert_eq!(
+            miss,
+            vec![
+                CoreAxis::Kv(KvFormatKind::Tiled),
+                CoreAxis::Kv(KvFormatKind::PerTensor),
+                CoreAxis::ArbitraryScales,
+                CoreAxis::Flavour(Fp8::E4m3fn),
+                CoreAxis::Flavour(Fp8::E4m3fnuz)
+            ]
+        );
+        let gqa: Vec<CoreAxis> = core(Op::DecodeGqa, &everything).into_iter().filter(|a| !a.met_by(&native[0])).collect();
+        assert!(gqa.contains(&CoreAxis::Kv(KvFormatKind::PerTensor)) && !gqa.contains(&CoreAxis::Kv(KvFormatKind::Tiled)));
     }
 }

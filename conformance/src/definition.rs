@@ -41,10 +41,12 @@ pub enum Presence {
     Paged,
     /// Only when the case requests a split count.
     SplitsRequested,
-    /// The cache in the case dtype (no `kv=` in the id).
-    KvNative,
+    /// The cache one element per value: the case dtype, or per-tensor FP8 bytes (not `kv=tiled`).
+    KvElements,
     /// The cache in FP8 tiled records (`kv=tiled`).
     KvTiled,
+    /// The cache in per-tensor FP8 (`kv=fp8`).
+    KvPerTensor,
 }
 
 impl Presence {
@@ -55,8 +57,9 @@ impl Presence {
             Presence::RopePerGroup => case.layout() == GroupCacheLayout::RopePerGroup,
             Presence::Paged => case.page().is_some(),
             Presence::SplitsRequested => case.splits().is_some(),
-            Presence::KvNative => case.kv() == KvFormat::Native,
+            Presence::KvElements => !matches!(case.kv(), KvFormat::Tiled { .. }),
             Presence::KvTiled => matches!(case.kv(), KvFormat::Tiled { .. }),
+            Presence::KvPerTensor => matches!(case.kv(), KvFormat::PerTensor { .. }),
         }
     }
 }
@@ -78,12 +81,14 @@ pub enum TensorName {
     BlockTable,
     Scale,
     NumSplits,
+    KScale,
+    VScale,
     Out,
     Lse,
 }
 
 impl TensorName {
-    pub const ALL: [TensorName; 14] = [
+    pub const ALL: [TensorName; 16] = [
         TensorName::Q,
         TensorName::Kv,
         TensorName::KNope,
@@ -96,6 +101,8 @@ impl TensorName {
         TensorName::BlockTable,
         TensorName::Scale,
         TensorName::NumSplits,
+        TensorName::KScale,
+        TensorName::VScale,
         TensorName::Out,
         TensorName::Lse,
     ];
@@ -113,6 +120,8 @@ impl TensorName {
             TensorName::BlockTable => "block_table",
             TensorName::Scale => "scale",
             TensorName::NumSplits => "num_splits",
+            TensorName::KScale => "k_scale",
+            TensorName::VScale => "v_scale",
             TensorName::Out => "out",
             TensorName::Lse => "lse",
         }
@@ -155,6 +164,9 @@ pub enum DtypeRule {
     I32,
     /// Raw bytes (an FP8 cache record, laid out as its convention says).
     U8,
+    /// A cache: the case dtype, or u8 FP8 bytes (e4m3fn or e4m3fnuz, as the id's `fp8=` says)
+    /// with `kv=fp8`, each value x stored as fp8(clamp(x / scale, ±max)).
+    Cache,
 }
 
 /// What a cache tensor holds where a correct kernel never reads.
@@ -189,6 +201,10 @@ impl TensorSpec {
         TensorSpec {
             kind: TensorKind::Cache,
             poison: CACHE_POISON,
+            dtype: match self.dtype {
+                DtypeRule::Case => DtypeRule::Cache,
+                d => d,
+            },
             ..self
         }
     }
@@ -301,13 +317,19 @@ const DECODE_CONVENTIONS: [&str; 8] = [
 ];
 
 /// gqla.decode.absorb with `kv=tiled` (FlashMLA's ds_mla_656 layout, any tile that divides d_c).
-const TILED_CONVENTIONS: [&str; 5] = [
+const TILED_CONVENTIONS: [&str; 6] = [
     "kv=tiled (gqla.decode.absorb, dtype=bf16): the cache is u8 records of tiled_record bytes per token, the token stride exactly tiled_record bytes; q and out stay bf16",
     "kv=tiled: the dequantised cache c_i = e4m3fn(byte_i) × s_(i / tile) and k^R (bf16) are the cache values; the reference decodes them exactly (SPEC.md F1), so a kernel is judged on its attention, not on the quantisation it was handed",
     "kv=tiled;scales=pow2: every scale is a power of two, 2^ceil(log2(max(amax / 448, 1e-4))) (FlashMLA's quantizer); scales=amax: max(amax / 448, 1e-4) in f32, any value, which a reader multiplies as declared in its profile (fp8.scale_read)",
     "kv=tiled;poison=garbage: the twin's records hold the NaN twin's latent values negated (sign bits flipped, scales equal) and its q's first d_c columns negated",
     "kv=tiled: the latent of tile t is drawn at magnitude 1/4 (even t) or 2 (odd t), so neighbouring tiles have different scales",
+    "kv=fp8;fp8=F;kscale=S (gqla.decode.absorb, dtype=bf16): every cache value is one byte of F (e4m3fn, max 448; e4m3fnuz, max 240, NaN 0x80), x = fp8 × k_scale, written as fp8(clamp(x / k_scale, ±max)): values past the range saturate; poison is F's NaN byte",
 ];
+
+/// gqla.decode.gqa with `kv=fp8`.
+const GQA_FP8_CONVENTION: &str = "kv=fp8;fp8=F;kscale=S;vscale=T (gqla.decode.gqa, dtype=bf16): k_nope, k_rope (or k) and v are bytes of F, \
+     keys = fp8 × k_scale and values = fp8 × v_scale, written as fp8(clamp(x / scale, ±max)); the reference decodes the dequantised \
+     cache exactly (SPEC.md F4); poison is F's NaN byte";
 
 const DECODE_DTYPE_RULES: [&str; 3] = [
     "q, cache tensors and out share the case dtype (f32, bf16 or f16); accumulate in at least f32; a pack's out may be any float dtype",
@@ -392,7 +414,7 @@ fn decode_io(op: DecodeOp) -> (Vec<Axis>, Vec<TensorSpec>, Shape) {
                     "cache rows [c; k^R]; the value is the first d_c columns",
                 )
                 .cache()
-                .when(Presence::KvNative),
+                .when(Presence::KvElements),
                 TensorSpec {
                     poison: TILED_POISON,
                     ..tensor(
@@ -594,6 +616,30 @@ fn decode_definition(op: DecodeOp) -> Definition {
         DtypeRule::F32,
         "softmax scale",
     ));
+    if matches!(op, DecodeOp::Absorb | DecodeOp::Gqa) {
+        inputs.push(
+            tensor(
+                TensorName::KScale,
+                TensorKind::Scalar,
+                Shape::Dims(&[]),
+                DtypeRule::F32,
+                "kv=fp8: the keys' per-tensor scale (the absorb path's whole cache row): k = fp8 × k_scale",
+            )
+            .when(Presence::KvPerTensor),
+        );
+    }
+    if op == DecodeOp::Gqa {
+        inputs.push(
+            tensor(
+                TensorName::VScale,
+                TensorKind::Scalar,
+                Shape::Dims(&[]),
+                DtypeRule::F32,
+                "kv=fp8: the values' per-tensor scale: v = fp8 × v_scale",
+            )
+            .when(Presence::KvPerTensor),
+        );
+    }
     inputs.push(
         tensor(
             TensorName::NumSplits,
@@ -629,7 +675,8 @@ fn decode_definition(op: DecodeOp) -> Definition {
         dtype_rules: DECODE_DTYPE_RULES.to_vec(),
         conventions: match op {
             DecodeOp::Absorb => DECODE_CONVENTIONS.iter().chain(&TILED_CONVENTIONS).copied().collect(),
-            _ => DECODE_CONVENTIONS.to_vec(),
+            DecodeOp::Gqa => DECODE_CONVENTIONS.iter().chain(&[GQA_FP8_CONVENTION]).copied().collect(),
+            DecodeOp::PlainGqa => DECODE_CONVENTIONS.to_vec(),
         },
         reference: "gqla_reference::attention::attend_row in f64 (SPEC.md eqs. S, P, O), via gqla_conformance::reference::compute",
         id_grammar: ID_GRAMMAR,

@@ -9,7 +9,7 @@
 use crate::case::{Case, Logits, Op, Poison};
 use crate::definition::TensorName;
 use crate::profile::ScaleRead;
-use gqla_reference::fp8::TiledRecord;
+use gqla_reference::fp8::{Fp8, TiledRecord};
 use half::bf16;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -50,6 +50,8 @@ pub enum Storage {
     Values(Vec<f32>),
     /// One FP8 tiled record per slot, `record.bytes()` bytes each (`kv=tiled`).
     Tiled { record: TiledRecord, bytes: Vec<u8> },
+    /// One `fp8` byte per value, x = fp8 × `scale` (`kv=fp8`).
+    PerTensor { fp8: Fp8, scale: f32, bytes: Vec<u8> },
 }
 
 impl Component {
@@ -57,27 +59,41 @@ impl Component {
     pub fn values(&self) -> Option<&[f32]> {
         match &self.storage {
             Storage::Values(v) => Some(v),
-            Storage::Tiled { .. } => None,
+            _ => None,
         }
     }
     pub fn values_mut(&mut self) -> Option<&mut Vec<f32>> {
         match &mut self.storage {
             Storage::Values(v) => Some(v),
-            Storage::Tiled { .. } => None,
+            _ => None,
         }
     }
     /// The bytes of a component stored as FP8 records, with their format (None: values).
     pub fn records(&self) -> Option<(&TiledRecord, &[u8])> {
         match &self.storage {
             Storage::Tiled { record, bytes } => Some((record, bytes)),
+            _ => None,
+        }
+    }
+    /// The bytes of a per-tensor FP8 component, with its flavour and scale.
+    pub fn per_tensor(&self) -> Option<(Fp8, f32, &[u8])> {
+        match &self.storage {
+            Storage::PerTensor { fp8, scale, bytes } => Some((*fp8, *scale, bytes)),
+            _ => None,
+        }
+    }
+    /// The stored bytes of an FP8 component, tiled or per-tensor (None: values).
+    pub fn bytes(&self) -> Option<&[u8]> {
+        match &self.storage {
             Storage::Values(_) => None,
+            Storage::Tiled { bytes, .. } | Storage::PerTensor { bytes, .. } => Some(bytes),
         }
     }
     /// Elements stored (values or bytes).
     pub fn len(&self) -> usize {
         match &self.storage {
             Storage::Values(v) => v.len(),
-            Storage::Tiled { bytes, .. } => bytes.len(),
+            Storage::Tiled { bytes, .. } | Storage::PerTensor { bytes, .. } => bytes.len(),
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -119,7 +135,7 @@ impl KvCache {
         let s = self.slot(b, t);
         let values = c
             .values()
-            .unwrap_or_else(|| panic!("cache component `{name}` holds FP8 records, not values"));
+            .unwrap_or_else(|| panic!("cache component `{name}` holds FP8 bytes, not values"));
         &values[s * c.width..(s + 1) * c.width]
     }
     /// The FP8 record of component `name` for token t of sequence b, with its format (None: the
@@ -129,9 +145,19 @@ impl KvCache {
         let s = self.slot(b, t);
         c.records().map(|(r, bytes)| (r, &bytes[s * c.width..(s + 1) * c.width]))
     }
+    /// The per-tensor FP8 bytes of row (b, t) of component `name`, with their flavour and scale
+    /// (None: the component is not per-tensor FP8).
+    pub fn per_tensor_row(&self, name: TensorName, b: usize, t: usize) -> Option<(Fp8, f32, &[u8])> {
+        let c = self.component(name);
+        let s = self.slot(b, t);
+        c.per_tensor().map(|(fp8, scale, bytes)| (fp8, scale, &bytes[s * c.width..(s + 1) * c.width]))
+    }
     /// Columns `cols` of row (b, t) of component `name`, exactly, in f64: a record dequantised
     /// (SPEC.md F1), values as they are. The reference's only way into the cache.
     pub fn exact_values(&self, name: TensorName, b: usize, t: usize, cols: Range<usize>) -> Vec<f64> {
+        if let Some((fp8, scale, bytes)) = self.per_tensor_row(name, b, t) {
+            return bytes[cols].iter().map(|&q| fp8.decode(q) * scale as f64).collect();
+        }
         match self.record(name, b, t) {
             None => self.row(name, b, t)[cols].iter().map(|&x| x as f64).collect(),
             Some((r, bytes)) => {
@@ -146,6 +172,16 @@ impl KvCache {
     /// declares reads them: each FP8 value times its f32 scale, rounded to f32 (exact for
     /// power-of-two scales), or times its bf16-rounded scale, rounded to bf16.
     pub fn f32_values(&self, name: TensorName, b: usize, t: usize, cols: Range<usize>, read: ScaleRead) -> Cow<'_, [f32]> {
+        if let Some((fp8, scale, bytes)) = self.per_tensor_row(name, b, t) {
+            let values = bytes[cols].iter().map(|&q| fp8.decode(q) as f32);
+            return Cow::Owned(match read {
+                ScaleRead::Pow2 | ScaleRead::ArbitraryF32 => values.map(|x| x * scale).collect(),
+                ScaleRead::ArbitraryBf16 => {
+                    let s = bf16::from_f32(scale).to_f32();
+                    values.map(|x| bf16::from_f32(x * s).to_f32()).collect()
+                }
+            });
+        }
         match self.record(name, b, t) {
             None => Cow::Borrowed(&self.row(name, b, t)[cols]),
             Some((r, bytes)) => {
@@ -290,6 +326,21 @@ impl CaseInputs {
         let dtype = case.dtype();
         let record = case.tiled_record();
         for (name, width) in components(case) {
+            if let Some((fp8, k_scale, v_scale)) = case.kv().per_tensor() {
+                let scale = if name == TensorName::V { v_scale } else { k_scale };
+                let bytes = match case.poison() {
+                    Poison::Nan => vec![fp8.nan(); slots * width],
+                    Poison::Garbage => (0..slots * width)
+                        .map(|_| fp8.encode_clamped(dtype.round_f32(normal(&mut poison_rng)) / scale))
+                        .collect(),
+                };
+                cache.components.push(Component {
+                    name,
+                    width,
+                    storage: Storage::PerTensor { fp8, scale, bytes },
+                });
+                continue;
+            }
             let storage = match (record, case.poison()) {
                 (None, Poison::Nan) => Storage::Values(vec![f32::NAN; slots * width]),
                 (None, Poison::Garbage) => Storage::Values((0..slots * width).map(|_| dtype.round_f32(normal(&mut poison_rng))).collect()),
@@ -320,7 +371,7 @@ impl CaseInputs {
             // The values of a row, as drawn, with their gains: a record quantizes them, its
             // tiles drawn at alternating magnitudes (see `tile_gain`).
             let gains: Vec<f32> = match &cache.components[ci].storage {
-                Storage::Values(_) => vec![1.0; cache.components[ci].width],
+                Storage::Values(_) | Storage::PerTensor { .. } => vec![1.0; cache.components[ci].width],
                 Storage::Tiled { record, .. } => (0..record.d_c())
                     .map(|j| tile_gain(j / record.tile()))
                     .chain(std::iter::repeat_n(1.0, record.d_r()))
@@ -339,6 +390,10 @@ impl CaseInputs {
                     match &mut component.storage {
                         Storage::Values(data) => data[s * width..(s + 1) * width].copy_from_slice(&row),
                         Storage::Tiled { record, bytes } => write_record(record, &row, &mut bytes[s * width..(s + 1) * width]),
+                        Storage::PerTensor { fp8, scale, bytes } => bytes[s * width..(s + 1) * width]
+                            .iter_mut()
+                            .zip(&row)
+                            .for_each(|(q, x)| *q = fp8.encode_clamped(x / *scale)),
                     }
                 }
             }
@@ -409,6 +464,10 @@ impl CaseInputs {
                     && match (&a.storage, &b.storage) {
                         (Storage::Values(x), Storage::Values(y)) => floats(x, y),
                         (Storage::Tiled { record: r, bytes: x }, Storage::Tiled { record: s, bytes: y }) => r == s && x == y,
+                            (
+                                Storage::PerTensor { fp8: f, scale: s, bytes: x },
+                                Storage::PerTensor { fp8: g, scale: t, bytes: y },
+                            ) => f == g && s.to_bits() == t.to_bits() && x == y,
                         _ => false,
                     }
             })

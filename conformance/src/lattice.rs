@@ -17,7 +17,7 @@
 //! and its input digests). Any other suite seed S redraws every case from S, so that outputs
 //! learned from a published pack do not help.
 
-use crate::case::{Case, CaseSpec, DType, GroupCacheLayout, KvFormat, Logits, Op, Poison, ScaleRule};
+use crate::case::{Case, CaseSpec, DType, Fp8, GroupCacheLayout, KvFormat, Logits, Op, Poison, ScaleRule};
 
 pub const SUITE_VERSION: &str = "0.5";
 
@@ -183,7 +183,45 @@ pub fn suite_cases() -> Vec<Case> {
         f(&mut c);
         push(c);
     }
+    for op in [Op::DecodeAbsorb, Op::DecodeGqa] {
+        for f in per_tensor_variations(op) {
+            let mut c = base(op, 1);
+            f(&mut c);
+            push(c);
+        }
+    }
     out
+}
+
+/// A per-tensor FP8 cache (`kv=fp8`): the absorb path's one scale, or the GQA path's k and v
+/// scales (none on the absorb path).
+fn per_tensor(op: Op, fp8: Fp8, k_scale: f32, v_scale: f32) -> KvFormat {
+    KvFormat::PerTensor {
+        fp8,
+        k_scale: k_scale.to_bits(),
+        v_scale: if op == Op::DecodeAbsorb { 0 } else { v_scale.to_bits() },
+    }
+}
+
+/// Per-tensor FP8 around each path's base case: scales other than 1 (0.37 and 3.1, as vLLM's
+/// upstream tests at scale 1.0 would miss), a paged batch with padding rows (and the per-group
+/// rope layout), e4m3fnuz at s_q = 2, and scales far below amax / max, so that about one value
+/// in forty saturates.
+fn per_tensor_variations(op: Op) -> Vec<Variation> {
+    vec![
+        Box::new(move |c| c.kv = per_tensor(op, Fp8::E4m3fn, 0.37, 3.1)),
+        Box::new(move |c| {
+            c.kv = per_tensor(op, Fp8::E4m3fn, 0.37, 3.1);
+            c.ctx = vec![Some(0), Some(17), None, Some(1), Some(130)];
+            c.page = Some(16);
+            c.layout = GroupCacheLayout::RopePerGroup;
+        }),
+        Box::new(move |c| {
+            c.kv = per_tensor(op, Fp8::E4m3fnuz, 3.1, 0.37);
+            c.sq = 2;
+        }),
+        Box::new(move |c| c.kv = per_tensor(op, Fp8::E4m3fn, 0.005, 0.004)),
+    ]
 }
 
 /// FlashMLA's `ds_mla_656` on the base geometry (d_c = 512, d_r = 64): 128-wide tiles, power-of-two

@@ -13,7 +13,7 @@
 //! computes itself from the case id (and, for the published seed, to `mustpass/<version>.txt`);
 //! every file is read through [`crate::confined`].
 
-use crate::case::{Case, DType, GroupCacheLayout, KvFormat, Poison};
+use crate::case::{Case, DType, Fp8, GroupCacheLayout, KvFormat, Poison};
 use crate::confined;
 use crate::definition::{definition, DtypeRule, TensorKind, TensorName};
 use crate::inputs::{CaseInputs, Paging};
@@ -232,6 +232,7 @@ pub fn input_tensors(inp: &CaseInputs) -> Vec<(String, RawTensor)> {
     let axes = CaseAxes { case: c, layout };
     let lens: Vec<i32> = inp.cache.seq_lens.iter().map(|&l| l as i32).collect();
     let splits: Vec<i32> = c.splits().iter().map(|&n| n as i32).collect();
+    let (_, k_scale, v_scale) = c.kv().per_tensor().unwrap_or((Fp8::E4m3fn, 0.0, 0.0));
     definition(c.op())
         .inputs_for(c)
         .into_iter()
@@ -241,6 +242,8 @@ pub fn input_tensors(inp: &CaseInputs) -> Vec<(String, RawTensor)> {
                 (TensorKind::Cache, cache) => inp.cache.component(cache).values().unwrap_or(&[]),
                 (_, TensorName::Q) => &inp.q,
                 (_, TensorName::Scale) => std::slice::from_ref(&inp.scale),
+                (_, TensorName::KScale) => std::slice::from_ref(&k_scale),
+                (_, TensorName::VScale) => std::slice::from_ref(&v_scale),
                 (_, TensorName::WUkv) => &inp.w_ukv,
                 _ => &[],
             };
@@ -251,15 +254,18 @@ pub fn input_tensors(inp: &CaseInputs) -> Vec<(String, RawTensor)> {
                 _ => &[],
             };
             let n: usize = shape.iter().product();
+            let bytes = |shape| RawTensor {
+                dtype: StDtype::U8,
+                shape,
+                bytes: inp.cache.component(spec.name).bytes().map_or(vec![], |b| b.to_vec()),
+            };
             let t = match spec.dtype {
                 DtypeRule::Case => floats(c.dtype(), shape, floats_of),
+                DtypeRule::Cache if inp.cache.component(spec.name).bytes().is_some() => bytes(shape),
+                DtypeRule::Cache => floats(c.dtype(), shape, floats_of),
                 DtypeRule::F32 => floats(DType::F32, shape, floats_of),
                 DtypeRule::I32 => ints(shape, ints_of),
-                DtypeRule::U8 => RawTensor {
-                    dtype: StDtype::U8,
-                    shape,
-                    bytes: inp.cache.component(spec.name).records().map_or(vec![], |(_, b)| b.to_vec()),
-                },
+                DtypeRule::U8 => bytes(shape),
             };
             assert_eq!(
                 t.bytes.len(),
@@ -757,6 +763,8 @@ mod tests {
                         DtypeRule::F32 => "f32".into(),
                         DtypeRule::I32 => "i32".into(),
                         DtypeRule::U8 => "u8".into(),
+                        DtypeRule::Cache if case.kv().per_tensor().is_some() => "u8".into(),
+                        DtypeRule::Cache => dtype_name(gqla_files::tensors::safetensors_dtype(case.dtype())),
                     };
                     (t.name.as_str(), (dtype, t.rank()))
                 })

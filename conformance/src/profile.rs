@@ -28,7 +28,7 @@
 //! Shape axes (operations, dtypes, paging, s_q, rope layouts) select cases; conventions change
 //! how a selected case's outputs are judged, never whether the answer is right.
 
-use crate::case::{Case, DType, GroupCacheLayout, KvFormat, KvFormatKind, Op, ScaleRule};
+use crate::case::{Case, DType, Fp8, GroupCacheLayout, KvFormat, KvFormatKind, Op, ScaleRule};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -343,7 +343,8 @@ impl ScaleRead {
     }
 }
 
-/// The FP8 caches a kernel reads: `{"formats": ["tiled"], "tiles": [128], "scale_read": "pow2"}`.
+/// The FP8 caches a kernel reads: `{"formats": ["tiled", "per_tensor"], "tiles": [128],
+/// "flavours": ["e4m3fn"], "scale_read": "pow2"}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Fp8Caches {
@@ -352,7 +353,16 @@ pub struct Fp8Caches {
     /// Tile sizes a tiled reader takes (absent: any divisor of d_c).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tiles: Option<BTreeSet<usize>>,
+    /// The FP8 element types of a per-tensor cache (tiled records are e4m3fn).
+    #[serde(default = "Fp8Caches::e4m3fn")]
+    pub flavours: BTreeSet<Fp8>,
     pub scale_read: ScaleRead,
+}
+
+impl Fp8Caches {
+    fn e4m3fn() -> BTreeSet<Fp8> {
+        [Fp8::E4m3fn].into_iter().collect()
+    }
 }
 
 impl PageSizes {
@@ -450,6 +460,9 @@ pub enum Exclusion {
     KvFormat(KvFormatKind),
     Tile(usize),
     Scales(ScaleRule),
+    Flavour(Fp8),
+    /// A per-tensor scale that is not a power of two, for a reader of powers of two.
+    PerTensorScale,
 }
 
 impl Exclusion {
@@ -465,6 +478,8 @@ impl Exclusion {
             Exclusion::KvFormat(k) => format!("cache format {}", k.name()),
             Exclusion::Tile(t) => format!("FP8 tile size {t}"),
             Exclusion::Scales(r) => format!("FP8 scales written {} (fp8.scale_read)", r.name()),
+            Exclusion::Flavour(f) => format!("FP8 flavour {}", f.name()),
+            Exclusion::PerTensorScale => "per-tensor FP8 scales that are not powers of two (fp8.scale_read)".into(),
         }
     }
 }
@@ -507,8 +522,9 @@ impl Profile {
                 empty_row: ByDtype::All(EmptyLse::NegInf),
             }),
             fp8: Some(Fp8Caches {
-                formats: [KvFormatKind::Tiled].into_iter().collect(),
+                formats: [KvFormatKind::Tiled, KvFormatKind::PerTensor].into_iter().collect(),
                 tiles: None,
+                flavours: Fp8::ALL.into_iter().collect(),
                 scale_read: ScaleRead::ArbitraryF32,
             }),
         }
@@ -557,7 +573,10 @@ impl Profile {
         }
         if let Some(fp8) = &self.fp8 {
             if fp8.formats.is_empty() || fp8.formats.contains(&KvFormatKind::Native) {
-                return bad("fp8.formats", "list the FP8 cache formats read: [\"tiled\"]");
+                return bad("fp8.formats", "list the FP8 cache formats read: \"tiled\", \"per_tensor\" or both");
+            }
+            if fp8.flavours.is_empty() {
+                return bad("fp8.flavours", "list the FP8 element types read: [\"e4m3fn\"], [\"e4m3fnuz\"] or both");
             }
             if fp8.tiles.as_ref().is_some_and(|t| t.is_empty() || t.contains(&0)) {
                 return bad("fp8.tiles", "a list needs positive tile sizes (leave it out for any)");
@@ -642,6 +661,18 @@ impl Profile {
                 return Some(Exclusion::Scales(scales));
             }
         }
+        if let Some((flavour, k_scale, v_scale)) = case.kv().per_tensor() {
+            let Some(fp8) = self.fp8.as_ref().filter(|f| f.formats.contains(&KvFormatKind::PerTensor)) else {
+                return Some(Exclusion::KvFormat(KvFormatKind::PerTensor));
+            };
+            if !fp8.flavours.contains(&flavour) {
+                return Some(Exclusion::Flavour(flavour));
+            }
+            let pow2 = |s: f32| s == 0.0 || (s.is_normal() && s.to_bits() & 0x7f_ffff == 0);
+            if fp8.scale_read == ScaleRead::Pow2 && !(pow2(k_scale) && pow2(v_scale)) {
+                return Some(Exclusion::PerTensorScale);
+            }
+        }
         None
     }
 
@@ -712,8 +743,9 @@ impl Profile {
                 match &self.fp8 {
                     None => "none".to_string(),
                     Some(f) => format!(
-                        "{}; tiles {}; scales read {}",
+                        "{}; flavours {}; tiles {}; scales read {}",
                         list(f.formats.iter().map(|k| k.name()).collect()),
+                        list(f.flavours.iter().map(|k| k.name()).collect()),
                         f.tiles.as_ref().map_or("any".to_string(), |t| t
                             .iter()
                             .map(|t| t.to_string())
@@ -925,7 +957,7 @@ mod tests {
         assert!(p
             .describe()
             .iter()
-            .any(|(k, v)| k == "FP8 caches" && v == "tiled; tiles any; scales read arbitrary_f32"));
+            .any(|(k, v)| k == "FP8 caches" && v == "tiled; flavours e4m3fn; tiles any; scales read arbitrary_f32"));
         let p = Profile::from_json(&format!(
             r#"{base}, "fp8": {{"formats": ["tiled"], "scale_read": "arbitrary_bf16"}}}}"#
         ))

@@ -271,7 +271,7 @@ impl CaseAxes<'_> {
             },
             AxisName::Tile => match c.kv() {
                 crate::case::KvFormat::Tiled { tile, .. } => tile,
-                crate::case::KvFormat::Native => 0,
+                _ => 0,
             },
         }
     }

@@ -11,7 +11,8 @@ use crate::error::{Error, Result};
 use half::bf16;
 
 /// An FP8 element type. The conversions are `microfloat`'s, which follow ml-dtypes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Fp8 {
     /// OCP E4M3 (`float8_e4m3fn`): bias 7, no infinities, NaN at S.1111.111, max 448.
     E4m3fn,
@@ -27,6 +28,16 @@ impl Fp8 {
         match self {
             Fp8::E4m3fn => "e4m3fn",
             Fp8::E4m3fnuz => "e4m3fnuz",
+        }
+    }
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == name)
+    }
+    /// The byte of NaN (what poison holds).
+    pub fn nan(self) -> u8 {
+        match self {
+            Fp8::E4m3fn => 0x7f,
+            Fp8::E4m3fnuz => 0x80,
         }
     }
 
@@ -272,11 +283,7 @@ impl TiledRecord {
     /// scales).
     pub fn poison(&self, record: &mut [u8]) {
         assert_eq!(record.len(), self.bytes(), "record shape");
-        let nan = match self.fp8 {
-            Fp8::E4m3fn => 0x7f,
-            Fp8::E4m3fnuz => 0x80,
-        };
-        record[..self.d_c].fill(nan);
+        record[..self.d_c].fill(self.fp8.nan());
         for t in 0..self.tiles() {
             let at = self.scales_offset() + 4 * t;
             record[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());

@@ -41,6 +41,10 @@ fn gather(inp: &CaseInputs, comp: &Tensor, b: usize, len: usize) -> Result<Tenso
 /// its tile's scale in f32, as `fp8.to(float32) * scale` does in a framework).
 fn component(inp: &CaseInputs, name: TensorName) -> Result<Tensor> {
     let c = inp.cache.component(name);
+    if let Some((fp8, scale, bytes)) = c.per_tensor() {
+        let values: Vec<f32> = bytes.iter().map(|&q| fp8.decode(q) as f32 * scale).collect();
+        return Tensor::from_vec(values, (inp.cache.slots(), c.width), &Device::Cpu);
+    }
     match c.records() {
         None => Tensor::from_slice(c.values().unwrap_or(&[]), (inp.cache.slots(), c.width), &Device::Cpu),
         Some((record, bytes)) => {

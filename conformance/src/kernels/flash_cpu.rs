@@ -83,10 +83,14 @@ pub enum Bug {
     /// FP8 tiled cache: the last value of each tile scaled by the next tile's scale (a scale
     /// index off by one at the tile boundary).
     Fp8ScaleIndexOffByOne,
+    /// Per-tensor FP8 on the GQA path: the values read with `k_scale` (`v_scale` ignored).
+    Fp8KScaleOnValues,
+    /// Per-tensor FP8: e4m3fnuz bytes read as e4m3fn (bias 7 instead of 8: every value doubled).
+    Fp8FnuzReadAsFn,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 30] = [
+    pub const ALL: [Bug; 32] = [
         Bug::ScaleFromKeyWidth,
         Bug::RopeTermDropped,
         Bug::GroupMapping,
@@ -117,6 +121,8 @@ impl Bug {
         Bug::Fp8ScaleTruncatedToPow2,
         Bug::Fp8RopeReadAsFp8,
         Bug::Fp8ScaleIndexOffByOne,
+        Bug::Fp8KScaleOnValues,
+        Bug::Fp8FnuzReadAsFn,
     ];
 
     /// Whether the bug lies in reading an FP8 cache, so that only FP8 cases can show it (the
@@ -124,7 +130,12 @@ impl Bug {
     pub fn reads_fp8(self) -> bool {
         matches!(
             self,
-            Bug::Fp8ScaleIgnored | Bug::Fp8ScaleTruncatedToPow2 | Bug::Fp8RopeReadAsFp8 | Bug::Fp8ScaleIndexOffByOne
+            Bug::Fp8ScaleIgnored
+                | Bug::Fp8ScaleTruncatedToPow2
+                | Bug::Fp8RopeReadAsFp8
+                | Bug::Fp8ScaleIndexOffByOne
+                | Bug::Fp8KScaleOnValues
+                | Bug::Fp8FnuzReadAsFn
         )
     }
 }
@@ -178,7 +189,36 @@ fn e4m3fn_table() -> &'static [f32; 256] {
     E4M3FN.get_or_init(|| std::array::from_fn(|b| Fp8::E4m3fn.decode(b as u8) as f32))
 }
 
+/// The e4m3fnuz values of every byte (NaN for 0x80).
+fn e4m3fnuz_table() -> &'static [f32; 256] {
+    static E4M3FNUZ: OnceLock<[f32; 256]> = OnceLock::new();
+    E4M3FNUZ.get_or_init(|| std::array::from_fn(|b| Fp8::E4m3fnuz.decode(b as u8) as f32))
+}
+
 impl FlashCpu {
+    /// Row (b, t) of cache component `name` as this kernel reads it: values as stored; FP8
+    /// dequantised on load (tiled records, or per-tensor bytes times their scale in f32).
+    fn read_row<'a>(&self, inp: &'a CaseInputs, name: TensorName, b: usize, t: usize) -> std::borrow::Cow<'a, [f32]> {
+        use std::borrow::Cow;
+        let cache = &inp.cache;
+        if let Some((fp8, scale, bytes)) = cache.per_tensor_row(name, b, t) {
+            let table = match fp8 {
+                Fp8::E4m3fnuz if !self.has(Bug::Fp8FnuzReadAsFn) => e4m3fnuz_table(),
+                _ => e4m3fn_table(),
+            };
+            let scale = match inp.case.kv().per_tensor() {
+                _ if self.has(Bug::Fp8ScaleIgnored) => 1.0,
+                Some((_, k_scale, _)) if self.has(Bug::Fp8KScaleOnValues) => k_scale,
+                _ => scale,
+            };
+            return Cow::Owned(bytes.iter().map(|&q| table[q as usize] * scale).collect());
+        }
+        match cache.record(name, b, t) {
+            None => Cow::Borrowed(cache.row(name, b, t)),
+            Some((record, bytes)) => Cow::Owned(self.dequantize(record, bytes)),
+        }
+    }
+
     /// A tiled FP8 record dequantised on load, as a GPU kernel does: each e4m3fn byte through a
     /// 256-entry table, times its tile's f32 scale in f32; the RoPE key widened from bf16.
     fn dequantize(&self, record: &TiledRecord, bytes: &[u8]) -> Vec<f32> {
@@ -241,13 +281,9 @@ fn normalise_each(parts: &mut [Partial]) {
 impl FlashCpu {
     fn key_value(&self, op: DecodeOp, inp: &CaseInputs, b: usize, t: usize, i: usize) -> (Vec<f32>, Vec<f32>) {
         let c = &inp.case;
-        let cache = &inp.cache;
         match op {
             DecodeOp::Absorb => {
-                let row = match cache.record(TensorName::Kv, b, t) {
-                    None => std::borrow::Cow::Borrowed(cache.row(TensorName::Kv, b, t)),
-                    Some((record, bytes)) => std::borrow::Cow::Owned(self.dequantize(record, bytes)),
-                };
+                let row = self.read_row(inp, TensorName::Kv, b, t);
                 let mut k = row.to_vec();
                 if self.has(Bug::RopeTermDropped) {
                     k[c.dc()..].iter_mut().for_each(|v| *v = 0.0);
@@ -258,19 +294,19 @@ impl FlashCpu {
                 let per = c.h() / c.g();
                 let g = if self.has(Bug::GroupMapping) { i % c.g() } else { i / per };
                 let gv = if self.has(Bug::ValueFromWrongGroup) { (g + 1) % c.g() } else { g };
-                let v = cache.row(TensorName::V, b, t)[gv * c.dv()..(gv + 1) * c.dv()].to_vec();
+                let v = self.read_row(inp, TensorName::V, b, t)[gv * c.dv()..(gv + 1) * c.dv()].to_vec();
                 let k = if op == DecodeOp::PlainGqa {
-                    cache.row(TensorName::K, b, t)[g * c.dn()..(g + 1) * c.dn()].to_vec()
+                    self.read_row(inp, TensorName::K, b, t)[g * c.dn()..(g + 1) * c.dn()].to_vec()
                 } else {
                     match c.layout() {
                         GroupCacheLayout::RopeOnce => {
-                            let mut k = cache.row(TensorName::KNope, b, t)[g * c.dn()..(g + 1) * c.dn()].to_vec();
-                            let rope = cache.row(TensorName::KRope, b, t);
+                            let mut k = self.read_row(inp, TensorName::KNope, b, t)[g * c.dn()..(g + 1) * c.dn()].to_vec();
+                            let rope = self.read_row(inp, TensorName::KRope, b, t);
                             k.extend(rope.iter().map(|v| if self.has(Bug::RopeTermDropped) { 0.0 } else { *v }));
                             k
                         }
                         GroupCacheLayout::RopePerGroup => {
-                            let row = &cache.row(TensorName::K, b, t)[g * (c.dn() + c.dr())..(g + 1) * (c.dn() + c.dr())];
+                            let row = &self.read_row(inp, TensorName::K, b, t)[g * (c.dn() + c.dr())..(g + 1) * (c.dn() + c.dr())];
                             if self.has(Bug::RopeLayoutSwapped) {
                                 row[c.dr()..].iter().chain(&row[..c.dr()]).copied().collect()
                             } else {

@@ -874,13 +874,13 @@ impl FromStr for Case {
                     k_scale,
                     v_scale: v_scale.unwrap_or(0),
                 },
-                _ => return Err(bad("kv=fp8 needs fp8=e4m3fn|e4m3fnuz and kscale=S (and vscale=S on gqla.decode.gqa)".into())),
+                _ => {
+                    return Err(bad(
+                        "kv=fp8 needs fp8=e4m3fn|e4m3fnuz and kscale=S (and vscale=S on gqla.decode.gqa)".into(),
+                    ))
+                }
             },
-            _ => {
-                return Err(bad(
-                    "tile and scales belong to kv=tiled; fp8, kscale and vscale to kv=fp8".into(),
-                ))
-            }
+            _ => return Err(bad("tile and scales belong to kv=tiled; fp8, kscale and vscale to kv=fp8".into())),
         };
         let c = c.build().map_err(bad)?;
         // One spelling per case: the id must be the canonical one, so that a manifest cannot list
@@ -971,7 +971,10 @@ mod tests {
         assert_eq!(serde_json::from_value::<super::KvFormat>(json).unwrap(), case.kv());
         let absorb = "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=1;ctx=65;page=64;dtype=bf16;kv=fp8;fp8=e4m3fn;kscale=0.005;seed=2";
         let a: super::Case = absorb.parse().unwrap();
-        assert_eq!(serde_json::to_value(a.kv()).unwrap(), serde_json::json!({"per_tensor": {"fp8": "e4m3fn", "k_scale": 0.005f32}}));
+        assert_eq!(
+            serde_json::to_value(a.kv()).unwrap(),
+            serde_json::json!({"per_tensor": {"fp8": "e4m3fn", "k_scale": 0.005f32}})
+        );
         for (bad, why) in [
             (gqa.replace(";vscale=3.1", ""), "a finite positive vscale"),
             (gqa.replace("kscale=0.37", "kscale=0"), "a finite positive kscale"),

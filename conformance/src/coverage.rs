@@ -251,7 +251,10 @@ mod tests {
                 CoreAxis::Flavour(Fp8::E4m3fnuz)
             ]
         );
-        let gqa: Vec<CoreAxis> = core(Op::DecodeGqa, &everything).into_iter().filter(|a| !a.met_by(&native[0])).collect();
+        let gqa: Vec<CoreAxis> = core(Op::DecodeGqa, &everything)
+            .into_iter()
+            .filter(|a| !a.met_by(&native[0]))
+            .collect();
         assert!(gqa.contains(&CoreAxis::Kv(KvFormatKind::PerTensor)) && !gqa.contains(&CoreAxis::Kv(KvFormatKind::Tiled)));
     }
 }

@@ -327,7 +327,8 @@ const TILED_CONVENTIONS: [&str; 6] = [
 ];
 
 /// gqla.decode.gqa with `kv=fp8`.
-const GQA_FP8_CONVENTION: &str = "kv=fp8;fp8=F;kscale=S;vscale=T (gqla.decode.gqa, dtype=bf16): k_nope, k_rope (or k) and v are bytes of F, \
+const GQA_FP8_CONVENTION: &str =
+    "kv=fp8;fp8=F;kscale=S;vscale=T (gqla.decode.gqa, dtype=bf16): k_nope, k_rope (or k) and v are bytes of F, \
      keys = fp8 × k_scale and values = fp8 × v_scale, written as fp8(clamp(x / scale, ±max)); the reference decodes the dequantised \
      cache exactly (SPEC.md F4); poison is F's NaN byte";
 

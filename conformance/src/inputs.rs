@@ -150,7 +150,8 @@ impl KvCache {
     pub fn per_tensor_row(&self, name: TensorName, b: usize, t: usize) -> Option<(Fp8, f32, &[u8])> {
         let c = self.component(name);
         let s = self.slot(b, t);
-        c.per_tensor().map(|(fp8, scale, bytes)| (fp8, scale, &bytes[s * c.width..(s + 1) * c.width]))
+        c.per_tensor()
+            .map(|(fp8, scale, bytes)| (fp8, scale, &bytes[s * c.width..(s + 1) * c.width]))
     }
     /// Columns `cols` of row (b, t) of component `name`, exactly, in f64: a record dequantised
     /// (SPEC.md F1), values as they are. The reference's only way into the cache.
@@ -464,10 +465,18 @@ impl CaseInputs {
                     && match (&a.storage, &b.storage) {
                         (Storage::Values(x), Storage::Values(y)) => floats(x, y),
                         (Storage::Tiled { record: r, bytes: x }, Storage::Tiled { record: s, bytes: y }) => r == s && x == y,
-                            (
-                                Storage::PerTensor { fp8: f, scale: s, bytes: x },
-                                Storage::PerTensor { fp8: g, scale: t, bytes: y },
-                            ) => f == g && s.to_bits() == t.to_bits() && x == y,
+                        (
+                            Storage::PerTensor {
+                                fp8: f,
+                                scale: s,
+                                bytes: x,
+                            },
+                            Storage::PerTensor {
+                                fp8: g,
+                                scale: t,
+                                bytes: y,
+                            },
+                        ) => f == g && s.to_bits() == t.to_bits() && x == y,
                         _ => false,
                     }
             })

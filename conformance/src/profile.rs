@@ -576,7 +576,10 @@ impl Profile {
                 return bad("fp8.formats", "list the FP8 cache formats read: \"tiled\", \"per_tensor\" or both");
             }
             if fp8.flavours.is_empty() {
-                return bad("fp8.flavours", "list the FP8 element types read: [\"e4m3fn\"], [\"e4m3fnuz\"] or both");
+                return bad(
+                    "fp8.flavours",
+                    "list the FP8 element types read: [\"e4m3fn\"], [\"e4m3fnuz\"] or both",
+                );
             }
             if fp8.tiles.as_ref().is_some_and(|t| t.is_empty() || t.contains(&0)) {
                 return bad("fp8.tiles", "a list needs positive tile sizes (leave it out for any)");

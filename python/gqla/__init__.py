@@ -29,7 +29,7 @@ from . import _native
 
 __all__ = [
     "Case", "Certificate", "Dense", "Reference", "SUITE_VERSION", "Stability", "cases", "certify",
-    "PackRunError", "certify_pack", "export_pack", "main", "run_pack", "stability", "tiled_values",
+    "PackRunError", "cache_values", "certify_pack", "export_pack", "main", "run_pack", "stability", "tiled_values",
     "torch_tensor",
 ]
 
@@ -131,13 +131,30 @@ class Dense:
     scale: float
 
 
-def _e4m3fn_values() -> np.ndarray:
-    """The value of every e4m3fn byte (bias 7, no infinities, NaN at S.1111.111), as float32."""
+def _e4m3_values(flavour: str = "e4m3fn") -> np.ndarray:
+    """The value of every byte, as float32: e4m3fn (bias 7, no infinities, NaN at S.1111.111) or
+    e4m3fnuz (bias 8, no infinities, no -0, NaN at 0x80 alone)."""
+    bias = {"e4m3fn": 7, "e4m3fnuz": 8}[flavour]
     b = np.arange(256)
     sign = np.where(b & 0x80, -1.0, 1.0)
     exp, man = (b >> 3) & 0xF, b & 0x7
-    value = np.where(exp == 0, man / 8.0 * 2.0**-6, (1 + man / 8.0) * 2.0 ** (exp - 7.0))
-    return np.where((b & 0x7F) == 0x7F, np.nan, sign * value).astype(np.float32)
+    value = sign * np.where(exp == 0, man / 8.0 * 2.0 ** (1 - bias), (1 + man / 8.0) * 2.0 ** (exp - float(bias)))
+    nan = (b & 0x7F) == 0x7F if flavour == "e4m3fn" else b == 0x80
+    return np.where(nan, np.nan, value).astype(np.float32)
+
+
+def cache_values(case: "Case", name: str) -> np.ndarray:
+    """Cache tensor `name` as values, the way a kernel that dequantises in f32 reads it: as stored
+    for a cache in the case dtype; for `kv=fp8` each byte's value times its per-tensor scale
+    (`k_scale`, or `v_scale` for `v`); for `kv=tiled`, :func:`tiled_values`."""
+    fmt = case.params["kv_cache"]
+    x = case.inputs[name]
+    if fmt == "native":
+        return x
+    if "tiled" in fmt:
+        return tiled_values(case)
+    scale = np.float32(case.inputs["v_scale" if name == "v" else "k_scale"])
+    return _e4m3_values(fmt["per_tensor"]["fp8"])[x] * scale
 
 
 def tiled_values(case: "Case") -> np.ndarray:
@@ -151,7 +168,7 @@ def tiled_values(case: "Case") -> np.ndarray:
     records = case.inputs["kv"]
     flat = records.reshape(-1, records.shape[-1])
     scales = flat[:, d_c : d_c + 4 * (d_c // tile)].copy().view("<f4")
-    latent = _e4m3fn_values()[flat[:, :d_c]] * np.repeat(scales, tile, axis=1)
+    latent = _e4m3_values()[flat[:, :d_c]] * np.repeat(scales, tile, axis=1)
     bits = flat[:, d_c + 4 * (d_c // tile) :].copy().view("<u2").astype(np.uint32) << 16
     out = np.concatenate([latent, bits.view(np.float32)], axis=1)
     return out.reshape(records.shape[:-1] + (d_c + d_r,))
@@ -161,10 +178,12 @@ def _slot_kv(case: "Case") -> tuple[np.ndarray, np.ndarray]:
     x, op, g = case.inputs, case.op, case.groups
     if op not in ("gqla.decode.absorb", "gqla.decode.gqa", "gqa.decode"):
         raise ValueError(f"{case.id}: keys and values are for the decode operations")
-    flat = lambda name: x[name].reshape(-1, x[name].shape[-1])  # noqa: E731
+    def flat(name):
+        values = cache_values(case, name)
+        return values.reshape(-1, values.shape[-1])
+
     if op == "gqla.decode.absorb":
-        rows = x["kv"] if case.params["kv_cache"] == "native" else tiled_values(case)
-        kv = rows.reshape(-1, rows.shape[-1])[:, None, :]
+        kv = flat("kv")[:, None, :]
         return kv, kv[..., : case.d_c]
     v = flat("v").reshape(-1, g, case.d_v)
     if op == "gqa.decode" or case.rope_layout == "per_group":
@@ -271,7 +290,7 @@ class Case:
         """A decode case's cache as keys [slots, K, W] and values [slots, K, d_v] of its K KV
         heads, every slot (those no sequence uses hold poison): the groups' [k_g; k^R] on the
         GQA path; on the absorb path one head, [c; k^R] as the key and c (a view) as the value
-        (a `kv=tiled` cache dequantised first, as `tiled_values` does)."""
+        (an FP8 cache dequantised first, as `cache_values` does)."""
         return _slot_kv(self)
 
     def dense(self) -> "Dense":

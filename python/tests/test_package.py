@@ -313,6 +313,29 @@ def test_fp8_tiled_caches_reach_a_kernel_as_bytes_and_certify():
     assert all(r["status"] != "PASS" for r in cert.report["results"]), cert.summary()
 
 
+def test_per_tensor_fp8_caches_certify_on_both_paths():
+    profile = dict(
+        DECODE,
+        operations=["gqla.decode.absorb", "gqla.decode.gqa"],
+        fp8={"formats": ["per_tensor"], "flavours": ["e4m3fn", "e4m3fnuz"], "scale_read": "arbitrary_f32"},
+    )
+    cases = [c for c in gqla.cases(profile, seed=6) if "kv=fp8" in c.id]
+    assert {c.op for c in cases} == {"gqla.decode.absorb", "gqla.decode.gqa"} and len(cases) >= 10, [c.id for c in cases]
+    gqa = next(c for c in cases if c.op == "gqla.decode.gqa" and "e4m3fnuz" in c.id)
+    assert gqa.inputs["v"].dtype == np.uint8 and float(gqa.inputs["v_scale"]) == np.float32(0.37)
+    v = gqla.cache_values(gqa, "v")
+    assert np.isnan(v).any() and np.isfinite(v[np.isfinite(v)]).all()
+    filters = sorted({c.id.split(";seed=")[0].split(";poison=")[0] for c in cases})
+    cert = gqla.certify(numpy_dense, profile, filters=filters, seed=6)
+    statuses = {r["status"] for r in cert.report["results"]}
+    assert statuses == {"PASS"}, cert.summary()
+    # Without e4m3fnuz, its cases are left out by declaration.
+    narrow = dict(profile, fp8=dict(profile["fp8"], flavours=["e4m3fn"]))
+    cert = gqla.certify(numpy_dense, narrow, filters=filters, seed=6)
+    left_out = [r for r in cert.report["results"] if r["status"] == "NOT_SUPPORTED"]
+    assert left_out and all("e4m3fnuz" in r["id"] for r in left_out), cert.summary()
+
+
 def test_filters_narrow_the_operations():
     cases = gqla.cases(PROFILE, ops=["gqa.decode"], filters=ONE)
     assert len(cases) == 1 and cases[0].id.startswith(ONE[0]), [c.id for c in cases]

@@ -264,6 +264,32 @@ pub fn tile_gain(t: usize) -> f32 {
     }
 }
 
+/// The scale edges a tiled cache holds on purpose, by token t (every 11 tokens, the tile
+/// t mod tiles): an all-zero tile (t ≡ 5: the scale floor, 2^-13 for pow2 scales), a tile whose
+/// amax is exactly 448·2^k (t ≡ 7: its largest value is the format's max, byte 0x7e), one bf16
+/// ulp above it (t ≡ 9: the next power of two), and amax 336·2^k (t ≡ 3: an arbitrary scale of
+/// 0.75·2^k exactly). The values exceed the tile's drawn ones (gain 1/4: |x| < 1.75 as drawn
+/// values go; gain 2: < 14), keep the mirror's signs, and depend on t alone, so twins agree.
+fn tile_probe(record: &TiledRecord, t: usize, row: &mut [f32], negated: &Range<usize>) {
+    let tile = t % record.tiles();
+    let cols = tile * record.tile()..(tile + 1) * record.tile();
+    let edge = if tile % 2 == 0 { 1.75f32 } else { 14.0 }; // 448 · 2^-8, 448 · 2^-5
+    let value = match t % 11 {
+        5 => {
+            for j in cols {
+                row[j] = if negated.contains(&j) { -0.0 } else { 0.0 };
+            }
+            return;
+        }
+        7 => edge,
+        9 => bf16::from_bits(bf16::from_f32(edge).to_bits() + 1).to_f32(),
+        3 => edge * 0.75,
+        _ => return,
+    };
+    let j = cols.start + t % record.tile();
+    row[j] = if negated.contains(&j) { -value } else { value };
+}
+
 /// Quantize one drawn row [c; k^R] (bf16 values) into its tiled record.
 fn write_record(record: &TiledRecord, row: &[f32], bytes: &mut [u8]) {
     let (c, k_rope) = row.split_at(record.d_c());
@@ -390,7 +416,10 @@ impl CaseInputs {
                     let width = component.width;
                     match &mut component.storage {
                         Storage::Values(data) => data[s * width..(s + 1) * width].copy_from_slice(&row),
-                        Storage::Tiled { record, bytes } => write_record(record, &row, &mut bytes[s * width..(s + 1) * width]),
+                        Storage::Tiled { record, bytes } => {
+                            tile_probe(record, t, &mut row, &negated);
+                            write_record(record, &row, &mut bytes[s * width..(s + 1) * width])
+                        }
                         Storage::PerTensor { fp8, scale, bytes } => bytes[s * width..(s + 1) * width]
                             .iter_mut()
                             .zip(&row)
@@ -519,8 +548,9 @@ mod tests {
                     let s = record.scale(r, tile);
                     assert!(s > 0.0 && s.to_bits() & 0x7f_ffff == 0, "scale {s} is a power of two");
                     let amax = row[tile * 64..(tile + 1) * 64].iter().fold(0f64, |m, x| m.max(x.abs()));
+                    let floor = amax == 0.0 && s == 2f32.powi(-13);
                     assert!(
-                        amax <= 448.0 * s as f64 && amax > 224.0 * s as f64 * 0.9,
+                        floor || (amax <= 448.0 * s as f64 && amax >= 224.0 * s as f64 * 0.9),
                         "amax {amax} at scale {s}"
                     );
                 }
@@ -582,5 +612,46 @@ mod tests {
             dead += 1;
         }
         assert_eq!(dead, b.cache.slots());
+    }
+
+    /// The scale edges every tiled cache holds: an all-zero tile at the floor's scale 2^-13, a tile
+    /// at exactly the format's max (byte 0x7e or 0xfe) under 2^-8, one bf16 ulp above it under
+    /// 2^-7, and with amax scales, 0.75 · 2^-8 exactly.
+    #[test]
+    fn tiled_caches_hold_the_scale_edges() {
+        let case: Case = format!("{TILED};seed=5").parse().unwrap();
+        let inp = CaseInputs::generate(&case);
+        let amax = CaseInputs::generate(&format!("{TILED};seed=5").replace("scales=pow2", "scales=amax").parse().unwrap());
+        let mut seen = [false; 5];
+        for t in 0..case.seq_len(1) {
+            let (record, r) = inp.cache.record(TensorName::Kv, 1, t).unwrap();
+            let tile = t % record.tiles();
+            let (first, scale) = (r[tile * record.tile() + t % record.tile()], record.scale(r, tile));
+            match t % 11 {
+                5 => {
+                    assert!(r[tile * 64..(tile + 1) * 64].iter().all(|&q| q & 0x7f == 0) && scale == 2f32.powi(-13));
+                    seen[0] = true;
+                }
+                7 if tile % 2 == 0 => {
+                    assert_eq!((first & 0x7f, scale), (0x7e, 2f32.powi(-8)));
+                    seen[1] = true;
+                }
+                9 if tile % 2 == 0 => {
+                    assert_eq!(scale, 2f32.powi(-7), "one ulp above 448 · 2^-8");
+                    seen[2] = true;
+                }
+                3 if tile % 2 == 0 => {
+                    let (record, r) = amax.cache.record(TensorName::Kv, 1, t).unwrap();
+                    assert_eq!(record.scale(r, tile), 0.75 * 2f32.powi(-8));
+                    seen[3] = true;
+                }
+                7 => {
+                    assert_eq!((first & 0x7f, scale), (0x7e, 2f32.powi(-5)));
+                    seen[4] = true;
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(seen, [true; 5]);
     }
 }

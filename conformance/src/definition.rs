@@ -322,7 +322,7 @@ const TILED_CONVENTIONS: [&str; 6] = [
     "kv=tiled: the dequantised cache c_i = e4m3fn(byte_i) × s_(i / tile) and k^R (bf16) are the cache values; the reference decodes them exactly (SPEC.md F1), so a kernel is judged on its attention, not on the quantisation it was handed",
     "kv=tiled;scales=pow2: every scale is a power of two, 2^ceil(log2(max(amax / 448, 1e-4))) (FlashMLA's quantizer); scales=amax: max(amax / 448, 1e-4) in f32, any value, which a reader multiplies as declared in its profile (fp8.scale_read)",
     "kv=tiled;poison=garbage: the twin's records hold the NaN twin's latent values negated (sign bits flipped, scales equal) and its q's first d_c columns negated",
-    "kv=tiled: the latent of tile t is drawn at magnitude 1/4 (even t) or 2 (odd t), so neighbouring tiles have different scales",
+    "kv=tiled: the latent of tile t is drawn at magnitude 1/4 (even t) or 2 (odd t), so neighbouring tiles have different scales; every 11 tokens the cache holds its scale edges on purpose (an all-zero tile, amax exactly 448·2^k, one bf16 ulp above it, amax 336·2^k)",
     "kv=fp8;fp8=F;kscale=S (gqla.decode.absorb, dtype=bf16): every cache value is one byte of F (e4m3fn, max 448; e4m3fnuz, max 240, NaN 0x80), x = fp8 × k_scale, written as fp8(clamp(x / k_scale, ±max)): values past the range saturate; poison is F's NaN byte",
 ];
 

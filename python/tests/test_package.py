@@ -329,6 +329,16 @@ def test_per_tensor_fp8_caches_certify_on_both_paths():
     cert = gqla.certify(numpy_dense, profile, filters=filters, seed=6)
     statuses = {r["status"] for r in cert.report["results"]}
     assert statuses == {"PASS"}, cert.summary()
+    # Through a pack: the caches travel as u8 bytes and the scales as f32 scalars.
+    with tempfile.TemporaryDirectory() as tmp:
+        pack, outs = os.path.join(tmp, "pack"), os.path.join(tmp, "outs")
+        n = gqla.export_pack(pack, profile=profile, filters=filters, seed=6)
+        manifest = json.load(open(os.path.join(pack, "manifest.json")))
+        tensors = {t["name"]: t["dtype"] for c in manifest["cases"] if "kv=fp8" in c["id"] for t in c["input_tensors"]}
+        assert tensors["v"] == "u8" and tensors["k_scale"] == "f32" and tensors["v_scale"] == "f32", tensors
+        assert gqla.run_pack(numpy_dense, pack, outs, profile) == n
+        cert = gqla.certify_pack(pack, outs)
+        assert {r["status"] for r in cert.report["results"]} == {"PASS"}, cert.summary()
     # Without e4m3fnuz, its cases are left out by declaration.
     narrow = dict(profile, fp8=dict(profile["fp8"], flavours=["e4m3fn"]))
     cert = gqla.certify(numpy_dense, narrow, filters=filters, seed=6)

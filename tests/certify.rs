@@ -734,7 +734,6 @@ fn certify_example(script: &str, probe: &str, filters: &[&str], seed: &str, extr
     Some((r, rep))
 }
 
-/// Must-pass cases a certificate covers, over every operation.
 /// Cases a report judged (every result but NOT_SUPPORTED: an example's filters also match the
 /// FP8 cases its profile leaves out).
 fn selected_total(report: &serde_json::Value) -> u64 {
@@ -746,6 +745,7 @@ fn selected_total(report: &serde_json::Value) -> u64 {
         .count() as u64
 }
 
+/// Must-pass cases a certificate covers, over every operation.
 fn must_pass_total(report: &serde_json::Value) -> u64 {
     report["coverage"]
         .as_array()

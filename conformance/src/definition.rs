@@ -333,7 +333,7 @@ const GQA_FP8_CONVENTION: &str =
      cache exactly (SPEC.md F4); poison is F's NaN byte";
 
 const DECODE_DTYPE_RULES: [&str; 3] = [
-    "q, cache tensors and out share the case dtype (f32, bf16 or f16); accumulate in at least f32; a pack's out may be any float dtype",
+    "q, cache tensors and out share the case dtype (f32, bf16 or f16), except FP8 caches (kv=tiled, kv=fp8: u8 bytes, bf16 q and out); accumulate in at least f32; a pack's out may be any float dtype",
     "lse is f32 whatever the case dtype, unless the kernel's profile declares the storage dtype; scale is f32",
     "seq_lens, block_table, num_splits are i32",
 ];

@@ -171,17 +171,13 @@ impl KvCache {
     }
     /// Columns `cols` of row (b, t) of component `name` as a kernel that dequantises as `read`
     /// declares reads them: each FP8 value times its f32 scale, rounded to f32 (exact for
-    /// power-of-two scales), or times its bf16-rounded scale, rounded to bf16.
+    /// power-of-two scales), or, for a tiled record's scales read in bf16, times its bf16-rounded
+    /// scale, rounded to bf16.
     pub fn f32_values(&self, name: TensorName, b: usize, t: usize, cols: Range<usize>, read: ScaleRead) -> Cow<'_, [f32]> {
+        // A per-tensor scale is an f32 input every reader multiplies by (vLLM, FlashInfer): the
+        // profile's `scale_read` is about tiled records' stored scales.
         if let Some((fp8, scale, bytes)) = self.per_tensor_row(name, b, t) {
-            let values = bytes[cols].iter().map(|&q| fp8.decode(q) as f32);
-            return Cow::Owned(match read {
-                ScaleRead::Pow2 | ScaleRead::ArbitraryF32 => values.map(|x| x * scale).collect(),
-                ScaleRead::ArbitraryBf16 => {
-                    let s = bf16::from_f32(scale).to_f32();
-                    values.map(|x| bf16::from_f32(x * s).to_f32()).collect()
-                }
-            });
+            return Cow::Owned(bytes[cols].iter().map(|&q| fp8.decode(q) as f32 * scale).collect());
         }
         match self.record(name, b, t) {
             None => Cow::Borrowed(&self.row(name, b, t)[cols]),

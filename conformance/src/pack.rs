@@ -79,9 +79,16 @@ pub struct CaseParams {
     pub poison: Poison,
     /// For a `poison=garbage` twin: the case whose outputs it must equal bitwise.
     pub twin_of: Option<String>,
-    /// How the cache is stored: `"native"` (the case dtype), or `{"tiled": {"tile", "scales",
-    /// "fp8"}}` for FP8 records (the `kv` tensor is then u8).
+    /// How the cache is stored: `"native"` (the case dtype); `{"tiled": {"tile", "scales", "fp8"}}`
+    /// for FP8 records (the `kv` tensor is then u8); or `{"per_tensor": {"fp8", "k_scale",
+    /// "v_scale"}}` (every cache tensor u8, the scales also as the `k_scale`/`v_scale` inputs,
+    /// exactly). A manifest of a suite before 0.5 has none: native.
+    #[serde(default = "native_cache")]
     pub kv_cache: KvFormat,
+}
+
+fn native_cache() -> KvFormat {
+    KvFormat::Native
 }
 
 impl CaseParams {

@@ -9,7 +9,7 @@
 //! The rule that decides a family, and its error rates, are stated in [`crate::tolerance`];
 //! `the_rule_decides_near_the_bound` below measures them.
 
-use crate::case::{Case, DType, Op, Poison};
+use crate::case::{Case, DType, KvFormatKind, Op, Poison};
 use crate::definition::TensorName;
 use crate::runner::{CaseResult, Prepared, Session};
 use crate::verdict::Status;
@@ -75,6 +75,10 @@ pub struct Family {
     pub operation: String,
     pub tensor: TensorName,
     pub dtype: DType,
+    /// The cache format: FP8 caches are a family of their own, so that an imprecise FP8 reader is
+    /// not diluted by the native cases of the same dtype.
+    #[serde(skip_serializing_if = "is_native")]
+    pub kv: KvFormatKind,
     /// Judged cases pooled (twins and cases with a zero bound left out), over every draw.
     pub cases: usize,
     /// Draws pooled: the run's own, and those [`settle`] added (or a pack set's seeds).
@@ -92,6 +96,10 @@ pub struct Family {
 }
 
 /// One line: `gqa.decode lse bf16: 0.068x of the RMS bound (95%: 0.050-0.091, 44 cases, 1 draw)`.
+fn is_native(kv: &KvFormatKind) -> bool {
+    *kv == KvFormatKind::Native
+}
+
 impl std::fmt::Display for Family {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -99,7 +107,7 @@ impl std::fmt::Display for Family {
             "{} {} {}: {:.3}x of the RMS bound ({}%: {:.3}-{:.3}, {} cases, {} draw{}) {}{}",
             self.operation,
             self.tensor,
-            self.dtype.name(),
+            self.dtype_label(),
             self.ratio,
             self.confidence * 100.0,
             self.low,
@@ -128,7 +136,7 @@ impl Judgement {
 
 impl Family {
     /// Decide a family from its log ratios (each a case's ln r), drawn over `draws` draws.
-    fn decide(operation: &str, tensor: TensorName, dtype: DType, logs: &[f64], draws: usize) -> Self {
+    fn decide(operation: &str, tensor: TensorName, dtype: DType, kv: KvFormatKind, logs: &[f64], draws: usize) -> Self {
         let n = logs.len();
         let mean = logs.iter().sum::<f64>() / n as f64;
         let var = if n > 1 {
@@ -143,6 +151,7 @@ impl Family {
         Family {
             operation: operation.into(),
             tensor,
+            kv,
             dtype,
             cases: n,
             draws,
@@ -159,9 +168,27 @@ impl Family {
         self.judgement == Judgement::Imprecise
     }
 
+    /// The dtype, and the cache format when it is not native: `bf16`, `bf16 kv=tiled`.
+    pub fn dtype_label(&self) -> String {
+        if is_native(&self.kv) {
+            self.dtype.name().to_string()
+        } else {
+            format!("{} kv={}", self.dtype.name(), self.kv.name())
+        }
+    }
+    /// The family's name in junit: `precision.gqa.decode.lse.bf16`, `…out.bf16.kv_tiled`.
+    pub fn junit_name(&self) -> String {
+        let kv = if is_native(&self.kv) {
+            String::new()
+        } else {
+            format!(".kv_{}", self.kv.name())
+        };
+        format!("precision.{}.{}.{}{kv}", self.operation, self.tensor, self.dtype.name())
+    }
+
     /// The key of the cases that feed it.
-    fn key(&self) -> (String, DType) {
-        (self.operation.clone(), self.dtype)
+    fn key(&self) -> (String, DType, KvFormatKind) {
+        (self.operation.clone(), self.dtype, self.kv)
     }
 }
 
@@ -183,7 +210,7 @@ pub fn families<'a>(judged: impl IntoIterator<Item = (&'a CaseResult, &'a Case)>
         logs: Vec<f64>,
         seeds: BTreeMap<String, BTreeSet<u64>>,
     }
-    let mut pools: BTreeMap<(usize, TensorName, DType), Pool> = BTreeMap::new();
+    let mut pools: BTreeMap<(usize, TensorName, DType, KvFormatKind), Pool> = BTreeMap::new();
     for (r, case) in judged {
         let Some(checks) = judged_checks(r) else { continue };
         if case.poison() == Poison::Garbage {
@@ -197,16 +224,16 @@ pub fn families<'a>(judged: impl IntoIterator<Item = (&'a CaseResult, &'a Case)>
             } else {
                 RATIO_CEIL
             };
-            let pool = pools.entry((op, c.tensor, case.dtype())).or_default();
+            let pool = pools.entry((op, c.tensor, case.dtype(), case.kv().kind())).or_default();
             pool.logs.push(ratio.ln());
             pool.seeds.entry(case.shape_id()).or_default().insert(case.seed());
         }
     }
     pools
         .into_iter()
-        .map(|((op, tensor, dtype), pool)| {
+        .map(|((op, tensor, dtype, kv), pool)| {
             let draws = pool.seeds.values().map(BTreeSet::len).max().unwrap_or(1);
-            Family::decide(Op::ALL[op].name(), tensor, dtype, &pool.logs, draws)
+            Family::decide(Op::ALL[op].name(), tensor, dtype, kv, &pool.logs, draws)
         })
         .collect()
 }
@@ -241,7 +268,7 @@ pub fn settle(session: &mut Session, results: &[CaseResult], mut progress: impl 
     }
     for round in 1..=MAX_CASES {
         let pooled: Vec<CaseResult> = results.iter().chain(&extra).cloned().collect();
-        let open: BTreeSet<(String, DType)> = families_of(&pooled)
+        let open: BTreeSet<(String, DType, KvFormatKind)> = families_of(&pooled)
             .iter()
             .filter(|f| f.borderline && f.cases < MAX_CASES)
             .map(Family::key)
@@ -249,7 +276,10 @@ pub fn settle(session: &mut Session, results: &[CaseResult], mut progress: impl 
         if open.is_empty() {
             break;
         }
-        for case in base.iter().filter(|c| open.contains(&(c.op().name().to_string(), c.dtype()))) {
+        for case in base
+            .iter()
+            .filter(|c| open.contains(&(c.op().name().to_string(), c.dtype(), c.kv().kind())))
+        {
             let again = case.with_seed(redraw_seed(case.seed(), round));
             progress(&again);
             extra.push(session.run(&Prepared::new(&again)));
@@ -285,6 +315,33 @@ mod tests {
                 seconds: 0.0,
             })
             .collect()
+    }
+
+    /// FP8 caches are families of their own: an FP8 reader at 0.95x of its bound among native
+    /// cases at 0.1x is IMPRECISE-prone on its own family, not diluted to PRECISE.
+    #[test]
+    fn fp8_cases_are_families_of_their_own() {
+        let cases: Vec<Case> = suite_cases()
+            .into_iter()
+            .filter(|c| c.op() == Op::DecodeAbsorb && c.dtype() == DType::Bf16)
+            .collect();
+        let results = passed(&cases, |_, c| {
+            let r = if c.kv() == crate::case::KvFormat::Native { 0.1 } else { 1.5 };
+            vec![check(TensorName::Out, r, 1.0)]
+        });
+        let f = families(results.iter().zip(&cases));
+        let out: Vec<&Family> = f.iter().filter(|f| f.tensor == TensorName::Out).collect();
+        assert_eq!(out.len(), 3, "native, tiled and per-tensor: {out:?}");
+        let native = out.iter().find(|f| f.kv == KvFormatKind::Native).unwrap();
+        assert_eq!(native.judgement, Judgement::Precise);
+        for kv in [KvFormatKind::Tiled, KvFormatKind::PerTensor] {
+            let fam = out.iter().find(|f| f.kv == kv).unwrap();
+            assert_eq!(fam.judgement, Judgement::Imprecise, "{fam}");
+            assert!(fam.junit_name().ends_with(&format!(".kv_{}", kv.name())) && fam.to_string().contains("kv="));
+        }
+        assert_eq!(native.junit_name(), "precision.gqla.decode.absorb.out.bf16");
+        let json = serde_json::to_value(*native).unwrap();
+        assert!(json.get("kv").is_none(), "native families serialize as before: {json}");
     }
 
     /// Ratios pool per (operation, output, dtype) as a geometric mean, twins left out; a family
@@ -335,7 +392,14 @@ mod tests {
             let mut logs = Vec::new();
             let f = loop {
                 logs.extend((0..per_draw).map(|_| normal.sample(&mut rng)));
-                let f = Family::decide("op", TensorName::Lse, DType::Bf16, &logs, logs.len() / per_draw);
+                let f = Family::decide(
+                    "op",
+                    TensorName::Lse,
+                    DType::Bf16,
+                    KvFormatKind::Native,
+                    &logs,
+                    logs.len() / per_draw,
+                );
                 if !f.borderline || f.cases >= MAX_CASES {
                     break f;
                 }

@@ -312,7 +312,8 @@ pub struct Profile {
     pub fp8: Option<Fp8Caches>,
 }
 
-/// How a kernel reads a stored FP8 scale before it multiplies.
+/// How a kernel reads a tiled record's stored scales before it multiplies (a per-tensor scale is
+/// an f32 input, multiplied in f32 by every reader).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ScaleRead {
@@ -461,8 +462,6 @@ pub enum Exclusion {
     Tile(usize),
     Scales(ScaleRule),
     Flavour(Fp8),
-    /// A per-tensor scale that is not a power of two, for a reader of powers of two.
-    PerTensorScale,
 }
 
 impl Exclusion {
@@ -479,7 +478,6 @@ impl Exclusion {
             Exclusion::Tile(t) => format!("FP8 tile size {t}"),
             Exclusion::Scales(r) => format!("FP8 scales written {} (fp8.scale_read)", r.name()),
             Exclusion::Flavour(f) => format!("FP8 flavour {}", f.name()),
-            Exclusion::PerTensorScale => "per-tensor FP8 scales that are not powers of two (fp8.scale_read)".into(),
         }
     }
 }
@@ -581,6 +579,9 @@ impl Profile {
                     "list the FP8 element types read: [\"e4m3fn\"], [\"e4m3fnuz\"] or both",
                 );
             }
+            if fp8.formats.contains(&KvFormatKind::Tiled) && !fp8.flavours.contains(&Fp8::E4m3fn) {
+                return bad("fp8.flavours", "tiled records are e4m3fn: list e4m3fn among the flavours read");
+            }
             if fp8.tiles.as_ref().is_some_and(|t| t.is_empty() || t.contains(&0)) {
                 return bad("fp8.tiles", "a list needs positive tile sizes (leave it out for any)");
             }
@@ -664,16 +665,12 @@ impl Profile {
                 return Some(Exclusion::Scales(scales));
             }
         }
-        if let Some((flavour, k_scale, v_scale)) = case.kv().per_tensor() {
+        if let Some((flavour, _, _)) = case.kv().per_tensor() {
             let Some(fp8) = self.fp8.as_ref().filter(|f| f.formats.contains(&KvFormatKind::PerTensor)) else {
                 return Some(Exclusion::KvFormat(KvFormatKind::PerTensor));
             };
             if !fp8.flavours.contains(&flavour) {
                 return Some(Exclusion::Flavour(flavour));
-            }
-            let pow2 = |s: f32| s == 0.0 || (s.is_normal() && s.to_bits() & 0x7f_ffff == 0);
-            if fp8.scale_read == ScaleRead::Pow2 && !(pow2(k_scale) && pow2(v_scale)) {
-                return Some(Exclusion::PerTensorScale);
             }
         }
         None
@@ -972,6 +969,14 @@ mod tests {
             (r#"{"formats": ["tiled"], "tiles": [0], "scale_read": "pow2"}"#, "fp8.tiles"),
             (r#"{"formats": ["tiled"], "scale_read": "e8m0"}"#, "fp8.scale_read"),
             (r#"{"formats": ["tiled"], "scale_read": "bf16"}"#, "fp8.scale_read"),
+            (
+                r#"{"formats": ["tiled"], "flavours": ["e4m3fnuz"], "scale_read": "pow2"}"#,
+                "fp8.flavours",
+            ),
+            (
+                r#"{"formats": ["per_tensor"], "flavours": [], "scale_read": "pow2"}"#,
+                "fp8.flavours",
+            ),
             (r#"{"formats": ["tiled"]}"#, "fp8"),
             (
                 r#"{"formats": ["tiled"], "scale_read": "pow2", "flavour": "e4m3fn"}"#,

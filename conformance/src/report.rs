@@ -343,7 +343,7 @@ impl Report {
             .filter(|c| !c.missing.is_empty())
             .map(|c| format!("{}: {}", c.operation, c.missing.join(", ")))
             .collect();
-        let family = |f: &crate::precision::Family| format!("{} {} {} {:.2}x", f.operation, f.tensor, f.dtype.name(), f.ratio);
+        let family = |f: &crate::precision::Family| format!("{} {} {} {:.2}x", f.operation, f.tensor, f.dtype_label(), f.ratio);
         let imprecise: Vec<String> = self.precision.iter().filter(|f| f.imprecise()).map(family).collect();
         let borderline: Vec<String> = self.precision.iter().filter(|f| f.borderline).map(family).collect();
         let draws_failed = self.precision_draws.iter().filter(|r| r.status.failed()).count();
@@ -445,7 +445,7 @@ impl Report {
                     "| {} | {} | {} | {} | {} | {:.3} | {:.3}–{:.3} ({}%) | {}{} |",
                     f.operation,
                     f.tensor,
-                    f.dtype.name(),
+                    f.dtype_label(),
                     f.cases,
                     f.draws,
                     f.ratio,
@@ -529,7 +529,7 @@ impl Report {
             }
         }
         for f in &self.precision {
-            props.push((format!("precision.{}.{}.{}", f.operation, f.tensor, f.dtype.name()), f.to_string()));
+            props.push((f.junit_name(), f.to_string()));
         }
         for (k, v) in props {
             let _ = writeln!(s, "    <property name=\"{}\" value=\"{}\"/>", x(&k), x(&v));
@@ -537,11 +537,7 @@ impl Report {
         s.push_str("  </properties>\n");
         // Each family is a test of its own: IMPRECISE fails it.
         for f in &self.precision {
-            let _ = write!(
-                s,
-                "  <testcase classname=\"precision\" name=\"{}\"",
-                x(&format!("precision.{}.{}.{}", f.operation, f.tensor, f.dtype.name()))
-            );
+            let _ = write!(s, "  <testcase classname=\"precision\" name=\"{}\"", x(&f.junit_name()));
             if f.imprecise() {
                 let _ = writeln!(s, "><failure type=\"IMPRECISE\" message=\"{}\"/></testcase>", x(&f.to_string()));
             } else {

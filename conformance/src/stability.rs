@@ -258,6 +258,7 @@ mod tests {
             operation: "gqa.decode".into(),
             tensor: crate::definition::TensorName::Lse,
             dtype: crate::case::DType::Bf16,
+            kv: crate::case::KvFormatKind::Native,
             cases: 40,
             draws: 1,
             ratio,

@@ -266,9 +266,11 @@ fn assert_lattice_passes(
 ) {
     let mut failures = Vec::new();
     for case in cases {
+        // The CUDA kernels read no FP8 cache yet: those cases must be NOT_SUPPORTED by declaration.
+        let fp8 = case.kv() != gqla_conformance::case::KvFormat::Native;
         let (r, _) = Prepared::new(case).run(kernel, &kernel.profile(), Duration::from_secs(120));
-        let declined = may_decline(case) && matches!(r.status, Status::NotSupported { .. });
-        if !matches!(r.status, Status::Pass { .. }) && !declined {
+        let declined = (fp8 || may_decline(case)) && matches!(r.status, Status::NotSupported { .. });
+        if (fp8 || !matches!(r.status, Status::Pass { .. })) && !declined {
             failures.push(format!("{}: {:?}", r.id, r.status));
         }
     }

@@ -237,6 +237,11 @@ pub enum Logits {
     Normal,
     /// Scaled logits of magnitude hundreds: softmax without max-subtraction overflows.
     Large,
+    /// Normal logits, and in each sequence one key (t = ctx_b / 2, seen by every query row) whose
+    /// logit is lifted by 40 for every head: the output is that key's value to
+    /// within rounding, so an error in reading any part of that one cache row shows whole (a
+    /// probe of FP8 scales, tile by tile).
+    Dominant,
 }
 
 /// A case's fields as written, before validation: what an id or the lattice spells out. Which
@@ -742,8 +747,10 @@ impl CaseSpec {
         if let Some(bits) = self.scale {
             write!(f, ";scale={}", f32::from_bits(bits))?;
         }
-        if self.logits == Logits::Large {
-            write!(f, ";logits=large")?;
+        match self.logits {
+            Logits::Normal => {}
+            Logits::Large => write!(f, ";logits=large")?,
+            Logits::Dominant => write!(f, ";logits=dominant")?,
         }
         if self.poison == Poison::Garbage {
             write!(f, ";poison=garbage")?;
@@ -835,7 +842,8 @@ impl FromStr for Case {
                     c.logits = match v {
                         "normal" => Logits::Normal,
                         "large" => Logits::Large,
-                        _ => return Err(bad(format!("logits must be normal or large, got `{v}`"))),
+                        "dominant" => Logits::Dominant,
+                        _ => return Err(bad(format!("logits must be normal, large or dominant, got `{v}`"))),
                     }
                 }
                 "poison" => {

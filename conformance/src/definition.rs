@@ -238,7 +238,8 @@ impl Definition {
 }
 
 /// The id grammar, shared by every operation (keys in this order; optional ones only when set).
-const ID_GRAMMAR: &str = "OP:KEYS;sq=S;ctx=C1,C2,...;page=P|none;dtype=f32|bf16|f16[;splits=N][;scale=F][;logits=large]\
+const ID_GRAMMAR: &str = "OP:KEYS;sq=S;ctx=C1,C2,...;page=P|none;dtype=f32|bf16|f16[;kv=tiled;tile=T;scales=pow2|amax]\
+     [;kv=fp8;fp8=e4m3fn|e4m3fnuz;kscale=S[;vscale=S]][;splits=N][;scale=F][;logits=large|dominant]\
      [;poison=garbage];seed=N where KEYS is h=H;dc=DC;dn=DN;dr=DR (gqla.decode.absorb), \
      h=H;g=G;dn=DN;dr=DR;dv=DV;rope=once|per_group (gqla.decode.gqa), g=G;dc=DC;dn=DN;dv=DV without sq \
      (gqla.cache.expand), h=H;g=KV;d=D;dv=DV (gqa.decode); a context Ci is the keys before the s_q new tokens, \
@@ -305,7 +306,7 @@ const BATCH_AXES: [Axis; 6] = [
     ),
 ];
 
-const DECODE_CONVENTIONS: [&str; 8] = [
+const DECODE_CONVENTIONS: [&str; 9] = [
     "scale is an explicit f32 input (the model's 1/sqrt(d_n + d_r), not 1/sqrt(key width)), never rounded to the case dtype",
     "sequence b holds seq_lens[b] = ctx_b + s_q keys; new token j sees keys t <= ctx_b + j (bottom-right causal)",
     "lse is the natural-log log-sum-exp of the scaled scores, in f32 (a kernel's profile may declare base 2, the storage dtype, or no lse)",
@@ -314,6 +315,7 @@ const DECODE_CONVENTIONS: [&str; 8] = [
     "a case with poison=garbage holds finite random values where its twin (the same id without poison=garbage) holds NaN, and its values mirrored: v negated (gqla.decode.absorb: the first d_c columns of the cache rows and of q); its lse must equal the twin's bitwise and its out the twin's negated (bit for bit, a zero of either sign)",
     "num_splits, when given, is how many KV chunks a split-KV kernel should use; more splits than keys leaves some empty, and the answer must not change",
     "inputs are read-only: a kernel that writes to them is INPUT_MUTATED",
+    "logits=dominant: in each sequence the key at t = ctx_b / 2 (seen by every query row) has its scaled logit lifted by 40 for every head (each query plus a multiple of that key): the output is that key's value to within rounding",
 ];
 
 /// gqla.decode.absorb with `kv=tiled` (FlashMLA's ds_mla_656 layout, any tile that divides d_c).

@@ -253,10 +253,56 @@ impl Mirror {
 /// ones. Neighbouring tiles then get scales 8× apart (a kernel that takes a neighbour's scale is
 /// far off), as a real latent's channels differ in magnitude.
 pub fn tile_gain(t: usize) -> f32 {
-    if t % 2 == 0 {
+    if t.is_multiple_of(2) {
         0.25
     } else {
         2.0
+    }
+}
+
+/// The key each sequence's queries all favour in a `logits=dominant` case: ctx_b / 2, which every
+/// new token sees (None for a padding row).
+pub fn dominant_key(case: &Case, b: usize) -> Option<usize> {
+    case.ctx()[b].map(|c| c / 2)
+}
+
+/// `logits=dominant`: add to every query row the multiple of its stream's dominant key that lifts
+/// that key's scaled logit by 40, then round to the case dtype. Lifting along the whole key moves
+/// another key's logit by 40 · cos(k, k*) · |k| / |k*|, a few units in these widths. A garbage
+/// twin's mirrored key columns are negated in its query too, so it stays the mirror image.
+fn dominate(case: &Case, cache: &KvCache, q: &mut [f32]) {
+    const LIFT: f64 = 40.0;
+    let (width, sq, h) = (case.q_width(), case.sq(), case.h());
+    let per = if case.op() == Op::DecodeAbsorb { h } else { h / case.g() };
+    for b in 0..case.batch() {
+        let Some(t) = dominant_key(case, b) else { continue };
+        for i in 0..h {
+            let g = i / per;
+            let key: Vec<f64> = match case.op() {
+                Op::DecodeAbsorb => cache.exact_values(TensorName::Kv, b, t, 0..width),
+                Op::DecodeGqa => match case.layout() {
+                    crate::case::GroupCacheLayout::RopeOnce => {
+                        let mut k = cache.exact_values(TensorName::KNope, b, t, g * case.dn()..(g + 1) * case.dn());
+                        k.extend(cache.exact_values(TensorName::KRope, b, t, 0..case.dr()));
+                        k
+                    }
+                    crate::case::GroupCacheLayout::RopePerGroup => cache.exact_values(TensorName::K, b, t, g * width..(g + 1) * width),
+                },
+                Op::GqaDecode => cache.exact_values(TensorName::K, b, t, g * width..(g + 1) * width),
+                Op::CacheExpand => return,
+            };
+            let norm2: f64 = key.iter().map(|x| x * x).sum();
+            if norm2 == 0.0 {
+                continue;
+            }
+            let beta = LIFT / (case.scale() as f64 * norm2);
+            for j in 0..sq {
+                let row = ((b * sq + j) * h + i) * width;
+                for (x, k) in q[row..row + width].iter_mut().zip(&key) {
+                    *x = case.dtype().round_f32((*x as f64 + beta * k) as f32);
+                }
+            }
+        }
     }
 }
 
@@ -269,7 +315,7 @@ pub fn tile_gain(t: usize) -> f32 {
 fn tile_probe(record: &TiledRecord, t: usize, row: &mut [f32], negated: &Range<usize>) {
     let tile = t % record.tiles();
     let cols = tile * record.tile()..(tile + 1) * record.tile();
-    let edge = if tile % 2 == 0 { 1.75f32 } else { 14.0 }; // 448 · 2^-8, 448 · 2^-5
+    let edge = if tile.is_multiple_of(2) { 1.75f32 } else { 14.0 }; // 448 · 2^-8, 448 · 2^-5
     let value = match t % 11 {
         5 => {
             for j in cols {
@@ -429,7 +475,7 @@ impl CaseInputs {
         let n_q = batch * case.sq() * case.h() * q_width;
         // Queries scaled so that scaled logits scale·q·k have the target standard deviation.
         let target = match case.logits() {
-            Logits::Normal => 3.0,
+            Logits::Normal | Logits::Dominant => 3.0,
             Logits::Large => 300.0,
         };
         let q_gain = if q_width > 0 {
@@ -452,6 +498,10 @@ impl CaseInputs {
                 })
                 .collect()
         };
+        let mut q = q;
+        if case.logits() == Logits::Dominant {
+            dominate(case, &cache, &mut q);
+        }
         let w_ukv = if case.op() == Op::CacheExpand {
             let n = case.g() * (case.dn() + case.dv()) * case.dc();
             let gain = 1.0 / (case.dc() as f32).sqrt();

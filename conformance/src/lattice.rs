@@ -221,6 +221,10 @@ fn per_tensor_variations(op: Op) -> Vec<Variation> {
             c.sq = 2;
         }),
         Box::new(move |c| c.kv = per_tensor(op, Fp8::E4m3fn, 0.005, 0.004)),
+        Box::new(move |c| {
+            c.kv = per_tensor(op, Fp8::E4m3fn, 0.37, 3.1);
+            c.logits = Logits::Dominant;
+        }),
     ]
 }
 
@@ -233,7 +237,8 @@ const DS_MLA_656: KvFormat = KvFormat::Tiled {
 
 /// The FP8 tiled cache's variations around the absorb base case with `ds_mla_656`: s_q = 2, a
 /// paged batch with padding and empty rows, a long context split, large logits, arbitrary
-/// (amax/max) scales, and a converted checkpoint's geometry with 64-wide tiles.
+/// (amax/max) scales, a converted checkpoint's geometry with 64-wide tiles, and a dominant key
+/// (the output is one record's dequantised latent).
 fn fp8_variations() -> Vec<Variation> {
     vec![
         Box::new(|_| {}),
@@ -270,6 +275,10 @@ fn fp8_variations() -> Vec<Variation> {
             };
             c.ctx = vec![Some(65), Some(130), Some(3)];
             c.page = Some(1);
+        }),
+        Box::new(|c| {
+            c.logits = Logits::Dominant;
+            c.sq = 2;
         }),
     ]
 }

@@ -381,4 +381,35 @@ mod tests {
             naive(&pow2, Precision::NaiveReading(DType::Bf16, ScaleRead::ArbitraryBf16))
         );
     }
+
+    /// `logits=dominant`: every query row's output is its sequence's dominant key's value (here
+    /// one tiled record's dequantised latent) to within 1% of its largest value, on both paths.
+    #[test]
+    fn a_dominant_key_is_the_output() {
+        use crate::case::Op;
+        for id in [
+            "gqla.decode.absorb:h=16;dc=512;dn=128;dr=64;sq=2;ctx=65,31;page=64;dtype=bf16;kv=tiled;tile=128;scales=pow2;logits=dominant;seed=3",
+            "gqla.decode.gqa:h=16;g=4;dn=128;dr=64;dv=128;rope=once;sq=1;ctx=65,0;page=64;dtype=bf16;kv=fp8;fp8=e4m3fn;kscale=0.37;vscale=3.1;logits=dominant;seed=3",
+        ] {
+            let case: Case = id.parse().unwrap();
+            let inputs = CaseInputs::generate(&case);
+            let out = &compute(&inputs, Precision::Exact)[0].1;
+            let (dout, per) = (case.out_width(), if case.op() == Op::DecodeAbsorb { case.h() } else { case.h() / case.g() });
+            for b in 0..case.batch() {
+                let t = crate::inputs::dominant_key(&case, b).unwrap();
+                for j in 0..case.sq() {
+                    for i in 0..case.h() {
+                        let value = match case.op() {
+                            Op::DecodeAbsorb => inputs.cache.exact_values(TensorName::Kv, b, t, 0..dout),
+                            _ => inputs.cache.exact_values(TensorName::V, b, t, (i / per) * dout..(i / per + 1) * dout),
+                        };
+                        let row = ((b * case.sq() + j) * case.h() + i) * dout;
+                        let big = value.iter().fold(0f64, |m, x| m.max(x.abs()));
+                        let err = out[row..row + dout].iter().zip(&value).fold(0f64, |m, (o, v)| m.max((o - v).abs()));
+                        assert!(err <= 0.01 * big, "{id}: row ({b}, {j}, {i}): {err} of {big}");
+                    }
+                }
+            }
+        }
+    }
 }

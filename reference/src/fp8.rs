@@ -49,12 +49,17 @@ impl Fp8 {
         }
     }
 
-    /// The value a byte holds, exactly; NaN for the NaN codes.
+    /// The value a byte holds, exactly; NaN for the NaN codes. From a table of microfloat's
+    /// conversions, built once (the references decode every cached value).
     pub fn decode(self, byte: u8) -> f64 {
-        match self {
-            Fp8::E4m3fn => microfloat::f8e4m3fn::from_bits(byte).to_f64(),
-            Fp8::E4m3fnuz => microfloat::f8e4m3fnuz::from_bits(byte).to_f64(),
-        }
+        static TABLES: std::sync::OnceLock<[[f64; 256]; 2]> = std::sync::OnceLock::new();
+        let tables = TABLES.get_or_init(|| {
+            [
+                std::array::from_fn(|b| microfloat::f8e4m3fn::from_bits(b as u8).to_f64()),
+                std::array::from_fn(|b| microfloat::f8e4m3fnuz::from_bits(b as u8).to_f64()),
+            ]
+        });
+        tables[self as usize][byte as usize]
     }
 
     /// `x` cast to this type as PyTorch casts an f32: to the nearest value, ties to even; NaN
